@@ -1,0 +1,473 @@
+//! The per-node TTL read cache.
+//!
+//! It holds `cookie:{id}` entries (one record, with its version) and the `all_cookies` list
+//! (the whole `GET /cookies` reply body). The state machine invalidates exactly the keys an
+//! entry touches when it applies it, on every replica, so each node's cache agrees with that
+//! node's applied state and can serve even linearizable reads.
+//!
+//! # No stale fill
+//! The classic race: a reader misses, reads the old value from redb, an apply commits and
+//! invalidates, then the reader inserts the old value. We stop it with epochs: keys hash
+//! onto striped counters; `apply` commits, bumps the key's epoch, then removes the key. A
+//! reader takes the epoch *before* reading redb ([`Cache::ticket`]) and [`Cache::fill`]
+//! inserts only if the epoch is unchanged, checked while holding the map's shard lock. Since
+//! the removal also needs that lock, either the fill's check saw the bump (and skips), or the
+//! fill finished first and the removal that follows the bump deletes it. Because openraft
+//! publishes `last_applied` only after `apply` returns, any read that waited for an index has
+//! no stale value left to find.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::time::Instant;
+
+const STRIPES: usize = 256;
+
+/// Cache settings (`cache_enabled`, `cache_ttl`, `cache_max_entries`).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl: Duration::from_secs(300),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// A cached record: its JSON object and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedRecord {
+    pub json: Bytes,
+    pub version: u64,
+}
+
+#[derive(Clone)]
+struct Slot<V> {
+    value: V,
+    inserted: Instant,
+}
+
+/// Counters as the original reports them in `GET /cache`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub puts: u64,
+    pub deletes: u64,
+    pub evictions: u64,
+    pub size: u64,
+    pub hit_rate: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    puts: AtomicU64,
+    deletes: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// An epoch observed before reading the store; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+pub struct Cache {
+    cfg: CacheConfig,
+    records: DashMap<String, Slot<CachedRecord>>,
+    list: Mutex<Option<Slot<Bytes>>>,
+    epochs: Box<[AtomicU64]>,
+    list_epoch: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
+    counters: Counters,
+    evicting: AtomicBool,
+}
+
+impl Cache {
+    pub fn new(cfg: CacheConfig) -> Self {
+        Cache {
+            cfg,
+            records: DashMap::new(),
+            list: Mutex::new(None),
+            epochs: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            list_epoch: AtomicU64::new(0),
+            hasher: Default::default(),
+            counters: Counters::default(),
+            evicting: AtomicBool::new(false),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    fn stripe(&self, id: &str) -> &AtomicU64 {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.epochs[(h.finish() as usize) % STRIPES]
+    }
+
+    fn expired(&self, inserted: Instant) -> bool {
+        inserted.elapsed() >= self.cfg.ttl
+    }
+
+    fn count(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Look up one record. An expired entry counts as a miss and an eviction.
+    pub fn get(&self, id: &str) -> Option<CachedRecord> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let found = self
+            .records
+            .get(id)
+            .map(|slot| (slot.value.clone(), slot.inserted));
+        match found {
+            Some((value, inserted)) if !self.expired(inserted) => {
+                self.count(&self.counters.hits, 1);
+                Some(value)
+            }
+            Some((_, inserted)) => {
+                // Remove only the slot we judged expired, not a fresh one filled meanwhile.
+                if self
+                    .records
+                    .remove_if(id, |_, s| s.inserted == inserted)
+                    .is_some()
+                {
+                    self.count(&self.counters.evictions, 1);
+                }
+                self.count(&self.counters.misses, 1);
+                None
+            }
+            None => {
+                self.count(&self.counters.misses, 1);
+                None
+            }
+        }
+    }
+
+    /// Look up the `all_cookies` list body.
+    pub fn get_list(&self) -> Option<Bytes> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        match list.as_ref() {
+            Some(slot) if !self.expired(slot.inserted) => {
+                self.count(&self.counters.hits, 1);
+                Some(slot.value.clone())
+            }
+            Some(_) => {
+                *list = None;
+                self.count(&self.counters.evictions, 1);
+                self.count(&self.counters.misses, 1);
+                None
+            }
+            None => {
+                self.count(&self.counters.misses, 1);
+                None
+            }
+        }
+    }
+
+    /// Take a ticket for `id` before reading it from the store.
+    pub fn ticket(&self, id: &str) -> Ticket {
+        Ticket(self.stripe(id).load(Ordering::SeqCst))
+    }
+
+    /// Take a ticket for the `all_cookies` list before reading the store.
+    pub fn list_ticket(&self) -> Ticket {
+        Ticket(self.list_epoch.load(Ordering::SeqCst))
+    }
+
+    /// Insert a value read from the store, unless an apply touched `id` since `ticket` was
+    /// taken. Returns whether it was inserted.
+    pub fn fill(&self, id: &str, ticket: Ticket, value: CachedRecord) -> bool {
+        if !self.cfg.enabled {
+            return false;
+        }
+        let inserted = {
+            // The entry guard holds the shard lock across the epoch check and the insert.
+            let entry = self.records.entry(id.to_owned());
+            if self.stripe(id).load(Ordering::SeqCst) != ticket.0 {
+                false
+            } else {
+                entry.insert(Slot {
+                    value,
+                    inserted: Instant::now(),
+                });
+                true
+            }
+        };
+        if inserted {
+            self.count(&self.counters.puts, 1);
+            self.enforce_cap();
+        }
+        inserted
+    }
+
+    /// Insert the list body, unless an apply changed the set since `ticket`.
+    pub fn fill_list(&self, ticket: Ticket, body: Bytes) -> bool {
+        if !self.cfg.enabled {
+            return false;
+        }
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if self.list_epoch.load(Ordering::SeqCst) != ticket.0 {
+            return false;
+        }
+        *list = Some(Slot {
+            value: body,
+            inserted: Instant::now(),
+        });
+        self.count(&self.counters.puts, 1);
+        true
+    }
+
+    /// Called by `apply` after its transaction committed: forget `ids`, and the list when
+    /// `list` is set.
+    pub fn invalidate<'a>(&self, ids: impl IntoIterator<Item = &'a str>, list: bool) {
+        for id in ids {
+            self.stripe(id).fetch_add(1, Ordering::SeqCst);
+            if self.records.remove(id).is_some() {
+                self.count(&self.counters.deletes, 1);
+            }
+        }
+        if list {
+            self.list_epoch.fetch_add(1, Ordering::SeqCst);
+            let mut slot = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.take().is_some() {
+                self.count(&self.counters.deletes, 1);
+            }
+        }
+    }
+
+    /// Forget everything and reject every fill in flight (snapshot install).
+    pub fn invalidate_all(&self) {
+        for e in self.epochs.iter() {
+            e.fetch_add(1, Ordering::SeqCst);
+        }
+        self.list_epoch.fetch_add(1, Ordering::SeqCst);
+        self.clear();
+    }
+
+    /// `DELETE /cache`: drop every entry; the statistics stay.
+    pub fn clear(&self) {
+        self.records.clear();
+        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Number of entries (records plus the list).
+    pub fn len(&self) -> usize {
+        let list = self
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        self.records.len() + usize::from(list)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remove expired entries; returns how many. Run by the cleanup task.
+    pub fn remove_expired(&self) -> usize {
+        let before = self.records.len();
+        self.records.retain(|_, slot| !self.expired(slot.inserted));
+        let mut removed = before.saturating_sub(self.records.len());
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if list.as_ref().is_some_and(|s| self.expired(s.inserted)) {
+            *list = None;
+            removed += 1;
+        }
+        self.count(&self.counters.evictions, removed as u64);
+        removed
+    }
+
+    /// Keep memory bounded: past `max_entries`, drop expired entries, then the oldest until
+    /// the cache is at 90% of the cap (so the sort is paid once per many inserts).
+    fn enforce_cap(&self) {
+        if self.records.len() <= self.cfg.max_entries {
+            return;
+        }
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return; // someone else is already at it
+        }
+        self.remove_expired();
+        let target = self.cfg.max_entries * 9 / 10;
+        if self.records.len() > target {
+            let mut ages: Vec<(Instant, String)> = self
+                .records
+                .iter()
+                .map(|r| (r.value().inserted, r.key().clone()))
+                .collect();
+            ages.sort_unstable();
+            let excess = self.records.len().saturating_sub(target);
+            for (inserted, id) in ages.into_iter().take(excess) {
+                if self
+                    .records
+                    .remove_if(&id, |_, s| s.inserted == inserted)
+                    .is_some()
+                {
+                    self.count(&self.counters.evictions, 1);
+                }
+            }
+        }
+        self.evicting.store(false, Ordering::Release);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let hits = self.counters.hits.load(Ordering::Relaxed);
+        let misses = self.counters.misses.load(Ordering::Relaxed);
+        let reads = hits + misses;
+        CacheStats {
+            hits,
+            misses,
+            puts: self.counters.puts.load(Ordering::Relaxed),
+            deletes: self.counters.deletes.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            size: self.len() as u64,
+            hit_rate: if reads == 0 {
+                0.0
+            } else {
+                hits as f64 / reads as f64 * 100.0
+            },
+        }
+    }
+
+    /// Start the background task that sweeps expired entries every `interval`. It stops when
+    /// the last other reference to the cache is dropped.
+    pub fn spawn_cleanup(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(cache) => {
+                        cache.remove_expired();
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(v: u64) -> CachedRecord {
+        CachedRecord {
+            json: Bytes::from(format!("{{\"v\":{v}}}")),
+            version: v,
+        }
+    }
+
+    fn cache(ttl: u64, max: usize) -> Cache {
+        Cache::new(CacheConfig {
+            enabled: true,
+            ttl: Duration::from_secs(ttl),
+            max_entries: max,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expiry_counts_miss_and_eviction() {
+        let c = cache(300, 100);
+        assert!(c.fill("a", c.ticket("a"), rec(1)));
+        assert_eq!(c.get("a"), Some(rec(1)));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert_eq!(c.get("a"), Some(rec(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(c.get("a"), None);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.puts, s.evictions, s.size), (2, 1, 1, 1, 0));
+        assert!((s.hit_rate - 200.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_task_sweeps_expired_entries() {
+        let c = Arc::new(cache(10, 100));
+        c.fill("a", c.ticket("a"), rec(1));
+        c.fill_list(c.list_ticket(), Bytes::from_static(b"[]"));
+        let task = c.spawn_cleanup(Duration::from_secs(60));
+        assert_eq!(c.len(), 2);
+        // Let the task start its interval before the clock moves.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Let the task run its tick.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(c.len(), 0);
+        assert_eq!(c.stats().evictions, 2);
+        task.abort();
+    }
+
+    #[test]
+    fn stale_fill_is_rejected() {
+        let c = cache(300, 100);
+        let t = c.ticket("a"); // reader takes a ticket, then reads the old value
+        c.invalidate(["a"], true); // apply commits and invalidates
+        assert!(!c.fill("a", t, rec(1)), "old value must not be inserted");
+        assert_eq!(c.get("a"), None);
+        let lt = c.list_ticket();
+        c.invalidate(["b"], true);
+        assert!(!c.fill_list(lt, Bytes::from_static(b"[]")));
+        assert!(c.fill("a", c.ticket("a"), rec(2)));
+    }
+
+    #[test]
+    fn invalidate_all_rejects_every_ticket() {
+        let c = cache(300, 100);
+        let t = c.ticket("x");
+        c.fill("a", c.ticket("a"), rec(1));
+        c.invalidate_all();
+        assert!(c.is_empty());
+        assert!(!c.fill("x", t, rec(1)));
+    }
+
+    #[test]
+    fn cap_evicts_oldest_first() {
+        let c = cache(300, 10);
+        for i in 0..11 {
+            let id = format!("k{i}");
+            c.fill(&id, c.ticket(&id), rec(i));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(c.len() <= 10);
+        assert_eq!(c.get("k0"), None, "the oldest entry goes first");
+        assert!(c.get("k10").is_some());
+        assert!(c.stats().evictions >= 1);
+    }
+
+    #[test]
+    fn disabled_cache_stores_nothing() {
+        let c = Cache::new(CacheConfig {
+            enabled: false,
+            ..Default::default()
+        });
+        assert!(!c.fill("a", c.ticket("a"), rec(1)));
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.stats().misses, 0);
+    }
+}

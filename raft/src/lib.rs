@@ -1,0 +1,42 @@
+//! The openraft glue of cookie-crud.
+//!
+//! # Layout
+//! - [`types`]: the replicated commands (what a log entry carries) and their results, the node
+//!   descriptor, and openraft's type configuration.
+//! - [`record`]: how one cookie is stored (version + creation time + JSON bytes).
+//! - [`codec`]: bincode 2 encoding of everything that goes to disk or over the wire.
+//! - [`log_store`]: the Raft log, vote and purge marker in `log.redb`.
+//! - [`state_machine`]: the cookies, last applied log id, membership and current snapshot in
+//!   `sm.redb`; applying a command is where every existence check, merge and version check
+//!   happens, so the answer is decided by the log order alone.
+//! - [`cache`]: the per-node TTL read cache, invalidated by `apply` so every replica's cache
+//!   agrees with its own applied state.
+//! - [`network`]: Raft RPCs over HTTP with one pooled reqwest client.
+//!
+//! Two redb files keep log appends (on the RaftCore task) and state machine applies (on the
+//! state machine worker) from serialising behind redb's single writer.
+
+pub mod cache;
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod record;
+pub mod state_machine;
+pub mod types;
+
+pub use cache::{Cache, CacheConfig, CacheStats};
+pub use log_store::LogStore;
+pub use network::{Network, RAFT_TARGET_HEADER};
+pub use state_machine::{StateMachine, StoreReader};
+pub use types::{CmdResult, Command, CookieNode, NodeId, Request, Response, TypeConfig};
+
+/// The openraft handle specialised to cookie-crud.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Errors from redb, bincode and the blocking pool, boxed on their way to openraft.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// openraft's storage errors take a sized `Error`; wrap a boxed one.
+pub(crate) fn io_err(e: BoxError) -> std::io::Error {
+    std::io::Error::other(e)
+}

@@ -1,0 +1,146 @@
+//! Raft RPCs over HTTP: `POST /raft/{append,vote,snapshot}` with bincode bodies.
+//!
+//! One pooled reqwest client serves every peer (the factory hands out cheap clones). The
+//! server answers 200 with a bincode `Result<Resp, RaftError>`; a connection that cannot be
+//! made is `Unreachable` (openraft backs off instead of hot-looping); anything else is a
+//! `Network` error. Each request names its target node id in [`RAFT_TARGET_HEADER`], so a
+//! misconfigured address that reaches the wrong node is refused rather than obeyed.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::types::{CookieNode, NodeId, TypeConfig};
+
+/// Header naming the node id an RPC is meant for.
+pub const RAFT_TARGET_HEADER: &str = "x-raft-target";
+
+/// The network factory: one shared HTTP client and an optional cluster secret.
+#[derive(Clone)]
+pub struct Network {
+    client: reqwest::Client,
+    secret: Option<String>,
+}
+
+impl Network {
+    pub fn new(secret: Option<String>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Network { client, secret })
+    }
+}
+
+/// A connection to one peer. Creating it never connects: that happens per request.
+pub struct Conn {
+    client: reqwest::Client,
+    secret: Option<String>,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &CookieNode) -> Conn {
+        Conn {
+            client: self.client.clone(),
+            secret: self.secret.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
+
+impl Conn {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let url = format!("http://{}/raft/{path}", self.addr);
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header(RAFT_TARGET_HEADER, self.target.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(secret) = &self.secret {
+            request = request.bearer_auth(secret);
+        }
+        let resp = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if !status.is_success() {
+            let msg = format!(
+                "{path} to node {} answered {status}: {}",
+                self.target,
+                String::from_utf8_lossy(&bytes)
+            );
+            return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
+                msg,
+            ))));
+        }
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}

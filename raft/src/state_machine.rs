@@ -1,0 +1,495 @@
+//! The replicated state machine: cookies in `sm.redb`, applied in log order.
+//!
+//! `apply` is deterministic: it reads only the entry and the current state (timestamps were
+//! put into the command by the proposer), so every replica computes the same records, the same
+//! versions and the same answers. A whole batch of entries is one redb transaction, committed
+//! durably together with `last_applied` and the membership, so after a crash the state and
+//! its position in the log always agree. A storage error is returned to openraft, which stops
+//! the node: answering a client with it instead would let replicas diverge.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{Cache, CachedRecord};
+use crate::codec;
+use crate::record::{self, Record};
+use crate::types::{CmdResult, Command, CookieNode, NodeId, Response, TypeConfig};
+
+const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type StResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, CookieNode>;
+type Meta = SnapshotMeta<NodeId, CookieNode>;
+
+/// What a snapshot's bytes hold: every stored row, verbatim.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRows {
+    rows: Vec<(String, Vec<u8>)>,
+}
+
+/// The current snapshot as kept in `sm_meta`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    db: Arc<Database>,
+    cache: Arc<Cache>,
+    applied: Arc<AtomicU64>,
+}
+
+/// A cheap, cloneable read handle over the same state, for the HTTP layer.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<Database>,
+    cache: Arc<Cache>,
+    applied: Arc<AtomicU64>,
+}
+
+/// Builds snapshots from a consistent read transaction while `apply` goes on.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+}
+
+impl StateMachine {
+    /// Open or create `dir/sm.redb`.
+    pub fn open(dir: &Path, cache: Arc<Cache>) -> Result<Self, BoxError> {
+        let db = Database::create(dir.join("sm.redb"))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(COOKIES)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
+            .flatten()
+            .map_or(0, |l| l.index);
+        Ok(StateMachine {
+            db,
+            cache,
+            applied: Arc::new(AtomicU64::new(applied)),
+        })
+    }
+
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+            cache: self.cache.clone(),
+            applied: self.applied.clone(),
+        }
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, BoxError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    let value = table.get(key)?;
+    match value {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_meta<T: Serialize>(txn: &redb::WriteTransaction, key: &str, v: &T) -> Result<(), BoxError> {
+    let bytes = codec::encode(v)?;
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// What one applied batch changed, for cache invalidation.
+#[derive(Default)]
+struct Touched {
+    ids: Vec<String>,
+    list: bool,
+}
+
+fn get_record(table: &Table<&str, &[u8]>, id: &str) -> Result<Option<Record>, BoxError> {
+    let row = table.get(id)?;
+    match row {
+        Some(v) => Ok(Some(
+            Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Apply one command at log index `index`. All decisions happen here, against the state
+/// as of this entry: that is what makes existence checks, merges and `If-Match` atomic.
+fn apply_command(
+    table: &mut Table<&str, &[u8]>,
+    index: u64,
+    cmd: Command,
+    touched: &mut Touched,
+) -> Result<CmdResult, BoxError> {
+    Ok(match cmd {
+        Command::Create { id, object } => {
+            if table.get(id.as_str())?.is_some() {
+                return Ok(CmdResult::AlreadyExists);
+            }
+            let rec = Record::new(index, object.into_bytes());
+            table.insert(id.as_str(), rec.encode().as_slice())?;
+            touched.ids.push(id);
+            touched.list = true;
+            CmdResult::Stored {
+                object: String::from_utf8(rec.json)?,
+                version: index,
+            }
+        }
+        Command::Update {
+            id,
+            patch,
+            rename_to,
+            now,
+            if_match,
+        } => {
+            let Some(current) = get_record(table, &id)? else {
+                return Ok(if if_match.is_some() {
+                    CmdResult::PreconditionFailed
+                } else {
+                    CmdResult::NotFound
+                });
+            };
+            if if_match.is_some_and(|v| v != current.version) {
+                return Ok(CmdResult::PreconditionFailed);
+            }
+            let merged = match record::merge(&current.json, &patch, now) {
+                Ok(m) => m,
+                Err(e) => return Ok(CmdResult::Invalid(e)),
+            };
+            let target = rename_to.unwrap_or_else(|| id.clone());
+            if target != id {
+                if table.get(target.as_str())?.is_some() {
+                    return Ok(CmdResult::AlreadyExists);
+                }
+                table.remove(id.as_str())?;
+            }
+            let rec = Record::new(index, merged);
+            table.insert(target.as_str(), rec.encode().as_slice())?;
+            if target != id {
+                touched.ids.push(target);
+            }
+            touched.ids.push(id);
+            touched.list = true;
+            CmdResult::Stored {
+                object: String::from_utf8(rec.json)?,
+                version: index,
+            }
+        }
+        Command::Delete { id, if_match } => {
+            let version = table.get(id.as_str())?.map(|v| Record::decode_version(v.value()));
+            if let Some(expected) = if_match {
+                if version.flatten() != Some(expected) {
+                    return Ok(CmdResult::PreconditionFailed);
+                }
+            }
+            if version.is_some() {
+                table.remove(id.as_str())?;
+                touched.ids.push(id);
+                touched.list = true;
+            }
+            CmdResult::Deleted
+        }
+    })
+}
+
+fn apply_entries(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+) -> Result<(Vec<Response>, Touched, u64), BoxError> {
+    let mut touched = Touched::default();
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut last = None;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(COOKIES)?;
+        for entry in entries {
+            let index = entry.log_id.index;
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Response::default()),
+                EntryPayload::Normal(req) => {
+                    let mut results = Vec::with_capacity(req.cmds.len());
+                    for cmd in req.cmds {
+                        results.push(apply_command(&mut table, index, cmd, &mut touched)?);
+                    }
+                    responses.push(Response { results });
+                }
+                EntryPayload::Membership(m) => {
+                    put_meta(&txn, KEY_MEMBERSHIP, &Membership::new(Some(entry.log_id), m))?;
+                    responses.push(Response::default());
+                }
+            }
+        }
+    }
+    put_meta(&txn, KEY_APPLIED, &last)?;
+    txn.commit()?;
+    Ok((responses, touched, last.map_or(0, |l| l.index)))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StResult<(Option<LogId<NodeId>>, Membership)> {
+        let applied = read_meta::<Option<LogId<NodeId>>>(&self.db, KEY_APPLIED)
+            .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
+            .flatten();
+        let membership = read_meta::<Membership>(&self.db, KEY_MEMBERSHIP)
+            .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let (responses, touched, last) = tokio::task::spawn_blocking(move || {
+            apply_entries(&db, entries)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&e))?
+        .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+        // Committed: now make the cache forget what changed, before openraft publishes the
+        // new last_applied (it does so after we return).
+        self.cache
+            .invalidate(touched.ids.iter().map(String::as_str), touched.list);
+        self.applied.store(last, Ordering::SeqCst);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StResult<()> {
+        let data = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        let rows: SnapshotRows =
+            codec::decode(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let meta = meta.clone();
+        let db = self.db.clone();
+        let applied = meta.last_log_id.map_or(0, |l| l.index);
+        tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+            let txn = db.begin_write()?;
+            {
+                // Replace, never merge: a row absent from the snapshot was deleted.
+                let mut table = txn.open_table(COOKIES)?;
+                table.retain(|_, _| false)?;
+                for (id, value) in &rows.rows {
+                    table.insert(id.as_str(), value.as_slice())?;
+                }
+            }
+            put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
+            put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
+            put_meta(&txn, KEY_SNAPSHOT, &StoredSnapshot { meta, data })?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
+        .map_err(|e| StorageIOError::write_snapshot(sig, &crate::io_err(e)))?;
+        self.cache.invalidate_all();
+        self.applied.store(applied, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
+        let stored = read_meta::<StoredSnapshot>(&self.db, KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
+        let db = self.db.clone();
+        let built = tokio::task::spawn_blocking(move || -> Result<(Meta, Vec<u8>), BoxError> {
+            // One read transaction: rows, last_applied and membership from the same instant.
+            let (meta, data) = {
+                let txn = db.begin_read()?;
+                let meta_t = txn.open_table(META)?;
+                let decode_meta = |key: &str| -> Result<Option<Vec<u8>>, BoxError> {
+                    Ok(meta_t.get(key)?.map(|v| v.value().to_vec()))
+                };
+                let last_log_id: Option<LogId<NodeId>> = match decode_meta(KEY_APPLIED)? {
+                    Some(b) => codec::decode(&b)?,
+                    None => None,
+                };
+                let last_membership: Membership = match decode_meta(KEY_MEMBERSHIP)? {
+                    Some(b) => codec::decode(&b)?,
+                    None => Membership::default(),
+                };
+                let table = txn.open_table(COOKIES)?;
+                let mut rows = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    rows.push((k.value().to_owned(), v.value().to_vec()));
+                }
+                let data = codec::encode(&SnapshotRows { rows })?;
+                let micros = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+                let snapshot_id = format!(
+                    "{}-{}-{micros}-{seq}",
+                    last_log_id.map_or(0, |l| l.leader_id.term),
+                    last_log_id.map_or(0, |l| l.index)
+                );
+                (
+                    Meta {
+                        last_log_id,
+                        last_membership,
+                        snapshot_id,
+                    },
+                    data,
+                )
+            };
+            let txn = db.begin_write()?;
+            put_meta(
+                &txn,
+                KEY_SNAPSHOT,
+                &StoredSnapshot {
+                    meta: meta.clone(),
+                    data: data.clone(),
+                },
+            )?;
+            txn.commit()?;
+            Ok((meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &crate::io_err(e)))?;
+        Ok(Snapshot {
+            meta: built.0,
+            snapshot: Box::new(Cursor::new(built.1)),
+        })
+    }
+}
+
+/// Where a read was served from, for the `X-Cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+        }
+    }
+}
+
+impl StoreReader {
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// The index of the last entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// One record from the applied state, through the cache.
+    pub fn get(&self, id: &str) -> Result<(Option<CachedRecord>, CacheStatus), BoxError> {
+        if let Some(hit) = self.cache.get(id) {
+            return Ok((Some(hit), CacheStatus::Hit));
+        }
+        let ticket = self.cache.ticket(id);
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COOKIES)?;
+        let rec = match table.get(id)? {
+            Some(v) => Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
+            None => return Ok((None, CacheStatus::Miss)),
+        };
+        let cached = CachedRecord {
+            json: Bytes::from(rec.json),
+            version: rec.version,
+        };
+        self.cache.fill(id, ticket, cached.clone());
+        Ok((Some(cached), CacheStatus::Miss))
+    }
+
+    /// The whole `GET /cookies` reply body, newest `created` first, ties by id.
+    pub fn list(&self) -> Result<(Bytes, CacheStatus), BoxError> {
+        if let Some(hit) = self.cache.get_list() {
+            return Ok((hit, CacheStatus::Hit));
+        }
+        let ticket = self.cache.list_ticket();
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COOKIES)?;
+        let mut rows = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rec = Record::decode(v.value()).ok_or("corrupt record in the state machine")?;
+            rows.push((rec.created, k.value().to_owned(), rec.json));
+        }
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let len: usize = rows.iter().map(|r| r.2.len() + 1).sum();
+        let mut body = Vec::with_capacity(len + 16);
+        body.extend_from_slice(b"{\"cookies\":[");
+        for (i, (_, _, json)) in rows.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(json);
+        }
+        body.extend_from_slice(b"]}");
+        let body = Bytes::from(body);
+        self.cache.fill_list(ticket, body.clone());
+        Ok((body, CacheStatus::Miss))
+    }
+
+    /// Number of stored records.
+    pub fn count(&self) -> Result<u64, BoxError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(COOKIES)?.len()?)
+    }
+}

@@ -1,0 +1,106 @@
+//! `/health` (liveness), `/ready` (readiness) and `/cluster` (the Raft view of this node).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::ServerState;
+use serde_json::json;
+
+use super::Shared;
+
+pub fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// The name of node `id` from the replicated membership (`node{id}` if unknown).
+pub fn node_name(state: &Shared, id: u64) -> String {
+    let m = state.raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map_or_else(|| format!("node{id}"), |n| n.name.clone())
+}
+
+/// `GET /health`: 200 while the process serves.
+pub async fn health(State(state): State<Shared>) -> Response {
+    let (role, leader, term) = {
+        let m = state.raft.metrics();
+        let m = m.borrow();
+        (role(m.state), m.current_leader, m.current_term)
+    };
+    Json(json!({
+        "status": "ok",
+        "node": state.cfg.name(),
+        "role": role,
+        "leader": leader.map(|l| node_name(&state, l)),
+        "term": term,
+        "last_applied": state.reader.applied_index(),
+    }))
+    .into_response()
+}
+
+/// `GET /ready`: 200 once a leader is known and everything committed that this node knows of
+/// is applied; 503 otherwise.
+pub async fn ready(State(state): State<Shared>) -> Response {
+    let (leader, applied) = {
+        let m = state.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.last_applied.map_or(0, |l| l.index))
+    };
+    let committed = state
+        .raft
+        .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+        .await
+        .unwrap_or(u64::MAX);
+    let ready = leader.is_some() && applied >= committed;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "node": state.cfg.name(),
+        "leader": leader.map(|l| node_name(&state, l)),
+        "committed": committed,
+        "last_applied": applied,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /cluster`: members, voters, learners, leader, term and indexes.
+pub async fn cluster(State(state): State<Shared>) -> Response {
+    let initialized = state.raft.is_initialized().await.unwrap_or(false);
+    let m = state.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let learners: Vec<u64> = membership.learner_ids().collect();
+    let members: Vec<_> = membership
+        .nodes()
+        .map(|(id, n)| json!({"id": id, "name": n.name, "addr": n.addr, "voter": voters.contains(id)}))
+        .collect();
+    Json(json!({
+        "node_id": state.me,
+        "node": state.cfg.name(),
+        "initialized": initialized,
+        "role": role(m.state),
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": members,
+        "voters": voters,
+        "learners": learners,
+        "last_log_index": m.last_log_index,
+        "last_applied": m.last_applied.map(|l| l.index),
+        "snapshot": m.snapshot.map(|l| l.index),
+        "purged": m.purged.map(|l| l.index),
+    }))
+    .into_response()
+}

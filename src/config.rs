@@ -1,0 +1,265 @@
+//! Node configuration: a TOML file, or the embedded single-node default.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so a typo stops the node at start with a
+//! message naming the key, instead of silently running with a default.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One initial cluster member (the original's manual `nodes` list, with ids and addresses).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    /// `host:port` where the member serves HTTP (API and Raft RPCs).
+    pub addr: String,
+    /// Defaults to `node{id}`.
+    pub name: Option<String>,
+}
+
+impl Member {
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("node{}", self.id))
+    }
+}
+
+/// Raft timing and log compaction. The defaults suit HTTP between nodes with an fsync on
+/// every append: openraft's 50 ms defaults make heartbeats time out under load.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Heartbeat period; also the timeout of every AppendEntries RPC.
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Timeout of each snapshot chunk RPC.
+    pub install_snapshot_timeout_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind a snapshot, for lagging followers.
+    pub keep_logs_after_snapshot: u64,
+    /// Entries per AppendEntries RPC.
+    pub max_payload_entries: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 200,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            install_snapshot_timeout_ms: 30_000,
+            snapshot_logs: 5000,
+            keep_logs_after_snapshot: 1000,
+            max_payload_entries: 256,
+        }
+    }
+}
+
+/// Group commit: how many client writes may share one log entry, and how many entries may
+/// be in flight at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchTuning {
+    pub max_commands: usize,
+    pub max_inflight: usize,
+}
+
+impl Default for BatchTuning {
+    fn default() -> Self {
+        BatchTuning {
+            max_commands: 512,
+            max_inflight: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node_id: u64,
+    /// Defaults to `node{node_id}`.
+    pub node_name: Option<String>,
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Directory of `log.redb` and `sm.redb`.
+    pub data_dir: PathBuf,
+    /// The initial members. This node must be among them. The member with the smallest id
+    /// initializes a brand-new cluster, once.
+    pub nodes: Vec<Member>,
+    pub cache_enabled: bool,
+    /// Seconds an entry stays in the read cache.
+    pub cache_ttl: u64,
+    pub cache_max_entries: usize,
+    /// Seconds between sweeps of expired cache entries.
+    pub cache_cleanup_interval: u64,
+    /// Largest accepted request body on the API, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a write may wait for a leader and for its commit.
+    pub write_timeout_ms: u64,
+    /// How long a linearizable read may wait for a leader and for the apply.
+    pub read_timeout_ms: u64,
+    /// When set, `/raft/*` requests must carry `Authorization: Bearer <secret>`.
+    pub cluster_secret: Option<String>,
+    pub raft: RaftTuning,
+    pub batch: BatchTuning,
+}
+
+impl Default for Config {
+    /// The embedded default: a single-node store on 127.0.0.1:8080 with data in `./data`.
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            node_name: None,
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            nodes: Vec::new(),
+            cache_enabled: true,
+            cache_ttl: 300,
+            cache_max_entries: 100_000,
+            cache_cleanup_interval: 60,
+            max_body_bytes: 1 << 20,
+            write_timeout_ms: 5000,
+            read_timeout_ms: 5000,
+            cluster_secret: None,
+            raft: RaftTuning::default(),
+            batch: BatchTuning::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    /// Fill derived defaults and check the whole config.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            self.nodes.push(Member {
+                id: self.node_id,
+                addr: self.listen.clone(),
+                name: self.node_name.clone(),
+            });
+        }
+        let mut ids = BTreeSet::new();
+        for m in &self.nodes {
+            if !ids.insert(m.id) {
+                return Err(format!("nodes: node id {} appears twice", m.id));
+            }
+            if m.addr.parse::<SocketAddr>().is_err() && !m.addr.contains(':') {
+                return Err(format!(
+                    "nodes: address {:?} of node {} is not host:port",
+                    m.addr, m.id
+                ));
+            }
+        }
+        let Some(me) = self.nodes.iter().find(|m| m.id == self.node_id) else {
+            return Err(format!("nodes: this node's id {} is not listed", self.node_id));
+        };
+        if self.node_name.is_none() {
+            self.node_name = Some(me.name());
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(format!("listen: {:?} is not an ip:port", self.listen));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err("raft: election_timeout_min_ms must exceed heartbeat_ms > 0".into());
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err("raft: election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if self.batch.max_commands == 0 || self.batch.max_inflight == 0 {
+            return Err("batch: max_commands and max_inflight must be at least 1".into());
+        }
+        if self.max_body_bytes == 0 {
+            return Err("max_body_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(|| format!("node{}", self.node_id))
+    }
+
+    /// The address other nodes use to reach this one.
+    pub fn advertise(&self) -> &str {
+        self.nodes
+            .iter()
+            .find(|m| m.id == self.node_id)
+            .map_or(self.listen.as_str(), |m| m.addr.as_str())
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_a_single_node_on_8080() {
+        let mut cfg = Config::default();
+        cfg.finish().unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8080");
+        assert_eq!(cfg.nodes.len(), 1);
+        assert_eq!(cfg.name(), "node1");
+        assert_eq!(cfg.advertise(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn parses_a_cluster_member_config() {
+        let cfg = Config::parse(
+            r#"
+            node_id = 2
+            listen = "127.0.0.1:8082"
+            data_dir = "run/node2"
+            nodes = [
+              { id = 1, addr = "127.0.0.1:8081" },
+              { id = 2, addr = "127.0.0.1:8082" },
+              { id = 3, addr = "127.0.0.1:8083", name = "third" },
+            ]
+            [raft]
+            heartbeat_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.name(), "node2");
+        assert_eq!(cfg.nodes[2].name(), "third");
+        assert_eq!(cfg.raft.heartbeat_ms, 100);
+        assert_eq!(cfg.raft.election_timeout_min_ms, 1000);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let err = Config::parse("node_id = 1\ncache_tll = 5\n").unwrap_err();
+        assert!(err.contains("cache_tll"), "{err}");
+        let err = Config::parse("node_id = 4\nnodes = [{ id = 1, addr = \"127.0.0.1:1\" }]")
+            .unwrap_err();
+        assert!(err.contains("not listed"), "{err}");
+        let err = Config::parse("listen = \"nowhere\"").unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+    }
+}

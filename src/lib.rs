@@ -1,0 +1,21 @@
+//! cookie-crud: a Raft-replicated REST store of cookie records.
+//!
+//! # Layout
+//! - [`config`]: node configuration (TOML file or the embedded single-node default).
+//! - [`node`]: start-up and shutdown of one node.
+//! - [`bootstrap`]: forming a brand-new cluster exactly once.
+//! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
+//! - [`write`]: the write path: group commit on the leader, forwarding from followers.
+//! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
+//! - [`peers`]: the HTTP client for node-to-node application traffic.
+//!
+//! The Raft glue (log store, state machine, cache, Raft network) lives in the `cookie-raft`
+//! crate under `raft/`.
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod node;
+pub mod peers;
+pub mod read;
+pub mod write;

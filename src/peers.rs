@@ -1,0 +1,138 @@
+//! Node-to-node application traffic: forwarded writes, read-index requests, and the probes
+//! that bootstrap and `/cache` make. It has its own connection pool, apart from the Raft
+//! RPCs, so a burst of forwarded writes never queues behind (or delays) heartbeats.
+
+use std::time::Duration;
+
+use cookie_raft::codec;
+use cookie_raft::{CmdResult, Command};
+use serde::{Deserialize, Serialize};
+
+/// What the leader answers a forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// Committed and applied; this is its result.
+    Applied(CmdResult),
+    /// The receiver is not the leader and did not propose the write: safe to retry elsewhere.
+    NotLeader,
+    /// Proposed, but its fate is unknown (timeout, leadership lost, shutdown).
+    Unknown(String),
+}
+
+/// What the leader answers a read-index request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// Leadership confirmed by a quorum after the request arrived; reads must wait for this
+    /// index to be applied.
+    Index(u64),
+    NotLeader,
+}
+
+/// Why a forwarded write got no answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// The request never reached the peer (connection refused): nothing was proposed.
+    NotSent(String),
+    /// The request may have been received and proposed.
+    MaybeSent(String),
+}
+
+#[derive(Clone)]
+pub struct PeerClient {
+    client: reqwest::Client,
+    secret: Option<String>,
+}
+
+impl PeerClient {
+    pub fn new(secret: Option<String>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(PeerClient { client, secret })
+    }
+
+    fn post(&self, addr: &str, path: &str, body: Vec<u8>, timeout: Duration) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(secret) = &self.secret {
+            req = req.bearer_auth(secret);
+        }
+        req
+    }
+
+    /// Send a write to the leader at `addr`.
+    pub async fn forward_write(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<ForwardReply, SendError> {
+        let body = codec::encode(cmd).map_err(|e| SendError::NotSent(e.to_string()))?;
+        let resp = self
+            .post(addr, "/raft/write", body, timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    SendError::NotSent(e.to_string())
+                } else {
+                    SendError::MaybeSent(e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| SendError::MaybeSent(e.to_string()))?;
+        if !status.is_success() {
+            // The handler refused the request before decoding it (auth, body): not proposed.
+            return Err(SendError::NotSent(format!(
+                "leader answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        codec::decode(&bytes).map_err(|e| SendError::MaybeSent(e.to_string()))
+    }
+
+    /// Ask the leader at `addr` for a read index.
+    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<ReadIndexReply, String> {
+        let resp = self
+            .post(addr, "/raft/read-index", Vec::new(), timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("read-index answered {status}"));
+        }
+        codec::decode(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// GET a JSON document from a peer, e.g. `/cluster` or `/cache`.
+    pub async fn get_json(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let resp = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{path} answered {}", resp.status()));
+        }
+        resp.json().await.map_err(|e| e.to_string())
+    }
+}

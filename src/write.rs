@@ -1,0 +1,271 @@
+//! The write path: group commit on the leader, forwarding from followers.
+//!
+//! # Group commit
+//! openraft 0.9 pays one log append (an fsync) per `client_write`, which caps a node at a few
+//! hundred writes per second. Every write therefore goes through the [`Batcher`]: one task
+//! that gathers whatever commands are waiting into one log entry ([`Request`]) and proposes
+//! it with `client_write_ff`, keeping at most `max_inflight` entries in flight. While those
+//! are being appended and replicated, new commands queue up and form the next, larger
+//! entry, so batches grow with load by themselves. Each command still gets its own result.
+//! A batch never holds two commands on the same record, so each write to a record gets its
+//! own version (the index of its entry).
+//!
+//! # Outcomes
+//! A command's outcome is one of: applied (with its result); certainly not applied (the node
+//! was not leader when it was offered, or openraft truncated the entry and answered
+//! `ForwardToLeader`), which is safe to retry on the leader; or unknown (timeout, shutdown),
+//! which is reported as such and never as a failure.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cookie_raft::{CmdResult, Command, NodeId, Raft, Request};
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::peers::{ForwardReply, PeerClient, SendError};
+
+/// Why a write has no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// No leader could take the write before the timeout; nothing was applied.
+    NoLeader,
+    /// The write may or may not have been applied.
+    Unknown(String),
+}
+
+/// The local outcome of offering a command to this node's Raft.
+#[derive(Debug)]
+enum LocalError {
+    NotLeader,
+    Unknown(String),
+}
+
+struct Pending {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CmdResult, LocalError>>,
+}
+
+/// Limits of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_commands: usize,
+    /// Approximate payload bytes per entry, so one entry stays well inside the RPC limits.
+    pub max_bytes: usize,
+    pub max_inflight: usize,
+}
+
+/// Handle to the group-commit task.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+fn cmd_size(cmd: &Command) -> usize {
+    match cmd {
+        Command::Create { id, object } => id.len() + object.len(),
+        Command::Update { id, patch, .. } => id.len() + patch.len(),
+        Command::Delete { id, .. } => id.len(),
+    }
+}
+
+impl Batcher {
+    pub fn spawn(raft: Raft, limits: BatchLimits) -> Self {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(run_batcher(raft, rx, limits));
+        Batcher { tx }
+    }
+
+    /// Offer `cmd` to this node's Raft and wait for its outcome until `deadline`.
+    async fn submit(&self, cmd: Command, deadline: Instant) -> Result<CmdResult, LocalError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Pending { cmd, reply }).await.is_err() {
+            return Err(LocalError::NotLeader); // the batcher is gone: nothing was proposed
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(LocalError::Unknown("the node shut down".into())),
+            Err(_) => Err(LocalError::Unknown("timed out waiting for commit".into())),
+        }
+    }
+}
+
+async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchLimits) {
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight));
+    // Commands that conflicted with the batch being built wait here for the next one.
+    let mut carry: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if carry.is_empty() {
+            match rx.recv().await {
+                Some(p) => carry.push_back(p),
+                None => return,
+            }
+        }
+        // Waiting for a slot is what lets the next batch grow while others are in flight.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut bytes = 0;
+        let mut deferred = VecDeque::new();
+        let fits = |p: &Pending, keys: &HashSet<String>| p.cmd.keys().iter().all(|k| !keys.contains(*k));
+        loop {
+            if batch.len() >= limits.max_commands || (bytes >= limits.max_bytes && !batch.is_empty()) {
+                break;
+            }
+            let next = match carry.pop_front() {
+                Some(p) => p,
+                None => match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if fits(&next, &keys) {
+                keys.extend(next.cmd.keys().into_iter().map(str::to_owned));
+                bytes += cmd_size(&next.cmd);
+                batch.push(next);
+            } else {
+                deferred.push_back(next);
+            }
+        }
+        deferred.append(&mut carry);
+        carry = deferred;
+
+        let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        match raft.client_write_ff(Request { cmds }).await {
+            Ok(receiver) => {
+                tokio::spawn(async move {
+                    let outcome = receiver.await;
+                    drop(permit);
+                    match outcome {
+                        Ok(Ok(resp)) => {
+                            let n = replies.len();
+                            if resp.data.results.len() != n {
+                                for r in replies {
+                                    let _ = r.send(Err(LocalError::Unknown(
+                                        "result count mismatch".into(),
+                                    )));
+                                }
+                                return;
+                            }
+                            for (r, res) in replies.into_iter().zip(resp.data.results) {
+                                let _ = r.send(Ok(res));
+                            }
+                        }
+                        // Rejected before proposing, or proposed then truncated: not applied.
+                        Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+                            for r in replies {
+                                let _ = r.send(Err(LocalError::NotLeader));
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            for r in replies {
+                                let _ = r.send(Err(LocalError::Unknown(e.to_string())));
+                            }
+                        }
+                        Err(_) => {
+                            for r in replies {
+                                let _ = r.send(Err(LocalError::Unknown(
+                                    "raft stopped before answering".into(),
+                                )));
+                            }
+                        }
+                    }
+                });
+            }
+            // The message never reached RaftCore: nothing was proposed.
+            Err(_fatal) => {
+                for r in replies {
+                    let _ = r.send(Err(LocalError::NotLeader));
+                }
+            }
+        }
+    }
+}
+
+/// Routes writes to the leader: proposes locally when this node leads, forwards otherwise.
+#[derive(Clone)]
+pub struct Writer {
+    raft: Raft,
+    me: NodeId,
+    batcher: Batcher,
+    peers: PeerClient,
+    timeout: Duration,
+}
+
+impl Writer {
+    pub fn new(raft: Raft, me: NodeId, batcher: Batcher, peers: PeerClient, timeout: Duration) -> Self {
+        Writer {
+            raft,
+            me,
+            batcher,
+            peers,
+            timeout,
+        }
+    }
+
+    /// A write received from a client: run it on the leader, wherever that is.
+    pub async fn write(&self, cmd: Command) -> Result<CmdResult, WriteError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (leader, addr) = {
+                let m = metrics.borrow_and_update();
+                let leader = m.current_leader;
+                let addr = leader.and_then(|l| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.addr.clone())
+                });
+                (leader, addr)
+            };
+            match (leader, addr) {
+                (Some(l), _) if l == self.me => match self.batcher.submit(cmd.clone(), deadline).await {
+                    Ok(res) => return Ok(res),
+                    Err(LocalError::Unknown(e)) => return Err(WriteError::Unknown(e)),
+                    Err(LocalError::NotLeader) => {}
+                },
+                (Some(_), Some(addr)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    // A little longer than the leader's own deadline, so the leader's answer
+                    // (even "unknown") arrives before we give up on it.
+                    let rpc_timeout = remaining + Duration::from_millis(500);
+                    match self.peers.forward_write(&addr, &cmd, rpc_timeout).await {
+                        Ok(ForwardReply::Applied(res)) => return Ok(res),
+                        Ok(ForwardReply::Unknown(e)) => return Err(WriteError::Unknown(e)),
+                        Err(SendError::MaybeSent(e)) => {
+                            return Err(WriteError::Unknown(format!("forwarding to the leader failed: {e}")))
+                        }
+                        Ok(ForwardReply::NotLeader) | Err(SendError::NotSent(_)) => {}
+                    }
+                }
+                _ => {}
+            }
+            // No usable leader right now: wait for a change, or retry after a short pause.
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            let pause = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(pause, metrics.changed()).await;
+        }
+    }
+
+    /// A write forwarded by another node: propose it here or say we are not the leader.
+    /// Never forwards again, so a stale view of the leader cannot make a loop.
+    pub async fn write_forwarded(&self, cmd: Command) -> ForwardReply {
+        if self.raft.metrics().borrow().current_leader != Some(self.me) {
+            return ForwardReply::NotLeader;
+        }
+        let deadline = Instant::now() + self.timeout;
+        match self.batcher.submit(cmd, deadline).await {
+            Ok(res) => ForwardReply::Applied(res),
+            Err(LocalError::NotLeader) => ForwardReply::NotLeader,
+            Err(LocalError::Unknown(e)) => ForwardReply::Unknown(e),
+        }
+    }
+}
