@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Start, stop or clean the local 3-node cluster (config/node{1,2,3}.toml, ports 8081-8083).
+# Pid files and logs live in run/, data in run/data/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${COOKIE_CRUD_BIN:-target/release/cookie-crud}
+RUN=run
+NODES=(1 2 3)
+
+alive() { [ -f "$RUN/node$1.pid" ] && kill -0 "$(cat "$RUN/node$1.pid")" 2>/dev/null; }
+port() { echo $((8080 + $1)); }
+
+start_node() {
+  local i=$1
+  if alive "$i"; then echo "node$i already running (pid $(cat "$RUN/node$i.pid"))"; return; fi
+  mkdir -p "$RUN"
+  nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
+  echo $! >"$RUN/node$i.pid"
+  echo "node$i started (pid $!, log $RUN/node$i.log)"
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + ${1:-60}))
+  while [ $SECONDS -lt $deadline ]; do
+    local ready=0 leader=""
+    for i in "${NODES[@]}"; do
+      if curl -sf -m 1 "http://127.0.0.1:$(port "$i")/ready" >/dev/null 2>&1; then ready=$((ready + 1)); fi
+      if curl -sf -m 1 "http://127.0.0.1:$(port "$i")/health" 2>/dev/null | grep -q '"role":"leader"'; then leader=node$i; fi
+    done
+    if [ "$ready" -eq "${#NODES[@]}" ] && [ -n "$leader" ]; then
+      echo "cluster ready: leader is $leader"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "cluster did not become ready in time; see $RUN/node*.log" >&2
+  return 1
+}
+
+case "${1:-}" in
+  start)
+    [ -x "$BIN" ] || { echo "missing $BIN: run 'cargo build --release'" >&2; exit 1; }
+    for i in "${NODES[@]}"; do start_node "$i"; done
+    wait_ready 60
+    echo "endpoints:"
+    for i in "${NODES[@]}"; do echo "  node$i  http://127.0.0.1:$(port "$i")"; done
+    ;;
+  start-node) start_node "$2" ;;
+  wait-ready) wait_ready "${2:-60}" ;;
+  stop)
+    for i in "${NODES[@]}"; do
+      if alive "$i"; then kill -TERM "$(cat "$RUN/node$i.pid")"; fi
+    done
+    for i in "${NODES[@]}"; do
+      for _ in $(seq 1 100); do alive "$i" || break; sleep 0.1; done
+      if alive "$i"; then echo "node$i did not stop on SIGTERM, killing" >&2; kill -9 "$(cat "$RUN/node$i.pid")"; fi
+      rm -f "$RUN/node$i.pid"
+    done
+    echo "cluster stopped"
+    ;;
+  clean)
+    for i in "${NODES[@]}"; do
+      if alive "$i"; then echo "node$i is running: make cluster-stop first" >&2; exit 1; fi
+    done
+    rm -rf "$RUN/data" "$RUN"/node*.log
+    echo "cluster data removed"
+    ;;
+  *) echo "usage: $0 start|stop|clean|start-node N|wait-ready [SECS]" >&2; exit 2 ;;
+esac
