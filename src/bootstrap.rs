@@ -60,13 +60,17 @@ pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
         }
         if all_up {
             match raft.initialize(members.clone()).await {
-                Ok(()) => tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialized a new cluster"),
+                Ok(()) => {
+                    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialized a new cluster")
+                }
                 Err(e) => tracing::info!("initialize: {e} (already initialized)"),
             }
             return;
         }
-        if waited % 20 == 0 {
-            tracing::info!("waiting for every initial member to answer before initializing the cluster");
+        if waited.is_multiple_of(20) {
+            tracing::info!(
+                "waiting for every initial member to answer before initializing the cluster"
+            );
         }
         waited += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;

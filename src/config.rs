@@ -23,7 +23,9 @@ pub struct Member {
 
 impl Member {
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("node{}", self.id))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("node{}", self.id))
     }
 }
 
@@ -168,7 +170,10 @@ impl Config {
             }
         }
         let Some(me) = self.nodes.iter().find(|m| m.id == self.node_id) else {
-            return Err(format!("nodes: this node's id {} is not listed", self.node_id));
+            return Err(format!(
+                "nodes: this node's id {} is not listed",
+                self.node_id
+            ));
         };
         if self.node_name.is_none() {
             self.node_name = Some(me.name());
@@ -256,8 +261,8 @@ mod tests {
     fn rejects_unknown_keys_and_bad_values() {
         let err = Config::parse("node_id = 1\ncache_tll = 5\n").unwrap_err();
         assert!(err.contains("cache_tll"), "{err}");
-        let err = Config::parse("node_id = 4\nnodes = [{ id = 1, addr = \"127.0.0.1:1\" }]")
-            .unwrap_err();
+        let err =
+            Config::parse("node_id = 4\nnodes = [{ id = 1, addr = \"127.0.0.1:1\" }]").unwrap_err();
         assert!(err.contains("not listed"), "{err}");
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(err.contains("listen"), "{err}");

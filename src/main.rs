@@ -30,8 +30,8 @@ fn parse_args() -> Result<Option<PathBuf>, String> {
 }
 
 fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let cfg = match parse_args().and_then(|p| match p {

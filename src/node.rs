@@ -8,10 +8,10 @@ use cookie_raft::{Cache, CacheConfig, LogStore, Network, Raft, StateMachine};
 use openraft::SnapshotPolicy;
 
 use crate::api::{self, AppState};
+use crate::bootstrap;
 use crate::config::Config;
 use crate::peers::PeerClient;
 use crate::write::{BatchLimits, Batcher, Writer};
-use crate::bootstrap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

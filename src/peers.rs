@@ -54,7 +54,13 @@ impl PeerClient {
         Ok(PeerClient { client, secret })
     }
 
-    fn post(&self, addr: &str, path: &str, body: Vec<u8>, timeout: Duration) -> reqwest::RequestBuilder {
+    fn post(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .client
             .post(format!("http://{addr}{path}"))
@@ -102,7 +108,11 @@ impl PeerClient {
     }
 
     /// Ask the leader at `addr` for a read index.
-    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<ReadIndexReply, String> {
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ReadIndexReply, String> {
         let resp = self
             .post(addr, "/raft/read-index", Vec::new(), timeout)
             .send()

@@ -57,12 +57,10 @@ pub async fn barrier(
             (leader, addr)
         };
         let index = match (leader, addr) {
-            (Some(l), _) if l == me => {
-                tokio::time::timeout_at(deadline, local_read_index(raft))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
+            (Some(l), _) if l == me => tokio::time::timeout_at(deadline, local_read_index(raft))
+                .await
+                .ok()
+                .and_then(Result::ok),
             (Some(_), Some(addr)) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match peers.read_index(&addr, remaining).await {

@@ -111,9 +111,12 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchL
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
         let mut deferred = VecDeque::new();
-        let fits = |p: &Pending, keys: &HashSet<String>| p.cmd.keys().iter().all(|k| !keys.contains(*k));
+        let fits =
+            |p: &Pending, keys: &HashSet<String>| p.cmd.keys().iter().all(|k| !keys.contains(*k));
         loop {
-            if batch.len() >= limits.max_commands || (bytes >= limits.max_bytes && !batch.is_empty()) {
+            if batch.len() >= limits.max_commands
+                || (bytes >= limits.max_bytes && !batch.is_empty())
+            {
                 break;
             }
             let next = match carry.pop_front() {
@@ -197,7 +200,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(raft: Raft, me: NodeId, batcher: Batcher, peers: PeerClient, timeout: Duration) -> Self {
+    pub fn new(
+        raft: Raft,
+        me: NodeId,
+        batcher: Batcher,
+        peers: PeerClient,
+        timeout: Duration,
+    ) -> Self {
         Writer {
             raft,
             me,
@@ -224,11 +233,13 @@ impl Writer {
                 (leader, addr)
             };
             match (leader, addr) {
-                (Some(l), _) if l == self.me => match self.batcher.submit(cmd.clone(), deadline).await {
-                    Ok(res) => return Ok(res),
-                    Err(LocalError::Unknown(e)) => return Err(WriteError::Unknown(e)),
-                    Err(LocalError::NotLeader) => {}
-                },
+                (Some(l), _) if l == self.me => {
+                    match self.batcher.submit(cmd.clone(), deadline).await {
+                        Ok(res) => return Ok(res),
+                        Err(LocalError::Unknown(e)) => return Err(WriteError::Unknown(e)),
+                        Err(LocalError::NotLeader) => {}
+                    }
+                }
                 (Some(_), Some(addr)) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     // A little longer than the leader's own deadline, so the leader's answer
@@ -238,7 +249,9 @@ impl Writer {
                         Ok(ForwardReply::Applied(res)) => return Ok(res),
                         Ok(ForwardReply::Unknown(e)) => return Err(WriteError::Unknown(e)),
                         Err(SendError::MaybeSent(e)) => {
-                            return Err(WriteError::Unknown(format!("forwarding to the leader failed: {e}")))
+                            return Err(WriteError::Unknown(format!(
+                                "forwarding to the leader failed: {e}"
+                            )))
                         }
                         Ok(ForwardReply::NotLeader) | Err(SendError::NotSent(_)) => {}
                     }

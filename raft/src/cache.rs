@@ -16,7 +16,7 @@
 //! publishes `last_applied` only after `apply` returns, any read that waited for an index has
 //! no stale value left to find.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,9 +114,7 @@ impl Cache {
     }
 
     fn stripe(&self, id: &str) -> &AtomicU64 {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.epochs[(h.finish() as usize) % STRIPES]
+        &self.epochs[(self.hasher.hash_one(id) as usize) % STRIPES]
     }
 
     fn expired(&self, inserted: Instant) -> bool {
@@ -398,7 +396,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(c.get("a"), None);
         let s = c.stats();
-        assert_eq!((s.hits, s.misses, s.puts, s.evictions, s.size), (2, 1, 1, 1, 0));
+        assert_eq!(
+            (s.hits, s.misses, s.puts, s.evictions, s.size),
+            (2, 1, 1, 1, 0)
+        );
         assert!((s.hit_rate - 200.0 / 3.0).abs() < 1e-9);
     }
 

@@ -96,16 +96,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
-        let read = || -> Result<Vec<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(LOG)?;
-            let mut out = Vec::new();
-            for row in table.range::<u64>(to_bounds(&range))? {
-                let (_, v) = row?;
-                out.push(codec::decode(v.value())?);
-            }
-            Ok(out)
-        };
+        let read =
+            || -> Result<Vec<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
+                let txn = self.db.begin_read()?;
+                let table = txn.open_table(LOG)?;
+                let mut out = Vec::new();
+                for row in table.range::<u64>(to_bounds(&range))? {
+                    let (_, v) = row?;
+                    out.push(codec::decode(v.value())?);
+                }
+                Ok(out)
+            };
         read().map_err(|e| StorageIOError::read_logs(&crate::io_err(e)).into())
     }
 }
@@ -115,15 +116,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.read_meta(KEY_PURGED)?;
-        let read = || -> Result<Option<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(LOG)?;
-            let last = table.last()?;
-            match last {
-                Some((_, v)) => Ok(Some(codec::decode(v.value())?)),
-                None => Ok(None),
-            }
-        };
+        let read =
+            || -> Result<Option<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
+                let txn = self.db.begin_read()?;
+                let table = txn.open_table(LOG)?;
+                let last = table.last()?;
+                match last {
+                    Some((_, v)) => Ok(Some(codec::decode(v.value())?)),
+                    None => Ok(None),
+                }
+            };
         let last = read().map_err(|e| StorageIOError::read_logs(&crate::io_err(e)))?;
         let last_log_id = last.map(|e| e.log_id).or(last_purged);
         Ok(LogState {
@@ -151,7 +153,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
@@ -189,7 +193,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         // Inclusive: removes `log_id.index` and everything after it.
         self.write(move |txn| {
-            txn.open_table(LOG)?.retain_in(log_id.index.., |_, _| false)?;
+            txn.open_table(LOG)?
+                .retain_in(log_id.index.., |_, _| false)?;
             Ok(())
         })
         .await
@@ -201,8 +206,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The marker and the deletion share one transaction: a crash in between would leave a
         // log whose first entry is unexplained.
         self.write(move |txn| {
-            txn.open_table(META)?.insert(KEY_PURGED, marker.as_slice())?;
-            txn.open_table(LOG)?.retain_in(..=log_id.index, |_, _| false)?;
+            txn.open_table(META)?
+                .insert(KEY_PURGED, marker.as_slice())?;
+            txn.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
             Ok(())
         })
         .await

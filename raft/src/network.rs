@@ -109,9 +109,9 @@ impl Conn {
                 self.target,
                 String::from_utf8_lossy(&bytes)
             );
-            return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
-                msg,
-            ))));
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(msg),
+            )));
         }
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -18,7 +18,9 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{Cache, CachedRecord};
@@ -200,7 +202,9 @@ fn apply_command(
             }
         }
         Command::Delete { id, if_match } => {
-            let version = table.get(id.as_str())?.map(|v| Record::decode_version(v.value()));
+            let version = table
+                .get(id.as_str())?
+                .map(|v| Record::decode_version(v.value()));
             if let Some(expected) = if_match {
                 if version.flatten() != Some(expected) {
                     return Ok(CmdResult::PreconditionFailed);
@@ -239,7 +243,11 @@ fn apply_entries(
                     responses.push(Response { results });
                 }
                 EntryPayload::Membership(m) => {
-                    put_meta(&txn, KEY_MEMBERSHIP, &Membership::new(Some(entry.log_id), m))?;
+                    put_meta(
+                        &txn,
+                        KEY_MEMBERSHIP,
+                        &Membership::new(Some(entry.log_id), m),
+                    )?;
                     responses.push(Response::default());
                 }
             }
@@ -273,12 +281,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
-        let (responses, touched, last) = tokio::task::spawn_blocking(move || {
-            apply_entries(&db, entries)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&e))?
-        .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+        let (responses, touched, last) =
+            tokio::task::spawn_blocking(move || apply_entries(&db, entries))
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?
+                .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
         // Committed: now make the cache forget what changed, before openraft publishes the
         // new last_applied (it does so after we return).
         self.cache

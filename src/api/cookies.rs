@@ -123,11 +123,18 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if ct.starts_with("application/json") {
         Ok(())
     } else {
-        Err(ApiError::bad_request("Content-Type must be application/json"))
+        Err(ApiError::bad_request(
+            "Content-Type must be application/json",
+        ))
     }
 }
 
-fn read_reply(status: StatusCode, body: impl Into<Body>, cache: CacheStatus, applied: u64) -> Response {
+fn read_reply(
+    status: StatusCode,
+    body: impl Into<Body>,
+    cache: CacheStatus,
+    applied: u64,
+) -> Response {
     let mut resp = json_bytes(status, body);
     let h = resp.headers_mut();
     h.insert("x-cache", HeaderValue::from_static(cache.as_str()));
@@ -143,7 +150,13 @@ fn stored_reply(status: StatusCode, object: String, version: u64) -> Response {
 
 async fn read_barrier(state: &Shared, level: Consistency) -> Result<(), ApiError> {
     if level == Consistency::Linearizable {
-        read::barrier(&state.raft, state.me, &state.peers, state.cfg.read_timeout()).await?;
+        read::barrier(
+            &state.raft,
+            state.me,
+            &state.peers,
+            state.cfg.read_timeout(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -156,7 +169,12 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
         .reader
         .list()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(read_reply(StatusCode::OK, body, cache, state.reader.applied_index()))
+    Ok(read_reply(
+        StatusCode::OK,
+        body,
+        cache,
+        state.reader.applied_index(),
+    ))
 }
 
 /// `GET /cookies/{cookie}`
@@ -215,7 +233,9 @@ pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body)
     obj.insert("last_used".into(), now);
     let object = serde_json::to_string(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
     match state.writer.write(Command::Create { id, object }).await? {
-        CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::CREATED, object, version)),
+        CmdResult::Stored { object, version } => {
+            Ok(stored_reply(StatusCode::CREATED, object, version))
+        }
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
         other => Err(unexpected(other)),
     }
@@ -295,7 +315,10 @@ mod tests {
     #[test]
     fn consistency_levels() {
         assert_eq!(consistency(None).unwrap(), Consistency::Linearizable);
-        assert_eq!(consistency(Some("consistency=local")).unwrap(), Consistency::Local);
+        assert_eq!(
+            consistency(Some("consistency=local")).unwrap(),
+            Consistency::Local
+        );
         assert_eq!(
             consistency(Some("x=1&consistency=linearizable")).unwrap(),
             Consistency::Linearizable

@@ -40,12 +40,18 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
             }
             ApiError::Conflict => (StatusCode::CONFLICT, "Cookie already exists".into()),
-            ApiError::PreconditionFailed => {
-                (StatusCode::PRECONDITION_FAILED, "Precondition Failed".into())
+            ApiError::PreconditionFailed => (
+                StatusCode::PRECONDITION_FAILED,
+                "Precondition Failed".into(),
+            ),
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large".into())
             }
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large".into()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized".into()),
-            ApiError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "No leader available".into()),
+            ApiError::NoLeader => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No leader available".into(),
+            ),
             ApiError::Lagging(i) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("Node has not applied the read index {i} yet"),

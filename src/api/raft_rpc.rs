@@ -15,16 +15,30 @@ use super::Shared;
 use crate::peers::ReadIndexReply;
 use crate::read;
 
-fn refuse(status: StatusCode, msg: String) -> Response {
-    (status, msg).into_response()
+/// Why an inbound RPC was refused before it reached Raft.
+type Refusal = (StatusCode, String);
+
+fn refuse(status: StatusCode, msg: String) -> Refusal {
+    (status, msg)
 }
 
 /// Check the caller may talk to us, then decode its body.
-fn admit<T: DeserializeOwned>(state: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+fn admit<T: DeserializeOwned>(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Refusal> {
     if let Some(secret) = &state.cfg.cluster_secret {
         let expected = format!("Bearer {secret}");
-        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&expected) {
-            return Err(refuse(StatusCode::UNAUTHORIZED, "cluster secret required".into()));
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(&expected)
+        {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "cluster secret required".into(),
+            ));
         }
     }
     if let Some(target) = headers.get(RAFT_TARGET_HEADER) {
@@ -41,48 +55,48 @@ fn admit<T: DeserializeOwned>(state: &Shared, headers: &HeaderMap, body: &[u8]) 
 
 fn reply<T: Serialize>(value: &T) -> Response {
     match codec::encode(value) {
-        Ok(bytes) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&state, &headers, &body) {
         Ok(req) => reply(&state.raft.append_entries(req).await),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 pub async fn vote(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&state, &headers, &body) {
         Ok(req) => reply(&state.raft.vote(req).await),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&state, &headers, &body) {
         Ok(req) => reply(&state.raft.install_snapshot(req).await),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 /// A write forwarded by a follower; proposed here only if this node leads.
-pub async fn forwarded_write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn forwarded_write(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     match admit::<Command>(&state, &headers, &body) {
         Ok(cmd) => reply(&state.writer.write_forwarded(cmd).await),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 /// A follower asks for a read index: confirm leadership with a quorum, name the index.
 pub async fn read_index(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = admit::<()>(&state, &headers, &codec::encode(&()).unwrap_or_default()) {
-        return r;
+        return r.into_response();
     }
     let answer = match read::local_read_index(&state.raft).await {
         Ok(i) => ReadIndexReply::Index(i),

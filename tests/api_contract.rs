@@ -1,0 +1,416 @@
+//! The HTTP contract of `../shared/docs/api.md` sections 2, 5, 7, 8 and 10, checked with
+//! exact status codes, bodies and headers against a real node process.
+
+mod common;
+
+use common::{send, Cluster, FAST_RAFT};
+use serde_json::{json, Value};
+
+fn error(msg: &str) -> Value {
+    json!({ "error": msg })
+}
+
+async fn one_node() -> Cluster {
+    Cluster::start(1, FAST_RAFT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_round_trip_with_exact_replies() {
+    let c = one_node().await;
+    let u = c.url(0);
+
+    // Empty store.
+    let r = send(c.client.get(format!("{u}/cookies"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json, json!({"cookies": []}));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    // Create: 201 with the request fields plus created/last_used (client values overwritten).
+    let r = c
+        .create(
+            0,
+            json!({"cookie": "abc", "user_id": 1001, "created": "1", "extra": {"a": [1, 2]}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let created = r.json["created"].as_str().unwrap().to_owned();
+    assert_ne!(created, "1");
+    assert!(created.parse::<u64>().unwrap() > 1_700_000_000);
+    assert_eq!(r.json["last_used"], r.json["created"]);
+    assert_eq!(r.json["extra"], json!({"a": [1, 2]}));
+    let v1 = r.etag();
+
+    // Read back exactly, with version, cache and applied-index headers.
+    let r = c.get(0, "abc", "linearizable").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["cookie"], "abc");
+    assert_eq!(r.json["user_id"], 1001);
+    assert_eq!(r.etag(), v1);
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    assert!(
+        r.header("x-raft-applied-index")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= v1
+    );
+    let r = c.get(0, "abc", "local").await;
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+
+    // Duplicate id: 409.
+    let r = c.create(0, json!({"cookie": "abc", "user_id": 1})).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (409, error("Cookie already exists"))
+    );
+
+    // PUT merges: overwrite, add, keep; last_used set by the server; created kept.
+    let r = c
+        .put(
+            0,
+            "abc",
+            json!({"user_id": 7, "new": true, "last_used": "0"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["user_id"], 7);
+    assert_eq!(r.json["new"], true);
+    assert_eq!(r.json["extra"], json!({"a": [1, 2]}));
+    assert_eq!(r.json["created"].as_str(), Some(created.as_str()));
+    assert_ne!(r.json["last_used"], "0");
+    let v2 = r.etag();
+    assert!(v2 > v1);
+
+    // PUT may set created explicitly.
+    let r = c.put(0, "abc", json!({"created": "5"}), None).await;
+    assert_eq!(r.json["created"], "5");
+
+    // PUT on a missing id: 404.
+    let r = c.put(0, "missing", json!({"a": 1}), None).await;
+    assert_eq!((r.status, r.json.clone()), (404, error("Cookie not found")));
+
+    // GET missing: 404.
+    let r = c.get(0, "missing", "linearizable").await;
+    assert_eq!((r.status, r.json.clone()), (404, error("Cookie not found")));
+
+    // DELETE: 200 with the message, also when absent.
+    for _ in 0..2 {
+        let r = c.delete(0, "abc").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json, json!({"message": "Cookie deleted successfully"}));
+    }
+    assert_eq!(c.get(0, "abc", "linearizable").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_is_newest_created_first_ties_by_id() {
+    let c = one_node().await;
+    for id in ["b", "a", "c"] {
+        assert_eq!(
+            c.create(0, json!({"cookie": id, "user_id": 1}))
+                .await
+                .status,
+            201
+        );
+    }
+    // Give explicit created values through PUT to control the order.
+    c.put(0, "a", json!({"created": "100"}), None).await;
+    c.put(0, "b", json!({"created": "300"}), None).await;
+    c.put(0, "c", json!({"created": "100"}), None).await;
+    let ids: Vec<String> = c
+        .list(0, "linearizable")
+        .await
+        .iter()
+        .map(|v| v["cookie"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["b", "a", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_validation_messages_first_failure_wins() {
+    let c = one_node().await;
+    let u = c.url(0);
+    let post = |ct: Option<&str>, body: &str| {
+        let mut req = c.client.post(format!("{u}/cookies")).body(body.to_owned());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct.to_owned());
+        }
+        send(req)
+    };
+    let j = Some("application/json");
+    let cases: Vec<(Option<&str>, &str, &str)> = vec![
+        (
+            None,
+            r#"{"cookie":"x","user_id":1}"#,
+            "Content-Type header is required",
+        ),
+        (
+            Some("text/plain"),
+            r#"{"cookie":"x","user_id":1}"#,
+            "Content-Type must be application/json",
+        ),
+        (j, "{not json", "Invalid JSON"),
+        (j, "", "Invalid JSON"),
+        (j, "[1,2]", "Invalid JSON"),
+        (j, "42", "Invalid JSON"),
+        (j, r#""str""#, "Invalid JSON"),
+        (j, r#"{"user_id":1}"#, "Cookie field is required"),
+        (j, r#"{"cookie":"","user_id":1}"#, "Cookie cannot be empty"),
+        (j, r#"{"cookie":5,"user_id":1}"#, "Cookie must be a string"),
+        (j, r#"{"cookie":"x"}"#, "User ID field is required"),
+        (
+            j,
+            r#"{"cookie":"x","user_id":0}"#,
+            "User ID must be a positive integer",
+        ),
+        (
+            j,
+            r#"{"cookie":"x","user_id":-3}"#,
+            "User ID must be a positive integer",
+        ),
+        (
+            j,
+            r#"{"cookie":"x","user_id":1001.0}"#,
+            "User ID must be a positive integer",
+        ),
+        (
+            j,
+            r#"{"cookie":"x","user_id":"1001"}"#,
+            "User ID must be a positive integer",
+        ),
+        (
+            j,
+            r#"{"cookie":"x","user_id":null}"#,
+            "User ID must be a positive integer",
+        ),
+        (
+            j,
+            r#"{"cookie":"","user_id":"bad"}"#,
+            "Cookie cannot be empty",
+        ),
+    ];
+    for (ct, body, msg) in cases {
+        let r = post(ct, body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert_eq!(r.json, error(msg), "{body}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    // application/json with parameters is accepted; POST /cookies/{anything} ignores the path.
+    let r = send(
+        c.client
+            .post(format!("{u}/cookies/ignored"))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(r#"{"cookie":"real","user_id":3}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(c.get(0, "real", "linearizable").await.status, 200);
+    assert_eq!(c.get(0, "ignored", "linearizable").await.status, 404);
+    // Nothing else was stored by the rejected requests.
+    assert_eq!(c.list(0, "linearizable").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_rules_rename_and_validation() {
+    let c = one_node().await;
+    let u = c.url(0);
+    c.create(0, json!({"cookie": "a", "user_id": 1})).await;
+    c.create(0, json!({"cookie": "b", "user_id": 2})).await;
+
+    // No Content-Type check on PUT, but the body must be a JSON object.
+    let r = send(c.client.put(format!("{u}/cookies/a")).body("[]")).await;
+    assert_eq!((r.status, r.json.clone()), (400, error("Invalid JSON")));
+    let r = send(c.client.put(format!("{u}/cookies/a")).body(r#"{"x":1}"#)).await;
+    assert_eq!(r.status, 200);
+    let r = c.put(0, "a", json!({"user_id": "nope"}), None).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (400, error("User ID must be a positive integer"))
+    );
+
+    // Rename onto an existing id: 409, nothing changes.
+    let r = c.put(0, "a", json!({"cookie": "b"}), None).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (409, error("Cookie already exists"))
+    );
+    assert_eq!(c.get(0, "a", "linearizable").await.status, 200);
+
+    // Rename to a free id moves the record.
+    let r = c.put(0, "a", json!({"cookie": "a2"}), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["cookie"], "a2");
+    assert_eq!(c.get(0, "a", "linearizable").await.status, 404);
+    let r = c.get(0, "a2", "linearizable").await;
+    assert_eq!((r.status, r.json["x"].clone()), (200, json!(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_conditional_writes() {
+    let c = one_node().await;
+    let v1 = c
+        .create(0, json!({"cookie": "k", "user_id": 1}))
+        .await
+        .etag();
+    assert_eq!(c.get(0, "k", "linearizable").await.etag(), v1);
+
+    // Matching If-Match applies and yields a new version; a stale one is 412, no change.
+    let r = c.put(0, "k", json!({"n": 1}), Some(v1)).await;
+    assert_eq!(r.status, 200);
+    let v2 = r.etag();
+    assert!(v2 > v1);
+    let r = c.put(0, "k", json!({"n": 2}), Some(v1)).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (412, error("Precondition Failed"))
+    );
+    let r = c.get(0, "k", "linearizable").await;
+    assert_eq!((r.json["n"].clone(), r.etag()), (json!(1), v2));
+
+    // If-Match on a missing record: 412. Malformed If-Match: 400.
+    assert_eq!(c.put(0, "none", json!({}), Some(1)).await.status, 412);
+    let r = send(
+        c.client
+            .put(format!("{}/cookies/k", c.url(0)))
+            .header("if-match", "not-a-version")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
+    // Conditional DELETE.
+    let del = |v: u64| {
+        send(
+            c.client
+                .delete(format!("{}/cookies/k", c.url(0)))
+                .header("if-match", format!("\"{v}\"")),
+        )
+    };
+    let r = del(v1).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (412, error("Precondition Failed"))
+    );
+    assert_eq!(c.get(0, "k", "linearizable").await.status, 200);
+    assert_eq!(del(v2).await.status, 200);
+    assert_eq!(c.get(0, "k", "linearizable").await.status, 404);
+    assert_eq!(del(v2).await.status, 412, "absent record with If-Match");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_limits_and_odd_input() {
+    let c = one_node().await;
+    let u = c.url(0);
+    let client = &c.client;
+
+    // 405 with the JSON body.
+    for (method, path) in [
+        ("PATCH", "/cookies/x"),
+        ("HEAD", "/cookies"),
+        ("PUT", "/cookies"),
+        ("DELETE", "/cookies"),
+        ("PATCH", "/cookies"),
+        ("POST", "/health"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = send(client.request(m, format!("{u}{path}"))).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(r.json, error("Method Not Allowed"), "{method} {path}");
+        }
+    }
+
+    // 413 over the body limit, on POST and PUT, and the store is unchanged.
+    let big = format!(
+        r#"{{"cookie":"big","user_id":1,"pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let r = send(
+        client
+            .post(format!("{u}/cookies"))
+            .header("content-type", "application/json")
+            .body(big.clone()),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (413, error("Payload too large"))
+    );
+    let r = send(client.put(format!("{u}/cookies/big")).body(big)).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (413, error("Payload too large"))
+    );
+
+    // Bad consistency level.
+    let r = send(client.get(format!("{u}/cookies?consistency=eventual"))).await;
+    assert_eq!(r.status, 400);
+
+    // Odd ids round-trip: spaces, unicode, an encoded slash, a very long id.
+    let long = "L".repeat(4000);
+    for id in [
+        "with space",
+        "ünïcødé 🍪",
+        "a/b",
+        "%2F",
+        long.as_str(),
+        "?#&",
+    ] {
+        let r = c.create(0, json!({"cookie": id, "user_id": 1})).await;
+        assert_eq!(r.status, 201, "{id}: {}", r.text);
+        let r = c.get(0, id, "linearizable").await;
+        assert_eq!(r.status, 200, "{id}");
+        assert_eq!(r.json["cookie"], id);
+        let r = c.put(0, id, json!({"seen": true}), None).await;
+        assert_eq!(r.status, 200, "{id}");
+        assert_eq!(c.delete(0, id).await.status, 200);
+        assert_eq!(c.get(0, id, "linearizable").await.status, 404, "{id}");
+    }
+
+    // Invalid percent-encoding (not UTF-8) is a 400, not a panic.
+    let r = send(client.get(format!("{u}/cookies/%FF%FE"))).await;
+    assert_eq!(r.status, 400);
+    // Unknown paths are JSON 404s.
+    let r = send(client.get(format!("{u}/nope"))).await;
+    assert_eq!((r.status, r.json.clone()), (404, error("Not Found")));
+
+    // Garbage on the Raft endpoints changes nothing.
+    for p in ["append", "vote", "snapshot", "write", "read-index"] {
+        let r = send(
+            client
+                .post(format!("{u}/raft/{p}"))
+                .header("x-raft-target", "1")
+                .body(vec![0xff; 64]),
+        )
+        .await;
+        assert!(r.status == 400 || r.status == 200, "{p}: {}", r.status);
+        let r = send(
+            client
+                .post(format!("{u}/raft/{p}"))
+                .header("x-raft-target", "9")
+                .body(vec![]),
+        )
+        .await;
+        assert_eq!(r.status, 421, "{p} aimed at another node");
+    }
+
+    // The node still serves, and nothing was stored.
+    assert_eq!(c.list(0, "linearizable").await.len(), 0);
+    let h = c.health(0).await.unwrap();
+    assert_eq!(h["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_ready_shape() {
+    let c = one_node().await;
+    let h = c.health(0).await.unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["node"], "node1");
+    assert_eq!(h["role"], "leader");
+    assert_eq!(h["leader"], "node1");
+    assert!(h["term"].as_u64().unwrap() >= 1);
+    assert!(h["last_applied"].as_u64().is_some());
+    assert!(c.is_ready(0).await);
+}

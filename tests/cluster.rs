@@ -1,0 +1,260 @@
+//! Three real node processes on loopback: replication, failover, catch-up (also by
+//! snapshot), full restarts, and the atomicity of merges and compare-and-set.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, FAST_RAFT};
+use futures::future::join_all;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_write_is_visible_to_linearizable_reads_everywhere() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let follower = (leader + 1) % 3;
+    let r = c
+        .create(
+            follower,
+            json!({"cookie": "f", "user_id": 5, "via": "follower"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let version = r.etag();
+    // No waiting: a linearizable read that starts after the ack must see it on every node.
+    for i in 0..3 {
+        let r = c.get(i, "f", "linearizable").await;
+        assert_eq!(r.status, 200, "node{}: {}", i + 1, r.text);
+        assert_eq!(r.json["via"], "follower");
+        assert_eq!(r.etag(), version);
+        assert!(
+            r.header("x-raft-applied-index")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= version
+        );
+    }
+    // Updates and deletes through another follower, seen everywhere at once.
+    let other = (leader + 2) % 3;
+    assert_eq!(
+        c.put(other, "f", json!({"via": "other"}), None)
+            .await
+            .status,
+        200
+    );
+    for i in 0..3 {
+        assert_eq!(c.get(i, "f", "linearizable").await.json["via"], "other");
+    }
+    assert_eq!(c.delete(follower, "f").await.status, 200);
+    for i in 0..3 {
+        assert_eq!(c.get(i, "f", "linearizable").await.status, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let old = c.wait_leader(WAIT).await;
+    assert_eq!(
+        c.create(old, json!({"cookie": "before", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    c.kill(old);
+    let new = c.wait_leader(WAIT).await;
+    assert_ne!(new, old);
+    let follower = (0..3).find(|&i| i != old && i != new).unwrap();
+    // Both survivors accept writes; the follower forwards to the new leader.
+    assert_eq!(
+        c.create(follower, json!({"cookie": "after1", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        c.create(new, json!({"cookie": "after2", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    for i in [new, follower] {
+        for id in ["before", "after1", "after2"] {
+            assert_eq!(
+                c.get(i, id, "linearizable").await.status,
+                200,
+                "{id} on node{}",
+                i + 1
+            );
+        }
+    }
+    // The old leader comes back as a follower and catches up.
+    c.spawn(old);
+    c.wait_local(old, "after2", WAIT, |r| r.status == 200).await;
+    let h = c.health(old).await.unwrap();
+    assert_ne!(
+        h["role"], "leader",
+        "a returning node does not depose the new leader by itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_from_a_snapshot_after_log_purge() {
+    // Snapshot every 20 entries, keep 5: a node away for 100 writes can only be caught up by
+    // installing a snapshot.
+    let extra = format!("{FAST_RAFT}snapshot_logs = 20\nkeep_logs_after_snapshot = 5\n");
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    let away = (leader + 1) % 3;
+    c.kill(away);
+    for i in 0..100 {
+        let r = c
+            .create(leader, json!({"cookie": format!("k{i}"), "user_id": i + 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // Deletes and updates must also survive the snapshot.
+    assert_eq!(c.delete(leader, "k0").await.status, 200);
+    assert_eq!(
+        c.put(leader, "k1", json!({"updated": true}), None)
+            .await
+            .status,
+        200
+    );
+    // The leader compacts its log (openraft postpones a purge while a replication request
+    // covering it is in flight, so wait for it).
+    c.wait_cluster_info(leader, WAIT, |v| v["purged"].as_u64().unwrap_or(0) > 20)
+        .await;
+
+    c.spawn(away);
+    c.wait_local(away, "k99", WAIT, |r| r.status == 200).await;
+    let info = c.cluster_info(away).await;
+    assert!(
+        info["snapshot"].as_u64().unwrap_or(0) > 20,
+        "caught up by snapshot: {info}"
+    );
+    assert_eq!(c.get(away, "k0", "local").await.status, 404);
+    assert_eq!(c.get(away, "k1", "local").await.json["updated"], true);
+    assert_eq!(c.list(away, "local").await.len(), 99);
+    // And it is a working member afterwards.
+    assert_eq!(
+        c.create(away, json!({"cookie": "late", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(c.get(away, "late", "linearizable").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_restart_loses_nothing_acknowledged() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let node = i % 3;
+        let id = format!("p{i}");
+        let r = c
+            .create(node, json!({"cookie": id, "user_id": 1, "i": i}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        acked.push(id);
+    }
+    // kill -9 everyone: acknowledged means fsynced on a majority.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_ready_all(WAIT).await;
+    for i in 0..3 {
+        let ids: Vec<String> = c
+            .list(i, "linearizable")
+            .await
+            .iter()
+            .map(|v| v["cookie"].as_str().unwrap().to_owned())
+            .collect();
+        for id in &acked {
+            assert!(ids.contains(id), "{id} lost on node{}", i + 1);
+        }
+    }
+    // A graceful stop and start (SIGTERM) also keeps everything.
+    for i in 0..3 {
+        c.stop(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_ready_all(WAIT).await;
+    assert_eq!(c.list(1, "linearizable").await.len(), acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_to_one_record_are_all_merged() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    assert_eq!(
+        c.create(0, json!({"cookie": "m", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    let n = 30;
+    let replies =
+        join_all((0..n).map(|i| c.put(i % 3, "m", json!({ format!("f{i}"): i }), None))).await;
+    let mut versions: Vec<u64> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.etag()
+        })
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(
+        versions.len(),
+        n,
+        "every write to the record gets its own version"
+    );
+    let r = c.get(2, "m", "linearizable").await;
+    for i in 0..n {
+        assert_eq!(r.json[format!("f{i}")], i, "field f{i} lost: {}", r.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_if_match_updates_exactly_one_wins_per_version() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let mut version = c
+        .create(0, json!({"cookie": "cas", "user_id": 1, "n": 0}))
+        .await
+        .etag();
+    for round in 1..=5 {
+        let replies = join_all((0..9).map(|i| {
+            c.put(
+                i % 3,
+                "cas",
+                json!({"n": round, "writer": i}),
+                Some(version),
+            )
+        }))
+        .await;
+        let winners: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
+        let losers = replies.iter().filter(|r| r.status == 412).count();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {:?}",
+            replies.iter().map(|r| r.status).collect::<Vec<_>>()
+        );
+        assert_eq!(losers, 8);
+        let winner = winners[0];
+        let r = c.get(1, "cas", "linearizable").await;
+        assert_eq!(r.json["writer"], winner.json["writer"]);
+        assert_eq!(r.etag(), winner.etag());
+        version = winner.etag();
+    }
+}

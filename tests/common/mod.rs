@@ -1,0 +1,434 @@
+//! Test harness: real `cookie-crud` processes on 127.0.0.1, each with its own data directory.
+//!
+//! Tests wait for conditions (a leader, an applied index, a record) instead of sleeping.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
+
+/// Ports below the kernel's ephemeral range, spread by process id so parallel test binaries
+/// do not collide, and checked free before use.
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let port = 10_000 + (base - 10_000 + offset) % 22_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub port: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub client: reqwest::Client,
+    dir: TempDir,
+}
+
+/// Raft timings for tests: quick elections, frequent heartbeats.
+pub const FAST_RAFT: &str =
+    "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n";
+
+impl Cluster {
+    /// Start `n` nodes; `extra` is TOML appended to every node's config (e.g. a `[raft]`
+    /// table). Returns once a leader is elected and every node is ready.
+    pub async fn start(n: usize, extra: &str) -> Cluster {
+        let dir = TempDir::new().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let members: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let data = dir.path().join(format!("node{id}"));
+            let config = dir.path().join(format!("node{id}.toml"));
+            let text = format!(
+                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{extra}",
+                data.display(),
+                members.join(", ")
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(Node {
+                id,
+                port: *port,
+                config,
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .unwrap();
+        let mut cluster = Cluster { nodes, client, dir };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready_all(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Start node `i`'s process (again).
+    pub fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {} already running", node.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start cookie-crud");
+        node.child = Some(child);
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            unsafe_sigterm(child.id());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    pub async fn health(&self, i: usize) -> Option<Value> {
+        let r = self
+            .client
+            .get(format!("{}/health", self.url(i)))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// The index of the node that says it leads, among running nodes.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            if let Some(h) = self.health(i).await {
+                if h["role"] == "leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn is_ready(&self, i: usize) -> bool {
+        match self
+            .client
+            .get(format!("{}/ready", self.url(i)))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+        {
+            Ok(r) => r.status() == 200,
+            Err(_) => false,
+        }
+    }
+
+    pub async fn wait_ready_all(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for i in 0..self.nodes.len() {
+                if self.is_running(i) && !self.is_ready(i).await {
+                    all = false;
+                }
+            }
+            if all && self.leader().await.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready within {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- node{} log (last lines) ---\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Wait until node `i`'s `/cluster` view satisfies `check`; returns that view.
+    pub async fn wait_cluster_info(
+        &self,
+        i: usize,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = try_send(self.client.get(format!("{}/cluster", self.url(i)))).await;
+            if let Some(r) = r {
+                if check(&r.json) {
+                    return r.json;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node{} /cluster never matched: {}\n{}",
+                    i + 1,
+                    r.text,
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{} /cluster unreachable",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET `/cluster` of node `i`.
+    pub async fn cluster_info(&self, i: usize) -> Value {
+        self.client
+            .get(format!("{}/cluster", self.url(i)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A reply: status, headers and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn etag(&self) -> u64 {
+        self.header("etag")
+            .expect("etag header")
+            .trim_matches('"')
+            .parse()
+            .unwrap()
+    }
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    try_send(req).await.expect("request")
+}
+
+/// Like [`send`], but a connection error is `None` (e.g. a node still starting).
+pub async fn try_send(req: reqwest::RequestBuilder) -> Option<Reply> {
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Some(Reply {
+        status,
+        headers,
+        text,
+        json,
+    })
+}
+
+impl Cluster {
+    pub async fn create(&self, i: usize, body: Value) -> Reply {
+        send(
+            self.client
+                .post(format!("{}/cookies", self.url(i)))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, i: usize, id: &str, consistency: &str) -> Reply {
+        send(self.client.get(format!(
+            "{}/cookies/{}?consistency={consistency}",
+            self.url(i),
+            encode(id)
+        )))
+        .await
+    }
+
+    pub async fn put(&self, i: usize, id: &str, body: Value, if_match: Option<u64>) -> Reply {
+        let mut req = self
+            .client
+            .put(format!("{}/cookies/{}", self.url(i), encode(id)))
+            .json(&body);
+        if let Some(v) = if_match {
+            req = req.header("if-match", format!("\"{v}\""));
+        }
+        send(req).await
+    }
+
+    pub async fn delete(&self, i: usize, id: &str) -> Reply {
+        send(
+            self.client
+                .delete(format!("{}/cookies/{}", self.url(i), encode(id))),
+        )
+        .await
+    }
+
+    pub async fn list(&self, i: usize, consistency: &str) -> Vec<Value> {
+        let r = send(
+            self.client
+                .get(format!("{}/cookies?consistency={consistency}", self.url(i))),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["cookies"].as_array().unwrap().clone()
+    }
+
+    /// Wait until `check` holds for node `i`'s local state.
+    pub async fn wait_local(
+        &self,
+        i: usize,
+        id: &str,
+        timeout: Duration,
+        check: impl Fn(&Reply) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = format!("{}/cookies/{}?consistency=local", self.url(i), encode(id));
+            let r = try_send(self.client.get(url)).await;
+            if r.as_ref().is_some_and(&check) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{} never reached the state for {id}: last {r:?}\n{}",
+                i + 1,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Percent-encode a path segment.
+pub fn encode(id: &str) -> String {
+    let mut out = String::new();
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
