@@ -76,6 +76,27 @@ for i in 1 3; do
   check "node$i keeps the other fields" "$(field "$BODY" '["user_id"]')" 1001
 done
 
+echo "3b. Cache: status, statistics, cluster status, invalidation across nodes"
+for i in 1 2 3; do
+  request GET "$i" /cache
+  check "node$i /cache" "$CODE" 200
+done
+check "cache_stats present" "$(field "$BODY" '["cache_stats"]["hit_rate"] >= 0')" True
+check "cluster_status lists the two other nodes" "$(field "$BODY" '["cluster_status"]["cluster_nodes"]')" "['node1', 'node2']"
+check "node_statuses has both peers ok" "$(field "$BODY" '["node_statuses"]["node1"]["status"] + "," + v["node_statuses"]["node2"]["status"]')" "ok,ok"
+curl -s -m 5 -o /dev/null "$(url 3)/cookies/$ID"
+HITS=$(curl -s -m 5 "$(url 3)/cache" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache_stats"]["hits"])')
+XC=$(curl -s -m 5 -D - -o /dev/null "$(url 3)/cookies/$ID" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache"{print $2}')
+check "second read on node3 is a cache HIT" "$XC" HIT
+HITS2=$(curl -s -m 5 "$(url 3)/cache" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache_stats"]["hits"])')
+check "node3 hit counter grew" "$((HITS2 - HITS))" 1
+request PUT 1 "/cookies/$ID" '{"note":"invalidated"}'
+check "update on node1" "$CODE" 200
+request GET 3 "/cookies/$ID"
+check "node3 sees the update (its cached copy was invalidated)" "$(field "$BODY" '["note"]')" invalidated
+request DELETE 2 /cache
+check "DELETE /cache on node2" "$(field "$BODY" '["message"]')" "Cache cleared successfully"
+
 echo "4. Versions: a stale If-Match is refused on any node"
 ETAG=$(curl -s -m 5 -D - -o /dev/null "$(url 3)/cookies/$ID" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
 request PUT 3 "/cookies/$ID" '{"note":"cas"}' -H "If-Match: $ETAG"

@@ -99,6 +99,8 @@ pub struct Config {
     pub cache_max_entries: usize,
     /// Seconds between sweeps of expired cache entries.
     pub cache_cleanup_interval: u64,
+    /// Milliseconds between health checks of the other members (`/cache` node_health).
+    pub health_check_interval_ms: u64,
     /// Largest accepted request body on the API, in bytes.
     pub max_body_bytes: usize,
     /// How long a write may wait for a leader and for its commit.
@@ -124,6 +126,7 @@ impl Default for Config {
             cache_ttl: 300,
             cache_max_entries: 100_000,
             cache_cleanup_interval: 60,
+            health_check_interval_ms: 2000,
             max_body_bytes: 1 << 20,
             write_timeout_ms: 5000,
             read_timeout_ms: 5000,
@@ -150,6 +153,9 @@ impl Config {
 
     /// Fill derived defaults and check the whole config.
     pub fn finish(&mut self) -> Result<(), String> {
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(format!("listen: {:?} is not an ip:port", self.listen));
+        }
         if self.nodes.is_empty() {
             self.nodes.push(Member {
                 id: self.node_id,
@@ -178,9 +184,6 @@ impl Config {
         if self.node_name.is_none() {
             self.node_name = Some(me.name());
         }
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(format!("listen: {:?} is not an ip:port", self.listen));
-        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
             return Err("raft: election_timeout_min_ms must exceed heartbeat_ms > 0".into());
@@ -190,6 +193,9 @@ impl Config {
         }
         if self.batch.max_commands == 0 || self.batch.max_inflight == 0 {
             return Err("batch: max_commands and max_inflight must be at least 1".into());
+        }
+        if self.health_check_interval_ms == 0 {
+            return Err("health_check_interval_ms must be at least 1".into());
         }
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());

@@ -7,6 +7,7 @@
 //! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
+//! - [`monitor`]: periodic health checks of the other members (for `/cache`).
 //! - [`peers`]: the HTTP client for node-to-node application traffic.
 //!
 //! The Raft glue (log store, state machine, cache, Raft network) lives in the `cookie-raft`
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod monitor;
 pub mod node;
 pub mod peers;
 pub mod read;

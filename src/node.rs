@@ -10,6 +10,7 @@ use openraft::SnapshotPolicy;
 use crate::api::{self, AppState};
 use crate::bootstrap;
 use crate::config::Config;
+use crate::monitor::Monitor;
 use crate::peers::PeerClient;
 use crate::write::{BatchLimits, Batcher, Writer};
 
@@ -83,6 +84,15 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
 
     tokio::spawn(bootstrap::run(raft.clone(), cfg.clone(), peers.clone()));
 
+    let monitor = Monitor::default();
+    monitor.spawn(
+        raft.clone(),
+        cfg.node_id,
+        peers.clone(),
+        Duration::from_millis(cfg.health_check_interval_ms),
+        Duration::from_millis(500),
+    );
+
     let state = Arc::new(AppState {
         me: cfg.node_id,
         cfg,
@@ -90,6 +100,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         reader,
         writer,
         peers,
+        monitor,
         started: std::time::Instant::now(),
     });
     axum::serve(listener, api::router(state))

@@ -258,3 +258,58 @@ async fn concurrent_if_match_updates_exactly_one_wins_per_version() {
         version = winner.etag();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_writes_are_503_or_unknown_never_a_false_failure() {
+    let extra = format!("write_timeout_ms = 1500\nread_timeout_ms = 1500\n{FAST_RAFT}");
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    let f1 = (leader + 1) % 3;
+    let f2 = (leader + 2) % 3;
+    assert_eq!(
+        c.create(leader, json!({"cookie": "base", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+
+    // The leader alone: it may propose, but nothing can commit. The outcome is unknown.
+    c.kill(f1);
+    c.kill(f2);
+    let r = c
+        .create(leader, json!({"cookie": "maybe", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("outcome unknown"),
+        "{}",
+        r.text
+    );
+    // It cannot confirm its leadership either: no linearizable read.
+    let r = c.get(leader, "base", "linearizable").await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // A local read still answers from its applied state.
+    assert_eq!(c.get(leader, "base", "local").await.status, 200);
+
+    // A follower alone knows no live leader: 503 "No leader available", nothing written.
+    c.kill(leader);
+    c.spawn(f1);
+    c.wait_up(f1, WAIT).await;
+    let r = c.create(f1, json!({"cookie": "never", "user_id": 1})).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (503, json!({"error": "No leader available"}))
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    // With a quorum back, the refused write is absent; the unknown one may or may not be.
+    c.spawn(leader);
+    c.wait_leader(WAIT).await;
+    let r = c.get(f1, "never", "linearizable").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(c.get(f1, "base", "linearizable").await.status, 200);
+}

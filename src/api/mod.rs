@@ -1,5 +1,6 @@
 //! The HTTP server: the cookie API, health, cluster view, and the Raft RPC endpoints.
 
+pub mod cache;
 pub mod cookies;
 pub mod error;
 pub mod health;
@@ -13,6 +14,7 @@ use axum::Router;
 use cookie_raft::{NodeId, Raft, StoreReader};
 
 use crate::config::Config;
+use crate::monitor::Monitor;
 use crate::peers::PeerClient;
 use crate::write::Writer;
 use error::ApiError;
@@ -25,6 +27,7 @@ pub struct AppState {
     pub reader: StoreReader,
     pub writer: Writer,
     pub peers: PeerClient,
+    pub monitor: Monitor,
     pub started: std::time::Instant,
 }
 
@@ -72,6 +75,14 @@ pub fn router(state: Shared) -> Router {
                     .post(cookies::create_with_path)
                     .put(cookies::update)
                     .delete(cookies::delete)
+                    .head(method_not_allowed),
+            ),
+        )
+        .route(
+            "/cache",
+            with_405(
+                get(cache::get_cache)
+                    .delete(cache::clear_cache)
                     .head(method_not_allowed),
             ),
         )

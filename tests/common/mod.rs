@@ -181,6 +181,20 @@ impl Cluster {
         None
     }
 
+    /// Wait until node `i` answers `/health` (its HTTP server is up).
+    pub async fn wait_up(&self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.health(i).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node{} never came up\n{}",
+                i + 1,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_leader(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
@@ -328,7 +342,11 @@ impl Reply {
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Reply {
-    try_send(req).await.expect("request")
+    let desc = format!("{req:?}");
+    match try_send(req).await {
+        Some(r) => r,
+        None => panic!("request failed: {desc}"),
+    }
 }
 
 /// Like [`send`], but a connection error is `None` (e.g. a node still starting).

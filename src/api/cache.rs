@@ -1,0 +1,93 @@
+//! `GET /cache` and `DELETE /cache`, as the original: this node's cache statistics, the
+//! cluster's health as this node sees it, and every peer's own cache statistics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use super::Shared;
+use crate::monitor::{other_members, unix_now};
+
+/// How long `/cache` waits for a peer's statistics before marking it unreachable.
+pub const PEER_STATS_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn stats_json(state: &Shared) -> Value {
+    serde_json::to_value(state.reader.cache().stats()).unwrap_or(Value::Null)
+}
+
+/// `GET /cache` (`?scope=local`: only this node's `cache_stats`, used between peers so the
+/// fan-out never recurses).
+pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Response {
+    let local_only = q.as_deref().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "scope" && v == "local")
+    });
+    if local_only {
+        return Json(json!({ "cache_stats": stats_json(&state), "local_node": state.cfg.name() }))
+            .into_response();
+    }
+
+    let members = other_members(&state.raft, state.me);
+    let fetched = join_all(members.iter().map(|(_, _, addr)| {
+        state
+            .peers
+            .get_json(addr, "/cache?scope=local", PEER_STATS_TIMEOUT)
+    }))
+    .await;
+    let mut node_statuses = BTreeMap::new();
+    for ((_, name, _), res) in members.iter().zip(fetched) {
+        let entry = match res {
+            Ok(mut v) => {
+                let mut s = v["cache_stats"].take();
+                if let Some(obj) = s.as_object_mut() {
+                    obj.insert("status".into(), json!("ok"));
+                }
+                s
+            }
+            Err(_) => json!({ "status": "unreachable" }),
+        };
+        node_statuses.insert(name.clone(), entry);
+    }
+
+    let health = state.monitor.snapshot();
+    let mut node_health = BTreeMap::new();
+    let mut connected = Vec::new();
+    for (id, name, _) in &members {
+        let (status, last_seen) = match health.get(id) {
+            Some(h) => (if h.ok { "ok" } else { "error" }, h.last_seen),
+            None => ("unknown", None),
+        };
+        if status == "ok" {
+            connected.push(name.clone());
+        }
+        node_health.insert(
+            name.clone(),
+            json!({ "status": status, "last_seen": last_seen }),
+        );
+    }
+
+    Json(json!({
+        "cache_stats": stats_json(&state),
+        "cluster_status": {
+            "current_node": state.cfg.name(),
+            "cluster_nodes": members.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>(),
+            "connected_nodes": connected,
+            "node_health": node_health,
+        },
+        "node_statuses": node_statuses,
+        "local_node": state.cfg.name(),
+        "timestamp": unix_now(),
+    }))
+    .into_response()
+}
+
+/// `DELETE /cache`: clear this node's cache; the statistics stay.
+pub async fn clear_cache(State(state): State<Shared>) -> Response {
+    state.reader.cache().clear();
+    Json(json!({ "message": "Cache cleared successfully", "timestamp": unix_now() }))
+        .into_response()
+}
