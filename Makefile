@@ -33,3 +33,10 @@ cluster-clean:
 
 cluster-test:
 	scripts/cluster-test.sh
+
+# Figures for docs/benchmarks.md: the cache alone, its memory per entry, and HTTP reads
+# with the cache on and off in the same run.
+bench:
+	$(CARGO) bench --bench cache
+	$(CARGO) bench --bench cache_memory
+	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache

@@ -313,3 +313,30 @@ async fn without_a_quorum_writes_are_503_or_unknown_never_a_false_failure() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(c.get(f1, "base", "linearizable").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_can_start_in_any_order() {
+    for order in [[2, 1, 0], [0, 2, 1]] {
+        let mut c = Cluster::configure(3, FAST_RAFT);
+        c.spawn(order[0]);
+        c.spawn(order[1]);
+        c.wait_up(order[0], WAIT).await;
+        c.wait_up(order[1], WAIT).await;
+        // Two of three up but the cluster not formed yet: nobody initialized it alone.
+        let info = c.cluster_info(order[0]).await;
+        assert_eq!(info["initialized"], false, "{info}");
+        assert!(!c.is_ready(order[0]).await);
+        c.spawn(order[2]);
+        c.wait_ready_all(WAIT).await;
+        assert_eq!(
+            c.create(order[2], json!({"cookie": "o", "user_id": 1}))
+                .await
+                .status,
+            201
+        );
+        for i in 0..3 {
+            assert_eq!(c.get(i, "o", "linearizable").await.status, 200);
+            assert_eq!(c.cluster_info(i).await["voters"], json!([1, 2, 3]));
+        }
+    }
+}

@@ -60,6 +60,16 @@ impl Cluster {
     /// Start `n` nodes; `extra` is TOML appended to every node's config (e.g. a `[raft]`
     /// table). Returns once a leader is elected and every node is ready.
     pub async fn start(n: usize, extra: &str) -> Cluster {
+        let mut cluster = Cluster::configure(n, extra);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready_all(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Write the configs of `n` nodes without starting any.
+    pub fn configure(n: usize, extra: &str) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let members: Vec<String> = ports
@@ -91,12 +101,7 @@ impl Cluster {
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap();
-        let mut cluster = Cluster { nodes, client, dir };
-        for i in 0..n {
-            cluster.spawn(i);
-        }
-        cluster.wait_ready_all(Duration::from_secs(30)).await;
-        cluster
+        Cluster { nodes, client, dir }
     }
 
     pub fn dir(&self) -> &std::path::Path {
