@@ -44,7 +44,11 @@ pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
         let mut any_initialized = false;
         for m in cfg.nodes.iter().filter(|m| m.id != me) {
             match peers
-                .get_json(&m.addr, "/cluster", Duration::from_millis(500))
+                .get_json(
+                    &peers.addr(m.id, &members[&m.id]),
+                    "/cluster",
+                    Duration::from_millis(500),
+                )
                 .await
             {
                 Ok(v) => any_initialized |= v["initialized"].as_bool().unwrap_or(false),

@@ -93,6 +93,9 @@ pub struct Config {
     /// The initial members. This node must be among them. The member with the smallest id
     /// initializes a brand-new cluster, once.
     pub nodes: Vec<Member>,
+    /// Addresses this node uses to reach particular peers instead of the ones in the
+    /// membership (split-horizon addressing; the fault-injection tests put a proxy here).
+    pub peer_overrides: Vec<Member>,
     pub cache_enabled: bool,
     /// Seconds an entry stays in the read cache.
     pub cache_ttl: u64,
@@ -122,6 +125,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             nodes: Vec::new(),
+            peer_overrides: Vec::new(),
             cache_enabled: true,
             cache_ttl: 300,
             cache_max_entries: 100_000,

@@ -31,14 +31,14 @@ pub fn unix_now() -> u64 {
 }
 
 /// The other members of the cluster, from the replicated membership: `(id, name, addr)`.
-pub fn other_members(raft: &Raft, me: NodeId) -> Vec<(NodeId, String, String)> {
+pub fn other_members(raft: &Raft, me: NodeId, peers: &PeerClient) -> Vec<(NodeId, String, String)> {
     let m = raft.metrics();
     let m = m.borrow();
     m.membership_config
         .membership()
         .nodes()
         .filter(|(id, _)| **id != me)
-        .map(|(id, n)| (*id, n.name.clone(), n.addr.clone()))
+        .map(|(id, n)| (*id, n.name.clone(), peers.addr(*id, n)))
         .collect()
 }
 
@@ -50,7 +50,7 @@ impl Monitor {
 
     /// Check every peer now, concurrently.
     pub async fn check_once(&self, raft: &Raft, me: NodeId, peers: &PeerClient, timeout: Duration) {
-        let members = other_members(raft, me);
+        let members = other_members(raft, me, peers);
         let results = join_all(
             members
                 .iter()

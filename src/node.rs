@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cookie_raft::{Cache, CacheConfig, LogStore, Network, Raft, StateMachine};
+use cookie_raft::{AddressBook, Cache, CacheConfig, LogStore, Network, Raft, StateMachine};
 use openraft::SnapshotPolicy;
 
 use crate::api::{self, AppState};
@@ -51,10 +51,16 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
     let log = LogStore::open(&cfg.data_dir)?;
     let sm = StateMachine::open(&cfg.data_dir, cache)?;
     let reader = sm.reader();
-    let network = Network::new(cfg.cluster_secret.clone())?;
+    let book = AddressBook::new(
+        cfg.peer_overrides
+            .iter()
+            .map(|m| (m.id, m.addr.clone()))
+            .collect(),
+    );
+    let network = Network::new(cfg.cluster_secret.clone(), book.clone())?;
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm).await?;
 
-    let peers = PeerClient::new(cfg.cluster_secret.clone())?;
+    let peers = PeerClient::new(cfg.cluster_secret.clone(), book)?;
     let batcher = Batcher::spawn(
         raft.clone(),
         BatchLimits {

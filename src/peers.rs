@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cookie_raft::codec;
-use cookie_raft::{CmdResult, Command};
+use cookie_raft::{AddressBook, CmdResult, Command, CookieNode, NodeId, Raft};
 use serde::{Deserialize, Serialize};
 
 /// What the leader answers a forwarded write.
@@ -41,17 +41,41 @@ pub enum SendError {
 pub struct PeerClient {
     client: reqwest::Client,
     secret: Option<String>,
+    book: AddressBook,
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>) -> Result<Self, reqwest::Error> {
+    pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(PeerClient { client, secret })
+        Ok(PeerClient {
+            client,
+            secret,
+            book,
+        })
+    }
+
+    /// The address this node uses to reach node `id`.
+    pub fn addr(&self, id: NodeId, node: &CookieNode) -> String {
+        self.book.resolve(id, node)
+    }
+
+    /// The current leader as this node sees it, and the address to reach it.
+    pub fn leader(&self, raft: &Raft) -> (Option<NodeId>, Option<String>) {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader;
+        let addr = leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| self.addr(l, n))
+        });
+        (leader, addr)
     }
 
     fn post(

@@ -45,17 +45,8 @@ pub async fn barrier(
     let deadline = Instant::now() + timeout;
     let mut metrics = raft.metrics();
     loop {
-        let (leader, addr) = {
-            let m = metrics.borrow_and_update();
-            let leader = m.current_leader;
-            let addr = leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            (leader, addr)
-        };
+        metrics.borrow_and_update();
+        let (leader, addr) = peers.leader(raft);
         let index = match (leader, addr) {
             (Some(l), _) if l == me => tokio::time::timeout_at(deadline, local_read_index(raft))
                 .await

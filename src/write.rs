@@ -221,17 +221,8 @@ impl Writer {
         let deadline = Instant::now() + self.timeout;
         let mut metrics = self.raft.metrics();
         loop {
-            let (leader, addr) = {
-                let m = metrics.borrow_and_update();
-                let leader = m.current_leader;
-                let addr = leader.and_then(|l| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| n.addr.clone())
-                });
-                (leader, addr)
-            };
+            metrics.borrow_and_update();
+            let (leader, addr) = self.peers.leader(&self.raft);
             match (leader, addr) {
                 (Some(l), _) if l == self.me => {
                     match self.batcher.submit(cmd.clone(), deadline).await {

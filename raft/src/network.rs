@@ -6,6 +6,8 @@
 //! `Network` error. Each request names its target node id in [`RAFT_TARGET_HEADER`], so a
 //! misconfigured address that reaches the wrong node is refused rather than obeyed.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -25,22 +27,50 @@ use crate::types::{CookieNode, NodeId, TypeConfig};
 /// Header naming the node id an RPC is meant for.
 pub const RAFT_TARGET_HEADER: &str = "x-raft-target";
 
-/// The network factory: one shared HTTP client and an optional cluster secret.
+/// Where this node reaches each peer: the address in the replicated membership, unless
+/// this node's config overrides it (split-horizon addressing, or a fault-injection proxy
+/// placed on one node-to-node link).
+#[derive(Clone, Debug, Default)]
+pub struct AddressBook {
+    overrides: Arc<BTreeMap<NodeId, String>>,
+}
+
+impl AddressBook {
+    pub fn new(overrides: BTreeMap<NodeId, String>) -> Self {
+        AddressBook {
+            overrides: Arc::new(overrides),
+        }
+    }
+
+    pub fn resolve(&self, id: NodeId, node: &CookieNode) -> String {
+        self.overrides
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone())
+    }
+}
+
+/// The network factory: one shared HTTP client, the address book and an optional secret.
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
     secret: Option<String>,
+    book: AddressBook,
 }
 
 impl Network {
-    pub fn new(secret: Option<String>) -> Result<Self, reqwest::Error> {
+    pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Network { client, secret })
+        Ok(Network {
+            client,
+            secret,
+            book,
+        })
     }
 }
 
@@ -60,7 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             secret: self.secret.clone(),
             target,
-            addr: node.addr.clone(),
+            addr: self.book.resolve(target, node),
         }
     }
 }

@@ -31,7 +31,7 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
             .into_response();
     }
 
-    let members = other_members(&state.raft, state.me);
+    let members = other_members(&state.raft, state.me, &state.peers);
     let fetched = join_all(members.iter().map(|(_, _, addr)| {
         state
             .peers

@@ -72,26 +72,29 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .map_err(|_| ApiError::bad_request("If-Match must be a version like \"42\""))
 }
 
+/// How much of an oversized body we read and discard before answering 413, so that a
+/// client still sending it reads our reply instead of a connection reset.
+const DRAIN_LIMIT: usize = 16 << 20;
+
 /// Read a request body of at most `limit` bytes.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge);
-    }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::PayloadTooLarge)
-            } else {
-                Err(ApiError::bad_request("Could not read request body"))
-            }
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("Could not read request body"))?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit + DRAIN_LIMIT {
+            break; // give up draining; the connection will be closed
         }
+    }
+    if seen > limit {
+        Err(ApiError::PayloadTooLarge)
+    } else {
+        Ok(buf)
     }
 }
 
@@ -215,7 +218,7 @@ pub async fn create_with_path(state: State<Shared>, headers: HeaderMap, body: Bo
 /// `POST /cookies`
 pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
     require_json_content_type(&headers)?;
-    let bytes = read_body(body, &headers, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, state.cfg.max_body_bytes).await?;
     let mut obj = parse_object(&bytes)?;
     let id = match obj.get("cookie") {
         None | Some(Value::Null) => return Err(ApiError::bad_request("Cookie field is required")),
@@ -250,7 +253,7 @@ pub async fn update(
 ) -> ApiResult {
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
-    let bytes = read_body(body, &headers, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, state.cfg.max_body_bytes).await?;
     let patch = parse_object(&bytes)?;
     if let Some(v) = patch.get("user_id") {
         if !valid_user_id(v) {
