@@ -1,10 +1,11 @@
 # cookie-crud: the two commands a fresh machine needs are `make cluster-start` (or
 # `cargo run --release` for one node) and `make test`.
 
+SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/cookie-crud
 
-.PHONY: build run test lint cluster-start cluster-stop cluster-clean cluster-test bench
+.PHONY: build run test lint cluster-start cluster-stop cluster-clean cluster-test bench jepsen
 
 build:
 	$(CARGO) build --release --workspace
@@ -40,3 +41,13 @@ bench:
 	$(CARGO) bench --bench cache
 	$(CARGO) bench --bench cache_memory
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache
+
+# The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
+# (default 60). JEPSEN_FAULTS="partition" (or "kill pause") picks runs; JEPSEN_SEED fixes
+# the seed. Results: results/jepsen-<seed>/.
+jepsen:
+	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
+	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \
+	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(CARGO) test --release --test jepsen -- --nocapture 2>&1 \
+	    | grep -E "^(nemesis|jepsen run|register ops|set:|result|  |smallest|results in|test result)"; \
+	done

@@ -16,7 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
 
 /// Ports below the kernel's ephemeral range, spread by process id so parallel test binaries
 /// do not collide, and checked free before use.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 400) as u16 * 25;
     loop {
@@ -70,6 +70,16 @@ impl Cluster {
 
     /// Write the configs of `n` nodes without starting any.
     pub fn configure(n: usize, extra: &str) -> Cluster {
+        Cluster::configure_with(n, extra, |_, _| String::new())
+    }
+
+    /// Like [`Cluster::configure`], with top-level TOML for each node from
+    /// `per_node(index, ports)` placed before `extra`.
+    pub fn configure_with(
+        n: usize,
+        extra: &str,
+        per_node: impl Fn(usize, &[u16]) -> String,
+    ) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let members: Vec<String> = ports
@@ -83,9 +93,10 @@ impl Cluster {
             let data = dir.path().join(format!("node{id}"));
             let config = dir.path().join(format!("node{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{extra}",
+                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{}\n{extra}",
                 data.display(),
-                members.join(", ")
+                members.join(", "),
+                per_node(i, &ports)
             );
             std::fs::write(&config, text).unwrap();
             nodes.push(Node {
@@ -153,6 +164,16 @@ impl Cluster {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Send a signal (`STOP`, `CONT`, ...) to node `i`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        if let Some(pid) = self.nodes[i].pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
         }
     }
 

@@ -1,0 +1,633 @@
+//! Checking a history.
+//!
+//! - **Linearizability** per key (it is compositional), by the Wing-Gong algorithm with
+//!   Lowe's memoisation, over a versioned-register model whose state is "absent" or
+//!   `(version, value)`. Operations whose outcome is unknown have no return event: they may
+//!   be linearized anywhere after their invocation, or never. `local` reads are left out.
+//! - **Local reads** never return a value that was never written, or one written only after
+//!   the read completed.
+//! - **Versions** seen by one client on one key never go backwards.
+//! - **Set**: after healing, every acknowledged create is present exactly once, and nothing
+//!   that was never attempted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::history::{Call, Op, Outcome};
+
+/// What we know of a register's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ver {
+    Exact(u64),
+    /// Written by an operation whose result we never saw: some version >= this.
+    AtLeast(u64),
+}
+
+impl Ver {
+    fn min(self) -> u64 {
+        match self {
+            Ver::Exact(v) | Ver::AtLeast(v) => v,
+        }
+    }
+
+    /// Could the version be exactly `v`?
+    fn admits(self, v: u64) -> bool {
+        match self {
+            Ver::Exact(x) => x == v,
+            Ver::AtLeast(m) => v >= m,
+        }
+    }
+}
+
+/// The register: absent, or present with a version and a value.
+pub type State = Option<(Ver, i64)>;
+
+/// The model's transition for `op` from `s`, or `None` if `op` cannot take effect here.
+pub fn step(s: State, op: &Op) -> Option<State> {
+    let unknown = matches!(op.outcome, Outcome::Unknown { .. });
+    match (&op.call, &op.outcome) {
+        (Call::Read { .. }, Outcome::Ok { version, value }) => match (s, version, value) {
+            (None, None, _) => Some(None),
+            (Some((ver, val)), Some(v), Some(x)) if ver.admits(*v) && val == *x => {
+                Some(Some((Ver::Exact(*v), val)))
+            }
+            _ => None,
+        },
+        (Call::Create { value }, outcome) => match (s, outcome) {
+            (
+                None,
+                Outcome::Ok {
+                    version: Some(w), ..
+                },
+            ) => Some(Some((Ver::Exact(*w), *value))),
+            (None, _) if unknown => Some(Some((Ver::AtLeast(0), *value))),
+            (Some(_), Outcome::Fail { status: 409 }) => Some(s),
+            _ => None,
+        },
+        (Call::Write { value }, outcome) => match (s, outcome) {
+            (
+                Some((ver, _)),
+                Outcome::Ok {
+                    version: Some(w), ..
+                },
+            ) if *w > ver.min() => Some(Some((Ver::Exact(*w), *value))),
+            (Some((ver, _)), _) if unknown => Some(Some((Ver::AtLeast(ver.min() + 1), *value))),
+            (None, Outcome::Fail { status: 404 }) => Some(None),
+            _ => None,
+        },
+        (Call::Cas { expected, value }, outcome) => match (s, outcome) {
+            (
+                Some((ver, _)),
+                Outcome::Ok {
+                    version: Some(w), ..
+                },
+            ) if ver.admits(*expected) && *w > *expected => Some(Some((Ver::Exact(*w), *value))),
+            (Some((ver, _)), _) if unknown && ver.admits(*expected) => {
+                Some(Some((Ver::AtLeast(expected + 1), *value)))
+            }
+            (None, Outcome::Fail { status: 412 }) => Some(None),
+            // 412: the version differed (an `AtLeast` version may differ from anything).
+            (Some((ver, val)), Outcome::Fail { status: 412 }) if ver != Ver::Exact(*expected) => {
+                Some(Some((ver, val)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether the checker uses `op` for the linearizability search.
+fn relevant(op: &Op) -> bool {
+    match (&op.call, &op.outcome) {
+        (Call::Read { local: true }, _) => false,
+        (_, Outcome::ReadFailed) => false,
+        (Call::Read { .. }, Outcome::Unknown { .. }) => false,
+        (Call::Write { .. }, Outcome::Fail { status }) => *status == 404,
+        (Call::Create { .. }, Outcome::Fail { status }) => *status == 409,
+        (Call::Cas { .. }, Outcome::Fail { status }) => *status == 412,
+        _ => true,
+    }
+}
+
+/// A small growable bit set (one bit per operation of the key).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// For a call: its return event, if the operation completed with a known outcome.
+    ret: Option<usize>,
+    prev: usize,
+    next: usize,
+}
+
+/// Is this one key's history linearizable? `ops` are that key's operations.
+pub fn linearizable(ops: &[Op]) -> bool {
+    let ops: Vec<&Op> = ops.iter().filter(|o| relevant(o)).collect();
+    let n = ops.len();
+    // Events in time order; on equal times, calls first (the permissive choice).
+    let mut times: Vec<(u64, bool, usize)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        times.push((op.invoke_ns, false, i));
+        if !matches!(op.outcome, Outcome::Unknown { .. }) {
+            times.push((op.complete_ns, true, i));
+        }
+    }
+    times.sort_by_key(|&(t, is_ret, i)| (t, is_ret, i));
+    // A doubly linked list with a sentinel head at index 0.
+    let mut ev: Vec<Event> = vec![Event {
+        op: usize::MAX,
+        is_call: false,
+        ret: None,
+        prev: 0,
+        next: 0,
+    }];
+    let mut call_idx = vec![0usize; n];
+    for (_, is_ret, i) in &times {
+        let idx = ev.len();
+        ev.push(Event {
+            op: *i,
+            is_call: !is_ret,
+            ret: None,
+            prev: idx - 1,
+            next: usize::MAX,
+        });
+        ev[idx - 1].next = idx;
+        if *is_ret {
+            let c = call_idx[*i];
+            ev[c].ret = Some(idx);
+        } else {
+            call_idx[*i] = idx;
+        }
+    }
+    const END: usize = usize::MAX;
+    let mut returns_left = times.iter().filter(|t| t.1).count();
+
+    fn unlink(ev: &mut [Event], i: usize) {
+        let (p, n) = (ev[i].prev, ev[i].next);
+        ev[p].next = n;
+        if n != END {
+            ev[n].prev = p;
+        }
+    }
+    fn relink(ev: &mut [Event], i: usize) {
+        let (p, n) = (ev[i].prev, ev[i].next);
+        ev[p].next = i;
+        if n != END {
+            ev[n].prev = i;
+        }
+    }
+
+    let mut state: State = None;
+    let mut linearized = Bits::new(n);
+    let mut cache: HashSet<(Bits, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut entry = ev[0].next;
+    loop {
+        if returns_left == 0 {
+            return true;
+        }
+        if entry == END {
+            // Only calls without returns were left to try here: backtrack.
+            let Some((call, prev_state)) = stack.pop() else {
+                return false;
+            };
+            state = prev_state;
+            linearized.clear(ev[call].op);
+            if let Some(r) = ev[call].ret {
+                relink(&mut ev, r);
+                returns_left += 1;
+            }
+            relink(&mut ev, call);
+            entry = ev[call].next;
+            continue;
+        }
+        let e = ev[entry];
+        if e.is_call {
+            if let Some(next) = step(state, ops[e.op]) {
+                let mut lin = linearized.clone();
+                lin.set(e.op);
+                if cache.insert((lin.clone(), next)) {
+                    stack.push((entry, state));
+                    state = next;
+                    linearized = lin;
+                    unlink(&mut ev, entry);
+                    if let Some(r) = e.ret {
+                        unlink(&mut ev, r);
+                        returns_left -= 1;
+                    }
+                    entry = ev[0].next;
+                    continue;
+                }
+            }
+            entry = e.next;
+        } else {
+            // An operation returned before we could linearize it: undo the last choice.
+            let Some((call, prev_state)) = stack.pop() else {
+                return false;
+            };
+            state = prev_state;
+            linearized.clear(ev[call].op);
+            if let Some(r) = ev[call].ret {
+                relink(&mut ev, r);
+                returns_left += 1;
+            }
+            relink(&mut ev, call);
+            entry = ev[call].next;
+        }
+    }
+}
+
+/// Local reads: the value seen was written by some create/write/CAS on that key (acknowledged
+/// or unknown) invoked before the read completed, with the version it got if known.
+pub fn local_reads_valid(ops: &[Op]) -> Result<(), String> {
+    for r in ops.iter().filter(|o| o.call == Call::Read { local: true }) {
+        let Outcome::Ok {
+            version: Some(v),
+            value: Some(x),
+        } = &r.outcome
+        else {
+            continue;
+        };
+        let writer = ops.iter().find(|w| {
+            let value = match &w.call {
+                Call::Create { value } | Call::Write { value } | Call::Cas { value, .. } => *value,
+                Call::Read { .. } => return false,
+            };
+            let version_ok = match &w.outcome {
+                Outcome::Ok {
+                    version: Some(wv), ..
+                } => wv == v,
+                Outcome::Unknown { .. } => true,
+                _ => false,
+            };
+            value == *x && version_ok && w.invoke_ns <= r.complete_ns
+        });
+        if writer.is_none() {
+            return Err(format!(
+                "local read by process {} on {} saw value {x} at version {v}, which no write produced",
+                r.process, r.key
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One client's acknowledged versions on a key never decrease.
+pub fn versions_monotonic(ops: &[Op]) -> Result<(), String> {
+    let mut last: HashMap<(u64, &str), u64> = HashMap::new();
+    let mut by_time: Vec<&Op> = ops.iter().collect();
+    by_time.sort_by_key(|o| o.invoke_ns);
+    for op in by_time {
+        if op.call == (Call::Read { local: true }) {
+            continue;
+        }
+        if let Outcome::Ok {
+            version: Some(v), ..
+        } = op.outcome
+        {
+            let slot = last.entry((op.process, op.key.as_str())).or_insert(0);
+            if v < *slot {
+                return Err(format!(
+                    "process {} saw {} go from version {} back to {v}",
+                    op.process, op.key, *slot
+                ));
+            }
+            *slot = v;
+        }
+    }
+    Ok(())
+}
+
+/// The set workload: `final_ids` is the list read after healing.
+pub fn set_valid(
+    attempted: &BTreeSet<String>,
+    acked: &BTreeSet<String>,
+    final_ids: &[String],
+) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for id in final_ids {
+        if !seen.insert(id.clone()) {
+            return Err(format!("duplicate: {id}"));
+        }
+        if !attempted.contains(id) {
+            return Err(format!("phantom: {id} was never created"));
+        }
+    }
+    let lost: Vec<_> = acked.difference(&seen).collect();
+    if !lost.is_empty() {
+        return Err(format!(
+            "lost {} acknowledged creates, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        ));
+    }
+    Ok(())
+}
+
+/// Split a history by key.
+pub fn by_key(ops: &[Op]) -> BTreeMap<String, Vec<Op>> {
+    let mut map: BTreeMap<String, Vec<Op>> = BTreeMap::new();
+    for op in ops {
+        map.entry(op.key.clone()).or_default().push(op.clone());
+    }
+    map
+}
+
+/// A readable timeline of one key's operations.
+pub fn timeline(ops: &[Op]) -> String {
+    let mut sorted: Vec<&Op> = ops.iter().collect();
+    sorted.sort_by_key(|o| o.invoke_ns);
+    let mut out = String::new();
+    for o in sorted {
+        out.push_str(&format!(
+            "{:>10.3}ms -> {:>10.3}ms  p{:<4} node{}  {:?} => {:?}\n",
+            o.invoke_ns as f64 / 1e6,
+            o.complete_ns as f64 / 1e6,
+            o.process,
+            o.node + 1,
+            o.call,
+            o.outcome
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(p: u64, t0: u64, t1: u64, call: Call, outcome: Outcome) -> Op {
+        Op {
+            process: p,
+            node: 0,
+            key: "k".into(),
+            call,
+            invoke_ns: t0,
+            complete_ns: t1,
+            outcome,
+        }
+    }
+    fn ok(v: u64, x: i64) -> Outcome {
+        Outcome::Ok {
+            version: Some(v),
+            value: Some(x),
+        }
+    }
+    fn read() -> Call {
+        Call::Read { local: false }
+    }
+    fn unknown() -> Outcome {
+        Outcome::Unknown {
+            why: "timeout".into(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_sequential_history() {
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(1, 2, 3, read(), ok(5, 1)),
+            op(2, 4, 5, Call::Write { value: 2 }, ok(7, 2)),
+            op(
+                1,
+                6,
+                7,
+                Call::Cas {
+                    expected: 7,
+                    value: 3,
+                },
+                ok(9, 3),
+            ),
+            op(
+                2,
+                8,
+                9,
+                Call::Cas {
+                    expected: 7,
+                    value: 4,
+                },
+                Outcome::Fail { status: 412 },
+            ),
+            op(1, 10, 11, read(), ok(9, 3)),
+        ];
+        assert!(linearizable(&h));
+    }
+
+    #[test]
+    fn accepts_concurrent_reads_either_side_of_a_write() {
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 10, Call::Write { value: 2 }, ok(7, 2)),
+            op(3, 3, 4, read(), ok(7, 2)), // overlaps the write: may see it...
+            op(1, 5, 6, read(), ok(7, 2)), // ...and then nobody may see the old value
+        ];
+        assert!(linearizable(&h));
+    }
+
+    #[test]
+    fn rejects_a_stale_read() {
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Write { value: 2 }, ok(7, 2)),
+            op(3, 4, 5, read(), ok(5, 1)), // after the write completed
+        ];
+        assert!(!linearizable(&h));
+    }
+
+    #[test]
+    fn rejects_a_lost_write() {
+        // An acknowledged write, then a read that sees the state before it, forever.
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Write { value: 2 }, ok(7, 2)),
+            op(3, 10, 11, read(), ok(5, 1)),
+            op(3, 12, 13, read(), ok(5, 1)),
+        ];
+        assert!(!linearizable(&h));
+    }
+
+    #[test]
+    fn rejects_a_phantom_value() {
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, read(), ok(6, 99)), // 99 was never written
+        ];
+        assert!(!linearizable(&h));
+        let local = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Read { local: true }, ok(6, 99)),
+        ];
+        assert!(local_reads_valid(&local).is_err());
+        let local_ok = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Read { local: true }, ok(5, 1)),
+        ];
+        assert!(local_reads_valid(&local_ok).is_ok());
+    }
+
+    #[test]
+    fn rejects_a_double_successful_cas() {
+        let h = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(
+                2,
+                2,
+                6,
+                Call::Cas {
+                    expected: 5,
+                    value: 2,
+                },
+                ok(7, 2),
+            ),
+            op(
+                3,
+                2,
+                6,
+                Call::Cas {
+                    expected: 5,
+                    value: 3,
+                },
+                ok(8, 3),
+            ),
+        ];
+        assert!(!linearizable(&h));
+    }
+
+    #[test]
+    fn unknown_writes_may_apply_or_not() {
+        // Applied: a later read sees it with a version we learn only then.
+        let applied = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Write { value: 2 }, unknown()),
+            op(3, 10, 11, read(), ok(6, 2)),
+            op(
+                3,
+                12,
+                13,
+                Call::Cas {
+                    expected: 6,
+                    value: 3,
+                },
+                ok(8, 3),
+            ),
+        ];
+        assert!(linearizable(&applied));
+        // Never applied.
+        let never = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(2, 2, 3, Call::Write { value: 2 }, unknown()),
+            op(3, 10, 11, read(), ok(5, 1)),
+        ];
+        assert!(linearizable(&never));
+        // But not before it was invoked.
+        let too_early = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(3, 2, 3, read(), ok(6, 2)),
+            op(2, 10, 11, Call::Write { value: 2 }, unknown()),
+        ];
+        assert!(!linearizable(&too_early));
+        // An unknown CAS applies only where its version matches.
+        let cas = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(5, 1)),
+            op(
+                2,
+                2,
+                3,
+                Call::Cas {
+                    expected: 4,
+                    value: 2,
+                },
+                unknown(),
+            ),
+            op(3, 10, 11, read(), ok(9, 2)),
+        ];
+        assert!(!linearizable(&cas));
+    }
+
+    #[test]
+    fn absent_register_rules() {
+        let h = vec![
+            op(
+                1,
+                0,
+                1,
+                read(),
+                Outcome::Ok {
+                    version: None,
+                    value: None,
+                },
+            ),
+            op(
+                1,
+                2,
+                3,
+                Call::Write { value: 1 },
+                Outcome::Fail { status: 404 },
+            ),
+            op(1, 4, 5, Call::Create { value: 1 }, ok(3, 1)),
+            op(
+                2,
+                6,
+                7,
+                Call::Create { value: 2 },
+                Outcome::Fail { status: 409 },
+            ),
+        ];
+        assert!(linearizable(&h));
+        let bad = vec![
+            op(1, 0, 1, Call::Create { value: 1 }, ok(3, 1)),
+            op(
+                2,
+                2,
+                3,
+                read(),
+                Outcome::Ok {
+                    version: None,
+                    value: None,
+                },
+            ),
+        ];
+        assert!(!linearizable(&bad));
+    }
+
+    #[test]
+    fn versions_never_go_backwards_for_a_client() {
+        let h = vec![op(1, 0, 1, read(), ok(7, 1)), op(1, 2, 3, read(), ok(5, 1))];
+        assert!(versions_monotonic(&h).is_err());
+    }
+
+    #[test]
+    fn set_invariant() {
+        let attempted: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let acked: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(set_valid(&attempted, &acked, &s(&["a", "b"])).is_ok());
+        assert!(
+            set_valid(&attempted, &acked, &s(&["a", "b", "c"])).is_ok(),
+            "unknown may appear"
+        );
+        assert!(set_valid(&attempted, &acked, &s(&["a"])).is_err(), "lost");
+        assert!(
+            set_valid(&attempted, &acked, &s(&["a", "b", "b"])).is_err(),
+            "duplicate"
+        );
+        assert!(
+            set_valid(&attempted, &acked, &s(&["a", "b", "z"])).is_err(),
+            "phantom"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! A Jepsen-style fault test of cookie-crud: real node processes, concurrent clients, a
+//! nemesis, a recorded history and a linearizability checker. See `docs/jepsen.md`.
+
+pub mod checker;
+pub mod history;
+pub mod nemesis;
+pub mod proxy;
+pub mod rng;
+pub mod workload;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{free_port, Cluster};
+use history::{Call, Op, Outcome};
+use nemesis::{Fault, Nemesis};
+use proxy::Mesh;
+use workload::Ctx;
+
+/// Node settings for fault runs: quick elections, short request timeouts, and a snapshot
+/// (with log purge) every 50 entries so snapshot installs happen all the time.
+const NODE_CONFIG: &str = "write_timeout_ms = 2000
+read_timeout_ms = 2000
+health_check_interval_ms = 1000
+[raft]
+heartbeat_ms = 100
+election_timeout_min_ms = 600
+election_timeout_max_ms = 1200
+snapshot_logs = 50
+keep_logs_after_snapshot = 10
+";
+
+pub struct RunConfig {
+    pub seconds: u64,
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    pub register_clients: u64,
+    pub set_clients: u64,
+    pub results: PathBuf,
+}
+
+impl RunConfig {
+    /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS` (kill,pause,partition,all,none),
+    /// `JEPSEN_RESULTS` (directory).
+    pub fn from_env(default_seconds: u64) -> RunConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let seed = env("JEPSEN_SEED")
+            .map(|s| s.parse().expect("JEPSEN_SEED is a number"))
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    % 1_000_000
+            });
+        RunConfig {
+            seconds: env("JEPSEN_TIME").map_or(default_seconds, |s| {
+                s.parse().expect("JEPSEN_TIME in seconds")
+            }),
+            seed,
+            faults: Fault::parse(&env("JEPSEN_FAULTS").unwrap_or_else(|| "all".into())).unwrap(),
+            register_clients: 6,
+            set_clients: 2,
+            results: env("JEPSEN_RESULTS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        }
+    }
+}
+
+pub struct Report {
+    pub valid: bool,
+    pub summary: String,
+    pub dir: PathBuf,
+}
+
+/// Heal everything: links, paused and killed nodes; wait until the cluster serves again.
+async fn heal_all(cluster: &mut Cluster, mesh: &Mesh) {
+    mesh.heal();
+    for i in 0..cluster.nodes.len() {
+        if cluster.is_running(i) {
+            cluster.signal(i, "CONT");
+        } else {
+            cluster.spawn(i);
+        }
+    }
+    cluster.wait_ready_all(Duration::from_secs(60)).await;
+}
+
+/// After healing: one linearizable read of every key, appended to the history (a lost write
+/// shows up here), and the final list for the set check.
+async fn final_reads(ctx: &Ctx, keys: &BTreeSet<String>) -> Vec<String> {
+    for key in keys {
+        for attempt in 0..20 {
+            let invoke_ns = ctx.history.now();
+            let r = ctx
+                .client
+                .get(format!("{}/cookies/{key}", ctx.urls[0]))
+                .send()
+                .await;
+            let outcome = match r {
+                Ok(r) if r.status() == 200 => {
+                    let version = r
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim_matches('"').parse().ok());
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    Some(Outcome::Ok {
+                        version,
+                        value: v["v"].as_i64(),
+                    })
+                }
+                Ok(r) if r.status() == 404 => Some(Outcome::Ok {
+                    version: None,
+                    value: None,
+                }),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                ctx.history.push(Op {
+                    process: 0,
+                    node: 0,
+                    key: key.clone(),
+                    call: Call::Read { local: false },
+                    invoke_ns,
+                    complete_ns: ctx.history.now(),
+                    outcome,
+                });
+                break;
+            }
+            assert!(attempt < 19, "final read of {key} kept failing");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    for _ in 0..20 {
+        if let Ok(r) = ctx
+            .client
+            .get(format!("{}/cookies", ctx.urls[0]))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                let v: serde_json::Value = r.json().await.unwrap();
+                return v["cookies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|c| c["cookie"].as_str().map(str::to_owned))
+                    .collect();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("final list kept failing");
+}
+
+pub async fn run(cfg: RunConfig) -> Report {
+    let n = 3;
+    let links = proxy::link_ports(n, free_port);
+    let overrides = links.clone();
+    let mut cluster = Cluster::configure_with(n, NODE_CONFIG, move |i, _| {
+        let entries: Vec<String> = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| {
+                format!(
+                    "{{ id = {}, addr = \"127.0.0.1:{}\" }}",
+                    j + 1,
+                    overrides[&(i, j)]
+                )
+            })
+            .collect();
+        format!("peer_overrides = [{}]", entries.join(", "))
+    });
+    let node_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let mesh = Mesh::start(links, &node_ports).await;
+    for i in 0..n {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    let urls = (0..n).map(|i| cluster.url(i)).collect();
+    let ctx = Arc::new(Ctx::new(urls, cfg.seed));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(cfg.seconds);
+    let mut clients = Vec::new();
+    for w in 0..cfg.register_clients {
+        clients.push(tokio::spawn(workload::register_client(
+            ctx.clone(),
+            w,
+            deadline,
+        )));
+    }
+    for w in 0..cfg.set_clients {
+        clients.push(tokio::spawn(workload::set_client(ctx.clone(), w, deadline)));
+    }
+    let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed);
+    let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
+    for c in clients {
+        c.await.unwrap();
+    }
+    heal_all(&mut cluster, &mesh).await;
+    let keys: BTreeSet<String> = ctx.history.ops().iter().map(|o| o.key.clone()).collect();
+    let final_ids = final_reads(&ctx, &keys).await;
+
+    // Check.
+    let ops = ctx.history.ops();
+    let per_key = checker::by_key(&ops);
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut bad_keys: Vec<&String> = Vec::new();
+    for (key, key_ops) in &per_key {
+        if !checker::linearizable(key_ops) {
+            bad_keys.push(key);
+        }
+    }
+    if !bad_keys.is_empty() {
+        failures.push((
+            "linearizability".into(),
+            format!("{} keys not linearizable", bad_keys.len()),
+        ));
+    }
+    if let Err(e) = checker::local_reads_valid(&ops) {
+        failures.push(("local reads".into(), e));
+    }
+    if let Err(e) = checker::versions_monotonic(&ops) {
+        failures.push(("version monotonicity".into(), e));
+    }
+    let attempted = ctx.set_attempted.lock().unwrap().clone();
+    let acked = ctx.set_acked.lock().unwrap().clone();
+    let set_ids: Vec<String> = final_ids
+        .into_iter()
+        .filter(|id| id.starts_with(&format!("s{}-", cfg.seed % 10_000)))
+        .collect();
+    if let Err(e) = checker::set_valid(&attempted, &acked, &set_ids) {
+        failures.push(("set".into(), e));
+    }
+
+    let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
+    let ok = count(&|o| matches!(o, Outcome::Ok { .. }));
+    let fail = count(&|o| matches!(o, Outcome::Fail { .. } | Outcome::ReadFailed));
+    let unknown = count(&|o| matches!(o, Outcome::Unknown { .. }));
+    let valid = failures.is_empty();
+    let faults: Vec<String> = cfg
+        .faults
+        .iter()
+        .map(|f| format!("{f:?}").to_lowercase())
+        .collect();
+    let mut summary = format!(
+        "jepsen run: seed {} | {} s | faults [{}] ({injected} injected)\n\
+         register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
+         set: {} attempted, {} acknowledged, {} present after healing\n\
+         result: {}\n",
+        cfg.seed,
+        cfg.seconds,
+        faults.join(","),
+        ops.len(),
+        per_key.len(),
+        attempted.len(),
+        acked.len(),
+        set_ids.len(),
+        if valid {
+            "VALID".to_string()
+        } else {
+            "INVALID".to_string()
+        },
+    );
+    for (what, why) in &failures {
+        summary.push_str(&format!("  {what}: {why}\n"));
+    }
+
+    let dir = cfg.results.join(format!("jepsen-{}", cfg.seed));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut log = nemesis.log.join("\n");
+    log.push('\n');
+    std::fs::write(dir.join("nemesis.log"), log).unwrap();
+    if !valid {
+        std::fs::write(
+            dir.join("history.json"),
+            serde_json::to_string_pretty(&ops).unwrap(),
+        )
+        .unwrap();
+        if let Some(smallest) = bad_keys.iter().min_by_key(|k| per_key[**k].len()) {
+            let t = checker::timeline(&per_key[*smallest]);
+            summary.push_str(&format!(
+                "smallest failing key {smallest} ({} ops):\n{t}",
+                per_key[*smallest].len()
+            ));
+            std::fs::write(dir.join("timeline.txt"), t).unwrap();
+        }
+    }
+    std::fs::write(dir.join("summary.txt"), &summary).unwrap();
+    if !valid {
+        summary.push_str(&cluster.logs());
+    }
+    Report {
+        valid,
+        summary,
+        dir,
+    }
+}

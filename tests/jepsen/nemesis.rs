@@ -1,0 +1,184 @@
+//! The nemesis: on a schedule, inject one fault, hold it, heal it, and log what it did.
+
+use std::time::{Duration, Instant};
+
+use super::proxy::Mesh;
+use super::rng::Rng;
+use crate::common::Cluster;
+
+/// The kinds of fault, each selectable alone through `JEPSEN_FAULTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9` a random node or the leader; restart it when healing.
+    Kill,
+    /// `SIGSTOP` a random node or the leader; `SIGCONT` when healing.
+    Pause,
+    /// Partitions on the node-to-node links: majority/minority, isolate the leader, a
+    /// bridge, or one-way.
+    Partition,
+}
+
+impl Fault {
+    pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
+        let mut out = Vec::new();
+        for f in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match f {
+                "kill" => out.push(Fault::Kill),
+                "pause" => out.push(Fault::Pause),
+                "partition" => out.push(Fault::Partition),
+                "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
+                "none" => {}
+                // Membership changes need /cluster/join and /cluster/leave (not built yet).
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (kill, pause, partition, all, none)"
+                    ))
+                }
+            }
+        }
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// What was done to the cluster, and how to undo it.
+enum Active {
+    Killed(usize),
+    Paused(usize),
+    Partitioned,
+}
+
+pub struct Nemesis {
+    pub faults: Vec<Fault>,
+    pub log: Vec<String>,
+    rng: Rng,
+    start: Instant,
+}
+
+impl Nemesis {
+    pub fn new(faults: Vec<Fault>, seed: u64) -> Self {
+        Nemesis {
+            faults,
+            log: Vec::new(),
+            rng: Rng::new(seed ^ 0x004E_454D_4553_4953),
+            start: Instant::now(),
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>8.3}s {what}", self.start.elapsed().as_secs_f64());
+        println!("nemesis: {line}");
+        self.log.push(line);
+    }
+
+    /// A random node, or the leader half of the time (when one is known).
+    async fn target(&mut self, cluster: &Cluster) -> usize {
+        let n = cluster.nodes.len() as u64;
+        if self.rng.below(2) == 0 {
+            if let Some(l) = cluster.leader().await {
+                return l;
+            }
+        }
+        self.rng.below(n) as usize
+    }
+
+    async fn inject(&mut self, cluster: &mut Cluster, mesh: &Mesh) -> Option<Active> {
+        let fault = *self
+            .faults
+            .get(self.rng.below(self.faults.len() as u64) as usize)?;
+        let n = cluster.nodes.len();
+        Some(match fault {
+            Fault::Kill => {
+                let t = self.target(cluster).await;
+                cluster.kill(t);
+                self.note(format!("kill -9 node{}", t + 1));
+                Active::Killed(t)
+            }
+            Fault::Pause => {
+                let t = self.target(cluster).await;
+                cluster.signal(t, "STOP");
+                self.note(format!("SIGSTOP node{}", t + 1));
+                Active::Paused(t)
+            }
+            Fault::Partition => {
+                let kind = self.rng.below(4);
+                let a = self.target(cluster).await;
+                let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+                let c = (0..n).find(|&x| x != a && x != b).unwrap_or(a);
+                let what = match kind {
+                    0 => {
+                        mesh.isolate(a);
+                        format!("isolate node{} (minority) from the majority", a + 1)
+                    }
+                    1 => {
+                        // A bridge: a and b cannot talk, c talks to both.
+                        mesh.cut_both(a, b);
+                        format!(
+                            "bridge: node{} and node{} cut, node{} sees both",
+                            a + 1,
+                            b + 1,
+                            c + 1
+                        )
+                    }
+                    2 => {
+                        mesh.cut(a, b);
+                        mesh.cut(a, c);
+                        format!(
+                            "one-way: node{} cannot reach the others (they still reach it)",
+                            a + 1
+                        )
+                    }
+                    _ => {
+                        mesh.cut(b, a);
+                        mesh.cut(c, a);
+                        format!(
+                            "one-way: nobody reaches node{} (it still reaches them)",
+                            a + 1
+                        )
+                    }
+                };
+                self.note(format!("partition [{}]: {what}", mesh.describe()));
+                Active::Partitioned
+            }
+        })
+    }
+
+    async fn heal(&mut self, cluster: &mut Cluster, mesh: &Mesh, active: Active) {
+        match active {
+            Active::Killed(t) => {
+                cluster.spawn(t);
+                self.note(format!("restart node{}", t + 1));
+            }
+            Active::Paused(t) => {
+                cluster.signal(t, "CONT");
+                self.note(format!("SIGCONT node{}", t + 1));
+            }
+            Active::Partitioned => {
+                mesh.heal();
+                self.note("heal partition".into());
+            }
+        }
+    }
+
+    /// Inject faults until `deadline`: a quiet gap, a fault held for a while, heal; repeat.
+    pub async fn run(&mut self, cluster: &mut Cluster, mesh: &Mesh, deadline: Instant) -> usize {
+        let mut injected = 0;
+        if self.faults.is_empty() {
+            tokio::time::sleep_until(deadline.into()).await;
+            return 0;
+        }
+        while Instant::now() + Duration::from_secs(2) < deadline {
+            let gap = self.rng.millis(1000, 3000);
+            tokio::time::sleep(gap).await;
+            let Some(active) = self.inject(cluster, mesh).await else {
+                break;
+            };
+            injected += 1;
+            let hold = self.rng.millis(1500, 5000);
+            let until = (Instant::now() + hold).min(deadline);
+            tokio::time::sleep_until(until.into()).await;
+            self.heal(cluster, mesh, active).await;
+        }
+        injected
+    }
+}

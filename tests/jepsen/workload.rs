@@ -1,0 +1,250 @@
+//! The clients: a register workload (read / create / write / compare-and-set on many keys,
+//! each a versioned register) and a set workload (unique creates). Every operation goes to
+//! the history; a client whose operation has an unknown outcome retires and a new process
+//! id takes its place, as in Jepsen.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::history::{Call, History, Op, Outcome};
+use super::rng::Rng;
+
+/// Operations per key before the clients move on to fresh keys (keeps each key's history
+/// small enough for the checker).
+pub const OPS_PER_KEY: u64 = 120;
+/// Keys in use at any time.
+pub const ACTIVE_KEYS: u64 = 4;
+
+pub struct Ctx {
+    pub urls: Vec<String>,
+    pub history: History,
+    pub client: reqwest::Client,
+    pub seed: u64,
+    processes: AtomicU64,
+    ops: AtomicU64,
+    values: AtomicI64,
+    set_next: AtomicU64,
+    pub set_attempted: Mutex<BTreeSet<String>>,
+    pub set_acked: Mutex<BTreeSet<String>>,
+}
+
+impl Ctx {
+    pub fn new(urls: Vec<String>, seed: u64) -> Self {
+        Ctx {
+            urls,
+            history: History::default(),
+            // Longer than the nodes' own 2 s write timeout plus forwarding, so a node's
+            // answer (even "outcome unknown") normally arrives before we give up.
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(4))
+                .connect_timeout(Duration::from_millis(500))
+                .build()
+                .unwrap(),
+            seed,
+            processes: AtomicU64::new(1),
+            ops: AtomicU64::new(0),
+            values: AtomicI64::new(1),
+            set_next: AtomicU64::new(0),
+            set_attempted: Mutex::new(BTreeSet::new()),
+            set_acked: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn new_process(&self) -> u64 {
+        self.processes.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn etag(r: &reqwest::Response) -> Option<u64> {
+    r.headers()
+        .get("etag")?
+        .to_str()
+        .ok()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// Map a write's HTTP result to an outcome. 503 "No leader available" and refused
+/// connections are certain failures; timeouts, resets and other 5xx are unknown.
+async fn write_outcome(res: Result<reqwest::Response, reqwest::Error>, value: i64) -> Outcome {
+    match res {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let version = etag(&r);
+            let body = r.text().await.unwrap_or_default();
+            match status {
+                200 | 201 => Outcome::Ok {
+                    version,
+                    value: Some(value),
+                },
+                400..=499 => Outcome::Fail { status },
+                503 if body.contains("No leader available") => Outcome::Fail { status },
+                _ => Outcome::Unknown {
+                    why: format!("{status} {body}"),
+                },
+            }
+        }
+        Err(e) if e.is_connect() => Outcome::Fail { status: 0 },
+        Err(e) => Outcome::Unknown { why: e.to_string() },
+    }
+}
+
+async fn read_outcome(res: Result<reqwest::Response, reqwest::Error>) -> Outcome {
+    match res {
+        Ok(r) if r.status() == 200 => {
+            let version = etag(&r);
+            match r.json::<serde_json::Value>().await {
+                Ok(v) => Outcome::Ok {
+                    version,
+                    value: v["v"].as_i64(),
+                },
+                Err(_) => Outcome::ReadFailed,
+            }
+        }
+        Ok(r) if r.status() == 404 => Outcome::Ok {
+            version: None,
+            value: None,
+        },
+        _ => Outcome::ReadFailed,
+    }
+}
+
+fn sabotage_local_reads() -> bool {
+    std::env::var("JEPSEN_SABOTAGE").is_ok_and(|v| v == "local-reads")
+}
+
+/// One register client, until `deadline`.
+pub async fn register_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
+    let mut rng = Rng::new(ctx.seed ^ (worker.wrapping_mul(0x9E37_79B9)));
+    let mut process = ctx.new_process();
+    // The last version this worker saw per key, to aim its compare-and-sets.
+    let mut seen: std::collections::HashMap<String, u64> = Default::default();
+    while Instant::now() < deadline {
+        let n = ctx.ops.fetch_add(1, Ordering::Relaxed);
+        let generation = n / (OPS_PER_KEY * ACTIVE_KEYS);
+        let key = format!(
+            "r{}-{}-{}",
+            ctx.seed % 10_000,
+            generation,
+            rng.below(ACTIVE_KEYS)
+        );
+        let node = rng.below(ctx.urls.len() as u64) as usize;
+        let url = &ctx.urls[node];
+        let value = ctx.values.fetch_add(1, Ordering::Relaxed);
+        let dice = rng.below(100);
+        let call = match dice {
+            0..=39 => Call::Read { local: false },
+            40..=49 => Call::Read { local: true },
+            50..=61 => Call::Create { value },
+            62..=81 => Call::Write { value },
+            _ => Call::Cas {
+                expected: seen.get(&key).copied().unwrap_or(1),
+                value,
+            },
+        };
+        let invoke_ns = ctx.history.now();
+        let path = format!("{url}/cookies/{key}");
+        let outcome = match &call {
+            Call::Read { local } => {
+                // JEPSEN_SABOTAGE=local-reads sends "linearizable" reads as local ones: a
+                // deliberate bug, to show the checker catches stale reads end to end.
+                let level = if *local || sabotage_local_reads() {
+                    "local"
+                } else {
+                    "linearizable"
+                };
+                read_outcome(
+                    ctx.client
+                        .get(format!("{path}?consistency={level}"))
+                        .send()
+                        .await,
+                )
+                .await
+            }
+            Call::Create { value } => {
+                let body = json!({"cookie": key, "user_id": 1, "v": value});
+                write_outcome(
+                    ctx.client
+                        .post(format!("{url}/cookies"))
+                        .json(&body)
+                        .send()
+                        .await,
+                    *value,
+                )
+                .await
+            }
+            Call::Write { value } => {
+                write_outcome(
+                    ctx.client
+                        .put(&path)
+                        .json(&json!({"v": value}))
+                        .send()
+                        .await,
+                    *value,
+                )
+                .await
+            }
+            Call::Cas { expected, value } => {
+                let req = ctx
+                    .client
+                    .put(&path)
+                    .header("if-match", format!("\"{expected}\""))
+                    .json(&json!({"v": value}));
+                write_outcome(req.send().await, *value).await
+            }
+        };
+        let complete_ns = ctx.history.now();
+        if let Outcome::Ok {
+            version: Some(v), ..
+        } = &outcome
+        {
+            seen.insert(key.clone(), *v);
+        }
+        let unknown = matches!(outcome, Outcome::Unknown { .. });
+        ctx.history.push(Op {
+            process,
+            node,
+            key,
+            call,
+            invoke_ns,
+            complete_ns,
+            outcome,
+        });
+        if unknown {
+            process = ctx.new_process();
+        }
+    }
+}
+
+/// One set client: unique creates until `deadline`.
+pub async fn set_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
+    let mut rng = Rng::new(ctx.seed ^ 0xA5A5 ^ worker);
+    while Instant::now() < deadline {
+        let n = ctx.set_next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("s{}-{n}", ctx.seed % 10_000);
+        let url = &ctx.urls[rng.below(ctx.urls.len() as u64) as usize];
+        ctx.set_attempted.lock().unwrap().insert(id.clone());
+        let body = json!({"cookie": id, "user_id": 1});
+        match write_outcome(
+            ctx.client
+                .post(format!("{url}/cookies"))
+                .json(&body)
+                .send()
+                .await,
+            0,
+        )
+        .await
+        {
+            Outcome::Ok { .. } => {
+                ctx.set_acked.lock().unwrap().insert(id);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
