@@ -8,6 +8,7 @@
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
 //! - [`monitor`]: periodic health checks of the other members (for `/cache`).
+//! - [`read_batch`]: sharing one leadership confirmation among concurrent reads.
 //! - [`peers`]: the HTTP client for node-to-node application traffic.
 //!
 //! The Raft glue (log store, state machine, cache, Raft network) lives in the `cookie-raft`
@@ -20,4 +21,5 @@ pub mod monitor;
 pub mod node;
 pub mod peers;
 pub mod read;
+pub mod read_batch;
 pub mod write;

@@ -12,6 +12,7 @@ use crate::bootstrap;
 use crate::config::Config;
 use crate::monitor::Monitor;
 use crate::peers::PeerClient;
+use crate::read::ReadIndex;
 use crate::write::{BatchLimits, Batcher, Writer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -77,6 +78,8 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         cfg.write_timeout(),
     );
 
+    let reads = ReadIndex::new(raft.clone(), cfg.node_id, peers.clone(), cfg.read_timeout());
+
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -105,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         raft: raft.clone(),
         reader,
         writer,
+        reads,
         peers,
         monitor,
         started: std::time::Instant::now(),

@@ -1,4 +1,4 @@
-//! The linearizable read barrier (ReadIndex).
+//! The linearizable read barrier (ReadIndex), with batched confirmation rounds.
 //!
 //! Before a `linearizable` read is served from this node's state, the leader confirms with a
 //! quorum, by a heartbeat round that starts after the read arrived, that it is still the
@@ -6,6 +6,10 @@
 //! This node then waits until it has applied that index. Anything acknowledged before the
 //! read began is committed at or below the read index, so the read sees it, whichever node
 //! serves it. A leader cut off in a minority cannot get the quorum and serves nothing.
+//!
+//! Rounds are shared ([`RoundBatcher`]): on the leader, one quorum heartbeat serves every
+//! read waiting when it starts; on a follower, one read-index RPC to the leader does (and the
+//! leader batches those RPCs with its own reads).
 
 use std::time::Duration;
 
@@ -14,6 +18,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
 use crate::peers::{PeerClient, ReadIndexReply};
+use crate::read_batch::RoundBatcher;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadError {
@@ -23,60 +28,113 @@ pub enum ReadError {
     Lagging(u64),
 }
 
-/// Ask the local Raft, as leader, for a read index.
-pub async fn local_read_index(raft: &Raft) -> Result<u64, ReadIndexReply> {
+/// Ask the local Raft, as leader, for a read index (one quorum heartbeat round).
+async fn confirm_leadership(raft: &Raft) -> ReadIndexReply {
     match raft.get_read_log_id().await {
-        Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
+        Ok((read_log_id, _)) => ReadIndexReply::Index(read_log_id.map_or(0, |l| l.index)),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-            Err(ReadIndexReply::NotLeader)
+            ReadIndexReply::NotLeader
         }
         // Quorum not reached or the node is stopping: no index can be given.
-        Err(_) => Err(ReadIndexReply::NotLeader),
+        Err(_) => ReadIndexReply::NotLeader,
     }
 }
 
-/// Wait until this node may serve a linearizable read; returns the read index.
-pub async fn barrier(
-    raft: &Raft,
+/// This node's read-index service.
+#[derive(Clone)]
+pub struct ReadIndex {
+    raft: Raft,
     me: NodeId,
-    peers: &PeerClient,
-    timeout: Duration,
-) -> Result<u64, ReadError> {
-    let deadline = Instant::now() + timeout;
-    let mut metrics = raft.metrics();
-    loop {
-        metrics.borrow_and_update();
-        let (leader, addr) = peers.leader(raft);
-        let index = match (leader, addr) {
-            (Some(l), _) if l == me => tokio::time::timeout_at(deadline, local_read_index(raft))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            (Some(_), Some(addr)) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match peers.read_index(&addr, remaining).await {
-                    Ok(ReadIndexReply::Index(i)) => Some(i),
-                    _ => None,
+    peers: PeerClient,
+    /// Rounds of leadership confirmation, when this node leads.
+    leader_rounds: RoundBatcher<ReadIndexReply>,
+    /// Rounds of read-index RPCs to the leader, when this node follows.
+    follower_rounds: RoundBatcher<ReadIndexReply>,
+}
+
+impl ReadIndex {
+    pub fn new(raft: Raft, me: NodeId, peers: PeerClient, round_timeout: Duration) -> Self {
+        let leader_rounds = {
+            let raft = raft.clone();
+            RoundBatcher::spawn(move || {
+                let raft = raft.clone();
+                async move {
+                    tokio::time::timeout(round_timeout, confirm_leadership(&raft))
+                        .await
+                        .unwrap_or(ReadIndexReply::NotLeader)
                 }
-            }
-            _ => None,
+            })
         };
-        if let Some(index) = index {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            return match raft
-                .wait(Some(remaining))
-                .applied_index_at_least(Some(index), "linearizable read")
-                .await
-            {
-                Ok(_) => Ok(index),
-                Err(_) => Err(ReadError::Lagging(index)),
+        let follower_rounds = {
+            let raft = raft.clone();
+            let peers = peers.clone();
+            RoundBatcher::spawn(move || {
+                let raft = raft.clone();
+                let peers = peers.clone();
+                async move {
+                    match peers.leader(&raft) {
+                        (Some(l), Some(addr)) if l != me => peers
+                            .read_index(&addr, round_timeout)
+                            .await
+                            .unwrap_or(ReadIndexReply::NotLeader),
+                        _ => ReadIndexReply::NotLeader,
+                    }
+                }
+            })
+        };
+        ReadIndex {
+            raft,
+            me,
+            peers,
+            leader_rounds,
+            follower_rounds,
+        }
+    }
+
+    /// A read index confirmed by this node as leader (the `/raft/read-index` handler).
+    pub async fn as_leader(&self) -> ReadIndexReply {
+        if self.raft.metrics().borrow().current_leader != Some(self.me) {
+            return ReadIndexReply::NotLeader;
+        }
+        self.leader_rounds
+            .join()
+            .await
+            .unwrap_or(ReadIndexReply::NotLeader)
+    }
+
+    /// Wait until this node may serve a linearizable read; returns the read index.
+    pub async fn barrier(&self, timeout: Duration) -> Result<u64, ReadError> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            metrics.borrow_and_update();
+            let reply = match self.peers.leader(&self.raft) {
+                (Some(l), _) if l == self.me => self.as_leader().await,
+                (Some(_), Some(_)) => self
+                    .follower_rounds
+                    .join()
+                    .await
+                    .unwrap_or(ReadIndexReply::NotLeader),
+                _ => ReadIndexReply::NotLeader,
             };
+            if let ReadIndexReply::Index(index) = reply {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return match self
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                {
+                    Ok(_) => Ok(index),
+                    Err(_) => Err(ReadError::Lagging(index)),
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ReadError::NoLeader);
+            }
+            let pause = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(pause, metrics.changed()).await;
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ReadError::NoLeader);
-        }
-        let pause = (deadline - now).min(Duration::from_millis(50));
-        let _ = tokio::time::timeout(pause, metrics.changed()).await;
     }
 }

@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 
 use super::error::{json_bytes, ApiError};
 use super::Shared;
-use crate::read;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -153,13 +152,7 @@ fn stored_reply(status: StatusCode, object: String, version: u64) -> Response {
 
 async fn read_barrier(state: &Shared, level: Consistency) -> Result<(), ApiError> {
     if level == Consistency::Linearizable {
-        read::barrier(
-            &state.raft,
-            state.me,
-            &state.peers,
-            state.cfg.read_timeout(),
-        )
-        .await?;
+        state.reads.barrier(state.cfg.read_timeout()).await?;
     }
     Ok(())
 }

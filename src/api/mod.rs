@@ -16,6 +16,7 @@ use cookie_raft::{NodeId, Raft, StoreReader};
 use crate::config::Config;
 use crate::monitor::Monitor;
 use crate::peers::PeerClient;
+use crate::read::ReadIndex;
 use crate::write::Writer;
 use error::ApiError;
 
@@ -26,6 +27,7 @@ pub struct AppState {
     pub raft: Raft,
     pub reader: StoreReader,
     pub writer: Writer,
+    pub reads: ReadIndex,
     pub peers: PeerClient,
     pub monitor: Monitor,
     pub started: std::time::Instant,

@@ -12,8 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Shared;
-use crate::peers::ReadIndexReply;
-use crate::read;
 
 /// Why an inbound RPC was refused before it reached Raft.
 type Refusal = (StatusCode, String);
@@ -98,9 +96,5 @@ pub async fn read_index(State(state): State<Shared>, headers: HeaderMap) -> Resp
     if let Err(r) = admit::<()>(&state, &headers, &codec::encode(&()).unwrap_or_default()) {
         return r.into_response();
     }
-    let answer = match read::local_read_index(&state.raft).await {
-        Ok(i) => ReadIndexReply::Index(i),
-        Err(r) => r,
-    };
-    reply(&answer)
+    reply(&state.reads.as_leader().await)
 }
