@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -66,9 +66,23 @@ impl LogStore {
             + Send
             + 'static,
     {
+        self.write_with(Durability::Immediate, f).await
+    }
+
+    async fn write_with<F>(
+        &self,
+        durability: Durability,
+        f: F,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+            + Send
+            + 'static,
+    {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
             f(&txn)?;
             txn.commit()?;
             Ok(())
@@ -149,7 +163,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
-        self.write_meta(KEY_COMMITTED, &committed).await
+        // A hint for restarts, not needed for safety: written without an fsync (it becomes
+        // durable with the next append). Losing it only means waiting for the leader to
+        // re-announce the commit index.
+        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
+        self.write_with(Durability::None, move |txn| {
+            txn.open_table(META)?
+                .insert(KEY_COMMITTED, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write(&crate::io_err(e)).into())
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {

@@ -3,9 +3,11 @@
 //! `apply` is deterministic: it reads only the entry and the current state (timestamps were
 //! put into the command by the proposer), so every replica computes the same records, the same
 //! versions and the same answers. A whole batch of entries is one redb transaction, committed
-//! durably together with `last_applied` and the membership, so after a crash the state and
-//! its position in the log always agree. A storage error is returned to openraft, which stops
-//! the node: answering a client with it instead would let replicas diverge.
+//! atomically with `last_applied` and the membership, so the state and its position in the log
+//! always agree. Those commits are fsynced only every [`DURABLE_EVERY`] entries (and for
+//! snapshots): the Raft log is the durable record, and after a crash the entries since the
+//! last durable commit are applied again from it. A storage error is returned to openraft,
+//! which stops the node: answering a client with it instead would let replicas diverge.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -19,7 +21,8 @@ use openraft::{
     StoredMembership,
 };
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +61,8 @@ pub struct StateMachine {
     db: Arc<Database>,
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
+    /// The last index committed durably by `apply`.
+    last_durable: u64,
 }
 
 /// A cheap, cloneable read handle over the same state, for the HTTP layer.
@@ -91,6 +96,7 @@ impl StateMachine {
             db,
             cache,
             applied: Arc::new(AtomicU64::new(applied)),
+            last_durable: applied,
         })
     }
 
@@ -220,14 +226,28 @@ fn apply_command(
     })
 }
 
+/// Entries applied between two durable (fsynced) state machine commits.
+const DURABLE_EVERY: u64 = 1000;
+
 fn apply_entries(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
-) -> Result<(Vec<Response>, Touched, u64), BoxError> {
+    last_durable: u64,
+) -> Result<(Vec<Response>, Touched, u64, bool), BoxError> {
     let mut touched = Touched::default();
     let mut responses = Vec::with_capacity(entries.len());
     let mut last = None;
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    // The log is durable, so the state machine need not be: after a crash it resumes from
+    // its last durable commit and openraft applies the committed entries again. Snapshots
+    // are committed durably and logs are purged only up to a snapshot, so the entries to
+    // re-apply are always still in the log. A durable commit every DURABLE_EVERY entries
+    // bounds that replay.
+    let first = entries.first().map_or(0, |e| e.log_id.index);
+    let durable = first >= last_durable + DURABLE_EVERY;
+    if !durable {
+        txn.set_durability(Durability::None)?;
+    }
     {
         let mut table = txn.open_table(COOKIES)?;
         for entry in entries {
@@ -255,7 +275,7 @@ fn apply_entries(
     }
     put_meta(&txn, KEY_APPLIED, &last)?;
     txn.commit()?;
-    Ok((responses, touched, last.map_or(0, |l| l.index)))
+    Ok((responses, touched, last.map_or(0, |l| l.index), durable))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -281,8 +301,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
-        let (responses, touched, last) =
-            tokio::task::spawn_blocking(move || apply_entries(&db, entries))
+        let last_durable = self.last_durable;
+        let (responses, touched, last, durable) =
+            tokio::task::spawn_blocking(move || apply_entries(&db, entries, last_durable))
                 .await
                 .map_err(|e| StorageIOError::write_state_machine(&e))?
                 .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
@@ -291,6 +312,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.cache
             .invalidate(touched.ids.iter().map(String::as_str), touched.list);
         self.applied.store(last, Ordering::SeqCst);
+        if durable {
+            self.last_durable = last;
+        }
         Ok(responses)
     }
 
@@ -337,6 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| StorageIOError::write_snapshot(sig, &crate::io_err(e)))?;
         self.cache.invalidate_all();
         self.applied.store(applied, Ordering::SeqCst);
+        self.last_durable = applied;
         Ok(())
     }
 
