@@ -362,6 +362,9 @@ struct Row {
     etcd: Option<Stats>,
 }
 
+/// A workload: its name, the number of clients, and the operation for a dice roll 0..100.
+type Phase = (&'static str, usize, fn(u64) -> Op);
+
 fn creates(_: u64) -> Op {
     Op::Create
 }
@@ -387,7 +390,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let phases: Vec<(&str, usize, fn(u64) -> Op)> = vec![
+    let phases: Vec<Phase> = vec![
         ("unique-key creates", 1, creates),
         ("unique-key creates", 16, creates),
         ("unique-key creates", 64, creates),
