@@ -35,9 +35,11 @@ cluster-clean:
 cluster-test:
 	scripts/cluster-test.sh
 
-# Figures for docs/benchmarks.md: the cache alone, its memory per entry, and HTTP reads
-# with the cache on and off in the same run.
+# Figures for docs/benchmarks.md: cookie-crud against etcd (installed from Debian when
+# missing), the cache alone, its memory per entry, and HTTP reads with the cache on and off.
 bench:
+	command -v etcd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
+	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench compare
 	$(CARGO) bench --bench cache
 	$(CARGO) bench --bench cache_memory
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache
