@@ -125,6 +125,17 @@ for i in 1 2 3; do
   check "node$i lists all three" "$n" 3
 done
 
+echo "6b. Metrics collection: Prometheus format on every node"
+for i in 1 2 3; do
+  M=$(curl -s -m 5 "$(url "$i")/metrics")
+  if grep -q '^# TYPE http_requests_total counter' <<<"$M" && grep -q '^cache_hits_total ' <<<"$M" \
+     && grep -q 'http_request_duration_seconds_bucket{endpoint="/cookies/{cookie}"' <<<"$M"; then
+    ok "node$i /metrics"
+  else
+    bad "node$i /metrics"
+  fi
+done
+
 echo "7. Failure recovery: kill -9 the leader"
 OLD=$(leader_node)
 if [ -z "$OLD" ]; then

@@ -7,6 +7,7 @@
 //! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
+//! - [`metrics`]: Prometheus metrics and the HTTP middleware that records them.
 //! - [`monitor`]: periodic health checks of the other members (for `/cache`).
 //! - [`read_batch`]: sharing one leadership confirmation among concurrent reads.
 //! - [`peers`]: the HTTP client for node-to-node application traffic.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod peers;

@@ -62,6 +62,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm).await?;
 
     let peers = PeerClient::new(cfg.cluster_secret.clone(), book)?;
+    let metrics = crate::metrics::Metrics::new();
     let batcher = Batcher::spawn(
         raft.clone(),
         BatchLimits {
@@ -76,9 +77,16 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         batcher,
         peers.clone(),
         cfg.write_timeout(),
+        metrics.clone(),
     );
 
-    let reads = ReadIndex::new(raft.clone(), cfg.node_id, peers.clone(), cfg.read_timeout());
+    let reads = ReadIndex::new(
+        raft.clone(),
+        cfg.node_id,
+        peers.clone(),
+        cfg.read_timeout(),
+        metrics.clone(),
+    );
 
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
@@ -111,6 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         reads,
         peers,
         monitor,
+        metrics: metrics.clone(),
         started: std::time::Instant::now(),
     });
     axum::serve(listener, api::router(state))

@@ -17,6 +17,9 @@ use cookie_raft::{NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::peers::{PeerClient, ReadIndexReply};
 use crate::read_batch::RoundBatcher;
 
@@ -53,7 +56,13 @@ pub struct ReadIndex {
 }
 
 impl ReadIndex {
-    pub fn new(raft: Raft, me: NodeId, peers: PeerClient, round_timeout: Duration) -> Self {
+    pub fn new(
+        raft: Raft,
+        me: NodeId,
+        peers: PeerClient,
+        round_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let leader_rounds = {
             let raft = raft.clone();
             RoundBatcher::spawn(move || {
@@ -71,12 +80,22 @@ impl ReadIndex {
             RoundBatcher::spawn(move || {
                 let raft = raft.clone();
                 let peers = peers.clone();
+                let metrics = metrics.clone();
                 async move {
                     match peers.leader(&raft) {
-                        (Some(l), Some(addr)) if l != me => peers
-                            .read_index(&addr, round_timeout)
-                            .await
-                            .unwrap_or(ReadIndexReply::NotLeader),
+                        (Some(l), Some(addr)) if l != me => {
+                            metrics.forwarded.with_label_values(&["read_index"]).inc();
+                            peers
+                                .read_index(&addr, round_timeout)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    metrics
+                                        .forward_errors
+                                        .with_label_values(&["read_index"])
+                                        .inc();
+                                    ReadIndexReply::NotLeader
+                                })
+                        }
                         _ => ReadIndexReply::NotLeader,
                     }
                 }

@@ -25,6 +25,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
 /// Why a write has no result.
@@ -197,6 +198,7 @@ pub struct Writer {
     batcher: Batcher,
     peers: PeerClient,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -206,6 +208,7 @@ impl Writer {
         batcher: Batcher,
         peers: PeerClient,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Writer {
             raft,
@@ -213,6 +216,7 @@ impl Writer {
             batcher,
             peers,
             timeout,
+            metrics,
         }
     }
 
@@ -236,7 +240,19 @@ impl Writer {
                     // A little longer than the leader's own deadline, so the leader's answer
                     // (even "unknown") arrives before we give up on it.
                     let rpc_timeout = remaining + Duration::from_millis(500);
-                    match self.peers.forward_write(&addr, &cmd, rpc_timeout).await {
+                    self.metrics.forwarded.with_label_values(&["write"]).inc();
+                    let reply = self.peers.forward_write(&addr, &cmd, rpc_timeout).await;
+                    let error_kind = match &reply {
+                        Ok(ForwardReply::Applied(_)) => None,
+                        Ok(ForwardReply::NotLeader) => Some("not_leader"),
+                        Ok(ForwardReply::Unknown(_)) => Some("outcome_unknown"),
+                        Err(SendError::NotSent(_)) => Some("not_sent"),
+                        Err(SendError::MaybeSent(_)) => Some("maybe_sent"),
+                    };
+                    if let Some(kind) = error_kind {
+                        self.metrics.forward_errors.with_label_values(&[kind]).inc();
+                    }
+                    match reply {
                         Ok(ForwardReply::Applied(res)) => return Ok(res),
                         Ok(ForwardReply::Unknown(e)) => return Err(WriteError::Unknown(e)),
                         Err(SendError::MaybeSent(e)) => {

@@ -161,6 +161,11 @@ async fn read_barrier(state: &Shared, level: Consistency) -> Result<(), ApiError
 pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult {
     let level = consistency(q.as_deref())?;
     read_barrier(&state, level).await?;
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&["list"])
+        .inc();
     let (body, cache) = state
         .reader
         .list()
@@ -182,6 +187,11 @@ pub async fn get_one(
     let id = path_id(path)?;
     let level = consistency(q.as_deref())?;
     read_barrier(&state, level).await?;
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&["get"])
+        .inc();
     let (found, cache) = state
         .reader
         .get(&id)
@@ -228,6 +238,11 @@ pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body)
     obj.insert("created".into(), now.clone());
     obj.insert("last_used".into(), now);
     let object = serde_json::to_string(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&["create"])
+        .inc();
     match state.writer.write(Command::Create { id, object }).await? {
         CmdResult::Stored { object, version } => {
             Ok(stored_reply(StatusCode::CREATED, object, version))
@@ -265,6 +280,11 @@ pub async fn update(
         now: now_secs(),
         if_match: expected,
     };
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&["update"])
+        .inc();
     match state.writer.write(cmd).await? {
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
@@ -283,6 +303,11 @@ pub async fn delete(
 ) -> ApiResult {
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&["delete"])
+        .inc();
     match state
         .writer
         .write(Command::Delete {

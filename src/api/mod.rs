@@ -14,6 +14,7 @@ use axum::Router;
 use cookie_raft::{NodeId, Raft, StoreReader};
 
 use crate::config::Config;
+use crate::metrics::{self, Metrics};
 use crate::monitor::Monitor;
 use crate::peers::PeerClient;
 use crate::read::ReadIndex;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub reads: ReadIndex,
     pub peers: PeerClient,
     pub monitor: Monitor,
+    pub metrics: Arc<Metrics>,
     pub started: std::time::Instant,
 }
 
@@ -88,11 +90,16 @@ pub fn router(state: Shared) -> Router {
                     .head(method_not_allowed),
             ),
         )
+        .route("/metrics", with_405(get(metrics::scrape)))
         .route("/health", with_405(get(health::health)))
         .route("/ready", with_405(get(health::ready)))
         .route("/cluster", with_405(get(health::cluster)))
         .merge(raft_routes)
         .route("/raft/{*rest}", any(not_found))
         .fallback(not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }

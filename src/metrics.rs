@@ -1,0 +1,218 @@
+//! Prometheus metrics, with the `prometheus` crate: HTTP (one middleware for every route,
+//! labelled by route template), cache, store, Raft and forwarding. Values that live
+//! elsewhere (cache counters, Raft state, file sizes) are read when `/metrics` is scraped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::api::Shared;
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub db_operations: IntCounterVec,
+    pub forwarded: IntCounterVec,
+    pub forward_errors: IntCounterVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_puts: IntCounter,
+    cache_deletes: IntCounter,
+    cache_evictions: IntCounter,
+    cache_entries: IntGauge,
+    uptime: Gauge,
+    db_file_bytes: IntGaugeVec,
+    raft: IntGaugeVec,
+    peer_reachable: IntGaugeVec,
+    peer_last_seen_age: IntGaugeVec,
+    replication_lag: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route template",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["method", "endpoint"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(http_duration.clone()))
+            .expect("unique metric");
+        let uptime = Gauge::new("service_uptime_seconds", "Seconds since the node started")
+            .expect("valid metric");
+        r.register(Box::new(uptime.clone())).expect("unique metric");
+        let cache_entries =
+            IntGauge::new("cache_entries", "Entries in the read cache").expect("valid metric");
+        r.register(Box::new(cache_entries.clone()))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            http_requests: counter_vec(&r, "http_requests_total", "HTTP requests", &["method", "endpoint", "status"]),
+            http_duration,
+            db_operations: counter_vec(&r, "db_operations_total", "Store operations", &["operation"]),
+            forwarded: counter_vec(&r, "forwarded_requests_total", "Requests sent to the leader", &["kind"]),
+            forward_errors: counter_vec(&r, "forward_errors_total", "Failed requests to the leader", &["kind"]),
+            cache_hits: counter(&r, "cache_hits_total", "Cache hits"),
+            cache_misses: counter(&r, "cache_misses_total", "Cache misses (expired entries included)"),
+            cache_puts: counter(&r, "cache_puts_total", "Cache fills"),
+            cache_deletes: counter(&r, "cache_deletes_total", "Entries invalidated by applied writes"),
+            cache_evictions: counter(&r, "cache_evictions_total", "Entries evicted (expired or over the cap)"),
+            cache_entries,
+            uptime,
+            db_file_bytes: gauge_vec(&r, "db_file_bytes", "Size of the redb files", &["file"]),
+            raft: gauge_vec(
+                &r,
+                "raft_state",
+                "Raft state of this node: term, is_leader, leader_id, last_log_index, committed_index, applied_index, snapshot_index, purged_index",
+                &["field"],
+            ),
+            peer_reachable: gauge_vec(&r, "raft_peer_reachable", "1 if the last health check of the peer succeeded", &["peer"]),
+            peer_last_seen_age: gauge_vec(&r, "raft_peer_last_seen_age_seconds", "Seconds since the peer last answered a health check", &["peer"]),
+            replication_lag: gauge_vec(&r, "raft_replication_lag_entries", "Entries the peer is behind the leader's log (leader only)", &["peer"]),
+            registry: r,
+        })
+    }
+
+    /// Record one finished HTTP request.
+    pub fn observe(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[method, endpoint, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, endpoint])
+            .observe(seconds);
+    }
+
+    /// Bring every scrape-time value up to date.
+    async fn refresh(&self, state: &Shared) {
+        let s = state.reader.cache().stats();
+        let bump = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        bump(&self.cache_hits, s.hits);
+        bump(&self.cache_misses, s.misses);
+        bump(&self.cache_puts, s.puts);
+        bump(&self.cache_deletes, s.deletes);
+        bump(&self.cache_evictions, s.evictions);
+        self.cache_entries.set(s.size as i64);
+        self.uptime.set(state.started.elapsed().as_secs_f64());
+        for file in ["log", "sm"] {
+            let path = state.cfg.data_dir.join(format!("{file}.redb"));
+            let size = std::fs::metadata(path).map_or(0, |m| m.len());
+            self.db_file_bytes
+                .with_label_values(&[file])
+                .set(size as i64);
+        }
+        let committed = state
+            .raft
+            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+            .await
+            .unwrap_or(0);
+        let m = state.raft.metrics().borrow().clone();
+        let idx = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index) as i64;
+        for (field, value) in [
+            ("term", m.current_term as i64),
+            ("is_leader", i64::from(m.current_leader == Some(state.me))),
+            ("leader_id", m.current_leader.map_or(0, |l| l as i64)),
+            ("last_log_index", m.last_log_index.unwrap_or(0) as i64),
+            ("committed_index", committed as i64),
+            ("applied_index", idx(m.last_applied)),
+            ("snapshot_index", idx(m.snapshot)),
+            ("purged_index", idx(m.purged)),
+        ] {
+            self.raft.with_label_values(&[field]).set(value);
+        }
+        let now = crate::monitor::unix_now();
+        for (id, h) in state.monitor.snapshot() {
+            let _ = id;
+            self.peer_reachable
+                .with_label_values(&[&h.name])
+                .set(i64::from(h.ok));
+            if let Some(seen) = h.last_seen {
+                self.peer_last_seen_age
+                    .with_label_values(&[&h.name])
+                    .set(now.saturating_sub(seen) as i64);
+            }
+        }
+        self.replication_lag.reset();
+        if let Some(repl) = &m.replication {
+            let last = m.last_log_index.unwrap_or(0);
+            for (peer, matched) in repl {
+                if *peer == state.me {
+                    continue;
+                }
+                let name = crate::api::health::node_name(state, *peer);
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                self.replication_lag
+                    .with_label_values(&[&name])
+                    .set(lag as i64);
+            }
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn scrape(State(state): State<Shared>) -> Response {
+    state.metrics.refresh(&state).await;
+    match state.metrics.encode() {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The one middleware that times and counts every request. The endpoint label is the route
+/// template (`/cookies/{cookie}`), never the raw path, so the label set stays bounded.
+pub async fn track(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let resp = next.run(req).await;
+    state.metrics.observe(
+        &method,
+        &endpoint,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}

@@ -1,0 +1,157 @@
+//! `GET /metrics`: the names, labels and types of `../shared/docs/api.md` section 4, with
+//! counts that match a scripted mix of requests, and the series the seed's PromQL uses.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{send, Cluster, FAST_RAFT};
+use serde_json::json;
+
+/// Parse the text format into `TYPE` declarations and `series -> value`.
+fn parse(text: &str) -> (HashMap<String, String>, HashMap<String, f64>) {
+    let mut types = HashMap::new();
+    let mut values = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            types.insert(it.next().unwrap().to_owned(), it.next().unwrap().to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            values.insert(series.to_owned(), value.parse().unwrap());
+        }
+    }
+    (types, values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_names_labels_types_and_counts() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(std::time::Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    // A scripted mix on the follower: 3 creates, 2 reads of one record (miss, hit), one
+    // 404, one list, one update, one delete.
+    for i in 0..3 {
+        assert_eq!(
+            c.create(follower, json!({"cookie": format!("m{i}"), "user_id": 1}))
+                .await
+                .status,
+            201
+        );
+    }
+    c.get(follower, "m0", "local").await;
+    c.get(follower, "m0", "local").await;
+    assert_eq!(c.get(follower, "nope", "local").await.status, 404);
+    c.list(follower, "linearizable").await;
+    assert_eq!(
+        c.put(follower, "m1", json!({"x": 1}), None).await.status,
+        200
+    );
+    assert_eq!(c.delete(follower, "m2").await.status, 200);
+
+    let r = send(c.client.get(format!("{}/metrics", c.url(follower)))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4"));
+    let (types, v) = parse(&r.text);
+
+    for (name, kind) in [
+        ("http_requests_total", "counter"),
+        ("http_request_duration_seconds", "histogram"),
+        ("cache_hits_total", "counter"),
+        ("cache_misses_total", "counter"),
+        ("cache_puts_total", "counter"),
+        ("cache_deletes_total", "counter"),
+        ("cache_evictions_total", "counter"),
+        ("cache_entries", "gauge"),
+        ("db_operations_total", "counter"),
+        ("service_uptime_seconds", "gauge"),
+        ("db_file_bytes", "gauge"),
+        ("raft_state", "gauge"),
+        ("forwarded_requests_total", "counter"),
+    ] {
+        assert_eq!(
+            types.get(name).map(String::as_str),
+            Some(kind),
+            "{name}\n{}",
+            r.text
+        );
+    }
+    let get = |s: &str| {
+        v.get(s)
+            .copied()
+            .unwrap_or_else(|| panic!("missing {s}\n{}", r.text))
+    };
+    // Labels are route templates; counts match what was sent.
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies",method="POST",status="201"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies/{cookie}",method="GET",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies/{cookie}",method="GET",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies",method="GET",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies/{cookie}",method="PUT",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"http_requests_total{endpoint="/cookies/{cookie}",method="DELETE",status="200"}"#),
+        1.0
+    );
+    assert!(
+        !r.text.contains("/cookies/m0"),
+        "raw paths must not become labels"
+    );
+    assert_eq!(
+        get(r#"http_request_duration_seconds_count{endpoint="/cookies",method="POST"}"#),
+        3.0
+    );
+    assert!(r.text.contains(r#"http_request_duration_seconds_bucket{endpoint="/cookies/{cookie}",method="GET",le="0.005"}"#));
+    assert_eq!(get(r#"db_operations_total{operation="create"}"#), 3.0);
+    assert_eq!(get(r#"db_operations_total{operation="get"}"#), 3.0);
+    assert_eq!(get(r#"db_operations_total{operation="update"}"#), 1.0);
+    assert_eq!(get(r#"db_operations_total{operation="delete"}"#), 1.0);
+    // Cache: the second read of m0 was a hit; the first read of m0 and of "nope" missed.
+    assert_eq!(get("cache_hits_total"), 1.0);
+    assert!(get("cache_misses_total") >= 2.0);
+    // The follower forwarded its 5 writes to the leader.
+    assert_eq!(get(r#"forwarded_requests_total{kind="write"}"#), 5.0);
+    assert!(get(r#"raft_state{field="term"}"#) >= 1.0);
+    assert_eq!(get(r#"raft_state{field="is_leader"}"#), 0.0);
+    assert_eq!(get(r#"raft_state{field="leader_id"}"#), (leader + 1) as f64);
+    assert!(get(r#"raft_state{field="applied_index"}"#) >= 6.0);
+    assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
+    assert!(get("service_uptime_seconds") > 0.0);
+
+    // On the leader: per-peer replication lag, and peer reachability once the periodic
+    // health check has run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
+        let (types, v) = parse(&r.text);
+        assert_eq!(v.get(r#"raft_state{field="is_leader"}"#), Some(&1.0));
+        let count = |prefix: &str| v.keys().filter(|k| k.starts_with(prefix)).count();
+        if count("raft_peer_reachable{") == 2 {
+            assert_eq!(types["raft_peer_reachable"], "gauge");
+            assert_eq!(types["raft_replication_lag_entries"], "gauge");
+            assert_eq!(count("raft_replication_lag_entries{"), 2, "{}", r.text);
+            let peer = format!("node{}", follower + 1);
+            assert_eq!(v[&format!("raft_peer_reachable{{peer=\"{peer}\"}}")], 1.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no peer health series: {}",
+            r.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
