@@ -340,3 +340,45 @@ async fn nodes_can_start_in_any_order() {
         }
     }
 }
+
+/// Regression: openraft 0.9 restores a restarted leader as leader at once, and its read
+/// index is then its persisted commit index. That index must be durable: when it was
+/// written without an fsync, a crash lost the last commit, and a linearizable read after
+/// the restart missed the last acknowledged write (the leader had no new entry to commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_acknowledged_write_is_read_after_the_leader_restarts_first() {
+    for round in 0..3 {
+        let mut c = Cluster::start(3, FAST_RAFT).await;
+        let leader = c.wait_leader(WAIT).await;
+        for i in 0..5 {
+            let id = format!("w{round}-{i}");
+            assert_eq!(
+                c.create(leader, json!({"cookie": id, "user_id": 1}))
+                    .await
+                    .status,
+                201
+            );
+        }
+        for i in 0..3 {
+            c.kill(i);
+        }
+        // The old leader first, alone: it resumes as leader but cannot reach anyone.
+        c.spawn(leader);
+        c.wait_up(leader, WAIT).await;
+        for i in (0..3).filter(|&i| i != leader) {
+            c.spawn(i);
+        }
+        c.wait_ready_all(WAIT).await;
+        let last = format!("w{round}-4");
+        for i in 0..3 {
+            let r = c.get(i, &last, "linearizable").await;
+            assert_eq!(
+                r.status,
+                200,
+                "round {round}: node{} lost {last}: {}",
+                i + 1,
+                r.text
+            );
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -59,21 +59,9 @@ impl LogStore {
         read().map_err(|e| StorageIOError::read(&crate::io_err(e)).into())
     }
 
-    /// Run a write transaction on the blocking pool and commit it durably.
+    /// Run a write transaction on the blocking pool and commit it durably (redb's default
+    /// `Durability::Immediate`: fsync before `commit` returns).
     async fn write<F>(&self, f: F) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-    where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-            + Send
-            + 'static,
-    {
-        self.write_with(Durability::Immediate, f).await
-    }
-
-    async fn write_with<F>(
-        &self,
-        durability: Durability,
-        f: F,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             + Send
@@ -81,8 +69,7 @@ impl LogStore {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)?;
+            let txn = db.begin_write()?;
             f(&txn)?;
             txn.commit()?;
             Ok(())
@@ -163,17 +150,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
-        // A hint for restarts, not needed for safety: written without an fsync (it becomes
-        // durable with the next append). Losing it only means waiting for the leader to
-        // re-announce the commit index.
-        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
-        self.write_with(Durability::None, move |txn| {
-            txn.open_table(META)?
-                .insert(KEY_COMMITTED, bytes.as_slice())?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write(&crate::io_err(e)).into())
+        // Durable, and not a mere hint: openraft 0.9 restores a restarted leader as leader
+        // at once, and its read index is then this commit index. Written without an fsync,
+        // a crash could lose the last commit and a linearizable read would miss the last
+        // acknowledged write (regression test: `last_acknowledged_write_is_read_after_the_
+        // leader_restarts_first` in tests/cluster.rs).
+        self.write_meta(KEY_COMMITTED, &committed).await
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {

@@ -32,6 +32,14 @@ use crate::record::{self, Record};
 use crate::types::{CmdResult, Command, CookieNode, NodeId, Response, TypeConfig};
 
 const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
+/// The list order as an index: `(order_key(created), id)`, so a page of `GET /cookies` is a
+/// range scan instead of a sort of every record.
+const BY_CREATED: TableDefinition<(u64, &str), ()> = TableDefinition::new("cookies_by_created");
+
+/// Newest `created` first: map the signed sort key to an unsigned one, then invert it.
+fn order_key(created: i64) -> u64 {
+    u64::MAX - ((created as u64) ^ (1 << 63))
+}
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 const KEY_APPLIED: &str = "last_applied";
@@ -85,6 +93,7 @@ impl StateMachine {
         let txn = db.begin_write()?;
         {
             txn.open_table(COOKIES)?;
+            txn.open_table(BY_CREATED)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -145,10 +154,47 @@ fn get_record(table: &Table<&str, &[u8]>, id: &str) -> Result<Option<Record>, Bo
     }
 }
 
+fn get_readonly(
+    table: &redb::ReadOnlyTable<&str, &[u8]>,
+    id: &str,
+) -> Result<Option<Record>, BoxError> {
+    match table.get(id)? {
+        Some(v) => Ok(Some(
+            Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Apply one command at log index `index`. All decisions happen here, against the state
 /// as of this entry: that is what makes existence checks, merges and `If-Match` atomic.
+/// Store `rec` under `id` and index it.
+fn put(
+    table: &mut Table<&str, &[u8]>,
+    order: &mut Table<(u64, &str), ()>,
+    id: &str,
+    rec: &Record,
+) -> Result<(), BoxError> {
+    table.insert(id, rec.encode().as_slice())?;
+    order.insert((order_key(rec.created), id), ())?;
+    Ok(())
+}
+
+/// Remove `id` (whose record is `rec`) and its index entry.
+fn remove(
+    table: &mut Table<&str, &[u8]>,
+    order: &mut Table<(u64, &str), ()>,
+    id: &str,
+    rec: &Record,
+) -> Result<(), BoxError> {
+    table.remove(id)?;
+    order.remove((order_key(rec.created), id))?;
+    Ok(())
+}
+
 fn apply_command(
     table: &mut Table<&str, &[u8]>,
+    order: &mut Table<(u64, &str), ()>,
     index: u64,
     cmd: Command,
     touched: &mut Touched,
@@ -159,7 +205,7 @@ fn apply_command(
                 return Ok(CmdResult::AlreadyExists);
             }
             let rec = Record::new(index, object.into_bytes());
-            table.insert(id.as_str(), rec.encode().as_slice())?;
+            put(table, order, &id, &rec)?;
             touched.ids.push(id);
             touched.list = true;
             CmdResult::Stored {
@@ -189,14 +235,12 @@ fn apply_command(
                 Err(e) => return Ok(CmdResult::Invalid(e)),
             };
             let target = rename_to.unwrap_or_else(|| id.clone());
-            if target != id {
-                if table.get(target.as_str())?.is_some() {
-                    return Ok(CmdResult::AlreadyExists);
-                }
-                table.remove(id.as_str())?;
+            if target != id && table.get(target.as_str())?.is_some() {
+                return Ok(CmdResult::AlreadyExists);
             }
+            remove(table, order, &id, &current)?;
             let rec = Record::new(index, merged);
-            table.insert(target.as_str(), rec.encode().as_slice())?;
+            put(table, order, &target, &rec)?;
             if target != id {
                 touched.ids.push(target);
             }
@@ -208,16 +252,14 @@ fn apply_command(
             }
         }
         Command::Delete { id, if_match } => {
-            let version = table
-                .get(id.as_str())?
-                .map(|v| Record::decode_version(v.value()));
+            let current = get_record(table, &id)?;
             if let Some(expected) = if_match {
-                if version.flatten() != Some(expected) {
+                if current.as_ref().map(|r| r.version) != Some(expected) {
                     return Ok(CmdResult::PreconditionFailed);
                 }
             }
-            if version.is_some() {
-                table.remove(id.as_str())?;
+            if let Some(rec) = current {
+                remove(table, order, &id, &rec)?;
                 touched.ids.push(id);
                 touched.list = true;
             }
@@ -250,6 +292,7 @@ fn apply_entries(
     }
     {
         let mut table = txn.open_table(COOKIES)?;
+        let mut order = txn.open_table(BY_CREATED)?;
         for entry in entries {
             let index = entry.log_id.index;
             last = Some(entry.log_id);
@@ -258,7 +301,13 @@ fn apply_entries(
                 EntryPayload::Normal(req) => {
                     let mut results = Vec::with_capacity(req.cmds.len());
                     for cmd in req.cmds {
-                        results.push(apply_command(&mut table, index, cmd, &mut touched)?);
+                        results.push(apply_command(
+                            &mut table,
+                            &mut order,
+                            index,
+                            cmd,
+                            &mut touched,
+                        )?);
                     }
                     responses.push(Response { results });
                 }
@@ -345,9 +394,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 // Replace, never merge: a row absent from the snapshot was deleted.
                 let mut table = txn.open_table(COOKIES)?;
+                let mut order = txn.open_table(BY_CREATED)?;
                 table.retain(|_, _| false)?;
+                order.retain(|_, _| false)?;
                 for (id, value) in &rows.rows {
-                    table.insert(id.as_str(), value.as_slice())?;
+                    let rec = Record::decode(value).ok_or("corrupt record in the snapshot")?;
+                    put(&mut table, &mut order, id, &rec)?;
                 }
             }
             put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
@@ -517,6 +569,57 @@ impl StoreReader {
         let body = Bytes::from(body);
         self.cache.fill_list(ticket, body.clone());
         Ok((body, CacheStatus::Miss))
+    }
+
+    /// One page of the list order (newest `created` first, ties by id): at most `limit`
+    /// records after the record `after`. Returns the body and, when more may follow, the id
+    /// to continue after; `None` when `after` names no record. Costs a range scan of the
+    /// index, not a sort of the whole store.
+    pub fn page(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Option<(Bytes, Option<String>)>, BoxError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COOKIES)?;
+        let order = txn.open_table(BY_CREATED)?;
+        let start_key = match after {
+            None => None,
+            Some(a) => match get_readonly(&table, a)? {
+                Some(rec) => Some((order_key(rec.created), a)),
+                None => return Ok(None),
+            },
+        };
+        let range = match start_key {
+            Some(k) => order.range::<(u64, &str)>((Bound::Excluded(k), Bound::Unbounded))?,
+            None => order.range::<(u64, &str)>(..)?,
+        };
+        let mut body = b"{\"cookies\":[".to_vec();
+        let mut last: Option<String> = None;
+        let mut more = false;
+        for (count, row) in range.enumerate() {
+            let (key, _) = row?;
+            if count == limit {
+                more = true;
+                break;
+            }
+            let (_, id) = key.value();
+            let rec = get_readonly(&table, id)?.ok_or("index names a missing record")?;
+            if count > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&rec.json);
+            last = Some(id.to_owned());
+        }
+        body.extend_from_slice(b"]");
+        let next = if more { last } else { None };
+        if let Some(n) = &next {
+            body.extend_from_slice(b",\"next_after\":");
+            body.extend_from_slice(serde_json::to_string(n)?.as_bytes());
+        }
+        body.push(b'}');
+        Ok(Some((Bytes::from(body), next)))
     }
 
     /// Number of stored records.

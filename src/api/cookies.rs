@@ -157,15 +157,62 @@ async fn read_barrier(state: &Shared, level: Consistency) -> Result<(), ApiError
     Ok(())
 }
 
-/// `GET /cookies`
+/// Largest page `?limit=` accepts.
+const MAX_PAGE: usize = 10_000;
+
+/// `?limit=N&after=<id>`: `None` when neither is given (the original, unpaged list).
+fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, ApiError> {
+    let mut limit = None;
+    let mut after = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n));
+                limit = Some(n.ok_or_else(|| {
+                    ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+                })?);
+            }
+            "after" => after = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if limit.is_none() && after.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((limit.unwrap_or(100), after)))
+}
+
+/// `GET /cookies` (all of them, as the original), or one page with `?limit=&after=`:
+/// `{"cookies":[...],"next_after":"<id>"}`, `next_after` present while more may follow.
 pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult {
     let level = consistency(q.as_deref())?;
+    let page = paging(q.as_deref())?;
     read_barrier(&state, level).await?;
     state
         .metrics
         .db_operations
         .with_label_values(&["list"])
         .inc();
+    if let Some((limit, after)) = page {
+        let found = state
+            .reader
+            .page(limit, after.as_deref())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let Some((body, _)) = found else {
+            return Err(ApiError::bad_request(
+                "after must be the id of an existing cookie",
+            ));
+        };
+        return Ok(read_reply(
+            StatusCode::OK,
+            body,
+            CacheStatus::Miss,
+            state.reader.applied_index(),
+        ));
+    }
     let (body, cache) = state
         .reader
         .list()
@@ -345,6 +392,20 @@ mod tests {
             Consistency::Linearizable
         );
         assert!(consistency(Some("consistency=eventual")).is_err());
+    }
+
+    #[test]
+    fn paging_parameters() {
+        assert_eq!(paging(None).unwrap(), None);
+        assert_eq!(paging(Some("consistency=local")).unwrap(), None);
+        assert_eq!(paging(Some("limit=5")).unwrap(), Some((5, None)));
+        assert_eq!(
+            paging(Some("after=a%20b")).unwrap(),
+            Some((100, Some("a b".into())))
+        );
+        for bad in ["limit=0", "limit=-1", "limit=x", "limit=10001"] {
+            assert!(paging(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::common::Cluster;
 /// The kinds of fault, each selectable alone through `JEPSEN_FAULTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// `kill -9` a random node or the leader; restart it when healing.
+    /// `kill -9` a random node or the leader (a quarter of the time every node, the old
+    /// leader restarted first); restart when healing.
     Kill,
     /// `SIGSTOP` a random node or the leader; `SIGCONT` when healing.
     Pause,
@@ -44,6 +45,8 @@ impl Fault {
 /// What was done to the cluster, and how to undo it.
 enum Active {
     Killed(usize),
+    /// Every node killed; restarted in this order (the old leader first).
+    KilledAll(Vec<usize>),
     Paused(usize),
     Partitioned,
 }
@@ -88,6 +91,20 @@ impl Nemesis {
             .get(self.rng.below(self.faults.len() as u64) as usize)?;
         let n = cluster.nodes.len();
         Some(match fault {
+            Fault::Kill if self.rng.below(4) == 0 => {
+                // The whole cluster crashes; the old leader comes back first, alone.
+                let leader = cluster.leader().await.unwrap_or(0);
+                let mut order = vec![leader];
+                order.extend((0..n).filter(|&i| i != leader));
+                for &i in &order {
+                    cluster.kill(i);
+                }
+                self.note(format!(
+                    "kill -9 every node (leader node{} first)",
+                    leader + 1
+                ));
+                Active::KilledAll(order)
+            }
             Fault::Kill => {
                 let t = self.target(cluster).await;
                 cluster.kill(t);
@@ -148,6 +165,14 @@ impl Nemesis {
             Active::Killed(t) => {
                 cluster.spawn(t);
                 self.note(format!("restart node{}", t + 1));
+            }
+            Active::KilledAll(order) => {
+                cluster.spawn(order[0]);
+                cluster.wait_up(order[0], Duration::from_secs(30)).await;
+                for &i in &order[1..] {
+                    cluster.spawn(i);
+                }
+                self.note("restart every node (old leader first)".into());
             }
             Active::Paused(t) => {
                 cluster.signal(t, "CONT");

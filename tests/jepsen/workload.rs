@@ -207,6 +207,8 @@ pub async fn register_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
             seen.insert(key.clone(), *v);
         }
         let unknown = matches!(outcome, Outcome::Unknown { .. });
+        // A node that is down refuses at once: pause instead of spinning through keys.
+        let refused = matches!(outcome, Outcome::Fail { status: 0 } | Outcome::ReadFailed);
         ctx.history.push(Op {
             process,
             node,
@@ -218,6 +220,9 @@ pub async fn register_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
         });
         if unknown {
             process = ctx.new_process();
+        }
+        if refused {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
