@@ -1,0 +1,280 @@
+//! How cost grows with the number of stored records: point reads and creates at 10k, 100k
+//! (and, with SCALE_LEVELS, 1M) records, `GET /cookies` paged and unpaged, and the time a
+//! restarted follower needs to catch up by snapshot. `cargo bench --bench scale`
+//! (SCALE_LEVELS=10000,100000,1000000; BENCH_SECS per measurement, default 3).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+    fn spawn(&mut self, i: usize) {
+        let child = Command::new(BIN)
+            .arg(self.dir.path().join(format!("n{i}.toml")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+async fn start() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+        .collect();
+    for (i, port) in ports.iter().enumerate() {
+        std::fs::write(
+            dir.path().join(format!("n{i}.toml")),
+            format!(
+                "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\ncache_max_entries = 100000\n",
+                i + 1,
+                dir.path().join(format!("d{i}")).display(),
+                members.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+    let mut c = Cluster {
+        dir,
+        ports,
+        children: vec![None, None, None],
+    };
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    for i in 0..3 {
+        wait_ready(&c.url(i)).await;
+    }
+    c
+}
+
+async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Create records `from..to` with 64 concurrent clients.
+async fn load(c: &Cluster, from: u64, to: u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let client = client.clone();
+            let url = c.url(w as usize % 3);
+            tokio::spawn(async move {
+                let mut i = from + w;
+                while i < to {
+                    let body = json!({"cookie": format!("k{i}"), "user_id": 1, "payload": "p".repeat(150)});
+                    let r = client.post(format!("{url}/cookies")).json(&body).send().await.unwrap();
+                    assert!(r.status() == 201 || r.status() == 409, "{}", r.status());
+                    i += 64;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Closed loop for `secs`: 64 clients, point reads (`create = false`) or creates.
+async fn measure(c: &Cluster, secs: u64, n: u64, create: bool, tag: &str) -> (f64, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let client = client.clone();
+            let url = c.url(w as usize % 3);
+            let tag = tag.to_owned();
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).unwrap();
+                let mut j = 0u64;
+                while Instant::now() < end {
+                    j += 1;
+                    let t = Instant::now();
+                    let r = if create {
+                        let body = json!({"cookie": format!("{tag}-{w}-{j}"), "user_id": 1, "payload": "p".repeat(150)});
+                        client.post(format!("{url}/cookies")).json(&body).send().await
+                    } else {
+                        let k = (j.wrapping_mul(2654435761) + w * 7919) % n;
+                        client.get(format!("{url}/cookies/k{k}")).send().await
+                    };
+                    if let Ok(r) = r {
+                        let ok = r.status().is_success();
+                        let _ = r.bytes().await;
+                        if ok {
+                            h.record(t.elapsed().as_micros() as u64).unwrap();
+                        }
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        h.add(t.await.unwrap()).unwrap();
+    }
+    (
+        h.len() as f64 / secs as f64,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    )
+}
+
+async fn timed_get(url: &str) -> (Duration, usize) {
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+    (t.elapsed(), body.len())
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let levels: Vec<u64> = std::env::var("SCALE_LEVELS")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let mut c = start().await;
+    println!("| records | point reads/s (64 clients) | p99 ms | creates/s (64 clients) | p99 ms | GET /cookies?limit=100 | full GET /cookies | follower catch-up by snapshot |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut have = 0;
+    for (li, &n) in levels.iter().enumerate() {
+        let t = Instant::now();
+        load(&c, have, n).await;
+        let load_time = t.elapsed();
+        have = n;
+        let (rps, rp99) = measure(&c, secs, n, false, "").await;
+        let (cps, cp99) = measure(&c, secs, n, true, &format!("s{li}")).await;
+        let (page_t, _) = timed_get(&format!("{}/cookies?limit=100", c.url(0))).await;
+        // Uncached: the list cache was invalidated by the creates just measured.
+        let (full_t, full_len) = timed_get(&format!("{}/cookies", c.url(0))).await;
+        // Catch-up: stop a follower, write past the snapshot threshold (5,000 entries,
+        // 1,000 kept), restart it and time until it serves the last write locally.
+        c.kill(2);
+        let extra_from = 10_000_000 + li as u64 * 100_000;
+        load_single(&c, extra_from, 8000).await;
+        let last = format!("x{}", extra_from + 7999);
+        let t = Instant::now();
+        c.spawn(2);
+        wait_local(&c.url(2), &last).await;
+        let catch_up = t.elapsed();
+        println!(
+            "| {n} (loaded in {:.0} s) | {rps:.0} | {rp99:.2} | {cps:.0} | {cp99:.2} | {:.1} ms | {:.0} ms ({:.1} MB) | {:.1} s |",
+            load_time.as_secs_f64(),
+            page_t.as_secs_f64() * 1000.0,
+            full_t.as_secs_f64() * 1000.0,
+            full_len as f64 / 1e6,
+            catch_up.as_secs_f64()
+        );
+    }
+}
+
+/// Creates `x{from}..x{from+count}` through nodes 1 and 2 only (node 3 is down).
+async fn load_single(c: &Cluster, from: u64, count: u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..32u64)
+        .map(|w| {
+            let client = client.clone();
+            let url = c.url(w as usize % 2);
+            tokio::spawn(async move {
+                let mut i = w;
+                while i < count {
+                    let body = json!({"cookie": format!("x{}", from + i), "user_id": 1});
+                    let r = client
+                        .post(format!("{url}/cookies"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    i += 32;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn wait_local(url: &str, id: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if let Ok(r) = client
+            .get(format!("{url}/cookies/{id}?consistency=local"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "follower never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
