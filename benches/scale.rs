@@ -196,7 +196,7 @@ async fn main() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     let mut c = start().await;
-    println!("| records | point reads/s (64 clients) | p99 ms | creates/s (64 clients) | p99 ms | GET /cookies?limit=100 | full GET /cookies | follower catch-up by snapshot |");
+    println!("| records | point reads/s (64 clients) | p99 ms | creates/s (64 clients) | p99 ms | GET /cookies?limit=100 | full GET /cookies | follower catch-up after missing 8,000 writes |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut have = 0;
     for (li, &n) in levels.iter().enumerate() {

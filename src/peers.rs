@@ -46,12 +46,8 @@ pub struct PeerClient {
 
 impl PeerClient {
     pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+        // Its own pool, apart from the Raft RPCs' (see the module docs).
+        let client = cookie_raft::network::peer_http_client()?;
         Ok(PeerClient {
             client,
             secret,

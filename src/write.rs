@@ -46,7 +46,7 @@ enum LocalError {
 
 struct Pending {
     cmd: Command,
-    reply: oneshot::Sender<Result<CmdResult, LocalError>>,
+    reply: Reply,
 }
 
 /// Limits of one batch.
@@ -90,6 +90,15 @@ impl Batcher {
             Ok(Err(_)) => Err(LocalError::Unknown("the node shut down".into())),
             Err(_) => Err(LocalError::Unknown("timed out waiting for commit".into())),
         }
+    }
+}
+
+type Reply = oneshot::Sender<Result<CmdResult, LocalError>>;
+
+/// Give every command of a batch the same failure.
+fn fail_all(replies: Vec<Reply>, err: impl Fn() -> LocalError) {
+    for r in replies {
+        let _ = r.send(Err(err()));
     }
 }
 
@@ -145,47 +154,27 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchL
                     let outcome = receiver.await;
                     drop(permit);
                     match outcome {
-                        Ok(Ok(resp)) => {
-                            let n = replies.len();
-                            if resp.data.results.len() != n {
-                                for r in replies {
-                                    let _ = r.send(Err(LocalError::Unknown(
-                                        "result count mismatch".into(),
-                                    )));
-                                }
-                                return;
-                            }
+                        Ok(Ok(resp)) if resp.data.results.len() == replies.len() => {
                             for (r, res) in replies.into_iter().zip(resp.data.results) {
                                 let _ = r.send(Ok(res));
                             }
                         }
+                        Ok(Ok(_)) => fail_all(replies, || {
+                            LocalError::Unknown("result count mismatch".into())
+                        }),
                         // Rejected before proposing, or proposed then truncated: not applied.
                         Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
-                            for r in replies {
-                                let _ = r.send(Err(LocalError::NotLeader));
-                            }
+                            fail_all(replies, || LocalError::NotLeader)
                         }
-                        Ok(Err(e)) => {
-                            for r in replies {
-                                let _ = r.send(Err(LocalError::Unknown(e.to_string())));
-                            }
-                        }
-                        Err(_) => {
-                            for r in replies {
-                                let _ = r.send(Err(LocalError::Unknown(
-                                    "raft stopped before answering".into(),
-                                )));
-                            }
-                        }
+                        Ok(Err(e)) => fail_all(replies, || LocalError::Unknown(e.to_string())),
+                        Err(_) => fail_all(replies, || {
+                            LocalError::Unknown("raft stopped before answering".into())
+                        }),
                     }
                 });
             }
             // The message never reached RaftCore: nothing was proposed.
-            Err(_fatal) => {
-                for r in replies {
-                    let _ = r.send(Err(LocalError::NotLeader));
-                }
-            }
+            Err(_fatal) => fail_all(replies, || LocalError::NotLeader),
         }
     }
 }

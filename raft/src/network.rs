@@ -58,14 +58,20 @@ pub struct Network {
     book: AddressBook,
 }
 
+/// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
+/// on a connection that cannot be made (the peer is down) so callers can back off.
+pub fn peer_http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(500))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+}
+
 impl Network {
     pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+        let client = peer_http_client()?;
         Ok(Network {
             client,
             secret,

@@ -200,8 +200,10 @@ pub fn linearizable(ops: &[Op]) -> bool {
         if returns_left == 0 {
             return true;
         }
-        if entry == END {
-            // Only calls without returns were left to try here: backtrack.
+        // Past the last event (only calls without returns were left), or at the return of
+        // an operation not linearized yet: undo the last choice and try the next one.
+        let must_backtrack = entry == END || !ev[entry].is_call;
+        if must_backtrack {
             let Some((call, prev_state)) = stack.pop() else {
                 return false;
             };
@@ -215,39 +217,25 @@ pub fn linearizable(ops: &[Op]) -> bool {
             entry = ev[call].next;
             continue;
         }
+        // A call: linearize it here if the model allows and this state is new.
         let e = ev[entry];
-        if e.is_call {
-            if let Some(next) = step(state, ops[e.op]) {
-                let mut lin = linearized.clone();
-                lin.set(e.op);
-                if cache.insert((lin.clone(), next)) {
-                    stack.push((entry, state));
-                    state = next;
-                    linearized = lin;
-                    unlink(&mut ev, entry);
-                    if let Some(r) = e.ret {
-                        unlink(&mut ev, r);
-                        returns_left -= 1;
-                    }
-                    entry = ev[0].next;
-                    continue;
+        if let Some(next) = step(state, ops[e.op]) {
+            let mut lin = linearized.clone();
+            lin.set(e.op);
+            if cache.insert((lin.clone(), next)) {
+                stack.push((entry, state));
+                state = next;
+                linearized = lin;
+                unlink(&mut ev, entry);
+                if let Some(r) = e.ret {
+                    unlink(&mut ev, r);
+                    returns_left -= 1;
                 }
+                entry = ev[0].next;
+                continue;
             }
-            entry = e.next;
-        } else {
-            // An operation returned before we could linearize it: undo the last choice.
-            let Some((call, prev_state)) = stack.pop() else {
-                return false;
-            };
-            state = prev_state;
-            linearized.clear(ev[call].op);
-            if let Some(r) = ev[call].ret {
-                relink(&mut ev, r);
-                returns_left += 1;
-            }
-            relink(&mut ev, call);
-            entry = ev[call].next;
         }
+        entry = e.next;
     }
 }
 
