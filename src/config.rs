@@ -80,6 +80,17 @@ impl Default for BatchTuning {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -112,6 +123,10 @@ pub struct Config {
     pub read_timeout_ms: u64,
     /// When set, `/raft/*` requests must carry `Authorization: Bearer <secret>`.
     pub cluster_secret: Option<String>,
+    /// `text` or `json`; the environment variable `COOKIE_CRUD_LOG_FORMAT` overrides it.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
+    pub log_level: String,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
 }
@@ -135,6 +150,8 @@ impl Default for Config {
             write_timeout_ms: 5000,
             read_timeout_ms: 5000,
             cluster_secret: None,
+            log_format: LogFormat::Text,
+            log_level: "info,openraft=warn".into(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),
         }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cookie_crud::config::Config;
+use cookie_crud::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn usage() -> &'static str {
@@ -29,11 +29,33 @@ fn parse_args() -> Result<Option<PathBuf>, String> {
     Ok(path)
 }
 
-fn main() -> ExitCode {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+/// Logs: `RUST_LOG` or the config's `log_level`; text, or JSON lines when the config's
+/// `log_format` (or `COOKIE_CRUD_LOG_FORMAT`) says `json`.
+fn init_logging(cfg: &Config) -> Result<(), String> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => EnvFilter::try_new(&cfg.log_level)
+            .map_err(|e| format!("log_level {:?}: {e}", cfg.log_level))?,
+    };
+    let format = match std::env::var("COOKIE_CRUD_LOG_FORMAT").ok().as_deref() {
+        Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            return Err(format!(
+                "COOKIE_CRUD_LOG_FORMAT: {other:?} is not text or json"
+            ))
+        }
+        None => cfg.log_format,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+    Ok(())
+}
 
+fn main() -> ExitCode {
     let cfg = match parse_args().and_then(|p| match p {
         Some(p) => Config::load(&p),
         None => {
@@ -47,6 +69,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("cookie-crud: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,17 +2,20 @@
 //! labelled by route template), cache, store, Raft and forwarding. Values that live
 //! elsewhere (cache counters, Raft state, file sizes) are read when `/metrics` is scraped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+use tracing::Instrument;
 
 use crate::api::Shared;
 
@@ -197,9 +200,38 @@ pub async fn scrape(State(state): State<Shared>) -> Response {
     }
 }
 
-/// The one middleware that times and counts every request. The endpoint label is the route
-/// template (`/cookies/{cookie}`), never the raw path, so the label set stays bounded.
-pub async fn track(State(state): State<Shared>, req: Request, next: Next) -> Response {
+/// The id of one request, from `X-Request-Id` or made here; forwarded with writes so one
+/// write can be followed across nodes.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+fn request_id(req: &Request, node: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128);
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let started = crate::monitor::unix_now();
+            format!(
+                "{node}-{started:x}-{:x}",
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            )
+        }
+    }
+}
+
+/// The one middleware around every route: it gives the request an id (returned in
+/// `X-Request-Id`), runs it inside a span with method, route and id, logs status and
+/// latency (at debug: an access log costs too much at these rates to be on by default),
+/// and records the HTTP metrics. The endpoint label is the route template
+/// (`/cookies/{cookie}`), never the raw path, so the label set stays bounded.
+pub async fn track(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
     let endpoint = req
@@ -207,12 +239,25 @@ pub async fn track(State(state): State<Shared>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let resp = next.run(req).await;
-    state.metrics.observe(
-        &method,
-        &endpoint,
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    let id = request_id(&req, &state.cfg.name());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span =
+        tracing::info_span!("request", method = %method, route = %endpoint, request_id = %id);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request done"
+        )
+    });
+    state
+        .metrics
+        .observe(&method, &endpoint, status, elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
     resp
 }

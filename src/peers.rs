@@ -99,10 +99,12 @@ impl PeerClient {
         addr: &str,
         cmd: &Command,
         timeout: Duration,
+        request_id: &str,
     ) -> Result<ForwardReply, SendError> {
         let body = codec::encode(cmd).map_err(|e| SendError::NotSent(e.to_string()))?;
         let resp = self
             .post(addr, "/raft/write", body, timeout)
+            .header(crate::metrics::REQUEST_ID_HEADER, request_id)
             .send()
             .await
             .map_err(|e| {

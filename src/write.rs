@@ -210,7 +210,7 @@ impl Writer {
     }
 
     /// A write received from a client: run it on the leader, wherever that is.
-    pub async fn write(&self, cmd: Command) -> Result<CmdResult, WriteError> {
+    pub async fn write(&self, cmd: Command, request_id: &str) -> Result<CmdResult, WriteError> {
         let deadline = Instant::now() + self.timeout;
         let mut metrics = self.raft.metrics();
         loop {
@@ -230,7 +230,11 @@ impl Writer {
                     // (even "unknown") arrives before we give up on it.
                     let rpc_timeout = remaining + Duration::from_millis(500);
                     self.metrics.forwarded.with_label_values(&["write"]).inc();
-                    let reply = self.peers.forward_write(&addr, &cmd, rpc_timeout).await;
+                    tracing::debug!(leader = %addr, "forwarding write to the leader");
+                    let reply = self
+                        .peers
+                        .forward_write(&addr, &cmd, rpc_timeout, request_id)
+                        .await;
                     let error_kind = match &reply {
                         Ok(ForwardReply::Applied(_)) => None,
                         Ok(ForwardReply::NotLeader) => Some("not_leader"),
@@ -267,6 +271,7 @@ impl Writer {
     /// A write forwarded by another node: propose it here or say we are not the leader.
     /// Never forwards again, so a stale view of the leader cannot make a loop.
     pub async fn write_forwarded(&self, cmd: Command) -> ForwardReply {
+        tracing::debug!("write forwarded by a follower");
         if self.raft.metrics().borrow().current_leader != Some(self.me) {
             return ForwardReply::NotLeader;
         }

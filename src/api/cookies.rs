@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use cookie_raft::state_machine::CacheStatus;
@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::error::{json_bytes, ApiError};
 use super::Shared;
+use crate::metrics::RequestId;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -261,12 +262,22 @@ pub async fn get_one(
 }
 
 /// `POST /cookies/{anything}`: the path id is ignored, as in the original.
-pub async fn create_with_path(state: State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
-    create(state, headers, body).await
+pub async fn create_with_path(
+    state: State<Shared>,
+    rid: Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    create(state, rid, headers, body).await
 }
 
 /// `POST /cookies`
-pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn create(
+    State(state): State<Shared>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     require_json_content_type(&headers)?;
     let bytes = read_body(body, state.cfg.max_body_bytes).await?;
     let mut obj = parse_object(&bytes)?;
@@ -290,7 +301,11 @@ pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body)
         .db_operations
         .with_label_values(&["create"])
         .inc();
-    match state.writer.write(Command::Create { id, object }).await? {
+    match state
+        .writer
+        .write(Command::Create { id, object }, &rid.0)
+        .await?
+    {
         CmdResult::Stored { object, version } => {
             Ok(stored_reply(StatusCode::CREATED, object, version))
         }
@@ -302,6 +317,7 @@ pub async fn create(State(state): State<Shared>, headers: HeaderMap, body: Body)
 /// `PUT /cookies/{cookie}`: merge, atomically where the write is applied.
 pub async fn update(
     State(state): State<Shared>,
+    Extension(rid): Extension<RequestId>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -332,7 +348,7 @@ pub async fn update(
         .db_operations
         .with_label_values(&["update"])
         .inc();
-    match state.writer.write(cmd).await? {
+    match state.writer.write(cmd, &rid.0).await? {
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
@@ -345,6 +361,7 @@ pub async fn update(
 /// `DELETE /cookies/{cookie}`: idempotent unless `If-Match` is given.
 pub async fn delete(
     State(state): State<Shared>,
+    Extension(rid): Extension<RequestId>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -357,10 +374,13 @@ pub async fn delete(
         .inc();
     match state
         .writer
-        .write(Command::Delete {
-            id,
-            if_match: expected,
-        })
+        .write(
+            Command::Delete {
+                id,
+                if_match: expected,
+            },
+            &rid.0,
+        )
         .await?
     {
         CmdResult::Deleted => Ok(json_bytes(

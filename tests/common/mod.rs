@@ -135,7 +135,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
