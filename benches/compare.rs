@@ -5,8 +5,9 @@
 //! `cargo bench --bench compare` (BENCH_SECS per phase, default 5; ETCD=path to override).
 //! Without an `etcd` binary it measures cookie-crud alone.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,31 +15,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hdrhistogram::Histogram;
 use serde_json::json;
+use support::{free_port, wait_http, Nodes, Procs};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
 const PRELOAD: u64 = 2000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Procs {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Sys {
@@ -49,69 +28,16 @@ enum Sys {
 struct Cluster {
     sys: Sys,
     urls: Vec<String>,
-    _procs: Procs,
-}
-
-async fn wait_http(client: &reqwest::Client, url: &str, ok: impl Fn(u16, &str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(url).send().await {
-            let s = r.status().as_u16();
-            if ok(s, &r.text().await.unwrap_or_default()) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    /// What keeps the processes (and their data) alive until the cluster is dropped.
+    _running: Box<dyn std::any::Any>,
 }
 
 async fn start_cookie(max_commands: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
-        .collect();
-    let mut children = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let cfg = dir.path().join(format!("n{i}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n[batch]\nmax_commands = {max_commands}\n",
-                i + 1,
-                dir.path().join(format!("d{i}")).display(),
-                members.join(", ")
-            ),
-        )
-        .unwrap();
-        children.push(
-            Command::new(BIN)
-                .arg(&cfg)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let client = reqwest::Client::new();
-    for u in &urls {
-        wait_http(&client, &format!("{u}/ready"), |s, _| s == 200).await;
-    }
+    let nodes = Nodes::start(3, &format!("[batch]\nmax_commands = {max_commands}\n")).await;
     Cluster {
         sys: Sys::Cookie,
-        urls,
-        _procs: Procs {
-            children,
-            _dir: dir,
-        },
+        urls: nodes.urls(),
+        _running: Box::new(nodes),
     }
 }
 
@@ -138,7 +64,7 @@ async fn start_etcd(bin: &str) -> Cluster {
     for i in 0..3 {
         let c = format!("http://127.0.0.1:{}", client_ports[i]);
         let p = format!("http://127.0.0.1:{}", peer_ports[i]);
-        children.push(
+        children.push(Some(
             Command::new(bin)
                 .args(["--name", &format!("e{i}")])
                 .args([
@@ -164,15 +90,14 @@ async fn start_etcd(bin: &str) -> Cluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start etcd"),
-        );
+        ));
     }
     let urls: Vec<String> = client_ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let client = reqwest::Client::new();
     for u in &urls {
-        wait_http(&client, &format!("{u}/health"), |s, b| {
+        wait_http(&format!("{u}/health"), |s, b| {
             s == 200 && b.contains("true")
         })
         .await;
@@ -180,10 +105,7 @@ async fn start_etcd(bin: &str) -> Cluster {
     Cluster {
         sys: Sys::Etcd,
         urls,
-        _procs: Procs {
-            children,
-            _dir: dir,
-        },
+        _running: Box::new((Procs(children), dir)),
     }
 }
 

@@ -2,70 +2,17 @@
 //! the same on a node with `cache_enabled = false`, in the same run. Reports the ratio.
 //! Run: `cargo bench --bench http_cache` (BENCH_SECS, BENCH_CLIENTS to change the load).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
+use support::Nodes;
+
 const RECORDS: usize = 1000;
 
-struct Node {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(cache: bool) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("node.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ncache_enabled = {cache}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "node did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Node {
-        child,
-        url,
-        _dir: dir,
-    }
+/// One node, with the cache on or off.
+async fn start(cache: bool) -> Nodes {
+    Nodes::start(1, &format!("cache_enabled = {cache}\n")).await
 }
 
 async fn load(url: &str) {
@@ -153,10 +100,10 @@ async fn main() {
         .unwrap_or(16);
     let cached = start(true).await;
     let uncached = start(false).await;
-    load(&cached.url).await;
-    load(&uncached.url).await;
+    load(&cached.url(0)).await;
+    load(&uncached.url(0)).await;
     // Warm the cache: one pass over every record.
-    let _ = run(&cached.url, 1, 1, false).await;
+    let _ = run(&cached.url(0), 1, 1, false).await;
 
     println!("consistency=local reads, {clients} clients, {secs} s each, {RECORDS} records");
     println!(
@@ -167,8 +114,8 @@ async fn main() {
         ("GET /cookies/{id}", false),
         ("GET /cookies (1000 records)", true),
     ] {
-        let on = run(&cached.url, clients, secs, list).await;
-        let off = run(&uncached.url, clients, secs, list).await;
+        let on = run(&cached.url(0), clients, secs, list).await;
+        let off = run(&uncached.url(0), clients, secs, list).await;
         for (name, r) in [("cache on", &on), ("cache off", &off)] {
             let label = format!("{what}, {name}");
             println!(

@@ -3,105 +3,16 @@
 //! restarted follower needs to catch up by snapshot. `cargo bench --bench scale`
 //! (SCALE_LEVELS=10000,100000,1000000; BENCH_SECS per measurement, default 3).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    ports: Vec<u16>,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-    fn spawn(&mut self, i: usize) {
-        let child = Command::new(BIN)
-            .arg(self.dir.path().join(format!("n{i}.toml")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children[i] = Some(child);
-    }
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
-}
+use support::Nodes as Cluster;
 
 async fn start() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
-        .collect();
-    for (i, port) in ports.iter().enumerate() {
-        std::fs::write(
-            dir.path().join(format!("n{i}.toml")),
-            format!(
-                "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\ncache_max_entries = 100000\n",
-                i + 1,
-                dir.path().join(format!("d{i}")).display(),
-                members.join(", ")
-            ),
-        )
-        .unwrap();
-    }
-    let mut c = Cluster {
-        dir,
-        ports,
-        children: vec![None, None, None],
-    };
-    for i in 0..3 {
-        c.spawn(i);
-    }
-    for i in 0..3 {
-        wait_ready(&c.url(i)).await;
-    }
-    c
-}
-
-async fn wait_ready(url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/ready")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{url} not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Cluster::start(3, "cache_max_entries = 100000\n").await
 }
 
 /// Create records `from..to` with 64 concurrent clients.

@@ -1,0 +1,130 @@
+//! What the HTTP benchmarks share: cookie-crud node processes on loopback, each with its own
+//! data directory, started, waited for, killed and restarted.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `url` until `ok(status, body)` holds (a minute at most).
+pub async fn wait_http(url: &str, ok: impl Fn(u16, &str) -> bool) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            let status = r.status().as_u16();
+            if ok(status, &r.text().await.unwrap_or_default()) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Child processes killed when dropped.
+#[derive(Default)]
+pub struct Procs(pub Vec<Option<Child>>);
+
+impl Procs {
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.0[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for i in 0..self.0.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `n` cookie-crud nodes forming one cluster; `extra` is TOML appended to every config.
+pub struct Nodes {
+    pub dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    configs: Vec<PathBuf>,
+    pub procs: Procs,
+}
+
+impl Nodes {
+    pub async fn start(n: usize, extra: &str) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let members: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+            .collect();
+        let mut configs = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let cfg = dir.path().join(format!("n{i}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{extra}",
+                    i + 1,
+                    dir.path().join(format!("d{i}")).display(),
+                    members.join(", ")
+                ),
+            )
+            .unwrap();
+            configs.push(cfg);
+        }
+        let mut nodes = Nodes {
+            dir,
+            ports,
+            configs,
+            procs: Procs((0..n).map(|_| None).collect()),
+        };
+        for i in 0..n {
+            nodes.spawn(i);
+        }
+        for i in 0..n {
+            nodes.wait_ready(i).await;
+        }
+        nodes
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.ports.len()).map(|i| self.url(i)).collect()
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let child = Command::new(BIN)
+            .arg(&self.configs[i])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.procs.0[i] = Some(child);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.procs.kill(i);
+    }
+
+    pub async fn wait_ready(&self, i: usize) {
+        wait_http(&format!("{}/ready", self.url(i)), |s, _| s == 200).await;
+    }
+}
