@@ -167,7 +167,57 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::from_sources(text, std::iter::empty())
+    }
+
+    /// The process's configuration: the file (or nothing: the embedded default), with every
+    /// `COOKIE_CRUD_*` environment variable applied on top, so containers need no file.
+    pub fn from_file_and_env(path: Option<&Path>) -> Result<Self, String> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, std::env::vars()).map_err(|e| match path {
+            Some(p) => format!("config {}: {e}", p.display()),
+            None => e,
+        })
+    }
+
+    /// TOML `text`, then overrides from `env`: `COOKIE_CRUD_CACHE_TTL=60` sets `cache_ttl`,
+    /// `COOKIE_CRUD_RAFT__HEARTBEAT_MS=100` sets `raft.heartbeat_ms` (a double underscore
+    /// nests). A value is read as TOML (`60`, `true`, `[{ id = 1, addr = "h:1" }]`), or as a
+    /// plain string when it is not valid TOML. Unknown keys are refused by name, as in files.
+    pub fn from_sources(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        const PREFIX: &str = "COOKIE_CRUD_";
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if key == "LOG_FORMAT" {
+                continue; // read by the logger before the config exists
+            }
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            let mut table = &mut doc;
+            for part in &path[..path.len() - 1] {
+                let entry = table
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry
+                    .as_table_mut()
+                    .ok_or_else(|| format!("{name}: {part} is not a table"))?;
+            }
+            table.insert(path[path.len() - 1].clone(), value);
+        }
+        let mut cfg: Config = doc.try_into().map_err(|e: toml::de::Error| e.to_string())?;
         cfg.finish()?;
         Ok(cfg)
     }
@@ -282,6 +332,45 @@ mod tests {
         assert_eq!(cfg.nodes[2].name(), "third");
         assert_eq!(cfg.raft.heartbeat_ms, 100);
         assert_eq!(cfg.raft.election_timeout_min_ms, 1000);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let cfg = Config::from_sources(
+            "cache_ttl = 300\n[raft]\nheartbeat_ms = 200\n",
+            env(&[
+                ("COOKIE_CRUD_CACHE_TTL", "60"),
+                ("COOKIE_CRUD_CACHE_ENABLED", "false"),
+                ("COOKIE_CRUD_DATA_DIR", "/var/lib/cookie-crud"),
+                ("COOKIE_CRUD_RAFT__HEARTBEAT_MS", "100"),
+                ("COOKIE_CRUD_LISTEN", "0.0.0.0:8080"),
+                ("COOKIE_CRUD_NODE_ID", "2"),
+                (
+                    "COOKIE_CRUD_NODES",
+                    r#"[{ id = 1, addr = "a:8080" }, { id = 2, addr = "b:8080" }]"#,
+                ),
+                ("COOKIE_CRUD_LOG_FORMAT", "json"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.cache_ttl, 60);
+        assert!(!cfg.cache_enabled);
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/cookie-crud"));
+        assert_eq!(cfg.raft.heartbeat_ms, 100);
+        assert_eq!(cfg.node_id, 2);
+        assert_eq!(cfg.advertise(), "b:8080");
+        // A typo in a variable name is refused, naming the key.
+        let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TLL", "5")])).unwrap_err();
+        assert!(err.contains("cache_tll"), "{err}");
+        let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TTL", "soon")])).unwrap_err();
+        assert!(err.contains("cache_ttl"), "{err}");
     }
 
     #[test]

@@ -56,13 +56,7 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse_args().and_then(|p| match p {
-        Some(p) => Config::load(&p),
-        None => {
-            let mut c = Config::default();
-            c.finish().map(|_| c)
-        }
-    }) {
+    let cfg = match parse_args().and_then(|p| Config::from_file_and_env(p.as_deref())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cookie-crud: {e}");
