@@ -207,7 +207,7 @@ pub struct RequestId(pub String);
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-fn request_id(req: &Request, node: &str) -> String {
+fn request_id(req: &Request, cfg: &crate::config::Config) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let given = req
         .headers()
@@ -219,7 +219,8 @@ fn request_id(req: &Request, node: &str) -> String {
         None => {
             let started = crate::monitor::unix_now();
             format!(
-                "{node}-{started:x}-{:x}",
+                "{}-{started:x}-{:x}",
+                cfg.name(),
                 SEQ.fetch_add(1, Ordering::Relaxed)
             )
         }
@@ -239,7 +240,7 @@ pub async fn track(State(state): State<Shared>, mut req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let id = request_id(&req, &state.cfg.name());
+    let id = request_id(&req, &state.cfg);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", method = %method, route = %endpoint, request_id = %id);

@@ -547,26 +547,10 @@ impl StoreReader {
             return Ok((hit, CacheStatus::Hit));
         }
         let ticket = self.cache.list_ticket();
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(COOKIES)?;
-        let mut rows = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let rec = Record::decode(v.value()).ok_or("corrupt record in the state machine")?;
-            rows.push((rec.created, k.value().to_owned(), rec.json));
-        }
-        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        let len: usize = rows.iter().map(|r| r.2.len() + 1).sum();
-        let mut body = Vec::with_capacity(len + 16);
-        body.extend_from_slice(b"{\"cookies\":[");
-        for (i, (_, _, json)) in rows.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(json);
-        }
-        body.extend_from_slice(b"]}");
-        let body = Bytes::from(body);
+        // The whole list is the unbounded page: one ordering, kept by the index, serves both.
+        let (body, _) = self
+            .page(usize::MAX, None)?
+            .ok_or("the unbounded page has no cursor to miss")?;
         self.cache.fill_list(ticket, body.clone());
         Ok((body, CacheStatus::Miss))
     }
