@@ -1,82 +1,126 @@
 //! Forming a brand-new cluster, exactly once.
 //!
-//! Only the member with the smallest id ever calls `initialize`, and only when (a) its own
-//! store is pristine, (b) every other initial member answers, and (c) none of them is
-//! initialized. A restarted node has state and skips all of it (re-initializing is how
-//! clusters split their brain). If the others are already a cluster, a pristine smallest-id
-//! node waits to be contacted by their leader instead of founding a second cluster.
+//! Each round asks every candidate member `GET /cluster` (see [`crate::discovery`] for where
+//! the candidates come from), and [`discovery::decide`] applies one rule: only the member
+//! with the smallest id ever calls `initialize`, and only when its own store is pristine,
+//! exactly the expected members answer, and none of them is initialized. A restarted node
+//! has state and skips all of it (re-initializing is how clusters split their brain). If the
+//! others are already a cluster, a pristine node waits to be contacted by their leader
+//! instead of founding a second one.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cookie_raft::{CookieNode, Raft};
+use cookie_raft::Raft;
+use futures::future::join_all;
 
 use crate::config::Config;
+use crate::discovery::{self, Answer, Decision, PeerInfo, Seed};
 use crate::peers::PeerClient;
+
+const ROUND: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
     let me = cfg.node_id;
-    let founder = cfg.nodes.iter().map(|m| m.id).min() == Some(me);
-    if !founder {
-        return;
+    let seed = match Seed::new(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("discovery: {e}; this node cannot found a cluster");
+            return;
+        }
+    };
+    // With a fixed member list everyone knows up front who founds; the others just wait.
+    if let Seed::Fixed(members) = &seed {
+        if members.keys().next() != Some(&me) {
+            return;
+        }
     }
-    let members: BTreeMap<u64, CookieNode> = cfg
-        .nodes
-        .iter()
-        .map(|m| {
-            (
-                m.id,
-                CookieNode {
-                    addr: m.addr.clone(),
-                    name: m.name(),
-                },
-            )
-        })
-        .collect();
-    let mut waited = 0u32;
+    let expected = seed.expected(&cfg);
+    let mut round = 0u32;
     loop {
         match raft.is_initialized().await {
             Ok(true) => return,
             Ok(false) => {}
             Err(_) => return, // raft stopped
         }
-        let mut all_up = true;
-        let mut any_initialized = false;
-        for m in cfg.nodes.iter().filter(|m| m.id != me) {
-            match peers
-                .get_json(
-                    &peers.addr(m.id, &members[&m.id]),
-                    "/cluster",
-                    Duration::from_millis(500),
-                )
-                .await
-            {
-                Ok(v) => any_initialized |= v["initialized"].as_bool().unwrap_or(false),
-                Err(_) => all_up = false,
-            }
-        }
-        if any_initialized {
-            tracing::warn!(
-                "this node has no Raft state but its peers already form a cluster; \
-                 not initializing, waiting for their leader to replicate to us"
-            );
-            return;
-        }
-        if all_up {
-            match raft.initialize(members.clone()).await {
-                Ok(()) => {
-                    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initialized a new cluster")
+        let decision = match ask(&seed, &cfg, &peers).await {
+            Ok(answers) => discovery::decide(me, expected, &answers),
+            Err(e) => Decision::Wait(e),
+        };
+        match decision {
+            Decision::Found(members) => {
+                match raft.initialize(members.clone()).await {
+                    Ok(()) => tracing::info!(
+                        members = ?members.iter().map(|(id, n)| (id, &n.addr)).collect::<Vec<_>>(),
+                        "initialized a new cluster"
+                    ),
+                    Err(e) => tracing::info!("initialize: {e} (already initialized)"),
                 }
-                Err(e) => tracing::info!("initialize: {e} (already initialized)"),
+                return;
             }
-            return;
+            Decision::Join => {
+                tracing::warn!(
+                    "this node has no Raft state but its peers already form a cluster; \
+                     not initializing, waiting for their leader to replicate to us"
+                );
+                return;
+            }
+            Decision::NotFounder => {
+                tracing::info!("every initial member answers; the smallest id founds the cluster");
+                return;
+            }
+            Decision::Wait(why) => {
+                if round.is_multiple_of(20) {
+                    tracing::info!("waiting to found the cluster: {why}");
+                }
+            }
         }
-        if waited.is_multiple_of(20) {
-            tracing::info!(
-                "waiting for every initial member to answer before initializing the cluster"
-            );
-        }
-        waited += 1;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        round += 1;
+        tokio::time::sleep(ROUND).await;
     }
+}
+
+/// One round: every candidate's own account of itself, asked concurrently.
+async fn ask(seed: &Seed, cfg: &Config, peers: &PeerClient) -> Result<Vec<Answer>, String> {
+    let targets: Vec<(String, String, Option<u64>)> = match seed {
+        Seed::Fixed(members) => members
+            .iter()
+            .map(|(id, n)| (n.addr.clone(), peers.addr(*id, n), Some(*id)))
+            .collect(),
+        Seed::Dns(dns) => {
+            let addrs = dns.addresses().await?;
+            if addrs.is_empty() {
+                return Err(format!("{} has no addresses yet", dns.name()));
+            }
+            addrs
+                .into_iter()
+                .map(|a| (a.to_string(), a.to_string(), None))
+                .collect()
+        }
+    };
+    let me = cfg.node_id;
+    let probes = targets
+        .into_iter()
+        .map(|(addr, reach, expected_id)| async move {
+            // This node knows itself; a fixed seed need not ask over the network.
+            let reply = if expected_id == Some(me) {
+                Ok(PeerInfo {
+                    id: me,
+                    name: cfg.name(),
+                    initialized: false,
+                })
+            } else {
+                match peers.get_json(&reach, "/cluster", PROBE_TIMEOUT).await {
+                    Ok(v) => PeerInfo::from_cluster_json(&v)
+                        .ok_or_else(|| "its /cluster reply has no node_id".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            Answer {
+                addr,
+                expected_id,
+                reply,
+            }
+        });
+    Ok(join_all(probes).await)
 }

@@ -80,6 +80,61 @@ impl Default for BatchTuning {
     }
 }
 
+/// How a brand-new cluster finds its initial members (the seed's `cluster.discovery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// The `nodes` list names every member with its id and address.
+    #[default]
+    Manual,
+    /// `cluster.service` is a DNS name whose A/AAAA records are the members' addresses
+    /// (port `cluster.peer_port`); each answers `GET /cluster` with its own `node_id`. The
+    /// cluster is founded once `cluster.expected_nodes` distinct members answer.
+    Dns,
+    /// A StatefulSet: this node's id is its pod ordinal + 1 (from `instance_id`, by default
+    /// the pod name in `HOSTNAME`), and the members are the pods `0..expected_nodes` under
+    /// the headless service `cluster.service`.
+    Kubernetes,
+}
+
+/// The seed's `cluster` table: discovery and the instance's identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub discovery: Discovery,
+    /// `auto` (the host name, which is the pod name in Kubernetes) or a custom string.
+    /// With `kubernetes` discovery it must end in `-<ordinal>`; otherwise, when custom, it
+    /// is the default `node_name`.
+    pub instance_id: String,
+    /// The DNS name to resolve (`dns`) or the headless service's name (`kubernetes`).
+    pub service: Option<String>,
+    /// How many members a new cluster starts with (`dns`, `kubernetes`).
+    pub expected_nodes: usize,
+    /// The port peers serve on; defaults to this node's listen port.
+    pub peer_port: Option<u16>,
+    /// Kubernetes namespace; defaults to `POD_NAMESPACE`, `KUBERNETES_NAMESPACE`, the
+    /// service account's namespace file, then `default`.
+    pub namespace: Option<String>,
+    pub cluster_domain: String,
+    /// `ip:port` of the DNS server to ask; defaults to the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            discovery: Discovery::Manual,
+            instance_id: "auto".into(),
+            service: None,
+            expected_nodes: 3,
+            peer_port: None,
+            namespace: None,
+            cluster_domain: "cluster.local".into(),
+            dns_server: None,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +146,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// The process environment other than `COOKIE_CRUD_*`, for the few values discovery reads
+/// from it. Tests pass their own.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Env {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// The host name (a pod's name in Kubernetes).
+    fn hostname(&self) -> Option<String> {
+        self.var("HOSTNAME").or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    fn namespace(&self) -> Option<String> {
+        self.var("POD_NAMESPACE")
+            .or_else(|| self.var("KUBERNETES_NAMESPACE"))
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -99,7 +188,10 @@ pub struct Config {
     pub node_name: Option<String>,
     /// Address the HTTP server binds.
     pub listen: String,
-    /// Directory of `log.redb` and `sm.redb`.
+    /// The seed's `port`: when set, replaces the port of `listen`.
+    pub port: Option<u16>,
+    /// Directory of `log.redb` and `sm.redb` (the seed's `db_file` is accepted as its name).
+    #[serde(alias = "db_file")]
     pub data_dir: PathBuf,
     /// The initial members. This node must be among them. The member with the smallest id
     /// initializes a brand-new cluster, once.
@@ -127,6 +219,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
+    pub cluster: ClusterConfig,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
 }
@@ -138,6 +231,7 @@ impl Default for Config {
             node_id: 1,
             node_name: None,
             listen: "127.0.0.1:8080".into(),
+            port: None,
             data_dir: PathBuf::from("./data"),
             nodes: Vec::new(),
             peer_overrides: Vec::new(),
@@ -152,6 +246,7 @@ impl Default for Config {
             cluster_secret: None,
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),
+            cluster: ClusterConfig::default(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),
         }
@@ -194,8 +289,10 @@ impl Config {
     ) -> Result<Self, String> {
         const PREFIX: &str = "COOKIE_CRUD_";
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut others = Env::default();
         for (name, raw) in env {
             let Some(key) = name.strip_prefix(PREFIX) else {
+                others.vars.insert(name, raw);
                 continue;
             };
             if key == "LOG_FORMAT" {
@@ -218,16 +315,41 @@ impl Config {
             table.insert(path[path.len() - 1].clone(), value);
         }
         let mut cfg: Config = doc.try_into().map_err(|e: toml::de::Error| e.to_string())?;
-        cfg.finish()?;
+        cfg.finish_with(&others)?;
         Ok(cfg)
     }
 
-    /// Fill derived defaults and check the whole config.
+    /// Fill derived defaults and check the whole config, without looking at the process
+    /// environment (see [`Config::finish_with`]).
     pub fn finish(&mut self) -> Result<(), String> {
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(format!("listen: {:?} is not an ip:port", self.listen));
+        self.finish_with(&Env::default())
+    }
+
+    /// Fill derived defaults and check the whole config. `env` supplies what Kubernetes
+    /// discovery reads from the environment (`HOSTNAME`, `POD_NAMESPACE`).
+    pub fn finish_with(&mut self, env: &Env) -> Result<(), String> {
+        let mut listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| format!("listen: {:?} is not an ip:port", self.listen))?;
+        if let Some(port) = self.port {
+            listen.set_port(port);
+            self.listen = listen.to_string();
         }
-        if self.nodes.is_empty() {
+        match self.cluster.discovery {
+            Discovery::Manual => {}
+            Discovery::Dns => {
+                self.require_discovery_inputs("dns")?;
+            }
+            Discovery::Kubernetes => {
+                self.require_discovery_inputs("kubernetes")?;
+                self.kubernetes_members(env, listen.port())?;
+            }
+        }
+        if self.node_name.is_none() && self.cluster.instance_id != "auto" {
+            self.node_name = Some(self.cluster.instance_id.clone());
+        }
+        if self.nodes.is_empty() && self.cluster.discovery == Discovery::Manual {
             self.nodes.push(Member {
                 id: self.node_id,
                 addr: self.listen.clone(),
@@ -246,14 +368,16 @@ impl Config {
                 ));
             }
         }
-        let Some(me) = self.nodes.iter().find(|m| m.id == self.node_id) else {
-            return Err(format!(
-                "nodes: this node's id {} is not listed",
-                self.node_id
-            ));
-        };
-        if self.node_name.is_none() {
-            self.node_name = Some(me.name());
+        if self.cluster.discovery != Discovery::Dns {
+            let Some(me) = self.nodes.iter().find(|m| m.id == self.node_id) else {
+                return Err(format!(
+                    "nodes: this node's id {} is not listed",
+                    self.node_id
+                ));
+            };
+            if self.node_name.is_none() {
+                self.node_name = Some(me.name());
+            }
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
@@ -271,6 +395,78 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());
         }
+        Ok(())
+    }
+
+    /// `dns` and `kubernetes` discovery find the members themselves: they need a service
+    /// name and a member count, and a `nodes` list would contradict them.
+    fn require_discovery_inputs(&self, mode: &str) -> Result<(), String> {
+        match &self.cluster.service {
+            Some(s) if !s.trim().is_empty() => {}
+            _ => {
+                return Err(format!(
+                    "cluster.service is required with discovery = {mode}"
+                ))
+            }
+        }
+        if self.cluster.expected_nodes == 0 {
+            return Err("cluster.expected_nodes must be at least 1".into());
+        }
+        if !self.nodes.is_empty() {
+            return Err(format!(
+                "nodes: must be empty with discovery = {mode} (the members are discovered)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A StatefulSet's members: pod `<base>-<i>` is node `i + 1`, reached at
+    /// `<base>-<i>.<service>.<namespace>.svc.<cluster_domain>:<peer_port>`.
+    fn kubernetes_members(&mut self, env: &Env, listen_port: u16) -> Result<(), String> {
+        let c = &self.cluster;
+        let instance = if c.instance_id == "auto" {
+            env.hostname().ok_or(
+                "cluster.instance_id: auto needs the pod name in HOSTNAME (or set instance_id)",
+            )?
+        } else {
+            c.instance_id.clone()
+        };
+        let (base, ordinal) = instance
+            .rsplit_once('-')
+            .and_then(|(b, o)| Some((b.to_string(), o.parse::<u64>().ok()?)))
+            .ok_or_else(|| {
+                format!(
+                    "cluster.instance_id: {instance:?} does not end in -<ordinal> \
+                     (a StatefulSet pod name such as cookie-crud-0)"
+                )
+            })?;
+        if ordinal >= c.expected_nodes as u64 {
+            return Err(format!(
+                "cluster.expected_nodes: pod ordinal {ordinal} is outside the initial \
+                 {} members; growing a cluster needs a membership change, which is not \
+                 supported yet",
+                c.expected_nodes
+            ));
+        }
+        let namespace = c
+            .namespace
+            .clone()
+            .or_else(|| env.namespace())
+            .unwrap_or_else(|| "default".into());
+        let service = c.service.clone().unwrap_or_default();
+        let port = c.peer_port.unwrap_or(listen_port);
+        self.nodes = (0..c.expected_nodes as u64)
+            .map(|i| Member {
+                id: i + 1,
+                addr: format!(
+                    "{base}-{i}.{service}.{namespace}.svc.{}:{port}",
+                    c.cluster_domain
+                ),
+                name: Some(format!("{base}-{i}")),
+            })
+            .collect();
+        self.node_id = ordinal + 1;
+        self.node_name.get_or_insert(instance);
         Ok(())
     }
 
@@ -382,5 +578,96 @@ mod tests {
         assert!(err.contains("not listed"), "{err}");
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn seed_keys_port_and_db_file() {
+        let cfg = Config::parse("port = 9000\ndb_file = \"/srv/cookies\"\n").unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9000");
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/cookies"));
+        assert_eq!(cfg.advertise(), "127.0.0.1:9000");
+        let cfg = Config::parse("[cluster]\ninstance_id = \"eu-west-a\"\n").unwrap();
+        assert_eq!(cfg.name(), "eu-west-a");
+        let err = Config::parse("[cluster]\ndiscovery = \"gossip\"\n").unwrap_err();
+        assert!(err.contains("discovery"), "{err}");
+        let err = Config::parse("[cluster]\ndiscovery = \"dns\"\n").unwrap_err();
+        assert!(err.contains("cluster.service"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_discovery_derives_id_and_members_from_the_pod() {
+        let env = vars(&[
+            ("COOKIE_CRUD_LISTEN", "0.0.0.0:8080"),
+            ("COOKIE_CRUD_CLUSTER__DISCOVERY", "kubernetes"),
+            ("COOKIE_CRUD_CLUSTER__SERVICE", "cookie-crud-peers"),
+            ("COOKIE_CRUD_CLUSTER__EXPECTED_NODES", "3"),
+            ("COOKIE_CRUD_CLUSTER__NAMESPACE", "shop"),
+            ("HOSTNAME", "cookie-crud-2"),
+        ]);
+        let cfg = Config::from_sources("", env.clone()).unwrap();
+        assert_eq!(cfg.node_id, 3);
+        assert_eq!(cfg.name(), "cookie-crud-2");
+        let addrs: Vec<&str> = cfg.nodes.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "cookie-crud-0.cookie-crud-peers.shop.svc.cluster.local:8080",
+                "cookie-crud-1.cookie-crud-peers.shop.svc.cluster.local:8080",
+                "cookie-crud-2.cookie-crud-peers.shop.svc.cluster.local:8080",
+            ]
+        );
+        assert_eq!(cfg.nodes[0].name(), "cookie-crud-0");
+        assert_eq!(cfg.advertise(), addrs[2]);
+
+        // The namespace from the downward-API variable the seed used.
+        let mut env2: Vec<_> = env
+            .iter()
+            .filter(|(k, _)| k != "COOKIE_CRUD_CLUSTER__NAMESPACE")
+            .cloned()
+            .collect();
+        env2.push(("KUBERNETES_NAMESPACE".into(), "prod".into()));
+        let cfg = Config::from_sources("", env2).unwrap();
+        assert!(cfg.nodes[0].addr.contains(".prod.svc."), "{:?}", cfg.nodes);
+
+        // A pod beyond the initial members, or a name without an ordinal, stops the node.
+        let mut bad = env.clone();
+        bad.push(("HOSTNAME".into(), "cookie-crud-3".into()));
+        let err = Config::from_sources("", bad).unwrap_err();
+        assert!(err.contains("expected_nodes"), "{err}");
+        let mut bad = env.clone();
+        bad.push(("HOSTNAME".into(), "cookiebox".into()));
+        let err = Config::from_sources("", bad).unwrap_err();
+        assert!(err.contains("instance_id"), "{err}");
+        let mut bad = env;
+        bad.push((
+            "COOKIE_CRUD_NODES".into(),
+            r#"[{ id = 1, addr = "a:1" }]"#.into(),
+        ));
+        let err = Config::from_sources("", bad).unwrap_err();
+        assert!(err.contains("nodes"), "{err}");
+    }
+
+    #[test]
+    fn dns_discovery_keeps_the_configured_id_and_no_member_list() {
+        let cfg = Config::parse(
+            "node_id = 7\n[cluster]\ndiscovery = \"dns\"\nservice = \"cookies.internal\"\n\
+             dns_server = \"127.0.0.1:5353\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.node_id, 7);
+        assert!(cfg.nodes.is_empty());
+        assert_eq!(cfg.name(), "node7");
+        let err = Config::parse(
+            "[cluster]\ndiscovery = \"dns\"\nservice = \"x\"\ndns_server = \"resolver\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("dns_server"), "{err}");
     }
 }

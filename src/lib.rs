@@ -4,6 +4,7 @@
 //! - [`config`]: node configuration (TOML file or the embedded single-node default).
 //! - [`node`]: start-up and shutdown of one node.
 //! - [`bootstrap`]: forming a brand-new cluster exactly once.
+//! - [`discovery`]: who the initial members are (`manual`, `dns`, `kubernetes`).
 //! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
 pub mod monitor;
 pub mod node;

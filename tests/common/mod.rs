@@ -30,6 +30,9 @@ pub fn free_port() -> u16 {
 
 pub struct Node {
     pub id: u64,
+    /// The loopback address the node listens on (127.0.0.1 unless a test spreads nodes
+    /// over 127.0.0.0/8, as the DNS discovery test does).
+    pub host: String,
     pub port: u16,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -38,7 +41,7 @@ pub struct Node {
 
 impl Node {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -101,12 +104,41 @@ impl Cluster {
             std::fs::write(&config, text).unwrap();
             nodes.push(Node {
                 id,
+                host: "127.0.0.1".into(),
                 port: *port,
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
             });
         }
+        Cluster::with_nodes(nodes, dir)
+    }
+
+    /// Nodes with configs a test writes itself: `(id, host, port, toml)`; the data
+    /// directory is `{dir}/node{id}` (the TOML may refer to it through `{data_dir}`).
+    pub fn from_configs(specs: Vec<(u64, String, u16, String)>) -> Cluster {
+        let dir = TempDir::new().unwrap();
+        let nodes = specs
+            .into_iter()
+            .map(|(id, host, port, text)| {
+                let data = dir.path().join(format!("node{id}"));
+                let config = dir.path().join(format!("node{id}.toml"));
+                let text = text.replace("{data_dir}", &data.display().to_string());
+                std::fs::write(&config, text).unwrap();
+                Node {
+                    id,
+                    host,
+                    port,
+                    config,
+                    log: dir.path().join(format!("node{id}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        Cluster::with_nodes(nodes, dir)
+    }
+
+    fn with_nodes(nodes: Vec<Node>, dir: TempDir) -> Cluster {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(15))
