@@ -7,6 +7,7 @@
 //! - [`discovery`]: who the initial members are (`manual`, `dns`, `kubernetes`).
 //! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
+//! - [`forward`]: followers' writes sent to the leader many per request.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
 //! - [`metrics`]: Prometheus metrics and the HTTP middleware that records them.
 //! - [`monitor`]: periodic health checks of the other members (for `/cache`).
@@ -20,6 +21,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod discovery;
+pub mod forward;
 pub mod metrics;
 pub mod monitor;
 pub mod node;

@@ -63,6 +63,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
 
     let peers = PeerClient::new(cfg.cluster_secret.clone(), book)?;
     let metrics = crate::metrics::Metrics::new();
+    metrics.watch_raft(raft.clone());
     let batcher = Batcher::spawn(
         raft.clone(),
         BatchLimits {
@@ -76,6 +77,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         cfg.node_id,
         batcher,
         peers.clone(),
+        cfg.batch.forward_inflight,
         cfg.write_timeout(),
         metrics.clone(),
     );

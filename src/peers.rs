@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use cookie_raft::codec;
-use cookie_raft::{AddressBook, CmdResult, Command, CookieNode, NodeId, Raft};
+use cookie_raft::{AddressBook, CmdResult, CookieNode, NodeId, Raft};
 use serde::{Deserialize, Serialize};
+
+use crate::forward::ForwardedWrite;
 
 /// What the leader answers a forwarded write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,18 +95,16 @@ impl PeerClient {
         req
     }
 
-    /// Send a write to the leader at `addr`.
-    pub async fn forward_write(
+    /// Send writes to the leader at `addr`: one answer per write, in order.
+    pub async fn forward_writes(
         &self,
         addr: &str,
-        cmd: &Command,
+        writes: &[ForwardedWrite],
         timeout: Duration,
-        request_id: &str,
-    ) -> Result<ForwardReply, SendError> {
-        let body = codec::encode(cmd).map_err(|e| SendError::NotSent(e.to_string()))?;
+    ) -> Result<Vec<ForwardReply>, SendError> {
+        let body = codec::encode(&writes).map_err(|e| SendError::NotSent(e.to_string()))?;
         let resp = self
             .post(addr, "/raft/write", body, timeout)
-            .header(crate::metrics::REQUEST_ID_HEADER, request_id)
             .send()
             .await
             .map_err(|e| {

@@ -24,7 +24,9 @@ use cookie_raft::{CmdResult, Command, NodeId, Raft, Request};
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
+use crate::forward::{ForwardedWrite, Forwarder};
 use crate::metrics::Metrics;
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
@@ -186,6 +188,7 @@ pub struct Writer {
     me: NodeId,
     batcher: Batcher,
     peers: PeerClient,
+    forwarder: Forwarder,
     timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -196,6 +199,7 @@ impl Writer {
         me: NodeId,
         batcher: Batcher,
         peers: PeerClient,
+        forward_inflight: usize,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -203,6 +207,7 @@ impl Writer {
             raft,
             me,
             batcher,
+            forwarder: Forwarder::spawn(peers.clone(), forward_inflight),
             peers,
             timeout,
             metrics,
@@ -225,16 +230,16 @@ impl Writer {
                     }
                 }
                 (Some(_), Some(addr)) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    // A little longer than the leader's own deadline, so the leader's answer
-                    // (even "unknown") arrives before we give up on it.
-                    let rpc_timeout = remaining + Duration::from_millis(500);
                     self.metrics.forwarded.with_label_values(&["write"]).inc();
                     tracing::debug!(leader = %addr, "forwarding write to the leader");
-                    let reply = self
-                        .peers
-                        .forward_write(&addr, &cmd, rpc_timeout, request_id)
-                        .await;
+                    let write = ForwardedWrite {
+                        cmd: cmd.clone(),
+                        request_id: request_id.to_owned(),
+                    };
+                    // The leader's own deadline is `timeout` from when it receives the
+                    // write; wait for its answer a little longer than ours.
+                    let wait = deadline + Duration::from_millis(500);
+                    let reply = self.forwarder.forward(addr, write, wait).await;
                     let error_kind = match &reply {
                         Ok(ForwardReply::Applied(_)) => None,
                         Ok(ForwardReply::NotLeader) => Some("not_leader"),
@@ -268,18 +273,26 @@ impl Writer {
         }
     }
 
-    /// A write forwarded by another node: propose it here or say we are not the leader.
-    /// Never forwards again, so a stale view of the leader cannot make a loop.
-    pub async fn write_forwarded(&self, cmd: Command) -> ForwardReply {
-        tracing::debug!("write forwarded by a follower");
+    /// Writes forwarded by another node: propose them here, all at once so they share log
+    /// entries, or say we are not the leader. Never forwards again, so a stale view of the
+    /// leader cannot make a loop. One answer per write, in order.
+    pub async fn write_forwarded(&self, writes: Vec<ForwardedWrite>) -> Vec<ForwardReply> {
         if self.raft.metrics().borrow().current_leader != Some(self.me) {
-            return ForwardReply::NotLeader;
+            return writes.iter().map(|_| ForwardReply::NotLeader).collect();
         }
         let deadline = Instant::now() + self.timeout;
-        match self.batcher.submit(cmd, deadline).await {
-            Ok(res) => ForwardReply::Applied(res),
-            Err(LocalError::NotLeader) => ForwardReply::NotLeader,
-            Err(LocalError::Unknown(e)) => ForwardReply::Unknown(e),
-        }
+        let each = writes.into_iter().map(|w| {
+            let span = tracing::info_span!("forwarded", request_id = %w.request_id);
+            async move {
+                tracing::debug!("write forwarded by a follower");
+                match self.batcher.submit(w.cmd, deadline).await {
+                    Ok(res) => ForwardReply::Applied(res),
+                    Err(LocalError::NotLeader) => ForwardReply::NotLeader,
+                    Err(LocalError::Unknown(e)) => ForwardReply::Unknown(e),
+                }
+            }
+            .instrument(span)
+        });
+        futures::future::join_all(each).await
     }
 }

@@ -68,6 +68,10 @@ async fn metrics_names_labels_types_and_counts() {
         ("db_file_bytes", "gauge"),
         ("raft_state", "gauge"),
         ("forwarded_requests_total", "counter"),
+        ("raft_elections_total", "counter"),
+        ("raft_leader_changes_total", "counter"),
+        ("raft_snapshot_installs_total", "counter"),
+        ("raft_snapshots_built_total", "counter"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -125,6 +129,11 @@ async fn metrics_names_labels_types_and_counts() {
     // The follower forwarded its 5 writes to the leader.
     assert_eq!(get(r#"forwarded_requests_total{kind="write"}"#), 5.0);
     assert!(get(r#"raft_state{field="term"}"#) >= 1.0);
+    // The follower saw at least the first election and learned of its leader; it was never
+    // far enough behind to need a snapshot.
+    assert!(get("raft_elections_total") >= 1.0);
+    assert!(get("raft_leader_changes_total") >= 1.0);
+    assert_eq!(get("raft_snapshot_installs_total"), 0.0);
     assert_eq!(get(r#"raft_state{field="is_leader"}"#), 0.0);
     assert_eq!(get(r#"raft_state{field="leader_id"}"#), (leader + 1) as f64);
     // The linearizable list waited until the follower applied the three creates (entries
@@ -191,8 +200,14 @@ async fn request_id_follows_a_write_from_follower_to_leader_log() {
             .find(|l| l.contains("trace-me-42") && l.contains("write forwarded by a follower"));
         if let Some(line) = line {
             let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+            // Followers forward writes many per request; each write's line carries its own
+            // client's id, inside the leader's span for that /raft/write request.
             assert_eq!(v["span"]["request_id"], "trace-me-42", "{line}");
-            assert_eq!(v["span"]["route"], "/raft/write", "{line}");
+            let routes: Vec<&str> = v["spans"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s["route"].as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(routes, ["/raft/write"], "{line}");
             break;
         }
         assert!(

@@ -7,11 +7,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
-use cookie_raft::{Command, RAFT_TARGET_HEADER};
+use cookie_raft::RAFT_TARGET_HEADER;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Shared;
+use crate::forward::ForwardedWrite;
 
 /// Why an inbound RPC was refused before it reached Raft.
 type Refusal = (StatusCode, String);
@@ -79,14 +80,14 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
     }
 }
 
-/// A write forwarded by a follower; proposed here only if this node leads.
+/// Writes forwarded by a follower; proposed here only if this node leads.
 pub async fn forwarded_write(
     State(state): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match admit::<Command>(&state, &headers, &body) {
-        Ok(cmd) => reply(&state.writer.write_forwarded(cmd).await),
+    match admit::<Vec<ForwardedWrite>>(&state, &headers, &body) {
+        Ok(writes) => reply(&state.writer.write_forwarded(writes).await),
         Err(r) => r.into_response(),
     }
 }
