@@ -38,6 +38,10 @@ pub struct Metrics {
     peer_reachable: IntGaugeVec,
     peer_last_seen_age: IntGaugeVec,
     replication_lag: IntGaugeVec,
+    elections: IntCounter,
+    leader_changes: IntCounter,
+    snapshot_installs: IntCounter,
+    snapshots_built: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -105,8 +109,38 @@ impl Metrics {
             peer_reachable: gauge_vec(&r, "raft_peer_reachable", "1 if the last health check of the peer succeeded", &["peer"]),
             peer_last_seen_age: gauge_vec(&r, "raft_peer_last_seen_age_seconds", "Seconds since the peer last answered a health check", &["peer"]),
             replication_lag: gauge_vec(&r, "raft_replication_lag_entries", "Entries the peer is behind the leader's log (leader only)", &["peer"]),
+            elections: counter(&r, "raft_elections_total", "Elections this node has seen (each new term is one)"),
+            leader_changes: counter(&r, "raft_leader_changes_total", "Times the leader this node knows of changed"),
+            snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
+            snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             registry: r,
         })
+    }
+
+    /// Count elections and leader changes as they happen (a scrape would miss the ones
+    /// between two scrapes).
+    pub fn watch_raft(self: &Arc<Self>, raft: cookie_raft::Raft) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut rx = raft.metrics();
+            let (mut term, mut leader) = {
+                let m = rx.borrow_and_update();
+                (m.current_term, m.current_leader)
+            };
+            while rx.changed().await.is_ok() {
+                let m = rx.borrow_and_update();
+                if m.current_term > term {
+                    this.elections.inc_by(m.current_term - term);
+                    term = m.current_term;
+                }
+                if m.current_leader.is_some() && m.current_leader != leader {
+                    this.leader_changes.inc();
+                }
+                if m.current_leader.is_some() {
+                    leader = m.current_leader;
+                }
+            }
+        });
     }
 
     /// Record one finished HTTP request.
@@ -129,6 +163,12 @@ impl Metrics {
         bump(&self.cache_deletes, s.deletes);
         bump(&self.cache_evictions, s.evictions);
         self.cache_entries.set(s.size as i64);
+        let snaps = state.reader.snapshot_counts();
+        bump(
+            &self.snapshot_installs,
+            snaps.installed.load(Ordering::Relaxed),
+        );
+        bump(&self.snapshots_built, snaps.built.load(Ordering::Relaxed));
         self.uptime.set(state.started.elapsed().as_secs_f64());
         for file in ["log", "sm"] {
             let path = state.cfg.data_dir.join(format!("{file}.redb"));

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, FAST_RAFT};
+use common::{send, Cluster, FAST_RAFT};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -137,6 +137,13 @@ async fn restarted_node_catches_up_from_a_snapshot_after_log_purge() {
         info["snapshot"].as_u64().unwrap_or(0) > 20,
         "caught up by snapshot: {info}"
     );
+    let metrics = send(c.client.get(format!("{}/metrics", c.url(away)))).await;
+    let installs = metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_snapshot_installs_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(installs, Some(1), "{}", metrics.text);
     assert_eq!(c.get(away, "k0", "local").await.status, 404);
     assert_eq!(c.get(away, "k1", "local").await.json["updated"], true);
     assert_eq!(c.list(away, "local").await.len(), 99);

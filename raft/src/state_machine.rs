@@ -64,11 +64,20 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// How many snapshots this node installed (sent by a leader) and built (its own), for the
+/// `raft_snapshot_*_total` metrics: a follower that needed a snapshot to catch up shows here.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    pub installed: AtomicU64,
+    pub built: AtomicU64,
+}
+
 /// The state machine handed to openraft.
 pub struct StateMachine {
     db: Arc<Database>,
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
+    snapshots: Arc<SnapshotCounts>,
     /// The last index committed durably by `apply`.
     last_durable: u64,
 }
@@ -79,11 +88,13 @@ pub struct StoreReader {
     db: Arc<Database>,
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
+    snapshots: Arc<SnapshotCounts>,
 }
 
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    snapshots: Arc<SnapshotCounts>,
 }
 
 impl StateMachine {
@@ -105,6 +116,7 @@ impl StateMachine {
             db,
             cache,
             applied: Arc::new(AtomicU64::new(applied)),
+            snapshots: Arc::default(),
             last_durable: applied,
         })
     }
@@ -114,6 +126,7 @@ impl StateMachine {
             db: self.db.clone(),
             cache: self.cache.clone(),
             applied: self.applied.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -370,6 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
@@ -414,6 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.cache.invalidate_all();
         self.applied.store(applied, Ordering::SeqCst);
         self.last_durable = applied;
+        self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -488,6 +503,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?
         .map_err(|e| StorageIOError::write_snapshot(None, &crate::io_err(e)))?;
+        self.snapshots.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta: built.0,
             snapshot: Box::new(Cursor::new(built.1)),
@@ -514,6 +530,11 @@ impl CacheStatus {
 impl StoreReader {
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// Snapshots installed from a leader and built locally since the process started.
+    pub fn snapshot_counts(&self) -> &SnapshotCounts {
+        &self.snapshots
     }
 
     /// The index of the last entry this node applied.
