@@ -53,3 +53,9 @@ jepsen:
 	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(CARGO) test --release --test jepsen -- --nocapture 2>&1 \
 	    | grep -E "^(nemesis|jepsen run|register ops|set:|result|  |smallest|results in|test result)"; \
 	done
+
+# The operator files in deploy/ (Prometheus, Grafana, Dockerfile, compose, Kubernetes),
+# checked against each other and against real nodes.
+.PHONY: deploy-check
+deploy-check:
+	$(CARGO) test --release --test deploy
