@@ -2,7 +2,8 @@
 //! gateway), 3 nodes each on loopback, fsync on, the same closed-loop workloads and
 //! concurrency, ~200-byte records. Prints a table with throughput, p50/p99 and the ratio.
 //!
-//! `cargo bench --bench compare` (BENCH_SECS per phase, default 5; ETCD=path to override).
+//! `cargo bench --bench compare` (BENCH_SECS per phase, default 5; ETCD=path to override;
+//! BENCH_ONLY=<substring of "workload@clients"> to run some phases only).
 //! Without an `etcd` binary it measures cookie-crud alone.
 
 mod support;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use support::{free_port, wait_http, Nodes, Procs};
+use support::{cpu_seconds, free_port, wait_http, Nodes, Procs};
 
 const PRELOAD: u64 = 2000;
 
@@ -28,6 +29,8 @@ enum Sys {
 struct Cluster {
     sys: Sys,
     urls: Vec<String>,
+    /// The server processes, for their CPU time.
+    pids: Vec<u32>,
     /// What keeps the processes (and their data) alive until the cluster is dropped.
     _running: Box<dyn std::any::Any>,
 }
@@ -37,13 +40,15 @@ async fn start_cookie(max_commands: usize) -> Cluster {
     Cluster {
         sys: Sys::Cookie,
         urls: nodes.urls(),
+        pids: nodes.procs.pids(),
         _running: Box::new(nodes),
     }
 }
 
 fn etcd_binary() -> Option<String> {
+    // ETCD=path picks the binary; ETCD=none skips etcd (A/B runs of cookie-crud alone).
     if let Ok(p) = std::env::var("ETCD") {
-        return Some(p);
+        return (p != "none").then_some(p);
     }
     ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .iter()
@@ -102,10 +107,12 @@ async fn start_etcd(bin: &str) -> Cluster {
         })
         .await;
     }
+    let procs = Procs(children);
     Cluster {
         sys: Sys::Etcd,
         urls,
-        _running: Box::new((Procs(children), dir)),
+        pids: procs.pids(),
+        _running: Box::new((procs, dir)),
     }
 }
 
@@ -189,11 +196,17 @@ struct Stats {
     errors: u64,
     secs: f64,
     hist: Histogram<u64>,
+    /// CPU seconds the servers used during the phase.
+    cpu: f64,
 }
 
 impl Stats {
     fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
+    }
+    /// Server CPU microseconds per operation.
+    fn cpu_us(&self) -> f64 {
+        self.cpu * 1e6 / self.ops.max(1) as f64
     }
     fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
@@ -208,6 +221,7 @@ async fn run(cluster: &Cluster, clients: usize, secs: u64, tag: &str, mix: fn(u6
         .build()
         .unwrap();
     let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds(&cluster.pids);
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..clients)
@@ -255,6 +269,7 @@ async fn run(cluster: &Cluster, clients: usize, secs: u64, tag: &str, mix: fn(u6
         errors: errors.load(Ordering::Relaxed),
         secs: start.elapsed().as_secs_f64(),
         hist,
+        cpu: cpu_seconds(&cluster.pids) - cpu_before,
     }
 }
 
@@ -320,6 +335,17 @@ async fn main() {
         ("local / serializable point reads", 64, local_reads),
         ("mixed 60/20/10/10", 64, mixed),
     ];
+    // BENCH_ONLY=creates (a substring of "<workload>@<clients>") runs just those phases,
+    // against both systems, and skips the group-commit comparison: for quick looks and
+    // for profiling one workload.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let phases: Vec<Phase> = phases
+        .into_iter()
+        .filter(|(name, clients, _)| {
+            only.as_ref()
+                .is_none_or(|o| format!("{name}@{clients}").contains(o.as_str()))
+        })
+        .collect();
     let mut rows: Vec<Row> = Vec::new();
 
     let cookie = start_cookie(512).await;
@@ -345,39 +371,44 @@ async fn main() {
     }
 
     // Group commit before/after: the same creates with one command per log entry.
-    let single = start_cookie(1).await;
     let mut gc = Vec::new();
-    for clients in [1, 16, 64] {
-        gc.push((
-            clients,
-            run(&single, clients, secs, &format!("g{clients}"), creates).await,
-        ));
+    if only.is_none() {
+        let single = start_cookie(1).await;
+        for clients in [1, 16, 64] {
+            gc.push((
+                clients,
+                run(&single, clients, secs, &format!("g{clients}"), creates).await,
+            ));
+        }
+        drop(single);
     }
-    drop(single);
 
     println!("\n{secs} s per phase, 3 nodes each on 127.0.0.1, clients spread over the nodes, ~200-byte records, fsync on");
-    println!("| workload | clients | cookie-crud ops/s | p50 ms | p99 ms | etcd ops/s | p50 ms | p99 ms | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | clients | cookie-crud ops/s | p50 ms | p99 ms | CPU µs/op | etcd ops/s | p50 ms | p99 ms | CPU µs/op | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let (e_rate, e50, e99, ratio) = match &r.etcd {
+        let (e_rate, e50, e99, ecpu, ratio) = match &r.etcd {
             Some(e) => (
                 format!("{:.0}", e.rate()),
                 format!("{:.2}", e.p(0.5)),
                 format!("{:.2}", e.p(0.99)),
+                format!("{:.0}", e.cpu_us()),
                 format!("**{:.2}x**", r.cookie.rate() / e.rate()),
             ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {} | {} |",
             r.name,
             r.clients,
             r.cookie.rate(),
             r.cookie.p(0.5),
             r.cookie.p(0.99),
+            r.cookie.cpu_us(),
             e_rate,
             e50,
             e99,
+            ecpu,
             ratio
         );
     }

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cookie-crud");
 
+/// The node binary: this build's, or `BENCH_NODE_BIN` (not COOKIE_CRUD_*: nodes would read that as a config key) to measure another build (an A/B
+/// comparison of a change, run against the same load generator).
+pub fn bin() -> String {
+    std::env::var("BENCH_NODE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -38,6 +44,11 @@ pub async fn wait_http(url: &str, ok: impl Fn(u16, &str) -> bool) {
 pub struct Procs(pub Vec<Option<Child>>);
 
 impl Procs {
+    /// The running processes' ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().flatten().map(Child::id).collect()
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.0[i].take() {
             let _ = c.kill();
@@ -52,6 +63,23 @@ impl Drop for Procs {
             self.kill(i);
         }
     }
+}
+
+/// CPU time (user + system, all threads) the processes have used so far, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s, Linux's USER_HZ). Dividing a phase's CPU by
+/// its operations gives a cost per operation that a noisy, shared machine does not blur as
+/// much as throughput.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
 }
 
 /// `n` cookie-crud nodes forming one cluster; `extra` is TOML appended to every config.
@@ -109,12 +137,26 @@ impl Nodes {
         (0..self.ports.len()).map(|i| self.url(i)).collect()
     }
 
+    /// Start node `i`. With `BENCH_LOGS=dir`, its output is appended to `dir/node{i+1}.log`
+    /// (to see why a benchmark saw errors); otherwise it is discarded.
     pub fn spawn(&mut self, i: usize) {
-        let child = Command::new(BIN)
+        let (out, err) = match std::env::var("BENCH_LOGS") {
+            Ok(dir) => {
+                std::fs::create_dir_all(&dir).unwrap();
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(format!("{dir}/node{}.log", i + 1))
+                    .unwrap();
+                (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+            }
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new(bin())
             .arg(&self.configs[i])
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap();
         self.procs.0[i] = Some(child);
