@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use crate::gather::{gather, Verdict};
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
 /// One forwarded write, with the client's request id so the leader's log can name it.
@@ -98,24 +99,13 @@ async fn run(peers: PeerClient, mut rx: mpsc::Receiver<Job>, inflight: usize) {
             return;
         };
         let addr = carry[0].addr.clone();
-        let mut batch = Vec::new();
-        let mut other = VecDeque::new();
-        while batch.len() < MAX_BATCH {
-            let next = match carry.pop_front() {
-                Some(j) => j,
-                None => match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
-                },
-            };
-            if next.addr == addr {
-                batch.push(next);
+        let batch = gather(&mut carry, &mut rx, MAX_BATCH, |j, _| {
+            if j.addr == addr {
+                Verdict::Take
             } else {
-                other.push_back(next);
+                Verdict::Defer // for another (older or newer) leader: the next request
             }
-        }
-        other.append(&mut carry);
-        carry = other;
+        });
 
         let peers = peers.clone();
         tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`forward`]: followers' writes sent to the leader many per request.
+//! - [`gather`]: forming one batch from a queue (group commit and forwarding).
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
 //! - [`metrics`]: Prometheus metrics and the HTTP middleware that records them.
 //! - [`monitor`]: periodic health checks of the other members (for `/cache`).
@@ -22,6 +23,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod discovery;
 pub mod forward;
+pub mod gather;
 pub mod metrics;
 pub mod monitor;
 pub mod node;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::forward::{ForwardedWrite, Forwarder};
+use crate::gather::{gather, Verdict};
 use crate::metrics::Metrics;
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
@@ -119,35 +120,19 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchL
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch: Vec<Pending> = Vec::new();
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
-        let mut deferred = VecDeque::new();
-        let fits =
-            |p: &Pending, keys: &HashSet<String>| p.cmd.keys().iter().all(|k| !keys.contains(*k));
-        loop {
-            if batch.len() >= limits.max_commands
-                || (bytes >= limits.max_bytes && !batch.is_empty())
-            {
-                break;
-            }
-            let next = match carry.pop_front() {
-                Some(p) => p,
-                None => match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            if fits(&next, &keys) {
-                keys.extend(next.cmd.keys().into_iter().map(str::to_owned));
-                bytes += cmd_size(&next.cmd);
-                batch.push(next);
+        let batch = gather(&mut carry, &mut rx, limits.max_commands, |p, batch| {
+            if bytes >= limits.max_bytes && !batch.is_empty() {
+                Verdict::Stop
+            } else if p.cmd.keys().iter().any(|k| keys.contains(*k)) {
+                Verdict::Defer // a second write to a record waits for the next entry
             } else {
-                deferred.push_back(next);
+                keys.extend(p.cmd.keys().into_iter().map(str::to_owned));
+                bytes += cmd_size(&p.cmd);
+                Verdict::Take
             }
-        }
-        deferred.append(&mut carry);
-        carry = deferred;
+        });
 
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
         match raft.client_write_ff(Request { cmds }).await {

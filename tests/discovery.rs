@@ -86,6 +86,24 @@ impl TestDns {
     }
 }
 
+/// `(id, name, addr)` of every member in a `/cluster` reply, sorted by id.
+fn members(info: &serde_json::Value) -> Vec<(u64, String, String)> {
+    let mut m: Vec<_> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_string(),
+                m["addr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    m.sort();
+    m
+}
+
 /// A port free on every one of `hosts`.
 fn port_free_on(hosts: &[Ipv4Addr]) -> u16 {
     loop {
@@ -150,18 +168,10 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
     dns.set(&hosts);
     cluster.wait_ready_all(Duration::from_secs(30)).await;
     let info = cluster.cluster_info(0).await;
-    let mut members: Vec<(u64, String)> = info["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().unwrap(),
-                m["addr"].as_str().unwrap().to_string(),
-            )
-        })
+    let members: Vec<(u64, String)> = members(&info)
+        .into_iter()
+        .map(|(id, _, addr)| (id, addr))
         .collect();
-    members.sort();
     assert_eq!(
         members,
         vec![
@@ -221,19 +231,7 @@ async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     let info = cluster.cluster_info(2).await;
     assert_eq!(info["node_id"], 3, "{info}");
     assert_eq!(info["node"], "cookie-crud-2", "{info}");
-    let mut members: Vec<(u64, String, String)> = info["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().unwrap(),
-                m["name"].as_str().unwrap().to_string(),
-                m["addr"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    members.sort();
+    let members = members(&info);
     let want: Vec<(u64, String, String)> = (0..3u64)
         .map(|i| {
             (

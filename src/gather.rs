@@ -1,0 +1,77 @@
+//! Forming one batch from a queue: what group commit and write forwarding share.
+//!
+//! Both keep a single task that, once it may send another batch, takes whatever is waiting.
+//! Some waiting items cannot join the batch being formed (a second write to the same
+//! record; a write for another leader address): they keep their place, ahead of anything
+//! newer, for the next batch.
+
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+
+/// What to do with the next waiting item.
+pub enum Verdict {
+    /// Into this batch.
+    Take,
+    /// Not into this batch: it waits for the next one, in order.
+    Defer,
+    /// The batch is full: stop before this item, which stays first in line.
+    Stop,
+}
+
+/// Take items from `carry` (left over from earlier batches), then from `rx`, without waiting,
+/// while `judge` takes them and the batch is below `max` items.
+pub fn gather<T>(
+    carry: &mut VecDeque<T>,
+    rx: &mut mpsc::Receiver<T>,
+    max: usize,
+    mut judge: impl FnMut(&T, &[T]) -> Verdict,
+) -> Vec<T> {
+    let mut batch = Vec::new();
+    let mut deferred = VecDeque::new();
+    while batch.len() < max {
+        let next = match carry.pop_front() {
+            Some(x) => x,
+            None => match rx.try_recv() {
+                Ok(x) => x,
+                Err(_) => break,
+            },
+        };
+        match judge(&next, &batch) {
+            Verdict::Take => batch.push(next),
+            Verdict::Defer => deferred.push_back(next),
+            Verdict::Stop => {
+                carry.push_front(next);
+                break;
+            }
+        }
+    }
+    deferred.append(carry);
+    *carry = deferred;
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deferred_items_keep_their_place_ahead_of_newer_ones() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 1..=6 {
+            tx.send(i).await.unwrap();
+        }
+        let mut carry = VecDeque::from([0]);
+        // Odd numbers wait for the next batch; 6 ends this one.
+        let batch = gather(&mut carry, &mut rx, 10, |x, _| match x {
+            6 => Verdict::Stop,
+            x if x % 2 == 1 => Verdict::Defer,
+            _ => Verdict::Take,
+        });
+        assert_eq!(batch, [0, 2, 4]);
+        assert_eq!(Vec::from(carry.clone()), [1, 3, 5, 6]);
+        let batch = gather(&mut carry, &mut rx, 2, |_, _| Verdict::Take);
+        assert_eq!(batch, [1, 3]);
+        assert_eq!(Vec::from(carry), [5, 6]);
+    }
+}
