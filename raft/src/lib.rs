@@ -24,6 +24,7 @@ pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod record;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{Cache, CachedRecord};
 use crate::codec;
 use crate::record::{self, Record};
+use crate::snapshot_file::SnapshotFiles;
 use crate::types::{CmdResult, Command, CookieNode, NodeId, Response, TypeConfig};
 
 const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
@@ -44,7 +45,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
-const KEY_SNAPSHOT: &str = "snapshot";
+/// The current snapshot: its meta and the file holding its data ([`SnapshotPointer`]).
+const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
+/// Where earlier versions kept the whole snapshot, data included; migrated at open.
+const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -57,11 +61,20 @@ struct SnapshotRows {
     rows: Vec<(String, Vec<u8>)>,
 }
 
-/// The current snapshot as kept in `sm_meta`.
+/// A whole snapshot as earlier versions kept it in `sm_meta`.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+struct LegacySnapshot {
     meta: Meta,
     data: Vec<u8>,
+}
+
+/// The current snapshot as kept in `sm_meta`: the data is in `snapshots/<file>`
+/// ([`crate::snapshot_file`]).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPointer {
+    meta: Meta,
+    file: String,
+    len: u64,
 }
 
 /// How many snapshots this node installed (sent by a leader) and built (its own), for the
@@ -78,6 +91,7 @@ pub struct StateMachine {
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
     snapshots: Arc<SnapshotCounts>,
+    files: Arc<SnapshotFiles>,
     /// The last index committed durably by `apply`.
     last_durable: u64,
 }
@@ -95,6 +109,7 @@ pub struct StoreReader {
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     snapshots: Arc<SnapshotCounts>,
+    files: Arc<SnapshotFiles>,
 }
 
 impl StateMachine {
@@ -109,6 +124,11 @@ impl StateMachine {
         }
         txn.commit()?;
         let db = Arc::new(db);
+        let files = Arc::new(SnapshotFiles::open(dir)?);
+        migrate_legacy_snapshot(&db, &files)?;
+        // Files no pointer names: a crash came between writing one and committing it.
+        let current = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)?.map(|p| p.file);
+        files.remove_others(current.as_deref())?;
         let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
             .flatten()
             .map_or(0, |l| l.index);
@@ -117,6 +137,7 @@ impl StateMachine {
             cache,
             applied: Arc::new(AtomicU64::new(applied)),
             snapshots: Arc::default(),
+            files,
             last_durable: applied,
         })
     }
@@ -129,6 +150,28 @@ impl StateMachine {
             snapshots: self.snapshots.clone(),
         }
     }
+}
+
+/// Move a snapshot kept whole in `sm_meta` (earlier versions) into a file.
+fn migrate_legacy_snapshot(db: &Database, files: &SnapshotFiles) -> Result<(), BoxError> {
+    let Some(old) = read_meta::<LegacySnapshot>(db, KEY_SNAPSHOT_LEGACY)? else {
+        return Ok(());
+    };
+    let file = SnapshotFiles::name_for(&old.meta.snapshot_id);
+    files.write(&file, &old.data)?;
+    let txn = db.begin_write()?;
+    put_meta(
+        &txn,
+        KEY_SNAPSHOT_FILE,
+        &SnapshotPointer {
+            meta: old.meta,
+            file,
+            len: old.data.len() as u64,
+        },
+    )?;
+    txn.open_table(META)?.remove(KEY_SNAPSHOT_LEGACY)?;
+    txn.commit()?;
+    Ok(())
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(
@@ -384,6 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             snapshots: self.snapshots.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -402,8 +446,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             codec::decode(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let meta = meta.clone();
         let db = self.db.clone();
+        let files = self.files.clone();
         let applied = meta.last_log_id.map_or(0, |l| l.index);
         tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+            let file = SnapshotFiles::name_for(&meta.snapshot_id);
+            files.write(&file, &data)?;
+            let _switch = files.switch();
             let txn = db.begin_write()?;
             {
                 // Replace, never merge: a row absent from the snapshot was deleted.
@@ -418,8 +466,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
             put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
-            put_meta(&txn, KEY_SNAPSHOT, &StoredSnapshot { meta, data })?;
+            let len = data.len() as u64;
+            put_meta(
+                &txn,
+                KEY_SNAPSHOT_FILE,
+                &SnapshotPointer {
+                    meta,
+                    file: file.clone(),
+                    len,
+                },
+            )?;
             txn.commit()?;
+            files.remove_others(Some(&file))?;
             Ok(())
         })
         .await
@@ -433,11 +491,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
-        let stored = read_meta::<StoredSnapshot>(&self.db, KEY_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let db = self.db.clone();
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(move || -> Result<_, BoxError> {
+            // Under the switch lock, so the file named is not replaced while it is read.
+            let _switch = files.switch();
+            let Some(p) = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)? else {
+                return Ok(None);
+            };
+            let data = files.read(&p.file, p.len)?;
+            Ok(Some((p.meta, data)))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
@@ -447,6 +517,7 @@ static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
         let db = self.db.clone();
+        let files = self.files.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<(Meta, Vec<u8>), BoxError> {
             // One read transaction: rows, last_applied and membership from the same instant.
             let (meta, data) = {
@@ -488,16 +559,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     data,
                 )
             };
+            // The data goes to its own file with no lock held; only the pointer to it
+            // takes redb's write lock, briefly (see `snapshot_file`).
+            let file = SnapshotFiles::name_for(&meta.snapshot_id);
+            files.write(&file, &data)?;
+            let _switch = files.switch();
+            let current = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)?;
+            if let Some(c) = current.filter(|c| c.meta.last_log_id > meta.last_log_id) {
+                // An installed snapshot overtook this build: keep the newer one current.
+                if c.file != file {
+                    files.remove(&file)?;
+                }
+                return Ok((meta, data));
+            }
             let txn = db.begin_write()?;
-            put_meta(
-                &txn,
-                KEY_SNAPSHOT,
-                &StoredSnapshot {
-                    meta: meta.clone(),
-                    data: data.clone(),
-                },
-            )?;
+            let len = data.len() as u64;
+            let pointer = SnapshotPointer {
+                meta: meta.clone(),
+                file: file.clone(),
+                len,
+            };
+            put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
             txn.commit()?;
+            files.remove_others(Some(&file))?;
             Ok((meta, data))
         })
         .await
@@ -631,5 +715,87 @@ impl StoreReader {
     pub fn count(&self) -> Result<u64, BoxError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(COOKIES)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> StateMachine {
+        StateMachine::open(dir, Arc::new(Cache::new(Default::default()))).unwrap()
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_survives_a_restart_and_only_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let first = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let second = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+        // A file left by a crash between writing and committing its pointer.
+        std::fs::write(dir.path().join("snapshots/orphan.snap"), b"x").unwrap();
+        drop(sm);
+
+        let mut sm = open(dir.path());
+        assert_eq!(
+            snapshot_files(dir.path()),
+            [SnapshotFiles::name_for(&second.meta.snapshot_id)]
+        );
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, second.meta);
+        assert_eq!(current.snapshot.into_inner(), second.snapshot.into_inner());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_kept_whole_in_sm_meta_is_moved_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open(dir.path());
+        let meta = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), 40)),
+            last_membership: Membership::default(),
+            snapshot_id: "2-40-1-0".into(),
+        };
+        let data = codec::encode(&SnapshotRows { rows: vec![] }).unwrap();
+        let txn = sm.db.begin_write().unwrap();
+        put_meta(
+            &txn,
+            KEY_SNAPSHOT_LEGACY,
+            &LegacySnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            },
+        )
+        .unwrap();
+        txn.commit().unwrap();
+        drop(sm);
+
+        let mut sm = open(dir.path());
+        assert!(read_meta::<LegacySnapshot>(&sm.db, KEY_SNAPSHOT_LEGACY)
+            .unwrap()
+            .is_none());
+        assert_eq!(snapshot_files(dir.path()), ["2-40-1-0.snap"]);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        assert_eq!(current.snapshot.into_inner(), data);
     }
 }

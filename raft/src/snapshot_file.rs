@@ -1,0 +1,155 @@
+//! Snapshot data in files of their own, beside `sm.redb`.
+//!
+//! A snapshot is the whole state serialized: 250 MB at a million records. Kept as a redb
+//! value, writing it held redb's single write lock for seconds, so `apply` (and with it
+//! every client write) waited, and it was written twice over (copy-on-write pages, then the
+//! freed old ones). As a file it is written with no lock held, in chunks each flushed to
+//! disk so the writeback never builds up into one long stall, then renamed into place. Only
+//! a small pointer (the snapshot's meta and file name) goes into `sm.redb`, in a short
+//! durable transaction: the pointer is what makes a snapshot current, so a crash before it
+//! leaves at most an unreferenced file, removed at the next start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// Bytes written between two flushes to disk.
+const CHUNK: usize = 8 << 20;
+const EXT: &str = "snap";
+
+pub struct SnapshotFiles {
+    dir: PathBuf,
+    /// Held while the current snapshot changes (file renamed, pointer committed, old files
+    /// removed), so a concurrent build and install never remove each other's file.
+    switch: Mutex<()>,
+}
+
+impl SnapshotFiles {
+    /// `data_dir/snapshots`, created if missing, without leftovers of interrupted writes.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let dir = data_dir.join("snapshots");
+        fs::create_dir_all(&dir)?;
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(SnapshotFiles {
+            dir,
+            switch: Mutex::new(()),
+        })
+    }
+
+    /// The file name for a snapshot id. Ids come from the leader too, so only a safe
+    /// alphabet reaches the file system.
+    pub fn name_for(snapshot_id: &str) -> String {
+        let safe: String = snapshot_id
+            .chars()
+            .take(120)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{safe}.{EXT}")
+    }
+
+    /// Write `data` durably as `name`: a temporary file flushed chunk by chunk, then renamed,
+    /// then the directory flushed.
+    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)?;
+        for chunk in data.chunks(CHUNK) {
+            file.write_all(chunk)?;
+            file.sync_data()?;
+        }
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The bytes of snapshot file `name`, which must be `len` long.
+    pub fn read(&self, name: &str, len: u64) -> io::Result<Vec<u8>> {
+        let mut file = File::open(self.dir.join(name))?;
+        let mut data = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut data)?;
+        if data.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot {name} has {} bytes, expected {len}", data.len()),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Remove every snapshot file but `keep`. Temporary files are left alone: one may be a
+    /// concurrent write in progress (a restart clears interrupted ones).
+    pub fn remove_others(&self, keep: Option<&str>) -> io::Result<()> {
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if Some(name) != keep && path.extension().is_some_and(|e| e == EXT) {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
+    }
+
+    /// Exclusive right to change which snapshot is current.
+    pub fn switch(&self) -> MutexGuard<'_, ()> {
+        self.switch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_files_read_back_and_leftovers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(CHUNK * 2 + 17)).map(|i| i as u8).collect();
+        let a = SnapshotFiles::name_for("1-10-99-0");
+        files.write(&a, &data).unwrap();
+        assert_eq!(files.read(&a, data.len() as u64).unwrap(), data);
+        assert!(
+            files.read(&a, 3).is_err(),
+            "a short or long file is refused"
+        );
+
+        let b = SnapshotFiles::name_for("../../etc/passwd");
+        assert!(!b.contains('/'), "{b}");
+        files.write(&b, b"x").unwrap();
+        std::fs::write(dir.path().join("snapshots").join("c.snap.tmp"), b"half").unwrap();
+        files.remove_others(Some(&b)).unwrap();
+        assert!(files.read(&a, data.len() as u64).is_err());
+        assert_eq!(files.read(&b, 1).unwrap(), b"x");
+        // A restart clears interrupted writes.
+        drop(files);
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [b.clone()]);
+        files.remove(&b).unwrap();
+    }
+}
