@@ -149,7 +149,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, [b.clone()]);
+        assert_eq!(left, std::slice::from_ref(&b));
         files.remove(&b).unwrap();
     }
 }
