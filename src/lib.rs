@@ -9,6 +9,7 @@
 //! - [`write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`forward`]: followers' writes sent to the leader many per request.
 //! - [`gather`]: forming one batch from a queue (group commit and forwarding).
+//! - [`install_quiet`]: no elections from a follower busy installing a snapshot.
 //! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
 //! - [`metrics`]: Prometheus metrics and the HTTP middleware that records them.
 //! - [`monitor`]: periodic health checks of the other members (for `/cache`).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod discovery;
 pub mod forward;
 pub mod gather;
+pub mod install_quiet;
 pub mod metrics;
 pub mod monitor;
 pub mod node;

@@ -38,6 +38,7 @@ pub struct Metrics {
     peer_reachable: IntGaugeVec,
     peer_last_seen_age: IntGaugeVec,
     replication_lag: IntGaugeVec,
+    quorum_ack_age: IntGaugeVec,
     elections: IntCounter,
     leader_changes: IntCounter,
     snapshot_installs: IntCounter,
@@ -109,6 +110,7 @@ impl Metrics {
             peer_reachable: gauge_vec(&r, "raft_peer_reachable", "1 if the last health check of the peer succeeded", &["peer"]),
             peer_last_seen_age: gauge_vec(&r, "raft_peer_last_seen_age_seconds", "Seconds since the peer last answered a health check", &["peer"]),
             replication_lag: gauge_vec(&r, "raft_replication_lag_entries", "Entries the peer is behind the leader's log (leader only)", &["peer"]),
+            quorum_ack_age: gauge_vec(&r, "raft_quorum_ack_age_milliseconds", "Leader only: milliseconds since a quorum last acknowledged it (its heartbeat age)", &[]),
             elections: counter(&r, "raft_elections_total", "Elections this node has seen (each new term is one)"),
             leader_changes: counter(&r, "raft_leader_changes_total", "Times the leader this node knows of changed"),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
@@ -207,6 +209,12 @@ impl Metrics {
                     .with_label_values(&[&h.name])
                     .set(now.saturating_sub(seen) as i64);
             }
+        }
+        self.quorum_ack_age.reset();
+        if let Some(age) = m.millis_since_quorum_ack {
+            self.quorum_ack_age
+                .with_label_values::<&str>(&[])
+                .set(age as i64);
         }
         self.replication_lag.reset();
         if let Some(repl) = &m.replication {

@@ -123,6 +123,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         monitor,
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
+        install_quiet: Default::default(),
     });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -134,6 +134,12 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get("raft_elections_total") >= 1.0);
     assert!(get("raft_leader_changes_total") >= 1.0);
     assert_eq!(get("raft_snapshot_installs_total"), 0.0);
+    // The quorum-ack (heartbeat) age is the leader's alone.
+    assert!(
+        !v.contains_key("raft_quorum_ack_age_milliseconds"),
+        "{}",
+        r.text
+    );
     assert_eq!(get(r#"raft_state{field="is_leader"}"#), 0.0);
     assert_eq!(get(r#"raft_state{field="leader_id"}"#), (leader + 1) as f64);
     // The linearizable list waited until the follower applied the three creates (entries
@@ -153,6 +159,12 @@ async fn metrics_names_labels_types_and_counts() {
         if count("raft_peer_reachable{") == 2 {
             assert_eq!(types["raft_peer_reachable"], "gauge");
             assert_eq!(types["raft_replication_lag_entries"], "gauge");
+            assert_eq!(types["raft_quorum_ack_age_milliseconds"], "gauge");
+            assert!(
+                v.contains_key("raft_quorum_ack_age_milliseconds"),
+                "{}",
+                r.text
+            );
             assert_eq!(count("raft_replication_lag_entries{"), 2, "{}", r.text);
             let peer = format!("node{}", follower + 1);
             assert_eq!(v[&format!("raft_peer_reachable{{peer=\"{peer}\"}}")], 1.0);

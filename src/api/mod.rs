@@ -33,6 +33,7 @@ pub struct AppState {
     pub monitor: Monitor,
     pub metrics: Arc<Metrics>,
     pub started: std::time::Instant,
+    pub install_quiet: crate::install_quiet::InstallQuiet,
 }
 
 pub type Shared = Arc<AppState>;

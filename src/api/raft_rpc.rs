@@ -7,7 +7,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
-use cookie_raft::RAFT_TARGET_HEADER;
+use std::time::Duration;
+
+use cookie_raft::{TypeConfig, RAFT_TARGET_HEADER};
+use openraft::raft::InstallSnapshotRequest;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -74,10 +77,28 @@ pub async fn vote(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
 }
 
 pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&state, &headers, &body) {
-        Ok(req) => reply(&state.raft.install_snapshot(req).await),
-        Err(r) => r.into_response(),
+    let req: InstallSnapshotRequest<TypeConfig> = match admit(&state, &headers, &body) {
+        Ok(req) => req,
+        Err(r) => return r.into_response(),
+    };
+    // The last chunk is when the install happens: no campaigning from here until the
+    // leader has been heard from again (see `install_quiet`).
+    let last = req.done;
+    let index = req.meta.last_log_id.map_or(0, |l| l.index);
+    if last {
+        state.install_quiet.hold(&state.raft);
     }
+    let resp = state.raft.install_snapshot(req).await;
+    if last {
+        let r = &state.cfg.raft;
+        state.install_quiet.release(
+            state.raft.clone(),
+            index,
+            Duration::from_millis(r.election_timeout_max_ms),
+            Duration::from_millis(r.install_snapshot_timeout_ms),
+        );
+    }
+    reply(&resp)
 }
 
 /// Writes forwarded by a follower; proposed here only if this node leads.
