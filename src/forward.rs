@@ -12,16 +12,14 @@
 //! command was not proposed. A transport failure is a fact about the whole request: refused
 //! connection means nothing was sent; anything later means every command is unknown.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::Command;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::gather::{gather, Verdict};
+use crate::gather::{Batches, Verdict};
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
 /// One forwarded write, with the client's request id so the leader's log can name it.
@@ -83,32 +81,18 @@ impl Forwarder {
     }
 }
 
-async fn run(peers: PeerClient, mut rx: mpsc::Receiver<Job>, inflight: usize) {
-    let inflight = Arc::new(Semaphore::new(inflight));
-    // Jobs for another leader address than the batch being built wait for the next one.
-    let mut carry: VecDeque<Job> = VecDeque::new();
-    loop {
-        if carry.is_empty() {
-            match rx.recv().await {
-                Some(j) => carry.push_back(j),
-                None => return,
-            }
-        }
-        // Waiting for a slot is what lets the next request fill up.
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            return;
-        };
-        let addr = carry[0].addr.clone();
-        let batch = gather(&mut carry, &mut rx, MAX_BATCH, |j, _| {
-            if j.addr == addr {
-                Verdict::Take
-            } else {
-                Verdict::Defer // for another (older or newer) leader: the next request
-            }
-        });
-
+async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
+    let mut batches = Batches::new(rx, inflight);
+    // One request goes to one address: jobs for another (older or newer) leader wait for
+    // the next request.
+    let same_leader = |j: &Job, batch: &[Job]| match batch.first() {
+        Some(first) if first.addr != j.addr => Verdict::Defer,
+        _ => Verdict::Take,
+    };
+    while let Some((batch, permit)) = batches.next(MAX_BATCH, same_leader).await {
         let peers = peers.clone();
         tokio::spawn(async move {
+            let addr = batch[0].addr.clone();
             send(&peers, &addr, batch).await;
             drop(permit);
         });

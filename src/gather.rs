@@ -6,8 +6,9 @@
 //! newer, for the next batch.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// What to do with the next waiting item.
 pub enum Verdict {
@@ -17,6 +18,38 @@ pub enum Verdict {
     Defer,
     /// The batch is full: stop before this item, which stays first in line.
     Stop,
+}
+
+/// A queue that yields batches, at most `inflight` outstanding: the next batch is formed only
+/// when a slot is free, and waiting for the slot is what lets it fill up.
+pub struct Batches<T> {
+    rx: mpsc::Receiver<T>,
+    carry: VecDeque<T>,
+    slots: Arc<Semaphore>,
+}
+
+impl<T> Batches<T> {
+    pub fn new(rx: mpsc::Receiver<T>, inflight: usize) -> Self {
+        Batches {
+            rx,
+            carry: VecDeque::new(),
+            slots: Arc::new(Semaphore::new(inflight)),
+        }
+    }
+
+    /// The next batch (see [`gather`]) and its slot, to drop once the batch is done; `None`
+    /// when every sender is gone.
+    pub async fn next(
+        &mut self,
+        max: usize,
+        judge: impl FnMut(&T, &[T]) -> Verdict,
+    ) -> Option<(Vec<T>, OwnedSemaphorePermit)> {
+        if self.carry.is_empty() {
+            self.carry.push_back(self.rx.recv().await?);
+        }
+        let permit = self.slots.clone().acquire_owned().await.ok()?;
+        Some((gather(&mut self.carry, &mut self.rx, max, judge), permit))
+    }
 }
 
 /// Take items from `carry` (left over from earlier batches), then from `rx`, without waiting,

@@ -16,18 +16,18 @@
 //! `ForwardToLeader`), which is safe to retry on the leader; or unknown (timeout, shutdown),
 //! which is reported as such and never as a failure.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::{CmdResult, Command, NodeId, Raft, Request};
 use openraft::error::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::forward::{ForwardedWrite, Forwarder};
-use crate::gather::{gather, Verdict};
+use crate::gather::{Batches, Verdict};
 use crate::metrics::Metrics;
 use crate::peers::{ForwardReply, PeerClient, SendError};
 
@@ -105,24 +105,12 @@ fn fail_all(replies: Vec<Reply>, err: impl Fn() -> LocalError) {
     }
 }
 
-async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchLimits) {
-    let inflight = Arc::new(Semaphore::new(limits.max_inflight));
-    // Commands that conflicted with the batch being built wait here for the next one.
-    let mut carry: VecDeque<Pending> = VecDeque::new();
+async fn run_batcher(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits) {
+    let mut batches = Batches::new(rx, limits.max_inflight);
     loop {
-        if carry.is_empty() {
-            match rx.recv().await {
-                Some(p) => carry.push_back(p),
-                None => return,
-            }
-        }
-        // Waiting for a slot is what lets the next batch grow while others are in flight.
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            return;
-        };
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
-        let batch = gather(&mut carry, &mut rx, limits.max_commands, |p, batch| {
+        let next = batches.next(limits.max_commands, |p, batch| {
             if bytes >= limits.max_bytes && !batch.is_empty() {
                 Verdict::Stop
             } else if p.cmd.keys().iter().any(|k| keys.contains(*k)) {
@@ -133,6 +121,9 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchL
                 Verdict::Take
             }
         });
+        let Some((batch, permit)) = next.await else {
+            return;
+        };
 
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
         match raft.client_write_ff(Request { cmds }).await {
