@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use support::{cpu_seconds, free_port, wait_http, Nodes, Procs};
+use support::{cpu_seconds, env_num, free_port, wait_http, Nodes, Procs};
 
 const PRELOAD: u64 = 2000;
 
@@ -323,10 +323,7 @@ fn mixed(d: u64) -> Op {
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let secs: u64 = env_num("BENCH_SECS", 5);
     let phases: Vec<Phase> = vec![
         ("unique-key creates", 1, creates),
         ("unique-key creates", 16, creates),

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::Nodes;
+use support::{env_num, Nodes};
 
 const RECORDS: usize = 1000;
 
@@ -90,14 +90,8 @@ async fn run(url: &str, clients: usize, secs: u64, list: bool) -> Result {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let clients: usize = std::env::var("BENCH_CLIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+    let secs: u64 = env_num("BENCH_SECS", 5);
+    let clients: usize = env_num("BENCH_CLIENTS", 16);
     let cached = start(true).await;
     let uncached = start(false).await;
     load(&cached.url(0)).await;

@@ -97,10 +97,7 @@ async fn timed_get(url: &str) -> (Duration, usize) {
 
 #[tokio::main]
 async fn main() {
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let secs: u64 = support::env_num("BENCH_SECS", 3);
     let levels: Vec<u64> = std::env::var("SCALE_LEVELS")
         .unwrap_or_else(|_| "10000,100000".into())
         .split(',')

@@ -15,6 +15,14 @@ pub fn bin() -> String {
     std::env::var("BENCH_NODE_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
+/// A number from the environment (`BENCH_SECS`, `BENCH_CLIENTS`), or `default`.
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
