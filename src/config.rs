@@ -678,4 +678,14 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("dns_server"), "{err}");
     }
+
+    /// `config/single.toml` is documented as the embedded default written out: keep it so.
+    #[test]
+    fn single_toml_is_the_embedded_default() {
+        let text = include_str!("../config/single.toml");
+        let file = Config::parse(text).unwrap();
+        let mut default = Config::default();
+        default.finish().unwrap();
+        assert_eq!(format!("{file:?}"), format!("{default:?}"));
+    }
 }
