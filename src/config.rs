@@ -259,13 +259,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Read and validate a TOML file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
-    }
-
+    /// TOML text alone, without the environment (tests).
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::from_sources(text, std::iter::empty())
     }
