@@ -49,7 +49,15 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
     }));
     let _cleanup = cache.spawn_cleanup(Duration::from_secs(cfg.cache_cleanup_interval.max(1)));
 
-    let log = LogStore::open(&cfg.data_dir)?;
+    let mut log = LogStore::open(&cfg.data_dir)?;
+    let floor = log.restored_leader_floor(cfg.node_id).await?;
+    if let Some(f) = floor {
+        tracing::info!(
+            term = f.term,
+            index = f.index,
+            "resuming as leader: linearizable reads wait for the last index at startup"
+        );
+    }
     let sm = StateMachine::open(&cfg.data_dir, cache)?;
     let reader = sm.reader();
     let book = AddressBook::new(
@@ -88,6 +96,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         peers.clone(),
         cfg.read_timeout(),
         metrics.clone(),
+        floor,
     );
 
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

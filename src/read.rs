@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use cookie_raft::{NodeId, Raft};
+use cookie_raft::{NodeId, Raft, ReadFloor};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
@@ -31,10 +31,20 @@ pub enum ReadError {
     Lagging(u64),
 }
 
-/// Ask the local Raft, as leader, for a read index (one quorum heartbeat round).
-async fn confirm_leadership(raft: &Raft) -> ReadIndexReply {
+/// Ask the local Raft, as leader, for a read index (one quorum heartbeat round), raised to
+/// `floor` while this node leads the term it was restored in as leader ([`ReadFloor`]).
+async fn confirm_leadership(raft: &Raft, floor: Option<ReadFloor>) -> ReadIndexReply {
     match raft.get_read_log_id().await {
-        Ok((read_log_id, _)) => ReadIndexReply::Index(read_log_id.map_or(0, |l| l.index)),
+        Ok((read_log_id, _)) => {
+            let index = read_log_id.map_or(0, |l| l.index);
+            // Checked after the round: had the term moved on, this node led a later term and
+            // its first entry of that term already covers the floor (or it no longer leads).
+            let term = raft.metrics().borrow().current_term;
+            ReadIndexReply::Index(match floor {
+                Some(f) if f.term == term => index.max(f.index),
+                _ => index,
+            })
+        }
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
             ReadIndexReply::NotLeader
         }
@@ -62,13 +72,14 @@ impl ReadIndex {
         peers: PeerClient,
         round_timeout: Duration,
         metrics: Arc<Metrics>,
+        floor: Option<ReadFloor>,
     ) -> Self {
         let leader_rounds = {
             let raft = raft.clone();
             RoundBatcher::spawn(move || {
                 let raft = raft.clone();
                 async move {
-                    tokio::time::timeout(round_timeout, confirm_leadership(&raft))
+                    tokio::time::timeout(round_timeout, confirm_leadership(&raft, floor))
                         .await
                         .unwrap_or(ReadIndexReply::NotLeader)
                 }

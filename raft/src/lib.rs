@@ -29,7 +29,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheStats};
-pub use log_store::LogStore;
+pub use log_store::{LogStore, ReadFloor};
 pub use network::{AddressBook, Network, RAFT_TARGET_HEADER};
 pub use state_machine::{StateMachine, StoreReader};
 pub use types::{CmdResult, Command, CookieNode, NodeId, Request, Response, TypeConfig};
