@@ -224,6 +224,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Async worker threads; 0 means one per CPU core. Nodes sharing a machine do better
+    /// with cores / nodes: every wake-up of a parked worker is a context switch, and those
+    /// cost more than the parallelism gives when three nodes share two cores.
+    pub worker_threads: usize,
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
@@ -251,6 +255,7 @@ impl Default for Config {
             cluster_secret: None,
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),
+            worker_threads: 0,
             cluster: ClusterConfig::default(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),

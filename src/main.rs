@@ -127,7 +127,12 @@ fn main() -> ExitCode {
         eprintln!("cookie-crud: {e}");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if cfg.worker_threads > 0 {
+        rt.worker_threads(cfg.worker_threads);
+    }
+    let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cookie-crud: cannot start the runtime: {e}");
