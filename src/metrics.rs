@@ -100,7 +100,7 @@ impl Metrics {
             cache_evictions: counter(&r, "cache_evictions_total", "Entries evicted (expired or over the cap)"),
             cache_entries,
             uptime,
-            db_file_bytes: gauge_vec(&r, "db_file_bytes", "Size of the redb files", &["file"]),
+            db_file_bytes: gauge_vec(&r, "db_file_bytes", "Size of the data files: log (log.redb), sm (sm.redb), wal (the log's segments)", &["file"]),
             raft: gauge_vec(
                 &r,
                 "raft_state",
@@ -179,6 +179,17 @@ impl Metrics {
                 .with_label_values(&[file])
                 .set(size as i64);
         }
+        let wal: u64 = std::fs::read_dir(state.cfg.data_dir.join("wal"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.db_file_bytes
+            .with_label_values(&["wal"])
+            .set(wal as i64);
         let committed = state
             .raft
             .with_raft_state(|st| st.committed.map_or(0, |l| l.index))

@@ -146,6 +146,7 @@ async fn metrics_names_labels_types_and_counts() {
     // 2-4 after the membership and blank entries); the later writes may still be in flight.
     assert!(get(r#"raft_state{field="applied_index"}"#) >= 4.0);
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
+    assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic

@@ -5,7 +5,9 @@
 //!   descriptor, and openraft's type configuration.
 //! - [`record`]: how one cookie is stored (version + creation time + JSON bytes).
 //! - [`codec`]: bincode 2 encoding of everything that goes to disk or over the wire.
-//! - [`log_store`]: the Raft log, vote and purge marker in `log.redb`.
+//! - [`log_store`]: the Raft log (entries in the [`wal`], an append-only file per segment;
+//!   vote, purge and committed markers in `log.redb`).
+//! - [`wal`]: the segment files, their framing, recovery of a torn tail, truncation and purge.
 //! - [`state_machine`]: the cookies, last applied log id, membership and current snapshot in
 //!   `sm.redb`; applying a command is where every existence check, merge and version check
 //!   happens, so the answer is decided by the log order alone.
@@ -13,8 +15,8 @@
 //!   agrees with its own applied state.
 //! - [`network`]: Raft RPCs over HTTP with one pooled reqwest client.
 //!
-//! Two redb files keep log appends (on the RaftCore task) and state machine applies (on the
-//! state machine worker) from serialising behind redb's single writer.
+//! Log appends (on the RaftCore task) and state machine applies (on the state machine
+//! worker) use separate files, so neither serialises behind the other's writer.
 
 // openraft's storage traits fix the (large) `StorageError` type; boxing it is not ours to do.
 #![allow(clippy::result_large_err)]
@@ -27,6 +29,7 @@ pub mod record;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use cache::{Cache, CacheConfig, CacheStats};
 pub use log_store::{LogStore, ReadFloor};

@@ -1,21 +1,27 @@
-//! The Raft log, vote, committed marker and purge marker, in `log.redb`.
+//! The Raft log: entries in the write-ahead log ([`crate::wal`], `dir/wal/`), the vote and the
+//! purge and committed markers in `dir/log.redb`.
 //!
-//! Every append, truncation, purge and vote is one redb write transaction committed with
-//! `Durability::Immediate` (an fsync) before openraft is told it is done: an acknowledged
-//! append or vote must survive `kill -9`. Commits run on the blocking pool so an fsync never
-//! stalls the async workers that serve HTTP.
-//!
-//! The committed marker is the exception: it is a hint. [`LogStore::save_committed`] keeps
-//! it in memory and the next of those transactions writes it, so a commit costs no fsync of
-//! its own (it used to be half of all fsyncs). After a crash the marker may be older than the
-//! real commit index. That is safe for applying (openraft re-learns the commit index from the
-//! leader), and the one reader that needed it exact, a leader restored in place at startup,
-//! gets its floor from [`LogStore::restored_leader_floor`] instead.
+//! # Durability
+//! - An append is written at once (so it is readable when `append` returns, as openraft
+//!   requires) and made durable by the flusher thread, which fsyncs once for every append
+//!   waiting and only then calls their callbacks: nothing is acknowledged to openraft, and so
+//!   to a leader or a client, before it is on disk. Returning before the fsync lets the
+//!   leader send the entries to its followers while its own fsync runs.
+//! - Truncation, purge and vote are durable before they return: the vote and the purge marker
+//!   in a redb transaction with `Durability::Immediate`, truncation by the WAL's own fsync.
+//!   The purge marker is committed before any segment is deleted.
+//! - The committed marker is a hint. [`LogStore::save_committed`] keeps it in memory and the
+//!   next redb transaction writes it, so a commit costs no fsync of its own. After a crash the
+//!   marker may be older than the real commit index. That is safe for applying (openraft
+//!   re-learns the commit index from the leader), and the one reader that needed it exact, a
+//!   leader restored in place at startup, gets its floor from
+//!   [`LogStore::restored_leader_floor`] instead.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -25,8 +31,11 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
+use crate::wal::Wal;
+use crate::BoxError;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Where earlier versions kept the entries; moved into the WAL at open.
+const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 const KEY_VOTE: &str = "vote";
@@ -35,10 +44,12 @@ const KEY_COMMITTED: &str = "committed";
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
 
-/// The redb-backed Raft log. Cloning shares the database (the clone is the log reader).
+/// The Raft log. Cloning shares it (the clone is the log reader).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    meta: Arc<Database>,
+    wal: Arc<Mutex<Wal>>,
+    flusher: mpsc::Sender<Flush>,
     /// The latest committed marker not yet written (encoded), and the latest one given.
     committed: Arc<Mutex<Committed>>,
 }
@@ -47,6 +58,12 @@ pub struct LogStore {
 struct Committed {
     unwritten: Option<Vec<u8>>,
     latest: Option<Option<LogId<NodeId>>>,
+}
+
+/// An append waiting for its fsync.
+struct Flush {
+    file: Option<Arc<File>>,
+    done: LogFlushed<TypeConfig>,
 }
 
 /// A leader restored in place at startup, and the read index it must not go below.
@@ -63,18 +80,47 @@ pub struct ReadFloor {
     pub index: u64,
 }
 
-impl LogStore {
-    /// Open or create `dir/log.redb`.
-    pub fn open(dir: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(dir.join("log.redb"))?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
+fn other(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Group fsync: one `fdatasync` for every append queued meanwhile, then their callbacks, in
+/// order. Appends are written in order and a segment is synced before the next one starts,
+/// so syncing the newest file covers them all.
+fn run_flusher(rx: mpsc::Receiver<Flush>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let file = batch.iter().rev().find_map(|f| f.file.clone());
+        let res = file.map_or(Ok(()), |f| f.sync_data());
+        for f in batch {
+            f.done.log_io_completed(match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
         }
-        txn.commit()?;
+    }
+}
+
+impl LogStore {
+    /// Open or create the log in `dir`, moving entries an earlier version kept in
+    /// `log.redb` into the WAL.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let db = Database::create(dir.join("log.redb")).map_err(other)?;
+        let txn = db.begin_write().map_err(other)?;
+        txn.open_table(META).map_err(other)?;
+        txn.commit().map_err(other)?;
+        let purged = read_meta::<LogId<NodeId>>(&db, KEY_PURGED).map_err(other)?;
+        let mut wal = Wal::open(&dir.join("wal"), purged.map(|p| p.index))?;
+        migrate_legacy_log(&db, &mut wal).map_err(other)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wal-flush".into())
+            .spawn(move || run_flusher(rx))?;
         Ok(LogStore {
-            db: Arc::new(db),
+            meta: Arc::new(db),
+            wal: Arc::new(Mutex::new(wal)),
+            flusher: tx,
             committed: Arc::default(),
         })
     }
@@ -95,27 +141,17 @@ impl LogStore {
         }))
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
-        let read = || -> Result<Option<T>, Box<dyn std::error::Error + Send + Sync>> {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(META)?;
-            match table.get(key)? {
-                Some(v) => Ok(Some(codec::decode(v.value())?)),
-                None => Ok(None),
-            }
-        };
-        read().map_err(|e| StorageIOError::read(&crate::io_err(e)).into())
+    fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        self.wal.lock().expect("not poisoned")
     }
 
-    /// Run a write transaction on the blocking pool and commit it durably (redb's default
-    /// `Durability::Immediate`: fsync before `commit` returns).
-    async fn write<F>(&self, f: F) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    /// Run a redb write transaction on the blocking pool and commit it durably (redb's
+    /// default `Durability::Immediate`: fsync before `commit` returns).
+    async fn write_meta_txn<F>(&self, f: F) -> Result<(), BoxError>
     where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-            + Send
-            + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), BoxError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self.meta.clone();
         // The committed marker rides along with whatever is written next.
         let committed = self
             .committed
@@ -138,17 +174,79 @@ impl LogStore {
 
     async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> StResult<()> {
         let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
-        self.write(move |txn| {
+        self.write_meta_txn(move |txn| {
             txn.open_table(META)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
         .await
         .map_err(|e| StorageIOError::write(&crate::io_err(e)).into())
     }
+
+    /// The entries `from..to`, decoded.
+    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, BoxError> {
+        let payloads = self.wal().read(from, to)?;
+        payloads
+            .iter()
+            .map(|p| codec::decode(p).map_err(Into::into))
+            .collect()
+    }
 }
 
-fn to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
-    (range.start_bound().cloned(), range.end_bound().cloned())
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    match table.get(key)? {
+        Some(v) => Ok(Some(codec::decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Entries from the `raft_log` table of earlier versions go into the WAL (durably), then the
+/// table is dropped. After a crash in between, the WAL holds a prefix and the rest follows.
+fn migrate_legacy_log(db: &Database, wal: &mut Wal) -> Result<(), BoxError> {
+    let txn = db.begin_write()?;
+    let mut moved = 0usize;
+    {
+        let table = txn.open_table(LEGACY_LOG)?;
+        let have = wal.bounds().map(|(_, last)| last);
+        let mut batch = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if have.is_none_or(|last| k.value() > last) {
+                batch.push((k.value(), v.value().to_vec()));
+            }
+        }
+        if !batch.is_empty() {
+            moved = batch.len();
+            wal.append(&batch)?;
+            if let Some(f) = wal.sync_handle() {
+                f.sync_data()?;
+            }
+        }
+    }
+    txn.delete_table(LEGACY_LOG)?;
+    txn.commit()?;
+    if moved > 0 {
+        tracing::info!(
+            entries = moved,
+            "moved the Raft log from log.redb into the WAL"
+        );
+    }
+    Ok(())
+}
+
+fn to_range<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -156,18 +254,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
-        let read =
-            || -> Result<Vec<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
-                let txn = self.db.begin_read()?;
-                let table = txn.open_table(LOG)?;
-                let mut out = Vec::new();
-                for row in table.range::<u64>(to_bounds(&range))? {
-                    let (_, v) = row?;
-                    out.push(codec::decode(v.value())?);
-                }
-                Ok(out)
-            };
-        read().map_err(|e| StorageIOError::read_logs(&crate::io_err(e)).into())
+        let (from, to) = to_range(&range);
+        self.entries(from, to)
+            .map_err(|e| StorageIOError::read_logs(&crate::io_err(e)).into())
     }
 }
 
@@ -175,22 +264,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<NodeId>> = self.read_meta(KEY_PURGED)?;
-        let read =
-            || -> Result<Option<Entry<TypeConfig>>, Box<dyn std::error::Error + Send + Sync>> {
-                let txn = self.db.begin_read()?;
-                let table = txn.open_table(LOG)?;
-                let last = table.last()?;
-                match last {
-                    Some((_, v)) => Ok(Some(codec::decode(v.value())?)),
-                    None => Ok(None),
-                }
-            };
-        let last = read().map_err(|e| StorageIOError::read_logs(&crate::io_err(e)))?;
-        let last_log_id = last.map(|e| e.log_id).or(last_purged);
+        let last_purged: Option<LogId<NodeId>> = read_meta(&self.meta, KEY_PURGED)
+            .map_err(|e| StorageIOError::read(&crate::io_err(e)))?;
+        let last = self.wal().bounds().map(|(_, last)| last);
+        let last_entry = match last {
+            Some(i) => self
+                .entries(i, i + 1)
+                .map_err(|e| StorageIOError::read_logs(&crate::io_err(e)))?
+                .pop(),
+            None => None,
+        };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id,
+            last_log_id: last_entry.map(|e| e.log_id).or(last_purged),
         })
     }
 
@@ -205,13 +291,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StResult<Option<Vote<NodeId>>> {
-        self.read_meta(KEY_VOTE)
+        read_meta(&self.meta, KEY_VOTE).map_err(|e| StorageIOError::read(&crate::io_err(e)).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
-        // A hint, written with the next append (see the module docs). The restored leader's
-        // reads that relied on it are covered by `ReadFloor` (regression test: `last_
-        // acknowledged_write_is_read_after_the_leader_restarts_first` in tests/cluster.rs).
+        // A hint, written with the next redb transaction (see the module docs). The restored
+        // leader's reads that relied on it are covered by `ReadFloor` (regression test:
+        // `last_acknowledged_write_is_read_after_the_leader_restarts_first`, tests/cluster.rs).
         let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
         let mut c = self.committed.lock().expect("not poisoned");
         c.unwritten = Some(bytes);
@@ -223,9 +309,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(latest) = self.committed.lock().expect("not poisoned").latest {
             return Ok(latest);
         }
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
-            .flatten())
+        Ok(
+            read_meta::<Option<LogId<NodeId>>>(&self.meta, KEY_COMMITTED)
+                .map_err(|e| StorageIOError::read(&crate::io_err(e)))?
+                .flatten(),
+        )
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
@@ -233,56 +321,99 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
+        let mut records = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            rows.push((entry.log_id.index, bytes));
+            records.push((entry.log_id.index, bytes));
         }
-        let res = self
-            .write(move |txn| {
-                let mut table = txn.open_table(LOG)?;
-                for (index, bytes) in &rows {
-                    table.insert(*index, bytes.as_slice())?;
+        // A write into the page cache; the fsync happens on the flusher thread.
+        let written = {
+            let mut wal = self.wal();
+            wal.append(&records).map(|()| wal.sync_handle())
+        };
+        match written {
+            Ok(file) => {
+                let flush = Flush {
+                    file,
+                    done: callback,
+                };
+                if let Err(mpsc::SendError(f)) = self.flusher.send(flush) {
+                    let err = std::io::Error::other("the WAL flusher is gone");
+                    f.done
+                        .log_io_completed(Err(std::io::Error::other(err.to_string())));
+                    return Err(StorageIOError::write_logs(&err).into());
                 }
-                Ok(())
-            })
-            .await;
-        // openraft 0.9 waits for this callback; it must be called on every path.
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&crate::io_err(e)).into())
+                // openraft 0.9 waits for this callback; it must be called on every path.
+                callback.log_io_completed(Err(std::io::Error::new(e.kind(), e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        // Inclusive: removes `log_id.index` and everything after it.
-        self.write(move |txn| {
-            txn.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            Ok(())
+        // Inclusive: removes `log_id.index` and everything after it, durably.
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || {
+            wal.lock().expect("not poisoned").truncate(log_id.index)
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(&crate::io_err(e)).into())
+        .map_err(|e| StorageIOError::write_logs(&other(e)))?
+        .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        let marker = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        // The marker and the deletion share one transaction: a crash in between would leave a
-        // log whose first entry is unexplained.
-        self.write(move |txn| {
-            txn.open_table(META)?
-                .insert(KEY_PURGED, marker.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write_logs(&crate::io_err(e)).into())
+        // The marker first, durably: a crash before the segments go leaves entries that the
+        // next open skips; the other order could leave a log whose start is unexplained.
+        self.write_meta(KEY_PURGED, &log_id).await?;
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.lock().expect("not poisoned").purge(log_id.index))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&other(e)))?
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn entries_of_the_redb_log_move_into_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("log.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LEGACY_LOG).unwrap();
+                for i in 1..=3 {
+                    t.insert(i, codec::encode(&entry(1, i)).unwrap().as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        let got: Vec<u64> = store
+            .entries(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, [1, 2, 3]);
+        drop(store);
+        // The table is gone, and opening again does not append the entries twice.
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.entries(0, 10).unwrap().len(), 3);
     }
 }

@@ -1,0 +1,546 @@
+//! The Raft log's entries as an append-only write-ahead log: segment files of framed
+//! records, appended with one write and made durable with one `fdatasync`.
+//!
+//! Why not a redb table: a redb commit rewrites B-tree pages, allocator state and its header
+//! before the fsync, and that was a quarter of a node's CPU on the write path
+//! (`docs/benchmarks.md`). A log is only ever appended at the end, cut at the end (a
+//! follower's conflicting suffix) or dropped at the front (after a snapshot), which a file per
+//! segment does with no bookkeeping beyond an in-memory index of where each record starts.
+//!
+//! # Layout
+//! `dir/<first index, 20 digits>.wal`, each a sequence of records
+//! `[payload length u32 LE][crc32 u32 LE][index u64 LE][payload]`, the CRC covering the index
+//! and the payload. Indices are contiguous within a segment and across segments, except that
+//! a segment may start after a gap when everything before it was purged.
+//!
+//! # Durability and recovery
+//! [`Wal::append`] writes; the caller makes it durable with [`Wal::sync_handle`] (see
+//! `log_store`, which fsyncs on another thread and acknowledges afterwards). A crash can leave
+//! the last record of the last segment torn: recovery cuts the log at the first record that is
+//! short or fails its CRC, in the last segment only, because that write was never
+//! acknowledged. The same damage anywhere else is corruption of acknowledged data and fails
+//! the open instead of silently dropping entries. Truncation is fsynced before it returns:
+//! otherwise a crash could bring back the old suffix behind newer, shorter records.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A new segment is started once the active one is this large.
+const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 16;
+const SUFFIX: &str = ".wal";
+
+/// Where one record lives.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    /// The segment's first index, its key in `Wal::segments`.
+    segment: u64,
+    /// Offset of the record's header.
+    offset: u64,
+    len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    len: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    /// `locs[i]` is the record of index `first + i`.
+    locs: VecDeque<Loc>,
+    first: u64,
+    /// Set when every record was purged: the next append starts a new segment at its index.
+    fresh_segment: bool,
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SUFFIX}")
+}
+
+fn frame(index: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The records of one segment's bytes: `(index, offset, payload length)` of each whole,
+/// valid record, and the offset where the valid prefix ends.
+fn scan(bytes: &[u8]) -> (Vec<(u64, u64, u32)>, u64) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= HEADER {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let index = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
+        let end = at + HEADER + len as usize;
+        if end > bytes.len() {
+            break;
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[at + 8..end]);
+        if h.finalize() != crc {
+            break;
+        }
+        out.push((index, at as u64, len));
+        at = end;
+    }
+    (out, at as u64)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Wal {
+    /// Open (or create) the log in `dir`. Records at or below `purged` are not indexed (their
+    /// segments are left for [`Wal::purge`] to delete).
+    pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let mut firsts = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(SUFFIX) {
+                let first = n
+                    .parse::<u64>()
+                    .map_err(|_| corrupt(format!("unexpected file {name} in the log")))?;
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            locs: VecDeque::new(),
+            first: purged.map_or(0, |p| p + 1),
+            fresh_segment: firsts.is_empty(),
+        };
+        let floor = purged.map_or(0, |p| p + 1);
+        for (n, &first) in firsts.iter().enumerate() {
+            let last_segment = n + 1 == firsts.len();
+            let path = dir.join(segment_name(first));
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let bytes = fs::read(&path)?;
+            let (records, valid) = scan(&bytes);
+            if valid < bytes.len() as u64 {
+                if !last_segment {
+                    return Err(corrupt(format!(
+                        "{}: damaged record at byte {valid} in a segment that is not the last",
+                        path.display()
+                    )));
+                }
+                // A torn final write: it was never acknowledged.
+                tracing::warn!(segment = %path.display(), at = valid, dropped = bytes.len() as u64 - valid, "cutting a torn write at the end of the log");
+                file.set_len(valid)?;
+                file.sync_all()?;
+            }
+            for (index, offset, len) in records {
+                if index < first {
+                    return Err(corrupt(format!(
+                        "{}: record {index} at byte {offset}, below the segment's first index",
+                        path.display()
+                    )));
+                }
+                if index < floor {
+                    continue; // purged; its segment goes at the next purge
+                }
+                if wal.locs.is_empty() {
+                    // After a purge the log must resume exactly after the purged index.
+                    if purged.is_some() && index != floor {
+                        return Err(corrupt(format!(
+                            "{}: the log resumes at {index}, but {floor} follows the purged entries",
+                            path.display()
+                        )));
+                    }
+                    wal.first = index;
+                } else {
+                    let expected = wal.first + wal.locs.len() as u64;
+                    if index != expected {
+                        return Err(corrupt(format!(
+                            "{}: record {index} where {expected} was expected",
+                            path.display()
+                        )));
+                    }
+                }
+                wal.locs.push_back(Loc {
+                    segment: first,
+                    offset,
+                    len,
+                });
+            }
+            wal.segments.insert(
+                first,
+                Segment {
+                    file: Arc::new(file),
+                    len: valid,
+                },
+            );
+        }
+        if wal.locs.is_empty() {
+            wal.first = floor;
+            wal.fresh_segment = true;
+        }
+        Ok(wal)
+    }
+
+    /// The first and last index held, if any.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        (!self.locs.is_empty()).then(|| (self.first, self.first + self.locs.len() as u64 - 1))
+    }
+
+    /// Write records `(index, payload)`, which must continue the log (or start it anew after
+    /// a purge emptied it). Not durable until the [`Wal::sync_handle`] is synced.
+    pub fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let Some(&(start, _)) = records.first() else {
+            return Ok(());
+        };
+        let expected = self.first + self.locs.len() as u64;
+        if !self.locs.is_empty() && start != expected {
+            return Err(io::Error::other(format!(
+                "append at {start} would leave a hole after {}",
+                expected - 1
+            )));
+        }
+        let roll = self.fresh_segment
+            || self.locs.is_empty()
+            || self.active().is_none_or(|(_, s)| s.len >= SEGMENT_BYTES);
+        if roll {
+            self.start_segment(start)?;
+        }
+        if self.locs.is_empty() {
+            self.first = start;
+        }
+        let (&key, seg) = self
+            .segments
+            .iter_mut()
+            .next_back()
+            .expect("a segment was just ensured");
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + HEADER).sum());
+        let mut locs = Vec::with_capacity(records.len());
+        for (i, (index, payload)) in records.iter().enumerate() {
+            if *index != start + i as u64 {
+                return Err(io::Error::other("append with a hole inside the batch"));
+            }
+            locs.push(Loc {
+                segment: key,
+                offset: seg.len + buf.len() as u64,
+                len: payload.len() as u32,
+            });
+            frame(*index, payload, &mut buf);
+        }
+        seg.file.write_all_at(&buf, seg.len)?;
+        seg.len += buf.len() as u64;
+        self.locs.extend(locs);
+        Ok(())
+    }
+
+    fn active(&self) -> Option<(&u64, &Segment)> {
+        self.segments.iter().next_back()
+    }
+
+    /// Start a new segment whose first record is `first`. The previous segment is synced
+    /// first: later syncs only cover the new file.
+    fn start_segment(&mut self, first: u64) -> io::Result<()> {
+        if let Some((_, s)) = self.active() {
+            s.file.sync_data()?;
+        }
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            first,
+            Segment {
+                file: Arc::new(file),
+                len: 0,
+            },
+        );
+        self.fresh_segment = false;
+        Ok(())
+    }
+
+    /// A handle on the active segment, whose `sync_data` makes every append so far durable.
+    pub fn sync_handle(&self) -> Option<Arc<File>> {
+        self.active().map(|(_, s)| s.file.clone())
+    }
+
+    /// The payloads of `from..to` (clamped to what is held), in order.
+    pub fn read(&self, from: u64, to: u64) -> io::Result<Vec<Vec<u8>>> {
+        let from = from.max(self.first);
+        let to = to.min(self.first + self.locs.len() as u64);
+        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+        for index in from..to {
+            let loc = self.locs[(index - self.first) as usize];
+            let seg = &self.segments[&loc.segment];
+            let mut buf = vec![0u8; loc.len as usize];
+            seg.file
+                .read_exact_at(&mut buf, loc.offset + HEADER as u64)?;
+            out.push(buf);
+        }
+        Ok(out)
+    }
+
+    /// Remove `index` and everything after it, durably.
+    pub fn truncate(&mut self, index: u64) -> io::Result<()> {
+        if index >= self.first + self.locs.len() as u64 {
+            return Ok(());
+        }
+        let keep = index.saturating_sub(self.first) as usize;
+        let cut = self.locs.get(keep).copied();
+        self.locs.truncate(keep);
+        let Some(cut) = cut else {
+            return Ok(());
+        };
+        let later: Vec<u64> = self
+            .segments
+            .range(cut.segment + 1..)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in later {
+            self.segments.remove(&k);
+            fs::remove_file(self.dir.join(segment_name(k)))?;
+        }
+        let seg = self
+            .segments
+            .get_mut(&cut.segment)
+            .expect("segment of a record");
+        seg.file.set_len(cut.offset)?;
+        seg.file.sync_all()?;
+        seg.len = cut.offset;
+        sync_dir(&self.dir)?;
+        if self.locs.is_empty() {
+            self.fresh_segment = true;
+        }
+        Ok(())
+    }
+
+    /// Forget everything up to and including `index`, deleting the segments that hold nothing
+    /// newer. The caller records the purge durably first.
+    pub fn purge(&mut self, index: u64) -> io::Result<()> {
+        let drop = (index + 1)
+            .saturating_sub(self.first)
+            .min(self.locs.len() as u64);
+        self.locs.drain(..drop as usize);
+        self.first = self.first.max(index + 1);
+        if self.locs.is_empty() {
+            self.fresh_segment = true;
+        }
+        // A segment can go once the next one starts at or below the new first index, or,
+        // for the last one, once it holds nothing at all.
+        let keys: Vec<u64> = self.segments.keys().copied().collect();
+        let mut removed = false;
+        for (n, k) in keys.iter().enumerate() {
+            let obsolete = match keys.get(n + 1) {
+                Some(next) => *next <= self.first,
+                None => self.locs.is_empty(),
+            };
+            if obsolete {
+                self.segments.remove(k);
+                fs::remove_file(self.dir.join(segment_name(*k)))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        (from..=to)
+            .map(|i| (i, format!("entry {i}").into_bytes()))
+            .collect()
+    }
+
+    fn all(w: &Wal) -> Vec<String> {
+        let (a, b) = w.bounds().unwrap();
+        w.read(a, b + 1)
+            .unwrap()
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn appends_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), None);
+        w.append(&recs(1, 3)).unwrap();
+        w.append(&recs(4, 5)).unwrap();
+        drop(w);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), Some((1, 5)));
+        assert_eq!(all(&w)[4], "entry 5");
+        assert_eq!(w.read(2, 4).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_hole_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        assert!(w.append(&recs(5, 6)).is_err());
+        assert!(w.append(&[(4, vec![]), (6, vec![])]).is_err());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_log_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 4)).unwrap();
+        drop(w);
+        let path = d.path().join(segment_name(1));
+        let len = fs::metadata(&path).unwrap().len();
+        // The last record loses its final byte, as if the crash came mid-write.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), Some((1, 3)));
+        w.append(&recs(4, 5)).unwrap();
+        drop(w);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(
+            all(&w),
+            ["entry 1", "entry 2", "entry 3", "entry 4", "entry 5"]
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_its_crc() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        drop(w);
+        let path = d.path().join(segment_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), Some((1, 2)));
+    }
+
+    #[test]
+    fn damage_before_the_last_segment_fails_the_open() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.start_segment(4).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        drop(w);
+        let path = d.path().join(segment_name(1));
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn truncate_removes_the_suffix_across_segments_durably() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.start_segment(4).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        w.truncate(3).unwrap();
+        assert_eq!(w.bounds(), Some((1, 2)));
+        // Shorter records where longer ones were: nothing of the old suffix may come back.
+        w.append(&[(3, b"x".to_vec())]).unwrap();
+        drop(w);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(all(&w), ["entry 1", "entry 2", "x"]);
+        assert!(!d.path().join(segment_name(4)).exists());
+    }
+
+    #[test]
+    fn truncate_everything_then_append_again() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.truncate(1).unwrap();
+        assert_eq!(w.bounds(), None);
+        w.append(&recs(1, 2)).unwrap();
+        drop(w);
+        assert_eq!(
+            all(&Wal::open(d.path(), None).unwrap()),
+            ["entry 1", "entry 2"]
+        );
+    }
+
+    #[test]
+    fn purge_drops_whole_segments_and_a_gap_may_follow() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.start_segment(4).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        w.purge(4).unwrap();
+        assert_eq!(w.bounds(), Some((5, 6)));
+        assert!(!d.path().join(segment_name(1)).exists());
+        drop(w);
+        let mut w = Wal::open(d.path(), Some(4)).unwrap();
+        assert_eq!(all(&w), ["entry 5", "entry 6"]);
+        // A snapshot install purges past the end; the log resumes after the gap.
+        w.purge(100).unwrap();
+        assert_eq!(w.bounds(), None);
+        w.append(&recs(101, 102)).unwrap();
+        drop(w);
+        let w = Wal::open(d.path(), Some(100)).unwrap();
+        assert_eq!(all(&w), ["entry 101", "entry 102"]);
+        assert_eq!(w.segments.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_start_is_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.start_segment(4).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        drop(w);
+        fs::remove_file(d.path().join(segment_name(1))).unwrap();
+        // Entries 2 and 3 follow the purged entry 1, and they are gone.
+        let err = Wal::open(d.path(), Some(1)).err().expect("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // With the purge marker at 3 nothing is missing.
+        assert_eq!(Wal::open(d.path(), Some(3)).unwrap().bounds(), Some((4, 6)));
+    }
+}
