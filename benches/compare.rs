@@ -36,14 +36,9 @@ struct Cluster {
 }
 
 async fn start_cookie(max_commands: usize) -> Cluster {
-    // Three nodes share the machine's two cores: one worker thread each (see the README's
-    // `worker_threads`). etcd keeps its default GOMAXPROCS: GOMAXPROCS=1 made it slower
-    // (7,839 against 8,446 creates/s at 64 clients).
-    let nodes = Nodes::start(
-        3,
-        &format!("worker_threads = 1\n[batch]\nmax_commands = {max_commands}\n"),
-    )
-    .await;
+    // One worker thread per node (`Nodes::start`). etcd keeps its default GOMAXPROCS:
+    // GOMAXPROCS=1 made it slower (7,839 against 8,446 creates/s at 64 clients).
+    let nodes = Nodes::start(3, &format!("[batch]\nmax_commands = {max_commands}\n")).await;
     Cluster {
         sys: Sys::Cookie,
         urls: nodes.urls(),
