@@ -389,3 +389,71 @@ async fn last_acknowledged_write_is_read_after_the_leader_restarts_first() {
         }
     }
 }
+
+/// Power loss in the middle of an append leaves a torn record at the end of the log. Every
+/// node is killed and gets such a tail (a record header promising more bytes than follow);
+/// each restarts, cuts it, keeps every acknowledged write, and appends after the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_at_the_end_of_the_log_is_cut_and_nothing_acknowledged_is_lost() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    for i in 0..30 {
+        let r = c
+            .create(i % 3, json!({"cookie": format!("t{i}"), "user_id": i + 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for id in 1..=3 {
+        let wal = c.dir().join(format!("node{id}")).join("wal");
+        let last = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .expect("a WAL segment");
+        let mut torn = Vec::new();
+        torn.extend_from_slice(&4096u32.to_le_bytes()); // promises 4 KiB ...
+        torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+        torn.extend_from_slice(&u64::MAX.to_le_bytes());
+        torn.extend_from_slice(&[7u8; 100]); // ... of which 100 bytes arrived
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+    }
+    c.spawn(leader);
+    for i in (0..3).filter(|&i| i != leader) {
+        c.spawn(i);
+    }
+    c.wait_ready_all(WAIT).await;
+    assert!(
+        c.logs().matches("cutting a torn write").count() >= 3,
+        "every node should report the cut:\n{}",
+        c.logs()
+    );
+    for i in 0..3 {
+        for n in [0, 17, 29] {
+            let r = c.get(i, &format!("t{n}"), "linearizable").await;
+            assert_eq!(r.status, 200, "node{} lost t{n}: {}", i + 1, r.text);
+        }
+    }
+    // The log goes on after the cut, and survives another restart of every node.
+    let r = c.create(0, json!({"cookie": "after", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_ready_all(WAIT).await;
+    for i in 0..3 {
+        assert_eq!(c.get(i, "after", "linearizable").await.status, 200);
+        assert_eq!(c.list(i, "linearizable").await.len(), 31);
+    }
+}
