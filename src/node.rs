@@ -79,6 +79,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
             max_bytes: MAX_BATCH_BYTES,
             max_inflight: cfg.batch.max_inflight,
         },
+        metrics.clone(),
     );
     let writer = Writer::new(
         raft.clone(),

@@ -76,9 +76,9 @@ fn cmd_size(cmd: &Command) -> usize {
 }
 
 impl Batcher {
-    pub fn spawn(raft: Raft, limits: BatchLimits) -> Self {
+    pub fn spawn(raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run_batcher(raft, rx, limits));
+        tokio::spawn(run_batcher(raft, rx, limits, metrics));
         Batcher { tx }
     }
 
@@ -105,7 +105,12 @@ fn fail_all(replies: Vec<Reply>, err: impl Fn() -> LocalError) {
     }
 }
 
-async fn run_batcher(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits) {
+async fn run_batcher(
+    raft: Raft,
+    rx: mpsc::Receiver<Pending>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+) {
     let mut batches = Batches::new(rx, limits.max_inflight);
     loop {
         let mut keys: HashSet<String> = HashSet::new();
@@ -126,11 +131,17 @@ async fn run_batcher(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimit
         };
 
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        metrics.write_batch_commands.observe(cmds.len() as f64);
+        let proposed = Instant::now();
         match raft.client_write_ff(Request { cmds }).await {
             Ok(receiver) => {
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let outcome = receiver.await;
                     drop(permit);
+                    metrics
+                        .write_batch_seconds
+                        .observe(proposed.elapsed().as_secs_f64());
                     match outcome {
                         Ok(Ok(resp)) if resp.data.results.len() == replies.len() => {
                             for (r, res) in replies.into_iter().zip(resp.data.results) {

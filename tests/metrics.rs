@@ -72,6 +72,8 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_leader_changes_total", "counter"),
         ("raft_snapshot_installs_total", "counter"),
         ("raft_snapshots_built_total", "counter"),
+        ("raft_write_batch_commands", "histogram"),
+        ("raft_write_batch_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -148,6 +150,16 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
     assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);
+    // Group commit runs on the leader: the follower proposed nothing itself.
+    assert_eq!(get("raft_write_batch_commands_count"), 0.0);
+
+    // On the leader: every forwarded write went into some group-commit entry.
+    let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
+    let (_, v) = parse(&r.text);
+    assert_eq!(v["raft_write_batch_commands_sum"], 5.0, "{}", r.text);
+    let entries = v["raft_write_batch_commands_count"];
+    assert!((1.0..=5.0).contains(&entries), "{}", r.text);
+    assert_eq!(v["raft_write_batch_seconds_count"], entries, "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.
