@@ -36,8 +36,9 @@ struct Cluster {
 }
 
 async fn start_cookie(max_commands: usize) -> Cluster {
-    // One worker thread per node (`Nodes::start`). etcd keeps its default GOMAXPROCS:
-    // GOMAXPROCS=1 made it slower (7,839 against 8,446 creates/s at 64 clients).
+    // Both systems keep their default thread counts. (GOMAXPROCS=1 made etcd slower: 7,839
+    // against 8,446 creates/s at 64 clients; one worker thread per cookie-crud node, see
+    // `Nodes::start`.)
     let nodes = Nodes::start(3, &format!("[batch]\nmax_commands = {max_commands}\n")).await;
     Cluster {
         sys: Sys::Cookie,

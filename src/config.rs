@@ -224,9 +224,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Async worker threads; 0 means one per CPU core. Nodes sharing a machine do better
-    /// with cores / nodes: every wake-up of a parked worker is a context switch, and those
-    /// cost more than the parallelism gives when three nodes share two cores.
+    /// Async worker threads; 0 means one per CPU core. Fewer threads mean fewer wake-ups of
+    /// parked workers when nodes share a machine, but also that anything slow on the async
+    /// side stalls the node: measured both ways in docs/benchmarks.md.
     pub worker_threads: usize,
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,

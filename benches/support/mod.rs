@@ -91,8 +91,9 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
 }
 
 /// `n` cookie-crud nodes forming one cluster; `extra` is TOML appended to every config.
-/// Several nodes share this machine's two cores, so each then runs one async worker thread
-/// (the README's `worker_threads`): with more, waking parked workers costs more than it gives.
+/// The nodes keep the default `worker_threads` (one per core): one thread per node was
+/// within noise on the compare bench and halved creates at a million records
+/// (docs/benchmarks.md).
 pub struct Nodes {
     pub dir: tempfile::TempDir,
     pub ports: Vec<u16>,
@@ -109,14 +110,13 @@ impl Nodes {
             .enumerate()
             .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
-        let threads = if n > 1 { "worker_threads = 1\n" } else { "" };
         let mut configs = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let cfg = dir.path().join(format!("n{i}.toml"));
             std::fs::write(
                 &cfg,
                 format!(
-                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{threads}{extra}",
+                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{extra}",
                     i + 1,
                     dir.path().join(format!("d{i}")).display(),
                     members.join(", ")
