@@ -171,13 +171,7 @@ async fn full_cluster_restart_loses_nothing_acknowledged() {
         acked.push(id);
     }
     // kill -9 everyone: acknowledged means fsynced on a majority.
-    for i in 0..3 {
-        c.kill(i);
-    }
-    for i in 0..3 {
-        c.spawn(i);
-    }
-    c.wait_ready_all(WAIT).await;
+    c.kill_and_restart_all(WAIT).await;
     for i in 0..3 {
         let ids: Vec<String> = c
             .list(i, "linearizable")
@@ -445,13 +439,7 @@ async fn a_torn_write_at_the_end_of_the_log_is_cut_and_nothing_acknowledged_is_l
     // The log goes on after the cut, and survives another restart of every node.
     let r = c.create(0, json!({"cookie": "after", "user_id": 1})).await;
     assert_eq!(r.status, 201, "{}", r.text);
-    for i in 0..3 {
-        c.kill(i);
-    }
-    for i in 0..3 {
-        c.spawn(i);
-    }
-    c.wait_ready_all(WAIT).await;
+    c.kill_and_restart_all(WAIT).await;
     for i in 0..3 {
         assert_eq!(c.get(i, "after", "linearizable").await.status, 200);
         assert_eq!(c.list(i, "linearizable").await.len(), 31);

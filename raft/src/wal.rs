@@ -380,6 +380,22 @@ mod tests {
             .collect()
     }
 
+    /// Records 1-3 in one segment, 4-6 in a second.
+    fn two_segments(dir: &Path) -> Wal {
+        let mut w = Wal::open(dir, None).unwrap();
+        w.append(&recs(1, 3)).unwrap();
+        w.start_segment(4).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        w
+    }
+
+    /// Cut the last `by` bytes off a file, as a crash in the middle of a write would.
+    fn shorten(path: &Path, by: u64) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - by).unwrap();
+    }
+
     fn all(w: &Wal) -> Vec<String> {
         let (a, b) = w.bounds().unwrap();
         w.read(a, b + 1)
@@ -418,15 +434,8 @@ mod tests {
         let mut w = Wal::open(d.path(), None).unwrap();
         w.append(&recs(1, 4)).unwrap();
         drop(w);
-        let path = d.path().join(segment_name(1));
-        let len = fs::metadata(&path).unwrap().len();
-        // The last record loses its final byte, as if the crash came mid-write.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 1)
-            .unwrap();
+        // The last record loses its final byte.
+        shorten(&d.path().join(segment_name(1)), 1);
         let mut w = Wal::open(d.path(), None).unwrap();
         assert_eq!(w.bounds(), Some((1, 3)));
         w.append(&recs(4, 5)).unwrap();
@@ -456,19 +465,8 @@ mod tests {
     #[test]
     fn damage_before_the_last_segment_fails_the_open() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path(), None).unwrap();
-        w.append(&recs(1, 3)).unwrap();
-        w.start_segment(4).unwrap();
-        w.append(&recs(4, 6)).unwrap();
-        drop(w);
-        let path = d.path().join(segment_name(1));
-        let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        drop(two_segments(d.path()));
+        shorten(&d.path().join(segment_name(1)), 3);
         let err = Wal::open(d.path(), None).err().expect("must refuse");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
@@ -476,10 +474,7 @@ mod tests {
     #[test]
     fn truncate_removes_the_suffix_across_segments_durably() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path(), None).unwrap();
-        w.append(&recs(1, 3)).unwrap();
-        w.start_segment(4).unwrap();
-        w.append(&recs(4, 6)).unwrap();
+        let mut w = two_segments(d.path());
         w.truncate(3).unwrap();
         assert_eq!(w.bounds(), Some((1, 2)));
         // Shorter records where longer ones were: nothing of the old suffix may come back.
@@ -508,10 +503,7 @@ mod tests {
     #[test]
     fn purge_drops_whole_segments_and_a_gap_may_follow() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path(), None).unwrap();
-        w.append(&recs(1, 3)).unwrap();
-        w.start_segment(4).unwrap();
-        w.append(&recs(4, 6)).unwrap();
+        let mut w = two_segments(d.path());
         w.purge(4).unwrap();
         assert_eq!(w.bounds(), Some((5, 6)));
         assert!(!d.path().join(segment_name(1)).exists());
@@ -531,11 +523,7 @@ mod tests {
     #[test]
     fn a_missing_start_is_corruption() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path(), None).unwrap();
-        w.append(&recs(1, 3)).unwrap();
-        w.start_segment(4).unwrap();
-        w.append(&recs(4, 6)).unwrap();
-        drop(w);
+        drop(two_segments(d.path()));
         fs::remove_file(d.path().join(segment_name(1))).unwrap();
         // Entries 2 and 3 follow the purged entry 1, and they are gone.
         let err = Wal::open(d.path(), Some(1)).err().expect("must refuse");

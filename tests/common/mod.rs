@@ -155,6 +155,17 @@ impl Cluster {
         self.nodes[i].url()
     }
 
+    /// `kill -9` every node, then start them all again and wait until all are ready.
+    pub async fn kill_and_restart_all(&mut self, timeout: Duration) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+        self.wait_ready_all(timeout).await;
+    }
+
     /// Start node `i`'s process (again).
     pub fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
