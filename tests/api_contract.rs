@@ -478,3 +478,58 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
         (400, error("after must be the id of an existing cookie"))
     );
 }
+
+/// A full `GET /cookies` is a scan of the whole store; it must not hold the node's async
+/// runtime while it runs. With a single worker thread (a one-CPU container) a scan on the
+/// runtime would leave every other request, Raft's included, waiting until it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_list_does_not_stall_the_node() {
+    let c = Cluster::start(1, &format!("worker_threads = 1\n{FAST_RAFT}")).await;
+    let payload = "x".repeat(8 << 10);
+    let load: Vec<_> = (0..32)
+        .map(|w| {
+            let url = c.url(0);
+            let client = c.client.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                for i in (w..20_000).step_by(32) {
+                    let r = client
+                        .post(format!("{url}/cookies"))
+                        .json(&json!({"cookie": format!("big{i}"), "user_id": 1, "p": payload}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for t in load {
+        t.await.unwrap();
+    }
+    // About 160 MB of JSON to gather (~0.1 s). A health check sent while it is being built
+    // must be answered before the list's reply starts.
+    let list = {
+        let client = c.client.clone();
+        let url = c.url(0);
+        tokio::spawn(async move {
+            let r = client.get(format!("{url}/cookies")).send().await.unwrap();
+            // The reply's head leaves once the scan is done; the body streams after.
+            let headed = std::time::Instant::now();
+            assert_eq!(r.status(), 200);
+            let body = r.bytes().await.unwrap();
+            (headed, body.len())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let health = send(c.client.get(format!("{}/health", c.url(0)))).await;
+    let answered = std::time::Instant::now();
+    assert_eq!(health.status, 200);
+    let (listed, len) = list.await.unwrap();
+    assert!(len > 150 << 20, "the list should be large: {len} bytes");
+    assert!(
+        answered < listed,
+        "/health waited for the list: answered {:?} after it",
+        answered - listed
+    );
+}

@@ -186,6 +186,16 @@ fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, ApiErr
     Ok(Some((limit.unwrap_or(100), after)))
 }
 
+/// Run a store scan on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 /// `GET /cookies` (all of them, as the original), or one page with `?limit=&after=`:
 /// `{"cookies":[...],"next_after":"<id>"}`, `next_after` present while more may follow.
 pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult {
@@ -197,11 +207,12 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
         .db_operations
         .with_label_values(&["list"])
         .inc();
+    // Scans run on the blocking pool: an unpaged list of a million records takes over a
+    // second, and on an async worker it would stall this node's Raft traffic meanwhile (all
+    // of it, where the runtime has a single worker, as in a one-CPU container).
+    let reader = state.reader.clone();
     if let Some((limit, after)) = page {
-        let found = state
-            .reader
-            .page(limit, after.as_deref())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let found = blocking(move || reader.page(limit, after.as_deref())).await?;
         let Some((body, _)) = found else {
             return Err(ApiError::bad_request(
                 "after must be the id of an existing cookie",
@@ -214,10 +225,7 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
             state.reader.applied_index(),
         ));
     }
-    let (body, cache) = state
-        .reader
-        .list()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (body, cache) = blocking(move || reader.list()).await?;
     Ok(read_reply(
         StatusCode::OK,
         body,
