@@ -16,10 +16,12 @@
 //! # Durability and recovery
 //! [`Wal::append`] writes; the caller makes it durable with [`Wal::sync_handle`] (see
 //! `log_store`, which fsyncs on another thread and acknowledges afterwards). A crash can leave
-//! the last record of the last segment torn: recovery cuts the log at the first record that is
-//! short or fails its CRC, in the last segment only, because that write was never
-//! acknowledged. The same damage anywhere else is corruption of acknowledged data and fails
-//! the open instead of silently dropping entries. Truncation is fsynced before it returns:
+//! the end of the last segment torn: recovery cuts the log at the first record that is short
+//! or fails its CRC, provided it is in the last segment and no valid record follows it, since
+//! that write was never acknowledged. Damage anywhere else, or followed by valid records, is
+//! corruption of acknowledged entries and fails the open (naming the file and offset) instead
+//! of silently dropping entries this node has acknowledged: Raft's safety counts on them. Such
+//! a node is wiped and rejoins by snapshot. Truncation is fsynced before it returns:
 //! otherwise a crash could bring back the old suffix behind newer, shorter records.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -101,6 +103,27 @@ fn scan(bytes: &[u8]) -> (Vec<(u64, u64, u32)>, u64) {
     (out, at as u64)
 }
 
+/// The offset of a valid record after `from` whose index is plausibly a later entry
+/// (`next` or somewhat above), if any: proof that the damage at `from` is not a torn tail.
+fn record_after(bytes: &[u8], from: usize, next: u64) -> Option<usize> {
+    const PLAUSIBLE: u64 = 1 << 20;
+    (from + 1..=bytes.len().saturating_sub(HEADER)).find(|&at| {
+        let index = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
+        if index < next || index - next > PLAUSIBLE {
+            return false; // cheap filter before the CRC
+        }
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let end = at + HEADER + len;
+        if end > bytes.len() {
+            return false;
+        }
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[at + 8..end]);
+        h.finalize() == crc
+    })
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -145,6 +168,16 @@ impl Wal {
                 if !last_segment {
                     return Err(corrupt(format!(
                         "{}: damaged record at byte {valid} in a segment that is not the last",
+                        path.display()
+                    )));
+                }
+                // A torn write leaves nothing valid behind it. A damaged record with valid
+                // records after it is damage to acknowledged entries: cutting there would
+                // silently drop them, and Raft counts on this node having them.
+                let next = records.last().map_or(first, |r| r.0 + 1);
+                if let Some(at) = record_after(&bytes, valid as usize, next) {
+                    return Err(corrupt(format!(
+                        "{}: damaged record at byte {valid}, followed by a valid record at byte {at}",
                         path.display()
                     )));
                 }
@@ -460,6 +493,28 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let w = Wal::open(d.path(), None).unwrap();
         assert_eq!(w.bounds(), Some((1, 2)));
+    }
+
+    #[test]
+    fn damage_with_valid_records_after_it_fails_the_open() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 5)).unwrap();
+        let third = w.locs[2];
+        drop(w);
+        // One flipped byte inside record 3 of 5: records 4 and 5 are intact behind it.
+        let path = d.path().join(segment_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[third.offset as usize + HEADER + 2] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("followed by a valid record"),
+            "{err}"
+        );
+        // The file is left as it was, for whoever investigates.
+        assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
     #[test]
