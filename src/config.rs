@@ -225,8 +225,8 @@ pub struct Config {
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
     /// Async worker threads; 0 means one per CPU core. Fewer threads mean fewer wake-ups of
-    /// parked workers when nodes share a machine, but also that anything slow on the async
-    /// side stalls the node: measured both ways in docs/benchmarks.md.
+    /// parked workers when nodes share a machine (measured in docs/benchmarks.md); slow
+    /// work (store scans, fsyncs) runs on the blocking pool, so one thread does not stall.
     pub worker_threads: usize,
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,

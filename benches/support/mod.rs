@@ -91,9 +91,8 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
 }
 
 /// `n` cookie-crud nodes forming one cluster; `extra` is TOML appended to every config.
-/// The nodes keep the default `worker_threads` (one per core): one thread per node was
-/// within noise on the compare bench and halved creates at a million records
-/// (docs/benchmarks.md).
+/// The nodes keep the default `worker_threads` (one per core), as users get them; one
+/// thread per node was within noise on the compare bench (docs/benchmarks.md).
 pub struct Nodes {
     pub dir: tempfile::TempDir,
     pub ports: Vec<u16>,
