@@ -67,6 +67,13 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
@@ -87,30 +94,6 @@ impl Metrics {
         let uptime = Gauge::new("service_uptime_seconds", "Seconds since the node started")
             .expect("valid metric");
         r.register(Box::new(uptime.clone())).expect("unique metric");
-        let write_batch_commands = Histogram::with_opts(
-            HistogramOpts::new(
-                "raft_write_batch_commands",
-                "Client writes per log entry proposed by group commit (leader only)",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(write_batch_commands.clone()))
-            .expect("unique metric");
-        let write_batch_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "raft_write_batch_seconds",
-                "Time from proposing a group-commit entry to its being applied (leader only)",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(write_batch_seconds.clone()))
-            .expect("unique metric");
         let cache_entries =
             IntGauge::new("cache_entries", "Entries in the read cache").expect("valid metric");
         r.register(Box::new(cache_entries.clone()))
@@ -143,8 +126,10 @@ impl Metrics {
             leader_changes: counter(&r, "raft_leader_changes_total", "Times the leader this node knows of changed"),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
-            write_batch_commands,
-            write_batch_seconds,
+            write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            write_batch_seconds: histogram(&r, "raft_write_batch_seconds", "Time from proposing a group-commit entry to its being applied (leader only)",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             registry: r,
         })
     }
