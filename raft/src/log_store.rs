@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -193,12 +193,7 @@ impl LogStore {
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(META)?;
-    match table.get(key)? {
-        Some(v) => Ok(Some(codec::decode(v.value())?)),
-        None => Ok(None),
-    }
+    codec::read_key(db, META, key)
 }
 
 /// Entries from the `raft_log` table of earlier versions go into the WAL (durably), then the

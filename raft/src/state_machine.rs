@@ -178,13 +178,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(
     db: &Database,
     key: &str,
 ) -> Result<Option<T>, BoxError> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(META)?;
-    let value = table.get(key)?;
-    match value {
-        Some(v) => Ok(Some(codec::decode(v.value())?)),
-        None => Ok(None),
-    }
+    codec::read_key(db, META, key)
 }
 
 fn put_meta<T: Serialize>(txn: &redb::WriteTransaction, key: &str, v: &T) -> Result<(), BoxError> {
