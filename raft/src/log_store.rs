@@ -50,14 +50,14 @@ pub struct LogStore {
     meta: Arc<Database>,
     wal: Arc<Mutex<Wal>>,
     flusher: mpsc::Sender<Flush>,
-    /// The latest committed marker not yet written (encoded), and the latest one given.
+    /// The latest committed marker given, and whether redb has it yet.
     committed: Arc<Mutex<Committed>>,
 }
 
 #[derive(Default)]
 struct Committed {
-    unwritten: Option<Vec<u8>>,
     latest: Option<Option<LogId<NodeId>>>,
+    unwritten: bool,
 }
 
 /// An append waiting for its fsync.
@@ -152,13 +152,16 @@ impl LogStore {
         F: FnOnce(&redb::WriteTransaction) -> Result<(), BoxError> + Send + 'static,
     {
         let db = self.meta.clone();
-        // The committed marker rides along with whatever is written next.
-        let committed = self
-            .committed
-            .lock()
-            .expect("not poisoned")
-            .unwritten
-            .take();
+        // The committed marker rides along with whatever is written next (encoded here, not
+        // on every commit).
+        let committed = {
+            let mut c = self.committed.lock().expect("not poisoned");
+            let unwritten = std::mem::take(&mut c.unwritten);
+            match c.latest {
+                Some(latest) if unwritten => Some(codec::encode(&latest)?),
+                _ => None,
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_write()?;
             if let Some(bytes) = committed {
@@ -293,10 +296,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A hint, written with the next redb transaction (see the module docs). The restored
         // leader's reads that relied on it are covered by `ReadFloor` (regression test:
         // `last_acknowledged_write_is_read_after_the_leader_restarts_first`, tests/cluster.rs).
-        let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
         let mut c = self.committed.lock().expect("not poisoned");
-        c.unwritten = Some(bytes);
         c.latest = Some(committed);
+        c.unwritten = true;
         Ok(())
     }
 
