@@ -15,14 +15,14 @@
 //!
 //! # Durability and recovery
 //! [`Wal::append`] writes; the caller makes it durable with [`Wal::sync_handle`] (see
-//! `log_store`, which fsyncs on another thread and acknowledges afterwards). A crash can leave
-//! the end of the last segment torn: recovery cuts the log at the first record that is short
-//! or fails its CRC, provided it is in the last segment and no valid record follows it, since
-//! that write was never acknowledged. Damage anywhere else, or followed by valid records, is
-//! corruption of acknowledged entries and fails the open (naming the file and offset) instead
-//! of silently dropping entries this node has acknowledged: Raft's safety counts on them. Such
-//! a node is wiped and rejoins by snapshot. Truncation is fsynced before it returns:
-//! otherwise a crash could bring back the old suffix behind newer, shorter records.
+//! [`crate::log`], which fsyncs on another thread and acknowledges afterwards). A crash can leave
+//! the end of the last segment torn: recovery cuts the log at the first record that is short or
+//! fails its CRC, provided it is in the last segment and no valid record follows it, since that
+//! write was never acknowledged. Damage anywhere else, or followed by valid records, is corruption
+//! of acknowledged entries and fails the open (naming the file and offset) instead of silently
+//! dropping entries this node has acknowledged: Raft's safety counts on them. Such a node is wiped
+//! and rejoins by snapshot. Truncation is fsynced before it returns: otherwise a crash could bring
+//! back the old suffix behind newer, shorter records.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};

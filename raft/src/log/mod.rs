@@ -1,4 +1,4 @@
-//! The Raft log: entries in the write-ahead log ([`crate::wal`], `dir/wal/`), the vote and the
+//! The Raft log: entries in the write-ahead log ([`wal`], `dir/wal/`), the vote and the
 //! purge and committed markers in `dir/log.redb`.
 //!
 //! # Durability
@@ -24,15 +24,17 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use openraft::{Entry, LogId, OptionalSend, StorageIOError, Vote};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
-use crate::wal::Wal;
-use crate::BoxError;
+use crate::{BoxError, StResult};
+use wal::Wal;
+
+pub mod wal;
 
 /// Where earlier versions kept the entries; moved into the WAL at open.
 const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -41,8 +43,6 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const KEY_VOTE: &str = "vote";
 const KEY_PURGED: &str = "last_purged";
 const KEY_COMMITTED: &str = "committed";
-
-type StResult<T> = Result<T, StorageError<NodeId>>;
 
 /// The Raft log. Cloning shares it (the clone is the log reader).
 #[derive(Clone)]

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError, StoredMembership,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
@@ -29,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{Cache, CachedRecord};
 use crate::codec;
 use crate::record::{self, Record};
-use crate::snapshot_file::SnapshotFiles;
+use crate::{BoxError, StResult};
+use files::SnapshotFiles;
+
+pub mod files;
 use crate::types::{CmdResult, Command, CookieNode, NodeId, Response, TypeConfig};
 
 const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
@@ -50,8 +52,6 @@ const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
 /// Where earlier versions kept the whole snapshot, data included; migrated at open.
 const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type StResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, CookieNode>;
 type Meta = SnapshotMeta<NodeId, CookieNode>;
 
@@ -69,7 +69,7 @@ struct LegacySnapshot {
 }
 
 /// The current snapshot as kept in `sm_meta`: the data is in `snapshots/<file>`
-/// ([`crate::snapshot_file`]).
+/// ([`files`]).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPointer {
     meta: Meta,
@@ -565,7 +565,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 )
             };
             // The data goes to its own file with no lock held; only the pointer to it
-            // takes redb's write lock, briefly (see `snapshot_file`).
+            // takes redb's write lock, briefly (see [`files`]).
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
             files.write(&file, &data)?;
             let _switch = files.switch();
