@@ -1,0 +1,238 @@
+//! Applying committed entries to `sm.redb`: transactions, entries and durability.
+//!
+//! `apply` is deterministic: it reads only the entry and the current state (timestamps were
+//! put into the command by the proposer), so every replica computes the same records, the same
+//! versions and the same answers. A whole batch of entries is one redb transaction, committed
+//! atomically with `last_applied` and the membership, so the state and its position in the log
+//! always agree. Those commits are fsynced only every [`DURABLE_EVERY`] entries (and for
+//! snapshots): the Raft log is the durable record, and after a crash the entries since the
+//! last durable commit are applied again from it.
+//!
+//! Commands change records only through [`Tables`], which keeps the `created` index and the
+//! list of records the cache must forget in step with every change.
+
+use std::sync::atomic::Ordering;
+
+use openraft::{Entry, EntryPayload, StorageIOError};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+
+use super::{
+    order_key, put_meta, Membership, StateMachine, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP,
+};
+use crate::record::{self, Record};
+use crate::types::{CmdResult, Command, Response, TypeConfig};
+use crate::{BoxError, StResult};
+
+/// Entries applied between two durable (fsynced) state machine commits.
+const DURABLE_EVERY: u64 = 1000;
+
+/// What one applied batch changed, for cache invalidation.
+#[derive(Default)]
+struct Touched {
+    ids: Vec<String>,
+    list: bool,
+}
+
+/// The record tables of one write transaction, as commands see them. Every change goes
+/// through [`Tables::put`] or [`Tables::remove`], which keep the `created` index in step with
+/// the records and note the id for the cache, so no command can forget either.
+pub(crate) struct Tables<'txn> {
+    cookies: Table<'txn, &'static str, &'static [u8]>,
+    by_created: Table<'txn, (u64, &'static str), ()>,
+    touched: Touched,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, BoxError> {
+        Ok(Tables {
+            cookies: txn.open_table(COOKIES)?,
+            by_created: txn.open_table(BY_CREATED)?,
+            touched: Touched::default(),
+        })
+    }
+
+    /// Whether `id` is stored, without decoding its record.
+    pub(crate) fn exists(&self, id: &str) -> Result<bool, BoxError> {
+        Ok(self.cookies.get(id)?.is_some())
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
+        let row = self.cookies.get(id)?;
+        match row {
+            Some(v) => Ok(Some(
+                Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Store `rec` under `id` and index it.
+    pub(crate) fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+        self.cookies.insert(id, rec.encode().as_slice())?;
+        self.by_created.insert((order_key(rec.created), id), ())?;
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Remove `id` (whose record is `rec`) and its index entry.
+    pub(crate) fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+        self.cookies.remove(id)?;
+        self.by_created.remove((order_key(rec.created), id))?;
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Any change to a record changes the list too. An update in place removes and puts the
+    /// same id: note it once.
+    fn touch(&mut self, id: &str) {
+        if self.touched.ids.last().map(String::as_str) != Some(id) {
+            self.touched.ids.push(id.to_owned());
+        }
+        self.touched.list = true;
+    }
+}
+
+/// Apply `entries` in one transaction; durable when [`DURABLE_EVERY`] entries have passed
+/// since `last_durable`. Returns the responses, what changed, the last applied index and
+/// whether this commit was durable.
+fn apply_entries(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+    last_durable: u64,
+) -> Result<(Vec<Response>, Touched, u64, bool), BoxError> {
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut last = None;
+    let mut txn = db.begin_write()?;
+    // The log is durable, so the state machine need not be: after a crash it resumes from
+    // its last durable commit and openraft applies the committed entries again. Snapshots
+    // are committed durably and logs are purged only up to a snapshot, so the entries to
+    // re-apply are always still in the log. A durable commit every DURABLE_EVERY entries
+    // bounds that replay.
+    let first = entries.first().map_or(0, |e| e.log_id.index);
+    let durable = first >= last_durable + DURABLE_EVERY;
+    if !durable {
+        txn.set_durability(Durability::None)?;
+    }
+    let touched = {
+        let mut tables = Tables::open(&txn)?;
+        for entry in entries {
+            let index = entry.log_id.index;
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Response::default()),
+                EntryPayload::Normal(req) => {
+                    let mut results = Vec::with_capacity(req.cmds.len());
+                    for cmd in req.cmds {
+                        // A record's version is the index of the entry that last wrote it.
+                        results.push(apply_command(cmd, &mut tables, index)?);
+                    }
+                    responses.push(Response { results });
+                }
+                EntryPayload::Membership(m) => {
+                    put_meta(
+                        &txn,
+                        KEY_MEMBERSHIP,
+                        &Membership::new(Some(entry.log_id), m),
+                    )?;
+                    responses.push(Response::default());
+                }
+            }
+        }
+        tables.touched
+    };
+    put_meta(&txn, KEY_APPLIED, &last)?;
+    txn.commit()?;
+    Ok((responses, touched, last.map_or(0, |l| l.index), durable))
+}
+
+impl StateMachine {
+    /// openraft's `apply`: the transaction on the blocking pool, then the cache and the
+    /// applied index brought up to date.
+    pub(super) async fn apply_batch(
+        &mut self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> StResult<Vec<Response>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let last_durable = self.last_durable;
+        let (responses, touched, last, durable) =
+            tokio::task::spawn_blocking(move || apply_entries(&db, entries, last_durable))
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?
+                .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+        // Committed: now make the cache forget what changed, before openraft publishes the
+        // new last_applied (it does so after we return).
+        self.cache
+            .invalidate(touched.ids.iter().map(String::as_str), touched.list);
+        self.applied.store(last, Ordering::SeqCst);
+        if durable {
+            self.last_durable = last;
+        }
+        Ok(responses)
+    }
+}
+
+/// Apply one command at log index `index`. All decisions happen here, against the state
+/// as of this entry: that is what makes existence checks, merges and `If-Match` atomic.
+fn apply_command(cmd: Command, tables: &mut Tables<'_>, index: u64) -> Result<CmdResult, BoxError> {
+    Ok(match cmd {
+        Command::Create { id, object } => {
+            if tables.exists(&id)? {
+                return Ok(CmdResult::AlreadyExists);
+            }
+            let rec = Record::new(index, object.into_bytes());
+            tables.put(&id, &rec)?;
+            CmdResult::Stored {
+                object: String::from_utf8(rec.json)?,
+                version: index,
+            }
+        }
+        Command::Update {
+            id,
+            patch,
+            rename_to,
+            now,
+            if_match,
+        } => {
+            let Some(current) = tables.get(&id)? else {
+                return Ok(if if_match.is_some() {
+                    CmdResult::PreconditionFailed
+                } else {
+                    CmdResult::NotFound
+                });
+            };
+            if if_match.is_some_and(|v| v != current.version) {
+                return Ok(CmdResult::PreconditionFailed);
+            }
+            let merged = match record::merge(&current.json, &patch, now) {
+                Ok(m) => m,
+                Err(e) => return Ok(CmdResult::Invalid(e)),
+            };
+            let target = rename_to.unwrap_or_else(|| id.clone());
+            if target != id && tables.exists(&target)? {
+                return Ok(CmdResult::AlreadyExists);
+            }
+            tables.remove(&id, &current)?;
+            let rec = Record::new(index, merged);
+            tables.put(&target, &rec)?;
+            CmdResult::Stored {
+                object: String::from_utf8(rec.json)?,
+                version: index,
+            }
+        }
+        Command::Delete { id, if_match } => {
+            let current = tables.get(&id)?;
+            if let Some(expected) = if_match {
+                if current.as_ref().map(|r| r.version) != Some(expected) {
+                    return Ok(CmdResult::PreconditionFailed);
+                }
+            }
+            if let Some(rec) = current {
+                tables.remove(&id, &rec)?;
+            }
+            CmdResult::Deleted
+        }
+    })
+}
