@@ -1,21 +1,26 @@
 //! The openraft glue of cookie-crud.
 //!
 //! # Layout
-//! - [`types`]: the replicated commands (what a log entry carries) and their results, the node
-//!   descriptor, and openraft's type configuration.
-//! - [`record`]: how one cookie is stored (version + creation time + JSON bytes).
-//! - [`codec`]: bincode 2 encoding of everything that goes to disk or over the wire.
-//! - [`log`]: the Raft log (entries in the [`log::wal`], an append-only file per segment;
-//!   vote, purge and committed markers in `log.redb`).
-//!   - [`log::wal`]: the segment files, their framing, recovery of a torn tail, truncation and
-//!     purge.
-//! - [`sm`]: the cookies, last applied log id, membership and current snapshot in
-//!   `sm.redb`; applying a command is where every existence check, merge and version check
-//!   happens, so the answer is decided by the log order alone.
-//!   - [`sm::files`]: snapshot data in files of their own beside `sm.redb`.
-//! - [`cache`]: the per-node TTL read cache, invalidated by `apply` so every replica's cache
-//!   agrees with its own applied state.
-//! - [`network`]: Raft RPCs over HTTP with one pooled reqwest client.
+//! ```text
+//! lib.rs            this map, the re-exports, BoxError
+//! types.rs          Request/Response (a log entry's payload and answer), CookieNode, TypeConfig
+//! command.rs        what a command is: validation (create/update/delete), size, apply
+//! record.rs         how one cookie is stored: version, created sort key, JSON bytes; merge
+//! codec.rs          bincode 2 for everything that goes to disk or over the wire
+//! log/mod.rs        the Raft log (LogStore): vote, purge, committed markers in log.redb
+//! log/wal.rs        its entries: segment files, framing, torn-tail recovery, truncate, purge
+//! sm/mod.rs         the state machine (StateMachine) in sm.redb: open, tables, openraft impl
+//! sm/apply.rs       applying entries: one transaction per batch, durability, Tables
+//! sm/snapshot.rs    building and installing snapshots, their row format, the legacy move
+//! sm/files.rs       snapshot data in files of their own beside sm.redb
+//! sm/reader.rs      StoreReader: get, list, page, count for the HTTP layer, via the cache
+//! cache.rs          the per-node TTL read cache, invalidated by apply
+//! network.rs        Raft RPCs over HTTP with one pooled reqwest client
+//! ```
+//!
+//! Applying a command is where every existence check, merge and version check happens, so
+//! every answer is decided by the log order alone, and every replica's cache agrees with its
+//! own applied state because `apply` invalidates it.
 //!
 //! Log appends (on the RaftCore task) and state machine applies (on the state machine
 //! worker) use separate files, so neither serialises behind the other's writer.
@@ -25,6 +30,7 @@
 
 pub mod cache;
 pub mod codec;
+pub mod command;
 pub mod log;
 pub mod network;
 pub mod record;
@@ -32,10 +38,11 @@ pub mod sm;
 pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheStats};
+pub use command::{CmdResult, Command, Invalid};
 pub use log::{LogStore, ReadFloor};
 pub use network::{AddressBook, Network, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};
-pub use types::{CmdResult, Command, CookieNode, NodeId, Request, Response, TypeConfig};
+pub use types::{CookieNode, NodeId, Request, Response, TypeConfig};
 
 /// The openraft handle specialised to cookie-crud.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -8,8 +8,12 @@
 //! snapshots): the Raft log is the durable record, and after a crash the entries since the
 //! last durable commit are applied again from it.
 //!
-//! Commands change records only through [`Tables`], which keeps the `created` index and the
-//! list of records the cache must forget in step with every change.
+//! What one command does to the records is [`Command::apply`]'s, against [`Tables`], which
+//! keeps the `created` index and the list of records the cache must forget in step with every
+//! change; this file walks the entries and keeps the batch's bookkeeping (membership, last
+//! applied, durability).
+//!
+//! [`Command::apply`]: crate::command::Command
 
 use std::sync::atomic::Ordering;
 
@@ -19,8 +23,8 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use super::{
     order_key, put_meta, Membership, StateMachine, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP,
 };
-use crate::record::{self, Record};
-use crate::types::{CmdResult, Command, Response, TypeConfig};
+use crate::record::Record;
+use crate::types::{Response, TypeConfig};
 use crate::{BoxError, StResult};
 
 /// Entries applied between two durable (fsynced) state machine commits.
@@ -43,7 +47,7 @@ pub(crate) struct Tables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, BoxError> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, BoxError> {
         Ok(Tables {
             cookies: txn.open_table(COOKIES)?,
             by_created: txn.open_table(BY_CREATED)?,
@@ -124,7 +128,7 @@ fn apply_entries(
                     let mut results = Vec::with_capacity(req.cmds.len());
                     for cmd in req.cmds {
                         // A record's version is the index of the entry that last wrote it.
-                        results.push(apply_command(cmd, &mut tables, index)?);
+                        results.push(cmd.apply(&mut tables, index)?);
                     }
                     responses.push(Response { results });
                 }
@@ -172,67 +176,4 @@ impl StateMachine {
         }
         Ok(responses)
     }
-}
-
-/// Apply one command at log index `index`. All decisions happen here, against the state
-/// as of this entry: that is what makes existence checks, merges and `If-Match` atomic.
-fn apply_command(cmd: Command, tables: &mut Tables<'_>, index: u64) -> Result<CmdResult, BoxError> {
-    Ok(match cmd {
-        Command::Create { id, object } => {
-            if tables.exists(&id)? {
-                return Ok(CmdResult::AlreadyExists);
-            }
-            let rec = Record::new(index, object.into_bytes());
-            tables.put(&id, &rec)?;
-            CmdResult::Stored {
-                object: String::from_utf8(rec.json)?,
-                version: index,
-            }
-        }
-        Command::Update {
-            id,
-            patch,
-            rename_to,
-            now,
-            if_match,
-        } => {
-            let Some(current) = tables.get(&id)? else {
-                return Ok(if if_match.is_some() {
-                    CmdResult::PreconditionFailed
-                } else {
-                    CmdResult::NotFound
-                });
-            };
-            if if_match.is_some_and(|v| v != current.version) {
-                return Ok(CmdResult::PreconditionFailed);
-            }
-            let merged = match record::merge(&current.json, &patch, now) {
-                Ok(m) => m,
-                Err(e) => return Ok(CmdResult::Invalid(e)),
-            };
-            let target = rename_to.unwrap_or_else(|| id.clone());
-            if target != id && tables.exists(&target)? {
-                return Ok(CmdResult::AlreadyExists);
-            }
-            tables.remove(&id, &current)?;
-            let rec = Record::new(index, merged);
-            tables.put(&target, &rec)?;
-            CmdResult::Stored {
-                object: String::from_utf8(rec.json)?,
-                version: index,
-            }
-        }
-        Command::Delete { id, if_match } => {
-            let current = tables.get(&id)?;
-            if let Some(expected) = if_match {
-                if current.as_ref().map(|r| r.version) != Some(expected) {
-                    return Ok(CmdResult::PreconditionFailed);
-                }
-            }
-            if let Some(rec) = current {
-                tables.remove(&id, &rec)?;
-            }
-            CmdResult::Deleted
-        }
-    })
 }

@@ -2,11 +2,12 @@
 //!
 //! This file holds what the parts share: the [`StateMachine`] type and its `open`, the redb
 //! tables and metadata keys, and the [`RaftStateMachine`] impl, which only delegates:
-//! - [`apply`]: entries in one redb transaction per batch, and when a commit is durable.
-//! - [`snapshot`]: building ([`SnapshotBuilder`]) and installing snapshots, their row format,
+//! - `apply.rs`: entries in one redb transaction per batch, and when a commit is durable.
+//!   What each command does to the records is [`crate::command`]'s.
+//! - `snapshot.rs`: building ([`SnapshotBuilder`]) and installing snapshots, their row format,
 //!   and the move of snapshots kept whole in `sm_meta` by earlier versions.
-//! - [`files`]: snapshot data in files of their own beside `sm.redb`.
-//! - [`reader`]: [`StoreReader`], the HTTP layer's reads (get, list, page, count) through the
+//! - [`files`] (`files.rs`): snapshot data in files of their own beside `sm.redb`.
+//! - `reader.rs`: [`StoreReader`], the HTTP layer's reads (get, list, page, count) through the
 //!   cache.
 //!
 //! A storage error is returned to openraft, which stops the node: answering a client with it
@@ -33,6 +34,7 @@ pub mod files;
 mod reader;
 mod snapshot;
 
+pub(crate) use apply::Tables;
 pub use reader::{CacheStatus, StoreReader};
 pub use snapshot::SnapshotBuilder;
 

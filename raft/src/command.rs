@@ -1,0 +1,491 @@
+//! What a command is: one client write, from the request body that proposes it to the record
+//! change that applying it makes.
+//!
+//! All of it lives here so the two ends cannot drift apart: the constructors
+//! ([`Command::create`], [`Command::update`], [`Command::delete`]) hold the contract's
+//! validation and fill in everything non-deterministic (timestamps) before the command enters
+//! the log; `Command::apply` decides, against the state as of its log entry, what the
+//! command does to the records and what it answers ([`CmdResult`]). The transaction around it
+//! and the bookkeeping of a batch are [`crate::sm`]'s.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::record::{self, Record};
+use crate::sm::Tables;
+use crate::BoxError;
+
+/// One client write, fully decided by the proposing node except for what depends on the
+/// current state (existence, version, merge), which `apply` decides. Everything
+/// non-deterministic (timestamps) is already filled in here.
+///
+/// JSON travels as text: bincode cannot carry `serde_json::Value` (it needs
+/// `deserialize_any`), and text is what the store keeps anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Insert a new record unless `id` exists. `object` is the complete record (a JSON object
+    /// with `created` and `last_used` already set by the proposer).
+    Create { id: String, object: String },
+    /// Merge `patch` (a JSON object) into record `id`, set `last_used = now`; rename when the
+    /// patch carries a different `cookie`. With `if_match`, only if the version matches.
+    Update {
+        id: String,
+        patch: String,
+        /// The patch's `cookie` field when it differs from `id` (a rename).
+        rename_to: Option<String>,
+        now: u64,
+        if_match: Option<u64>,
+    },
+    /// Remove record `id` (absent is fine). With `if_match`, only if it exists at that version.
+    Delete { id: String, if_match: Option<u64> },
+}
+
+/// The outcome of one command, decided by `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmdResult {
+    /// Created or updated: the stored object and its new version.
+    Stored { object: String, version: u64 },
+    /// Deleted (or already absent).
+    Deleted,
+    /// The record does not exist (update).
+    NotFound,
+    /// The id (or the rename target) already exists.
+    AlreadyExists,
+    /// `If-Match` did not match the stored version, or the record is absent.
+    PreconditionFailed,
+    /// The command could not be applied (e.g. a patch that is not an object). Proposers
+    /// validate first, so this only guards determinism: every replica answers the same.
+    Invalid(String),
+}
+
+/// A request body the contract refuses; `to_string()` is the message the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// The body is not a JSON object.
+    #[error("Invalid JSON")]
+    Json,
+    /// `cookie` is absent or null (create).
+    #[error("Cookie field is required")]
+    CookieRequired,
+    #[error("Cookie must be a string")]
+    CookieNotString,
+    #[error("Cookie cannot be empty")]
+    CookieEmpty,
+    /// `user_id` is absent (create).
+    #[error("User ID field is required")]
+    UserIdRequired,
+    #[error("User ID must be a positive integer")]
+    UserIdNotPositive,
+}
+
+impl Command {
+    /// `POST /cookies`: the body must be a JSON object with a non-empty string `cookie` (the
+    /// id) and a positive integer `user_id`; other fields are kept as given. `created` and
+    /// `last_used` become `now` (Unix seconds, as strings): added after the client's fields,
+    /// or overwritten in place where it sent them, so the client's field order is kept.
+    pub fn create(body: &[u8], now: u64) -> Result<Command, Invalid> {
+        let mut obj = parse_object(body)?;
+        // The checks run in the contract's order: the first failing one names the error.
+        let id = match obj.get("cookie") {
+            None | Some(Value::Null) => return Err(Invalid::CookieRequired),
+            Some(v) => cookie_field(v)?.to_owned(),
+        };
+        match obj.get("user_id") {
+            None => return Err(Invalid::UserIdRequired),
+            Some(v) if !valid_user_id(v) => return Err(Invalid::UserIdNotPositive),
+            Some(_) => {}
+        }
+        let now = Value::String(now.to_string());
+        obj.insert("created".into(), now.clone());
+        obj.insert("last_used".into(), now);
+        Ok(Command::Create {
+            id,
+            object: to_json(obj),
+        })
+    }
+
+    /// `PUT /cookies/{id}`: the body must be a JSON object; `user_id`, when present, a
+    /// positive integer; `cookie`, when present, a non-empty string, and a rename when it
+    /// differs from `id`. The merge itself happens at apply, against the stored record.
+    pub fn update(
+        id: String,
+        body: &[u8],
+        now: u64,
+        if_match: Option<u64>,
+    ) -> Result<Command, Invalid> {
+        let patch = parse_object(body)?;
+        if let Some(v) = patch.get("user_id") {
+            if !valid_user_id(v) {
+                return Err(Invalid::UserIdNotPositive);
+            }
+        }
+        let rename_to = match patch.get("cookie") {
+            Some(v) => Some(cookie_field(v)?.to_owned()).filter(|new| *new != id),
+            None => None,
+        };
+        Ok(Command::Update {
+            id,
+            patch: to_json(patch),
+            rename_to,
+            now,
+            if_match,
+        })
+    }
+
+    /// `DELETE /cookies/{id}`: nothing to validate.
+    pub fn delete(id: String, if_match: Option<u64>) -> Command {
+        Command::Delete { id, if_match }
+    }
+
+    /// The record ids this command may touch. A batch never holds two commands that share
+    /// a key, so every write gets its own version (the index of its log entry).
+    pub fn keys(&self) -> Vec<&str> {
+        match self {
+            Command::Create { id, .. } | Command::Delete { id, .. } => vec![id.as_str()],
+            Command::Update { id, rename_to, .. } => {
+                let mut keys = vec![id.as_str()];
+                keys.extend(rename_to.as_deref());
+                keys
+            }
+        }
+    }
+
+    /// Approximate payload bytes (ids and JSON text, not the encoding), for bounding how much
+    /// one group commit carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Create { id, object } => id.len() + object.len(),
+            Command::Update { id, patch, .. } => id.len() + patch.len(),
+            Command::Delete { id, .. } => id.len(),
+        }
+    }
+
+    /// Apply this command as part of the log entry at `version`, which becomes the version of
+    /// every record it writes. All decisions happen here, against the state as of this entry:
+    /// that is what makes existence checks, merges and `If-Match` atomic. An `Err` is a
+    /// storage failure, never a refused command (that is a [`CmdResult`]).
+    pub(crate) fn apply(
+        self,
+        tables: &mut Tables<'_>,
+        version: u64,
+    ) -> Result<CmdResult, BoxError> {
+        Ok(match self {
+            Command::Create { id, object } => {
+                if tables.exists(&id)? {
+                    return Ok(CmdResult::AlreadyExists);
+                }
+                let rec = Record::new(version, object.into_bytes());
+                tables.put(&id, &rec)?;
+                CmdResult::Stored {
+                    object: String::from_utf8(rec.json)?,
+                    version,
+                }
+            }
+            Command::Update {
+                id,
+                patch,
+                rename_to,
+                now,
+                if_match,
+            } => {
+                let Some(current) = tables.get(&id)? else {
+                    return Ok(if if_match.is_some() {
+                        CmdResult::PreconditionFailed
+                    } else {
+                        CmdResult::NotFound
+                    });
+                };
+                if if_match.is_some_and(|v| v != current.version) {
+                    return Ok(CmdResult::PreconditionFailed);
+                }
+                let merged = match record::merge(&current.json, &patch, now) {
+                    Ok(m) => m,
+                    Err(e) => return Ok(CmdResult::Invalid(e)),
+                };
+                let target = rename_to.unwrap_or_else(|| id.clone());
+                if target != id && tables.exists(&target)? {
+                    return Ok(CmdResult::AlreadyExists);
+                }
+                tables.remove(&id, &current)?;
+                let rec = Record::new(version, merged);
+                tables.put(&target, &rec)?;
+                CmdResult::Stored {
+                    object: String::from_utf8(rec.json)?,
+                    version,
+                }
+            }
+            Command::Delete { id, if_match } => {
+                let current = tables.get(&id)?;
+                if let Some(expected) = if_match {
+                    if current.as_ref().map(|r| r.version) != Some(expected) {
+                        return Ok(CmdResult::PreconditionFailed);
+                    }
+                }
+                if let Some(rec) = current {
+                    tables.remove(&id, &rec)?;
+                }
+                CmdResult::Deleted
+            }
+        })
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Invalid::Json),
+    }
+}
+
+/// A positive integer: `1001` is, `1001.0`, `"1001"`, `0` and `-1` are not.
+fn valid_user_id(v: &Value) -> bool {
+    v.as_u64().is_some_and(|n| n > 0)
+}
+
+/// The `cookie` field as a non-empty string.
+fn cookie_field(v: &Value) -> Result<&str, Invalid> {
+    match v {
+        Value::String(s) if s.is_empty() => Err(Invalid::CookieEmpty),
+        Value::String(s) => Ok(s),
+        _ => Err(Invalid::CookieNotString),
+    }
+}
+
+/// Compact JSON text, in the map's (insertion) order. The same bytes as
+/// `serde_json::to_string(&map)`, without its `Result`: a map of `Value`s always serializes.
+fn to_json(map: Map<String, Value>) -> String {
+    Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(body: &str) -> Result<Command, Invalid> {
+        Command::create(body.as_bytes(), 1_749_658_366)
+    }
+
+    fn update(id: &str, body: &str) -> Result<Command, Invalid> {
+        Command::update(id.into(), body.as_bytes(), 99, Some(7))
+    }
+
+    #[test]
+    fn create_checks_in_the_contracts_order_with_its_messages() {
+        let cases = [
+            ("", "Invalid JSON"),
+            ("not json", "Invalid JSON"),
+            ("[1]", "Invalid JSON"),
+            ("\"a\"", "Invalid JSON"),
+            ("{}", "Cookie field is required"),
+            (r#"{"cookie":null,"user_id":1}"#, "Cookie field is required"),
+            // The cookie is checked before the user id.
+            (r#"{"user_id":0}"#, "Cookie field is required"),
+            (r#"{"cookie":5,"user_id":1}"#, "Cookie must be a string"),
+            (r#"{"cookie":["a"]}"#, "Cookie must be a string"),
+            (r#"{"cookie":"","user_id":1}"#, "Cookie cannot be empty"),
+            (r#"{"cookie":"a"}"#, "User ID field is required"),
+            (
+                r#"{"cookie":"a","user_id":null}"#,
+                "User ID must be a positive integer",
+            ),
+            (
+                r#"{"cookie":"a","user_id":0}"#,
+                "User ID must be a positive integer",
+            ),
+            (
+                r#"{"cookie":"a","user_id":-1}"#,
+                "User ID must be a positive integer",
+            ),
+            (
+                r#"{"cookie":"a","user_id":1001.0}"#,
+                "User ID must be a positive integer",
+            ),
+            (
+                r#"{"cookie":"a","user_id":"1001"}"#,
+                "User ID must be a positive integer",
+            ),
+        ];
+        for (body, message) in cases {
+            assert_eq!(create(body).unwrap_err().to_string(), message, "{body}");
+        }
+    }
+
+    #[test]
+    fn create_sets_created_and_last_used_and_keeps_the_clients_fields_in_order() {
+        let cmd = create(r#"{"user_id":1001,"cookie":"abc","x":{"y":[1,2]}}"#).unwrap();
+        assert_eq!(
+            cmd,
+            Command::Create {
+                id: "abc".into(),
+                object: r#"{"user_id":1001,"cookie":"abc","x":{"y":[1,2]},"created":"1749658366","last_used":"1749658366"}"#.into(),
+            }
+        );
+        // Fields the client sent are overwritten in place, not moved.
+        let cmd = create(r#"{"created":"0","cookie":"abc","user_id":1}"#).unwrap();
+        let Command::Create { object, .. } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            object,
+            r#"{"created":"1749658366","cookie":"abc","user_id":1,"last_used":"1749658366"}"#
+        );
+    }
+
+    #[test]
+    fn update_checks_with_the_contracts_messages() {
+        let cases = [
+            ("nope", "Invalid JSON"),
+            ("[]", "Invalid JSON"),
+            (r#"{"user_id":0}"#, "User ID must be a positive integer"),
+            (r#"{"user_id":null}"#, "User ID must be a positive integer"),
+            // The user id is checked before the cookie.
+            (
+                r#"{"cookie":5,"user_id":"x"}"#,
+                "User ID must be a positive integer",
+            ),
+            (r#"{"cookie":5}"#, "Cookie must be a string"),
+            (r#"{"cookie":null}"#, "Cookie must be a string"),
+            (r#"{"cookie":""}"#, "Cookie cannot be empty"),
+        ];
+        for (body, message) in cases {
+            assert_eq!(
+                update("a", body).unwrap_err().to_string(),
+                message,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn update_renames_only_when_the_cookie_differs() {
+        let patch = r#"{"user_id":2,"cookie":"b"}"#;
+        assert_eq!(
+            update("a", patch).unwrap(),
+            Command::Update {
+                id: "a".into(),
+                patch: patch.into(),
+                rename_to: Some("b".into()),
+                now: 99,
+                if_match: Some(7),
+            }
+        );
+        let Command::Update { rename_to, .. } = update("a", r#"{"cookie":"a"}"#).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(rename_to, None);
+        let Command::Update {
+            rename_to, patch, ..
+        } = update("a", "{}").unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!((rename_to, patch.as_str()), (None, "{}"));
+    }
+
+    #[test]
+    fn apply_decides_against_the_state_as_of_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut t = Tables::open(&txn).unwrap();
+        let new = |id: &str| {
+            let body = format!(r#"{{"cookie":"{id}","user_id":1}}"#);
+            Command::create(body.as_bytes(), 10).unwrap()
+        };
+        let put = |id: &str, body: &str, if_match| {
+            Command::update(id.into(), body.as_bytes(), 20, if_match).unwrap()
+        };
+
+        let a = r#"{"cookie":"a","user_id":1,"created":"10","last_used":"10"}"#;
+        let stored = |object: &str, version| CmdResult::Stored {
+            object: object.into(),
+            version,
+        };
+        assert_eq!(new("a").apply(&mut t, 1).unwrap(), stored(a, 1));
+        assert_eq!(new("a").apply(&mut t, 2).unwrap(), CmdResult::AlreadyExists);
+        assert_eq!(
+            put("zz", "{}", None).apply(&mut t, 3).unwrap(),
+            CmdResult::NotFound
+        );
+        assert_eq!(
+            put("zz", "{}", Some(1)).apply(&mut t, 3).unwrap(),
+            CmdResult::PreconditionFailed
+        );
+        assert_eq!(
+            put("a", "{}", Some(9)).apply(&mut t, 3).unwrap(),
+            CmdResult::PreconditionFailed
+        );
+        new("b").apply(&mut t, 4).unwrap();
+        assert_eq!(
+            put("a", r#"{"cookie":"b"}"#, None)
+                .apply(&mut t, 5)
+                .unwrap(),
+            CmdResult::AlreadyExists
+        );
+        let c = r#"{"cookie":"c","user_id":1,"created":"10","last_used":"20"}"#;
+        assert_eq!(
+            put("a", r#"{"cookie":"c"}"#, Some(1))
+                .apply(&mut t, 6)
+                .unwrap(),
+            stored(c, 6)
+        );
+        assert!(!t.exists("a").unwrap());
+        assert_eq!(t.get("c").unwrap().unwrap().version, 6);
+        let bad_patch = Command::Update {
+            id: "c".into(),
+            patch: "[1]".into(),
+            rename_to: None,
+            now: 30,
+            if_match: None,
+        };
+        assert!(matches!(
+            bad_patch.apply(&mut t, 7).unwrap(),
+            CmdResult::Invalid(_)
+        ));
+        assert_eq!(
+            Command::delete("a".into(), Some(1))
+                .apply(&mut t, 8)
+                .unwrap(),
+            CmdResult::PreconditionFailed
+        );
+        assert_eq!(
+            Command::delete("a".into(), None).apply(&mut t, 8).unwrap(),
+            CmdResult::Deleted
+        );
+        assert_eq!(
+            Command::delete("c".into(), Some(6))
+                .apply(&mut t, 9)
+                .unwrap(),
+            CmdResult::Deleted
+        );
+        assert!(!t.exists("c").unwrap());
+        assert!(t.exists("b").unwrap());
+    }
+
+    #[test]
+    fn to_json_writes_what_serde_json_to_string_writes() {
+        let text = r#"{"z":"\u00e9\"\n\u2028","a":[1.5,-2,null,true],"m":{"k":1e3}}"#;
+        let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(to_json(map.clone()), serde_json::to_string(&map).unwrap());
+    }
+
+    #[test]
+    fn delete_and_size() {
+        let del = Command::delete("abc".into(), None);
+        assert_eq!(
+            del,
+            Command::Delete {
+                id: "abc".into(),
+                if_match: None
+            }
+        );
+        assert_eq!(del.size(), 3);
+        let cmd = create(r#"{"cookie":"abc","user_id":1}"#).unwrap();
+        let Command::Create { object, .. } = &cmd else {
+            unreachable!()
+        };
+        assert_eq!(cmd.size(), 3 + object.len());
+        let cmd = update("abc", r#"{"x":1}"#).unwrap();
+        assert_eq!(cmd.size(), 3 + r#"{"x":1}"#.len());
+    }
+}
