@@ -27,6 +27,12 @@ use crate::types::{CookieNode, NodeId, TypeConfig};
 /// Header naming the node id an RPC is meant for.
 pub const RAFT_TARGET_HEADER: &str = "x-raft-target";
 
+/// The routes of openraft's three RPCs: called here, served by the root crate's router, so
+/// both name them from one place.
+pub const APPEND_PATH: &str = "/raft/append";
+pub const VOTE_PATH: &str = "/raft/vote";
+pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
 /// Where this node reaches each peer: the address in the replicated membership, unless
 /// this node's config overrides it (split-horizon addressing, or a fault-injection proxy
 /// placed on one node-to-node link).
@@ -116,7 +122,7 @@ impl Conn {
         E: std::error::Error + DeserializeOwned,
     {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let url = format!("http://{}/raft/{path}", self.addr);
+        let url = format!("http://{}{path}", self.addr);
         let mut request = self
             .client
             .post(url)
@@ -140,8 +146,10 @@ impl Conn {
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if !status.is_success() {
+            // Errors name the RPC by its last segment (`append`), as they always have.
+            let name = path.rsplit('/').next().unwrap_or(path);
             let msg = format!(
-                "{path} to node {} answered {status}: {}",
+                "{name} to node {} answered {status}: {}",
                 self.target,
                 String::from_utf8_lossy(&bytes)
             );
@@ -161,7 +169,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -169,7 +177,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call("snapshot", &rpc, option.hard_ttl()).await
+        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -177,6 +185,6 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
     }
 }
