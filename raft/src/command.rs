@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::record::{self, Record};
-use crate::sm::Tables;
 use crate::BoxError;
 
 /// One client write, fully decided by the proposing node except for what depends on the
@@ -166,7 +165,7 @@ impl Command {
     /// storage failure, never a refused command (that is a [`CmdResult`]).
     pub(crate) fn apply(
         self,
-        tables: &mut Tables<'_>,
+        tables: &mut impl Records,
         version: u64,
     ) -> Result<CmdResult, BoxError> {
         Ok(match self {
@@ -228,6 +227,20 @@ impl Command {
             }
         })
     }
+}
+
+/// The records a command is applied to: all that [`Command::apply`] may read and change.
+/// The state machine's write transaction implements it (`sm::apply::Tables`, which keeps the
+/// `created` index and the cache's invalidation list in step with every change); the
+/// interface stays this narrow so that what a command does is decided here alone.
+pub(crate) trait Records {
+    /// Whether `id` is stored, without decoding its record.
+    fn exists(&self, id: &str) -> Result<bool, BoxError>;
+    fn get(&self, id: &str) -> Result<Option<Record>, BoxError>;
+    /// Store `rec` under `id`, replacing what was there.
+    fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
+    /// Remove `id`, whose stored record is `rec`.
+    fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
@@ -382,12 +395,27 @@ mod tests {
         assert_eq!((rename_to, patch.as_str()), (None, "{}"));
     }
 
+    /// Records in memory: what a command does needs no database to be tested.
+    impl Records for std::collections::BTreeMap<String, Record> {
+        fn exists(&self, id: &str) -> Result<bool, BoxError> {
+            Ok(self.contains_key(id))
+        }
+        fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
+            Ok(std::collections::BTreeMap::get(self, id).cloned())
+        }
+        fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+            self.insert(id.to_owned(), rec.clone());
+            Ok(())
+        }
+        fn remove(&mut self, id: &str, _: &Record) -> Result<(), BoxError> {
+            std::collections::BTreeMap::remove(self, id);
+            Ok(())
+        }
+    }
+
     #[test]
     fn apply_decides_against_the_state_as_of_its_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        let mut t = Tables::open(&txn).unwrap();
+        let mut t = std::collections::BTreeMap::<String, Record>::new();
         let new = |id: &str| {
             let body = format!(r#"{{"cookie":"{id}","user_id":1}}"#);
             Command::create(body.as_bytes(), 10).unwrap()
@@ -430,7 +458,7 @@ mod tests {
             stored(c, 6)
         );
         assert!(!t.exists("a").unwrap());
-        assert_eq!(t.get("c").unwrap().unwrap().version, 6);
+        assert_eq!(Records::get(&t, "c").unwrap().unwrap().version, 6);
         let bad_patch = Command::Update {
             id: "c".into(),
             patch: "[1]".into(),

@@ -4,12 +4,15 @@
 //! ```text
 //! lib.rs            this map, the re-exports, BoxError
 //! types.rs          Request/Response (a log entry's payload and answer), CookieNode, TypeConfig
-//! command.rs        what a command is: validation (create/update/delete), size, apply
+//! command.rs        what a command is: validation (create/update/delete), keys, size, and
+//!                   apply against the narrow `Records` interface
 //! record.rs         how one cookie is stored: version, created sort key, JSON bytes; merge
 //! codec.rs          bincode 2 for everything that goes to disk or over the wire
 //! log/mod.rs        the Raft log (LogStore): vote, purge, committed markers in log.redb
 //! log/wal.rs        its entries: segment files, framing, torn-tail recovery, truncate, purge
-//! sm/mod.rs         the state machine (StateMachine) in sm.redb: open, tables, openraft impl
+//! sm/mod.rs         the state machine in sm.redb: open, the openraft impl (delegates)
+//! sm/state.rs       the StateMachine value and its snapshot counters
+//! sm/tables.rs      sm.redb's tables and metadata keys
 //! sm/apply.rs       applying entries: one transaction per batch, durability, Tables
 //! sm/snapshot.rs    building and installing snapshots, their row format, the legacy move
 //! sm/files.rs       snapshot data in files of their own beside sm.redb
@@ -21,6 +24,9 @@
 //! Applying a command is where every existence check, merge and version check happens, so
 //! every answer is decided by the log order alone, and every replica's cache agrees with its
 //! own applied state because `apply` invalidates it.
+//!
+//! No module imports one that imports it back (`tests/layers.rs` checks it): `sm/mod.rs`
+//! uses its parts, the parts share only `state.rs`, `tables.rs` and `files.rs`.
 //!
 //! Log appends (on the RaftCore task) and state machine applies (on the state machine
 //! worker) use separate files, so neither serialises behind the other's writer.

@@ -20,9 +20,11 @@ use std::sync::atomic::Ordering;
 use openraft::{Entry, EntryPayload, StorageIOError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
-use super::{
-    order_key, put_meta, Membership, StateMachine, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP,
+use super::state::StateMachine;
+use super::tables::{
+    order_key, put_meta, Membership, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP,
 };
+use crate::command::Records;
 use crate::record::Record;
 use crate::types::{Response, TypeConfig};
 use crate::{BoxError, StResult};
@@ -40,14 +42,14 @@ struct Touched {
 /// The record tables of one write transaction, as commands see them. Every change goes
 /// through [`Tables::put`] or [`Tables::remove`], which keep the `created` index in step with
 /// the records and note the id for the cache, so no command can forget either.
-pub(crate) struct Tables<'txn> {
+struct Tables<'txn> {
     cookies: Table<'txn, &'static str, &'static [u8]>,
     by_created: Table<'txn, (u64, &'static str), ()>,
     touched: Touched,
 }
 
 impl<'txn> Tables<'txn> {
-    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, BoxError> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, BoxError> {
         Ok(Tables {
             cookies: txn.open_table(COOKIES)?,
             by_created: txn.open_table(BY_CREATED)?,
@@ -55,12 +57,22 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    /// Whether `id` is stored, without decoding its record.
-    pub(crate) fn exists(&self, id: &str) -> Result<bool, BoxError> {
+    /// Any change to a record changes the list too. An update in place removes and puts the
+    /// same id: note it once.
+    fn touch(&mut self, id: &str) {
+        if self.touched.ids.last().map(String::as_str) != Some(id) {
+            self.touched.ids.push(id.to_owned());
+        }
+        self.touched.list = true;
+    }
+}
+
+impl Records for Tables<'_> {
+    fn exists(&self, id: &str) -> Result<bool, BoxError> {
         Ok(self.cookies.get(id)?.is_some())
     }
 
-    pub(crate) fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
+    fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
         let row = self.cookies.get(id)?;
         match row {
             Some(v) => Ok(Some(
@@ -71,7 +83,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Store `rec` under `id` and index it.
-    pub(crate) fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+    fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
         self.cookies.insert(id, rec.encode().as_slice())?;
         self.by_created.insert((order_key(rec.created), id), ())?;
         self.touch(id);
@@ -79,20 +91,11 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Remove `id` (whose record is `rec`) and its index entry.
-    pub(crate) fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+    fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
         self.cookies.remove(id)?;
         self.by_created.remove((order_key(rec.created), id))?;
         self.touch(id);
         Ok(())
-    }
-
-    /// Any change to a record changes the list too. An update in place removes and puts the
-    /// same id: note it once.
-    fn touch(&mut self, id: &str) {
-        if self.touched.ids.last().map(String::as_str) != Some(id) {
-            self.touched.ids.push(id.to_owned());
-        }
-        self.touched.list = true;
     }
 }
 

@@ -1,7 +1,9 @@
 //! The replicated state machine: cookies in `sm.redb`, applied in log order.
 //!
-//! This file holds what the parts share: the [`StateMachine`] type and its `open`, the redb
-//! tables and metadata keys, and the [`RaftStateMachine`] impl, which only delegates:
+//! This file holds [`StateMachine::open`] and the [`RaftStateMachine`] impl, which only
+//! delegates to the parts:
+//! - `state.rs`: the [`StateMachine`] value itself; `tables.rs`: the redb tables and
+//!   metadata keys.
 //! - `apply.rs`: entries in one redb transaction per batch, and when a commit is durable.
 //!   What each command does to the records is [`crate::command`]'s.
 //! - `snapshot.rs`: building ([`SnapshotBuilder`]) and installing snapshots, their row format,
@@ -18,14 +20,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{Entry, LogId, OptionalSend, StorageIOError, StoredMembership};
-use redb::{Database, TableDefinition};
-use serde::Serialize;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{Entry, LogId, OptionalSend, StorageIOError};
+use redb::Database;
 
 use crate::cache::Cache;
-use crate::codec;
-use crate::types::{CookieNode, NodeId, Response, TypeConfig};
+use crate::types::{NodeId, Response, TypeConfig};
 use crate::{BoxError, StResult};
 use files::SnapshotFiles;
 
@@ -33,51 +33,13 @@ mod apply;
 pub mod files;
 mod reader;
 mod snapshot;
+mod state;
+mod tables;
 
-pub(crate) use apply::Tables;
 pub use reader::{CacheStatus, StoreReader};
 pub use snapshot::SnapshotBuilder;
-
-/// id -> [`crate::record::Record`], encoded.
-const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
-/// The list order as an index: `(order_key(created), id)`, so a page of `GET /cookies` is a
-/// range scan instead of a sort of every record.
-const BY_CREATED: TableDefinition<(u64, &str), ()> = TableDefinition::new("cookies_by_created");
-
-/// Newest `created` first: map the signed sort key to an unsigned one, then invert it.
-fn order_key(created: i64) -> u64 {
-    u64::MAX - ((created as u64) ^ (1 << 63))
-}
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
-
-const KEY_APPLIED: &str = "last_applied";
-const KEY_MEMBERSHIP: &str = "membership";
-/// The current snapshot: its meta and the file holding its data (`snapshot::SnapshotPointer`).
-const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
-/// Where earlier versions kept the whole snapshot, data included; migrated at open.
-const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
-
-type Membership = StoredMembership<NodeId, CookieNode>;
-type Meta = SnapshotMeta<NodeId, CookieNode>;
-
-/// How many snapshots this node installed (sent by a leader) and built (its own), for the
-/// `raft_snapshot_*_total` metrics: a follower that needed a snapshot to catch up shows here.
-#[derive(Debug, Default)]
-pub struct SnapshotCounts {
-    pub installed: AtomicU64,
-    pub built: AtomicU64,
-}
-
-/// The state machine handed to openraft.
-pub struct StateMachine {
-    db: Arc<Database>,
-    cache: Arc<Cache>,
-    applied: Arc<AtomicU64>,
-    snapshots: Arc<SnapshotCounts>,
-    files: Arc<SnapshotFiles>,
-    /// The last index committed durably by `apply`.
-    last_durable: u64,
-}
+pub use state::{SnapshotCounts, StateMachine};
+use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
 
 impl StateMachine {
     /// Open or create `dir/sm.redb`.
@@ -105,19 +67,6 @@ impl StateMachine {
             last_durable: applied,
         })
     }
-}
-
-fn read_meta<T: serde::de::DeserializeOwned>(
-    db: &Database,
-    key: &str,
-) -> Result<Option<T>, BoxError> {
-    codec::read_key(db, META, key)
-}
-
-fn put_meta<T: Serialize>(txn: &redb::WriteTransaction, key: &str, v: &T) -> Result<(), BoxError> {
-    let bytes = codec::encode(v)?;
-    txn.open_table(META)?.insert(key, bytes.as_slice())?;
-    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTableMetadata};
 
-use super::{order_key, SnapshotCounts, StateMachine, BY_CREATED, COOKIES};
+use super::state::{SnapshotCounts, StateMachine};
+use super::tables::{order_key, BY_CREATED, COOKIES};
 use crate::cache::{Cache, CachedRecord};
 use crate::record::Record;
 use crate::BoxError;

@@ -16,9 +16,10 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::files::SnapshotFiles;
-use super::{
-    order_key, put_meta, read_meta, Membership, Meta, SnapshotCounts, StateMachine, BY_CREATED,
-    COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
+use super::state::{SnapshotCounts, StateMachine};
+use super::tables::{
+    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED,
+    KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
 use crate::record::Record;

@@ -1,0 +1,30 @@
+//! The [`StateMachine`] value and its counters: the handles every part of `sm` works on.
+//! `open` and the `RaftStateMachine` impl are in `sm/mod.rs`; applying, snapshots and
+//! reads add their methods in their own files.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use redb::Database;
+
+use super::files::SnapshotFiles;
+use crate::cache::Cache;
+
+/// How many snapshots this node installed (sent by a leader) and built (its own), for the
+/// `raft_snapshot_*_total` metrics: a follower that needed a snapshot to catch up shows here.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    pub installed: AtomicU64,
+    pub built: AtomicU64,
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    pub(super) db: Arc<Database>,
+    pub(super) cache: Arc<Cache>,
+    pub(super) applied: Arc<AtomicU64>,
+    pub(super) snapshots: Arc<SnapshotCounts>,
+    pub(super) files: Arc<SnapshotFiles>,
+    /// The last index committed durably by `apply`.
+    pub(super) last_durable: u64,
+}

@@ -1,0 +1,50 @@
+//! The tables and metadata keys of `sm.redb`, shared by applying, snapshots and reads.
+
+use openraft::storage::SnapshotMeta;
+use openraft::StoredMembership;
+use redb::{Database, TableDefinition};
+use serde::Serialize;
+
+use crate::codec;
+use crate::types::{CookieNode, NodeId};
+use crate::BoxError;
+
+/// id -> [`crate::record::Record`], encoded.
+pub(super) const COOKIES: TableDefinition<&str, &[u8]> = TableDefinition::new("cookies");
+/// The list order as an index: `(order_key(created), id)`, so a page of `GET /cookies` is a
+/// range scan instead of a sort of every record.
+pub(super) const BY_CREATED: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("cookies_by_created");
+
+/// Newest `created` first: map the signed sort key to an unsigned one, then invert it.
+pub(super) fn order_key(created: i64) -> u64 {
+    u64::MAX - ((created as u64) ^ (1 << 63))
+}
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+pub(super) const KEY_APPLIED: &str = "last_applied";
+pub(super) const KEY_MEMBERSHIP: &str = "membership";
+/// The current snapshot: its meta and the file holding its data (`snapshot::SnapshotPointer`).
+pub(super) const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
+/// Where earlier versions kept the whole snapshot, data included; migrated at open.
+pub(super) const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
+
+pub(super) type Membership = StoredMembership<NodeId, CookieNode>;
+pub(super) type Meta = SnapshotMeta<NodeId, CookieNode>;
+
+pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, BoxError> {
+    codec::read_key(db, META, key)
+}
+
+pub(super) fn put_meta<T: Serialize>(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    v: &T,
+) -> Result<(), BoxError> {
+    let bytes = codec::encode(v)?;
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
