@@ -19,9 +19,12 @@ run: build
 test:
 	$(CARGO) test --release --workspace
 
+# Formatting, clippy, and the layering rule: no import cycle between modules and no import
+# up a layer (tests/layers.rs reads every module's imports with syn; docs/architecture.md).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) test --release --test layers
 
 cluster-start: build
 	scripts/cluster.sh start

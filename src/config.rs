@@ -185,6 +185,17 @@ impl Env {
     }
 }
 
+/// A configuration the node refuses, with the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError(s)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -265,20 +276,20 @@ impl Default for Config {
 
 impl Config {
     /// TOML text alone, without the environment (tests).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         Self::from_sources(text, std::iter::empty())
     }
 
     /// The process's configuration: the file (or nothing: the embedded default), with every
     /// `COOKIE_CRUD_*` environment variable applied on top, so containers need no file.
-    pub fn from_file_and_env(path: Option<&Path>) -> Result<Self, String> {
+    pub fn from_file_and_env(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
             None => String::new(),
         };
         Self::from_sources(&text, std::env::vars()).map_err(|e| match path {
-            Some(p) => format!("config {}: {e}", p.display()),
+            Some(p) => ConfigError(format!("config {}: {e}", p.display())),
             None => e,
         })
     }
@@ -290,7 +301,7 @@ impl Config {
     pub fn from_sources(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         const PREFIX: &str = "COOKIE_CRUD_";
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut others = Env::default();
@@ -325,13 +336,17 @@ impl Config {
 
     /// Fill derived defaults and check the whole config, without looking at the process
     /// environment (see [`Config::finish_with`]).
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub fn finish(&mut self) -> Result<(), ConfigError> {
         self.finish_with(&Env::default())
     }
 
     /// Fill derived defaults and check the whole config. `env` supplies what Kubernetes
     /// discovery reads from the environment (`HOSTNAME`, `POD_NAMESPACE`).
-    pub fn finish_with(&mut self, env: &Env) -> Result<(), String> {
+    pub fn finish_with(&mut self, env: &Env) -> Result<(), ConfigError> {
+        self.check(env).map_err(ConfigError)
+    }
+
+    fn check(&mut self, env: &Env) -> Result<(), String> {
         let mut listen: SocketAddr = self
             .listen
             .parse()
@@ -571,20 +586,20 @@ mod tests {
         assert_eq!(cfg.advertise(), "b:8080");
         // A typo in a variable name is refused, naming the key.
         let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TLL", "5")])).unwrap_err();
-        assert!(err.contains("cache_tll"), "{err}");
+        assert!(err.0.contains("cache_tll"), "{err}");
         let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TTL", "soon")])).unwrap_err();
-        assert!(err.contains("cache_ttl"), "{err}");
+        assert!(err.0.contains("cache_ttl"), "{err}");
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
         let err = Config::parse("node_id = 1\ncache_tll = 5\n").unwrap_err();
-        assert!(err.contains("cache_tll"), "{err}");
+        assert!(err.0.contains("cache_tll"), "{err}");
         let err =
             Config::parse("node_id = 4\nnodes = [{ id = 1, addr = \"127.0.0.1:1\" }]").unwrap_err();
-        assert!(err.contains("not listed"), "{err}");
+        assert!(err.0.contains("not listed"), "{err}");
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
-        assert!(err.contains("listen"), "{err}");
+        assert!(err.0.contains("listen"), "{err}");
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -603,9 +618,9 @@ mod tests {
         let cfg = Config::parse("[cluster]\ninstance_id = \"eu-west-a\"\n").unwrap();
         assert_eq!(cfg.name(), "eu-west-a");
         let err = Config::parse("[cluster]\ndiscovery = \"gossip\"\n").unwrap_err();
-        assert!(err.contains("discovery"), "{err}");
+        assert!(err.0.contains("discovery"), "{err}");
         let err = Config::parse("[cluster]\ndiscovery = \"dns\"\n").unwrap_err();
-        assert!(err.contains("cluster.service"), "{err}");
+        assert!(err.0.contains("cluster.service"), "{err}");
     }
 
     #[test]
@@ -647,18 +662,18 @@ mod tests {
         let mut bad = env.clone();
         bad.push(("HOSTNAME".into(), "cookie-crud-3".into()));
         let err = Config::from_sources("", bad).unwrap_err();
-        assert!(err.contains("expected_nodes"), "{err}");
+        assert!(err.0.contains("expected_nodes"), "{err}");
         let mut bad = env.clone();
         bad.push(("HOSTNAME".into(), "cookiebox".into()));
         let err = Config::from_sources("", bad).unwrap_err();
-        assert!(err.contains("instance_id"), "{err}");
+        assert!(err.0.contains("instance_id"), "{err}");
         let mut bad = env;
         bad.push((
             "COOKIE_CRUD_NODES".into(),
             r#"[{ id = 1, addr = "a:1" }]"#.into(),
         ));
         let err = Config::from_sources("", bad).unwrap_err();
-        assert!(err.contains("nodes"), "{err}");
+        assert!(err.0.contains("nodes"), "{err}");
     }
 
     #[test]
@@ -675,7 +690,7 @@ mod tests {
             "[cluster]\ndiscovery = \"dns\"\nservice = \"x\"\ndns_server = \"resolver\"\n",
         )
         .unwrap_err();
-        assert!(err.contains("dns_server"), "{err}");
+        assert!(err.0.contains("dns_server"), "{err}");
     }
 
     /// `config/single.toml` is documented as the embedded default written out: keep it so.

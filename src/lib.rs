@@ -1,35 +1,40 @@
 //! cookie-crud: a Raft-replicated REST store of cookie records.
 //!
-//! # Layout
-//! - [`config`]: node configuration (TOML file or the embedded single-node default).
-//! - [`node`]: start-up and shutdown of one node.
-//! - [`bootstrap`]: forming a brand-new cluster exactly once.
-//! - [`discovery`]: who the initial members are (`manual`, `dns`, `kubernetes`).
-//! - [`api`]: the HTTP server: the cookie API, health, cluster view, Raft endpoints.
-//! - [`write`]: the write path: group commit on the leader, forwarding from followers.
-//! - [`forward`]: followers' writes sent to the leader many per request.
-//! - [`gather`]: forming one batch from a queue (group commit and forwarding).
-//! - [`install_quiet`]: no elections from a follower busy installing a snapshot.
-//! - [`read`]: the linearizable read barrier (ReadIndex), local or through the leader.
-//! - [`metrics`]: Prometheus metrics and the HTTP middleware that records them.
-//! - [`monitor`]: periodic health checks of the other members (for `/cache`).
-//! - [`read_batch`]: sharing one leadership confirmation among concurrent reads.
-//! - [`peers`]: the HTTP client for node-to-node application traffic.
+//! # Layers
+//! Each layer is a folder (or a file) and imports only from the layers below it; the
+//! `layers` test checks this on every `make lint` and `make test`.
 //!
-//! The Raft glue (log store, state machine, cache, Raft network) lives in the `cookie-raft`
-//! crate under `raft/`.
+//! ```text
+//!   node            start-up, wiring, shutdown (the composition root)
+//!    │
+//!   http            axum: the public API, the peer endpoints, observability
+//!    │
+//!   write   read    the write path (group commit, forwarding) │ the read barrier (ReadIndex)
+//!    │       │
+//!   cluster         who leads, members, peer client and wire types, bootstrap, monitor
+//!    │
+//!   metrics  config  tasks  clock        leaves: no imports from this crate
+//!    │
+//!   cookie_raft     the openraft glue (log, state machine, cache, Raft network) in raft/
+//! ```
+//!
+//! - [`node`]: start-up and shutdown of one node.
+//! - [`http`]: the HTTP server: the cookie API, health, cluster view, Raft and peer routes.
+//! - [`write`]: the write path: group commit on the leader, forwarding from followers.
+//! - [`read`]: the linearizable read barrier (ReadIndex) and its shared rounds.
+//! - [`cluster`]: leader lookup, members, the peer client and wire types ([`cluster::proto`]),
+//!   bootstrap and discovery, the health monitor, no elections during snapshot installs.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`config`]: node configuration (TOML file, environment, or the embedded default).
+//! - [`tasks`]: the background tasks, owned so that shutdown stops them all.
+//! - [`clock`]: wall-clock time.
 
-pub mod api;
-pub mod bootstrap;
+pub mod clock;
+pub mod cluster;
 pub mod config;
-pub mod discovery;
-pub mod forward;
-pub mod gather;
-pub mod install_quiet;
+pub mod http;
 pub mod metrics;
-pub mod monitor;
 pub mod node;
-pub mod peers;
 pub mod read;
-pub mod read_batch;
+pub mod tasks;
 pub mod write;

@@ -1,45 +1,62 @@
-//! `cookie-crud [CONFIG.toml]`: run one node. Without a config file it runs the embedded
-//! default, a single-node store on 127.0.0.1:8080 with its data in `./data`.
+//! The `cookie-crud` binary: run one node, or check that one is healthy.
+//!
+//! `cookie-crud [CONFIG.toml]` (or `cookie-crud run`) runs one node. Without a config file it
+//! runs the embedded default, a single-node store on 127.0.0.1:8080 with its data in
+//! `./data`; `COOKIE_CRUD_*` environment variables set any key.
 //!
 //! `cookie-crud healthcheck [CONFIG.toml]`: exit 0 when the node configured there answers
 //! `GET /health` with 200 (a container `HEALTHCHECK` with no curl in the image).
+//!
+//! Exit codes: 0 success, 1 a failure while running (or an unhealthy node), 2 a command line
+//! or configuration the node refuses.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
 use cookie_crud::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-fn usage() -> &'static str {
-    "usage: cookie-crud [healthcheck] [--config PATH | PATH]\n\
-     Runs one cookie-crud node. Without a config it serves a single-node store on \
-     127.0.0.1:8080 with data in ./data; COOKIE_CRUD_* environment variables set any key.\n\
-     `healthcheck` exits 0 when that node answers GET /health with 200."
+#[derive(Parser)]
+#[command(
+    name = "cookie-crud",
+    version,
+    about = "A Raft-replicated REST store of cookie records",
+    long_about = "Runs one cookie-crud node. Without a config it serves a single-node store on \
+                  127.0.0.1:8080 with data in ./data; COOKIE_CRUD_* environment variables set \
+                  any key (COOKIE_CRUD_RAFT__HEARTBEAT_MS sets raft.heartbeat_ms).",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
-struct Args {
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node (what plain `cookie-crud` does).
+    Run(ConfigArg),
+    /// Exit 0 when the node this config describes answers GET /health with 200.
+    Healthcheck(ConfigArg),
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Default)]
+struct ConfigArg {
+    /// The node's config file (TOML).
+    #[arg(short, long = "config", value_name = "PATH")]
     config: Option<PathBuf>,
-    healthcheck: bool,
+    /// The config file, as a plain argument.
+    #[arg(value_name = "CONFIG", conflicts_with = "config")]
+    path: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1).peekable();
-    let healthcheck = args.next_if(|a| a == "healthcheck").is_some();
-    let mut path = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-h" | "--help" => return Err(usage().into()),
-            "-c" | "--config" => {
-                path = Some(PathBuf::from(args.next().ok_or("--config needs a path")?))
-            }
-            other if !other.starts_with('-') && path.is_none() => path = Some(PathBuf::from(other)),
-            other => return Err(format!("unknown argument {other:?}\n{}", usage())),
-        }
+impl ConfigArg {
+    fn load(&self) -> Result<Config, cookie_crud::config::ConfigError> {
+        Config::from_file_and_env(self.config.as_deref().or(self.path.as_deref()))
     }
-    Ok(Args {
-        config: path,
-        healthcheck,
-    })
 }
 
 /// `GET /health` on this node's own port, over loopback when it listens on every address.
@@ -111,18 +128,7 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let (cfg, args) =
-        match parse_args().and_then(|a| Ok((Config::from_file_and_env(a.config.as_deref())?, a))) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("cookie-crud: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    if args.healthcheck {
-        return healthcheck(&cfg);
-    }
+fn run_node(cfg: Config) -> ExitCode {
     if let Err(e) = init_logging(&cfg) {
         eprintln!("cookie-crud: {e}");
         return ExitCode::from(2);
@@ -146,5 +152,26 @@ fn main() -> ExitCode {
             eprintln!("cookie-crud: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check) = match &cli.command {
+        None => (&cli.config, false),
+        Some(Cmd::Run(a)) => (a, false),
+        Some(Cmd::Healthcheck(a)) => (a, true),
+    };
+    let cfg = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cookie-crud: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check {
+        healthcheck(&cfg)
+    } else {
+        run_node(cfg)
     }
 }

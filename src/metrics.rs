@@ -1,24 +1,31 @@
-//! Prometheus metrics, with the `prometheus` crate: HTTP (one middleware for every route,
-//! labelled by route template), cache, store, Raft and forwarding. Values that live
-//! elsewhere (cache counters, Raft state, file sizes) are read when `/metrics` is scraped.
+//! The node's Prometheus registry (the `prometheus` crate): every metric the node exports,
+//! with setters for the values that live elsewhere (cache counters, Raft state, file sizes),
+//! which the `/metrics` handler gathers when it is scraped.
+//!
+//! A leaf: it imports nothing from the rest of this crate, so every layer may record into
+//! it without a cycle. Who measures what: the HTTP layer (requests by route template,
+//! store operations, the scrape-time values), the write path (group-commit batches,
+//! forwarding), the read path (read-index forwarding).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use cookie_raft::{CacheStats, NodeId, Raft};
+use openraft::{LogId, RaftMetrics};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use tracing::Instrument;
+/// One finished HTTP request, as the request metrics label it.
+pub struct FinishedRequest<'a> {
+    pub method: &'a str,
+    /// The route template (`/cookies/{cookie}`), never the raw path.
+    pub route: &'a str,
+    pub status: u16,
+    pub seconds: f64,
+}
 
-use crate::api::Shared;
-
+/// Every metric of one node.
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
@@ -135,86 +142,76 @@ impl Metrics {
     }
 
     /// Count elections and leader changes as they happen (a scrape would miss the ones
-    /// between two scrapes).
-    pub fn watch_raft(self: &Arc<Self>, raft: cookie_raft::Raft) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut rx = raft.metrics();
-            let (mut term, mut leader) = {
-                let m = rx.borrow_and_update();
-                (m.current_term, m.current_leader)
-            };
-            while rx.changed().await.is_ok() {
-                let m = rx.borrow_and_update();
-                if m.current_term > term {
-                    this.elections.inc_by(m.current_term - term);
-                    term = m.current_term;
-                }
-                if m.current_leader.is_some() && m.current_leader != leader {
-                    this.leader_changes.inc();
-                }
-                if m.current_leader.is_some() {
-                    leader = m.current_leader;
-                }
+    /// between two scrapes). Runs until Raft stops; the caller owns the task.
+    pub async fn count_elections(self: Arc<Self>, raft: Raft) {
+        let mut rx = raft.metrics();
+        let (mut term, mut leader) = {
+            let m = rx.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        while rx.changed().await.is_ok() {
+            let m = rx.borrow_and_update();
+            if m.current_term > term {
+                self.elections.inc_by(m.current_term - term);
+                term = m.current_term;
             }
-        });
+            if m.current_leader.is_some() && m.current_leader != leader {
+                self.leader_changes.inc();
+            }
+            if m.current_leader.is_some() {
+                leader = m.current_leader;
+            }
+        }
     }
 
     /// Record one finished HTTP request.
-    pub fn observe(&self, method: &str, endpoint: &str, status: u16, seconds: f64) {
+    pub fn observe(&self, r: &FinishedRequest<'_>) {
         self.http_requests
-            .with_label_values(&[method, endpoint, &status.to_string()])
+            .with_label_values(&[r.method, r.route, &r.status.to_string()])
             .inc();
         self.http_duration
-            .with_label_values(&[method, endpoint])
-            .observe(seconds);
+            .with_label_values(&[r.method, r.route])
+            .observe(r.seconds);
     }
 
-    /// Bring every scrape-time value up to date.
-    async fn refresh(&self, state: &Shared) {
-        let s = state.reader.cache().stats();
-        let bump = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+    /// The cache's own counters, as of now.
+    pub fn set_cache(&self, s: &CacheStats) {
         bump(&self.cache_hits, s.hits);
         bump(&self.cache_misses, s.misses);
         bump(&self.cache_puts, s.puts);
         bump(&self.cache_deletes, s.deletes);
         bump(&self.cache_evictions, s.evictions);
         self.cache_entries.set(s.size as i64);
-        let snaps = state.reader.snapshot_counts();
-        bump(
-            &self.snapshot_installs,
-            snaps.installed.load(Ordering::Relaxed),
-        );
-        bump(&self.snapshots_built, snaps.built.load(Ordering::Relaxed));
-        self.uptime.set(state.started.elapsed().as_secs_f64());
-        for file in ["log", "sm"] {
-            let path = state.cfg.data_dir.join(format!("{file}.redb"));
-            let size = std::fs::metadata(path).map_or(0, |m| m.len());
-            self.db_file_bytes
-                .with_label_values(&[file])
-                .set(size as i64);
-        }
-        let wal: u64 = std::fs::read_dir(state.cfg.data_dir.join("wal"))
-            .map(|dir| {
-                dir.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+    }
+
+    /// Snapshots installed from a leader and built by this node so far.
+    pub fn set_snapshot_counts(&self, installed: u64, built: u64) {
+        bump(&self.snapshot_installs, installed);
+        bump(&self.snapshots_built, built);
+    }
+
+    pub fn set_uptime(&self, seconds: f64) {
+        self.uptime.set(seconds);
+    }
+
+    /// The size of one data file (`log`, `sm`, `wal`).
+    pub fn set_file_bytes(&self, file: &str, bytes: u64) {
         self.db_file_bytes
-            .with_label_values(&["wal"])
-            .set(wal as i64);
-        let committed = state
-            .raft
-            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
-            .await
-            .unwrap_or(0);
-        let m = state.raft.metrics().borrow().clone();
-        let idx = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index) as i64;
+            .with_label_values(&[file])
+            .set(bytes as i64);
+    }
+
+    /// This node's Raft state; `committed` is read from openraft's core separately.
+    pub fn set_raft(
+        &self,
+        m: &RaftMetrics<NodeId, cookie_raft::CookieNode>,
+        me: NodeId,
+        committed: u64,
+    ) {
+        let idx = |l: Option<LogId<NodeId>>| l.map_or(0, |l| l.index) as i64;
         for (field, value) in [
             ("term", m.current_term as i64),
-            ("is_leader", i64::from(m.current_leader == Some(state.me))),
+            ("is_leader", i64::from(m.current_leader == Some(me))),
             ("leader_id", m.current_leader.map_or(0, |l| l as i64)),
             ("last_log_index", m.last_log_index.unwrap_or(0) as i64),
             ("committed_index", committed as i64),
@@ -224,115 +221,45 @@ impl Metrics {
         ] {
             self.raft.with_label_values(&[field]).set(value);
         }
-        let now = crate::monitor::unix_now();
-        for (id, h) in state.monitor.snapshot() {
-            let _ = id;
-            self.peer_reachable
-                .with_label_values(&[&h.name])
-                .set(i64::from(h.ok));
-            if let Some(seen) = h.last_seen {
-                self.peer_last_seen_age
-                    .with_label_values(&[&h.name])
-                    .set(now.saturating_sub(seen) as i64);
-            }
-        }
         self.quorum_ack_age.reset();
         if let Some(age) = m.millis_since_quorum_ack {
             self.quorum_ack_age
                 .with_label_values::<&str>(&[])
                 .set(age as i64);
         }
-        self.replication_lag.reset();
-        if let Some(repl) = &m.replication {
-            let last = m.last_log_index.unwrap_or(0);
-            for (peer, matched) in repl {
-                if *peer == state.me {
-                    continue;
-                }
-                let name = crate::api::health::node_name(state, *peer);
-                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
-                self.replication_lag
-                    .with_label_values(&[&name])
-                    .set(lag as i64);
-            }
+    }
+
+    /// One peer's last health check: whether it answered, and seconds since it last did.
+    pub fn set_peer_health(&self, name: &str, ok: bool, age: Option<u64>) {
+        self.peer_reachable
+            .with_label_values(&[name])
+            .set(i64::from(ok));
+        if let Some(age) = age {
+            self.peer_last_seen_age
+                .with_label_values(&[name])
+                .set(age as i64);
         }
     }
 
-    fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+    /// Entries each follower is behind the leader's log (leader only; empty elsewhere).
+    pub fn set_replication_lag(&self, lags: impl IntoIterator<Item = (String, u64)>) {
+        self.replication_lag.reset();
+        for (name, lag) in lags {
+            self.replication_lag
+                .with_label_values(&[&name])
+                .set(lag as i64);
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(buf)
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub async fn scrape(State(state): State<Shared>) -> Response {
-    state.metrics.refresh(&state).await;
-    match state.metrics.encode() {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// The id of one request, from `X-Request-Id` or made here; forwarded with writes so one
-/// write can be followed across nodes.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-fn request_id(req: &Request, cfg: &crate::config::Config) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let given = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128);
-    match given {
-        Some(id) => id.to_owned(),
-        None => {
-            let started = crate::monitor::unix_now();
-            format!(
-                "{}-{started:x}-{:x}",
-                cfg.name(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            )
-        }
-    }
-}
-
-/// The one middleware around every route: it gives the request an id (returned in
-/// `X-Request-Id`), runs it inside a span with method, route and id, logs status and
-/// latency (at debug: an access log costs too much at these rates to be on by default),
-/// and records the HTTP metrics. The endpoint label is the route template
-/// (`/cookies/{cookie}`), never the raw path, so the label set stays bounded.
-pub async fn track(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let id = request_id(&req, &state.cfg);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let span =
-        tracing::info_span!("request", method = %method, route = %endpoint, request_id = %id);
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    span.in_scope(|| {
-        tracing::debug!(
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request done"
-        )
-    });
-    state
-        .metrics
-        .observe(&method, &endpoint, status, elapsed.as_secs_f64());
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    resp
+/// Raise a counter to `v` (a counter kept elsewhere, mirrored here).
+fn bump(c: &IntCounter, v: u64) {
+    c.inc_by(v.saturating_sub(c.get()));
 }

@@ -1,26 +1,61 @@
-//! Starting a node: open the stores, start Raft, the group-commit task and the HTTP server,
-//! bootstrap if this is a brand-new cluster, and shut down cleanly on SIGTERM/SIGINT.
+//! One node's life: open the stores, start Raft and every background task, serve HTTP,
+//! found the cluster if this node is the one to, and on SIGTERM/SIGINT stop in order:
+//! the HTTP server (in-flight requests finish), then the background tasks, then Raft.
+//!
+//! This is the composition root: the only module that knows every layer, and the one
+//! place where the layers are wired to each other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cookie_raft::{AddressBook, Cache, CacheConfig, LogStore, Network, Raft, StateMachine};
+use cookie_raft::{
+    AddressBook, BoxError, Cache, CacheConfig, LogStore, Network, Raft, StateMachine,
+};
 use openraft::SnapshotPolicy;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::api::{self, AppState};
-use crate::bootstrap;
+use crate::cluster::install_quiet::InstallQuiet;
+use crate::cluster::monitor::Monitor;
+use crate::cluster::peer::PeerClient;
+use crate::cluster::{bootstrap, Cluster};
 use crate::config::Config;
-use crate::monitor::Monitor;
-use crate::peers::PeerClient;
-use crate::read::ReadIndex;
-use crate::write::{BatchLimits, Batcher, Writer};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::read::{ReadIndex, ReadSettings};
+use crate::tasks::Tasks;
+use crate::write::group_commit::BatchLimits;
+use crate::write::{WriteSettings, Writer};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Largest payload of one log entry built by group commit (one command may exceed it alone).
+/// Largest payload of one group-commit batch (one command may exceed it alone).
 const MAX_BATCH_BYTES: usize = 2 << 20;
 
-fn raft_config(cfg: &Config) -> Result<openraft::Config, BoxError> {
+/// How long shutdown waits for the background tasks before aborting the rest.
+const TASKS_STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(BoxError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+}
+
+fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
     let r = &cfg.raft;
     let c = openraft::Config {
         cluster_name: "cookie-crud".into(),
@@ -35,22 +70,34 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, BoxError> {
         snapshot_max_chunk_size: 8 << 20,
         ..Default::default()
     };
-    Ok(c.validate()?)
+    c.validate().map_err(|e| NodeError::Raft(e.to_string()))
 }
 
-pub async fn run(cfg: Config) -> Result<(), BoxError> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", cfg.data_dir.display()))?;
+/// Run the node until a signal stops it.
+pub async fn run(cfg: Config) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let tasks = Tasks::new();
 
     let cache = Arc::new(Cache::new(CacheConfig {
         enabled: cfg.cache_enabled,
         ttl: Duration::from_secs(cfg.cache_ttl),
         max_entries: cfg.cache_max_entries,
     }));
-    let _cleanup = cache.spawn_cleanup(Duration::from_secs(cfg.cache_cleanup_interval.max(1)));
+    let sweep = Duration::from_secs(cfg.cache_cleanup_interval.max(1));
+    // Aborted when the task set drops it at shutdown (a plain JoinHandle would detach).
+    let cleanup = AbortOnDropHandle::new(cache.spawn_cleanup(sweep));
+    tasks.spawn("cache sweep", async move {
+        let _ = cleanup.await;
+    });
 
-    let mut log = LogStore::open(&cfg.data_dir)?;
-    let floor = log.restored_leader_floor(cfg.node_id).await?;
+    let mut log = LogStore::open(&cfg.data_dir).map_err(|e| NodeError::Storage(e.into()))?;
+    let floor = log
+        .restored_leader_floor(cfg.node_id)
+        .await
+        .map_err(|e| NodeError::Storage(e.into()))?;
     if let Some(f) = floor {
         tracing::info!(
             term = f.term,
@@ -58,7 +105,7 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
             "resuming as leader: linearizable reads wait for the last index at startup"
         );
     }
-    let sm = StateMachine::open(&cfg.data_dir, cache)?;
+    let sm = StateMachine::open(&cfg.data_dir, cache).map_err(NodeError::Storage)?;
     let reader = sm.reader();
     let book = AddressBook::new(
         cfg.peer_overrides
@@ -67,42 +114,50 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
             .collect(),
     );
     let network = Network::new(cfg.cluster_secret.clone(), book.clone())?;
-    let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm).await?;
+    let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let peers = PeerClient::new(cfg.cluster_secret.clone(), book)?;
-    let metrics = crate::metrics::Metrics::new();
-    metrics.watch_raft(raft.clone());
-    let batcher = Batcher::spawn(
-        raft.clone(),
-        BatchLimits {
-            max_commands: cfg.batch.max_commands,
-            max_bytes: MAX_BATCH_BYTES,
-            max_inflight: cfg.batch.max_inflight,
+    let cluster = Cluster {
+        raft: raft.clone(),
+        me: cfg.node_id,
+        peers: PeerClient::new(cfg.cluster_secret.clone(), book)?,
+    };
+    let metrics = Metrics::new();
+    tasks.spawn(
+        "election counter",
+        metrics.clone().count_elections(raft.clone()),
+    );
+    let writer = Writer::start(
+        cluster.clone(),
+        WriteSettings {
+            timeout: cfg.write_timeout(),
+            batch: BatchLimits {
+                max_commands: cfg.batch.max_commands,
+                max_bytes: MAX_BATCH_BYTES,
+                max_inflight: cfg.batch.max_inflight,
+            },
+            forward_inflight: cfg.batch.forward_inflight,
         },
         metrics.clone(),
+        &tasks,
     );
-    let writer = Writer::new(
-        raft.clone(),
-        cfg.node_id,
-        batcher,
-        peers.clone(),
-        cfg.batch.forward_inflight,
-        cfg.write_timeout(),
+    let reads = ReadIndex::start(
+        cluster.clone(),
+        ReadSettings {
+            round_timeout: cfg.read_timeout(),
+            floor,
+        },
         metrics.clone(),
-    );
-
-    let reads = ReadIndex::new(
-        raft.clone(),
-        cfg.node_id,
-        peers.clone(),
-        cfg.read_timeout(),
-        metrics.clone(),
-        floor,
+        &tasks,
     );
 
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        .map_err(|source| NodeError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     tracing::info!(
         node = %cfg.name(),
         id = cfg.node_id,
@@ -111,44 +166,61 @@ pub async fn run(cfg: Config) -> Result<(), BoxError> {
         "cookie-crud node serving"
     );
 
-    tokio::spawn(bootstrap::run(raft.clone(), cfg.clone(), peers.clone()));
-
+    tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
     let monitor = Monitor::default();
-    monitor.spawn(
-        raft.clone(),
-        cfg.node_id,
-        peers.clone(),
-        Duration::from_millis(cfg.health_check_interval_ms),
-        Duration::from_millis(500),
+    tasks.spawn(
+        "health monitor",
+        monitor.clone().run(
+            cluster.clone(),
+            Duration::from_millis(cfg.health_check_interval_ms),
+            Duration::from_millis(500),
+        ),
     );
 
+    let install_quiet = InstallQuiet::new(
+        raft.clone(),
+        Duration::from_millis(cfg.raft.election_timeout_max_ms),
+        Duration::from_millis(cfg.raft.install_snapshot_timeout_ms),
+        tasks.clone(),
+    );
     let state = Arc::new(AppState {
-        me: cfg.node_id,
         cfg,
-        raft: raft.clone(),
+        cluster,
         reader,
         writer,
         reads,
-        peers,
         monitor,
-        metrics: metrics.clone(),
+        metrics,
         started: std::time::Instant::now(),
-        install_quiet: Default::default(),
+        install_quiet,
     });
-    axum::serve(listener, api::router(state))
+    let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down raft");
+        .await;
+    let stopped = tasks.shutdown(TASKS_STOP_BOUND).await;
+    tracing::info!(
+        stopped = stopped.stopped,
+        aborted = stopped.aborted,
+        "background tasks stopped; shutting down raft"
+    );
     let _ = raft.shutdown().await;
-    Ok(())
+    tracing::info!("node stopped");
+    served.map_err(NodeError::Serve)
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
     tracing::info!("signal received, stopping");
 }

@@ -1,12 +1,14 @@
 //! The binary as operators and containers call it: configuration from a file and from the
-//! environment, refusal of bad keys at start, and the `healthcheck` subcommand.
+//! environment, refusal of bad keys at start, `--help` and `--version`, the `healthcheck`
+//! subcommand, and a clean stop on SIGTERM.
 
 mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Cluster, BIN};
+use common::{Cluster, BIN, FAST_RAFT};
+use serde_json::json;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -68,4 +70,64 @@ async fn healthcheck_exits_zero_only_while_the_node_is_up() {
     cluster.stop(0);
     let out = run(&["healthcheck", "--config", &config], &[]);
     assert!(!out.status.success(), "healthy after the node stopped");
+}
+
+#[test]
+fn help_and_version_answer_and_exit_zero() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["--config", "healthcheck", "run", "--version"] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        version.trim(),
+        format!("cookie-crud {}", env!("CARGO_PKG_VERSION"))
+    );
+    // A made-up flag is a usage error (2), naming the flag.
+    let out = run(&["--frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--frobnicate"), "{}", stderr(&out));
+}
+
+/// SIGTERM stops a node cleanly: every background task ends (none has to be aborted),
+/// Raft shuts down, and the process exits 0, on a leader and on followers that have just
+/// forwarded writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_background_task_and_exits_zero() {
+    let mut c = Cluster::start(3, &format!("log_format = \"json\"\n{FAST_RAFT}")).await;
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    for i in 0..3 {
+        let r = c
+            .create(i, json!({"cookie": format!("stop-{i}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    // Followers first, the leader last, so each stop happens in a working cluster.
+    let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
+    for i in order {
+        let status = c.stop_status(i);
+        let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node {} exited with {status:?}:\n{log}",
+            i + 1
+        );
+        let line = log
+            .lines()
+            .find(|l| l.contains("background tasks stopped"))
+            .unwrap_or_else(|| panic!("no shutdown line in node {}'s log:\n{log}", i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert_eq!(v["fields"]["aborted"], 0, "{line}");
+        // Group commit, forwarding, two read-round runners, the health monitor, the cache
+        // sweep and the election counter at least (bootstrap may have ended already).
+        assert!(v["fields"]["stopped"].as_u64() >= Some(7), "{line}");
+        assert!(log.contains("node stopped"), "{log}");
+    }
 }

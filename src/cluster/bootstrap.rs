@@ -1,6 +1,6 @@
 //! Forming a brand-new cluster, exactly once.
 //!
-//! Each round asks every candidate member `GET /cluster` (see [`crate::discovery`] for where
+//! Each round asks every candidate member `GET /cluster` (see [`super::discovery`] for where
 //! the candidates come from), and [`discovery::decide`] applies one rule: only the member
 //! with the smallest id ever calls `initialize`, and only when its own store is pristine,
 //! exactly the expected members answer, and none of them is initialized. A restarted node
@@ -10,18 +10,21 @@
 
 use std::time::Duration;
 
-use cookie_raft::Raft;
 use futures::future::join_all;
 
+use super::discovery::{self, Answer, Decision, DiscoveryError, PeerInfo, Seed};
+use super::proto::CLUSTER_PATH;
+use super::Cluster;
 use crate::config::Config;
-use crate::discovery::{self, Answer, Decision, PeerInfo, Seed};
-use crate::peers::PeerClient;
 
 const ROUND: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
+/// Found the cluster if this node is the one to, then end; runs at most until the cluster
+/// is initialized (by this node or another).
+pub async fn run(cluster: Cluster, cfg: Config) {
     let me = cfg.node_id;
+    let raft = &cluster.raft;
     let seed = match Seed::new(&cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -43,7 +46,7 @@ pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
             Ok(false) => {}
             Err(_) => return, // raft stopped
         }
-        let decision = match ask(&seed, &cfg, &peers).await {
+        let decision = match ask(&seed, &cfg, &cluster).await {
             Ok(answers) => discovery::decide(me, expected, &answers),
             Err(e) => Decision::Wait(e),
         };
@@ -81,14 +84,15 @@ pub async fn run(raft: Raft, cfg: Config, peers: PeerClient) {
 }
 
 /// One round: every candidate's own account of itself, asked concurrently.
-async fn ask(seed: &Seed, cfg: &Config, peers: &PeerClient) -> Result<Vec<Answer>, String> {
+async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>, String> {
+    let peers = &cluster.peers;
     let targets: Vec<(String, String, Option<u64>)> = match seed {
         Seed::Fixed(members) => members
             .iter()
             .map(|(id, n)| (n.addr.clone(), peers.addr(*id, n), Some(*id)))
             .collect(),
         Seed::Dns(dns) => {
-            let addrs = dns.addresses().await?;
+            let addrs = dns.addresses().await.map_err(|e| e.to_string())?;
             if addrs.is_empty() {
                 return Err(format!("{} has no addresses yet", dns.name()));
             }
@@ -110,10 +114,11 @@ async fn ask(seed: &Seed, cfg: &Config, peers: &PeerClient) -> Result<Vec<Answer
                     initialized: false,
                 })
             } else {
-                match peers.get_json(&reach, "/cluster", PROBE_TIMEOUT).await {
-                    Ok(v) => PeerInfo::from_cluster_json(&v)
-                        .ok_or_else(|| "its /cluster reply has no node_id".to_string()),
-                    Err(e) => Err(e.to_string()),
+                match peers.get_json(&reach, CLUSTER_PATH, PROBE_TIMEOUT).await {
+                    Ok(v) => PeerInfo::from_cluster_json(&v).ok_or_else(|| {
+                        DiscoveryError::from("its /cluster reply has no node_id".to_string())
+                    }),
+                    Err(e) => Err(DiscoveryError::from(e.to_string())),
                 }
             };
             Answer {

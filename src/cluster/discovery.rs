@@ -19,6 +19,17 @@ use hickory_resolver::TokioResolver;
 
 use crate::config::{Config, Discovery};
 
+/// Why discovery could not produce candidates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DiscoveryError(String);
+
+impl From<String> for DiscoveryError {
+    fn from(s: String) -> Self {
+        DiscoveryError(s)
+    }
+}
+
 /// A DNS name that lists the members' addresses.
 pub struct DnsSeed {
     resolver: TokioResolver,
@@ -27,14 +38,14 @@ pub struct DnsSeed {
 }
 
 impl DnsSeed {
-    pub fn new(cfg: &Config) -> Result<Self, String> {
+    pub fn new(cfg: &Config) -> Result<Self, DiscoveryError> {
         let c = &cfg.cluster;
         let port = match c.peer_port {
             Some(p) => p,
             None => cfg
                 .listen
                 .parse::<SocketAddr>()
-                .map_err(|e| format!("listen: {e}"))?
+                .map_err(|e| DiscoveryError(format!("listen: {e}")))?
                 .port(),
         };
         let mut builder = match c.dns_server {
@@ -47,14 +58,15 @@ impl DnsSeed {
                 let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
                 TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             }
-            None => TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
+            None => TokioResolver::builder_tokio().map_err(|e| {
+                DiscoveryError(format!("cannot read the system's DNS configuration: {e}"))
+            })?,
         };
         // Membership changes between rounds (pods come up): never answer from a cache.
         builder.options_mut().cache_size = 0;
         let resolver = builder
             .build()
-            .map_err(|e| format!("cannot build a DNS resolver: {e}"))?;
+            .map_err(|e| DiscoveryError(format!("cannot build a DNS resolver: {e}")))?;
         Ok(DnsSeed {
             resolver,
             name: c.service.clone().unwrap_or_default(),
@@ -63,12 +75,12 @@ impl DnsSeed {
     }
 
     /// The addresses the name resolves to now, sorted, with the peer port.
-    pub async fn addresses(&self) -> Result<Vec<SocketAddr>, String> {
+    pub async fn addresses(&self) -> Result<Vec<SocketAddr>, DiscoveryError> {
         let lookup = self
             .resolver
             .lookup_ip(self.name.as_str())
             .await
-            .map_err(|e| format!("resolving {}: {e}", self.name))?;
+            .map_err(|e| DiscoveryError(format!("resolving {}: {e}", self.name)))?;
         let mut ips: Vec<IpAddr> = lookup.iter().collect();
         ips.sort();
         ips.dedup();
@@ -91,7 +103,7 @@ pub enum Seed {
 }
 
 impl Seed {
-    pub fn new(cfg: &Config) -> Result<Self, String> {
+    pub fn new(cfg: &Config) -> Result<Self, DiscoveryError> {
         Ok(match cfg.cluster.discovery {
             Discovery::Manual | Discovery::Kubernetes => Seed::Fixed(
                 cfg.nodes
@@ -127,7 +139,7 @@ pub struct Answer {
     pub addr: String,
     /// The id the seed expects there (fixed seeds), checked against the reply.
     pub expected_id: Option<NodeId>,
-    pub reply: Result<PeerInfo, String>,
+    pub reply: Result<PeerInfo, DiscoveryError>,
 }
 
 /// A node's own account of itself, from `GET /cluster`.
@@ -267,7 +279,7 @@ mod tests {
         down.push(Answer {
             addr: "c:1".into(),
             expected_id: Some(3),
-            reply: Err("refused".into()),
+            reply: Err(DiscoveryError::from("refused".to_string())),
         });
         assert!(matches!(decide(1, 3, &down), Decision::Wait(r) if r.contains("c:1")));
 

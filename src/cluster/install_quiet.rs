@@ -16,27 +16,49 @@ use std::time::Duration;
 
 use cookie_raft::Raft;
 
+use crate::tasks::Tasks;
+
 /// How many installs are holding elections off. The count and the switch change together
 /// under the lock, so a release never re-enables elections under a newer hold.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InstallQuiet {
+    raft: Raft,
     holds: Arc<Mutex<usize>>,
+    /// One election timeout: how long after the state machine reached the snapshot this node
+    /// still does not campaign.
+    grace: Duration,
+    /// The longest wait for the state machine to reach the snapshot (the install timeout).
+    limit: Duration,
+    /// Where the delayed releases run, so shutdown stops them.
+    tasks: Tasks,
 }
 
 impl InstallQuiet {
+    /// `grace`: the longest election timeout; `limit`: the snapshot install timeout.
+    pub fn new(raft: Raft, grace: Duration, limit: Duration, tasks: Tasks) -> Self {
+        InstallQuiet {
+            raft,
+            holds: Arc::default(),
+            grace,
+            limit,
+            tasks,
+        }
+    }
+
     /// Hold elections off until `release` (called once per `hold`).
-    pub fn hold(&self, raft: &Raft) {
+    pub fn hold(&self) {
         let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
         *holds += 1;
-        raft.runtime_config().elect(false);
+        self.raft.runtime_config().elect(false);
     }
 
     /// After the install answered: wait until the state machine has reached `index` (at most
     /// `limit`), then one `grace` more, then let this node campaign again unless another
     /// install still holds.
-    pub fn release(&self, raft: Raft, index: u64, grace: Duration, limit: Duration) {
+    pub fn release(&self, index: u64) {
         let holds = self.holds.clone();
-        tokio::spawn(async move {
+        let (raft, grace, limit) = (self.raft.clone(), self.grace, self.limit);
+        self.tasks.spawn("install-quiet release", async move {
             let mut rx = raft.metrics();
             let reached = rx.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index));
             let _ = tokio::time::timeout(limit, reached).await;

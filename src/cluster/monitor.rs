@@ -1,14 +1,17 @@
 //! Peer health: a periodic `GET /health` of every other member, remembering whether it
-//! answered and when it last did. `/cache` reports it as `cluster_status.node_health`.
+//! answered and when it last did. `/cache` reports it as `cluster_status.node_health`, and
+//! `/metrics` as `raft_peer_reachable`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cookie_raft::{NodeId, Raft};
+use cookie_raft::NodeId;
 use futures::future::join_all;
 
-use crate::peers::PeerClient;
+use super::proto::HEALTH_PATH;
+use super::Cluster;
+use crate::clock::unix_now;
 
 /// What we last learned about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,27 +22,10 @@ pub struct PeerHealth {
     pub last_seen: Option<u64>,
 }
 
+/// The latest health of every other member. Cloning shares it.
 #[derive(Clone, Default)]
 pub struct Monitor {
     peers: Arc<Mutex<BTreeMap<NodeId, PeerHealth>>>,
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The other members of the cluster, from the replicated membership: `(id, name, addr)`.
-pub fn other_members(raft: &Raft, me: NodeId, peers: &PeerClient) -> Vec<(NodeId, String, String)> {
-    let m = raft.metrics();
-    let m = m.borrow();
-    m.membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != me)
-        .map(|(id, n)| (*id, n.name.clone(), peers.addr(*id, n)))
-        .collect()
 }
 
 impl Monitor {
@@ -49,24 +35,24 @@ impl Monitor {
     }
 
     /// Check every peer now, concurrently.
-    pub async fn check_once(&self, raft: &Raft, me: NodeId, peers: &PeerClient, timeout: Duration) {
-        let members = other_members(raft, me, peers);
+    pub async fn check_once(&self, cluster: &Cluster, timeout: Duration) {
+        let members = cluster.other_members();
         let results = join_all(
             members
                 .iter()
-                .map(|(_, _, addr)| peers.get_json(addr, "/health", timeout)),
+                .map(|m| cluster.peers.get_json(&m.addr, HEALTH_PATH, timeout)),
         )
         .await;
         let now = unix_now();
         let mut map = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|id, _| members.iter().any(|(m, _, _)| m == id));
-        for ((id, name, _), res) in members.into_iter().zip(results) {
-            let entry = map.entry(id).or_insert(PeerHealth {
-                name: name.clone(),
+        map.retain(|id, _| members.iter().any(|m| m.id == *id));
+        for (m, res) in members.into_iter().zip(results) {
+            let entry = map.entry(m.id).or_insert(PeerHealth {
+                name: m.name.clone(),
                 ok: false,
                 last_seen: None,
             });
-            entry.name = name;
+            entry.name = m.name;
             entry.ok = res.is_ok();
             if entry.ok {
                 entry.last_seen = Some(now);
@@ -74,23 +60,14 @@ impl Monitor {
         }
     }
 
-    /// Run [`Monitor::check_once`] every `interval` until the process stops.
-    pub fn spawn(
-        &self,
-        raft: Raft,
-        me: NodeId,
-        peers: PeerClient,
-        interval: Duration,
-        timeout: Duration,
-    ) {
-        let monitor = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                monitor.check_once(&raft, me, &peers, timeout).await;
-            }
-        });
+    /// [`Monitor::check_once`] every `interval`, each check bounded by `timeout`; runs until
+    /// the caller stops it.
+    pub async fn run(self, cluster: Cluster, interval: Duration, timeout: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_once(&cluster, timeout).await;
+        }
     }
 }

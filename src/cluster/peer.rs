@@ -1,41 +1,25 @@
-//! Node-to-node application traffic: forwarded writes, read-index requests, and the probes
-//! that bootstrap and `/cache` make. It has its own connection pool, apart from the Raft
-//! RPCs, so a burst of forwarded writes never queues behind (or delays) heartbeats.
+//! The client for node-to-node application traffic: forwarded writes, read-index requests,
+//! and the JSON probes that bootstrap, the health monitor and `/cache` make. It has its own
+//! connection pool, apart from the Raft RPCs', so a burst of forwarded writes never queues
+//! behind (or delays) heartbeats.
 
 use std::time::Duration;
 
 use cookie_raft::codec;
-use cookie_raft::{AddressBook, CmdResult, CookieNode, NodeId, Raft};
-use serde::{Deserialize, Serialize};
+use cookie_raft::{AddressBook, CookieNode, NodeId};
 
-use crate::forward::ForwardedWrite;
+use super::proto::{ForwardReply, ForwardedWrite, ReadIndexReply, READ_INDEX_PATH, WRITE_PATH};
 
-/// What the leader answers a forwarded write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ForwardReply {
-    /// Committed and applied; this is its result.
-    Applied(CmdResult),
-    /// The receiver is not the leader and did not propose the write: safe to retry elsewhere.
-    NotLeader,
-    /// Proposed, but its fate is unknown (timeout, leadership lost, shutdown).
-    Unknown(String),
-}
-
-/// What the leader answers a read-index request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ReadIndexReply {
-    /// Leadership confirmed by a quorum after the request arrived; reads must wait for this
-    /// index to be applied.
-    Index(u64),
-    NotLeader,
-}
-
-/// Why a forwarded write got no answer.
-#[derive(Debug)]
-pub enum SendError {
-    /// The request never reached the peer (connection refused): nothing was proposed.
+/// Why a peer request got no answer. For a forwarded write the difference matters:
+/// [`PeerError::NotSent`] promises the leader never saw it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The request never reached the peer (connection refused, refused before decoding):
+    /// nothing was proposed.
+    #[error("{0}")]
     NotSent(String),
-    /// The request may have been received and proposed.
+    /// The request may have been received and acted on.
+    #[error("{0}")]
     MaybeSent(String),
 }
 
@@ -62,33 +46,13 @@ impl PeerClient {
         self.book.resolve(id, node)
     }
 
-    /// The current leader as this node sees it, and the address to reach it.
-    pub fn leader(&self, raft: &Raft) -> (Option<NodeId>, Option<String>) {
-        let m = raft.metrics();
-        let m = m.borrow();
-        let leader = m.current_leader;
-        let addr = leader.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| self.addr(l, n))
-        });
-        (leader, addr)
-    }
-
-    fn post(
-        &self,
-        addr: &str,
-        path: &str,
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> reqwest::RequestBuilder {
+    /// A bincode POST to a peer's `/raft/*` route, with the secret when there is one.
+    fn post(&self, addr: &str, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
         let mut req = self
             .client
             .post(format!("http://{addr}{path}"))
             .timeout(timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
         if let Some(secret) = &self.secret {
             req = req.bearer_auth(secret);
         }
@@ -101,32 +65,33 @@ impl PeerClient {
         addr: &str,
         writes: &[ForwardedWrite],
         timeout: Duration,
-    ) -> Result<Vec<ForwardReply>, SendError> {
-        let body = codec::encode(&writes).map_err(|e| SendError::NotSent(e.to_string()))?;
+    ) -> Result<Vec<ForwardReply>, PeerError> {
+        let body = codec::encode(&writes).map_err(|e| PeerError::NotSent(e.to_string()))?;
         let resp = self
-            .post(addr, "/raft/write", body, timeout)
+            .post(addr, WRITE_PATH, timeout)
+            .body(body)
             .send()
             .await
             .map_err(|e| {
                 if e.is_connect() {
-                    SendError::NotSent(e.to_string())
+                    PeerError::NotSent(e.to_string())
                 } else {
-                    SendError::MaybeSent(e.to_string())
+                    PeerError::MaybeSent(e.to_string())
                 }
             })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| SendError::MaybeSent(e.to_string()))?;
+            .map_err(|e| PeerError::MaybeSent(e.to_string()))?;
         if !status.is_success() {
             // The handler refused the request before decoding it (auth, body): not proposed.
-            return Err(SendError::NotSent(format!(
+            return Err(PeerError::NotSent(format!(
                 "leader answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        codec::decode(&bytes).map_err(|e| SendError::MaybeSent(e.to_string()))
+        codec::decode(&bytes).map_err(|e| PeerError::MaybeSent(e.to_string()))
     }
 
     /// Ask the leader at `addr` for a read index.
@@ -134,18 +99,19 @@ impl PeerClient {
         &self,
         addr: &str,
         timeout: Duration,
-    ) -> Result<ReadIndexReply, String> {
+    ) -> Result<ReadIndexReply, PeerError> {
+        let maybe = |e: String| PeerError::MaybeSent(e);
         let resp = self
-            .post(addr, "/raft/read-index", Vec::new(), timeout)
+            .post(addr, READ_INDEX_PATH, timeout)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| maybe(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let bytes = resp.bytes().await.map_err(|e| maybe(e.to_string()))?;
         if !status.is_success() {
-            return Err(format!("read-index answered {status}"));
+            return Err(maybe(format!("read-index answered {status}")));
         }
-        codec::decode(&bytes).map_err(|e| e.to_string())
+        codec::decode(&bytes).map_err(|e| maybe(e.to_string()))
     }
 
     /// GET a JSON document from a peer, e.g. `/cluster` or `/cache`.
@@ -154,17 +120,18 @@ impl PeerClient {
         addr: &str,
         path: &str,
         timeout: Duration,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, PeerError> {
+        let maybe = |e: String| PeerError::MaybeSent(e);
         let resp = self
             .client
             .get(format!("http://{addr}{path}"))
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| maybe(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(format!("{path} answered {}", resp.status()));
+            return Err(maybe(format!("{path} answered {}", resp.status())));
         }
-        resp.json().await.map_err(|e| e.to_string())
+        resp.json().await.map_err(|e| maybe(e.to_string()))
     }
 }

@@ -10,8 +10,9 @@ use axum::Json;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use super::Shared;
-use crate::monitor::{other_members, unix_now};
+use super::state::Shared;
+use crate::clock::unix_now;
+use crate::cluster::proto::LOCAL_CACHE_STATS_PATH;
 
 /// How long `/cache` waits for a peer's statistics before marking it unreachable.
 pub const PEER_STATS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -31,15 +32,16 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
             .into_response();
     }
 
-    let members = other_members(&state.raft, state.me, &state.peers);
-    let fetched = join_all(members.iter().map(|(_, _, addr)| {
+    let members = state.cluster.other_members();
+    let fetched = join_all(members.iter().map(|m| {
         state
+            .cluster
             .peers
-            .get_json(addr, "/cache?scope=local", PEER_STATS_TIMEOUT)
+            .get_json(&m.addr, LOCAL_CACHE_STATS_PATH, PEER_STATS_TIMEOUT)
     }))
     .await;
     let mut node_statuses = BTreeMap::new();
-    for ((_, name, _), res) in members.iter().zip(fetched) {
+    for (m, res) in members.iter().zip(fetched) {
         let entry = match res {
             Ok(mut v) => {
                 let mut s = v["cache_stats"].take();
@@ -50,22 +52,22 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
             }
             Err(_) => json!({ "status": "unreachable" }),
         };
-        node_statuses.insert(name.clone(), entry);
+        node_statuses.insert(m.name.clone(), entry);
     }
 
     let health = state.monitor.snapshot();
     let mut node_health = BTreeMap::new();
     let mut connected = Vec::new();
-    for (id, name, _) in &members {
-        let (status, last_seen) = match health.get(id) {
+    for m in &members {
+        let (status, last_seen) = match health.get(&m.id) {
             Some(h) => (if h.ok { "ok" } else { "error" }, h.last_seen),
             None => ("unknown", None),
         };
         if status == "ok" {
-            connected.push(name.clone());
+            connected.push(m.name.clone());
         }
         node_health.insert(
-            name.clone(),
+            m.name.clone(),
             json!({ "status": status, "last_seen": last_seen }),
         );
     }
@@ -74,7 +76,7 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
         "cache_stats": stats_json(&state),
         "cluster_status": {
             "current_node": state.cfg.name(),
-            "cluster_nodes": members.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>(),
+            "cluster_nodes": members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
             "connected_nodes": connected,
             "node_health": node_health,
         },

@@ -1,135 +1,36 @@
 //! `/cookies`: the original CRUD contract, plus versions (`ETag`/`If-Match`) and read
 //! consistency levels (`?consistency=linearizable|local`).
+//!
+//! A handler reads the request ([`super::params`]), has the command built and validated
+//! where commands live (`cookie_raft::Command`), hands it to the write path or serves the
+//! read after the read barrier, and maps the result to the contract's status.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
-use cookie_raft::state_machine::CacheStatus;
-use cookie_raft::{CmdResult, Command};
-use serde_json::{Map, Value};
+use axum::response::{IntoResponse, Response};
+use cookie_raft::{BoxError, CacheStatus, CmdResult, Command};
 
 use super::error::{json_bytes, ApiError};
-use super::Shared;
-use crate::metrics::RequestId;
+use super::observe::ReqId;
+use super::params::{
+    consistency, if_match, paging, path_id, read_body, require_json_content_type, Consistency,
+};
+use super::state::Shared;
+use crate::clock::unix_now;
 
 type ApiResult = Result<Response, ApiError>;
-
-/// How a read is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Consistency {
-    Linearizable,
-    Local,
-}
-
-fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let mut level = Consistency::Linearizable;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == "consistency" {
-            level = match v.as_ref() {
-                "linearizable" => Consistency::Linearizable,
-                "local" => Consistency::Local,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "consistency must be linearizable or local",
-                    ))
-                }
-            };
-        }
-    }
-    Ok(level)
-}
-
-fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    match path {
-        Ok(Path(id)) if !id.is_empty() => Ok(id),
-        Ok(_) => Err(ApiError::NotFound),
-        Err(_) => Err(ApiError::bad_request("Invalid cookie id in path")),
-    }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
 }
 
-/// Parse `If-Match: "<index>"` (quotes optional, a weak `W/` prefix tolerated).
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let s = raw.to_str().unwrap_or("").trim();
-    let s = s.strip_prefix("W/").unwrap_or(s);
-    let s = s.trim_matches('"');
-    s.parse::<u64>()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request("If-Match must be a version like \"42\""))
-}
-
-/// How much of an oversized body we read and discard before answering 413, so that a
-/// client still sending it reads our reply instead of a connection reset.
-const DRAIN_LIMIT: usize = 16 << 20;
-
-/// Read a request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("Could not read request body"))?;
-        seen += chunk.len();
-        if seen <= limit {
-            buf.extend_from_slice(&chunk);
-        } else if seen > limit + DRAIN_LIMIT {
-            break; // give up draining; the connection will be closed
-        }
-    }
-    if seen > limit {
-        Err(ApiError::PayloadTooLarge)
-    } else {
-        Ok(buf)
-    }
-}
-
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::bad_request("Invalid JSON")),
-    }
-}
-
-fn valid_user_id(v: &Value) -> bool {
-    v.as_u64().is_some_and(|n| n > 0)
-}
-
-/// The `cookie` field as a non-empty string, with the contract's messages.
-fn cookie_field(v: &Value) -> Result<&str, ApiError> {
-    match v {
-        Value::String(s) if s.is_empty() => Err(ApiError::bad_request("Cookie cannot be empty")),
-        Value::String(s) => Ok(s),
-        _ => Err(ApiError::bad_request("Cookie must be a string")),
-    }
-}
-
-fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Err(ApiError::bad_request("Content-Type header is required"));
-    };
-    let ct = ct.to_str().unwrap_or("").trim().to_ascii_lowercase();
-    if ct.starts_with("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "Content-Type must be application/json",
-        ))
-    }
+/// `X-Cache` and `X-Raft-Applied-Index` on every read reply.
+fn read_headers(resp: &mut Response, cache: CacheStatus, applied: u64) {
+    let h = resp.headers_mut();
+    h.insert("x-cache", HeaderValue::from_static(cache.as_str()));
+    h.insert("x-raft-applied-index", HeaderValue::from(applied));
 }
 
 fn read_reply(
@@ -139,9 +40,7 @@ fn read_reply(
     applied: u64,
 ) -> Response {
     let mut resp = json_bytes(status, body);
-    let h = resp.headers_mut();
-    h.insert("x-cache", HeaderValue::from_static(cache.as_str()));
-    h.insert("x-raft-applied-index", HeaderValue::from(applied));
+    read_headers(&mut resp, cache, applied);
     resp
 }
 
@@ -158,42 +57,22 @@ async fn read_barrier(state: &Shared, level: Consistency) -> Result<(), ApiError
     Ok(())
 }
 
-/// Largest page `?limit=` accepts.
-const MAX_PAGE: usize = 10_000;
-
-/// `?limit=N&after=<id>`: `None` when neither is given (the original, unpaged list).
-fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, ApiError> {
-    let mut limit = None;
-    let mut after = None;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "limit" => {
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n));
-                limit = Some(n.ok_or_else(|| {
-                    ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
-                })?);
-            }
-            "after" => after = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    if limit.is_none() && after.is_none() {
-        return Ok(None);
-    }
-    Ok(Some((limit.unwrap_or(100), after)))
+fn count(state: &Shared, operation: &str) {
+    state
+        .metrics
+        .db_operations
+        .with_label_values(&[operation])
+        .inc();
 }
 
 /// Run a store scan on the blocking pool.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    f: impl FnOnce() -> Result<T, BoxError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }
 
 /// `GET /cookies` (all of them, as the original), or one page with `?limit=&after=`:
@@ -202,11 +81,7 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
     let level = consistency(q.as_deref())?;
     let page = paging(q.as_deref())?;
     read_barrier(&state, level).await?;
-    state
-        .metrics
-        .db_operations
-        .with_label_values(&["list"])
-        .inc();
+    count(&state, "list");
     // Scans run on the blocking pool: an unpaged list of a million records takes over a
     // second, and on an async worker it would stall this node's Raft traffic meanwhile (all
     // of it, where the runtime has a single worker, as in a one-CPU container).
@@ -243,15 +118,8 @@ pub async fn get_one(
     let id = path_id(path)?;
     let level = consistency(q.as_deref())?;
     read_barrier(&state, level).await?;
-    state
-        .metrics
-        .db_operations
-        .with_label_values(&["get"])
-        .inc();
-    let (found, cache) = state
-        .reader
-        .get(&id)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    count(&state, "get");
+    let (found, cache) = state.reader.get(&id).map_err(ApiError::internal)?;
     let applied = state.reader.applied_index();
     match found {
         Some(rec) => {
@@ -260,10 +128,8 @@ pub async fn get_one(
             Ok(resp)
         }
         None => {
-            let mut resp = axum::response::IntoResponse::into_response(ApiError::NotFound);
-            let h = resp.headers_mut();
-            h.insert("x-cache", HeaderValue::from_static(cache.as_str()));
-            h.insert("x-raft-applied-index", HeaderValue::from(applied));
+            let mut resp = ApiError::NotFound.into_response();
+            read_headers(&mut resp, cache, applied);
             Ok(resp)
         }
     }
@@ -272,7 +138,7 @@ pub async fn get_one(
 /// `POST /cookies/{anything}`: the path id is ignored, as in the original.
 pub async fn create_with_path(
     state: State<Shared>,
-    rid: Extension<RequestId>,
+    rid: ReqId,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -282,38 +148,15 @@ pub async fn create_with_path(
 /// `POST /cookies`
 pub async fn create(
     State(state): State<Shared>,
-    Extension(rid): Extension<RequestId>,
+    ReqId(rid): ReqId,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     require_json_content_type(&headers)?;
     let bytes = read_body(body, state.cfg.max_body_bytes).await?;
-    let mut obj = parse_object(&bytes)?;
-    let id = match obj.get("cookie") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("Cookie field is required")),
-        Some(v) => cookie_field(v)?.to_owned(),
-    };
-    match obj.get("user_id") {
-        None => return Err(ApiError::bad_request("User ID field is required")),
-        Some(v) if !valid_user_id(v) => {
-            return Err(ApiError::bad_request("User ID must be a positive integer"))
-        }
-        Some(_) => {}
-    }
-    let now = Value::String(now_secs().to_string());
-    obj.insert("created".into(), now.clone());
-    obj.insert("last_used".into(), now);
-    let object = serde_json::to_string(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state
-        .metrics
-        .db_operations
-        .with_label_values(&["create"])
-        .inc();
-    match state
-        .writer
-        .write(Command::Create { id, object }, &rid.0)
-        .await?
-    {
+    let cmd = Command::create(&bytes, unix_now())?;
+    count(&state, "create");
+    match state.writer.write(cmd, &rid).await? {
         CmdResult::Stored { object, version } => {
             Ok(stored_reply(StatusCode::CREATED, object, version))
         }
@@ -323,9 +166,11 @@ pub async fn create(
 }
 
 /// `PUT /cookies/{cookie}`: merge, atomically where the write is applied.
+// An axum handler's arguments are its extractors, in the order they run: not a constructor.
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     State(state): State<Shared>,
-    Extension(rid): Extension<RequestId>,
+    ReqId(rid): ReqId,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -333,30 +178,9 @@ pub async fn update(
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
     let bytes = read_body(body, state.cfg.max_body_bytes).await?;
-    let patch = parse_object(&bytes)?;
-    if let Some(v) = patch.get("user_id") {
-        if !valid_user_id(v) {
-            return Err(ApiError::bad_request("User ID must be a positive integer"));
-        }
-    }
-    let rename_to = match patch.get("cookie") {
-        Some(v) => Some(cookie_field(v)?.to_owned()).filter(|new| *new != id),
-        None => None,
-    };
-    let patch = serde_json::to_string(&patch).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let cmd = Command::Update {
-        id,
-        patch,
-        rename_to,
-        now: now_secs(),
-        if_match: expected,
-    };
-    state
-        .metrics
-        .db_operations
-        .with_label_values(&["update"])
-        .inc();
-    match state.writer.write(cmd, &rid.0).await? {
+    let cmd = Command::update(id, &bytes, unix_now(), expected)?;
+    count(&state, "update");
+    match state.writer.write(cmd, &rid).await? {
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
@@ -369,26 +193,16 @@ pub async fn update(
 /// `DELETE /cookies/{cookie}`: idempotent unless `If-Match` is given.
 pub async fn delete(
     State(state): State<Shared>,
-    Extension(rid): Extension<RequestId>,
+    ReqId(rid): ReqId,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult {
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
-    state
-        .metrics
-        .db_operations
-        .with_label_values(&["delete"])
-        .inc();
+    count(&state, "delete");
     match state
         .writer
-        .write(
-            Command::Delete {
-                id,
-                if_match: expected,
-            },
-            &rid.0,
-        )
+        .write(Command::delete(id, expected), &rid)
         .await?
     {
         CmdResult::Deleted => Ok(json_bytes(
@@ -402,63 +216,4 @@ pub async fn delete(
 
 fn unexpected(r: CmdResult) -> ApiError {
     ApiError::Internal(format!("unexpected result from the state machine: {r:?}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consistency_levels() {
-        assert_eq!(consistency(None).unwrap(), Consistency::Linearizable);
-        assert_eq!(
-            consistency(Some("consistency=local")).unwrap(),
-            Consistency::Local
-        );
-        assert_eq!(
-            consistency(Some("x=1&consistency=linearizable")).unwrap(),
-            Consistency::Linearizable
-        );
-        assert!(consistency(Some("consistency=eventual")).is_err());
-    }
-
-    #[test]
-    fn paging_parameters() {
-        assert_eq!(paging(None).unwrap(), None);
-        assert_eq!(paging(Some("consistency=local")).unwrap(), None);
-        assert_eq!(paging(Some("limit=5")).unwrap(), Some((5, None)));
-        assert_eq!(
-            paging(Some("after=a%20b")).unwrap(),
-            Some((100, Some("a b".into())))
-        );
-        for bad in ["limit=0", "limit=-1", "limit=x", "limit=10001"] {
-            assert!(paging(Some(bad)).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn if_match_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(if_match(&h).unwrap(), None);
-        h.insert(header::IF_MATCH, HeaderValue::from_static("\"12\""));
-        assert_eq!(if_match(&h).unwrap(), Some(12));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"7\""));
-        assert_eq!(if_match(&h).unwrap(), Some(7));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
-        assert!(if_match(&h).is_err());
-    }
-
-    #[test]
-    fn user_id_rules() {
-        assert!(valid_user_id(&serde_json::json!(1001)));
-        for bad in [
-            serde_json::json!(0),
-            serde_json::json!(-1),
-            serde_json::json!(1001.0),
-            serde_json::json!("1001"),
-            Value::Null,
-        ] {
-            assert!(!valid_user_id(&bad), "{bad}");
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! The API's error type and its one mapping to HTTP: every error is
-//! `{"error": "<message>"}` with `content-type: application/json`.
+//! `{"error": "<message>"}` with `content-type: application/json`. The message is the
+//! error's `Display` (thiserror), so the text clients see is written once, here.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,22 +8,32 @@ use axum::response::{IntoResponse, Response};
 use crate::read::ReadError;
 use crate::write::WriteError;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
+    #[error("{0}")]
     BadRequest(String),
+    #[error("Cookie not found")]
     NotFound,
+    #[error("Not Found")]
     RouteNotFound,
+    #[error("Method Not Allowed")]
     MethodNotAllowed,
+    #[error("Cookie already exists")]
     Conflict,
+    #[error("Precondition Failed")]
     PreconditionFailed,
+    #[error("Payload too large")]
     PayloadTooLarge,
-    Unauthorized,
     /// No leader within the timeout: nothing happened, retry later.
+    #[error("No leader available")]
     NoLeader,
     /// This node is behind the read index and did not catch up in time.
+    #[error("Node has not applied the read index {0} yet")]
     Lagging(u64),
     /// A write whose outcome is unknown: it may or may not have been applied.
+    #[error("Write outcome unknown: it may or may not have been applied ({0})")]
     OutcomeUnknown(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -31,36 +42,21 @@ impl ApiError {
         ApiError::BadRequest(msg.into())
     }
 
-    fn status_and_message(&self) -> (StatusCode, String) {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+
+    fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "Cookie not found".into()),
-            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "Not Found".into()),
-            ApiError::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
-            }
-            ApiError::Conflict => (StatusCode::CONFLICT, "Cookie already exists".into()),
-            ApiError::PreconditionFailed => (
-                StatusCode::PRECONDITION_FAILED,
-                "Precondition Failed".into(),
-            ),
-            ApiError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large".into())
-            }
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized".into()),
-            ApiError::NoLeader => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "No leader available".into(),
-            ),
-            ApiError::Lagging(i) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("Node has not applied the read index {i} yet"),
-            ),
-            ApiError::OutcomeUnknown(why) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("Write outcome unknown: it may or may not have been applied ({why})"),
-            ),
-            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m.clone()),
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoLeader | ApiError::Lagging(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -83,6 +79,12 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<cookie_raft::Invalid> for ApiError {
+    fn from(e: cookie_raft::Invalid) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
 /// A JSON reply from pre-serialised bytes.
 pub fn json_bytes(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     let mut resp = (status, body.into()).into_response();
@@ -95,13 +97,45 @@ pub fn json_bytes(status: StatusCode, body: impl Into<axum::body::Body>) -> Resp
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = self.status_and_message();
-        let body = serde_json::json!({ "error": message }).to_string();
-        let mut resp = json_bytes(status, body);
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut resp = json_bytes(self.status(), body);
         if matches!(self, ApiError::NoLeader | ApiError::Lagging(_)) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_error_is_json_with_its_status_and_message() {
+        for (err, status, message) in [
+            (ApiError::NotFound, 404, "Cookie not found"),
+            (ApiError::Conflict, 409, "Cookie already exists"),
+            (ApiError::NoLeader, 503, "No leader available"),
+            (
+                ApiError::Lagging(7),
+                503,
+                "Node has not applied the read index 7 yet",
+            ),
+            (
+                ApiError::OutcomeUnknown("timeout".into()),
+                504,
+                "Write outcome unknown: it may or may not have been applied (timeout)",
+            ),
+        ] {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"], message);
+        }
     }
 }

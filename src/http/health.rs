@@ -4,35 +4,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::ServerState;
 use serde_json::json;
 
-use super::Shared;
-
-pub fn role(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Learner => "learner",
-        ServerState::Candidate => "candidate",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
-/// The name of node `id` from the replicated membership (`node{id}` if unknown).
-pub fn node_name(state: &Shared, id: u64) -> String {
-    let m = state.raft.metrics();
-    let m = m.borrow();
-    m.membership_config
-        .membership()
-        .get_node(&id)
-        .map_or_else(|| format!("node{id}"), |n| n.name.clone())
-}
+use super::state::Shared;
+use crate::cluster::role_name as role;
 
 /// `GET /health`: 200 while the process serves.
 pub async fn health(State(state): State<Shared>) -> Response {
     let (role, leader, term) = {
-        let m = state.raft.metrics();
+        let m = state.cluster.raft.metrics();
         let m = m.borrow();
         (role(m.state), m.current_leader, m.current_term)
     };
@@ -40,7 +20,7 @@ pub async fn health(State(state): State<Shared>) -> Response {
         "status": "ok",
         "node": state.cfg.name(),
         "role": role,
-        "leader": leader.map(|l| node_name(&state, l)),
+        "leader": leader.map(|l| state.cluster.node_name(l)),
         "term": term,
         "last_applied": state.reader.applied_index(),
     }))
@@ -51,11 +31,12 @@ pub async fn health(State(state): State<Shared>) -> Response {
 /// is applied; 503 otherwise.
 pub async fn ready(State(state): State<Shared>) -> Response {
     let (leader, applied) = {
-        let m = state.raft.metrics();
+        let m = state.cluster.raft.metrics();
         let m = m.borrow();
         (m.current_leader, m.last_applied.map_or(0, |l| l.index))
     };
     let committed = state
+        .cluster
         .raft
         .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
         .await
@@ -69,7 +50,7 @@ pub async fn ready(State(state): State<Shared>) -> Response {
     let body = json!({
         "ready": ready,
         "node": state.cfg.name(),
-        "leader": leader.map(|l| node_name(&state, l)),
+        "leader": leader.map(|l| state.cluster.node_name(l)),
         "committed": committed,
         "last_applied": applied,
     });
@@ -78,8 +59,8 @@ pub async fn ready(State(state): State<Shared>) -> Response {
 
 /// `GET /cluster`: members, voters, learners, leader, term and indexes.
 pub async fn cluster(State(state): State<Shared>) -> Response {
-    let initialized = state.raft.is_initialized().await.unwrap_or(false);
-    let m = state.raft.metrics().borrow().clone();
+    let initialized = state.cluster.raft.is_initialized().await.unwrap_or(false);
+    let m = state.cluster.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let learners: Vec<u64> = membership.learner_ids().collect();
@@ -88,7 +69,7 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         .map(|(id, n)| json!({"id": id, "name": n.name, "addr": n.addr, "voter": voters.contains(id)}))
         .collect();
     Json(json!({
-        "node_id": state.me,
+        "node_id": state.cluster.me,
         "node": state.cfg.name(),
         "initialized": initialized,
         "role": role(m.state),

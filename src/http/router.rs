@@ -1,42 +1,17 @@
-//! The HTTP server: the cookie API, health, cluster view, and the Raft RPC endpoints.
-
-pub mod cache;
-pub mod cookies;
-pub mod error;
-pub mod health;
-pub mod raft_rpc;
-
-use std::sync::Arc;
+//! The routes of both the public API and the peer endpoints, and the layers around them.
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
-use cookie_raft::{NodeId, Raft, StoreReader};
 
-use crate::config::Config;
-use crate::metrics::{self, Metrics};
-use crate::monitor::Monitor;
-use crate::peers::PeerClient;
-use crate::read::ReadIndex;
-use crate::write::Writer;
-use error::ApiError;
-
-/// Everything a handler needs; shared by all requests.
-pub struct AppState {
-    pub cfg: Config,
-    pub me: NodeId,
-    pub raft: Raft,
-    pub reader: StoreReader,
-    pub writer: Writer,
-    pub reads: ReadIndex,
-    pub peers: PeerClient,
-    pub monitor: Monitor,
-    pub metrics: Arc<Metrics>,
-    pub started: std::time::Instant,
-    pub install_quiet: crate::install_quiet::InstallQuiet,
-}
-
-pub type Shared = Arc<AppState>;
+use super::error::ApiError;
+use super::observe::{
+    self, CatchPanicLayer, NodeRequestIds, PropagateRequestIdLayer, SetRequestIdLayer, TraceLayer,
+    REQUEST_ID_HEADER,
+};
+use super::state::Shared;
+use super::{cache, cookies, health, peer_rpc, raft_rpc};
+use crate::cluster::proto::{APPEND_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH};
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
 const RAFT_BODY_LIMIT: usize = 256 << 20;
@@ -56,14 +31,15 @@ fn with_405(r: MethodRouter<Shared>) -> MethodRouter<Shared> {
 }
 
 pub fn router(state: Shared) -> Router {
-    let raft_routes = Router::new()
-        .route("/raft/append", post(raft_rpc::append))
-        .route("/raft/vote", post(raft_rpc::vote))
-        .route("/raft/snapshot", post(raft_rpc::snapshot))
-        .route("/raft/write", post(raft_rpc::forwarded_write))
-        .route("/raft/read-index", post(raft_rpc::read_index))
+    let peer_routes = Router::new()
+        .route(APPEND_PATH, post(raft_rpc::append))
+        .route(VOTE_PATH, post(raft_rpc::vote))
+        .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
+        .route(WRITE_PATH, post(peer_rpc::forwarded_write))
+        .route(READ_INDEX_PATH, post(peer_rpc::read_index))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
 
+    let ids = NodeRequestIds::new(&state.cfg.name());
     Router::new()
         .route(
             "/cookies",
@@ -91,16 +67,33 @@ pub fn router(state: Shared) -> Router {
                     .head(method_not_allowed),
             ),
         )
-        .route("/metrics", with_405(get(metrics::scrape)))
+        .route("/metrics", with_405(get(observe::scrape)))
         .route("/health", with_405(get(health::health)))
         .route("/ready", with_405(get(health::ready)))
         .route("/cluster", with_405(get(health::cluster)))
-        .merge(raft_routes)
+        .merge(peer_routes)
         .route("/raft/{*rest}", any(not_found))
         .fallback(not_found)
+        // Innermost first: a panic becomes a 500 that the metrics still count.
+        .layer(CatchPanicLayer::custom(observe::panic_reply))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            metrics::track,
+            observe::track,
+        ))
+        // Outermost last: the id exists before the span that names it.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(observe::request_span)
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, ids))
+        .layer(axum::middleware::map_request(
+            observe::drop_unusable_request_id,
         ))
         .with_state(state)
 }

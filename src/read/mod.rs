@@ -1,4 +1,5 @@
-//! The linearizable read barrier (ReadIndex), with batched confirmation rounds.
+//! The read path: the linearizable read barrier (ReadIndex), with shared confirmation
+//! rounds.
 //!
 //! Before a `linearizable` read is served from this node's state, the leader confirms with a
 //! quorum, by a heartbeat round that starts after the read arrived, that it is still the
@@ -7,27 +8,32 @@
 //! read began is committed at or below the read index, so the read sees it, whichever node
 //! serves it. A leader cut off in a minority cannot get the quorum and serves nothing.
 //!
-//! Rounds are shared ([`RoundBatcher`]): on the leader, one quorum heartbeat serves every
-//! read waiting when it starts; on a follower, one read-index RPC to the leader does (and the
-//! leader batches those RPCs with its own reads).
+//! Rounds are shared ([`rounds`]): on the leader, one quorum heartbeat serves every read
+//! waiting when it starts; on a follower, one read-index RPC to the leader does (and the
+//! leader shares those RPCs' rounds with its own reads).
 
+pub mod rounds;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use cookie_raft::{NodeId, Raft, ReadFloor};
+use cookie_raft::{Raft, ReadFloor};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
-use std::sync::Arc;
-
+use crate::cluster::proto::ReadIndexReply;
+use crate::cluster::{Cluster, Leader};
 use crate::metrics::Metrics;
-use crate::peers::{PeerClient, ReadIndexReply};
-use crate::read_batch::RoundBatcher;
+use crate::tasks::Tasks;
+use rounds::Rounds;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     /// No leader could confirm a read index in time.
+    #[error("no leader available")]
     NoLeader,
     /// The index was known but this node did not apply it in time.
+    #[error("node has not applied the read index {0} yet")]
     Lagging(u64),
 }
 
@@ -53,30 +59,40 @@ async fn confirm_leadership(raft: &Raft, floor: Option<ReadFloor>) -> ReadIndexR
     }
 }
 
+/// How the read path is tuned, and what it must know from start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSettings {
+    /// Bounds one confirmation round (the config's `read_timeout_ms`).
+    pub round_timeout: Duration,
+    /// The restored leader's read floor, if this node resumed as leader after a crash.
+    pub floor: Option<ReadFloor>,
+}
+
 /// This node's read-index service.
 #[derive(Clone)]
 pub struct ReadIndex {
-    raft: Raft,
-    me: NodeId,
-    peers: PeerClient,
+    cluster: Cluster,
     /// Rounds of leadership confirmation, when this node leads.
-    leader_rounds: RoundBatcher<ReadIndexReply>,
+    leader_rounds: Rounds<ReadIndexReply>,
     /// Rounds of read-index RPCs to the leader, when this node follows.
-    follower_rounds: RoundBatcher<ReadIndexReply>,
+    follower_rounds: Rounds<ReadIndexReply>,
 }
 
 impl ReadIndex {
-    pub fn new(
-        raft: Raft,
-        me: NodeId,
-        peers: PeerClient,
-        round_timeout: Duration,
+    /// Start the two round runners in `tasks`.
+    pub fn start(
+        cluster: Cluster,
+        settings: ReadSettings,
         metrics: Arc<Metrics>,
-        floor: Option<ReadFloor>,
+        tasks: &Tasks,
     ) -> Self {
+        let ReadSettings {
+            round_timeout,
+            floor,
+        } = settings;
         let leader_rounds = {
-            let raft = raft.clone();
-            RoundBatcher::spawn(move || {
+            let raft = cluster.raft.clone();
+            Rounds::spawn("read rounds (leader)", tasks, move || {
                 let raft = raft.clone();
                 async move {
                     tokio::time::timeout(round_timeout, confirm_leadership(&raft, floor))
@@ -86,36 +102,31 @@ impl ReadIndex {
             })
         };
         let follower_rounds = {
-            let raft = raft.clone();
-            let peers = peers.clone();
-            RoundBatcher::spawn(move || {
-                let raft = raft.clone();
-                let peers = peers.clone();
+            let cluster = cluster.clone();
+            Rounds::spawn("read rounds (follower)", tasks, move || {
+                let cluster = cluster.clone();
                 let metrics = metrics.clone();
                 async move {
-                    match peers.leader(&raft) {
-                        (Some(l), Some(addr)) if l != me => {
-                            metrics.forwarded.with_label_values(&["read_index"]).inc();
-                            peers
-                                .read_index(&addr, round_timeout)
-                                .await
-                                .unwrap_or_else(|_| {
-                                    metrics
-                                        .forward_errors
-                                        .with_label_values(&["read_index"])
-                                        .inc();
-                                    ReadIndexReply::NotLeader
-                                })
-                        }
-                        _ => ReadIndexReply::NotLeader,
-                    }
+                    let Leader::At(addr) = cluster.leader() else {
+                        return ReadIndexReply::NotLeader;
+                    };
+                    metrics.forwarded.with_label_values(&["read_index"]).inc();
+                    cluster
+                        .peers
+                        .read_index(&addr, round_timeout)
+                        .await
+                        .unwrap_or_else(|_| {
+                            metrics
+                                .forward_errors
+                                .with_label_values(&["read_index"])
+                                .inc();
+                            ReadIndexReply::NotLeader
+                        })
                 }
             })
         };
         ReadIndex {
-            raft,
-            me,
-            peers,
+            cluster,
             leader_rounds,
             follower_rounds,
         }
@@ -123,7 +134,7 @@ impl ReadIndex {
 
     /// A read index confirmed by this node as leader (the `/raft/read-index` handler).
     pub async fn as_leader(&self) -> ReadIndexReply {
-        if self.raft.metrics().borrow().current_leader != Some(self.me) {
+        if !self.cluster.is_leader() {
             return ReadIndexReply::NotLeader;
         }
         self.leader_rounds
@@ -135,21 +146,21 @@ impl ReadIndex {
     /// Wait until this node may serve a linearizable read; returns the read index.
     pub async fn barrier(&self, timeout: Duration) -> Result<u64, ReadError> {
         let deadline = Instant::now() + timeout;
-        let mut metrics = self.raft.metrics();
-        loop {
-            metrics.borrow_and_update();
-            let reply = match self.peers.leader(&self.raft) {
-                (Some(l), _) if l == self.me => self.as_leader().await,
-                (Some(_), Some(_)) => self
+        let mut leaders = self.cluster.watch_leader(deadline);
+        while let Some(leader) = leaders.next().await {
+            let reply = match leader {
+                Leader::Me => self.as_leader().await,
+                Leader::At(_) => self
                     .follower_rounds
                     .join()
                     .await
                     .unwrap_or(ReadIndexReply::NotLeader),
-                _ => ReadIndexReply::NotLeader,
+                Leader::Unknown => ReadIndexReply::NotLeader,
             };
             if let ReadIndexReply::Index(index) = reply {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 return match self
+                    .cluster
                     .raft
                     .wait(Some(remaining))
                     .applied_index_at_least(Some(index), "linearizable read")
@@ -159,12 +170,7 @@ impl ReadIndex {
                     Err(_) => Err(ReadError::Lagging(index)),
                 };
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ReadError::NoLeader);
-            }
-            let pause = (deadline - now).min(Duration::from_millis(50));
-            let _ = tokio::time::timeout(pause, metrics.changed()).await;
         }
+        Err(ReadError::NoLeader)
     }
 }

@@ -1,4 +1,4 @@
-//! Read-index batching: concurrent linearizable reads share one leadership confirmation.
+//! Confirmation rounds: concurrent linearizable reads share one leadership confirmation.
 //!
 //! A confirmation round (a quorum heartbeat on the leader, or one read-index RPC from a
 //! follower to the leader) serves every read that was waiting when the round *started*.
@@ -12,31 +12,34 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::tasks::Tasks;
+
 type Confirm<T> = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = T> + Send>> + Send + Sync>;
 
-/// Handle to one batching task. Cloning shares it.
-pub struct RoundBatcher<T> {
+/// Handle to one round-running task. Cloning shares it.
+pub struct Rounds<T> {
     tx: mpsc::UnboundedSender<oneshot::Sender<T>>,
 }
 
-impl<T> Clone for RoundBatcher<T> {
+impl<T> Clone for Rounds<T> {
     fn clone(&self) -> Self {
-        RoundBatcher {
+        Rounds {
             tx: self.tx.clone(),
         }
     }
 }
 
-impl<T: Clone + Send + 'static> RoundBatcher<T> {
-    /// Start the task; `confirm` runs one round and yields its answer for all its readers.
-    pub fn spawn<F, Fut>(confirm: F) -> Self
+impl<T: Clone + Send + 'static> Rounds<T> {
+    /// Start the task in `tasks`; `confirm` runs one round and yields its answer for all
+    /// its readers.
+    pub fn spawn<F, Fut>(name: &'static str, tasks: &Tasks, confirm: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
         let confirm: Confirm<T> = Arc::new(move || Box::pin(confirm()));
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<T>>();
-        tokio::spawn(async move {
+        tasks.spawn(name, async move {
             while let Some(first) = rx.recv().await {
                 // Everyone queued now arrived before this round starts.
                 let mut waiters = vec![first];
@@ -49,7 +52,7 @@ impl<T: Clone + Send + 'static> RoundBatcher<T> {
                 }
             }
         });
-        RoundBatcher { tx }
+        Rounds { tx }
     }
 
     /// Join the next round that starts after this call; `None` if the task is gone.
@@ -72,12 +75,12 @@ mod tests {
     /// Rounds record when they started; each read records when it arrived and which round
     /// answered it.
     #[derive(Default)]
-    struct Rounds {
+    struct RoundLog {
         starts: Mutex<Vec<Instant>>,
         count: AtomicU64,
     }
 
-    impl Rounds {
+    impl RoundLog {
         async fn run(self: Arc<Self>) -> u64 {
             let id = self.count.fetch_add(1, Ordering::SeqCst);
             self.starts.lock().unwrap().push(Instant::now());
@@ -87,7 +90,7 @@ mod tests {
     }
 
     /// The property: every read was answered by a round that started after it arrived.
-    fn check(rounds: &Rounds, reads: &[(Instant, u64)]) -> Result<(), String> {
+    fn check(rounds: &RoundLog, reads: &[(Instant, u64)]) -> Result<(), String> {
         let starts = rounds.starts.lock().unwrap();
         for (arrived, round) in reads {
             if starts[*round as usize] < *arrived {
@@ -123,9 +126,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_never_uses_a_round_that_started_before_it_arrived() {
-        let rounds = Arc::new(Rounds::default());
+        let rounds = Arc::new(RoundLog::default());
         let r = rounds.clone();
-        let b = RoundBatcher::spawn(move || r.clone().run());
+        // The task set owns the round runner: it must outlive the test's reads.
+        let tasks = Tasks::new();
+        let b = super::Rounds::spawn("test", &tasks, move || r.clone().run());
         let reads = drive(move || {
             let b = b.clone();
             async move { b.join().await.unwrap() }
@@ -136,11 +141,11 @@ mod tests {
         assert!(n < 400, "{n} rounds for 400 reads: nothing was shared");
     }
 
-    /// The check can fail: a batcher that lets a read join a round already running (the bug
-    /// batching invites) is caught.
+    /// The check can fail: a round runner that lets a read join a round already running (the
+    /// bug sharing invites) is caught.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joining_a_running_round_is_caught() {
-        let rounds = Arc::new(Rounds::default());
+        let rounds = Arc::new(RoundLog::default());
         let running: Arc<Mutex<Option<Shared<BoxFuture<'static, u64>>>>> = Arc::default();
         let r = rounds.clone();
         let reads = drive(move || {

@@ -5,8 +5,8 @@
 //! machine that work, not the disk, was what bounded write throughput (docs/benchmarks.md).
 //! So a follower's writes queue for one task that sends whatever is waiting as one request
 //! (`/raft/write`, a bincode list), with a few requests in flight: while one is out, the next
-//! fills up, so batches grow with load as group commit's do. The leader offers every command
-//! to its group commit at once and answers each one separately.
+//! fills up, so requests grow with load as group commit's batches do. The leader offers
+//! every command to its group commit at once and answers each one separately.
 //!
 //! Outcomes stay per command: [`ForwardReply::NotLeader`] is still a promise that *that*
 //! command was not proposed. A transport failure is a fact about the whole request: refused
@@ -14,29 +14,29 @@
 
 use std::time::Duration;
 
-use cookie_raft::Command;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::gather::{Batches, Verdict};
-use crate::peers::{ForwardReply, PeerClient, SendError};
+use super::queue::{Queue, Verdict};
+use crate::cluster::peer::{PeerClient, PeerError};
+use crate::cluster::proto::{ForwardReply, ForwardedWrite};
+use crate::tasks::Tasks;
 
-/// One forwarded write, with the client's request id so the leader's log can name it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ForwardedWrite {
-    pub cmd: Command,
-    pub request_id: String,
-}
+/// Writes per request; the leader's group commit splits them further as it must.
+const MAX_PER_REQUEST: usize = 512;
 
-/// Commands per request; the leader's group commit splits them further as it must.
-const MAX_BATCH: usize = 512;
+/// Writes waiting to be forwarded, at most; a full queue makes senders wait.
+const QUEUE: usize = 16 * 1024;
+
+/// How much longer than the leader's own deadline a follower waits for its answer, so the
+/// leader's answer (even "unknown") arrives before the follower gives up on it.
+pub const LEADER_ANSWER_SLACK: Duration = Duration::from_millis(500);
 
 struct Job {
     addr: String,
     write: ForwardedWrite,
     deadline: Instant,
-    reply: oneshot::Sender<Result<ForwardReply, SendError>>,
+    reply: oneshot::Sender<Result<ForwardReply, PeerError>>,
 }
 
 /// Handle to the forwarding task.
@@ -46,10 +46,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// `inflight`: requests to the leader in flight at once.
-    pub fn spawn(peers: PeerClient, inflight: usize) -> Self {
-        let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(peers, rx, inflight));
+    /// Start the task in `tasks`; `inflight`: requests to the leader in flight at once.
+    pub fn spawn(peers: PeerClient, inflight: usize, tasks: &Tasks) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tasks.spawn("write forwarding", run(peers, rx, inflight));
         Forwarder { tx }
     }
 
@@ -60,7 +60,7 @@ impl Forwarder {
         addr: String,
         write: ForwardedWrite,
         deadline: Instant,
-    ) -> Result<ForwardReply, SendError> {
+    ) -> Result<ForwardReply, PeerError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             addr,
@@ -69,12 +69,12 @@ impl Forwarder {
             reply,
         };
         if self.tx.send(job).await.is_err() {
-            return Err(SendError::NotSent("the node is shutting down".into()));
+            return Err(PeerError::NotSent("the node is shutting down".into()));
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(SendError::MaybeSent("the node shut down".into())),
-            Err(_) => Err(SendError::MaybeSent(
+            Ok(Err(_)) => Err(PeerError::MaybeSent("the node shut down".into())),
+            Err(_) => Err(PeerError::MaybeSent(
                 "timed out waiting for the leader".into(),
             )),
         }
@@ -82,33 +82,32 @@ impl Forwarder {
 }
 
 async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
-    let mut batches = Batches::new(rx, inflight);
+    let mut queue = Queue::new(rx, inflight);
     // One request goes to one address: jobs for another (older or newer) leader wait for
     // the next request.
-    let same_leader = |j: &Job, batch: &[Job]| match batch.first() {
+    let same_leader = |j: &Job, taken: &[Job]| match taken.first() {
         Some(first) if first.addr != j.addr => Verdict::Defer,
         _ => Verdict::Take,
     };
-    while let Some((batch, permit)) = batches.next(MAX_BATCH, same_leader).await {
+    while let Some((jobs, slot)) = queue.next(MAX_PER_REQUEST, same_leader).await {
         let peers = peers.clone();
+        // Bounded by the request's timeout (the latest deadline plus the slack).
         tokio::spawn(async move {
-            let addr = batch[0].addr.clone();
-            send(&peers, &addr, batch).await;
-            drop(permit);
+            let addr = jobs[0].addr.clone();
+            send(&peers, &addr, jobs).await;
+            drop(slot);
         });
     }
 }
 
-async fn send(peers: &PeerClient, addr: &str, batch: Vec<Job>) {
-    let latest = batch
+async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) {
+    let latest = jobs
         .iter()
         .map(|j| j.deadline)
         .max()
         .unwrap_or_else(Instant::now);
-    // A little longer than the leader's own deadline, so the leader's answer (even
-    // "unknown") arrives before we give up on it.
-    let timeout = latest.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let timeout = latest.saturating_duration_since(Instant::now()) + LEADER_ANSWER_SLACK;
+    let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
     match peers.forward_writes(addr, &writes, timeout).await {
         Ok(answers) if answers.len() == replies.len() => {
             for (r, a) in replies.into_iter().zip(answers) {
@@ -116,26 +115,18 @@ async fn send(peers: &PeerClient, addr: &str, batch: Vec<Job>) {
             }
         }
         Ok(answers) => {
-            let msg = format!(
+            let e = PeerError::MaybeSent(format!(
                 "the leader answered {} of {} writes",
                 answers.len(),
                 replies.len()
-            );
+            ));
             for r in replies {
-                let _ = r.send(Err(SendError::MaybeSent(msg.clone())));
+                let _ = r.send(Err(e.clone()));
             }
         }
         Err(e) => {
-            let not_sent = matches!(e, SendError::NotSent(_));
-            let msg = match e {
-                SendError::NotSent(m) | SendError::MaybeSent(m) => m,
-            };
             for r in replies {
-                let _ = r.send(Err(if not_sent {
-                    SendError::NotSent(msg.clone())
-                } else {
-                    SendError::MaybeSent(msg.clone())
-                }));
+                let _ = r.send(Err(e.clone()));
             }
         }
     }

@@ -1,9 +1,11 @@
-//! Forming one batch from a queue: what group commit and write forwarding share.
+//! A queue that hands out everything waiting as one group: what group commit (a group is
+//! one batch, one log entry) and write forwarding (a group is one request to the leader)
+//! share.
 //!
-//! Both keep a single task that, once it may send another batch, takes whatever is waiting.
-//! Some waiting items cannot join the batch being formed (a second write to the same
-//! record; a write for another leader address): they keep their place, ahead of anything
-//! newer, for the next batch.
+//! Both keep a single task that, once it may send another group, takes whatever is
+//! waiting. Some waiting items cannot join the group being formed (a second write to the
+//! same record; a write for another leader address): they keep their place, ahead of
+//! anything newer, for the next group.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,32 +14,32 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// What to do with the next waiting item.
 pub enum Verdict {
-    /// Into this batch.
+    /// Into this group.
     Take,
-    /// Not into this batch: it waits for the next one, in order.
+    /// Not into this group: it waits for the next one, in order.
     Defer,
-    /// The batch is full: stop before this item, which stays first in line.
+    /// The group is full: stop before this item, which stays first in line.
     Stop,
 }
 
-/// A queue that yields batches, at most `inflight` outstanding: the next batch is formed only
+/// A queue that yields groups, at most `inflight` outstanding: the next group is formed only
 /// when a slot is free, and waiting for the slot is what lets it fill up.
-pub struct Batches<T> {
+pub struct Queue<T> {
     rx: mpsc::Receiver<T>,
     carry: VecDeque<T>,
     slots: Arc<Semaphore>,
 }
 
-impl<T> Batches<T> {
+impl<T> Queue<T> {
     pub fn new(rx: mpsc::Receiver<T>, inflight: usize) -> Self {
-        Batches {
+        Queue {
             rx,
             carry: VecDeque::new(),
             slots: Arc::new(Semaphore::new(inflight)),
         }
     }
 
-    /// The next batch (see [`gather`]) and its slot, to drop once the batch is done; `None`
+    /// The next group (see [`gather`]) and its slot, to drop once the group is done; `None`
     /// when every sender is gone.
     pub async fn next(
         &mut self,
@@ -52,17 +54,17 @@ impl<T> Batches<T> {
     }
 }
 
-/// Take items from `carry` (left over from earlier batches), then from `rx`, without waiting,
-/// while `judge` takes them and the batch is below `max` items.
+/// Take items from `carry` (left over from earlier groups), then from `rx`, without waiting,
+/// while `judge` takes them and the group is below `max` items.
 pub fn gather<T>(
     carry: &mut VecDeque<T>,
     rx: &mut mpsc::Receiver<T>,
     max: usize,
     mut judge: impl FnMut(&T, &[T]) -> Verdict,
 ) -> Vec<T> {
-    let mut batch = Vec::new();
+    let mut group = Vec::new();
     let mut deferred = VecDeque::new();
-    while batch.len() < max {
+    while group.len() < max {
         let next = match carry.pop_front() {
             Some(x) => x,
             None => match rx.try_recv() {
@@ -70,8 +72,8 @@ pub fn gather<T>(
                 Err(_) => break,
             },
         };
-        match judge(&next, &batch) {
-            Verdict::Take => batch.push(next),
+        match judge(&next, &group) {
+            Verdict::Take => group.push(next),
             Verdict::Defer => deferred.push_back(next),
             Verdict::Stop => {
                 carry.push_front(next);
@@ -81,7 +83,7 @@ pub fn gather<T>(
     }
     deferred.append(carry);
     *carry = deferred;
-    batch
+    group
 }
 
 #[cfg(test)]
@@ -95,16 +97,16 @@ mod tests {
             tx.send(i).await.unwrap();
         }
         let mut carry = VecDeque::from([0]);
-        // Odd numbers wait for the next batch; 6 ends this one.
-        let batch = gather(&mut carry, &mut rx, 10, |x, _| match x {
+        // Odd numbers wait for the next group; 6 ends this one.
+        let group = gather(&mut carry, &mut rx, 10, |x, _| match x {
             6 => Verdict::Stop,
             x if x % 2 == 1 => Verdict::Defer,
             _ => Verdict::Take,
         });
-        assert_eq!(batch, [0, 2, 4]);
+        assert_eq!(group, [0, 2, 4]);
         assert_eq!(Vec::from(carry.clone()), [1, 3, 5, 6]);
-        let batch = gather(&mut carry, &mut rx, 2, |_, _| Verdict::Take);
-        assert_eq!(batch, [1, 3]);
+        let group = gather(&mut carry, &mut rx, 2, |_, _| Verdict::Take);
+        assert_eq!(group, [1, 3]);
         assert_eq!(Vec::from(carry), [5, 6]);
     }
 }

@@ -358,6 +358,7 @@ pub fn timeline(ops: &[Op]) -> String {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)] // one history operation, field by field
     fn op(p: u64, t0: u64, t1: u64, call: Call, outcome: Outcome) -> Op {
         Op {
             process: p,

@@ -1,0 +1,157 @@
+//! This node's view of the cluster: who leads, who the members are, how to reach them, how
+//! a brand-new cluster is founded, and how the other members' health is watched.
+//!
+//! Everything above this layer (the write and read paths, HTTP) asks *here* whether this
+//! node leads and where the leader is ([`Cluster::leader`], [`LeaderWatch`]), so that
+//! question has one answer and one way of waiting for it to change.
+//!
+//! - [`proto`]: every node-to-node message and path.
+//! - [`peer`]: the HTTP client for node-to-node application traffic.
+//! - [`bootstrap`] and [`discovery`]: founding a brand-new cluster exactly once.
+//! - [`monitor`]: periodic health checks of the other members.
+//! - [`install_quiet`]: no campaigning from a follower busy installing a snapshot.
+
+pub mod bootstrap;
+pub mod discovery;
+pub mod install_quiet;
+pub mod monitor;
+pub mod peer;
+pub mod proto;
+
+use std::time::Duration;
+
+use cookie_raft::{NodeId, Raft};
+use openraft::ServerState;
+use tokio::time::Instant;
+
+use peer::PeerClient;
+
+/// Raft, this node's id and the peer client: what every layer above needs to ask who leads
+/// and to reach the other members. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub raft: Raft,
+    pub me: NodeId,
+    pub peers: PeerClient,
+}
+
+/// Who leads, as this node sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leader {
+    /// This node.
+    Me,
+    /// Another node, reachable at this address.
+    At(String),
+    /// No leader known (an election is running), or one whose address is not in the
+    /// membership this node has applied yet.
+    Unknown,
+}
+
+/// One other member, from the replicated membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub name: String,
+    /// The address this node uses to reach it.
+    pub addr: String,
+}
+
+/// A node's Raft role, as the API names it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Longest pause between two looks at the leader while waiting for one, when openraft's
+/// metrics do not change (a follower can learn a leader's address late).
+const LEADER_POLL: Duration = Duration::from_millis(50);
+
+impl Cluster {
+    /// The current leader as this node sees it.
+    pub fn leader(&self) -> Leader {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.me => Leader::Me,
+            Some(l) => m
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .map_or(Leader::Unknown, |n| Leader::At(self.peers.addr(l, n))),
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.me)
+    }
+
+    /// Look at the leader now, then again each time it may have changed, until `deadline`.
+    pub fn watch_leader(&self, deadline: Instant) -> LeaderWatch {
+        LeaderWatch {
+            cluster: self.clone(),
+            rx: self.raft.metrics(),
+            deadline,
+            first: true,
+        }
+    }
+
+    /// The other members, from the replicated membership.
+    pub fn other_members(&self) -> Vec<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, n)| Member {
+                id: *id,
+                name: n.name.clone(),
+                addr: self.peers.addr(*id, n),
+            })
+            .collect()
+    }
+
+    /// The name of node `id` from the replicated membership (`node{id}` if unknown).
+    pub fn node_name(&self, id: NodeId) -> String {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map_or_else(|| format!("node{id}"), |n| n.name.clone())
+    }
+}
+
+/// The one way to wait for a usable leader: the write path and the read path both try the
+/// leader [`LeaderWatch::next`] names, and call it again when that did not work.
+pub struct LeaderWatch {
+    cluster: Cluster,
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, cookie_raft::CookieNode>>,
+    deadline: Instant,
+    first: bool,
+}
+
+impl LeaderWatch {
+    /// The leader now on the first call; on later calls, the leader after openraft's
+    /// metrics change (or [`LEADER_POLL`] passes). `None` once the deadline has passed.
+    pub async fn next(&mut self) -> Option<Leader> {
+        if !self.first {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return None;
+            }
+            let pause = (self.deadline - now).min(LEADER_POLL);
+            let _ = tokio::time::timeout(pause, self.rx.changed()).await;
+        }
+        self.first = false;
+        self.rx.borrow_and_update();
+        Some(self.cluster.leader())
+    }
+}

@@ -1,0 +1,27 @@
+//! The HTTP layer: the public API (`/cookies`, `/cache`, `/health`, `/ready`, `/cluster`,
+//! `/metrics`) and the node-to-node endpoints under `/raft/`, on one axum router.
+//!
+//! - [`cookies`], [`cache`], [`health`]: the public API's handlers; [`params`] what they
+//!   read from a request; [`error`] the one mapping of errors to HTTP.
+//! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
+//!   requests; [`peer_gate`]: what both check first.
+//! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`.
+//! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them.
+//!
+//! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
+//! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
+
+pub mod cache;
+pub mod cookies;
+pub mod error;
+pub mod health;
+pub mod observe;
+pub mod params;
+pub mod peer_gate;
+pub mod peer_rpc;
+pub mod raft_rpc;
+pub mod router;
+pub mod state;
+
+pub use router::router;
+pub use state::{AppState, Shared};

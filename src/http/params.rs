@@ -1,0 +1,170 @@
+//! What the API reads from a request besides its JSON body: the path id, `?consistency=`,
+//! `?limit=&after=`, `If-Match`, the content type, and the body itself within its limit.
+//! Each refusal is the contract's 400 (or 413) with its message.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap};
+
+use super::error::ApiError;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Local,
+}
+
+pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
+    let mut level = Consistency::Linearizable;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "consistency" {
+            level = match v.as_ref() {
+                "linearizable" => Consistency::Linearizable,
+                "local" => Consistency::Local,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "consistency must be linearizable or local",
+                    ))
+                }
+            };
+        }
+    }
+    Ok(level)
+}
+
+pub fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    match path {
+        Ok(Path(id)) if !id.is_empty() => Ok(id),
+        Ok(_) => Err(ApiError::NotFound),
+        Err(_) => Err(ApiError::bad_request("Invalid cookie id in path")),
+    }
+}
+
+/// Parse `If-Match: "<index>"` (quotes optional, a weak `W/` prefix tolerated).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = raw.to_str().unwrap_or("").trim();
+    let s = s.strip_prefix("W/").unwrap_or(s);
+    let s = s.trim_matches('"');
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("If-Match must be a version like \"42\""))
+}
+
+pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::bad_request("Content-Type header is required"));
+    };
+    let ct = ct.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    if ct.starts_with("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// How much of an oversized body we read and discard before answering 413, so that a
+/// client still sending it reads our reply instead of a connection reset.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Read a request body of at most `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("Could not read request body"))?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit + DRAIN_LIMIT {
+            break; // give up draining; the connection will be closed
+        }
+    }
+    if seen > limit {
+        Err(ApiError::PayloadTooLarge)
+    } else {
+        Ok(buf)
+    }
+}
+
+/// Largest page `?limit=` accepts.
+pub const MAX_PAGE: usize = 10_000;
+
+/// `?limit=N&after=<id>`: `None` when neither is given (the original, unpaged list).
+pub fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, ApiError> {
+    let mut limit = None;
+    let mut after = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n));
+                limit = Some(n.ok_or_else(|| {
+                    ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+                })?);
+            }
+            "after" => after = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if limit.is_none() && after.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((limit.unwrap_or(100), after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn consistency_levels() {
+        assert_eq!(consistency(None).unwrap(), Consistency::Linearizable);
+        assert_eq!(
+            consistency(Some("consistency=local")).unwrap(),
+            Consistency::Local
+        );
+        assert_eq!(
+            consistency(Some("x=1&consistency=linearizable")).unwrap(),
+            Consistency::Linearizable
+        );
+        assert!(consistency(Some("consistency=eventual")).is_err());
+    }
+
+    #[test]
+    fn paging_parameters() {
+        assert_eq!(paging(None).unwrap(), None);
+        assert_eq!(paging(Some("consistency=local")).unwrap(), None);
+        assert_eq!(paging(Some("limit=5")).unwrap(), Some((5, None)));
+        assert_eq!(
+            paging(Some("after=a%20b")).unwrap(),
+            Some((100, Some("a b".into())))
+        );
+        for bad in ["limit=0", "limit=-1", "limit=x", "limit=10001"] {
+            assert!(paging(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"12\""));
+        assert_eq!(if_match(&h).unwrap(), Some(12));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"7\""));
+        assert_eq!(if_match(&h).unwrap(), Some(7));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
+        assert!(if_match(&h).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! What every inbound node-to-node request passes before it reaches Raft or the write and
+//! read paths: the cluster secret (when one is configured), the `x-raft-target` check (a
+//! misaddressed request is refused rather than obeyed), and a bounded bincode decode of
+//! the body. A refused request changes nothing.
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cookie_raft::codec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::state::Shared;
+use crate::cluster::proto::RAFT_TARGET_HEADER;
+
+/// Why an inbound RPC was refused: its status and a plain-text reason.
+pub type Refusal = (StatusCode, String);
+
+/// Check the caller may talk to us, then decode its body.
+pub fn admit<T: DeserializeOwned>(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Refusal> {
+    if let Some(secret) = &state.cfg.cluster_secret {
+        let expected = format!("Bearer {secret}");
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(&expected)
+        {
+            return Err((StatusCode::UNAUTHORIZED, "cluster secret required".into()));
+        }
+    }
+    if let Some(target) = headers.get(RAFT_TARGET_HEADER) {
+        let target = target.to_str().unwrap_or("").parse::<u64>().ok();
+        if target != Some(state.cluster.me) {
+            return Err((
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this is node {}, not {:?}", state.cluster.me, target),
+            ));
+        }
+    }
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+}
+
+/// A bincode reply.
+pub fn reply<T: Serialize>(value: &T) -> Response {
+    match codec::encode(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

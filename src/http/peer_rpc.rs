@@ -1,0 +1,34 @@
+//! Inbound node-to-node application requests, after the [`super::peer_gate`]: writes a
+//! follower forwards to the leader (`/raft/write`) and read-index requests
+//! (`/raft/read-index`). Their client is [`crate::cluster::peer`]; their messages are in
+//! [`crate::cluster::proto`].
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use cookie_raft::codec;
+
+use super::peer_gate::{admit, reply};
+use super::state::Shared;
+use crate::cluster::proto::ForwardedWrite;
+
+/// Writes forwarded by a follower; proposed here only if this node leads.
+pub async fn forwarded_write(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match admit::<Vec<ForwardedWrite>>(&state, &headers, &body) {
+        Ok(writes) => reply(&state.writer.write_forwarded(writes).await),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// A follower asks for a read index: confirm leadership with a quorum, name the index.
+pub async fn read_index(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(r) = admit::<()>(&state, &headers, &codec::encode(&()).unwrap_or_default()) {
+        return r.into_response();
+    }
+    reply(&state.reads.as_leader().await)
+}

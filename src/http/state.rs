@@ -1,0 +1,39 @@
+//! What every handler shares: one [`AppState`], built at start by `node::run`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cookie_raft::StoreReader;
+
+use crate::cluster::install_quiet::InstallQuiet;
+use crate::cluster::monitor::Monitor;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::read::ReadIndex;
+use crate::write::Writer;
+
+/// Everything a handler needs, built once at start and shared by every request.
+pub struct AppState {
+    /// The node's configuration as loaded at start: body and time limits, the node's name,
+    /// the data directory (for file sizes), the cluster secret the peer gate checks.
+    pub cfg: Config,
+    /// Raft, this node's id and the peer client: who leads, the members, their names.
+    pub cluster: Cluster,
+    /// Reads of the applied state through the read cache (never blocks on `apply`).
+    pub reader: StoreReader,
+    /// The write path: group commit here, or forwarding to the leader.
+    pub writer: Writer,
+    /// The linearizable read barrier, and the read index this node gives as leader.
+    pub reads: ReadIndex,
+    /// The other members' latest health checks (for `/cache` and `/metrics`).
+    pub monitor: Monitor,
+    /// The node's metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// When the node started (`service_uptime_seconds`).
+    pub started: Instant,
+    /// Holds this node's elections off while it installs a snapshot.
+    pub install_quiet: InstallQuiet,
+}
+
+pub type Shared = Arc<AppState>;
