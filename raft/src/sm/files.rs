@@ -18,6 +18,27 @@ use std::sync::{Mutex, MutexGuard};
 const CHUNK: usize = 8 << 20;
 const EXT: &str = "snap";
 
+/// A snapshot file written as `<name>.tmp` and not yet made `<name>` (see
+/// [`SnapshotFiles::stage`]).
+#[derive(Debug)]
+#[must_use = "a staged file is published or discarded"]
+pub struct Staged {
+    name: String,
+    len: u64,
+}
+
+impl Staged {
+    /// The file's name once published.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its length in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+}
+
 pub struct SnapshotFiles {
     dir: PathBuf,
     /// Held while the current snapshot changes (file renamed, pointer committed, old files
@@ -59,9 +80,11 @@ impl SnapshotFiles {
         format!("{safe}.{EXT}")
     }
 
-    /// Write `data` durably as `name`: a temporary file flushed chunk by chunk, then renamed,
-    /// then the directory flushed.
-    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+    /// Write `data` durably as `name.tmp`, flushed chunk by chunk, with no lock held. It is
+    /// invisible to [`SnapshotFiles::remove_others`] until [`SnapshotFiles::publish`]
+    /// renames it, which happens under the switch lock: so a build and an install never
+    /// remove each other's file, whichever finishes writing first (issue 12).
+    pub fn stage(&self, name: &str, data: &[u8]) -> io::Result<Staged> {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut file = OpenOptions::new()
             .create(true)
@@ -73,9 +96,35 @@ impl SnapshotFiles {
             file.sync_data()?;
         }
         file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, self.dir.join(name))?;
+        Ok(Staged {
+            name: name.to_owned(),
+            len: data.len() as u64,
+        })
+    }
+
+    /// Make a staged file `name` (rename it into place, then flush the directory). Takes the
+    /// switch guard: only the holder of the switch may change which files exist.
+    pub fn publish(&self, staged: Staged, _switch: &MutexGuard<'_, ()>) -> io::Result<()> {
+        let name = self.dir.join(&staged.name);
+        fs::rename(self.dir.join(format!("{}.tmp", staged.name)), name)?;
         File::open(&self.dir)?.sync_all()
+    }
+
+    /// Drop a staged file that will not be published (a build overtaken by an install).
+    /// Already gone is fine.
+    pub fn discard(&self, staged: Staged) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(format!("{}.tmp", staged.name))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Write `data` durably as `name` at once ([`SnapshotFiles::stage`], then publish under
+    /// the switch), for callers with nothing to do between the two.
+    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let staged = self.stage(name, data)?;
+        let switch = self.switch();
+        self.publish(staged, &switch)
     }
 
     /// The bytes of snapshot file `name`, which must be `len` long.

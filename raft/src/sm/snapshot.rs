@@ -15,7 +15,7 @@ use openraft::{LogId, RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::files::SnapshotFiles;
+use super::files::{SnapshotFiles, Staged};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
     order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED,
@@ -99,47 +99,8 @@ impl StateMachine {
         let files = self.files.clone();
         let applied = meta.last_log_id.map_or(0, |l| l.index);
         tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
-            let file = SnapshotFiles::name_for(&meta.snapshot_id);
-            files.write(&file, &data)?;
-            let _switch = files.switch();
-            let txn = db.begin_write()?;
-            {
-                // Replace, never merge: a row absent from the snapshot was deleted.
-                let mut table = txn.open_table(COOKIES)?;
-                let mut order = txn.open_table(BY_CREATED)?;
-                table.retain(|_, _| false)?;
-                order.retain(|_, _| false)?;
-                // Rows arrive in id order (a table scan), so the records go in as appends;
-                // the index is sorted first for the same reason (random-order inserts into
-                // a B-tree touch a different page each time). Values are stored verbatim.
-                let mut index = Vec::with_capacity(rows.rows.len());
-                for (id, value) in &rows.rows {
-                    let created = Record::decode(value)
-                        .ok_or("corrupt record in the snapshot")?
-                        .created;
-                    table.insert(id.as_str(), value.as_slice())?;
-                    index.push((order_key(created), id.as_str()));
-                }
-                index.sort_unstable();
-                for key in index {
-                    order.insert(key, ())?;
-                }
-            }
-            put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
-            put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
-            let len = data.len() as u64;
-            put_meta(
-                &txn,
-                KEY_SNAPSHOT_FILE,
-                &SnapshotPointer {
-                    meta,
-                    file: file.clone(),
-                    len,
-                },
-            )?;
-            txn.commit()?;
-            files.remove_others(Some(&file))?;
-            Ok(())
+            let staged = files.stage(&SnapshotFiles::name_for(&meta.snapshot_id), &data)?;
+            replace_state(Target::of(&db, &files), &meta, staged, &rows)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
@@ -172,6 +133,70 @@ impl StateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// Where a snapshot is made current: the state machine's database and its snapshot files.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    db: &'a Database,
+    files: &'a SnapshotFiles,
+}
+
+impl<'a> Target<'a> {
+    fn of(db: &'a Database, files: &'a SnapshotFiles) -> Self {
+        Target { db, files }
+    }
+}
+
+/// Make an installed snapshot, staged in `staged`, the state and the current snapshot: the
+/// records replaced by its rows, `last_applied`, membership and the pointer in one durable
+/// transaction, then the other snapshot files removed. Under the switch from publishing the
+/// file to removing the others, so a concurrent build neither removes this file before its
+/// pointer is committed nor has its own file removed under it.
+fn replace_state(
+    to: Target<'_>,
+    meta: &Meta,
+    staged: Staged,
+    rows: &SnapshotRows,
+) -> Result<(), BoxError> {
+    let Target { db, files } = to;
+    let (file, len) = (staged.name().to_owned(), staged.bytes());
+    let switch = files.switch();
+    files.publish(staged, &switch)?;
+    let txn = db.begin_write()?;
+    {
+        // Replace, never merge: a row absent from the snapshot was deleted.
+        let mut table = txn.open_table(COOKIES)?;
+        let mut order = txn.open_table(BY_CREATED)?;
+        table.retain(|_, _| false)?;
+        order.retain(|_, _| false)?;
+        // Rows arrive in id order (a table scan), so the records go in as appends; the
+        // index is sorted first for the same reason (random-order inserts into a B-tree
+        // touch a different page each time). Values are stored verbatim.
+        let mut index = Vec::with_capacity(rows.rows.len());
+        for (id, value) in &rows.rows {
+            let created = Record::decode(value)
+                .ok_or("corrupt record in the snapshot")?
+                .created;
+            table.insert(id.as_str(), value.as_slice())?;
+            index.push((order_key(created), id.as_str()));
+        }
+        index.sort_unstable();
+        for key in index {
+            order.insert(key, ())?;
+        }
+    }
+    put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
+    put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
+    let pointer = SnapshotPointer {
+        meta: meta.clone(),
+        file: file.clone(),
+        len,
+    };
+    put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
+    txn.commit()?;
+    files.remove_others(Some(&file))?;
+    Ok(())
 }
 
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
@@ -232,26 +257,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // The data goes to its own file with no lock held; only the pointer to it
             // takes redb's write lock, briefly (see [`super::files`]).
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
-            files.write(&file, &data)?;
-            let _switch = files.switch();
-            let current = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)?;
-            if let Some(c) = current.filter(|c| c.meta.last_log_id > meta.last_log_id) {
-                // An installed snapshot overtook this build: keep the newer one current.
-                if c.file != file {
-                    files.remove(&file)?;
-                }
-                return Ok((meta, data));
-            }
-            let txn = db.begin_write()?;
-            let len = data.len() as u64;
-            let pointer = SnapshotPointer {
-                meta: meta.clone(),
-                file: file.clone(),
-                len,
-            };
-            put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
-            txn.commit()?;
-            files.remove_others(Some(&file))?;
+            let staged = files.stage(&file, &data)?;
+            publish_built(Target::of(&db, &files), &meta, staged)?;
             Ok((meta, data))
         })
         .await
@@ -263,6 +270,33 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(Cursor::new(built.1)),
         })
     }
+}
+
+/// Make a built snapshot, staged in `staged`, the current one, unless an installed snapshot
+/// overtook it meanwhile: then it is discarded and the build still ends well (a failed
+/// build is fatal to openraft). Under the switch, so an install never sees this file
+/// half-published, nor removes it, nor has its own file removed by it.
+fn publish_built(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<(), BoxError> {
+    let Target { db, files } = to;
+    let len = staged.bytes();
+    let switch = files.switch();
+    let current = read_meta::<SnapshotPointer>(db, KEY_SNAPSHOT_FILE)?;
+    if current.is_some_and(|c| c.meta.last_log_id > meta.last_log_id) {
+        files.discard(staged)?;
+        return Ok(());
+    }
+    let file = SnapshotFiles::name_for(&meta.snapshot_id);
+    files.publish(staged, &switch)?;
+    let txn = db.begin_write()?;
+    let pointer = SnapshotPointer {
+        meta: meta.clone(),
+        file: file.clone(),
+        len,
+    };
+    put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
+    txn.commit()?;
+    files.remove_others(Some(&file))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,5 +383,79 @@ mod tests {
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);
         assert_eq!(current.snapshot.into_inner(), data);
+    }
+
+    fn meta_at(index: u64, id: &str) -> Meta {
+        Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 1), index)),
+            last_membership: Membership::default(),
+            snapshot_id: id.into(),
+        }
+    }
+
+    fn rows(ids: &[&str]) -> Vec<u8> {
+        let rows = ids
+            .iter()
+            .map(|id| {
+                let json = format!(r#"{{"cookie":"{id}","created":"1"}}"#).into_bytes();
+                (id.to_string(), Record::new(1, json).encode())
+            })
+            .collect();
+        codec::encode(&SnapshotRows { rows }).unwrap()
+    }
+
+    /// Issue 12: a build that wrote its file, then saw an install replace the state and
+    /// clean up the snapshot files, must end well (a failed build is fatal to openraft),
+    /// and leave the installed snapshot current and on disk.
+    #[tokio::test]
+    async fn a_build_overtaken_by_an_install_ends_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let built = meta_at(5, "2-5-built");
+        let built_data = rows(&["old"]);
+        let staged = sm
+            .files
+            .stage(&SnapshotFiles::name_for(&built.snapshot_id), &built_data)
+            .unwrap();
+
+        let installed = meta_at(40, "2-40-installed");
+        sm.install(&installed, rows(&["a", "b"])).await.unwrap();
+        publish_built(Target::of(&sm.db, &sm.files), &built, staged).unwrap();
+
+        assert_eq!(snapshot_files(dir.path()), ["2-40-installed.snap"]);
+        drop(sm);
+        let mut sm = open(dir.path());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, installed);
+        assert_eq!(sm.reader().count().unwrap(), 2);
+    }
+
+    /// Issue 12, the other order: an install that wrote its file, then waited while a build
+    /// became current and cleaned up, must still find its file when it commits its pointer,
+    /// or the node could not restart.
+    #[tokio::test]
+    async fn an_install_overtaken_by_a_build_keeps_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let installed = meta_at(40, "2-40-installed");
+        let data = rows(&["a", "b"]);
+        let file = SnapshotFiles::name_for(&installed.snapshot_id);
+        let staged = sm.files.stage(&file, &data).unwrap();
+
+        // A build of the (older) state runs from start to end meanwhile.
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        // The install goes on from where it was: its file must still be there.
+        let decoded: SnapshotRows = codec::decode(&data).unwrap();
+        replace_state(Target::of(&sm.db, &sm.files), &installed, staged, &decoded).unwrap();
+        drop(sm);
+        let mut sm = open(dir.path());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, installed);
+        assert_eq!(snapshot_files(dir.path()), [file]);
     }
 }
