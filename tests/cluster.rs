@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{send, Cluster, FAST_RAFT};
 use futures::future::join_all;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -443,5 +443,76 @@ async fn a_torn_write_at_the_end_of_the_log_is_cut_and_nothing_acknowledged_is_l
     for i in 0..3 {
         assert_eq!(c.get(i, "after", "linearizable").await.status, 200);
         assert_eq!(c.list(i, "linearizable").await.len(), 31);
+    }
+}
+
+/// A write that times out while it waits behind a batch that cannot commit is dropped, not
+/// proposed minutes later: once a quorum is back, the first (proposed) write may or may not
+/// be applied, but the ones queued behind it never are (issue 12, zombie writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
+    // Long election timeouts: the restarted followers must take the old leader's log, not
+    // elect one of their own before its heartbeats reach them.
+    let extra = "write_timeout_ms = 1000\n[raft]\nheartbeat_ms = 100\n\
+                 election_timeout_min_ms = 4000\nelection_timeout_max_ms = 5000\n";
+    let mut c = Cluster::start(3, extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    let r = c
+        .create(leader, json!({"cookie": "base", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    for f in followers {
+        c.kill(f);
+    }
+    let last_index = |v: Value| v["last_log_index"].as_u64().unwrap_or(0);
+    let before = last_index(c.cluster_info(leader).await);
+    // The first write is proposed and cannot commit; it holds group commit's only slot.
+    let first = {
+        let (client, url) = (c.client.clone(), c.url(leader));
+        tokio::spawn(async move {
+            send(
+                client
+                    .post(format!("{url}/cookies"))
+                    .json(&json!({"cookie": "first", "user_id": 1})),
+            )
+            .await
+        })
+    };
+    // Proposed means in the leader's log: only then do the next writes queue behind it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while last_index(c.cluster_info(leader).await) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first write was never proposed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // These wait behind it, and their clients give up.
+    let queued: Vec<_> = (0..5).map(|i| format!("queued-{i}")).collect();
+    let replies = futures::future::join_all(
+        queued
+            .iter()
+            .map(|id| c.create(leader, json!({"cookie": id, "user_id": 1}))),
+    )
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 504, "{}", r.text);
+    }
+    assert_eq!(first.await.unwrap().status, 504);
+
+    for f in followers {
+        c.spawn(f);
+    }
+    c.wait_ready_all(WAIT).await;
+    // A write after the quorum is back commits, and with it everything proposed before.
+    let r = c
+        .create(leader, json!({"cookie": "after", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for id in &queued {
+        let r = c.get(leader, id, "linearizable").await;
+        assert_eq!(r.status, 404, "{id} was applied after its client got 504");
     }
 }

@@ -31,6 +31,10 @@ pub const LOCAL_CACHE_STATS_PATH: &str = "/cache?scope=local";
 pub struct ForwardedWrite {
     pub cmd: Command,
     pub request_id: String,
+    /// What is left of the client's deadline when the follower sends it, in milliseconds:
+    /// the leader drops the write rather than propose it after that (its own write timeout
+    /// is the upper bound).
+    pub timeout_ms: u64,
 }
 
 /// What the leader answers a forwarded write.
@@ -42,6 +46,9 @@ pub enum ForwardReply {
     NotLeader,
     /// Proposed, but its fate is unknown (timeout, leadership lost, shutdown).
     Unknown(String),
+    /// Not proposed and never will be (the leader's queue is full, or the write's deadline
+    /// passed before it was proposed): not applied, and not worth retrying at once.
+    NotApplied(String),
 }
 
 /// What the leader answers a read-index request.

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// This node is behind the read index and did not catch up in time.
     #[error("Node has not applied the read index {0} yet")]
     Lagging(u64),
+    /// A write that was not applied and will not be: the node is overloaded, or the write
+    /// timed out before it could be proposed. Retry later.
+    #[error("Write not applied: {0}; retry later")]
+    NotApplied(String),
     /// A write whose outcome is unknown: it may or may not have been applied.
     #[error("Write outcome unknown: it may or may not have been applied ({0})")]
     OutcomeUnknown(String),
@@ -54,7 +58,9 @@ impl ApiError {
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NoLeader | ApiError::Lagging(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +72,7 @@ impl From<WriteError> for ApiError {
         match e {
             WriteError::NoLeader => ApiError::NoLeader,
             WriteError::Unknown(why) => ApiError::OutcomeUnknown(why),
+            WriteError::NotApplied(why) => ApiError::NotApplied(why),
         }
     }
 }
@@ -99,7 +106,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() }).to_string();
         let mut resp = json_bytes(self.status(), body);
-        if matches!(self, ApiError::NoLeader | ApiError::Lagging(_)) {
+        if matches!(
+            self,
+            ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_)
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -40,12 +40,15 @@ pub enum ReadError {
 /// Ask the local Raft, as leader, for a read index (one quorum heartbeat round), raised to
 /// `floor` while this node leads the term it was restored in as leader ([`ReadFloor`]).
 async fn confirm_leadership(raft: &Raft, floor: Option<ReadFloor>) -> ReadIndexReply {
+    // The term is taken before the round. Taken after it, a restored leader that stepped
+    // down meanwhile would see a later term and drop the floor from an index its round
+    // confirmed in the floor's term (issue 12). Applying the floor is never unsafe (a read
+    // only waits longer), and a node already leading a later term when the round starts
+    // has its first entry of that term, which covers the floor, in the round's index.
+    let term = raft.metrics().borrow().current_term;
     match raft.get_read_log_id().await {
         Ok((read_log_id, _)) => {
             let index = read_log_id.map_or(0, |l| l.index);
-            // Checked after the round: had the term moved on, this node led a later term and
-            // its first entry of that term already covers the floor (or it no longer leads).
-            let term = raft.metrics().borrow().current_term;
             ReadIndexReply::Index(match floor {
                 Some(f) if f.term == term => index.max(f.index),
                 _ => index,

@@ -84,12 +84,18 @@ impl Forwarder {
 async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
     let mut queue = Queue::new(rx, inflight);
     // One request goes to one address: jobs for another (older or newer) leader wait for
-    // the next request.
-    let same_leader = |j: &Job, taken: &[Job]| match taken.first() {
+    // the next request. A job nobody waits for any more is not sent at all.
+    let judge = |j: &Job, taken: &[Job]| match taken.first() {
+        _ if j.reply.is_closed() || j.deadline <= Instant::now() => Verdict::Drop,
         Some(first) if first.addr != j.addr => Verdict::Defer,
         _ => Verdict::Take,
     };
-    while let Some((jobs, slot)) = queue.next(MAX_PER_REQUEST, same_leader).await {
+    while let Some((gathered, slot)) = queue.next(MAX_PER_REQUEST, judge).await {
+        // Dropped jobs' waiters have given up already: dropping their replies is enough.
+        let jobs = gathered.group;
+        if jobs.is_empty() {
+            continue;
+        }
         let peers = peers.clone();
         // Bounded by the request's timeout (the latest deadline plus the slack).
         tokio::spawn(async move {

@@ -8,6 +8,12 @@
 //! commands queue up and form the next, larger batch, so batches grow with load by
 //! themselves. Each command still gets its own result. A batch never holds two commands on
 //! the same record, so each write to a record gets its own version (its entry's index).
+//!
+//! A command waits at most until its deadline: one whose client is gone or whose deadline
+//! passed while it waited is dropped when the next batch is formed, never proposed (a
+//! "zombie" write proposed minutes after its client got 504 would be applied behind the
+//! client's back). At most [`QUEUE`] commands wait, the ones set aside for a later batch
+//! included; beyond that a write is refused at once ([`LocalError::Busy`], 503).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::sync::Arc;
 use cookie_raft::{CmdResult, Command, CookieNode, NodeId, Raft, Request, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
@@ -32,6 +38,12 @@ pub enum LocalError {
     /// Proposed, fate unknown.
     #[error("{0}")]
     Unknown(String),
+    /// Too many writes waiting: refused before it was queued, not applied.
+    #[error("too many writes waiting")]
+    Busy,
+    /// Its deadline passed (or its client left) before it was proposed: not applied.
+    #[error("timed out before it was proposed")]
+    Expired,
 }
 
 /// Limits of one batch.
@@ -49,29 +61,54 @@ type Reply = oneshot::Sender<Result<CmdResult, LocalError>>;
 struct Pending {
     cmd: Command,
     reply: Reply,
+    /// After this it is dropped rather than proposed.
+    deadline: Instant,
+    /// Its place among the [`QUEUE`] that may wait; given back when it leaves the queue.
+    _place: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    /// Whether proposing it still serves anyone.
+    fn wanted(&self, now: Instant) -> bool {
+        !self.reply.is_closed() && now < self.deadline
+    }
 }
 
 /// Handle to the group-commit task.
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Pending>,
+    places: Arc<Semaphore>,
 }
 
-/// Commands waiting for a batch, at most; a full queue makes submitters wait.
-const QUEUE: usize = 16 * 1024;
+/// Commands waiting for a batch, at most (in the channel and set aside for a later batch).
+pub const QUEUE: usize = 16 * 1024;
 
 impl GroupCommit {
     /// Start the task in `tasks`.
     pub fn spawn(raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>, tasks: &Tasks) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tasks.spawn("group commit", run(raft, rx, limits, metrics));
-        GroupCommit { tx }
+        GroupCommit {
+            tx,
+            places: Arc::new(Semaphore::new(QUEUE)),
+        }
     }
 
     /// Offer `cmd` to this node's Raft and wait for its outcome until `deadline`.
     pub async fn submit(&self, cmd: Command, deadline: Instant) -> Result<CmdResult, LocalError> {
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            return Err(LocalError::Busy);
+        };
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Pending { cmd, reply }).await.is_err() {
+        let pending = Pending {
+            cmd,
+            reply,
+            deadline,
+            _place: place,
+        };
+        // Never full: every item in it holds one of the QUEUE places.
+        if self.tx.try_send(pending).is_err() {
             return Err(LocalError::NotLeader); // the task is gone: nothing was proposed
         }
         settle(tokio::time::timeout_at(deadline, rx).await)
@@ -102,12 +139,25 @@ pub(super) fn batch_outcome(
     match answer {
         Some(Ok(resp)) if resp.data.results.len() == n => Ok(resp.data.results),
         Some(Ok(_)) => Err(LocalError::Unknown("result count mismatch".into())),
-        // Rejected before proposing, or proposed then truncated: openraft answers
-        // ForwardToLeader for both.
-        Some(Err(ClientWriteError::ForwardToLeader(_))) => Err(LocalError::NotLeader),
+        // openraft answers ForwardToLeader both for a write it refused before proposing
+        // and for an entry it proposed and then truncated, and a truncated entry is not
+        // certainly lost: with five voters a later leader can still commit it (issue 12).
+        // The two cannot be told apart here, so neither is retried. `run` checks
+        // leadership just before proposing, so a write offered to a node that no longer
+        // leads is still refused as NotLeader (and retried) before it gets this far.
+        Some(Err(ClientWriteError::ForwardToLeader(_))) => Err(LocalError::Unknown(
+            "leadership changed after the write was proposed".into(),
+        )),
         Some(Err(e)) => Err(LocalError::Unknown(e.to_string())),
         None => Err(LocalError::Unknown("raft stopped before answering".into())),
     }
+}
+
+/// Whether this node leads now, as far as openraft's metrics say.
+fn leads(raft: &Raft) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.current_leader == Some(m.id)
 }
 
 fn answer_all(replies: Vec<Reply>, outcome: Result<Vec<CmdResult>, LocalError>) {
@@ -130,8 +180,12 @@ async fn run(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits, metri
     loop {
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
+        // Read once the slot is free (the judge runs then), not before waiting for it.
+        let mut now = None;
         let next = queue.next(limits.max_commands, |p, taken| {
-            if bytes >= limits.max_bytes && !taken.is_empty() {
+            if !p.wanted(*now.get_or_insert_with(Instant::now)) {
+                Verdict::Drop
+            } else if bytes >= limits.max_bytes && !taken.is_empty() {
                 Verdict::Stop
             } else if p.cmd.keys().iter().any(|k| keys.contains(*k)) {
                 Verdict::Defer // a second write to a record waits for the next batch
@@ -141,11 +195,30 @@ async fn run(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits, metri
                 Verdict::Take
             }
         });
-        let Some((batch, slot)) = next.await else {
+        let Some((gathered, slot)) = next.await else {
             return;
         };
-
-        let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        if !gathered.dropped.is_empty() {
+            metrics.write_dropped.inc_by(gathered.dropped.len() as u64);
+            tracing::debug!(
+                dropped = gathered.dropped.len(),
+                "writes whose clients are gone or whose deadline passed: not proposed"
+            );
+            for p in gathered.dropped {
+                let _ = p.reply.send(Err(LocalError::Expired));
+            }
+        }
+        if gathered.group.is_empty() {
+            continue;
+        }
+        // Each command's place in the queue is given back here, as it leaves it.
+        let (cmds, replies): (Vec<_>, Vec<_>) =
+            gathered.group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        if !leads(&raft) {
+            // Not proposed: safe to offer again to whoever leads now.
+            answer_all(replies, Err(LocalError::NotLeader));
+            continue;
+        }
         metrics.write_batch_commands.observe(cmds.len() as f64);
         let proposed = Instant::now();
         match raft.client_write_ff(Request { cmds }).await {

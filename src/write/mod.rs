@@ -9,9 +9,13 @@
 //!
 //! # Outcomes
 //! A command's outcome is one of: applied (with its result); certainly not applied (the node
-//! was not leader when it was offered, or openraft truncated the entry and answered
-//! `ForwardToLeader`), which is retried on the leader; or unknown (timeout, shutdown,
-//! a lost connection after sending), which is reported as such and never as a failure.
+//! did not lead when its batch was about to be proposed, or a follower's leader answered
+//! "not leader"), which is retried on the leader; certainly not applied and refused
+//! (too many writes waiting, or the deadline passed before it was proposed: 503); or unknown
+//! (timeout, shutdown, a lost connection after sending, or openraft's `ForwardToLeader`
+//! for a proposed batch, which is also what a truncated entry answers, and a truncated entry
+//! can still be committed by a later leader), which is reported as such and never as a
+//! failure.
 //! The decisions are pure functions ([`Attempt`]), tested as tables below.
 
 pub mod forward;
@@ -42,6 +46,10 @@ pub enum WriteError {
     /// The write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The write was not applied and will not be (too many writes waiting, or it timed out
+    /// before it was proposed); the client may retry later.
+    #[error("not applied: {0}")]
+    NotApplied(String),
 }
 
 /// How the write path is tuned (from the config's `write_timeout_ms` and `[batch]`).
@@ -62,6 +70,8 @@ enum Attempt {
     /// Certainly not applied: try the leader again (it may have changed).
     Retry,
     Unknown(String),
+    /// Certainly not applied, and retrying now would not help: tell the client.
+    Refused(String),
 }
 
 impl Attempt {
@@ -71,6 +81,7 @@ impl Attempt {
             Ok(res) => Attempt::Done(res),
             Err(LocalError::NotLeader) => Attempt::Retry,
             Err(LocalError::Unknown(e)) => Attempt::Unknown(e),
+            Err(e @ (LocalError::Busy | LocalError::Expired)) => Attempt::Refused(e.to_string()),
         }
     }
 
@@ -80,6 +91,7 @@ impl Attempt {
             Ok(ForwardReply::Applied(res)) => (Attempt::Done(res), None),
             Ok(ForwardReply::NotLeader) => (Attempt::Retry, Some("not_leader")),
             Ok(ForwardReply::Unknown(e)) => (Attempt::Unknown(e), Some("outcome_unknown")),
+            Ok(ForwardReply::NotApplied(e)) => (Attempt::Refused(e), Some("not_applied")),
             Err(PeerError::NotSent(_)) => (Attempt::Retry, Some("not_sent")),
             Err(PeerError::MaybeSent(e)) => (
                 Attempt::Unknown(format!("forwarding to the leader failed: {e}")),
@@ -131,12 +143,14 @@ impl Writer {
                 Leader::At(addr) => {
                     self.metrics.forwarded.with_label_values(&["write"]).inc();
                     tracing::debug!(leader = %addr, "forwarding write to the leader");
+                    let left = deadline.saturating_duration_since(Instant::now());
                     let write = ForwardedWrite {
                         cmd: cmd.clone(),
                         request_id: request_id.to_owned(),
+                        timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
                     };
-                    // The leader's own deadline is `timeout` from when it receives the
-                    // write; wait for its answer a little longer than ours.
+                    // The leader drops the write at our deadline; wait for its answer a
+                    // little longer than that.
                     let wait = deadline + LEADER_ANSWER_SLACK;
                     let reply = self.forwarder.forward(addr, write, wait).await;
                     let (attempt, error_kind) = Attempt::forwarded(reply);
@@ -150,6 +164,7 @@ impl Writer {
             match attempt {
                 Attempt::Done(res) => return Ok(res),
                 Attempt::Unknown(e) => return Err(WriteError::Unknown(e)),
+                Attempt::Refused(e) => return Err(WriteError::NotApplied(e)),
                 Attempt::Retry => {}
             }
         }
@@ -163,15 +178,20 @@ impl Writer {
         if !self.cluster.is_leader() {
             return writes.iter().map(|_| ForwardReply::NotLeader).collect();
         }
-        let deadline = Instant::now() + self.timeout;
+        let received = Instant::now();
         let each = writes.into_iter().map(|w| {
             let span = tracing::info_span!("forwarded", request_id = %w.request_id);
+            // The client's deadline, as the follower carried it; never beyond our own.
+            let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
                 match self.group_commit.submit(w.cmd, deadline).await {
                     Ok(res) => ForwardReply::Applied(res),
                     Err(LocalError::NotLeader) => ForwardReply::NotLeader,
                     Err(LocalError::Unknown(e)) => ForwardReply::Unknown(e),
+                    Err(e @ (LocalError::Busy | LocalError::Expired)) => {
+                        ForwardReply::NotApplied(e.to_string())
+                    }
                 }
             }
             .instrument(span)

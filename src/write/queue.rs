@@ -20,6 +20,15 @@ pub enum Verdict {
     Defer,
     /// The group is full: stop before this item, which stays first in line.
     Stop,
+    /// No longer wanted (its client gave up, its deadline passed): out of the queue, never
+    /// sent, handed back with the dropped ones.
+    Drop,
+}
+
+/// One group, and the items dropped while it was formed.
+pub struct Gathered<T> {
+    pub group: Vec<T>,
+    pub dropped: Vec<T>,
 }
 
 /// A queue that yields groups, at most `inflight` outstanding: the next group is formed only
@@ -45,7 +54,7 @@ impl<T> Queue<T> {
         &mut self,
         max: usize,
         judge: impl FnMut(&T, &[T]) -> Verdict,
-    ) -> Option<(Vec<T>, OwnedSemaphorePermit)> {
+    ) -> Option<(Gathered<T>, OwnedSemaphorePermit)> {
         if self.carry.is_empty() {
             self.carry.push_back(self.rx.recv().await?);
         }
@@ -61,8 +70,9 @@ pub fn gather<T>(
     rx: &mut mpsc::Receiver<T>,
     max: usize,
     mut judge: impl FnMut(&T, &[T]) -> Verdict,
-) -> Vec<T> {
+) -> Gathered<T> {
     let mut group = Vec::new();
+    let mut dropped = Vec::new();
     let mut deferred = VecDeque::new();
     while group.len() < max {
         let next = match carry.pop_front() {
@@ -75,6 +85,7 @@ pub fn gather<T>(
         match judge(&next, &group) {
             Verdict::Take => group.push(next),
             Verdict::Defer => deferred.push_back(next),
+            Verdict::Drop => dropped.push(next),
             Verdict::Stop => {
                 carry.push_front(next);
                 break;
@@ -83,7 +94,7 @@ pub fn gather<T>(
     }
     deferred.append(carry);
     *carry = deferred;
-    group
+    Gathered { group, dropped }
 }
 
 #[cfg(test)]
@@ -97,16 +108,17 @@ mod tests {
             tx.send(i).await.unwrap();
         }
         let mut carry = VecDeque::from([0]);
-        // Odd numbers wait for the next group; 6 ends this one.
-        let group = gather(&mut carry, &mut rx, 10, |x, _| match x {
+        // Odd numbers wait for the next group; 4 is no longer wanted; 6 ends this one.
+        let g = gather(&mut carry, &mut rx, 10, |x, _| match x {
             6 => Verdict::Stop,
+            4 => Verdict::Drop,
             x if x % 2 == 1 => Verdict::Defer,
             _ => Verdict::Take,
         });
-        assert_eq!(group, [0, 2, 4]);
+        assert_eq!((g.group, g.dropped), (vec![0, 2], vec![4]));
         assert_eq!(Vec::from(carry.clone()), [1, 3, 5, 6]);
-        let group = gather(&mut carry, &mut rx, 2, |_, _| Verdict::Take);
-        assert_eq!(group, [1, 3]);
+        let g = gather(&mut carry, &mut rx, 2, |_, _| Verdict::Take);
+        assert_eq!(g.group, [1, 3]);
         assert_eq!(Vec::from(carry), [5, 6]);
     }
 }
