@@ -75,7 +75,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
 
 /// Run the node until a signal stops it.
 pub async fn run(cfg: Config) -> Result<(), NodeError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+    cookie_raft::durable::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
         path: cfg.data_dir.display().to_string(),
         source,
     })?;
@@ -178,7 +178,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
 
     let install_quiet = InstallQuiet::new(
-        raft.clone(),
+        &raft,
         Duration::from_millis(cfg.raft.election_timeout_max_ms),
         Duration::from_millis(cfg.raft.install_snapshot_timeout_ms),
         tasks.clone(),

@@ -8,6 +8,7 @@
 //!                   apply against the narrow `Records` interface
 //! record.rs         how one cookie is stored: version, created sort key, JSON bytes; merge
 //! codec.rs          bincode 2 for everything that goes to disk or over the wire
+//! durable.rs        new files and directories made durable (their directory synced)
 //! log/mod.rs        the Raft log (LogStore): vote, purge, committed markers in log.redb
 //! log/wal.rs        its entries: segment files, framing, torn-tail recovery, truncate, purge
 //! sm/mod.rs         the state machine in sm.redb: open, the openraft impl (delegates)
@@ -37,6 +38,7 @@
 pub mod cache;
 pub mod codec;
 pub mod command;
+pub mod durable;
 pub mod log;
 pub mod network;
 pub mod record;

@@ -10,19 +10,32 @@
 //! the lease), this node does not campaign. It still votes and accepts a leader, and the
 //! other nodes can still elect one, so safety is untouched and only this node's own
 //! candidacy waits.
+//!
+//! A hold is a guard ([`Hold`]): it is released when dropped, so an install whose HTTP
+//! handler is dropped half-way (the leader's connection closed) cannot leave this node
+//! unable to campaign for good (issue 12).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cookie_raft::Raft;
+use cookie_raft::{CookieNode, NodeId, Raft};
+use openraft::RaftMetrics;
+use tokio::sync::watch;
 
 use crate::tasks::Tasks;
+
+type Metrics = RaftMetrics<NodeId, CookieNode>;
+
+/// Turns this node's own campaigning on and off (openraft's `runtime_config().elect`).
+type Elect = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// How many installs are holding elections off. The count and the switch change together
 /// under the lock, so a release never re-enables elections under a newer hold.
 #[derive(Clone)]
 pub struct InstallQuiet {
-    raft: Raft,
+    elect: Elect,
+    /// Raft's metrics, to see the state machine reach the snapshot.
+    metrics: watch::Receiver<Metrics>,
     holds: Arc<Mutex<usize>>,
     /// One election timeout: how long after the state machine reached the snapshot this node
     /// still does not campaign.
@@ -33,11 +46,40 @@ pub struct InstallQuiet {
     tasks: Tasks,
 }
 
+/// Elections held off for one install of a snapshot up to `index`; released on drop.
+#[must_use = "dropping the hold releases it at once"]
+pub struct Hold {
+    quiet: InstallQuiet,
+    index: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.quiet.release(self.index);
+    }
+}
+
 impl InstallQuiet {
     /// `grace`: the longest election timeout; `limit`: the snapshot install timeout.
-    pub fn new(raft: Raft, grace: Duration, limit: Duration, tasks: Tasks) -> Self {
+    pub fn new(raft: &Raft, grace: Duration, limit: Duration, tasks: Tasks) -> Self {
+        let switch = raft.clone();
+        Self::with(
+            Arc::new(move |on| switch.runtime_config().elect(on)),
+            raft.metrics(),
+            (grace, limit),
+            tasks,
+        )
+    }
+
+    fn with(
+        elect: Elect,
+        metrics: watch::Receiver<Metrics>,
+        (grace, limit): (Duration, Duration),
+        tasks: Tasks,
+    ) -> Self {
         InstallQuiet {
-            raft,
+            elect,
+            metrics,
             holds: Arc::default(),
             grace,
             limit,
@@ -45,29 +87,101 @@ impl InstallQuiet {
         }
     }
 
-    /// Hold elections off until `release` (called once per `hold`).
-    pub fn hold(&self) {
+    /// Hold elections off while a snapshot up to `index` is installed, until the returned
+    /// guard is dropped and then the state machine has reached `index` plus one `grace`.
+    pub fn hold(&self, index: u64) -> Hold {
         let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
         *holds += 1;
-        self.raft.runtime_config().elect(false);
+        (self.elect)(false);
+        Hold {
+            quiet: self.clone(),
+            index,
+        }
     }
 
-    /// After the install answered: wait until the state machine has reached `index` (at most
-    /// `limit`), then one `grace` more, then let this node campaign again unless another
-    /// install still holds.
-    pub fn release(&self, index: u64) {
+    /// Wait until the state machine has reached `index` (at most `limit`), then one `grace`
+    /// more, then let this node campaign again unless another install still holds.
+    fn release(&self, index: u64) {
         let holds = self.holds.clone();
-        let (raft, grace, limit) = (self.raft.clone(), self.grace, self.limit);
-        self.tasks.spawn("install-quiet release", async move {
-            let mut rx = raft.metrics();
+        let (elect, mut rx) = (self.elect.clone(), self.metrics.clone());
+        let (grace, limit) = (self.grace, self.limit);
+        let release = async move {
             let reached = rx.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index));
             let _ = tokio::time::timeout(limit, reached).await;
             tokio::time::sleep(grace).await;
             let mut holds = holds.lock().unwrap_or_else(|e| e.into_inner());
             *holds -= 1;
             if *holds == 0 {
-                raft.runtime_config().elect(true);
+                elect(true);
             }
-        });
+        };
+        self.tasks.spawn("install-quiet release", release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+
+    /// A quiet switch over a fake Raft: its campaigning flag and its applied index.
+    fn quiet(tasks: &Tasks) -> (InstallQuiet, Arc<AtomicBool>, watch::Sender<Metrics>) {
+        let campaigns = Arc::new(AtomicBool::new(true));
+        let flag = campaigns.clone();
+        let (tx, rx) = watch::channel(Metrics::new_initial(1));
+        let grace = Duration::from_millis(20);
+        let q = InstallQuiet::with(
+            Arc::new(move |on| flag.store(on, Ordering::SeqCst)),
+            rx,
+            (grace, Duration::from_secs(5)),
+            tasks.clone(),
+        );
+        (q, campaigns, tx)
+    }
+
+    fn apply(tx: &watch::Sender<Metrics>, index: u64) {
+        tx.send_modify(|m| m.last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), index)));
+    }
+
+    async fn wait_until(flag: &AtomicBool, want: bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while flag.load(Ordering::SeqCst) != want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the campaign flag never changed");
+    }
+
+    /// Issue 12: an install whose handler is dropped half-way (no explicit release) must
+    /// not leave the node unable to campaign.
+    #[tokio::test]
+    async fn a_hold_dropped_mid_install_lets_the_node_campaign_again() {
+        let tasks = Tasks::new();
+        let (q, campaigns, tx) = quiet(&tasks);
+        let hold = q.hold(10);
+        assert!(!campaigns.load(Ordering::SeqCst));
+        drop(hold); // the handler's future was dropped with it
+        apply(&tx, 10);
+        wait_until(&campaigns, true).await;
+    }
+
+    /// Two installs: the first one's release does not re-enable elections under the second.
+    #[tokio::test]
+    async fn elections_stay_off_while_any_install_holds() {
+        let tasks = Tasks::new();
+        let (q, campaigns, tx) = quiet(&tasks);
+        let first = q.hold(5);
+        let second = q.hold(9);
+        drop(first);
+        apply(&tx, 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!campaigns.load(Ordering::SeqCst), "re-enabled under a hold");
+        drop(second);
+        apply(&tx, 9);
+        wait_until(&campaigns, true).await;
     }
 }

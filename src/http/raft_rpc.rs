@@ -30,17 +30,10 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
         Ok(req) => req,
         Err(r) => return r.into_response(),
     };
-    let raft = &state.cluster.raft;
     // The last chunk is when the install happens: no campaigning from here until the
-    // leader has been heard from again (see `cluster::install_quiet`).
-    let last = req.done;
+    // leader has been heard from again (see `cluster::install_quiet`). The hold is released
+    // when it drops: after the answer, or when this handler is dropped half-way.
     let index = req.meta.last_log_id.map_or(0, |l| l.index);
-    if last {
-        state.install_quiet.hold();
-    }
-    let resp = raft.install_snapshot(req).await;
-    if last {
-        state.install_quiet.release(index);
-    }
-    reply(&resp)
+    let _quiet = req.done.then(|| state.install_quiet.hold(index));
+    reply(&state.cluster.raft.install_snapshot(req).await)
 }

@@ -106,7 +106,8 @@ impl LogStore {
     /// Open or create the log in `dir`, moving entries an earlier version kept in
     /// `log.redb` into the WAL.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        let db = Database::create(dir.join("log.redb")).map_err(other)?;
+        let path = dir.join("log.redb");
+        let db = crate::durable::created(&path, || Database::create(&path).map_err(other))?;
         let txn = db.begin_write().map_err(other)?;
         txn.open_table(META).map_err(other)?;
         txn.commit().map_err(other)?;

@@ -124,20 +124,13 @@ fn record_after(bytes: &[u8], from: usize, next: u64) -> Option<usize> {
     })
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use crate::durable::sync_dir;
 
 impl Wal {
     /// Open (or create) the log in `dir`. Records at or below `purged` are not indexed (their
     /// segments are left for [`Wal::purge`] to delete).
     pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
-        if !dir.exists() {
-            fs::create_dir_all(dir)?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        crate::durable::create_dir_all(dir)?;
         let mut firsts = Vec::new();
         for e in fs::read_dir(dir)? {
             let name = e?.file_name();
@@ -338,32 +331,54 @@ impl Wal {
 
     /// Remove `index` and everything after it, durably.
     pub fn truncate(&mut self, index: u64) -> io::Result<()> {
+        self.truncate_in_steps(index, |_| Ok(()))
+    }
+
+    /// [`Wal::truncate`], calling `step` after each change on disk (tests stop there, as a
+    /// crash would). The order keeps every crash point openable: later segments go newest
+    /// first (a crash leaves a contiguous log, never one with a hole, which the next open
+    /// refuses), and the cut segment is shrunk only once they are gone. A crash part-way
+    /// leaves entries the truncation meant to remove, as if it had not begun; it had not
+    /// returned, so nothing was acknowledged on top of them, and openraft truncates again.
+    fn truncate_in_steps(
+        &mut self,
+        index: u64,
+        mut step: impl FnMut(&str) -> io::Result<()>,
+    ) -> io::Result<()> {
         if index >= self.first + self.locs.len() as u64 {
             return Ok(());
         }
         let keep = index.saturating_sub(self.first) as usize;
-        let cut = self.locs.get(keep).copied();
-        self.locs.truncate(keep);
-        let Some(cut) = cut else {
+        let Some(cut) = self.locs.get(keep).copied() else {
             return Ok(());
         };
         let later: Vec<u64> = self
             .segments
             .range(cut.segment + 1..)
             .map(|(k, _)| *k)
+            .rev()
             .collect();
-        for k in later {
-            self.segments.remove(&k);
+        for &k in &later {
             fs::remove_file(self.dir.join(segment_name(k)))?;
+            step("remove a later segment")?;
         }
-        let seg = self
-            .segments
-            .get_mut(&cut.segment)
-            .expect("segment of a record");
+        if !later.is_empty() {
+            sync_dir(&self.dir)?;
+            step("sync the directory")?;
+        }
+        let seg = &self.segments[&cut.segment];
         seg.file.set_len(cut.offset)?;
         seg.file.sync_all()?;
-        seg.len = cut.offset;
-        sync_dir(&self.dir)?;
+        step("shrink the cut segment")?;
+
+        for k in later {
+            self.segments.remove(&k);
+        }
+        self.segments
+            .get_mut(&cut.segment)
+            .expect("segment of a record")
+            .len = cut.offset;
+        self.locs.truncate(keep);
         if self.locs.is_empty() {
             self.fresh_segment = true;
         }
@@ -538,6 +553,44 @@ mod tests {
         let w = Wal::open(d.path(), None).unwrap();
         assert_eq!(all(&w), ["entry 1", "entry 2", "x"]);
         assert!(!d.path().join(segment_name(4)).exists());
+    }
+
+    /// Issue 12: a crash at any point of a truncation across segments leaves a log that
+    /// opens, holding a contiguous prefix of what was there (unlinking the later segments
+    /// oldest first left a hole that the next open refused).
+    #[test]
+    fn a_crash_at_any_step_of_a_truncation_leaves_a_log_that_opens() {
+        for crash_at in 0.. {
+            let d = tempfile::tempdir().unwrap();
+            let mut w = Wal::open(d.path(), None).unwrap();
+            w.append(&recs(1, 3)).unwrap();
+            for first in [4, 7] {
+                w.start_segment(first).unwrap();
+                w.append(&recs(first, first + 2)).unwrap();
+            }
+            let mut steps = 0;
+            let done = w
+                .truncate_in_steps(2, |_| {
+                    steps += 1;
+                    if steps > crash_at {
+                        Err(io::Error::other("crash"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .is_ok();
+            drop(w);
+            let w = Wal::open(d.path(), None).unwrap_or_else(|e| {
+                panic!("crash after step {crash_at}: the log does not open: {e}")
+            });
+            let held = all(&w);
+            let expected: Vec<String> = (1..=held.len()).map(|i| format!("entry {i}")).collect();
+            assert_eq!(held, expected, "crash after step {crash_at}");
+            if done {
+                assert_eq!(held, ["entry 1"]);
+                break;
+            }
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl SnapshotFiles {
     /// `data_dir/snapshots`, created if missing, without leftovers of interrupted writes.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("snapshots");
-        fs::create_dir_all(&dir)?;
+        crate::durable::create_dir_all(&dir)?;
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "tmp") {

@@ -44,7 +44,8 @@ use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_
 impl StateMachine {
     /// Open or create `dir/sm.redb`.
     pub fn open(dir: &Path, cache: Arc<Cache>) -> Result<Self, BoxError> {
-        let db = Database::create(dir.join("sm.redb"))?;
+        let path = dir.join("sm.redb");
+        let db = crate::durable::created(&path, || Database::create(&path))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(COOKIES)?;

@@ -1,0 +1,66 @@
+//! Making new directory entries durable.
+//!
+//! `fsync` on a file makes its contents durable, not its name: a file or directory created
+//! just before a power loss can vanish with everything written into it unless the
+//! directory holding it is synced too. Every place that creates a file or directory the
+//! store depends on (`data_dir`, `log.redb`, `sm.redb`, `wal/`, `snapshots/`, segments)
+//! goes through here.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+/// Sync directory `dir`, so the entries created or removed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Sync the directory holding `path` (after creating `path`).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// `fs::create_dir_all`, then a sync of the parent of every directory it created.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    fs::create_dir_all(dir)?;
+    // Deepest first is fine: each created entry is made durable by its parent's sync.
+    for created in missing {
+        sync_parent(created)?;
+    }
+    Ok(())
+}
+
+/// Run `create` (which creates the file `path` when it is missing), then, if it was
+/// missing, sync its directory.
+pub fn created<T, E: From<io::Error>>(
+    path: &Path,
+    create: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let existed = path.exists();
+    let value = create()?;
+    if !existed {
+        sync_parent(path)?;
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_nested_directories_and_files() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        create_dir_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all(&deep).unwrap(); // already there: fine
+        let file = deep.join("f");
+        let n = created(&file, || fs::write(&file, b"x").map(|_| 1)).unwrap();
+        assert_eq!((n, fs::read(&file).unwrap()), (1, b"x".to_vec()));
+    }
+}
