@@ -18,6 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{Entry, EntryPayload, LogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -107,6 +108,40 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Payload bytes of entries sent in one AppendEntries, at most (one larger entry still goes
+/// alone). openraft caps a request by entry count only (`max_payload_entries`), and 256
+/// group-commit batches of up to 2 MiB each would exceed the Raft routes' body limit: the
+/// follower refused it, the leader retried the same range forever, and the log could not
+/// be purged behind the follower (issue 12). A capped request answers PartialSuccess, and
+/// openraft continues after the last entry sent.
+pub const MAX_APPEND_BYTES: usize = 8 << 20;
+
+/// An entry's payload size, as group commit counts it (commands' ids and JSON).
+fn entry_bytes(entry: &Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(req) => req.cmds.iter().map(|c| c.size()).sum(),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+    }
+}
+
+/// Keep the longest prefix of `entries` within `budget` payload bytes (at least one entry);
+/// the log id of the last entry kept when some were cut.
+fn cap_entries(entries: &mut Vec<Entry<TypeConfig>>, budget: usize) -> Option<LogId<NodeId>> {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += entry_bytes(e);
+            total > budget
+        })
+        .map_or(entries.len(), |first_over| first_over.max(1));
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
 type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
 
 impl Conn {
@@ -166,10 +201,18 @@ impl Conn {
 impl RaftNetwork<TypeConfig> for Conn {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let cut = cap_entries(&mut rpc.entries, MAX_APPEND_BYTES);
+        let resp = self.call(APPEND_PATH, &rpc, option.hard_ttl()).await?;
+        Ok(match (resp, cut) {
+            // Only a prefix went: openraft sends the rest next, from there.
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last_sent))
+            }
+            (resp, _) => resp,
+        })
     }
 
     async fn install_snapshot(
@@ -186,5 +229,57 @@ impl RaftNetwork<TypeConfig> for Conn {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::command::Command;
+    use crate::types::Request;
+
+    fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        let cmd = Command::Create {
+            id: String::new(),
+            object: "x".repeat(bytes),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request { cmds: vec![cmd] }),
+        }
+    }
+
+    fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn append_entries_are_capped_by_bytes_and_never_empty() {
+        // Within the budget: all go, nothing to report.
+        let mut e: Vec<_> = (1..=4).map(|i| entry(i, 10)).collect();
+        assert_eq!(cap_entries(&mut e, 40), None);
+        assert_eq!(indexes(&e), [1, 2, 3, 4]);
+        // Over it: the prefix that fits, and the last index sent.
+        let cut = cap_entries(&mut e, 25);
+        assert_eq!(indexes(&e), [1, 2]);
+        assert_eq!(cut.map(|l| l.index), Some(2));
+        // One entry larger than the budget still goes, alone.
+        let mut e = vec![entry(7, 100), entry(8, 1)];
+        assert_eq!(cap_entries(&mut e, 10).map(|l| l.index), Some(7));
+        assert_eq!(indexes(&e), [7]);
+        // Heartbeats carry nothing.
+        let mut e = Vec::new();
+        assert_eq!(cap_entries(&mut e, 10), None);
+    }
+
+    /// The default cap and the largest group-commit batch fit the Raft routes' body limit
+    /// (256 MiB in the root crate's router) with room for the request's framing.
+    #[test]
+    fn the_default_cap_leaves_room_under_the_body_limit() {
+        const LARGEST_BATCH: usize = 2 << 20;
+        const LARGEST_COMMAND: usize = 1 << 20;
+        assert!(MAX_APPEND_BYTES + LARGEST_BATCH.max(LARGEST_COMMAND) < (256 << 20) / 2);
     }
 }

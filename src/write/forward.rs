@@ -25,6 +25,11 @@ use crate::tasks::Tasks;
 /// Writes per request; the leader's group commit splits them further as it must.
 const MAX_PER_REQUEST: usize = 512;
 
+/// Payload bytes per request, at most (one larger write still goes alone): 512 writes of up
+/// to 1 MiB each would exceed the leader's body limit for `/raft/write`, and a refused
+/// request is "not sent", retried until the write timed out (issue 12).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// Writes waiting to be forwarded, at most; a full queue makes senders wait.
 const QUEUE: usize = 16 * 1024;
 
@@ -85,12 +90,20 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
     let mut queue = Queue::new(rx, inflight);
     // One request goes to one address: jobs for another (older or newer) leader wait for
     // the next request. A job nobody waits for any more is not sent at all.
-    let judge = |j: &Job, taken: &[Job]| match taken.first() {
-        _ if j.reply.is_closed() || j.deadline <= Instant::now() => Verdict::Drop,
-        Some(first) if first.addr != j.addr => Verdict::Defer,
-        _ => Verdict::Take,
-    };
-    while let Some((gathered, slot)) = queue.next(MAX_PER_REQUEST, judge).await {
+    loop {
+        let mut bytes = 0;
+        let judge = |j: &Job, taken: &[Job]| match taken.first() {
+            _ if j.reply.is_closed() || j.deadline <= Instant::now() => Verdict::Drop,
+            Some(first) if first.addr != j.addr => Verdict::Defer,
+            Some(_) if bytes + j.write.cmd.size() > MAX_REQUEST_BYTES => Verdict::Stop,
+            _ => {
+                bytes += j.write.cmd.size();
+                Verdict::Take
+            }
+        };
+        let Some((gathered, slot)) = queue.next(MAX_PER_REQUEST, judge).await else {
+            return;
+        };
         // Dropped jobs' waiters have given up already: dropping their replies is enough.
         let jobs = gathered.group;
         if jobs.is_empty() {

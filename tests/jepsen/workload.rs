@@ -70,7 +70,8 @@ fn etag(r: &reqwest::Response) -> Option<u64> {
         .ok()
 }
 
-/// Map a write's HTTP result to an outcome. 503 "No leader available" and refused
+/// Map a write's HTTP result to an outcome. 503 "No leader available", 503 "Write not
+/// applied" (dropped before it was proposed, or refused by a full queue) and refused
 /// connections are certain failures; timeouts, resets and other 5xx are unknown.
 async fn write_outcome(res: Result<reqwest::Response, reqwest::Error>, value: i64) -> Outcome {
     match res {
@@ -84,7 +85,11 @@ async fn write_outcome(res: Result<reqwest::Response, reqwest::Error>, value: i6
                     value: Some(value),
                 },
                 400..=499 => Outcome::Fail { status },
-                503 if body.contains("No leader available") => Outcome::Fail { status },
+                503 if body.contains("No leader available")
+                    || body.contains("Write not applied") =>
+                {
+                    Outcome::Fail { status }
+                }
                 _ => Outcome::Unknown {
                     why: format!("{status} {body}"),
                 },
