@@ -49,7 +49,7 @@ bench:
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
 # (default 60). JEPSEN_FAULTS="partition" (or "kill pause") picks runs; JEPSEN_SEED fixes
-# the seed. Results: results/jepsen-<seed>/.
+# the seed; JEPSEN_NODES=5 runs a five-node cluster. Results: results/jepsen-<seed>/.
 jepsen:
 	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
 	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \

@@ -33,6 +33,8 @@ keep_logs_after_snapshot = 10
 ";
 
 pub struct RunConfig {
+    /// Cluster size: 3, or 5 (`JEPSEN_NODES`).
+    pub nodes: usize,
     pub seconds: u64,
     pub seed: u64,
     pub faults: Vec<Fault>,
@@ -43,7 +45,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS` (kill,pause,partition,all,none),
-    /// `JEPSEN_RESULTS` (directory).
+    /// `JEPSEN_NODES` (3 or 5), `JEPSEN_RESULTS` (directory).
     pub fn from_env(default_seconds: u64) -> RunConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let seed = env("JEPSEN_SEED")
@@ -56,6 +58,14 @@ impl RunConfig {
                     % 1_000_000
             });
         RunConfig {
+            nodes: env("JEPSEN_NODES").map_or(3, |s| {
+                let n: usize = s.parse().expect("JEPSEN_NODES is a number");
+                assert!(
+                    n >= 3 && n % 2 == 1,
+                    "JEPSEN_NODES: an odd size of 3 or more"
+                );
+                n
+            }),
             seconds: env("JEPSEN_TIME").map_or(default_seconds, |s| {
                 s.parse().expect("JEPSEN_TIME in seconds")
             }),
@@ -158,7 +168,7 @@ async fn final_reads(ctx: &Ctx, keys: &BTreeSet<String>) -> Vec<String> {
 }
 
 pub async fn run(cfg: RunConfig) -> Report {
-    let n = 3;
+    let n = cfg.nodes;
     let links = proxy::link_ports(n, free_port);
     let overrides = links.clone();
     let mut cluster = Cluster::configure_with(n, NODE_CONFIG, move |i, _| {
@@ -248,11 +258,12 @@ pub async fn run(cfg: RunConfig) -> Report {
         .map(|f| format!("{f:?}").to_lowercase())
         .collect();
     let mut summary = format!(
-        "jepsen run: seed {} | {} s | faults [{}] ({injected} injected)\n\
+        "jepsen run: seed {} | {} nodes | {} s | faults [{}] ({injected} injected)\n\
          register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
          set: {} attempted, {} acknowledged, {} present after healing\n\
          result: {}\n",
         cfg.seed,
+        cfg.nodes,
         cfg.seconds,
         faults.join(","),
         ops.len(),

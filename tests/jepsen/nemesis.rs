@@ -124,11 +124,21 @@ impl Nemesis {
                 let c = (0..n).find(|&x| x != a && x != b).unwrap_or(a);
                 let what = match kind {
                     0 => {
-                        mesh.isolate(a);
-                        format!("isolate node{} (minority) from the majority", a + 1)
+                        // A minority (one node of three, one or two of five) cut off from
+                        // the majority in both directions.
+                        let size = 1 + self.rng.below(((n - 1) / 2) as u64) as usize;
+                        let minority: Vec<usize> = (0..size).map(|k| (a + k) % n).collect();
+                        for &x in &minority {
+                            for y in (0..n).filter(|y| !minority.contains(y)) {
+                                mesh.cut_both(x, y);
+                            }
+                        }
+                        let names: Vec<String> =
+                            minority.iter().map(|x| format!("node{}", x + 1)).collect();
+                        format!("isolate {} (minority) from the majority", names.join("+"))
                     }
                     1 => {
-                        // A bridge: a and b cannot talk, c talks to both.
+                        // A bridge: a and b cannot talk, the others talk to both.
                         mesh.cut_both(a, b);
                         format!(
                             "bridge: node{} and node{} cut, node{} sees both",
@@ -138,16 +148,18 @@ impl Nemesis {
                         )
                     }
                     2 => {
-                        mesh.cut(a, b);
-                        mesh.cut(a, c);
+                        for x in (0..n).filter(|&x| x != a) {
+                            mesh.cut(a, x);
+                        }
                         format!(
                             "one-way: node{} cannot reach the others (they still reach it)",
                             a + 1
                         )
                     }
                     _ => {
-                        mesh.cut(b, a);
-                        mesh.cut(c, a);
+                        for x in (0..n).filter(|&x| x != a) {
+                            mesh.cut(x, a);
+                        }
                         format!(
                             "one-way: nobody reaches node{} (it still reaches them)",
                             a + 1

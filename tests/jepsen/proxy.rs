@@ -14,7 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct Mesh {
-    n: usize,
     cut: HashMap<(usize, usize), watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -61,7 +60,6 @@ impl Mesh {
     /// Start the proxies: link (a, b) listens on `ports[(a, b)]` and forwards to
     /// `node_ports[b]`.
     pub async fn start(ports: HashMap<(usize, usize), u16>, node_ports: &[u16]) -> Mesh {
-        let n = node_ports.len();
         let mut cut = HashMap::new();
         let mut tasks = Vec::new();
         for (&(a, b), &port) in &ports {
@@ -72,7 +70,7 @@ impl Mesh {
             cut.insert((a, b), tx);
             tasks.push(tokio::spawn(serve_link(listener, node_ports[b], rx)));
         }
-        Mesh { n, cut, tasks }
+        Mesh { cut, tasks }
     }
 
     /// Stop traffic from `from` to `to`.
@@ -87,12 +85,6 @@ impl Mesh {
     }
 
     /// Cut `node` off from every other node.
-    pub fn isolate(&self, node: usize) {
-        for other in (0..self.n).filter(|&o| o != node) {
-            self.cut_both(node, other);
-        }
-    }
-
     pub fn heal(&self) {
         for tx in self.cut.values() {
             let _ = tx.send(false);
