@@ -516,3 +516,59 @@ async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
         assert_eq!(r.status, 404, "{id} was applied after its client got 504");
     }
 }
+
+/// `/ready` means caught up with the leader's commit index as of a check made now: a
+/// restarted follower that is far behind (it catches up four entries per AppendEntries
+/// here) is not ready until it has applied everything committed before it came back
+/// (issue 12). Judged by its own commit index, it answered 200 while still behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_is_ready_only_once_caught_up() {
+    let extra = format!("{FAST_RAFT}max_payload_entries = 4\n");
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    let follower = (leader + 1) % 3;
+    c.kill(follower);
+    // One entry per write: sequential writes each get their own log entry.
+    for i in 0..600 {
+        let r = c
+            .create(leader, json!({"cookie": format!("lag-{i}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let ready = |v: &Value| v["last_applied"].as_u64().unwrap_or(0);
+    let leader_ready: Value = c
+        .client
+        .get(format!("{}/ready", c.url(leader)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed = ready(&leader_ready);
+    assert!(committed >= 600, "{leader_ready}");
+
+    c.spawn(follower);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let Some(r) = common::try_send(c.client.get(format!("{}/ready", c.url(follower)))).await
+        else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if r.status == 200 {
+            assert!(
+                ready(&r.json) >= committed,
+                "ready at applied index {} while {committed} was committed before it restarted",
+                ready(&r.json)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::state::Shared;
 use crate::cluster::role_name as role;
@@ -27,21 +29,24 @@ pub async fn health(State(state): State<Shared>) -> Response {
     .into_response()
 }
 
-/// `GET /ready`: 200 once a leader is known and everything committed that this node knows of
-/// is applied; 503 otherwise.
+/// How long `/ready` waits for the leader to confirm its commit index.
+const READY_CHECK: Duration = Duration::from_millis(1000);
+
+/// `GET /ready`: 200 once a leader is known and this node has applied everything the
+/// leader had committed as of a check made now (a read-index round: the leader confirms its
+/// commit index with a quorum); 503 otherwise. A node restarted after a crash, or catching
+/// up after a partition, is not ready until it has caught up, whatever its own (possibly
+/// stale) commit index says.
 pub async fn ready(State(state): State<Shared>) -> Response {
-    let (leader, applied) = {
-        let m = state.cluster.raft.metrics();
-        let m = m.borrow();
-        (m.current_leader, m.last_applied.map_or(0, |l| l.index))
-    };
-    let committed = state
-        .cluster
-        .raft
-        .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+    let leader = state.cluster.raft.metrics().borrow().current_leader;
+    let confirmed = state
+        .reads
+        .read_index(Instant::now() + READY_CHECK)
         .await
-        .unwrap_or(u64::MAX);
-    let ready = leader.is_some() && applied >= committed;
+        .ok();
+    // Read after the check: what this node has applied by the time the leader answered.
+    let applied = state.reader.applied_index();
+    let ready = leader.is_some() && confirmed.is_some_and(|c| applied >= c);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -51,7 +56,7 @@ pub async fn ready(State(state): State<Shared>) -> Response {
         "ready": ready,
         "node": state.cfg.name(),
         "leader": leader.map(|l| state.cluster.node_name(l)),
-        "committed": committed,
+        "committed": confirmed,
         "last_applied": applied,
     });
     (status, Json(body)).into_response()

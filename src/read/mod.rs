@@ -149,6 +149,24 @@ impl ReadIndex {
     /// Wait until this node may serve a linearizable read; returns the read index.
     pub async fn barrier(&self, timeout: Duration) -> Result<u64, ReadError> {
         let deadline = Instant::now() + timeout;
+        let index = self.read_index(deadline).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self
+            .cluster
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+        {
+            Ok(_) => Ok(index),
+            Err(_) => Err(ReadError::Lagging(index)),
+        }
+    }
+
+    /// The leader's commit index, confirmed by a quorum after this call began (from this
+    /// node as leader, or asked of the leader), without waiting to apply it: what `/ready`
+    /// compares this node's applied index with.
+    pub async fn read_index(&self, deadline: Instant) -> Result<u64, ReadError> {
         let mut leaders = self.cluster.watch_leader(deadline);
         while let Some(leader) = leaders.next().await {
             let reply = match leader {
@@ -161,17 +179,7 @@ impl ReadIndex {
                 Leader::Unknown => ReadIndexReply::NotLeader,
             };
             if let ReadIndexReply::Index(index) = reply {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                return match self
-                    .cluster
-                    .raft
-                    .wait(Some(remaining))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                {
-                    Ok(_) => Ok(index),
-                    Err(_) => Err(ReadError::Lagging(index)),
-                };
+                return Ok(index);
             }
         }
         Err(ReadError::NoLeader)
