@@ -536,17 +536,9 @@ async fn a_restarted_follower_is_ready_only_once_caught_up() {
         assert_eq!(r.status, 201, "{}", r.text);
     }
     let ready = |v: &Value| v["last_applied"].as_u64().unwrap_or(0);
-    let leader_ready: Value = c
-        .client
-        .get(format!("{}/ready", c.url(leader)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let committed = ready(&leader_ready);
-    assert!(committed >= 600, "{leader_ready}");
+    let leader_ready = send(c.client.get(format!("{}/ready", c.url(leader)))).await;
+    let committed = ready(&leader_ready.json);
+    assert!(committed >= 600, "{}", leader_ready.text);
 
     c.spawn(follower);
     let deadline = std::time::Instant::now() + WAIT;

@@ -188,15 +188,7 @@ fn replace_state(
     }
     put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
     put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
-    let pointer = SnapshotPointer {
-        meta: meta.clone(),
-        file: file.clone(),
-        len,
-    };
-    put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
-    txn.commit()?;
-    files.remove_others(Some(&file))?;
-    Ok(())
+    commit_current(txn, files, meta, (file, len))
 }
 
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
@@ -287,15 +279,25 @@ fn publish_built(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<(), BoxE
     }
     let file = SnapshotFiles::name_for(&meta.snapshot_id);
     files.publish(staged, &switch)?;
-    let txn = db.begin_write()?;
+    commit_current(db.begin_write()?, files, meta, (file, len))
+}
+
+/// Point `sm_meta` at snapshot `file` (`len` bytes) in `txn`, commit it durably, and remove
+/// every other snapshot file. The caller holds the switch.
+fn commit_current(
+    txn: redb::WriteTransaction,
+    files: &SnapshotFiles,
+    meta: &Meta,
+    (file, len): (String, u64),
+) -> Result<(), BoxError> {
     let pointer = SnapshotPointer {
         meta: meta.clone(),
-        file: file.clone(),
+        file,
         len,
     };
     put_meta(&txn, KEY_SNAPSHOT_FILE, &pointer)?;
     txn.commit()?;
-    files.remove_others(Some(&file))?;
+    files.remove_others(Some(&pointer.file))?;
     Ok(())
 }
 
