@@ -229,6 +229,9 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// How long a linearizable read may wait for a leader and for the apply.
     pub read_timeout_ms: u64,
+    /// How long a write's `Idempotency-Key` is remembered, in seconds of log time (the
+    /// proposing node's clock, carried in the log, so every replica forgets it alike).
+    pub idempotency_retention_secs: u64,
     /// When set, `/raft/*` requests must carry `Authorization: Bearer <secret>`.
     pub cluster_secret: Option<String>,
     /// `text` or `json`; the environment variable `COOKIE_CRUD_LOG_FORMAT` overrides it.
@@ -263,6 +266,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             write_timeout_ms: 5000,
             read_timeout_ms: 5000,
+            idempotency_retention_secs: 24 * 3600,
             cluster_secret: None,
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),

@@ -37,6 +37,30 @@ pub enum Command {
     },
     /// Remove record `id` (absent is fine). With `if_match`, only if it exists at that version.
     Delete { id: String, if_match: Option<u64> },
+    /// A write sent with an `Idempotency-Key`: applied at most once per key. The key, the
+    /// request's fingerprint and the answer are recorded in the same apply as the write, so
+    /// every replica agrees; a later command with the same key gets that answer again (or
+    /// [`CmdResult::KeyReused`] when its fingerprint differs) until the record expires.
+    /// Expiry is by log time: `now_ms` and `expires_ms` are set by the proposer and carried
+    /// in the log, so every replica decides the same. (Last variant: earlier entries keep
+    /// their encoding.)
+    Keyed {
+        key: String,
+        fingerprint: [u8; 32],
+        now_ms: u64,
+        expires_ms: u64,
+        cmd: Box<Command>,
+    },
+}
+
+/// What is kept for one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub fingerprint: [u8; 32],
+    /// Log time (ms) from which the key is free again.
+    pub expires_ms: u64,
+    /// The first answer, given again to every retry.
+    pub result: CmdResult,
 }
 
 /// The outcome of one command, decided by `apply`.
@@ -55,6 +79,10 @@ pub enum CmdResult {
     /// The command could not be applied (e.g. a patch that is not an object). Proposers
     /// validate first, so this only guards determinism: every replica answers the same.
     Invalid(String),
+    /// A retry of a keyed write: nothing was applied again; this is the first answer.
+    Replayed(Box<CmdResult>),
+    /// The idempotency key was used before with a different request: nothing was applied.
+    KeyReused,
 }
 
 /// A request body the contract refuses; `to_string()` is the message the client gets.
@@ -146,6 +174,23 @@ impl Command {
                 keys.extend(rename_to.as_deref());
                 keys
             }
+            Command::Keyed { cmd, .. } => cmd.keys(),
+        }
+    }
+
+    /// `cmd`, applied at most once for `key` until `retention_ms` of log time after `now_ms`.
+    pub fn keyed(
+        key: String,
+        fingerprint: [u8; 32],
+        (now_ms, retention_ms): (u64, u64),
+        cmd: Command,
+    ) -> Command {
+        Command::Keyed {
+            key,
+            fingerprint,
+            now_ms,
+            expires_ms: now_ms.saturating_add(retention_ms),
+            cmd: Box::new(cmd),
         }
     }
 
@@ -156,6 +201,7 @@ impl Command {
             Command::Create { id, object } => id.len() + object.len(),
             Command::Update { id, patch, .. } => id.len() + patch.len(),
             Command::Delete { id, .. } => id.len(),
+            Command::Keyed { key, cmd, .. } => key.len() + 48 + cmd.size(),
         }
     }
 
@@ -169,6 +215,31 @@ impl Command {
         version: u64,
     ) -> Result<CmdResult, BoxError> {
         Ok(match self {
+            Command::Keyed {
+                key,
+                fingerprint,
+                now_ms,
+                expires_ms,
+                cmd,
+            } => {
+                // Bounded work per keyed write keeps the table from growing without end.
+                tables.expire_keys(now_ms, 64)?;
+                if let Some(first) = tables.key(&key)?.filter(|k| k.expires_ms > now_ms) {
+                    return Ok(if first.fingerprint == fingerprint {
+                        CmdResult::Replayed(Box::new(first.result))
+                    } else {
+                        CmdResult::KeyReused
+                    });
+                }
+                let result = cmd.apply(tables, version)?;
+                let record = KeyRecord {
+                    fingerprint,
+                    expires_ms,
+                    result: result.clone(),
+                };
+                tables.put_key(&key, &record)?;
+                result
+            }
             Command::Create { id, object } => {
                 if tables.exists(&id)? {
                     return Ok(CmdResult::AlreadyExists);
@@ -241,6 +312,12 @@ pub(crate) trait Records {
     fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
     /// Remove `id`, whose stored record is `rec`.
     fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
+    /// What is recorded for idempotency key `key`, expired or not.
+    fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError>;
+    /// Record `key` (replacing an expired record of it).
+    fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError>;
+    /// Forget at most `max` keys that expired at or before log time `now_ms`, oldest first.
+    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError>;
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
@@ -395,27 +472,79 @@ mod tests {
         assert_eq!((rename_to, patch.as_str()), (None, "{}"));
     }
 
-    /// Records in memory: what a command does needs no database to be tested.
-    impl Records for std::collections::BTreeMap<String, Record> {
+    /// Records and keys in memory: what a command does needs no database to be tested.
+    #[derive(Default)]
+    struct Mem {
+        records: std::collections::BTreeMap<String, Record>,
+        keys: std::collections::BTreeMap<String, KeyRecord>,
+    }
+
+    impl Records for Mem {
         fn exists(&self, id: &str) -> Result<bool, BoxError> {
-            Ok(self.contains_key(id))
+            Ok(self.records.contains_key(id))
         }
         fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
-            Ok(std::collections::BTreeMap::get(self, id).cloned())
+            Ok(self.records.get(id).cloned())
         }
         fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
-            self.insert(id.to_owned(), rec.clone());
+            self.records.insert(id.to_owned(), rec.clone());
             Ok(())
         }
         fn remove(&mut self, id: &str, _: &Record) -> Result<(), BoxError> {
-            std::collections::BTreeMap::remove(self, id);
+            self.records.remove(id);
+            Ok(())
+        }
+        fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError> {
+            Ok(self.keys.get(key).cloned())
+        }
+        fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError> {
+            self.keys.insert(key.to_owned(), rec.clone());
+            Ok(())
+        }
+        fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError> {
+            let expired: Vec<String> = self
+                .keys
+                .iter()
+                .filter(|(_, r)| r.expires_ms <= now_ms)
+                .take(max)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                self.keys.remove(&k);
+            }
             Ok(())
         }
     }
 
     #[test]
+    fn a_keyed_write_applies_once_and_replays_its_first_answer() {
+        let mut t = Mem::default();
+        let create = |body: &str| Command::create(body.as_bytes(), 10).unwrap();
+        let keyed =
+            |fp: u8, now_ms: u64, cmd| Command::keyed("k1".into(), [fp; 32], (now_ms, 1000), cmd);
+        let body = r#"{"cookie":"a","user_id":1}"#;
+        let first = keyed(1, 5, create(body)).apply(&mut t, 1).unwrap();
+        assert!(
+            matches!(first, CmdResult::Stored { version: 1, .. }),
+            "{first:?}"
+        );
+        // The retry replays the first answer, and nothing is applied again.
+        let retry = keyed(1, 500, create(body)).apply(&mut t, 2).unwrap();
+        assert_eq!(retry, CmdResult::Replayed(Box::new(first.clone())));
+        assert_eq!(t.records["a"].version, 1);
+        // The same key with another request is refused, and changes nothing.
+        let other = keyed(2, 600, create(r#"{"cookie":"b","user_id":1}"#));
+        assert_eq!(other.apply(&mut t, 3).unwrap(), CmdResult::KeyReused);
+        assert!(!t.records.contains_key("b"));
+        // Once expired (log time 1005 and later), the key is free: the write applies anew.
+        let late = keyed(1, 1005, create(body)).apply(&mut t, 4).unwrap();
+        assert_eq!(late, CmdResult::AlreadyExists);
+        assert_eq!(t.keys["k1"].expires_ms, 2005);
+    }
+
+    #[test]
     fn apply_decides_against_the_state_as_of_its_entry() {
-        let mut t = std::collections::BTreeMap::<String, Record>::new();
+        let mut t = Mem::default();
         let new = |id: &str| {
             let body = format!(r#"{{"cookie":"{id}","user_id":1}}"#);
             Command::create(body.as_bytes(), 10).unwrap()
@@ -458,7 +587,7 @@ mod tests {
             stored(c, 6)
         );
         assert!(!t.exists("a").unwrap());
-        assert_eq!(Records::get(&t, "c").unwrap().unwrap().version, 6);
+        assert_eq!(t.get("c").unwrap().unwrap().version, 6);
         let bad_patch = Command::Update {
             id: "c".into(),
             patch: "[1]".into(),

@@ -15,10 +15,11 @@ use cookie_raft::{BoxError, CacheStatus, CmdResult, Command};
 use super::error::{json_bytes, ApiError};
 use super::observe::ReqId;
 use super::params::{
-    consistency, if_match, paging, path_id, read_body, require_json_content_type, Consistency,
+    consistency, idempotency_key, if_match, paging, path_id, read_body, require_json_content_type,
+    Consistency,
 };
 use super::state::Shared;
-use crate::clock::unix_now;
+use crate::clock::{unix_now, unix_now_ms};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -153,16 +154,26 @@ pub async fn create(
     body: Body,
 ) -> ApiResult {
     require_json_content_type(&headers)?;
+    let key = idempotency_key(&headers)?;
     let bytes = read_body(body, state.cfg.max_body_bytes).await?;
     let cmd = Command::create(&bytes, unix_now())?;
+    let print = Fingerprint {
+        method: "POST",
+        id: "",
+        body: &bytes,
+        if_match: None,
+    };
+    let cmd = under_key(&state, key, print, cmd);
     count(&state, "create");
-    match state.writer.write(cmd, &rid).await? {
+    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
+    let answer = match res {
         CmdResult::Stored { object, version } => {
             Ok(stored_reply(StatusCode::CREATED, object, version))
         }
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
         other => Err(unexpected(other)),
-    }
+    };
+    replayed(answer, was_replayed)
 }
 
 /// `PUT /cookies/{cookie}`: merge, atomically where the write is applied.
@@ -177,17 +188,27 @@ pub async fn update(
 ) -> ApiResult {
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
+    let key = idempotency_key(&headers)?;
     let bytes = read_body(body, state.cfg.max_body_bytes).await?;
-    let cmd = Command::update(id, &bytes, unix_now(), expected)?;
+    let print = Fingerprint {
+        method: "PUT",
+        id: &id,
+        body: &bytes,
+        if_match: expected,
+    };
+    let cmd = Command::update(id.clone(), &bytes, unix_now(), expected)?;
+    let cmd = under_key(&state, key, print, cmd);
     count(&state, "update");
-    match state.writer.write(cmd, &rid).await? {
+    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
+    let answer = match res {
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
         CmdResult::PreconditionFailed => Err(ApiError::PreconditionFailed),
         CmdResult::Invalid(msg) => Err(ApiError::BadRequest(msg)),
         other => Err(unexpected(other)),
-    }
+    };
+    replayed(answer, was_replayed)
 }
 
 /// `DELETE /cookies/{cookie}`: idempotent unless `If-Match` is given.
@@ -199,19 +220,87 @@ pub async fn delete(
 ) -> ApiResult {
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let print = Fingerprint {
+        method: "DELETE",
+        id: &id,
+        body: &[],
+        if_match: expected,
+    };
+    let cmd = under_key(&state, key, print, Command::delete(id.clone(), expected));
     count(&state, "delete");
-    match state
-        .writer
-        .write(Command::delete(id, expected), &rid)
-        .await?
-    {
+    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
+    let answer = match res {
         CmdResult::Deleted => Ok(json_bytes(
             StatusCode::OK,
             r#"{"message":"Cookie deleted successfully"}"#,
         )),
         CmdResult::PreconditionFailed => Err(ApiError::PreconditionFailed),
         other => Err(unexpected(other)),
+    };
+    replayed(answer, was_replayed)
+}
+
+/// What an `Idempotency-Key` is bound to: the request's method, path id, body and
+/// `If-Match` (api.md section 11).
+struct Fingerprint<'a> {
+    method: &'a str,
+    id: &'a str,
+    body: &'a [u8],
+    if_match: Option<u64>,
+}
+
+impl Fingerprint<'_> {
+    /// SHA-256 over the fields, each length-prefixed so no two requests run together.
+    fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [self.method.as_bytes(), self.id.as_bytes(), self.body] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        match self.if_match {
+            Some(v) => {
+                h.update([1u8]);
+                h.update(v.to_be_bytes());
+            }
+            None => h.update([0u8]),
+        }
+        h.finalize().into()
     }
+}
+
+/// `cmd` under the request's `Idempotency-Key`, when it has one: applied at most once for
+/// the key, and a retry gets the first answer.
+fn under_key(state: &Shared, key: Option<String>, print: Fingerprint<'_>, cmd: Command) -> Command {
+    match key {
+        None => cmd,
+        Some(key) => {
+            let retention_ms = state.cfg.idempotency_retention_secs.saturating_mul(1000);
+            Command::keyed(key, print.digest(), (unix_now_ms(), retention_ms), cmd)
+        }
+    }
+}
+
+/// A write's answer, unwrapped from a replay (and whether it was one); a key reused with
+/// another request is 422.
+fn unwrap_replay(res: CmdResult) -> Result<(CmdResult, bool), ApiError> {
+    match res {
+        CmdResult::Replayed(first) => Ok((*first, true)),
+        CmdResult::KeyReused => Err(ApiError::KeyReused),
+        other => Ok((other, false)),
+    }
+}
+
+/// A replayed answer: the same status, body and `ETag` as the first, marked as a replay.
+fn replayed(result: ApiResult, was: bool) -> ApiResult {
+    if !was {
+        return result;
+    }
+    let mut resp = result.unwrap_or_else(|e| e.into_response());
+    resp.headers_mut()
+        .insert("idempotency-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
 }
 
 fn unexpected(r: CmdResult) -> ApiError {

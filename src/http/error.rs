@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict,
     #[error("Precondition Failed")]
     PreconditionFailed,
+    /// An `Idempotency-Key` used before with a different request.
+    #[error("Idempotency key reused with a different request")]
+    KeyReused,
     #[error("Payload too large")]
     PayloadTooLarge,
     /// No leader within the timeout: nothing happened, retry later.
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -55,6 +55,20 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .map_err(|_| ApiError::bad_request("If-Match must be a version like \"42\""))
 }
 
+/// `Idempotency-Key: <1-128 visible ASCII characters>` (api.md section 11), if given.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw.as_bytes();
+    if key.is_empty() || key.len() > 128 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 128 visible ASCII characters",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
 pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Err(ApiError::bad_request("Content-Type header is required"));
@@ -154,6 +168,29 @@ mod tests {
         for bad in ["limit=0", "limit=-1", "limit=x", "limit=10001"] {
             assert!(paging(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn idempotency_key_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).unwrap(), None);
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_static("order-42/retry"),
+        );
+        assert_eq!(
+            idempotency_key(&h).unwrap().as_deref(),
+            Some("order-42/retry")
+        );
+        for bad in ["", "has space", &"k".repeat(129)] {
+            h.insert("idempotency-key", HeaderValue::from_str(bad).unwrap());
+            assert!(idempotency_key(&h).is_err(), "{bad:?}");
+        }
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(idempotency_key(&h).is_err());
     }
 
     #[test]

@@ -22,9 +22,11 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::state::StateMachine;
 use super::tables::{
-    order_key, put_meta, Membership, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP,
+    order_key, put_meta, Membership, BY_CREATED, COOKIES, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED,
+    KEY_MEMBERSHIP,
 };
-use crate::command::Records;
+use crate::codec;
+use crate::command::{KeyRecord, Records};
 use crate::record::Record;
 use crate::types::{Response, TypeConfig};
 use crate::{BoxError, StResult};
@@ -45,6 +47,8 @@ struct Touched {
 struct Tables<'txn> {
     cookies: Table<'txn, &'static str, &'static [u8]>,
     by_created: Table<'txn, (u64, &'static str), ()>,
+    keys: Table<'txn, &'static str, &'static [u8]>,
+    keys_by_expiry: Table<'txn, (u64, &'static str), ()>,
     touched: Touched,
 }
 
@@ -53,6 +57,8 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             cookies: txn.open_table(COOKIES)?,
             by_created: txn.open_table(BY_CREATED)?,
+            keys: txn.open_table(KEYS)?,
+            keys_by_expiry: txn.open_table(KEYS_BY_EXPIRY)?,
             touched: Touched::default(),
         })
     }
@@ -95,6 +101,37 @@ impl Records for Tables<'_> {
         self.cookies.remove(id)?;
         self.by_created.remove((order_key(rec.created), id))?;
         self.touch(id);
+        Ok(())
+    }
+
+    fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError> {
+        let row = self.keys.get(key)?;
+        Ok(match row {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        })
+    }
+
+    fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError> {
+        if let Some(old) = self.key(key)? {
+            self.keys_by_expiry.remove((old.expires_ms, key))?;
+        }
+        self.keys.insert(key, codec::encode(rec)?.as_slice())?;
+        self.keys_by_expiry.insert((rec.expires_ms, key), ())?;
+        Ok(())
+    }
+
+    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError> {
+        let expired: Vec<(u64, String)> = self
+            .keys_by_expiry
+            .range(..(now_ms.saturating_add(1), ""))?
+            .take(max)
+            .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
+            .collect::<Result<_, _>>()?;
+        for (at, key) in expired {
+            self.keys_by_expiry.remove((at, key.as_str()))?;
+            self.keys.remove(key.as_str())?;
+        }
         Ok(())
     }
 }

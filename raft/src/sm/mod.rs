@@ -51,6 +51,8 @@ impl StateMachine {
             txn.open_table(COOKIES)?;
             txn.open_table(BY_CREATED)?;
             txn.open_table(META)?;
+            txn.open_table(tables::KEYS)?;
+            txn.open_table(tables::KEYS_BY_EXPIRY)?;
         }
         txn.commit()?;
         let db = Arc::new(db);

@@ -12,24 +12,49 @@ use std::sync::Arc;
 
 use openraft::storage::Snapshot;
 use openraft::{LogId, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::files::{SnapshotFiles, Staged};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
-    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED,
-    KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
+    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, KEYS, KEYS_BY_EXPIRY,
+    KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
+use crate::command::KeyRecord;
 use crate::record::Record;
 use crate::types::{NodeId, TypeConfig};
 use crate::{BoxError, StResult};
 
-/// What a snapshot's bytes hold: every stored row, verbatim.
+/// What a snapshot's bytes hold: every stored row and every idempotency key, verbatim.
+/// A key is part of the state: a replica that installed a snapshot without them would
+/// apply a retried write that the others answer as a replay, and diverge.
 #[derive(Serialize, Deserialize)]
 struct SnapshotRows {
     rows: Vec<(String, Vec<u8>)>,
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+/// The rows alone, as snapshots were written before idempotency keys.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRowsV1 {
+    rows: Vec<(String, Vec<u8>)>,
+}
+
+impl SnapshotRows {
+    /// Decode a snapshot of this version or of the one before it (a v1 snapshot ends after
+    /// its rows, so reading it as this version fails for want of bytes, never silently).
+    fn decode(data: &[u8]) -> Result<Self, bincode::error::DecodeError> {
+        codec::decode::<SnapshotRows>(data).or_else(|e| {
+            codec::decode::<SnapshotRowsV1>(data)
+                .map(|v1| SnapshotRows {
+                    rows: v1.rows,
+                    keys: Vec::new(),
+                })
+                .map_err(|_| e)
+        })
+    }
 }
 
 /// A whole snapshot as earlier versions kept it in `sm_meta`.
@@ -92,8 +117,8 @@ impl StateMachine {
     /// it the current snapshot, in one durable transaction.
     pub(super) async fn install(&mut self, meta: &Meta, data: Vec<u8>) -> StResult<()> {
         let sig = Some(meta.signature());
-        let rows: SnapshotRows =
-            codec::decode(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let rows = SnapshotRows::decode(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let meta = meta.clone();
         let db = self.db.clone();
         let files = self.files.clone();
@@ -185,6 +210,16 @@ fn replace_state(
         for key in index {
             order.insert(key, ())?;
         }
+        // The idempotency keys, replaced the same way, with their expiry index.
+        let mut keys = txn.open_table(KEYS)?;
+        let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
+        keys.retain(|_, _| false)?;
+        by_expiry.retain(|_, _| false)?;
+        for (key, value) in &rows.keys {
+            let rec: KeyRecord = codec::decode(value)?;
+            keys.insert(key.as_str(), value.as_slice())?;
+            by_expiry.insert((rec.expires_ms, key.as_str()), ())?;
+        }
     }
     put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
     put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
@@ -221,13 +256,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     Some(b) => codec::decode(&b)?,
                     None => Membership::default(),
                 };
-                let table = txn.open_table(COOKIES)?;
-                let mut rows = Vec::new();
-                for row in table.iter()? {
-                    let (k, v) = row?;
-                    rows.push((k.value().to_owned(), v.value().to_vec()));
-                }
-                let data = codec::encode(&SnapshotRows { rows })?;
+                let all = |def: TableDefinition<&str, &[u8]>| -> Result<_, BoxError> {
+                    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+                    for row in txn.open_table(def)?.iter()? {
+                        let (k, v) = row?;
+                        out.push((k.value().to_owned(), v.value().to_vec()));
+                    }
+                    Ok(out)
+                };
+                let data = codec::encode(&SnapshotRows {
+                    rows: all(COOKIES)?,
+                    keys: all(KEYS)?,
+                })?;
                 let micros = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_micros());
@@ -363,7 +403,7 @@ mod tests {
             last_membership: Membership::default(),
             snapshot_id: "2-40-1-0".into(),
         };
-        let data = codec::encode(&SnapshotRows { rows: vec![] }).unwrap();
+        let data = codec::encode(&SnapshotRowsV1 { rows: vec![] }).unwrap();
         let txn = sm.db.begin_write().unwrap();
         put_meta(
             &txn,
@@ -403,7 +443,11 @@ mod tests {
                 (id.to_string(), Record::new(1, json).encode())
             })
             .collect();
-        codec::encode(&SnapshotRows { rows }).unwrap()
+        codec::encode(&SnapshotRows {
+            rows,
+            keys: Vec::new(),
+        })
+        .unwrap()
     }
 
     /// Issue 12: a build that wrote its file, then saw an install replace the state and
@@ -452,12 +496,64 @@ mod tests {
             .unwrap();
 
         // The install goes on from where it was: its file must still be there.
-        let decoded: SnapshotRows = codec::decode(&data).unwrap();
+        let decoded = SnapshotRows::decode(&data).unwrap();
         replace_state(Target::of(&sm.db, &sm.files), &installed, staged, &decoded).unwrap();
         drop(sm);
         let mut sm = open(dir.path());
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, installed);
         assert_eq!(snapshot_files(dir.path()), [file]);
+    }
+
+    fn entry(index: u64, cmd: crate::command::Command) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::types::Request { cmds: vec![cmd] }),
+        }
+    }
+
+    /// Idempotency keys are state: a replica that installs a snapshot answers a retry of a
+    /// keyed write as a replay, exactly as the replica that built it does.
+    #[tokio::test]
+    async fn idempotency_keys_travel_with_snapshots() {
+        use crate::command::{CmdResult, Command};
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let keyed = || {
+            let create = Command::create(br#"{"cookie":"x","user_id":1}"#, 1).unwrap();
+            Command::keyed("k".into(), [7; 32], (5, 60_000), create)
+        };
+        let mut a = open(d1.path());
+        let first = a.apply(vec![entry(1, keyed())]).await.unwrap();
+        let snap = a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let mut b = open(d2.path());
+        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let retry = b.apply(vec![entry(2, keyed())]).await.unwrap();
+        assert_eq!(
+            retry[0].results[0],
+            CmdResult::Replayed(Box::new(first[0].results[0].clone()))
+        );
+    }
+
+    #[test]
+    fn a_snapshot_from_before_idempotency_keys_still_installs() {
+        let v1 = codec::encode(&SnapshotRowsV1 {
+            rows: vec![("a".into(), vec![1, 2])],
+        })
+        .unwrap();
+        let rows = SnapshotRows::decode(&v1).unwrap();
+        assert_eq!((rows.rows.len(), rows.keys.len()), (1, 0));
+        let v2 = codec::encode(&SnapshotRows {
+            rows: vec![],
+            keys: vec![("k".into(), vec![3])],
+        })
+        .unwrap();
+        assert_eq!(SnapshotRows::decode(&v2).unwrap().keys.len(), 1);
+        assert!(SnapshotRows::decode(&[0xff, 0xff]).is_err());
     }
 }

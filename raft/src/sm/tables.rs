@@ -22,6 +22,12 @@ pub(super) fn order_key(created: i64) -> u64 {
 }
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
+/// Idempotency keys: key -> [`crate::command::KeyRecord`], bincode.
+pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
+/// The keys by expiry, `(expires_ms, key)`, so expired ones are found by a range scan.
+pub(super) const KEYS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_expiry");
+
 pub(super) const KEY_APPLIED: &str = "last_applied";
 pub(super) const KEY_MEMBERSHIP: &str = "membership";
 /// The current snapshot: its meta and the file holding its data (`snapshot::SnapshotPointer`).

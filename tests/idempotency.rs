@@ -1,0 +1,167 @@
+//! `Idempotency-Key` (api.md section 11) on real processes: a retried write is applied once
+//! and answered with its first answer, on whatever node the retry lands; a key reused with
+//! a different request is 422; keys expire by log time; bad keys are 400.
+
+// clippy.toml keeps the server's functions to four arguments; test helpers name every knob.
+#![allow(clippy::too_many_arguments)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{send, Cluster, Reply, FAST_RAFT};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn keyed(
+    c: &Cluster,
+    i: usize,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> Reply {
+    let url = format!("{}{path}", c.url(i));
+    let mut req = match method {
+        "POST" => c.client.post(url),
+        "PUT" => c.client.put(url),
+        _ => c.client.delete(url),
+    }
+    .header("idempotency-key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    send(req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once_and_answered_as_the_first_time() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let follower = (leader + 1) % 3;
+    let body = json!({"cookie": "order-1", "user_id": 7});
+
+    let first = keyed(
+        &c,
+        follower,
+        "POST",
+        "/cookies",
+        "create-order-1",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.header("idempotency-replayed"), None);
+    // The retry, on another node: the same answer, status, body and ETag, marked a replay.
+    for node in [leader, (leader + 2) % 3] {
+        let again = keyed(
+            &c,
+            node,
+            "POST",
+            "/cookies",
+            "create-order-1",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(again.status, 201, "{}", again.text);
+        assert_eq!(again.text, first.text);
+        assert_eq!(again.etag(), first.etag());
+        assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    }
+    // Applied once: the record still has the first write's version.
+    let now = c.get(leader, "order-1", "linearizable").await;
+    assert_eq!(now.etag(), first.etag());
+
+    // A merging PUT retried: merged once, the version moves once.
+    let patch = json!({"note": "paid"});
+    let put = keyed(
+        &c,
+        follower,
+        "PUT",
+        "/cookies/order-1",
+        "pay-1",
+        Some(patch.clone()),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let again = keyed(&c, leader, "PUT", "/cookies/order-1", "pay-1", Some(patch)).await;
+    assert_eq!((again.status, again.etag()), (200, put.etag()));
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(
+        c.get(leader, "order-1", "linearizable").await.etag(),
+        put.etag()
+    );
+
+    // The same key with another request: 422, and nothing changes.
+    let other = keyed(
+        &c,
+        leader,
+        "PUT",
+        "/cookies/order-1",
+        "pay-1",
+        Some(json!({"note": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (other.status, other.json.clone()),
+        (
+            422,
+            json!({"error": "Idempotency key reused with a different request"})
+        )
+    );
+    let now = c.get(leader, "order-1", "linearizable").await;
+    assert_eq!(
+        (now.json["note"].clone(), now.etag()),
+        (json!("paid"), put.etag())
+    );
+
+    // A replayed failure is the first failure: a DELETE with a stale If-Match, retried.
+    let url = format!("{}/cookies/order-1", c.url(leader));
+    let stale = || {
+        c.client
+            .delete(&url)
+            .header("idempotency-key", "del-1")
+            .header("if-match", "\"1\"")
+    };
+    let first = send(stale()).await;
+    assert_eq!(first.status, 412, "{}", first.text);
+    let again = send(stale()).await;
+    assert_eq!((again.status, again.text.clone()), (412, first.text));
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+
+    // Bad keys: 400 with the message, nothing written.
+    for bad in [String::from("has space"), "k".repeat(129)] {
+        let r = keyed(
+            &c,
+            leader,
+            "POST",
+            "/cookies",
+            &bad,
+            Some(json!({"cookie": "never", "user_id": 1})),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text);
+        assert_eq!(
+            r.json["error"],
+            "Idempotency-Key must be 1 to 128 visible ASCII characters"
+        );
+    }
+    assert_eq!(c.get(leader, "never", "linearizable").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_by_log_time() {
+    let c = Cluster::start(1, &format!("idempotency_retention_secs = 1\n{FAST_RAFT}")).await;
+    c.wait_leader(WAIT).await;
+    let body = json!({"cookie": "short-lived", "user_id": 1});
+    let first = keyed(&c, 0, "POST", "/cookies", "k-expiring", Some(body.clone())).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let again = keyed(&c, 0, "POST", "/cookies", "k-expiring", Some(body.clone())).await;
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Forgotten: the request is applied again, and the record exists now.
+    let late = keyed(&c, 0, "POST", "/cookies", "k-expiring", Some(body)).await;
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert_eq!(late.header("idempotency-replayed"), None);
+}
