@@ -326,6 +326,20 @@ pub fn set_valid(
     Ok(())
 }
 
+/// The keyed-retry invariant: every acknowledged create is present exactly once (retries
+/// included: a create retried with its key takes effect at most once), nothing is present
+/// that was never attempted, and no retry was answered as if its key were unknown.
+pub fn keyed_valid(log: &super::workload::KeyedLog, final_ids: &[String]) -> Result<(), String> {
+    if !log.violations.is_empty() {
+        return Err(format!(
+            "{} keyed creates answered 409/422 on a retry, e.g. {:?}",
+            log.violations.len(),
+            &log.violations[..log.violations.len().min(5)]
+        ));
+    }
+    set_valid(&log.attempted, &log.acked, final_ids)
+}
+
 /// Split a history by key.
 pub fn by_key(ops: &[Op]) -> BTreeMap<String, Vec<Op>> {
     let mut map: BTreeMap<String, Vec<Op>> = BTreeMap::new();
@@ -618,5 +632,26 @@ mod tests {
             set_valid(&attempted, &acked, &s(&["a", "b", "z"])).is_err(),
             "phantom"
         );
+    }
+
+    #[test]
+    fn keyed_retries_catch_a_key_not_honoured_and_a_lost_create() {
+        use super::super::workload::KeyedLog;
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let mut log = KeyedLog {
+            attempted: ids(&["k-1", "k-2", "k-3"]),
+            acked: ids(&["k-1", "k-2"]),
+            ..KeyedLog::default()
+        };
+        let present = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // k-3 unknown and applied: fine; k-3 unknown and not applied: fine.
+        assert!(keyed_valid(&log, &present(&["k-1", "k-2", "k-3"])).is_ok());
+        assert!(keyed_valid(&log, &present(&["k-1", "k-2"])).is_ok());
+        // An acknowledged create missing, or a phantom: caught.
+        assert!(keyed_valid(&log, &present(&["k-1"])).is_err());
+        assert!(keyed_valid(&log, &present(&["k-1", "k-2", "k-9"])).is_err());
+        // A retry answered 409 (the key was not honoured): caught even if the set looks fine.
+        log.violations.push("k-2".into());
+        assert!(keyed_valid(&log, &present(&["k-1", "k-2"])).is_err());
     }
 }

@@ -205,6 +205,11 @@ pub async fn run(cfg: RunConfig) -> Report {
     }
     for w in 0..cfg.set_clients {
         clients.push(tokio::spawn(workload::set_client(ctx.clone(), w, deadline)));
+        clients.push(tokio::spawn(workload::keyed_client(
+            ctx.clone(),
+            w,
+            deadline,
+        )));
     }
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed);
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
@@ -239,12 +244,22 @@ pub async fn run(cfg: RunConfig) -> Report {
     }
     let attempted = ctx.set_attempted.lock().unwrap().clone();
     let acked = ctx.set_acked.lock().unwrap().clone();
-    let set_ids: Vec<String> = final_ids
-        .into_iter()
-        .filter(|id| id.starts_with(&format!("s{}-", cfg.seed % 10_000)))
-        .collect();
+    let with_prefix = |p: &str| -> Vec<String> {
+        let prefix = format!("{p}{}-", cfg.seed % 10_000);
+        final_ids
+            .iter()
+            .filter(|id| id.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    let set_ids = with_prefix("s");
     if let Err(e) = checker::set_valid(&attempted, &acked, &set_ids) {
         failures.push(("set".into(), e));
+    }
+    let keyed = ctx.keyed.lock().unwrap().clone();
+    let keyed_ids = with_prefix("k");
+    if let Err(e) = checker::keyed_valid(&keyed, &keyed_ids) {
+        failures.push(("keyed retries".into(), e));
     }
 
     let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
@@ -261,6 +276,7 @@ pub async fn run(cfg: RunConfig) -> Report {
         "jepsen run: seed {} | {} nodes | {} s | faults [{}] ({injected} injected)\n\
          register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
          set: {} attempted, {} acknowledged, {} present after healing\n\
+         keyed: {} attempted, {} acknowledged ({} retries, {} replays, {} unresolved), {} present\n\
          result: {}\n",
         cfg.seed,
         cfg.nodes,
@@ -271,6 +287,12 @@ pub async fn run(cfg: RunConfig) -> Report {
         attempted.len(),
         acked.len(),
         set_ids.len(),
+        keyed.attempted.len(),
+        keyed.acked.len(),
+        keyed.retries,
+        keyed.replays,
+        keyed.unresolved,
+        keyed_ids.len(),
         if valid {
             "VALID".to_string()
         } else {

@@ -30,6 +30,24 @@ pub struct Ctx {
     set_next: AtomicU64,
     pub set_attempted: Mutex<BTreeSet<String>>,
     pub set_acked: Mutex<BTreeSet<String>>,
+    /// The keyed-retry workload: what it tried, what was acknowledged, the answers that
+    /// show a key not honoured, and how many retries were answered as replays.
+    pub keyed: Mutex<KeyedLog>,
+}
+
+/// What the keyed-retry clients saw.
+#[derive(Debug, Default, Clone)]
+pub struct KeyedLog {
+    pub attempted: BTreeSet<String>,
+    pub acked: BTreeSet<String>,
+    /// Ids whose keyed create was answered 409 (only its own client ever creates an id, so
+    /// 409 means an earlier attempt applied and the retry was not answered from its key),
+    /// or 422 (the same request called different).
+    pub violations: Vec<String>,
+    pub retries: u64,
+    pub replays: u64,
+    /// Ids still unresolved when the run ended (every attempt unknown).
+    pub unresolved: u64,
 }
 
 impl Ctx {
@@ -52,6 +70,7 @@ impl Ctx {
             set_next: AtomicU64::new(0),
             set_attempted: Mutex::new(BTreeSet::new()),
             set_acked: Mutex::new(BTreeSet::new()),
+            keyed: Mutex::default(),
         }
     }
 
@@ -255,6 +274,67 @@ pub async fn set_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
                 ctx.set_acked.lock().unwrap().insert(id);
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Keyed retries: each client creates fresh ids, each with its own `Idempotency-Key`, and
+/// retries every attempt whose outcome is unknown (or certainly not applied) with the same
+/// key and body, on a random node, until it gets a definite answer. A retry of a create
+/// that did apply must come back as a replay (201, `Idempotency-Replayed`), never as 409.
+pub async fn keyed_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
+    let mut rng = Rng::new(ctx.seed ^ 0x5EED ^ worker);
+    // Retries may go on a little past the run, while the cluster heals.
+    let give_up = deadline + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let n = ctx.set_next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("k{}-{n}", ctx.seed % 10_000);
+        let key = format!("key-{id}");
+        let body = json!({"cookie": id, "user_id": 1});
+        ctx.keyed.lock().unwrap().attempted.insert(id.clone());
+        let mut attempt = 0u64;
+        loop {
+            let url = &ctx.urls[rng.below(ctx.urls.len() as u64) as usize];
+            let mut req = ctx.client.post(format!("{url}/cookies")).json(&body);
+            // JEPSEN_SABOTAGE=no-keys retries without the key: a retry of a create that did
+            // apply then answers 409, which the checker must catch.
+            if !std::env::var("JEPSEN_SABOTAGE").is_ok_and(|v| v == "no-keys") {
+                req = req.header("idempotency-key", &key);
+            }
+            let res = req.send().await;
+            let answer = match res {
+                Ok(r) => {
+                    let replayed = r.headers().contains_key("idempotency-replayed");
+                    Some((r.status().as_u16(), replayed))
+                }
+                Err(_) => None,
+            };
+            let done = {
+                let mut log = ctx.keyed.lock().unwrap();
+                log.retries += u64::from(attempt > 0);
+                match answer {
+                    Some((201, replayed)) => {
+                        log.replays += u64::from(replayed);
+                        log.acked.insert(id.clone());
+                        true
+                    }
+                    Some((409 | 422, _)) => {
+                        log.violations.push(id.clone());
+                        true
+                    }
+                    _ if Instant::now() >= give_up => {
+                        log.unresolved += 1;
+                        true
+                    }
+                    // Unknown (504, timeout, reset) or certainly not applied (503): same key.
+                    _ => false,
+                }
+            };
+            if done {
+                break;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
