@@ -165,15 +165,14 @@ pub async fn create(
     };
     let cmd = under_key(&state, key, print, cmd);
     count(&state, "create");
-    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
-    let answer = match res {
+    write(&state, &rid, cmd, |res| match res {
         CmdResult::Stored { object, version } => {
             Ok(stored_reply(StatusCode::CREATED, object, version))
         }
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
         other => Err(unexpected(other)),
-    };
-    replayed(answer, was_replayed)
+    })
+    .await
 }
 
 /// `PUT /cookies/{cookie}`: merge, atomically where the write is applied.
@@ -199,16 +198,15 @@ pub async fn update(
     let cmd = Command::update(id.clone(), &bytes, unix_now(), expected)?;
     let cmd = under_key(&state, key, print, cmd);
     count(&state, "update");
-    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
-    let answer = match res {
+    write(&state, &rid, cmd, |res| match res {
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
         CmdResult::PreconditionFailed => Err(ApiError::PreconditionFailed),
         CmdResult::Invalid(msg) => Err(ApiError::BadRequest(msg)),
         other => Err(unexpected(other)),
-    };
-    replayed(answer, was_replayed)
+    })
+    .await
 }
 
 /// `DELETE /cookies/{cookie}`: idempotent unless `If-Match` is given.
@@ -229,16 +227,15 @@ pub async fn delete(
     };
     let cmd = under_key(&state, key, print, Command::delete(id.clone(), expected));
     count(&state, "delete");
-    let (res, was_replayed) = unwrap_replay(state.writer.write(cmd, &rid).await?)?;
-    let answer = match res {
+    write(&state, &rid, cmd, |res| match res {
         CmdResult::Deleted => Ok(json_bytes(
             StatusCode::OK,
             r#"{"message":"Cookie deleted successfully"}"#,
         )),
         CmdResult::PreconditionFailed => Err(ApiError::PreconditionFailed),
         other => Err(unexpected(other)),
-    };
-    replayed(answer, was_replayed)
+    })
+    .await
 }
 
 /// What an `Idempotency-Key` is bound to: the request's method, path id, body and
@@ -282,22 +279,21 @@ fn under_key(state: &Shared, key: Option<String>, print: Fingerprint<'_>, cmd: C
     }
 }
 
-/// A write's answer, unwrapped from a replay (and whether it was one); a key reused with
-/// another request is 422.
-fn unwrap_replay(res: CmdResult) -> Result<(CmdResult, bool), ApiError> {
-    match res {
-        CmdResult::Replayed(first) => Ok((*first, true)),
-        CmdResult::KeyReused => Err(ApiError::KeyReused),
-        other => Ok((other, false)),
-    }
-}
-
-/// A replayed answer: the same status, body and `ETag` as the first, marked as a replay.
-fn replayed(result: ApiResult, was: bool) -> ApiResult {
-    if !was {
-        return result;
-    }
-    let mut resp = result.unwrap_or_else(|e| e.into_response());
+/// Run a write on the leader and answer it with `answer`. A replay of a keyed write is
+/// answered as the first time (same status, body and `ETag`) and marked
+/// `Idempotency-Replayed: true`; a key reused with another request is 422.
+async fn write(
+    state: &Shared,
+    request_id: &str,
+    cmd: Command,
+    answer: impl FnOnce(CmdResult) -> ApiResult,
+) -> ApiResult {
+    let first = match state.writer.write(cmd, request_id).await? {
+        CmdResult::Replayed(first) => *first,
+        CmdResult::KeyReused => return Err(ApiError::KeyReused),
+        res => return answer(res),
+    };
+    let mut resp = answer(first).unwrap_or_else(|e| e.into_response());
     resp.headers_mut()
         .insert("idempotency-replayed", HeaderValue::from_static("true"));
     Ok(resp)

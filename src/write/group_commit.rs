@@ -18,13 +18,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use cookie_raft::{CmdResult, Command, CookieNode, NodeId, Raft, Request, TypeConfig};
+use cookie_raft::{CmdResult, Command, CookieNode, NodeId, Request, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 
@@ -86,9 +87,14 @@ pub const QUEUE: usize = 16 * 1024;
 
 impl GroupCommit {
     /// Start the task in `tasks`.
-    pub fn spawn(raft: Raft, limits: BatchLimits, metrics: Arc<Metrics>, tasks: &Tasks) -> Self {
+    pub fn spawn(
+        cluster: Cluster,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+        tasks: &Tasks,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn("group commit", run(raft, rx, limits, metrics));
+        tasks.spawn("group commit", run(cluster, rx, limits, metrics));
         GroupCommit {
             tx,
             places: Arc::new(Semaphore::new(QUEUE)),
@@ -153,13 +159,6 @@ pub(super) fn batch_outcome(
     }
 }
 
-/// Whether this node leads now, as far as openraft's metrics say.
-fn leads(raft: &Raft) -> bool {
-    let m = raft.metrics();
-    let m = m.borrow();
-    m.current_leader == Some(m.id)
-}
-
 fn answer_all(replies: Vec<Reply>, outcome: Result<Vec<CmdResult>, LocalError>) {
     match outcome {
         Ok(results) => {
@@ -175,7 +174,12 @@ fn answer_all(replies: Vec<Reply>, outcome: Result<Vec<CmdResult>, LocalError>) 
     }
 }
 
-async fn run(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits, metrics: Arc<Metrics>) {
+async fn run(
+    cluster: Cluster,
+    rx: mpsc::Receiver<Pending>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+) {
     let mut queue = Queue::new(rx, limits.max_inflight);
     loop {
         let mut keys: HashSet<String> = HashSet::new();
@@ -214,14 +218,14 @@ async fn run(raft: Raft, rx: mpsc::Receiver<Pending>, limits: BatchLimits, metri
         // Each command's place in the queue is given back here, as it leaves it.
         let (cmds, replies): (Vec<_>, Vec<_>) =
             gathered.group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        if !leads(&raft) {
+        if !cluster.is_leader() {
             // Not proposed: safe to offer again to whoever leads now.
             answer_all(replies, Err(LocalError::NotLeader));
             continue;
         }
         metrics.write_batch_commands.observe(cmds.len() as f64);
         let proposed = Instant::now();
-        match raft.client_write_ff(Request { cmds }).await {
+        match cluster.raft.client_write_ff(Request { cmds }).await {
             Ok(receiver) => {
                 let metrics = metrics.clone();
                 // Bounded by Raft: the receiver resolves when the entry is applied, truncated

@@ -121,7 +121,7 @@ impl Writer {
     ) -> Self {
         Writer {
             group_commit: GroupCommit::spawn(
-                cluster.raft.clone(),
+                cluster.clone(),
                 settings.batch,
                 metrics.clone(),
                 tasks,
