@@ -107,7 +107,7 @@ impl SnapshotFiles {
     pub fn publish(&self, staged: Staged, _switch: &MutexGuard<'_, ()>) -> io::Result<()> {
         let name = self.dir.join(&staged.name);
         fs::rename(self.dir.join(format!("{}.tmp", staged.name)), name)?;
-        File::open(&self.dir)?.sync_all()
+        crate::durable::sync_dir(&self.dir)
     }
 
     /// Drop a staged file that will not be published (a build overtaken by an install).
