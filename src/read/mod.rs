@@ -40,25 +40,63 @@ pub enum ReadError {
 /// Ask the local Raft, as leader, for a read index (one quorum heartbeat round), raised to
 /// `floor` while this node leads the term it was restored in as leader ([`ReadFloor`]).
 async fn confirm_leadership(raft: &Raft, floor: Option<ReadFloor>) -> ReadIndexReply {
-    // The term is taken before the round. Taken after it, a restored leader that stepped
-    // down meanwhile would see a later term and drop the floor from an index its round
-    // confirmed in the floor's term (issue 12). Applying the floor is never unsafe (a read
-    // only waits longer), and a node already leading a later term when the round starts
-    // has its first entry of that term, which covers the floor, in the round's index.
-    let term = raft.metrics().borrow().current_term;
-    match raft.get_read_log_id().await {
-        Ok((read_log_id, _)) => {
-            let index = read_log_id.map_or(0, |l| l.index);
-            ReadIndexReply::Index(match floor {
-                Some(f) if f.term == term => index.max(f.index),
-                _ => index,
-            })
+    let term = || raft.metrics().borrow().current_term;
+    let round = async {
+        match raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Some(read_log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => None,
+            // Quorum not reached or the node is stopping: no index can be given.
+            Err(_) => None,
         }
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-            ReadIndexReply::NotLeader
-        }
-        // Quorum not reached or the node is stopping: no index can be given.
-        Err(_) => ReadIndexReply::NotLeader,
+    };
+    match floored(term, round, floor).await {
+        Some(index) => ReadIndexReply::Index(index),
+        None => ReadIndexReply::NotLeader,
+    }
+}
+
+/// The index a confirmation `round` named, raised to `floor` when the round ran in the
+/// floor's term. The term is taken before the round. Taken after it, a restored leader that
+/// stepped down meanwhile would see a later term and drop the floor from an index its round
+/// confirmed in the floor's term (issue 12, hole 3). Applying the floor is never unsafe (a
+/// read only waits longer), and a node already leading a later term when the round starts
+/// has its first entry of that term, which covers the floor, in the round's index.
+async fn floored(
+    term: impl Fn() -> u64,
+    round: impl std::future::Future<Output = Option<u64>>,
+    floor: Option<ReadFloor>,
+) -> Option<u64> {
+    let term = term();
+    let index = round.await?;
+    Some(match floor {
+        Some(f) if f.term == term => index.max(f.index),
+        _ => index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// Issue 12, hole 3: the restored leader's round is confirmed in its term, then it steps
+    /// down (the term moves on) before the answer is put together. The floor still applies:
+    /// the index came from a round of the floor's term.
+    #[tokio::test]
+    async fn the_floor_holds_when_the_term_moves_on_during_the_round() {
+        let term = AtomicU64::new(5);
+        let floor = Some(ReadFloor { term: 5, index: 40 });
+        let round = async {
+            term.store(6, Ordering::SeqCst);
+            Some(30)
+        };
+        let got = floored(|| term.load(Ordering::SeqCst), round, floor).await;
+        assert_eq!(got, Some(40));
+        // A round in a later term needs no floor; no round, no index.
+        let got = floored(|| 6, async { Some(30) }, floor).await;
+        assert_eq!(got, Some(30));
+        assert_eq!(floored(|| 5, async { None }, floor).await, None);
     }
 }
 
