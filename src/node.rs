@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::{
-    AddressBook, BoxError, Cache, CacheConfig, LogStore, Network, Raft, StateMachine,
+    AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, Raft, StateMachine,
 };
 use openraft::SnapshotPolicy;
 use tokio_util::task::AbortOnDropHandle;
@@ -17,7 +17,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, Cluster};
+use crate::cluster::{bootstrap, identity, Cluster};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -53,6 +53,10 @@ pub enum NodeError {
     Client(#[from] reqwest::Error),
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    /// The cluster addressed this node as an older incarnation of itself: its data was lost
+    /// and it must be replaced, not rejoin (the message says how).
+    #[error("{0}")]
+    DataLost(String),
 }
 
 fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
@@ -105,7 +109,18 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             "resuming as leader: linearizable reads wait for the last index at startup"
         );
     }
-    let sm = StateMachine::open(&cfg.data_dir, cache).map_err(NodeError::Storage)?;
+    let identity = Arc::new(Identity::new(
+        cfg.node_id,
+        log.incarnation(),
+        log.was_pristine(),
+    ));
+    tracing::info!(
+        incarnation = %cookie_raft::identity::hex(identity.own()),
+        empty = identity.is_pristine(),
+        "data identity"
+    );
+    let sm =
+        StateMachine::open(&cfg.data_dir, cache, identity.clone()).map_err(NodeError::Storage)?;
     let reader = sm.reader();
     let book = AddressBook::new(
         cfg.peer_overrides
@@ -113,7 +128,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             .map(|m| (m.id, m.addr.clone()))
             .collect(),
     );
-    let network = Network::new(cfg.cluster_secret.clone(), book.clone())?;
+    let network = Network::new(cfg.cluster_secret.clone(), book.clone(), identity.clone())?;
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -121,7 +136,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let cluster = Cluster {
         raft: raft.clone(),
         me: cfg.node_id,
-        peers: PeerClient::new(cfg.cluster_secret.clone(), book)?,
+        peers: PeerClient::new(cfg.cluster_secret.clone(), book, identity.clone())?,
+        identity: identity.clone(),
     };
     let metrics = Metrics::new();
     tasks.spawn(
@@ -167,6 +183,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
 
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
+    tasks.spawn("identity registrar", identity::run(cluster.clone()));
     let monitor = Monitor::default();
     tasks.spawn(
         "health monitor",
@@ -194,8 +211,22 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         started: std::time::Instant::now(),
         install_quiet,
     });
+    // Stop on a signal, or when this node learns its data was lost.
+    let lost = Arc::new(std::sync::OnceLock::new());
+    let stop = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                why = identity.lost() => {
+                    tracing::error!("stopping: this node must be replaced, not rejoin");
+                    let _ = lost.set(why);
+                }
+            }
+        }
+    };
     let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await;
     let stopped = tasks.shutdown(TASKS_STOP_BOUND).await;
     tracing::info!(
@@ -205,7 +236,11 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
     let _ = raft.shutdown().await;
     tracing::info!("node stopped");
-    served.map_err(NodeError::Serve)
+    served.map_err(NodeError::Serve)?;
+    match lost.get() {
+        Some(why) => Err(NodeError::DataLost(why.clone())),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::identity::{NodeId, Registry};
 use crate::record::{self, Record};
 use crate::BoxError;
 
@@ -51,6 +52,13 @@ pub enum Command {
         expires_ms: u64,
         cmd: Box<Command>,
     },
+    /// Record the cluster's id and members' incarnations in the registry
+    /// ([`crate::identity`]), proposed by the leader, never by a client: the first cluster
+    /// id and each member's first incarnation win. (Last variant, as above.)
+    Register {
+        cluster: u64,
+        members: Vec<(NodeId, u64)>,
+    },
 }
 
 /// What is kept for one idempotency key.
@@ -83,6 +91,8 @@ pub enum CmdResult {
     Replayed(Box<CmdResult>),
     /// The idempotency key was used before with a different request: nothing was applied.
     KeyReused,
+    /// A registration was applied (or changed nothing: the registry already had it).
+    Registered,
 }
 
 /// A request body the contract refuses; `to_string()` is the message the client gets.
@@ -175,6 +185,19 @@ impl Command {
                 keys
             }
             Command::Keyed { cmd, .. } => cmd.keys(),
+            Command::Register { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether a client request can carry this command (a peer's forwarded write may carry
+    /// only these; registrations come from the leader itself).
+    pub fn is_client_write(&self) -> bool {
+        match self {
+            Command::Create { .. } | Command::Update { .. } | Command::Delete { .. } => true,
+            Command::Keyed { cmd, .. } => {
+                !matches!(**cmd, Command::Keyed { .. }) && cmd.is_client_write()
+            }
+            Command::Register { .. } => false,
         }
     }
 
@@ -202,6 +225,7 @@ impl Command {
             Command::Update { id, patch, .. } => id.len() + patch.len(),
             Command::Delete { id, .. } => id.len(),
             Command::Keyed { key, cmd, .. } => key.len() + 48 + cmd.size(),
+            Command::Register { members, .. } => 8 + 16 * members.len(),
         }
     }
 
@@ -296,6 +320,15 @@ impl Command {
                 }
                 CmdResult::Deleted
             }
+            Command::Register { cluster, members } => {
+                let mut registry = tables.registry()?;
+                match registry.register(cluster, &members) {
+                    Ok(true) => tables.set_registry(&registry)?,
+                    Ok(false) => {}
+                    Err(e) => return Ok(CmdResult::Invalid(e)),
+                }
+                CmdResult::Registered
+            }
         })
     }
 }
@@ -318,6 +351,9 @@ pub(crate) trait Records {
     fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError>;
     /// Forget at most `max` keys that expired at or before log time `now_ms`, oldest first.
     fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError>;
+    /// The identity registry ([`crate::identity`]).
+    fn registry(&self) -> Result<Registry, BoxError>;
+    fn set_registry(&mut self, registry: &Registry) -> Result<(), BoxError>;
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
@@ -477,6 +513,7 @@ mod tests {
     struct Mem {
         records: std::collections::BTreeMap<String, Record>,
         keys: std::collections::BTreeMap<String, KeyRecord>,
+        registry: Registry,
     }
 
     impl Records for Mem {
@@ -514,6 +551,37 @@ mod tests {
             }
             Ok(())
         }
+        fn registry(&self) -> Result<Registry, BoxError> {
+            Ok(self.registry.clone())
+        }
+        fn set_registry(&mut self, registry: &Registry) -> Result<(), BoxError> {
+            self.registry = registry.clone();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_registration_applies_first_wins_and_is_no_client_write() {
+        let mut t = Mem::default();
+        let reg = |cluster, members: &[(u64, u64)]| Command::Register {
+            cluster,
+            members: members.to_vec(),
+        };
+        assert_eq!(
+            reg(7, &[(1, 0x11)]).apply(&mut t, 1).unwrap(),
+            CmdResult::Registered
+        );
+        reg(7, &[(1, 0x99), (2, 0x22)]).apply(&mut t, 2).unwrap();
+        assert_eq!(t.registry.members, [(1, 0x11), (2, 0x22)].into());
+        assert!(matches!(
+            reg(8, &[(3, 0x33)]).apply(&mut t, 3).unwrap(),
+            CmdResult::Invalid(_)
+        ));
+        assert_eq!(t.registry.cluster, Some(7));
+        assert!(!reg(7, &[]).is_client_write());
+        let keyed = Command::keyed("k".into(), [0; 32], (0, 1), reg(7, &[]));
+        assert!(!keyed.is_client_write());
+        assert!(Command::delete("a".into(), None).is_client_write());
     }
 
     #[test]

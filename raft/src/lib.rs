@@ -20,6 +20,8 @@
 //! sm/reader.rs      StoreReader: get, list, page, count for the HTTP layer, via the cache
 //! cache.rs          the per-node TTL read cache, invalidated by apply
 //! network.rs        Raft RPCs over HTTP with one pooled reqwest client
+//! identity.rs       a node's incarnation and the cluster's registry: a node whose data
+//!                   was lost cannot come back as the member it was
 //! ```
 //!
 //! Applying a command is where every existence check, merge and version check happens, so
@@ -39,6 +41,7 @@ pub mod cache;
 pub mod codec;
 pub mod command;
 pub mod durable;
+pub mod identity;
 pub mod log;
 pub mod network;
 pub mod record;
@@ -47,6 +50,7 @@ pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheStats};
 pub use command::{CmdResult, Command, Invalid};
+pub use identity::{Identity, Registry};
 pub use log::{LogStore, ReadFloor};
 pub use network::{AddressBook, Network, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
+use crate::identity::{self, Identity, INCARNATION_HEADER};
 use crate::types::{CookieNode, NodeId, TypeConfig};
 
 /// Header naming the node id an RPC is meant for.
@@ -57,12 +58,14 @@ impl AddressBook {
     }
 }
 
-/// The network factory: one shared HTTP client, the address book and an optional secret.
+/// The network factory: one shared HTTP client, the address book, an optional secret and
+/// this node's identity (every request names sender and target incarnations).
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
     secret: Option<String>,
     book: AddressBook,
+    identity: Arc<Identity>,
 }
 
 /// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
@@ -77,12 +80,17 @@ pub fn peer_http_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 impl Network {
-    pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        secret: Option<String>,
+        book: AddressBook,
+        identity: Arc<Identity>,
+    ) -> Result<Self, reqwest::Error> {
         let client = peer_http_client()?;
         Ok(Network {
             client,
             secret,
             book,
+            identity,
         })
     }
 }
@@ -93,6 +101,7 @@ pub struct Conn {
     secret: Option<String>,
     target: NodeId,
     addr: String,
+    identity: Arc<Identity>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -104,6 +113,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             secret: self.secret.clone(),
             target,
             addr: self.book.resolve(target, node),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -168,6 +178,9 @@ impl Conn {
         if let Some(secret) = &self.secret {
             request = request.bearer_auth(secret);
         }
+        for (name, value) in self.identity.request_headers(self.target) {
+            request = request.header(name, value);
+        }
         let resp = request.send().await.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))
@@ -176,6 +189,19 @@ impl Conn {
             }
         })?;
         let status = resp.status();
+        // A member that served a request is not an empty node (those serve only a sender
+        // that names them): its incarnation is one the registrar may register. A refusal's
+        // is never taken, or a wiped node could name itself.
+        if status.is_success() {
+            if let Some(inc) = resp
+                .headers()
+                .get(INCARNATION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(identity::parse_hex)
+            {
+                self.identity.observe(self.target, inc);
+            }
+        }
         let bytes = resp
             .bytes()
             .await

@@ -51,7 +51,12 @@ fn stale(k: u64, applied: u64, served: Option<&CachedRecord>) -> Option<String> 
 
 async fn setup(dir: &std::path::Path) -> (StateMachine, StoreReader, Arc<Cache>) {
     let cache = Arc::new(Cache::new(CacheConfig::default()));
-    let mut sm = StateMachine::open(dir, cache.clone()).unwrap();
+    let mut sm = StateMachine::open(
+        dir,
+        cache.clone(),
+        Arc::new(cookie_raft::Identity::new(1, 1, false)),
+    )
+    .unwrap();
     let reader = sm.reader();
     let creates: Vec<_> = (0..KEYS)
         .map(|k| {

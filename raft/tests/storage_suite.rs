@@ -14,8 +14,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
         let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
         let log = LogStore::open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
         let cache = Arc::new(Cache::new(CacheConfig::default()));
-        let sm = StateMachine::open(dir.path(), cache)
-            .map_err(|e| StorageIOError::write(&std::io::Error::other(e)))?;
+        let sm = StateMachine::open(
+            dir.path(),
+            cache,
+            Arc::new(cookie_raft::Identity::new(1, 1, false)),
+        )
+        .map_err(|e| StorageIOError::write(&std::io::Error::other(e)))?;
         Ok((dir, log, sm))
     }
 }

@@ -46,12 +46,21 @@ pub async fn run(cluster: Cluster, cfg: Config) {
             Ok(false) => {}
             Err(_) => return, // raft stopped
         }
-        let decision = match ask(&seed, &cfg, &cluster).await {
-            Ok(answers) => discovery::decide(me, expected, &answers),
-            Err(e) => Decision::Wait(e),
+        let (decision, answers) = match ask(&seed, &cfg, &cluster).await {
+            Ok(answers) => (discovery::decide(me, expected, &answers), answers),
+            Err(e) => (Decision::Wait(e), Vec::new()),
         };
         match decision {
             Decision::Found(members) => {
+                // The members are empty nodes that serve only a sender that names their
+                // incarnation, and none is in a cluster yet: what they just answered is
+                // theirs. The founder takes part in Raft from here on (`cookie_raft::identity`).
+                for info in answers.iter().filter_map(|a| a.reply.as_ref().ok()) {
+                    if let Some(inc) = info.incarnation {
+                        cluster.identity.observe(info.id, inc);
+                    }
+                }
+                cluster.identity.settle();
                 match raft.initialize(members.clone()).await {
                     Ok(()) => tracing::info!(
                         members = ?members.iter().map(|(id, n)| (id, &n.addr)).collect::<Vec<_>>(),
@@ -112,6 +121,7 @@ async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>
                     id: me,
                     name: cfg.name(),
                     initialized: false,
+                    incarnation: Some(cluster.identity.own()),
                 })
             } else {
                 match peers.get_json(&reach, CLUSTER_PATH, PROBE_TIMEOUT).await {

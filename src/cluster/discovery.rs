@@ -148,6 +148,8 @@ pub struct PeerInfo {
     pub id: NodeId,
     pub name: String,
     pub initialized: bool,
+    /// Its data's incarnation (absent from versions without identities).
+    pub incarnation: Option<u64>,
 }
 
 impl PeerInfo {
@@ -156,6 +158,9 @@ impl PeerInfo {
             id: v["node_id"].as_u64()?,
             name: v["node"].as_str().unwrap_or_default().to_string(),
             initialized: v["initialized"].as_bool()?,
+            incarnation: v["incarnation"]
+                .as_str()
+                .and_then(cookie_raft::identity::parse_hex),
         })
     }
 }
@@ -240,6 +245,7 @@ mod tests {
                 id,
                 name: format!("node{id}"),
                 initialized,
+                incarnation: None,
             }),
         }
     }

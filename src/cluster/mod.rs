@@ -10,29 +10,35 @@
 //! - [`bootstrap`] and [`discovery`]: founding a brand-new cluster exactly once.
 //! - [`monitor`]: periodic health checks of the other members.
 //! - [`install_quiet`]: no campaigning from a follower busy installing a snapshot.
+//! - [`identity`]: the leader registers members' incarnations, so a node whose data was lost
+//!   cannot come back as the member it was.
 
 pub mod bootstrap;
 pub mod discovery;
+pub mod identity;
 pub mod install_quiet;
 pub mod monitor;
 pub mod peer;
 pub mod proto;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use cookie_raft::{NodeId, Raft};
+use cookie_raft::{Identity, NodeId, Raft};
 use openraft::ServerState;
 use tokio::time::Instant;
 
 use peer::PeerClient;
 
-/// Raft, this node's id and the peer client: what every layer above needs to ask who leads
-/// and to reach the other members. Cheap to clone.
+/// Raft, this node's id, its identity and the peer client: what every layer above needs to
+/// ask who leads and to reach the other members. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     pub raft: Raft,
     pub me: NodeId,
     pub peers: PeerClient,
+    /// This node's incarnation and the cluster's identity registry ([`identity`]).
+    pub identity: Arc<Identity>,
 }
 
 /// Who leads, as this node sees it now.

@@ -3,10 +3,11 @@
 //! connection pool, apart from the Raft RPCs', so a burst of forwarded writes never queues
 //! behind (or delays) heartbeats.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::codec;
-use cookie_raft::{AddressBook, CookieNode, NodeId};
+use cookie_raft::{AddressBook, CookieNode, Identity, NodeId};
 
 use super::proto::{ForwardReply, ForwardedWrite, ReadIndexReply, READ_INDEX_PATH, WRITE_PATH};
 
@@ -28,16 +29,22 @@ pub struct PeerClient {
     client: reqwest::Client,
     secret: Option<String>,
     book: AddressBook,
+    identity: Arc<Identity>,
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>, book: AddressBook) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        secret: Option<String>,
+        book: AddressBook,
+        identity: Arc<Identity>,
+    ) -> Result<Self, reqwest::Error> {
         // Its own pool, apart from the Raft RPCs' (see the module docs).
         let client = cookie_raft::network::peer_http_client()?;
         Ok(PeerClient {
             client,
             secret,
             book,
+            identity,
         })
     }
 
@@ -55,6 +62,9 @@ impl PeerClient {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
         if let Some(secret) = &self.secret {
             req = req.bearer_auth(secret);
+        }
+        for (name, value) in self.identity.sender_headers() {
+            req = req.header(name, value);
         }
         req
     }

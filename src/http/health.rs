@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cookie_raft::identity::hex;
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -69,14 +70,23 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let learners: Vec<u64> = membership.learner_ids().collect();
+    let identity = &state.cluster.identity;
+    let registry = identity.registry();
     let members: Vec<_> = membership
         .nodes()
-        .map(|(id, n)| json!({"id": id, "name": n.name, "addr": n.addr, "voter": voters.contains(id)}))
+        .map(|(id, n)| {
+            json!({
+                "id": id, "name": n.name, "addr": n.addr, "voter": voters.contains(id),
+                "incarnation": registry.members.get(id).map(|i| hex(*i)),
+            })
+        })
         .collect();
     Json(json!({
         "node_id": state.cluster.me,
         "node": state.cfg.name(),
         "initialized": initialized,
+        "cluster_id": registry.cluster.map(hex),
+        "incarnation": hex(identity.own()),
         "role": role(m.state),
         "leader": m.current_leader,
         "term": m.current_term,

@@ -1,11 +1,14 @@
 //! What every inbound node-to-node request passes before it reaches Raft or the write and
 //! read paths: the cluster secret (when one is configured), the `x-raft-target` check (a
-//! misaddressed request is refused rather than obeyed), and a bounded bincode decode of
-//! the body. A refused request changes nothing.
+//! misaddressed request is refused rather than obeyed), the identity check (a request for
+//! another incarnation of this node, from an impostor or another cluster, or to an empty
+//! node that the sender does not know, is refused: `cookie_raft::identity`), and a bounded
+//! bincode decode of the body. A refused request changes nothing.
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
+use cookie_raft::identity::{Claims, Refused};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,6 +42,15 @@ pub fn admit<T: DeserializeOwned>(
                 format!("this is node {}, not {:?}", state.cluster.me, target),
             ));
         }
+    }
+    let claims = Claims::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+    if let Err(refused) = state.cluster.identity.admit(&claims) {
+        if matches!(refused, Refused::Superseded { .. }) {
+            tracing::error!("{refused}");
+        } else {
+            tracing::debug!(?claims, "peer request refused: {refused}");
+        }
+        return Err((StatusCode::CONFLICT, refused.to_string()));
     }
     codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad body: {e}")))
 }

@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 
@@ -20,6 +20,12 @@ pub async fn forwarded_write(
     body: Bytes,
 ) -> Response {
     match admit::<Vec<ForwardedWrite>>(&state, &headers, &body) {
+        // Only what a client could have asked for: registrations are the leader's own.
+        Ok(writes) if writes.iter().any(|w| !w.cmd.is_client_write()) => (
+            StatusCode::BAD_REQUEST,
+            "a forwarded write carries a command no client can send",
+        )
+            .into_response(),
         Ok(writes) => reply(&state.writer.write_forwarded(writes).await),
         Err(r) => r.into_response(),
     }

@@ -1,8 +1,11 @@
 //! The routes of both the public API and the peer endpoints, and the layers around them.
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue};
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
+use cookie_raft::identity::{self, INCARNATION_HEADER};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::error::ApiError;
 use super::observe::{
@@ -37,7 +40,14 @@ pub fn router(state: Shared) -> Router {
         .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
         .route(WRITE_PATH, post(peer_rpc::forwarded_write))
         .route(READ_INDEX_PATH, post(peer_rpc::read_index))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        // Every answer to a peer, refusals included, names this node's incarnation: that is
+        // how a leader learns a new member's before the registry has it.
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(INCARNATION_HEADER),
+            HeaderValue::from_str(&identity::hex(state.cluster.identity.own()))
+                .expect("hex digits are a valid header value"),
+        ));
 
     let ids = NodeRequestIds::new(&state.cfg.name());
     Router::new()

@@ -218,6 +218,30 @@ impl Cluster {
         None
     }
 
+    /// Wait up to `timeout` for node `i`'s process to exit by itself: its exit status, or
+    /// `None` when it is still running (it is left running).
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// The data directory of node `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}", self.nodes[i].id))
+    }
+
     /// Send a signal (`STOP`, `CONT`, ...) to node `i`.
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(pid) = self.nodes[i].pid() {

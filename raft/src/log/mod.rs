@@ -43,6 +43,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const KEY_VOTE: &str = "vote";
 const KEY_PURGED: &str = "last_purged";
 const KEY_COMMITTED: &str = "committed";
+/// This data's incarnation ([`crate::identity`]): written once, when `log.redb` is created
+/// (or first opened by a version with identities), never changed.
+const KEY_INCARNATION: &str = "incarnation";
 
 /// The Raft log. Cloning shares it (the clone is the log reader).
 #[derive(Clone)]
@@ -52,6 +55,9 @@ pub struct LogStore {
     flusher: mpsc::Sender<Flush>,
     /// The latest committed marker given, and whether redb has it yet.
     committed: Arc<Mutex<Committed>>,
+    /// This data's incarnation, and whether it had no vote and no entries at open.
+    incarnation: u64,
+    pristine: bool,
 }
 
 #[derive(Default)]
@@ -111,9 +117,14 @@ impl LogStore {
         let txn = db.begin_write().map_err(other)?;
         txn.open_table(META).map_err(other)?;
         txn.commit().map_err(other)?;
+        let incarnation = incarnation(&db).map_err(other)?;
         let purged = read_meta::<LogId<NodeId>>(&db, KEY_PURGED).map_err(other)?;
         let mut wal = Wal::open(&dir.join("wal"), purged.map(|p| p.index))?;
         migrate_legacy_log(&db, &mut wal).map_err(other)?;
+        let voted = read_meta::<Vote<NodeId>>(&db, KEY_VOTE)
+            .map_err(other)?
+            .is_some();
+        let pristine = !voted && purged.is_none() && wal.bounds().is_none();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("wal-flush".into())
@@ -123,7 +134,20 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             flusher: tx,
             committed: Arc::default(),
+            incarnation,
+            pristine,
         })
+    }
+
+    /// This data's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Whether the log had no vote and no entries when it was opened: this data has never
+    /// taken part in Raft.
+    pub fn was_pristine(&self) -> bool {
+        self.pristine
     }
 
     /// If the stored vote makes `me` the committed leader (openraft then restores it as
@@ -198,6 +222,19 @@ impl LogStore {
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
     codec::read_key(db, META, key)
+}
+
+/// The stored incarnation, or a new one written durably.
+fn incarnation(db: &Database) -> Result<u64, BoxError> {
+    if let Some(v) = read_meta::<u64>(db, KEY_INCARNATION)? {
+        return Ok(v);
+    }
+    let v = crate::identity::random_id()?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?
+        .insert(KEY_INCARNATION, codec::encode(&v)?.as_slice())?;
+    txn.commit()?;
+    Ok(v)
 }
 
 /// Entries from the `raft_log` table of earlier versions go into the WAL (durably), then the

@@ -22,11 +22,12 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::state::StateMachine;
 use super::tables::{
-    order_key, put_meta, Membership, BY_CREATED, COOKIES, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED,
-    KEY_MEMBERSHIP,
+    order_key, put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY,
+    KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY,
 };
 use crate::codec;
 use crate::command::{KeyRecord, Records};
+use crate::identity::Registry;
 use crate::record::Record;
 use crate::types::{Response, TypeConfig};
 use crate::{BoxError, StResult};
@@ -34,11 +35,13 @@ use crate::{BoxError, StResult};
 /// Entries applied between two durable (fsynced) state machine commits.
 const DURABLE_EVERY: u64 = 1000;
 
-/// What one applied batch changed, for cache invalidation.
+/// What one applied batch changed, for cache invalidation (and the identity registry, for
+/// the network's view of it).
 #[derive(Default)]
 struct Touched {
     ids: Vec<String>,
     list: bool,
+    registry: Option<Registry>,
 }
 
 /// The record tables of one write transaction, as commands see them. Every change goes
@@ -49,6 +52,7 @@ struct Tables<'txn> {
     by_created: Table<'txn, (u64, &'static str), ()>,
     keys: Table<'txn, &'static str, &'static [u8]>,
     keys_by_expiry: Table<'txn, (u64, &'static str), ()>,
+    identity: Table<'txn, &'static str, &'static [u8]>,
     touched: Touched,
 }
 
@@ -59,6 +63,7 @@ impl<'txn> Tables<'txn> {
             by_created: txn.open_table(BY_CREATED)?,
             keys: txn.open_table(KEYS)?,
             keys_by_expiry: txn.open_table(KEYS_BY_EXPIRY)?,
+            identity: txn.open_table(IDENTITY)?,
             touched: Touched::default(),
         })
     }
@@ -134,6 +139,24 @@ impl Records for Tables<'_> {
         }
         Ok(())
     }
+
+    fn registry(&self) -> Result<Registry, BoxError> {
+        if let Some(r) = &self.touched.registry {
+            return Ok(r.clone());
+        }
+        let row = self.identity.get(KEY_REGISTRY)?;
+        Ok(match row {
+            Some(v) => codec::decode(v.value())?,
+            None => Registry::default(),
+        })
+    }
+
+    fn set_registry(&mut self, registry: &Registry) -> Result<(), BoxError> {
+        self.identity
+            .insert(KEY_REGISTRY, codec::encode(registry)?.as_slice())?;
+        self.touched.registry = Some(registry.clone());
+        Ok(())
+    }
 }
 
 /// Apply `entries` in one transaction; durable when [`DURABLE_EVERY`] entries have passed
@@ -173,6 +196,11 @@ fn apply_entries(
                     responses.push(Response { results });
                 }
                 EntryPayload::Membership(m) => {
+                    // A node that left is forgotten, so a replacement can register its id.
+                    let mut registry = tables.registry()?;
+                    if registry.retain(|id| m.nodes().any(|(n, _)| *n == id)) {
+                        tables.set_registry(&registry)?;
+                    }
                     put_meta(
                         &txn,
                         KEY_MEMBERSHIP,
@@ -185,6 +213,12 @@ fn apply_entries(
         tables.touched
     };
     put_meta(&txn, KEY_APPLIED, &last)?;
+    // A registry change is made durable at once (it is rare): a node that restarts must
+    // still name every member's incarnation, or it could not tell a wiped one.
+    let durable = durable || touched.registry.is_some();
+    if durable {
+        txn.set_durability(Durability::Immediate)?;
+    }
     txn.commit()?;
     Ok((responses, touched, last.map_or(0, |l| l.index), durable))
 }
@@ -210,6 +244,9 @@ impl StateMachine {
         // new last_applied (it does so after we return).
         self.cache
             .invalidate(touched.ids.iter().map(String::as_str), touched.list);
+        if let Some(registry) = touched.registry {
+            self.identity.set_registry(registry);
+        }
         self.applied.store(last, Ordering::SeqCst);
         if durable {
             self.last_durable = last;

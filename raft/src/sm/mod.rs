@@ -25,6 +25,7 @@ use openraft::{Entry, LogId, OptionalSend, StorageIOError};
 use redb::Database;
 
 use crate::cache::Cache;
+use crate::identity::Identity;
 use crate::types::{NodeId, Response, TypeConfig};
 use crate::{BoxError, StResult};
 use files::SnapshotFiles;
@@ -42,8 +43,9 @@ pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
 
 impl StateMachine {
-    /// Open or create `dir/sm.redb`.
-    pub fn open(dir: &Path, cache: Arc<Cache>) -> Result<Self, BoxError> {
+    /// Open or create `dir/sm.redb`; `identity` is given the stored registry now and each
+    /// change to it later.
+    pub fn open(dir: &Path, cache: Arc<Cache>, identity: Arc<Identity>) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
         let db = crate::durable::created(&path, || Database::create(&path))?;
         let txn = db.begin_write()?;
@@ -53,6 +55,7 @@ impl StateMachine {
             txn.open_table(META)?;
             txn.open_table(tables::KEYS)?;
             txn.open_table(tables::KEYS_BY_EXPIRY)?;
+            txn.open_table(tables::IDENTITY)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -61,12 +64,14 @@ impl StateMachine {
         let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
             .flatten()
             .map_or(0, |l| l.index);
+        identity.set_registry(tables::read_registry(&db)?);
         Ok(StateMachine {
             db,
             cache,
             applied: Arc::new(AtomicU64::new(applied)),
             snapshots: Arc::default(),
             files,
+            identity,
             last_durable: applied,
         })
     }

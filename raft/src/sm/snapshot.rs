@@ -18,20 +18,32 @@ use serde::{Deserialize, Serialize};
 use super::files::{SnapshotFiles, Staged};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
-    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, KEYS, KEYS_BY_EXPIRY,
-    KEY_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
+    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, IDENTITY, KEYS,
+    KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, KEY_SNAPSHOT_FILE,
+    KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
 use crate::command::KeyRecord;
+use crate::identity::Registry;
 use crate::record::Record;
 use crate::types::{NodeId, TypeConfig};
 use crate::{BoxError, StResult};
 
-/// What a snapshot's bytes hold: every stored row and every idempotency key, verbatim.
-/// A key is part of the state: a replica that installed a snapshot without them would
-/// apply a retried write that the others answer as a replay, and diverge.
+/// What a snapshot's bytes hold: every stored row and every idempotency key, verbatim, and
+/// the identity registry. A key is part of the state: a replica that installed a snapshot
+/// without them would apply a retried write that the others answer as a replay, and
+/// diverge; so is the registry (a follower that caught up by snapshot must know every
+/// member's incarnation).
 #[derive(Serialize, Deserialize)]
 struct SnapshotRows {
+    rows: Vec<(String, Vec<u8>)>,
+    keys: Vec<(String, Vec<u8>)>,
+    registry: Registry,
+}
+
+/// Rows and keys, as snapshots were written before identities.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRowsV2 {
     rows: Vec<(String, Vec<u8>)>,
     keys: Vec<(String, Vec<u8>)>,
 }
@@ -43,16 +55,22 @@ struct SnapshotRowsV1 {
 }
 
 impl SnapshotRows {
-    /// Decode a snapshot of this version or of the one before it (a v1 snapshot ends after
-    /// its rows, so reading it as this version fails for want of bytes, never silently).
+    /// Decode a snapshot of this version or of an earlier one. Each version only appends a
+    /// field, so reading an older one as a newer one fails for want of bytes, never silently.
     fn decode(data: &[u8]) -> Result<Self, bincode::error::DecodeError> {
         codec::decode::<SnapshotRows>(data).or_else(|e| {
-            codec::decode::<SnapshotRowsV1>(data)
-                .map(|v1| SnapshotRows {
-                    rows: v1.rows,
-                    keys: Vec::new(),
-                })
-                .map_err(|_| e)
+            let (rows, keys) = match codec::decode::<SnapshotRowsV2>(data) {
+                Ok(v2) => (v2.rows, v2.keys),
+                Err(_) => match codec::decode::<SnapshotRowsV1>(data) {
+                    Ok(v1) => (v1.rows, Vec::new()),
+                    Err(_) => return Err(e),
+                },
+            };
+            Ok(SnapshotRows {
+                rows,
+                keys,
+                registry: Registry::default(),
+            })
         })
     }
 }
@@ -123,6 +141,7 @@ impl StateMachine {
         let db = self.db.clone();
         let files = self.files.clone();
         let applied = meta.last_log_id.map_or(0, |l| l.index);
+        let registry = rows.registry.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
             let staged = files.stage(&SnapshotFiles::name_for(&meta.snapshot_id), &data)?;
             replace_state(Target::of(&db, &files), &meta, staged, &rows)
@@ -131,6 +150,7 @@ impl StateMachine {
         .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
         .map_err(|e| StorageIOError::write_snapshot(sig, &crate::io_err(e)))?;
         self.cache.invalidate_all();
+        self.identity.set_registry(registry);
         self.applied.store(applied, Ordering::SeqCst);
         self.last_durable = applied;
         self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +240,8 @@ fn replace_state(
             keys.insert(key.as_str(), value.as_slice())?;
             by_expiry.insert((rec.expires_ms, key.as_str()), ())?;
         }
+        txn.open_table(IDENTITY)?
+            .insert(KEY_REGISTRY, codec::encode(&rows.registry)?.as_slice())?;
     }
     put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
     put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
@@ -264,9 +286,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     }
                     Ok(out)
                 };
+                let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
+                    Some(v) => codec::decode(v.value())?,
+                    None => Registry::default(),
+                };
                 let data = codec::encode(&SnapshotRows {
                     rows: all(COOKIES)?,
                     keys: all(KEYS)?,
+                    registry,
                 })?;
                 let micros = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -349,9 +376,14 @@ mod tests {
 
     use super::*;
     use crate::cache::Cache;
+    use crate::identity::Identity;
 
     fn open(dir: &Path) -> StateMachine {
-        StateMachine::open(dir, Arc::new(Cache::new(Default::default()))).unwrap()
+        open_as(dir, Arc::new(Identity::new(1, 0x11, false)))
+    }
+
+    fn open_as(dir: &Path, identity: Arc<Identity>) -> StateMachine {
+        StateMachine::open(dir, Arc::new(Cache::new(Default::default())), identity).unwrap()
     }
 
     fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -446,6 +478,7 @@ mod tests {
         codec::encode(&SnapshotRows {
             rows,
             keys: Vec::new(),
+            registry: Registry::default(),
         })
         .unwrap()
     }
@@ -541,19 +574,66 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_from_before_idempotency_keys_still_installs() {
+    fn a_snapshot_from_before_idempotency_keys_or_identities_still_installs() {
         let v1 = codec::encode(&SnapshotRowsV1 {
             rows: vec![("a".into(), vec![1, 2])],
         })
         .unwrap();
         let rows = SnapshotRows::decode(&v1).unwrap();
         assert_eq!((rows.rows.len(), rows.keys.len()), (1, 0));
-        let v2 = codec::encode(&SnapshotRows {
+        let v2 = codec::encode(&SnapshotRowsV2 {
             rows: vec![],
             keys: vec![("k".into(), vec![3])],
         })
         .unwrap();
-        assert_eq!(SnapshotRows::decode(&v2).unwrap().keys.len(), 1);
+        let rows = SnapshotRows::decode(&v2).unwrap();
+        assert_eq!((rows.keys.len(), rows.registry), (1, Registry::default()));
         assert!(SnapshotRows::decode(&[0xff, 0xff]).is_err());
+    }
+
+    /// A follower that catches up by snapshot learns every member's incarnation from it, and
+    /// a node that leaves the membership is forgotten by the registry.
+    #[tokio::test]
+    async fn the_registry_is_applied_kept_in_snapshots_and_pruned_on_leave() {
+        use crate::command::{CmdResult, Command};
+        use openraft::{Entry, EntryPayload, Membership as RaftMembership};
+        use std::collections::{BTreeMap, BTreeSet};
+
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ident_a = Arc::new(Identity::new(1, 0x11, false));
+        let mut a = open_as(d1.path(), ident_a.clone());
+        let register = Command::Register {
+            cluster: 7,
+            members: vec![(1, 0x11), (2, 0x22), (3, 0x33)],
+        };
+        let out = a.apply(vec![entry(1, register)]).await.unwrap();
+        assert_eq!(out[0].results, vec![CmdResult::Registered]);
+        assert_eq!(ident_a.expected(3), Some(0x33));
+
+        let snap = a.snapshot_builder().build_snapshot().await.unwrap();
+        let ident_b = Arc::new(Identity::new(2, 0x22, false));
+        let mut b = open_as(d2.path(), ident_b.clone());
+        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(ident_b.registry().cluster, Some(7));
+        assert_eq!(ident_b.expected(1), Some(0x11));
+        drop(b);
+        // Reopened, the registry is read back from sm.redb.
+        let ident_b2 = Arc::new(Identity::new(2, 0x22, false));
+        let _b = open_as(d2.path(), ident_b2.clone());
+        assert_eq!(ident_b2.registry(), ident_b.registry());
+
+        let nodes: BTreeMap<u64, crate::CookieNode> = [1, 2]
+            .into_iter()
+            .map(|i| (i, Default::default()))
+            .collect();
+        let leave = RaftMembership::new(vec![BTreeSet::from([1, 2])], nodes);
+        a.apply(vec![Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Membership(leave),
+        }])
+        .await
+        .unwrap();
+        assert_eq!(ident_a.expected(3), None);
+        assert_eq!(ident_a.registry().members.len(), 2);
     }
 }

@@ -9,6 +9,7 @@ use redb::Database;
 
 use super::files::SnapshotFiles;
 use crate::cache::Cache;
+use crate::identity::Identity;
 
 /// How many snapshots this node installed (sent by a leader) and built (its own), for the
 /// `raft_snapshot_*_total` metrics: a follower that needed a snapshot to catch up shows here.
@@ -25,6 +26,8 @@ pub struct StateMachine {
     pub(super) applied: Arc<AtomicU64>,
     pub(super) snapshots: Arc<SnapshotCounts>,
     pub(super) files: Arc<SnapshotFiles>,
+    /// Told the identity registry whenever an apply or an install changes it.
+    pub(super) identity: Arc<Identity>,
     /// The last index committed durably by `apply`.
     pub(super) last_durable: u64,
 }

@@ -6,6 +6,7 @@ use redb::{Database, TableDefinition};
 use serde::Serialize;
 
 use crate::codec;
+use crate::identity::Registry;
 use crate::types::{CookieNode, NodeId};
 use crate::BoxError;
 
@@ -27,6 +28,15 @@ pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idem
 /// The keys by expiry, `(expires_ms, key)`, so expired ones are found by a range scan.
 pub(super) const KEYS_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("idempotency_keys_by_expiry");
+
+/// The identity registry ([`crate::identity::Registry`], bincode) under [`KEY_REGISTRY`].
+pub(super) const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
+pub(super) const KEY_REGISTRY: &str = "registry";
+
+/// The registry as of the last commit (empty before any registration).
+pub(super) fn read_registry(db: &Database) -> Result<Registry, BoxError> {
+    Ok(codec::read_key(db, IDENTITY, KEY_REGISTRY)?.unwrap_or_default())
+}
 
 pub(super) const KEY_APPLIED: &str = "last_applied";
 pub(super) const KEY_MEMBERSHIP: &str = "membership";

@@ -1,0 +1,437 @@
+//! Who a node's data is, so that a node whose data was lost cannot come back as the member
+//! it was (issue 12, hole 9).
+//!
+//! A Raft member's safety rests on what it remembers: its vote and the entries it
+//! acknowledged. A node whose disk (or PVC) was lost restarts empty under the same id; if the
+//! others took it for the member they knew, it could grant a vote to a candidate that lacks
+//! acknowledged writes, or complete a quorum for one, and those writes would be lost.
+//!
+//! So each node's data has an **incarnation**: a random number written into `log.redb` when
+//! the data is created, never changed after. The cluster keeps a **registry** in the state
+//! machine (replicated like any write, kept in snapshots): the cluster's id and the
+//! incarnation of every member. Every node-to-node request names the sender, the sender's
+//! incarnation, the incarnation the sender expects of its target, and the cluster id; the
+//! receiver refuses ([`Refused`]) a request
+//! - meant for another incarnation of itself: this node's data is newer than the member the
+//!   cluster knows, so it was lost. The node stops and says how to replace it;
+//! - that does not say which incarnation it is meant for, while this node has no Raft state
+//!   yet: an empty node acts only for a sender that knows it;
+//! - from a sender whose incarnation differs from the registry's, or from another cluster.
+//!
+//! Before the registry has an entry for a member, senders use an incarnation "observed" where
+//! it can be trusted: by the founder, from the members it asked before founding the cluster
+//! (none of them had Raft state then), and from the successful replies of members with Raft
+//! state (data from a version without identities). Never from a refusal: an empty node
+//! serves only a sender that names it, so a wiped node cannot introduce itself. The leader
+//! registers what was observed, and from then on the registry decides.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// A node id ([`crate::types::NodeId`]; named here without importing `types`, which imports
+/// the command that imports this module).
+pub type NodeId = u64;
+
+/// Request header: the sender's node id.
+pub const SENDER_HEADER: &str = "x-raft-sender";
+/// Request header: the sender's incarnation. Response header: the responder's.
+pub const INCARNATION_HEADER: &str = "x-raft-incarnation";
+/// Request header: the incarnation the sender expects of its target, when it knows it.
+pub const TARGET_INCARNATION_HEADER: &str = "x-raft-target-incarnation";
+/// Request header: the sender's cluster id, when it knows it.
+pub const CLUSTER_HEADER: &str = "x-raft-cluster";
+
+/// Identities are shown and sent as 16 hex digits.
+pub fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+pub fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A fresh random identity (never zero, so zero never means "some identity").
+pub fn random_id() -> std::io::Result<u64> {
+    loop {
+        let v = getrandom::u64().map_err(|e| std::io::Error::other(e.to_string()))?;
+        if v != 0 {
+            return Ok(v);
+        }
+    }
+}
+
+/// The cluster's registry of identities, as the state machine keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    /// The cluster's id, chosen by the first leader that registers.
+    pub cluster: Option<u64>,
+    /// Each member's incarnation, as first registered.
+    pub members: BTreeMap<NodeId, u64>,
+}
+
+impl Registry {
+    /// Apply a registration: the first cluster id and each member's first incarnation win
+    /// (a member is registered again only after it left the membership). Whether anything
+    /// changed; an error, changing nothing, for another cluster's id.
+    pub fn register(&mut self, cluster: u64, members: &[(NodeId, u64)]) -> Result<bool, String> {
+        match self.cluster {
+            Some(ours) if ours != cluster => {
+                return Err(format!(
+                    "registration for cluster {} in cluster {}",
+                    hex(cluster),
+                    hex(ours)
+                ))
+            }
+            _ => {}
+        }
+        let mut changed = self.cluster.is_none();
+        self.cluster = Some(cluster);
+        for &(id, incarnation) in members {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.members.entry(id) {
+                e.insert(incarnation);
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Forget members that left the membership, so a replacement can register under the id.
+    pub fn retain(&mut self, keep: impl Fn(NodeId) -> bool) -> bool {
+        let before = self.members.len();
+        self.members.retain(|id, _| keep(*id));
+        self.members.len() != before
+    }
+}
+
+/// What an inbound node-to-node request says about who sent it and for whom it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub sender: Option<NodeId>,
+    pub sender_incarnation: Option<u64>,
+    pub target_incarnation: Option<u64>,
+    pub cluster: Option<u64>,
+}
+
+impl Claims {
+    /// Read the claims from request headers, given a lookup by header name. A header that
+    /// does not parse counts as absent.
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Claims {
+        Claims {
+            sender: get(SENDER_HEADER).and_then(|v| v.parse().ok()),
+            sender_incarnation: get(INCARNATION_HEADER).and_then(parse_hex),
+            target_incarnation: get(TARGET_INCARNATION_HEADER).and_then(parse_hex),
+            cluster: get(CLUSTER_HEADER).and_then(parse_hex),
+        }
+    }
+}
+
+/// Why an inbound request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The request is for another incarnation of this node: its data was lost.
+    #[error(
+        "node {me}'s data was lost: the cluster knows node {me} as incarnation {known}, but \
+         this data directory is incarnation {own}. A node that lost its data must not rejoin \
+         under its old identity (it forgot its vote and the entries it acknowledged). Replace \
+         it: remove node {me} from the membership (DELETE /cluster/members/{me} on any member), \
+         then add this node as a new member with empty data (POST /cluster/members); see \
+         \"Replacing a node\" in the README"
+    )]
+    Superseded {
+        me: NodeId,
+        known: String,
+        own: String,
+    },
+    /// This node has no Raft state and the sender did not name its incarnation.
+    #[error(
+        "node {me} has no data yet and acts only for a sender that names its incarnation ({own})"
+    )]
+    Unnamed { me: NodeId, own: String },
+    /// The sender is not the incarnation of its id that the cluster registered.
+    #[error("node {sender} is registered as incarnation {known}, not {claimed}")]
+    Impostor {
+        sender: NodeId,
+        known: String,
+        claimed: String,
+    },
+    #[error("the sender is in cluster {theirs}, this node in cluster {ours}")]
+    OtherCluster { theirs: String, ours: String },
+}
+
+/// This node's identity and its view of everyone else's. Shared by the network (outbound
+/// headers, observed replies), the state machine (the registry it applies) and the HTTP
+/// gate (inbound checks).
+#[derive(Debug)]
+pub struct Identity {
+    me: NodeId,
+    own: u64,
+    /// No vote, no entries: this data has never taken part in Raft.
+    pristine: AtomicBool,
+    registry: RwLock<Registry>,
+    observed: Mutex<BTreeMap<NodeId, u64>>,
+    lost: OnceLock<String>,
+    lost_notify: Notify,
+}
+
+impl Identity {
+    pub fn new(me: NodeId, own: u64, pristine: bool) -> Self {
+        Identity {
+            me,
+            own,
+            pristine: AtomicBool::new(pristine),
+            registry: RwLock::default(),
+            observed: Mutex::default(),
+            lost: OnceLock::new(),
+            lost_notify: Notify::new(),
+        }
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// This data's incarnation.
+    pub fn own(&self) -> u64 {
+        self.own
+    }
+
+    pub fn is_pristine(&self) -> bool {
+        self.pristine.load(Ordering::SeqCst)
+    }
+
+    /// This node takes part in Raft now (it founded the cluster, leads, or accepted a request
+    /// meant for its incarnation).
+    pub fn settle(&self) {
+        self.pristine.store(false, Ordering::SeqCst);
+    }
+
+    pub fn registry(&self) -> Registry {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Called by the state machine after it committed a registry.
+    pub fn set_registry(&self, registry: Registry) {
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+    }
+
+    /// Remember an incarnation of `id` from a trusted source (see the module docs).
+    pub fn observe(&self, id: NodeId, incarnation: u64) {
+        if id != self.me {
+            self.observed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, incarnation);
+        }
+    }
+
+    pub fn observed(&self, id: NodeId) -> Option<u64> {
+        if id == self.me {
+            return Some(self.own);
+        }
+        self.observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    /// The incarnation `id` should have: the registry's, else the one it last named.
+    pub fn expected(&self, id: NodeId) -> Option<u64> {
+        let registered = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .members
+            .get(&id)
+            .copied();
+        registered.or_else(|| self.observed(id))
+    }
+
+    /// The headers of a request to `target`.
+    pub fn request_headers(&self, target: NodeId) -> Vec<(&'static str, String)> {
+        let mut h = self.sender_headers();
+        if let Some(inc) = self.expected(target) {
+            h.push((TARGET_INCARNATION_HEADER, hex(inc)));
+        }
+        h
+    }
+
+    /// The headers naming the sender (and its cluster), for a request whose target is known
+    /// only by address.
+    pub fn sender_headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            (SENDER_HEADER, self.me.to_string()),
+            (INCARNATION_HEADER, hex(self.own)),
+        ];
+        if let Some(c) = self.registry().cluster {
+            h.push((CLUSTER_HEADER, hex(c)));
+        }
+        h
+    }
+
+    /// Decide on an inbound request. A request meant for another incarnation of this node
+    /// also marks this node lost ([`Identity::lost`]).
+    pub fn admit(&self, claims: &Claims) -> Result<(), Refused> {
+        match claims.target_incarnation {
+            Some(t) if t != self.own => {
+                let refused = Refused::Superseded {
+                    me: self.me,
+                    known: hex(t),
+                    own: hex(self.own),
+                };
+                self.lose(refused.to_string());
+                return Err(refused);
+            }
+            None if self.is_pristine() => {
+                return Err(Refused::Unnamed {
+                    me: self.me,
+                    own: hex(self.own),
+                })
+            }
+            _ => {}
+        }
+        let registry = self.registry();
+        if let (Some(theirs), Some(ours)) = (claims.cluster, registry.cluster) {
+            if theirs != ours {
+                return Err(Refused::OtherCluster {
+                    theirs: hex(theirs),
+                    ours: hex(ours),
+                });
+            }
+        }
+        if let (Some(sender), Some(claimed)) = (claims.sender, claims.sender_incarnation) {
+            if let Some(&known) = registry.members.get(&sender) {
+                if known != claimed {
+                    return Err(Refused::Impostor {
+                        sender,
+                        known: hex(known),
+                        claimed: hex(claimed),
+                    });
+                }
+            }
+        }
+        if claims.target_incarnation.is_some() {
+            self.settle();
+        }
+        Ok(())
+    }
+
+    fn lose(&self, why: String) {
+        if self.lost.set(why).is_ok() {
+            self.lost_notify.notify_waiters();
+            self.lost_notify.notify_one();
+        }
+    }
+
+    /// Resolves once this node learned that its data was lost, with the message saying so.
+    pub async fn lost(&self) -> String {
+        loop {
+            let notified = self.lost_notify.notified();
+            if let Some(why) = self.lost.get() {
+                return why.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(target: Option<u64>) -> Claims {
+        Claims {
+            sender: Some(1),
+            sender_incarnation: Some(0x11),
+            target_incarnation: target,
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn registration_is_first_wins_and_per_cluster() {
+        let mut r = Registry::default();
+        assert_eq!(r.register(7, &[(1, 0x11), (2, 0x22)]), Ok(true));
+        assert_eq!(r.register(7, &[(2, 0x99), (3, 0x33)]), Ok(true));
+        assert_eq!(r.members, BTreeMap::from([(1, 0x11), (2, 0x22), (3, 0x33)]));
+        assert_eq!(r.register(7, &[(3, 0x33)]), Ok(false));
+        assert!(r.register(8, &[(4, 0x44)]).is_err());
+        assert!(!r.members.contains_key(&4));
+        assert!(r.retain(|id| id != 2));
+        assert_eq!(r.register(7, &[(2, 0x99)]), Ok(true));
+        assert_eq!(r.members[&2], 0x99);
+    }
+
+    #[tokio::test]
+    async fn a_request_for_an_older_incarnation_marks_the_node_lost() {
+        let id = Identity::new(3, 0xbb, true);
+        let refused = id.admit(&claims(Some(0xaa))).unwrap_err();
+        assert!(matches!(refused, Refused::Superseded { me: 3, .. }));
+        let why = tokio::time::timeout(std::time::Duration::from_secs(1), id.lost())
+            .await
+            .expect("lost resolves");
+        assert!(why.contains("data was lost"), "{why}");
+        assert!(why.contains("00000000000000aa") && why.contains("00000000000000bb"));
+    }
+
+    #[test]
+    fn an_empty_node_acts_only_for_a_sender_that_names_it() {
+        let id = Identity::new(3, 0xbb, true);
+        assert!(matches!(
+            id.admit(&claims(None)),
+            Err(Refused::Unnamed { .. })
+        ));
+        assert!(id.is_pristine());
+        assert_eq!(id.admit(&claims(Some(0xbb))), Ok(()));
+        assert!(!id.is_pristine());
+        // Once part of the cluster, a sender that does not know it yet (an older version,
+        // or one that has not applied the registry) is served.
+        assert_eq!(id.admit(&claims(None)), Ok(()));
+        // What a request claims is checked, never learnt.
+        assert_eq!(id.observed(1), None);
+    }
+
+    #[test]
+    fn an_impostor_or_another_cluster_is_refused() {
+        let id = Identity::new(3, 0xbb, false);
+        id.set_registry(Registry {
+            cluster: Some(7),
+            members: BTreeMap::from([(1, 0x11), (3, 0xbb)]),
+        });
+        let mut c = claims(Some(0xbb));
+        c.sender_incarnation = Some(0x12);
+        assert!(matches!(
+            id.admit(&c),
+            Err(Refused::Impostor { sender: 1, .. })
+        ));
+        c.sender_incarnation = Some(0x11);
+        c.cluster = Some(8);
+        assert!(matches!(id.admit(&c), Err(Refused::OtherCluster { .. })));
+        c.cluster = Some(7);
+        assert_eq!(id.admit(&c), Ok(()));
+    }
+
+    #[test]
+    fn senders_name_the_registered_incarnation_before_an_observed_one() {
+        let id = Identity::new(1, 0x11, false);
+        assert_eq!(id.expected(2), None);
+        id.observe(2, 0x22);
+        assert_eq!(id.expected(2), Some(0x22));
+        id.set_registry(Registry {
+            cluster: Some(7),
+            members: BTreeMap::from([(2, 0x21)]),
+        });
+        assert_eq!(id.expected(2), Some(0x21));
+        let h = id.request_headers(2);
+        assert!(h.contains(&(TARGET_INCARNATION_HEADER, hex(0x21))));
+        assert!(h.contains(&(CLUSTER_HEADER, hex(7))));
+        assert!(h.contains(&(SENDER_HEADER, "1".into())));
+    }
+}

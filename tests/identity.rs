@@ -1,0 +1,117 @@
+//! A node whose data was lost cannot come back as the member it was (issue 12, hole 9).
+//!
+//! Black-box, on real processes: a node's data directory is deleted while it is down and
+//! the node is started again under the same id. Without identities it rejoins as a pristine
+//! member that forgot its vote and the entries it acknowledged, and can complete a quorum
+//! that lacks acknowledged writes; with them the cluster refuses it and it stops, saying how
+//! to replace it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, FAST_RAFT};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Wait until node `i` sees every member registered (each with an incarnation).
+async fn wait_registered(c: &Cluster, i: usize) -> Value {
+    c.wait_cluster_info(i, T, |v| {
+        v["cluster_id"].is_string()
+            && v["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|n| n["incarnation"].is_string()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_node_whose_data_was_lost_is_refused_and_stops_saying_how_to_replace_it() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let view = wait_registered(&c, 0).await;
+    let node3 = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 3)
+        .unwrap()["incarnation"]
+        .clone();
+    assert_eq!(c.cluster_info(2).await["incarnation"], node3);
+
+    c.kill(2);
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    c.spawn(2);
+    let status = c.wait_exit(2, T).await;
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the wiped node kept running\n{log}"));
+    assert!(!status.success(), "exit status {status}");
+    let known = node3.as_str().unwrap();
+    assert!(log.contains("node 3's data was lost"), "{log}");
+    assert!(log.contains(&format!("incarnation {known}")), "{log}");
+    assert!(log.contains("DELETE /cluster/members/3"), "{log}");
+
+    // The others go on: a write is acknowledged, and the registry still names the old one.
+    let leader = c.wait_leader(T).await;
+    let r = c
+        .create(leader, json!({"cookie": "after-wipe", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let view = c.cluster_info(leader).await;
+    let still = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 3)
+        .unwrap()["incarnation"]
+        .clone();
+    assert_eq!(still, node3);
+}
+
+/// The hazard itself. The leader and one follower acknowledge X while the other follower is
+/// down; the follower that has X loses its data; the leader dies. The lagging follower and
+/// the wiped one are a majority: if the wiped one voted as the member it was, the lagging one
+/// would lead without X, and X (acknowledged) would be gone. It must be refused instead, and
+/// X be there once the old leader is back.
+#[tokio::test]
+async fn a_wiped_node_cannot_complete_a_quorum_that_lacks_acknowledged_writes() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    let leader = c.wait_leader(T).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (lagging, holder) = (followers[0], followers[1]);
+    wait_registered(&c, lagging).await;
+    wait_registered(&c, holder).await;
+
+    c.kill(lagging);
+    let r = c
+        .create(leader, json!({"cookie": "acknowledged", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // The holder has X (it acknowledged it); now it loses its data, and the leader dies.
+    c.kill(holder);
+    std::fs::remove_dir_all(c.data_dir(holder)).unwrap();
+    c.kill(leader);
+
+    c.spawn(lagging);
+    c.spawn(holder);
+    let status = c.wait_exit(holder, T).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the wiped node was not refused\n{}",
+        c.logs()
+    );
+    // Alone, the lagging node cannot lead.
+    assert_eq!(c.leader().await, None, "{}", c.logs());
+
+    c.spawn(leader);
+    let now = c.wait_leader(T).await;
+    let r = c.get(now, "acknowledged", "linearizable").await;
+    assert_eq!(
+        r.status,
+        200,
+        "acknowledged write lost: {}\n{}",
+        r.text,
+        c.logs()
+    );
+}
