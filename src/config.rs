@@ -46,6 +46,9 @@ pub struct RaftTuning {
     pub keep_logs_after_snapshot: u64,
     /// Entries per AppendEntries RPC.
     pub max_payload_entries: u64,
+    /// The largest snapshot this node accepts from a leader, in bytes: checked before each
+    /// chunk is stored (at most `cookie_raft::codec::DECODE_LIMIT`, what one decode may read).
+    pub max_snapshot_bytes: u64,
 }
 
 impl Default for RaftTuning {
@@ -58,6 +61,7 @@ impl Default for RaftTuning {
             snapshot_logs: 5000,
             keep_logs_after_snapshot: 1000,
             max_payload_entries: 256,
+            max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
         }
     }
 }
@@ -233,7 +237,10 @@ pub struct Config {
     /// proposing node's clock, carried in the log, so every replica forgets it alike).
     pub idempotency_retention_secs: u64,
     /// When set, `/raft/*` requests must carry `Authorization: Bearer <secret>`.
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Secret>,
+    /// Client tokens and their roles (api.md section 12). Empty: no client authentication,
+    /// as in the original API.
+    pub client_tokens: Vec<ClientToken>,
     /// `text` or `json`; the environment variable `COOKIE_CRUD_LOG_FORMAT` overrides it.
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
@@ -245,6 +252,82 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
+    pub http: HttpLimits,
+}
+
+/// A credential from the config: compared in constant time, never printed (`Debug` shows
+/// `Secret(***)`, so a logged `Config` does not leak it).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this secret, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(presented))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A client's bearer token and what it may do.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientToken {
+    pub token: Secret,
+    pub role: Role,
+}
+
+/// What a client token allows, each role including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// GET requests.
+    Read,
+    /// Also POST, PUT and DELETE on `/cookies`.
+    Write,
+    /// Also `DELETE /cache`, `/cluster` and `/admin/*`.
+    Admin,
+}
+
+/// What the HTTP server allows one connection and one request (issue 13).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this time, or the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this time (408).
+    pub body_timeout_ms: u64,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Unpaged `GET /cookies` (every record in one reply) running at once at most; more
+    /// get 503 with `Retry-After`.
+    pub max_concurrent_full_lists: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 4096,
+            max_concurrent_full_lists: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -268,12 +351,14 @@ impl Default for Config {
             read_timeout_ms: 5000,
             idempotency_retention_secs: 24 * 3600,
             cluster_secret: None,
+            client_tokens: Vec::new(),
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),
             worker_threads: 0,
             cluster: ClusterConfig::default(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -408,6 +493,29 @@ impl Config {
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err("raft: election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if self
+            .client_tokens
+            .iter()
+            .any(|t| t.token.expose().is_empty())
+        {
+            return Err("client_tokens: a token cannot be empty".into());
+        }
+        // Peers probe each other's /cluster and /cache, which client tokens guard: they
+        // authenticate with the cluster secret.
+        let multi_node = self.nodes.len() > 1 || self.cluster.discovery != Discovery::Manual;
+        if !self.client_tokens.is_empty() && multi_node && self.cluster_secret.is_none() {
+            return Err(
+                "client_tokens on a cluster need a cluster_secret too: the nodes \
+                        authenticate to each other with it"
+                    .into(),
+            );
+        }
+        let decode_limit = cookie_raft::codec::DECODE_LIMIT as u64;
+        if r.max_snapshot_bytes == 0 || r.max_snapshot_bytes > decode_limit {
+            return Err(format!(
+                "raft: max_snapshot_bytes must be between 1 and {decode_limit}"
+            ));
         }
         let b = &self.batch;
         if b.max_commands == 0 || b.max_inflight == 0 || b.forward_inflight == 0 {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::{
-    AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, Raft, StateMachine,
+    AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, Raft, SnapshotInbox,
+    StateMachine,
 };
 use openraft::SnapshotPolicy;
 use tokio_util::task::AbortOnDropHandle;
@@ -19,6 +20,7 @@ use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
 use crate::cluster::{bootstrap, identity, Cluster};
 use crate::config::Config;
+use crate::http::server::ConnLimits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::read::{ReadIndex, ReadSettings};
@@ -28,6 +30,9 @@ use crate::write::{WriteSettings, Writer};
 
 /// Largest payload of one group-commit batch (one command may exceed it alone).
 const MAX_BATCH_BYTES: usize = 2 << 20;
+
+/// How long shutdown waits for open connections to finish their requests.
+const HTTP_DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for the background tasks before aborting the rest.
 const TASKS_STOP_BOUND: Duration = Duration::from_secs(5);
@@ -51,8 +56,6 @@ pub enum NodeError {
     Raft(String),
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("http server: {0}")]
-    Serve(std::io::Error),
     /// The cluster addressed this node as an older incarnation of itself: its data was lost
     /// and it must be replaced, not rejoin (the message says how).
     #[error("{0}")]
@@ -128,7 +131,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             .map(|m| (m.id, m.addr.clone()))
             .collect(),
     );
-    let network = Network::new(cfg.cluster_secret.clone(), book.clone(), identity.clone())?;
+    let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
+    let network = Network::new(secret.clone(), book.clone(), identity.clone())?;
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -136,7 +140,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let cluster = Cluster {
         raft: raft.clone(),
         me: cfg.node_id,
-        peers: PeerClient::new(cfg.cluster_secret.clone(), book, identity.clone())?,
+        peers: PeerClient::new(secret, book, identity.clone())?,
         identity: identity.clone(),
     };
     let metrics = Metrics::new();
@@ -200,6 +204,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         Duration::from_millis(cfg.raft.install_snapshot_timeout_ms),
         tasks.clone(),
     );
+    let cfg_max_snapshot = cfg.raft.max_snapshot_bytes;
+    let cfg_full_lists = cfg.http.max_concurrent_full_lists;
     let state = Arc::new(AppState {
         cfg,
         cluster,
@@ -210,6 +216,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         metrics,
         started: std::time::Instant::now(),
         install_quiet,
+        snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot),
+        full_lists: tokio::sync::Semaphore::new(cfg_full_lists.max(1)),
     });
     // Stop on a signal, or when this node learns its data was lost.
     let lost = Arc::new(std::sync::OnceLock::new());
@@ -225,9 +233,12 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             }
         }
     };
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(stop)
-        .await;
+    let limits = ConnLimits {
+        header_timeout: Duration::from_millis(state.cfg.http.header_timeout_ms),
+        max_connections: state.cfg.http.max_connections,
+        drain: HTTP_DRAIN_BOUND,
+    };
+    http::server::serve(listener, http::router(state), limits, stop).await;
     let stopped = tasks.shutdown(TASKS_STOP_BOUND).await;
     tracing::info!(
         stopped = stopped.stopped,
@@ -236,7 +247,6 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
     let _ = raft.shutdown().await;
     tracing::info!("node stopped");
-    served.map_err(NodeError::Serve)?;
     match lost.get() {
         Some(why) => Err(NodeError::DataLost(why.clone())),
         None => Ok(()),

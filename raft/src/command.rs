@@ -113,7 +113,24 @@ pub enum Invalid {
     UserIdRequired,
     #[error("User ID must be a positive integer")]
     UserIdNotPositive,
+    /// A record id (the `cookie` field) over [`MAX_ID_BYTES`].
+    #[error("Cookie ID too long")]
+    IdTooLong,
 }
+
+/// The longest record id, in bytes of UTF-8 (api.md section 10). Longer ids would make paths
+/// that HTTP servers refuse (414): a record nobody could read, update or delete.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// `Idempotency-Key: <1-128 visible ASCII characters>` (api.md section 11).
+pub fn valid_idempotency_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= 128 && key.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Why a command that came from a peer is refused: not one the API could have built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a client write: {0}")]
+pub struct NotAClientWrite(pub String);
 
 impl Command {
     /// `POST /cookies`: the body must be a JSON object with a non-empty string `cookie` (the
@@ -189,15 +206,61 @@ impl Command {
         }
     }
 
-    /// Whether a client request can carry this command (a peer's forwarded write may carry
-    /// only these; registrations come from the leader itself).
-    pub fn is_client_write(&self) -> bool {
+    /// Whether this command is one the API's constructors could have built, with the same
+    /// validation: what a leader checks before proposing a write a peer forwarded, so a
+    /// peer cannot store what a client could not (registrations come from the leader itself).
+    pub fn check_client_write(&self) -> Result<(), NotAClientWrite> {
+        let no = |why: &str| Err(NotAClientWrite(why.to_owned()));
         match self {
-            Command::Create { .. } | Command::Update { .. } | Command::Delete { .. } => true,
-            Command::Keyed { cmd, .. } => {
-                !matches!(**cmd, Command::Keyed { .. }) && cmd.is_client_write()
+            Command::Create { id, object } => {
+                let obj =
+                    parse_object(object.as_bytes()).map_err(|e| NotAClientWrite(e.to_string()))?;
+                match obj.get("cookie").map(cookie_field) {
+                    Some(Ok(c)) if c == id => {}
+                    Some(Err(e)) => return no(&e.to_string()),
+                    _ => return no("create: the object's cookie is not its id"),
+                }
+                if !obj.get("user_id").is_some_and(valid_user_id) {
+                    return no("create: no valid user_id");
+                }
+                let stamped = |f: &str| obj.get(f).is_some_and(Value::is_string);
+                if !(stamped("created") && stamped("last_used")) {
+                    return no("create: no created/last_used");
+                }
+                Ok(())
             }
-            Command::Register { .. } => false,
+            Command::Update {
+                id,
+                patch,
+                rename_to,
+                ..
+            } => {
+                let patch =
+                    parse_object(patch.as_bytes()).map_err(|e| NotAClientWrite(e.to_string()))?;
+                if patch.get("user_id").is_some_and(|v| !valid_user_id(v)) {
+                    return no("update: user_id is not a positive integer");
+                }
+                let cookie = match patch.get("cookie").map(cookie_field) {
+                    Some(Err(e)) => return no(&e.to_string()),
+                    Some(Ok(c)) => Some(c),
+                    None => None,
+                };
+                if cookie.filter(|c| c != id) != rename_to.as_deref() {
+                    return no("update: rename_to does not match the patch");
+                }
+                Ok(())
+            }
+            Command::Delete { .. } => Ok(()),
+            Command::Keyed { key, cmd, .. } => {
+                if !valid_idempotency_key(key.as_bytes()) {
+                    return no("keyed: not a valid Idempotency-Key");
+                }
+                match **cmd {
+                    Command::Keyed { .. } | Command::Register { .. } => no("keyed: nested"),
+                    _ => cmd.check_client_write(),
+                }
+            }
+            Command::Register { .. } => no("registrations come from the leader only"),
         }
     }
 
@@ -368,10 +431,11 @@ fn valid_user_id(v: &Value) -> bool {
     v.as_u64().is_some_and(|n| n > 0)
 }
 
-/// The `cookie` field as a non-empty string.
+/// The `cookie` field as a non-empty string of at most [`MAX_ID_BYTES`].
 fn cookie_field(v: &Value) -> Result<&str, Invalid> {
     match v {
         Value::String(s) if s.is_empty() => Err(Invalid::CookieEmpty),
+        Value::String(s) if s.len() > MAX_ID_BYTES => Err(Invalid::IdTooLong),
         Value::String(s) => Ok(s),
         _ => Err(Invalid::CookieNotString),
     }
@@ -578,10 +642,80 @@ mod tests {
             CmdResult::Invalid(_)
         ));
         assert_eq!(t.registry.cluster, Some(7));
-        assert!(!reg(7, &[]).is_client_write());
+        assert!(reg(7, &[]).check_client_write().is_err());
         let keyed = Command::keyed("k".into(), [0; 32], (0, 1), reg(7, &[]));
-        assert!(!keyed.is_client_write());
-        assert!(Command::delete("a".into(), None).is_client_write());
+        assert!(keyed.check_client_write().is_err());
+    }
+
+    /// What the API builds passes the peer check; what it could not build does not (a peer
+    /// once stored a non-object in a record, spliced into every `GET /cookies` reply).
+    #[test]
+    fn only_what_the_api_could_build_passes_the_peer_check() {
+        let keyed_create = Command::keyed(
+            "k-1".into(),
+            [1; 32],
+            (0, 1),
+            create(r#"{"cookie":"a","user_id":1}"#).unwrap(),
+        );
+        let ok = [
+            create(r#"{"cookie":"a","user_id":1,"x":[1]}"#).unwrap(),
+            update("a", r#"{"cookie":"b","user_id":2}"#).unwrap(),
+            update("a", r#"{"cookie":"a"}"#).unwrap(),
+            update("a", "{}").unwrap(),
+            Command::delete("anything".into(), Some(3)),
+            keyed_create,
+        ];
+        for cmd in ok {
+            assert_eq!(cmd.check_client_write(), Ok(()), "{cmd:?}");
+        }
+        let create_raw = |id: &str, object: &str| Command::Create {
+            id: id.into(),
+            object: object.into(),
+        };
+        let stamped = |id: &str, user: u64| {
+            format!(r#"{{"cookie":"{id}","user_id":{user},"created":"1","last_used":"1"}}"#)
+        };
+        let update_raw = |patch: &str, rename_to: Option<&str>| Command::Update {
+            id: "a".into(),
+            patch: patch.into(),
+            rename_to: rename_to.map(Into::into),
+            now: 1,
+            if_match: None,
+        };
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let bad = [
+            create_raw("a", "[1]"),
+            create_raw("a", r#""text""#),
+            create_raw("a", &stamped("b", 1)),
+            create_raw("a", &stamped("a", 0)),
+            create_raw("a", r#"{"cookie":"a","user_id":1}"#),
+            create_raw(&long, &stamped(&long, 1)),
+            update_raw("7", None),
+            update_raw(r#"{"cookie":"b"}"#, None),
+            update_raw("{}", Some("b")),
+            Command::keyed(
+                "bad key".into(),
+                [1; 32],
+                (0, 1),
+                Command::delete("a".into(), None),
+            ),
+        ];
+        for cmd in bad {
+            assert!(cmd.check_client_write().is_err(), "{cmd:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_over_1024_bytes_is_refused() {
+        let id = "é".repeat(512); // 1,024 bytes
+        assert!(create(&format!(r#"{{"cookie":"{id}","user_id":1}}"#)).is_ok());
+        let long = format!("{id}x");
+        let refused = create(&format!(r#"{{"cookie":"{long}","user_id":1}}"#)).unwrap_err();
+        assert_eq!(refused.to_string(), "Cookie ID too long");
+        assert_eq!(
+            update("a", &format!(r#"{{"cookie":"{long}"}}"#)).unwrap_err(),
+            Invalid::IdTooLong
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! sm/reader.rs      StoreReader: get, list, page, count for the HTTP layer, via the cache
 //! cache.rs          the per-node TTL read cache, invalidated by apply
 //! network.rs        Raft RPCs over HTTP with one pooled reqwest client
+//! inbox.rs          inbound snapshot chunks: bounded, in order, validated before install
 //! identity.rs       a node's incarnation and the cluster's registry: a node whose data
 //!                   was lost cannot come back as the member it was
 //! ```
@@ -42,6 +43,7 @@ pub mod codec;
 pub mod command;
 pub mod durable;
 pub mod identity;
+pub mod inbox;
 pub mod log;
 pub mod network;
 pub mod record;
@@ -51,6 +53,7 @@ pub mod types;
 pub use cache::{Cache, CacheConfig, CacheStats};
 pub use command::{CmdResult, Command, Invalid};
 pub use identity::{Identity, Registry};
+pub use inbox::SnapshotInbox;
 pub use log::{LogStore, ReadFloor};
 pub use network::{AddressBook, Network, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};

@@ -132,13 +132,15 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<serde_json::Value, PeerError> {
         let maybe = |e: String| PeerError::MaybeSent(e);
-        let resp = self
+        let mut req = self
             .client
             .get(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| maybe(e.to_string()))?;
+            .timeout(timeout);
+        // Where client tokens guard these endpoints, a peer shows the cluster secret.
+        if let Some(secret) = &self.secret {
+            req = req.bearer_auth(secret);
+        }
+        let resp = req.send().await.map_err(|e| maybe(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(maybe(format!("{path} answered {}", resp.status())));
         }

@@ -101,7 +101,14 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
             state.reader.applied_index(),
         ));
     }
+    // Every record in one reply: a few at a time (a burst of them held a copy of the whole
+    // store each); the others wait their turn, up to the read timeout.
+    let permit = tokio::time::timeout(state.cfg.read_timeout(), state.full_lists.acquire())
+        .await
+        .map_err(|_| ApiError::Busy("unpaged GET /cookies"))?
+        .map_err(ApiError::internal)?;
     let (body, cache) = blocking(move || reader.list()).await?;
+    drop(permit);
     Ok(read_reply(
         StatusCode::OK,
         body,

@@ -27,6 +27,18 @@ pub enum ApiError {
     KeyReused,
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// No client token, or an unknown one (api.md section 12).
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// A token whose role does not cover the request.
+    #[error("Forbidden")]
+    Forbidden,
+    /// The request body did not arrive within the server's body timeout.
+    #[error("Request timeout")]
+    BodyTimeout,
+    /// Too many requests of an expensive kind at once; retry later.
+    #[error("Too many concurrent requests: {0}; retry later")]
+    Busy(&'static str),
     /// No leader within the timeout: nothing happened, retry later.
     #[error("No leader available")]
     NoLeader,
@@ -62,9 +74,13 @@ impl ApiError {
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NoLeader
+            | ApiError::Lagging(_)
+            | ApiError::NotApplied(_)
+            | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,10 +128,14 @@ impl IntoResponse for ApiError {
         let mut resp = json_bytes(self.status(), body);
         if matches!(
             self,
-            ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_)
+            ApiError::NoLeader | ApiError::Lagging(_) | ApiError::NotApplied(_) | ApiError::Busy(_)
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

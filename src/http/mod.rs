@@ -5,12 +5,15 @@
 //!   read from a request; [`error`] the one mapping of errors to HTTP.
 //! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
 //!   requests; [`peer_gate`]: what both check first.
-//! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`.
-//! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them.
+//! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`; [`auth`]:
+//!   client tokens and roles.
+//! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
+//!   [`server`]: accepting connections, with hyper's limits.
 //!
 //! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
 //! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
 
+pub mod auth;
 pub mod cache;
 pub mod cookies;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod peer_gate;
 pub mod peer_rpc;
 pub mod raft_rpc;
 pub mod router;
+pub mod server;
 pub mod state;
 
 pub use router::router;

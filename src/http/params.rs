@@ -61,7 +61,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         return Ok(None);
     };
     let key = raw.as_bytes();
-    if key.is_empty() || key.len() > 128 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    if !cookie_raft::command::valid_idempotency_key(key) {
         return Err(ApiError::bad_request(
             "Idempotency-Key must be 1 to 128 visible ASCII characters",
         ));
@@ -94,7 +94,17 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::new();
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("Could not read request body"))?;
+        let chunk = chunk.map_err(|e| {
+            // The router's body timeout (tower-http) ends a body that comes too slowly.
+            let timed_out = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<tower_http::timeout::TimeoutError>())
+                || e.to_string().contains("timed out");
+            if timed_out {
+                ApiError::BodyTimeout
+            } else {
+                ApiError::bad_request("Could not read request body")
+            }
+        })?;
         seen += chunk.len();
         if seen <= limit {
             buf.extend_from_slice(&chunk);

@@ -25,12 +25,10 @@ pub fn admit<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, Refusal> {
     if let Some(secret) = &state.cfg.cluster_secret {
-        let expected = format!("Bearer {secret}");
-        if headers
+        let presented = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            != Some(&expected)
-        {
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !presented.is_some_and(|p| secret.matches(p)) {
             return Err((StatusCode::UNAUTHORIZED, "cluster secret required".into()));
         }
     }

@@ -20,13 +20,14 @@ pub async fn forwarded_write(
     body: Bytes,
 ) -> Response {
     match admit::<Vec<ForwardedWrite>>(&state, &headers, &body) {
-        // Only what a client could have asked for: registrations are the leader's own.
-        Ok(writes) if writes.iter().any(|w| !w.cmd.is_client_write()) => (
-            StatusCode::BAD_REQUEST,
-            "a forwarded write carries a command no client can send",
-        )
-            .into_response(),
-        Ok(writes) => reply(&state.writer.write_forwarded(writes).await),
+        Ok(writes) => {
+            // Only what the API could have built, validated as the API does: a peer must not
+            // store what a client could not.
+            if let Some(e) = writes.iter().find_map(|w| w.cmd.check_client_write().err()) {
+                return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            }
+            reply(&state.writer.write_forwarded(writes).await)
+        }
         Err(r) => r.into_response(),
     }
 }

@@ -4,8 +4,9 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use cookie_raft::TypeConfig;
+use cookie_raft::{inbox, TypeConfig};
 use openraft::raft::InstallSnapshotRequest;
 
 use super::peer_gate::{admit, reply};
@@ -35,5 +36,17 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
     // when it drops: after the answer, or when this handler is dropped half-way.
     let index = req.meta.last_log_id.map_or(0, |l| l.index);
     let _quiet = req.done.then(|| state.install_quiet.hold(index));
-    reply(&state.cluster.raft.install_snapshot(req).await)
+    // Chunks go through the inbox, never straight to openraft (see `cookie_raft::inbox`).
+    match state.snapshot_inbox.chunk(req).await {
+        Ok(answer) => reply(&answer),
+        Err(refused) => {
+            tracing::warn!("snapshot chunk refused: {refused}");
+            let status = match refused {
+                inbox::Refused::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                inbox::Refused::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                inbox::Refused::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, refused.to_string()).into_response()
+        }
+    }
 }

@@ -5,7 +5,9 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::routing::{any, get, post, MethodRouter};
 use axum::Router;
 use cookie_raft::identity::{self, INCARNATION_HEADER};
+use std::time::Duration;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::error::ApiError;
 use super::observe::{
@@ -13,7 +15,7 @@ use super::observe::{
     REQUEST_ID_HEADER,
 };
 use super::state::Shared;
-use super::{cache, cookies, health, peer_rpc, raft_rpc};
+use super::{auth, cache, cookies, health, peer_rpc, raft_rpc};
 use crate::cluster::proto::{APPEND_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH};
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
@@ -86,6 +88,16 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         // Innermost first: a panic becomes a 500 that the metrics still count.
         .layer(CatchPanicLayer::custom(observe::panic_reply))
+        // A body that does not arrive in time ends with an error the handlers answer 408.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+            state.cfg.http.body_timeout_ms,
+        )))
+        // Client tokens are checked inside the metrics (a 401 is counted) and only on
+        // matched routes (an unknown path is 404 to everyone).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_role,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             observe::track,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cookie_raft::StoreReader;
+use cookie_raft::{SnapshotInbox, StoreReader};
 
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
@@ -34,6 +34,10 @@ pub struct AppState {
     pub started: Instant,
     /// Holds this node's elections off while it installs a snapshot.
     pub install_quiet: InstallQuiet,
+    /// Inbound snapshot chunks: bounded, in order, validated before openraft installs them.
+    pub snapshot_inbox: SnapshotInbox,
+    /// Permits for unpaged `GET /cookies` (`http.max_concurrent_full_lists`).
+    pub full_lists: tokio::sync::Semaphore,
 }
 
 pub type Shared = Arc<AppState>;

@@ -38,7 +38,7 @@ mod state;
 mod tables;
 
 pub use reader::{CacheStatus, StoreReader};
-pub use snapshot::SnapshotBuilder;
+pub use snapshot::{validate as validate_snapshot, SnapshotBuilder};
 pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
 

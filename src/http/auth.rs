@@ -1,0 +1,128 @@
+//! Client authentication and roles (api.md section 12), when `client_tokens` is configured.
+//!
+//! Every client request then carries `Authorization: Bearer <token>`; the token's role must
+//! cover the request: `read` any GET, `write` also POST, PUT and DELETE on `/cookies`,
+//! `admin` also `DELETE /cache`, `/cluster` and `/admin/*`. Missing or unknown token: 401
+//! `{"error":"Unauthorized"}`; a role without the right: 403 `{"error":"Forbidden"}`.
+//! `/health` and `/ready` stay open for probes, and `/raft/*` has its own credential (the
+//! cluster secret, `peer_gate`). A peer probing `/cluster` or `/cache` shows the cluster
+//! secret, which counts as `admin`.
+//!
+//! Tokens are compared in constant time, every configured token each time, so the time
+//! taken says nothing about which token (or how much of one) matched.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::state::Shared;
+use crate::config::{Config, Role};
+
+/// The role a request needs, or `None` for the open probes.
+fn needed(method: &Method, path: &str) -> Option<Role> {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if path == "/health" || path == "/ready" || under("/raft") {
+        return None;
+    }
+    let admin = under("/cluster") || under("/admin") || (under("/cache") && method != Method::GET);
+    Some(if admin {
+        Role::Admin
+    } else if under("/cookies") && method != Method::GET {
+        Role::Write
+    } else {
+        Role::Read
+    })
+}
+
+/// The role the presented token has: the best of all that match (none match: `None`).
+fn role_of(cfg: &Config, presented: &[u8]) -> Option<Role> {
+    let mut best = None;
+    if cfg
+        .cluster_secret
+        .as_ref()
+        .is_some_and(|s| s.matches(presented))
+    {
+        best = Some(Role::Admin);
+    }
+    for t in &cfg.client_tokens {
+        if t.token.matches(presented) {
+            best = best.max(Some(t.role));
+        }
+    }
+    best
+}
+
+/// Check the request's token against its route; a refusal changes nothing.
+pub async fn require_role(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let cfg = &state.cfg;
+    if cfg.client_tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let Some(need) = needed(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match presented.and_then(|p| role_of(cfg, p)) {
+        None => ApiError::Unauthorized.into_response(),
+        Some(role) if role < need => ApiError::Forbidden.into_response(),
+        Some(_) => next.run(req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_needs_the_contracts_role() {
+        let cases = [
+            (Method::GET, "/health", None),
+            (Method::GET, "/ready", None),
+            (Method::POST, "/raft/append", None),
+            (Method::GET, "/cookies", Some(Role::Read)),
+            (Method::GET, "/cookies/a", Some(Role::Read)),
+            (Method::GET, "/metrics", Some(Role::Read)),
+            (Method::GET, "/cache", Some(Role::Read)),
+            (Method::POST, "/cookies", Some(Role::Write)),
+            (Method::PUT, "/cookies/a", Some(Role::Write)),
+            (Method::DELETE, "/cookies/a", Some(Role::Write)),
+            (Method::DELETE, "/cache", Some(Role::Admin)),
+            (Method::GET, "/cluster", Some(Role::Admin)),
+            (Method::POST, "/cluster/members", Some(Role::Admin)),
+            (Method::GET, "/admin/backup", Some(Role::Admin)),
+            // Not a prefix match on a longer name.
+            (Method::GET, "/clusterx", Some(Role::Read)),
+            (Method::GET, "/raftx", Some(Role::Read)),
+        ];
+        for (method, path, role) in cases {
+            assert_eq!(needed(&method, path), role, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn the_best_matching_role_wins_and_the_cluster_secret_is_admin() {
+        let cfg = Config::parse(
+            r#"
+            cluster_secret = "peer-secret"
+            client_tokens = [
+              { token = "r", role = "read" },
+              { token = "w", role = "write" },
+              { token = "w", role = "admin" },
+            ]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(role_of(&cfg, b"r"), Some(Role::Read));
+        assert_eq!(role_of(&cfg, b"w"), Some(Role::Admin));
+        assert_eq!(role_of(&cfg, b"peer-secret"), Some(Role::Admin));
+        assert_eq!(role_of(&cfg, b"nope"), None);
+        assert_eq!(role_of(&cfg, b""), None);
+        assert!(format!("{cfg:?}").contains("Secret(***)"));
+        assert!(!format!("{cfg:?}").contains("peer-secret"));
+    }
+}

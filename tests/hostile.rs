@@ -1,0 +1,268 @@
+//! Attacks on real processes (issue 13): each sends what an attacker (or a broken peer)
+//! would, and checks the node refuses it, changes nothing, and keeps serving.
+// clippy.toml keeps the server's functions to four arguments; a forged chunk names them all.
+#![allow(clippy::too_many_arguments)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{send, Cluster, FAST_RAFT};
+use cookie_crud::cluster::proto::{ForwardedWrite, SNAPSHOT_PATH, WRITE_PATH};
+use cookie_raft::{codec, Command, TypeConfig, RAFT_TARGET_HEADER};
+use openraft::raft::InstallSnapshotRequest;
+use openraft::storage::SnapshotMeta;
+use openraft::{CommittedLeaderId, LogId, StoredMembership, Vote};
+use serde_json::json;
+
+const SECRET: &str = "hostile-test-secret";
+
+fn with_secret() -> String {
+    format!("cluster_secret = \"{SECRET}\"\n{FAST_RAFT}")
+}
+
+/// A bincode POST to node `i`'s peer route, with the cluster secret (a peer's credentials).
+fn peer_request(c: &Cluster, i: usize, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    c.client
+        .post(format!("{}{path}", c.url(i)))
+        .bearer_auth(SECRET)
+        .header(RAFT_TARGET_HEADER, c.nodes[i].id.to_string())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+}
+
+async fn peer_post(c: &Cluster, i: usize, path: &str, body: Vec<u8>) -> common::Reply {
+    send(peer_request(c, i, path, body)).await
+}
+
+/// The node answers, its Raft still runs (it applies a write made through it), and it has
+/// not restarted.
+async fn still_serving(c: &Cluster, i: usize, id: &str) {
+    assert!(c.is_running(i));
+    let r = c.create(i, json!({"cookie": id, "user_id": 1})).await;
+    assert_eq!(r.status, 201, "node{} after the attack: {}", i + 1, r.text);
+    let r = c.get(i, id, "linearizable").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_id_over_1024_bytes_is_refused_and_one_of_1024_works_end_to_end() {
+    let c = Cluster::start(1, "").await;
+    let long = "a".repeat(70_000);
+    let r = c.create(0, json!({"cookie": long, "user_id": 1})).await;
+    // (The reply to a wrongly accepted id would be 70 kB: show its start only.)
+    let head = &r.text[..r.text.len().min(120)];
+    assert_eq!(r.status, 400, "{head}");
+    assert_eq!(r.json, json!({"error": "Cookie ID too long"}));
+    let r = c
+        .create(0, json!({"cookie": "b".repeat(1025), "user_id": 1}))
+        .await;
+    assert_eq!(r.json, json!({"error": "Cookie ID too long"}));
+
+    // 1,024 bytes of UTF-8 (512 two-byte characters): created, read, renamed, deleted.
+    let id = "é".repeat(512);
+    let r = c.create(0, json!({"cookie": id, "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(c.get(0, &id, "linearizable").await.status, 200);
+    let r = c
+        .put(0, &id, json!({"cookie": "é".repeat(513)}), None)
+        .await;
+    assert_eq!(r.json, json!({"error": "Cookie ID too long"}));
+    assert_eq!(
+        c.get(0, &id, "local").await.status,
+        200,
+        "a refused rename changed nothing"
+    );
+    assert_eq!(c.delete(0, &id).await.status, 200);
+    assert_eq!(
+        c.list(0, "linearizable").await,
+        Vec::<serde_json::Value>::new()
+    );
+}
+
+/// A peer's forwarded write goes through the API's validation: a non-object "record" (once
+/// spliced into every `GET /cookies` reply) and a registration are refused.
+#[tokio::test]
+async fn a_forged_forwarded_write_is_validated_like_a_client_request() {
+    let c = Cluster::start(1, &with_secret()).await;
+    let forged = |cmd: Command| ForwardedWrite {
+        cmd,
+        request_id: "attacker".into(),
+        timeout_ms: 1000,
+    };
+    let attacks = [
+        Command::Create {
+            id: "x".into(),
+            object: "[1,2,3]".into(),
+        },
+        Command::Create {
+            id: "x".into(),
+            object: r#"{"cookie":"y","user_id":1,"created":"1","last_used":"1"}"#.into(),
+        },
+        Command::Register {
+            cluster: 1,
+            members: vec![(1, 1)],
+        },
+    ];
+    for cmd in attacks {
+        let body = codec::encode(&vec![forged(cmd.clone())]).unwrap();
+        let r = peer_post(&c, 0, WRITE_PATH, body).await;
+        assert_eq!(r.status, 400, "{cmd:?}: {}", r.text);
+        assert!(r.text.contains("not a client write"), "{}", r.text);
+    }
+    assert_eq!(
+        c.list(0, "linearizable").await,
+        Vec::<serde_json::Value>::new()
+    );
+    let r = c.cluster_info(0).await;
+    assert_ne!(r["cluster_id"], json!(format!("{:016x}", 1)));
+    still_serving(&c, 0, "after-forged-writes").await;
+}
+
+fn snapshot_chunk(
+    term: u64,
+    id: &str,
+    offset: u64,
+    data: Vec<u8>,
+    done: bool,
+) -> InstallSnapshotRequest<TypeConfig> {
+    InstallSnapshotRequest {
+        // A vote far ahead of the cluster's: nothing is refused for being stale.
+        vote: Vote::new_committed(term, 2),
+        meta: SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(term, 2), 1_000_000)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.into(),
+        },
+        offset,
+        data,
+        done,
+    }
+}
+
+/// With a peer's credentials: a snapshot with valid framing and garbage state, and a chunk
+/// at offset 2^40. Before, the first killed the node's Raft (a failed install is fatal to
+/// openraft) and the second made the receive buffer grow to a terabyte. Now both are
+/// refused, the state is unchanged, and the node goes on.
+#[tokio::test]
+async fn a_forged_snapshot_or_a_huge_offset_leaves_the_node_serving() {
+    let c = Cluster::start(3, &with_secret()).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let victim = (leader + 1) % 3;
+    let r = c
+        .create(leader, json!({"cookie": "kept", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201);
+    c.wait_local(victim, "kept", Duration::from_secs(10), |r| r.status == 200)
+        .await;
+
+    let garbage = snapshot_chunk(1000, "forged-1", 0, b"not a snapshot at all".to_vec(), true);
+    let r = peer_post(&c, victim, SNAPSHOT_PATH, codec::encode(&garbage).unwrap()).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+
+    let first = snapshot_chunk(1000, "forged-2", 0, vec![0; 16], false);
+    let r = peer_post(&c, victim, SNAPSHOT_PATH, codec::encode(&first).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let huge = snapshot_chunk(1000, "forged-2", 1 << 40, vec![1; 16], false);
+    let r = peer_post(&c, victim, SNAPSHOT_PATH, codec::encode(&huge).unwrap()).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    // A gap (a chunk past what was received) is a mismatch the sender recovers from.
+    let gap = snapshot_chunk(1000, "forged-2", 64, vec![1; 16], false);
+    let r = peer_request(&c, victim, SNAPSHOT_PATH, codec::encode(&gap).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Result<
+        openraft::raft::InstallSnapshotResponse<u64>,
+        openraft::error::RaftError<u64, openraft::error::InstallSnapshotError>,
+    > = codec::decode(&r.bytes().await.unwrap()).unwrap();
+    assert!(answer.is_err(), "{answer:?}");
+
+    // Nothing changed: the record is there, on the victim and through it.
+    assert_eq!(c.get(victim, "kept", "local").await.status, 200);
+    still_serving(&c, victim, "after-forged-snapshot").await;
+    let ids: Vec<String> = c
+        .list(victim, "linearizable")
+        .await
+        .iter()
+        .map(|r| r["cookie"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+}
+
+const SHORT_TIMEOUTS: &str = "[http]\nheader_timeout_ms = 500\nbody_timeout_ms = 500\n";
+
+/// Connections that never finish their headers are closed (before: 1,000 of them were all
+/// still open after 35 s).
+#[tokio::test]
+async fn connections_that_never_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, SHORT_TIMEOUTS).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    for mut s in conns {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a half-sent request's connection stayed open");
+    }
+    // The node still serves.
+    let r = c
+        .create(0, json!({"cookie": "after-slowloris", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// A body that stops coming gets 408 and changes nothing.
+#[tokio::test]
+async fn a_body_that_stops_coming_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, SHORT_TIMEOUTS).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /cookies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"cookie\":\"slow\",";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer before 10 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#"{"error":"Request timeout"}"#), "{reply}");
+    assert_eq!(
+        c.list(0, "linearizable").await,
+        Vec::<serde_json::Value>::new()
+    );
+}
+
+/// Made-up HTTP methods count as one label value (before: one each, forever, in every
+/// scrape).
+#[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let c = Cluster::start(1, "").await;
+    for i in 0..100 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let r = send(c.client.request(method, format!("{}/cookies", c.url(0)))).await;
+        assert_eq!(r.status, 405, "{}", r.text);
+    }
+    let scrape = send(c.client.get(format!("{}/metrics", c.url(0))))
+        .await
+        .text;
+    assert!(
+        !scrape.contains("MADEUP"),
+        "a made-up method became a label"
+    );
+    assert!(
+        scrape.contains(r#"method="other""#),
+        "made-up methods are counted together"
+    );
+}
