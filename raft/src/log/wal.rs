@@ -453,6 +453,52 @@ mod tests {
             .collect()
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a segment holds (a torn write, a bad disk), scanning it never panics and
+        /// names only whole records inside it.
+        #[test]
+        fn scanning_arbitrary_bytes_stays_in_bounds(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            from in 0usize..300,
+            next in proptest::prelude::any::<u64>(),
+        ) {
+            let (found, end) = scan(&bytes);
+            proptest::prop_assert!(end as usize <= bytes.len());
+            for (_, at, len) in found {
+                proptest::prop_assert!(at as usize + HEADER + len as usize <= bytes.len());
+            }
+            if let Some(at) = record_after(&bytes, from, next) {
+                proptest::prop_assert!(at > from && at + HEADER <= bytes.len());
+            }
+        }
+
+        /// Framed records followed by any garbage scan back as those records, in order.
+        #[test]
+        fn framed_records_scan_back_whatever_follows(
+            recs in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                0..8,
+            ),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let mut bytes = Vec::new();
+            for (index, payload) in &recs {
+                frame(*index, payload, &mut bytes);
+            }
+            let framed = bytes.len();
+            bytes.extend_from_slice(&garbage);
+            let (found, end) = scan(&bytes);
+            proptest::prop_assert!(found.len() >= recs.len() && end as usize >= framed);
+            for ((index, payload), (got, at, len)) in recs.iter().zip(&found) {
+                proptest::prop_assert_eq!(*index, *got);
+                let start = *at as usize + HEADER;
+                proptest::prop_assert_eq!(&bytes[start..start + *len as usize], payload.as_slice());
+            }
+        }
+    }
+
     #[test]
     fn appends_survive_reopen() {
         let d = tempfile::tempdir().unwrap();
