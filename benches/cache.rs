@@ -33,6 +33,7 @@ fn cache() -> Cache {
         enabled: true,
         ttl: Duration::from_secs(300),
         max_entries: 100_000,
+        max_bytes: 1 << 30,
     })
 }
 

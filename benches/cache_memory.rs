@@ -51,6 +51,7 @@ fn main() {
         enabled: true,
         ttl: Duration::from_secs(300),
         max_entries: n * 2,
+        max_bytes: usize::MAX,
     });
     let before = LIVE.load(Ordering::SeqCst);
     for (k, v) in keys.iter().zip(&values) {

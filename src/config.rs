@@ -223,6 +223,9 @@ pub struct Config {
     /// Seconds an entry stays in the read cache.
     pub cache_ttl: u64,
     pub cache_max_entries: usize,
+    /// Bytes of cached ids and JSON at most (entries alone do not bound memory: a record can
+    /// be a megabyte); a list reply larger than this is not cached.
+    pub cache_max_bytes: usize,
     /// Seconds between sweeps of expired cache entries.
     pub cache_cleanup_interval: u64,
     /// Milliseconds between health checks of the other members (`/cache` node_health).
@@ -344,6 +347,7 @@ impl Default for Config {
             cache_enabled: true,
             cache_ttl: 300,
             cache_max_entries: 100_000,
+            cache_max_bytes: 128 << 20,
             cache_cleanup_interval: 60,
             health_check_interval_ms: 2000,
             max_body_bytes: 1 << 20,

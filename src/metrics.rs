@@ -39,6 +39,7 @@ pub struct Metrics {
     cache_deletes: IntCounter,
     cache_evictions: IntCounter,
     cache_entries: IntGauge,
+    cache_bytes: IntGauge,
     uptime: Gauge,
     db_file_bytes: IntGaugeVec,
     raft: IntGaugeVec,
@@ -108,6 +109,10 @@ impl Metrics {
             IntGauge::new("cache_entries", "Entries in the read cache").expect("valid metric");
         r.register(Box::new(cache_entries.clone()))
             .expect("unique metric");
+        let cache_bytes = IntGauge::new("cache_bytes", "Bytes of ids and JSON in the read cache")
+            .expect("valid metric");
+        r.register(Box::new(cache_bytes.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
             http_requests: counter_vec(&r, "http_requests_total", "HTTP requests", &["method", "endpoint", "status"]),
             http_duration,
@@ -120,6 +125,7 @@ impl Metrics {
             cache_deletes: counter(&r, "cache_deletes_total", "Entries invalidated by applied writes"),
             cache_evictions: counter(&r, "cache_evictions_total", "Entries evicted (expired or over the cap)"),
             cache_entries,
+            cache_bytes,
             uptime,
             db_file_bytes: gauge_vec(&r, "db_file_bytes", "Size of the data files: log (log.redb), sm (sm.redb), wal (the log's segments)", &["file"]),
             raft: gauge_vec(
@@ -186,6 +192,7 @@ impl Metrics {
         bump(&self.cache_deletes, s.deletes);
         bump(&self.cache_evictions, s.evictions);
         self.cache_entries.set(s.size as i64);
+        self.cache_bytes.set(s.bytes as i64);
     }
 
     /// Snapshots installed from a leader and built by this node so far.

@@ -92,6 +92,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         enabled: cfg.cache_enabled,
         ttl: Duration::from_secs(cfg.cache_ttl),
         max_entries: cfg.cache_max_entries,
+        max_bytes: cfg.cache_max_bytes,
     }));
     let sweep = Duration::from_secs(cfg.cache_cleanup_interval.max(1));
     // Aborted when the task set drops it at shutdown (a plain JoinHandle would detach).

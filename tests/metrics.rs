@@ -63,6 +63,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("cache_deletes_total", "counter"),
         ("cache_evictions_total", "counter"),
         ("cache_entries", "gauge"),
+        ("cache_bytes", "gauge"),
         ("db_operations_total", "counter"),
         ("service_uptime_seconds", "gauge"),
         ("db_file_bytes", "gauge"),

@@ -28,12 +28,16 @@ use tokio::time::Instant;
 
 const STRIPES: usize = 256;
 
-/// Cache settings (`cache_enabled`, `cache_ttl`, `cache_max_entries`).
+/// Cache settings (`cache_enabled`, `cache_ttl`, `cache_max_entries`, `cache_max_bytes`).
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub enabled: bool,
     pub ttl: Duration,
     pub max_entries: usize,
+    /// Bytes of cached ids and JSON at most: records are evicted oldest first past it, and a
+    /// list body larger than it is not cached at all (issue 13: entries alone do not bound
+    /// memory when a record can be a megabyte).
+    pub max_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -42,8 +46,14 @@ impl Default for CacheConfig {
             enabled: true,
             ttl: Duration::from_secs(300),
             max_entries: 100_000,
+            max_bytes: 128 << 20,
         }
     }
+}
+
+/// What a cached record costs, as [`CacheConfig::max_bytes`] counts it.
+fn cost(id: &str, rec: &CachedRecord) -> u64 {
+    (id.len() + rec.json.len()) as u64
 }
 
 /// A cached record: its JSON object and version.
@@ -68,6 +78,8 @@ pub struct CacheStats {
     pub deletes: u64,
     pub evictions: u64,
     pub size: u64,
+    /// Bytes of cached ids and JSON (bounded by `cache_max_bytes`).
+    pub bytes: u64,
     pub hit_rate: f64,
 }
 
@@ -93,6 +105,8 @@ pub struct Cache {
     hasher: std::collections::hash_map::RandomState,
     counters: Counters,
     evicting: AtomicBool,
+    /// Bytes of the cached records ([`cost`]); the list's are its body's length.
+    record_bytes: AtomicU64,
 }
 
 impl Cache {
@@ -106,6 +120,7 @@ impl Cache {
             hasher: Default::default(),
             counters: Counters::default(),
             evicting: AtomicBool::new(false),
+            record_bytes: AtomicU64::new(0),
         }
     }
 
@@ -125,6 +140,23 @@ impl Cache {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Account for a record slot that left the map.
+    fn forget(&self, id: &str, slot: &Slot<CachedRecord>) {
+        self.record_bytes
+            .fetch_sub(cost(id, &slot.value), Ordering::Relaxed);
+    }
+
+    /// Bytes held: cached records and the list body.
+    pub fn bytes(&self) -> u64 {
+        let list = self
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |s| s.value.len() as u64);
+        self.record_bytes.load(Ordering::Relaxed) + list
+    }
+
     /// Look up one record. An expired entry counts as a miss and an eviction.
     pub fn get(&self, id: &str) -> Option<CachedRecord> {
         if !self.cfg.enabled {
@@ -141,11 +173,8 @@ impl Cache {
             }
             Some((_, inserted)) => {
                 // Remove only the slot we judged expired, not a fresh one filled meanwhile.
-                if self
-                    .records
-                    .remove_if(id, |_, s| s.inserted == inserted)
-                    .is_some()
-                {
+                if let Some((k, s)) = self.records.remove_if(id, |_, s| s.inserted == inserted) {
+                    self.forget(&k, &s);
                     self.count(&self.counters.evictions, 1);
                 }
                 self.count(&self.counters.misses, 1);
@@ -198,16 +227,27 @@ impl Cache {
         if !self.cfg.enabled {
             return false;
         }
+        let size = cost(id, &value);
+        if size > self.cfg.max_bytes as u64 {
+            return false;
+        }
         let inserted = {
             // The entry guard holds the shard lock across the epoch check and the insert.
             let entry = self.records.entry(id.to_owned());
             if self.stripe(id).load(Ordering::SeqCst) != ticket.0 {
                 false
             } else {
-                entry.insert(Slot {
+                let slot = Slot {
                     value,
                     inserted: Instant::now(),
-                });
+                };
+                self.record_bytes.fetch_add(size, Ordering::Relaxed);
+                if let dashmap::Entry::Occupied(mut old) = entry {
+                    let old = old.insert(slot);
+                    self.forget(id, &old);
+                } else {
+                    entry.insert(slot);
+                }
                 true
             }
         };
@@ -222,6 +262,9 @@ impl Cache {
     pub fn fill_list(&self, ticket: Ticket, body: Bytes) -> bool {
         if !self.cfg.enabled {
             return false;
+        }
+        if body.len() > self.cfg.max_bytes {
+            return false; // the whole store in one reply: too big to keep
         }
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         if self.list_epoch.load(Ordering::SeqCst) != ticket.0 {
@@ -240,7 +283,8 @@ impl Cache {
     pub fn invalidate<'a>(&self, ids: impl IntoIterator<Item = &'a str>, list: bool) {
         for id in ids {
             self.stripe(id).fetch_add(1, Ordering::SeqCst);
-            if self.records.remove(id).is_some() {
+            if let Some((k, s)) = self.records.remove(id) {
+                self.forget(&k, &s);
                 self.count(&self.counters.deletes, 1);
             }
         }
@@ -264,7 +308,10 @@ impl Cache {
 
     /// `DELETE /cache`: drop every entry; the statistics stay.
     pub fn clear(&self) {
-        self.records.clear();
+        self.records.retain(|k, s| {
+            self.forget(k, s);
+            false
+        });
         *self.list.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -284,9 +331,15 @@ impl Cache {
 
     /// Remove expired entries; returns how many. Run by the cleanup task.
     pub fn remove_expired(&self) -> usize {
-        let before = self.records.len();
-        self.records.retain(|_, slot| !self.expired(slot.inserted));
-        let mut removed = before.saturating_sub(self.records.len());
+        let mut removed = 0;
+        self.records.retain(|k, slot| {
+            let keep = !self.expired(slot.inserted);
+            if !keep {
+                self.forget(k, slot);
+                removed += 1;
+            }
+            keep
+        });
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         if list.as_ref().is_some_and(|s| self.expired(s.inserted)) {
             *list = None;
@@ -296,31 +349,35 @@ impl Cache {
         removed
     }
 
-    /// Keep memory bounded: past `max_entries`, drop expired entries, then the oldest until
-    /// the cache is at 90% of the cap (so the sort is paid once per many inserts).
+    /// Keep memory bounded: past `max_entries` or `max_bytes`, drop expired entries, then
+    /// the oldest until the cache is at 90% of both caps (so the sort is paid once per many
+    /// inserts).
     fn enforce_cap(&self) {
-        if self.records.len() <= self.cfg.max_entries {
+        let over = |share: usize| {
+            self.records.len() > self.cfg.max_entries * share / 10
+                || self.record_bytes.load(Ordering::Relaxed)
+                    > (self.cfg.max_bytes * share / 10) as u64
+        };
+        if !over(10) {
             return;
         }
         if self.evicting.swap(true, Ordering::AcqRel) {
             return; // someone else is already at it
         }
         self.remove_expired();
-        let target = self.cfg.max_entries * 9 / 10;
-        if self.records.len() > target {
+        if over(9) {
             let mut ages: Vec<(Instant, String)> = self
                 .records
                 .iter()
                 .map(|r| (r.value().inserted, r.key().clone()))
                 .collect();
             ages.sort_unstable();
-            let excess = self.records.len().saturating_sub(target);
-            for (inserted, id) in ages.into_iter().take(excess) {
-                if self
-                    .records
-                    .remove_if(&id, |_, s| s.inserted == inserted)
-                    .is_some()
-                {
+            for (inserted, id) in ages {
+                if !over(9) {
+                    break;
+                }
+                if let Some((k, s)) = self.records.remove_if(&id, |_, s| s.inserted == inserted) {
+                    self.forget(&k, &s);
                     self.count(&self.counters.evictions, 1);
                 }
             }
@@ -339,6 +396,7 @@ impl Cache {
             deletes: self.counters.deletes.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             size: self.len() as u64,
+            bytes: self.bytes(),
             hit_rate: if reads == 0 {
                 0.0
             } else {
@@ -383,7 +441,45 @@ mod tests {
             enabled: true,
             ttl: Duration::from_secs(ttl),
             max_entries: max,
+            max_bytes: 1 << 30,
         })
+    }
+
+    #[test]
+    fn bytes_bound_evicts_oldest_first_and_keeps_its_count_exact() {
+        let c = Cache::new(CacheConfig {
+            max_bytes: 10_000,
+            ..CacheConfig::default()
+        });
+        let big = |v: u64| CachedRecord {
+            json: Bytes::from(vec![b'x'; 998]),
+            version: v,
+        };
+        for i in 0..30u64 {
+            let id = format!("{i:02}"); // 2 + 998 = 1,000 bytes each
+            assert!(c.fill(&id, c.ticket(&id), big(i)));
+            std::thread::sleep(Duration::from_millis(1));
+            assert!(c.bytes() <= 10_000, "{} bytes after {i}", c.bytes());
+        }
+        assert_eq!(c.get("00"), None, "the oldest went first");
+        assert!(c.get("29").is_some());
+        assert_eq!(c.bytes(), 1_000 * c.len() as u64);
+        // Replacing, invalidating and clearing keep the count exact.
+        c.fill("29", c.ticket("29"), big(99));
+        assert_eq!(c.bytes(), 1_000 * c.len() as u64);
+        c.invalidate(["29"], false);
+        assert_eq!(c.bytes(), 1_000 * c.len() as u64);
+        c.clear();
+        assert_eq!((c.bytes(), c.len()), (0, 0));
+        // A value larger than the whole budget is not cached, nor is such a list.
+        let huge = CachedRecord {
+            json: Bytes::from(vec![b'y'; 20_000]),
+            version: 1,
+        };
+        assert!(!c.fill("h", c.ticket("h"), huge));
+        assert!(!c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 20_000])));
+        assert!(c.fill_list(c.list_ticket(), Bytes::from_static(b"[]")));
+        assert_eq!(c.bytes(), 2);
     }
 
     #[tokio::test(start_paused = true)]
