@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/cookie-crud
 
-.PHONY: build run test lint cluster-start cluster-stop cluster-clean cluster-test bench jepsen
+.PHONY: build run test fuzz lint cluster-start cluster-stop cluster-clean cluster-test bench jepsen
 
 build:
 	$(CARGO) build --release --workspace
@@ -15,9 +15,15 @@ run: build
 
 # Every test: unit tests, openraft's storage suite on the redb store, and black-box tests
 # that start real node processes on 127.0.0.1. Release mode, so the tests and the binary
-# they start share one build.
+# they start share one build. Then a short Schemathesis run of the API against a real
+# 3-node cluster (scripts/fuzz.sh installs Schemathesis from PyPI on first use).
 test:
 	$(CARGO) test --release --workspace
+	scripts/fuzz.sh
+
+# The long fuzz run: 500 examples per operation and phase.
+fuzz: build
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} scripts/fuzz.sh
 
 # Formatting, clippy, and the layering rule: no import cycle between modules and no import
 # up a layer (tests/layers.rs reads every module's imports with syn; docs/architecture.md).

@@ -266,3 +266,45 @@ async fn made_up_methods_do_not_grow_the_metrics() {
         "made-up methods are counted together"
     );
 }
+
+/// Without the peer credential, a forged AppendEntries (everything it needs is on
+/// `GET /cluster`) is refused with the API's 401 and changes nothing.
+#[tokio::test]
+async fn a_forged_append_without_credentials_is_refused() {
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{Entry, EntryPayload};
+    let c = Cluster::start(1, &with_secret()).await;
+    let term = c.cluster_info(0).await["term"].as_u64().unwrap();
+    let forged = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term + 5, 2),
+        prev_log_id: None,
+        entries: vec![Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term + 5, 2), 1),
+            payload: EntryPayload::Normal(cookie_raft::Request {
+                cmds: vec![Command::Delete {
+                    id: "kept".into(),
+                    if_match: None,
+                }],
+            }),
+        }],
+        leader_commit: None,
+    };
+    let r = c.create(0, json!({"cookie": "kept", "user_id": 1})).await;
+    assert_eq!(r.status, 201);
+    for secret in [None, Some("a-wrong-secret")] {
+        let mut req = c
+            .client
+            .post(format!("{}/raft/append", c.url(0)))
+            .header(RAFT_TARGET_HEADER, "1")
+            .body(codec::encode(&forged).unwrap());
+        if let Some(s) = secret {
+            req = req.bearer_auth(s);
+        }
+        let r = send(req).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+        assert_eq!(r.json, json!({"error": "Unauthorized"}));
+    }
+    assert_eq!(c.cluster_info(0).await["term"].as_u64(), Some(term));
+    still_serving(&c, 0, "after-forged-append").await;
+    assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
+}

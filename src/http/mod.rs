@@ -6,7 +6,7 @@
 //! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
 //!   requests; [`peer_gate`]: what both check first.
 //! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`; [`auth`]:
-//!   client tokens and roles.
+//!   client tokens and roles; [`openapi`]: the API's OpenAPI document.
 //! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
 //!   [`server`]: accepting connections, with hyper's limits.
 //!
@@ -19,6 +19,7 @@ pub mod cookies;
 pub mod error;
 pub mod health;
 pub mod observe;
+pub mod openapi;
 pub mod params;
 pub mod peer_gate;
 pub mod peer_rpc;

@@ -15,8 +15,17 @@ use serde::Serialize;
 use super::state::Shared;
 use crate::cluster::proto::RAFT_TARGET_HEADER;
 
-/// Why an inbound RPC was refused: its status and a plain-text reason.
-pub type Refusal = (StatusCode, String);
+/// Why an inbound RPC was refused: its status and reason, answered as the API's JSON error
+/// (`{"error":"Unauthorized"}` without the peer credential, api.md section 9).
+#[derive(Debug)]
+pub struct Refusal(pub StatusCode, pub String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1 }).to_string();
+        super::error::json_bytes(self.0, body)
+    }
+}
 
 /// Check the caller may talk to us, then decode its body.
 pub fn admit<T: DeserializeOwned>(
@@ -29,13 +38,13 @@ pub fn admit<T: DeserializeOwned>(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         if !presented.is_some_and(|p| secret.matches(p)) {
-            return Err((StatusCode::UNAUTHORIZED, "cluster secret required".into()));
+            return Err(Refusal(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
         }
     }
     if let Some(target) = headers.get(RAFT_TARGET_HEADER) {
         let target = target.to_str().unwrap_or("").parse::<u64>().ok();
         if target != Some(state.cluster.me) {
-            return Err((
+            return Err(Refusal(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("this is node {}, not {:?}", state.cluster.me, target),
             ));
@@ -48,9 +57,9 @@ pub fn admit<T: DeserializeOwned>(
         } else {
             tracing::debug!(?claims, "peer request refused: {refused}");
         }
-        return Err((StatusCode::CONFLICT, refused.to_string()));
+        return Err(Refusal(StatusCode::CONFLICT, refused.to_string()));
     }
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+    codec::decode(body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
 }
 
 /// A bincode reply.

@@ -15,7 +15,7 @@ use super::observe::{
     REQUEST_ID_HEADER,
 };
 use super::state::Shared;
-use super::{auth, cache, cookies, health, peer_rpc, raft_rpc};
+use super::{auth, cache, cookies, health, openapi, peer_rpc, raft_rpc};
 use crate::cluster::proto::{APPEND_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH};
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
@@ -83,6 +83,7 @@ pub fn router(state: Shared) -> Router {
         .route("/health", with_405(get(health::health)))
         .route("/ready", with_405(get(health::ready)))
         .route("/cluster", with_405(get(health::cluster)))
+        .route("/openapi.json", with_405(get(openapi::document)))
         .merge(peer_routes)
         .route("/raft/{*rest}", any(not_found))
         .fallback(not_found)
