@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop or clean the local 3-node cluster (config/node{1,2,3}.toml, ports 8081-8083).
-# Pid files and logs live in run/, data in run/data/.
+# Pid files and logs live in run/, data in run/data/. The nodes authenticate to each other
+# with a secret made once in run/cluster-secret (mode 600) and given to them in
+# COOKIE_CRUD_CLUSTER_SECRET; `clean` removes it with the data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${COOKIE_CRUD_BIN:-target/release/cookie-crud}
@@ -10,11 +12,25 @@ NODES=(1 2 3)
 alive() { [ -f "$RUN/node$1.pid" ] && kill -0 "$(cat "$RUN/node$1.pid")" 2>/dev/null; }
 port() { echo $((8080 + $1)); }
 
+# The cluster's peer secret: made on first start, kept until `clean`.
+secret() {
+  if [ ! -s "$RUN/cluster-secret" ]; then
+    mkdir -p "$RUN"
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$RUN/cluster-secret")
+  fi
+  cat "$RUN/cluster-secret"
+}
+
 start_node() {
   local i=$1
   if alive "$i"; then echo "node$i already running (pid $(cat "$RUN/node$i.pid"))"; return; fi
   mkdir -p "$RUN"
-  nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
+  # Read here, not in the backgrounded command: there it would run concurrently for each
+  # node, and two nodes could each make a different secret.
+  local secret
+  secret=$(secret)
+  COOKIE_CRUD_CLUSTER_SECRET=$secret \
+    nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
   echo $! >"$RUN/node$i.pid"
   echo "node$i started (pid $!, log $RUN/node$i.log)"
 }
@@ -62,7 +78,7 @@ case "${1:-}" in
     for i in "${NODES[@]}"; do
       if alive "$i"; then echo "node$i is running: make cluster-stop first" >&2; exit 1; fi
     done
-    rm -rf "$RUN/data" "$RUN"/node*.log
+    rm -rf "$RUN/data" "$RUN"/node*.log "$RUN/cluster-secret"
     echo "cluster data removed"
     ;;
   *) echo "usage: $0 start|stop|clean|start-node N|wait-ready [SECS]" >&2; exit 2 ;;

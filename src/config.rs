@@ -241,6 +241,9 @@ pub struct Config {
     pub idempotency_retention_secs: u64,
     /// When set, `/raft/*` requests must carry `Authorization: Bearer <secret>`.
     pub cluster_secret: Option<Secret>,
+    /// Run a cluster without `cluster_secret` (a throwaway lab: anyone who reaches a node
+    /// can then speak Raft to it). Without it, a multi-node node refuses to start unsecured.
+    pub insecure_peers: bool,
     /// Client tokens and their roles (api.md section 12). Empty: no client authentication,
     /// as in the original API.
     pub client_tokens: Vec<ClientToken>,
@@ -355,6 +358,7 @@ impl Default for Config {
             read_timeout_ms: 5000,
             idempotency_retention_secs: 24 * 3600,
             cluster_secret: None,
+            insecure_peers: false,
             client_tokens: Vec::new(),
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),
@@ -505,13 +509,16 @@ impl Config {
         {
             return Err("client_tokens: a token cannot be empty".into());
         }
-        // Peers probe each other's /cluster and /cache, which client tokens guard: they
-        // authenticate with the cluster secret.
+        // Peer authentication is on by default: without a secret, anyone who reaches a
+        // node's port can speak Raft to it (issue 13).
         let multi_node = self.nodes.len() > 1 || self.cluster.discovery != Discovery::Manual;
-        if !self.client_tokens.is_empty() && multi_node && self.cluster_secret.is_none() {
+        if multi_node && self.cluster_secret.is_none() && !self.insecure_peers {
             return Err(
-                "client_tokens on a cluster need a cluster_secret too: the nodes \
-                        authenticate to each other with it"
+                "a cluster needs cluster_secret (the same value on every node; \
+                 COOKIE_CRUD_CLUSTER_SECRET in the environment, e.g. from a Kubernetes Secret; \
+                 `make cluster-start` makes one in run/cluster-secret): without it anyone who \
+                 reaches a node can speak Raft to it. For a throwaway lab only, \
+                 insecure_peers = true runs without"
                     .into(),
             );
         }
@@ -652,6 +659,7 @@ mod tests {
             node_id = 2
             listen = "127.0.0.1:8082"
             data_dir = "run/node2"
+            cluster_secret = "s"
             nodes = [
               { id = 1, addr = "127.0.0.1:8081" },
               { id = 2, addr = "127.0.0.1:8082" },
@@ -690,6 +698,7 @@ mod tests {
                     r#"[{ id = 1, addr = "a:8080" }, { id = 2, addr = "b:8080" }]"#,
                 ),
                 ("COOKIE_CRUD_LOG_FORMAT", "json"),
+                ("COOKIE_CRUD_CLUSTER_SECRET", "from-a-kubernetes-secret"),
                 ("PATH", "/usr/bin"),
             ]),
         )
@@ -700,11 +709,28 @@ mod tests {
         assert_eq!(cfg.raft.heartbeat_ms, 100);
         assert_eq!(cfg.node_id, 2);
         assert_eq!(cfg.advertise(), "b:8080");
+        let secret = cfg.cluster_secret.as_ref().unwrap();
+        assert!(secret.matches(b"from-a-kubernetes-secret"));
         // A typo in a variable name is refused, naming the key.
         let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TLL", "5")])).unwrap_err();
         assert!(err.0.contains("cache_tll"), "{err}");
         let err = Config::from_sources("", env(&[("COOKIE_CRUD_CACHE_TTL", "soon")])).unwrap_err();
         assert!(err.0.contains("cache_ttl"), "{err}");
+    }
+
+    /// Peer authentication is on by default: a cluster without a secret does not start,
+    /// unless a throwaway lab says so; a single node needs none.
+    #[test]
+    fn a_cluster_without_a_secret_refuses_to_start() {
+        let cluster = "nodes = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }]\n";
+        let err = Config::parse(cluster).unwrap_err();
+        assert!(
+            err.0.contains("cluster_secret") && err.0.contains("insecure_peers"),
+            "{err}"
+        );
+        assert!(Config::parse(&format!("{cluster}insecure_peers = true\n")).is_ok());
+        assert!(Config::parse(&format!("{cluster}cluster_secret = \"s\"\n")).is_ok());
+        assert!(Config::parse("").is_ok());
     }
 
     #[test]
@@ -747,6 +773,7 @@ mod tests {
             ("COOKIE_CRUD_CLUSTER__SERVICE", "cookie-crud-peers"),
             ("COOKIE_CRUD_CLUSTER__EXPECTED_NODES", "3"),
             ("COOKIE_CRUD_CLUSTER__NAMESPACE", "shop"),
+            ("COOKIE_CRUD_CLUSTER_SECRET", "s"),
             ("HOSTNAME", "cookie-crud-2"),
         ]);
         let cfg = Config::from_sources("", env.clone()).unwrap();
@@ -795,8 +822,8 @@ mod tests {
     #[test]
     fn dns_discovery_keeps_the_configured_id_and_no_member_list() {
         let cfg = Config::parse(
-            "node_id = 7\n[cluster]\ndiscovery = \"dns\"\nservice = \"cookies.internal\"\n\
-             dns_server = \"127.0.0.1:5353\"\n",
+            "node_id = 7\ncluster_secret = \"s\"\n[cluster]\ndiscovery = \"dns\"\n\
+             service = \"cookies.internal\"\ndns_server = \"127.0.0.1:5353\"\n",
         )
         .unwrap();
         assert_eq!(cfg.node_id, 7);

@@ -44,6 +44,22 @@ fn a_bad_key_or_value_stops_the_node_naming_it() {
     assert!(stderr(&out).contains("port"), "{}", stderr(&out));
 }
 
+/// Peer authentication is on by default: a cluster member without a secret does not start,
+/// and says how to set one (issue 13).
+#[test]
+fn a_cluster_member_without_a_secret_refuses_to_start_saying_how() {
+    let nodes = r#"[{ id = 1, addr = "127.0.0.1:1" }, { id = 2, addr = "127.0.0.1:2" }]"#;
+    let out = run(&[], &[("COOKIE_CRUD_NODES", nodes)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for hint in [
+        "cluster_secret",
+        "COOKIE_CRUD_CLUSTER_SECRET",
+        "insecure_peers",
+    ] {
+        assert!(stderr(&out).contains(hint), "{}", stderr(&out));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_exits_zero_only_while_the_node_is_up() {
     let mut cluster = Cluster::configure(1, common::FAST_RAFT);

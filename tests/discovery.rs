@@ -129,7 +129,7 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
         .zip(ids)
         .map(|(host, id)| {
             let toml = format!(
-                "node_id = {id}\nlisten = \"{host}:{port}\"\ndata_dir = \"{{data_dir}}\"\n\
+                "node_id = {id}\nlisten = \"{host}:{port}\"\ndata_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
                  health_check_interval_ms = 200\n\
                  [cluster]\ndiscovery = \"dns\"\nservice = \"cookies.test\"\n\
                  expected_nodes = 3\ndns_server = \"{}\"\n{FAST_RAFT}",
@@ -212,7 +212,7 @@ async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     let specs = (0..3)
         .map(|i| {
             let toml = format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{{data_dir}}\"\n\
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
                  peer_overrides = [{}]\n\
                  [cluster]\ndiscovery = \"kubernetes\"\ninstance_id = \"cookie-crud-{i}\"\n\
                  service = \"cookie-crud-peers\"\nnamespace = \"shop\"\npeer_port = 8080\n\

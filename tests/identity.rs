@@ -26,17 +26,17 @@ async fn wait_registered(c: &Cluster, i: usize) -> Value {
     .await
 }
 
+/// Member `id`'s registered incarnation in a `/cluster` view.
+fn registered(view: &Value, id: u64) -> Value {
+    let members = view["members"].as_array().unwrap();
+    members.iter().find(|n| n["id"] == id).unwrap()["incarnation"].clone()
+}
+
 #[tokio::test]
 async fn a_node_whose_data_was_lost_is_refused_and_stops_saying_how_to_replace_it() {
     let mut c = Cluster::start(3, FAST_RAFT).await;
     let view = wait_registered(&c, 0).await;
-    let node3 = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 3)
-        .unwrap()["incarnation"]
-        .clone();
+    let node3 = registered(&view, 3);
     assert_eq!(c.cluster_info(2).await["incarnation"], node3);
 
     c.kill(2);
@@ -57,15 +57,7 @@ async fn a_node_whose_data_was_lost_is_refused_and_stops_saying_how_to_replace_i
         .create(leader, json!({"cookie": "after-wipe", "user_id": 1}))
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    let view = c.cluster_info(leader).await;
-    let still = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 3)
-        .unwrap()["incarnation"]
-        .clone();
-    assert_eq!(still, node3);
+    assert_eq!(registered(&c.cluster_info(leader).await, 3), node3);
 }
 
 /// The hazard itself. The leader and one follower acknowledge X while the other follower is

@@ -154,6 +154,16 @@ fn cap_entries(entries: &mut Vec<Entry<TypeConfig>>, budget: usize) -> Option<Lo
 
 type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
 
+/// Answers that say the peer refuses this node, not that a request failed: unauthorized,
+/// misdirected, or an identity mismatch.
+fn lasting_refusal(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode as S;
+    matches!(
+        status,
+        S::UNAUTHORIZED | S::FORBIDDEN | S::CONFLICT | S::MISDIRECTED_REQUEST
+    )
+}
+
 impl Conn {
     async fn call<Req, Resp, E>(
         &self,
@@ -214,9 +224,15 @@ impl Conn {
                 self.target,
                 String::from_utf8_lossy(&bytes)
             );
-            return Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(msg),
-            )));
+            let err = std::io::Error::other(msg);
+            // A refusal that will not change by retrying at once (wrong secret, wrong node,
+            // another incarnation) backs off like an unreachable peer: as a network error,
+            // openraft retried it in a tight loop (millions of log lines a minute).
+            return Err(if lasting_refusal(status) {
+                RPCError::Unreachable(Unreachable::new(&err))
+            } else {
+                RPCError::Network(NetworkError::new(&err))
+            });
         }
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -265,6 +281,27 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use crate::types::Request;
+
+    #[test]
+    fn refusals_back_off_and_failures_retry() {
+        use reqwest::StatusCode as S;
+        for s in [
+            S::UNAUTHORIZED,
+            S::FORBIDDEN,
+            S::CONFLICT,
+            S::MISDIRECTED_REQUEST,
+        ] {
+            assert!(lasting_refusal(s), "{s}");
+        }
+        for s in [
+            S::BAD_REQUEST,
+            S::PAYLOAD_TOO_LARGE,
+            S::INTERNAL_SERVER_ERROR,
+            S::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!lasting_refusal(s), "{s}");
+        }
+    }
 
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
         let cmd = Command::Create {

@@ -57,6 +57,9 @@ pub struct Cluster {
     dir: TempDir,
 }
 
+/// The peer secret of the clusters the harness configures.
+pub const TEST_CLUSTER_SECRET: &str = "harness-cluster-secret";
+
 /// Raft timings for tests: quick elections, frequent heartbeats.
 pub const FAST_RAFT: &str =
     "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\n";
@@ -92,13 +95,20 @@ impl Cluster {
             .enumerate()
             .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
+        // A cluster needs its peer secret (nodes refuse to start without one), unless the
+        // test sets its own.
+        let secret = if n > 1 && !extra.contains("cluster_secret") {
+            format!("cluster_secret = \"{TEST_CLUSTER_SECRET}\"\n")
+        } else {
+            String::new()
+        };
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let data = dir.path().join(format!("node{id}"));
             let config = dir.path().join(format!("node{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{}\n{extra}",
+                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{secret}{}\n{extra}",
                 data.display(),
                 members.join(", "),
                 per_node(i, &ports)
