@@ -210,10 +210,12 @@ impl Identity {
     }
 
     pub fn registry(&self) -> Registry {
-        self.registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.read().clone()
+    }
+
+    /// The registry, borrowed: every Raft RPC consults it, so no copy on that path.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Called by the state machine after it committed a registry.
@@ -244,13 +246,7 @@ impl Identity {
 
     /// The incarnation `id` should have: the registry's, else the one it last named.
     pub fn expected(&self, id: NodeId) -> Option<u64> {
-        let registered = self
-            .registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .members
-            .get(&id)
-            .copied();
+        let registered = self.read().members.get(&id).copied();
         registered.or_else(|| self.observed(id))
     }
 
@@ -270,7 +266,7 @@ impl Identity {
             (SENDER_HEADER, self.me.to_string()),
             (INCARNATION_HEADER, hex(self.own)),
         ];
-        if let Some(c) = self.registry().cluster {
+        if let Some(c) = self.read().cluster {
             h.push((CLUSTER_HEADER, hex(c)));
         }
         h
@@ -297,7 +293,7 @@ impl Identity {
             }
             _ => {}
         }
-        let registry = self.registry();
+        let registry = self.read();
         if let (Some(theirs), Some(ours)) = (claims.cluster, registry.cluster) {
             if theirs != ours {
                 return Err(Refused::OtherCluster {

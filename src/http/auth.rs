@@ -22,7 +22,10 @@ use crate::config::{Config, Role};
 
 /// The role a request needs, or `None` for the open probes.
 fn needed(method: &Method, path: &str) -> Option<Role> {
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     if path == "/health" || path == "/ready" || under("/raft") {
         return None;
     }
