@@ -3,7 +3,8 @@
 //! # Layout
 //! ```text
 //! lib.rs            this map, the re-exports, BoxError
-//! types.rs          Request/Response (a log entry's payload and answer), CookieNode, TypeConfig
+//! types.rs          Request/Response (a log entry's payload and answer), TypeConfig
+//! member.rs         CookieNode: a member's client and peer addresses, and its encoding
 //! command.rs        what a command is: validation (create/update/delete), keys, size, and
 //!                   apply against the narrow `Records` interface
 //! record.rs         how one cookie is stored: version, created sort key, JSON bytes; merge
@@ -45,6 +46,7 @@ pub mod durable;
 pub mod identity;
 pub mod inbox;
 pub mod log;
+pub mod member;
 pub mod network;
 pub mod record;
 pub mod sm;

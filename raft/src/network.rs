@@ -35,26 +35,33 @@ pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
-/// Where this node reaches each peer: the address in the replicated membership, unless
-/// this node's config overrides it (split-horizon addressing, or a fault-injection proxy
-/// placed on one node-to-node link).
+/// Where this node reaches each peer's listener: the peer address in the replicated
+/// membership, unless this node's config overrides it (split-horizon addressing, or a
+/// fault-injection proxy placed on one node-to-node link). A membership written before peer
+/// listeners existed names no peer address: such a member is reached at the one this
+/// node's config gives it (`known`), else at its only address.
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
     overrides: Arc<BTreeMap<NodeId, String>>,
+    known: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl AddressBook {
-    pub fn new(overrides: BTreeMap<NodeId, String>) -> Self {
+    pub fn new(overrides: BTreeMap<NodeId, String>, known: BTreeMap<NodeId, String>) -> Self {
         AddressBook {
             overrides: Arc::new(overrides),
+            known: Arc::new(known),
         }
     }
 
     pub fn resolve(&self, id: NodeId, node: &CookieNode) -> String {
-        self.overrides
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| node.addr.clone())
+        if let Some(a) = self.overrides.get(&id) {
+            return a.clone();
+        }
+        match node.peer_addr() {
+            Some(a) => a.to_owned(),
+            None => self.known.get(&id).unwrap_or(&node.addr).clone(),
+        }
     }
 }
 
@@ -344,5 +351,24 @@ mod tests {
         const LARGEST_BATCH: usize = 2 << 20;
         const LARGEST_COMMAND: usize = 1 << 20;
         assert!(MAX_APPEND_BYTES + LARGEST_BATCH.max(LARGEST_COMMAND) < (256 << 20) / 2);
+    }
+
+    /// An override wins; then the membership's peer address; a member from a membership
+    /// written before peer listeners is reached where this node's config says, else at its
+    /// only address.
+    #[test]
+    fn the_address_book_finds_a_peer_listener() {
+        let book = AddressBook::new(
+            [(3, "proxy:1".to_string())].into_iter().collect(),
+            [(2, "b:9080".to_string()), (3, "c:9080".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        let current = CookieNode::new("a:8080", "a:9080", "node1");
+        let old = |addr: &str| CookieNode::new(addr, "", "old");
+        assert_eq!(book.resolve(1, &current), "a:9080");
+        assert_eq!(book.resolve(2, &old("b:8080")), "b:9080");
+        assert_eq!(book.resolve(3, &current), "proxy:1");
+        assert_eq!(book.resolve(4, &old("d:8080")), "d:8080");
     }
 }

@@ -2,31 +2,15 @@
 //! applying it answers (a [`Response`]), the node descriptor, and openraft's type
 //! configuration. What one command is and does is [`crate::command`]'s.
 
-use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{CmdResult, Command};
+pub use crate::member::CookieNode;
 
 /// Node ids are small integers chosen by the operator (`node_id` in the config).
 pub type NodeId = u64;
-
-/// The node descriptor kept in the replicated membership: where to reach a node and what to
-/// call it in `/health`, `/cache` and logs. One address serves both the API and Raft RPCs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CookieNode {
-    /// `host:port` of the node's HTTP server.
-    pub addr: String,
-    /// The configured node name, e.g. `node1`.
-    pub name: String,
-}
-
-impl fmt::Display for CookieNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.addr)
-    }
-}
 
 /// The application payload of a normal log entry: a group of client commands committed
 /// together (group commit). Each command gets its own [`CmdResult`].
