@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start, stop or clean the local 3-node cluster (config/node{1,2,3}.toml, ports 8081-8083).
+# Start, stop or clean the local 3-node cluster (config/node{1,2,3}.toml: clients on ports
+# 8081-8083, peers on 9081-9083).
 # Pid files and logs live in run/, data in run/data/. The nodes authenticate to each other
 # with a secret made once in run/cluster-secret (mode 600) and given to them in
 # COOKIE_CRUD_CLUSTER_SECRET; `clean` removes it with the data.

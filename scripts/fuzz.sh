@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Property-based fuzzing of the client API (docs/openapi.yaml, served at /openapi.json) with
 # Schemathesis against a real 3-node cluster, on ports FUZZ_BASE_PORT+1..+3 (default
-# 18081-18083) with data in a temporary directory.
+# 18081-18083; peer listeners on FUZZ_BASE_PORT+101..+103) with data in a temporary directory.
 #
 # Passes when every answer conforms to the document (status codes, content types, headers,
 # bodies): an undocumented status, a 500 included, fails; the contract's 503 and 504 are
@@ -35,12 +35,14 @@ cleanup() {
 trap cleanup EXIT
 
 members=""
-for i in 1 2 3; do members+="{ id = $i, addr = \"127.0.0.1:$((BASE + i))\" },"; done
+# Peer listeners on BASE+101..+103.
+for i in 1 2 3; do members+="{ id = $i, addr = \"127.0.0.1:$((BASE + i))\", peer_addr = \"127.0.0.1:$((BASE + 100 + i))\" },"; done
 secret="fuzz-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 for i in 1 2 3; do
   cat >"$DIR/node$i.toml" <<TOML
 node_id = $i
 listen = "127.0.0.1:$((BASE + i))"
+peer_listen = "127.0.0.1:$((BASE + 100 + i))"
 data_dir = "$DIR/data$i"
 nodes = [${members%,}]
 cluster_secret = "$secret"

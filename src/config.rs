@@ -15,8 +15,11 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: u64,
-    /// `host:port` where the member serves HTTP (API and Raft RPCs).
+    /// `host:port` of the member's client listener (the public API).
     pub addr: String,
+    /// `host:port` of the member's peer listener (Raft RPCs, forwarded writes); defaults to
+    /// `addr`'s host with its port + [`PEER_PORT_OFFSET`].
+    pub peer_addr: Option<String>,
     /// Defaults to `node{id}`.
     pub name: Option<String>,
 }
@@ -27,6 +30,36 @@ impl Member {
             .clone()
             .unwrap_or_else(|| format!("node{}", self.id))
     }
+
+    /// The peer address, given or derived (filled in when the config is checked).
+    pub fn peer_addr(&self) -> String {
+        self.peer_addr
+            .clone()
+            .or_else(|| derived_peer_addr(&self.addr).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// How far above the client port the peer port is when not given: 8080 serves clients,
+/// 9080 peers (etcd's 2379 and 2380 are one apart, but `make cluster-start`'s nodes already
+/// use neighbouring client ports).
+pub const PEER_PORT_OFFSET: u16 = 1000;
+
+/// `host:port` with the port raised by [`PEER_PORT_OFFSET`] (port 0, "any port", stays 0).
+pub fn derived_peer_addr(addr: &str) -> Result<String, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{addr:?} is not host:port"))?;
+    let peer = match port {
+        0 => 0,
+        p => p.checked_add(PEER_PORT_OFFSET).ok_or_else(|| {
+            format!("{addr:?}: port {p} + {PEER_PORT_OFFSET} is past 65535; give the peer address")
+        })?,
+    };
+    Ok(format!("{host}:{peer}"))
 }
 
 /// Raft timing and log compaction. The defaults suit HTTP between nodes with an fsync on
@@ -119,7 +152,7 @@ pub struct ClusterConfig {
     pub service: Option<String>,
     /// How many members a new cluster starts with (`dns`, `kubernetes`).
     pub expected_nodes: usize,
-    /// The port peers serve on; defaults to this node's listen port.
+    /// The port peers serve on; defaults to this node's `peer_listen` port.
     pub peer_port: Option<u16>,
     /// Kubernetes namespace; defaults to `POD_NAMESPACE`, `KUBERNETES_NAMESPACE`, the
     /// service account's namespace file, then `default`.
@@ -206,8 +239,12 @@ pub struct Config {
     pub node_id: u64,
     /// Defaults to `node{node_id}`.
     pub node_name: Option<String>,
-    /// Address the HTTP server binds.
+    /// Address the client listener (the public API) binds.
     pub listen: String,
+    /// Address the peer listener (Raft RPCs, forwarded writes, read-index and the peer
+    /// probes, all behind the peer credential) binds; defaults to `listen`'s IP with its
+    /// port + [`PEER_PORT_OFFSET`].
+    pub peer_listen: Option<String>,
     /// The seed's `port`: when set, replaces the port of `listen`.
     pub port: Option<u16>,
     /// Directory of `log.redb` and `sm.redb` (the seed's `db_file` is accepted as its name).
@@ -343,6 +380,7 @@ impl Default for Config {
             node_id: 1,
             node_name: None,
             listen: "127.0.0.1:8080".into(),
+            peer_listen: None,
             port: None,
             data_dir: PathBuf::from("./data"),
             nodes: Vec::new(),
@@ -452,6 +490,22 @@ impl Config {
             listen.set_port(port);
             self.listen = listen.to_string();
         }
+        let peer_listen: SocketAddr = match &self.peer_listen {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("peer_listen: {p:?} is not an ip:port"))?,
+            None => derived_peer_addr(&self.listen)
+                .map_err(|e| format!("listen: {e}"))?
+                .parse()
+                .map_err(|_| format!("listen: {:?} is not an ip:port", self.listen))?,
+        };
+        if peer_listen.port() != 0 && peer_listen == listen {
+            return Err(format!(
+                "peer_listen: {peer_listen} is also the client listener; peer traffic needs \
+                 its own port"
+            ));
+        }
+        self.peer_listen = Some(peer_listen.to_string());
         match self.cluster.discovery {
             Discovery::Manual => {}
             Discovery::Dns => {
@@ -459,7 +513,7 @@ impl Config {
             }
             Discovery::Kubernetes => {
                 self.require_discovery_inputs("kubernetes")?;
-                self.kubernetes_members(env, listen.port())?;
+                self.kubernetes_members(env, listen.port(), peer_listen.port())?;
             }
         }
         if self.node_name.is_none() && self.cluster.instance_id != "auto" {
@@ -469,20 +523,37 @@ impl Config {
             self.nodes.push(Member {
                 id: self.node_id,
                 addr: self.listen.clone(),
+                peer_addr: self.peer_listen.clone(),
                 name: self.node_name.clone(),
             });
         }
         let mut ids = BTreeSet::new();
-        for m in &self.nodes {
+        for m in &mut self.nodes {
             if !ids.insert(m.id) {
                 return Err(format!("nodes: node id {} appears twice", m.id));
             }
-            if m.addr.parse::<SocketAddr>().is_err() && !m.addr.contains(':') {
+            let peer = match &m.peer_addr {
+                Some(p) => p.clone(),
+                None => derived_peer_addr(&m.addr)
+                    .map_err(|e| format!("nodes: address of node {}: {e}", m.id))?,
+            };
+            for a in [&m.addr, &peer] {
+                if a.parse::<SocketAddr>().is_err() && !a.contains(':') {
+                    return Err(format!(
+                        "nodes: address {a:?} of node {} is not host:port",
+                        m.id
+                    ));
+                }
+            }
+            // (Port 0, "any free port", is a single test node's: two listeners, two ports.)
+            if peer == m.addr && !peer.ends_with(":0") {
                 return Err(format!(
-                    "nodes: address {:?} of node {} is not host:port",
-                    m.addr, m.id
+                    "nodes: node {} has one address for clients and peers ({peer}); \
+                     peer traffic needs its own port",
+                    m.id
                 ));
             }
+            m.peer_addr = Some(peer);
         }
         if self.cluster.discovery != Discovery::Dns {
             let Some(me) = self.nodes.iter().find(|m| m.id == self.node_id) else {
@@ -567,7 +638,12 @@ impl Config {
 
     /// A StatefulSet's members: pod `<base>-<i>` is node `i + 1`, reached at
     /// `<base>-<i>.<service>.<namespace>.svc.<cluster_domain>:<peer_port>`.
-    fn kubernetes_members(&mut self, env: &Env, listen_port: u16) -> Result<(), String> {
+    fn kubernetes_members(
+        &mut self,
+        env: &Env,
+        listen_port: u16,
+        peer_listen_port: u16,
+    ) -> Result<(), String> {
         let c = &self.cluster;
         let instance = if c.instance_id == "auto" {
             env.hostname().ok_or(
@@ -599,14 +675,13 @@ impl Config {
             .or_else(|| env.namespace())
             .unwrap_or_else(|| "default".into());
         let service = c.service.clone().unwrap_or_default();
-        let port = c.peer_port.unwrap_or(listen_port);
+        let peer_port = c.peer_port.unwrap_or(peer_listen_port);
+        let host = |i: u64| format!("{base}-{i}.{service}.{namespace}.svc.{}", c.cluster_domain);
         self.nodes = (0..c.expected_nodes as u64)
             .map(|i| Member {
                 id: i + 1,
-                addr: format!(
-                    "{base}-{i}.{service}.{namespace}.svc.{}:{port}",
-                    c.cluster_domain
-                ),
+                addr: format!("{}:{listen_port}", host(i)),
+                peer_addr: Some(format!("{}:{peer_port}", host(i))),
                 name: Some(format!("{base}-{i}")),
             })
             .collect();
@@ -621,12 +696,26 @@ impl Config {
             .unwrap_or_else(|| format!("node{}", self.node_id))
     }
 
-    /// The address other nodes use to reach this one.
+    /// The address clients use to reach this node.
     pub fn advertise(&self) -> &str {
         self.nodes
             .iter()
             .find(|m| m.id == self.node_id)
             .map_or(self.listen.as_str(), |m| m.addr.as_str())
+    }
+
+    /// The address the peer listener binds (filled in when the config is checked).
+    pub fn peer_listen(&self) -> &str {
+        self.peer_listen.as_deref().unwrap_or_default()
+    }
+
+    /// The address other nodes use to reach this one's peer listener.
+    pub fn advertise_peer(&self) -> &str {
+        self.nodes
+            .iter()
+            .find(|m| m.id == self.node_id)
+            .and_then(|m| m.peer_addr.as_deref())
+            .unwrap_or(self.peer_listen())
     }
 
     pub fn write_timeout(&self) -> Duration {
@@ -834,6 +923,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.contains("dns_server"), "{err}");
+    }
+
+    /// The peer listener: given, or derived from the client listener; never the same port.
+    #[test]
+    fn peer_addresses_are_given_or_derived_and_never_the_client_port() {
+        let mut cfg = Config::default();
+        cfg.finish().unwrap();
+        assert_eq!(cfg.peer_listen(), "127.0.0.1:9080");
+        assert_eq!(cfg.advertise_peer(), "127.0.0.1:9080");
+
+        let cfg = Config::parse(
+            "listen = \"0.0.0.0:7000\"\npeer_listen = \"0.0.0.0:7001\"\ninsecure_peers = true\n\
+             nodes = [{ id = 1, addr = \"a:7000\", peer_addr = \"a:7001\" }, \
+             { id = 2, addr = \"b:7000\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.peer_listen(), "0.0.0.0:7001");
+        assert_eq!(cfg.advertise_peer(), "a:7001");
+        assert_eq!(cfg.nodes[1].peer_addr(), "b:8000");
+
+        let err = Config::parse("listen = \"127.0.0.1:7000\"\npeer_listen = \"127.0.0.1:7000\"\n")
+            .unwrap_err();
+        assert!(err.0.contains("peer_listen"), "{err}");
+        let err = Config::parse("listen = \"127.0.0.1:65000\"\n").unwrap_err();
+        assert!(err.0.contains("65535"), "{err}");
+        assert!(
+            Config::parse("listen = \"127.0.0.1:65000\"\npeer_listen = \"127.0.0.1:65001\"\n")
+                .is_ok()
+        );
+        let err = Config::parse(
+            "insecure_peers = true\nnodes = [{ id = 1, addr = \"127.0.0.1:8080\" }, \
+             { id = 2, addr = \"b:1\", peer_addr = \"b:1\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("node 2"), "{err}");
+        // Port 0 (any free port) stays 0 for both.
+        let cfg = Config::parse("listen = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(cfg.peer_listen(), "127.0.0.1:0");
     }
 
     /// `config/single.toml` is documented as the embedded default written out: keep it so.

@@ -1,4 +1,5 @@
-//! One node's life: open the stores, start Raft and every background task, serve HTTP,
+//! One node's life: open the stores, start Raft and every background task, serve HTTP (the
+//! client listener and the peer listener),
 //! found the cluster if this node is the one to, and on SIGTERM/SIGINT stop in order:
 //! the HTTP server (in-flight requests finish), then the background tasks, then Raft.
 //!
@@ -13,6 +14,7 @@ use cookie_raft::{
     StateMachine,
 };
 use openraft::SnapshotPolicy;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::cluster::install_quiet::InstallQuiet;
@@ -131,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             .iter()
             .map(|m| (m.id, m.addr.clone()))
             .collect(),
+        cfg.nodes.iter().map(|m| (m.id, m.peer_addr())).collect(),
     );
     let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
     let network = Network::new(secret.clone(), book.clone(), identity.clone())?;
@@ -173,16 +176,13 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         &tasks,
     );
 
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+    let client_listener = bind(&cfg.listen).await?;
+    let peer_listener = bind(cfg.peer_listen()).await?;
     tracing::info!(
         node = %cfg.name(),
         id = cfg.node_id,
         listen = %cfg.listen,
+        peer_listen = %cfg.peer_listen(),
         data_dir = %cfg.data_dir.display(),
         "cookie-crud node serving"
     );
@@ -222,9 +222,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     });
     // Stop on a signal, or when this node learns its data was lost.
     let lost = Arc::new(std::sync::OnceLock::new());
-    let stop = {
-        let lost = lost.clone();
-        async move {
+    let stopping = CancellationToken::new();
+    let _watch = {
+        let (lost, stopping) = (lost.clone(), stopping.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown_signal() => {}
                 why = identity.lost() => {
@@ -232,14 +233,29 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                     let _ = lost.set(why);
                 }
             }
-        }
+            stopping.cancel();
+        }))
     };
     let limits = ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.http.header_timeout_ms),
         max_connections: state.cfg.http.max_connections,
         drain: HTTP_DRAIN_BOUND,
     };
-    http::server::serve(listener, http::router(state), limits, stop).await;
+    // Both listeners stop together; in-flight requests on each finish.
+    tokio::join!(
+        http::server::serve(
+            client_listener,
+            http::client_router(state.clone()),
+            limits,
+            stopping.clone().cancelled_owned(),
+        ),
+        http::server::serve(
+            peer_listener,
+            http::peer_router(state),
+            limits,
+            stopping.cancelled_owned(),
+        ),
+    );
     let stopped = tasks.shutdown(TASKS_STOP_BOUND).await;
     tracing::info!(
         stopped = stopped.stopped,
@@ -252,6 +268,15 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         Some(why) => Err(NodeError::DataLost(why.clone())),
         None => Ok(()),
     }
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 async fn shutdown_signal() {

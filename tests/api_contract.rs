@@ -377,11 +377,17 @@ async fn methods_limits_and_odd_input() {
     let r = send(client.get(format!("{u}/nope"))).await;
     assert_eq!((r.status, r.json.clone()), (404, error("Not Found")));
 
-    // Garbage on the Raft endpoints changes nothing.
+    // The Raft endpoints are not on the client listener at all.
+    for p in ["append", "vote", "snapshot", "write", "read-index"] {
+        let r = send(client.post(format!("{u}/raft/{p}")).body(vec![0xff; 64])).await;
+        assert_eq!((r.status, r.json.clone()), (404, error("Not Found")), "{p}");
+    }
+    // Garbage on the peer listener's Raft endpoints changes nothing.
+    let peer = c.nodes[0].peer_url();
     for p in ["append", "vote", "snapshot", "write", "read-index"] {
         let r = send(
             client
-                .post(format!("{u}/raft/{p}"))
+                .post(format!("{peer}/raft/{p}"))
                 .header("x-raft-target", "1")
                 .body(vec![0xff; 64]),
         )
@@ -389,13 +395,16 @@ async fn methods_limits_and_odd_input() {
         assert!(r.status == 400 || r.status == 200, "{p}: {}", r.status);
         let r = send(
             client
-                .post(format!("{u}/raft/{p}"))
+                .post(format!("{peer}/raft/{p}"))
                 .header("x-raft-target", "9")
                 .body(vec![]),
         )
         .await;
         assert_eq!(r.status, 421, "{p} aimed at another node");
     }
+    // Nor is the client API on the peer listener.
+    let r = send(client.get(format!("{peer}/cookies"))).await;
+    assert_eq!(r.status, 404);
 
     // The node still serves, and nothing was stored.
     assert_eq!(c.list(0, "linearizable").await.len(), 0);

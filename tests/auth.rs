@@ -135,8 +135,8 @@ async fn each_role_may_do_what_the_contract_says_and_nothing_more() {
 }
 
 /// With tokens on a cluster, the nodes still find each other (bootstrap and the health
-/// monitor probe `/cluster` and `/cache` with the cluster secret) and a follower's write
-/// reaches the leader.
+/// monitor probe `/cluster` and `/cache` on each other's peer listener, with the cluster
+/// secret) and a follower's write reaches the leader.
 #[tokio::test]
 async fn a_cluster_with_tokens_forms_and_forwards() {
     let c = Cluster::start(3, &format!("{TOKENS}\n{FAST_RAFT}")).await;

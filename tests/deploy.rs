@@ -4,6 +4,9 @@
 //! - every YAML and JSON file parses;
 //! - the Kubernetes objects fit together (ports, probes, service names, replicas, data
 //!   directory, disruption budget, selectors), and so do the compose services;
+//! - the peer port (`COOKIE_CRUD_PEER_LISTEN`) is the one the nodes dial (headless service,
+//!   discovery, compose members' `peer_addr`) and no client reaches it (client Service,
+//!   published compose ports), while probes and scrapes use the client port;
 //! - the binary accepts the environment each container gets (`cookie-crud healthcheck`
 //!   exits 2 on a configuration it refuses);
 //! - the probe paths answer 200 on real nodes, and every metric, label and label value the

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FAST_RAFT};
+use common::{Cluster, Spec, FAST_RAFT};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
@@ -86,8 +86,8 @@ impl TestDns {
     }
 }
 
-/// `(id, name, addr)` of every member in a `/cluster` reply, sorted by id.
-fn members(info: &serde_json::Value) -> Vec<(u64, String, String)> {
+/// `(id, name, addr, peer_addr)` of every member in a `/cluster` reply, sorted by id.
+fn members(info: &serde_json::Value) -> Vec<(u64, String, String, String)> {
     let mut m: Vec<_> = info["members"]
         .as_array()
         .unwrap()
@@ -97,6 +97,7 @@ fn members(info: &serde_json::Value) -> Vec<(u64, String, String)> {
                 m["id"].as_u64().unwrap(),
                 m["name"].as_str().unwrap().to_string(),
                 m["addr"].as_str().unwrap().to_string(),
+                m["peer_addr"].as_str().unwrap().to_string(),
             )
         })
         .collect();
@@ -124,18 +125,26 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
     ];
     let ids = [30u64, 10, 20];
     let port = port_free_on(&hosts);
+    let peer_port = port_free_on(&hosts);
     let specs = hosts
         .iter()
         .zip(ids)
         .map(|(host, id)| {
             let toml = format!(
-                "node_id = {id}\nlisten = \"{host}:{port}\"\ndata_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
+                "node_id = {id}\nlisten = \"{host}:{port}\"\npeer_listen = \"{host}:{peer_port}\"\n\
+                 data_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
                  health_check_interval_ms = 200\n\
                  [cluster]\ndiscovery = \"dns\"\nservice = \"cookies.test\"\n\
                  expected_nodes = 3\ndns_server = \"{}\"\n{FAST_RAFT}",
                 dns.addr
             );
-            (id, host.to_string(), port, toml)
+            Spec {
+                id,
+                host: host.to_string(),
+                port,
+                peer_port,
+                toml,
+            }
         })
         .collect();
     let mut cluster = Cluster::from_configs(specs);
@@ -168,19 +177,19 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
     dns.set(&hosts);
     cluster.wait_ready_all(Duration::from_secs(30)).await;
     let info = cluster.cluster_info(0).await;
-    let members: Vec<(u64, String)> = members(&info)
+    // Found on the peer port; the client address is the found host with the port the
+    // member advertises.
+    let members: Vec<(u64, String, String)> = members(&info)
         .into_iter()
-        .map(|(id, _, addr)| (id, addr))
+        .map(|(id, _, addr, peer)| (id, addr, peer))
         .collect();
-    assert_eq!(
-        members,
-        vec![
-            (10, format!("127.0.0.3:{port}")),
-            (20, format!("127.0.0.4:{port}")),
-            (30, format!("127.0.0.2:{port}")),
-        ],
-        "{info}"
-    );
+    let at = |h: &str| (format!("{h}:{port}"), format!("{h}:{peer_port}"));
+    let want: Vec<(u64, String, String)> =
+        [(10, "127.0.0.3"), (20, "127.0.0.4"), (30, "127.0.0.2")]
+            .into_iter()
+            .map(|(id, h)| (id, at(h).0, at(h).1))
+            .collect();
+    assert_eq!(members, want, "{info}");
     let logs = cluster.logs();
     assert_eq!(
         logs.matches("initialized a new cluster").count(),
@@ -204,7 +213,9 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let overrides: Vec<String> = ports
+    let peer_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    // Overrides name where this node reaches each peer's listener.
+    let overrides: Vec<String> = peer_ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
@@ -212,15 +223,23 @@ async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     let specs = (0..3)
         .map(|i| {
             let toml = format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
+                "listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
+                 data_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
                  peer_overrides = [{}]\n\
                  [cluster]\ndiscovery = \"kubernetes\"\ninstance_id = \"cookie-crud-{i}\"\n\
-                 service = \"cookie-crud-peers\"\nnamespace = \"shop\"\npeer_port = 8080\n\
+                 service = \"cookie-crud-peers\"\nnamespace = \"shop\"\npeer_port = 9080\n\
                  expected_nodes = 3\n{FAST_RAFT}",
                 ports[i],
+                peer_ports[i],
                 overrides.join(", ")
             );
-            (i as u64 + 1, "127.0.0.1".to_string(), ports[i], toml)
+            Spec {
+                id: i as u64 + 1,
+                host: "127.0.0.1".to_string(),
+                port: ports[i],
+                peer_port: peer_ports[i],
+                toml,
+            }
         })
         .collect();
     let mut cluster = Cluster::from_configs(specs);
@@ -232,12 +251,16 @@ async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     assert_eq!(info["node_id"], 3, "{info}");
     assert_eq!(info["node"], "cookie-crud-2", "{info}");
     let members = members(&info);
-    let want: Vec<(u64, String, String)> = (0..3u64)
+    // Client addresses on the listen port (the founder's: in a StatefulSet every pod has
+    // the same), peer addresses on the configured peer port.
+    let want: Vec<(u64, String, String, String)> = (0..3u64)
         .map(|i| {
+            let host = format!("cookie-crud-{i}.cookie-crud-peers.shop.svc.cluster.local");
             (
                 i + 1,
                 format!("cookie-crud-{i}"),
-                format!("cookie-crud-{i}.cookie-crud-peers.shop.svc.cluster.local:8080"),
+                format!("{host}:{}", ports[0]),
+                format!("{host}:9080"),
             )
         })
         .collect();

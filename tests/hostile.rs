@@ -24,7 +24,7 @@ fn with_secret() -> String {
 /// A bincode POST to node `i`'s peer route, with the cluster secret (a peer's credentials).
 fn peer_request(c: &Cluster, i: usize, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     c.client
-        .post(format!("{}{path}", c.url(i)))
+        .post(format!("{}{path}", c.nodes[i].peer_url()))
         .bearer_auth(SECRET)
         .header(RAFT_TARGET_HEADER, c.nodes[i].id.to_string())
         .header("content-type", "application/octet-stream")
@@ -291,20 +291,69 @@ async fn a_forged_append_without_credentials_is_refused() {
     };
     let r = c.create(0, json!({"cookie": "kept", "user_id": 1})).await;
     assert_eq!(r.status, 201);
-    for secret in [None, Some("a-wrong-secret")] {
+    let forge = |base: String, secret: Option<&str>| {
         let mut req = c
             .client
-            .post(format!("{}/raft/append", c.url(0)))
+            .post(format!("{base}/raft/append"))
             .header(RAFT_TARGET_HEADER, "1")
             .body(codec::encode(&forged).unwrap());
         if let Some(s) = secret {
             req = req.bearer_auth(s);
         }
-        let r = send(req).await;
+        req
+    };
+    // On the peer listener: refused without the credential.
+    for secret in [None, Some("a-wrong-secret")] {
+        let r = send(forge(c.nodes[0].peer_url(), secret)).await;
         assert_eq!(r.status, 401, "{}", r.text);
         assert_eq!(r.json, json!({"error": "Unauthorized"}));
+    }
+    // On the client listener: not there at all, even with the credential.
+    for secret in [None, Some(SECRET)] {
+        let r = send(forge(c.url(0), secret)).await;
+        assert_eq!(r.status, 404, "{}", r.text);
+        assert_eq!(r.json, json!({"error": "Not Found"}));
     }
     assert_eq!(c.cluster_info(0).await["term"].as_u64(), Some(term));
     still_serving(&c, 0, "after-forged-append").await;
     assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
+}
+
+/// Everything on the peer listener needs the peer credential, the probes included (a
+/// node's `/cluster` tells an attacker what a forged RPC needs); the client listener's
+/// `/cluster` stays the API's, and the cluster secret is no client token.
+#[tokio::test]
+async fn the_peer_listener_answers_only_peers() {
+    let tokens = "client_tokens = [{ token = \"adm\", role = \"admin\" }]\n";
+    let c = Cluster::start(1, &format!("{tokens}{}", with_secret())).await;
+    let peer = c.nodes[0].peer_url();
+    for path in ["/cluster", "/health", "/cache"] {
+        let r = send(c.client.get(format!("{peer}{path}"))).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.text);
+        assert_eq!(r.json, json!({"error": "Unauthorized"}));
+        let r = send(c.client.get(format!("{peer}{path}")).bearer_auth(SECRET)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    // The client API is absent from the peer listener, credential or not.
+    let r = send(c.client.get(format!("{peer}/cookies")).bearer_auth(SECRET)).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    // On the client listener the secret opens nothing; an admin token opens /cluster.
+    let r = send(
+        c.client
+            .get(format!("{}/cluster", c.url(0)))
+            .bearer_auth(SECRET),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = send(
+        c.client
+            .get(format!("{}/cluster", c.url(0)))
+            .bearer_auth("adm"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json["peer_addr"],
+        format!("127.0.0.1:{}", c.nodes[0].peer_port)
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::discovery::{self, Answer, Decision, DiscoveryError, PeerInfo, Seed};
+use super::discovery::{self, client_addr_of, Answer, Decision, DiscoveryError, PeerInfo, Seed};
 use super::proto::CLUSTER_PATH;
 use super::Cluster;
 use crate::config::Config;
@@ -95,10 +95,14 @@ pub async fn run(cluster: Cluster, cfg: Config) {
 /// One round: every candidate's own account of itself, asked concurrently.
 async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>, String> {
     let peers = &cluster.peers;
-    let targets: Vec<(String, String, Option<u64>)> = match seed {
+    // (client address if known, peer address, where to ask, the id expected there)
+    let targets: Vec<(Option<String>, String, String, Option<u64>)> = match seed {
         Seed::Fixed(members) => members
             .iter()
-            .map(|(id, n)| (n.addr.clone(), peers.addr(*id, n), Some(*id)))
+            .map(|(id, n)| {
+                let reach = peers.addr(*id, n);
+                (Some(n.addr.clone()), n.peer_addr.clone(), reach, Some(*id))
+            })
             .collect(),
         Seed::Dns(dns) => {
             let addrs = dns.addresses().await.map_err(|e| e.to_string())?;
@@ -107,14 +111,19 @@ async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>
             }
             addrs
                 .into_iter()
-                .map(|a| (a.to_string(), a.to_string(), None))
+                .map(|a| (None, a.to_string(), a.to_string(), None))
                 .collect()
         }
     };
     let me = cfg.node_id;
+    let own_port = cfg
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_default();
     let probes = targets
         .into_iter()
-        .map(|(addr, reach, expected_id)| async move {
+        .map(|(addr, peer_addr, reach, expected_id)| async move {
             // This node knows itself; a fixed seed need not ask over the network.
             let reply = if expected_id == Some(me) {
                 Ok(PeerInfo {
@@ -122,6 +131,7 @@ async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>
                     name: cfg.name(),
                     initialized: false,
                     incarnation: Some(cluster.identity.own()),
+                    addr: Some(cfg.advertise().to_owned()),
                 })
             } else {
                 match peers.get_json(&reach, CLUSTER_PATH, PROBE_TIMEOUT).await {
@@ -131,8 +141,17 @@ async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>
                     Err(e) => Err(DiscoveryError::from(e.to_string())),
                 }
             };
+            let addr = addr.unwrap_or_else(|| match peer_addr.parse() {
+                Ok(found) => client_addr_of(
+                    found,
+                    reply.as_ref().ok().and_then(|i| i.addr.as_deref()),
+                    own_port,
+                ),
+                Err(_) => peer_addr.clone(),
+            });
             Answer {
                 addr,
+                peer_addr,
                 expected_id,
                 reply,
             }

@@ -5,8 +5,9 @@
 //!
 //! - `manual` and `kubernetes` give a fixed list of ids and addresses (the config computes
 //!   the Kubernetes one from the StatefulSet's pod names).
-//! - `dns` gives only addresses: a name's A/AAAA records. Each address is asked `GET
-//!   /cluster`, and its answer says which node id lives there. Ids therefore stay the ones
+//! - `dns` gives only addresses: a name's A/AAAA records, with the peer port. Each address
+//!   is asked `GET /cluster` on its peer listener, and its answer says which node id lives
+//!   there and which client port it serves. Ids therefore stay the ones
 //!   configured on each node, and never depend on the order or the churn of DNS answers.
 
 use std::collections::BTreeMap;
@@ -43,9 +44,9 @@ impl DnsSeed {
         let port = match c.peer_port {
             Some(p) => p,
             None => cfg
-                .listen
+                .peer_listen()
                 .parse::<SocketAddr>()
-                .map_err(|e| DiscoveryError(format!("listen: {e}")))?
+                .map_err(|e| DiscoveryError(format!("peer_listen: {e}")))?
                 .port(),
         };
         let mut builder = match c.dns_server {
@@ -108,15 +109,7 @@ impl Seed {
             Discovery::Manual | Discovery::Kubernetes => Seed::Fixed(
                 cfg.nodes
                     .iter()
-                    .map(|m| {
-                        (
-                            m.id,
-                            CookieNode {
-                                addr: m.addr.clone(),
-                                name: m.name(),
-                            },
-                        )
-                    })
+                    .map(|m| (m.id, CookieNode::new(&m.addr, m.peer_addr(), m.name())))
                     .collect(),
             ),
             Discovery::Dns => Seed::Dns(Box::new(DnsSeed::new(cfg)?)),
@@ -135,8 +128,10 @@ impl Seed {
 /// What one candidate address said about itself.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    /// The address the member will be known by.
+    /// The client address the member will be known by.
     pub addr: String,
+    /// The peer address the member will be known by (the one that was asked).
+    pub peer_addr: String,
     /// The id the seed expects there (fixed seeds), checked against the reply.
     pub expected_id: Option<NodeId>,
     pub reply: Result<PeerInfo, DiscoveryError>,
@@ -150,6 +145,8 @@ pub struct PeerInfo {
     pub initialized: bool,
     /// Its data's incarnation (absent from versions without identities).
     pub incarnation: Option<u64>,
+    /// The client address it advertises (absent from versions without a peer listener).
+    pub addr: Option<String>,
 }
 
 impl PeerInfo {
@@ -161,8 +158,20 @@ impl PeerInfo {
             incarnation: v["incarnation"]
                 .as_str()
                 .and_then(cookie_raft::identity::parse_hex),
+            addr: v["addr"].as_str().map(str::to_owned),
         })
     }
+}
+
+/// A DNS-found member's client address: the host DNS gave (what this node can reach) with
+/// the client port the member advertises (its own host may be a wildcard such as 0.0.0.0);
+/// this node's own client port when the member does not say.
+pub fn client_addr_of(found: SocketAddr, advertised: Option<&str>, own_port: u16) -> String {
+    let port = advertised
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(own_port);
+    SocketAddr::new(found.ip(), port).to_string()
 }
 
 /// What bootstrap should do after one round of asking.
@@ -204,14 +213,11 @@ pub fn decide(me: NodeId, expected: usize, answers: &[Answer]) -> Decision {
                 ));
             }
         }
-        let node = CookieNode {
-            addr: a.addr.clone(),
-            name: info.name.clone(),
-        };
+        let node = CookieNode::new(&a.addr, &a.peer_addr, &info.name);
         if let Some(other) = members.insert(info.id, node) {
             return Decision::Wait(format!(
                 "two addresses answer as node {}: {} and {}",
-                info.id, other.addr, a.addr
+                info.id, other.peer_addr, a.peer_addr
             ));
         }
     }
@@ -240,12 +246,14 @@ mod tests {
     fn ok(addr: &str, id: NodeId, initialized: bool) -> Answer {
         Answer {
             addr: addr.into(),
+            peer_addr: format!("{addr}0"),
             expected_id: None,
             reply: Ok(PeerInfo {
                 id,
                 name: format!("node{id}"),
                 initialized,
                 incarnation: None,
+                addr: None,
             }),
         }
     }
@@ -261,6 +269,7 @@ mod tests {
             Decision::Found(m) => {
                 assert_eq!(m.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
                 assert_eq!(m[&1].addr, "b:1");
+                assert_eq!(m[&1].peer_addr, "b:10");
             }
             other => panic!("{other:?}"),
         }
@@ -284,6 +293,7 @@ mod tests {
         let mut down = vec![ok("a:1", 1, false), ok("b:1", 2, false)];
         down.push(Answer {
             addr: "c:1".into(),
+            peer_addr: "c:10".into(),
             expected_id: Some(3),
             reply: Err(DiscoveryError::from("refused".to_string())),
         });
@@ -302,5 +312,19 @@ mod tests {
             ok("c:1", 4, false),
         ];
         assert!(matches!(decide(1, 3, &without_me), Decision::Wait(_)));
+    }
+
+    #[test]
+    fn a_dns_member_is_reached_at_the_found_host_and_its_advertised_port() {
+        let found: SocketAddr = "10.1.2.3:9080".parse().unwrap();
+        assert_eq!(
+            client_addr_of(found, Some("0.0.0.0:8080"), 7000),
+            "10.1.2.3:8080"
+        );
+        assert_eq!(client_addr_of(found, None, 7000), "10.1.2.3:7000");
+        assert_eq!(
+            client_addr_of(found, Some("garbage"), 7000),
+            "10.1.2.3:7000"
+        );
     }
 }

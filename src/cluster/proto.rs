@@ -4,7 +4,8 @@
 //! `/raft/snapshot`) carry openraft's request and response types, sent by
 //! `cookie_raft::network`. The application traffic defined here rides beside them:
 //! followers forward client writes to the leader and ask it for read indexes, and every
-//! node probes the others' public JSON endpoints (bootstrap, health monitor, `/cache`).
+//! node probes the others' JSON documents (bootstrap, health monitor, `/cache`). All of it
+//! goes to a node's peer listener, never its client listener.
 //! Bodies of the `/raft/*` routes are bincode ([`cookie_raft::codec`]); each request names
 //! the node it is meant for in [`RAFT_TARGET_HEADER`] and carries the cluster secret when
 //! one is configured.
@@ -20,11 +21,12 @@ pub use cookie_raft::RAFT_TARGET_HEADER;
 pub const WRITE_PATH: &str = "/raft/write";
 /// A follower asks the leader for a read index: empty body in, [`ReadIndexReply`] out.
 pub const READ_INDEX_PATH: &str = "/raft/read-index";
-/// The public endpoints peers probe (JSON): who a node is and whether it is initialized
+/// The JSON documents peers probe on each other's peer listener, at the paths the client
+/// API uses for the same documents: who a node is and whether it is initialized
 /// (bootstrap), whether it is alive (health monitor), its cache statistics (`/cache`).
 pub const CLUSTER_PATH: &str = "/cluster";
 pub const HEALTH_PATH: &str = "/health";
-pub const LOCAL_CACHE_STATS_PATH: &str = "/cache?scope=local";
+pub const CACHE_PATH: &str = "/cache";
 
 /// One forwarded write, with the client's request id so the leader's log can name it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

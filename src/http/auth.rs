@@ -4,9 +4,8 @@
 //! cover the request: `read` any GET, `write` also POST, PUT and DELETE on `/cookies`,
 //! `admin` also `DELETE /cache`, `/cluster` and `/admin/*`. Missing or unknown token: 401
 //! `{"error":"Unauthorized"}`; a role without the right: 403 `{"error":"Forbidden"}`.
-//! `/health` and `/ready` stay open for probes, and `/raft/*` has its own credential (the
-//! cluster secret, `peer_gate`). A peer probing `/cluster` or `/cache` shows the cluster
-//! secret, which counts as `admin`.
+//! `/health` and `/ready` stay open for probes. The cluster secret is no client credential:
+//! it opens the peer listener only (`peer_gate`), where peers probe each other.
 //!
 //! Tokens are compared in constant time, every configured token each time, so the time
 //! taken says nothing about which token (or how much of one) matched.
@@ -26,7 +25,7 @@ fn needed(method: &Method, path: &str) -> Option<Role> {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if path == "/health" || path == "/ready" || under("/raft") {
+    if path == "/health" || path == "/ready" {
         return None;
     }
     let admin = under("/cluster") || under("/admin") || (under("/cache") && method != Method::GET);
@@ -42,13 +41,6 @@ fn needed(method: &Method, path: &str) -> Option<Role> {
 /// The role the presented token has: the best of all that match (none match: `None`).
 fn role_of(cfg: &Config, presented: &[u8]) -> Option<Role> {
     let mut best = None;
-    if cfg
-        .cluster_secret
-        .as_ref()
-        .is_some_and(|s| s.matches(presented))
-    {
-        best = Some(Role::Admin);
-    }
     for t in &cfg.client_tokens {
         if t.token.matches(presented) {
             best = best.max(Some(t.role));
@@ -86,7 +78,6 @@ mod tests {
         let cases = [
             (Method::GET, "/health", None),
             (Method::GET, "/ready", None),
-            (Method::POST, "/raft/append", None),
             (Method::GET, "/cookies", Some(Role::Read)),
             (Method::GET, "/cookies/a", Some(Role::Read)),
             (Method::GET, "/metrics", Some(Role::Read)),
@@ -108,7 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn the_best_matching_role_wins_and_the_cluster_secret_is_admin() {
+    fn the_best_matching_role_wins_and_the_cluster_secret_is_no_client_token() {
         let cfg = Config::parse(
             r#"
             cluster_secret = "peer-secret"
@@ -122,7 +113,7 @@ mod tests {
         .unwrap();
         assert_eq!(role_of(&cfg, b"r"), Some(Role::Read));
         assert_eq!(role_of(&cfg, b"w"), Some(Role::Admin));
-        assert_eq!(role_of(&cfg, b"peer-secret"), Some(Role::Admin));
+        assert_eq!(role_of(&cfg, b"peer-secret"), None);
         assert_eq!(role_of(&cfg, b"nope"), None);
         assert_eq!(role_of(&cfg, b""), None);
         assert!(format!("{cfg:?}").contains("Secret(***)"));

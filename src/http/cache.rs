@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::state::Shared;
 use crate::clock::unix_now;
-use crate::cluster::proto::LOCAL_CACHE_STATS_PATH;
+use crate::cluster::proto::CACHE_PATH;
 
 /// How long `/cache` waits for a peer's statistics before marking it unreachable.
 pub const PEER_STATS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -21,15 +21,20 @@ fn stats_json(state: &Shared) -> Value {
     serde_json::to_value(state.reader.cache().stats()).unwrap_or(Value::Null)
 }
 
-/// `GET /cache` (`?scope=local`: only this node's `cache_stats`, used between peers so the
-/// fan-out never recurses).
+/// This node's own `cache_stats`: what `GET /cache` on the peer listener answers, so the
+/// fan-out never recurses.
+pub async fn local_cache_stats(State(state): State<Shared>) -> Response {
+    Json(json!({ "cache_stats": stats_json(&state), "local_node": state.cfg.name() }))
+        .into_response()
+}
+
+/// `GET /cache` (`?scope=local`: only this node's `cache_stats`, as peers see it).
 pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Response {
     let local_only = q.as_deref().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "scope" && v == "local")
     });
     if local_only {
-        return Json(json!({ "cache_stats": stats_json(&state), "local_node": state.cfg.name() }))
-            .into_response();
+        return local_cache_stats(State(state)).await;
     }
 
     let members = state.cluster.other_members();
@@ -37,7 +42,7 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
         state
             .cluster
             .peers
-            .get_json(&m.addr, LOCAL_CACHE_STATS_PATH, PEER_STATS_TIMEOUT)
+            .get_json(&m.addr, CACHE_PATH, PEER_STATS_TIMEOUT)
     }))
     .await;
     let mut node_statuses = BTreeMap::new();

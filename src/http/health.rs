@@ -76,7 +76,8 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         .nodes()
         .map(|(id, n)| {
             json!({
-                "id": id, "name": n.name, "addr": n.addr, "voter": voters.contains(id),
+                "id": id, "name": n.name, "addr": n.addr, "peer_addr": n.peer_addr,
+                "voter": voters.contains(id),
                 "incarnation": registry.members.get(id).map(|i| hex(*i)),
             })
         })
@@ -84,6 +85,8 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
     Json(json!({
         "node_id": state.cluster.me,
         "node": state.cfg.name(),
+        "addr": state.cfg.advertise(),
+        "peer_addr": state.cfg.advertise_peer(),
         "initialized": initialized,
         "cluster_id": registry.cluster.map(hex),
         "incarnation": hex(identity.own()),

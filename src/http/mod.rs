@@ -1,5 +1,6 @@
 //! The HTTP layer: the public API (`/cookies`, `/cache`, `/health`, `/ready`, `/cluster`,
-//! `/metrics`) and the node-to-node endpoints under `/raft/`, on one axum router.
+//! `/metrics`) on the client listener, and the node-to-node endpoints (`/raft/*` and the
+//! peer probes) on the peer listener, each with its own axum router.
 //!
 //! - [`cookies`], [`cache`], [`health`]: the public API's handlers; [`params`] what they
 //!   read from a request; [`error`] the one mapping of errors to HTTP.
@@ -28,5 +29,5 @@ pub mod router;
 pub mod server;
 pub mod state;
 
-pub use router::router;
+pub use router::{client_router, peer_router};
 pub use state::{AppState, Shared};

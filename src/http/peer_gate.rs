@@ -1,11 +1,15 @@
 //! What every inbound node-to-node request passes before it reaches Raft or the write and
-//! read paths: the cluster secret (when one is configured), the `x-raft-target` check (a
+//! read paths: the peer credential on every route of the peer listener
+//! ([`require_peer`]: the cluster secret when one is configured), then, for the RPCs
+//! ([`admit`]), the `x-raft-target` check (a
 //! misaddressed request is refused rather than obeyed), the identity check (a request for
 //! another incarnation of this node, from an impostor or another cluster, or to an empty
 //! node that the sender does not know, is refused: `cookie_raft::identity`), and a bounded
 //! bincode decode of the body. A refused request changes nothing.
 
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 use cookie_raft::identity::{Claims, Refused};
@@ -27,20 +31,33 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Check the caller may talk to us, then decode its body.
+/// Whether the request shows the peer credential: the cluster secret as a bearer token,
+/// when one is configured (a single node, or a lab with `insecure_peers`, has none).
+fn has_peer_credential(state: &Shared, headers: &HeaderMap) -> bool {
+    let Some(secret) = &state.cfg.cluster_secret else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|p| secret.matches(p))
+}
+
+/// Every route of the peer listener: 401 `{"error":"Unauthorized"}` without the peer
+/// credential, before the body is read.
+pub async fn require_peer(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if !has_peer_credential(&state, req.headers()) {
+        return Refusal(StatusCode::UNAUTHORIZED, "Unauthorized".into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// Check the caller may talk to us (past [`require_peer`]), then decode its body.
 pub fn admit<T: DeserializeOwned>(
     state: &Shared,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, Refusal> {
-    if let Some(secret) = &state.cfg.cluster_secret {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !presented.is_some_and(|p| secret.matches(p)) {
-            return Err(Refusal(StatusCode::UNAUTHORIZED, "Unauthorized".into()));
-        }
-    }
     if let Some(target) = headers.get(RAFT_TARGET_HEADER) {
         let target = target.to_str().unwrap_or("").parse::<u64>().ok();
         if target != Some(state.cluster.me) {

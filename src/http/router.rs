@@ -1,8 +1,8 @@
-//! The routes of both the public API and the peer endpoints, and the layers around them.
+//! The routes of the two listeners, the client API's and the peers', and the layers around them.
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue};
-use axum::routing::{any, get, post, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use cookie_raft::identity::{self, INCARNATION_HEADER};
 use std::time::Duration;
@@ -15,8 +15,11 @@ use super::observe::{
     REQUEST_ID_HEADER,
 };
 use super::state::Shared;
-use super::{auth, cache, cookies, health, openapi, peer_rpc, raft_rpc};
-use crate::cluster::proto::{APPEND_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH};
+use super::{auth, cache, cookies, health, openapi, peer_gate, peer_rpc, raft_rpc};
+use crate::cluster::proto::{
+    APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HEALTH_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH,
+    WRITE_PATH,
+};
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
 const RAFT_BODY_LIMIT: usize = 256 << 20;
@@ -35,14 +38,30 @@ fn with_405(r: MethodRouter<Shared>) -> MethodRouter<Shared> {
     r.fallback(method_not_allowed)
 }
 
-pub fn router(state: Shared) -> Router {
-    let peer_routes = Router::new()
+/// The peer listener's routes (api.md section 9): Raft's RPCs, forwarded writes and
+/// read-index requests, and the JSON documents peers probe (bootstrap's `/cluster`, the
+/// health monitor's `/health`, `/cache`'s per-node statistics). Every one needs the peer
+/// credential; nothing of the client API is here.
+pub fn peer_router(state: Shared) -> Router {
+    let rpcs = Router::new()
         .route(APPEND_PATH, post(raft_rpc::append))
         .route(VOTE_PATH, post(raft_rpc::vote))
         .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
         .route(WRITE_PATH, post(peer_rpc::forwarded_write))
         .route(READ_INDEX_PATH, post(peer_rpc::read_index))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+    let probes = Router::new()
+        .route(CLUSTER_PATH, with_405(get(health::cluster)))
+        .route(HEALTH_PATH, with_405(get(health::health)))
+        .route(CACHE_PATH, with_405(get(cache::local_cache_stats)));
+    let routes = rpcs
+        .merge(probes)
+        .fallback(not_found)
+        // Matched routes only: an unknown path is 404 to everyone.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            peer_gate::require_peer,
+        ))
         // Every answer to a peer, refusals included, names this node's incarnation: that is
         // how a leader learns a new member's before the registry has it.
         .layer(SetResponseHeaderLayer::overriding(
@@ -50,9 +69,12 @@ pub fn router(state: Shared) -> Router {
             HeaderValue::from_str(&identity::hex(state.cluster.identity.own()))
                 .expect("hex digits are a valid header value"),
         ));
+    observed(routes, state)
+}
 
-    let ids = NodeRequestIds::new(&state.cfg.name());
-    Router::new()
+/// The client listener's routes: the public API only. `/raft/*` is not here (404).
+pub fn client_router(state: Shared) -> Router {
+    let routes = Router::new()
         .route(
             "/cookies",
             with_405(
@@ -72,7 +94,7 @@ pub fn router(state: Shared) -> Router {
             ),
         )
         .route(
-            "/cache",
+            CACHE_PATH,
             with_405(
                 get(cache::get_cache)
                     .delete(cache::clear_cache)
@@ -80,25 +102,31 @@ pub fn router(state: Shared) -> Router {
             ),
         )
         .route("/metrics", with_405(get(observe::scrape)))
-        .route("/health", with_405(get(health::health)))
+        .route(HEALTH_PATH, with_405(get(health::health)))
         .route("/ready", with_405(get(health::ready)))
-        .route("/cluster", with_405(get(health::cluster)))
+        .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route("/openapi.json", with_405(get(openapi::document)))
-        .merge(peer_routes)
-        .route("/raft/{*rest}", any(not_found))
         .fallback(not_found)
+        // Client tokens are checked inside the metrics (a 401 is counted) and only on
+        // matched routes (an unknown path is 404 to everyone).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_role,
+        ));
+    observed(routes, state)
+}
+
+/// The layers both listeners share: the panic catcher, the body timeout, the metrics, the
+/// request id and the span.
+fn observed(routes: Router<Shared>, state: Shared) -> Router {
+    let ids = NodeRequestIds::new(&state.cfg.name());
+    routes
         // Innermost first: a panic becomes a 500 that the metrics still count.
         .layer(CatchPanicLayer::custom(observe::panic_reply))
         // A body that does not arrive in time ends with an error the handlers answer 408.
         .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
             state.cfg.http.body_timeout_ms,
         )))
-        // Client tokens are checked inside the metrics (a 401 is counted) and only on
-        // matched routes (an unknown path is 404 to everyone).
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_role,
-        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             observe::track,

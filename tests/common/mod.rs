@@ -35,7 +35,10 @@ pub struct Node {
     /// The loopback address the node listens on (127.0.0.1 unless a test spreads nodes
     /// over 127.0.0.0/8, as the DNS discovery test does).
     pub host: String,
+    /// The client listener's port.
     pub port: u16,
+    /// The peer listener's port.
+    pub peer_port: u16,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -46,9 +49,25 @@ impl Node {
         format!("http://{}:{}", self.host, self.port)
     }
 
+    /// The peer listener's base URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+}
+
+/// A node a test configures itself (`Cluster::from_configs`).
+pub struct Spec {
+    pub id: u64,
+    pub host: String,
+    /// Its `listen` port.
+    pub port: u16,
+    /// Its `peer_listen` port (the TOML must say so).
+    pub peer_port: u16,
+    pub toml: String,
 }
 
 pub struct Cluster {
@@ -82,7 +101,7 @@ impl Cluster {
     }
 
     /// Like [`Cluster::configure`], with top-level TOML for each node from
-    /// `per_node(index, ports)` placed before `extra`.
+    /// `per_node(index, client ports)` placed before `extra`.
     pub fn configure_with(
         n: usize,
         extra: &str,
@@ -90,10 +109,17 @@ impl Cluster {
     ) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let members: Vec<String> = ports
             .iter()
+            .zip(&peer_ports)
             .enumerate()
-            .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
+            .map(|(i, (p, pp))| {
+                format!(
+                    "{{ id = {}, addr = \"127.0.0.1:{p}\", peer_addr = \"127.0.0.1:{pp}\" }}",
+                    i + 1
+                )
+            })
             .collect();
         // A cluster needs its peer secret (nodes refuse to start without one), unless the
         // test sets its own.
@@ -103,12 +129,13 @@ impl Cluster {
             String::new()
         };
         let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
+        for (i, (port, peer_port)) in ports.iter().zip(&peer_ports).enumerate() {
             let id = i as u64 + 1;
             let data = dir.path().join(format!("node{id}"));
             let config = dir.path().join(format!("node{id}.toml"));
             let text = format!(
-                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\n{secret}{}\n{extra}",
+                "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n\
+                 data_dir = \"{}\"\nnodes = [{}]\n{secret}{}\n{extra}",
                 data.display(),
                 members.join(", "),
                 per_node(i, &ports)
@@ -118,6 +145,7 @@ impl Cluster {
                 id,
                 host: "127.0.0.1".into(),
                 port: *port,
+                peer_port: *peer_port,
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
@@ -126,26 +154,35 @@ impl Cluster {
         Cluster::with_nodes(nodes, dir)
     }
 
-    /// Nodes with configs a test writes itself: `(id, host, port, toml)`; the data
-    /// directory is `{dir}/node{id}` (the TOML may refer to it through `{data_dir}`).
-    pub fn from_configs(specs: Vec<(u64, String, u16, String)>) -> Cluster {
+    /// Nodes with configs a test writes itself; the data directory is `{dir}/node{id}`
+    /// (the TOML may refer to it through `{data_dir}`).
+    pub fn from_configs(specs: Vec<Spec>) -> Cluster {
         let dir = TempDir::new().unwrap();
         let nodes = specs
             .into_iter()
-            .map(|(id, host, port, text)| {
-                let data = dir.path().join(format!("node{id}"));
-                let config = dir.path().join(format!("node{id}.toml"));
-                let text = text.replace("{data_dir}", &data.display().to_string());
-                std::fs::write(&config, text).unwrap();
-                Node {
-                    id,
-                    host,
-                    port,
-                    config,
-                    log: dir.path().join(format!("node{id}.log")),
-                    child: None,
-                }
-            })
+            .map(
+                |Spec {
+                     id,
+                     host,
+                     port,
+                     peer_port,
+                     toml: text,
+                 }| {
+                    let data = dir.path().join(format!("node{id}"));
+                    let config = dir.path().join(format!("node{id}.toml"));
+                    let text = text.replace("{data_dir}", &data.display().to_string());
+                    std::fs::write(&config, text).unwrap();
+                    Node {
+                        id,
+                        host,
+                        port,
+                        peer_port,
+                        config,
+                        log: dir.path().join(format!("node{id}.log")),
+                        child: None,
+                    }
+                },
+            )
             .collect();
         Cluster::with_nodes(nodes, dir)
     }

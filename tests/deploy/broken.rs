@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::compose::check_compose;
 use crate::dashboard::{check_dashboard, provisioned_datasource_uids};
-use crate::dockerfile::{check_dockerfile, dockerfile_text, image_env};
+use crate::dockerfile::{check_dockerfile, check_image_matches_pods, dockerfile_text, image_env};
 use crate::files::{deploy_dir, k8s_objects, load_json, load_yaml_one, name_of, read, root, Check};
 use crate::kubernetes::{check_kubernetes, pod_environment};
 use crate::nodes::config_accepted;
@@ -23,13 +23,39 @@ fn find_mut<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> &'a mut Val
 fn set(v: &mut Value, pointer: &str, new: Value) {
     let shown = v.to_string();
     let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let key = key.replace("~1", "/").replace("~0", "~");
     match v.pointer_mut(parent) {
         Some(Value::Object(m)) => {
-            m.insert(key.to_string(), new);
+            m.insert(key, new);
         }
         Some(Value::Array(a)) => a[key.parse::<usize>().unwrap()] = new,
         _ => panic!("no {parent} in {shown}"),
     }
+}
+
+/// Append to the array at a JSON pointer.
+fn push(v: &mut Value, pointer: &str, new: Value) {
+    let shown = v.to_string();
+    match v.pointer_mut(pointer) {
+        Some(Value::Array(a)) => a.push(new),
+        _ => panic!("no array {pointer} in {shown}"),
+    }
+}
+
+/// Remove the value at a JSON pointer (a key of an object or an element of an array).
+fn remove(v: &mut Value, pointer: &str) {
+    let shown = v.to_string();
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let key = key.replace("~1", "/").replace("~0", "~");
+    let gone = match v.pointer_mut(parent) {
+        Some(Value::Object(m)) => m.remove(&key).is_some(),
+        Some(Value::Array(a)) => {
+            let i: usize = key.parse().unwrap();
+            (i < a.len()).then(|| a.remove(i)).is_some()
+        }
+        _ => false,
+    };
+    assert!(gone, "no {pointer} in {shown}");
 }
 
 type Breakage<T> = (&'static str, &'static str, fn(&mut T));
@@ -199,6 +225,127 @@ fn broken_kubernetes_manifests_are_rejected() {
                 )
             },
         ),
+        // The peer listener: its own container port, reached through the headless service
+        // only, never through the client Service (issue 13).
+        (
+            "the peer port also on the client Service",
+            "exposes the peer port",
+            |o| {
+                push(
+                    find_mut(o, "Service", "cookie-crud"),
+                    "/spec/ports",
+                    json!({"name": "peer", "port": 9080, "targetPort": "peer"}),
+                )
+            },
+        ),
+        (
+            "the client Service on the peer port by number",
+            "exposes the peer port",
+            |o| {
+                set(
+                    find_mut(o, "Service", "cookie-crud"),
+                    "/spec/ports/0",
+                    json!({"name": "http", "port": 8080, "targetPort": 9080}),
+                )
+            },
+        ),
+        (
+            "the headless service on the client port",
+            "reaching the peer container port",
+            |o| {
+                set(
+                    find_mut(o, "Service", "cookie-crud-peers"),
+                    "/spec/ports/0",
+                    json!({"name": "http", "port": 8080, "targetPort": "http"}),
+                )
+            },
+        ),
+        (
+            "the headless service on both ports",
+            "not the peer container port",
+            |o| {
+                push(
+                    find_mut(o, "Service", "cookie-crud-peers"),
+                    "/spec/ports",
+                    json!({"name": "http", "port": 8080, "targetPort": "http"}),
+                )
+            },
+        ),
+        ("no peer container port", "no peer container port", |o| {
+            remove(find_mut(o, "StatefulSet", ""), &format!("{C}/ports/1"))
+        }),
+        (
+            "the peer container port not at COOKIE_CRUD_PEER_LISTEN",
+            "no peer container port",
+            |o| {
+                set(
+                    find_mut(o, "StatefulSet", ""),
+                    &format!("{C}/ports/1/containerPort"),
+                    json!(9081),
+                )
+            },
+        ),
+        (
+            "the peer listener on the client port",
+            "is the client port",
+            |o| {
+                set(
+                    find_mut(o, "ConfigMap", ""),
+                    "/data/COOKIE_CRUD_PEER_LISTEN",
+                    json!("0.0.0.0:8080"),
+                )
+            },
+        ),
+        (
+            "the peer listener on loopback",
+            "must listen on 0.0.0.0",
+            |o| {
+                set(
+                    find_mut(o, "ConfigMap", ""),
+                    "/data/COOKIE_CRUD_PEER_LISTEN",
+                    json!("127.0.0.1:9080"),
+                )
+            },
+        ),
+        (
+            "discovery dialling the client port",
+            "COOKIE_CRUD_CLUSTER__PEER_PORT",
+            |o| {
+                set(
+                    find_mut(o, "ConfigMap", ""),
+                    "/data/COOKIE_CRUD_CLUSTER__PEER_PORT",
+                    json!("8080"),
+                )
+            },
+        ),
+        (
+            "the readiness probe on the peer port",
+            "readinessProbe port",
+            |o| {
+                set(
+                    find_mut(o, "StatefulSet", ""),
+                    &format!("{C}/readinessProbe/httpGet/port"),
+                    json!("peer"),
+                )
+            },
+        ),
+        ("scrapes on the peer port", "prometheus.io/port", |o| {
+            set(
+                find_mut(o, "StatefulSet", ""),
+                "/spec/template/metadata/annotations/prometheus.io~1port",
+                json!("9080"),
+            )
+        }),
+        (
+            "scrapes without a port, so on both",
+            "without prometheus.io/port",
+            |o| {
+                remove(
+                    find_mut(o, "StatefulSet", ""),
+                    "/spec/template/metadata/annotations/prometheus.io~1port",
+                )
+            },
+        ),
     ];
     assert_rejected(&k8s_objects(), |o| check_kubernetes(o), cases);
 }
@@ -215,10 +362,14 @@ fn broken_compose_and_prometheus_files_are_rejected() {
             "differs from the other services",
             |c| {
                 set(
-                c,
-                "/services/cookie-crud-2/environment/COOKIE_CRUD_NODES",
-                json!("[{ id = 1, addr = \"cookie-crud-1:8080\" }, { id = 2, addr = \"cookie-crud-2:8080\" }, { id = 3, addr = \"cookie-crud-3:8081\" }]"),
-            )
+                    c,
+                    "/services/cookie-crud-2/environment/COOKIE_CRUD_NODES",
+                    json!(members(&[
+                        ("1", "cookie-crud-1:8080", "cookie-crud-1:9080"),
+                        ("2", "cookie-crud-2:8080", "cookie-crud-2:9080"),
+                        ("3", "cookie-crud-3:8081", "cookie-crud-3:9080"),
+                    ])),
+                )
             },
         ),
         ("two services with node id 1", "not unique", |c| {
@@ -228,7 +379,7 @@ fn broken_compose_and_prometheus_files_are_rejected() {
                 json!("1"),
             )
         }),
-        ("a node listening on 9000", "its own member entry", |c| {
+        ("a node listening on 9000", "client port", |c| {
             set(
                 c,
                 "/services/cookie-crud-1/environment/COOKIE_CRUD_LISTEN",
@@ -239,6 +390,75 @@ fn broken_compose_and_prometheus_files_are_rejected() {
             "a port mapped to the wrong container port",
             "no published port",
             |c| set(c, "/services/cookie-crud-2/ports/0", json!("8082:8081")),
+        ),
+        // The peer listener: published nowhere, and each member's peer_addr is its
+        // service's peer port.
+        ("a published peer port", "publishes the peer port", |c| {
+            push(c, "/services/cookie-crud-1/ports", json!("9081:9080"))
+        }),
+        (
+            "a peer port published on a random host port",
+            "publishes the peer port",
+            |c| push(c, "/services/cookie-crud-3/ports", json!("9080")),
+        ),
+        ("host networking", "network_mode", |c| {
+            set(c, "/services/cookie-crud-2/network_mode", json!("host"))
+        }),
+        (
+            "every list names node 2's peer_addr on the wrong port",
+            "peer_addr",
+            |c| {
+                for n in 1..=3 {
+                    set(
+                        c,
+                        &format!("/services/cookie-crud-{n}/environment/COOKIE_CRUD_NODES"),
+                        json!(members(&[
+                            ("1", "cookie-crud-1:8080", "cookie-crud-1:9080"),
+                            ("2", "cookie-crud-2:8080", "cookie-crud-2:9081"),
+                            ("3", "cookie-crud-3:8080", "cookie-crud-3:9080"),
+                        ])),
+                    )
+                }
+            },
+        ),
+        (
+            "every list names node 3's peer_addr at node 1",
+            "peer_addr",
+            |c| {
+                for n in 1..=3 {
+                    set(
+                        c,
+                        &format!("/services/cookie-crud-{n}/environment/COOKIE_CRUD_NODES"),
+                        json!(members(&[
+                            ("1", "cookie-crud-1:8080", "cookie-crud-1:9080"),
+                            ("2", "cookie-crud-2:8080", "cookie-crud-2:9080"),
+                            ("3", "cookie-crud-3:8080", "cookie-crud-1:9080"),
+                        ])),
+                    )
+                }
+            },
+        ),
+        (
+            "a node whose peer listener moved, the members still at 9080",
+            "peer_addr",
+            |c| {
+                set(
+                    c,
+                    "/services/cookie-crud-1/environment/COOKIE_CRUD_PEER_LISTEN",
+                    json!("0.0.0.0:9090"),
+                )
+            },
+        ),
+        (
+            "a node whose peer listener is its client port",
+            "is the client port",
+            |c| {
+                set(
+                    c,
+                    "/services/cookie-crud-2/environment/COOKIE_CRUD_PEER_LISTEN",
+                    json!("0.0.0.0:8080"),
+                )
+            },
         ),
         ("two nodes sharing a volume", "shared", |c| {
             set(
@@ -296,14 +516,100 @@ fn broken_compose_and_prometheus_files_are_rejected() {
     );
 }
 
+/// The Kubernetes checks read the listeners from the ConfigMap; the image's ENV under it
+/// must agree.
+#[test]
+fn an_image_that_moves_the_pods_listeners_is_rejected() {
+    let cases: &[Breakage<(String, Vec<Value>)>] = &[(
+        "the ConfigMap leaves the peer listener to an image that moved it",
+        "COOKIE_CRUD_PEER_LISTEN",
+        |(d, o)| {
+            *d = d.replace(
+                "COOKIE_CRUD_PEER_LISTEN=0.0.0.0:9080",
+                "COOKIE_CRUD_PEER_LISTEN=0.0.0.0:9443",
+            );
+            remove(
+                find_mut(o, "ConfigMap", ""),
+                "/data/COOKIE_CRUD_PEER_LISTEN",
+            );
+        },
+    )];
+    assert_rejected(
+        &(dockerfile_text(), k8s_objects()),
+        |(d, o)| check_image_matches_pods(d, o),
+        cases,
+    );
+}
+
+/// A `COOKIE_CRUD_NODES` value of `(id, addr, peer_addr)`.
+fn members(list: &[(&str, &str, &str)]) -> String {
+    let entries: Vec<String> = list
+        .iter()
+        .map(|(id, addr, peer)| {
+            format!("{{ id = {id}, addr = \"{addr}\", peer_addr = \"{peer}\" }}")
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// Members that leave `peer_addr` to the node's default (port + 1000) pass when that
+/// default is where each node's peer listener is, and fail when it is not.
+#[test]
+fn compose_members_may_leave_peer_addr_to_the_default() {
+    let image = image_env();
+    let dir = deploy_dir();
+    let mut compose = load_yaml_one(&dir.join("docker-compose.yml"));
+    let plain =
+        "[{ id = 1, addr = \"cookie-crud-1:8080\" }, { id = 2, addr = \"cookie-crud-2:8080\" }, \
+                 { id = 3, addr = \"cookie-crud-3:8080\" }]";
+    for n in 1..=3 {
+        set(
+            &mut compose,
+            &format!("/services/cookie-crud-{n}/environment/COOKIE_CRUD_NODES"),
+            json!(plain),
+        );
+    }
+    check_compose(&compose, &image, &dir).unwrap_or_else(|e| panic!("{e}"));
+    set(
+        &mut compose,
+        "/services/cookie-crud-3/environment/COOKIE_CRUD_PEER_LISTEN",
+        json!("0.0.0.0:9443"),
+    );
+    let err = check_compose(&compose, &image, &dir).expect_err("a peer port off the default");
+    assert!(err.contains("member 3's peer_addr"), "{err}");
+}
+
 #[test]
 fn broken_dockerfile_and_dashboard_are_rejected() {
     let ignore = read(&root().join(".dockerignore"));
     let repo = root();
     let cases: &[Breakage<String>] = &[
         ("EXPOSE 9090", "EXPOSE", |d| {
-            *d = d.replace("EXPOSE 8080", "EXPOSE 9090")
+            *d = d.replace("EXPOSE 8080 9080", "EXPOSE 9090 9080")
         }),
+        ("the peer port not exposed", "EXPOSE", |d| {
+            *d = d.replace("EXPOSE 8080 9080", "EXPOSE 8080")
+        }),
+        (
+            "the peer listener on loopback",
+            "COOKIE_CRUD_PEER_LISTEN",
+            |d| {
+                *d = d.replace(
+                    "COOKIE_CRUD_PEER_LISTEN=0.0.0.0:9080",
+                    "COOKIE_CRUD_PEER_LISTEN=127.0.0.1:9080",
+                )
+            },
+        ),
+        (
+            "the peer listener on the client port",
+            "is also the client port",
+            |d| {
+                *d = d.replace(
+                    "COOKIE_CRUD_PEER_LISTEN=0.0.0.0:9080",
+                    "COOKIE_CRUD_PEER_LISTEN=0.0.0.0:8080",
+                )
+            },
+        ),
         ("benches not copied", "benches", |d| {
             *d = d.replace("COPY benches ./benches\n", "")
         }),

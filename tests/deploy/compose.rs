@@ -1,4 +1,5 @@
-//! `deploy/docker-compose.yml`: three node services that agree on one member list, each
+//! `deploy/docker-compose.yml`: three node services that agree on one member list (each
+//! member at its service's client and peer ports), publish their client ports only, each
 //! with a data volume of its own, and a Prometheus and a Grafana that find the nodes, the
 //! dashboard and each other.
 
@@ -9,8 +10,9 @@ use serde_json::Value;
 
 use crate::dockerfile::image_env;
 use crate::files::{
-    deploy_dir, files_if_dir, files_under, is_yaml, load_yaml, load_yaml_one, parse_yaml, port_of,
-    rel, s, str_map, Check, Env, Problems,
+    binds_all_interfaces, default_peer_addr, deploy_dir, files_if_dir, files_under, host_of,
+    is_yaml, load_yaml, load_yaml_one, parse_yaml, peer_listen, port_of, rel, s, str_map, Check,
+    Env, Problems,
 };
 use crate::prometheus::check_prometheus;
 
@@ -82,8 +84,20 @@ pub(crate) fn compose_ports(svc: &Value) -> Vec<(Option<u16>, Option<u16>)> {
         .collect()
 }
 
+/// A member of `COOKIE_CRUD_NODES`, as the node reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Member {
+    pub(crate) id: u64,
+    /// Where clients reach it.
+    pub(crate) addr: String,
+    /// Where the other nodes reach it: `peer_addr`, else the node's default (`addr`'s host
+    /// at port + 1000); so two lists that differ only in spelling out the default are equal.
+    pub(crate) peer_addr: Option<String>,
+    pub(crate) name: Option<String>,
+}
+
 /// A `COOKIE_CRUD_NODES` value, read as the node reads it: TOML.
-pub(crate) fn parse_members(raw: &str) -> Result<Vec<(u64, String, Option<String>)>, String> {
+pub(crate) fn parse_members(raw: &str) -> Result<Vec<Member>, String> {
     let t: toml::Table = toml::from_str(&format!("v = {raw}"))
         .map_err(|e| format!("COOKIE_CRUD_NODES is not TOML: {e}"))?;
     t["v"]
@@ -99,8 +113,21 @@ pub(crate) fn parse_members(raw: &str) -> Result<Vec<(u64, String, Option<String
                 .get("addr")
                 .and_then(|v| v.as_str())
                 .ok_or(format!("member {m} has no addr"))?;
+            let peer_addr = match m.get("peer_addr") {
+                None => default_peer_addr(addr),
+                Some(v) => Some(
+                    v.as_str()
+                        .ok_or(format!("member {m}: peer_addr is not a string"))?
+                        .to_string(),
+                ),
+            };
             let name = m.get("name").and_then(|v| v.as_str()).map(String::from);
-            Ok((id as u64, addr.to_string(), name))
+            Ok(Member {
+                id: id as u64,
+                addr: addr.to_string(),
+                peer_addr,
+                name,
+            })
         })
         .collect()
 }
@@ -126,9 +153,174 @@ pub(crate) fn compose_nodes(
     Ok(out)
 }
 
-/// The three node services agree with each other (one member list, each node's own entry
-/// at its service name and listen port), each keeps its data in a volume of its own, and
-/// Prometheus and Grafana find the nodes, the dashboard and each other.
+/// A node service as the member lists see it: the name the other containers dial, and the
+/// ports of its two listeners.
+struct NodeService<'a> {
+    name: &'a str,
+    /// The name it is dialled at: `hostname`, else the service name.
+    host: &'a str,
+    id: Option<u64>,
+    /// The client port (COOKIE_CRUD_LISTEN's).
+    listen: Option<u16>,
+    /// The peer port (COOKIE_CRUD_PEER_LISTEN's, else the node's default).
+    peer: Option<u16>,
+    /// COOKIE_CRUD_NODE_NAME, when set.
+    node_name: Option<&'a str>,
+}
+
+impl<'a> NodeService<'a> {
+    fn of(name: &'a str, svc: &'a Value, env: &'a Env) -> NodeService<'a> {
+        NodeService {
+            name,
+            host: svc["hostname"].as_str().unwrap_or(name),
+            id: env.get("COOKIE_CRUD_NODE_ID").and_then(|i| i.parse().ok()),
+            listen: env.get("COOKIE_CRUD_LISTEN").and_then(|l| port_of(l)),
+            peer: peer_listen(env).as_deref().and_then(port_of),
+            node_name: env.get("COOKIE_CRUD_NODE_NAME").map(String::as_str),
+        }
+    }
+
+    /// Whether a member address's host names this service on the compose network.
+    fn answers_to(&self, host: &str) -> bool {
+        host == self.name || host == self.host
+    }
+}
+
+/// The service is built from deploy/Dockerfile with the repository root as context.
+fn check_build(name: &str, svc: &Value, dir: &Path) -> Check {
+    let build = &svc["build"];
+    let context = dir.join(build["context"].as_str().unwrap_or("."));
+    let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
+    if context.join("Cargo.toml").exists()
+        && dockerfile.canonicalize().ok() == dir.join("Dockerfile").canonicalize().ok()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}: build {build} is not deploy/Dockerfile with the repository root as context"
+        ))
+    }
+}
+
+/// A node publishes its client port on a host port of its own, and nothing else: its peer
+/// port stays on the compose network, where only the other nodes reach it (on the host,
+/// the cluster secret would be all that guards Raft and forwarding; issue 13).
+fn check_node_ports(
+    p: &mut Problems,
+    ns: &NodeService,
+    svc: &Value,
+    host_ports: &mut BTreeSet<u16>,
+) {
+    let name = ns.name;
+    let ports = compose_ports(svc);
+    p.check(
+        ports.iter().any(|(_, c)| c.is_some() && *c == ns.listen),
+        || {
+            format!(
+                "{name}: no published port maps to the listen port {:?}: {}",
+                ns.listen, svc["ports"]
+            )
+        },
+    );
+    for (host, container) in ports {
+        if container.is_some() && container == ns.listen {
+            p.check(host.is_some_and(|h| host_ports.insert(h)), || {
+                format!("{name}: host port {host:?} is missing or used twice")
+            });
+        } else if container.is_some() && container == ns.peer {
+            p.add(format!(
+                "{name}: publishes the peer port {container:?} on the host (host port \
+                 {host:?}); only the other nodes may reach it"
+            ));
+        } else {
+            p.add(format!(
+                "{name}: publishes container port {container:?}, which is not its client port \
+                 {:?}",
+                ns.listen
+            ));
+        }
+    }
+    p.check(svc["network_mode"] != "host", || {
+        format!("{name}: network_mode host would put the peer port on the host's network")
+    });
+    p.check(ns.peer.is_some() && ns.peer != ns.listen, || {
+        format!(
+            "{name}: the peer port {:?} is missing or is the client port: peers need a \
+             listener of their own",
+            ns.peer
+        )
+    });
+}
+
+/// Every member of one service's list is a node service, named as the compose network knows
+/// it, with that service's node id, at its client port for `addr` and at its peer port for
+/// `peer_addr` (given or derived): the port the other nodes dial.
+fn check_members(p: &mut Problems, owner: &str, members: &[Member], nodes: &[NodeService]) {
+    for m in members {
+        let found = host_of(&m.addr).and_then(|h| nodes.iter().find(|n| n.answers_to(h)));
+        let Some(ns) = found else {
+            p.add(format!(
+                "{owner}: member {} at {} is no node service",
+                m.id, m.addr
+            ));
+            continue;
+        };
+        p.check(ns.id == Some(m.id), || {
+            format!(
+                "{owner}: member {} at {} is service {}, which is node {:?}",
+                m.id, m.addr, ns.name, ns.id
+            )
+        });
+        p.check(
+            port_of(&m.addr).is_some() && port_of(&m.addr) == ns.listen,
+            || {
+                format!(
+                    "{owner}: member {} at {} is not service {}'s client port {:?}",
+                    m.id, m.addr, ns.name, ns.listen
+                )
+            },
+        );
+        let peer = m.peer_addr.as_deref();
+        p.check(
+            peer.and_then(host_of).is_some_and(|h| ns.answers_to(h))
+                && peer.and_then(port_of).is_some()
+                && peer.and_then(port_of) == ns.peer,
+            || {
+                format!(
+                    "{owner}: member {}'s peer_addr {peer:?} is not service {}'s peer port {:?}",
+                    m.id, ns.name, ns.peer
+                )
+            },
+        );
+    }
+}
+
+/// What Prometheus must scrape: each node service's client port, under its node name
+/// (COOKIE_CRUD_NODE_NAME, else its member's name, else `node<id>`, as the node names
+/// itself).
+fn scrape_targets(nodes: &[NodeService], members: &[Member]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for ns in nodes {
+        let (Some(id), Some(port)) = (ns.id, ns.listen) else {
+            continue;
+        };
+        let member_name = members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.name.as_deref());
+        let node_name = ns
+            .node_name
+            .or(member_name)
+            .map_or_else(|| format!("node{id}"), String::from);
+        out.insert(format!("{}:{port}", ns.host), node_name);
+    }
+    out
+}
+
+/// The three node services agree with each other (one member list, each member at its
+/// service's client and peer ports), publish only their client ports, each keeps its data
+/// in a volume of its own, and Prometheus and Grafana find the nodes, the dashboard and
+/// each other.
 pub(crate) fn check_compose(
     compose: &Value,
     image_env: &BTreeMap<String, String>,
@@ -149,24 +341,16 @@ pub(crate) fn check_compose(
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let mut first_members: Option<Vec<(u64, String, Option<String>)>> = None;
+    let mut lists: Vec<(&str, Vec<Member>)> = Vec::new();
+    let mut node_services = Vec::new();
     let mut ids = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
     let mut data_volumes = BTreeSet::new();
-    let mut scrape_targets = BTreeMap::new();
     for (name, env) in &nodes {
         let svc = &services[name];
-        let build = &svc["build"];
-        let context = dir.join(build["context"].as_str().unwrap_or("."));
-        let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
-        p.check(
-            context.join("Cargo.toml").exists()
-                && dockerfile.canonicalize().ok() == dir.join("Dockerfile").canonicalize().ok(),
-            || format!("{name}: build {build} is not deploy/Dockerfile with the repository root as context"),
-        );
-        let port = env.get("COOKIE_CRUD_LISTEN").and_then(|l| port_of(l));
-        let id: Option<u64> = env.get("COOKIE_CRUD_NODE_ID").and_then(|i| i.parse().ok());
-        p.check(id.is_some_and(|id| ids.insert(id)), || {
+        p.merge(check_build(name, svc, dir));
+        let ns = NodeService::of(name, svc, env);
+        p.check(ns.id.is_some_and(|id| ids.insert(id)), || {
             format!(
                 "{name}: COOKIE_CRUD_NODE_ID {:?} is missing or not unique",
                 env.get("COOKIE_CRUD_NODE_ID")
@@ -176,47 +360,24 @@ pub(crate) fn check_compose(
             None => p.add(format!("{name}: no COOKIE_CRUD_NODES")),
             Some(Err(e)) => p.add(format!("{name}: {e}")),
             Some(Ok(members)) => {
-                let host = svc["hostname"].as_str().unwrap_or(name.as_str());
-                let me = members.iter().find(|m| Some(m.0) == id);
-                match (me, port) {
-                    (Some((mid, addr, mname)), Some(port)) => {
-                        p.check(*addr == format!("{host}:{port}"), || {
-                            format!(
-                                "{name}: its own member entry says {addr}, but it is {host}:{port}"
-                            )
-                        });
-                        let node_name = env
-                            .get("COOKIE_CRUD_NODE_NAME")
-                            .cloned()
-                            .or(mname.clone())
-                            .unwrap_or_else(|| format!("node{mid}"));
-                        scrape_targets.insert(format!("{host}:{port}"), node_name);
-                    }
-                    _ => p.add(format!(
-                        "{name}: node id {id:?} is not among COOKIE_CRUD_NODES, or no listen port"
-                    )),
-                }
-                match &first_members {
-                    None => first_members = Some(members),
-                    Some(f) => p.check(*f == members, || {
+                if let Some((_, f)) = lists.first() {
+                    p.check(*f == members, || {
                         format!("{name}: COOKIE_CRUD_NODES {members:?} differs from the other services' {f:?}")
-                    }),
+                    });
                 }
+                lists.push((name, members));
             }
         }
-        let ports = compose_ports(svc);
-        let published: Vec<_> = ports.iter().filter(|(_, c)| *c == port).collect();
-        p.check(!published.is_empty(), || {
-            format!(
-                "{name}: no published port maps to the listen port {port:?}: {}",
-                svc["ports"]
+        check_node_ports(&mut p, &ns, svc, &mut host_ports);
+        p.check(
+            peer_listen(env).is_some_and(|l| binds_all_interfaces(&l)),
+            || {
+                format!(
+                "{name}: its peer listener {:?} must listen on 0.0.0.0 (the other nodes dial it)",
+                peer_listen(env)
             )
-        });
-        for (h, _) in published {
-            p.check(h.is_some_and(|h| host_ports.insert(h)), || {
-                format!("{name}: host port {h:?} is missing or used twice")
-            });
-        }
+            },
+        );
         let data_dir = env.get("COOKIE_CRUD_DATA_DIR").cloned().unwrap_or_default();
         let mounts = compose_mounts(svc);
         match mounts.iter().find(|(_, t)| *t == data_dir) {
@@ -232,12 +393,18 @@ pub(crate) fn check_compose(
                 });
             }
         }
+        node_services.push(ns);
     }
-    let members = first_members.unwrap_or_default();
-    let member_ids: BTreeSet<u64> = members.iter().map(|m| m.0).collect();
-    p.check(member_ids == ids, || {
-        format!("the services' node ids {ids:?} differ from the members {member_ids:?}")
-    });
+    for (name, members) in &lists {
+        check_members(&mut p, name, members, &node_services);
+    }
+    let members = lists.first().map(|l| l.1.as_slice()).unwrap_or_default();
+    let member_ids: BTreeSet<u64> = members.iter().map(|m| m.id).collect();
+    p.check(
+        member_ids == ids && member_ids.len() == members.len(),
+        || format!("the services' node ids {ids:?} differ from the members' {member_ids:?}"),
+    );
+    let scrape_targets = scrape_targets(&node_services, members);
 
     // Every bind mount's source exists.
     for (name, svc) in services {

@@ -1,13 +1,17 @@
 //! `deploy/Dockerfile`: it builds the workspace from everything the manifest needs and
-//! runs the binary unprivileged, with the volume, port and health check the rest of
-//! `deploy/` expects; and its user and volume are the StatefulSet's.
+//! runs the binary unprivileged, with the volume, the two ports (client and peer) and the
+//! health check the rest of `deploy/` expects; and its user, volume and listeners are the
+//! StatefulSet's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 
-use crate::files::{deploy_dir, objects_of, port_of, read, root, Check, Problems};
+use crate::files::{
+    binds_all_interfaces, deploy_dir, objects_of, peer_listen, port_of, read, root, Check, Env,
+    Problems,
+};
 use crate::kubernetes::pod_environment;
 
 /// The text of `deploy/Dockerfile`.
@@ -144,7 +148,7 @@ pub(crate) fn dockerignore(text: &str) -> Vec<String> {
 
 /// The Dockerfile builds the workspace from everything its manifest needs, with a Rust at
 /// least the manifest's rust-version, and runs the binary as an unprivileged user with the
-/// data volume, port and health check the rest of `deploy/` expects.
+/// data volume, ports and health check the rest of `deploy/` expects.
 pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
     let mut p = Problems::default();
     let stages = dockerfile_stages(text);
@@ -289,26 +293,7 @@ pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
         || format!("HEALTHCHECK is {health:?}, want CMD [\"cookie-crud\", \"healthcheck\"]"),
     );
     let env = runtime.env();
-    let listen_port = env.get("COOKIE_CRUD_LISTEN").and_then(|l| port_of(l));
-    let exposed: Vec<u16> = runtime
-        .all("EXPOSE")
-        .iter()
-        .flat_map(|a| a.split_whitespace())
-        .filter_map(|w| w.trim_end_matches("/tcp").parse().ok())
-        .collect();
-    p.check(
-        listen_port.is_some() && exposed == [listen_port.unwrap()],
-        || {
-            format!(
-                "EXPOSE {exposed:?} differs from the port of COOKIE_CRUD_LISTEN {listen_port:?}"
-            )
-        },
-    );
-    p.check(
-        env.get("COOKIE_CRUD_LISTEN")
-            .is_some_and(|l| l.starts_with("0.0.0.0:")),
-        || "COOKIE_CRUD_LISTEN must listen on 0.0.0.0 in a container".into(),
-    );
+    check_image_ports(&mut p, runtime, &env);
     let data_dir = env.get("COOKIE_CRUD_DATA_DIR").cloned().unwrap_or_default();
     let volumes: Vec<String> = runtime
         .all("VOLUME")
@@ -336,6 +321,44 @@ pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
     p.finish("deploy/Dockerfile")
 }
 
+/// The image exposes its two listeners, the client port (`COOKIE_CRUD_LISTEN`) and the peer
+/// port (`COOKIE_CRUD_PEER_LISTEN`, or the node's default), and nothing else; both bind
+/// every interface, or nothing outside the container reaches them.
+fn check_image_ports(p: &mut Problems, runtime: &Stage, env: &Env) {
+    let listen = env.get("COOKIE_CRUD_LISTEN");
+    let peer = peer_listen(env);
+    let mut want: Vec<Option<u16>> = vec![
+        listen.and_then(|l| port_of(l)),
+        peer.as_deref().and_then(port_of),
+    ];
+    want.sort();
+    let mut exposed: Vec<Option<u16>> = runtime
+        .all("EXPOSE")
+        .iter()
+        .flat_map(|a| a.split_whitespace())
+        .map(|w| w.trim_end_matches("/tcp").parse().ok())
+        .collect();
+    exposed.sort();
+    p.check(!want.contains(&None) && exposed == want, || {
+        format!(
+            "EXPOSE {exposed:?} differs from the ports of COOKIE_CRUD_LISTEN and \
+             COOKIE_CRUD_PEER_LISTEN {want:?}"
+        )
+    });
+    p.check(want[0] != want[1], || {
+        format!("COOKIE_CRUD_PEER_LISTEN {peer:?} is also the client port: peers need their own")
+    });
+    p.check(listen.is_some_and(|l| binds_all_interfaces(l)), || {
+        "COOKIE_CRUD_LISTEN must listen on 0.0.0.0 in a container".into()
+    });
+    p.check(peer.as_deref().is_some_and(binds_all_interfaces), || {
+        format!(
+            "COOKIE_CRUD_PEER_LISTEN {peer:?} must listen on 0.0.0.0 in a container (the other \
+             nodes reach it)"
+        )
+    });
+}
+
 /// `USER uid[:gid]` of a stage.
 pub(crate) fn image_user(stage: &Stage) -> (Option<u64>, Option<u64>) {
     let user = stage
@@ -347,7 +370,8 @@ pub(crate) fn image_user(stage: &Stage) -> (Option<u64>, Option<u64>) {
     (u.parse().ok(), g.parse().ok())
 }
 
-/// The image's user and volume are the ones the StatefulSet runs with and mounts.
+/// The image's user and volume are the ones the StatefulSet runs with and mounts, and its
+/// ENV does not move the listeners the ConfigMap sets.
 pub(crate) fn check_image_matches_pods(dockerfile: &str, objects: &[Value]) -> Check {
     let mut p = Problems::default();
     let stages = dockerfile_stages(dockerfile);
@@ -380,6 +404,28 @@ pub(crate) fn check_image_matches_pods(dockerfile: &str, objects: &[Value]) -> C
             )
         },
     );
+    // The Kubernetes check reads the listeners from the ConfigMap alone: the image's ENV
+    // under it must not move them (e.g. a COOKIE_CRUD_PEER_LISTEN the ConfigMap leaves out).
+    let without_image = pod_environment(objects, &Env::new(), 0);
+    for (what, theirs, ours) in [
+        (
+            "COOKIE_CRUD_LISTEN",
+            env.get("COOKIE_CRUD_LISTEN").cloned(),
+            without_image.get("COOKIE_CRUD_LISTEN").cloned(),
+        ),
+        (
+            "COOKIE_CRUD_PEER_LISTEN",
+            peer_listen(&env),
+            peer_listen(&without_image),
+        ),
+    ] {
+        p.check(theirs == ours, || {
+            format!(
+                "the pods' {what} is {theirs:?} with the image's ENV but {ours:?} from the \
+                 ConfigMap, which the Kubernetes checks read"
+            )
+        });
+    }
     p.finish("Dockerfile and StatefulSet")
 }
 

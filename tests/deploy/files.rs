@@ -178,6 +178,41 @@ pub(crate) fn port_of(addr: &str) -> Option<u16> {
     addr.rsplit_once(':')?.1.parse().ok()
 }
 
+/// The host of `host:port`.
+pub(crate) fn host_of(addr: &str) -> Option<&str> {
+    Some(addr.rsplit_once(':')?.0)
+}
+
+/// How far the node puts its peer port from its client port when none is given: the
+/// default `peer_listen` is `listen`'s IP at port + 1000, and a member's default
+/// `peer_addr` is its `addr`'s host at port + 1000 (`src/config.rs`).
+pub(crate) const PEER_PORT_OFFSET: u16 = 1000;
+
+/// `host:port` moved to the node's default peer port (port 0 stays 0, as in the node).
+pub(crate) fn default_peer_addr(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let peer = match port.parse::<u16>().ok()? {
+        0 => 0,
+        p => p.checked_add(PEER_PORT_OFFSET)?,
+    };
+    Some(format!("{host}:{peer}"))
+}
+
+/// The address a node binds for peer traffic, given its environment:
+/// `COOKIE_CRUD_PEER_LISTEN`, else the default derived from `COOKIE_CRUD_LISTEN`.
+pub(crate) fn peer_listen(env: &Env) -> Option<String> {
+    match env.get("COOKIE_CRUD_PEER_LISTEN") {
+        Some(addr) => Some(addr.clone()),
+        None => default_peer_addr(env.get("COOKIE_CRUD_LISTEN")?),
+    }
+}
+
+/// Whether a container's listener binds every interface, so that other containers (and,
+/// for the client port, the port mapping or Service) reach it.
+pub(crate) fn binds_all_interfaces(addr: &str) -> bool {
+    matches!(host_of(addr), Some("0.0.0.0" | "[::]"))
+}
+
 pub(crate) fn objects_of<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }

@@ -1,14 +1,17 @@
 //! The `deploy/k8s/` objects: a StatefulSet whose pods find each other through the
-//! headless service the ConfigMap names, with probes, ports, storage, a disruption budget
-//! and client services that agree with the node's configuration; and the environment each
-//! pod gets.
+//! headless service the ConfigMap names, on their peer port, with probes, ports, storage, a
+//! disruption budget and client services (on the client port only) that agree with the
+//! node's configuration; and the environment each pod gets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use crate::dockerfile::{check_image_matches_pods, dockerfile_text};
-use crate::files::{k8s_objects, name_of, objects_of, port_of, selects, str_map, Check, Problems};
+use crate::files::{
+    binds_all_interfaces, k8s_objects, name_of, objects_of, peer_listen, port_of, selects, str_map,
+    Check, Env, Problems,
+};
 
 /// `(name, containerPort)` of a container's ports.
 pub(crate) fn container_ports(c: &Value) -> Vec<(Option<String>, u16)> {
@@ -109,41 +112,14 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
     let data = str_map(&cm["data"]);
     let var = |k: &str| data.get(k).map(String::as_str);
 
-    // Ports: the listen port is the container port, the probes' port and the services'.
-    let ports = container_ports(c);
-    let http = ports
-        .iter()
-        .find(|(n, _)| n.as_deref() == Some("http"))
-        .or(ports.first())
-        .map(|(_, p)| *p);
-    let listen_port = var("COOKIE_CRUD_LISTEN").and_then(port_of);
-    p.check(listen_port.is_some(), || {
-        format!(
-            "ConfigMap COOKIE_CRUD_LISTEN {:?} is not host:port",
-            var("COOKIE_CRUD_LISTEN")
-        )
-    });
-    p.check(http.is_some() && http == listen_port, || {
-        format!(
-            "container port {http:?} differs from the port of COOKIE_CRUD_LISTEN {listen_port:?}"
-        )
-    });
-    for (probe, want) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
-        let get = &c[probe]["httpGet"];
-        p.check(get["path"].as_str() == Some(want), || {
-            format!("{probe} path is {} (want {want})", get["path"])
-        });
-        let port = resolve_port(&get["port"], &ports);
-        p.check(port.is_some() && port == listen_port, || {
-            format!(
-                "{probe} port {} is {port:?}, not the listen port {listen_port:?}",
-                get["port"]
-            )
-        });
-    }
+    // Ports: the client port (`http`, COOKIE_CRUD_LISTEN) takes the API, the probes and the
+    // scrapes; the peer port (`peer`, COOKIE_CRUD_PEER_LISTEN) takes the other nodes only.
+    let pod = Pod::of(&data, c, &pod_labels);
+    check_pod_ports(&mut p, &data, &pod);
+    check_probes(&mut p, c, &pod);
 
-    // The peers' DNS names: <pod>.<serviceName>.<namespace>.svc... from the headless
-    // service, which must publish pods before they are ready.
+    // The peers' DNS names: <pod>.<serviceName>.<namespace>.svc...:<peer port> from the
+    // headless service, which must publish pods before they are ready.
     p.check(
         var("COOKIE_CRUD_CLUSTER__DISCOVERY") == Some("kubernetes"),
         || {
@@ -160,50 +136,29 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
             var("COOKIE_CRUD_CLUSTER__SERVICE")
         )
     });
-    let peer_port = match var("COOKIE_CRUD_CLUSTER__PEER_PORT") {
+    // A pod's DNS name resolves to the pod's own IP, where no Service maps ports: the port
+    // discovery dials must be the one the peer listener binds.
+    let discovery_port = match var("COOKIE_CRUD_CLUSTER__PEER_PORT") {
         Some(v) => v.parse().ok(),
-        None => listen_port,
+        None => pod.peer_listen,
     };
+    p.check(
+        discovery_port.is_some() && discovery_port == pod.peer,
+        || {
+            format!(
+                "COOKIE_CRUD_CLUSTER__PEER_PORT {:?} (port {discovery_port:?}) is not the peer \
+                 container port {:?}: discovery dials each pod's own IP on it",
+                var("COOKIE_CRUD_CLUSTER__PEER_PORT"),
+                pod.peer
+            )
+        },
+    );
     let services = objects_of(objects, "Service");
     match services.iter().find(|s| name_of(s) == service_name) {
         None => p.add(format!(
             "no Service named {service_name:?} (the StatefulSet's serviceName)"
         )),
-        Some(h) => {
-            let hs = &h["spec"];
-            p.check(hs["clusterIP"].as_str() == Some("None"), || {
-                format!(
-                    "Service {service_name}: clusterIP is {}, not None (headless)",
-                    hs["clusterIP"]
-                )
-            });
-            p.check(hs["publishNotReadyAddresses"] == true, || {
-                format!(
-                    "Service {service_name}: publishNotReadyAddresses must be true (nodes resolve \
-                     each other before /ready, which needs a leader)"
-                )
-            });
-            p.check(selects(&str_map(&hs["selector"]), &pod_labels), || {
-                format!(
-                    "Service {service_name}: selector {} does not select the pods",
-                    hs["selector"]
-                )
-            });
-            let ok = hs["ports"].as_array().into_iter().flatten().any(|sp| {
-                let port = sp["port"].as_u64().and_then(|n| u16::try_from(n).ok());
-                let target = match &sp["targetPort"] {
-                    Value::Null => port,
-                    t => resolve_port(t, &ports),
-                };
-                port == peer_port && target == http
-            });
-            p.check(ok, || {
-                format!(
-                    "Service {service_name}: no port {peer_port:?} reaching container port {http:?}: {}",
-                    hs["ports"]
-                )
-            });
-        }
+        Some(h) => check_peer_service(&mut p, h, &pod, discovery_port),
     }
 
     // Members: replicas = expected nodes; all pods start together.
@@ -307,7 +262,7 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
         );
     }
 
-    // Clients: a non-headless service over the same pods and port.
+    // Clients: non-headless services over the same pods, on the client port only.
     let clients: Vec<&&Value> = services
         .iter()
         .filter(|s| s["spec"]["clusterIP"] != "None")
@@ -316,42 +271,25 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
         "no client (non-headless) Service".into()
     });
     for svc in clients {
-        p.check(
-            selects(&str_map(&svc["spec"]["selector"]), &pod_labels),
-            || {
-                format!(
-                    "Service {}: selector {} does not select the pods {pod_labels:?}",
-                    name_of(svc),
-                    svc["spec"]["selector"]
-                )
-            },
-        );
-        let targets: Vec<Option<u16>> = svc["spec"]["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|sp| match &sp["targetPort"] {
-                Value::Null => sp["port"].as_u64().and_then(|n| u16::try_from(n).ok()),
-                t => resolve_port(t, &ports),
-            })
-            .collect();
-        p.check(
-            !targets.is_empty() && targets.iter().all(|t| *t == http),
-            || {
-                format!(
-                    "Service {}: ports {} do not reach container port {http:?}",
-                    name_of(svc),
-                    svc["spec"]["ports"]
-                )
-            },
-        );
+        check_client_service(&mut p, svc, &pod);
     }
 
-    // Scrape annotations, when present, point at the metrics.
+    // Scrape annotations, when present, point at the metrics on the client port.
     let ann = str_map(&spec["template"]["metadata"]["annotations"]);
+    if ann.get("prometheus.io/scrape").is_some_and(|v| v == "true") {
+        // Without it, pod discovery makes a target of every declared port, the peer port too.
+        p.check(ann.contains_key("prometheus.io/port"), || {
+            "annotation prometheus.io/scrape without prometheus.io/port: the peer port would \
+             be scraped too"
+                .into()
+        });
+    }
     if let Some(port) = ann.get("prometheus.io/port") {
-        p.check(port.parse().ok() == http, || {
-            format!("annotation prometheus.io/port {port} differs from container port {http:?}")
+        p.check(port.parse().ok() == pod.http, || {
+            format!(
+                "annotation prometheus.io/port {port} differs from the http container port {:?}",
+                pod.http
+            )
         });
     }
     if let Some(path) = ann.get("prometheus.io/path") {
@@ -360,6 +298,214 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
         });
     }
     p.finish("Kubernetes manifests")
+}
+
+/// The pods as the Services and probes see them: their labels, and their two listeners as
+/// the ConfigMap configures them and the container declares them.
+struct Pod {
+    labels: BTreeMap<String, String>,
+    /// The container's ports, `(name, containerPort)`.
+    declared: Vec<(Option<String>, u16)>,
+    /// The port of COOKIE_CRUD_LISTEN: the client API, the probes, the scrapes.
+    listen: Option<u16>,
+    /// The container port named `http` (else the first).
+    http: Option<u16>,
+    /// The port of COOKIE_CRUD_PEER_LISTEN, else the node's default (listen + 1000).
+    peer_listen: Option<u16>,
+    /// The container port named `peer` (else another one at `peer_listen`).
+    peer: Option<u16>,
+}
+
+impl Pod {
+    fn of(data: &Env, c: &Value, labels: &BTreeMap<String, String>) -> Pod {
+        let ports = container_ports(c);
+        let named = |name: &str| {
+            ports
+                .iter()
+                .find(|(n, _)| n.as_deref() == Some(name))
+                .map(|(_, p)| *p)
+        };
+        let listen = data.get("COOKIE_CRUD_LISTEN").and_then(|l| port_of(l));
+        let http = named("http").or(ports.first().map(|(_, p)| *p));
+        let peer_listen = peer_listen(data).as_deref().and_then(port_of);
+        let peer = named("peer").or_else(|| {
+            ports
+                .iter()
+                .map(|(_, p)| Some(*p))
+                .find(|p| *p == peer_listen && *p != http)
+                .flatten()
+        });
+        Pod {
+            labels: labels.clone(),
+            declared: ports,
+            listen,
+            http,
+            peer_listen,
+            peer,
+        }
+    }
+}
+
+/// The container declares both listeners at the configured ports, as two ports, and both
+/// bind every interface of the pod (the kubelet, the Services and the other pods dial its
+/// IP).
+fn check_pod_ports(p: &mut Problems, data: &Env, pod: &Pod) {
+    let listen = data.get("COOKIE_CRUD_LISTEN");
+    let peer = peer_listen(data);
+    p.check(pod.listen.is_some(), || {
+        format!("ConfigMap COOKIE_CRUD_LISTEN {listen:?} is not host:port")
+    });
+    p.check(pod.http.is_some() && pod.http == pod.listen, || {
+        format!(
+            "container port {:?} differs from the port of COOKIE_CRUD_LISTEN {:?}",
+            pod.http, pod.listen
+        )
+    });
+    p.check(
+        pod.peer_listen.is_some() && pod.peer_listen != pod.listen,
+        || {
+            format!(
+                "COOKIE_CRUD_PEER_LISTEN {peer:?} is not host:port, or is the client port: peers \
+             need a listener of their own"
+            )
+        },
+    );
+    p.check(pod.peer.is_some() && pod.peer == pod.peer_listen, || {
+        format!(
+            "no peer container port at the port of COOKIE_CRUD_PEER_LISTEN {:?} (the container \
+             declares {:?} as `peer`)",
+            pod.peer_listen, pod.peer
+        )
+    });
+    for (key, addr) in [
+        ("COOKIE_CRUD_LISTEN", listen.cloned()),
+        ("COOKIE_CRUD_PEER_LISTEN", peer),
+    ] {
+        p.check(addr.as_deref().is_some_and(binds_all_interfaces), || {
+            format!("{key} {addr:?} must listen on 0.0.0.0: the pod's IP is dialled")
+        });
+    }
+}
+
+/// The probes ask the client port: the peer port answers only requests with the cluster
+/// secret, which the kubelet does not have.
+fn check_probes(p: &mut Problems, c: &Value, pod: &Pod) {
+    for (probe, want) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
+        let get = &c[probe]["httpGet"];
+        p.check(get["path"].as_str() == Some(want), || {
+            format!("{probe} path is {} (want {want})", get["path"])
+        });
+        let port = resolve_port(&get["port"], &pod.declared);
+        p.check(port.is_some() && port == pod.listen, || {
+            format!(
+                "{probe} port {} is {port:?}, not the client listen port {:?}",
+                get["port"], pod.listen
+            )
+        });
+    }
+}
+
+/// `(port, container port it reaches)` of each port of a Service.
+fn service_targets(
+    svc: &Value,
+    ports: &[(Option<String>, u16)],
+) -> Vec<(Option<u16>, Option<u16>)> {
+    svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|sp| {
+            let port = sp["port"].as_u64().and_then(|n| u16::try_from(n).ok());
+            let target = match &sp["targetPort"] {
+                Value::Null => port,
+                t => resolve_port(t, ports),
+            };
+            (port, target)
+        })
+        .collect()
+}
+
+/// The headless service the pods' DNS names come from: published before the pods are
+/// ready, over these pods, with the port discovery dials, and for peers only.
+fn check_peer_service(p: &mut Problems, h: &Value, pod: &Pod, discovery_port: Option<u16>) {
+    let name = name_of(h);
+    let hs = &h["spec"];
+    p.check(hs["clusterIP"].as_str() == Some("None"), || {
+        format!(
+            "Service {name}: clusterIP is {}, not None (headless)",
+            hs["clusterIP"]
+        )
+    });
+    p.check(hs["publishNotReadyAddresses"] == true, || {
+        format!(
+            "Service {name}: publishNotReadyAddresses must be true (nodes resolve each other \
+             before /ready, which needs a leader)"
+        )
+    });
+    p.check(selects(&str_map(&hs["selector"]), &pod.labels), || {
+        format!(
+            "Service {name}: selector {} does not select the pods",
+            hs["selector"]
+        )
+    });
+    let targets = service_targets(h, &pod.declared);
+    p.check(
+        targets
+            .iter()
+            .any(|&(port, target)| port == discovery_port && target == pod.peer),
+        || {
+            format!(
+                "Service {name}: no port {discovery_port:?} reaching the peer container port \
+                 {:?}: {}",
+                pod.peer, hs["ports"]
+            )
+        },
+    );
+    // (Without a peer container port, that is reported once, with the container's ports.)
+    for (port, target) in targets.into_iter().filter(|_| pod.peer.is_some()) {
+        p.check(target == pod.peer, || {
+            format!(
+                "Service {name}: port {port:?} reaches container port {target:?}, not the peer \
+                 container port {:?} (the headless service is the peers'; clients use the \
+                 client Service)",
+                pod.peer
+            )
+        });
+    }
+}
+
+/// A client Service selects the pods and reaches their client port only: the peer port
+/// behind a client Service would hand clients the Raft and forwarding routes, which only the
+/// cluster secret guards (issue 13, docs/security.md).
+fn check_client_service(p: &mut Problems, svc: &Value, pod: &Pod) {
+    let name = name_of(svc);
+    p.check(
+        selects(&str_map(&svc["spec"]["selector"]), &pod.labels),
+        || {
+            format!(
+                "Service {name}: selector {} does not select the pods {:?}",
+                svc["spec"]["selector"], pod.labels
+            )
+        },
+    );
+    let targets = service_targets(svc, &pod.declared);
+    p.check(!targets.is_empty(), || format!("Service {name}: no ports"));
+    for (port, target) in targets {
+        if target.is_some() && target == pod.peer {
+            p.add(format!(
+                "Service {name}: port {port:?} exposes the peer port {target:?} to clients; \
+                 only peers may reach it (issue 13, docs/security.md)"
+            ));
+        } else {
+            p.check(target.is_some() && target == pod.http, || {
+                format!(
+                    "Service {name}: port {port:?} reaches container port {target:?}, not the \
+                     http container port {:?}",
+                    pod.http
+                )
+            });
+        }
+    }
 }
 
 /// The environment of pod `ordinal` of the StatefulSet: the image's `ENV`, the ConfigMap,

@@ -184,8 +184,9 @@ pub async fn run(cfg: RunConfig) -> Report {
             .collect();
         format!("peer_overrides = [{}]", entries.join(", "))
     });
-    let node_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let mesh = Mesh::start(links, &node_ports).await;
+    // The proxies carry node-to-node traffic: they forward to the peer listeners.
+    let peer_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.peer_port).collect();
+    let mesh = Mesh::start(links, &peer_ports).await;
     for i in 0..n {
         cluster.spawn(i);
     }

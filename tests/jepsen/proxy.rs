@@ -58,7 +58,7 @@ async fn serve_link(listener: TcpListener, target: u16, cut: watch::Receiver<boo
 
 impl Mesh {
     /// Start the proxies: link (a, b) listens on `ports[(a, b)]` and forwards to
-    /// `node_ports[b]`.
+    /// `node_ports[b]` (node b's peer listener).
     pub async fn start(ports: HashMap<(usize, usize), u16>, node_ports: &[u16]) -> Mesh {
         let mut cut = HashMap::new();
         let mut tasks = Vec::new();
