@@ -32,6 +32,7 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) test --release --test layers
 
+# TLS=1: HTTPS for clients and mutual TLS between the nodes (scripts/tls-mode.sh).
 cluster-start: build
 	scripts/cluster.sh start
 
@@ -55,7 +56,8 @@ bench:
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
 # (default 60). JEPSEN_FAULTS="partition" (or "kill pause") picks runs; JEPSEN_SEED fixes
-# the seed; JEPSEN_NODES=5 runs a five-node cluster. Results: results/jepsen-<seed>/.
+# the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
+# between the nodes and HTTPS for the clients. Results: results/jepsen-<seed>/.
 jepsen:
 	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
 	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \

@@ -221,6 +221,7 @@ impl Stats {
 
 /// A closed loop: `clients` tasks, each sending its next operation when the last returns.
 async fn run(cluster: &Cluster, clients: usize, secs: u64, tag: &str, mix: fn(u64) -> Op) -> Stats {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(10))
@@ -280,6 +281,7 @@ async fn run(cluster: &Cluster, clients: usize, secs: u64, tag: &str, mix: fn(u6
 }
 
 async fn preload(cluster: &Cluster) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     let tasks: Vec<_> = (0..16u64)
         .map(|w| {

@@ -16,6 +16,7 @@ async fn start(cache: bool) -> Nodes {
 }
 
 async fn load(url: &str) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     for i in 0..RECORDS {
         let r = client
@@ -36,6 +37,7 @@ struct Result {
 }
 
 async fn run(url: &str, clients: usize, secs: u64, list: bool) -> Result {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()

@@ -20,6 +20,7 @@ async fn start() -> Cluster {
 
 /// Create records `from..to` with 64 concurrent clients.
 async fn load(c: &Cluster, from: u64, to: u64) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -46,6 +47,7 @@ async fn load(c: &Cluster, from: u64, to: u64) {
 
 /// Closed loop for `secs`: 64 clients, point reads (`create = false`) or creates.
 async fn measure(c: &Cluster, secs: u64, n: u64, create: bool, tag: &str) -> (f64, f64) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -92,6 +94,7 @@ async fn measure(c: &Cluster, secs: u64, n: u64, create: bool, tag: &str) -> (f6
 }
 
 async fn timed_get(url: &str) -> (Duration, usize) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     let t = Instant::now();
     let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
@@ -157,6 +160,7 @@ async fn main() {
 
 /// Creates `x{from}..x{from+count}` one at a time on the leader: one log entry each.
 async fn load_sequential(leader: &str, from: u64, count: u64) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     for i in from..from + count {
         let body = json!({"cookie": format!("x{i}"), "user_id": 1});
@@ -171,6 +175,7 @@ async fn load_sequential(leader: &str, from: u64, count: u64) {
 }
 
 async fn cluster_info(url: &str) -> serde_json::Value {
+    cookie_raft::network::install_crypto_provider();
     reqwest::get(format!("{url}/cluster"))
         .await
         .unwrap()
@@ -208,6 +213,7 @@ async fn wait_purged_past(leader: &str, index: u64) -> bool {
 }
 
 async fn snapshot_installs(url: &str) -> Option<u64> {
+    cookie_raft::network::install_crypto_provider();
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .ok()?
@@ -220,6 +226,7 @@ async fn snapshot_installs(url: &str) -> Option<u64> {
 }
 
 async fn wait_local(url: &str, id: &str) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 PASS=0
 FAIL=0
 RUN_ID="ct-$$-$(date +%s)"
-url() { echo "http://127.0.0.1:$((8080 + $1))"; }
+# shellcheck source=scripts/tls-mode.sh
+. scripts/tls-mode.sh
+url() { echo "$(scheme)://127.0.0.1:$((8080 + $1))"; }
 
 ok()   { PASS=$((PASS + 1)); echo "  PASS: $1"; }
 bad()  { FAIL=$((FAIL + 1)); echo "  FAIL: $1"; }

@@ -3,12 +3,16 @@
 # 8081-8083, peers on 9081-9083).
 # Pid files and logs live in run/, data in run/data/. The nodes authenticate to each other
 # with a secret made once in run/cluster-secret (mode 600) and given to them in
-# COOKIE_CRUD_CLUSTER_SECRET; `clean` removes it with the data.
+# COOKIE_CRUD_CLUSTER_SECRET; `clean` removes it with the data. TLS=1 starts the cluster
+# with TLS instead (scripts/tls-mode.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${COOKIE_CRUD_BIN:-target/release/cookie-crud}
 RUN=run
 NODES=(1 2 3)
+
+# shellcheck source=scripts/tls-mode.sh
+. scripts/tls-mode.sh
 
 alive() { [ -f "$RUN/node$1.pid" ] && kill -0 "$(cat "$RUN/node$1.pid")" 2>/dev/null; }
 port() { echo $((8080 + $1)); }
@@ -22,10 +26,30 @@ secret() {
   cat "$RUN/cluster-secret"
 }
 
+# TLS=1: certificates for 127.0.0.1 in run/tls/, made once, and the mark (tls-mode.sh).
+tls_setup() {
+  if [ "${TLS:-0}" = 1 ] && ! tls_on; then
+    if [ ! -f "$TLS_DIR/ca.pem" ]; then
+      "$BIN" certs --out "$TLS_DIR" --nodes "${#NODES[@]}" --host 127.0.0.1 --host localhost
+    fi
+    touch "$TLS_DIR/on"
+  fi
+}
+
 start_node() {
   local i=$1
   if alive "$i"; then echo "node$i already running (pid $(cat "$RUN/node$i.pid"))"; return; fi
   mkdir -p "$RUN"
+  if tls_on; then
+    # Mutual TLS is the peer credential; clients get HTTPS with the same certificate.
+    COOKIE_CRUD_TLS__CERT=$TLS_DIR/node$i.pem COOKIE_CRUD_TLS__KEY=$TLS_DIR/node$i.key \
+    COOKIE_CRUD_TLS__PEER_CA=$TLS_DIR/ca.pem COOKIE_CRUD_TLS__PEER_CERT=$TLS_DIR/node$i.pem \
+    COOKIE_CRUD_TLS__PEER_KEY=$TLS_DIR/node$i.key \
+      nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
+    echo $! >"$RUN/node$i.pid"
+    echo "node$i started with TLS (pid $!, log $RUN/node$i.log)"
+    return
+  fi
   # Read here, not in the backgrounded command: there it would run concurrently for each
   # node, and two nodes could each make a different secret.
   local secret
@@ -41,8 +65,8 @@ wait_ready() {
   while [ $SECONDS -lt $deadline ]; do
     local ready=0 leader=""
     for i in "${NODES[@]}"; do
-      if curl -sf -m 1 "http://127.0.0.1:$(port "$i")/ready" >/dev/null 2>&1; then ready=$((ready + 1)); fi
-      if curl -sf -m 1 "http://127.0.0.1:$(port "$i")/health" 2>/dev/null | grep -q '"role":"leader"'; then leader=node$i; fi
+      if curl -sf -m 1 "$(scheme)://127.0.0.1:$(port "$i")/ready" >/dev/null 2>&1; then ready=$((ready + 1)); fi
+      if curl -sf -m 1 "$(scheme)://127.0.0.1:$(port "$i")/health" 2>/dev/null | grep -q '"role":"leader"'; then leader=node$i; fi
     done
     if [ "$ready" -eq "${#NODES[@]}" ] && [ -n "$leader" ]; then
       echo "cluster ready: leader is $leader"
@@ -57,10 +81,12 @@ wait_ready() {
 case "${1:-}" in
   start)
     [ -x "$BIN" ] || { echo "missing $BIN: run 'cargo build --release'" >&2; exit 1; }
+    tls_setup
     for i in "${NODES[@]}"; do start_node "$i"; done
     wait_ready 60
     echo "endpoints:"
-    for i in "${NODES[@]}"; do echo "  node$i  http://127.0.0.1:$(port "$i")"; done
+    for i in "${NODES[@]}"; do echo "  node$i  $(scheme)://127.0.0.1:$(port "$i")"; done
+    if tls_on; then echo "TLS: trust $TLS_DIR/ca.pem (curl --cacert $TLS_DIR/ca.pem ...)"; fi
     ;;
   start-node) start_node "$2" ;;
   wait-ready) wait_ready "${2:-60}" ;;
@@ -79,7 +105,7 @@ case "${1:-}" in
     for i in "${NODES[@]}"; do
       if alive "$i"; then echo "node$i is running: make cluster-stop first" >&2; exit 1; fi
     done
-    rm -rf "$RUN/data" "$RUN"/node*.log "$RUN/cluster-secret"
+    rm -rf "$RUN/data" "$RUN"/node*.log "$RUN/cluster-secret" "$TLS_DIR"
     echo "cluster data removed"
     ;;
   *) echo "usage: $0 start|stop|clean|start-node N|wait-ready [SECS]" >&2; exit 2 ;;

@@ -296,6 +296,45 @@ pub struct Config {
     pub raft: RaftTuning,
     pub batch: BatchTuning,
     pub http: HttpLimits,
+    pub tls: TlsConfig,
+}
+
+/// TLS files (PEM), read at start (`crate::tls`). Each group is all or nothing.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The client listener's certificate chain and key: HTTPS for clients.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The CA that signs every member's peer certificate, and this node's: mutual TLS on
+    /// the peer listener and on every outgoing peer call. A peer's certificate must name
+    /// the host of its `peer_addr`.
+    pub peer_ca: Option<PathBuf>,
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether peers authenticate each other with certificates.
+    pub fn mutual_peers(&self) -> bool {
+        self.peer_ca.is_some()
+    }
+
+    /// Whether clients speak HTTPS to this node.
+    pub fn clients(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("tls: cert and key go together".into());
+        }
+        let peer = [&self.peer_ca, &self.peer_cert, &self.peer_key];
+        if peer.iter().any(|p| p.is_some()) && !peer.iter().all(|p| p.is_some()) {
+            return Err("tls: peer_ca, peer_cert and peer_key go together".into());
+        }
+        Ok(())
+    }
 }
 
 /// A credential from the config: compared in constant time, never printed (`Debug` shows
@@ -405,6 +444,7 @@ impl Default for Config {
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),
             http: HttpLimits::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -580,14 +620,17 @@ impl Config {
         {
             return Err("client_tokens: a token cannot be empty".into());
         }
-        // Peer authentication is on by default: without a secret, anyone who reaches a
-        // node's port can speak Raft to it (issue 13).
+        self.tls.check()?;
+        // Peer authentication is on by default: without a credential, anyone who reaches a
+        // node's peer port can speak Raft to it (issue 13).
         let multi_node = self.nodes.len() > 1 || self.cluster.discovery != Discovery::Manual;
-        if multi_node && self.cluster_secret.is_none() && !self.insecure_peers {
+        let authenticated = self.cluster_secret.is_some() || self.tls.mutual_peers();
+        if multi_node && !authenticated && !self.insecure_peers {
             return Err(
                 "a cluster needs cluster_secret (the same value on every node; \
                  COOKIE_CRUD_CLUSTER_SECRET in the environment, e.g. from a Kubernetes Secret; \
-                 `make cluster-start` makes one in run/cluster-secret): without it anyone who \
+                 `make cluster-start` makes one in run/cluster-secret) or mutual TLS between \
+                 peers (tls.peer_ca, tls.peer_cert, tls.peer_key): without one, anyone who \
                  reaches a node can speak Raft to it. For a throwaway lab only, \
                  insecure_peers = true runs without"
                     .into(),
@@ -819,6 +862,13 @@ mod tests {
         );
         assert!(Config::parse(&format!("{cluster}insecure_peers = true\n")).is_ok());
         assert!(Config::parse(&format!("{cluster}cluster_secret = \"s\"\n")).is_ok());
+        let mtls = "[tls]\npeer_ca = \"ca.pem\"\npeer_cert = \"n.pem\"\npeer_key = \"n.key\"\n";
+        assert!(Config::parse(&format!("{cluster}{mtls}")).is_ok());
+        let half = "[tls]\npeer_ca = \"ca.pem\"\n";
+        let err = Config::parse(&format!("{cluster}cluster_secret = \"s\"\n{half}")).unwrap_err();
+        assert!(err.0.contains("go together"), "{err}");
+        let err = Config::parse("[tls]\ncert = \"c.pem\"\n").unwrap_err();
+        assert!(err.0.contains("go together"), "{err}");
         assert!(Config::parse("").is_ok());
     }
 

@@ -11,9 +11,9 @@
 //!    │
 //!   write   read    the write path (group commit, forwarding) │ the read barrier (ReadIndex)
 //!    │       │
-//!   cluster         who leads, members, peer client and wire types, bootstrap, monitor
-//!    │
-//!   metrics  config  tasks  clock        leaves: no imports from this crate
+//!   cluster  tls    who leads, members, peer client and wire types, bootstrap, monitor │
+//!    │              rustls configs from the [tls] files
+//!   metrics  config  tasks  clock  certs  leaves: no imports from this crate
 //!    │
 //!   cookie_raft     the openraft glue (log, state machine, cache, Raft network) in raft/
 //! ```
@@ -26,9 +26,12 @@
 //!   bootstrap and discovery, the health monitor, no elections during snapshot installs.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`]: node configuration (TOML file, environment, or the embedded default).
+//! - [`tls`]: TLS for both listeners and the peer calls; [`certs`]: `cookie-crud certs`,
+//!   a private CA and node certificates for labs and tests.
 //! - [`tasks`]: the background tasks, owned so that shutdown stops them all.
 //! - [`clock`]: wall-clock time.
 
+pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -37,4 +40,5 @@ pub mod metrics;
 pub mod node;
 pub mod read;
 pub mod tasks;
+pub mod tls;
 pub mod write;

@@ -5,7 +5,10 @@
 //! `./data`; `COOKIE_CRUD_*` environment variables set any key.
 //!
 //! `cookie-crud healthcheck [CONFIG.toml]`: exit 0 when the node configured there answers
-//! `GET /health` with 200 (a container `HEALTHCHECK` with no curl in the image).
+//! `GET /health` with 200 (a container `HEALTHCHECK` with no curl in the image); over HTTPS
+//! when the config has a client certificate.
+//!
+//! `cookie-crud certs --out DIR --host NAME...`: a private CA and node certificates.
 //!
 //! Exit codes: 0 success, 1 a failure while running (or an unhealthy node), 2 a command line
 //! or configuration the node refuses.
@@ -15,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cookie_crud::config::{Config, LogFormat};
+use cookie_crud::tls::Tls;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -40,6 +44,24 @@ enum Cmd {
     Run(ConfigArg),
     /// Exit 0 when the node this config describes answers GET /health with 200.
     Healthcheck(ConfigArg),
+    /// Make a private CA and node certificates for a lab or test cluster (TLS and mutual
+    /// TLS between peers): ca.pem, ca.key, node{i}.pem (the node's certificate, then the
+    /// CA's) and node{i}.key. Existing files are never overwritten.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// The directory to write into.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// How many node certificates.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// A name every certificate is valid for: an IP address or a DNS name (`*.` allowed);
+    /// repeat it for each name peers and clients use.
+    #[arg(long = "host", value_name = "NAME", required = true)]
+    hosts: Vec<String>,
 }
 
 /// Where the configuration comes from.
@@ -81,12 +103,26 @@ fn healthcheck(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = format!("http://{addr}/health");
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(3));
+    let scheme = match &cfg.tls.cert {
+        Some(cert) => match Tls::pinned(cert) {
+            Ok(tls) => {
+                builder = builder.tls_backend_preconfigured(tls);
+                "https"
+            }
+            Err(e) => {
+                eprintln!("cookie-crud: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => "http",
+    };
+    let url = format!("{scheme}://{addr}/health");
     let status = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(3))
-            .build()?;
+        cookie_raft::network::install_crypto_provider();
+        let client = builder.build()?;
         client.get(&url).send().await.map(|r| r.status())
     });
     match status {
@@ -161,6 +197,22 @@ fn main() -> ExitCode {
         None => (&cli.config, false),
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::Healthcheck(a)) => (a, true),
+        Some(Cmd::Certs(c)) => {
+            return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
+                Ok(w) => {
+                    println!(
+                        "wrote {} and {} node certificates",
+                        w.ca.display(),
+                        w.nodes.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cookie-crud certs: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let cfg = match args.load() {
         Ok(c) => c,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::{
-    AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, Raft, SnapshotInbox,
-    StateMachine,
+    AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, PeerHttp, Raft,
+    SnapshotInbox, StateMachine,
 };
 use openraft::SnapshotPolicy;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +22,12 @@ use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
 use crate::cluster::{bootstrap, identity, Cluster};
 use crate::config::Config;
-use crate::http::server::ConnLimits;
+use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::read::{ReadIndex, ReadSettings};
 use crate::tasks::Tasks;
+use crate::tls::Tls;
 use crate::write::group_commit::BatchLimits;
 use crate::write::{WriteSettings, Writer};
 
@@ -58,6 +59,8 @@ pub enum NodeError {
     Raft(String),
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The cluster addressed this node as an older incarnation of itself: its data was lost
     /// and it must be replaced, not rejoin (the message says how).
     #[error("{0}")]
@@ -135,8 +138,14 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             .collect(),
         cfg.nodes.iter().map(|m| (m.id, m.peer_addr())).collect(),
     );
+    let tls = Tls::load(&cfg.tls)?;
     let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
-    let network = Network::new(secret.clone(), book.clone(), identity.clone())?;
+    let network = Network::new(
+        secret.clone(),
+        book.clone(),
+        identity.clone(),
+        PeerHttp::new(tls.peer_client.clone())?,
+    );
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -144,7 +153,12 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let cluster = Cluster {
         raft: raft.clone(),
         me: cfg.node_id,
-        peers: PeerClient::new(secret, book, identity.clone())?,
+        peers: PeerClient::new(
+            secret,
+            book,
+            identity.clone(),
+            PeerHttp::new(tls.peer_client.clone())?,
+        ),
         identity: identity.clone(),
     };
     let metrics = Metrics::new();
@@ -176,13 +190,15 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         &tasks,
     );
 
-    let client_listener = bind(&cfg.listen).await?;
-    let peer_listener = bind(cfg.peer_listen()).await?;
+    let client_listener = bind(&cfg.listen, tls.client_listener.clone()).await?;
+    let peer_listener = bind(cfg.peer_listen(), tls.peer_listener.clone()).await?;
     tracing::info!(
         node = %cfg.name(),
         id = cfg.node_id,
         listen = %cfg.listen,
         peer_listen = %cfg.peer_listen(),
+        client_tls = tls.client_listener.is_some(),
+        peer_mtls = tls.peer_listener.is_some(),
         data_dir = %cfg.data_dir.display(),
         "cookie-crud node serving"
     );
@@ -270,13 +286,17 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     }
 }
 
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
-    tokio::net::TcpListener::bind(addr)
+async fn bind(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Endpoint, NodeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Listen {
             addr: addr.to_owned(),
             source,
-        })
+        })?;
+    Ok(Endpoint {
+        listener,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+    })
 }
 
 async fn shutdown_signal() {

@@ -226,8 +226,8 @@ fn find_cycle(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Option<Vec<
 /// The layers of `cookie-crud`, lowest first; a module is in the layer of its first path
 /// segment. A layer may import from lower layers and from itself only.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "metrics", "tasks"],
-    &["cluster"],
+    &["certs", "clock", "config", "metrics", "tasks"],
+    &["cluster", "tls"],
     &["read", "write"],
     &["http"],
     &["node"],

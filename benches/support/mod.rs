@@ -33,6 +33,7 @@ pub fn free_port() -> u16 {
 
 /// Poll `url` until `ok(status, body)` holds (a minute at most).
 pub async fn wait_http(url: &str, ok: impl Fn(u16, &str) -> bool) {
+    cookie_raft::network::install_crypto_provider();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -69,42 +69,86 @@ impl AddressBook {
 /// this node's identity (every request names sender and target incarnations).
 #[derive(Clone)]
 pub struct Network {
-    client: reqwest::Client,
+    client: PeerHttp,
     secret: Option<String>,
     book: AddressBook,
     identity: Arc<Identity>,
 }
 
 /// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
-/// on a connection that cannot be made (the peer is down) so callers can back off.
-pub fn peer_http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
+/// on a connection that cannot be made (the peer is down) so callers can back off; over
+/// mutual TLS when the node has a peer certificate (`tls`: its CA as the only trust
+/// anchor, its certificate as the client's).
+#[derive(Clone, Debug)]
+pub struct PeerHttp {
+    client: reqwest::Client,
+    scheme: &'static str,
+}
+
+/// Make ring the process's rustls crypto provider, once. reqwest is built without a
+/// provider of its own (no aws-lc build) and looks for the process default whenever it
+/// builds a client, TLS or not: call this before building any (it is idempotent).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another provider is already the default, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl PeerHttp {
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30));
+        let (builder, scheme) = match tls {
+            Some(config) => (
+                builder
+                    .tls_backend_preconfigured((*config).clone())
+                    .https_only(true),
+                "https",
+            ),
+            None => (builder, "http"),
+        };
+        Ok(PeerHttp {
+            client: builder.build()?,
+            scheme,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The URL of `path` on the peer listener at `addr`.
+    pub fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
 }
 
 impl Network {
+    /// `client` is this factory's own (its own pool: see `PeerHttp`).
     pub fn new(
         secret: Option<String>,
         book: AddressBook,
         identity: Arc<Identity>,
-    ) -> Result<Self, reqwest::Error> {
-        let client = peer_http_client()?;
-        Ok(Network {
+        client: PeerHttp,
+    ) -> Self {
+        Network {
             client,
             secret,
             book,
             identity,
-        })
+        }
     }
 }
 
 /// A connection to one peer. Creating it never connects: that happens per request.
 pub struct Conn {
-    client: reqwest::Client,
+    client: PeerHttp,
     secret: Option<String>,
     target: NodeId,
     addr: String,
@@ -184,9 +228,10 @@ impl Conn {
         E: std::error::Error + DeserializeOwned,
     {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let url = format!("http://{}{path}", self.addr);
+        let url = self.client.url(&self.addr, path);
         let mut request = self
             .client
+            .client()
             .post(url)
             .timeout(timeout)
             .header(RAFT_TARGET_HEADER, self.target.to_string())

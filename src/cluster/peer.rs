@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::codec;
-use cookie_raft::{AddressBook, CookieNode, Identity, NodeId};
+use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
 use super::proto::{ForwardReply, ForwardedWrite, ReadIndexReply, READ_INDEX_PATH, WRITE_PATH};
 
@@ -26,26 +26,27 @@ pub enum PeerError {
 
 #[derive(Clone)]
 pub struct PeerClient {
-    client: reqwest::Client,
+    client: PeerHttp,
     secret: Option<String>,
     book: AddressBook,
     identity: Arc<Identity>,
 }
 
 impl PeerClient {
+    /// `client` must be this client's own: its own pool, apart from the Raft RPCs' (see
+    /// the module docs).
     pub fn new(
         secret: Option<String>,
         book: AddressBook,
         identity: Arc<Identity>,
-    ) -> Result<Self, reqwest::Error> {
-        // Its own pool, apart from the Raft RPCs' (see the module docs).
-        let client = cookie_raft::network::peer_http_client()?;
-        Ok(PeerClient {
+        client: PeerHttp,
+    ) -> Self {
+        PeerClient {
             client,
             secret,
             book,
             identity,
-        })
+        }
     }
 
     /// The address this node uses to reach node `id`.
@@ -57,7 +58,8 @@ impl PeerClient {
     fn post(&self, addr: &str, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
         let mut req = self
             .client
-            .post(format!("http://{addr}{path}"))
+            .client()
+            .post(self.client.url(addr, path))
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
         if let Some(secret) = &self.secret {
@@ -134,9 +136,10 @@ impl PeerClient {
         let maybe = |e: String| PeerError::MaybeSent(e);
         let mut req = self
             .client
-            .get(format!("http://{addr}{path}"))
+            .client()
+            .get(self.client.url(addr, path))
             .timeout(timeout);
-        // Where client tokens guard these endpoints, a peer shows the cluster secret.
+        // The peer listener's probes need the peer credential like its RPCs.
         if let Some(secret) = &self.secret {
             req = req.bearer_auth(secret);
         }

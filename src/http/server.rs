@@ -11,6 +11,9 @@
 //!   connections still open after the bound are dropped.
 //!
 //! Request bodies have their own timeout (a tower-http layer in the router).
+//!
+//! With TLS the handshake runs on the connection's own task (a slow one never holds up
+//! accepting others) and must finish within the header timeout.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +26,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// A bound listener, and the TLS it speaks (plain HTTP without).
+pub struct Endpoint {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
 
 /// How the server treats connections.
 #[derive(Debug, Clone, Copy)]
@@ -35,13 +45,14 @@ pub struct ConnLimits {
     pub drain: Duration,
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then drain.
+/// Serve `app` on `endpoint` until `shutdown` resolves, then drain.
 pub async fn serve(
-    listener: TcpListener,
+    endpoint: Endpoint,
     app: Router,
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Endpoint { listener, tls } = endpoint;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -72,14 +83,23 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Conn {
+            builder: builder.clone(),
+            app: app.clone(),
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!("connection ended: {e}");
+            match tls {
+                None => conn.run(stream).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => conn.run(stream).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -93,5 +113,28 @@ pub async fn serve(
             "connections still open after {:?}; dropping them",
             limits.drain
         );
+    }
+}
+
+/// What one connection's task needs to serve it.
+struct Conn {
+    builder: Builder<TokioExecutor>,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    async fn run<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.app);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::trace!("connection ended: {e}");
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Node {
     pub port: u16,
     /// The peer listener's port.
     pub peer_port: u16,
+    /// `http`, or `https` for a node whose client listener has a certificate.
+    pub scheme: &'static str,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -46,12 +48,12 @@ pub struct Node {
 
 impl Node {
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
     }
 
     /// The peer listener's base URL.
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer_port)
+        format!("{}://{}:{}", self.scheme, self.host, self.peer_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -121,24 +123,25 @@ impl Cluster {
                 )
             })
             .collect();
-        // A cluster needs its peer secret (nodes refuse to start without one), unless the
-        // test sets its own.
-        let secret = if n > 1 && !extra.contains("cluster_secret") {
-            format!("cluster_secret = \"{TEST_CLUSTER_SECRET}\"\n")
-        } else {
-            String::new()
-        };
         let mut nodes = Vec::new();
         for (i, (port, peer_port)) in ports.iter().zip(&peer_ports).enumerate() {
             let id = i as u64 + 1;
             let data = dir.path().join(format!("node{id}"));
             let config = dir.path().join(format!("node{id}.toml"));
+            let own = per_node(i, &ports);
+            // A cluster needs its peer credential (nodes refuse to start without one),
+            // unless the test sets its own (a secret, or mutual TLS).
+            let given = |k: &str| extra.contains(k) || own.contains(k);
+            let secret = if n > 1 && !given("cluster_secret") && !given("peer_ca") {
+                format!("cluster_secret = \"{TEST_CLUSTER_SECRET}\"\n")
+            } else {
+                String::new()
+            };
             let text = format!(
                 "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n\
-                 data_dir = \"{}\"\nnodes = [{}]\n{secret}{}\n{extra}",
+                 data_dir = \"{}\"\nnodes = [{}]\n{secret}{own}\n{extra}",
                 data.display(),
                 members.join(", "),
-                per_node(i, &ports)
             );
             std::fs::write(&config, text).unwrap();
             nodes.push(Node {
@@ -146,6 +149,7 @@ impl Cluster {
                 host: "127.0.0.1".into(),
                 port: *port,
                 peer_port: *peer_port,
+                scheme: "http",
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
@@ -177,6 +181,7 @@ impl Cluster {
                         host,
                         port,
                         peer_port,
+                        scheme: "http",
                         config,
                         log: dir.path().join(format!("node{id}.log")),
                         child: None,
@@ -188,12 +193,28 @@ impl Cluster {
     }
 
     fn with_nodes(nodes: Vec<Node>, dir: TempDir) -> Cluster {
+        cookie_raft::network::install_crypto_provider();
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap();
         Cluster { nodes, client, dir }
+    }
+
+    /// Speak HTTPS to every node's listeners, trusting the CA in `ca_pem` (and showing
+    /// no client certificate).
+    pub fn use_https(&mut self, ca_pem: &std::path::Path) {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).unwrap()).unwrap();
+        self.client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(15))
+            .tls_certs_only([ca])
+            .build()
+            .unwrap();
+        for n in &mut self.nodes {
+            n.scheme = "https";
+        }
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -597,4 +618,33 @@ pub fn encode(id: &str) -> String {
         }
     }
     out
+}
+
+/// `cookie-crud certs` into `dir`: a CA and `n` node certificates for 127.0.0.1.
+pub fn make_certs(dir: &std::path::Path, n: usize) {
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "--out", dir.to_str().unwrap(), "--nodes"])
+        .arg(n.to_string())
+        .args(["--host", "127.0.0.1", "--host", "localhost"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The TLS keys of node `i` (0-based): its certificate on both listeners, and the CA
+/// for its peers.
+pub fn tls_table(dir: &std::path::Path, i: usize) -> String {
+    let p = |f: String| dir.join(f).display().to_string();
+    // Dotted keys, not a [tls] table: the harness places this among top-level keys.
+    format!(
+        "tls.cert = \"{cert}\"\ntls.key = \"{key}\"\ntls.peer_ca = \"{ca}\"\n\
+         tls.peer_cert = \"{cert}\"\ntls.peer_key = \"{key}\"\n",
+        cert = p(format!("node{}.pem", i + 1)),
+        key = p(format!("node{}.key", i + 1)),
+        ca = p("ca.pem".into()),
+    )
 }

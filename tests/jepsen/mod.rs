@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, Cluster};
+use crate::common::{free_port, make_certs, tls_table, Cluster};
 use history::{Call, Op, Outcome};
 use nemesis::{Fault, Nemesis};
 use proxy::Mesh;
@@ -41,11 +41,14 @@ pub struct RunConfig {
     pub register_clients: u64,
     pub set_clients: u64,
     pub results: PathBuf,
+    /// Mutual TLS between the nodes and HTTPS for the clients (`JEPSEN_TLS=1`), with
+    /// certificates made for the run.
+    pub tls: bool,
 }
 
 impl RunConfig {
     /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS` (kill,pause,partition,all,none),
-    /// `JEPSEN_NODES` (3 or 5), `JEPSEN_RESULTS` (directory).
+    /// `JEPSEN_NODES` (3 or 5), `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS).
     pub fn from_env(default_seconds: u64) -> RunConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let seed = env("JEPSEN_SEED")
@@ -76,6 +79,7 @@ impl RunConfig {
             results: env("JEPSEN_RESULTS")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+            tls: env("JEPSEN_TLS").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -171,6 +175,14 @@ pub async fn run(cfg: RunConfig) -> Report {
     let n = cfg.nodes;
     let links = proxy::link_ports(n, free_port);
     let overrides = links.clone();
+    // Certificates name 127.0.0.1, which is also where the link proxies listen: TLS runs
+    // end to end through them.
+    let certs = cfg.tls.then(|| {
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path(), n);
+        dir
+    });
+    let certs_dir = certs.as_ref().map(|d| d.path().to_owned());
     let mut cluster = Cluster::configure_with(n, NODE_CONFIG, move |i, _| {
         let entries: Vec<String> = (0..n)
             .filter(|&j| j != i)
@@ -182,8 +194,15 @@ pub async fn run(cfg: RunConfig) -> Report {
                 )
             })
             .collect();
-        format!("peer_overrides = [{}]", entries.join(", "))
+        let tls = certs_dir
+            .as_deref()
+            .map_or(String::new(), |d| tls_table(d, i));
+        format!("peer_overrides = [{}]\n{tls}", entries.join(", "))
     });
+    let ca = certs.as_ref().map(|d| d.path().join("ca.pem"));
+    if let Some(ca) = &ca {
+        cluster.use_https(ca);
+    }
     // The proxies carry node-to-node traffic: they forward to the peer listeners.
     let peer_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.peer_port).collect();
     let mesh = Mesh::start(links, &peer_ports).await;
@@ -193,7 +212,7 @@ pub async fn run(cfg: RunConfig) -> Report {
     cluster.wait_ready_all(Duration::from_secs(30)).await;
 
     let urls = (0..n).map(|i| cluster.url(i)).collect();
-    let ctx = Arc::new(Ctx::new(urls, cfg.seed));
+    let ctx = Arc::new(Ctx::new(urls, cfg.seed, ca.as_deref()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(cfg.seconds);
     let mut clients = Vec::new();
@@ -274,13 +293,14 @@ pub async fn run(cfg: RunConfig) -> Report {
         .map(|f| format!("{f:?}").to_lowercase())
         .collect();
     let mut summary = format!(
-        "jepsen run: seed {} | {} nodes | {} s | faults [{}] ({injected} injected)\n\
+        "jepsen run: seed {} | {} nodes{} | {} s | faults [{}] ({injected} injected)\n\
          register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
          set: {} attempted, {} acknowledged, {} present after healing\n\
          keyed: {} attempted, {} acknowledged ({} retries, {} replays, {} unresolved), {} present\n\
          result: {}\n",
         cfg.seed,
         cfg.nodes,
+        if cfg.tls { ", mutual TLS" } else { "" },
         cfg.seconds,
         faults.join(","),
         ops.len(),

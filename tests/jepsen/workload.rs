@@ -51,18 +51,23 @@ pub struct KeyedLog {
 }
 
 impl Ctx {
-    pub fn new(urls: Vec<String>, seed: u64) -> Self {
+    /// `ca`: the CA to trust when the nodes speak HTTPS.
+    pub fn new(urls: Vec<String>, seed: u64, ca: Option<&std::path::Path>) -> Self {
+        cookie_raft::network::install_crypto_provider();
+        // Longer than the nodes' own 2 s write timeout plus forwarding, so a node's answer
+        // (even "outcome unknown") normally arrives before we give up.
+        let mut client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(4))
+            .connect_timeout(Duration::from_millis(500));
+        if let Some(ca) = ca {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+            client = client.tls_certs_only([ca]);
+        }
         Ctx {
             urls,
             history: History::default(),
-            // Longer than the nodes' own 2 s write timeout plus forwarding, so a node's
-            // answer (even "outcome unknown") normally arrives before we give up.
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(4))
-                .connect_timeout(Duration::from_millis(500))
-                .build()
-                .unwrap(),
+            client: client.build().unwrap(),
             seed,
             processes: AtomicU64::new(1),
             ops: AtomicU64::new(0),
