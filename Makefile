@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/cookie-crud
 
-.PHONY: build run test fuzz lint cluster-start cluster-stop cluster-clean cluster-test bench jepsen
+.PHONY: build run test fuzz lint cluster-start cluster-stop cluster-clean cluster-test cluster-add-node cluster-remove-node bench jepsen
 
 build:
 	$(CARGO) build --release --workspace
@@ -38,6 +38,13 @@ cluster-start: build
 
 cluster-stop:
 	scripts/cluster.sh stop
+
+# Grow and shrink the local cluster: N is 4..9 (client port 808N, peer port 908N).
+cluster-add-node: build
+	scripts/cluster.sh add-node $(N)
+
+cluster-remove-node:
+	scripts/cluster.sh remove-node $(N)
 
 cluster-clean:
 	scripts/cluster.sh clean

@@ -36,6 +36,26 @@ tls_setup() {
   fi
 }
 
+# A node's config: config/node{1,2,3}.toml for the initial members; nodes added later
+# (add-node) have one written in run/, joining through node 1's peer listener as a voter.
+config_of() {
+  if [ -f "config/node$1.toml" ]; then echo "config/node$1.toml"; else echo "$RUN/node$1.toml"; fi
+}
+
+write_joiner_config() {
+  local i=$1
+  mkdir -p "$RUN"
+  cat >"$RUN/node$i.toml" <<TOML
+# Node $i, added to the local cluster by scripts/cluster.sh add-node $i.
+node_id = $i
+listen = "127.0.0.1:$(port "$i")"
+peer_listen = "127.0.0.1:$((9080 + i))"
+data_dir = "$RUN/data/node$i"
+join = "127.0.0.1:9081"
+join_as = "voter"
+TOML
+}
+
 start_node() {
   local i=$1
   if alive "$i"; then echo "node$i already running (pid $(cat "$RUN/node$i.pid"))"; return; fi
@@ -45,7 +65,7 @@ start_node() {
     COOKIE_CRUD_TLS__CERT=$TLS_DIR/node$i.pem COOKIE_CRUD_TLS__KEY=$TLS_DIR/node$i.key \
     COOKIE_CRUD_TLS__PEER_CA=$TLS_DIR/ca.pem COOKIE_CRUD_TLS__PEER_CERT=$TLS_DIR/node$i.pem \
     COOKIE_CRUD_TLS__PEER_KEY=$TLS_DIR/node$i.key \
-      nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
+      nohup "$BIN" --config "$(config_of "$i")" >>"$RUN/node$i.log" 2>&1 </dev/null &
     echo $! >"$RUN/node$i.pid"
     echo "node$i started with TLS (pid $!, log $RUN/node$i.log)"
     return
@@ -55,7 +75,7 @@ start_node() {
   local secret
   secret=$(secret)
   COOKIE_CRUD_CLUSTER_SECRET=$secret \
-    nohup "$BIN" --config "config/node$i.toml" >>"$RUN/node$i.log" 2>&1 </dev/null &
+    nohup "$BIN" --config "$(config_of "$i")" >>"$RUN/node$i.log" 2>&1 </dev/null &
   echo $! >"$RUN/node$i.pid"
   echo "node$i started (pid $!, log $RUN/node$i.log)"
 }
@@ -89,8 +109,47 @@ case "${1:-}" in
     if tls_on; then echo "TLS: trust $TLS_DIR/ca.pem (curl --cacert $TLS_DIR/ca.pem ...)"; fi
     ;;
   start-node) start_node "$2" ;;
+  add-node)
+    # A new voter: empty data, joins through node 1, promoted once caught up.
+    i=${2:?usage: $0 add-node N}
+    [ "$i" -ge 4 ] && [ "$i" -le 9 ] || { echo "add-node: N is 4..9 (clients 808N, peers 908N)" >&2; exit 2; }
+    if tls_on; then echo "add-node: TLS clusters have certificates for nodes 1-3 only" >&2; exit 2; fi
+    [ -f "$RUN/node$i.toml" ] || write_joiner_config "$i"
+    start_node "$i"
+    for _ in $(seq 1 300); do
+      if curl -sf -m 1 "$(scheme)://127.0.0.1:8081/cluster/members" 2>/dev/null \
+        | python3 -c 'import json,sys; sys.exit(0 if int(sys.argv[1]) in json.load(sys.stdin)["voters"] else 1)' "$i"; then
+        echo "node$i is a voter"; exit 0
+      fi
+      sleep 0.2
+    done
+    echo "node$i did not become a voter in time; see $RUN/node$i.log" >&2; exit 1
+    ;;
+  remove-node)
+    # Out of the membership first (through any node that answers), then stopped.
+    i=${2:?usage: $0 remove-node N}
+    for j in 1 2 3 4 5 6 7 8 9; do
+      [ "$j" = "$i" ] && continue
+      if out=$(curl -s -m 30 -X DELETE -w '\n%{http_code}' "$(scheme)://127.0.0.1:$(port "$j")/cluster/members/$i" 2>/dev/null); then
+        code=${out##*$'\n'}
+        if [ "$code" = 200 ] || [ "$code" = 404 ]; then
+          echo "node$i removed from the membership: ${out%$'\n'*}"
+          break
+        fi
+      fi
+    done
+    if alive "$i"; then kill -TERM "$(cat "$RUN/node$i.pid")"; fi
+    for _ in $(seq 1 100); do alive "$i" || break; sleep 0.1; done
+    rm -f "$RUN/node$i.pid"
+    echo "node$i stopped; its data stays in $RUN/data/node$i until cluster-clean"
+    ;;
   wait-ready) wait_ready "${2:-60}" ;;
   stop)
+    for f in "$RUN"/node*.pid; do
+      [ -e "$f" ] || continue
+      i=${f#"$RUN"/node}; i=${i%.pid}
+      case " ${NODES[*]} " in *" $i "*) ;; *) NODES+=("$i") ;; esac
+    done
     for i in "${NODES[@]}"; do
       if alive "$i"; then kill -TERM "$(cat "$RUN/node$i.pid")"; fi
     done
@@ -105,8 +164,8 @@ case "${1:-}" in
     for i in "${NODES[@]}"; do
       if alive "$i"; then echo "node$i is running: make cluster-stop first" >&2; exit 1; fi
     done
-    rm -rf "$RUN/data" "$RUN"/node*.log "$RUN/cluster-secret" "$TLS_DIR"
+    rm -rf "$RUN/data" "$RUN"/node*.log "$RUN"/node*.toml "$RUN/cluster-secret" "$TLS_DIR"
     echo "cluster data removed"
     ;;
-  *) echo "usage: $0 start|stop|clean|start-node N|wait-ready [SECS]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|clean|start-node N|add-node N|remove-node N|wait-ready [SECS]" >&2; exit 2 ;;
 esac

@@ -253,6 +253,12 @@ pub struct Config {
     /// The initial members. This node must be among them. The member with the smallest id
     /// initializes a brand-new cluster, once.
     pub nodes: Vec<Member>,
+    /// The peer address of a member of a running cluster to join (`cookie-crud --join`):
+    /// this node starts with empty data, asks to be added, and never founds a cluster.
+    pub join: Option<String>,
+    /// What a joining node asks to be: `learner` (a read replica; promote it later) or
+    /// `voter` (promoted once caught up).
+    pub join_as: JoinAs,
     /// Addresses this node uses to reach particular peers instead of the ones in the
     /// membership (split-horizon addressing; the fault-injection tests put a proxy here).
     pub peer_overrides: Vec<Member>,
@@ -335,6 +341,15 @@ impl TlsConfig {
         }
         Ok(())
     }
+}
+
+/// What a joining node asks to become.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinAs {
+    #[default]
+    Learner,
+    Voter,
 }
 
 /// A credential from the config: compared in constant time, never printed (`Debug` shows
@@ -423,6 +438,8 @@ impl Default for Config {
             port: None,
             data_dir: PathBuf::from("./data"),
             nodes: Vec::new(),
+            join: None,
+            join_as: JoinAs::Learner,
             peer_overrides: Vec::new(),
             cache_enabled: true,
             cache_ttl: 300,
@@ -458,12 +475,20 @@ impl Config {
     /// The process's configuration: the file (or nothing: the embedded default), with every
     /// `COOKIE_CRUD_*` environment variable applied on top, so containers need no file.
     pub fn from_file_and_env(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_file_and_env_vars(path, std::env::vars())
+    }
+
+    /// The file (or the embedded default) with `env`'s `COOKIE_CRUD_*` variables on top.
+    pub fn from_file_and_env_vars(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
             None => String::new(),
         };
-        Self::from_sources(&text, std::env::vars()).map_err(|e| match path {
+        Self::from_sources(&text, env).map_err(|e| match path {
             Some(p) => ConfigError(format!("config {}: {e}", p.display())),
             None => e,
         })
@@ -623,7 +648,19 @@ impl Config {
         self.tls.check()?;
         // Peer authentication is on by default: without a credential, anyone who reaches a
         // node's peer port can speak Raft to it (issue 13).
-        let multi_node = self.nodes.len() > 1 || self.cluster.discovery != Discovery::Manual;
+        if let Some(j) = &self.join {
+            if !j
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                return Err(format!(
+                    "join: {j:?} is not the host:port of a member's peer listener"
+                ));
+            }
+        }
+        let multi_node = self.nodes.len() > 1
+            || self.cluster.discovery != Discovery::Manual
+            || self.join.is_some();
         let authenticated = self.cluster_secret.is_some() || self.tls.mutual_peers();
         if multi_node && !authenticated && !self.insecure_peers {
             return Err(

@@ -73,11 +73,27 @@ struct ConfigArg {
     /// The config file, as a plain argument.
     #[arg(value_name = "CONFIG", conflicts_with = "config")]
     path: Option<PathBuf>,
+    /// Join a running cluster through the member whose peer listener is at ADDR (the
+    /// config's `join`): this node must have empty data.
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// What to join as: `learner` (a read replica, the default) or `voter` (the config's
+    /// `join_as`).
+    #[arg(long, value_name = "ROLE", requires = "join")]
+    join_as: Option<String>,
 }
 
 impl ConfigArg {
     fn load(&self) -> Result<Config, cookie_crud::config::ConfigError> {
-        Config::from_file_and_env(self.config.as_deref().or(self.path.as_deref()))
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        // The flags win over the file and the environment, as the environment over the file.
+        if let Some(j) = &self.join {
+            env.push(("COOKIE_CRUD_JOIN".into(), format!("{j:?}")));
+        }
+        if let Some(r) = &self.join_as {
+            env.push(("COOKIE_CRUD_JOIN_AS".into(), format!("{r:?}")));
+        }
+        Config::from_file_and_env_vars(self.config.as_deref().or(self.path.as_deref()), env)
     }
 }
 

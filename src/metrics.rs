@@ -49,6 +49,8 @@ pub struct Metrics {
     quorum_ack_age: IntGaugeVec,
     elections: IntCounter,
     leader_changes: IntCounter,
+    membership_changes: IntCounter,
+    members: IntGaugeVec,
     snapshot_installs: IntCounter,
     snapshots_built: IntCounter,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
@@ -140,6 +142,8 @@ impl Metrics {
             quorum_ack_age: gauge_vec(&r, "raft_quorum_ack_age_milliseconds", "Leader only: milliseconds since a quorum last acknowledged it (its heartbeat age)", &[]),
             elections: counter(&r, "raft_elections_total", "Elections this node has seen (each new term is one)"),
             leader_changes: counter(&r, "raft_leader_changes_total", "Times the leader this node knows of changed"),
+            membership_changes: counter(&r, "raft_membership_changes_total", "Membership configurations this node has seen take effect (a change through joint consensus is two)"),
+            members: gauge_vec(&r, "raft_members", "Members in the membership this node knows, by role: voter, learner", &["role"]),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
@@ -151,16 +155,33 @@ impl Metrics {
         })
     }
 
-    /// Count elections and leader changes as they happen (a scrape would miss the ones
-    /// between two scrapes). Runs until Raft stops; the caller owns the task.
+    /// Count elections, leader changes and membership changes as they happen (a scrape
+    /// would miss the ones between two scrapes), and keep the member counts. Runs until Raft stops; the caller owns the task.
     pub async fn count_elections(self: Arc<Self>, raft: Raft) {
         let mut rx = raft.metrics();
-        let (mut term, mut leader) = {
+        let (mut term, mut leader, mut config) = {
             let m = rx.borrow_and_update();
-            (m.current_term, m.current_leader)
+            (
+                m.current_term,
+                m.current_leader,
+                *m.membership_config.log_id(),
+            )
         };
         while rx.changed().await.is_ok() {
             let m = rx.borrow_and_update();
+            let membership = m.membership_config.membership();
+            self.members
+                .with_label_values(&["voter"])
+                .set(membership.voter_ids().count() as i64);
+            self.members
+                .with_label_values(&["learner"])
+                .set(membership.learner_ids().count() as i64);
+            if m.membership_config.log_id() != &config {
+                if config.is_some() {
+                    self.membership_changes.inc();
+                }
+                config = *m.membership_config.log_id();
+            }
             if m.current_term > term {
                 self.elections.inc_by(m.current_term - term);
                 term = m.current_term;

@@ -20,7 +20,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, identity, Cluster};
+use crate::cluster::{bootstrap, identity, join, Cluster};
 use crate::config::Config;
 use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
@@ -160,6 +160,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             PeerHttp::new(tls.peer_client.clone())?,
         ),
         identity: identity.clone(),
+        changes: Arc::default(),
     };
     let metrics = Metrics::new();
     tasks.spawn(
@@ -204,6 +205,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
 
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
+    tasks.spawn("join", join::run(cluster.clone(), cfg.clone()));
     tasks.spawn("identity registrar", identity::run(cluster.clone()));
     let monitor = Monitor::default();
     tasks.spawn(

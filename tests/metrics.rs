@@ -71,6 +71,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("forwarded_requests_total", "counter"),
         ("raft_elections_total", "counter"),
         ("raft_leader_changes_total", "counter"),
+        ("raft_membership_changes_total", "counter"),
         ("raft_snapshot_installs_total", "counter"),
         ("raft_snapshots_built_total", "counter"),
         ("raft_write_batch_commands", "histogram"),

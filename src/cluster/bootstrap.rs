@@ -23,6 +23,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Found the cluster if this node is the one to, then end; runs at most until the cluster
 /// is initialized (by this node or another).
 pub async fn run(cluster: Cluster, cfg: Config) {
+    // A joining node is added by a running cluster (`join`); it never founds one.
+    if cfg.join.is_some() {
+        return;
+    }
     let me = cfg.node_id;
     let raft = &cluster.raft;
     let seed = match Seed::new(&cfg) {
@@ -132,6 +136,7 @@ async fn ask(seed: &Seed, cfg: &Config, cluster: &Cluster) -> Result<Vec<Answer>
                     initialized: false,
                     incarnation: Some(cluster.identity.own()),
                     addr: Some(cfg.advertise().to_owned()),
+                    cluster: None,
                 })
             } else {
                 match peers.get_json(&reach, CLUSTER_PATH, PROBE_TIMEOUT).await {

@@ -147,6 +147,8 @@ pub struct PeerInfo {
     pub incarnation: Option<u64>,
     /// The client address it advertises (absent from versions without a peer listener).
     pub addr: Option<String>,
+    /// The cluster it belongs to, once registered.
+    pub cluster: Option<u64>,
 }
 
 impl PeerInfo {
@@ -159,6 +161,9 @@ impl PeerInfo {
                 .as_str()
                 .and_then(cookie_raft::identity::parse_hex),
             addr: v["addr"].as_str().map(str::to_owned),
+            cluster: v["cluster_id"]
+                .as_str()
+                .and_then(cookie_raft::identity::parse_hex),
         })
     }
 }
@@ -254,6 +259,7 @@ mod tests {
                 initialized,
                 incarnation: None,
                 addr: None,
+                cluster: None,
             }),
         }
     }

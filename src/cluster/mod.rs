@@ -12,11 +12,15 @@
 //! - [`install_quiet`]: no campaigning from a follower busy installing a snapshot.
 //! - [`identity`]: the leader registers members' incarnations, so a node whose data was lost
 //!   cannot come back as the member it was.
+//! - [`membership`]: adding, promoting and removing members, on the leader, one at a time;
+//!   [`join`]: a new node asking the cluster to add it.
 
 pub mod bootstrap;
 pub mod discovery;
 pub mod identity;
 pub mod install_quiet;
+pub mod join;
+pub mod membership;
 pub mod monitor;
 pub mod peer;
 pub mod proto;
@@ -39,6 +43,8 @@ pub struct Cluster {
     pub peers: PeerClient,
     /// This node's incarnation and the cluster's identity registry ([`identity`]).
     pub identity: Arc<Identity>,
+    /// Held by the membership change being made on this node ([`membership`]).
+    pub changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who leads, as this node sees it now.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use cookie_raft::codec;
 use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
-use super::proto::{ForwardReply, ForwardedWrite, ReadIndexReply, READ_INDEX_PATH, WRITE_PATH};
+use super::membership::{Change, ChangeError, Members};
+use super::proto::{
+    ForwardReply, ForwardedWrite, ReadIndexReply, MEMBERSHIP_PATH, READ_INDEX_PATH, WRITE_PATH,
+};
 
 /// Why a peer request got no answer. For a forwarded write the difference matters:
 /// [`PeerError::NotSent`] promises the leader never saw it.
@@ -124,6 +127,43 @@ impl PeerClient {
             return Err(maybe(format!("read-index answered {status}")));
         }
         codec::decode(&bytes).map_err(|e| maybe(e.to_string()))
+    }
+
+    /// Ask the node at `addr` (the leader, or any member for a joining node) to make a
+    /// membership change. A request that got no answer is `Unfinished`: it may have been
+    /// made.
+    pub async fn forward_change(
+        &self,
+        addr: &str,
+        change: &Change,
+        timeout: Duration,
+    ) -> Result<Members, ChangeError> {
+        let body = codec::encode(change).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let resp = self
+            .post(addr, MEMBERSHIP_PATH, timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    ChangeError::NotLeader // not sent: try the leader again
+                } else {
+                    ChangeError::Unfinished(e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ChangeError::Unfinished(e.to_string()))?;
+        if !status.is_success() {
+            return Err(ChangeError::Unreachable(format!(
+                "{addr} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        codec::decode::<Result<Members, ChangeError>>(&bytes)
+            .map_err(|e| ChangeError::Unfinished(e.to_string()))?
     }
 
     /// GET a JSON document from a peer, e.g. `/cluster` or `/cache`.

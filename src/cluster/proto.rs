@@ -21,6 +21,9 @@ pub use cookie_raft::RAFT_TARGET_HEADER;
 pub const WRITE_PATH: &str = "/raft/write";
 /// A follower asks the leader for a read index: empty body in, [`ReadIndexReply`] out.
 pub const READ_INDEX_PATH: &str = "/raft/read-index";
+/// A membership change for the leader to make (a forwarded admin request, or a new node
+/// asking to join): `membership::Change` in, `Result<Members, ChangeError>` out.
+pub const MEMBERSHIP_PATH: &str = "/raft/membership";
 /// The JSON documents peers probe on each other's peer listener, at the paths the client
 /// API uses for the same documents: who a node is and whether it is initialized
 /// (bootstrap), whether it is alive (health monitor), its cache statistics (`/cache`).

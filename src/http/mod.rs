@@ -2,7 +2,7 @@
 //! `/metrics`) on the client listener, and the node-to-node endpoints (`/raft/*` and the
 //! peer probes) on the peer listener, each with its own axum router.
 //!
-//! - [`cookies`], [`cache`], [`health`]: the public API's handlers; [`params`] what they
+//! - [`cookies`], [`cache`], [`health`], [`members`]: the public API's handlers; [`params`] what they
 //!   read from a request; [`error`] the one mapping of errors to HTTP.
 //! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
 //!   requests; [`peer_gate`]: what both check first.
@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cookies;
 pub mod error;
 pub mod health;
+pub mod members;
 pub mod observe;
 pub mod openapi;
 pub mod params;

@@ -1,6 +1,6 @@
 //! Inbound node-to-node application requests, after the [`super::peer_gate`]: writes a
-//! follower forwards to the leader (`/raft/write`) and read-index requests
-//! (`/raft/read-index`). Their client is [`crate::cluster::peer`]; their messages are in
+//! follower forwards to the leader (`/raft/write`), read-index requests
+//! (`/raft/read-index`) and membership changes (`/raft/membership`). Their client is [`crate::cluster::peer`]; their messages are in
 //! [`crate::cluster::proto`].
 
 use axum::body::Bytes;
@@ -11,7 +11,9 @@ use cookie_raft::codec;
 
 use super::peer_gate::{admit, reply};
 use super::state::Shared;
+use crate::cluster::membership::Change;
 use crate::cluster::proto::ForwardedWrite;
+use tokio::time::Instant;
 
 /// Writes forwarded by a follower; proposed here only if this node leads.
 pub async fn forwarded_write(
@@ -38,4 +40,16 @@ pub async fn read_index(State(state): State<Shared>, headers: HeaderMap) -> Resp
         return r.into_response();
     }
     reply(&state.reads.as_leader().await)
+}
+
+/// A membership change forwarded by a member, or asked by a joining node: made on the
+/// leader (forwarded on from here when this node does not lead).
+pub async fn membership(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit::<Change>(&state, &headers, &body) {
+        Ok(change) => {
+            let deadline = Instant::now() + state.cfg.write_timeout();
+            reply(&state.cluster.change_membership(change, deadline).await)
+        }
+        Err(r) => r.into_response(),
+    }
 }

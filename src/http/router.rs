@@ -15,10 +15,10 @@ use super::observe::{
     REQUEST_ID_HEADER,
 };
 use super::state::Shared;
-use super::{auth, cache, cookies, health, openapi, peer_gate, peer_rpc, raft_rpc};
+use super::{auth, cache, cookies, health, members, openapi, peer_gate, peer_rpc, raft_rpc};
 use crate::cluster::proto::{
-    APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HEALTH_PATH, READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH,
-    WRITE_PATH,
+    APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HEALTH_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
+    SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
@@ -49,6 +49,7 @@ pub fn peer_router(state: Shared) -> Router {
         .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
         .route(WRITE_PATH, post(peer_rpc::forwarded_write))
         .route(READ_INDEX_PATH, post(peer_rpc::read_index))
+        .route(MEMBERSHIP_PATH, post(peer_rpc::membership))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     let probes = Router::new()
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
@@ -105,6 +106,22 @@ pub fn client_router(state: Shared) -> Router {
         .route(HEALTH_PATH, with_405(get(health::health)))
         .route("/ready", with_405(get(health::ready)))
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
+        .route(
+            "/cluster/members",
+            with_405(
+                get(members::list)
+                    .post(members::add)
+                    .head(method_not_allowed),
+            ),
+        )
+        .route(
+            "/cluster/members/{id}",
+            with_405(axum::routing::delete(members::remove)),
+        )
+        .route(
+            "/cluster/members/{id}/promote",
+            with_405(post(members::promote)),
+        )
         .route("/openapi.json", with_405(get(openapi::document)))
         .fallback(not_found)
         // Client tokens are checked inside the metrics (a 401 is counted) and only on

@@ -202,6 +202,70 @@ impl Cluster {
         Cluster { nodes, client, dir }
     }
 
+    /// Configure (not start) node `id` to join this cluster through node `via`'s peer
+    /// listener, as `join_as` (`learner` or `voter`), on new ports; `extra` is appended to
+    /// its config. Returns its index.
+    pub fn add_joiner(&mut self, id: u64, via: usize, join_as: &str, extra: &str) -> usize {
+        let (port, peer_port) = (free_port(), free_port());
+        let data = self.dir.path().join(format!("node{id}"));
+        let config = self.dir.path().join(format!("node{id}.toml"));
+        let text = format!(
+            "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n\
+             data_dir = \"{}\"\njoin = \"127.0.0.1:{}\"\njoin_as = \"{join_as}\"\n\
+             cluster_secret = \"{TEST_CLUSTER_SECRET}\"\n{extra}",
+            data.display(),
+            self.nodes[via].peer_port,
+        );
+        std::fs::write(&config, text).unwrap();
+        self.nodes.push(Node {
+            id,
+            host: "127.0.0.1".into(),
+            port,
+            peer_port,
+            scheme: "http",
+            config,
+            log: self.dir.path().join(format!("node{id}.log")),
+            child: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// `GET /cluster/members` on node `i`: `(voters, learners)`.
+    pub async fn membership(&self, i: usize) -> Option<(Vec<u64>, Vec<u64>)> {
+        let r = try_send(self.client.get(format!("{}/cluster/members", self.url(i)))).await?;
+        let ids = |k: &str| -> Option<Vec<u64>> {
+            r.json[k].as_array()?.iter().map(|v| v.as_u64()).collect()
+        };
+        Some((ids("voters")?, ids("learners")?))
+    }
+
+    /// Wait until node `i` reports `voters` and `learners` (sorted).
+    pub async fn wait_membership(
+        &self,
+        i: usize,
+        voters: &[u64],
+        learners: &[u64],
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.membership(i).await;
+            if now
+                .as_ref()
+                .is_some_and(|(v, l)| v == voters && l == learners)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{} membership {now:?}, want voters {voters:?} learners {learners:?}\n{}",
+                self.nodes[i].id,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Speak HTTPS to every node's listeners, trusting the CA in `ca_pem` (and showing
     /// no client certificate).
     pub fn use_https(&mut self, ca_pem: &std::path::Path) {

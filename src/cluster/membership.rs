@@ -1,0 +1,398 @@
+//! Membership changes (api.md section 9): add a node (as a learner, then, for a voter,
+//! promote it once it has caught up), promote a learner, remove a node. Any node takes a
+//! change and forwards it to the leader, which makes it with openraft's `add_learner` and
+//! `change_membership` (joint consensus), one at a time.
+//!
+//! Adding a node first asks it who it is, on its peer listener (`GET /cluster`, with the
+//! peer credential): its id must be the one requested, it must not belong to another
+//! cluster, and its answer is how the leader learns the new data's incarnation (a
+//! successful reply, as in discovery; never a request's own claim: `cookie_raft::identity`).
+//! A removed member leaves the identity registry, so a node with fresh data can take its
+//! id again (replacing a node whose disk died).
+//!
+//! A leader that removes itself keeps leading until the membership without it commits, then
+//! steps down (openraft); the remaining voters elect a new leader within an election timeout.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cookie_raft::{CookieNode, NodeId};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::discovery::PeerInfo;
+use super::proto::CLUSTER_PATH;
+use super::{Cluster, Leader};
+
+/// One membership change, as the API and the forwarding between nodes carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Add `node` as a learner; with `voter`, promote it once it has caught up.
+    Add {
+        id: NodeId,
+        node: CookieNode,
+        voter: bool,
+    },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or a learner.
+    Remove { id: NodeId },
+}
+
+/// Why a change was not made, or not completely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeError {
+    /// Another change is being made (409).
+    #[error("Membership change in progress")]
+    InProgress,
+    /// The node named is not a member (404).
+    #[error("Member not found")]
+    NotMember,
+    /// The change makes no sense: a wrong id, the last voter (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The node is a member already with other addresses, or belongs to another cluster
+    /// (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The node to add does not answer on its peer listener (503): nothing changed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// No leader within the deadline (503): nothing changed.
+    #[error("No leader available")]
+    NoLeader,
+    /// The receiver does not lead (between nodes only: the sender tries the leader).
+    #[error("not the leader")]
+    NotLeader,
+    /// Begun, and not known to be finished (504): a learner still catching up, or a
+    /// change whose commit was not seen in time. Look at the membership, then retry.
+    #[error("{0}")]
+    Unfinished(String),
+}
+
+/// One member, as `/cluster/members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub name: String,
+    pub addr: String,
+    pub peer_addr: String,
+    pub voter: bool,
+}
+
+/// The membership: every member, the voters' ids and the learners' ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub members: Vec<MemberView>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl Members {
+    pub fn of(m: &openraft::Membership<NodeId, CookieNode>) -> Members {
+        let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+        Members {
+            members: m
+                .nodes()
+                .map(|(id, n)| MemberView {
+                    id: *id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    peer_addr: n.peer_addr.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+            voters: voters.into_iter().collect(),
+            learners: m.learner_ids().collect(),
+        }
+    }
+}
+
+/// How long a new learner may take to catch up before the add answers `Unfinished` (it
+/// stays a learner and goes on catching up; promote it later).
+pub const CATCH_UP: Duration = Duration::from_secs(60);
+/// How long one `change_membership` may take to commit.
+const COMMIT: Duration = Duration::from_secs(10);
+/// How long the leader waits for the node to add to answer who it is.
+const PROBE: Duration = Duration::from_secs(2);
+
+impl Cluster {
+    /// The membership as this node has applied it.
+    pub fn members(&self) -> Members {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        Members::of(m.membership_config.membership())
+    }
+
+    /// Make `change` on the leader, wherever it is: here, or forwarded. Waits for a leader
+    /// until `deadline`.
+    pub async fn change_membership(
+        &self,
+        change: Change,
+        deadline: Instant,
+    ) -> Result<Members, ChangeError> {
+        let mut watch = self.watch_leader(deadline);
+        while let Some(leader) = watch.next().await {
+            let result = match leader {
+                Leader::Me => self.change_here(change.clone()).await,
+                Leader::At(addr) => {
+                    self.peers
+                        .forward_change(&addr, &change, CATCH_UP + COMMIT)
+                        .await
+                }
+                Leader::Unknown => continue,
+            };
+            match result {
+                Err(ChangeError::NotLeader) => continue,
+                other => return other,
+            }
+        }
+        Err(ChangeError::NoLeader)
+    }
+
+    /// Make `change` here, on the leader (a node that does not lead answers `NotLeader`).
+    pub async fn change_here(&self, change: Change) -> Result<Members, ChangeError> {
+        if !self.is_leader() {
+            return Err(ChangeError::NotLeader);
+        }
+        let _one_at_a_time = self
+            .changes
+            .try_lock()
+            .map_err(|_| ChangeError::InProgress)?;
+        tracing::info!(?change, "membership change");
+        let result = match change {
+            Change::Add { id, node, voter } => self.add(id, node, voter).await,
+            Change::Promote { id } => self.promote(id).await,
+            Change::Remove { id } => self.remove(id).await,
+        };
+        match &result {
+            Ok(m) => tracing::info!(voters = ?m.voters, learners = ?m.learners, "membership now"),
+            Err(e) => tracing::warn!("membership change not made: {e}"),
+        }
+        result
+    }
+
+    async fn add(&self, id: NodeId, node: CookieNode, voter: bool) -> Result<Members, ChangeError> {
+        let now = self.members();
+        if let Some(m) = now.members.iter().find(|m| m.id == id) {
+            if m.addr != node.addr || m.peer_addr != node.peer_addr {
+                return Err(ChangeError::Conflict(format!(
+                    "node {id} is already a member, at {} (peer {}); remove it first to \
+                     replace it",
+                    m.addr, m.peer_addr
+                )));
+            }
+            // Asked again (a retry, or a node that joins again): finish what was asked.
+            return if voter && !m.voter {
+                self.promote(id).await
+            } else {
+                Ok(now)
+            };
+        }
+        self.ask_who(id, &node).await?;
+        let added = tokio::time::timeout(CATCH_UP, self.raft.add_learner(id, node, true)).await;
+        match added {
+            Err(_) => {
+                return Err(ChangeError::Unfinished(format!(
+                    "node {id} was added as a learner and is still catching up; \
+                     promote it once it has"
+                )))
+            }
+            Ok(r) => {
+                r.map_err(openraft_error)?;
+            }
+        }
+        if voter {
+            return self.promote(id).await;
+        }
+        Ok(self.members())
+    }
+
+    /// Ask the node to add who it is, on its peer listener.
+    async fn ask_who(&self, id: NodeId, node: &CookieNode) -> Result<(), ChangeError> {
+        let reply = self
+            .peers
+            .get_json(&node.peer_addr, CLUSTER_PATH, PROBE)
+            .await
+            .map_err(|e| {
+                ChangeError::Unreachable(format!(
+                    "node {id} does not answer at its peer address {}: {e}",
+                    node.peer_addr
+                ))
+            })?;
+        let info = PeerInfo::from_cluster_json(&reply).ok_or_else(|| {
+            ChangeError::Unreachable(format!("{} gave no node id", node.peer_addr))
+        })?;
+        if info.id != id {
+            return Err(ChangeError::Invalid(format!(
+                "{} answers as node {}, not {id}",
+                node.peer_addr, info.id
+            )));
+        }
+        let ours = self.identity.registry().cluster;
+        if info.initialized && info.cluster.is_some() && info.cluster != ours {
+            return Err(ChangeError::Conflict(format!(
+                "node {id} belongs to another cluster; give it empty data to add it"
+            )));
+        }
+        if let Some(incarnation) = info.incarnation {
+            self.identity.observe(id, incarnation);
+        }
+        Ok(())
+    }
+
+    async fn promote(&self, id: NodeId) -> Result<Members, ChangeError> {
+        let now = self.members();
+        match now.members.iter().find(|m| m.id == id) {
+            None => return Err(ChangeError::NotMember),
+            Some(m) if m.voter => return Ok(now),
+            Some(_) => {}
+        }
+        self.commit(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    async fn remove(&self, id: NodeId) -> Result<Members, ChangeError> {
+        let now = self.members();
+        let Some(m) = now.members.iter().find(|m| m.id == id) else {
+            return Err(ChangeError::NotMember);
+        };
+        let change = if m.voter {
+            if now.voters == [id] {
+                return Err(ChangeError::Invalid(format!(
+                    "node {id} is the only voter; add another before removing it"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.commit(change).await
+    }
+
+    /// Commit a membership change (joint consensus, both steps) and answer the membership
+    /// it made. `retain = false`: a removed voter leaves the membership altogether.
+    async fn commit(
+        &self,
+        change: ChangeMembers<NodeId, CookieNode>,
+    ) -> Result<Members, ChangeError> {
+        let resp = tokio::time::timeout(COMMIT, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| {
+                ChangeError::Unfinished("the membership change did not commit in time".into())
+            })?
+            .map_err(openraft_error)?;
+        Ok(resp
+            .membership
+            .as_ref()
+            .map_or_else(|| self.members(), Members::of))
+    }
+}
+
+fn openraft_error(e: RaftError<NodeId, ClientWriteError<NodeId, CookieNode>>) -> ChangeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ChangeError::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_) => ChangeError::InProgress,
+            ChangeMembershipError::LearnerNotFound(_) => ChangeError::NotMember,
+            other => ChangeError::Invalid(other.to_string()),
+        },
+        RaftError::Fatal(f) => ChangeError::Unfinished(f.to_string()),
+    }
+}
+
+/// What `POST /cluster/members` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub id: NodeId,
+    pub addr: String,
+    pub peer_addr: Option<String>,
+    pub name: Option<String>,
+    /// `learner` or `voter` (the default).
+    pub role: Option<String>,
+}
+
+impl AddRequest {
+    /// The change it asks for, or why it is not one.
+    pub fn change(self) -> Result<Change, ChangeError> {
+        if self.id == 0 {
+            return Err(ChangeError::Invalid("id must be at least 1".into()));
+        }
+        let host_port = |a: &str| {
+            a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+        };
+        if !host_port(&self.addr) {
+            return Err(ChangeError::Invalid(format!(
+                "addr {:?} is not host:port",
+                self.addr
+            )));
+        }
+        let peer_addr = match self.peer_addr {
+            Some(p) => p,
+            None => crate::config::derived_peer_addr(&self.addr).map_err(ChangeError::Invalid)?,
+        };
+        if !host_port(&peer_addr) || peer_addr == self.addr {
+            return Err(ChangeError::Invalid(format!(
+                "peer_addr {peer_addr:?} is not a host:port of its own"
+            )));
+        }
+        let voter = match self.role.as_deref() {
+            None | Some("voter") => true,
+            Some("learner") => false,
+            Some(other) => {
+                return Err(ChangeError::Invalid(format!(
+                    "role {other:?} is not learner or voter"
+                )))
+            }
+        };
+        let name = self.name.unwrap_or_else(|| format!("node{}", self.id));
+        Ok(Change::Add {
+            id: self.id,
+            node: CookieNode::new(self.addr, peer_addr, name),
+            voter,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: serde_json::Value) -> Result<Change, ChangeError> {
+        serde_json::from_value::<AddRequest>(json).unwrap().change()
+    }
+
+    #[test]
+    fn an_add_request_is_checked_and_defaults_filled() {
+        let c = req(serde_json::json!({"id": 4, "addr": "h:8084"})).unwrap();
+        assert_eq!(
+            c,
+            Change::Add {
+                id: 4,
+                node: CookieNode::new("h:8084", "h:9084", "node4"),
+                voter: true
+            }
+        );
+        let c = req(
+            serde_json::json!({"id": 5, "addr": "h:1", "peer_addr": "h:2",
+            "role": "learner", "name": "replica"}),
+        )
+        .unwrap();
+        assert!(matches!(c, Change::Add { voter: false, .. }));
+        for bad in [
+            serde_json::json!({"id": 0, "addr": "h:1"}),
+            serde_json::json!({"id": 4, "addr": "nowhere"}),
+            serde_json::json!({"id": 4, "addr": "h:1", "peer_addr": "h:1"}),
+            serde_json::json!({"id": 4, "addr": "h:1", "role": "boss"}),
+        ] {
+            assert!(
+                matches!(req(bad.clone()), Err(ChangeError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The membership API (api.md section 9, admin role when client tokens are set):
+//! `GET /cluster/members`, `POST /cluster/members`, `POST /cluster/members/{id}/promote`,
+//! `DELETE /cluster/members/{id}`. Any node takes them; the change is made on the leader
+//! (`crate::cluster::membership`), one at a time, and the reply is the membership after it.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::time::Instant;
+
+use super::error::json_bytes;
+use super::state::Shared;
+use crate::cluster::membership::{AddRequest, Change, ChangeError, Members};
+
+/// The API's answer to a change that was not made.
+fn refusal(e: ChangeError) -> Response {
+    let status = match &e {
+        ChangeError::InProgress | ChangeError::Conflict(_) => StatusCode::CONFLICT,
+        ChangeError::NotMember => StatusCode::NOT_FOUND,
+        ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ChangeError::Unreachable(_) | ChangeError::NoLeader | ChangeError::NotLeader => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ChangeError::Unfinished(_) => StatusCode::GATEWAY_TIMEOUT,
+    };
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    let mut resp = json_bytes(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+async fn make(state: &Shared, change: Change) -> Response {
+    let deadline = Instant::now() + state.cfg.write_timeout();
+    match state.cluster.change_membership(change, deadline).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => refusal(e),
+    }
+}
+
+fn member_id(raw: &str) -> Result<u64, ChangeError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ChangeError::Invalid(format!("{raw:?} is not a member id")))
+}
+
+/// `GET /cluster/members`: the membership this node has applied.
+pub async fn list(State(state): State<Shared>) -> Json<Members> {
+    Json(state.cluster.members())
+}
+
+/// `POST /cluster/members` `{"id", "addr", "peer_addr"?, "name"?, "role"?}`.
+pub async fn add(State(state): State<Shared>, body: Bytes) -> Response {
+    let req: AddRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refusal(ChangeError::Invalid(format!("Invalid JSON: {e}"))),
+    };
+    match req.change() {
+        Ok(change) => make(&state, change).await,
+        Err(e) => refusal(e),
+    }
+}
+
+/// `POST /cluster/members/{id}/promote`.
+pub async fn promote(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match member_id(&id) {
+        Ok(id) => make(&state, Change::Promote { id }).await,
+        Err(e) => refusal(e),
+    }
+}
+
+/// `DELETE /cluster/members/{id}`.
+pub async fn remove(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match member_id(&id) {
+        Ok(id) => make(&state, Change::Remove { id }).await,
+        Err(e) => refusal(e),
+    }
+}

@@ -1,0 +1,339 @@
+//! Membership changes on real processes (issue 14): grow 3 -> 5 under writes and shrink back
+//! (removing the leader), replace a node whose data was deleted, a learner that reads and
+//! never votes.
+// clippy.toml keeps the server's functions to four arguments; an API call names them all.
+#![allow(clippy::too_many_arguments)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{send, Cluster, FAST_RAFT};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Writes one record after another through every node in turn until stopped; the ids of
+/// those acknowledged (201) are kept. Other answers (503 during an election, 504) are
+/// retried with a new id, as a client would.
+fn writer(
+    c: &Cluster,
+    stop: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<String>>>) {
+    let urls: Vec<String> = (0..c.nodes.len()).map(|i| c.url(i)).collect();
+    let client = c.client.clone();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let out = acked.clone();
+    let task = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            let id = format!("w-{n}");
+            let url = &urls[n as usize % urls.len()];
+            let r = client
+                .post(format!("{url}/cookies"))
+                .json(&json!({"cookie": id, "user_id": 1}))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 201) {
+                out.lock().unwrap().push(id);
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (task, acked)
+}
+
+/// Every acknowledged id is on every node listed in `on` (local reads, once applied).
+async fn all_present(c: &Cluster, acked: &[String], on: &[usize]) {
+    for &i in on {
+        for id in acked {
+            c.wait_local(i, id, WAIT, |r| r.status == 200).await;
+        }
+    }
+}
+
+async fn api(
+    c: &Cluster,
+    i: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> common::Reply {
+    let mut req = c.client.request(method, format!("{}{path}", c.url(i)));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    send(req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_to_five_under_writes_then_shrink_to_three_removing_the_leader() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (task, acked) = writer(&c, stop.clone());
+
+    // Node 4 joins as a voter by itself; node 5 joins as a learner and is promoted through
+    // the API (on a follower, which forwards to the leader).
+    let four = c.add_joiner(4, 1, "voter", FAST_RAFT);
+    let five = c.add_joiner(5, 2, "learner", FAST_RAFT);
+    c.spawn(four);
+    c.spawn(five);
+    c.wait_membership(0, &[1, 2, 3, 4], &[5], WAIT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let follower = (leader + 1) % 3;
+    let r = api(
+        &c,
+        follower,
+        reqwest::Method::POST,
+        "/cluster/members/5/promote",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["voters"], json!([1, 2, 3, 4, 5]), "{}", r.text);
+    // Asking again is answered with the same membership.
+    let r = api(
+        &c,
+        follower,
+        reqwest::Method::POST,
+        "/cluster/members/5/promote",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..5 {
+        c.wait_membership(i, &[1, 2, 3, 4, 5], &[], WAIT).await;
+    }
+    // The metrics show the members and count the changes (each add and promote is at
+    // least one configuration).
+    let m = send(c.client.get(format!("{}/metrics", c.url(0))))
+        .await
+        .text;
+    assert!(m.contains("raft_members{role=\"voter\"} 5"), "{m}");
+    let changes: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_membership_changes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(changes >= 3.0, "{changes}");
+
+    // Shrink: remove the leader, then another voter; the writes go on.
+    let leader = c.wait_leader(WAIT).await;
+    let leader_id = c.nodes[leader].id;
+    let other = (0..5).find(|&i| i != leader).unwrap();
+    let r = api(
+        &c,
+        other,
+        reqwest::Method::DELETE,
+        &format!("/cluster/members/{leader_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let remaining: Vec<u64> = (1..=5).filter(|&id| id != leader_id).collect();
+    c.wait_membership(other, &remaining, &[], WAIT).await;
+    let second = *remaining.last().unwrap();
+    let r = api(
+        &c,
+        other,
+        reqwest::Method::DELETE,
+        &format!("/cluster/members/{second}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let three: Vec<u64> = remaining
+        .iter()
+        .copied()
+        .filter(|&id| id != second)
+        .collect();
+    let kept: Vec<usize> = (0..5).filter(|&i| three.contains(&c.nodes[i].id)).collect();
+    for &i in &kept {
+        c.wait_membership(i, &three, &[], WAIT).await;
+    }
+    // Not a member any more: 404.
+    let r = api(
+        &c,
+        kept[0],
+        reqwest::Method::DELETE,
+        &format!("/cluster/members/{second}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (404, json!({"error": "Member not found"}))
+    );
+
+    // A few more writes on the three, then stop and check every acknowledged write.
+    let before = acked.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while acked.lock().unwrap().len() < before + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes stopped after the shrink"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    task.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    all_present(&c, &acked, &kept).await;
+    // And the three agree on the whole store.
+    let lists: BTreeSet<usize> = {
+        let mut s = BTreeSet::new();
+        for &i in &kept {
+            s.insert(c.list(i, "linearizable").await.len());
+        }
+        s
+    };
+    assert_eq!(
+        lists.len(),
+        1,
+        "nodes disagree on the number of records: {lists:?}"
+    );
+    let _ = &mut c;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_was_deleted_is_replaced_under_its_id() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    for k in 0..20 {
+        let r = c
+            .create(0, json!({"cookie": format!("r-{k}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // Node 3's disk dies.
+    c.kill(2);
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    // The operator removes it, and starts a node with empty data that joins as node 3.
+    let r = api(&c, 0, reqwest::Method::DELETE, "/cluster/members/3", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["voters"], json!([1, 2]), "{}", r.text);
+    let fresh = c.add_joiner(3, 0, "voter", FAST_RAFT);
+    c.spawn(fresh);
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+    for k in 0..20 {
+        c.wait_local(fresh, &format!("r-{k}"), WAIT, |r| r.status == 200)
+            .await;
+    }
+    // It is a full member: with node 1 down, nodes 2 and 3 still commit writes.
+    c.kill(0);
+    let r = c.create(1, json!({"cookie": "after", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_serves_reads_and_never_votes() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let learner = c.add_joiner(4, 0, "learner", FAST_RAFT);
+    c.spawn(learner);
+    c.wait_membership(0, &[1, 2, 3], &[4], WAIT).await;
+    let r = c.create(0, json!({"cookie": "l-1", "user_id": 1})).await;
+    assert_eq!(r.status, 201);
+    // Reads of both kinds on the learner; a write through it reaches the leader.
+    c.wait_local(learner, "l-1", WAIT, |r| r.status == 200)
+        .await;
+    assert_eq!(c.get(learner, "l-1", "linearizable").await.status, 200);
+    let r = c
+        .create(learner, json!({"cookie": "l-2", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let h = c.health(learner).await.unwrap();
+    assert_eq!(h["role"], "learner", "{h}");
+    let info = c.cluster_info(learner).await;
+    assert_eq!(info["learners"], json!([4]), "{info}");
+
+    // Two voters of three down: the learner does not make a quorum with the third.
+    let leader = c.wait_leader(WAIT).await;
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    for i in 0..3 {
+        if i != survivor {
+            c.kill(i);
+        }
+    }
+    let r = c
+        .create(survivor, json!({"cookie": "no-quorum", "user_id": 1}))
+        .await;
+    assert_eq!(
+        r.status, 503,
+        "a write committed without a quorum of voters: {}",
+        r.text
+    );
+    let h = c.health(learner).await.unwrap();
+    assert_eq!(h["role"], "learner", "{h}");
+    assert_ne!(
+        c.health(survivor).await.unwrap()["role"],
+        "leader",
+        "a voter led with only the learner's help"
+    );
+    let r = c.get(learner, "no-quorum", "local").await;
+    assert_eq!(r.status, 404);
+}
+
+/// Changes that make no sense are refused with the API's JSON errors and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_membership_api_refuses_bad_changes() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let post = reqwest::Method::POST;
+    let cases = [
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 4})),
+            400,
+        ),
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 4, "addr": "x"})),
+            400,
+        ),
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 4, "addr": "127.0.0.1:1", "role": "king"})),
+            400,
+        ),
+        // Node 2 exists at other addresses: removing it first is the way to replace it.
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 2, "addr": "127.0.0.1:1"})),
+            409,
+        ),
+        // Nobody answers at the new node's peer address.
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 9, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2"})),
+            503,
+        ),
+        (post.clone(), "/cluster/members/9/promote", None, 404),
+        (reqwest::Method::DELETE, "/cluster/members/9", None, 404),
+        (reqwest::Method::DELETE, "/cluster/members/abc", None, 400),
+    ];
+    for (method, path, body, status) in cases {
+        let r = api(&c, 1, method.clone(), path, body.clone()).await;
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.text);
+        assert!(r.json["error"].is_string(), "{}", r.text);
+    }
+    for i in 0..3 {
+        c.wait_membership(i, &[1, 2, 3], &[], WAIT).await;
+    }
+
+    // The only voter cannot be removed.
+    let one = Cluster::start(1, FAST_RAFT).await;
+    let r = api(&one, 0, reqwest::Method::DELETE, "/cluster/members/1", None).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = api(&one, 0, reqwest::Method::GET, "/cluster/members", None).await;
+    assert_eq!(r.json["voters"], json!([1]), "{}", r.text);
+}
