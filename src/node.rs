@@ -1,7 +1,8 @@
 //! One node's life: open the stores, start Raft and every background task, serve HTTP (the
 //! client listener and the peer listener),
-//! found the cluster if this node is the one to, and on SIGTERM/SIGINT stop in order:
-//! the HTTP server (in-flight requests finish), then the background tasks, then Raft.
+//! found the cluster if this node is the one to, and on SIGTERM/SIGINT stop in order: a
+//! leader hands leadership over (`cluster::handover`), then the HTTP servers stop
+//! (in-flight requests finish), then the background tasks, then Raft.
 //!
 //! This is the composition root: the only module that knows every layer, and the one
 //! place where the layers are wired to each other.
@@ -161,6 +162,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         ),
         identity: identity.clone(),
         changes: Arc::default(),
+        stepping_down: Arc::default(),
     };
     let metrics = Metrics::new();
     tasks.spawn(
@@ -241,11 +243,16 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     // Stop on a signal, or when this node learns its data was lost.
     let lost = Arc::new(std::sync::OnceLock::new());
     let stopping = CancellationToken::new();
+    let handover_bound = Duration::from_millis(3 * state.cfg.raft.election_timeout_max_ms);
     let _watch = {
         let (lost, stopping) = (lost.clone(), stopping.clone());
+        let cluster = state.cluster.clone();
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
-                () = shutdown_signal() => {}
+                () = shutdown_signal() => {
+                    // A leader hands over while its listeners still serve (handover.rs).
+                    cluster.step_down(handover_bound).await;
+                }
                 why = identity.lost() => {
                     tracing::error!("stopping: this node must be replaced, not rejoin");
                     let _ = lost.set(why);

@@ -19,96 +19,13 @@ use std::time::Duration;
 use cookie_raft::{CookieNode, NodeId};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::discovery::PeerInfo;
 use super::proto::CLUSTER_PATH;
+pub use super::proto::{Change, ChangeError, MemberView, Members};
 use super::{Cluster, Leader};
-
-/// One membership change, as the API and the forwarding between nodes carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// Add `node` as a learner; with `voter`, promote it once it has caught up.
-    Add {
-        id: NodeId,
-        node: CookieNode,
-        voter: bool,
-    },
-    /// Make a learner a voter.
-    Promote { id: NodeId },
-    /// Remove a voter or a learner.
-    Remove { id: NodeId },
-}
-
-/// Why a change was not made, or not completely.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum ChangeError {
-    /// Another change is being made (409).
-    #[error("Membership change in progress")]
-    InProgress,
-    /// The node named is not a member (404).
-    #[error("Member not found")]
-    NotMember,
-    /// The change makes no sense: a wrong id, the last voter (400).
-    #[error("{0}")]
-    Invalid(String),
-    /// The node is a member already with other addresses, or belongs to another cluster
-    /// (409).
-    #[error("{0}")]
-    Conflict(String),
-    /// The node to add does not answer on its peer listener (503): nothing changed.
-    #[error("{0}")]
-    Unreachable(String),
-    /// No leader within the deadline (503): nothing changed.
-    #[error("No leader available")]
-    NoLeader,
-    /// The receiver does not lead (between nodes only: the sender tries the leader).
-    #[error("not the leader")]
-    NotLeader,
-    /// Begun, and not known to be finished (504): a learner still catching up, or a
-    /// change whose commit was not seen in time. Look at the membership, then retry.
-    #[error("{0}")]
-    Unfinished(String),
-}
-
-/// One member, as `/cluster/members` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberView {
-    pub id: NodeId,
-    pub name: String,
-    pub addr: String,
-    pub peer_addr: String,
-    pub voter: bool,
-}
-
-/// The membership: every member, the voters' ids and the learners' ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Members {
-    pub members: Vec<MemberView>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-}
-
-impl Members {
-    pub fn of(m: &openraft::Membership<NodeId, CookieNode>) -> Members {
-        let voters: BTreeSet<NodeId> = m.voter_ids().collect();
-        Members {
-            members: m
-                .nodes()
-                .map(|(id, n)| MemberView {
-                    id: *id,
-                    name: n.name.clone(),
-                    addr: n.addr.clone(),
-                    peer_addr: n.peer_addr.clone(),
-                    voter: voters.contains(id),
-                })
-                .collect(),
-            voters: voters.into_iter().collect(),
-            learners: m.learner_ids().collect(),
-        }
-    }
-}
 
 /// How long a new learner may take to catch up before the add answers `Unfinished` (it
 /// stays a learner and goes on catching up; promote it later).

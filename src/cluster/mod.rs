@@ -13,10 +13,12 @@
 //! - [`identity`]: the leader registers members' incarnations, so a node whose data was lost
 //!   cannot come back as the member it was.
 //! - [`membership`]: adding, promoting and removing members, on the leader, one at a time;
-//!   [`join`]: a new node asking the cluster to add it.
+//!   [`join`]: a new node asking the cluster to add it; [`handover`]: a leader that stops
+//!   hands leadership over first.
 
 pub mod bootstrap;
 pub mod discovery;
+pub mod handover;
 pub mod identity;
 pub mod install_quiet;
 pub mod join;
@@ -45,6 +47,9 @@ pub struct Cluster {
     pub identity: Arc<Identity>,
     /// Held by the membership change being made on this node ([`membership`]).
     pub changes: Arc<tokio::sync::Mutex<()>>,
+    /// Set by a leader that is handing leadership over before it stops ([`handover`]): it
+    /// then answers as a node that does not lead.
+    pub stepping_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Who leads, as this node sees it now.
@@ -89,7 +94,13 @@ impl Cluster {
         let m = self.raft.metrics();
         let m = m.borrow();
         match m.current_leader {
-            Some(l) if l == self.me => Leader::Me,
+            Some(l) if l == self.me => {
+                if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    Leader::Unknown
+                } else {
+                    Leader::Me
+                }
+            }
             Some(l) => m
                 .membership_config
                 .membership()
@@ -102,6 +113,7 @@ impl Cluster {
     /// Whether this node leads now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.me)
+            && !self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Look at the leader now, then again each time it may have changed, until `deadline`.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use cookie_raft::codec;
 use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
-use super::membership::{Change, ChangeError, Members};
 use super::proto::{
-    ForwardReply, ForwardedWrite, ReadIndexReply, MEMBERSHIP_PATH, READ_INDEX_PATH, WRITE_PATH,
+    Change, ChangeError, ForwardReply, ForwardedWrite, Members, ReadIndexReply, MEMBERSHIP_PATH,
+    READ_INDEX_PATH, WRITE_PATH,
 };
 
 /// Why a peer request got no answer. For a forwarded write the difference matters:

@@ -1,0 +1,152 @@
+//! A rolling restart of every node under load (issue 14): each node in turn gets SIGTERM,
+//! exits, and is started again; a leader hands leadership over before it closes its
+//! listeners. Clients behave as behind a load balancer: a closed port sends them to
+//! another node, a 503 is retried after a pause (with the same `Idempotency-Key`, so a
+//! retry is safe whatever happened). No request may fail otherwise: no 504, no 500.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Cluster, FAST_RAFT};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Tally {
+    acked: Mutex<Vec<String>>,
+    retried_503: AtomicU64,
+    redirected: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    /// The slowest acknowledged write, first try to acknowledgement, in milliseconds.
+    slowest_ms: AtomicU64,
+}
+
+/// One client: creates `{name}-{n}` until stopped, each until it is acknowledged or fails.
+async fn client(urls: Vec<String>, name: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut n = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let id = format!("{name}-{n}");
+        let mut node = n;
+        let started = std::time::Instant::now();
+        loop {
+            let url = &urls[node % urls.len()];
+            let r = http
+                .post(format!("{url}/cookies"))
+                .header("Idempotency-Key", &id)
+                .json(&json!({"cookie": id, "user_id": 1}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 201 => {
+                    tally.acked.lock().unwrap().push(id.clone());
+                    let ms = started.elapsed().as_millis() as u64;
+                    tally.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+                    break;
+                }
+                Ok(r) if r.status() == 503 => {
+                    tally.retried_503.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    tally
+                        .failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{id} on {url}: {status} {text}"));
+                    break;
+                }
+                // A port closed while its node restarts: the load balancer's next node.
+                Err(_) => {
+                    tally.redirected.fetch_add(1, Ordering::Relaxed);
+                    node += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let urls: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..4)
+        .map(|k| {
+            tokio::spawn(client(
+                urls.clone(),
+                format!("c{k}"),
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+
+    // The leader last: the followers' restarts first, then the handover.
+    let leader = c.wait_leader(WAIT).await;
+    let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
+    let mut handed_over = false;
+    for &i in &order {
+        let before = tally.acked.lock().unwrap().len();
+        c.signal(i, "TERM");
+        let status = c
+            .wait_exit(i, WAIT)
+            .await
+            .expect("the node stops on SIGTERM");
+        assert!(status.success(), "node{} exited with {status}", i + 1);
+        if i == leader {
+            handed_over = c.logs().contains("leadership handed over");
+        }
+        c.spawn(i);
+        c.wait_ready_all(WAIT).await;
+        // Writes went on across this restart.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tally.acked.lock().unwrap().len() < before + 20 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "writes stalled after restarting node{}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in clients {
+        t.await.unwrap();
+    }
+
+    let failures = tally.failures.lock().unwrap().clone();
+    let acked = tally.acked.lock().unwrap().clone();
+    println!(
+        "rolling restart: {} writes acknowledged, {} retried 503s, {} redirected from a closed port, {} failed, slowest write {} ms",
+        acked.len(),
+        tally.retried_503.load(Ordering::Relaxed),
+        tally.redirected.load(Ordering::Relaxed),
+        failures.len(),
+        tally.slowest_ms.load(Ordering::Relaxed)
+    );
+    assert!(failures.is_empty(), "requests failed: {failures:#?}");
+    assert!(handed_over, "the leader did not hand over:\n{}", c.logs());
+    // Nothing acknowledged was lost.
+    let present = c.list(0, "linearizable").await.len();
+    assert_eq!(
+        present,
+        acked.len(),
+        "acknowledged {} but {present} stored",
+        acked.len()
+    );
+}
