@@ -62,7 +62,8 @@ bench:
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
-# (default 60). JEPSEN_FAULTS="partition" (or "kill pause") picks runs; JEPSEN_SEED fixes
+# (default 60). JEPSEN_FAULTS="partition" (or "kill pause", or "member" and mixes such as
+# "kill,partition,member": remove a node and add it back with empty data) picks runs; JEPSEN_SEED fixes
 # the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
 # between the nodes and HTTPS for the clients. Results: results/jepsen-<seed>/.
 jepsen:

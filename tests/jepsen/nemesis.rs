@@ -17,6 +17,10 @@ pub enum Fault {
     /// Partitions on the node-to-node links: majority/minority, isolate the leader, a
     /// bridge, or one-way.
     Partition,
+    /// Remove a random node or the leader from the membership (through another node's
+    /// API), kill it and delete its data; when healing, start it with empty data and
+    /// `join`, as a voter: it is added back with a new incarnation.
+    Member,
 }
 
 impl Fault {
@@ -27,12 +31,12 @@ impl Fault {
                 "kill" => out.push(Fault::Kill),
                 "pause" => out.push(Fault::Pause),
                 "partition" => out.push(Fault::Partition),
+                "member" => out.push(Fault::Member),
                 "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
                 "none" => {}
-                // Membership changes need /cluster/join and /cluster/leave (not built yet).
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (kill, pause, partition, all, none)"
+                        "unknown fault {other:?} (kill, pause, partition, member, all, none)"
                     ))
                 }
             }
@@ -49,6 +53,10 @@ enum Active {
     KilledAll(Vec<usize>),
     Paused(usize),
     Partitioned,
+    /// Removed from the membership, killed, data deleted: rejoins when healed.
+    Removed(usize),
+    /// Nothing was done (the change was refused); nothing to undo.
+    Nothing,
 }
 
 pub struct Nemesis {
@@ -110,6 +118,10 @@ impl Nemesis {
                 cluster.kill(t);
                 self.note(format!("kill -9 node{}", t + 1));
                 Active::Killed(t)
+            }
+            Fault::Member => {
+                let t = self.target(cluster).await;
+                self.remove(cluster, t).await
             }
             Fault::Pause => {
                 let t = self.target(cluster).await;
@@ -194,7 +206,61 @@ impl Nemesis {
                 mesh.heal();
                 self.note("heal partition".into());
             }
+            Active::Removed(t) => {
+                cluster.spawn(t);
+                self.note(format!(
+                    "start node{} with empty data, joining as a voter",
+                    t + 1
+                ));
+            }
+            Active::Nothing => {}
         }
+    }
+
+    /// Remove node `t` through another running node's API, then kill it and delete its
+    /// data, and make its config join the cluster when it starts again.
+    async fn remove(&mut self, cluster: &mut Cluster, t: usize) -> Active {
+        let id = cluster.nodes[t].id;
+        let Some(via) = (0..cluster.nodes.len()).find(|&i| i != t && cluster.is_running(i)) else {
+            return Active::Nothing;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let removed = loop {
+            let r = cluster
+                .client
+                .delete(format!("{}/cluster/members/{id}", cluster.url(via)))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 || r.status() == 404 => break true,
+                _ if Instant::now() > deadline => break false,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        if !removed {
+            self.note(format!(
+                "remove node{} from the membership: refused, left as is",
+                t + 1
+            ));
+            return Active::Nothing;
+        }
+        cluster.kill(t);
+        let _ = std::fs::remove_dir_all(cluster.data_dir(t));
+        let config = std::fs::read_to_string(&cluster.nodes[t].config).unwrap();
+        if !config.starts_with("join = ") {
+            // Top-level keys go first: the config ends in tables.
+            let join = format!(
+                "join = \"127.0.0.1:{}\"\njoin_as = \"voter\"\n",
+                cluster.nodes[via].peer_port
+            );
+            std::fs::write(&cluster.nodes[t].config, format!("{join}{config}")).unwrap();
+        }
+        self.note(format!(
+            "remove node{} from the membership (through node{}), kill it, delete its data",
+            t + 1,
+            via + 1
+        ));
+        Active::Removed(t)
     }
 
     /// Inject faults until `deadline`: a quiet gap, a fault held for a while, heal; repeat.
