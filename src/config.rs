@@ -741,14 +741,6 @@ impl Config {
                      (a StatefulSet pod name such as cookie-crud-0)"
                 )
             })?;
-        if ordinal >= c.expected_nodes as u64 {
-            return Err(format!(
-                "cluster.expected_nodes: pod ordinal {ordinal} is outside the initial \
-                 {} members; growing a cluster needs a membership change, which is not \
-                 supported yet",
-                c.expected_nodes
-            ));
-        }
         let namespace = c
             .namespace
             .clone()
@@ -757,14 +749,23 @@ impl Config {
         let service = c.service.clone().unwrap_or_default();
         let peer_port = c.peer_port.unwrap_or(peer_listen_port);
         let host = |i: u64| format!("{base}-{i}.{service}.{namespace}.svc.{}", c.cluster_domain);
-        self.nodes = (0..c.expected_nodes as u64)
-            .map(|i| Member {
-                id: i + 1,
-                addr: format!("{}:{listen_port}", host(i)),
-                peer_addr: Some(format!("{}:{peer_port}", host(i))),
-                name: Some(format!("{base}-{i}")),
-            })
-            .collect();
+        let member = |i: u64| Member {
+            id: i + 1,
+            addr: format!("{}:{listen_port}", host(i)),
+            peer_addr: Some(format!("{}:{peer_port}", host(i))),
+            name: Some(format!("{base}-{i}")),
+        };
+        self.nodes = (0..c.expected_nodes as u64).map(member).collect();
+        // A pod beyond the initial members (the StatefulSet scaled up) is elastic: it joins
+        // the running cluster through pod 0 as a voter, and leaves it before it stops
+        // (`cookie-crud leave`, the preStop hook).
+        if ordinal >= c.expected_nodes as u64 {
+            self.nodes.push(member(ordinal));
+            if self.join.is_none() {
+                self.join = Some(format!("{}:{peer_port}", host(0)));
+                self.join_as = JoinAs::Voter;
+            }
+        }
         self.node_id = ordinal + 1;
         self.node_name.get_or_insert(instance);
         Ok(())
@@ -774,6 +775,13 @@ impl Config {
         self.node_name
             .clone()
             .unwrap_or_else(|| format!("node{}", self.node_id))
+    }
+
+    /// Whether this node is a pod beyond a StatefulSet's initial members: it joined, and
+    /// leaves the membership before it stops (`cookie-crud leave`).
+    pub fn is_elastic(&self) -> bool {
+        self.cluster.discovery == Discovery::Kubernetes
+            && self.node_id > self.cluster.expected_nodes as u64
     }
 
     /// The address clients use to reach this node.
@@ -977,11 +985,18 @@ mod tests {
         let cfg = Config::from_sources("", env2).unwrap();
         assert!(cfg.nodes[0].addr.contains(".prod.svc."), "{:?}", cfg.nodes);
 
-        // A pod beyond the initial members, or a name without an ordinal, stops the node.
-        let mut bad = env.clone();
-        bad.push(("HOSTNAME".into(), "cookie-crud-3".into()));
-        let err = Config::from_sources("", bad).unwrap_err();
-        assert!(err.0.contains("expected_nodes"), "{err}");
+        // A pod beyond the initial members joins through pod 0, as a voter.
+        let mut more = env.clone();
+        more.push(("HOSTNAME".into(), "cookie-crud-3".into()));
+        let cfg = Config::from_sources("", more).unwrap();
+        assert_eq!(cfg.node_id, 4);
+        assert_eq!(
+            cfg.join.as_deref(),
+            Some("cookie-crud-0.cookie-crud-peers.shop.svc.cluster.local:9080")
+        );
+        assert_eq!(cfg.join_as, JoinAs::Voter);
+        assert!(cfg.is_elastic());
+        // A name without an ordinal stops the node.
         let mut bad = env.clone();
         bad.push(("HOSTNAME".into(), "cookiebox".into()));
         let err = Config::from_sources("", bad).unwrap_err();

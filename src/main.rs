@@ -44,10 +44,24 @@ enum Cmd {
     Run(ConfigArg),
     /// Exit 0 when the node this config describes answers GET /health with 200.
     Healthcheck(ConfigArg),
+    /// Remove this node from the cluster's membership (through its own API) and wait until
+    /// the change is made: what a stopping node that should not come back runs. With
+    /// `--if-elastic`, only a Kubernetes pod beyond the initial members does (the
+    /// StatefulSet's preStop hook).
+    Leave(LeaveArgs),
     /// Make a private CA and node certificates for a lab or test cluster (TLS and mutual
     /// TLS between peers): ca.pem, ca.key, node{i}.pem (the node's certificate, then the
     /// CA's) and node{i}.key. Existing files are never overwritten.
     Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct LeaveArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Do nothing unless this node is a pod beyond the StatefulSet's initial members.
+    #[arg(long)]
+    if_elastic: bool,
 }
 
 #[derive(Args)]
@@ -99,16 +113,9 @@ impl ConfigArg {
 
 /// `GET /health` on this node's own port, over loopback when it listens on every address.
 fn healthcheck(cfg: &Config) -> ExitCode {
-    let mut addr: std::net::SocketAddr = match cfg.listen.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("cookie-crud: listen: {e}");
-            return ExitCode::from(2);
-        }
+    let Some((client, base)) = own_client(cfg) else {
+        return ExitCode::from(2);
     };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -119,27 +126,14 @@ fn healthcheck(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(3));
-    let scheme = match &cfg.tls.cert {
-        Some(cert) => match Tls::pinned(cert) {
-            Ok(tls) => {
-                builder = builder.tls_backend_preconfigured(tls);
-                "https"
-            }
-            Err(e) => {
-                eprintln!("cookie-crud: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => "http",
-    };
-    let url = format!("{scheme}://{addr}/health");
+    let url = format!("{base}/health");
     let status = rt.block_on(async {
-        cookie_raft::network::install_crypto_provider();
-        let client = builder.build()?;
-        client.get(&url).send().await.map(|r| r.status())
+        client
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(3))
+            .send()
+            .await
+            .map(|r| r.status())
     });
     match status {
         Ok(s) if s.is_success() => ExitCode::SUCCESS,
@@ -150,6 +144,100 @@ fn healthcheck(cfg: &Config) -> ExitCode {
         Err(e) => {
             eprintln!("cookie-crud: {url}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `DELETE /cluster/members/{own id}` on this node's own client listener (an admin token
+/// from the config when client tokens are set), retried while the cluster has no leader or
+/// is busy with another change, for up to 25 s (within a pod's termination grace period).
+fn leave(cfg: &Config) -> ExitCode {
+    let Some((client, base)) = own_client(cfg) else {
+        return ExitCode::from(2);
+    };
+    let url = format!("{base}/cluster/members/{}", cfg.node_id);
+    let token = cfg
+        .client_tokens
+        .iter()
+        .find(|t| t.role == cookie_crud::config::Role::Admin)
+        .map(|t| t.token.expose().to_owned());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cookie-crud: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
+        loop {
+            let mut req = client.delete(&url);
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            let answer = match req.send().await {
+                Ok(r) => Ok((r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok((s, body)) if s.is_success() || s == 404 => {
+                    println!("node {} left the membership: {body}", cfg.node_id);
+                    return ExitCode::SUCCESS;
+                }
+                Ok((s, body)) if s != 503 && s != 409 && s != 504 => {
+                    eprintln!("cookie-crud leave: {url} answered {s}: {body}");
+                    return ExitCode::FAILURE;
+                }
+                other => {
+                    if tokio::time::Instant::now() > deadline {
+                        eprintln!("cookie-crud leave: gave up: {other:?}");
+                        return ExitCode::FAILURE;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A client for this node's own client listener, over loopback: HTTPS pinned to its own
+/// certificate when it has one. `None` (said on stderr) when the config cannot give one.
+fn own_client(cfg: &Config) -> Option<(reqwest::Client, String)> {
+    let mut addr: std::net::SocketAddr = match cfg.listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cookie-crud: listen: {e}");
+            return None;
+        }
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    cookie_raft::network::install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30));
+    let scheme = match &cfg.tls.cert {
+        Some(cert) => match Tls::pinned(cert) {
+            Ok(tls) => {
+                builder = builder.tls_backend_preconfigured(tls);
+                "https"
+            }
+            Err(e) => {
+                eprintln!("cookie-crud: {e}");
+                return None;
+            }
+        },
+        None => "http",
+    };
+    match builder.build() {
+        Ok(c) => Some((c, format!("{scheme}://{addr}"))),
+        Err(e) => {
+            eprintln!("cookie-crud: {e}");
+            None
         }
     }
 }
@@ -213,6 +301,19 @@ fn main() -> ExitCode {
         None => (&cli.config, false),
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::Healthcheck(a)) => (a, true),
+        Some(Cmd::Leave(l)) => {
+            return match l.config.load() {
+                Ok(cfg) if l.if_elastic && !cfg.is_elastic() => {
+                    println!("not an elastic pod: staying in the membership");
+                    ExitCode::SUCCESS
+                }
+                Ok(cfg) => leave(&cfg),
+                Err(e) => {
+                    eprintln!("cookie-crud: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Cmd::Certs(c)) => {
             return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
                 Ok(w) => {

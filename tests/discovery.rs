@@ -212,18 +212,29 @@ async fn dns_discovery_founds_the_cluster_once_every_expected_member_resolves() 
 /// reaches its peers through `peer_overrides` (as split-horizon addressing would).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let peer_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    // Three initial pods, and a fourth (the StatefulSet scaled up) started later.
+    let ports: Vec<u16> = (0..4).map(|_| common::free_port()).collect();
+    let peer_ports: Vec<u16> = (0..4).map(|_| common::free_port()).collect();
     // Overrides name where this node reaches each peer's listener.
     let overrides: Vec<String> = peer_ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
         .collect();
-    let specs = (0..3)
+    let specs = (0..4)
         .map(|i| {
+            // Pod DNS does not exist here: the scaled-up pod is told where pod 0 listens
+            // (in a StatefulSet it derives cookie-crud-0.cookie-crud-peers...:9080).
+            let join = if i == 3 {
+                format!(
+                    "join = \"127.0.0.1:{}\"\njoin_as = \"voter\"\n",
+                    peer_ports[0]
+                )
+            } else {
+                String::new()
+            };
             let toml = format!(
-                "listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
+                "{join}listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
                  data_dir = \"{{data_dir}}\"\ncluster_secret = \"discovery-test-secret\"\n\
                  peer_overrides = [{}]\n\
                  [cluster]\ndiscovery = \"kubernetes\"\ninstance_id = \"cookie-crud-{i}\"\n\
@@ -271,4 +282,45 @@ async fn kubernetes_discovery_forms_the_cluster_from_pod_names() {
     assert_eq!(created.status, 201, "{}", created.text);
     let read = cluster.get(0, "k8s-1", "linearizable").await;
     assert_eq!(read.status, 200, "{}", read.text);
+
+    // Scaled up: pod cookie-crud-3 (node 4) joins as a voter and catches up.
+    cluster.spawn(3);
+    cluster
+        .wait_membership(0, &[1, 2, 3, 4], &[], Duration::from_secs(30))
+        .await;
+    cluster
+        .wait_local(3, "k8s-1", Duration::from_secs(30), |r| r.status == 200)
+        .await;
+    // Scaled down: the preStop hook of an initial pod leaves nothing; the elastic pod's
+    // takes it out of the membership before it stops.
+    let leave = |i: usize| {
+        std::process::Command::new(common::BIN)
+            .args(["leave", "--if-elastic", "--config"])
+            .arg(&cluster.nodes[i].config)
+            .output()
+            .unwrap()
+    };
+    let out = leave(0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+        .wait_membership(1, &[1, 2, 3, 4], &[], Duration::from_secs(5))
+        .await;
+    let out = leave(3);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+        .wait_membership(0, &[1, 2, 3], &[], Duration::from_secs(30))
+        .await;
+    cluster.stop(3);
+    let created = cluster
+        .create(2, json!({"cookie": "k8s-2", "user_id": 7}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
 }

@@ -4,7 +4,10 @@
 //! The member forwards the request to the leader, which asks the new node who it is before
 //! adding it (`membership`), then replicates to it (by snapshot when the log is purged).
 //!
-//! A node that is already a member (restarted after joining) asks nothing.
+//! It asks at every start, even when the membership it has applied names it: that copy
+//! may be stale (it may have been removed while it was down, or have left before
+//! stopping, as an elastic Kubernetes pod does). For a member with the same addresses the
+//! leader answers at once and changes nothing.
 
 use std::time::Duration;
 
@@ -17,15 +20,6 @@ use crate::config::{Config, JoinAs};
 /// Pause between two requests that did not add this node.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Whether the membership this node has applied is what the join asked for.
-fn joined(cluster: &Cluster, voter: bool) -> bool {
-    cluster
-        .members()
-        .members
-        .iter()
-        .any(|m| m.id == cluster.me && (m.voter || !voter))
-}
-
 pub async fn run(cluster: Cluster, cfg: Config) {
     let Some(target) = cfg.join.clone() else {
         return;
@@ -37,7 +31,7 @@ pub async fn run(cluster: Cluster, cfg: Config) {
         voter,
     };
     let mut round = 0u64;
-    while !joined(&cluster, voter) {
+    loop {
         match cluster
             .peers
             .forward_change(&target, &change, CATCH_UP + Duration::from_secs(10))

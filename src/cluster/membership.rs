@@ -131,7 +131,7 @@ impl Cluster {
     async fn ask_who(&self, id: NodeId, node: &CookieNode) -> Result<(), ChangeError> {
         let reply = self
             .peers
-            .get_json(&node.peer_addr, CLUSTER_PATH, PROBE)
+            .get_json(&self.peers.addr(id, node), CLUSTER_PATH, PROBE)
             .await
             .map_err(|e| {
                 ChangeError::Unreachable(format!(

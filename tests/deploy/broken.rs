@@ -711,7 +711,11 @@ fn a_broken_container_environment_is_refused_by_the_binary() {
     typo.insert("COOKIE_CRUD_CLUSTER__EXPECTED_NODE".into(), n);
     let err = config_accepted(&typo).expect_err("a misspelled key must be refused");
     assert!(err.contains("unknown field `expected_node`"), "{err}");
+    // A pod beyond the initial members is accepted now: it joins (scaling up).
     let beyond = pod_environment(&objects, &image, 3);
-    let err = config_accepted(&beyond).expect_err("pod cookie-crud-3 of 3 must be refused");
-    assert!(err.contains("expected_nodes"), "{err}");
+    assert!(config_accepted(&beyond).is_ok(), "pod cookie-crud-3 of 3 must be accepted");
+    let mut nameless = pod_environment(&objects, &image, 0);
+    nameless.insert("HOSTNAME".into(), "cookiebox".into());
+    let err = config_accepted(&nameless).expect_err("a pod name without an ordinal");
+    assert!(err.contains("instance_id"), "{err}");
 }
