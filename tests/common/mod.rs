@@ -197,6 +197,10 @@ impl Cluster {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(15))
+            // A node closes a kept-alive connection that sends no request within its
+            // header timeout (500 ms in the hostile tests); a pooled connection reused just
+            // as it closes fails. Drop idle ones well before.
+            .pool_idle_timeout(Duration::from_millis(250))
             .build()
             .unwrap();
         Cluster { nodes, client, dir }
@@ -273,6 +277,7 @@ impl Cluster {
         self.client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(15))
+            .pool_idle_timeout(Duration::from_millis(250))
             .tls_certs_only([ca])
             .build()
             .unwrap();

@@ -713,7 +713,10 @@ fn a_broken_container_environment_is_refused_by_the_binary() {
     assert!(err.contains("unknown field `expected_node`"), "{err}");
     // A pod beyond the initial members is accepted now: it joins (scaling up).
     let beyond = pod_environment(&objects, &image, 3);
-    assert!(config_accepted(&beyond).is_ok(), "pod cookie-crud-3 of 3 must be accepted");
+    assert!(
+        config_accepted(&beyond).is_ok(),
+        "pod cookie-crud-3 of 3 must be accepted"
+    );
     let mut nameless = pod_environment(&objects, &image, 0);
     nameless.insert("HOSTNAME".into(), "cookiebox".into());
     let err = config_accepted(&nameless).expect_err("a pod name without an ordinal");
