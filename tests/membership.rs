@@ -251,6 +251,18 @@ async fn a_learner_serves_reads_and_never_votes() {
     assert_eq!(h["role"], "learner", "{h}");
     let info = c.cluster_info(learner).await;
     assert_eq!(info["learners"], json!([4]), "{info}");
+    let cache = send(c.client.get(format!("{}/cache", c.url(0)))).await.json;
+    assert_eq!(
+        cache["cluster_status"]["node_health"]["node4"]["role"], "learner",
+        "{cache}"
+    );
+    let cache = send(c.client.get(format!("{}/cache", c.url(learner))))
+        .await
+        .json;
+    assert_eq!(
+        cache["cluster_status"]["current_role"], "learner",
+        "{cache}"
+    );
 
     // Two voters of three down: the learner does not make a quorum with the third.
     let leader = c.wait_leader(WAIT).await;

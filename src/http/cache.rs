@@ -61,6 +61,15 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
     }
 
     let health = state.monitor.snapshot();
+    // Learners (read replicas) are named as such; the others vote.
+    let view = state.cluster.members();
+    let role_of = |id: u64| {
+        if view.learners.contains(&id) {
+            "learner"
+        } else {
+            "voter"
+        }
+    };
     let mut node_health = BTreeMap::new();
     let mut connected = Vec::new();
     for m in &members {
@@ -73,7 +82,7 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
         }
         node_health.insert(
             m.name.clone(),
-            json!({ "status": status, "last_seen": last_seen }),
+            json!({ "status": status, "last_seen": last_seen, "role": role_of(m.id) }),
         );
     }
 
@@ -81,6 +90,7 @@ pub async fn get_cache(State(state): State<Shared>, RawQuery(q): RawQuery) -> Re
         "cache_stats": stats_json(&state),
         "cluster_status": {
             "current_node": state.cfg.name(),
+            "current_role": role_of(state.cluster.me),
             "cluster_nodes": members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
             "connected_nodes": connected,
             "node_health": node_health,
