@@ -45,6 +45,12 @@ impl Member {
 /// use neighbouring client ports).
 pub const PEER_PORT_OFFSET: u16 = 1000;
 
+/// Whether `addr` is `host:port` with a non-empty host and a port above 0.
+pub fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// `host:port` with the port raised by [`PEER_PORT_OFFSET`] (port 0, "any port", stays 0).
 pub fn derived_peer_addr(addr: &str) -> Result<String, String> {
     let (host, port) = addr
@@ -324,11 +330,6 @@ impl TlsConfig {
     /// Whether peers authenticate each other with certificates.
     pub fn mutual_peers(&self) -> bool {
         self.peer_ca.is_some()
-    }
-
-    /// Whether clients speak HTTPS to this node.
-    pub fn clients(&self) -> bool {
-        self.cert.is_some()
     }
 
     fn check(&self) -> Result<(), String> {

@@ -116,15 +116,8 @@ fn healthcheck(cfg: &Config) -> ExitCode {
     let Some((client, base)) = own_client(cfg) else {
         return ExitCode::from(2);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cookie-crud: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = local_runtime() else {
+        return ExitCode::FAILURE;
     };
     let url = format!("{base}/health");
     let status = rt.block_on(async {
@@ -161,15 +154,8 @@ fn leave(cfg: &Config) -> ExitCode {
         .iter()
         .find(|t| t.role == cookie_crud::config::Role::Admin)
         .map(|t| t.token.expose().to_owned());
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cookie-crud: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = local_runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
@@ -201,6 +187,16 @@ fn leave(cfg: &Config) -> ExitCode {
             }
         }
     })
+}
+
+/// A one-thread runtime for the subcommands that call their own node (said on stderr when
+/// it cannot be made).
+fn local_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cookie-crud: {e}"))
+        .ok()
 }
 
 /// A client for this node's own client listener, over loopback: HTTPS pinned to its own

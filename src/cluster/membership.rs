@@ -26,6 +26,7 @@ use super::discovery::PeerInfo;
 use super::proto::CLUSTER_PATH;
 pub use super::proto::{Change, ChangeError, MemberView, Members};
 use super::{Cluster, Leader};
+use crate::config::{derived_peer_addr, is_host_port};
 
 /// How long a new learner may take to catch up before the add answers `Unfinished` (it
 /// stays a learner and goes on catching up; promote it later).
@@ -238,11 +239,7 @@ impl AddRequest {
         if self.id == 0 {
             return Err(ChangeError::Invalid("id must be at least 1".into()));
         }
-        let host_port = |a: &str| {
-            a.rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-        };
-        if !host_port(&self.addr) {
+        if !is_host_port(&self.addr) {
             return Err(ChangeError::Invalid(format!(
                 "addr {:?} is not host:port",
                 self.addr
@@ -250,9 +247,9 @@ impl AddRequest {
         }
         let peer_addr = match self.peer_addr {
             Some(p) => p,
-            None => crate::config::derived_peer_addr(&self.addr).map_err(ChangeError::Invalid)?,
+            None => derived_peer_addr(&self.addr).map_err(ChangeError::Invalid)?,
         };
-        if !host_port(&peer_addr) || peer_addr == self.addr {
+        if !is_host_port(&peer_addr) || peer_addr == self.addr {
             return Err(ChangeError::Invalid(format!(
                 "peer_addr {peer_addr:?} is not a host:port of its own"
             )));
