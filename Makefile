@@ -73,8 +73,13 @@ jepsen:
 	    | grep -E "^(nemesis|jepsen run|register ops|set:|keyed:|result|  |smallest|results in|test result)"; \
 	done
 
-# The operator files in deploy/ (Prometheus, Grafana, Dockerfile, compose, Kubernetes),
-# checked against each other and against real nodes.
+# The operator files in deploy/ (Prometheus and its alerting rules, Grafana, Dockerfile,
+# compose, Kubernetes): the real validators first (promtool check config/rules and the
+# alerts' unit tests, kubernetes-validate, hadolint, the Compose Specification schema;
+# scripts/deploy-check.sh installs them on first use: promtool from Debian, the rest from
+# PyPI into .venv-deploy/), then the files checked against each other and against real
+# nodes (tests/deploy.rs).
 .PHONY: deploy-check
 deploy-check:
+	scripts/deploy-check.sh
 	$(CARGO) test --release --test deploy

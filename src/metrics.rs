@@ -5,7 +5,12 @@
 //! A leaf: it imports nothing from the rest of this crate, so every layer may record into
 //! it without a cycle. Who measures what: the HTTP layer (requests by route template,
 //! store operations, the scrape-time values), the write path (group-commit batches,
-//! forwarding), the read path (read-index forwarding).
+//! forwarding), the read path (read-index forwarding), the peer RPCs (refused snapshots).
+//!
+//! Besides its own metrics the registry carries the `process_*` series of the prometheus
+//! crate's process collector (resident memory, CPU seconds, open and maximum file
+//! descriptors, threads; Linux only) and `cookie_crud_build_info{version, commit}`, always
+//! 1: the package version and the commit `build.rs` found.
 
 use std::sync::Arc;
 
@@ -52,7 +57,9 @@ pub struct Metrics {
     membership_changes: IntCounter,
     members: IntGaugeVec,
     snapshot_installs: IntCounter,
+    snapshot_install_failures: IntCounterVec,
     snapshots_built: IntCounter,
+    data_dir_bytes: IntGauge,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
     /// applied on the leader.
     pub write_batch_commands: Histogram,
@@ -87,9 +94,52 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
     h
 }
 
+/// Why a snapshot sent by a leader was not installed: the label values of
+/// `raft_snapshot_install_failures_total`, each exported from the start (at 0) so that a
+/// rate over it is defined before the first failure.
+pub const SNAPSHOT_INSTALL_FAILURES: [&str; 3] = ["too_large", "invalid", "stopped"];
+
+/// The commit this binary was built from (`build.rs`: `SOURCE_COMMIT`, else git, else
+/// `unknown`).
+pub const BUILD_COMMIT: &str = env!("BUILD_COMMIT");
+
+/// `cookie_crud_build_info{version, commit} 1`, and on Linux the process collector.
+fn register_process_and_build(r: &Registry) {
+    let info = gauge_vec(
+        r,
+        "cookie_crud_build_info",
+        "Always 1: the version and commit this node was built from",
+        &["version", "commit"],
+    );
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT])
+        .set(1);
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("unique metric");
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
+        register_process_and_build(&r);
+        let snapshot_install_failures = counter_vec(
+            &r,
+            "raft_snapshot_install_failures_total",
+            "Snapshots from a leader this node refused or failed to install, by reason: too_large (over max_snapshot_bytes), invalid (does not decode), stopped (Raft stopped or failed installing it)",
+            &["reason"],
+        );
+        for reason in SNAPSHOT_INSTALL_FAILURES {
+            snapshot_install_failures.with_label_values(&[reason]);
+        }
+        let data_dir_bytes = IntGauge::new(
+            "data_dir_bytes",
+            "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots",
+        )
+        .expect("valid metric");
+        r.register(Box::new(data_dir_bytes.clone()))
+            .expect("unique metric");
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
@@ -145,6 +195,8 @@ impl Metrics {
             membership_changes: counter(&r, "raft_membership_changes_total", "Membership configurations this node has seen take effect (a change through joint consensus is two)"),
             members: gauge_vec(&r, "raft_members", "Members in the membership this node knows, by role: voter, learner", &["role"]),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
+            snapshot_install_failures,
+            data_dir_bytes,
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
@@ -220,6 +272,19 @@ impl Metrics {
     pub fn set_snapshot_counts(&self, installed: u64, built: u64) {
         bump(&self.snapshot_installs, installed);
         bump(&self.snapshots_built, built);
+    }
+
+    /// A snapshot from a leader was refused or its install failed; `reason` is one of
+    /// [`SNAPSHOT_INSTALL_FAILURES`].
+    pub fn snapshot_install_failed(&self, reason: &str) {
+        self.snapshot_install_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// The size of everything under the data directory.
+    pub fn set_data_dir_bytes(&self, bytes: u64) {
+        self.data_dir_bytes.set(bytes as i64);
     }
 
     pub fn set_uptime(&self, seconds: f64) {

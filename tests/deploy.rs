@@ -10,7 +10,11 @@
 //! - the binary accepts the environment each container gets (`cookie-crud healthcheck`
 //!   exits 2 on a configuration it refuses);
 //! - the probe paths answer 200 on real nodes, and every metric, label and label value the
-//!   dashboard and the Prometheus configs use appears in real `/metrics` output;
+//!   dashboard, the Prometheus configs and the alerting rules use appears in real
+//!   `/metrics` output;
+//! - both Prometheus configs load `deploy/alerts.yml`, and every alert in it is complete
+//!   and has a unit test in `deploy/alerts.test.yml` (which `make deploy-check` runs with
+//!   `promtool test rules`, beside the other real validators of `scripts/deploy-check.sh`);
 //! - the checks reject deliberately broken copies of the real files.
 //!
 //! Each check is a function returning `Result<(), String>` listing every problem it found,

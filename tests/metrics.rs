@@ -244,3 +244,130 @@ async fn request_id_follows_a_write_from_follower_to_leader_log() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The operator's signals (issue 15): the process collector's series, the build's version
+/// and commit, the data directory's size, and refused snapshots counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_build_info_data_dir_and_snapshot_failure_series() {
+    use cookie_crud::cluster::proto::SNAPSHOT_PATH;
+    use cookie_raft::{codec, TypeConfig, RAFT_TARGET_HEADER};
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::storage::SnapshotMeta;
+    use openraft::{CommittedLeaderId, LogId, StoredMembership, Vote};
+
+    const SECRET: &str = "metrics-test-secret";
+    let c = Cluster::start(1, &format!("cluster_secret = \"{SECRET}\"\n{FAST_RAFT}")).await;
+    assert_eq!(
+        c.create(0, json!({"cookie": "m", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    // A snapshot that does not decode, sent with a peer's credentials: refused (422) and
+    // counted as `invalid`.
+    let garbage = InstallSnapshotRequest::<TypeConfig> {
+        vote: Vote::new_committed(1000, 2),
+        meta: SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1000, 2), 1_000_000)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "not-a-snapshot".into(),
+        },
+        offset: 0,
+        data: b"not a snapshot at all".to_vec(),
+        done: true,
+    };
+    let r = send(
+        c.client
+            .post(format!("{}{SNAPSHOT_PATH}", c.nodes[0].peer_url()))
+            .bearer_auth(SECRET)
+            .header(RAFT_TARGET_HEADER, c.nodes[0].id.to_string())
+            .header("content-type", "application/octet-stream")
+            .body(codec::encode(&garbage).unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+
+    let r = send(c.client.get(format!("{}/metrics", c.url(0)))).await;
+    assert_eq!(r.status, 200);
+    let (types, v) = parse(&r.text);
+    let get = |s: &str| {
+        v.get(s)
+            .copied()
+            .unwrap_or_else(|| panic!("missing {s}\n{}", r.text))
+    };
+
+    // The process collector (Linux): memory, CPU and file descriptors of the node itself.
+    if cfg!(target_os = "linux") {
+        for (name, kind) in [
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_virtual_memory_bytes", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("process_max_fds", "gauge"),
+            ("process_cpu_seconds_total", "counter"),
+            ("process_start_time_seconds", "gauge"),
+            ("process_threads", "gauge"),
+        ] {
+            assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
+        }
+        // A running node holds megabytes and a few files (its listeners, the stores).
+        assert!(get("process_resident_memory_bytes") > 1e6, "{}", r.text);
+        assert!(get("process_open_fds") >= 3.0, "{}", r.text);
+        assert!(get("process_max_fds") >= get("process_open_fds"));
+    }
+
+    // Build info: the package version and the commit build.rs found, as the only series.
+    let commit = cookie_crud::metrics::BUILD_COMMIT;
+    let info: Vec<(&String, &f64)> = v
+        .iter()
+        .filter(|(k, _)| k.starts_with("cookie_crud_build_info{"))
+        .collect();
+    assert_eq!(types["cookie_crud_build_info"], "gauge");
+    let want = format!(
+        "cookie_crud_build_info{{commit=\"{commit}\",version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(info, [(&want, &1.0)], "{}", r.text);
+    // With git and this repository at hand (and no SOURCE_COMMIT given to the build), it
+    // is a real commit of it: 12 hex digits git resolves. (Not compared with HEAD now: a
+    // commit made since the build would move HEAD.)
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("{commit}^{{commit}}"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    let in_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".git")
+        .exists();
+    if in_repo && option_env!("SOURCE_COMMIT").is_none() {
+        if let Ok(out) = git {
+            assert_eq!(commit.len(), 12, "{commit}");
+            assert!(
+                out.status.success(),
+                "{commit} is not a commit of this repository"
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with(commit));
+        }
+    }
+
+    // The data directory: every file under it, so at least the stores and the WAL.
+    assert_eq!(types["data_dir_bytes"], "gauge");
+    let files: f64 = ["log", "sm", "wal"]
+        .iter()
+        .map(|f| get(&format!("db_file_bytes{{file=\"{f}\"}}")))
+        .sum();
+    assert!(files > 0.0);
+    assert!(get("data_dir_bytes") >= files, "{}", r.text);
+
+    // Refused snapshots, by reason; every reason is exported from the start.
+    assert_eq!(types["raft_snapshot_install_failures_total"], "counter");
+    for (reason, n) in [("invalid", 1.0), ("too_large", 0.0), ("stopped", 0.0)] {
+        assert_eq!(
+            get(&format!(
+                "raft_snapshot_install_failures_total{{reason=\"{reason}\"}}"
+            )),
+            n,
+            "{reason}"
+        );
+    }
+    assert_eq!(get("raft_snapshot_installs_total"), 0.0);
+}

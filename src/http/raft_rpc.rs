@@ -41,11 +41,13 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
         Ok(answer) => reply(&answer),
         Err(refused) => {
             tracing::warn!("snapshot chunk refused: {refused}");
-            let status = match refused {
-                inbox::Refused::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                inbox::Refused::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                inbox::Refused::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Counted for `raft_snapshot_install_failures_total` (deploy/alerts.yml).
+            let (status, reason) = match refused {
+                inbox::Refused::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                inbox::Refused::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                inbox::Refused::Stopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
             };
+            state.metrics.snapshot_install_failed(reason);
             (status, refused.to_string()).into_response()
         }
     }

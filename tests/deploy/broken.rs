@@ -346,6 +346,72 @@ fn broken_kubernetes_manifests_are_rejected() {
                 )
             },
         ),
+        // Issue 15: a startup probe, a memory request and limit, spread over machines and
+        // zones.
+        ("no startup probe", "no startupProbe", |o| {
+            remove(find_mut(o, "StatefulSet", ""), &format!("{C}/startupProbe"))
+        }),
+        ("a startup probe of 30 s", "startupProbe allows 30 s", |o| {
+            set(
+                find_mut(o, "StatefulSet", ""),
+                &format!("{C}/startupProbe/failureThreshold"),
+                json!(3),
+            )
+        }),
+        (
+            "a startup probe on the peer port",
+            "startupProbe port",
+            |o| {
+                set(
+                    find_mut(o, "StatefulSet", ""),
+                    &format!("{C}/startupProbe/httpGet/port"),
+                    json!("peer"),
+                )
+            },
+        ),
+        ("a startup probe on /ready", "startupProbe path", |o| {
+            set(
+                find_mut(o, "StatefulSet", ""),
+                &format!("{C}/startupProbe/httpGet/path"),
+                json!("/ready"),
+            )
+        }),
+        ("no memory limit", "no memory limit", |o| {
+            remove(
+                find_mut(o, "StatefulSet", ""),
+                &format!("{C}/resources/limits/memory"),
+            )
+        }),
+        ("a memory request over the limit", "above the limit", |o| {
+            set(
+                find_mut(o, "StatefulSet", ""),
+                &format!("{C}/resources/requests/memory"),
+                json!("2Gi"),
+            )
+        }),
+        ("no anti-affinity", "podAntiAffinity", |o| {
+            remove(
+                find_mut(o, "StatefulSet", ""),
+                "/spec/template/spec/affinity",
+            )
+        }),
+        (
+            "an anti-affinity selecting other pods",
+            "podAntiAffinity",
+            |o| {
+                set(
+                    find_mut(o, "StatefulSet", ""),
+                    "/spec/template/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm/labelSelector/matchLabels",
+                    json!({"app.kubernetes.io/name": "something-else"}),
+                )
+            },
+        ),
+        ("no zone spread", "topology.kubernetes.io/zone", |o| {
+            remove(
+                find_mut(o, "StatefulSet", ""),
+                "/spec/template/spec/topologySpreadConstraints",
+            )
+        }),
     ];
     assert_rejected(&k8s_objects(), |o| check_kubernetes(o), cases);
 }

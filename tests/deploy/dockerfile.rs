@@ -254,6 +254,14 @@ pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
     if repo.join("tests").is_dir() {
         needed.push("tests".into());
     }
+    // The build script (without it cargo would build no differently, but the crate reads
+    // what it sets: the commit of cookie_crud_build_info).
+    match manifest["package"].get("build") {
+        Some(toml::Value::String(b)) => needed.push(b.clone()),
+        Some(toml::Value::Boolean(false)) => {}
+        _ if repo.join("build.rs").is_file() => needed.push("build.rs".into()),
+        _ => {}
+    }
     for n in needed {
         p.check(covered(&n), || {
             format!("Dockerfile does not copy {n}, which the manifest needs")

@@ -117,6 +117,8 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
     let pod = Pod::of(&data, c, &pod_labels);
     check_pod_ports(&mut p, &data, &pod);
     check_probes(&mut p, c, &pod);
+    check_resources(&mut p, c);
+    check_spread(&mut p, &spec["template"]["spec"], &pod_labels);
 
     // The peers' DNS names: <pod>.<serviceName>.<namespace>.svc...:<peer port> from the
     // headless service, which must publish pods before they are ready.
@@ -390,6 +392,7 @@ fn check_pod_ports(p: &mut Problems, data: &Env, pod: &Pod) {
 /// The probes ask the client port: the peer port answers only requests with the cluster
 /// secret, which the kubelet does not have.
 fn check_probes(p: &mut Problems, c: &Value, pod: &Pod) {
+    check_startup_probe(p, c, pod);
     for (probe, want) in [("livenessProbe", "/health"), ("readinessProbe", "/ready")] {
         let get = &c[probe]["httpGet"];
         p.check(get["path"].as_str() == Some(want), || {
@@ -403,6 +406,142 @@ fn check_probes(p: &mut Problems, c: &Value, pod: &Pod) {
             )
         });
     }
+}
+
+/// The startup probe: how long a starting pod may take before liveness counts. A node
+/// opening a large store, or a new pod receiving a snapshot, is not live for a while.
+pub(crate) const MIN_STARTUP_SECONDS: u64 = 300;
+
+/// The startup probe asks what the liveness probe asks (`/health` on the client port), and
+/// gives the pod at least [`MIN_STARTUP_SECONDS`] before the kubelet restarts it.
+fn check_startup_probe(p: &mut Problems, c: &Value, pod: &Pod) {
+    let probe = &c["startupProbe"];
+    if probe.is_null() {
+        p.add(format!(
+            "no startupProbe: a pod catching up by snapshot needs time before liveness \
+             counts (want /health on the client port, {MIN_STARTUP_SECONDS} s or more)"
+        ));
+        return;
+    }
+    let get = &probe["httpGet"];
+    p.check(get["path"].as_str() == Some("/health"), || {
+        format!("startupProbe path is {} (want /health)", get["path"])
+    });
+    let port = resolve_port(&get["port"], &pod.declared);
+    p.check(port.is_some() && port == pod.listen, || {
+        format!(
+            "startupProbe port {} is {port:?}, not the client listen port {:?}",
+            get["port"], pod.listen
+        )
+    });
+    // Kubernetes' defaults: every 10 s, 3 failures.
+    let period = probe["periodSeconds"].as_u64().unwrap_or(10);
+    let failures = probe["failureThreshold"].as_u64().unwrap_or(3);
+    p.check(period * failures >= MIN_STARTUP_SECONDS, || {
+        format!(
+            "startupProbe allows {} s (periodSeconds {period} x failureThreshold {failures}); \
+             want at least {MIN_STARTUP_SECONDS} s",
+            period * failures
+        )
+    });
+}
+
+/// A Kubernetes quantity (`1536Mi`, `1Gi`, `500M`, `1e9`, `2`) in bytes (or units).
+pub(crate) fn quantity(v: &Value) -> Option<f64> {
+    let text = match v {
+        Value::Number(n) => return n.as_f64(),
+        Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e')
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// The container's memory: a request and a limit, the request no more than the limit. A
+/// limit it does not have would let one node's growth take its machine's memory; a request
+/// it does not have would let the scheduler place it where the measured size does not fit.
+fn check_resources(p: &mut Problems, c: &Value) {
+    let res = &c["resources"];
+    let limit = quantity(&res["limits"]["memory"]);
+    let request = quantity(&res["requests"]["memory"]);
+    p.check(limit.is_some(), || {
+        format!(
+            "container {} has no memory limit (resources.limits.memory: {})",
+            c["name"], res["limits"]["memory"]
+        )
+    });
+    p.check(request.is_some(), || {
+        format!(
+            "container {} has no memory request (resources.requests.memory: {})",
+            c["name"], res["requests"]["memory"]
+        )
+    });
+    if let (Some(l), Some(r)) = (limit, request) {
+        p.check(r <= l, || {
+            format!(
+                "memory request {} is above the limit {}",
+                res["requests"]["memory"], res["limits"]["memory"]
+            )
+        });
+    }
+}
+
+/// The pods spread over machines (a preferred anti-affinity by host name) and zones (a
+/// topology spread that still schedules when it cannot), each selecting these pods.
+fn check_spread(p: &mut Problems, pod_spec: &Value, pod_labels: &BTreeMap<String, String>) {
+    let anti = pod_spec["affinity"]["podAntiAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["podAffinityTerm"])
+        .chain(
+            pod_spec["affinity"]["podAntiAffinity"]
+                ["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .any(|term| {
+            term["topologyKey"] == "kubernetes.io/hostname"
+                && selects(&str_map(&term["labelSelector"]["matchLabels"]), pod_labels)
+        });
+    p.check(anti, || {
+        format!(
+            "no podAntiAffinity term on kubernetes.io/hostname selecting the pods \
+             {pod_labels:?}: two members may share a machine"
+        )
+    });
+    let spread = pod_spec["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            t["topologyKey"] == "topology.kubernetes.io/zone"
+                && selects(&str_map(&t["labelSelector"]["matchLabels"]), pod_labels)
+        });
+    p.check(spread, || {
+        format!(
+            "no topologySpreadConstraints on topology.kubernetes.io/zone selecting the pods \
+             {pod_labels:?}"
+        )
+    });
 }
 
 /// `(port, container port it reaches)` of each port of a Service.

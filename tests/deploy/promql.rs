@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::dashboard::dashboard_queries;
 use crate::files::{deploy_dir, load_json, load_yaml_one, rel, str_map, Check, Problems};
-use crate::prometheus::yaml_exprs;
+use crate::prometheus::{prometheus_rule_files, yaml_exprs};
 
 // ---------------------------------------------------------------------------------------
 // What a query refers to
@@ -475,11 +475,19 @@ pub(crate) fn prometheus_configs() -> Vec<(PathBuf, Value)> {
     .collect()
 }
 
-/// Every query of the dashboard and of the Prometheus configs (rules, if any).
+/// Every query of the dashboard, of the Prometheus configs, and of the rule files they
+/// load (`deploy/alerts.yml`).
 pub(crate) fn all_queries() -> Vec<(String, String)> {
     let mut out = dashboard_queries(&load_json(&deploy_dir().join("grafana/cookie-crud.json")));
     for (path, cfg) in prometheus_configs() {
         yaml_exprs(&cfg, &rel(&path), &mut out);
+    }
+    let mut rules = BTreeSet::new();
+    for (_, files) in prometheus_rule_files().unwrap_or_else(|e| panic!("{e}")) {
+        rules.extend(files.into_iter().map(|f| f.canonicalize().unwrap_or(f)));
+    }
+    for file in rules {
+        yaml_exprs(&load_yaml_one(&file), &rel(&file), &mut out);
     }
     out
 }
