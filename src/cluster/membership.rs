@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use cookie_raft::identity::hex;
 use cookie_raft::{CookieNode, NodeId};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -149,11 +150,8 @@ impl Cluster {
                 node.peer_addr, info.id
             )));
         }
-        let ours = self.identity.registry().cluster;
-        if info.initialized && info.cluster.is_some() && info.cluster != ours {
-            return Err(ChangeError::Conflict(format!(
-                "node {id} belongs to another cluster; give it empty data to add it"
-            )));
+        if let Some(refused) = foreign(&info, self.identity.registry().cluster) {
+            return Err(refused);
         }
         if let Some(incarnation) = info.incarnation {
             self.identity.observe(id, incarnation);
@@ -233,6 +231,25 @@ pub struct AddRequest {
     pub role: Option<String>,
 }
 
+/// Why a node that answered `info` may not be added to cluster `ours`, if it may not: it has
+/// Raft state, and not ours. A node that founded a cluster of its own has a vote and a log
+/// of another history, and its cluster id is registered only a moment after it founds it;
+/// so Raft state without our cluster id is refused too, registered or not (issue 15: a
+/// standalone node added in that moment answered the leader with its own vote, and the
+/// two histories mixed). A node that left this cluster and comes back with its data names
+/// our id, and may.
+fn foreign(info: &PeerInfo, ours: Option<u64>) -> Option<ChangeError> {
+    if !info.initialized || (info.cluster.is_some() && info.cluster == ours) {
+        return None;
+    }
+    Some(ChangeError::Conflict(format!(
+        "node {} already has Raft state of another cluster ({}); give it empty data to add it",
+        info.id,
+        info.cluster
+            .map_or_else(|| "not yet registered".to_owned(), hex)
+    )))
+}
+
 impl AddRequest {
     /// The change it asks for, or why it is not one.
     pub fn change(self) -> Result<Change, ChangeError> {
@@ -306,6 +323,32 @@ mod tests {
             assert!(
                 matches!(req(bad.clone()), Err(ChangeError::Invalid(_))),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_with_raft_state_of_another_cluster_is_refused_registered_or_not() {
+        let info = |initialized, cluster| PeerInfo {
+            id: 4,
+            name: "node4".into(),
+            initialized,
+            incarnation: Some(9),
+            addr: None,
+            cluster,
+        };
+        // Empty data: added, whatever it says of a cluster.
+        assert!(foreign(&info(false, None), Some(7)).is_none());
+        // A node that left this cluster and comes back with its data.
+        assert!(foreign(&info(true, Some(7)), Some(7)).is_none());
+        // Another cluster's, registered or only just founded (the regression).
+        for (theirs, ours) in [(Some(8), Some(7)), (None, Some(7)), (None, None)] {
+            assert!(
+                matches!(
+                    foreign(&info(true, theirs), ours),
+                    Some(ChangeError::Conflict(_))
+                ),
+                "{theirs:?} in {ours:?}"
             );
         }
     }
