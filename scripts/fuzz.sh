@@ -66,13 +66,16 @@ done
 
 # Two nodes, so writes are also forwarded from a follower. The data-acceptance checks are
 # left out: the contract refuses schema-valid requests for reasons a schema cannot say
-# (a reused Idempotency-Key, a stale If-Match), so they would only report those.
+# (a reused Idempotency-Key, a stale If-Match), so they would only report those. The
+# membership changes are left out too: a fuzzer that removes members at random leaves no
+# cluster to fuzz (tests/membership.rs and tests/ctl.rs test them on real processes).
 status=0
 for i in 1 3; do
   url="http://127.0.0.1:$((BASE + i))"
   echo "== schemathesis against node$i ($EXAMPLES examples)"
   "$VENV/bin/schemathesis" run "$url/openapi.json" --url "$url" -n "$EXAMPLES" \
     --exclude-checks not_a_server_error,positive_data_acceptance,negative_data_rejection \
+    --exclude-operation-id-regex '^(add|remove|promote)Member$' \
     --request-timeout 10 --generation-database none --report junit --report-dir "target/fuzz-report/node$i" \
     --no-color || status=1
 done

@@ -35,6 +35,7 @@ pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod http;
 pub mod metrics;
 pub mod node;

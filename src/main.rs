@@ -53,6 +53,49 @@ enum Cmd {
     /// TLS between peers): ca.pem, ca.key, node{i}.pem (the node's certificate, then the
     /// CA's) and node{i}.key. Existing files are never overwritten.
     Certs(CertsArgs),
+    /// Operate a running cluster: status, members, records, backup, cache
+    /// (`cookie-crud ctl --help`).
+    Ctl(cookie_crud::ctl::CtlArgs),
+    /// Make the data directory of a brand-new one-member cluster (a new cluster id) that
+    /// holds exactly a backup's records; the node is the one the config describes, and other
+    /// nodes then join it. Refuses a corrupt or truncated file, a file from a newer version,
+    /// and a data directory that is not empty.
+    Restore(RestoreArgs),
+    /// Write a backup of a stopped node's data directory: for a cluster that lost its
+    /// quorum for good, restore it into a new cluster. Every entry of the node's log is
+    /// applied on top of its state first (committed or not: nothing acknowledged is lost);
+    /// the directory itself is never changed.
+    Dump(DumpArgs),
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// The backup file to write.
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+    /// The node's data directory (default: the config's `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Only the state the node had applied, not the rest of its log.
+    #[arg(long)]
+    applied_only: bool,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup file (`cookie-crud ctl backup`, or `GET /admin/backup`).
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// The data directory to create (default: the config's `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The restored node's id (default: the config's `node_id`).
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Args)]
@@ -78,6 +121,77 @@ struct CertsArgs {
     hosts: Vec<String>,
 }
 
+/// `cookie-crud restore`: the config the restored node will run with, the flags over it.
+fn restore(r: &RestoreArgs) -> ExitCode {
+    let mut extra = Vec::new();
+    if let Some(d) = &r.data_dir {
+        extra.push((
+            "COOKIE_CRUD_DATA_DIR".to_owned(),
+            format!("{:?}", d.display().to_string()),
+        ));
+    }
+    if let Some(n) = r.node_id {
+        extra.push(("COOKIE_CRUD_NODE_ID".to_owned(), n.to_string()));
+    }
+    let cfg = match r.config.load_with(extra) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cookie-crud restore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cookie_crud::ctl::backup::restore(&cfg, &r.from) {
+        Ok(h) => {
+            println!(
+                "restored {} records (index {}, term {}, from {}) into {} as node {} of a new \
+                 one-member cluster; start it, then add the other nodes (--join)",
+                h.records,
+                h.index,
+                h.term,
+                if h.node.is_empty() { "?" } else { &h.node },
+                cfg.data_dir.display(),
+                cfg.node_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cookie-crud restore: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `cookie-crud dump`.
+fn dump(d: &DumpArgs) -> ExitCode {
+    let dir = match &d.data_dir {
+        Some(dir) => dir.clone(),
+        None => match d.config.load() {
+            Ok(c) => c.data_dir,
+            Err(e) => {
+                eprintln!("cookie-crud dump: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match cookie_crud::ctl::backup::dump(&dir, &d.to, d.applied_only) {
+        Ok(r) => {
+            println!(
+                "wrote {}: {} records at index {} (applied {}, then {} entries of the log)",
+                d.to.display(),
+                r.header.records,
+                r.header.index,
+                r.applied,
+                r.replayed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cookie-crud dump: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 /// Where the configuration comes from.
 #[derive(Args, Default)]
 struct ConfigArg {
@@ -99,7 +213,16 @@ struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> Result<Config, cookie_crud::config::ConfigError> {
+        self.load_with(Vec::new())
+    }
+
+    /// Load, with `extra` environment variables over the process's.
+    fn load_with(
+        &self,
+        extra: Vec<(String, String)>,
+    ) -> Result<Config, cookie_crud::config::ConfigError> {
         let mut env: Vec<(String, String)> = std::env::vars().collect();
+        env.extend(extra);
         // The flags win over the file and the environment, as the environment over the file.
         if let Some(j) = &self.join {
             env.push(("COOKIE_CRUD_JOIN".into(), format!("{j:?}")));
@@ -292,7 +415,12 @@ fn run_node(cfg: Config) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if matches!(cli.command, Some(Cmd::Ctl(_))) {
+        if let Some(Cmd::Ctl(c)) = cli.command.take() {
+            return cookie_crud::ctl::run(c);
+        }
+    }
     let (args, check) = match &cli.command {
         None => (&cli.config, false),
         Some(Cmd::Run(a)) => (a, false),
@@ -310,6 +438,9 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Cmd::Ctl(_)) => unreachable!("handled above"),
+        Some(Cmd::Restore(r)) => return restore(r),
+        Some(Cmd::Dump(d)) => return dump(d),
         Some(Cmd::Certs(c)) => {
             return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
                 Ok(w) => {

@@ -119,6 +119,16 @@ impl Tls {
         Ok(tls)
     }
 
+    /// A client config that trusts the CA certificates in `ca` (and checks server names):
+    /// what `cookie-crud ctl --cacert` uses against a cluster with a private CA.
+    pub fn trusting(ca: &Path) -> Result<ClientConfig, TlsError> {
+        Ok(ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError(e.to_string()))?
+            .with_root_certificates(roots(ca)?)
+            .with_no_client_auth())
+    }
+
     /// A client config that accepts exactly the certificate in `path` (its first), whatever
     /// name it was reached by: what `cookie-crud healthcheck` uses to reach its own node
     /// over loopback, where the certificate names the node's public names, not 127.0.0.1.

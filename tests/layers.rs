@@ -228,7 +228,7 @@ fn find_cycle(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Option<Vec<
 const LAYERS: &[&[&str]] = &[
     &["certs", "clock", "config", "metrics", "tasks"],
     &["cluster", "tls"],
-    &["read", "write"],
+    &["ctl", "read", "write"],
     &["http"],
     &["node"],
 ];

@@ -1,17 +1,23 @@
-//! Peer health: a periodic `GET /health` of every other member, remembering whether it
-//! answered and when it last did. `/cache` reports it as `cluster_status.node_health`, and
-//! `/metrics` as `raft_peer_reachable`.
+//! This node's watch over the cluster:
+//! - peer health: a periodic `GET /health` of every other member, remembering whether it
+//!   answered, when it last did, and the role, term and applied index it last reported.
+//!   `/cache` reports it as `cluster_status.node_health`, `/metrics` as
+//!   `raft_peer_reachable`, `/cluster` as `peers`;
+//! - leader changes: the last [`LEADER_HISTORY`] leaders this node learned of, one per
+//!   term, from openraft's metrics. `/cluster` reports them as `leader_changes` (the status
+//!   page shows them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cookie_raft::NodeId;
+use cookie_raft::{NodeId, Raft};
 use futures::future::join_all;
+use serde::Serialize;
 
 use super::proto::HEALTH_PATH;
 use super::Cluster;
-use crate::clock::unix_now;
+use crate::clock::{unix_now, unix_now_ms};
 
 /// What we last learned about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +26,82 @@ pub struct PeerHealth {
     pub ok: bool,
     /// Unix seconds of the last successful check, if any.
     pub last_seen: Option<u64>,
+    /// What the peer's `/health` said at the last successful check: its role, term and
+    /// last applied index.
+    pub role: Option<String>,
+    pub term: Option<u64>,
+    pub last_applied: Option<u64>,
 }
 
-/// The latest health of every other member. Cloning shares it.
+/// How many leader changes [`Monitor::leader_changes`] remembers.
+pub const LEADER_HISTORY: usize = 20;
+
+/// A leader this node learned of: its term, id and name, and when this node learned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaderChange {
+    pub term: u64,
+    pub leader_id: NodeId,
+    pub leader: String,
+    /// Unix milliseconds, by this node's clock.
+    pub at_ms: u64,
+}
+
+/// The latest health of every other member, and the recent leaders. Cloning shares them.
 #[derive(Clone, Default)]
 pub struct Monitor {
     peers: Arc<Mutex<BTreeMap<NodeId, PeerHealth>>>,
+    leaders: Arc<Mutex<VecDeque<LeaderChange>>>,
 }
 
 impl Monitor {
+    /// The last [`LEADER_HISTORY`] leaders this node learned of, the most recent first.
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        let ring = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().cloned().collect()
+    }
+
+    /// Remember `change` unless it names the leader and term remembered last.
+    fn record_leader(&self, change: LeaderChange) {
+        let mut ring = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if ring
+            .back()
+            .is_some_and(|l| l.term == change.term && l.leader_id == change.leader_id)
+        {
+            return;
+        }
+        if ring.len() == LEADER_HISTORY {
+            ring.pop_front();
+        }
+        ring.push_back(change);
+    }
+
+    /// Record each leader openraft's metrics name, as they change, until Raft stops. Changes
+    /// that come and go between two looks at the metrics are not seen.
+    async fn watch_leaders(&self, raft: Raft) {
+        let mut rx = raft.metrics();
+        loop {
+            let seen = {
+                let m = rx.borrow_and_update();
+                m.current_leader.map(|id| LeaderChange {
+                    term: m.current_term,
+                    leader_id: id,
+                    leader: m
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map_or_else(|| format!("node{id}"), |n| n.name.clone()),
+                    at_ms: unix_now_ms(),
+                })
+            };
+            if let Some(change) = seen {
+                self.record_leader(change);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A snapshot of every peer's health.
     pub fn snapshot(&self) -> BTreeMap<NodeId, PeerHealth> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -51,23 +124,67 @@ impl Monitor {
                 name: m.name.clone(),
                 ok: false,
                 last_seen: None,
+                role: None,
+                term: None,
+                last_applied: None,
             });
             entry.name = m.name;
             entry.ok = res.is_ok();
-            if entry.ok {
+            if let Ok(h) = res {
                 entry.last_seen = Some(now);
+                entry.role = h["role"].as_str().map(str::to_owned);
+                entry.term = h["term"].as_u64();
+                entry.last_applied = h["last_applied"].as_u64();
             }
         }
     }
 
-    /// [`Monitor::check_once`] every `interval`, each check bounded by `timeout`; runs until
-    /// the caller stops it.
+    /// [`Monitor::check_once`] every `interval`, each check bounded by `timeout`, and the
+    /// leader changes as they happen; runs until the caller stops it.
     pub async fn run(self, cluster: Cluster, interval: Duration, timeout: Duration) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.check_once(&cluster, timeout).await;
+        let checks = async {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                self.check_once(&cluster, timeout).await;
+            }
+        };
+        tokio::join!(checks, self.watch_leaders(cluster.raft.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(term: u64, leader_id: NodeId) -> LeaderChange {
+        LeaderChange {
+            term,
+            leader_id,
+            leader: format!("node{leader_id}"),
+            at_ms: term * 1000,
         }
+    }
+
+    #[test]
+    fn the_leader_history_keeps_one_entry_per_term_and_leader_and_the_last_twenty() {
+        let m = Monitor::default();
+        m.record_leader(change(1, 1));
+        m.record_leader(change(1, 1));
+        m.record_leader(change(2, 1));
+        let got: Vec<(u64, u64)> = m
+            .leader_changes()
+            .iter()
+            .map(|c| (c.term, c.leader_id))
+            .collect();
+        assert_eq!(got, [(2, 1), (1, 1)]);
+        for term in 3..40 {
+            m.record_leader(change(term, term % 3 + 1));
+        }
+        let all = m.leader_changes();
+        assert_eq!(all.len(), LEADER_HISTORY);
+        assert_eq!(all[0].term, 39);
+        assert_eq!(all[LEADER_HISTORY - 1].term, 39 - LEADER_HISTORY as u64 + 1);
     }
 }

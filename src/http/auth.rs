@@ -4,7 +4,8 @@
 //! cover the request: `read` any GET, `write` also POST, PUT and DELETE on `/cookies`,
 //! `admin` also `DELETE /cache`, `/cluster` and `/admin/*`. Missing or unknown token: 401
 //! `{"error":"Unauthorized"}`; a role without the right: 403 `{"error":"Forbidden"}`.
-//! `/health` and `/ready` stay open for probes. The cluster secret is no client credential:
+//! `/health` and `/ready` stay open for probes, and `/` (the status page, which holds no
+//! data: its script asks the other endpoints with the token the user gives it). The cluster secret is no client credential:
 //! it opens the peer listener only (`peer_gate`), where peers probe each other.
 //!
 //! Tokens are compared in constant time, every configured token each time, so the time
@@ -25,7 +26,7 @@ fn needed(method: &Method, path: &str) -> Option<Role> {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
-    if path == "/health" || path == "/ready" {
+    if path == "/" || path == "/health" || path == "/ready" {
         return None;
     }
     let admin = under("/cluster") || under("/admin") || (under("/cache") && method != Method::GET);
@@ -78,6 +79,7 @@ mod tests {
         let cases = [
             (Method::GET, "/health", None),
             (Method::GET, "/ready", None),
+            (Method::GET, "/", None),
             (Method::GET, "/cookies", Some(Role::Read)),
             (Method::GET, "/cookies/a", Some(Role::Read)),
             (Method::GET, "/metrics", Some(Role::Read)),

@@ -63,10 +63,33 @@ pub async fn ready(State(state): State<Shared>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /cluster`: members, voters, learners, leader, term and indexes.
+/// The other members as this node's health monitor last saw them: whether they answered,
+/// when, and the role, term and applied index they reported.
+fn peers(state: &Shared) -> Vec<serde_json::Value> {
+    let members = state.monitor.snapshot();
+    members
+        .into_iter()
+        .map(|(id, h)| {
+            json!({
+                "id": id, "name": h.name, "status": if h.ok { "ok" } else { "error" },
+                "last_seen": h.last_seen, "role": h.role, "term": h.term,
+                "last_applied": h.last_applied,
+            })
+        })
+        .collect()
+}
+
+/// `GET /cluster`: members, voters, learners, leader, term and indexes; on the leader, how
+/// far each follower's log matches (`replication`); the recent leaders (`leader_changes`).
 pub async fn cluster(State(state): State<Shared>) -> Response {
-    let initialized = state.cluster.raft.is_initialized().await.unwrap_or(false);
-    let m = state.cluster.raft.metrics().borrow().clone();
+    let raft = &state.cluster.raft;
+    let initialized = raft.is_initialized().await.unwrap_or(false);
+    let committed = raft
+        .with_raft_state(|st| st.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten();
+    let m = raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let learners: Vec<u64> = membership.learner_ids().collect();
@@ -82,6 +105,22 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let replication: Option<Vec<_>> = m.replication.as_ref().map(|peers| {
+        peers
+            .iter()
+            .filter(|(id, _)| **id != state.cluster.me)
+            .map(|(id, matched)| {
+                let matched = matched.map(|l| l.index);
+                json!({
+                    "id": id,
+                    "name": state.cluster.node_name(*id),
+                    "matched": matched,
+                    "lag": last_log.saturating_sub(matched.unwrap_or(0)),
+                })
+            })
+            .collect()
+    });
     Json(json!({
         "node_id": state.cluster.me,
         "node": state.cfg.name(),
@@ -92,14 +131,20 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "incarnation": hex(identity.own()),
         "role": role(m.state),
         "leader": m.current_leader,
+        "leader_name": m.current_leader.map(|l| state.cluster.node_name(l)),
         "term": m.current_term,
         "members": members,
         "voters": voters,
         "learners": learners,
         "last_log_index": m.last_log_index,
+        "committed": committed,
         "last_applied": m.last_applied.map(|l| l.index),
         "snapshot": m.snapshot.map(|l| l.index),
         "purged": m.purged.map(|l| l.index),
+        "millis_since_quorum_ack": m.millis_since_quorum_ack,
+        "replication": replication,
+        "peers": peers(&state),
+        "leader_changes": state.monitor.leader_changes(),
     }))
     .into_response()
 }

@@ -1,13 +1,15 @@
 //! The HTTP layer: the public API (`/cookies`, `/cache`, `/health`, `/ready`, `/cluster`,
-//! `/metrics`) on the client listener, and the node-to-node endpoints (`/raft/*` and the
-//! peer probes) on the peer listener, each with its own axum router.
+//! `/metrics`) and the status page (`/`) on the client listener, and the node-to-node
+//! endpoints (`/raft/*` and the peer probes) on the peer listener, each with its own axum
+//! router.
 //!
 //! - [`cookies`], [`cache`], [`health`], [`members`]: the public API's handlers; [`params`] what they
 //!   read from a request; [`error`] the one mapping of errors to HTTP.
 //! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
 //!   requests; [`peer_gate`]: what both check first.
 //! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`; [`auth`]:
-//!   client tokens and roles; [`openapi`]: the API's OpenAPI document.
+//!   client tokens and roles; [`openapi`]: the API's OpenAPI document; [`status`]: the
+//!   status page at `/`.
 //! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
 //!   [`server`]: accepting connections, with hyper's limits.
 //!
@@ -15,6 +17,7 @@
 //! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
 
 pub mod auth;
+pub mod backup;
 pub mod cache;
 pub mod cookies;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod raft_rpc;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod status;
 
 pub use router::{client_router, peer_router};
 pub use state::{AppState, Shared};

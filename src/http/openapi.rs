@@ -45,6 +45,11 @@ mod tests {
             "/cluster",
             "/metrics",
             "/openapi.json",
+            "/",
+            "/cluster/members",
+            "/cluster/members/{id}",
+            "/cluster/members/{id}/promote",
+            "/admin/backup",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is not documented");
         }

@@ -15,7 +15,9 @@ use super::observe::{
     REQUEST_ID_HEADER,
 };
 use super::state::Shared;
-use super::{auth, cache, cookies, health, members, openapi, peer_gate, peer_rpc, raft_rpc};
+use super::{
+    auth, backup, cache, cookies, health, members, openapi, peer_gate, peer_rpc, raft_rpc, status,
+};
 use crate::cluster::proto::{
     APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HEALTH_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
     SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
@@ -76,6 +78,7 @@ pub fn peer_router(state: Shared) -> Router {
 /// The client listener's routes: the public API only. `/raft/*` is not here (404).
 pub fn client_router(state: Shared) -> Router {
     let routes = Router::new()
+        .route("/", with_405(get(status::page)))
         .route(
             "/cookies",
             with_405(
@@ -121,6 +124,10 @@ pub fn client_router(state: Shared) -> Router {
         .route(
             "/cluster/members/{id}/promote",
             with_405(post(members::promote)),
+        )
+        .route(
+            "/admin/backup",
+            with_405(get(backup::backup).head(method_not_allowed)),
         )
         .route("/openapi.json", with_405(get(openapi::document)))
         .fallback(not_found)

@@ -31,6 +31,8 @@ use crate::{BoxError, StResult};
 use files::SnapshotFiles;
 
 mod apply;
+pub mod backup;
+pub mod dump;
 pub mod files;
 mod reader;
 mod snapshot;

@@ -63,6 +63,11 @@ fn get_readonly(table: &ReadOnlyTable<&str, &[u8]>, id: &str) -> Result<Option<R
 }
 
 impl StoreReader {
+    /// The state machine's database, for a backup's read transaction (`backup.rs`).
+    pub(super) fn db(&self) -> &Database {
+        &self.db
+    }
+
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }

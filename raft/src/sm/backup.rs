@@ -1,0 +1,600 @@
+//! Backups: a consistent point-in-time copy of the state machine, as a file an operator keeps,
+//! and its restore into the data directory of a brand-new single-node cluster.
+//!
+//! # Format
+//! ```text
+//! COOKIE-CRUD-BACKUP\n          the magic line
+//! {"format":1,...}\n            the header (BackupHeader, one JSON line: readable with head -2)
+//! body                          body_bytes bytes: the snapshot format (SnapshotRows, bincode)
+//! ```
+//! The body is byte for byte what a snapshot of the same state holds (every record, every
+//! idempotency key, the identity registry), written as a stream: the same varint lengths and
+//! rows that encoding the whole `SnapshotRows` would give, so a backup of any size is written
+//! and read in bounded memory. The header names where the state is in the log (index, term),
+//! the cluster, the counts, and the body's SHA-256.
+//!
+//! # Consistency
+//! A backup is one redb read transaction: it sees the state as of one applied index, and
+//! `apply` goes on meanwhile (redb's readers never block its writer). The checksum must be in
+//! the header, before the body, so the body is walked twice in the same transaction: once to
+//! count and hash, once to send. Both walks see the same rows.
+//!
+//! # Restore
+//! [`restore`] checks a whole file first (magic, format, every row decodes, counts, checksum,
+//! nothing after the body), then writes a new data directory beside the target and renames it
+//! into place, so a failed or interrupted restore leaves no half-restored directory behind.
+//! The new directory is a one-member cluster with a new cluster id and a new incarnation;
+//! its log starts after the backup's index, so every record keeps its version and no later
+//! write can give a record a version it had before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use openraft::storage::RaftLogStorage;
+use openraft::{CommittedLeaderId, LogId, Membership as Voters};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::reader::StoreReader;
+use super::tables::{
+    order_key, put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY,
+    KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, META,
+};
+use crate::codec;
+use crate::command::KeyRecord;
+use crate::identity::{hex, Registry};
+use crate::log::LogStore;
+use crate::record::Record;
+use crate::types::{CookieNode, NodeId};
+use crate::BoxError;
+
+/// The first line of every backup.
+pub const MAGIC: &[u8] = b"COOKIE-CRUD-BACKUP\n";
+/// The newest backup format this version writes and reads.
+pub const FORMAT: u32 = 1;
+/// A header longer than this is not one of ours.
+const MAX_HEADER: u64 = 64 << 10;
+/// The largest single row a backup may hold (a record or an idempotency key).
+const MAX_ROW: usize = 256 << 20;
+/// Rows per restore transaction: bounds the memory of a restore of any size.
+const RESTORE_BATCH: usize = 20_000;
+
+/// What a backup says about itself: its first two lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHeader {
+    pub format: u32,
+    /// The cluster the state came from (hex), when it had registered one.
+    pub cluster_id: Option<String>,
+    /// The log index of the last entry applied to the state the backup holds.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    pub records: u64,
+    pub idempotency_keys: u64,
+    /// The body's length in bytes, after the header line.
+    pub body_bytes: u64,
+    /// The body's SHA-256, hex.
+    pub sha256: String,
+    /// Which node wrote it, when (Unix ms), with which version of cookie-crud.
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub created_ms: u64,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Who is writing a backup, for its header.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub node: String,
+    pub created_ms: u64,
+    pub version: String,
+}
+
+/// Why a backup file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("not a cookie-crud backup: it does not start with the line COOKIE-CRUD-BACKUP")]
+    NotABackup,
+    #[error(
+        "backup format {found} is newer than this cookie-crud reads (format {FORMAT}): restore it \
+         with the version that wrote it ({version}) or a newer one"
+    )]
+    NewerFormat { found: u32, version: String },
+    #[error("the backup's header is corrupt: {0}")]
+    BadHeader(String),
+    #[error("the backup is truncated: {0}")]
+    Truncated(String),
+    #[error("the backup is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+
+/// Counts and hashes what is written through it, and passes it on (or nowhere).
+struct Tally<W> {
+    inner: W,
+    bytes: u64,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Tally<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn put<T: Serialize + ?Sized>(w: &mut dyn Write, value: &T) -> Result<(), BoxError> {
+    let mut w = w;
+    bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard())?;
+    Ok(())
+}
+
+/// Write the body (the snapshot format) from `txn`; returns (records, keys).
+fn write_body(txn: &ReadTransaction, w: &mut dyn Write) -> Result<(u64, u64), BoxError> {
+    let mut counts = [0u64; 2];
+    for (slot, def) in [COOKIES, KEYS].into_iter().enumerate() {
+        let table = txn.open_table(def)?;
+        let n = table.len()?;
+        // A Vec's encoding: its length, then each element.
+        put(w, &n)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            put(w, &(k.value(), v.value()))?;
+            counts[slot] += 1;
+        }
+        if counts[slot] != n {
+            return Err(format!("table length {n} but {} rows", counts[slot]).into());
+        }
+    }
+    let registry: Registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
+        Some(v) => codec::decode(v.value())?,
+        None => Registry::default(),
+    };
+    put(w, &registry)?;
+    Ok((counts[0], counts[1]))
+}
+
+impl StoreReader {
+    /// Write a backup of the applied state into `out`, from one read transaction: the magic
+    /// line, the header, the body. `on_header` is told the header before the body is written
+    /// (an HTTP handler answers with it). Blocking: run it off the async runtime.
+    pub fn backup(
+        &self,
+        origin: Origin,
+        on_header: &mut dyn FnMut(&BackupHeader),
+        out: &mut dyn Write,
+    ) -> Result<BackupHeader, BoxError> {
+        let txn = self.db().begin_read()?;
+        let meta = txn.open_table(META)?;
+        let applied: Option<LogId<NodeId>> = match meta.get(KEY_APPLIED)? {
+            Some(b) => codec::decode(b.value())?,
+            None => None,
+        };
+        let registry: Registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
+            Some(v) => codec::decode(v.value())?,
+            None => Registry::default(),
+        };
+        // First walk: count and hash.
+        let mut tally = Tally {
+            inner: io::sink(),
+            bytes: 0,
+            hash: Sha256::new(),
+        };
+        let (records, keys) = write_body(&txn, &mut tally)?;
+        let header = BackupHeader {
+            format: FORMAT,
+            cluster_id: registry.cluster.map(hex),
+            index: applied.map_or(0, |l| l.index),
+            term: applied.map_or(0, |l| l.leader_id.term),
+            records,
+            idempotency_keys: keys,
+            body_bytes: tally.bytes,
+            sha256: to_hex(&tally.hash.finalize()),
+            node: origin.node,
+            created_ms: origin.created_ms,
+            version: origin.version,
+        };
+        on_header(&header);
+        out.write_all(MAGIC)?;
+        serde_json::to_writer(&mut *out, &header)?;
+        out.write_all(b"\n")?;
+        // Second walk, in the same transaction: the same bytes.
+        let mut sent = Tally {
+            inner: &mut *out,
+            bytes: 0,
+            hash: Sha256::new(),
+        };
+        write_body(&txn, &mut sent)?;
+        if sent.bytes != header.body_bytes {
+            return Err("the backup's body changed between its two walks".into());
+        }
+        out.flush()?;
+        Ok(header)
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+
+/// Read the magic line and the header; leaves `r` at the start of the body.
+pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
+    let mut magic = vec![0u8; MAGIC.len()];
+    match r.read_exact(&mut magic) {
+        Ok(()) if magic == MAGIC => {}
+        Ok(()) => return Err(BackupError::NotABackup),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(BackupError::NotABackup),
+        Err(e) => return Err(e.into()),
+    }
+    let mut line = Vec::new();
+    r.take(MAX_HEADER).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(BackupError::BadHeader(
+            "no end of line within 64 KiB".to_owned(),
+        ));
+    }
+    // The format first: a newer file's header may not parse as this version's.
+    let probe: serde_json::Value =
+        serde_json::from_slice(&line).map_err(|e| BackupError::BadHeader(e.to_string()))?;
+    let found = probe.get("format").and_then(|f| f.as_u64());
+    match found {
+        Some(f) if f > FORMAT as u64 => {
+            return Err(BackupError::NewerFormat {
+                found: u32::try_from(f).unwrap_or(u32::MAX),
+                version: probe
+                    .get("version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            })
+        }
+        Some(_) => {}
+        None => return Err(BackupError::BadHeader("it names no format".to_owned())),
+    }
+    serde_json::from_value(probe).map_err(|e| BackupError::BadHeader(e.to_string()))
+}
+
+/// One row of a backup's body, as restore writes it.
+enum Row {
+    Record(String, Vec<u8>),
+    Key(String, Vec<u8>, u64),
+}
+
+/// Hashes and counts what is read through it, reporting progress.
+struct Hashing<'a, R> {
+    inner: R,
+    read: u64,
+    hash: Sha256,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read += n as u64;
+        (self.progress)(self.read);
+        Ok(n)
+    }
+}
+
+fn take<T: serde::de::DeserializeOwned>(r: &mut impl Read, what: &str) -> Result<T, BackupError> {
+    let config = bincode::config::standard().with_limit::<MAX_ROW>();
+    bincode::serde::decode_from_std_read(r, config).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. } => {
+            BackupError::Truncated(format!("it ends inside {what}"))
+        }
+        bincode::error::DecodeError::Io { inner, .. }
+            if inner.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            BackupError::Truncated(format!("it ends inside {what}"))
+        }
+        e => BackupError::Corrupt(format!("{what} does not decode: {e}")),
+    })
+}
+
+/// Walk a body of `header.body_bytes` bytes: every row decoded and checked exactly as
+/// installing a snapshot reads it, handed to `each`; then the counts, the end of the file
+/// and the checksum checked. Returns the registry.
+fn walk_body(
+    r: &mut impl Read,
+    header: &BackupHeader,
+    progress: &dyn Fn(u64),
+    each: &mut dyn FnMut(Row) -> Result<(), BoxError>,
+) -> Result<Registry, BackupError> {
+    let mut body = Hashing {
+        inner: r.take(header.body_bytes),
+        read: 0,
+        hash: Sha256::new(),
+        progress,
+    };
+    let n: u64 = take(&mut body, "the record count")?;
+    if n != header.records {
+        return Err(BackupError::Corrupt(format!(
+            "the header says {} records, the body {n}",
+            header.records
+        )));
+    }
+    for _ in 0..n {
+        let (id, value): (String, Vec<u8>) = take(&mut body, "a record")?;
+        check_record(&id, &value).map_err(BackupError::Corrupt)?;
+        each(Row::Record(id, value)).map_err(|e| BackupError::Io(io::Error::other(e)))?;
+    }
+    let n: u64 = take(&mut body, "the idempotency key count")?;
+    if n != header.idempotency_keys {
+        return Err(BackupError::Corrupt(format!(
+            "the header says {} idempotency keys, the body {n}",
+            header.idempotency_keys
+        )));
+    }
+    for _ in 0..n {
+        let (key, value): (String, Vec<u8>) = take(&mut body, "an idempotency key")?;
+        let rec: KeyRecord = codec::decode(&value)
+            .map_err(|e| BackupError::Corrupt(format!("idempotency key {key:?}: {e}")))?;
+        each(Row::Key(key, value, rec.expires_ms))
+            .map_err(|e| BackupError::Io(io::Error::other(e)))?;
+    }
+    let registry: Registry = take(&mut body, "the registry")?;
+    if body.read != header.body_bytes {
+        return Err(BackupError::Corrupt(format!(
+            "{} bytes after the body's last row",
+            header.body_bytes - body.read
+        )));
+    }
+    let sum = to_hex(&body.hash.finalize());
+    if sum != header.sha256 {
+        return Err(BackupError::Corrupt(format!(
+            "its SHA-256 is {sum}, the header says {}",
+            header.sha256
+        )));
+    }
+    let mut rest = [0u8; 1];
+    if r.read(&mut rest)? != 0 {
+        return Err(BackupError::Corrupt(
+            "there is data after the body".to_owned(),
+        ));
+    }
+    Ok(registry)
+}
+
+/// A record as `apply` stores it: a record header, then a JSON object whose `cookie` is the id.
+fn check_record(id: &str, value: &[u8]) -> Result<(), String> {
+    let rec = Record::decode(value).ok_or_else(|| format!("record {id:?} does not decode"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&rec.json).map_err(|e| format!("record {id:?} is not JSON: {e}"))?;
+    match json.get("cookie").and_then(|c| c.as_str()) {
+        Some(c) if c == id => Ok(()),
+        _ => Err(format!("record {id:?} does not name itself")),
+    }
+}
+
+/// Check a whole backup file without writing anything; returns its header.
+pub fn verify(path: &Path, progress: &dyn Fn(u64)) -> Result<BackupHeader, BackupError> {
+    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let header = read_header(&mut r)?;
+    walk_body(&mut r, &header, progress, &mut |_| Ok(()))?;
+    Ok(header)
+}
+
+// ---------------------------------------------------------------------------------------
+// Restoring
+
+/// Who the restored node is.
+#[derive(Debug, Clone)]
+pub struct RestoreTarget {
+    pub node_id: NodeId,
+    pub node: CookieNode,
+    /// The new cluster's id.
+    pub cluster: u64,
+}
+
+/// Why a restore was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{path} is not empty: restore writes only a new data directory (move it away, or pick another)")]
+    NotEmpty { path: String },
+    #[error("{0}")]
+    Backup(#[from] BackupError),
+    #[error("writing {path}: {err}")]
+    Write { path: String, err: BoxError },
+}
+
+fn is_empty_dir(dir: &Path) -> io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where a restore is written before it is renamed into place.
+fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!(".{name}.restoring"))
+}
+
+/// Restore the backup at `file` into `dir`, a data directory that must be empty or absent:
+/// see the module's documentation. `progress` is told the body bytes read so far, for the
+/// check and then for the writing (two walks of the file). Blocking, and not to be called on
+/// an async runtime (it runs one of its own for the log).
+pub fn restore(
+    file: &Path,
+    dir: &Path,
+    target: &RestoreTarget,
+    progress: &dyn Fn(u64),
+) -> Result<BackupHeader, RestoreError> {
+    let failed = |err: BoxError| RestoreError::Write {
+        path: dir.display().to_string(),
+        err,
+    };
+    if !is_empty_dir(dir).map_err(|e| failed(e.into()))? {
+        return Err(RestoreError::NotEmpty {
+            path: dir.display().to_string(),
+        });
+    }
+    let header = verify(file, progress)?;
+    let staging = staging_dir(dir);
+    if staging.exists() {
+        // What an interrupted restore left: ours, and never a node's data.
+        std::fs::remove_dir_all(&staging).map_err(|e| failed(e.into()))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| failed(e.into()))?;
+
+    // The restored state sits after the backup's last entry, in term 1 of the new cluster;
+    // the log starts empty, purged up to there.
+    let applied = LogId::new(
+        CommittedLeaderId::new(1, target.node_id),
+        header.index.max(1),
+    );
+    let incarnation = start_log(&staging, applied).map_err(failed)?;
+
+    let registry = Registry {
+        cluster: Some(target.cluster),
+        members: BTreeMap::from([(target.node_id, incarnation)]),
+    };
+    let membership = Membership::new(
+        Some(applied),
+        Voters::new(
+            vec![BTreeSet::from([target.node_id])],
+            BTreeMap::from([(target.node_id, target.node.clone())]),
+        ),
+    );
+    let state = RestoredState {
+        applied,
+        membership,
+        registry,
+    };
+    write_state((file, &header), &staging, &state, progress).map_err(|e| match e {
+        WriteError::Backup(b) => RestoreError::Backup(b),
+        WriteError::Other(err) => failed(err),
+    })?;
+
+    crate::durable::sync_dir(&staging).map_err(|e| failed(e.into()))?;
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(|e| failed(e.into()))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| failed(e.into()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::durable::sync_dir(parent).map_err(|e| failed(e.into()))?;
+    }
+    Ok(header)
+}
+
+/// A new log in `dir`, purged up to `applied`: its incarnation.
+fn start_log(dir: &Path, applied: LogId<NodeId>) -> Result<u64, BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut log = LogStore::open(dir)?;
+        log.purge(applied).await?;
+        Ok(log.incarnation())
+    })
+}
+
+struct RestoredState {
+    applied: LogId<NodeId>,
+    membership: Membership,
+    registry: Registry,
+}
+
+enum WriteError {
+    Backup(BackupError),
+    Other(BoxError),
+}
+
+impl<E: Into<BoxError>> From<E> for WriteError {
+    fn from(e: E) -> Self {
+        WriteError::Other(e.into())
+    }
+}
+
+/// Write `sm.redb` in `dir` from the (already verified) backup: the rows in batches, then
+/// the created-order index, the registry, `last_applied` and the membership in the last,
+/// durable, transaction.
+fn write_state(
+    (file, header): (&Path, &BackupHeader),
+    dir: &Path,
+    state: &RestoredState,
+    progress: &dyn Fn(u64),
+) -> Result<(), WriteError> {
+    let db = Database::create(dir.join("sm.redb"))?;
+    let mut r = BufReader::with_capacity(1 << 20, File::open(file)?);
+    read_header(&mut r).map_err(WriteError::Backup)?;
+    let mut batch: Vec<Row> = Vec::with_capacity(RESTORE_BATCH);
+    let mut index: Vec<(u64, String)> = Vec::with_capacity(header.records as usize);
+    let flush = |batch: &mut Vec<Row>, index: &mut Vec<(u64, String)>| -> Result<(), BoxError> {
+        let mut txn = db.begin_write()?;
+        // Only the last transaction needs to be durable: until it commits, the directory is
+        // the staging one, and a crash leaves it to be removed.
+        txn.set_durability(Durability::None)?;
+        {
+            let mut cookies = txn.open_table(COOKIES)?;
+            let mut keys = txn.open_table(KEYS)?;
+            let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
+            for row in batch.drain(..) {
+                match row {
+                    Row::Record(id, value) => {
+                        let created = Record::decode(&value).map_or(0, |r| r.created);
+                        cookies.insert(id.as_str(), value.as_slice())?;
+                        index.push((order_key(created), id));
+                    }
+                    Row::Key(key, value, expires) => {
+                        keys.insert(key.as_str(), value.as_slice())?;
+                        by_expiry.insert((expires, key.as_str()), ())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    };
+    walk_body(&mut r, header, progress, &mut |row| {
+        batch.push(row);
+        if batch.len() >= RESTORE_BATCH {
+            flush(&mut batch, &mut index)?;
+        }
+        Ok(())
+    })
+    .map_err(WriteError::Backup)?;
+    flush(&mut batch, &mut index)?;
+
+    index.sort_unstable();
+    let txn = db.begin_write()?;
+    {
+        let mut order = txn.open_table(BY_CREATED)?;
+        for (key, id) in &index {
+            order.insert((*key, id.as_str()), ())?;
+        }
+        txn.open_table(IDENTITY)?
+            .insert(KEY_REGISTRY, codec::encode(&state.registry)?.as_slice())?;
+    }
+    put_meta(&txn, KEY_APPLIED, &Some(state.applied))?;
+    put_meta(&txn, KEY_MEMBERSHIP, &state.membership)?;
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+use super::*;
+use crate::cache::Cache;
+use crate::command::Command;
+use crate::identity::Identity;
+use crate::sm::StateMachine;
+use crate::types::{Request, TypeConfig};
+
+fn open(dir: &Path, me: NodeId) -> StateMachine {
+    let identity = Arc::new(Identity::new(me, 0x11, false));
+    StateMachine::open(dir, Arc::new(Cache::new(Default::default())), identity).unwrap()
+}
+
+fn entry(index: u64, cmds: Vec<Command>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+        payload: EntryPayload::Normal(Request { cmds }),
+    }
+}
+
+fn create(id: &str, created: i64) -> Command {
+    let body = format!(r#"{{"cookie":"{id}","user_id":1,"created":{created}}}"#);
+    Command::create(body.as_bytes(), 1).unwrap()
+}
+
+/// A state machine with `n` records, one idempotency key and a registry, at index n + 2.
+async fn filled(dir: &Path, n: usize) -> StateMachine {
+    let mut sm = open(dir, 1);
+    let register = Command::Register {
+        cluster: 0xc0ffee,
+        members: vec![(1, 0x11)],
+    };
+    sm.apply(vec![entry(1, vec![register])]).await.unwrap();
+    let cmds = (0..n)
+        .map(|i| create(&format!("id-{i:04}"), i as i64))
+        .collect();
+    sm.apply(vec![entry(2, cmds)]).await.unwrap();
+    let keyed = Command::keyed("key-1".into(), [7; 32], (5, 60_000), create("keyed", 99));
+    sm.apply(vec![entry(n as u64 + 2, vec![keyed])])
+        .await
+        .unwrap();
+    sm
+}
+
+fn origin() -> Origin {
+    Origin {
+        node: "node1".into(),
+        created_ms: 1,
+        version: "test".into(),
+    }
+}
+
+fn backup_bytes(sm: &StateMachine) -> (BackupHeader, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut seen = None;
+    let header = sm
+        .reader()
+        .backup(origin(), &mut |h| seen = Some(h.clone()), &mut out)
+        .unwrap();
+    assert_eq!(
+        seen.as_ref(),
+        Some(&header),
+        "told the header before the body"
+    );
+    (header, out)
+}
+
+/// The body offset: after the magic line and the header line.
+fn body_start(bytes: &[u8]) -> usize {
+    let first = MAGIC.len();
+    first + bytes[first..].iter().position(|&b| b == b'\n').unwrap() + 1
+}
+
+fn target(id: NodeId) -> RestoreTarget {
+    RestoreTarget {
+        node_id: id,
+        node: CookieNode::new("127.0.0.1:8085", "127.0.0.1:9085", "node5"),
+        cluster: 0xbeef,
+    }
+}
+
+/// `restore` runs a runtime of its own: call it off the test's.
+fn restore_off_runtime(file: &Path, dir: &Path, id: NodeId) -> Result<BackupHeader, RestoreError> {
+    std::thread::scope(|s| {
+        s.spawn(|| restore(file, dir, &target(id), &|_| {}))
+            .join()
+            .unwrap()
+    })
+}
+
+fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let path = dir.join("cookies.backup");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_body_is_exactly_a_snapshot_of_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = filled(dir.path(), 50).await;
+    let (header, bytes) = backup_bytes(&sm);
+    assert_eq!(
+        (
+            header.records,
+            header.idempotency_keys,
+            header.index,
+            header.term
+        ),
+        (51, 1, 52, 3)
+    );
+    assert_eq!(header.cluster_id.as_deref(), Some("0000000000c0ffee"));
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let body = &bytes[body_start(&bytes)..];
+    assert_eq!(body.len() as u64, header.body_bytes);
+    assert_eq!(body, snapshot.snapshot.into_inner().as_slice());
+}
+
+#[tokio::test]
+async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 30).await;
+    let (header, bytes) = backup_bytes(&sm);
+    let file = write(out.path(), &bytes);
+    let data = out.path().join("data");
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let restored = tokio::task::spawn_blocking({
+        let (file, data) = (file.clone(), data.clone());
+        move || {
+            restore(&file, &data, &target(5), &|n| {
+                progress.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+            })
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(restored, header);
+
+    let mut back = open(&data, 5);
+    let reader = back.reader();
+    assert_eq!(reader.count().unwrap(), 31);
+    for i in 0..30 {
+        let id = format!("id-{i:04}");
+        let (rec, _) = sm.reader().get(&id).unwrap();
+        let (got, _) = reader.get(&id).unwrap();
+        assert_eq!(got, rec, "{id} as it was, version included");
+    }
+    // Newest first, as before.
+    assert_eq!(
+        reader.page(usize::MAX, None).unwrap(),
+        sm.reader().page(usize::MAX, None).unwrap()
+    );
+    let (applied, membership) = back.applied_state().await.unwrap();
+    let applied = applied.unwrap();
+    assert_eq!((applied.index, applied.leader_id.term), (32, 1));
+    let voters: Vec<_> = membership.membership().voter_ids().collect();
+    assert_eq!(voters, [5]);
+    let registry = super::super::tables::read_registry(&back.db).unwrap();
+    assert_eq!(registry.cluster, Some(0xbeef), "a new cluster id");
+    assert_eq!(registry.members.len(), 1);
+    // The log is purged up to the restored state: this data is not pristine.
+    let log = LogStore::open(&data).unwrap();
+    assert!(!log.was_pristine());
+    assert_eq!(registry.members[&5], log.incarnation());
+    assert!(!staging_dir(&data).exists());
+}
+
+#[tokio::test]
+async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 20).await;
+    let (_, good) = backup_bytes(&sm);
+    let start = body_start(&good);
+    let check = |bytes: &[u8]| {
+        let file = write(out.path(), bytes);
+        verify(&file, &|_| {}).unwrap_err()
+    };
+
+    let mut flipped = good.clone();
+    flipped[start + (good.len() - start) / 2] ^= 0x40;
+    assert!(
+        matches!(check(&flipped), BackupError::Corrupt(_)),
+        "{}",
+        check(&flipped)
+    );
+    for cut in [good.len() - 1, start + 10, start] {
+        assert!(
+            matches!(check(&good[..cut]), BackupError::Truncated(_)),
+            "cut at {cut}: {}",
+            check(&good[..cut])
+        );
+    }
+    let mut longer = good.clone();
+    longer.extend_from_slice(b"more");
+    assert!(matches!(check(&longer), BackupError::Corrupt(_)));
+    assert!(matches!(
+        check(b"PK\x03\x04 a zip"),
+        BackupError::NotABackup
+    ));
+    assert!(matches!(check(b""), BackupError::NotABackup));
+
+    let header_line = std::str::from_utf8(&good[MAGIC.len()..start]).unwrap();
+    let newer = header_line.replacen("\"format\":1", "\"format\":2", 1);
+    let mut future = MAGIC.to_vec();
+    future.extend_from_slice(newer.as_bytes());
+    future.extend_from_slice(&good[start..]);
+    let err = check(&future);
+    assert!(
+        matches!(err, BackupError::NewerFormat { found: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"));
+
+    // A refused file leaves no data directory, staged or final.
+    let data = out.path().join("data");
+    let file = write(out.path(), &flipped);
+    assert!(restore_off_runtime(&file, &data, 1).is_err());
+    assert!(!data.exists() && !staging_dir(&data).exists());
+}
+
+#[tokio::test]
+async fn a_non_empty_data_directory_is_refused_and_left_alone() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 3).await;
+    let (_, bytes) = backup_bytes(&sm);
+    let file = write(out.path(), &bytes);
+    let data = out.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("precious"), b"x").unwrap();
+    let err = restore_off_runtime(&file, &data, 1).unwrap_err();
+    assert!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
+    assert_eq!(std::fs::read(data.join("precious")).unwrap(), b"x");
+    // An empty directory (a fresh volume) is fine.
+    let empty = out.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    restore_off_runtime(&file, &empty, 1).unwrap();
+    assert!(empty.join("sm.redb").exists());
+}

@@ -1,0 +1,124 @@
+//! A backup made from a stopped node's data directory, for the disaster case: a cluster that
+//! lost its quorum for good, and one node whose data survives. Its backup is then restored
+//! into a new cluster (`backup::restore`), as etcd's `snapshot restore` of a member's db.
+//!
+//! The state machine alone may lag the node's log: a follower learns that an entry is
+//! committed one heartbeat after the leader acknowledged it, so the last writes a client saw
+//! acknowledged may be in the log and not yet applied. So by default every entry the log holds
+//! beyond the applied state is applied first, committed or not, as etcd's
+//! `--force-new-cluster` does: nothing acknowledged is lost, and a write whose client saw an
+//! error or a timeout (outcome unknown) may appear. `applied_only` takes the applied state
+//! alone.
+//!
+//! The data directory is never changed: it is copied, and the copy is replayed and backed up,
+//! then removed. A directory in use by a running node is refused (redb's file lock).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
+use redb::{DatabaseError, ReadOnlyDatabase};
+
+use super::backup::{BackupHeader, Origin};
+use super::StateMachine;
+use crate::cache::{Cache, CacheConfig};
+use crate::identity::Identity;
+use crate::log::LogStore;
+use crate::BoxError;
+
+/// What a dump did.
+#[derive(Debug, Clone)]
+pub struct DumpReport {
+    pub header: BackupHeader,
+    /// The index the state machine had applied.
+    pub applied: u64,
+    /// Entries of the log applied on top of it (0 with `applied_only`).
+    pub replayed: u64,
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the copy however the dump ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Write a backup of the node data in `dir` into `out` (see the module's documentation).
+/// Blocking, and not to be called on an async runtime (it runs one of its own).
+pub fn dump(
+    dir: &Path,
+    applied_only: bool,
+    origin: Origin,
+    out: &mut dyn Write,
+) -> Result<DumpReport, BoxError> {
+    for file in ["sm.redb", "log.redb"] {
+        if !dir.join(file).is_file() {
+            return Err(format!(
+                "{} has no {file}: not a node's data directory",
+                dir.display()
+            )
+            .into());
+        }
+    }
+    // Refuse a directory a running node holds: its files may be mid-write. Opened read-only,
+    // which never repairs (a crashed node's file needs it: the copy gets it instead).
+    if let Err(DatabaseError::DatabaseAlreadyOpen) = ReadOnlyDatabase::open(dir.join("sm.redb")) {
+        return Err(format!(
+            "{} is in use by a running node: stop it first (its files change under a copy)",
+            dir.display()
+        )
+        .into());
+    }
+    let name = dir
+        .file_name()
+        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    let scratch = Scratch(dir.with_file_name(format!(".{name}.dump-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    copy_tree(dir, &scratch.0)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut log = LogStore::open(&scratch.0)?;
+        let cache = Arc::new(Cache::new(CacheConfig {
+            enabled: false,
+            ..Default::default()
+        }));
+        let identity = Arc::new(Identity::new(0, log.incarnation(), false));
+        let mut sm = StateMachine::open(&scratch.0, cache, identity)?;
+        let (applied, _) = sm.applied_state().await?;
+        let from = applied.map_or(0, |l| l.index + 1);
+        let last = log.get_log_state().await?.last_log_id.map(|l| l.index);
+        let mut replayed = 0;
+        if let Some(last) = last.filter(|&l| !applied_only && l >= from) {
+            let entries = log.try_get_log_entries(from..=last).await?;
+            replayed = entries.len() as u64;
+            sm.apply(entries).await?;
+        }
+        let header = sm.reader().backup(origin, &mut |_| {}, out)?;
+        Ok(DumpReport {
+            header,
+            applied: applied.map_or(0, |l| l.index),
+            replayed,
+        })
+    })
+}

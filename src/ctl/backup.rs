@@ -1,0 +1,187 @@
+//! `cookie-crud ctl backup FILE` and `cookie-crud restore`: a backup downloaded and checked,
+//! and restored into a new data directory, each with a progress bar on a terminal; and
+//! `cookie-crud dump`: a backup of a stopped node's data directory (the disaster case).
+
+use std::io::Write;
+use std::path::Path;
+
+use cookie_raft::identity::random_id;
+use cookie_raft::sm::backup::{self, BackupHeader, Origin, RestoreTarget};
+use cookie_raft::sm::dump::{self, DumpReport};
+use cookie_raft::CookieNode;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::client::{describe, Client, CtlError};
+use crate::config::Config;
+
+/// A byte-counting bar (hidden when standard error is not a terminal, so scripts and CI
+/// logs get no control characters).
+fn bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    let style = ProgressStyle::with_template(
+        "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Download a backup from the first endpoint that serves one into `file` (written as
+/// `FILE.partial`, checked, then renamed), refusing to overwrite an existing file.
+pub async fn download(
+    client: &Client,
+    file: &Path,
+    consistency: &str,
+) -> Result<BackupHeader, CtlError> {
+    if file.exists() {
+        return Err(CtlError::Usage(format!(
+            "{} exists: a backup never overwrites a file",
+            file.display()
+        )));
+    }
+    let partial = file.with_extension("partial");
+    let mut last = String::from("no endpoint");
+    for endpoint in &client.target.endpoints {
+        let url = format!("{endpoint}/admin/backup?consistency={consistency}");
+        let mut req = client.http().get(&url);
+        if let Some(t) = &client.target.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("{endpoint}: {}", describe(&e));
+                continue;
+            }
+        };
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            let err = CtlError::from_answer(&super::client::Answer {
+                endpoint: endpoint.clone(),
+                status,
+                headers: Default::default(),
+                body: body.into_bytes(),
+            });
+            if status == 503 || status.is_server_error() {
+                last = err.to_string();
+                continue;
+            }
+            return Err(err);
+        }
+        let progress = bar(resp.content_length(), "backup");
+        let mut out = std::fs::File::create(&partial)
+            .map_err(|e| CtlError::Failed(format!("{}: {e}", partial.display())))?;
+        let mut received = 0u64;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk)
+                        .map_err(|e| CtlError::Failed(format!("{}: {e}", partial.display())))?;
+                    received += chunk.len() as u64;
+                    progress.set_position(received);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    progress.abandon();
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(CtlError::Failed(format!(
+                        "{endpoint}: the backup stopped after {received} bytes: {}",
+                        describe(&e)
+                    )));
+                }
+            }
+        }
+        progress.finish_and_clear();
+        out.sync_all()
+            .map_err(|e| CtlError::Failed(format!("{}: {e}", partial.display())))?;
+        drop(out);
+        let checked = tokio::task::spawn_blocking({
+            let partial = partial.clone();
+            move || backup::verify(&partial, &|_| {})
+        })
+        .await
+        .map_err(|e| CtlError::Failed(e.to_string()))?;
+        let header = match checked {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(CtlError::Failed(format!(
+                    "the backup from {endpoint} does not check: {e}"
+                )));
+            }
+        };
+        std::fs::rename(&partial, file)
+            .map_err(|e| CtlError::Failed(format!("{}: {e}", file.display())))?;
+        return Ok(header);
+    }
+    Err(CtlError::Failed(format!("no backup: {last}")))
+}
+
+/// `cookie-crud restore`: the data directory `cfg.data_dir` of a new one-member cluster
+/// whose member is the node `cfg` describes, holding exactly the backup's records.
+pub fn restore(cfg: &Config, file: &Path) -> Result<BackupHeader, CtlError> {
+    let target = RestoreTarget {
+        node_id: cfg.node_id,
+        node: CookieNode::new(cfg.advertise(), cfg.advertise_peer(), cfg.name()),
+        cluster: random_id().map_err(|e| CtlError::Failed(e.to_string()))?,
+    };
+    let len = std::fs::metadata(file)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?
+        .len();
+    // Two walks of the file: the check, then the writing.
+    let progress = bar(Some(len * 2), "restore");
+    let second = std::cell::Cell::new(false);
+    let last = std::cell::Cell::new(0u64);
+    let result = backup::restore(file, &cfg.data_dir, &target, &|n| {
+        if n < last.get() {
+            second.set(true);
+        }
+        last.set(n);
+        progress.set_position(if second.get() { len + n } else { n });
+    });
+    progress.finish_and_clear();
+    result.map_err(|e| match e {
+        backup::RestoreError::NotEmpty { .. } => CtlError::Usage(e.to_string()),
+        backup::RestoreError::Backup(b) => CtlError::Usage(format!("{}: {b}", file.display())),
+        e => CtlError::Failed(e.to_string()),
+    })
+}
+
+/// `cookie-crud dump`: a backup of the stopped node's data directory `dir` into `file`
+/// (written as `FILE.partial`, then renamed), for a cluster that lost its quorum for good.
+pub fn dump(dir: &Path, file: &Path, applied_only: bool) -> Result<DumpReport, CtlError> {
+    if file.exists() {
+        return Err(CtlError::Usage(format!(
+            "{} exists: a backup never overwrites a file",
+            file.display()
+        )));
+    }
+    let partial = file.with_extension("partial");
+    let failed = |e: std::io::Error| CtlError::Failed(format!("{}: {e}", partial.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(failed)?);
+    let origin = Origin {
+        node: format!("dump of {}", dir.display()),
+        created_ms: crate::clock::unix_now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let report = match dump::dump(dir, applied_only, origin, &mut out) {
+        Ok(r) => r,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&partial);
+            return Err(CtlError::Usage(e.to_string()));
+        }
+    };
+    out.into_inner()
+        .map_err(|e| failed(e.into_error()))?
+        .sync_all()
+        .map_err(failed)?;
+    std::fs::rename(&partial, file).map_err(failed)?;
+    Ok(report)
+}

@@ -1,0 +1,150 @@
+//! `GET /admin/backup`: a consistent point-in-time backup, streamed (api.md section 9).
+//!
+//! The backup is written by `StoreReader::backup` from one redb read transaction on the
+//! blocking pool, into a bounded channel that the response body drains: memory stays at a
+//! few chunks whatever the store's size, writes go on meanwhile, and a client that stops
+//! reading stops the backup (the writer's send fails). The reply's `Content-Length` is
+//! known from the header, so a client can tell a cut-off download from a whole one (and
+//! `cookie-crud restore` checks the checksum anyway).
+//!
+//! `?consistency=linearizable` (the default, as for reads) waits until this node has
+//! applied everything committed when the request arrived; `local` backs up what this node
+//! has applied now.
+
+use std::io::{self, Write};
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cookie_raft::sm::backup::{BackupHeader, Origin, MAGIC};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::ApiError;
+use super::params::{consistency, Consistency};
+use super::state::Shared;
+use crate::clock::unix_now_ms;
+
+/// Bytes per chunk sent to the client, and chunks buffered between the writer and the
+/// response.
+const CHUNK: usize = 256 << 10;
+const CHUNKS_BUFFERED: usize = 4;
+
+type Chunk = Result<Bytes, io::Error>;
+
+/// A `Write` that sends full chunks down the channel, blocking while it is full.
+struct ChannelWriter {
+    tx: mpsc::Sender<Chunk>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+fn header_value(v: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+pub async fn backup(
+    State(state): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if consistency(query.as_deref())? == Consistency::Linearizable {
+        state.reads.barrier(state.cfg.read_timeout()).await?;
+    }
+    let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNKS_BUFFERED);
+    let (header_tx, header_rx) = oneshot::channel::<Result<BackupHeader, String>>();
+    let reader = state.reader.clone();
+    let origin = Origin {
+        node: state.cfg.name(),
+        created_ms: unix_now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut header_tx = Some(header_tx);
+        let mut sink = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = reader.backup(
+            origin,
+            &mut |h| {
+                if let Some(t) = header_tx.take() {
+                    let _ = t.send(Ok(h.clone()));
+                }
+            },
+            &mut sink,
+        );
+        match result {
+            Ok(h) => tracing::info!(
+                index = h.index,
+                records = h.records,
+                bytes = h.body_bytes,
+                "backup sent"
+            ),
+            Err(e) => {
+                tracing::warn!("backup failed: {e}");
+                match header_tx.take() {
+                    Some(t) => {
+                        let _ = t.send(Err(e.to_string()));
+                    }
+                    // Mid-stream: the error ends the body, and the client sees it cut off.
+                    None => {
+                        let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                    }
+                }
+            }
+        }
+    });
+    let header = match header_rx.await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(ApiError::Internal(format!("backup failed: {e}"))),
+        Err(_) => return Err(ApiError::Internal("backup failed".to_owned())),
+    };
+    let header_line = serde_json::to_vec(&header).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let length = MAGIC.len() as u64 + header_line.len() as u64 + 1 + header.body_bytes;
+    let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        header_value(format!(
+            "attachment; filename=\"cookie-crud-{}-{}.backup\"",
+            state.cfg.name(),
+            header.index
+        )),
+    );
+    h.insert("x-backup-index", HeaderValue::from(header.index));
+    h.insert("x-backup-records", HeaderValue::from(header.records));
+    h.insert("x-backup-sha256", header_value(&header.sha256));
+    Ok(resp)
+}

@@ -1,0 +1,256 @@
+//! `cookie-crud ctl` against real nodes (issue 15): every subcommand, its output and the
+//! exit codes scripts branch on (0 ok, 1 failure, 2 refused, 3 not found, 4 conflict,
+//! 5 unauthorized).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Cluster, BIN, FAST_RAFT};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `cookie-crud ctl --endpoints E ARGS...`: (exit code, stdout, stderr).
+async fn ctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "ctl".to_owned(),
+        "--endpoints".to_owned(),
+        endpoints.to_owned(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(BIN)
+            .args(&all)
+            .env_remove("COOKIE_CRUD_ENDPOINTS")
+            .env_remove("COOKIE_CRUD_TOKEN")
+            .output()
+            .expect("run cookie-crud ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_every_member_and_finds_the_rest_from_one_endpoint() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    // One endpoint, given as host:port: the others come from its membership.
+    let (code, out, err) = ctl(&host_port(&c.url(0)), &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ENDPOINT") && lines[0].contains("LAG"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 4, "a header and three members:\n{out}");
+    for i in 1..=3 {
+        assert!(out.contains(&format!("node{i}")), "{out}");
+    }
+    assert_eq!(out.matches(" leader ").count(), 1, "{out}");
+
+    let (code, out, _) = ctl(&c.url(0), &["status", "--json"]).await;
+    assert_eq!(code, 0);
+    let rows = json(&out);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let l = rows.iter().find(|r| r["role"] == "leader").unwrap();
+    assert_eq!(l["id"], leader as u64 + 1);
+    assert!(rows
+        .iter()
+        .all(|r| r["reachable"] == true && r["term"].as_u64() >= Some(1)));
+    assert!(rows.iter().all(|r| r["lag"].is_u64()), "{out}");
+
+    // A member down is shown unreachable; the command still succeeds.
+    let down = (leader + 1) % 3;
+    c.kill(down);
+    let (code, out, _) = ctl(&c.url(leader), &["status"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("unreachable"), "{out}");
+    // Nothing reachable at all: exit 1.
+    let (code, _, err) = ctl("127.0.0.1:1", &["--timeout", "1", "status"]).await;
+    assert_eq!(code, 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_cache_and_exit_codes() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    // The first endpoint is dead: ctl goes on to the next.
+    let eps = format!("127.0.0.1:1,{}", c.url(1));
+    let (code, out, err) = ctl(&eps, &["create", r#"{"cookie":"a","user_id":1}"#]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["cookie"], "a");
+    let (code, _, err) = ctl(&eps, &["create", r#"{"cookie":"a","user_id":1}"#]).await;
+    assert_eq!(code, 4, "a duplicate is a conflict: {err}");
+    let (code, _, err) = ctl(&eps, &["create", "not json"]).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = ctl(&eps, &["create", r#"{"user_id":1}"#]).await;
+    assert_eq!(code, 2, "refused by the node: {err}");
+
+    let (code, out, _) = ctl(&eps, &["get", "a"]).await;
+    assert_eq!((code, json(&out)["user_id"].as_i64()), (0, Some(1)));
+    let (code, _, err) = ctl(&eps, &["get", "nope"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("404"), "{err}");
+
+    let version = c.get(0, "a", "linearizable").await.etag();
+    let (code, _, err) = ctl(
+        &eps,
+        &[
+            "put",
+            "a",
+            r#"{"user_id":2}"#,
+            "--if-match",
+            &(version + 100).to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 4, "a stale version: {err}");
+    let (code, out, err) = ctl(
+        &eps,
+        &[
+            "put",
+            "a",
+            r#"{"user_id":2}"#,
+            "--if-match",
+            &version.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (code, json(&out)["user_id"].as_i64()),
+        (0, Some(2)),
+        "{err}"
+    );
+
+    // An id that needs escaping, and a JSON body from a file.
+    let file = c.dir().join("rec.json");
+    std::fs::write(&file, r#"{"cookie":"a b/c?d","user_id":3}"#).unwrap();
+    let (code, _, err) = ctl(&eps, &["create", &format!("@{}", file.display())]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = ctl(&eps, &["get", "a b/c?d", "--consistency", "local"]).await;
+    assert_eq!((code, json(&out)["user_id"].as_i64()), (0, Some(3)));
+
+    // The same idempotency key twice: applied once, the first answer again.
+    let key = ["--idempotency-key", "k-1"];
+    let args = |id: &str| {
+        let mut v = vec![
+            "create".to_owned(),
+            format!(r#"{{"cookie":"{id}","user_id":4}}"#),
+        ];
+        v.extend(key.iter().map(|s| s.to_string()));
+        v
+    };
+    let first = args("once");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    assert_eq!(ctl(&eps, &first).await.0, 0);
+    assert_eq!(ctl(&eps, &first).await.0, 0, "a replay, not a duplicate");
+
+    let (code, out, _) = ctl(&eps, &["list"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["cookies"].as_array().unwrap().len(), 3);
+    let (code, out, _) = ctl(&eps, &["list", "--limit", "2"]).await;
+    assert_eq!(code, 0);
+    let page = json(&out);
+    assert_eq!(page["cookies"].as_array().unwrap().len(), 2);
+    let after = page["next_after"].as_str().unwrap().to_owned();
+    let (_, out, _) = ctl(&eps, &["list", "--limit", "2", "--after", &after]).await;
+    assert_eq!(json(&out)["cookies"].as_array().unwrap().len(), 1);
+
+    let (code, _, _) = ctl(&eps, &["delete", "a"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(ctl(&eps, &["get", "a"]).await.0, 3, "deleted");
+    // DELETE is idempotent in the contract: a missing id is 200 too.
+    let (code, out, _) = ctl(&eps, &["delete", "a"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["message"], "Cookie deleted successfully");
+
+    let (code, out, _) = ctl(&eps, &["cache", "stats"]).await;
+    assert_eq!(code, 0);
+    assert!(json(&out)["cache_stats"]["hit_rate"].is_number(), "{out}");
+    let (code, out, _) = ctl(&eps, &["cache", "clear"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["message"], "Cache cleared successfully");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_list_add_promote_remove() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let eps = c.url(0);
+    let (code, out, _) = ctl(&eps, &["members", "list"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["voters"], serde_json::json!([1, 2, 3]), "{out}");
+
+    // A fourth node with empty data, added as a learner by ctl. Its config names the four
+    // members, so it neither founds a cluster of its own nor asks to join: it waits to be
+    // added.
+    let i = c.add_joiner(4, 0, "learner", FAST_RAFT);
+    let peer = format!("127.0.0.1:{}", c.nodes[i].peer_port);
+    let addr = host_port(&c.url(i));
+    let nodes = std::fs::read_to_string(&c.nodes[0].config)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("nodes = ["))
+        .unwrap()
+        .trim_end_matches(']')
+        .to_owned()
+        + &format!(", {{ id = 4, addr = \"{addr}\", peer_addr = \"{peer}\" }}]");
+    let cfg: String = std::fs::read_to_string(&c.nodes[i].config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("join"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&c.nodes[i].config, format!("{nodes}\n{cfg}")).unwrap();
+    c.spawn(i);
+    let (addr, peer) = (
+        host_port(&c.url(i)),
+        format!("127.0.0.1:{}", c.nodes[i].peer_port),
+    );
+    let (code, out, err) = ctl(
+        &eps,
+        &[
+            "--timeout",
+            "30",
+            "members",
+            "add",
+            "--id",
+            "4",
+            "--addr",
+            &addr,
+            "--peer-addr",
+            &peer,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["learners"], serde_json::json!([4]), "{out}");
+    let (code, out, err) = ctl(&eps, &["--timeout", "30", "members", "promote", "4"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["voters"],
+        serde_json::json!([1, 2, 3, 4]),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&eps, &["--timeout", "30", "members", "remove", "4"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["voters"], serde_json::json!([1, 2, 3]), "{out}");
+    // Promoting a node that is not a member is refused.
+    let (code, _, err) = ctl(&eps, &["members", "promote", "9"]).await;
+    assert!(code == 2 || code == 3, "{code}: {err}");
+    c.wait_membership(1, &[1, 2, 3], &[], WAIT).await;
+}
