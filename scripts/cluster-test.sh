@@ -138,6 +138,16 @@ for i in 1 2 3; do
   fi
 done
 
+echo "6c. Operator CLI: cookie-crud ctl status prints every member"
+CTL=(target/release/cookie-crud ctl --endpoints "$(url 1)")
+if tls_on; then CTL+=(--cacert "$TLS_DIR/ca.pem"); fi
+TABLE=$("${CTL[@]}" status 2>&1)
+echo "$TABLE" | sed 's/^/    /'
+check "ctl status shows three members" "$(grep -cE '^https?://127\.0\.0\.1:808[1-3] ' <<<"$TABLE")" 3
+check "ctl status shows one leader" "$(grep -c ' leader ' <<<"$TABLE")" 1
+OUT=$("${CTL[@]}" get "$RUN_ID-lb1" 2>/dev/null)
+check "ctl get reads a record" "$(field "$OUT" '["cookie"]')" "$RUN_ID-lb1"
+
 echo "7. Failure recovery: kill -9 the leader"
 OLD=$(leader_node)
 if [ -z "$OLD" ]; then
