@@ -128,6 +128,38 @@ impl Default for BatchTuning {
     }
 }
 
+/// redb's page caches (`[storage]`): with the read cache's `cache_max_bytes` they set how
+/// much memory a node uses, whatever its data (redb's own default, 1 GiB per database, let a
+/// node grow with its data). The hot records are served by the read cache; these hold the
+/// B-tree pages that reads and `apply` walk, and the log's metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageTuning {
+    /// Bytes of `sm.redb` pages cached.
+    pub sm_cache_bytes: usize,
+    /// Bytes of `log.redb` pages cached.
+    pub log_cache_bytes: usize,
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        let d = cookie_raft::DbCache::default();
+        StorageTuning {
+            sm_cache_bytes: d.state_machine,
+            log_cache_bytes: d.log,
+        }
+    }
+}
+
+impl StorageTuning {
+    pub fn db_cache(&self) -> cookie_raft::DbCache {
+        cookie_raft::DbCache {
+            state_machine: self.sm_cache_bytes,
+            log: self.log_cache_bytes,
+        }
+    }
+}
+
 /// How a brand-new cluster finds its initial members (the seed's `cluster.discovery`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -307,6 +339,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
+    pub storage: StorageTuning,
     pub http: HttpLimits,
     pub tls: TlsConfig,
 }
@@ -461,6 +494,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),
+            storage: StorageTuning::default(),
             http: HttpLimits::default(),
             tls: TlsConfig::default(),
         }
@@ -684,6 +718,12 @@ impl Config {
         if b.max_commands == 0 || b.max_inflight == 0 || b.forward_inflight == 0 {
             return Err(
                 "batch: max_commands, max_inflight and forward_inflight must be at least 1".into(),
+            );
+        }
+        let st = &self.storage;
+        if st.sm_cache_bytes < 1 << 20 || st.log_cache_bytes < 1 << 20 {
+            return Err(
+                "storage: sm_cache_bytes and log_cache_bytes must be at least 1 MiB".into(),
             );
         }
         if self.health_check_interval_ms == 0 {
@@ -927,6 +967,14 @@ mod tests {
         assert!(err.0.contains("not listed"), "{err}");
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(err.0.contains("listen"), "{err}");
+        let err = Config::parse("[storage]\nsm_cache_bytes = 4096\n").unwrap_err();
+        assert!(err.0.contains("sm_cache_bytes"), "{err}");
+        let cfg = Config::parse("[storage]\nlog_cache_bytes = 2097152\n").unwrap();
+        assert_eq!(cfg.storage.db_cache().log, 2 << 20);
+        assert_eq!(
+            cfg.storage.db_cache().state_machine,
+            cookie_raft::DbCache::default().state_machine
+        );
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -107,7 +107,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         let _ = cleanup.await;
     });
 
-    let mut log = LogStore::open(&cfg.data_dir).map_err(|e| NodeError::Storage(e.into()))?;
+    let db_cache = cfg.storage.db_cache();
+    let mut log = LogStore::open_with(&cfg.data_dir, db_cache.log)
+        .map_err(|e| NodeError::Storage(e.into()))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
         .await
@@ -129,8 +131,12 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         empty = identity.is_pristine(),
         "data identity"
     );
-    let sm =
-        StateMachine::open(&cfg.data_dir, cache, identity.clone()).map_err(NodeError::Storage)?;
+    let sm = StateMachine::open_with(
+        &cfg.data_dir,
+        (cache, identity.clone()),
+        db_cache.state_machine,
+    )
+    .map_err(NodeError::Storage)?;
     let reader = sm.reader();
     let book = AddressBook::new(
         cfg.peer_overrides

@@ -61,6 +61,35 @@ pub use network::{AddressBook, Network, PeerHttp, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};
 pub use types::{CookieNode, NodeId, Request, Response, TypeConfig};
 
+/// How many bytes of pages redb may cache for each of a node's databases. redb's own default
+/// is 1 GiB per database, so a node's memory grew with its data until it had cached both
+/// files whole (issue 16); the read cache in front of the state machine (`cache`) serves the
+/// hot records, and the log is read back only by a lagging follower's replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbCache {
+    pub state_machine: usize,
+    pub log: usize,
+}
+
+impl Default for DbCache {
+    fn default() -> Self {
+        DbCache {
+            state_machine: 64 << 20,
+            log: 16 << 20,
+        }
+    }
+}
+
+/// Open or create the redb database at `path` with a page cache of `cache_bytes`.
+pub(crate) fn create_db(
+    path: &std::path::Path,
+    cache_bytes: usize,
+) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
+}
+
 /// The openraft handle specialised to cookie-crud.
 pub type Raft = openraft::Raft<TypeConfig>;
 

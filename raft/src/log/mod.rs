@@ -110,10 +110,17 @@ fn run_flusher(rx: mpsc::Receiver<Flush>) {
 
 impl LogStore {
     /// Open or create the log in `dir`, moving entries an earlier version kept in
-    /// `log.redb` into the WAL.
+    /// `log.redb` into the WAL; `log.redb` with the default page cache ([`crate::DbCache`]).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::open_with(dir, crate::DbCache::default().log)
+    }
+
+    /// [`LogStore::open`] with a page cache of `cache_bytes` for `log.redb`.
+    pub fn open_with(dir: &Path, cache_bytes: usize) -> std::io::Result<Self> {
         let path = dir.join("log.redb");
-        let db = crate::durable::created(&path, || Database::create(&path).map_err(other))?;
+        let db = crate::durable::created(&path, || {
+            crate::create_db(&path, cache_bytes).map_err(other)
+        })?;
         let txn = db.begin_write().map_err(other)?;
         txn.open_table(META).map_err(other)?;
         txn.commit().map_err(other)?;

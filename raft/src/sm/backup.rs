@@ -34,9 +34,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, LogId, Membership as Voters};
-use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-};
+use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -539,7 +537,10 @@ fn write_state(
     state: &RestoredState,
     progress: &dyn Fn(u64),
 ) -> Result<(), WriteError> {
-    let db = Database::create(dir.join("sm.redb"))?;
+    let db = crate::create_db(
+        &dir.join("sm.redb"),
+        crate::DbCache::default().state_machine,
+    )?;
     let mut r = BufReader::with_capacity(1 << 20, File::open(file)?);
     read_header(&mut r).map_err(WriteError::Backup)?;
     let mut batch: Vec<Row> = Vec::with_capacity(RESTORE_BATCH);

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, LogId, OptionalSend, StorageIOError};
-use redb::Database;
 
 use crate::cache::Cache;
 use crate::identity::Identity;
@@ -45,11 +44,24 @@ pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
 
 impl StateMachine {
-    /// Open or create `dir/sm.redb`; `identity` is given the stored registry now and each
-    /// change to it later.
+    /// Open or create `dir/sm.redb` with the default page cache ([`crate::DbCache`]);
+    /// `identity` is given the stored registry now and each change to it later.
     pub fn open(dir: &Path, cache: Arc<Cache>, identity: Arc<Identity>) -> Result<Self, BoxError> {
+        Self::open_with(
+            dir,
+            (cache, identity),
+            crate::DbCache::default().state_machine,
+        )
+    }
+
+    /// [`StateMachine::open`] with a page cache of `cache_bytes` for `sm.redb`.
+    pub fn open_with(
+        dir: &Path,
+        (cache, identity): (Arc<Cache>, Arc<Identity>),
+        cache_bytes: usize,
+    ) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
-        let db = crate::durable::created(&path, || Database::create(&path))?;
+        let db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(COOKIES)?;
