@@ -8,29 +8,18 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, Cluster, Spec, BIN, FAST_RAFT, TEST_CLUSTER_SECRET};
+use common::{free_port, run_bin, Cluster, Spec, FAST_RAFT, TEST_CLUSTER_SECRET};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Run the binary: (exit code, stdout, stderr).
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("COOKIE_CRUD_ENDPOINTS")
-        .env_remove("COOKIE_CRUD_TOKEN")
-        .output()
-        .expect("run cookie-crud");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_bin(args)
 }
 
 /// Every write a client attempted (id -> its value), and those acknowledged.

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Cluster, BIN, FAST_RAFT};
+use common::{run_bin, Cluster, FAST_RAFT};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -20,21 +19,9 @@ async fn ctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
         endpoints.to_owned(),
     ];
     all.extend(args.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(&all)
-            .env_remove("COOKIE_CRUD_ENDPOINTS")
-            .env_remove("COOKIE_CRUD_TOKEN")
-            .output()
-            .expect("run cookie-crud ctl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || run_bin(&all))
+        .await
+        .unwrap()
 }
 
 fn json(out: &str) -> Value {

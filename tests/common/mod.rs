@@ -717,3 +717,19 @@ pub fn tls_table(dir: &std::path::Path, i: usize) -> String {
         ca = p("ca.pem".into()),
     )
 }
+
+/// Run the binary with `args` (a subcommand such as `ctl`, `restore`, `dump`), without the
+/// caller's `COOKIE_CRUD_ENDPOINTS` and `COOKIE_CRUD_TOKEN`: (exit code, stdout, stderr).
+pub fn run_bin<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("COOKIE_CRUD_ENDPOINTS")
+        .env_remove("COOKIE_CRUD_TOKEN")
+        .output()
+        .expect("run cookie-crud");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
