@@ -176,20 +176,23 @@ async fn refresh(state: &Shared) {
         snaps.built.load(Ordering::Relaxed),
     );
     m.set_uptime(state.started.elapsed().as_secs_f64());
-    for file in ["log", "sm"] {
-        let path = state.cfg.data_dir.join(format!("{file}.redb"));
-        m.set_file_bytes(file, std::fs::metadata(path).map_or(0, |m| m.len()));
+    // One walk of the data directory gives the total and each store's share.
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(&state.cfg.data_dir) {
+        for (name, bytes) in entries.flatten().filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), entry_bytes(&e.path(), &meta)))
+        }) {
+            total += bytes;
+            match name.to_str() {
+                Some("log.redb") => m.set_file_bytes("log", bytes),
+                Some("sm.redb") => m.set_file_bytes("sm", bytes),
+                Some("wal") => m.set_file_bytes("wal", bytes),
+                _ => {}
+            }
+        }
     }
-    let wal: u64 = std::fs::read_dir(state.cfg.data_dir.join("wal"))
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
-    m.set_file_bytes("wal", wal);
-    m.set_data_dir_bytes(tree_bytes(&state.cfg.data_dir));
+    m.set_data_dir_bytes(total);
 
     let raft = &state.cluster.raft;
     let committed = raft
@@ -215,25 +218,21 @@ async fn refresh(state: &Shared) {
     }));
 }
 
-/// The sizes of every file under `dir`, summed (a few dozen files: the redb files, the WAL's
-/// segments, the snapshots); what cannot be read counts 0. Symbolic links are not followed.
-fn tree_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// The bytes of a file, or of every file under a directory; what cannot be read counts 0.
+/// Symbolic links are not followed.
+fn entry_bytes(path: &std::path::Path, meta: &std::fs::Metadata) -> u64 {
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
         return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
-        .map(|(path, meta)| {
-            if meta.is_dir() {
-                tree_bytes(&path)
-            } else if meta.is_file() {
-                meta.len()
-            } else {
-                0
-            }
-        })
-        .sum()
+    }
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter_map(|e| Some(entry_bytes(&e.path(), &e.metadata().ok()?)))
+            .sum()
+    })
 }
 
 /// `GET /metrics` in the Prometheus text format.
