@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cookie_raft::{NodeId, Raft};
+use cookie_raft::NodeId;
 use futures::future::join_all;
 use serde::Serialize;
 
@@ -77,24 +77,20 @@ impl Monitor {
 
     /// Record each leader openraft's metrics name, as they change, until Raft stops. Changes
     /// that come and go between two looks at the metrics are not seen.
-    async fn watch_leaders(&self, raft: Raft) {
-        let mut rx = raft.metrics();
+    async fn watch_leaders(&self, cluster: &Cluster) {
+        let mut rx = cluster.raft.metrics();
         loop {
             let seen = {
                 let m = rx.borrow_and_update();
-                m.current_leader.map(|id| LeaderChange {
-                    term: m.current_term,
-                    leader_id: id,
-                    leader: m
-                        .membership_config
-                        .membership()
-                        .get_node(&id)
-                        .map_or_else(|| format!("node{id}"), |n| n.name.clone()),
-                    at_ms: unix_now_ms(),
-                })
+                m.current_leader.map(|id| (m.current_term, id))
             };
-            if let Some(change) = seen {
-                self.record_leader(change);
+            if let Some((term, id)) = seen {
+                self.record_leader(LeaderChange {
+                    term,
+                    leader_id: id,
+                    leader: cluster.node_name(id),
+                    at_ms: unix_now_ms(),
+                });
             }
             if rx.changed().await.is_err() {
                 return;
@@ -150,7 +146,7 @@ impl Monitor {
                 self.check_once(&cluster, timeout).await;
             }
         };
-        tokio::join!(checks, self.watch_leaders(cluster.raft.clone()));
+        tokio::join!(checks, self.watch_leaders(&cluster));
     }
 }
 
