@@ -415,14 +415,9 @@ fn run_node(cfg: Config) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if matches!(cli.command, Some(Cmd::Ctl(_))) {
-        if let Some(Cmd::Ctl(c)) = cli.command.take() {
-            return cookie_crud::ctl::run(c);
-        }
-    }
-    let (args, check) = match &cli.command {
-        None => (&cli.config, false),
+    let cli = Cli::parse();
+    let (args, check) = match cli.command {
+        None => (cli.config, false),
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::Healthcheck(a)) => (a, true),
         Some(Cmd::Leave(l)) => {
@@ -438,9 +433,9 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Cmd::Ctl(_)) => unreachable!("handled above"),
-        Some(Cmd::Restore(r)) => return restore(r),
-        Some(Cmd::Dump(d)) => return dump(d),
+        Some(Cmd::Ctl(c)) => return cookie_crud::ctl::run(c),
+        Some(Cmd::Restore(r)) => return restore(&r),
+        Some(Cmd::Dump(d)) => return dump(&d),
         Some(Cmd::Certs(c)) => {
             return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
                 Ok(w) => {
