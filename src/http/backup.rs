@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cookie_raft::sm::backup::{BackupHeader, Origin, MAGIC};
+use cookie_raft::sm::backup::{BackupHeader, Origin};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::ApiError;
@@ -125,8 +125,9 @@ pub async fn backup(
         Ok(Err(e)) => return Err(ApiError::Internal(format!("backup failed: {e}"))),
         Err(_) => return Err(ApiError::Internal("backup failed".to_owned())),
     };
-    let header_line = serde_json::to_vec(&header).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let length = MAGIC.len() as u64 + header_line.len() as u64 + 1 + header.body_bytes;
+    let length = header
+        .file_len()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();

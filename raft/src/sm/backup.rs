@@ -87,6 +87,20 @@ pub struct BackupHeader {
     pub version: String,
 }
 
+impl BackupHeader {
+    /// The header as it is written: one JSON line, its newline included.
+    pub fn line(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut line = serde_json::to_vec(self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// The whole backup's length in bytes: the magic line, the header line, the body.
+    pub fn file_len(&self) -> Result<u64, serde_json::Error> {
+        Ok((MAGIC.len() + self.line()?.len()) as u64 + self.body_bytes)
+    }
+}
+
 /// Who is writing a backup, for its header.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -143,8 +157,13 @@ fn put<T: Serialize + ?Sized>(w: &mut dyn Write, value: &T) -> Result<(), BoxErr
     Ok(())
 }
 
-/// Write the body (the snapshot format) from `txn`; returns (records, keys).
-fn write_body(txn: &ReadTransaction, w: &mut dyn Write) -> Result<(u64, u64), BoxError> {
+/// Write the body (the snapshot format) from `txn` and its `registry`; returns (records,
+/// keys).
+fn write_body(
+    txn: &ReadTransaction,
+    registry: &Registry,
+    w: &mut dyn Write,
+) -> Result<(u64, u64), BoxError> {
     let mut counts = [0u64; 2];
     for (slot, def) in [COOKIES, KEYS].into_iter().enumerate() {
         let table = txn.open_table(def)?;
@@ -160,11 +179,7 @@ fn write_body(txn: &ReadTransaction, w: &mut dyn Write) -> Result<(u64, u64), Bo
             return Err(format!("table length {n} but {} rows", counts[slot]).into());
         }
     }
-    let registry: Registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
-        Some(v) => codec::decode(v.value())?,
-        None => Registry::default(),
-    };
-    put(w, &registry)?;
+    put(w, registry)?;
     Ok((counts[0], counts[1]))
 }
 
@@ -194,7 +209,7 @@ impl StoreReader {
             bytes: 0,
             hash: Sha256::new(),
         };
-        let (records, keys) = write_body(&txn, &mut tally)?;
+        let (records, keys) = write_body(&txn, &registry, &mut tally)?;
         let header = BackupHeader {
             format: FORMAT,
             cluster_id: registry.cluster.map(hex),
@@ -210,15 +225,14 @@ impl StoreReader {
         };
         on_header(&header);
         out.write_all(MAGIC)?;
-        serde_json::to_writer(&mut *out, &header)?;
-        out.write_all(b"\n")?;
+        out.write_all(&header.line()?)?;
         // Second walk, in the same transaction: the same bytes.
         let mut sent = Tally {
             inner: &mut *out,
             bytes: 0,
             hash: Sha256::new(),
         };
-        write_body(&txn, &mut sent)?;
+        write_body(&txn, &registry, &mut sent)?;
         if sent.bytes != header.body_bytes {
             return Err("the backup's body changed between its two walks".into());
         }
@@ -310,6 +324,17 @@ fn take<T: serde::de::DeserializeOwned>(r: &mut impl Read, what: &str) -> Result
     })
 }
 
+/// Read a count of `what` from the body, which must be the header's `expected`.
+fn count(r: &mut impl Read, expected: u64, what: &str) -> Result<u64, BackupError> {
+    let n: u64 = take(r, &format!("the count of {what}"))?;
+    if n != expected {
+        return Err(BackupError::Corrupt(format!(
+            "the header says {expected} {what}, the body {n}"
+        )));
+    }
+    Ok(n)
+}
+
 /// Walk a body of `header.body_bytes` bytes: every row decoded and checked exactly as
 /// installing a snapshot reads it, handed to `each`; then the counts, the end of the file
 /// and the checksum checked. Returns the registry.
@@ -325,26 +350,12 @@ fn walk_body(
         hash: Sha256::new(),
         progress,
     };
-    let n: u64 = take(&mut body, "the record count")?;
-    if n != header.records {
-        return Err(BackupError::Corrupt(format!(
-            "the header says {} records, the body {n}",
-            header.records
-        )));
-    }
-    for _ in 0..n {
+    for _ in 0..count(&mut body, header.records, "records")? {
         let (id, value): (String, Vec<u8>) = take(&mut body, "a record")?;
         check_record(&id, &value).map_err(BackupError::Corrupt)?;
         each(Row::Record(id, value)).map_err(|e| BackupError::Io(io::Error::other(e)))?;
     }
-    let n: u64 = take(&mut body, "the idempotency key count")?;
-    if n != header.idempotency_keys {
-        return Err(BackupError::Corrupt(format!(
-            "the header says {} idempotency keys, the body {n}",
-            header.idempotency_keys
-        )));
-    }
-    for _ in 0..n {
+    for _ in 0..count(&mut body, header.idempotency_keys, "idempotency keys")? {
         let (key, value): (String, Vec<u8>) = take(&mut body, "an idempotency key")?;
         let rec: KeyRecord = codec::decode(&value)
             .map_err(|e| BackupError::Corrupt(format!("idempotency key {key:?}: {e}")))?;
