@@ -48,11 +48,7 @@ pub async fn download(
     let mut last = String::from("no endpoint");
     for endpoint in &client.target.endpoints {
         let url = format!("{endpoint}/admin/backup?consistency={consistency}");
-        let mut req = client.http().get(&url);
-        if let Some(t) = &client.target.token {
-            req = req.bearer_auth(t);
-        }
-        let mut resp = match req.send().await {
+        let mut resp = match client.request(reqwest::Method::GET, &url).send().await {
             Ok(r) => r,
             Err(e) => {
                 last = format!("{endpoint}: {}", describe(&e));

@@ -160,15 +160,20 @@ impl Client {
         Ok(Client { http, target })
     }
 
+    /// A request to `url` with the token, if any.
+    pub fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.target.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     /// The request on one endpoint, once.
     pub async fn once(&self, endpoint: &str, call: &Call<'_>) -> Result<Answer, reqwest::Error> {
         let mut req = self
-            .http
-            .request(call.method.clone(), format!("{endpoint}{}", call.path))
+            .request(call.method.clone(), &format!("{endpoint}{}", call.path))
             .timeout(self.target.timeout);
-        if let Some(t) = &self.target.token {
-            req = req.bearer_auth(t);
-        }
         if let Some(b) = &call.body {
             req = req
                 .header("content-type", "application/json")
@@ -224,10 +229,6 @@ impl Client {
         } else {
             Err(CtlError::from_answer(&a))
         }
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::client::{describe, normalize, Call, Client, CtlError};
 
 /// One row of the table.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Row {
     pub endpoint: String,
     pub id: Option<u64>,
@@ -83,18 +83,9 @@ pub async fn rows(client: &Client) -> Vec<Row> {
             Err(e) => {
                 down.push(Row {
                     endpoint,
-                    id: None,
-                    name: String::new(),
                     role: "unreachable".into(),
-                    voter: None,
-                    term: None,
-                    leader: None,
-                    last_log: None,
-                    committed: None,
-                    applied: None,
-                    lag: None,
-                    reachable: false,
                     error: Some(e),
+                    ..Row::default()
                 });
                 continue;
             }
