@@ -85,8 +85,9 @@ pub struct RaftTuning {
     pub keep_logs_after_snapshot: u64,
     /// Entries per AppendEntries RPC.
     pub max_payload_entries: u64,
-    /// The largest snapshot this node accepts from a leader, in bytes: checked before each
-    /// chunk is stored (at most `cookie_raft::codec::DECODE_LIMIT`, what one decode may read).
+    /// The largest snapshot this node accepts from a leader, in bytes: its compressed size is
+    /// checked before each chunk is stored, its uncompressed size as it is validated (at
+    /// most `cookie_raft::codec::DECODE_LIMIT`).
     pub max_snapshot_bytes: u64,
 }
 

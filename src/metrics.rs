@@ -97,7 +97,7 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 /// Why a snapshot sent by a leader was not installed: the label values of
 /// `raft_snapshot_install_failures_total`, each exported from the start (at 0) so that a
 /// rate over it is defined before the first failure.
-pub const SNAPSHOT_INSTALL_FAILURES: [&str; 3] = ["too_large", "invalid", "stopped"];
+pub const SNAPSHOT_INSTALL_FAILURES: [&str; 4] = ["too_large", "invalid", "storage", "stopped"];
 
 /// The commit this binary was built from (`build.rs`: `SOURCE_COMMIT`, else git, else
 /// `unknown`).
@@ -127,7 +127,7 @@ impl Metrics {
         let snapshot_install_failures = counter_vec(
             &r,
             "raft_snapshot_install_failures_total",
-            "Snapshots from a leader this node refused or failed to install, by reason: too_large (over max_snapshot_bytes), invalid (does not decode), stopped (Raft stopped or failed installing it)",
+            "Snapshots from a leader this node refused or failed to install, by reason: too_large (over max_snapshot_bytes), invalid (does not decode), storage (writing it to disk failed), stopped (Raft stopped or failed installing it)",
             &["reason"],
         );
         for reason in SNAPSHOT_INSTALL_FAILURES {

@@ -138,6 +138,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     )
     .map_err(NodeError::Storage)?;
     let reader = sm.reader();
+    let snapshot_files = sm.snapshot_files();
     let book = AddressBook::new(
         cfg.peer_overrides
             .iter()
@@ -243,8 +244,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         metrics,
         started: std::time::Instant::now(),
         install_quiet,
-        snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot),
-        full_lists: tokio::sync::Semaphore::new(cfg_full_lists.max(1)),
+        snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot, snapshot_files),
+        full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
     });
     // Stop on a signal, or when this node learns its data was lost.
     let lost = Arc::new(std::sync::OnceLock::new());

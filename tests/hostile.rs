@@ -159,6 +159,15 @@ async fn a_forged_snapshot_or_a_huge_offset_leaves_the_node_serving() {
     let garbage = snapshot_chunk(1000, "forged-1", 0, b"not a snapshot at all".to_vec(), true);
     let r = peer_post(&c, victim, SNAPSHOT_PATH, codec::encode(&garbage).unwrap()).await;
     assert_eq!(r.status, 422, "{}", r.text);
+    // Received into a file, and the refused one's file is gone with it.
+    let received = || -> Vec<String> {
+        std::fs::read_dir(c.data_dir(victim).join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("incoming-"))
+            .collect()
+    };
+    assert_eq!(received(), Vec::<String>::new());
 
     let first = snapshot_chunk(1000, "forged-2", 0, vec![0; 16], false);
     let r = peer_post(&c, victim, SNAPSHOT_PATH, codec::encode(&first).unwrap()).await;
@@ -189,6 +198,8 @@ async fn a_forged_snapshot_or_a_huge_offset_leaves_the_node_serving() {
         .map(|r| r["cookie"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
+    // At most the one snapshot still being received holds a file.
+    assert!(received().len() <= 1, "{:?}", received());
 }
 
 const SHORT_TIMEOUTS: &str = "[http]\nheader_timeout_ms = 500\nbody_timeout_ms = 500\n";

@@ -1,9 +1,11 @@
 //! The per-node TTL read cache.
 //!
 //! It holds `cookie:{id}` entries (one record, with its version) and the `all_cookies` list
-//! (the whole `GET /cookies` reply body). The state machine invalidates exactly the keys an
-//! entry touches when it applies it, on every replica, so each node's cache agrees with that
-//! node's applied state and can serve even linearizable reads.
+//! (the whole `GET /cookies` reply body, only when it fits in one chunk of the streamed list,
+//! `sm/reader.rs`: a larger one is streamed and never held whole). The state machine
+//! invalidates exactly the keys an entry touches when it applies it, on every replica, so
+//! each node's cache agrees with that node's applied state and can serve even linearizable
+//! reads.
 //!
 //! # No stale fill
 //! The classic race: a reader misses, reads the old value from redb, an apply commits and

@@ -9,17 +9,23 @@
 //!
 //! So chunks are taken here instead: in order (a chunk may repeat the last one, as a sender
 //! retrying does; a gap is a [`SnapshotMismatch`], which makes openraft's sender start
-//! over), within a byte bound checked before anything is allocated, and the whole snapshot
-//! is [validated](crate::sm::validate_snapshot) before `Raft::install_full_snapshot` sees it.
-//! A refused snapshot changes nothing.
+//! over), within a byte bound checked before anything is written (and again on the
+//! snapshot's uncompressed size when it is validated), into a file in the
+//! snapshot directory (never into memory: a snapshot of a million records is a quarter of a
+//! gigabyte), and the whole file is [validated](crate::sm::validate_snapshot_file), as a
+//! stream, before `Raft::install_full_snapshot` is given it. A refused snapshot changes
+//! nothing: its file is removed.
 
-use std::io::Cursor;
+use std::sync::Arc;
 
 use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
 use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
 use openraft::{Snapshot, SnapshotSegmentId};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use crate::sm::files::SnapshotFiles;
+use crate::sm::SnapshotFile;
 use crate::types::{NodeId, TypeConfig};
 use crate::Raft;
 
@@ -36,29 +42,47 @@ pub enum Refused {
     TooLarge { max: u64, end: u64 },
     #[error("snapshot {id} is not installable: {why}")]
     Invalid { id: String, why: String },
+    /// Writing the received bytes failed (a full disk): the sender retries later.
+    #[error("snapshot {id} could not be stored: {why}")]
+    Storage { id: String, why: String },
     /// openraft stopped (shutdown or a fatal error elsewhere).
     #[error("raft: {0}")]
     Stopped(String),
 }
 
-/// The snapshot being received.
+/// The snapshot being received: its id, the file it goes to, and how much of it arrived.
 struct Incoming {
     id: String,
-    data: Vec<u8>,
+    file: SnapshotFile,
+    len: u64,
+}
+
+impl Incoming {
+    /// Remove its file (a snapshot replaced by another, or refused).
+    fn discard(self) {
+        let path = self.file.path().to_owned();
+        drop(self.file);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("removing {}: {e}", path.display());
+        }
+    }
 }
 
 /// Receives snapshot chunks for one node.
 pub struct SnapshotInbox {
     raft: Raft,
     max_bytes: u64,
+    files: Arc<SnapshotFiles>,
     current: Mutex<Option<Incoming>>,
 }
 
 impl SnapshotInbox {
-    pub fn new(raft: Raft, max_bytes: u64) -> Self {
+    /// Chunks for `raft`, at most `max_bytes` a snapshot, received into `files`' directory.
+    pub fn new(raft: Raft, max_bytes: u64, files: Arc<SnapshotFiles>) -> Self {
         SnapshotInbox {
             raft,
             max_bytes,
+            files,
             current: Mutex::new(None),
         }
     }
@@ -78,12 +102,17 @@ impl SnapshotInbox {
             });
         }
         let id = req.meta.snapshot_id.clone();
+        let storage = |e: std::io::Error| Refused::Storage {
+            id: id.clone(),
+            why: e.to_string(),
+        };
         let mut current = self.current.lock().await;
-        let same = current.as_ref().is_some_and(|c| c.id == id);
-        if !same {
-            *current = None;
+        if current.as_ref().is_some_and(|c| c.id != id) {
+            if let Some(old) = current.take() {
+                old.discard();
+            }
         }
-        let have = current.as_ref().map_or(0, |c| c.data.len() as u64);
+        let have = current.as_ref().map_or(0, |c| c.len);
         if req.offset > have {
             return Ok(Err(RaftError::APIError(
                 InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
@@ -92,39 +121,64 @@ impl SnapshotInbox {
                         offset: have,
                     },
                     got: SnapshotSegmentId {
-                        id,
+                        id: id.clone(),
                         offset: req.offset,
                     },
                 }),
             )));
         }
-        let incoming = current.get_or_insert_with(|| Incoming {
-            id: id.clone(),
-            data: Vec::new(),
-        });
-        // `offset <= have <= max_bytes` and `end <= max_bytes`: both fit in memory bounds.
-        incoming.data.truncate(req.offset as usize);
-        incoming.data.extend_from_slice(&req.data);
+        if current.is_none() {
+            *current = Some(Incoming {
+                id: id.clone(),
+                file: self.files.incoming().map_err(storage)?,
+                len: 0,
+            });
+        }
+        let incoming = current.as_mut().expect("set above");
+        // `offset <= have`: a repeated chunk overwrites what it sent before.
+        incoming
+            .file
+            .truncate_to(req.offset)
+            .await
+            .map_err(storage)?;
+        incoming.file.write_all(&req.data).await.map_err(storage)?;
+        incoming.len = end;
         if !req.done {
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         }
-        let Some(Incoming { data, .. }) = current.take() else {
+        let Some(mut incoming) = current.take() else {
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         };
         drop(current);
-        let data =
-            tokio::task::spawn_blocking(move || crate::sm::validate_snapshot(&data).map(|()| data))
+        incoming.file.flush().await.map_err(storage)?;
+        let path = incoming.file.path().to_owned();
+        let limit = self.max_bytes;
+        let checked =
+            tokio::task::spawn_blocking(move || crate::sm::validate_snapshot_file(&path, limit))
                 .await
-                .map_err(|e| Refused::Stopped(e.to_string()))?
-                .map_err(|e| Refused::Invalid {
-                    id: req.meta.snapshot_id.clone(),
-                    why: e.to_string(),
-                })?;
+                .map_err(|e| Refused::Stopped(e.to_string()))?;
+        if let Err(e) = checked {
+            incoming.discard();
+            return Err(Refused::Invalid {
+                id,
+                why: e.to_string(),
+            });
+        }
+        let path = incoming.file.path().to_owned();
         let snapshot = Snapshot {
             meta: req.meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(incoming.file),
         };
-        match self.raft.install_full_snapshot(req.vote, snapshot).await {
+        let installed = self.raft.install_full_snapshot(req.vote, snapshot).await;
+        // Installing renames the file into place; openraft skips a snapshot that is not
+        // newer than what this node has, and then the file is still here, to remove.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("removing {}: {e}", path.display())
+            }
+            _ => {}
+        }
+        match installed {
             Ok(resp) => Ok(Ok(resp.into())),
             Err(fatal) => Err(Refused::Stopped(fatal.to_string())),
         }

@@ -18,8 +18,9 @@
 //! sm/apply.rs       applying entries: one transaction per batch, durability, Tables
 //! sm/snapshot.rs    building and installing snapshots, their row format, the legacy move
 //! sm/files.rs       snapshot data in files of their own beside sm.redb
-//! sm/reader.rs      StoreReader: get, list, page, count for the HTTP layer, via the cache
+//! sm/reader.rs      StoreReader: get, the streamed list, page, count for the HTTP layer
 //! cache.rs          the per-node TTL read cache, invalidated by apply
+//! chunks.rs         a body written on the blocking pool, streamed through a bounded channel
 //! network.rs        Raft RPCs over HTTP with one pooled reqwest client
 //! inbox.rs          inbound snapshot chunks: bounded, in order, validated before install
 //! identity.rs       a node's incarnation and the cluster's registry: a node whose data
@@ -40,6 +41,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cache;
+pub mod chunks;
 pub mod codec;
 pub mod command;
 pub mod durable;

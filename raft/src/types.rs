@@ -2,8 +2,6 @@
 //! applying it answers (a [`Response`]), the node descriptor, and openraft's type
 //! configuration. What one command is and does is [`crate::command`]'s.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::command::{CmdResult, Command};
@@ -32,5 +30,5 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = CookieNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::sm::SnapshotFile,
 );

@@ -11,13 +11,13 @@
 //! applied everything committed when the request arrived; `local` backs up what this node
 //! has applied now.
 
-use std::io::{self, Write};
+use std::io;
 
 use axum::body::Body;
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cookie_raft::chunks::{ChannelWriter, Chunk};
 use cookie_raft::sm::backup::{BackupHeader, Origin};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,40 +30,6 @@ use crate::clock::unix_now_ms;
 /// response.
 const CHUNK: usize = 256 << 10;
 const CHUNKS_BUFFERED: usize = 4;
-
-type Chunk = Result<Bytes, io::Error>;
-
-/// A `Write` that sends full chunks down the channel, blocking while it is full.
-struct ChannelWriter {
-    tx: mpsc::Sender<Chunk>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
-}
 
 fn header_value(v: impl ToString) -> HeaderValue {
     HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static("?"))
@@ -86,10 +52,7 @@ pub async fn backup(
     };
     tokio::task::spawn_blocking(move || {
         let mut header_tx = Some(header_tx);
-        let mut sink = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+        let mut sink = ChannelWriter::new(tx.clone(), CHUNK);
         let result = reader.backup(
             origin,
             &mut |h| {

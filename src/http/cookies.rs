@@ -10,7 +10,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use cookie_raft::chunks::Chunk;
+use cookie_raft::sm::ListScan;
 use cookie_raft::{BoxError, CacheStatus, CmdResult, Command};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::error::{json_bytes, ApiError};
 use super::observe::ReqId;
@@ -22,6 +25,10 @@ use super::state::Shared;
 use crate::clock::{unix_now, unix_now_ms};
 
 type ApiResult = Result<Response, ApiError>;
+
+/// Chunks of a streamed list buffered between its scan and the response: with 256 KiB
+/// chunks, about a megabyte per list in flight.
+const LIST_CHUNKS_BUFFERED: usize = 4;
 
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
@@ -101,20 +108,37 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
             state.reader.applied_index(),
         ));
     }
-    // Every record in one reply: a few at a time (a burst of them held a copy of the whole
-    // store each); the others wait their turn, up to the read timeout.
-    let permit = tokio::time::timeout(state.cfg.read_timeout(), state.full_lists.acquire())
-        .await
-        .map_err(|_| ApiError::Busy("unpaged GET /cookies"))?
-        .map_err(ApiError::internal)?;
-    let (body, cache) = blocking(move || reader.list()).await?;
-    drop(permit);
-    Ok(read_reply(
-        StatusCode::OK,
-        body,
-        cache,
-        state.reader.applied_index(),
-    ))
+    // A small list is cached whole (it fits in one chunk): a hit costs no permit.
+    if let Some(body) = state.reader.cached_list() {
+        let applied = state.reader.applied_index();
+        return Ok(read_reply(StatusCode::OK, body, CacheStatus::Hit, applied));
+    }
+    // Every record in one reply: a few at a time, each holding a scan, a read transaction and
+    // a few chunks until its reply is sent; the others wait their turn, up to the read timeout.
+    let permit = tokio::time::timeout(
+        state.cfg.read_timeout(),
+        state.full_lists.clone().acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::Busy("unpaged GET /cookies"))?
+    .map_err(ApiError::internal)?;
+    let scan = blocking(move || reader.list_scan()).await?;
+    let applied = scan.applied_index();
+    let body = stream_list(scan, permit);
+    Ok(read_reply(StatusCode::OK, body, CacheStatus::Miss, applied))
+}
+
+/// The whole list as a streamed body: scanned on the blocking pool into a bounded channel
+/// that the body drains, so a node holds a few chunks of it, never all of it (a million
+/// records are some 200 MB). `permit` goes with the body: it is held until the reply is
+/// sent, or dropped with the body when the client goes away (which stops the scan).
+fn stream_list(scan: ListScan, permit: OwnedSemaphorePermit) -> Body {
+    let (tx, mut rx) = mpsc::channel::<Chunk>(LIST_CHUNKS_BUFFERED);
+    tokio::task::spawn_blocking(move || scan.send(tx));
+    Body::from_stream(futures::stream::poll_fn(move |cx| {
+        let _held = &permit;
+        rx.poll_recv(cx)
+    }))
 }
 
 /// `GET /cookies/{cookie}`

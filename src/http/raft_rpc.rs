@@ -45,6 +45,7 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
             let (status, reason) = match refused {
                 inbox::Refused::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                 inbox::Refused::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                inbox::Refused::Storage { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage"),
                 inbox::Refused::Stopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
             };
             state.metrics.snapshot_install_failed(reason);

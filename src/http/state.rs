@@ -36,8 +36,9 @@ pub struct AppState {
     pub install_quiet: InstallQuiet,
     /// Inbound snapshot chunks: bounded, in order, validated before openraft installs them.
     pub snapshot_inbox: SnapshotInbox,
-    /// Permits for unpaged `GET /cookies` (`http.max_concurrent_full_lists`).
-    pub full_lists: tokio::sync::Semaphore,
+    /// Permits for unpaged `GET /cookies` (`http.max_concurrent_full_lists`), shared so
+    /// that a streamed reply's body can own its permit until it is sent.
+    pub full_lists: Arc<tokio::sync::Semaphore>,
 }
 
 pub type Shared = Arc<AppState>;

@@ -7,7 +7,7 @@
 //! {"format":1,...}\n            the header (BackupHeader, one JSON line: readable with head -2)
 //! body                          body_bytes bytes: the snapshot format (SnapshotRows, bincode)
 //! ```
-//! The body is byte for byte what a snapshot of the same state holds (every record, every
+//! The body is byte for byte what a snapshot of the same state holds, uncompressed (every record, every
 //! idempotency key, the identity registry), written as a stream: the same varint lengths and
 //! rows that encoding the whole `SnapshotRows` would give, so a backup of any size is written
 //! and read in bounded memory. The header names where the state is in the log (index, term),
@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 
 use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, LogId, Membership as Voters};
-use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::format::write_body;
 use super::reader::StoreReader;
 use super::tables::{
     order_key, put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY,
@@ -149,38 +150,6 @@ impl<W: Write> Write for Tally<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn put<T: Serialize + ?Sized>(w: &mut dyn Write, value: &T) -> Result<(), BoxError> {
-    let mut w = w;
-    bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard())?;
-    Ok(())
-}
-
-/// Write the body (the snapshot format) from `txn` and its `registry`; returns (records,
-/// keys).
-fn write_body(
-    txn: &ReadTransaction,
-    registry: &Registry,
-    w: &mut dyn Write,
-) -> Result<(u64, u64), BoxError> {
-    let mut counts = [0u64; 2];
-    for (slot, def) in [COOKIES, KEYS].into_iter().enumerate() {
-        let table = txn.open_table(def)?;
-        let n = table.len()?;
-        // A Vec's encoding: its length, then each element.
-        put(w, &n)?;
-        for row in table.iter()? {
-            let (k, v) = row?;
-            put(w, &(k.value(), v.value()))?;
-            counts[slot] += 1;
-        }
-        if counts[slot] != n {
-            return Err(format!("table length {n} but {} rows", counts[slot]).into());
-        }
-    }
-    put(w, registry)?;
-    Ok((counts[0], counts[1]))
 }
 
 impl StoreReader {

@@ -10,9 +10,13 @@
 //! leaves at most an unreferenced file, removed at the next start.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use super::data::SnapshotFile;
+use crate::BoxError;
 
 /// Bytes written between two flushes to disk.
 const CHUNK: usize = 8 << 20;
@@ -36,6 +40,32 @@ impl Staged {
     /// Its length in bytes.
     pub fn bytes(&self) -> u64 {
         self.len
+    }
+}
+
+/// A snapshot file being written: buffered, and flushed to disk every [`CHUNK`] bytes so
+/// the kernel's writeback never builds up into one long stall.
+struct Syncing {
+    file: BufWriter<File>,
+    written: u64,
+    since_sync: usize,
+}
+
+impl Write for Syncing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        self.since_sync += n;
+        if self.since_sync >= CHUNK {
+            self.file.flush()?;
+            self.file.get_ref().sync_data()?;
+            self.since_sync = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -80,26 +110,58 @@ impl SnapshotFiles {
         format!("{safe}.{EXT}")
     }
 
-    /// Write `data` durably as `name.tmp`, flushed chunk by chunk, with no lock held. It is
-    /// invisible to [`SnapshotFiles::remove_others`] until [`SnapshotFiles::publish`]
-    /// renames it, which happens under the switch lock: so a build and an install never
-    /// remove each other's file, whichever finishes writing first (issue 12).
-    pub fn stage(&self, name: &str, data: &[u8]) -> io::Result<Staged> {
+    /// Write `data` durably as `name.tmp` ([`SnapshotFiles::stage_with`]).
+    pub fn stage(&self, name: &str, data: &[u8]) -> Result<Staged, BoxError> {
+        self.stage_with(name, &mut |w| Ok(w.write_all(data)?))
+    }
+
+    /// Write a snapshot durably as `name.tmp`: `write` is given the file, buffered and
+    /// flushed to disk every [`CHUNK`] bytes, with no lock held. It is invisible to
+    /// [`SnapshotFiles::remove_others`] until [`SnapshotFiles::publish`] renames it, which
+    /// happens under the switch lock: so a build and an install never remove each other's
+    /// file, whichever finishes writing first (issue 12).
+    pub fn stage_with(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn Write) -> Result<(), BoxError>,
+    ) -> Result<Staged, BoxError> {
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .open(&tmp)?;
-        for chunk in data.chunks(CHUNK) {
-            file.write_all(chunk)?;
-            file.sync_data()?;
-        }
+        let mut out = Syncing {
+            file: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            since_sync: 0,
+        };
+        write(&mut out)?;
+        let file = out.file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(Staged {
             name: name.to_owned(),
-            len: data.len() as u64,
+            len: out.written,
         })
+    }
+
+    /// Take a received snapshot file (already flushed to disk, in this directory) as the
+    /// staged file `name`, by renaming it: no second copy of a large snapshot is written.
+    pub fn adopt(&self, received: &Path, name: &str) -> io::Result<Staged> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        fs::rename(received, &tmp)?;
+        Ok(Staged {
+            name: name.to_owned(),
+            len: fs::metadata(&tmp)?.len(),
+        })
+    }
+
+    /// A new, empty file for a snapshot being received. Named `*.tmp`: never removed by
+    /// [`SnapshotFiles::remove_others`], cleared by the next start if left behind.
+    pub fn incoming(&self) -> io::Result<SnapshotFile> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        SnapshotFile::create(&self.dir.join(format!("incoming-{n}.tmp")))
     }
 
     /// Make a staged file `name` (rename it into place, then flush the directory). Takes the
@@ -121,24 +183,33 @@ impl SnapshotFiles {
 
     /// Write `data` durably as `name` at once ([`SnapshotFiles::stage`], then publish under
     /// the switch), for callers with nothing to do between the two.
-    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+    pub fn write(&self, name: &str, data: &[u8]) -> Result<(), BoxError> {
         let staged = self.stage(name, data)?;
         let switch = self.switch();
-        self.publish(staged, &switch)
+        Ok(self.publish(staged, &switch)?)
     }
 
-    /// The bytes of snapshot file `name`, which must be `len` long.
-    pub fn read(&self, name: &str, len: u64) -> io::Result<Vec<u8>> {
-        let mut file = File::open(self.dir.join(name))?;
-        let mut data = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut data)?;
-        if data.len() as u64 != len {
+    /// Where a staged file is, until it is published or discarded.
+    pub fn staged_path(&self, staged: &Staged) -> PathBuf {
+        self.dir.join(format!("{}.tmp", staged.name))
+    }
+
+    /// Where published snapshot file `name` is.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Open snapshot file `name`, which must be `len` long.
+    pub fn open_file(&self, name: &str, len: u64) -> io::Result<SnapshotFile> {
+        let path = self.path(name);
+        let actual = fs::metadata(&path)?.len();
+        if actual != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot {name} has {} bytes, expected {len}", data.len()),
+                format!("snapshot {name} has {actual} bytes, expected {len}"),
             ));
         }
-        Ok(data)
+        SnapshotFile::open(&path)
     }
 
     /// Remove every snapshot file but `keep`. Temporary files are left alone: one may be a
@@ -178,9 +249,10 @@ mod tests {
         let data: Vec<u8> = (0..(CHUNK * 2 + 17)).map(|i| i as u8).collect();
         let a = SnapshotFiles::name_for("1-10-99-0");
         files.write(&a, &data).unwrap();
-        assert_eq!(files.read(&a, data.len() as u64).unwrap(), data);
+        assert_eq!(std::fs::read(files.path(&a)).unwrap(), data);
+        assert!(files.open_file(&a, data.len() as u64).is_ok());
         assert!(
-            files.read(&a, 3).is_err(),
+            files.open_file(&a, 3).is_err(),
             "a short or long file is refused"
         );
 
@@ -189,8 +261,8 @@ mod tests {
         files.write(&b, b"x").unwrap();
         std::fs::write(dir.path().join("snapshots").join("c.snap.tmp"), b"half").unwrap();
         files.remove_others(Some(&b)).unwrap();
-        assert!(files.read(&a, data.len() as u64).is_err());
-        assert_eq!(files.read(&b, 1).unwrap(), b"x");
+        assert!(files.open_file(&a, data.len() as u64).is_err());
+        assert_eq!(std::fs::read(files.path(&b)).unwrap(), b"x");
         // A restart clears interrupted writes.
         drop(files);
         let files = SnapshotFiles::open(dir.path()).unwrap();

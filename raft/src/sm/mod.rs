@@ -6,16 +6,17 @@
 //!   metadata keys.
 //! - `apply.rs`: entries in one redb transaction per batch, and when a commit is durable.
 //!   What each command does to the records is [`crate::command`]'s.
-//! - `snapshot.rs`: building ([`SnapshotBuilder`]) and installing snapshots, their row format,
-//!   and the move of snapshots kept whole in `sm_meta` by earlier versions.
-//! - [`files`] (`files.rs`): snapshot data in files of their own beside `sm.redb`.
+//! - `snapshot.rs`: building ([`SnapshotBuilder`]) and installing snapshots, and the move of
+//!   snapshots kept whole in `sm_meta` by earlier versions; `format.rs`: their row format,
+//!   written and read as a stream.
+//! - [`files`] (`files.rs`): snapshot data in files of their own beside `sm.redb`;
+//!   `data.rs`: [`SnapshotFile`], such a file as openraft handles it.
 //! - `reader.rs`: [`StoreReader`], the HTTP layer's reads (get, list, page, count) through the
 //!   cache.
 //!
 //! A storage error is returned to openraft, which stops the node: answering a client with it
 //! instead would let replicas diverge.
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -31,15 +32,21 @@ use files::SnapshotFiles;
 
 mod apply;
 pub mod backup;
+mod compact;
+mod data;
 pub mod dump;
 pub mod files;
+mod format;
 mod reader;
 mod snapshot;
 mod state;
 mod tables;
 
-pub use reader::{CacheStatus, StoreReader};
-pub use snapshot::{validate as validate_snapshot, SnapshotBuilder};
+pub use data::SnapshotFile;
+pub use reader::{CacheStatus, ListScan, StoreReader};
+pub use snapshot::{
+    validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,
+};
 pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
 
@@ -61,7 +68,8 @@ impl StateMachine {
         cache_bytes: usize,
     ) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
-        let db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
+        let mut db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
+        compact::if_bloated(&mut db, &path)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(COOKIES)?;
@@ -91,6 +99,13 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// The snapshot directory, for the inbox that receives snapshots into it.
+    pub fn snapshot_files(&self) -> Arc<SnapshotFiles> {
+        self.files.clone()
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -116,16 +131,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshot_builder()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A new file in the snapshot directory. (cookie-crud's own inbox receives snapshots,
+    /// [`crate::inbox`]; this is openraft's receiver's path, kept working.)
+    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<SnapshotFile>> {
+        let file = self
+            .files
+            .incoming()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StResult<()> {
-        self.install(meta, snapshot.into_inner()).await
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotFile>) -> StResult<()> {
+        self.install(meta, *snapshot).await
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {

@@ -1,21 +1,24 @@
 //! Snapshots of the state machine: building one ([`SnapshotBuilder`]), installing one sent by
 //! a leader, reading the current one, and the format of their data.
 //!
-//! A snapshot's data is every stored row, verbatim ([`SnapshotRows`], bincode), kept in a file
-//! of its own ([`super::files`]); `sm_meta` holds only a pointer to it ([`SnapshotPointer`]),
-//! and the pointer is what makes a snapshot current. Earlier versions kept the whole snapshot
+//! A snapshot's data is every stored row, verbatim ([`super::format`], bincode), kept in a
+//! file of its own ([`super::files`]); `sm_meta` holds only a pointer to it
+//! ([`SnapshotPointer`]), and the pointer is what makes a snapshot current. Builds, sends and
+//! installs stream that file: none holds the state in memory. Earlier versions kept the whole snapshot
 //! in `sm_meta`; [`recover`] moves such a one into a file at open.
 
-use std::io::Cursor;
+use std::io::BufReader;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::Snapshot;
 use openraft::{LogId, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
+use super::data::SnapshotFile;
 use super::files::{SnapshotFiles, Staged};
+use super::format::{self, Row};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
     order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, IDENTITY, KEYS,
@@ -23,73 +26,22 @@ use super::tables::{
     KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
-use crate::command::KeyRecord;
 use crate::identity::Registry;
-use crate::record::Record;
 use crate::types::{NodeId, TypeConfig};
 use crate::{BoxError, StResult};
 
-/// What a snapshot's bytes hold: every stored row and every idempotency key, verbatim, and
-/// the identity registry. A key is part of the state: a replica that installed a snapshot
-/// without them would apply a retried write that the others answer as a replay, and
-/// diverge; so is the registry (a follower that caught up by snapshot must know every
-/// member's incarnation).
-#[derive(Serialize, Deserialize)]
-struct SnapshotRows {
-    rows: Vec<(String, Vec<u8>)>,
-    keys: Vec<(String, Vec<u8>)>,
-    registry: Registry,
-}
-
-/// Rows and keys, as snapshots were written before identities.
-#[derive(Serialize, Deserialize)]
-struct SnapshotRowsV2 {
-    rows: Vec<(String, Vec<u8>)>,
-    keys: Vec<(String, Vec<u8>)>,
-}
-
-/// The rows alone, as snapshots were written before idempotency keys.
-#[derive(Serialize, Deserialize)]
-struct SnapshotRowsV1 {
-    rows: Vec<(String, Vec<u8>)>,
-}
-
-impl SnapshotRows {
-    /// Decode a snapshot of this version or of an earlier one. Each version only appends a
-    /// field, so reading an older one as a newer one fails for want of bytes, never silently.
-    fn decode(data: &[u8]) -> Result<Self, bincode::error::DecodeError> {
-        codec::decode::<SnapshotRows>(data).or_else(|e| {
-            let (rows, keys) = match codec::decode::<SnapshotRowsV2>(data) {
-                Ok(v2) => (v2.rows, v2.keys),
-                Err(_) => match codec::decode::<SnapshotRowsV1>(data) {
-                    Ok(v1) => (v1.rows, Vec::new()),
-                    Err(_) => return Err(e),
-                },
-            };
-            Ok(SnapshotRows {
-                rows,
-                keys,
-                registry: Registry::default(),
-            })
-        })
-    }
-}
-
 /// Check that `data` is a snapshot this node can install: it decodes, and so does every
-/// record and idempotency key in it, exactly as installing reads them. A snapshot that came
-/// over the network is checked before openraft is given it, because a failed install is
-/// fatal to openraft (issue 13).
+/// record and idempotency key in it, exactly as installing reads them (see
+/// [`format::validate`], which the snapshot inbox runs on a received file).
 pub fn validate(data: &[u8]) -> Result<(), BoxError> {
-    let rows = SnapshotRows::decode(data)?;
-    for (id, value) in &rows.rows {
-        if Record::decode(value).is_none() {
-            return Err(format!("record {id:?} in the snapshot does not decode").into());
-        }
-    }
-    for (_, value) in &rows.keys {
-        codec::decode::<KeyRecord>(value)?;
-    }
-    Ok(())
+    format::validate(data, codec::DECODE_LIMIT as u64)
+}
+
+/// [`validate`] for a snapshot in a file, read as a stream, of at most `limit` bytes
+/// uncompressed.
+pub fn validate_file(path: &std::path::Path, limit: u64) -> Result<(), BoxError> {
+    let file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    format::validate(file, limit)
 }
 
 /// A whole snapshot as earlier versions kept it in `sm_meta`.
@@ -149,23 +101,26 @@ impl StateMachine {
     }
 
     /// openraft's `install_snapshot`: replace every record with the snapshot's rows and make
-    /// it the current snapshot, in one durable transaction.
-    pub(super) async fn install(&mut self, meta: &Meta, data: Vec<u8>) -> StResult<()> {
+    /// it the current snapshot, in one durable transaction. `data` is the file the snapshot
+    /// was received into; it becomes the snapshot file (renamed, not copied).
+    pub(super) async fn install(&mut self, meta: &Meta, mut data: SnapshotFile) -> StResult<()> {
         let sig = Some(meta.signature());
-        let rows = SnapshotRows::decode(&data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let write_err =
+            |e: BoxError| StorageIOError::write_snapshot(sig.clone(), &crate::io_err(e));
+        data.sync().await.map_err(|e| write_err(e.into()))?;
+        let received = data.path().to_owned();
+        drop(data);
         let meta = meta.clone();
         let db = self.db.clone();
         let files = self.files.clone();
         let applied = meta.last_log_id.map_or(0, |l| l.index);
-        let registry = rows.registry.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
-            let staged = files.stage(&SnapshotFiles::name_for(&meta.snapshot_id), &data)?;
-            replace_state(Target::of(&db, &files), &meta, staged, &rows)
+        let registry = tokio::task::spawn_blocking(move || -> Result<Registry, BoxError> {
+            let staged = files.adopt(&received, &SnapshotFiles::name_for(&meta.snapshot_id))?;
+            replace_state(Target::of(&db, &files), &meta, staged)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
-        .map_err(|e| StorageIOError::write_snapshot(sig, &crate::io_err(e)))?;
+        .map_err(write_err)?;
         self.cache.invalidate_all();
         self.identity.set_registry(registry);
         self.applied.store(applied, Ordering::SeqCst);
@@ -174,17 +129,18 @@ impl StateMachine {
         Ok(())
     }
 
-    /// openraft's `get_current_snapshot`: the one the pointer names, read from its file.
+    /// openraft's `get_current_snapshot`: the one the pointer names, as its open file.
     pub(super) async fn current_snapshot(&self) -> StResult<Option<Snapshot<TypeConfig>>> {
         let db = self.db.clone();
         let files = self.files.clone();
         let current = tokio::task::spawn_blocking(move || -> Result<_, BoxError> {
-            // Under the switch lock, so the file named is not replaced while it is read.
+            // Under the switch lock, so the file named is not replaced before it is open
+            // (once open, it stays readable even if a newer snapshot replaces it).
             let _switch = files.switch();
             let Some(p) = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)? else {
                 return Ok(None);
             };
-            let data = files.read(&p.file, p.len)?;
+            let data = files.open_file(&p.file, p.len)?;
             Ok(Some((p.meta, data)))
         })
         .await
@@ -192,7 +148,7 @@ impl StateMachine {
         .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
         Ok(current.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }
@@ -211,58 +167,60 @@ impl<'a> Target<'a> {
 }
 
 /// Make an installed snapshot, staged in `staged`, the state and the current snapshot: the
-/// records replaced by its rows, `last_applied`, membership and the pointer in one durable
-/// transaction, then the other snapshot files removed. Under the switch from publishing the
-/// file to removing the others, so a concurrent build neither removes this file before its
-/// pointer is committed nor has its own file removed under it.
-fn replace_state(
-    to: Target<'_>,
-    meta: &Meta,
-    staged: Staged,
-    rows: &SnapshotRows,
-) -> Result<(), BoxError> {
+/// records replaced by its rows (read from the file as a stream), `last_applied`,
+/// membership and the pointer in one durable transaction, then the other snapshot files
+/// removed. Returns the snapshot's registry. Under the switch from publishing the file to
+/// removing the others, so a concurrent build neither removes this file before its pointer
+/// is committed nor has its own file removed under it.
+fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry, BoxError> {
     let Target { db, files } = to;
     let (file, len) = (staged.name().to_owned(), staged.bytes());
     let switch = files.switch();
     files.publish(staged, &switch)?;
+    // Validated before it was handed to openraft (the inbox), or built by a node: no limit.
+    let input = BufReader::with_capacity(1 << 20, std::fs::File::open(files.path(&file))?);
+    let mut input = format::open(input, u64::MAX)?;
     let txn = db.begin_write()?;
-    {
+    let registry = {
         // Replace, never merge: a row absent from the snapshot was deleted.
         let mut table = txn.open_table(COOKIES)?;
         let mut order = txn.open_table(BY_CREATED)?;
-        table.retain(|_, _| false)?;
-        order.retain(|_, _| false)?;
-        // Rows arrive in id order (a table scan), so the records go in as appends; the
-        // index is sorted first for the same reason (random-order inserts into a B-tree
-        // touch a different page each time). Values are stored verbatim.
-        let mut index = Vec::with_capacity(rows.rows.len());
-        for (id, value) in &rows.rows {
-            let created = Record::decode(value)
-                .ok_or("corrupt record in the snapshot")?
-                .created;
-            table.insert(id.as_str(), value.as_slice())?;
-            index.push((order_key(created), id.as_str()));
-        }
-        index.sort_unstable();
-        for key in index {
-            order.insert(key, ())?;
-        }
-        // The idempotency keys, replaced the same way, with their expiry index.
         let mut keys = txn.open_table(KEYS)?;
         let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
+        table.retain(|_, _| false)?;
+        order.retain(|_, _| false)?;
         keys.retain(|_, _| false)?;
         by_expiry.retain(|_, _| false)?;
-        for (key, value) in &rows.keys {
-            let rec: KeyRecord = codec::decode(value)?;
-            keys.insert(key.as_str(), value.as_slice())?;
-            by_expiry.insert((rec.expires_ms, key.as_str()), ())?;
-        }
+        // Rows arrive in id order (a table scan), so the records go in as appends. Their
+        // index entries go in as they come, in `created` order's random order: sorting them
+        // first was faster but held an entry per record in memory, which a snapshot of
+        // many small records (or a hostile one) could make any size. Values are stored
+        // verbatim.
+        let registry = format::walk(&mut input, &mut |row| {
+            match row {
+                Row::Record { id, value, created } => {
+                    table.insert(id.as_str(), value.as_slice())?;
+                    order.insert((order_key(created), id.as_str()), ())?;
+                }
+                Row::Key {
+                    key,
+                    value,
+                    expires_ms,
+                } => {
+                    keys.insert(key.as_str(), value.as_slice())?;
+                    by_expiry.insert((expires_ms, key.as_str()), ())?;
+                }
+            }
+            Ok(())
+        })?;
         txn.open_table(IDENTITY)?
-            .insert(KEY_REGISTRY, codec::encode(&rows.registry)?.as_slice())?;
-    }
+            .insert(KEY_REGISTRY, codec::encode(&registry)?.as_slice())?;
+        registry
+    };
     put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
     put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
-    commit_current(txn, files, meta, (file, len))
+    commit_current(txn, files, meta, (file, len))?;
+    Ok(registry)
 }
 
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
@@ -275,65 +233,57 @@ pub struct SnapshotBuilder {
 /// Makes snapshot ids unique within a process even when two builds share a microsecond.
 static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The meta of a snapshot of the state `txn` sees: its last applied log id and membership,
+/// and a new id.
+fn meta_of(txn: &redb::ReadTransaction) -> Result<Meta, BoxError> {
+    let meta_t = txn.open_table(META)?;
+    let last_log_id: Option<LogId<NodeId>> = match meta_t.get(KEY_APPLIED)? {
+        Some(b) => codec::decode(b.value())?,
+        None => None,
+    };
+    let last_membership: Membership = match meta_t.get(KEY_MEMBERSHIP)? {
+        Some(b) => codec::decode(b.value())?,
+        None => Membership::default(),
+    };
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+    let snapshot_id = format!(
+        "{}-{}-{micros}-{seq}",
+        last_log_id.map_or(0, |l| l.leader_id.term),
+        last_log_id.map_or(0, |l| l.index)
+    );
+    Ok(Meta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    })
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<(Meta, Vec<u8>), BoxError> {
-            // One read transaction: rows, last_applied and membership from the same instant.
-            let (meta, data) = {
-                let txn = db.begin_read()?;
-                let meta_t = txn.open_table(META)?;
-                let decode_meta = |key: &str| -> Result<Option<Vec<u8>>, BoxError> {
-                    Ok(meta_t.get(key)?.map(|v| v.value().to_vec()))
-                };
-                let last_log_id: Option<LogId<NodeId>> = match decode_meta(KEY_APPLIED)? {
-                    Some(b) => codec::decode(&b)?,
-                    None => None,
-                };
-                let last_membership: Membership = match decode_meta(KEY_MEMBERSHIP)? {
-                    Some(b) => codec::decode(&b)?,
-                    None => Membership::default(),
-                };
-                let all = |def: TableDefinition<&str, &[u8]>| -> Result<_, BoxError> {
-                    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-                    for row in txn.open_table(def)?.iter()? {
-                        let (k, v) = row?;
-                        out.push((k.value().to_owned(), v.value().to_vec()));
-                    }
-                    Ok(out)
-                };
-                let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
-                    Some(v) => codec::decode(v.value())?,
-                    None => Registry::default(),
-                };
-                let data = codec::encode(&SnapshotRows {
-                    rows: all(COOKIES)?,
-                    keys: all(KEYS)?,
-                    registry,
-                })?;
-                let micros = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros());
-                let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
-                let snapshot_id = format!(
-                    "{}-{}-{micros}-{seq}",
-                    last_log_id.map_or(0, |l| l.leader_id.term),
-                    last_log_id.map_or(0, |l| l.index)
-                );
-                (
-                    Meta {
-                        last_log_id,
-                        last_membership,
-                        snapshot_id,
-                    },
-                    data,
-                )
+        let built = tokio::task::spawn_blocking(move || -> Result<_, BoxError> {
+            // One read transaction: rows, last_applied and membership from the same instant,
+            // streamed into the file row by row. No lock is held meanwhile (redb's readers
+            // never block its writer); only the pointer to the file takes redb's write lock,
+            // briefly (see [`super::files`]).
+            let txn = db.begin_read()?;
+            let meta = meta_of(&txn)?;
+            let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
+                Some(v) => codec::decode(v.value())?,
+                None => Registry::default(),
             };
-            // The data goes to its own file with no lock held; only the pointer to it
-            // takes redb's write lock, briefly (see [`super::files`]).
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
-            let staged = files.stage(&file, &data)?;
+            let staged = files.stage_with(&file, &mut |w| {
+                format::write_compressed(&txn, &registry, w).map(|_| ())
+            })?;
+            drop(txn);
+            // Opened before it is published: if a newer snapshot replaces it at once, this
+            // handle still reads it whole.
+            let data = SnapshotFile::open(&files.staged_path(&staged))?;
             publish_built(Target::of(&db, &files), &meta, staged)?;
             Ok((meta, data))
         })
@@ -343,7 +293,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         self.snapshots.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta: built.0,
-            snapshot: Box::new(Cursor::new(built.1)),
+            snapshot: Box::new(built.1),
         })
     }
 }
@@ -394,6 +344,7 @@ mod tests {
     use super::*;
     use crate::cache::Cache;
     use crate::identity::Identity;
+    use crate::record::Record;
 
     fn open(dir: &Path) -> StateMachine {
         open_as(dir, Arc::new(Identity::new(1, 0x11, false)))
@@ -401,6 +352,38 @@ mod tests {
 
     fn open_as(dir: &Path, identity: Arc<Identity>) -> StateMachine {
         StateMachine::open(dir, Arc::new(Cache::new(Default::default())), identity).unwrap()
+    }
+
+    /// Rows and keys, encoded whole: the same bytes a build streams.
+    #[derive(Serialize, Deserialize)]
+    struct SnapshotRows {
+        rows: Vec<(String, Vec<u8>)>,
+        keys: Vec<(String, Vec<u8>)>,
+        registry: Registry,
+    }
+
+    /// The rows alone, as snapshots were written before idempotency keys.
+    #[derive(Serialize, Deserialize)]
+    struct SnapshotRowsV1 {
+        rows: Vec<(String, Vec<u8>)>,
+    }
+
+    /// All of a snapshot's bytes.
+    async fn bytes(mut data: Box<SnapshotFile>) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        data.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+        let mut out = Vec::new();
+        data.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// `data` as a snapshot received into `sm`'s directory, as the inbox leaves it.
+    async fn received(sm: &StateMachine, data: &[u8]) -> SnapshotFile {
+        use tokio::io::AsyncWriteExt;
+        let mut file = sm.files.incoming().unwrap();
+        file.write_all(data).await.unwrap();
+        file.sync().await.unwrap();
+        file
     }
 
     fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -440,7 +423,7 @@ mod tests {
         );
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, second.meta);
-        assert_eq!(current.snapshot.into_inner(), second.snapshot.into_inner());
+        assert_eq!(bytes(current.snapshot).await, bytes(second.snapshot).await);
     }
 
     #[tokio::test]
@@ -473,7 +456,7 @@ mod tests {
         assert_eq!(snapshot_files(dir.path()), ["2-40-1-0.snap"]);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);
-        assert_eq!(current.snapshot.into_inner(), data);
+        assert_eq!(bytes(current.snapshot).await, data);
     }
 
     fn meta_at(index: u64, id: &str) -> Meta {
@@ -515,7 +498,8 @@ mod tests {
             .unwrap();
 
         let installed = meta_at(40, "2-40-installed");
-        sm.install(&installed, rows(&["a", "b"])).await.unwrap();
+        let data = received(&sm, &rows(&["a", "b"])).await;
+        sm.install(&installed, data).await.unwrap();
         publish_built(Target::of(&sm.db, &sm.files), &built, staged).unwrap();
 
         assert_eq!(snapshot_files(dir.path()), ["2-40-installed.snap"]);
@@ -546,8 +530,7 @@ mod tests {
             .unwrap();
 
         // The install goes on from where it was: its file must still be there.
-        let decoded = SnapshotRows::decode(&data).unwrap();
-        replace_state(Target::of(&sm.db, &sm.files), &installed, staged, &decoded).unwrap();
+        replace_state(Target::of(&sm.db, &sm.files), &installed, staged).unwrap();
         drop(sm);
         let mut sm = open(dir.path());
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
@@ -582,7 +565,10 @@ mod tests {
             .unwrap();
 
         let mut b = open(d2.path());
-        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let file = received(&b, &bytes(snap.snapshot).await).await;
+        b.install_snapshot(&snap.meta, Box::new(file))
+            .await
+            .unwrap();
         let retry = b.apply(vec![entry(2, keyed())]).await.unwrap();
         assert_eq!(
             retry[0].results[0],
@@ -595,32 +581,54 @@ mod tests {
         assert!(validate(&rows(&["a", "b"])).is_ok());
         assert!(validate(&[]).is_err());
         assert!(validate(b"garbage, not a snapshot").is_err());
-        // Valid framing, a record that does not decode.
-        let bad_record = codec::encode(&SnapshotRows {
-            rows: vec![("a".into(), vec![1])],
-            keys: Vec::new(),
-            registry: Registry::default(),
-        })
-        .unwrap();
-        assert!(validate(&bad_record).is_err());
     }
 
-    #[test]
-    fn a_snapshot_from_before_idempotency_keys_or_identities_still_installs() {
+    /// A snapshot written before idempotency keys installs: its rows replace the state.
+    #[tokio::test]
+    async fn a_snapshot_from_before_idempotency_keys_still_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let (id, value) = (
+            "a".to_owned(),
+            Record::new(1, br#"{"cookie":"a"}"#.to_vec()).encode(),
+        );
         let v1 = codec::encode(&SnapshotRowsV1 {
-            rows: vec![("a".into(), vec![1, 2])],
+            rows: vec![(id, value)],
         })
         .unwrap();
-        let rows = SnapshotRows::decode(&v1).unwrap();
-        assert_eq!((rows.rows.len(), rows.keys.len()), (1, 0));
-        let v2 = codec::encode(&SnapshotRowsV2 {
-            rows: vec![],
-            keys: vec![("k".into(), vec![3])],
-        })
-        .unwrap();
-        let rows = SnapshotRows::decode(&v2).unwrap();
-        assert_eq!((rows.keys.len(), rows.registry), (1, Registry::default()));
-        assert!(SnapshotRows::decode(&[0xff, 0xff]).is_err());
+        let data = received(&sm, &v1).await;
+        sm.install(&meta_at(9, "2-9-v1"), data).await.unwrap();
+        assert_eq!(sm.reader().count().unwrap(), 1);
+        assert_eq!(snapshot_files(dir.path()), ["2-9-v1.snap"]);
+    }
+
+    /// A built snapshot is the state, row for row: installed elsewhere, it gives the same
+    /// records, and its bytes are what encoding the rows whole gives.
+    #[tokio::test]
+    async fn a_streamed_build_installs_elsewhere_as_the_same_state() {
+        use crate::command::Command;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(d1.path());
+        let entries: Vec<_> = (1..=300)
+            .map(|i| {
+                let json = format!(r#"{{"cookie":"c{i:03}","user_id":{i}}}"#);
+                entry(i, Command::create(json.as_bytes(), 1000 + i).unwrap())
+            })
+            .collect();
+        a.apply(entries).await.unwrap();
+        let snap = a.snapshot_builder().build_snapshot().await.unwrap();
+        let data = bytes(snap.snapshot).await;
+        let mut b = open(d2.path());
+        let file = received(&b, &data).await;
+        b.install(&snap.meta, file).await.unwrap();
+        let page = |sm: &StateMachine| sm.reader().page(usize::MAX, None).unwrap().unwrap().0;
+        assert_eq!(page(&a), page(&b));
+        assert_eq!(b.reader().count().unwrap(), 300);
+        // No received file is left beside the installed one.
+        assert_eq!(
+            snapshot_files(d2.path()),
+            [SnapshotFiles::name_for(&snap.meta.snapshot_id)]
+        );
     }
 
     /// A follower that catches up by snapshot learns every member's incarnation from it, and
@@ -645,7 +653,10 @@ mod tests {
         let snap = a.snapshot_builder().build_snapshot().await.unwrap();
         let ident_b = Arc::new(Identity::new(2, 0x22, false));
         let mut b = open_as(d2.path(), ident_b.clone());
-        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let file = received(&b, &bytes(snap.snapshot).await).await;
+        b.install_snapshot(&snap.meta, Box::new(file))
+            .await
+            .unwrap();
         assert_eq!(ident_b.registry().cluster, Some(7));
         assert_eq!(ident_b.expected(1), Some(0x11));
         drop(b);

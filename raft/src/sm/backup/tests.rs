@@ -114,7 +114,7 @@ async fn the_body_is_exactly_a_snapshot_of_the_same_state() {
         (51, 1, 52, 3)
     );
     assert_eq!(header.cluster_id.as_deref(), Some("0000000000c0ffee"));
-    let snapshot = sm
+    let mut snapshot = sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
@@ -122,7 +122,12 @@ async fn the_body_is_exactly_a_snapshot_of_the_same_state() {
         .unwrap();
     let body = &bytes[body_start(&bytes)..];
     assert_eq!(body.len() as u64, header.body_bytes);
-    assert_eq!(body, snapshot.snapshot.into_inner().as_slice());
+    let mut built = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut *snapshot.snapshot, &mut built)
+        .await
+        .unwrap();
+    // A snapshot file is the same stream, compressed (see `sm::format`).
+    assert_eq!(body, zstd::decode_all(built.as_slice()).unwrap().as_slice());
 }
 
 #[tokio::test]
