@@ -53,10 +53,13 @@ cluster-test:
 	scripts/cluster-test.sh
 
 # Figures for docs/benchmarks.md: cookie-crud against etcd (installed from Debian when
-# missing), the cache alone, its memory per entry, and HTTP reads with the cache on and off.
+# missing), then the same with the cheap load generator, 30 s a phase, full percentiles and a
+# per-second latency plot (target/load-latency.svg; LOAD_SECS, LOAD_CLIENTS, LOAD_ONLY), the
+# cache alone, its memory per entry, and HTTP reads with the cache on and off.
 bench:
 	command -v etcd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench compare
+	LOAD_SECS=$${LOAD_SECS:-30} $(CARGO) bench --bench load
 	$(CARGO) bench --bench cache
 	$(CARGO) bench --bench cache_memory
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use support::{cpu_seconds, env_num, free_port, wait_http, Nodes, Procs};
+use support::{cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
 
 const PRELOAD: u64 = 2000;
 
@@ -51,74 +50,13 @@ async fn start_cookie(max_commands: usize) -> Cluster {
     }
 }
 
-fn etcd_binary() -> Option<String> {
-    // ETCD=path picks the binary; ETCD=none skips etcd (A/B runs of cookie-crud alone).
-    if let Ok(p) = std::env::var("ETCD") {
-        return (p != "none").then_some(p);
-    }
-    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(|p| p.to_string())
-}
-
 async fn start_etcd(bin: &str) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let initial: Vec<String> = peer_ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
-        .collect();
-    let mut children = Vec::new();
-    for i in 0..3 {
-        let c = format!("http://127.0.0.1:{}", client_ports[i]);
-        let p = format!("http://127.0.0.1:{}", peer_ports[i]);
-        children.push(Some(
-            Command::new(bin)
-                .args(["--name", &format!("e{i}")])
-                .args([
-                    "--data-dir",
-                    &dir.path().join(format!("e{i}")).display().to_string(),
-                ])
-                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                .args([
-                    "--listen-peer-urls",
-                    &p,
-                    "--initial-advertise-peer-urls",
-                    &p,
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "bench",
-                ])
-                .args(["--logger", "zap", "--log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start etcd"),
-        ));
-    }
-    let urls: Vec<String> = client_ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    for u in &urls {
-        wait_http(&format!("{u}/health"), |s, b| {
-            s == 200 && b.contains("true")
-        })
-        .await;
-    }
-    let procs = Procs(children);
+    let etcd = Etcd::start(bin).await;
     Cluster {
         sys: Sys::Etcd,
-        urls,
-        pids: procs.pids(),
-        _running: Box::new((procs, dir)),
+        urls: etcd.urls.clone(),
+        pids: etcd.procs.pids(),
+        _running: Box::new(etcd),
     }
 }
 

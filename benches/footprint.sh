@@ -6,8 +6,11 @@
 #     node 1's data directory from it and node 1 starts alone;
 #  2. nodes 2 and 3 start empty and join as voters: node 1 builds a snapshot of the whole
 #     state and each follower installs it (the snapshot build and install of issue 15);
-#  3. one unpaged GET /cookies on the leader (the whole list in one reply).
-# Loading through the API (wrk) is the other half of the picture: docs/benchmarks.md.
+#  3. one unpaged GET /cookies on the leader (the whole list in one reply);
+#  4. with node 3 stopped, API_SECS (default 60) of creates through the API at 64 clients
+#     (wrk, installed from Debian when missing; skipped with API_SECS=0): the leader builds
+#     snapshots and purges its log meanwhile;
+#  5. node 3 restarted: it is behind the purged log, so it catches up by a snapshot install.
 #
 #   N=1000000 benches/footprint.sh
 set -euo pipefail
@@ -74,4 +77,35 @@ bytes=$(curl -s -m 600 -o /dev/null -w '%{size_download}' "http://127.0.0.1:$(po
 echo "unpaged GET /cookies: $((bytes / 1048576)) MB; node1 rss $(rss "${PIDS[0]}") MB, peak $(hwm "${PIDS[0]}") MB"
 for i in 1 2 3; do
   echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$RECORD_BYTES" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' $((RECORD_BYTES / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
+done
+
+API_SECS=${API_SECS:-60}
+[ "$API_SECS" -gt 0 ] || exit 0
+command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+# The same ~200-byte document as the many-core bench's cc_put.lua, unique ids per thread.
+cat > "$DIR/put.lua" <<'LUA'
+local counter, prefix = 0, ""
+function init(args) prefix = string.format("%d-%d", os.time(), math.random(1, 1000000000)) end
+local rest = ',"user_id":42,"created":1700000000,"last_used":1700000100,"domain":"example.com","path":"/","secure":true,"http_only":true,"value":"' .. string.rep("x", 96) .. '"}'
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/cookies", { ["Content-Type"] = "application/json" },
+    '{"cookie":"cookie:' .. prefix .. '-' .. counter .. '"' .. rest)
+end
+LUA
+kill "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null || true
+wrk -t2 -c64 -d"${API_SECS}s" -s "$DIR/put.lua" "http://127.0.0.1:$(port 1)" > "$DIR/wrk.txt"
+done_2xx=$(awk '/requests in/ {r=$1} /Non-2xx/ {n=$NF} END {print r - n}' "$DIR/wrk.txt")
+echo "API load: $done_2xx creates in ${API_SECS} s ($(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.txt") /s), node3 stopped"
+for i in 1 2; do
+  echo "node$i after the load: rss $(rss "${PIDS[$((i - 1))]}") MB, peak $(hwm "${PIDS[$((i - 1))]}") MB"
+done
+"$BIN" --config "$DIR/node3.toml" >>"$DIR/node3.log" 2>&1 & PIDS[2]=$!
+start=$SECONDS
+wait_for "http://127.0.0.1:$(port 3)/ready" '"ready":true' 900
+echo "node3 restarted, caught up in $((SECONDS - start)) s: rss $(rss "${PIDS[2]}") MB, peak $(hwm "${PIDS[2]}") MB, snapshots installed $(curl -s "http://127.0.0.1:$(port 3)/metrics" | awk '/^raft_snapshot_installs_total/ {print $2}')"
+# A created record: its JSON (the document above, ~230 bytes) and the stored header.
+TOTAL=$((RECORD_BYTES + done_2xx * 250))
+for i in 1 2 3; do
+  echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
 done

@@ -21,6 +21,12 @@ use cookie_crud::config::{Config, LogFormat};
 use cookie_crud::tls::Tls;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, not glibc's malloc: a write allocates and frees many small buffers (request,
+/// JSON, log entry, redb pages) across threads, and glibc's arenas spent 18% of a loaded
+/// leader's CPU on it (docs/benchmarks.md, "Where a write's time goes").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cookie-crud",

@@ -110,13 +110,20 @@ impl Nodes {
             .enumerate()
             .map(|(i, p)| format!("{{ id = {}, addr = \"127.0.0.1:{p}\" }}", i + 1))
             .collect();
+        // A cluster needs a peer credential (nodes refuse to start without one), unless
+        // `extra` brings its own (a secret, or mutual TLS).
+        let secret = if n > 1 && !extra.contains("cluster_secret") && !extra.contains("peer_ca") {
+            "cluster_secret = \"bench-cluster-secret\"\n"
+        } else {
+            ""
+        };
         let mut configs = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let cfg = dir.path().join(format!("n{i}.toml"));
             std::fs::write(
                 &cfg,
                 format!(
-                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{extra}",
+                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{secret}{extra}",
                     i + 1,
                     dir.path().join(format!("d{i}")).display(),
                     members.join(", ")
@@ -179,5 +186,86 @@ impl Nodes {
 
     pub async fn wait_ready(&self, i: usize) {
         wait_http(&format!("{}/ready", self.url(i)), |s, _| s == 200).await;
+    }
+}
+
+/// The etcd binary to compare against: `ETCD=path`, or Debian's `etcd-server` where it is
+/// installed; `ETCD=none` (or no binary) skips etcd (A/B runs of cookie-crud alone).
+pub fn etcd_binary() -> Option<String> {
+    if let Ok(p) = std::env::var("ETCD") {
+        return (p != "none").then_some(p);
+    }
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
+}
+
+/// A 3-node etcd cluster (its default fsync and thread counts) on loopback, clients through
+/// its HTTP/JSON gateway (`/v3/kv/*`); killed and its data removed when dropped.
+pub struct Etcd {
+    pub urls: Vec<String>,
+    /// Declared before `dir`: the processes are killed before their data is removed.
+    pub procs: Procs,
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start(bin: &str) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let initial: Vec<String> = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let c = format!("http://127.0.0.1:{}", client_ports[i]);
+            let p = format!("http://127.0.0.1:{}", peer_ports[i]);
+            children.push(Some(
+                Command::new(bin)
+                    .args(["--name", &format!("e{i}")])
+                    .args([
+                        "--data-dir",
+                        &dir.path().join(format!("e{i}")).display().to_string(),
+                    ])
+                    .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                    .args([
+                        "--listen-peer-urls",
+                        &p,
+                        "--initial-advertise-peer-urls",
+                        &p,
+                    ])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args([
+                        "--initial-cluster-state",
+                        "new",
+                        "--initial-cluster-token",
+                        "bench",
+                    ])
+                    .args(["--logger", "zap", "--log-level", "error"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start etcd"),
+            ));
+        }
+        let urls: Vec<String> = client_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        for u in &urls {
+            wait_http(&format!("{u}/health"), |s, b| {
+                s == 200 && b.contains("true")
+            })
+            .await;
+        }
+        Etcd {
+            urls,
+            procs: Procs(children),
+            dir,
+        }
     }
 }

@@ -409,12 +409,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         // The marker first, durably: a crash before the segments go leaves entries that the
         // next open skips; the other order could leave a log whose start is unexplained.
+        let started = std::time::Instant::now();
         self.write_meta(KEY_PURGED, &log_id).await?;
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || wal.lock().expect("not poisoned").purge(log_id.index))
             .await
             .map_err(|e| StorageIOError::write_logs(&other(e)))?
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        tracing::debug!(
+            upto = log_id.index,
+            ms = started.elapsed().as_millis() as u64,
+            "log purged"
+        );
+        Ok(())
     }
 }
 

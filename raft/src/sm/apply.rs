@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use openraft::{Entry, EntryPayload, StorageIOError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
-use super::state::StateMachine;
+use super::state::{SinceDurable, StateMachine};
 use super::tables::{
     order_key, put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY,
     KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY,
@@ -32,17 +32,28 @@ use crate::record::Record;
 use crate::types::{Response, TypeConfig};
 use crate::{BoxError, StResult};
 
-/// Entries applied between two durable (fsynced) state machine commits.
+/// Records written between two durable (fsynced) state machine commits, at most.
 ///
 /// A durable commit writes out every page the non-durable commits since the last one
-/// dirtied, and `apply` (so every write waiting for its answer) waits for it. At 1,000
-/// entries of a loaded group commit that was tens of megabytes and hundreds of milliseconds:
-/// the periodic write stall of issue 16 (on this 2-core machine, creates' p99 192-275 ms at
-/// 64 clients and 396-496 ms at 256; with no durable commits at all, 25 ms at 64 clients).
-/// At 50 entries each stall is small: p99 9.5 / 61 / 57 ms at 16 / 64 / 256 clients at the
-/// same throughput; at 16 entries the fsyncs began to cost throughput (docs/benchmarks.md,
-/// "The write stall").
-const DURABLE_EVERY: u64 = 50;
+/// dirtied, and `apply` (so every write waiting for its answer) waits for it. Its cost is
+/// what changed, not how many entries passed: at 1,000 entries of a loaded group commit
+/// (hundreds of commands each) it was tens of megabytes and hundreds of milliseconds, the
+/// periodic write stall of issue 16; at 50 entries the stalls were small under load, but a
+/// lightly loaded node (a command or two per entry) paid an fsync every 50 commands. So the
+/// count is of records: each durable commit carries about the same work whatever the load.
+/// 1,000 gave the smallest tail and cost a quarter of the throughput at 256 clients; 4,000
+/// kept the throughput with p99 at etcd's or below (docs/benchmarks.md, "The write tail").
+const DURABLE_RECORDS: u64 = 4000;
+
+/// Entries between two durable commits, at most, whatever they wrote: bounds the entries a
+/// restarted node applies again from the log (and covers entries that write no record).
+const DURABLE_ENTRIES: u64 = 1000;
+
+/// Whether a commit that brings the state to `last`, having written `records` more since
+/// `since`, must be durable.
+fn durable_due(since: SinceDurable, last: u64, records: u64) -> bool {
+    since.records + records >= DURABLE_RECORDS || last >= since.index + DURABLE_ENTRIES
+}
 
 /// What one applied batch changed, for cache invalidation (and the identity registry, for
 /// the network's view of it).
@@ -168,13 +179,12 @@ impl Records for Tables<'_> {
     }
 }
 
-/// Apply `entries` in one transaction; durable when [`DURABLE_EVERY`] entries have passed
-/// since `last_durable`. Returns the responses, what changed, the last applied index and
-/// whether this commit was durable.
+/// Apply `entries` in one transaction; durable when [`durable_due`] says so. Returns
+/// the responses, what changed, the last applied index and whether this commit was durable.
 fn apply_entries(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
-    last_durable: u64,
+    since: SinceDurable,
 ) -> Result<(Vec<Response>, Touched, u64, bool), BoxError> {
     let mut responses = Vec::with_capacity(entries.len());
     let mut last = None;
@@ -182,13 +192,9 @@ fn apply_entries(
     // The log is durable, so the state machine need not be: after a crash it resumes from
     // its last durable commit and openraft applies the committed entries again. Snapshots
     // are committed durably and logs are purged only up to a snapshot, so the entries to
-    // re-apply are always still in the log. A durable commit every DURABLE_EVERY entries
-    // bounds that replay.
-    let first = entries.first().map_or(0, |e| e.log_id.index);
-    let durable = first >= last_durable + DURABLE_EVERY;
-    if !durable {
-        txn.set_durability(Durability::None)?;
-    }
+    // re-apply are always still in the log. A durable commit every DURABLE_RECORDS records
+    // or DURABLE_ENTRIES entries bounds that replay.
+    txn.set_durability(Durability::None)?;
     let touched = {
         let mut tables = Tables::open(&txn)?;
         for entry in entries {
@@ -222,14 +228,16 @@ fn apply_entries(
         tables.touched
     };
     put_meta(&txn, KEY_APPLIED, &last)?;
+    let last_index = last.map_or(0, |l| l.index);
     // A registry change is made durable at once (it is rare): a node that restarts must
     // still name every member's incarnation, or it could not tell a wiped one.
-    let durable = durable || touched.registry.is_some();
+    let durable =
+        durable_due(since, last_index, touched.ids.len() as u64) || touched.registry.is_some();
     if durable {
         txn.set_durability(Durability::Immediate)?;
     }
     txn.commit()?;
-    Ok((responses, touched, last.map_or(0, |l| l.index), durable))
+    Ok((responses, touched, last_index, durable))
 }
 
 impl StateMachine {
@@ -243,9 +251,9 @@ impl StateMachine {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
-        let last_durable = self.last_durable;
+        let since = self.since_durable;
         let (responses, touched, last, durable) =
-            tokio::task::spawn_blocking(move || apply_entries(&db, entries, last_durable))
+            tokio::task::spawn_blocking(move || apply_entries(&db, entries, since))
                 .await
                 .map_err(|e| StorageIOError::write_state_machine(&e))?
                 .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
@@ -257,9 +265,43 @@ impl StateMachine {
             self.identity.set_registry(registry);
         }
         self.applied.store(last, Ordering::SeqCst);
-        if durable {
-            self.last_durable = last;
-        }
+        self.since_durable = if durable {
+            SinceDurable {
+                index: last,
+                records: 0,
+            }
+        } else {
+            SinceDurable {
+                index: self.since_durable.index,
+                records: self.since_durable.records + touched.ids.len() as u64,
+            }
+        };
         Ok(responses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durability follows what was written: many records in few entries (a loaded group
+    /// commit) and few records in many entries (a light load) both end up durable, each
+    /// after about the same work.
+    #[test]
+    fn a_commit_is_durable_after_enough_records_or_entries() {
+        let due =
+            |index, records, last, more| durable_due(SinceDurable { index, records }, last, more);
+        assert!(!due(100, 0, 101, 1));
+        assert!(!due(100, DURABLE_RECORDS - 2, 101, 1));
+        assert!(
+            due(100, DURABLE_RECORDS - 1, 101, 1),
+            "records reach the bound"
+        );
+        assert!(due(100, 0, 102, DURABLE_RECORDS), "one large batch");
+        assert!(!due(100, 0, 100 + DURABLE_ENTRIES - 1, 0));
+        assert!(
+            due(100, 0, 100 + DURABLE_ENTRIES, 0),
+            "entries reach the bound"
+        );
     }
 }

@@ -320,12 +320,14 @@ fn walk_body(
         progress,
     };
     for _ in 0..count(&mut body, header.records, "records")? {
-        let (id, value): (String, Vec<u8>) = take(&mut body, "a record")?;
+        let (id, value): (String, serde_bytes::ByteBuf) = take(&mut body, "a record")?;
+        let value = value.into_vec();
         check_record(&id, &value).map_err(BackupError::Corrupt)?;
         each(Row::Record(id, value)).map_err(|e| BackupError::Io(io::Error::other(e)))?;
     }
     for _ in 0..count(&mut body, header.idempotency_keys, "idempotency keys")? {
-        let (key, value): (String, Vec<u8>) = take(&mut body, "an idempotency key")?;
+        let (key, value): (String, serde_bytes::ByteBuf) = take(&mut body, "an idempotency key")?;
+        let value = value.into_vec();
         let rec: KeyRecord = codec::decode(&value)
             .map_err(|e| BackupError::Corrupt(format!("idempotency key {key:?}: {e}")))?;
         each(Row::Key(key, value, rec.expires_ms))

@@ -128,7 +128,9 @@ pub(super) fn write_body(
         put(w, &n)?;
         for row in table.iter()? {
             let (k, v) = row?;
-            put(w, &(k.value(), v.value()))?;
+            // As bytes, not a sequence of u8: the same encoding, written in one call
+            // instead of one per byte (which made a build of 160,000 records take seconds).
+            put(w, &(k.value(), serde_bytes::Bytes::new(v.value())))?;
             counts[slot] += 1;
         }
         if counts[slot] != n {
@@ -164,7 +166,8 @@ pub(super) fn walk(
 ) -> Result<Registry, BoxError> {
     let records: u64 = next(r)?;
     for _ in 0..records {
-        let (id, value): (String, Vec<u8>) = next(r)?;
+        let (id, value): (String, serde_bytes::ByteBuf) = next(r)?;
+        let value = value.into_vec();
         let created = Record::decode(&value)
             .ok_or_else(|| format!("record {id:?} in the snapshot does not decode"))?
             .created;
@@ -175,7 +178,8 @@ pub(super) fn walk(
     }
     let keys: u64 = next(r)?;
     for _ in 0..keys {
-        let (key, value): (String, Vec<u8>) = next(r)?;
+        let (key, value): (String, serde_bytes::ByteBuf) = next(r)?;
+        let value = value.into_vec();
         let rec: KeyRecord = codec::decode(&value)
             .map_err(|e| format!("idempotency key {key:?} in the snapshot: {e}"))?;
         let expires_ms = rec.expires_ms;

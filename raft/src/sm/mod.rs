@@ -31,6 +31,7 @@ use crate::{BoxError, StResult};
 use files::SnapshotFiles;
 
 mod apply;
+mod background;
 pub mod backup;
 mod compact;
 mod data;
@@ -94,7 +95,10 @@ impl StateMachine {
             snapshots: Arc::default(),
             files,
             identity,
-            last_durable: applied,
+            since_durable: state::SinceDurable {
+                index: applied,
+                records: 0,
+            },
         })
     }
 }

@@ -124,7 +124,10 @@ impl StateMachine {
         self.cache.invalidate_all();
         self.identity.set_registry(registry);
         self.applied.store(applied, Ordering::SeqCst);
-        self.last_durable = applied;
+        self.since_durable = super::state::SinceDurable {
+            index: applied,
+            records: 0,
+        };
         self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -265,11 +268,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<_, BoxError> {
+        // On a thread of its own at a lower priority (see `background`).
+        let built = super::background::run("snapshot-build", move || -> Result<_, BoxError> {
             // One read transaction: rows, last_applied and membership from the same instant,
             // streamed into the file row by row. No lock is held meanwhile (redb's readers
             // never block its writer); only the pointer to the file takes redb's write lock,
             // briefly (see [`super::files`]).
+            let started = std::time::Instant::now();
             let txn = db.begin_read()?;
             let meta = meta_of(&txn)?;
             let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
@@ -277,14 +282,27 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 None => Registry::default(),
             };
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
+            let mut counts = (0, 0);
             let staged = files.stage_with(&file, &mut |w| {
-                format::write_compressed(&txn, &registry, w).map(|_| ())
+                counts = format::write_compressed(&txn, &registry, w)?;
+                Ok(())
             })?;
             drop(txn);
+            let written = started.elapsed();
             // Opened before it is published: if a newer snapshot replaces it at once, this
             // handle still reads it whole.
             let data = SnapshotFile::open(&files.staged_path(&staged))?;
+            let bytes = staged.bytes();
             publish_built(Target::of(&db, &files), &meta, staged)?;
+            tracing::info!(
+                index = meta.last_log_id.map_or(0, |l| l.index),
+                records = counts.0,
+                keys = counts.1,
+                bytes,
+                write_ms = written.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
             Ok((meta, data))
         })
         .await

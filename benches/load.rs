@@ -1,0 +1,1076 @@
+//! `make bench`: a cheap closed-loop load generator, cookie-crud against etcd (Debian's
+//! etcd-server 3.4 through its HTTP/JSON gateway), 3 nodes each on loopback, long enough
+//! runs (30 s a phase) to show a periodic stall, full percentiles, and a per-second plot.
+//!
+//! Each client is its own HTTP/1.1 keep-alive connection on a `TcpStream`, in a closed loop:
+//! the request written with one `write` from a reused buffer, the response read into another
+//! and framed with httparse, all in the client's task (`LOAD_HTTP=hyper`: hyper's low-level
+//! `conn::http1` client instead, for a cross-check). No pool, no URL parsing, no JSON encoding
+//! per request: the body is a template with the record's unique id spliced in. A tokio
+//! runtime with two worker threads. Every 2xx latency goes into a histogram for the phase and
+//! one for its second; non-2xx answers and transport errors are only counted.
+//!
+//! `cargo bench --bench load`. Knobs: `LOAD_SECS` per phase (30), `LOAD_CLIENTS` ("16 64
+//! 256": a creates phase each, then linearizable reads at the largest), `LOAD_ONLY=<substring
+//! of "workload@clients">` (e.g. `creates@64`, `reads`), `ETCD=none` (or a path),
+//! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
+//! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper).
+
+// clippy.toml keeps the server's functions to four arguments; a bench's helpers name every knob.
+#![allow(clippy::too_many_arguments)]
+
+mod support;
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use support::{cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Records preloaded for the read phase (`cookie:read-<i>`).
+const READ_KEYS: usize = 1000;
+/// Latency shards: a client records into shard `client % SHARDS` under its lock, so the two
+/// worker threads seldom meet on one.
+const SHARDS: usize = 8;
+/// How long after the end of a phase a request may still be outstanding before its client is
+/// aborted (and counted as an error).
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The rest of the document the wrk scripts (shared/bench/cc_put.lua, etcd_put.lua) send:
+/// with its id, ~200 bytes of JSON.
+const DOC_REST: &str = r#""user_id":42,"created":1700000000,"last_used":1700000100,"domain":"example.com","path":"/","secure":true,"http_only":true,"value":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Sys {
+    Cookie,
+    Etcd,
+}
+
+impl Sys {
+    fn name(self) -> &'static str {
+        match self {
+            Sys::Cookie => "cookie-crud",
+            Sys::Etcd => "etcd",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Work {
+    /// Unique-id creates to the leader: `POST /cookies`, etcd `POST /v3/kv/put`.
+    Creates,
+    /// Linearizable point reads of preloaded records on a follower: `GET /cookies/{id}`,
+    /// etcd `POST /v3/kv/range`.
+    Reads,
+}
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::Creates => "creates",
+            Work::Reads => "reads",
+        }
+    }
+}
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// What a system's requests share, made once: paths, the document, the reads' bodies.
+struct Templates {
+    sys: Sys,
+    /// etcd's value: the document without its id, base64 (as etcd_put.lua sends it).
+    doc64: String,
+    /// The read phase's requests, one per preloaded record: (path, body).
+    reads: Vec<(Uri, Bytes)>,
+}
+
+impl Templates {
+    fn new(sys: Sys) -> Templates {
+        let doc64 = b64(format!("{{{DOC_REST}").as_bytes());
+        let reads = (0..READ_KEYS)
+            .map(|i| {
+                let id = format!("cookie:read-{i}");
+                match sys {
+                    Sys::Cookie => (
+                        Uri::try_from(format!("/cookies/{id}")).unwrap(),
+                        Bytes::new(),
+                    ),
+                    Sys::Etcd => (
+                        Uri::from_static("/v3/kv/range"),
+                        Bytes::from(format!(r#"{{"key":"{}"}}"#, b64(id.as_bytes()))),
+                    ),
+                }
+            })
+            .collect();
+        Templates { sys, doc64, reads }
+    }
+
+    /// A create of record `id`: cookie-crud's `POST /cookies` or etcd's put.
+    fn create(&self, id: &str) -> Req {
+        let mut body = Vec::with_capacity(400);
+        match self.sys {
+            Sys::Cookie => {
+                body.extend_from_slice(br#"{"cookie":""#);
+                body.extend_from_slice(id.as_bytes());
+                body.extend_from_slice(b"\",");
+                body.extend_from_slice(DOC_REST.as_bytes());
+            }
+            Sys::Etcd => {
+                body.extend_from_slice(br#"{"key":""#);
+                let at = body.len();
+                body.resize(at + id.len().div_ceil(3) * 4, 0);
+                base64::engine::general_purpose::STANDARD
+                    .encode_slice(id.as_bytes(), &mut body[at..])
+                    .unwrap();
+                body.extend_from_slice(br#"","value":""#);
+                body.extend_from_slice(self.doc64.as_bytes());
+                body.extend_from_slice(b"\"}");
+            }
+        }
+        let path = match self.sys {
+            Sys::Cookie => Uri::from_static("/cookies"),
+            Sys::Etcd => Uri::from_static("/v3/kv/put"),
+        };
+        Req(Method::POST, path, Bytes::from(body))
+    }
+
+    /// A linearizable read of preloaded record `i`.
+    fn read(&self, i: usize) -> Req {
+        let (path, body) = &self.reads[i % READ_KEYS];
+        let method = match self.sys {
+            Sys::Cookie => Method::GET,
+            Sys::Etcd => Method::POST,
+        };
+        Req(method, path.clone(), body.clone())
+    }
+}
+
+/// A request: method, path, JSON body (none when empty).
+struct Req(Method, Uri, Bytes);
+
+impl Req {
+    fn hyper(self, host: &HeaderValue) -> Request<Full<Bytes>> {
+        let Req(method, uri, body) = self;
+        let json = !body.is_empty();
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.insert(HOST, host.clone());
+        if json {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        req
+    }
+
+    /// The request as HTTP/1.1 puts it on the wire, into `out`.
+    fn wire(&self, host: &str, out: &mut Vec<u8>) {
+        let Req(method, uri, body) = self;
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(host.as_bytes());
+        if !body.is_empty() {
+            let _ = write!(
+                out,
+                "\r\nContent-Type: application/json\r\nContent-Length: {}",
+                body.len()
+            );
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+    }
+}
+
+/// One server to send to.
+struct Target {
+    addr: SocketAddr,
+    /// `ip:port`, the Host header.
+    host: String,
+    host_value: HeaderValue,
+    /// The client the load runs through.
+    http: Http,
+}
+
+impl Target {
+    fn new(url: &str, http: Http) -> Target {
+        let host = url.trim_start_matches("http://");
+        Target {
+            addr: host.parse().expect("http://ip:port"),
+            host: host.to_string(),
+            host_value: HeaderValue::from_str(host).unwrap(),
+            http,
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, BoxError> {
+        Conn::open(self.http, self.addr).await
+    }
+}
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Which HTTP/1.1 client drives the connections (`LOAD_HTTP`).
+#[derive(Clone, Copy, PartialEq)]
+enum Http {
+    /// Hand-rolled: the request written with one `write`, the response read into a reused
+    /// buffer and framed with httparse, in the client's own task.
+    Raw,
+    /// hyper's low-level client connection (`conn::http1`), which runs the connection on a
+    /// task of its own.
+    Hyper,
+}
+
+impl Http {
+    fn name(self) -> &'static str {
+        match self {
+            Http::Raw => "raw HTTP/1.1 (httparse)",
+            Http::Hyper => "hyper conn::http1",
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+enum Conn {
+    Raw(Raw),
+    Hyper(SendRequest<Full<Bytes>>),
+}
+
+impl Conn {
+    async fn open(http: Http, addr: SocketAddr) -> Result<Conn, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(match http {
+            Http::Raw => Conn::Raw(Raw {
+                stream,
+                rbuf: Vec::with_capacity(8192),
+                wbuf: Vec::with_capacity(1024),
+                closed: false,
+            }),
+            Http::Hyper => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Conn::Hyper(sender)
+            }
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Raw(r) => r.closed,
+            Conn::Hyper(h) => h.is_closed(),
+        }
+    }
+
+    /// Send one request and read its whole response: its status.
+    async fn exchange(&mut self, target: &Target, req: Req) -> Result<u16, BoxError> {
+        match self {
+            Conn::Raw(r) => Ok(r.exchange(&target.host, &req).await?),
+            Conn::Hyper(h) => {
+                h.ready().await?;
+                let resp = h.send_request(req.hyper(&target.host_value)).await?;
+                let status = resp.status().as_u16();
+                let mut body = resp.into_body();
+                while let Some(frame) = body.frame().await {
+                    frame?;
+                }
+                Ok(status)
+            }
+        }
+    }
+}
+
+/// The hand-rolled client: one request at a time on one connection.
+struct Raw {
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// The server said `Connection: close`.
+    closed: bool,
+}
+
+impl Raw {
+    async fn exchange(&mut self, host: &str, req: &Req) -> std::io::Result<u16> {
+        req.wire(host, &mut self.wbuf);
+        self.stream.write_all(&self.wbuf).await?;
+        self.rbuf.clear();
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 2048 {
+                self.rbuf.reserve(8192);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                self.closed = true;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(r) = parse_response(&self.rbuf)? {
+                if r.len != self.rbuf.len() {
+                    // A closed loop: the server has nothing else to send.
+                    self.closed = true;
+                    return Err(invalid("bytes after the response"));
+                }
+                self.closed = r.close;
+                return Ok(r.status);
+            }
+        }
+    }
+}
+
+fn invalid(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// A whole response at the start of a buffer.
+#[derive(Debug, PartialEq)]
+struct Parsed {
+    status: u16,
+    /// Its length, head and body.
+    len: usize,
+    /// `Connection: close`, or HTTP/1.0.
+    close: bool,
+}
+
+/// The response at the start of `buf` if it is all there (`None`: read more). Bodies are
+/// framed by Content-Length or chunked encoding; other framings are refused.
+fn parse_response(buf: &[u8]) -> std::io::Result<Option<Parsed>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf).map_err(|e| invalid(&e.to_string()))? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = resp.code.unwrap_or(0);
+    let (mut length, mut chunked, mut close) = (None, false, resp.version == Some(0));
+    for h in resp.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| invalid("Content-Length"))?,
+            );
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    let body = &buf[head..];
+    let body_len = if chunked {
+        match chunked_len(body)? {
+            Some(n) => n,
+            None => return Ok(None),
+        }
+    } else if let Some(n) = length {
+        if body.len() < n {
+            return Ok(None);
+        }
+        n
+    } else if status / 100 == 1 || status == 204 || status == 304 {
+        0
+    } else {
+        return Err(invalid(
+            "a response without Content-Length or chunked encoding",
+        ));
+    };
+    Ok(Some(Parsed {
+        status,
+        len: head + body_len,
+        close,
+    }))
+}
+
+/// The length of a complete chunked body at the start of `body` (trailers included).
+fn chunked_len(body: &[u8]) -> std::io::Result<Option<usize>> {
+    let line_end = |at: usize| body[at..].windows(2).position(|w| w == b"\r\n");
+    let mut at = 0;
+    loop {
+        let Some(eol) = line_end(at) else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&body[at..at + eol]).map_err(|_| invalid("chunk size"))?;
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                let Some(eol) = line_end(at) else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        if body.len() < at + size + 2 {
+            return Ok(None);
+        }
+        if &body[at + size..at + size + 2] != b"\r\n" {
+            return Err(invalid("chunk without its CRLF"));
+        }
+        at += size + 2;
+    }
+}
+
+/// The framing above on the shapes etcd's gateway and cookie-crud answer with, whole and cut
+/// short at every byte: run at start, so a wrong parse cannot pass as fast answers.
+fn check_parser() {
+    let cases: [(&[u8], u16, bool); 4] = [
+        (b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\n{\"a\"}", 201, false),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n", 200, false),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: 1\r\n\r\n", 200, false),
+        (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 503, true),
+    ];
+    for (wire, status, close) in cases {
+        let whole = Parsed {
+            status,
+            len: wire.len(),
+            close,
+        };
+        assert_eq!(parse_response(wire).unwrap(), Some(whole));
+        for cut in 0..wire.len() {
+            assert_eq!(parse_response(&wire[..cut]).unwrap(), None, "cut at {cut}");
+        }
+    }
+    assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nbody").is_err());
+}
+
+/// A one-off request (leader discovery): status and body, through hyper.
+async fn once(target: &Target, req: Req) -> Option<(u16, String)> {
+    let Ok(Conn::Hyper(mut conn)) = Conn::open(Http::Hyper, target.addr).await else {
+        return None;
+    };
+    conn.ready().await.ok()?;
+    let resp = conn
+        .send_request(req.hyper(&target.host_value))
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Requests of one second, or of a whole phase.
+struct Tally {
+    hist: Histogram<u64>,
+    non2xx: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new(3).unwrap(),
+            non2xx: 0,
+            errors: 0,
+        }
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.hist.add(&o.hist).unwrap();
+        self.non2xx += o.non2xx;
+        self.errors += o.errors;
+    }
+}
+
+/// Latencies (µs) of acknowledged (2xx) requests, for the phase and for each second of it
+/// (by the second the response completed in; what completes after the end counts in the
+/// last second). Non-2xx answers and transport errors are only counted.
+struct Recorder {
+    start: Instant,
+    secs: usize,
+    shards: Vec<Mutex<(Tally, Vec<Tally>)>>,
+}
+
+enum Outcome {
+    Ok(u64),
+    Non2xx,
+    Error,
+}
+
+impl Recorder {
+    fn new(start: Instant, secs: usize) -> Recorder {
+        Recorder {
+            start,
+            secs,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new((Tally::new(), (0..secs).map(|_| Tally::new()).collect())))
+                .collect(),
+        }
+    }
+
+    fn record(&self, client: usize, at: Instant, outcome: Outcome) {
+        let sec = ((at - self.start).as_secs() as usize).min(self.secs - 1);
+        let mut shard = self.shards[client % SHARDS].lock().unwrap();
+        let (all, per_sec) = &mut *shard;
+        let this = &mut per_sec[sec];
+        match outcome {
+            Outcome::Ok(us) => {
+                all.hist.record(us.max(1)).unwrap();
+                this.hist.record(us.max(1)).unwrap();
+            }
+            Outcome::Non2xx => {
+                all.non2xx += 1;
+                this.non2xx += 1;
+            }
+            Outcome::Error => {
+                all.errors += 1;
+                this.errors += 1;
+            }
+        }
+    }
+
+    /// The phase and each of its seconds, over all shards.
+    fn merge(&self) -> (Tally, Vec<Tally>) {
+        let mut all = Tally::new();
+        let mut per_sec: Vec<Tally> = (0..self.secs).map(|_| Tally::new()).collect();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap();
+            all.add(&shard.0);
+            for (s, o) in per_sec.iter_mut().zip(&shard.1) {
+                s.add(o);
+            }
+        }
+        (all, per_sec)
+    }
+}
+
+/// One client: a closed loop on its own connection until `end`, reconnecting after an error.
+async fn client(
+    id: usize,
+    mut conn: Option<Conn>,
+    target: Arc<Target>,
+    t: Arc<Templates>,
+    work: Work,
+    tag: String,
+    rec: Arc<Recorder>,
+    end: Instant,
+) {
+    let mut n: usize = 0;
+    let mut key = String::with_capacity(64);
+    let mut now = Instant::now();
+    while now < end {
+        let c = match &mut conn {
+            Some(c) if !c.is_closed() => c,
+            _ => match target.connect().await {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    conn = None;
+                    rec.record(id, Instant::now(), Outcome::Error);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    now = Instant::now();
+                    continue;
+                }
+            },
+        };
+        n += 1;
+        let req = match work {
+            Work::Creates => {
+                key.clear();
+                let _ = write!(key, "cookie:{tag}-{id}-{n}");
+                t.create(&key)
+            }
+            Work::Reads => t.read(id.wrapping_mul(7919).wrapping_add(n)),
+        };
+        let sent = Instant::now();
+        let result = c.exchange(&target, req).await;
+        now = Instant::now();
+        let outcome = match result {
+            Ok(s) if (200..300).contains(&s) => Outcome::Ok((now - sent).as_micros() as u64),
+            Ok(_) => Outcome::Non2xx,
+            Err(_) => {
+                conn = None;
+                Outcome::Error
+            }
+        };
+        rec.record(id, now, outcome);
+    }
+}
+
+/// A phase's results.
+struct Run {
+    sys: Sys,
+    work: Work,
+    clients: usize,
+    /// Wall seconds from the start to the last client's end.
+    secs: f64,
+    all: Tally,
+    per_sec: Vec<Tally>,
+    /// CPU seconds the servers and the load generator (this process) used in the phase.
+    server_cpu: f64,
+    gen_cpu: f64,
+}
+
+impl Run {
+    fn ok(&self) -> u64 {
+        self.all.hist.len()
+    }
+    /// Every request sent (acknowledged, refused, failed): what the CPU per request divides by.
+    fn sent(&self) -> u64 {
+        self.ok() + self.all.non2xx + self.all.errors
+    }
+    fn rate(&self) -> f64 {
+        self.ok() as f64 / self.secs
+    }
+    /// Latency at quantile `q`, in ms.
+    fn p(&self, q: f64) -> f64 {
+        ms(self.all.hist.value_at_quantile(q))
+    }
+    fn server_us(&self) -> f64 {
+        self.server_cpu * 1e6 / self.sent().max(1) as f64
+    }
+    fn gen_us(&self) -> f64 {
+        self.gen_cpu * 1e6 / self.sent().max(1) as f64
+    }
+    fn label(&self) -> String {
+        format!("{}@{}", self.work.name(), self.clients)
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// A closed loop of `clients` connections to `target` for `secs` seconds.
+async fn run(
+    sys: Sys,
+    target: &Arc<Target>,
+    t: &Arc<Templates>,
+    work: Work,
+    clients: usize,
+    secs: u64,
+    server_pids: &[u32],
+) -> Run {
+    // Connect first, so that the phase measures requests, not 256 handshakes.
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(target.connect().await.ok());
+    }
+    let me = [std::process::id()];
+    let (gen_before, server_before) = (cpu_seconds(&me), cpu_seconds(server_pids));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let rec = Arc::new(Recorder::new(start, secs.max(1) as usize));
+    let tag = format!("{}{clients}", work.name());
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(id, conn)| {
+            tokio::spawn(client(
+                id,
+                conn,
+                target.clone(),
+                t.clone(),
+                work,
+                tag.clone(),
+                rec.clone(),
+                end,
+            ))
+        })
+        .collect();
+    let give_up = tokio::time::Instant::from_std(end + GRACE);
+    for (id, task) in tasks.into_iter().enumerate() {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(give_up, task).await.is_err() {
+            abort.abort();
+            rec.record(id, Instant::now(), Outcome::Error);
+        }
+    }
+    let secs_run = start.elapsed().as_secs_f64();
+    let (gen_cpu, server_cpu) = (
+        cpu_seconds(&me) - gen_before,
+        cpu_seconds(server_pids) - server_before,
+    );
+    let (all, per_sec) = rec.merge();
+    Run {
+        sys,
+        work,
+        clients,
+        secs: secs_run,
+        all,
+        per_sec,
+        server_cpu,
+        gen_cpu,
+    }
+}
+
+/// Create the records the read phase reads.
+async fn preload(target: &Arc<Target>, t: &Arc<Templates>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let (target, t) = (target.clone(), t.clone());
+            tokio::spawn(async move {
+                let mut conn = target.connect().await.expect("connect");
+                for i in (w..READ_KEYS).step_by(16) {
+                    let req = t.create(&format!("cookie:read-{i}"));
+                    let status = conn.exchange(&target, req).await.expect("preload");
+                    assert!((200..300).contains(&status), "preload: status {status}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// The leader's URL and a follower's, from each node's own view (a minute at most).
+async fn leader_and_follower(sys: Sys, urls: &[String]) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut leader = None;
+        let mut follower = None;
+        for url in urls {
+            let target = Target::new(url, Http::Hyper);
+            let is_leader = match sys {
+                Sys::Cookie => {
+                    let req = Req(Method::GET, Uri::from_static("/health"), Bytes::new());
+                    once(&target, req).await.and_then(|(_, b)| {
+                        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+                        Some(v["role"] == "leader")
+                    })
+                }
+                Sys::Etcd => {
+                    let req = Req(
+                        Method::POST,
+                        Uri::from_static("/v3/maintenance/status"),
+                        Bytes::from_static(b"{}"),
+                    );
+                    once(&target, req).await.and_then(|(_, b)| {
+                        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+                        let me = v["header"]["member_id"].as_str()?;
+                        Some(v["leader"].as_str()? == me)
+                    })
+                }
+            };
+            match is_leader {
+                Some(true) => leader = Some(url.clone()),
+                Some(false) => follower = Some(url.clone()),
+                None => {}
+            }
+        }
+        if let (Some(l), Some(f)) = (leader, follower) {
+            return (l, f);
+        }
+        assert!(Instant::now() < deadline, "{}: no leader", sys.name());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Run `phases` against one system, started here and stopped at the end.
+async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &Cfg) -> Vec<Run> {
+    let (urls, pids, running): (Vec<String>, Vec<u32>, Box<dyn std::any::Any>) = match (sys, etcd) {
+        (Sys::Cookie, _) => {
+            let nodes = Nodes::start(3, "").await;
+            (nodes.urls(), nodes.procs.pids(), Box::new(nodes))
+        }
+        (Sys::Etcd, Some(bin)) => {
+            let etcd = Etcd::start(bin).await;
+            (etcd.urls.clone(), etcd.procs.pids(), Box::new(etcd))
+        }
+        (Sys::Etcd, None) => unreachable!(),
+    };
+    let (leader, follower) = leader_and_follower(sys, &urls).await;
+    eprintln!(
+        "{}: leader {leader}, reads on follower {follower}",
+        sys.name()
+    );
+    let (leader, follower) = (
+        Arc::new(Target::new(&leader, cfg.http)),
+        Arc::new(Target::new(&follower, cfg.http)),
+    );
+    let t = Arc::new(Templates::new(sys));
+    if phases.iter().any(|(w, _)| *w == Work::Reads) {
+        preload(&leader, &t).await;
+    }
+    let mut runs = Vec::new();
+    for &(work, clients) in phases {
+        let target = match work {
+            Work::Creates => &leader,
+            Work::Reads => &follower,
+        };
+        let r = run(sys, target, &t, work, clients, cfg.secs, &pids).await;
+        eprintln!(
+            "{} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-2xx {}, errors {}, load generator {:.1} µs/req",
+            sys.name(),
+            r.label(),
+            r.rate(),
+            r.p(0.5),
+            r.p(0.99),
+            ms(r.all.hist.max()),
+            r.all.non2xx,
+            r.all.errors,
+            r.gen_us()
+        );
+        runs.push(r);
+    }
+    drop(running);
+    runs
+}
+
+fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
+    println!(
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        cfg.secs,
+        cfg.http.name(),
+        cfg.threads
+    );
+    println!("| workload | clients | system | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | server CPU µs/req | load gen CPU µs/req |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {:.1} |",
+            r.work.name(),
+            r.clients,
+            r.sys.name(),
+            r.rate(),
+            r.p(0.5),
+            r.p(0.9),
+            r.p(0.99),
+            r.p(0.999),
+            ms(r.all.hist.max()),
+            r.all.non2xx,
+            r.all.errors,
+            r.server_us(),
+            r.gen_us()
+        );
+    }
+    let find = |sys, (w, c): (Work, usize)| {
+        runs.iter()
+            .find(|r| r.sys == sys && r.work == w && r.clients == c)
+    };
+    if runs.iter().any(|r| r.sys == Sys::Etcd) {
+        println!("\n| workload | clients | throughput cookie-crud/etcd | p99 cookie-crud/etcd |");
+        println!("|---|---|---|---|");
+        for &p in phases {
+            if let (Some(c), Some(e)) = (find(Sys::Cookie, p), find(Sys::Etcd, p)) {
+                println!(
+                    "| {} | {} | **{:.2}x** | {:.2}x |",
+                    p.0.name(),
+                    p.1,
+                    c.rate() / e.rate(),
+                    c.p(0.99) / e.p(0.99)
+                );
+            }
+        }
+    }
+}
+
+/// The per-second series, one row per system, phase and second.
+fn write_csv(path: &Path, runs: &[Run]) -> std::io::Result<()> {
+    let mut out = String::from(
+        "system,workload,clients,second,requests,p50_ms,p90_ms,p99_ms,max_ms,non2xx,errors\n",
+    );
+    for r in runs {
+        for (i, s) in r.per_sec.iter().enumerate() {
+            let h = &s.hist;
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{}",
+                r.sys.name(),
+                r.work.name(),
+                r.clients,
+                i + 1,
+                h.len(),
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.9)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+                s.non2xx,
+                s.errors
+            );
+        }
+    }
+    std::fs::write(path, out)
+}
+
+/// Per-second p99 (thick) and p50 (thin) over each phase, one panel a phase, both systems in
+/// it; log-scale latency, so a stall of 10x the p99 stands out next to the median.
+fn plot(
+    path: &Path,
+    runs: &[Run],
+    phases: &[(Work, usize)],
+    secs: u64,
+) -> Result<(), Box<dyn Error>> {
+    use plotters::prelude::*;
+
+    let panels: Vec<(Work, usize)> = phases
+        .iter()
+        .copied()
+        .filter(|&(w, c)| runs.iter().any(|r| r.work == w && r.clients == c))
+        .collect();
+    let root = SVGBackend::new(path, (1000, 330 * panels.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, &(work, clients)) in root
+        .split_evenly((panels.len().max(1), 1))
+        .iter()
+        .zip(&panels)
+    {
+        let rs: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.work == work && r.clients == clients)
+            .collect();
+        let series = |r: &Run, q: f64| -> Vec<(f64, f64)> {
+            r.per_sec
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.hist.is_empty())
+                .map(|(i, s)| (i as f64 + 0.5, ms(s.hist.value_at_quantile(q)).max(0.001)))
+                .collect()
+        };
+        let values: Vec<f64> = rs
+            .iter()
+            .flat_map(|r| series(r, 0.5).into_iter().chain(series(r, 0.99)))
+            .map(|(_, y)| y)
+            .collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(0.0, f64::max);
+        // Whole decades: plotters labels a log axis from its first power of ten up.
+        let (lo, hi) = if lo.is_finite() && hi > 0.0 {
+            (
+                10f64.powf(lo.log10().floor()),
+                10f64.powf((hi * 1.2).log10().ceil()),
+            )
+        } else {
+            (0.1, 1000.0)
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{} at {clients} clients: per-second latency", work.name()),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..secs as f64, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .x_desc("seconds into the phase")
+            .y_desc("latency, ms (log scale)")
+            .x_label_formatter(&|v| format!("{v}"))
+            // A grid line at every 1..9 x 10^k (up to three decades), labels at 1, 2 and 5.
+            .y_labels(30)
+            .y_label_formatter(&|v| {
+                let m = v / 10f64.powf(v.log10().floor());
+                if [1.0, 2.0, 5.0].iter().any(|k| (m - k).abs() < 0.01) {
+                    format!("{}", (v * 1000.0).round() / 1000.0)
+                } else {
+                    String::new()
+                }
+            })
+            .draw()?;
+        for r in rs {
+            let color = match r.sys {
+                Sys::Cookie => BLUE,
+                Sys::Etcd => RED,
+            };
+            let thick = color.stroke_width(2);
+            let thin = color.mix(0.5).stroke_width(1);
+            chart
+                .draw_series(LineSeries::new(series(r, 0.99), thick))?
+                .label(format!("{} p99", r.sys.name()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], thick));
+            chart
+                .draw_series(LineSeries::new(series(r, 0.5), thin))?
+                .label(format!("{} p50", r.sys.name()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], thin));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// The run's knobs, from the environment.
+struct Cfg {
+    secs: u64,
+    threads: usize,
+    http: Http,
+}
+
+fn main() {
+    check_parser();
+    let cfg = Cfg {
+        secs: env_num("LOAD_SECS", 30).max(1),
+        threads: env_num("LOAD_THREADS", 2).max(1),
+        http: match std::env::var("LOAD_HTTP").as_deref() {
+            Ok("hyper") => Http::Hyper,
+            Ok("raw") | Err(_) => Http::Raw,
+            Ok(other) => panic!("LOAD_HTTP={other}: raw or hyper"),
+        },
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(cfg));
+}
+
+async fn bench(cfg: Cfg) {
+    let clients: Vec<usize> = std::env::var("LOAD_CLIENTS")
+        .unwrap_or_else(|_| "16 64 256".into())
+        .split([' ', ','])
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let mut phases: Vec<(Work, usize)> = clients.iter().map(|&c| (Work::Creates, c)).collect();
+    if let Some(&most) = clients.iter().max() {
+        phases.push((Work::Reads, most));
+    }
+    let only = std::env::var("LOAD_ONLY").ok();
+    phases.retain(|(w, c)| {
+        only.as_ref()
+            .is_none_or(|o| format!("{}@{c}", w.name()).contains(o.as_str()))
+    });
+    let plot_path = PathBuf::from(
+        std::env::var("LOAD_PLOT").unwrap_or_else(|_| "target/load-latency.svg".into()),
+    );
+
+    let mut runs = measure(Sys::Cookie, None, &phases, &cfg).await;
+    let etcd = etcd_binary();
+    match &etcd {
+        Some(bin) => runs.extend(measure(Sys::Etcd, Some(bin), &phases, &cfg).await),
+        None => eprintln!("etcd not found (or ETCD=none): measuring cookie-crud alone"),
+    }
+
+    print_tables(&runs, &phases, &cfg);
+    if let Some(dir) = plot_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let csv = plot_path.with_extension("csv");
+    write_csv(&csv, &runs).unwrap();
+    plot(&plot_path, &runs, &phases, cfg.secs).unwrap();
+    println!(
+        "\nPer-second latency: {} (plot), {} (series)",
+        plot_path.display(),
+        csv.display()
+    );
+}
