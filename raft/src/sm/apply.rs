@@ -250,7 +250,7 @@ impl StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.db.clone();
+        let db = self.db.get();
         let since = self.since_durable;
         let (responses, touched, last, durable) =
             tokio::task::spawn_blocking(move || apply_entries(&db, entries, since))

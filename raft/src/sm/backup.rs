@@ -162,7 +162,8 @@ impl StoreReader {
         on_header: &mut dyn FnMut(&BackupHeader),
         out: &mut dyn Write,
     ) -> Result<BackupHeader, BoxError> {
-        let txn = self.db().begin_read()?;
+        let db = self.db();
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let applied: Option<LogId<NodeId>> = match meta.get(KEY_APPLIED)? {
             Some(b) => codec::decode(b.value())?,

@@ -29,6 +29,7 @@ use crate::identity::Identity;
 use crate::types::{NodeId, Response, TypeConfig};
 use crate::{BoxError, StResult};
 use files::SnapshotFiles;
+use handle::Db;
 
 mod apply;
 mod background;
@@ -38,6 +39,7 @@ mod data;
 pub mod dump;
 pub mod files;
 mod format;
+mod handle;
 mod reader;
 mod snapshot;
 mod state;
@@ -49,7 +51,7 @@ pub use snapshot::{
     validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,
 };
 pub use state::{SnapshotCounts, StateMachine};
-use tables::{read_meta, Membership, Meta, BY_CREATED, COOKIES, KEY_APPLIED, KEY_MEMBERSHIP, META};
+use tables::{read_meta, Membership, Meta, KEY_APPLIED, KEY_MEMBERSHIP};
 
 impl StateMachine {
     /// Open or create `dir/sm.redb` with the default page cache ([`crate::DbCache`]);
@@ -69,19 +71,11 @@ impl StateMachine {
         cache_bytes: usize,
     ) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
+        // What an install interrupted before its rename left (see `handle`).
+        handle::remove_if_present(&handle::installing_path(&path))?;
         let mut db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
         compact::if_bloated(&mut db, &path)?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(COOKIES)?;
-            txn.open_table(BY_CREATED)?;
-            txn.open_table(META)?;
-            txn.open_table(tables::KEYS)?;
-            txn.open_table(tables::KEYS_BY_EXPIRY)?;
-            txn.open_table(tables::IDENTITY)?;
-        }
-        txn.commit()?;
-        let db = Arc::new(db);
+        tables::create_tables(&db)?;
         let files = Arc::new(SnapshotFiles::open(dir)?);
         snapshot::recover(&db, &files)?;
         let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
@@ -89,7 +83,7 @@ impl StateMachine {
             .map_or(0, |l| l.index);
         identity.set_registry(tables::read_registry(&db)?);
         Ok(StateMachine {
-            db,
+            db: Db::new(db, &path, cache_bytes),
             cache,
             applied: Arc::new(AtomicU64::new(applied)),
             snapshots: Arc::default(),
@@ -114,10 +108,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> StResult<(Option<LogId<NodeId>>, Membership)> {
-        let applied = read_meta::<Option<LogId<NodeId>>>(&self.db, KEY_APPLIED)
+        let db = self.db.get();
+        let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)
             .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
             .flatten();
-        let membership = read_meta::<Membership>(&self.db, KEY_MEMBERSHIP)
+        let membership = read_meta::<Membership>(&db, KEY_MEMBERSHIP)
             .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
             .unwrap_or_default();
         Ok((applied, membership))

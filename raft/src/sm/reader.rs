@@ -39,7 +39,7 @@ const LIST_OPEN: &[u8] = b"{\"cookies\":[";
 /// A cheap, cloneable read handle over the same state, for the HTTP layer.
 #[derive(Clone)]
 pub struct StoreReader {
-    db: Arc<Database>,
+    db: super::handle::Db,
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
     snapshots: Arc<SnapshotCounts>,
@@ -119,9 +119,9 @@ fn get_readonly(table: &ReadOnlyTable<&str, &[u8]>, id: &str) -> Result<Option<R
 }
 
 impl StoreReader {
-    /// The state machine's database, for a backup's read transaction (`backup.rs`).
-    pub(super) fn db(&self) -> &Database {
-        &self.db
+    /// The state machine's current database, for a backup's read transaction (`backup.rs`).
+    pub(super) fn db(&self) -> Arc<Database> {
+        self.db.get()
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -144,7 +144,8 @@ impl StoreReader {
             return Ok((Some(hit), CacheStatus::Hit));
         }
         let ticket = self.cache.ticket(id);
-        let txn = self.db.begin_read()?;
+        let db = self.db.get();
+        let txn = db.begin_read()?;
         let table = txn.open_table(COOKIES)?;
         let rec = match table.get(id)? {
             Some(v) => Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
@@ -171,10 +172,12 @@ impl StoreReader {
         // The ticket before the transaction, as for one record: an apply that commits after
         // it keeps a list read from an older state out of the cache (cache.rs).
         let ticket = self.cache.list_ticket();
-        let txn = self.db.begin_read()?;
+        let db = self.db.get();
+        let txn = db.begin_read()?;
         let applied = applied_in(&txn)?;
         Ok(ListScan {
             txn,
+            _db: db,
             applied,
             ticket,
             cache: self.cache.clone(),
@@ -190,7 +193,8 @@ impl StoreReader {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Option<(Bytes, Option<String>)>, BoxError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.get();
+        let txn = db.begin_read()?;
         let table = txn.open_table(COOKIES)?;
         let order = txn.open_table(BY_CREATED)?;
         let start_key = match after {
@@ -217,7 +221,8 @@ impl StoreReader {
 
     /// Number of stored records.
     pub fn count(&self) -> Result<u64, BoxError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db.get();
+        let txn = db.begin_read()?;
         Ok(txn.open_table(COOKIES)?.len()?)
     }
 }
@@ -225,6 +230,9 @@ impl StoreReader {
 /// The whole list, read from one redb read transaction: see [`StoreReader::list_scan`].
 pub struct ListScan {
     txn: ReadTransaction,
+    /// The database `txn` reads, kept open until the scan ends even if an install replaces
+    /// it meanwhile (declared after `txn`, so dropped after it).
+    _db: Arc<Database>,
     applied: u64,
     ticket: Ticket,
     cache: Arc<Cache>,

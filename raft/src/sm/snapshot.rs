@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use openraft::storage::Snapshot;
 use openraft::{LogId, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
 use super::data::SnapshotFile;
 use super::files::{SnapshotFiles, Staged};
 use super::format::{self, Row};
+use super::handle::Db;
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
     order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, IDENTITY, KEYS,
@@ -100,9 +101,10 @@ impl StateMachine {
         }
     }
 
-    /// openraft's `install_snapshot`: replace every record with the snapshot's rows and make
-    /// it the current snapshot, in one durable transaction. `data` is the file the snapshot
-    /// was received into; it becomes the snapshot file (renamed, not copied).
+    /// openraft's `install_snapshot`: replace the state with the snapshot's, written into a
+    /// new `sm.redb` that replaces the old file (see `handle`), and make it the current
+    /// snapshot. `data` is the file the snapshot was received into; it becomes the snapshot
+    /// file (renamed, not copied).
     pub(super) async fn install(&mut self, meta: &Meta, mut data: SnapshotFile) -> StResult<()> {
         let sig = Some(meta.signature());
         let write_err =
@@ -140,7 +142,7 @@ impl StateMachine {
             // Under the switch lock, so the file named is not replaced before it is open
             // (once open, it stays readable even if a newer snapshot replaces it).
             let _switch = files.switch();
-            let Some(p) = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)? else {
+            let Some(p) = read_meta::<SnapshotPointer>(&db.get(), KEY_SNAPSHOT_FILE)? else {
                 return Ok(None);
             };
             let data = files.open_file(&p.file, p.len)?;
@@ -159,22 +161,26 @@ impl StateMachine {
 /// Where a snapshot is made current: the state machine's database and its snapshot files.
 #[derive(Clone, Copy)]
 struct Target<'a> {
-    db: &'a Database,
+    db: &'a Db,
     files: &'a SnapshotFiles,
 }
 
 impl<'a> Target<'a> {
-    fn of(db: &'a Database, files: &'a SnapshotFiles) -> Self {
+    fn of(db: &'a Db, files: &'a SnapshotFiles) -> Self {
         Target { db, files }
     }
 }
 
-/// Make an installed snapshot, staged in `staged`, the state and the current snapshot: the
-/// records replaced by its rows (read from the file as a stream), `last_applied`,
-/// membership and the pointer in one durable transaction, then the other snapshot files
-/// removed. Returns the snapshot's registry. Under the switch from publishing the file to
-/// removing the others, so a concurrent build neither removes this file before its pointer
-/// is committed nor has its own file removed under it.
+/// Rows written per transaction while a new state is filled: bounds the memory of an install
+/// of any size (a transaction's dirty pages are held until it commits).
+const INSTALL_BATCH: usize = 20_000;
+
+/// Make an installed snapshot, staged in `staged`, the state and the current snapshot: a new
+/// database filled from its rows (read from the file as a stream), with `last_applied`,
+/// membership and the pointer in its last, durable, transaction, renamed over `sm.redb`;
+/// then the other snapshot files removed. Returns the snapshot's registry. Under the switch
+/// from publishing the file to removing the others, so a concurrent build neither removes
+/// this file before its pointer is current nor has its own file removed under it.
 fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry, BoxError> {
     let Target { db, files } = to;
     let (file, len) = (staged.name().to_owned(), staged.bytes());
@@ -183,52 +189,76 @@ fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry
     // Validated before it was handed to openraft (the inbox), or built by a node: no limit.
     let input = BufReader::with_capacity(1 << 20, std::fs::File::open(files.path(&file))?);
     let mut input = format::open(input, u64::MAX)?;
-    let txn = db.begin_write()?;
-    let registry = {
-        // Replace, never merge: a row absent from the snapshot was deleted.
-        let mut table = txn.open_table(COOKIES)?;
-        let mut order = txn.open_table(BY_CREATED)?;
-        let mut keys = txn.open_table(KEYS)?;
-        let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
-        table.retain(|_, _| false)?;
-        order.retain(|_, _| false)?;
-        keys.retain(|_, _| false)?;
-        by_expiry.retain(|_, _| false)?;
-        // Rows arrive in id order (a table scan), so the records go in as appends. Their
-        // index entries go in as they come, in `created` order's random order: sorting them
-        // first was faster but held an entry per record in memory, which a snapshot of
-        // many small records (or a hostile one) could make any size. Values are stored
-        // verbatim.
-        let registry = format::walk(&mut input, &mut |row| {
-            match row {
-                Row::Record { id, value, created } => {
-                    table.insert(id.as_str(), value.as_slice())?;
-                    order.insert((order_key(created), id.as_str()), ())?;
-                }
-                Row::Key {
-                    key,
-                    value,
-                    expires_ms,
-                } => {
-                    keys.insert(key.as_str(), value.as_slice())?;
-                    by_expiry.insert((expires_ms, key.as_str()), ())?;
+    let pointer = SnapshotPointer {
+        meta: meta.clone(),
+        file,
+        len,
+    };
+    let registry = db.replace(|new| fill(new, &mut input, &pointer))?;
+    files.remove_others(Some(&pointer.file))?;
+    Ok(registry)
+}
+
+/// Write the snapshot read from `input` into the empty database `db`: the rows in batches
+/// (records arrive in id order, so they go in as appends; their index entries as they
+/// come), then the registry, `last_applied`, the membership and the snapshot's `pointer` in
+/// the last transaction, the only durable one: until the file is renamed into place nothing
+/// reads it, and a crash leaves it to be removed.
+fn fill(
+    db: &Database,
+    input: &mut dyn std::io::BufRead,
+    pointer: &SnapshotPointer,
+) -> Result<Registry, BoxError> {
+    let write = |batch: &mut Vec<Row>| -> Result<(), BoxError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut table = txn.open_table(COOKIES)?;
+            let mut order = txn.open_table(BY_CREATED)?;
+            let mut keys = txn.open_table(KEYS)?;
+            let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
+            for row in batch.drain(..) {
+                match row {
+                    Row::Record { id, value, created } => {
+                        table.insert(id.as_str(), value.as_slice())?;
+                        order.insert((order_key(created), id.as_str()), ())?;
+                    }
+                    Row::Key {
+                        key,
+                        value,
+                        expires_ms,
+                    } => {
+                        keys.insert(key.as_str(), value.as_slice())?;
+                        by_expiry.insert((expires_ms, key.as_str()), ())?;
+                    }
                 }
             }
-            Ok(())
-        })?;
-        txn.open_table(IDENTITY)?
-            .insert(KEY_REGISTRY, codec::encode(&registry)?.as_slice())?;
-        registry
+        }
+        txn.commit()?;
+        Ok(())
     };
-    put_meta(&txn, KEY_APPLIED, &meta.last_log_id)?;
-    put_meta(&txn, KEY_MEMBERSHIP, &meta.last_membership)?;
-    commit_current(txn, files, meta, (file, len))?;
+    let mut batch = Vec::with_capacity(INSTALL_BATCH);
+    let registry = format::walk(input, &mut |row| {
+        batch.push(row);
+        if batch.len() >= INSTALL_BATCH {
+            write(&mut batch)?;
+        }
+        Ok(())
+    })?;
+    write(&mut batch)?;
+    let txn = db.begin_write()?;
+    txn.open_table(IDENTITY)?
+        .insert(KEY_REGISTRY, codec::encode(&registry)?.as_slice())?;
+    put_meta(&txn, KEY_APPLIED, &pointer.meta.last_log_id)?;
+    put_meta(&txn, KEY_MEMBERSHIP, &pointer.meta.last_membership)?;
+    put_meta(&txn, KEY_SNAPSHOT_FILE, pointer)?;
+    txn.commit()?;
     Ok(registry)
 }
 
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: Db,
     snapshots: Arc<SnapshotCounts>,
     files: Arc<SnapshotFiles>,
 }
@@ -275,7 +305,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // never block its writer); only the pointer to the file takes redb's write lock,
             // briefly (see [`super::files`]).
             let started = std::time::Instant::now();
-            let txn = db.begin_read()?;
+            let read_from = db.get();
+            let txn = read_from.begin_read()?;
             let meta = meta_of(&txn)?;
             let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
                 Some(v) => codec::decode(v.value())?,
@@ -324,7 +355,9 @@ fn publish_built(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<(), BoxE
     let Target { db, files } = to;
     let len = staged.bytes();
     let switch = files.switch();
-    let current = read_meta::<SnapshotPointer>(db, KEY_SNAPSHOT_FILE)?;
+    // The database now current: an install may have replaced the one this build read.
+    let db = db.get();
+    let current = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)?;
     if current.is_some_and(|c| c.meta.last_log_id > meta.last_log_id) {
         files.discard(staged)?;
         return Ok(());
@@ -454,7 +487,7 @@ mod tests {
             snapshot_id: "2-40-1-0".into(),
         };
         let data = codec::encode(&SnapshotRowsV1 { rows: vec![] }).unwrap();
-        let txn = sm.db.begin_write().unwrap();
+        let txn = sm.db.get().begin_write().unwrap();
         put_meta(
             &txn,
             KEY_SNAPSHOT_LEGACY,
@@ -468,9 +501,11 @@ mod tests {
         drop(sm);
 
         let mut sm = open(dir.path());
-        assert!(read_meta::<LegacySnapshot>(&sm.db, KEY_SNAPSHOT_LEGACY)
-            .unwrap()
-            .is_none());
+        assert!(
+            read_meta::<LegacySnapshot>(&sm.db.get(), KEY_SNAPSHOT_LEGACY)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(snapshot_files(dir.path()), ["2-40-1-0.snap"]);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);
@@ -647,6 +682,49 @@ mod tests {
             snapshot_files(d2.path()),
             [SnapshotFiles::name_for(&snap.meta.snapshot_id)]
         );
+    }
+
+    /// Installing replaces the database file instead of rewriting it in place: a node that
+    /// installs snapshot after snapshot keeps a file the size of one state, where rewriting
+    /// in place held the old state's pages beside the new one's.
+    #[tokio::test]
+    async fn repeated_installs_do_not_grow_the_state_file() {
+        use crate::command::Command;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(d1.path());
+        let payload = "x".repeat(200);
+        let entries: Vec<_> = (1..=5000)
+            .map(|i| {
+                let json = format!(r#"{{"cookie":"c{i:05}","user_id":{i},"p":"{payload}"}}"#);
+                entry(i, Command::create(json.as_bytes(), 1000 + i).unwrap())
+            })
+            .collect();
+        a.apply(entries).await.unwrap();
+        let data = bytes(
+            a.snapshot_builder()
+                .build_snapshot()
+                .await
+                .unwrap()
+                .snapshot,
+        )
+        .await;
+        let mut b = open(d2.path());
+        let size = || std::fs::metadata(d2.path().join("sm.redb")).unwrap().len();
+        let mut sizes = Vec::new();
+        for n in 0..3 {
+            let file = received(&b, &data).await;
+            b.install(&meta_at(5000, &format!("2-5000-{n}")), file)
+                .await
+                .unwrap();
+            sizes.push(size());
+        }
+        assert!(sizes[2] <= sizes[0] + sizes[0] / 4, "{sizes:?}");
+        assert_eq!(b.reader().count().unwrap(), 5000);
+        // Readers made before an install read the new state after it.
+        let reader = b.reader();
+        let file = received(&b, &rows(&["only"])).await;
+        b.install(&meta_at(6000, "2-6000-x"), file).await.unwrap();
+        assert_eq!(reader.count().unwrap(), 1);
     }
 
     /// A follower that catches up by snapshot learns every member's incarnation from it, and

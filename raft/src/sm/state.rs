@@ -5,8 +5,6 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use redb::Database;
-
 use super::files::SnapshotFiles;
 use crate::cache::Cache;
 use crate::identity::Identity;
@@ -31,7 +29,7 @@ pub(super) struct SinceDurable {
 
 /// The state machine handed to openraft.
 pub struct StateMachine {
-    pub(super) db: Arc<Database>,
+    pub(super) db: super::handle::Db,
     pub(super) cache: Arc<Cache>,
     pub(super) applied: Arc<AtomicU64>,
     pub(super) snapshots: Arc<SnapshotCounts>,

@@ -48,6 +48,21 @@ pub(super) const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
 pub(super) type Membership = StoredMembership<NodeId, CookieNode>;
 pub(super) type Meta = SnapshotMeta<NodeId, CookieNode>;
 
+/// Create every table (a new database, or one from before a table existed).
+pub(super) fn create_tables(db: &Database) -> Result<(), BoxError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(COOKIES)?;
+        txn.open_table(BY_CREATED)?;
+        txn.open_table(META)?;
+        txn.open_table(KEYS)?;
+        txn.open_table(KEYS_BY_EXPIRY)?;
+        txn.open_table(IDENTITY)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
     db: &Database,
     key: &str,

@@ -170,7 +170,7 @@ async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster
     assert_eq!((applied.index, applied.leader_id.term), (32, 1));
     let voters: Vec<_> = membership.membership().voter_ids().collect();
     assert_eq!(voters, [5]);
-    let registry = super::super::tables::read_registry(&back.db).unwrap();
+    let registry = super::super::tables::read_registry(&back.db.get()).unwrap();
     assert_eq!(registry.cluster, Some(0xbeef), "a new cluster id");
     assert_eq!(registry.members.len(), 1);
     // The log is purged up to the restored state: this data is not pristine.

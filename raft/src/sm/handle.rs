@@ -1,0 +1,155 @@
+//! [`Db`]: the state machine's database, replaceable as a whole.
+//!
+//! Installing a snapshot replaces every record. Done inside `sm.redb`, the old state's pages
+//! and the new one's coexisted in one transaction (copy-on-write), and a file never gives
+//! space back: a follower that had installed two snapshots held a file over twice its data
+//! (docs/benchmarks.md, Footprint). So an install writes the new state into a new file,
+//! `sm.redb.installing`, makes it durable, renames it over `sm.redb`, and makes it current
+//! here; as etcd installs a snapshot by renaming the database file it received. Readers
+//! that began on the old file finish on it (it is unlinked, its space returned when the last
+//! of them lets go); every later read gets the new one. A crash before the rename leaves the
+//! old state and a leftover file that the next start removes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use redb::Database;
+
+use crate::BoxError;
+
+/// The state machine's database, shared by `apply`, snapshot builds and readers.
+#[derive(Clone)]
+pub(crate) struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: RwLock<Arc<Database>>,
+    /// `sm.redb`.
+    path: PathBuf,
+    /// The page cache of each database opened here.
+    cache_bytes: usize,
+}
+
+/// Where a replacement is written before it is renamed into place.
+pub(super) fn installing_path(path: &Path) -> PathBuf {
+    path.with_extension("redb.installing")
+}
+
+impl Db {
+    pub(super) fn new(db: Database, path: &Path, cache_bytes: usize) -> Self {
+        Db {
+            inner: Arc::new(Inner {
+                current: RwLock::new(Arc::new(db)),
+                path: path.to_owned(),
+                cache_bytes,
+            }),
+        }
+    }
+
+    /// The current database. A caller keeps what it got for the whole of one operation, so
+    /// the operation reads one file, whatever replaces it meanwhile.
+    pub(crate) fn get(&self) -> Arc<Database> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the database with one `fill` writes (the tables already created; its last
+    /// commit must be durable): written beside the current file, renamed over it, then
+    /// made current. Only one replacement at a time: the caller serializes them.
+    pub(super) fn replace<T>(
+        &self,
+        fill: impl FnOnce(&Database) -> Result<T, BoxError>,
+    ) -> Result<T, BoxError> {
+        let next = installing_path(&self.inner.path);
+        remove_if_present(&next)?;
+        let db = crate::create_db(&next, self.inner.cache_bytes)?;
+        super::tables::create_tables(&db)?;
+        let out = fill(&db)?;
+        std::fs::rename(&next, &self.inner.path)?;
+        if let Some(dir) = self.inner.path.parent() {
+            crate::durable::sync_dir(dir)?;
+        }
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        Ok(out)
+    }
+}
+
+/// Remove `path`; already gone is fine.
+pub(super) fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+    use super::*;
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    #[test]
+    fn a_replacement_takes_the_files_place_and_old_readers_finish_on_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        let first = crate::create_db(&path, 1 << 20).unwrap();
+        let txn = first.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert(1, 1).unwrap();
+        txn.commit().unwrap();
+        let db = Db::new(first, &path, 1 << 20);
+
+        let old = db.get();
+        let reading = old.begin_read().unwrap();
+        // A fill that fails replaces nothing.
+        db.replace(|new| -> Result<(), BoxError> {
+            let txn = new.begin_write()?;
+            txn.open_table(T)?.insert(2, 2)?;
+            txn.commit()?;
+            Err("the snapshot ended early".into())
+        })
+        .unwrap_err();
+        assert_eq!(
+            db.get()
+                .begin_read()
+                .unwrap()
+                .open_table(T)
+                .unwrap()
+                .len()
+                .unwrap(),
+            1
+        );
+
+        db.replace(|new| {
+            let txn = new.begin_write()?;
+            {
+                let mut t = txn.open_table(T)?;
+                t.insert(2, 2)?;
+                t.insert(3, 3)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        // The reader that began before still sees the old state.
+        assert_eq!(reading.open_table(T).unwrap().len().unwrap(), 1);
+        let now = db.get();
+        let t = now.begin_read().unwrap().open_table(T).unwrap();
+        assert_eq!(t.len().unwrap(), 2);
+        assert!(!installing_path(&path).exists());
+        drop((reading, old, t, now, db));
+        // The file on disk is the new state.
+        let reopened = crate::create_db(&path, 1 << 20).unwrap();
+        let t = reopened.begin_read().unwrap().open_table(T).unwrap();
+        assert_eq!(t.len().unwrap(), 2);
+    }
+}
