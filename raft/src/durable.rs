@@ -15,6 +15,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Remove file `path`; already gone is fine.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Sync the directory holding `path` (after creating `path`).
 pub fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {

@@ -172,11 +172,8 @@ impl SnapshotInbox {
         let installed = self.raft.install_full_snapshot(req.vote, snapshot).await;
         // Installing renames the file into place; openraft skips a snapshot that is not
         // newer than what this node has, and then the file is still here, to remove.
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!("removing {}: {e}", path.display())
-            }
-            _ => {}
+        if let Err(e) = crate::durable::remove_if_present(&path) {
+            tracing::warn!("removing {}: {e}", path.display());
         }
         match installed {
             Ok(resp) => Ok(Ok(resp.into())),

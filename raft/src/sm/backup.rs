@@ -41,8 +41,8 @@ use sha2::{Digest, Sha256};
 use super::format::write_body;
 use super::reader::StoreReader;
 use super::tables::{
-    order_key, put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY,
-    KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, META,
+    applied_in, order_key, put_meta, registry_in, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS,
+    KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY,
 };
 use crate::codec;
 use crate::command::KeyRecord;
@@ -164,15 +164,8 @@ impl StoreReader {
     ) -> Result<BackupHeader, BoxError> {
         let db = self.db();
         let txn = db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let applied: Option<LogId<NodeId>> = match meta.get(KEY_APPLIED)? {
-            Some(b) => codec::decode(b.value())?,
-            None => None,
-        };
-        let registry: Registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
-            Some(v) => codec::decode(v.value())?,
-            None => Registry::default(),
-        };
+        let applied = applied_in(&txn)?;
+        let registry = registry_in(&txn)?;
         // First walk: count and hash.
         let mut tally = Tally {
             inner: io::sink(),

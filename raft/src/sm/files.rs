@@ -175,10 +175,7 @@ impl SnapshotFiles {
     /// Drop a staged file that will not be published (a build overtaken by an install).
     /// Already gone is fine.
     pub fn discard(&self, staged: Staged) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(format!("{}.tmp", staged.name))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        crate::durable::remove_if_present(&self.dir.join(format!("{}.tmp", staged.name)))
     }
 
     /// Write `data` durably as `name` at once ([`SnapshotFiles::stage`], then publish under

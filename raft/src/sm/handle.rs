@@ -65,7 +65,7 @@ impl Db {
         fill: impl FnOnce(&Database) -> Result<T, BoxError>,
     ) -> Result<T, BoxError> {
         let next = installing_path(&self.inner.path);
-        remove_if_present(&next)?;
+        crate::durable::remove_if_present(&next)?;
         let db = crate::create_db(&next, self.inner.cache_bytes)?;
         super::tables::create_tables(&db)?;
         let out = fill(&db)?;
@@ -79,14 +79,6 @@ impl Db {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
         Ok(out)
-    }
-}
-
-/// Remove `path`; already gone is fine.
-pub(super) fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

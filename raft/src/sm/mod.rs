@@ -72,7 +72,7 @@ impl StateMachine {
     ) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
         // What an install interrupted before its rename left (see `handle`).
-        handle::remove_if_present(&handle::installing_path(&path))?;
+        crate::durable::remove_if_present(&handle::installing_path(&path))?;
         let mut db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
         compact::if_bloated(&mut db, &path)?;
         tables::create_tables(&db)?;

@@ -13,19 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::LogId;
 use redb::{
     Database, Range, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata,
 };
 use tokio::sync::mpsc;
 
 use super::state::{SnapshotCounts, StateMachine};
-use super::tables::{order_key, BY_CREATED, COOKIES, KEY_APPLIED, META};
+use super::tables::{order_key, BY_CREATED, COOKIES};
 use crate::cache::{Cache, CachedRecord, Ticket};
 use crate::chunks::{ChannelWriter, Chunk};
-use crate::codec;
 use crate::record::Record;
-use crate::types::NodeId;
 use crate::BoxError;
 
 /// Bytes per chunk of a streamed list: large enough that a chunk's overhead (a channel send,
@@ -72,14 +69,9 @@ impl StateMachine {
     }
 }
 
-/// The index of the last entry applied to the state `txn` sees (0 before any): written in
-/// the same transaction as the entries' records, so it names exactly that state.
-fn applied_in(txn: &ReadTransaction) -> Result<u64, BoxError> {
-    let applied: Option<LogId<NodeId>> = match txn.open_table(META)?.get(KEY_APPLIED)? {
-        Some(v) => codec::decode(v.value())?,
-        None => None,
-    };
-    Ok(applied.map_or(0, |l| l.index))
+/// The index of the last entry applied to the state `txn` sees (0 before any).
+fn applied_index_in(txn: &ReadTransaction) -> Result<u64, BoxError> {
+    Ok(super::tables::applied_in(txn)?.map_or(0, |l| l.index))
 }
 
 /// Write the records `range` names (the list order), at most `limit` of them,
@@ -174,7 +166,7 @@ impl StoreReader {
         let ticket = self.cache.list_ticket();
         let db = self.db.get();
         let txn = db.begin_read()?;
-        let applied = applied_in(&txn)?;
+        let applied = applied_index_in(&txn)?;
         Ok(ListScan {
             txn,
             _db: db,
@@ -284,7 +276,7 @@ mod tests {
     use std::path::Path;
 
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
     use super::*;
     use crate::command::Command;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::Snapshot;
-use openraft::{LogId, RaftSnapshotBuilder, StorageIOError};
+use openraft::{RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
@@ -22,13 +22,13 @@ use super::format::{self, Row};
 use super::handle::Db;
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
-    order_key, put_meta, read_meta, Membership, Meta, BY_CREATED, COOKIES, IDENTITY, KEYS,
-    KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, KEY_SNAPSHOT_FILE,
+    applied_in, order_key, put_meta, read_meta, registry_in, Membership, Meta, BY_CREATED, COOKIES,
+    IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, KEY_SNAPSHOT_FILE,
     KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
 use crate::identity::Registry;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::TypeConfig;
 use crate::{BoxError, StResult};
 
 /// Check that `data` is a snapshot this node can install: it decodes, and so does every
@@ -269,12 +269,8 @@ static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The meta of a snapshot of the state `txn` sees: its last applied log id and membership,
 /// and a new id.
 fn meta_of(txn: &redb::ReadTransaction) -> Result<Meta, BoxError> {
-    let meta_t = txn.open_table(META)?;
-    let last_log_id: Option<LogId<NodeId>> = match meta_t.get(KEY_APPLIED)? {
-        Some(b) => codec::decode(b.value())?,
-        None => None,
-    };
-    let last_membership: Membership = match meta_t.get(KEY_MEMBERSHIP)? {
+    let last_log_id = applied_in(txn)?;
+    let last_membership: Membership = match txn.open_table(META)?.get(KEY_MEMBERSHIP)? {
         Some(b) => codec::decode(b.value())?,
         None => Membership::default(),
     };
@@ -308,10 +304,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let read_from = db.get();
             let txn = read_from.begin_read()?;
             let meta = meta_of(&txn)?;
-            let registry = match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
-                Some(v) => codec::decode(v.value())?,
-                None => Registry::default(),
-            };
+            let registry = registry_in(&txn)?;
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
             let mut counts = (0, 0);
             let staged = files.stage_with(&file, &mut |w| {
@@ -391,6 +384,7 @@ mod tests {
     use std::path::Path;
 
     use openraft::storage::RaftStateMachine;
+    use openraft::LogId;
 
     use super::*;
     use crate::cache::Cache;

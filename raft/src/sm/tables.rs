@@ -1,8 +1,9 @@
 //! The tables and metadata keys of `sm.redb`, shared by applying, snapshots and reads.
 
 use openraft::storage::SnapshotMeta;
+use openraft::LogId;
 use openraft::StoredMembership;
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadTransaction, TableDefinition};
 use serde::Serialize;
 
 use crate::codec;
@@ -61,6 +62,23 @@ pub(super) fn create_tables(db: &Database) -> Result<(), BoxError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+/// The last entry applied to the state `txn` sees (`None` before any): written in the same
+/// transaction as the entries' records, so it names exactly that state.
+pub(super) fn applied_in(txn: &ReadTransaction) -> Result<Option<LogId<NodeId>>, BoxError> {
+    match txn.open_table(META)?.get(KEY_APPLIED)? {
+        Some(v) => Ok(codec::decode(v.value())?),
+        None => Ok(None),
+    }
+}
+
+/// The identity registry of the state `txn` sees (empty before any registration).
+pub(super) fn registry_in(txn: &ReadTransaction) -> Result<Registry, BoxError> {
+    match txn.open_table(IDENTITY)?.get(KEY_REGISTRY)? {
+        Some(v) => Ok(codec::decode(v.value())?),
+        None => Ok(Registry::default()),
+    }
 }
 
 pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
