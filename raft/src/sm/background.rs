@@ -30,7 +30,7 @@ pub(super) async fn run<T: Send + 'static>(
 }
 
 /// Best effort: a node that may not change its priority builds at the normal one.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     // On Linux, PRIO_PROCESS with 0 names the calling thread, not the process.
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority reads no memory of ours; it changes this thread's nice value.

@@ -162,7 +162,7 @@ impl StoreReader {
         on_header: &mut dyn FnMut(&BackupHeader),
         out: &mut dyn Write,
     ) -> Result<BackupHeader, BoxError> {
-        let db = self.db();
+        let db = self.flushed_db()?;
         let txn = db.begin_read()?;
         let applied = applied_in(&txn)?;
         let registry = registry_in(&txn)?;

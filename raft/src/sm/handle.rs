@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use redb::Database;
+use redb::{Database, ReadTransaction, ReadableDatabase};
 
+use super::layer::Layer;
 use crate::BoxError;
 
 /// The state machine's database, shared by `apply`, snapshot builds and readers.
@@ -24,11 +25,37 @@ pub(crate) struct Db {
 }
 
 struct Inner {
-    current: RwLock<Arc<Database>>,
+    current: RwLock<Current>,
     /// `sm.redb`.
     path: PathBuf,
     /// The page cache of each database opened here.
     cache_bytes: usize,
+}
+
+/// The state machine's state: the database and the applied changes not yet written to it
+/// (`overlay`). One lock, so a reader sees the layers and opens its transaction on the same
+/// state, and an install replaces the file and drops the layers in one step.
+pub(super) struct Current {
+    pub db: Arc<Database>,
+    /// The layer `apply` adds to.
+    pub active: Arc<Layer>,
+    /// The layer being written to `db`, if any: older than `active`, newer than `db`.
+    pub frozen: Option<Arc<Layer>>,
+    /// A read transaction on `db` as of its last write, shared by every read: redb's
+    /// `begin_read` waits while a durable commit holds its header lock (milliseconds, for
+    /// each flush), so reads and `apply` never call it; the flush that commits opens the next.
+    pub txn: Arc<ReadTransaction>,
+}
+
+impl Current {
+    fn new(db: Arc<Database>) -> Result<Self, BoxError> {
+        Ok(Current {
+            txn: Arc::new(db.begin_read()?),
+            db,
+            active: Arc::default(),
+            frozen: None,
+        })
+    }
 }
 
 /// Where a replacement is written before it is renamed into place.
@@ -37,24 +64,34 @@ pub(super) fn installing_path(path: &Path) -> PathBuf {
 }
 
 impl Db {
-    pub(super) fn new(db: Database, path: &Path, cache_bytes: usize) -> Self {
-        Db {
+    pub(super) fn new(db: Database, path: &Path, cache_bytes: usize) -> Result<Self, BoxError> {
+        Ok(Db {
             inner: Arc::new(Inner {
-                current: RwLock::new(Arc::new(db)),
+                current: RwLock::new(Current::new(Arc::new(db))?),
                 path: path.to_owned(),
                 cache_bytes,
             }),
-        }
+        })
     }
 
     /// The current database. A caller keeps what it got for the whole of one operation, so
-    /// the operation reads one file, whatever replaces it meanwhile.
+    /// the operation reads one file, whatever replaces it meanwhile. The database alone: what
+    /// has been written to it, without the layers above it (`overlay`).
     pub(crate) fn get(&self) -> Arc<Database> {
-        self.inner
+        self.read(|c| c.db.clone())
+    }
+
+    /// Look at the current state under its lock: keep it short, `apply` waits for it.
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Current) -> T) -> T {
+        f(&self.inner.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(super) fn write<T>(&self, f: impl FnOnce(&mut Current) -> T) -> T {
+        f(&mut self
+            .inner
             .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .write()
+            .unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replace the database with one `fill` writes (the tables already created; its last
@@ -73,11 +110,9 @@ impl Db {
         if let Some(dir) = self.inner.path.parent() {
             crate::durable::sync_dir(dir)?;
         }
-        *self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        // The new state replaces the old one whole: the layers belonged to the old file.
+        let next = Current::new(Arc::new(db))?;
+        self.write(|c| *c = next);
         Ok(out)
     }
 }
@@ -98,7 +133,7 @@ mod tests {
         let txn = first.begin_write().unwrap();
         txn.open_table(T).unwrap().insert(1, 1).unwrap();
         txn.commit().unwrap();
-        let db = Db::new(first, &path, 1 << 20);
+        let db = Db::new(first, &path, 1 << 20).unwrap();
 
         let old = db.get();
         let reading = old.begin_read().unwrap();

@@ -40,6 +40,8 @@ pub mod dump;
 pub mod files;
 mod format;
 mod handle;
+mod layer;
+mod overlay;
 mod reader;
 mod snapshot;
 mod state;
@@ -51,7 +53,7 @@ pub use snapshot::{
     validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,
 };
 pub use state::{SnapshotCounts, StateMachine};
-use tables::{read_meta, Membership, Meta, KEY_APPLIED, KEY_MEMBERSHIP};
+use tables::{read_meta, Membership, Meta, KEY_APPLIED};
 
 impl StateMachine {
     /// Open or create `dir/sm.redb` with the default page cache ([`crate::DbCache`]);
@@ -80,19 +82,19 @@ impl StateMachine {
         snapshot::recover(&db, &files)?;
         let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
             .flatten()
-            .map_or(0, |l| l.index);
+            .map(|l| l.index);
         identity.set_registry(tables::read_registry(&db)?);
+        let db = Db::new(db, &path, cache_bytes)?;
+        let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied)?;
         Ok(StateMachine {
-            db: Db::new(db, &path, cache_bytes),
+            db,
             cache,
-            applied: Arc::new(AtomicU64::new(applied)),
+            applied: Arc::new(AtomicU64::new(applied.unwrap_or(0))),
             snapshots: Arc::default(),
             files,
             identity,
-            since_durable: state::SinceDurable {
-                index: applied,
-                records: 0,
-            },
+            overlay,
+            _flusher: flusher,
         })
     }
 }
@@ -108,14 +110,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> StResult<(Option<LogId<NodeId>>, Membership)> {
-        let db = self.db.get();
-        let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)
-            .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
-            .flatten();
-        let membership = read_meta::<Membership>(&db, KEY_MEMBERSHIP)
-            .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?
-            .unwrap_or_default();
-        Ok((applied, membership))
+        let (applied, membership) = self
+            .db
+            .applied_state()
+            .map_err(|e| StorageIOError::read_state_machine(&crate::io_err(e)))?;
+        Ok((applied, membership.unwrap_or_default()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> StResult<Vec<Response>>

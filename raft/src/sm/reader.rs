@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redb::{
-    Database, Range, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata,
-};
+use redb::Database;
 use tokio::sync::mpsc;
 
+use super::overlay::{Index, Merge, View};
 use super::state::{SnapshotCounts, StateMachine};
-use super::tables::{order_key, BY_CREATED, COOKIES};
+use super::tables::order_key;
 use crate::cache::{Cache, CachedRecord, Ticket};
 use crate::chunks::{ChannelWriter, Chunk};
 use crate::record::Record;
@@ -37,6 +36,7 @@ const LIST_OPEN: &[u8] = b"{\"cookies\":[";
 #[derive(Clone)]
 pub struct StoreReader {
     db: super::handle::Db,
+    overlay: super::overlay::Overlay,
     cache: Arc<Cache>,
     applied: Arc<AtomicU64>,
     snapshots: Arc<SnapshotCounts>,
@@ -62,6 +62,7 @@ impl StateMachine {
     pub fn reader(&self) -> StoreReader {
         StoreReader {
             db: self.db.clone(),
+            overlay: self.overlay.clone(),
             cache: self.cache.clone(),
             applied: self.applied.clone(),
             snapshots: self.snapshots.clone(),
@@ -69,51 +70,45 @@ impl StateMachine {
     }
 }
 
-/// The index of the last entry applied to the state `txn` sees (0 before any).
-fn applied_index_in(txn: &ReadTransaction) -> Result<u64, BoxError> {
-    Ok(super::tables::applied_in(txn)?.map_or(0, |l| l.index))
-}
-
-/// Write the records `range` names (the list order), at most `limit` of them,
+/// Write the records `order` names (the list order), at most `limit` of them,
 /// comma-separated into `out`. Returns the last id written when more may follow.
 fn write_rows(
-    table: &ReadOnlyTable<&str, &[u8]>,
-    range: Range<'static, (u64, &'static str), ()>,
+    view: &View,
+    order: Merge<'_>,
     limit: usize,
     out: &mut impl Write,
 ) -> Result<Option<String>, BoxError> {
-    // One buffer for the last id, not an allocation per row of a million-row list.
-    let mut last = String::new();
-    for (count, row) in range.enumerate() {
-        let (key, _) = row?;
+    let mut last = None;
+    for (count, key) in order.enumerate() {
+        let (_, id) = key?;
         if count == limit {
-            return Ok((count > 0).then_some(last));
+            return Ok(last);
         }
-        let (_, id) = key.value();
-        let rec = get_readonly(table, id)?.ok_or("index names a missing record")?;
+        let rec = decode(view.record(None, &id)?)?.ok_or("index names a missing record")?;
         if count > 0 {
             out.write_all(b",")?;
         }
         out.write_all(&rec.json)?;
-        last.clear();
-        last.push_str(id);
+        last = Some(id);
     }
     Ok(None)
 }
 
-fn get_readonly(table: &ReadOnlyTable<&str, &[u8]>, id: &str) -> Result<Option<Record>, BoxError> {
-    match table.get(id)? {
+fn decode(row: Option<Vec<u8>>) -> Result<Option<Record>, BoxError> {
+    match row {
         Some(v) => Ok(Some(
-            Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
+            Record::decode(&v).ok_or("corrupt record in the state machine")?,
         )),
         None => Ok(None),
     }
 }
 
 impl StoreReader {
-    /// The state machine's current database, for a backup's read transaction (`backup.rs`).
-    pub(super) fn db(&self) -> Arc<Database> {
-        self.db.get()
+    /// The state machine's current database, with everything applied so far written to it,
+    /// for a backup's read transaction (`backup.rs`).
+    pub(super) fn flushed_db(&self) -> Result<Arc<Database>, BoxError> {
+        self.overlay.flush_all()?;
+        Ok(self.db.get())
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -136,12 +131,8 @@ impl StoreReader {
             return Ok((Some(hit), CacheStatus::Hit));
         }
         let ticket = self.cache.ticket(id);
-        let db = self.db.get();
-        let txn = db.begin_read()?;
-        let table = txn.open_table(COOKIES)?;
-        let rec = match table.get(id)? {
-            Some(v) => Record::decode(v.value()).ok_or("corrupt record in the state machine")?,
-            None => return Ok((None, CacheStatus::Miss)),
+        let Some(rec) = decode(self.db.record(id)?)? else {
+            return Ok((None, CacheStatus::Miss));
         };
         let cached = CachedRecord {
             json: Bytes::from(rec.json),
@@ -164,12 +155,10 @@ impl StoreReader {
         // The ticket before the transaction, as for one record: an apply that commits after
         // it keeps a list read from an older state out of the cache (cache.rs).
         let ticket = self.cache.list_ticket();
-        let db = self.db.get();
-        let txn = db.begin_read()?;
-        let applied = applied_index_in(&txn)?;
+        let view = self.db.view()?;
+        let applied = view.applied_index()?;
         Ok(ListScan {
-            txn,
-            _db: db,
+            view,
             applied,
             ticket,
             cache: self.cache.clone(),
@@ -185,23 +174,17 @@ impl StoreReader {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Option<(Bytes, Option<String>)>, BoxError> {
-        let db = self.db.get();
-        let txn = db.begin_read()?;
-        let table = txn.open_table(COOKIES)?;
-        let order = txn.open_table(BY_CREATED)?;
-        let start_key = match after {
-            None => None,
-            Some(a) => match get_readonly(&table, a)? {
-                Some(rec) => Some((order_key(rec.created), a)),
+        let view = self.db.view()?;
+        let start = match after {
+            None => Bound::Unbounded,
+            Some(a) => match decode(view.record(None, a)?)? {
+                Some(rec) => Bound::Excluded((order_key(rec.created), a.to_owned())),
                 None => return Ok(None),
             },
         };
-        let range = match start_key {
-            Some(k) => order.range::<(u64, &str)>((Bound::Excluded(k), Bound::Unbounded))?,
-            None => order.range::<(u64, &str)>(..)?,
-        };
+        let order = view.range(None, Index::Created, (start, Bound::Unbounded))?;
         let mut body = LIST_OPEN.to_vec();
-        let next = write_rows(&table, range, limit, &mut body)?;
+        let next = write_rows(&view, order, limit, &mut body)?;
         body.extend_from_slice(b"]");
         if let Some(n) = &next {
             body.extend_from_slice(b",\"next_after\":");
@@ -213,18 +196,15 @@ impl StoreReader {
 
     /// Number of stored records.
     pub fn count(&self) -> Result<u64, BoxError> {
-        let db = self.db.get();
-        let txn = db.begin_read()?;
-        Ok(txn.open_table(COOKIES)?.len()?)
+        self.db.count()
     }
 }
 
 /// The whole list, read from one redb read transaction: see [`StoreReader::list_scan`].
 pub struct ListScan {
-    txn: ReadTransaction,
-    /// The database `txn` reads, kept open until the scan ends even if an install replaces
-    /// it meanwhile (declared after `txn`, so dropped after it).
-    _db: Arc<Database>,
+    /// The state it reads, kept whole until the scan ends even if applies or an install
+    /// change the node's state meanwhile.
+    view: View,
     applied: u64,
     ticket: Ticket,
     cache: Arc<Cache>,
@@ -254,12 +234,11 @@ impl ListScan {
     }
 
     fn write(&self, mut out: ChannelWriter) -> Result<(), BoxError> {
-        let table = self.txn.open_table(COOKIES)?;
-        let order = self.txn.open_table(BY_CREATED)?;
+        let all = (Bound::Unbounded, Bound::Unbounded);
         out.write_all(LIST_OPEN)?;
         write_rows(
-            &table,
-            order.range::<(u64, &str)>(..)?,
+            &self.view,
+            self.view.range(None, Index::Created, all)?,
             usize::MAX,
             &mut out,
         )?;
@@ -404,15 +383,17 @@ mod tests {
     async fn an_error_mid_list_ends_the_stream_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
-        let r = sm.reader();
         create(&mut sm, (1, 600, 1_000)).await;
-        // An index row naming no record, last in the order (the oldest `created`).
-        let txn = r.db().begin_write().unwrap();
-        txn.open_table(BY_CREATED)
+        // An index row naming no record, last in the order (the oldest `created`), written
+        // behind the state machine's back; reopened, it reads it.
+        let txn = sm.reader().flushed_db().unwrap().begin_write().unwrap();
+        txn.open_table(super::super::tables::BY_CREATED)
             .unwrap()
             .insert((order_key(-1), "ghost"), ())
             .unwrap();
         txn.commit().unwrap();
+        drop(sm);
+        let r = open(dir.path()).reader();
         let sent = stream(r.list_scan().unwrap(), 2).await;
         let (last, body) = sent.split_last().unwrap();
         assert!(body.len() >= 2, "the error comes after chunks were sent");
@@ -423,5 +404,61 @@ mod tests {
             .to_string()
             .contains("missing record"));
         assert_eq!(r.cached_list(), None);
+    }
+
+    /// Records applied are visible at once and stay visible while their layer is frozen,
+    /// written to sm.redb and dropped: a reader racing the flushes never sees one vanish,
+    /// nor the count go back. And a restart reads them all from the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_stay_visible_through_flushes_and_a_restart() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let r = sm.reader();
+        let done = Arc::new(AtomicBool::new(false));
+        let applied = Arc::new(AtomicU64::new(0));
+        let checker = {
+            let (r, done, applied) = (r.clone(), done.clone(), applied.clone());
+            std::thread::spawn(move || {
+                let (mut checks, mut last_count) = (0u64, 0);
+                while !done.load(Ordering::SeqCst) {
+                    // Every entry up to `upto` was applied before this read began.
+                    let upto = applied.load(Ordering::SeqCst);
+                    let count = r.count().unwrap();
+                    assert!(count >= last_count, "the count went back");
+                    assert!(
+                        count >= upto * 500,
+                        "applied records missing from the count"
+                    );
+                    last_count = count;
+                    let probes = if upto == 0 {
+                        vec![]
+                    } else {
+                        vec![1, upto / 2 + 1, upto]
+                    };
+                    for index in probes {
+                        let id = format!("id-{index}-00499");
+                        assert!(r.get(&id).unwrap().0.is_some(), "{id} vanished");
+                        r.cache().invalidate([id.as_str()], false);
+                    }
+                    checks += 1;
+                }
+                checks
+            })
+        };
+        // 40 entries of 500 records: several flushes (FLUSH_ROWS) while the checker reads.
+        for index in 1..=40 {
+            create(&mut sm, (index, 500, 10)).await;
+            applied.store(index, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+        assert!(checker.join().unwrap() > 0);
+        assert_eq!(r.count().unwrap(), 20_000);
+        let listed = String::from_utf8(whole_page(&r).to_vec()).unwrap();
+        assert_eq!(listed.matches("\"cookie\"").count(), 20_000);
+        drop((sm, r));
+        let r = open(dir.path()).reader();
+        assert_eq!(r.count().unwrap(), 20_000);
+        assert!(r.get("id-40-00499").unwrap().0.is_some());
     }
 }

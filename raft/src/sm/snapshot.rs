@@ -96,6 +96,7 @@ impl StateMachine {
     pub(super) fn snapshot_builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            overlay: self.overlay.clone(),
             snapshots: self.snapshots.clone(),
             files: self.files.clone(),
         }
@@ -126,10 +127,7 @@ impl StateMachine {
         self.cache.invalidate_all();
         self.identity.set_registry(registry);
         self.applied.store(applied, Ordering::SeqCst);
-        self.since_durable = super::state::SinceDurable {
-            index: applied,
-            records: 0,
-        };
+        self.overlay.installed(Some(applied));
         self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -259,6 +257,8 @@ fn fill(
 /// Builds snapshots from a consistent read transaction while `apply` goes on.
 pub struct SnapshotBuilder {
     db: Db,
+    /// Flushed before a build: the build reads `sm.redb` alone.
+    overlay: super::overlay::Overlay,
     snapshots: Arc<SnapshotCounts>,
     files: Arc<SnapshotFiles>,
 }
@@ -294,8 +294,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
         let db = self.db.clone();
         let files = self.files.clone();
+        let overlay = self.overlay.clone();
         // On a thread of its own at a lower priority (see `background`).
         let built = super::background::run("snapshot-build", move || -> Result<_, BoxError> {
+            // Everything applied so far into `sm.redb` first: the snapshot is then as recent
+            // as openraft asked for, and the log it lets openraft purge is already in the
+            // file (a restart resumes from the file, not from the layers).
+            overlay.flush_all()?;
             // One read transaction: rows, last_applied and membership from the same instant,
             // streamed into the file row by row. No lock is held meanwhile (redb's readers
             // never block its writer); only the pointer to the file takes redb's write lock,

@@ -17,16 +17,6 @@ pub struct SnapshotCounts {
     pub built: AtomicU64,
 }
 
-/// How far the state machine is past its last durable commit (`apply` decides from it when
-/// a commit must be durable).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct SinceDurable {
-    /// The last index committed durably.
-    pub index: u64,
-    /// Records written since.
-    pub records: u64,
-}
-
 /// The state machine handed to openraft.
 pub struct StateMachine {
     pub(super) db: super::handle::Db,
@@ -36,6 +26,8 @@ pub struct StateMachine {
     pub(super) files: Arc<SnapshotFiles>,
     /// Told the identity registry whenever an apply or an install changes it.
     pub(super) identity: Arc<Identity>,
-    /// How far `apply` is past its last durable commit.
-    pub(super) since_durable: SinceDurable,
+    /// Writes applied changes to `sm.redb` behind `apply`.
+    pub(super) overlay: super::overlay::Overlay,
+    /// Its thread, stopped (after a last write) when the state machine is dropped.
+    pub(super) _flusher: super::overlay::FlushThread,
 }

@@ -1,0 +1,628 @@
+//! Applied changes not yet written to `sm.redb`: the state machine's write-behind layer.
+//!
+//! `apply` used to write every batch into `sm.redb` (a non-durable redb commit) and, every few
+//! thousand records, commit durably. A durable commit writes out every page the commits
+//! since the last one dirtied and fsyncs them: 4-5 MB of scattered 4 KB pages, 20-40 ms on
+//! the bench machine, two or three times a second at 10,000 creates/s, and every write
+//! waiting for its answer waited for it (the ~40 ms p99 of issue 16, docs/benchmarks.md).
+//!
+//! Now `apply` writes nothing to redb. A batch's changes go into an in-memory [`Layer`]
+//! (`active`) that readers see above the database. A thread of its own (`state-flush`)
+//! freezes the active layer once it holds `FLUSH_ROWS` rows, `FLUSH_BYTES` bytes,
+//! `FLUSH_ENTRIES` entries or is `FLUSH_INTERVAL` old, and writes it to `sm.redb` in one
+//! durable transaction with its `last_applied`, while `apply` fills a new active layer. So
+//! the fsync runs beside `apply`, not in front of it, and the B-tree work is done once per
+//! few thousand records instead of once per batch.
+//!
+//! Nothing durable depends on the layers: the Raft log is the durable record, `sm.redb`'s
+//! `last_applied` names exactly the state it holds, and after a crash openraft applies the
+//! entries after it again. Snapshots are built from `sm.redb` after a flush, so the log is
+//! purged only up to what the file holds.
+//!
+//! Memory is bounded by configuration, not data: a frozen layer that is still being written
+//! when the active one reaches `HARD_FACTOR` (`layer`) times its thresholds makes `apply` wait.
+//!
+//! Consistency for readers: the layers, the database and a read transaction on it are behind
+//! one lock (`handle`'s `Current`); a reader takes the layers and the transaction together,
+//! so it sees one state. The flusher commits a frozen layer, opens the next read transaction,
+//! and only then, in one step under the lock, drops the layer and publishes the transaction:
+//! a reader never sees the layer gone and the file without it
+//! (`records_stay_visible_through_flushes_and_a_restart` fails if those two steps are split).
+//! Readers share that one transaction rather than each calling redb's `begin_read`, which
+//! waits while a durable commit holds redb's header lock (5-11 ms stalls of `apply`, seen
+//! when each batch still opened its own).
+
+use std::collections::{BTreeMap, HashMap};
+use std::iter::Peekable;
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use openraft::LogId;
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata};
+
+use super::handle::{Current, Db};
+use super::layer::Row;
+pub(super) use super::layer::{IndexKey, Layer};
+use super::tables::{
+    put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED,
+    KEY_MEMBERSHIP, KEY_REGISTRY,
+};
+use crate::codec;
+use crate::identity::Registry;
+use crate::types::NodeId;
+use crate::BoxError;
+
+/// The first answer `layers` (newest first) give for `key` in the map `pick` names:
+/// `Some(row)` when one of them changed it, `None` when the state below decides.
+fn in_layers<'a>(
+    layers: impl IntoIterator<Item = &'a Layer>,
+    pick: fn(&Layer) -> &HashMap<String, Row>,
+    key: &str,
+) -> Option<&'a Row> {
+    layers.into_iter().find_map(|l| pick(l).get(key))
+}
+
+fn cookies(l: &Layer) -> &HashMap<String, Row> {
+    &l.cookies
+}
+
+fn keys(l: &Layer) -> &HashMap<String, Row> {
+    &l.keys
+}
+
+/// Which index a range scan walks.
+#[derive(Clone, Copy)]
+pub(super) enum Index {
+    Created,
+    Expiry,
+}
+
+impl Index {
+    fn of(self, l: &Layer) -> &BTreeMap<IndexKey, bool> {
+        match self {
+            Index::Created => &l.by_created,
+            Index::Expiry => &l.keys_by_expiry,
+        }
+    }
+}
+
+/// One consistent state to read: the layers as they were and a read transaction opened at
+/// the same moment. Holding one keeps its layers alive (an `apply` meanwhile copies the
+/// active layer rather than change it under the reader).
+pub(crate) struct View {
+    /// Newest first.
+    layers: Vec<Arc<Layer>>,
+    cookies: ReadOnlyTable<&'static str, &'static [u8]>,
+    by_created: ReadOnlyTable<(u64, &'static str), ()>,
+    txn: Arc<ReadTransaction>,
+    /// Declared last: the transaction is dropped before the database it reads.
+    _db: Arc<Database>,
+}
+
+impl Db {
+    /// The current state as a [`View`].
+    pub(super) fn view(&self) -> Result<View, BoxError> {
+        let (layers, db, txn) = self.read(|c| {
+            let layers = std::iter::once(c.active.clone())
+                .chain(c.frozen.clone())
+                .collect::<Vec<_>>();
+            (layers, c.db.clone(), c.txn.clone())
+        });
+        Ok(View {
+            layers,
+            cookies: txn.open_table(COOKIES)?,
+            by_created: txn.open_table(BY_CREATED)?,
+            txn,
+            _db: db,
+        })
+    }
+
+    /// One record's stored bytes, from the layers or the database, without holding the
+    /// layers: the lookup and the transaction are made under the lock, the read after it.
+    pub(super) fn record(&self, id: &str) -> Result<Option<Vec<u8>>, BoxError> {
+        let below = self.read(|c| {
+            let layers = std::iter::once(&*c.active).chain(c.frozen.as_deref());
+            match in_layers(layers, cookies, id) {
+                Some(row) => Err(row.clone()),
+                None => Ok(c.txn.clone()),
+            }
+        });
+        match below {
+            Err(row) => Ok(row),
+            Ok(txn) => Ok(txn
+                .open_table(COOKIES)?
+                .get(id)?
+                .map(|v| v.value().to_vec())),
+        }
+    }
+
+    /// Number of stored records.
+    pub(super) fn count(&self) -> Result<u64, BoxError> {
+        let (delta, txn) = self.read(|c| {
+            let delta = c.active.count_delta + c.frozen.as_ref().map_or(0, |f| f.count_delta);
+            (delta, c.txn.clone())
+        });
+        let stored = txn.open_table(COOKIES)?.len()?;
+        Ok(stored.saturating_add_signed(delta))
+    }
+
+    /// The last entry applied and the membership, layers first.
+    pub(super) fn applied_state(
+        &self,
+    ) -> Result<(Option<LogId<NodeId>>, Option<Membership>), BoxError> {
+        let (applied, membership, db) = self.read(|c| {
+            let layers = || std::iter::once(&*c.active).chain(c.frozen.as_deref());
+            (
+                layers().find_map(|l| l.applied),
+                layers().find_map(|l| l.membership.clone()),
+                c.db.clone(),
+            )
+        });
+        let applied = match applied {
+            Some(a) => Some(a),
+            None => super::tables::read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?.flatten(),
+        };
+        let membership = match membership {
+            Some(m) => Some(m),
+            None => super::tables::read_meta::<Membership>(&db, KEY_MEMBERSHIP)?,
+        };
+        Ok((applied, membership))
+    }
+}
+
+impl View {
+    /// The layers, newest first, under `top` (the batch `apply` is building) when given.
+    fn stack<'a>(&'a self, top: Option<&'a Layer>) -> impl Iterator<Item = &'a Layer> + 'a {
+        top.into_iter().chain(self.layers.iter().map(|l| &**l))
+    }
+
+    /// A record's stored bytes.
+    pub(super) fn record(&self, top: Option<&Layer>, id: &str) -> Result<Row, BoxError> {
+        match in_layers(self.stack(top), cookies, id) {
+            Some(row) => Ok(row.clone()),
+            None => Ok(self.cookies.get(id)?.map(|v| v.value().to_vec())),
+        }
+    }
+
+    pub(super) fn has_record(&self, top: Option<&Layer>, id: &str) -> Result<bool, BoxError> {
+        match in_layers(self.stack(top), cookies, id) {
+            Some(row) => Ok(row.is_some()),
+            None => Ok(self.cookies.get(id)?.is_some()),
+        }
+    }
+
+    /// An idempotency key's stored bytes.
+    pub(super) fn key(&self, top: Option<&Layer>, key: &str) -> Result<Row, BoxError> {
+        match in_layers(self.stack(top), keys, key) {
+            Some(row) => Ok(row.clone()),
+            None => Ok(self
+                .txn
+                .open_table(KEYS)?
+                .get(key)?
+                .map(|v| v.value().to_vec())),
+        }
+    }
+
+    /// The registry, layers first.
+    pub(super) fn registry(&self, top: Option<&Layer>) -> Result<Registry, BoxError> {
+        if let Some(r) = self.stack(top).find_map(|l| l.registry.as_ref()) {
+            return Ok(r.clone());
+        }
+        super::tables::registry_in(&self.txn)
+    }
+
+    /// The keys of `index` from `start` up to `end`, in order, layers merged over the
+    /// database (a key a layer removed is skipped).
+    pub(super) fn range<'a>(
+        &'a self,
+        top: Option<&'a Layer>,
+        index: Index,
+        (start, end): (Bound<IndexKey>, Bound<IndexKey>),
+    ) -> Result<Merge<'a>, BoxError> {
+        // redb copies the bounds: its range borrows neither them nor the view.
+        fn narrow(b: &Bound<IndexKey>) -> Bound<(u64, &str)> {
+            b.as_ref().map(|(n, s)| (*n, s.as_str()))
+        }
+        let base = match index {
+            Index::Created => self
+                .by_created
+                .range::<(u64, &str)>((narrow(&start), narrow(&end)))?,
+            Index::Expiry => self
+                .txn
+                .open_table(KEYS_BY_EXPIRY)?
+                .range::<(u64, &str)>((narrow(&start), narrow(&end)))?,
+        };
+        let mut sources: Vec<Source<'a>> = Vec::new();
+        for layer in self.stack(top) {
+            let bounds = (start.clone(), end.clone());
+            let it = index
+                .of(layer)
+                .range(bounds)
+                .map(|(k, present)| Ok((k.clone(), *present)));
+            sources.push(Box::new(it));
+        }
+        sources.push(Box::new(base.map(|row| {
+            let (k, _) = row?;
+            let (n, s) = k.value();
+            Ok(((n, s.to_owned()), true))
+        })));
+        Ok(Merge {
+            sources: sources.into_iter().map(Iterator::peekable).collect(),
+        })
+    }
+
+    /// The index of the last entry applied to this state (0 before any).
+    pub(super) fn applied_index(&self) -> Result<u64, BoxError> {
+        match self.layers.iter().find_map(|l| l.applied) {
+            Some(a) => Ok(a.index),
+            None => Ok(super::tables::applied_in(&self.txn)?.map_or(0, |l| l.index)),
+        }
+    }
+}
+
+type Source<'a> = Box<dyn Iterator<Item = Result<(IndexKey, bool), BoxError>> + 'a>;
+
+/// Ordered keys merged from sources in priority order: for a key several hold, the first
+/// source's word counts (present or removed).
+pub(super) struct Merge<'a> {
+    sources: Vec<Peekable<Source<'a>>>,
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<IndexKey, BoxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let mut least: Option<IndexKey> = None;
+            for s in &mut self.sources {
+                match s.peek() {
+                    None => {}
+                    Some(Err(_)) => return s.next().map(|r| r.map(|(k, _)| k)),
+                    Some(Ok((k, _))) if least.as_ref().is_none_or(|l| k < l) => {
+                        least = Some(k.clone());
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            let key = least?;
+            let mut present = None;
+            for s in &mut self.sources {
+                if matches!(s.peek(), Some(Ok((k, _))) if *k == key) {
+                    if let Some(Ok((_, p))) = s.next() {
+                        present.get_or_insert(p);
+                    }
+                }
+            }
+            if present == Some(true) {
+                return Some(Ok(key));
+            }
+        }
+    }
+}
+
+/// How the flush thread and its waiters meet.
+#[derive(Default)]
+struct Progress {
+    /// The index of the last entry written to the database (`None`: none yet; index 0 is
+    /// an entry).
+    written: Option<u64>,
+    /// Someone wants the active layer written now.
+    wanted: bool,
+    /// Failed writes so far: a waiter gives up when this moves.
+    failures: u64,
+    stop: bool,
+}
+
+/// Writes the layers to the database: a handle for `apply`, builds and backups.
+#[derive(Clone)]
+pub(crate) struct Overlay {
+    db: Db,
+    flush: Arc<(Mutex<Progress>, Condvar)>,
+}
+
+/// The flush thread: stopped (after a last flush) and joined when dropped.
+pub(crate) struct FlushThread {
+    overlay: Overlay,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Overlay {
+    /// The overlay of `db`, whose file holds the state up to entry `written`, and its thread.
+    pub(super) fn start(db: Db, written: Option<u64>) -> std::io::Result<(Overlay, FlushThread)> {
+        let overlay = Overlay {
+            db,
+            flush: Arc::new((
+                Mutex::new(Progress {
+                    written,
+                    ..Progress::default()
+                }),
+                Condvar::new(),
+            )),
+        };
+        let worker = overlay.clone();
+        let thread = std::thread::Builder::new()
+            .name("state-flush".into())
+            .spawn(move || {
+                // Client work first: a flush has seconds of slack before `apply` waits for it.
+                super::background::lower_priority();
+                worker.run()
+            })?;
+        Ok((
+            overlay.clone(),
+            FlushThread {
+                overlay,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.flush.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, Progress>) -> MutexGuard<'a, Progress> {
+        // A timeout too, so a waiter rechecks even if a wake-up is missed.
+        let (g, _) = self
+            .flush
+            .1
+            .wait_timeout(guard, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner());
+        g
+    }
+
+    fn wake(&self) {
+        self.flush.1.notify_all();
+    }
+
+    /// Add a batch's changes to the active layer, where readers see them. Waits while the
+    /// layers are at their memory bound; starts a flush when one is due.
+    pub(super) fn add(&self, batch: Layer) -> Result<(), BoxError> {
+        let (due, full) = self.db.write(|c| {
+            Arc::make_mut(&mut c.active).absorb(batch);
+            (c.active.due(), c.active.full() && c.frozen.is_some())
+        });
+        if due {
+            self.progress().wanted = true;
+            self.wake();
+        }
+        if full {
+            self.wait_for(|c| c.frozen.is_none())?;
+        }
+        Ok(())
+    }
+
+    /// Write everything applied so far to the database, and wait for it: before a snapshot
+    /// build or a backup reads the database alone, and after a registry change.
+    pub(crate) fn flush_all(&self) -> Result<(), BoxError> {
+        let target = self.db.read(|c| {
+            std::iter::once(&*c.active)
+                .chain(c.frozen.as_deref())
+                .find_map(|l| l.applied)
+                .map(|a| a.index)
+        });
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let mut p = self.progress();
+        let failures = p.failures;
+        while p.written < Some(target) && !p.stop {
+            if p.failures != failures {
+                return Err("writing the state machine's changes to sm.redb failed".into());
+            }
+            p.wanted = true;
+            self.wake();
+            p = self.wait(p);
+        }
+        Ok(())
+    }
+
+    /// Wait until `ready` holds of the current state, or a flush fails.
+    fn wait_for(&self, ready: impl Fn(&Current) -> bool) -> Result<(), BoxError> {
+        let mut p = self.progress();
+        let failures = p.failures;
+        while !self.db.read(&ready) {
+            if p.failures != failures || p.stop {
+                return Err("writing the state machine's changes to sm.redb failed".into());
+            }
+            p = self.wait(p);
+        }
+        Ok(())
+    }
+
+    /// After an install: the file holds the state up to `index`.
+    pub(super) fn installed(&self, index: Option<u64>) {
+        self.progress().written = index;
+        self.wake();
+    }
+
+    fn run(self) {
+        loop {
+            let stop = {
+                let mut p = self.progress();
+                while !p.wanted && !p.stop && !self.db.read(|c| c.active.old()) {
+                    p = self.wait(p);
+                }
+                p.wanted = false;
+                p.stop
+            };
+            // Everything, when stopping: a clean shutdown leaves nothing to apply again.
+            loop {
+                let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.flush_once()));
+                let failed = !matches!(written, Ok(Ok(_)));
+                let mut p = self.progress();
+                match written {
+                    Ok(Ok(Some(index))) => p.written = p.written.max(Some(index)),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        p.failures += 1;
+                        tracing::error!("writing the state machine's changes to sm.redb: {e}");
+                    }
+                    Err(_) => {
+                        p.failures += 1;
+                        tracing::error!("writing the state machine's changes to sm.redb panicked");
+                    }
+                }
+                drop(p);
+                self.wake();
+                if failed {
+                    // Kept frozen, tried again; meanwhile `apply` fills up to the bound.
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                if !stop || failed || self.db.read(|c| c.active.is_empty() && c.frozen.is_none()) {
+                    break;
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Freeze the active layer (unless a frozen one waits from a failed try) and write it.
+    /// Returns the index now written, `None` when there was nothing to write.
+    fn flush_once(&self) -> Result<Option<u64>, BoxError> {
+        let (frozen, db) = self.db.write(|c| {
+            if c.frozen.is_none() && !c.active.is_empty() {
+                c.frozen = Some(std::mem::take(&mut c.active));
+            }
+            (c.frozen.clone(), c.db.clone())
+        });
+        let Some(frozen) = frozen else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        write_layer(&db, &frozen)?;
+        // The state readers see next: opened here, once per flush, not by each reader.
+        let txn = Arc::new(db.begin_read()?);
+        tracing::debug!(
+            rows = frozen.rows(),
+            ms = started.elapsed().as_millis() as u64,
+            "state machine changes written to sm.redb"
+        );
+        // Dropped only if it is still the one (an install replaces the state whole).
+        let current = self.db.write(|c| {
+            let same = c.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, &frozen));
+            if same {
+                c.frozen = None;
+                c.txn = txn;
+            }
+            same
+        });
+        Ok(current.then_some(frozen.applied.map(|a| a.index)).flatten())
+    }
+}
+
+impl Drop for FlushThread {
+    fn drop(&mut self) {
+        self.overlay.progress().stop = true;
+        self.overlay.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Write `layer` into `db` in one durable transaction, with its `last_applied`: the
+/// database then holds exactly the state up to that entry.
+fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
+    let txn = db.begin_write()?;
+    {
+        // In key order: neighbours share pages, and each page is copied once.
+        let mut table = txn.open_table(COOKIES)?;
+        for (id, row) in sorted(&layer.cookies) {
+            match row {
+                Some(v) => table.insert(id, v.as_slice())?,
+                None => table.remove(id)?,
+            };
+        }
+        let mut order = txn.open_table(BY_CREATED)?;
+        for ((n, id), present) in &layer.by_created {
+            match present {
+                true => order.insert((*n, id.as_str()), ())?,
+                false => order.remove((*n, id.as_str()))?,
+            };
+        }
+        let mut table = txn.open_table(KEYS)?;
+        for (key, row) in sorted(&layer.keys) {
+            match row {
+                Some(v) => table.insert(key, v.as_slice())?,
+                None => table.remove(key)?,
+            };
+        }
+        let mut order = txn.open_table(KEYS_BY_EXPIRY)?;
+        for ((n, key), present) in &layer.keys_by_expiry {
+            match present {
+                true => order.insert((*n, key.as_str()), ())?,
+                false => order.remove((*n, key.as_str()))?,
+            };
+        }
+        if let Some(r) = &layer.registry {
+            txn.open_table(IDENTITY)?
+                .insert(KEY_REGISTRY, codec::encode(r)?.as_slice())?;
+        }
+    }
+    if let Some(m) = &layer.membership {
+        put_meta(&txn, KEY_MEMBERSHIP, m)?;
+    }
+    put_meta(&txn, KEY_APPLIED, &layer.applied)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn sorted(rows: &HashMap<String, Row>) -> Vec<(&str, &Row)> {
+    let mut v: Vec<_> = rows.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(rows: &[(u64, &str, bool)]) -> Layer {
+        let mut l = Layer::default();
+        for (n, id, present) in rows {
+            l.by_created.insert((*n, id.to_string()), *present);
+        }
+        l
+    }
+
+    #[test]
+    fn a_merge_takes_the_newest_word_for_each_key_in_order() {
+        let newest = layer(&[(2, "b", false), (5, "e", true)]);
+        let older = layer(&[(2, "b", true), (3, "c", false), (4, "d", true)]);
+        let base: Vec<Result<(IndexKey, bool), BoxError>> = [(1, "a"), (3, "c"), (6, "f")]
+            .iter()
+            .map(|(n, s)| Ok(((*n, s.to_string()), true)))
+            .collect();
+        let sources: Vec<Source<'_>> = vec![
+            Box::new(newest.by_created.iter().map(|(k, p)| Ok((k.clone(), *p)))),
+            Box::new(older.by_created.iter().map(|(k, p)| Ok((k.clone(), *p)))),
+            Box::new(base.into_iter()),
+        ];
+        let merged: Vec<IndexKey> = Merge {
+            sources: sources.into_iter().map(Iterator::peekable).collect(),
+        }
+        .collect::<Result<_, _>>()
+        .unwrap();
+        let ids: Vec<&str> = merged.iter().map(|(_, s)| s.as_str()).collect();
+        // b: removed by the newest; c: removed by the older layer; d, e: added.
+        assert_eq!(ids, ["a", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn absorbing_keeps_the_newer_change_and_adds_the_counts() {
+        let mut older = Layer::default();
+        older.put_cookie("a", Some(b"1".to_vec()));
+        older.count_delta = 1;
+        let mut newer = Layer::default();
+        newer.put_cookie("a", None);
+        newer.count_delta = -1;
+        older.absorb(newer);
+        assert_eq!(older.cookies["a"], None);
+        assert_eq!(older.count_delta, 0);
+    }
+}
