@@ -109,3 +109,9 @@ TOTAL=$((RECORD_BYTES + done_2xx * 250))
 for i in 1 2 3; do
   echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
 done
+# Where the bytes are: each file's length and the disk it takes (a file can be sparse).
+for i in 1 2 3; do
+  echo "node$i files (MB length / MB on disk):"
+  find "$DIR/node$i" -type f -size +1M -printf '  %p %s %b\n' | awk -v d="$DIR/node$i/" \
+    '{sub(d, "", $1); printf "  %s %.0f / %.0f\n", $1, $2 / 1048576, $3 * 512 / 1048576}'
+done
