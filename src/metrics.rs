@@ -60,6 +60,11 @@ pub struct Metrics {
     snapshot_install_failures: IntCounterVec,
     snapshots_built: IntCounter,
     data_dir_bytes: IntGauge,
+    /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
+    sm_flushes: IntCounter,
+    sm_flush_failures: IntCounter,
+    sm_unflushed_entries: IntGauge,
+    sm_last_flush_seconds: Gauge,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
     /// applied on the leader.
     pub write_batch_commands: Histogram,
@@ -73,6 +78,18 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -198,6 +215,10 @@ impl Metrics {
             snapshot_install_failures,
             data_dir_bytes,
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
+            sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
+            sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
+            sm_unflushed_entries: int_gauge(&r, "raft_sm_unflushed_entries", "Entries applied but not yet written to sm.redb: what a restart applies again from the log"),
+            sm_last_flush_seconds: float_gauge(&r, "raft_sm_last_flush_seconds", "How long the last write of applied changes to sm.redb took"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
             write_batch_seconds: histogram(&r, "raft_write_batch_seconds", "Time from proposing a group-commit entry to its being applied (leader only)",
@@ -272,6 +293,16 @@ impl Metrics {
     pub fn set_snapshot_counts(&self, installed: u64, built: u64) {
         bump(&self.snapshot_installs, installed);
         bump(&self.snapshots_built, built);
+    }
+
+    /// The state machine's flush thread: what it wrote, and how far `sm.redb` is behind
+    /// the applied index.
+    pub fn set_flush_stats(&self, s: &cookie_raft::sm::FlushStats, applied: u64) {
+        bump(&self.sm_flushes, s.flushes);
+        bump(&self.sm_flush_failures, s.failures);
+        let behind = applied.saturating_sub(s.written.unwrap_or(0));
+        self.sm_unflushed_entries.set(behind as i64);
+        self.sm_last_flush_seconds.set(s.last_seconds);
     }
 
     /// A snapshot from a leader was refused or its install failed; `reason` is one of

@@ -192,6 +192,28 @@ async fn metrics_names_labels_types_and_counts() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+
+    // The state machine's flush thread writes the applied writes to sm.redb within about a
+    // second (FLUSH_INTERVAL), after which nothing applied is left unwritten.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
+        let (types, v) = parse(&r.text);
+        assert_eq!(types["raft_sm_flushes_total"], "counter");
+        assert_eq!(types["raft_sm_flush_failures_total"], "counter");
+        assert_eq!(types["raft_sm_unflushed_entries"], "gauge");
+        assert_eq!(types["raft_sm_last_flush_seconds"], "gauge");
+        assert_eq!(v["raft_sm_flush_failures_total"], 0.0, "{}", r.text);
+        if v["raft_sm_flushes_total"] >= 1.0 && v["raft_sm_unflushed_entries"] == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied writes never flushed: {}",
+            r.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// A write sent to a follower with `X-Request-Id` can be followed into the leader's log:

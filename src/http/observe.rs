@@ -175,6 +175,7 @@ async fn refresh(state: &Shared) {
         snaps.installed.load(Ordering::Relaxed),
         snaps.built.load(Ordering::Relaxed),
     );
+    m.set_flush_stats(&state.reader.flush_stats(), state.reader.applied_index());
     m.set_uptime(state.started.elapsed().as_secs_f64());
     // One walk of the data directory gives the total and each store's share.
     let mut total = 0;

@@ -48,6 +48,7 @@ mod state;
 mod tables;
 
 pub use data::SnapshotFile;
+pub use overlay::FlushStats;
 pub use reader::{CacheStatus, ListScan, StoreReader};
 pub use snapshot::{
     validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,

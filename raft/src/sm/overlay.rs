@@ -313,7 +313,21 @@ struct Progress {
     wanted: bool,
     /// Failed writes so far: a waiter gives up when this moves.
     failures: u64,
+    /// Layers written so far, and how long the last one took.
+    flushes: u64,
+    last: Duration,
     stop: bool,
+}
+
+/// What the flush thread has done, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FlushStats {
+    /// The index of the last entry written to `sm.redb` (`None`: none yet).
+    pub written: Option<u64>,
+    pub flushes: u64,
+    pub failures: u64,
+    /// How long the last write took.
+    pub last_seconds: f64,
 }
 
 /// Writes the layers to the database: a handle for `apply`, builds and backups.
@@ -432,6 +446,16 @@ impl Overlay {
         Ok(())
     }
 
+    pub(crate) fn stats(&self) -> FlushStats {
+        let p = self.progress();
+        FlushStats {
+            written: p.written,
+            flushes: p.flushes,
+            failures: p.failures,
+            last_seconds: p.last.as_secs_f64(),
+        }
+    }
+
     /// After an install: the file holds the state up to `index`.
     pub(super) fn installed(&self, index: Option<u64>) {
         self.progress().written = index;
@@ -450,11 +474,16 @@ impl Overlay {
             };
             // Everything, when stopping: a clean shutdown leaves nothing to apply again.
             loop {
+                let started = Instant::now();
                 let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.flush_once()));
                 let failed = !matches!(written, Ok(Ok(_)));
                 let mut p = self.progress();
                 match written {
-                    Ok(Ok(Some(index))) => p.written = p.written.max(Some(index)),
+                    Ok(Ok(Some(index))) => {
+                        p.written = p.written.max(Some(index));
+                        p.flushes += 1;
+                        p.last = started.elapsed();
+                    }
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
                         p.failures += 1;

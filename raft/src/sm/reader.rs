@@ -120,6 +120,11 @@ impl StoreReader {
         &self.snapshots
     }
 
+    /// What the thread that writes applied changes to `sm.redb` has done.
+    pub fn flush_stats(&self) -> super::overlay::FlushStats {
+        self.overlay.stats()
+    }
+
     /// The index of the last entry this node applied.
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)
