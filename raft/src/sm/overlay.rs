@@ -41,7 +41,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use openraft::LogId;
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata, Table,
+};
 
 use super::handle::{Current, Db};
 use super::layer::Row;
@@ -559,35 +561,10 @@ impl Drop for FlushThread {
 fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
     let txn = db.begin_write()?;
     {
-        // In key order: neighbours share pages, and each page is copied once.
-        let mut table = txn.open_table(COOKIES)?;
-        for (id, row) in sorted(&layer.cookies) {
-            match row {
-                Some(v) => table.insert(id, v.as_slice())?,
-                None => table.remove(id)?,
-            };
-        }
-        let mut order = txn.open_table(BY_CREATED)?;
-        for ((n, id), present) in &layer.by_created {
-            match present {
-                true => order.insert((*n, id.as_str()), ())?,
-                false => order.remove((*n, id.as_str()))?,
-            };
-        }
-        let mut table = txn.open_table(KEYS)?;
-        for (key, row) in sorted(&layer.keys) {
-            match row {
-                Some(v) => table.insert(key, v.as_slice())?,
-                None => table.remove(key)?,
-            };
-        }
-        let mut order = txn.open_table(KEYS_BY_EXPIRY)?;
-        for ((n, key), present) in &layer.keys_by_expiry {
-            match present {
-                true => order.insert((*n, key.as_str()), ())?,
-                false => order.remove((*n, key.as_str()))?,
-            };
-        }
+        write_rows(&mut txn.open_table(COOKIES)?, &layer.cookies)?;
+        write_index(&mut txn.open_table(BY_CREATED)?, &layer.by_created)?;
+        write_rows(&mut txn.open_table(KEYS)?, &layer.keys)?;
+        write_index(&mut txn.open_table(KEYS_BY_EXPIRY)?, &layer.keys_by_expiry)?;
         if let Some(r) = &layer.registry {
             txn.open_table(IDENTITY)?
                 .insert(KEY_REGISTRY, codec::encode(r)?.as_slice())?;
@@ -601,10 +578,35 @@ fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn sorted(rows: &HashMap<String, Row>) -> Vec<(&str, &Row)> {
-    let mut v: Vec<_> = rows.iter().map(|(k, r)| (k.as_str(), r)).collect();
-    v.sort_unstable_by_key(|(k, _)| *k);
-    v
+/// Store or remove each row, in key order: neighbours share pages, so each page is copied
+/// once.
+fn write_rows(
+    table: &mut Table<'_, &'static str, &'static [u8]>,
+    rows: &HashMap<String, Row>,
+) -> Result<(), BoxError> {
+    let mut sorted: Vec<_> = rows.iter().collect();
+    sorted.sort_unstable_by_key(|(k, _)| k.as_str());
+    for (key, row) in sorted {
+        match row {
+            Some(v) => table.insert(key.as_str(), v.as_slice())?,
+            None => table.remove(key.as_str())?,
+        };
+    }
+    Ok(())
+}
+
+/// Add or remove each index key (a `BTreeMap`: already in order).
+fn write_index(
+    table: &mut Table<'_, (u64, &'static str), ()>,
+    keys: &BTreeMap<IndexKey, bool>,
+) -> Result<(), BoxError> {
+    for ((n, key), present) in keys {
+        match present {
+            true => table.insert((*n, key.as_str()), ())?,
+            false => table.remove((*n, key.as_str()))?,
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
