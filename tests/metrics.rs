@@ -24,6 +24,26 @@ fn parse(text: &str) -> (HashMap<String, String>, HashMap<String, f64>) {
     (types, values)
 }
 
+/// Scrape `node`'s metrics every 100 ms until `done` (types, values, text) says so; fail
+/// with `what` after 20 s.
+async fn poll_metrics(
+    c: &Cluster,
+    node: usize,
+    what: &str,
+    done: impl Fn(&HashMap<String, String>, &HashMap<String, f64>, &str) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = send(c.client.get(format!("{}/metrics", c.url(node)))).await;
+        let (types, v) = parse(&r.text);
+        if done(&types, &v, &r.text) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_names_labels_types_and_counts() {
     let c = Cluster::start(3, FAST_RAFT).await;
@@ -165,55 +185,39 @@ async fn metrics_names_labels_types_and_counts() {
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
-        let (types, v) = parse(&r.text);
+    poll_metrics(&c, leader, "no peer health series", |types, v, text| {
         assert_eq!(v.get(r#"raft_state{field="is_leader"}"#), Some(&1.0));
         let count = |prefix: &str| v.keys().filter(|k| k.starts_with(prefix)).count();
-        if count("raft_peer_reachable{") == 2 {
-            assert_eq!(types["raft_peer_reachable"], "gauge");
-            assert_eq!(types["raft_replication_lag_entries"], "gauge");
-            assert_eq!(types["raft_quorum_ack_age_milliseconds"], "gauge");
-            assert!(
-                v.contains_key("raft_quorum_ack_age_milliseconds"),
-                "{}",
-                r.text
-            );
-            assert_eq!(count("raft_replication_lag_entries{"), 2, "{}", r.text);
-            let peer = format!("node{}", follower + 1);
-            assert_eq!(v[&format!("raft_peer_reachable{{peer=\"{peer}\"}}")], 1.0);
-            break;
+        if count("raft_peer_reachable{") != 2 {
+            return false;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no peer health series: {}",
-            r.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        assert_eq!(types["raft_peer_reachable"], "gauge");
+        assert_eq!(types["raft_replication_lag_entries"], "gauge");
+        assert_eq!(types["raft_quorum_ack_age_milliseconds"], "gauge");
+        assert!(v.contains_key("raft_quorum_ack_age_milliseconds"), "{text}");
+        assert_eq!(count("raft_replication_lag_entries{"), 2, "{text}");
+        let peer = format!("node{}", follower + 1);
+        assert_eq!(v[&format!("raft_peer_reachable{{peer=\"{peer}\"}}")], 1.0);
+        true
+    })
+    .await;
 
     // The state machine's flush thread writes the applied writes to sm.redb within about a
     // second (FLUSH_INTERVAL), after which nothing applied is left unwritten.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
-        let (types, v) = parse(&r.text);
-        assert_eq!(types["raft_sm_flushes_total"], "counter");
-        assert_eq!(types["raft_sm_flush_failures_total"], "counter");
-        assert_eq!(types["raft_sm_unflushed_entries"], "gauge");
-        assert_eq!(types["raft_sm_last_flush_seconds"], "gauge");
-        assert_eq!(v["raft_sm_flush_failures_total"], 0.0, "{}", r.text);
-        if v["raft_sm_flushes_total"] >= 1.0 && v["raft_sm_unflushed_entries"] == 0.0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "applied writes never flushed: {}",
-            r.text
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    poll_metrics(
+        &c,
+        leader,
+        "applied writes never flushed",
+        |types, v, text| {
+            assert_eq!(types["raft_sm_flushes_total"], "counter");
+            assert_eq!(types["raft_sm_flush_failures_total"], "counter");
+            assert_eq!(types["raft_sm_unflushed_entries"], "gauge");
+            assert_eq!(types["raft_sm_last_flush_seconds"], "gauge");
+            assert_eq!(v["raft_sm_flush_failures_total"], 0.0, "{text}");
+            v["raft_sm_flushes_total"] >= 1.0 && v["raft_sm_unflushed_entries"] == 0.0
+        },
+    )
+    .await;
 }
 
 /// A write sent to a follower with `X-Request-Id` can be followed into the leader's log:

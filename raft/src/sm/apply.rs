@@ -67,12 +67,7 @@ impl Records for Tables<'_> {
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>, BoxError> {
-        match self.view.record(Some(&self.batch), id)? {
-            Some(v) => Ok(Some(
-                Record::decode(&v).ok_or("corrupt record in the state machine")?,
-            )),
-            None => Ok(None),
-        }
+        self.view.get(Some(&self.batch), id)
     }
 
     /// Store `rec` under `id` and index it.

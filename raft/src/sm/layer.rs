@@ -87,7 +87,7 @@ impl Layer {
         self.count_delta += newer.count_delta;
         self.bytes += newer.bytes;
         self.entries += newer.entries;
-        self.since = self.since.or(newer.since).or_else(|| Some(Instant::now()));
+        self.since.get_or_insert_with(Instant::now);
     }
 
     pub(super) fn rows(&self) -> usize {

@@ -54,6 +54,7 @@ use super::tables::{
 };
 use crate::codec;
 use crate::identity::Registry;
+use crate::record::Record;
 use crate::types::NodeId;
 use crate::BoxError;
 
@@ -189,6 +190,11 @@ impl View {
         }
     }
 
+    /// A record, decoded.
+    pub(super) fn get(&self, top: Option<&Layer>, id: &str) -> Result<Option<Record>, BoxError> {
+        decode_record(self.record(top, id)?)
+    }
+
     pub(super) fn has_record(&self, top: Option<&Layer>, id: &str) -> Result<bool, BoxError> {
         match in_layers(self.stack(top), cookies, id) {
             Some(row) => Ok(row.is_some()),
@@ -262,6 +268,16 @@ impl View {
             Some(a) => Ok(a.index),
             None => Ok(super::tables::applied_in(&self.txn)?.map_or(0, |l| l.index)),
         }
+    }
+}
+
+/// A stored record's bytes, decoded.
+pub(super) fn decode_record(row: Row) -> Result<Option<Record>, BoxError> {
+    match row {
+        Some(v) => Ok(Some(
+            Record::decode(&v).ok_or("corrupt record in the state machine")?,
+        )),
+        None => Ok(None),
     }
 }
 

@@ -16,12 +16,11 @@ use bytes::Bytes;
 use redb::Database;
 use tokio::sync::mpsc;
 
-use super::overlay::{Index, Merge, View};
+use super::overlay::{decode_record, Index, Merge, View};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::order_key;
 use crate::cache::{Cache, CachedRecord, Ticket};
 use crate::chunks::{ChannelWriter, Chunk};
-use crate::record::Record;
 use crate::BoxError;
 
 /// Bytes per chunk of a streamed list: large enough that a chunk's overhead (a channel send,
@@ -84,7 +83,7 @@ fn write_rows(
         if count == limit {
             return Ok(last);
         }
-        let rec = decode(view.record(None, &id)?)?.ok_or("index names a missing record")?;
+        let rec = view.get(None, &id)?.ok_or("index names a missing record")?;
         if count > 0 {
             out.write_all(b",")?;
         }
@@ -92,15 +91,6 @@ fn write_rows(
         last = Some(id);
     }
     Ok(None)
-}
-
-fn decode(row: Option<Vec<u8>>) -> Result<Option<Record>, BoxError> {
-    match row {
-        Some(v) => Ok(Some(
-            Record::decode(&v).ok_or("corrupt record in the state machine")?,
-        )),
-        None => Ok(None),
-    }
 }
 
 impl StoreReader {
@@ -136,7 +126,7 @@ impl StoreReader {
             return Ok((Some(hit), CacheStatus::Hit));
         }
         let ticket = self.cache.ticket(id);
-        let Some(rec) = decode(self.db.record(id)?)? else {
+        let Some(rec) = decode_record(self.db.record(id)?)? else {
             return Ok((None, CacheStatus::Miss));
         };
         let cached = CachedRecord {
@@ -182,7 +172,7 @@ impl StoreReader {
         let view = self.db.view()?;
         let start = match after {
             None => Bound::Unbounded,
-            Some(a) => match decode(view.record(None, a)?)? {
+            Some(a) => match view.get(None, a)? {
                 Some(rec) => Bound::Excluded((order_key(rec.created), a.to_owned())),
                 None => return Ok(None),
             },
