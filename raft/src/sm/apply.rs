@@ -70,11 +70,10 @@ impl Records for Tables<'_> {
         self.view.get(Some(&self.batch), id)
     }
 
-    /// Store `rec` under `id` and index it.
+    /// Store `rec` under `id` (which holds no record, [`Records::put`]) and index it.
     fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
-        if !self.exists(id)? {
-            self.batch.count_delta += 1;
-        }
+        debug_assert!(!self.exists(id)?, "put over a stored record: {id}");
+        self.batch.count_delta += 1;
         self.batch.put_cookie(id, Some(rec.encode()));
         self.batch
             .by_created
