@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Where the write tail comes from: the measurements of docs/benchmarks.md, "Where the rest
+# of the write tail goes", in one command.
+#
+# Runs `cargo bench --bench load` for creates at CLIENTS (64) against cookie-crud alone and,
+# while it runs:
+#  1. scrapes the leader's `raft_write_batch_seconds` twice, WINDOW (10) seconds apart, and
+#     prints how the entries proposed in between spread from proposal to applied (a late
+#     entry holds up the group-commit batches behind it);
+#  2. with STRACE=1 (needs strace and ptrace rights), times the leader's fdatasync calls for
+#     6 s and prints them per thread: `wal-flush` is the Raft log, `state-flush` sm.redb.
+#
+#   benches/tail.sh                 # BENCH_NODE_BIN=<binary> measures another build
+#   STRACE=1 CLIENTS=256 benches/tail.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLIENTS=${CLIENTS:-64}
+WINDOW=${WINDOW:-10}
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+cargo bench --bench load --no-run >/dev/null 2>&1
+LOAD_SECS=$((WINDOW + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
+  cargo bench --bench load >"$OUT/load.log" 2>&1 &
+BENCH=$!
+
+leader=""
+for _ in $(seq 120); do
+  leader=$(grep -o "leader http://[0-9.:]*" "$OUT/load.log" | head -1 | cut -d' ' -f2 || true)
+  [ -n "$leader" ] && break
+  sleep 1
+done
+[ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
+
+sleep 4
+curl -fsS "$leader/metrics" >"$OUT/before"
+if [ "${STRACE:-0}" = 1 ]; then
+  port=${leader##*:}
+  pid=$(ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  timeout 6 strace -f -T -e trace=fdatasync,fsync -p "$pid" -o "$OUT/strace" 2>/dev/null || true
+  for t in /proc/"$pid"/task/*; do echo "$(basename "$t") $(cat "$t/comm")"; done >"$OUT/threads"
+  sleep $((WINDOW > 6 ? WINDOW - 6 : 0))
+else
+  sleep "$WINDOW"
+fi
+curl -fsS "$leader/metrics" >"$OUT/after"
+wait "$BENCH"
+
+grep '^| creates' "$OUT/load.log" || true
+echo
+echo "entries proposed in ${WINDOW} s, by time from proposal to applied (leader):"
+python3 - "$OUT/before" "$OUT/after" <<'EOF'
+import re, sys
+def buckets(path):
+    pat = re.compile(r'^raft_write_batch_seconds_bucket\{le="([^"]+)"\} (\d+)')
+    return [(m.group(1), int(m.group(2))) for m in map(pat.match, open(path)) if m]
+before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
+cum = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+total = cum[-1][1] or 1
+prev, low = 0, "0"
+for le, n in cum:
+    if n - prev:
+        print(f"  {low:>6}-{le:<6} s: {n - prev:7d}  {100 * (n - prev) / total:5.1f}%")
+    prev, low = n, le
+EOF
+
+if [ -f "$OUT/strace" ]; then
+  echo
+  echo "fdatasync on the leader over 6 s, per thread (ms):"
+  python3 - "$OUT/strace" "$OUT/threads" <<'EOF'
+import re, sys, collections
+names = dict(l.split(None, 1) for l in open(sys.argv[2]).read().splitlines() if " " in l)
+times = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    m = re.match(r"(\d+)\s.*<([\d.]+)>$", line.strip())
+    if m:
+        times[m.group(1)].append(float(m.group(2)) * 1000)
+for tid, v in sorted(times.items(), key=lambda kv: -len(kv[1])):
+    v.sort()
+    q = lambda p: v[min(len(v) - 1, int(len(v) * p))]
+    print(f"  {names.get(tid, tid):<16} {len(v):6d} calls  p50 {q(0.5):6.2f}  p99 {q(0.99):6.2f}  max {v[-1]:6.2f}")
+EOF
+fi
