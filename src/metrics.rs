@@ -150,13 +150,6 @@ impl Metrics {
         for reason in SNAPSHOT_INSTALL_FAILURES {
             snapshot_install_failures.with_label_values(&[reason]);
         }
-        let data_dir_bytes = IntGauge::new(
-            "data_dir_bytes",
-            "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots",
-        )
-        .expect("valid metric");
-        r.register(Box::new(data_dir_bytes.clone()))
-            .expect("unique metric");
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
@@ -171,17 +164,6 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(http_duration.clone()))
             .expect("unique metric");
-        let uptime = Gauge::new("service_uptime_seconds", "Seconds since the node started")
-            .expect("valid metric");
-        r.register(Box::new(uptime.clone())).expect("unique metric");
-        let cache_entries =
-            IntGauge::new("cache_entries", "Entries in the read cache").expect("valid metric");
-        r.register(Box::new(cache_entries.clone()))
-            .expect("unique metric");
-        let cache_bytes = IntGauge::new("cache_bytes", "Bytes of ids and JSON in the read cache")
-            .expect("valid metric");
-        r.register(Box::new(cache_bytes.clone()))
-            .expect("unique metric");
         Arc::new(Metrics {
             http_requests: counter_vec(&r, "http_requests_total", "HTTP requests", &["method", "endpoint", "status"]),
             http_duration,
@@ -193,9 +175,9 @@ impl Metrics {
             cache_puts: counter(&r, "cache_puts_total", "Cache fills"),
             cache_deletes: counter(&r, "cache_deletes_total", "Entries invalidated by applied writes"),
             cache_evictions: counter(&r, "cache_evictions_total", "Entries evicted (expired or over the cap)"),
-            cache_entries,
-            cache_bytes,
-            uptime,
+            cache_entries: int_gauge(&r, "cache_entries", "Entries in the read cache"),
+            cache_bytes: int_gauge(&r, "cache_bytes", "Bytes of ids and JSON in the read cache"),
+            uptime: float_gauge(&r, "service_uptime_seconds", "Seconds since the node started"),
             db_file_bytes: gauge_vec(&r, "db_file_bytes", "Size of the data files: log (log.redb), sm (sm.redb), wal (the log's segments)", &["file"]),
             raft: gauge_vec(
                 &r,
@@ -213,7 +195,7 @@ impl Metrics {
             members: gauge_vec(&r, "raft_members", "Members in the membership this node knows, by role: voter, learner", &["role"]),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
             snapshot_install_failures,
-            data_dir_bytes,
+            data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
             sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
