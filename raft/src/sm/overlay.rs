@@ -273,12 +273,8 @@ impl View {
 
 /// A stored record's bytes, decoded.
 pub(super) fn decode_record(row: Row) -> Result<Option<Record>, BoxError> {
-    match row {
-        Some(v) => Ok(Some(
-            Record::decode(&v).ok_or("corrupt record in the state machine")?,
-        )),
-        None => Ok(None),
-    }
+    row.map(|v| Record::decode(&v).ok_or_else(|| "corrupt record in the state machine".into()))
+        .transpose()
 }
 
 type Source<'a> = Box<dyn Iterator<Item = Result<(IndexKey, bool), BoxError>> + 'a>;
