@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
+use super::ids::Ids;
 use super::layer::Layer;
 use crate::BoxError;
 
@@ -45,6 +46,9 @@ pub(super) struct Current {
     /// `begin_read` waits while a durable commit holds its header lock (milliseconds, for
     /// each flush), so reads and `apply` never call it; the flush that commits opens the next.
     pub txn: Arc<ReadTransaction>,
+    /// Which ids `db` may hold (`ids`), built by the flush thread; `None` until it has been,
+    /// and after an install: then every question goes to `db`.
+    pub ids: Option<Arc<Ids>>,
 }
 
 impl Current {
@@ -54,6 +58,7 @@ impl Current {
             db,
             active: Arc::default(),
             frozen: None,
+            ids: None,
         })
     }
 }

@@ -40,6 +40,7 @@ pub mod dump;
 pub mod files;
 mod format;
 mod handle;
+mod ids;
 mod layer;
 mod overlay;
 mod reader;

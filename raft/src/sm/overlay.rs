@@ -46,6 +46,7 @@ use redb::{
 };
 
 use super::handle::{Current, Db};
+use super::ids::{Ids, Rebuild};
 use super::layer::Row;
 pub(super) use super::layer::{IndexKey, Layer};
 use super::tables::{
@@ -101,6 +102,8 @@ pub(crate) struct View {
     cookies: ReadOnlyTable<&'static str, &'static [u8]>,
     by_created: ReadOnlyTable<(u64, &'static str), ()>,
     txn: Arc<ReadTransaction>,
+    /// Which ids the database may hold, when the flush thread has built the filter.
+    ids: Option<Arc<Ids>>,
     /// Declared last: the transaction is dropped before the database it reads.
     _db: Arc<Database>,
 }
@@ -108,17 +111,18 @@ pub(crate) struct View {
 impl Db {
     /// The current state as a [`View`].
     pub(super) fn view(&self) -> Result<View, BoxError> {
-        let (layers, db, txn) = self.read(|c| {
+        let (layers, db, txn, ids) = self.read(|c| {
             let layers = std::iter::once(c.active.clone())
                 .chain(c.frozen.clone())
                 .collect::<Vec<_>>();
-            (layers, c.db.clone(), c.txn.clone())
+            (layers, c.db.clone(), c.txn.clone(), c.ids.clone())
         });
         Ok(View {
             layers,
             cookies: txn.open_table(COOKIES)?,
             by_created: txn.open_table(BY_CREATED)?,
             txn,
+            ids,
             _db: db,
         })
     }
@@ -195,9 +199,12 @@ impl View {
         decode_record(self.record(top, id)?)
     }
 
+    /// Whether a record `id` is stored: a create's question. Most ids asked about are new,
+    /// and the filter of ids answers those without a B-tree lookup (`ids`).
     pub(super) fn has_record(&self, top: Option<&Layer>, id: &str) -> Result<bool, BoxError> {
         match in_layers(self.stack(top), cookies, id) {
             Some(row) => Ok(row.is_some()),
+            None if self.ids.as_ref().is_some_and(|ids| !ids.may_hold(id)) => Ok(false),
             None => Ok(self.cookies.get(id)?.is_some()),
         }
     }
@@ -477,10 +484,16 @@ impl Overlay {
     }
 
     fn run(self) {
+        // A filter of ids being built: this thread's alone, and dropped (cancelled) with it.
+        let mut rebuild: Option<Rebuild> = None;
         loop {
             let stop = {
                 let mut p = self.progress();
-                while !p.wanted && !p.stop && !self.db.read(|c| c.active.old()) {
+                while !p.wanted
+                    && !p.stop
+                    && !self.db.read(|c| c.active.old())
+                    && !rebuild.as_ref().is_some_and(Rebuild::is_finished)
+                {
                     p = self.wait(p);
                 }
                 p.wanted = false;
@@ -489,7 +502,11 @@ impl Overlay {
             // Everything, when stopping: a clean shutdown leaves nothing to apply again.
             loop {
                 let started = Instant::now();
-                let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.flush_once()));
+                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let written = self.flush_once(&mut rebuild);
+                    self.publish_ids(&mut rebuild);
+                    written
+                }));
                 let failed = !matches!(written, Ok(Ok(_)));
                 let mut p = self.progress();
                 match written {
@@ -526,17 +543,24 @@ impl Overlay {
 
     /// Freeze the active layer (unless a frozen one waits from a failed try) and write it.
     /// Returns the index now written, `None` when there was nothing to write.
-    fn flush_once(&self) -> Result<Option<u64>, BoxError> {
-        let (frozen, db) = self.db.write(|c| {
+    fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<u64>, BoxError> {
+        let (frozen, db, ids) = self.db.write(|c| {
             if c.frozen.is_none() && !c.active.is_empty() {
                 c.frozen = Some(std::mem::take(&mut c.active));
             }
-            (c.frozen.clone(), c.db.clone())
+            (c.frozen.clone(), c.db.clone(), c.ids.clone())
         });
         let Some(frozen) = frozen else {
             return Ok(None);
         };
         let started = Instant::now();
+        // Before the commit: a reader that sees the records must find their ids (`ids`).
+        if let Some(ids) = &ids {
+            ids.add_layer(&frozen);
+        }
+        if let Some(r) = rebuild {
+            r.note(&frozen);
+        }
         write_layer(&db, &frozen)?;
         // The state readers see next: opened here, once per flush, not by each reader.
         let txn = Arc::new(db.begin_read()?);
@@ -550,11 +574,42 @@ impl Overlay {
             let same = c.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, &frozen));
             if same {
                 c.frozen = None;
-                c.txn = txn;
+                c.txn = txn.clone();
             }
             same
         });
+        if current && rebuild.is_none() && ids.as_ref().is_none_or(|ids| ids.is_full()) {
+            match Rebuild::start(db, txn) {
+                Ok(r) => *rebuild = Some(r),
+                Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
+            }
+        }
         Ok(current.then_some(frozen.applied.map(|a| a.index)).flatten())
+    }
+
+    /// Publish the filter of ids if its build has finished, unless an install has replaced
+    /// the database it covers meanwhile. Called between this thread's commits: every layer
+    /// committed since the scanned transaction has been noted (`ids`).
+    fn publish_ids(&self, rebuild: &mut Option<Rebuild>) {
+        if !rebuild.as_ref().is_some_and(Rebuild::is_finished) {
+            return;
+        }
+        let Some(r) = rebuild.take() else { return };
+        match r.finish() {
+            Ok((db, ids)) => {
+                let ids = Arc::new(ids);
+                let published = self.db.write(|c| {
+                    let same = Arc::ptr_eq(&c.db, &db);
+                    if same {
+                        c.ids = Some(ids);
+                    }
+                    same
+                });
+                tracing::debug!(published, "filter of stored ids built");
+            }
+            // Until the next flush starts another build, creates ask sm.redb.
+            Err(e) => tracing::warn!("building the filter of stored ids: {e}"),
+        }
     }
 }
 

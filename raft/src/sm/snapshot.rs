@@ -774,4 +774,169 @@ mod tests {
         assert_eq!(ident_a.expected(3), None);
         assert_eq!(ident_a.registry().members.len(), 2);
     }
+
+    /// A create must find every stored id, wherever it is: in a layer, in `sm.redb` behind
+    /// the filter of ids (`ids`), after the filter is rebuilt for growth (the tests' filters
+    /// hold 16 ids, so 300 records rebuild it several times), after a restart and after an
+    /// install replaced the file. One id the filter missed would be a record overwritten.
+    #[tokio::test]
+    async fn a_stored_id_is_never_created_again_through_flushes_installs_and_restarts() {
+        use crate::command::{CmdResult, Command};
+        let create = |i: u64, prefix: &str| {
+            let json = format!(r#"{{"cookie":"{prefix}{i:03}","user_id":{}}}"#, i + 1);
+            Command::create(json.as_bytes(), 1000 + i).unwrap()
+        };
+        // Creates of ids `prefix`000..count as entries from `first` on, in batches of 25,
+        // each batch flushed to the file; the answers, in order.
+        async fn apply_all(
+            sm: &mut StateMachine,
+            first: u64,
+            cmds: Vec<crate::command::Command>,
+        ) -> Vec<CmdResult> {
+            let mut results = Vec::new();
+            let mut index = first;
+            for batch in cmds.chunks(25) {
+                let entries: Vec<_> = batch
+                    .iter()
+                    .map(|cmd| {
+                        index += 1;
+                        entry(index, cmd.clone())
+                    })
+                    .collect();
+                for r in sm.apply(entries).await.unwrap() {
+                    results.extend(r.results);
+                }
+                sm.overlay.flush_all().unwrap();
+            }
+            results
+        }
+        let stored = |r: &[CmdResult]| r.iter().all(|r| matches!(r, CmdResult::Stored { .. }));
+        let refused = |r: &[CmdResult]| r.iter().all(|r| *r == CmdResult::AlreadyExists);
+        let has_filter = |sm: &StateMachine| sm.db.read(|c| c.ids.is_some());
+        // A filter is built on a thread of its own: published at a later wake of the flush
+        // thread (every 100 ms at most).
+        async fn filter_built(sm: &StateMachine) -> bool {
+            for _ in 0..500 {
+                if sm.db.read(|c| c.ids.is_some()) {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            false
+        }
+
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(d1.path());
+        let firsts: Vec<_> = (0..300).map(|i| create(i, "a")).collect();
+        assert!(stored(&apply_all(&mut a, 0, firsts.clone()).await));
+        assert!(filter_built(&a).await, "the flushes built a filter");
+        assert!(refused(&apply_all(&mut a, 300, firsts.clone()).await));
+
+        // Restarted: the first flush builds the filter from the file.
+        drop(a);
+        let mut a = open(d1.path());
+        let more: Vec<_> = (0..30).map(|i| create(i, "more")).collect();
+        assert!(stored(&apply_all(&mut a, 600, more).await));
+        assert!(filter_built(&a).await);
+        assert!(refused(&apply_all(&mut a, 630, firsts.clone()).await));
+
+        // Installed over a state of other ids: the new file's ids are found, the old ones
+        // are gone.
+        let snap = a.snapshot_builder().build_snapshot().await.unwrap();
+        let data = bytes(snap.snapshot).await;
+        let mut b = open(d2.path());
+        let others: Vec<_> = (0..300).map(|i| create(i, "b")).collect();
+        assert!(stored(&apply_all(&mut b, 0, others.clone()).await));
+        assert!(filter_built(&b).await);
+        let file = received(&b, &data).await;
+        b.install(&snap.meta, file).await.unwrap();
+        assert!(!has_filter(&b), "an install drops the old file's filter");
+        let next = snap.meta.last_log_id.unwrap().index;
+        assert!(refused(&apply_all(&mut b, next, firsts).await));
+        assert!(filter_built(&b).await);
+        assert!(stored(&apply_all(&mut b, next + 300, others).await));
+    }
+
+    /// The same while the flush thread commits layers beside `apply` rather than between
+    /// batches: each round creates new ids and re-creates two earlier rounds', whichever of
+    /// the layers and the file holds them by then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stored_ids_stay_found_while_the_flush_thread_runs_beside_apply() {
+        use crate::command::{CmdResult, Command};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let round = |r: u64| -> Vec<Command> {
+            (0..400)
+                .map(|i| {
+                    let json = format!(r#"{{"cookie":"r{r}-{i}","user_id":1}}"#);
+                    Command::create(json.as_bytes(), 1).unwrap()
+                })
+                .collect()
+        };
+        // 50,000 records first, so the filter is sized for 100,000 and the rounds' 32,000 new
+        // ids are added to it at each flush rather than rebuilt into a new one.
+        let preload: Vec<Command> = (0..50_000)
+            .map(|i| Command::create(format!(r#"{{"cookie":"p{i}","user_id":1}}"#).as_bytes(), 1))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        sm.apply(vec![openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: openraft::EntryPayload::Normal(crate::types::Request { cmds: preload }),
+        }])
+        .await
+        .unwrap();
+        sm.overlay.flush_all().unwrap();
+        for _ in 0..500 {
+            if sm.db.read(|c| c.ids.is_some()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(sm.db.read(|c| c.ids.is_some()), "the flush built a filter");
+        let flushes = sm.overlay.stats().flushes;
+        let mut index = 1;
+        for r in 0..80u64 {
+            let mut cmds = round(r);
+            // The last round's ids, likely still in a layer, and an older round's, likely in
+            // the file by now.
+            if r > 0 {
+                cmds.extend(round(r - 1));
+                cmds.extend(round(r / 2));
+            }
+            // One entry per 40 commands, so the flush thread (every 1,000 entries or 8,192
+            // rows) is at work during some of the rounds.
+            let entries: Vec<_> = cmds
+                .chunks(40)
+                .map(|c| {
+                    index += 1;
+                    openraft::Entry {
+                        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                        payload: openraft::EntryPayload::Normal(crate::types::Request {
+                            cmds: c.to_vec(),
+                        }),
+                    }
+                })
+                .collect();
+            let results: Vec<_> = sm
+                .apply(entries)
+                .await
+                .unwrap()
+                .into_iter()
+                .flat_map(|r| r.results)
+                .collect();
+            let (new, again) = results.split_at(400);
+            assert!(new.iter().all(|r| matches!(r, CmdResult::Stored { .. })));
+            assert!(
+                again.iter().all(|r| *r == CmdResult::AlreadyExists),
+                "round {r}: a stored id was created again"
+            );
+            // The flush thread flushes on its own schedule; these make sure some rounds
+            // meet ids that have moved from the layers into the file.
+            if r % 10 == 5 {
+                sm.overlay.flush_all().unwrap();
+            }
+        }
+        assert!(sm.overlay.stats().flushes >= flushes + 8);
+        assert_eq!(sm.reader().count().unwrap(), 50_000 + 80 * 400);
+    }
 }
