@@ -4,9 +4,10 @@
 #
 # Runs `cargo bench --bench load` for creates at CLIENTS (64) against cookie-crud alone and,
 # while it runs:
-#  1. scrapes the leader's `raft_write_batch_seconds` twice, WINDOW (10) seconds apart, and
-#     prints how the entries proposed in between spread from proposal to applied (a late
-#     entry holds up the group-commit batches behind it);
+#  1. scrapes the leader's metrics twice, WINDOW (10) seconds apart, and prints how the
+#     writes in between spread by their wait for a group-commit batch
+#     (`raft_write_queue_seconds`), and the entries by time from proposal to applied
+#     (`raft_write_batch_seconds`; a late entry holds up the batches behind it);
 #  2. with STRACE=1 (needs strace and ptrace rights), times the leader's fdatasync calls for
 #     6 s and prints them per thread: `wal-flush` is the Raft log, `state-flush` sm.redb.
 #
@@ -48,20 +49,27 @@ wait "$BENCH"
 
 grep '^| creates' "$OUT/load.log" || true
 echo
-echo "entries proposed in ${WINDOW} s, by time from proposal to applied (leader):"
-python3 - "$OUT/before" "$OUT/after" <<'EOF'
+python3 - "$OUT/before" "$OUT/after" "$WINDOW" <<'EOF'
 import re, sys
-def buckets(path):
-    pat = re.compile(r'^raft_write_batch_seconds_bucket\{le="([^"]+)"\} (\d+)')
-    return [(m.group(1), int(m.group(2))) for m in map(pat.match, open(path)) if m]
-before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
-cum = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
-total = cum[-1][1] or 1
-prev, low = 0, "0"
-for le, n in cum:
-    if n - prev:
-        print(f"  {low:>6}-{le:<6} s: {n - prev:7d}  {100 * (n - prev) / total:5.1f}%")
-    prev, low = n, le
+before, after, window = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3]
+def value(text, series):
+    m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+def spread(name, what):
+    pat = re.compile("^" + name + r'_bucket\{le="([^"]+)"\} (\d+)', re.M)
+    b, a = pat.findall(before), pat.findall(after)
+    cum = [(le, int(x) - int(y)) for (le, x), (_, y) in zip(a, b)]
+    total = cum[-1][1] or 1
+    mean = (value(after, name + "_sum") - value(before, name + "_sum")) / total
+    print(f"{what} in {window} s on the leader: {total}, mean {mean * 1000:.2f} ms")
+    prev, low = 0, "0"
+    for le, n in cum:
+        if n - prev:
+            print(f"  {low:>6}-{le:<6} s: {n - prev:7d}  {100 * (n - prev) / total:5.1f}%")
+        prev, low = n, le
+spread("raft_write_queue_seconds", "writes, by their wait in the queue for a batch")
+print()
+spread("raft_write_batch_seconds", "entries, by time from proposal to applied")
 EOF
 
 if [ -f "$OUT/strace" ]; then

@@ -69,6 +69,7 @@ pub struct Metrics {
     /// applied on the leader.
     pub write_batch_commands: Histogram,
     pub write_batch_seconds: Histogram,
+    pub write_queue_seconds: Histogram,
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.
     pub write_dropped: IntCounter,
@@ -204,6 +205,8 @@ impl Metrics {
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
             write_batch_seconds: histogram(&r, "raft_write_batch_seconds", "Time from proposing a group-commit entry to its being applied (leader only)",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            write_queue_seconds: histogram(&r, "raft_write_queue_seconds", "Time a client write waited in group commit's queue before it was taken into a batch (leader only)",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
             registry: r,

@@ -96,6 +96,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_snapshots_built_total", "counter"),
         ("raft_write_batch_commands", "histogram"),
         ("raft_write_batch_seconds", "histogram"),
+        ("raft_write_queue_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -182,6 +183,8 @@ async fn metrics_names_labels_types_and_counts() {
     let entries = v["raft_write_batch_commands_count"];
     assert!((1.0..=5.0).contains(&entries), "{}", r.text);
     assert_eq!(v["raft_write_batch_seconds_count"], entries, "{}", r.text);
+    // Each write's wait for its entry, once per write.
+    assert_eq!(v["raft_write_queue_seconds_count"], 5.0, "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.

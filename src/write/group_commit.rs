@@ -64,6 +64,8 @@ struct Pending {
     reply: Reply,
     /// After this it is dropped rather than proposed.
     deadline: Instant,
+    /// When it was offered: its wait for a batch is `raft_write_queue_seconds`.
+    queued: Instant,
     /// Its place among the [`QUEUE`] that may wait; given back when it leaves the queue.
     _place: OwnedSemaphorePermit,
 }
@@ -111,6 +113,7 @@ impl GroupCommit {
             cmd,
             reply,
             deadline,
+            queued: Instant::now(),
             _place: place,
         };
         // Never full: every item in it holds one of the QUEUE places.
@@ -214,6 +217,14 @@ async fn run(
         }
         if gathered.group.is_empty() {
             continue;
+        }
+        // How long the group waited: with `raft_write_batch_seconds`, where a write's time
+        // on the leader goes (waiting for a slot, or in its entry).
+        let formed = Instant::now();
+        for p in &gathered.group {
+            metrics
+                .write_queue_seconds
+                .observe((formed - p.queued).as_secs_f64());
         }
         // Each command's place in the queue is given back here, as it leaves it.
         let (cmds, replies): (Vec<_>, Vec<_>) =
