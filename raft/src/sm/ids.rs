@@ -88,11 +88,7 @@ impl Ids {
     /// Add the ids `layer` stores (a record put; a removal needs nothing): before the layer
     /// is committed.
     pub(super) fn add_layer(&self, layer: &Layer) {
-        for (id, row) in &layer.cookies {
-            if row.is_some() {
-                self.add(id);
-            }
-        }
+        layer.stored_ids().for_each(|id| self.add(id));
     }
 
     /// `false`: the database this filter covers holds no record `id`. `true`: it may.
@@ -138,13 +134,7 @@ impl Rebuild {
 
     /// The ids `layer` stores, which the scan may not have seen: before it is committed.
     pub(super) fn note(&mut self, layer: &Layer) {
-        self.since.extend(
-            layer
-                .cookies
-                .iter()
-                .filter(|(_, row)| row.is_some())
-                .map(|(id, _)| id.as_str().into()),
-        );
+        self.since.extend(layer.stored_ids().map(Box::from));
     }
 
     pub(super) fn is_finished(&self) -> bool {

@@ -58,6 +58,14 @@ impl Layer {
         self.cookies.insert(id.to_owned(), row);
     }
 
+    /// The ids of the records this layer stores (not the ones it removes).
+    pub(super) fn stored_ids(&self) -> impl Iterator<Item = &str> {
+        self.cookies
+            .iter()
+            .filter(|(_, row)| row.is_some())
+            .map(|(id, _)| id.as_str())
+    }
+
     pub(super) fn put_key(&mut self, key: &str, row: Row) {
         self.bytes += key.len() + row.as_ref().map_or(0, Vec::len) + 64;
         self.keys.insert(key.to_owned(), row);

@@ -591,10 +591,9 @@ impl Overlay {
     /// the database it covers meanwhile. Called between this thread's commits: every layer
     /// committed since the scanned transaction has been noted (`ids`).
     fn publish_ids(&self, rebuild: &mut Option<Rebuild>) {
-        if !rebuild.as_ref().is_some_and(Rebuild::is_finished) {
+        let Some(r) = rebuild.take_if(|r| r.is_finished()) else {
             return;
-        }
-        let Some(r) = rebuild.take() else { return };
+        };
         match r.finish() {
             Ok((db, ids)) => {
                 let ids = Arc::new(ids);

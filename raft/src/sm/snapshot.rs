@@ -775,6 +775,18 @@ mod tests {
         assert_eq!(ident_a.registry().members.len(), 2);
     }
 
+    /// Whether a filter of ids is published within 10 s. It is built on a thread of its own
+    /// and published at a later wake of the flush thread (every 100 ms at most).
+    async fn filter_built(sm: &StateMachine) -> bool {
+        for _ in 0..500 {
+            if sm.db.read(|c| c.ids.is_some()) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// A create must find every stored id, wherever it is: in a layer, in `sm.redb` behind
     /// the filter of ids (`ids`), after the filter is rebuilt for growth (the tests' filters
     /// hold 16 ids, so 300 records rebuild it several times), after a restart and after an
@@ -813,17 +825,6 @@ mod tests {
         let stored = |r: &[CmdResult]| r.iter().all(|r| matches!(r, CmdResult::Stored { .. }));
         let refused = |r: &[CmdResult]| r.iter().all(|r| *r == CmdResult::AlreadyExists);
         let has_filter = |sm: &StateMachine| sm.db.read(|c| c.ids.is_some());
-        // A filter is built on a thread of its own: published at a later wake of the flush
-        // thread (every 100 ms at most).
-        async fn filter_built(sm: &StateMachine) -> bool {
-            for _ in 0..500 {
-                if sm.db.read(|c| c.ids.is_some()) {
-                    return true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            false
-        }
 
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = open(d1.path());
@@ -886,13 +887,7 @@ mod tests {
         .await
         .unwrap();
         sm.overlay.flush_all().unwrap();
-        for _ in 0..500 {
-            if sm.db.read(|c| c.ids.is_some()) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(sm.db.read(|c| c.ids.is_some()), "the flush built a filter");
+        assert!(filter_built(&sm).await, "the flush built a filter");
         let flushes = sm.overlay.stats().flushes;
         let mut index = 1;
         for r in 0..80u64 {
