@@ -37,7 +37,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use support::{cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
+use support::{context_switches, cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -621,6 +621,8 @@ struct Run {
     /// CPU seconds the servers and the load generator (this process) used in the phase.
     server_cpu: f64,
     gen_cpu: f64,
+    /// Context switches of the servers' threads in the phase.
+    server_switches: u64,
 }
 
 impl Run {
@@ -640,6 +642,9 @@ impl Run {
     }
     fn server_us(&self) -> f64 {
         self.server_cpu * 1e6 / self.sent().max(1) as f64
+    }
+    fn switches_per_req(&self) -> f64 {
+        self.server_switches as f64 / self.sent().max(1) as f64
     }
     fn gen_us(&self) -> f64 {
         self.gen_cpu * 1e6 / self.sent().max(1) as f64
@@ -670,6 +675,7 @@ async fn run(
     }
     let me = [std::process::id()];
     let (gen_before, server_before) = (cpu_seconds(&me), cpu_seconds(server_pids));
+    let switches_before = context_switches(server_pids);
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let rec = Arc::new(Recorder::new(start, secs.max(1) as usize));
@@ -703,6 +709,7 @@ async fn run(
         cpu_seconds(&me) - gen_before,
         cpu_seconds(server_pids) - server_before,
     );
+    let server_switches = context_switches(server_pids).saturating_sub(switches_before);
     let (all, per_sec) = rec.merge();
     Run {
         sys,
@@ -713,6 +720,7 @@ async fn run(
         per_sec,
         server_cpu,
         gen_cpu,
+        server_switches,
     }
 }
 
@@ -837,11 +845,11 @@ fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
         cfg.http.name(),
         cfg.threads
     );
-    println!("| workload | clients | system | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | server CPU µs/req | load gen CPU µs/req |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | clients | system | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | server CPU µs/req | server switches/req | load gen CPU µs/req |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {:.1} | {:.1} |",
             r.work.name(),
             r.clients,
             r.sys.name(),
@@ -854,6 +862,7 @@ fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
             r.all.non2xx,
             r.all.errors,
             r.server_us(),
+            r.switches_per_req(),
             r.gen_us()
         );
     }

@@ -91,6 +91,27 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// Context switches (voluntary and not) of every live thread of `pids` so far. A thread
+/// that has exited is not counted, so take the difference over a phase whose threads
+/// outlive it (the servers' workers and flush threads do; a blocking-pool thread that
+/// retires mid-phase takes its count with it). Each switch is a thread hop: a wake-up of
+/// a parked worker, a wait for the disk or for a lock. On a shared machine they are
+/// steadier per request than throughput, so a change that removes hops shows there.
+pub fn context_switches(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .flat_map(|tasks| tasks.flatten())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// `n` cookie-crud nodes forming one cluster; `extra` is TOML appended to every config.
 /// The nodes keep the default `worker_threads` (one per core), as users get them; one
 /// thread per node was within noise on the compare bench (docs/benchmarks.md).
