@@ -205,6 +205,35 @@ fn cap_entries(entries: &mut Vec<Entry<TypeConfig>>, budget: usize) -> Option<Lo
 
 type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
 
+/// The most bytes read of a Raft RPC's answer (and of the peer listener's other small
+/// answers). They are a bincode `Result` of a few dozen bytes, or a short JSON error:
+/// anything longer is not a cookie-crud peer answering (a stale address now served by
+/// something else), and is refused before it is buffered.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The most bytes of one body between peers, either way: the peer listener's request
+/// limit (batches of entries, snapshot chunks, forwarded writes), and the bound on a
+/// forwarded batch's answer (its records, which can be as large as the batch's writes).
+pub const MAX_PEER_BODY_BYTES: usize = 256 << 20;
+
+/// The body of `resp`, refused once it passes `limit` bytes: by its declared length before
+/// reading, else as its chunks arrive. Every answer a peer sends is read through this:
+/// bytes from the network are bounded before they are buffered.
+pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> std::io::Result<Vec<u8>> {
+    let too_long = || std::io::Error::other(format!("the answer is longer than {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(std::io::Error::other)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Answers that say the peer refuses this node, not that a request failed: unauthorized,
 /// misdirected, or an identity mismatch.
 fn lasting_refusal(status: reqwest::StatusCode) -> bool {
@@ -264,8 +293,7 @@ impl Conn {
                 self.identity.observe(self.target, inc);
             }
         }
-        let bytes = resp
-            .bytes()
+        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if !status.is_success() {
@@ -355,6 +383,81 @@ mod tests {
         }
     }
 
+    /// A server that answers every request with `body_len` bytes of body: with its length
+    /// declared (`chunked` false) or as chunks of unknown total.
+    async fn oversized_answerer(body_len: usize, chunked: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // The request is small: its head and body arrive within a few reads.
+                    let mut buf = vec![0u8; 64 << 10];
+                    let _ = sock.read(&mut buf).await;
+                    let chunk = vec![b'x'; 64 << 10];
+                    let head = if chunked {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n")
+                    };
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut sent = 0;
+                    while sent < body_len {
+                        let n = chunk.len().min(body_len - sent);
+                        let framed = if chunked {
+                            let mut f = format!("{n:x}\r\n").into_bytes();
+                            f.extend_from_slice(&chunk[..n]);
+                            f.extend_from_slice(b"\r\n");
+                            f
+                        } else {
+                            chunk[..n].to_vec()
+                        };
+                        if sock.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                    }
+                    if chunked {
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// An answer longer than [`MAX_RESPONSE_BYTES`] (a stale address now served by
+    /// something else) is refused as a network error, whether it declares its length or
+    /// streams chunks, rather than buffered whole and then found undecodable.
+    #[tokio::test]
+    async fn an_oversized_answer_is_refused_before_it_is_buffered() {
+        for chunked in [false, true] {
+            let addr = oversized_answerer(4 * MAX_RESPONSE_BYTES, chunked).await;
+            let mut conn = Conn {
+                client: PeerHttp::new(None).unwrap(),
+                secret: None,
+                target: 2,
+                addr,
+                identity: Arc::new(Identity::new(1, 1, false)),
+            };
+            let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            let err = conn
+                .vote(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .expect_err("an oversized answer is not a vote");
+            match err {
+                RPCError::Network(e) => assert!(
+                    e.to_string().contains("longer than"),
+                    "chunked {chunked}: {e}"
+                ),
+                other => panic!("chunked {chunked}: {other}"),
+            }
+        }
+    }
+
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
         let cmd = Command::Create {
             id: String::new(),
@@ -390,12 +493,13 @@ mod tests {
     }
 
     /// The default cap and the largest group-commit batch fit the Raft routes' body limit
-    /// (256 MiB in the root crate's router) with room for the request's framing.
+    /// (the root crate's router uses `MAX_PEER_BODY_BYTES`) with room for the request's
+    /// framing.
     #[test]
     fn the_default_cap_leaves_room_under_the_body_limit() {
         const LARGEST_BATCH: usize = 2 << 20;
         const LARGEST_COMMAND: usize = 1 << 20;
-        assert!(MAX_APPEND_BYTES + LARGEST_BATCH.max(LARGEST_COMMAND) < (256 << 20) / 2);
+        assert!(MAX_APPEND_BYTES + LARGEST_BATCH.max(LARGEST_COMMAND) < MAX_PEER_BODY_BYTES / 2);
     }
 
     /// An override wins; then the membership's peer address; a member from a membership

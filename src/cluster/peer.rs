@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::codec;
+use cookie_raft::network::{read_capped, MAX_PEER_BODY_BYTES, MAX_RESPONSE_BYTES};
 use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
 use super::proto::{
@@ -95,8 +96,8 @@ impl PeerClient {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        // A batch's answer carries its records: as large as the writes, at most.
+        let bytes = read_capped(resp, MAX_PEER_BODY_BYTES)
             .await
             .map_err(|e| PeerError::MaybeSent(e.to_string()))?;
         if !status.is_success() {
@@ -122,7 +123,9 @@ impl PeerClient {
             .await
             .map_err(|e| maybe(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| maybe(e.to_string()))?;
+        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| maybe(e.to_string()))?;
         if !status.is_success() {
             return Err(maybe(format!("read-index answered {status}")));
         }
@@ -152,8 +155,7 @@ impl PeerClient {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| ChangeError::Unfinished(e.to_string()))?;
         if !status.is_success() {
@@ -187,6 +189,9 @@ impl PeerClient {
         if !resp.status().is_success() {
             return Err(maybe(format!("{path} answered {}", resp.status())));
         }
-        resp.json().await.map_err(|e| maybe(e.to_string()))
+        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| maybe(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| maybe(e.to_string()))
     }
 }

@@ -24,7 +24,7 @@ use crate::cluster::proto::{
 };
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
-const RAFT_BODY_LIMIT: usize = 256 << 20;
+const RAFT_BODY_LIMIT: usize = cookie_raft::network::MAX_PEER_BODY_BYTES;
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
