@@ -47,6 +47,7 @@ pub mod command;
 pub mod durable;
 pub mod identity;
 pub mod inbox;
+pub mod link;
 pub mod log;
 pub mod member;
 pub mod network;

@@ -1,9 +1,11 @@
 //! Raft RPCs over HTTP: `POST /raft/{append,vote,snapshot}` with bincode bodies.
 //!
-//! One pooled reqwest client serves every peer (the factory hands out cheap clones). The
-//! server answers 200 with a bincode `Result<Resp, RaftError>`; a connection that cannot be
-//! made is `Unreachable` (openraft backs off instead of hot-looping); anything else is a
-//! `Network` error. Each request names its target node id in [`RAFT_TARGET_HEADER`], so a
+//! Each peer's RPCs go over a [`Link`] of their own: one HTTP/1.1 connection driven by the
+//! task that calls (`link.rs` says why). The server answers 200 with a bincode
+//! `Result<Resp, RaftError>`; a connection that cannot be made is `Unreachable` (openraft
+//! backs off instead of hot-looping); anything else is a `Network` error. [`PeerHttp`], a
+//! pooled reqwest client, carries the other node-to-node requests (forwarded writes,
+//! read-index, membership changes, probes). Each request names its target node id in [`RAFT_TARGET_HEADER`], so a
 //! misconfigured address that reaches the wrong node is refused rather than obeyed.
 
 use std::collections::BTreeMap;
@@ -24,7 +26,9 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::identity::{self, Identity, INCARNATION_HEADER};
+use crate::link::{Link, LinkError, Post};
 use crate::types::{CookieNode, NodeId, TypeConfig};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 /// Header naming the node id an RPC is meant for.
 pub const RAFT_TARGET_HEADER: &str = "x-raft-target";
@@ -65,8 +69,9 @@ impl AddressBook {
     }
 }
 
-/// The network factory: one shared HTTP client, the address book, an optional secret and
-/// this node's identity (every request names sender and target incarnations).
+/// The network factory: the TLS settings for each peer's link (in `client`), the address
+/// book, an optional secret and this node's identity (every request names sender and
+/// target incarnations).
 #[derive(Clone)]
 pub struct Network {
     client: PeerHttp,
@@ -83,6 +88,8 @@ pub struct Network {
 pub struct PeerHttp {
     client: reqwest::Client,
     scheme: &'static str,
+    /// The TLS config the client was built with: Raft's own links use it too.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Make ring the process's rustls crypto provider, once. reqwest is built without a
@@ -104,10 +111,10 @@ impl PeerHttp {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30));
-        let (builder, scheme) = match tls {
+        let (builder, scheme) = match &tls {
             Some(config) => (
                 builder
-                    .tls_backend_preconfigured((*config).clone())
+                    .tls_backend_preconfigured(rustls::ClientConfig::clone(config))
                     .https_only(true),
                 "https",
             ),
@@ -116,6 +123,7 @@ impl PeerHttp {
         Ok(PeerHttp {
             client: builder.build()?,
             scheme,
+            tls,
         })
     }
 
@@ -146,12 +154,13 @@ impl Network {
     }
 }
 
-/// A connection to one peer. Creating it never connects: that happens per request.
+/// A connection to one peer: its own [`Link`], opened on the first RPC (creating a `Conn`
+/// never connects). `Err`: the peer's address cannot be used (no such host name for TLS,
+/// bytes a header cannot carry), reported by every RPC.
 pub struct Conn {
-    client: PeerHttp,
+    link: Result<Link, String>,
     secret: Option<String>,
     target: NodeId,
-    addr: String,
     identity: Arc<Identity>,
 }
 
@@ -159,11 +168,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
     async fn new_client(&mut self, target: NodeId, node: &CookieNode) -> Conn {
+        let addr = self.book.resolve(target, node);
         Conn {
-            client: self.client.clone(),
+            link: Link::new(&addr, self.client.tls.clone()).map_err(|e| e.to_string()),
             secret: self.secret.clone(),
             target,
-            addr: self.book.resolve(target, node),
             identity: self.identity.clone(),
         }
     }
@@ -245,8 +254,31 @@ fn lasting_refusal(status: reqwest::StatusCode) -> bool {
 }
 
 impl Conn {
+    /// The headers of every RPC: the target, the body's type, the peer credential and
+    /// this node's identity.
+    fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        let value = |v: &str| HeaderValue::from_str(v).map_err(|e| e.to_string());
+        let mut headers = vec![
+            (
+                HeaderName::from_static(RAFT_TARGET_HEADER),
+                HeaderValue::from(self.target),
+            ),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+        ];
+        if let Some(secret) = &self.secret {
+            headers.push((AUTHORIZATION, value(&format!("Bearer {secret}"))?));
+        }
+        for (name, v) in self.identity.request_headers(self.target) {
+            headers.push((HeaderName::from_static(name), value(&v)?));
+        }
+        Ok(headers)
+    }
+
     async fn call<Req, Resp, E>(
-        &self,
+        &mut self,
         path: &str,
         req: &Req,
         timeout: Duration,
@@ -256,36 +288,37 @@ impl Conn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let url = self.client.url(&self.addr, path);
-        let mut request = self
-            .client
-            .client()
-            .post(url)
-            .timeout(timeout)
-            .header(RAFT_TARGET_HEADER, self.target.to_string())
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        if let Some(secret) = &self.secret {
-            request = request.bearer_auth(secret);
-        }
-        for (name, value) in self.identity.request_headers(self.target) {
-            request = request.header(name, value);
-        }
-        let resp = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
+        let network = |e: &dyn std::fmt::Display| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
+        let body = codec::encode(req).map_err(|e| network(&e))?;
+        let headers = self.headers().map_err(|e| network(&e))?;
+        let link = match &mut self.link {
+            Ok(link) => link,
+            // An address that cannot work backs off like a peer that is down.
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
             }
+        };
+        let post = Post {
+            path,
+            headers: &headers,
+            body: body.into(),
+            limit: MAX_RESPONSE_BYTES,
+        };
+        let answer = link.post(&post, timeout).await.map_err(|e| match e {
+            LinkError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            LinkError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
         })?;
-        let status = resp.status();
+        let status = answer.status;
         // A member that served a request is not an empty node (those serve only a sender
         // that names them): its incarnation is one the registrar may register. A refusal's
         // is never taken, or a wiped node could name itself.
         if status.is_success() {
-            if let Some(inc) = resp
-                .headers()
+            if let Some(inc) = answer
+                .headers
                 .get(INCARNATION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(identity::parse_hex)
@@ -293,9 +326,7 @@ impl Conn {
                 self.identity.observe(self.target, inc);
             }
         }
-        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = answer.body;
         if !status.is_success() {
             // Errors name the RPC by its last segment (`append`), as they always have.
             let name = path.rsplit('/').next().unwrap_or(path);
@@ -315,7 +346,7 @@ impl Conn {
             });
         }
         let result: Result<Resp, RaftError<NodeId, E>> =
-            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode(&bytes).map_err(|e| network(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -437,10 +468,9 @@ mod tests {
         for chunked in [false, true] {
             let addr = oversized_answerer(4 * MAX_RESPONSE_BYTES, chunked).await;
             let mut conn = Conn {
-                client: PeerHttp::new(None).unwrap(),
+                link: Ok(Link::new(&addr, None).unwrap()),
                 secret: None,
                 target: 2,
-                addr,
                 identity: Arc::new(Identity::new(1, 1, false)),
             };
             let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
