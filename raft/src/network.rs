@@ -5,8 +5,9 @@
 //! `Result<Resp, RaftError>`; a connection that cannot be made is `Unreachable` (openraft
 //! backs off instead of hot-looping); anything else is a `Network` error. [`PeerHttp`], a
 //! pooled reqwest client, carries the other node-to-node requests (forwarded writes,
-//! read-index, membership changes, probes). Each request names its target node id in [`RAFT_TARGET_HEADER`], so a
-//! misconfigured address that reaches the wrong node is refused rather than obeyed.
+//! read-index, membership changes, probes). Each request names its target node id in
+//! [`RAFT_TARGET_HEADER`], so a misconfigured address that reaches the wrong node is
+//! refused rather than obeyed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -226,8 +227,8 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 pub const MAX_PEER_BODY_BYTES: usize = 256 << 20;
 
 /// The body of `resp`, refused once it passes `limit` bytes: by its declared length before
-/// reading, else as its chunks arrive. Every answer a peer sends is read through this:
-/// bytes from the network are bounded before they are buffered.
+/// reading, else as its chunks arrive. Every answer `PeerHttp` brings back is read through
+/// this (Raft's own RPCs go through `Link`, which bounds its answers the same way).
 pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> std::io::Result<Vec<u8>> {
     let too_long = || std::io::Error::other(format!("the answer is longer than {limit} bytes"));
     if resp.content_length().is_some_and(|n| n > limit as u64) {
