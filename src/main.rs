@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use cookie_crud::config::{Config, LogFormat};
 use cookie_crud::tls::Tls;
+use cookie_raft::network::{read_capped, MAX_RESPONSE_BYTES};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc, not glibc's malloc: a write allocates and frees many small buffers (request,
@@ -294,7 +295,13 @@ fn leave(cfg: &Config) -> ExitCode {
                 req = req.bearer_auth(t);
             }
             let answer = match req.send().await {
-                Ok(r) => Ok((r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) => {
+                    let status = r.status();
+                    // A membership answer is a short JSON object: read no more than a bound.
+                    let body = read_capped(r, MAX_RESPONSE_BYTES).await;
+                    let body = body.unwrap_or_else(|e| e.to_string().into_bytes());
+                    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+                }
                 Err(e) => Err(e.to_string()),
             };
             match answer {

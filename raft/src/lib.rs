@@ -21,7 +21,9 @@
 //! sm/reader.rs      StoreReader: get, the streamed list, page, count for the HTTP layer
 //! cache.rs          the per-node TTL read cache, invalidated by apply
 //! chunks.rs         a body written on the blocking pool, streamed through a bounded channel
-//! network.rs        Raft RPCs over HTTP with one pooled reqwest client
+//! capped.rs         a peer's answer read with a bound on its length
+//! link.rs           one HTTP/1.1 connection to one peer, driven by the task that calls
+//! network.rs        Raft RPCs over a Link per peer; reqwest for the peer listener's rest
 //! inbox.rs          inbound snapshot chunks: bounded, in order, validated before install
 //! identity.rs       a node's incarnation and the cluster's registry: a node whose data
 //!                   was lost cannot come back as the member it was
@@ -41,6 +43,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cache;
+pub mod capped;
 pub mod chunks;
 pub mod codec;
 pub mod command;

@@ -31,6 +31,8 @@ use hyper_util::rt::TokioIo;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpStream;
 
+use crate::capped::Capped;
+
 /// How long a connection may take to open before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -295,21 +297,14 @@ where
 /// A body's bytes, refused once they pass `limit`.
 async fn collect(mut body: hyper::body::Incoming, limit: usize) -> Result<Bytes, String> {
     use hyper::body::Body as _;
-    let too_long = || format!("the answer is longer than {limit} bytes");
-    if body.size_hint().lower() > limit as u64 {
-        return Err(too_long());
-    }
-    let mut out = Vec::new();
+    let mut out = Capped::new(body.size_hint().lower(), limit).map_err(|e| e.to_string())?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(too_long());
-            }
-            out.extend_from_slice(&data);
+            out.push(&data).map_err(|e| e.to_string())?;
         }
     }
-    Ok(out.into())
+    Ok(out.into_bytes().into())
 }
 
 #[cfg(test)]

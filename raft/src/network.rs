@@ -25,6 +25,7 @@ use openraft::{Entry, EntryPayload, LogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::capped::Capped;
 use crate::codec;
 use crate::identity::{self, Identity, INCARNATION_HEADER};
 use crate::link::{Link, LinkError, Post};
@@ -159,10 +160,62 @@ impl Network {
 /// never connects). `Err`: the peer's address cannot be used (no such host name for TLS,
 /// bytes a header cannot carry), reported by every RPC.
 pub struct Conn {
-    link: Result<Link, String>,
-    secret: Option<String>,
+    ready: Result<Ready, String>,
     target: NodeId,
     identity: Arc<Identity>,
+}
+
+/// A usable peer: its link, and the headers of its next RPC. The first `fixed` of them (the
+/// target, the body's type, the peer credential) are the same for every RPC, so they are
+/// built once; only this node's identity headers, which change as the registry learns the
+/// peer's incarnation, are rebuilt per RPC.
+struct Ready {
+    link: Link,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    fixed: usize,
+}
+
+impl Ready {
+    fn new(
+        addr: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        secret: Option<&str>,
+        target: NodeId,
+    ) -> Result<Self, String> {
+        let link = Link::new(addr, tls).map_err(|e| e.to_string())?;
+        let mut headers = vec![
+            (
+                HeaderName::from_static(RAFT_TARGET_HEADER),
+                HeaderValue::from(target),
+            ),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+        ];
+        if let Some(secret) = secret {
+            let mut value = HeaderValue::from_str(&format!("Bearer {secret}"))
+                .map_err(|e| format!("the peer secret cannot be sent as a header: {e}"))?;
+            value.set_sensitive(true);
+            headers.push((AUTHORIZATION, value));
+        }
+        let fixed = headers.len();
+        Ok(Ready {
+            link,
+            headers,
+            fixed,
+        })
+    }
+
+    /// The headers of the next RPC: the fixed ones, then `identity`'s.
+    fn headers(&mut self, identity: Vec<(&'static str, String)>) -> Result<(), String> {
+        self.headers.truncate(self.fixed);
+        for (name, v) in identity {
+            let v = HeaderValue::from_str(&v).map_err(|e| e.to_string())?;
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+        Ok(())
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -170,9 +223,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &CookieNode) -> Conn {
         let addr = self.book.resolve(target, node);
+        let tls = self.client.tls.clone();
         Conn {
-            link: Link::new(&addr, self.client.tls.clone()).map_err(|e| e.to_string()),
-            secret: self.secret.clone(),
+            ready: Ready::new(&addr, tls, self.secret.as_deref(), target),
             target,
             identity: self.identity.clone(),
         }
@@ -230,18 +283,12 @@ pub const MAX_PEER_BODY_BYTES: usize = 256 << 20;
 /// reading, else as its chunks arrive. Every answer `PeerHttp` brings back is read through
 /// this (Raft's own RPCs go through `Link`, which bounds its answers the same way).
 pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> std::io::Result<Vec<u8>> {
-    let too_long = || std::io::Error::other(format!("the answer is longer than {limit} bytes"));
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(too_long());
-    }
-    let mut body = Vec::new();
+    let mut body =
+        Capped::new(resp.content_length().unwrap_or(0), limit).map_err(std::io::Error::other)?;
     while let Some(chunk) = resp.chunk().await.map_err(std::io::Error::other)? {
-        if body.len() + chunk.len() > limit {
-            return Err(too_long());
-        }
-        body.extend_from_slice(&chunk);
+        body.push(&chunk).map_err(std::io::Error::other)?;
     }
-    Ok(body)
+    Ok(body.into_bytes())
 }
 
 /// Answers that say the peer refuses this node, not that a request failed: unauthorized,
@@ -255,29 +302,6 @@ fn lasting_refusal(status: reqwest::StatusCode) -> bool {
 }
 
 impl Conn {
-    /// The headers of every RPC: the target, the body's type, the peer credential and
-    /// this node's identity.
-    fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        let value = |v: &str| HeaderValue::from_str(v).map_err(|e| e.to_string());
-        let mut headers = vec![
-            (
-                HeaderName::from_static(RAFT_TARGET_HEADER),
-                HeaderValue::from(self.target),
-            ),
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-        ];
-        if let Some(secret) = &self.secret {
-            headers.push((AUTHORIZATION, value(&format!("Bearer {secret}"))?));
-        }
-        for (name, v) in self.identity.request_headers(self.target) {
-            headers.push((HeaderName::from_static(name), value(&v)?));
-        }
-        Ok(headers)
-    }
-
     async fn call<Req, Resp, E>(
         &mut self,
         path: &str,
@@ -293,9 +317,8 @@ impl Conn {
             RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         };
         let body = codec::encode(req).map_err(|e| network(&e))?;
-        let headers = self.headers().map_err(|e| network(&e))?;
-        let link = match &mut self.link {
-            Ok(link) => link,
+        let ready = match &mut self.ready {
+            Ok(ready) => ready,
             // An address that cannot work backs off like a peer that is down.
             Err(e) => {
                 return Err(RPCError::Unreachable(Unreachable::new(
@@ -303,9 +326,13 @@ impl Conn {
                 )))
             }
         };
+        ready
+            .headers(self.identity.request_headers(self.target))
+            .map_err(|e| network(&e))?;
+        let Ready { link, headers, .. } = ready;
         let post = Post {
             path,
-            headers: &headers,
+            headers,
             body: body.into(),
             limit: MAX_RESPONSE_BYTES,
         };
@@ -469,8 +496,7 @@ mod tests {
         for chunked in [false, true] {
             let addr = oversized_answerer(4 * MAX_RESPONSE_BYTES, chunked).await;
             let mut conn = Conn {
-                link: Ok(Link::new(&addr, None).unwrap()),
-                secret: None,
+                ready: Ready::new(&addr, None, None, 2),
                 target: 2,
                 identity: Arc::new(Identity::new(1, 1, false)),
             };
@@ -487,6 +513,41 @@ mod tests {
                 other => panic!("chunked {chunked}: {other}"),
             }
         }
+    }
+
+    /// The fixed headers are built once and kept; the identity headers are replaced on
+    /// every RPC, never appended to the last one's.
+    #[test]
+    fn each_rpc_carries_the_fixed_headers_and_its_own_identity_headers() {
+        let names =
+            |r: &Ready| -> Vec<String> { r.headers.iter().map(|(n, _)| n.to_string()).collect() };
+        let mut ready = Ready::new("127.0.0.1:1", None, Some("s3cret"), 7).unwrap();
+        let identity = Identity::new(1, 0xabc, false);
+        for _ in 0..3 {
+            ready.headers(identity.request_headers(7)).unwrap();
+            let got = names(&ready);
+            let want: Vec<String> = [RAFT_TARGET_HEADER, "content-type", "authorization"]
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    identity
+                        .request_headers(7)
+                        .into_iter()
+                        .map(|(n, _)| n.to_string()),
+                )
+                .collect();
+            assert_eq!(got, want);
+        }
+        let auth = &ready.headers[2].1;
+        assert_eq!(auth.to_str().unwrap(), "Bearer s3cret");
+        assert!(auth.is_sensitive());
+        assert_eq!(ready.headers[0].1.to_str().unwrap(), "7");
+
+        let bad = Ready::new("127.0.0.1:1", None, Some("line\nbreak"), 7);
+        assert!(
+            bad.is_err(),
+            "a secret a header cannot carry is refused up front"
+        );
     }
 
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use cookie_raft::identity::random_id;
+use cookie_raft::network::{read_capped, MAX_RESPONSE_BYTES};
 use cookie_raft::sm::backup::{self, BackupHeader, Origin, RestoreTarget};
 use cookie_raft::sm::dump::{self, DumpReport};
 use cookie_raft::CookieNode;
@@ -57,12 +58,15 @@ pub async fn download(
         };
         if !resp.status().is_success() {
             let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
+            // An error is a short JSON object; a longer answer is cut off, not buffered.
+            let body = read_capped(resp, MAX_RESPONSE_BYTES)
+                .await
+                .unwrap_or_else(|e| e.to_string().into_bytes());
             let err = CtlError::from_answer(&super::client::Answer {
                 endpoint: endpoint.clone(),
                 status,
                 headers: Default::default(),
-                body: body.into_bytes(),
+                body,
             });
             if status == 503 || status.is_server_error() {
                 last = err.to_string();
