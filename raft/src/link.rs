@@ -17,6 +17,7 @@
 //! before any answer arrived (the peer closed it while idle) is sent once more on a fresh
 //! one: Raft's RPCs may be repeated.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use sync_wrapper::SyncWrapper;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::capped::Capped;
 
@@ -121,7 +123,7 @@ impl Link {
 
     /// Send `post`; its answer within `timeout` (connecting included).
     pub async fn post(&mut self, post: &Post<'_>, timeout: Duration) -> Result<Answer, LinkError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let attempt = tokio::time::timeout_at(deadline, self.exchange(post));
         let result = match attempt.await {
             Ok(Err(Retry::Again(_))) => {
@@ -249,6 +251,71 @@ impl Link {
                 handshake(TokioIo::new(tls)).await
             }
         }
+    }
+}
+
+impl Link {
+    /// Whether the link holds an open connection with no exchange left on it: worth
+    /// keeping for the next caller. A cancelled call's connection (busy) or one the peer
+    /// closed is not.
+    fn reusable(&mut self) -> bool {
+        self.open
+            .as_mut()
+            .is_some_and(|o| !o.busy && !o.driver_done())
+    }
+}
+
+/// How many idle links are kept per peer address. A leader's quorum checks hold one link per
+/// voter while a round is out, and rounds overlap only when one outlives its successor's
+/// start, so a few cover it; more would hold sockets a burst opened and never needs again.
+const IDLE_PER_PEER: usize = 4;
+
+/// A link left idle, and when.
+type Kept = (Instant, Link);
+
+/// How long an idle link is kept (reqwest's pool kept its connections 30 s too).
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// Links whose last caller is done with them, by peer address, for the next caller to the
+/// same address. openraft makes a new network client for every election and every quorum
+/// check (each round of linearizable reads, `Raft::get_read_log_id`): without these, each
+/// of them would open, and for TLS peers handshake, a connection per voter and close it
+/// again. Cloning shares the same links.
+#[derive(Clone, Default)]
+pub struct Idle {
+    links: Arc<std::sync::Mutex<HashMap<String, Vec<Kept>>>>,
+}
+
+impl Idle {
+    /// A kept link to `addr`, if one is idle (the most recently kept first).
+    pub fn take(&self, addr: &str) -> Option<Link> {
+        let mut links = self.links.lock().expect("not poisoned");
+        let kept = links.get_mut(addr)?;
+        let link = kept.pop().map(|(_, link)| link);
+        if kept.is_empty() {
+            links.remove(addr);
+        }
+        link
+    }
+
+    /// Keep `link` for the next caller to its address, if its connection can be reused;
+    /// links idle for longer than [`IDLE_FOR`], and the oldest beyond [`IDLE_PER_PEER`] per
+    /// address, are closed.
+    pub fn keep(&self, mut link: Link) {
+        if !link.reusable() {
+            return;
+        }
+        let now = Instant::now();
+        let mut links = self.links.lock().expect("not poisoned");
+        links.retain(|_, kept| {
+            kept.retain(|(at, _)| now.duration_since(*at) < IDLE_FOR);
+            !kept.is_empty()
+        });
+        let kept = links.entry(link.addr.clone()).or_default();
+        if kept.len() == IDLE_PER_PEER {
+            kept.remove(0);
+        }
+        kept.push((now, link));
     }
 }
 
@@ -424,6 +491,67 @@ mod tests {
             );
         }
         assert_eq!(conns.load(Ordering::SeqCst), 5);
+    }
+
+    /// A link kept in `Idle` serves the next caller on its connection; a cancelled call's
+    /// link is not kept, and neither is one that never connected.
+    #[tokio::test]
+    async fn idle_links_are_handed_on_unless_their_call_was_cancelled() {
+        let (addr, conns) = echo_peer(false).await;
+        let idle = Idle::default();
+        for i in 0..5 {
+            let mut link = idle
+                .take(&addr)
+                .unwrap_or_else(|| Link::new(&addr, None).unwrap());
+            assert_eq!(
+                post(&mut link, &format!("/r{i}")).await.unwrap(),
+                format!("/r{i}")
+            );
+            idle.keep(link);
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection for five callers"
+        );
+
+        let mut link = idle.take(&addr).expect("kept");
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), post(&mut link, "/slow"));
+        assert!(cancelled.await.is_err(), "the slow call was still waiting");
+        idle.keep(link);
+        assert!(idle.take(&addr).is_none(), "a busy connection is not kept");
+        idle.keep(Link::new(&addr, None).unwrap());
+        assert!(
+            idle.take(&addr).is_none(),
+            "nothing to keep without a connection"
+        );
+    }
+
+    /// At most `IDLE_PER_PEER` links are kept per address; the oldest go first.
+    #[tokio::test]
+    async fn idle_links_are_bounded_per_peer() {
+        let (addr, conns) = echo_peer(false).await;
+        let idle = Idle::default();
+        let mut links = Vec::new();
+        for _ in 0..IDLE_PER_PEER + 2 {
+            let mut link = Link::new(&addr, None).unwrap();
+            post(&mut link, "/a").await.unwrap();
+            links.push(link);
+        }
+        for link in links {
+            idle.keep(link);
+        }
+        let mut kept = 0;
+        while let Some(mut link) = idle.take(&addr) {
+            post(&mut link, "/b").await.unwrap();
+            kept += 1;
+        }
+        assert_eq!(kept, IDLE_PER_PEER);
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            IDLE_PER_PEER + 2,
+            "no new connection"
+        );
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::capped::Capped;
 use crate::codec;
 use crate::identity::{self, Identity, INCARNATION_HEADER};
-use crate::link::{Link, LinkError, Post};
+use crate::link::{Idle, Link, LinkError, Post};
 use crate::types::{CookieNode, NodeId, TypeConfig};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
@@ -80,6 +80,8 @@ pub struct Network {
     secret: Option<String>,
     book: AddressBook,
     identity: Arc<Identity>,
+    /// Links the dropped `Conn`s left open, for the next ones to the same peers.
+    idle: Idle,
 }
 
 /// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
@@ -152,17 +154,29 @@ impl Network {
             secret,
             book,
             identity,
+            idle: Idle::default(),
         }
     }
 }
 
-/// A connection to one peer: its own [`Link`], opened on the first RPC (creating a `Conn`
-/// never connects). `Err`: the peer's address cannot be used (no such host name for TLS,
-/// bytes a header cannot carry), reported by every RPC.
+/// A connection to one peer: a [`Link`] of its own while it lives, one an earlier `Conn`
+/// left idle or else a new one that connects on the first RPC (creating a `Conn` never
+/// connects). Dropped, it leaves its link to the next (see [`Idle`]). `Err`: the peer's
+/// address cannot be used (no such host name for TLS, bytes a header cannot carry),
+/// reported by every RPC.
 pub struct Conn {
     ready: Result<Ready, String>,
     target: NodeId,
     identity: Arc<Identity>,
+    idle: Idle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Ok(ready) = std::mem::replace(&mut self.ready, Err(String::new())) {
+            self.idle.keep(ready.link);
+        }
+    }
 }
 
 /// A usable peer: its link, and the headers of its next RPC. The first `fixed` of them (the
@@ -177,12 +191,11 @@ struct Ready {
 
 impl Ready {
     fn new(
-        addr: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        link: Result<Link, LinkError>,
         secret: Option<&str>,
         target: NodeId,
     ) -> Result<Self, String> {
-        let link = Link::new(addr, tls).map_err(|e| e.to_string())?;
+        let link = link.map_err(|e| e.to_string())?;
         let mut headers = vec![
             (
                 HeaderName::from_static(RAFT_TARGET_HEADER),
@@ -223,11 +236,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &CookieNode) -> Conn {
         let addr = self.book.resolve(target, node);
-        let tls = self.client.tls.clone();
+        let link = match self.idle.take(&addr) {
+            Some(link) => Ok(link),
+            None => Link::new(&addr, self.client.tls.clone()),
+        };
         Conn {
-            ready: Ready::new(&addr, tls, self.secret.as_deref(), target),
+            ready: Ready::new(link, self.secret.as_deref(), target),
             target,
             identity: self.identity.clone(),
+            idle: self.idle.clone(),
         }
     }
 }
@@ -496,9 +513,10 @@ mod tests {
         for chunked in [false, true] {
             let addr = oversized_answerer(4 * MAX_RESPONSE_BYTES, chunked).await;
             let mut conn = Conn {
-                ready: Ready::new(&addr, None, None, 2),
+                ready: Ready::new(Link::new(&addr, None), None, 2),
                 target: 2,
                 identity: Arc::new(Identity::new(1, 1, false)),
+                idle: Idle::default(),
             };
             let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
             let err = conn
@@ -521,7 +539,7 @@ mod tests {
     fn each_rpc_carries_the_fixed_headers_and_its_own_identity_headers() {
         let names =
             |r: &Ready| -> Vec<String> { r.headers.iter().map(|(n, _)| n.to_string()).collect() };
-        let mut ready = Ready::new("127.0.0.1:1", None, Some("s3cret"), 7).unwrap();
+        let mut ready = Ready::new(Link::new("127.0.0.1:1", None), Some("s3cret"), 7).unwrap();
         let identity = Identity::new(1, 0xabc, false);
         for _ in 0..3 {
             ready.headers(identity.request_headers(7)).unwrap();
@@ -543,7 +561,7 @@ mod tests {
         assert!(auth.is_sensitive());
         assert_eq!(ready.headers[0].1.to_str().unwrap(), "7");
 
-        let bad = Ready::new("127.0.0.1:1", None, Some("line\nbreak"), 7);
+        let bad = Ready::new(Link::new("127.0.0.1:1", None), Some("line\nbreak"), 7);
         assert!(
             bad.is_err(),
             "a secret a header cannot carry is refused up front"
