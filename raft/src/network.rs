@@ -568,6 +568,112 @@ mod tests {
         );
     }
 
+    /// A peer that grants every vote, over keep-alive connections; its address and a count
+    /// of the connections it accepted.
+    async fn vote_granter() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        let ok: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+            vote: openraft::Vote::new(1, 1),
+            vote_granted: true,
+            last_log_id: None,
+        });
+        let body = codec::encode(&ok).unwrap();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut sock = tokio::io::BufReader::new(sock);
+                    loop {
+                        let mut len = 0;
+                        loop {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut req = vec![0u8; len];
+                        if sock.read_exact(&mut req).await.is_err() {
+                            return;
+                        }
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let sock = sock.get_mut();
+                        if sock.write_all(head.as_bytes()).await.is_err()
+                            || sock.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    /// openraft makes a new client for every quorum check (each round of linearizable
+    /// reads) and every election. Each must not cost a new connection per voter: over a
+    /// network of machines that is ~1,000 connects a second under read load, and their
+    /// TIME_WAIT sockets run the ephemeral ports out within a minute.
+    #[tokio::test]
+    async fn a_new_client_reuses_the_connection_an_earlier_one_left() {
+        use std::sync::atomic::Ordering;
+        let (addr, conns) = vote_granter().await;
+        let mut network = Network::new(
+            None,
+            AddressBook::default(),
+            Arc::new(Identity::new(1, 1, false)),
+            PeerHttp::new(None).unwrap(),
+        );
+        let node = CookieNode::new("127.0.0.1:1", addr.clone(), "node2");
+        for _ in 0..10 {
+            let mut conn = network.new_client(2, &node).await;
+            let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            let got = conn
+                .vote(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert!(got.vote_granted);
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "ten clients, one connection"
+        );
+
+        // Two at once need two connections, and both are kept for later clients.
+        let mut a = network.new_client(2, &node).await;
+        let mut b = network.new_client(2, &node).await;
+        for conn in [&mut a, &mut b] {
+            let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            conn.vote(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+        drop((a, b));
+        for _ in 0..4 {
+            let mut conn = network.new_client(2, &node).await;
+            let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            conn.vote(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
         let cmd = Command::Create {
             id: String::new(),
