@@ -106,16 +106,19 @@ impl Default for RaftTuning {
     }
 }
 
-/// Group commit: how many client writes may share one log entry, and how many entries may
-/// be in flight at once; and how many requests of forwarded writes a follower keeps in
-/// flight to the leader. Fewer in flight means larger batches: on the 2-core bench machine
-/// one entry in flight gave 12-30% more writes/s than two, at a lower p99
-/// (docs/benchmarks.md).
+/// Group commit: how many client writes may share one log entry, how many entries may be
+/// in flight at once, and below what load more than one goes; and how many requests of
+/// forwarded writes a follower keeps in flight to the leader. A second entry in flight
+/// cuts a write's wait when few are outstanding and costs CPU when many are (on the
+/// 2-core bench machine +3-8% writes/s at 16-32 clients, -2-5% at 64-256:
+/// `src/write/window.rs`, docs/benchmarks.md), so it goes only while fewer than
+/// `pipeline_below` writes are outstanding. `pipeline_below = 0` keeps one in flight.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchTuning {
     pub max_commands: usize,
     pub max_inflight: usize,
+    pub pipeline_below: usize,
     pub forward_inflight: usize,
 }
 
@@ -123,7 +126,8 @@ impl Default for BatchTuning {
     fn default() -> Self {
         BatchTuning {
             max_commands: 512,
-            max_inflight: 1,
+            max_inflight: 2,
+            pipeline_below: 24,
             forward_inflight: 4,
         }
     }

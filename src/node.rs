@@ -184,6 +184,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 max_commands: cfg.batch.max_commands,
                 max_bytes: MAX_BATCH_BYTES,
                 max_inflight: cfg.batch.max_inflight,
+                pipeline_below: cfg.batch.pipeline_below,
             },
             forward_inflight: cfg.batch.forward_inflight,
         },

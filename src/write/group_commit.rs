@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
+use super::window::Window;
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
@@ -55,6 +56,9 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// Batches proposed and not yet applied, at most.
     pub max_inflight: usize,
+    /// More than one batch in flight only while fewer writes than this are outstanding
+    /// (waiting for a batch or in one): see [`super::window`].
+    pub pipeline_below: usize,
 }
 
 type Reply = oneshot::Sender<Result<CmdResult, LocalError>>;
@@ -96,11 +100,13 @@ impl GroupCommit {
         tasks: &Tasks,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn("group commit", run(cluster, rx, limits, metrics));
-        GroupCommit {
-            tx,
-            places: Arc::new(Semaphore::new(QUEUE)),
-        }
+        let places = Arc::new(Semaphore::new(QUEUE));
+        let queued = Queued {
+            rx,
+            places: places.clone(),
+        };
+        tasks.spawn("group commit", run(cluster, queued, limits, metrics));
+        GroupCommit { tx, places }
     }
 
     /// Offer `cmd` to this node's Raft and wait for its outcome until `deadline`.
@@ -177,14 +183,19 @@ fn answer_all(replies: Vec<Reply>, outcome: Result<Vec<CmdResult>, LocalError>) 
     }
 }
 
-async fn run(
-    cluster: Cluster,
+/// The task's end of the queue: the commands, and the places they hold (which count them).
+struct Queued {
     rx: mpsc::Receiver<Pending>,
-    limits: BatchLimits,
-    metrics: Arc<Metrics>,
-) {
-    let mut queue = Queue::new(rx, limits.max_inflight);
+    places: Arc<Semaphore>,
+}
+
+async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc<Metrics>) {
+    let mut window = Window::new(limits.max_inflight, limits.pipeline_below);
+    let places = queued.places;
+    // The window decides how many batches go at once; the queue's own slots never bind.
+    let mut queue = Queue::new(queued.rx, limits.max_inflight);
     loop {
+        let mut in_window = window.slot().await;
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
         // Read once the slot is free (the judge runs then), not before waiting for it.
@@ -235,6 +246,8 @@ async fn run(
             continue;
         }
         metrics.write_batch_commands.observe(cmds.len() as f64);
+        in_window.carry(cmds.len());
+        window.proposed(QUEUE - places.available_permits());
         let proposed = Instant::now();
         match cluster.raft.client_write_ff(Request { cmds }).await {
             Ok(receiver) => {
@@ -243,7 +256,7 @@ async fn run(
                 // or Raft stops.
                 tokio::spawn(async move {
                     let answer = receiver.await.ok();
-                    drop(slot);
+                    drop((slot, in_window));
                     metrics
                         .write_batch_seconds
                         .observe(proposed.elapsed().as_secs_f64());

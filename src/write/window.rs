@@ -1,0 +1,203 @@
+//! How many batches group commit keeps in flight, adapting to the load.
+//!
+//! With one batch in flight, a write that arrives just after a batch was proposed waits for
+//! that batch's whole round (append, replication, fsyncs, apply) before its own starts. A
+//! second batch in flight lets it start at once, at the price of a second entry's round:
+//! another AppendEntries per follower, another fsync per node, and smaller batches.
+//!
+//! Which wins depends on the load. With few writes outstanding the batches are small
+//! anyway, the round's latency is the whole cost, and pipelining saves it: on the 2-core
+//! bench machine two in flight gave +4-8% writes/s at 16 clients, with a lower p99. With
+//! many outstanding, each batch is large, the per-entry cost decides, and splitting them
+//! spends CPU the load needs: -3% at 64 clients (docs/benchmarks.md).
+//!
+//! The load is the number of writes outstanding here (waiting for a batch, or in one in
+//! flight), about the number of clients writing at once: it does not depend on how the
+//! writes are batched, so the choice does not feed back on itself. It is averaged over
+//! batches, and the mode changes with hysteresis (pipelining starts below `pipeline_below`
+//! and stops above one and a half times that). Deciding on each batch's own count was
+//! measured worse than either fixed mode near the threshold (-10% at 64 clients with the
+//! threshold at 48): just after a batch is proposed few writes are waiting, so a tiny
+//! second batch went, and the next large one waited behind it.
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Batches in flight, and the commands they carry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    batches: usize,
+    commands: usize,
+}
+
+/// The slots for batches in flight.
+pub struct Window {
+    state: Arc<watch::Sender<InFlight>>,
+    max: usize,
+    pipeline_below: usize,
+    /// The writes outstanding, averaged over the last batches (about eight).
+    load: f64,
+    /// Whether more than one batch may be in flight now.
+    pipelining: bool,
+}
+
+impl Window {
+    /// At most `max` batches in flight (at least one), more than one only while fewer than
+    /// `pipeline_below` writes are outstanding.
+    pub fn new(max: usize, pipeline_below: usize) -> Self {
+        Window {
+            state: Arc::new(watch::Sender::new(InFlight::default())),
+            max: max.max(1),
+            pipeline_below,
+            load: 0.0,
+            pipelining: pipeline_below > 0,
+        }
+    }
+
+    /// Note a batch proposed while `waiting` commands still wait (its own already counted
+    /// in flight by [`Slot::carry`]), and decide the mode for the next.
+    pub fn proposed(&mut self, waiting: usize) {
+        let now = self.state.borrow().commands + waiting;
+        self.load += (now as f64 - self.load) / 8.0;
+        let below = self.pipeline_below as f64;
+        if self.pipelining && self.load > below * 1.5 {
+            self.pipelining = false;
+        } else if !self.pipelining && self.load < below {
+            self.pipelining = true;
+        }
+    }
+
+    /// How many batches may be in flight now.
+    fn allowed(&self) -> usize {
+        if self.pipelining {
+            self.max
+        } else {
+            1
+        }
+    }
+
+    /// A free slot, once there is one: only a batch that ends can free one.
+    pub async fn slot(&self) -> Slot {
+        let mut rx = self.state.subscribe();
+        loop {
+            if rx.borrow_and_update().batches < self.allowed() {
+                break;
+            }
+            // The sender lives in `self`: this never ends with an error while we wait.
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        self.state.send_modify(|s| s.batches += 1);
+        Slot {
+            state: self.state.clone(),
+            commands: 0,
+        }
+    }
+}
+
+/// One batch's place in the window, given back when dropped (its batch applied, failed or
+/// abandoned).
+pub struct Slot {
+    state: Arc<watch::Sender<InFlight>>,
+    commands: usize,
+}
+
+impl Slot {
+    /// The batch in this slot carries `n` commands (counted as outstanding until it ends).
+    pub fn carry(&mut self, n: usize) {
+        let before = self.commands;
+        self.state
+            .send_modify(|s| s.commands = s.commands - before + n);
+        self.commands = n;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let n = self.commands;
+        self.state.send_modify(|s| {
+            s.batches -= 1;
+            s.commands -= n;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn free(window: &Window) -> Option<Slot> {
+        tokio::time::timeout(Duration::from_millis(50), window.slot())
+            .await
+            .ok()
+    }
+
+    /// A batch of `n` proposed with `waiting` left in the queue.
+    fn propose(window: &mut Window, slot: &mut Slot, n: usize, waiting: usize) {
+        slot.carry(n);
+        window.proposed(waiting);
+    }
+
+    #[tokio::test]
+    async fn a_light_load_gets_a_second_batch_in_flight_and_a_heavy_one_waits() {
+        let mut window = Window::new(2, 24);
+        let mut first = free(&window).await.expect("the first slot is always free");
+        propose(&mut window, &mut first, 10, 0);
+        let mut second = free(&window)
+            .await
+            .expect("a second batch under light load");
+        propose(&mut window, &mut second, 5, 0);
+        assert!(free(&window).await.is_none(), "at most max in flight");
+        drop(second);
+        // The load grows to ~60 outstanding: not at once (one busy batch is no trend), but
+        // after a few batches, one at a time.
+        let mut batches = 0;
+        while window.pipelining && batches < 50 {
+            let mut s = free(&window).await.expect("still pipelining");
+            propose(&mut window, &mut s, 40, 10);
+            drop(s);
+            batches += 1;
+        }
+        assert!(
+            (3..50).contains(&batches),
+            "{batches} batches to notice the load"
+        );
+        assert!(free(&window).await.is_none(), "one batch in flight already");
+        // The first batch ends: its slot frees whatever the load.
+        let waiter = tokio::spawn(async move {
+            let slot = window.slot().await;
+            (window, slot)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "waits while a batch is in flight");
+        drop(first);
+        let (mut window, mut slot) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the batch ended")
+            .unwrap();
+        // Load between the thresholds (24..36) keeps the mode; below 24 pipelining resumes.
+        for _ in 0..32 {
+            propose(&mut window, &mut slot, 30, 0);
+            slot.carry(0);
+        }
+        assert!(!window.pipelining, "30 outstanding: no change");
+        for _ in 0..32 {
+            propose(&mut window, &mut slot, 8, 0);
+            slot.carry(0);
+        }
+        assert!(window.pipelining, "8 outstanding: pipelining again");
+        drop(slot);
+        assert_eq!(*window.state.borrow(), InFlight::default());
+    }
+
+    #[tokio::test]
+    async fn pipeline_below_zero_keeps_one_batch_in_flight() {
+        let mut window = Window::new(4, 0);
+        let mut first = free(&window).await.unwrap();
+        propose(&mut window, &mut first, 1, 0);
+        assert!(free(&window).await.is_none());
+    }
+}
