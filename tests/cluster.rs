@@ -446,15 +446,18 @@ async fn a_torn_write_at_the_end_of_the_log_is_cut_and_nothing_acknowledged_is_l
     }
 }
 
-/// A write that times out while it waits behind a batch that cannot commit is dropped, not
-/// proposed minutes later: once a quorum is back, the first (proposed) write may or may not
-/// be applied, but the ones queued behind it never are (issue 12, zombie writes).
+/// A write that times out while it waits behind batches that cannot commit is dropped, not
+/// proposed minutes later: once a quorum is back, the first (proposed) writes may or may not
+/// be applied, but the ones queued behind them never are (issue 12, zombie writes). Group
+/// commit keeps two batches in flight here (pipelining whatever the load), so two writes
+/// are proposed before the rest must queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
     // Long election timeouts: the restarted followers must take the old leader's log, not
     // elect one of their own before its heartbeats reach them.
     let extra = "write_timeout_ms = 1000\n[raft]\nheartbeat_ms = 100\n\
-                 election_timeout_min_ms = 4000\nelection_timeout_max_ms = 5000\n";
+                 election_timeout_min_ms = 4000\nelection_timeout_max_ms = 5000\n\
+                 [batch]\nmax_inflight = 2\npipeline_below = 1000000\n";
     let mut c = Cluster::start(3, extra).await;
     let leader = c.wait_leader(WAIT).await;
     let followers = [(leader + 1) % 3, (leader + 2) % 3];
@@ -467,29 +470,31 @@ async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
         c.kill(f);
     }
     let last_index = |v: Value| v["last_log_index"].as_u64().unwrap_or(0);
-    let before = last_index(c.cluster_info(leader).await);
-    // The first write is proposed and cannot commit; it holds group commit's only slot.
-    let first = {
+    // The first two writes are proposed, one at a time, and cannot commit; they hold
+    // group commit's two slots.
+    let mut first = Vec::new();
+    for id in ["first-0", "first-1"] {
+        let before = last_index(c.cluster_info(leader).await);
         let (client, url) = (c.client.clone(), c.url(leader));
-        tokio::spawn(async move {
+        first.push(tokio::spawn(async move {
             send(
                 client
                     .post(format!("{url}/cookies"))
-                    .json(&json!({"cookie": "first", "user_id": 1})),
+                    .json(&json!({"cookie": id, "user_id": 1})),
             )
             .await
-        })
-    };
-    // Proposed means in the leader's log: only then do the next writes queue behind it.
-    let deadline = std::time::Instant::now() + WAIT;
-    while last_index(c.cluster_info(leader).await) == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first write was never proposed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        }));
+        // Proposed means in the leader's log: only then does the next write go.
+        let deadline = std::time::Instant::now() + WAIT;
+        while last_index(c.cluster_info(leader).await) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} was never proposed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    // These wait behind it, and their clients give up.
+    // These wait behind them, and their clients give up.
     let queued: Vec<_> = (0..5).map(|i| format!("queued-{i}")).collect();
     let replies = futures::future::join_all(
         queued
@@ -500,7 +505,9 @@ async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
     for r in &replies {
         assert_eq!(r.status, 504, "{}", r.text);
     }
-    assert_eq!(first.await.unwrap().status, 504);
+    for f in first {
+        assert_eq!(f.await.unwrap().status, 504);
+    }
 
     for f in followers {
         c.spawn(f);
