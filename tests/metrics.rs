@@ -97,6 +97,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_write_batch_commands", "histogram"),
         ("raft_write_batch_seconds", "histogram"),
         ("raft_write_queue_seconds", "histogram"),
+        ("raft_write_batches_allowed", "gauge"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -185,6 +186,8 @@ async fn metrics_names_labels_types_and_counts() {
     assert_eq!(v["raft_write_batch_seconds_count"], entries, "{}", r.text);
     // Each write's wait for its entry, once per write.
     assert_eq!(v["raft_write_queue_seconds_count"], 5.0, "{}", r.text);
+    // Five writes are a light load: the default window allows two batches in flight.
+    assert_eq!(v["raft_write_batches_allowed"], 2.0, "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.

@@ -194,6 +194,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
     let places = queued.places;
     // The window decides how many batches go at once; the queue's own slots never bind.
     let mut queue = Queue::new(queued.rx, limits.max_inflight);
+    metrics.write_batches_allowed.set(window.allowed() as i64);
     loop {
         let mut in_window = window.slot().await;
         let mut keys: HashSet<String> = HashSet::new();
@@ -248,6 +249,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
         metrics.write_batch_commands.observe(cmds.len() as f64);
         in_window.carry(cmds.len());
         window.proposed(QUEUE - places.available_permits());
+        metrics.write_batches_allowed.set(window.allowed() as i64);
         let proposed = Instant::now();
         match cluster.raft.client_write_ff(Request { cmds }).await {
             Ok(receiver) => {

@@ -68,7 +68,7 @@ impl Window {
     }
 
     /// How many batches may be in flight now.
-    fn allowed(&self) -> usize {
+    pub fn allowed(&self) -> usize {
         if self.pipelining {
             self.max
         } else {
