@@ -12,9 +12,10 @@
 //! command was not proposed. A transport failure is a fact about the whole request: refused
 //! connection means nothing was sent; anything later means every command is unknown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
@@ -87,7 +88,8 @@ impl Forwarder {
 }
 
 async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
-    let mut queue = Queue::new(rx, inflight);
+    let mut queue = Queue::new(rx);
+    let slots = Arc::new(Semaphore::new(inflight));
     // One request goes to one address: jobs for another (older or newer) leader wait for
     // the next request. A job nobody waits for any more is not sent at all.
     loop {
@@ -101,7 +103,12 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, inflight: usize) {
                 Verdict::Take
             }
         };
-        let Some((gathered, slot)) = queue.next(MAX_PER_REQUEST, judge).await else {
+        // A slot first: the requests in flight are bounded, and the jobs that arrive while
+        // they are make the next one larger.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(gathered) = queue.next(MAX_PER_REQUEST, judge).await else {
             return;
         };
         // Dropped jobs' waiters have given up already: dropping their replies is enough.

@@ -192,8 +192,7 @@ struct Queued {
 async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc<Metrics>) {
     let mut window = Window::new(limits.max_inflight, limits.pipeline_below);
     let places = queued.places;
-    // The window decides how many batches go at once; the queue's own slots never bind.
-    let mut queue = Queue::new(queued.rx, limits.max_inflight);
+    let mut queue = Queue::new(queued.rx);
     metrics.write_batches_allowed.set(window.allowed() as i64);
     loop {
         let mut in_window = window.slot().await;
@@ -214,7 +213,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 Verdict::Take
             }
         });
-        let Some((gathered, slot)) = next.await else {
+        let Some(gathered) = next.await else {
             return;
         };
         if !gathered.dropped.is_empty() {
@@ -247,8 +246,11 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
             continue;
         }
         metrics.write_batch_commands.observe(cmds.len() as f64);
-        in_window.carry(cmds.len());
-        window.proposed(QUEUE - places.available_permits());
+        window.proposed(
+            &mut in_window,
+            cmds.len(),
+            QUEUE - places.available_permits(),
+        );
         metrics.write_batches_allowed.set(window.allowed() as i64);
         let proposed = Instant::now();
         match cluster.raft.client_write_ff(Request { cmds }).await {
@@ -258,7 +260,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 // or Raft stops.
                 tokio::spawn(async move {
                     let answer = receiver.await.ok();
-                    drop((slot, in_window));
+                    drop(in_window);
                     metrics
                         .write_batch_seconds
                         .observe(proposed.elapsed().as_secs_f64());

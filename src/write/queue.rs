@@ -8,9 +8,7 @@
 //! anything newer, for the next group.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 /// What to do with the next waiting item.
 pub enum Verdict {
@@ -31,35 +29,33 @@ pub struct Gathered<T> {
     pub dropped: Vec<T>,
 }
 
-/// A queue that yields groups, at most `inflight` outstanding: the next group is formed only
-/// when a slot is free, and waiting for the slot is what lets it fill up.
+/// A queue that yields groups. How many groups may be outstanding is the caller's to bound
+/// (group commit's window, the forwarder's slots): it takes a slot first, then the next
+/// group, so waiting for the slot is what lets the group fill up.
 pub struct Queue<T> {
     rx: mpsc::Receiver<T>,
     carry: VecDeque<T>,
-    slots: Arc<Semaphore>,
 }
 
 impl<T> Queue<T> {
-    pub fn new(rx: mpsc::Receiver<T>, inflight: usize) -> Self {
+    pub fn new(rx: mpsc::Receiver<T>) -> Self {
         Queue {
             rx,
             carry: VecDeque::new(),
-            slots: Arc::new(Semaphore::new(inflight)),
         }
     }
 
-    /// The next group (see [`gather`]) and its slot, to drop once the group is done; `None`
-    /// when every sender is gone.
+    /// The next group (see [`gather`]), once at least one item waits; `None` when every
+    /// sender is gone.
     pub async fn next(
         &mut self,
         max: usize,
         judge: impl FnMut(&T, &[T]) -> Verdict,
-    ) -> Option<(Gathered<T>, OwnedSemaphorePermit)> {
+    ) -> Option<Gathered<T>> {
         if self.carry.is_empty() {
             self.carry.push_back(self.rx.recv().await?);
         }
-        let permit = self.slots.clone().acquire_owned().await.ok()?;
-        Some((gather(&mut self.carry, &mut self.rx, max, judge), permit))
+        Some(gather(&mut self.carry, &mut self.rx, max, judge))
     }
 }
 

@@ -54,9 +54,10 @@ impl Window {
         }
     }
 
-    /// Note a batch proposed while `waiting` commands still wait (its own already counted
-    /// in flight by [`Slot::carry`]), and decide the mode for the next.
-    pub fn proposed(&mut self, waiting: usize) {
+    /// Note that the batch in `slot` was proposed with `commands`, while `waiting` commands
+    /// still wait, and decide the mode for the next.
+    pub fn proposed(&mut self, slot: &mut Slot, commands: usize, waiting: usize) {
+        slot.carry(commands);
         let now = self.state.borrow().commands + waiting;
         self.load += (now as f64 - self.load) / 8.0;
         let below = self.pipeline_below as f64;
@@ -105,7 +106,7 @@ pub struct Slot {
 
 impl Slot {
     /// The batch in this slot carries `n` commands (counted as outstanding until it ends).
-    pub fn carry(&mut self, n: usize) {
+    fn carry(&mut self, n: usize) {
         let before = self.commands;
         self.state
             .send_modify(|s| s.commands = s.commands - before + n);
@@ -135,21 +136,15 @@ mod tests {
             .ok()
     }
 
-    /// A batch of `n` proposed with `waiting` left in the queue.
-    fn propose(window: &mut Window, slot: &mut Slot, n: usize, waiting: usize) {
-        slot.carry(n);
-        window.proposed(waiting);
-    }
-
     #[tokio::test]
     async fn a_light_load_gets_a_second_batch_in_flight_and_a_heavy_one_waits() {
         let mut window = Window::new(2, 24);
         let mut first = free(&window).await.expect("the first slot is always free");
-        propose(&mut window, &mut first, 10, 0);
+        window.proposed(&mut first, 10, 0);
         let mut second = free(&window)
             .await
             .expect("a second batch under light load");
-        propose(&mut window, &mut second, 5, 0);
+        window.proposed(&mut second, 5, 0);
         assert!(free(&window).await.is_none(), "at most max in flight");
         drop(second);
         // The load grows to ~60 outstanding: not at once (one busy batch is no trend), but
@@ -157,7 +152,7 @@ mod tests {
         let mut batches = 0;
         while window.pipelining && batches < 50 {
             let mut s = free(&window).await.expect("still pipelining");
-            propose(&mut window, &mut s, 40, 10);
+            window.proposed(&mut s, 40, 10);
             drop(s);
             batches += 1;
         }
@@ -180,12 +175,12 @@ mod tests {
             .unwrap();
         // Load between the thresholds (24..36) keeps the mode; below 24 pipelining resumes.
         for _ in 0..32 {
-            propose(&mut window, &mut slot, 30, 0);
+            window.proposed(&mut slot, 30, 0);
             slot.carry(0);
         }
         assert!(!window.pipelining, "30 outstanding: no change");
         for _ in 0..32 {
-            propose(&mut window, &mut slot, 8, 0);
+            window.proposed(&mut slot, 8, 0);
             slot.carry(0);
         }
         assert!(window.pipelining, "8 outstanding: pipelining again");
@@ -197,7 +192,7 @@ mod tests {
     async fn pipeline_below_zero_keeps_one_batch_in_flight() {
         let mut window = Window::new(4, 0);
         let mut first = free(&window).await.unwrap();
-        propose(&mut window, &mut first, 1, 0);
+        window.proposed(&mut first, 1, 0);
         assert!(free(&window).await.is_none());
     }
 }
