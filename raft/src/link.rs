@@ -374,14 +374,15 @@ async fn collect(mut body: hyper::body::Incoming, limit: usize) -> Result<Bytes,
     Ok(out.into_bytes().into())
 }
 
+/// A peer for tests, here and in `network`: it speaks just enough HTTP/1.1 to answer.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_peer {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// Read one request's head and body; its path, or None at the end of the stream.
     async fn read_request(sock: &mut TcpStream) -> Option<String> {
@@ -407,10 +408,13 @@ mod tests {
         Some(head.split_whitespace().nth(1)?.to_owned())
     }
 
-    /// A peer that answers each request with its path as the body: `/slow` after 300 ms;
+    /// The body a peer answers a request for a path with.
+    pub type Answer = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+    /// A peer that answers each request 200 with `answer`'s body, `/slow` after 300 ms;
     /// with `close_after_one`, it closes each connection after its first answer (as an
     /// idle timeout would, without saying so). Its address and a count of connections.
-    async fn echo_peer(close_after_one: bool) -> (String, Arc<AtomicUsize>) {
+    pub async fn serve(answer: Answer, close_after_one: bool) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -418,16 +422,19 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     while let Some(path) = read_request(&mut sock).await {
                         if path == "/slow" {
                             tokio::time::sleep(Duration::from_millis(300)).await;
                         }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-                            path.len()
-                        );
-                        if sock.write_all(answer.as_bytes()).await.is_err() || close_after_one {
+                        let body = answer(&path);
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if sock.write_all(head.as_bytes()).await.is_err()
+                            || sock.write_all(&body).await.is_err()
+                            || close_after_one
+                        {
                             return;
                         }
                     }
@@ -435,6 +442,23 @@ mod tests {
             }
         });
         (addr, conns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn echo_peer(close_after_one: bool) -> (String, Arc<AtomicUsize>) {
+        test_peer::serve(
+            Arc::new(|path: &str| path.as_bytes().to_vec()),
+            close_after_one,
+        )
+        .await
     }
 
     async fn post(link: &mut Link, path: &str) -> Result<String, LinkError> {

@@ -571,57 +571,13 @@ mod tests {
     /// A peer that grants every vote, over keep-alive connections; its address and a count
     /// of the connections it accepted.
     async fn vote_granter() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
         let ok: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
             vote: openraft::Vote::new(1, 1),
             vote_granted: true,
             last_log_id: None,
         });
         let body = codec::encode(&ok).unwrap();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut sock = tokio::io::BufReader::new(sock);
-                    loop {
-                        let mut len = 0;
-                        loop {
-                            let mut line = String::new();
-                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if let Some(v) =
-                                line.to_ascii_lowercase().strip_prefix("content-length:")
-                            {
-                                len = v.trim().parse().unwrap();
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
-                        let mut req = vec![0u8; len];
-                        if sock.read_exact(&mut req).await.is_err() {
-                            return;
-                        }
-                        let head =
-                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                        let sock = sock.get_mut();
-                        if sock.write_all(head.as_bytes()).await.is_err()
-                            || sock.write_all(&body).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns)
+        crate::link::test_peer::serve(Arc::new(move |_: &str| body.clone()), false).await
     }
 
     /// openraft makes a new client for every quorum check (each round of linearizable
