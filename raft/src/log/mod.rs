@@ -34,6 +34,7 @@ use crate::types::{NodeId, TypeConfig};
 use crate::{BoxError, StResult};
 use wal::Wal;
 
+mod ahead;
 pub mod wal;
 
 /// Where earlier versions kept the entries; moved into the WAL at open.
