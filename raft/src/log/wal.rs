@@ -14,15 +14,17 @@
 //! a segment may start after a gap when everything before it was purged.
 //!
 //! # Zeros ahead of the records
-//! The active segment is kept written with zeros a little past its last record
-//! ([`ZERO_AHEAD`]), so that an append overwrites bytes the file already has. Then the file's
-//! size and block map do not change on an append, and `fdatasync` has only the data to write:
-//! on ext4 an append that grows the file also has to commit the filesystem's journal, which
-//! every file on the disk shares, so its sync waits for other files' metadata too (the
-//! other nodes' logs, the state machine's flushes). The zeros are written once per
-//! [`ZERO_AHEAD`] of records, so one sync in that many carries the journal commit. The same
-//! design as etcd's preallocated WAL segments, at a bounded cost on disk: a segment is never
-//! zeroed past [`SEGMENT_BYTES`], and one that is finished is cut to its records.
+//! The active segment is kept written with zeros a little past its last record, by a thread
+//! of their own ([`super::ahead`]), so that an append overwrites bytes the file already has.
+//! Then the file's size and block map do not change on an append, and `fdatasync` has only
+//! the data to write: on ext4 an append that grows the file also has to commit the
+//! filesystem's journal, which every file on the disk shares, so its sync waits for other
+//! files' metadata too (the other nodes' logs, the state machine's flushes). The zeros are
+//! topped up about once per MiB of records, so one sync in that many carries the journal
+//! commit. etcd preallocates its segments with `fallocate` instead, which on ext4 leaves
+//! unwritten extents whose first write is again a journal commit. The cost on disk is
+//! bounded: a segment is never zeroed past [`SEGMENT_BYTES`], and one that is finished is
+//! cut to its records.
 //!
 //! # Durability and recovery
 //! [`Wal::append`] writes; the caller makes it durable with [`Wal::sync_handle`] (see
