@@ -62,7 +62,7 @@ pub use cache::{Cache, CacheConfig, CacheStats};
 pub use command::{CmdResult, Command, Invalid};
 pub use identity::{Identity, Registry};
 pub use inbox::SnapshotInbox;
-pub use log::{LogStore, ReadFloor};
+pub use log::{LogSize, LogStore, ReadFloor};
 pub use network::{AddressBook, Network, PeerHttp, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};
 pub use types::{CookieNode, NodeId, Request, Response, TypeConfig};

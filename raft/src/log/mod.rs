@@ -67,6 +67,22 @@ struct Committed {
     unwritten: bool,
 }
 
+/// How many bytes of log a snapshot would let this node give back ([`LogStore::size`]).
+#[derive(Clone)]
+pub struct LogSize {
+    wal: Arc<Mutex<Wal>>,
+}
+
+impl LogSize {
+    /// The bytes the log holds after `index` (see [`Wal::bytes_after`]).
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        self.wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes_after(index)
+    }
+}
+
 /// An append waiting for its fsync.
 struct Flush {
     file: Option<Arc<File>>,
@@ -145,6 +161,14 @@ impl LogStore {
             incarnation,
             pristine,
         })
+    }
+
+    /// A handle on the log's size, for the snapshot policy (which runs beside openraft,
+    /// after this store has been handed to it).
+    pub fn size(&self) -> LogSize {
+        LogSize {
+            wal: self.wal.clone(),
+        }
     }
 
     /// This data's incarnation.

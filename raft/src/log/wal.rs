@@ -288,6 +288,21 @@ impl Wal {
         (!self.locs.is_empty()).then(|| (self.first, self.first + self.locs.len() as u64 - 1))
     }
 
+    /// The bytes the records after `index` take in the segments, headers included: what a
+    /// snapshot at `index` lets the log give back. Zero when none is held after it.
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        let at = index.saturating_add(1).max(self.first);
+        let Some(start) = self.locs.get((at - self.first) as usize) else {
+            return 0;
+        };
+        // The segments are whole from `start`'s on; the first one counts from the record.
+        self.segments
+            .range(start.segment..)
+            .map(|(_, seg)| seg.len)
+            .sum::<u64>()
+            .saturating_sub(start.offset)
+    }
+
     /// Write records `(index, payload)`, which must continue the log (or start it anew after
     /// a purge emptied it). Not durable until the [`Wal::sync_handle`] is synced.
     pub fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
@@ -507,6 +522,25 @@ mod tests {
         w.start_segment(4).unwrap();
         w.append(&recs(4, 6)).unwrap();
         w
+    }
+
+    /// What a snapshot at an index lets the log give back: the records after it, across
+    /// segments, headers included; and nothing of what a purge removed.
+    #[test]
+    fn bytes_after_counts_the_records_past_an_index() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = two_segments(d.path());
+        // "entry N" is 7 bytes for N < 10.
+        let rec = (HEADER + 7) as u64;
+        assert_eq!(w.bytes_after(0), 6 * rec);
+        assert_eq!(w.bytes_after(2), 4 * rec);
+        assert_eq!(w.bytes_after(3), 3 * rec);
+        assert_eq!(w.bytes_after(5), rec);
+        assert_eq!(w.bytes_after(6), 0);
+        assert_eq!(w.bytes_after(u64::MAX), 0);
+        w.purge(3).unwrap();
+        assert_eq!(w.bytes_after(0), 3 * rec, "purged records are not counted");
+        assert_eq!(w.bytes_after(4), 2 * rec);
     }
 
     /// Cut the last `by` bytes off a file, as a crash in the middle of a write would.
