@@ -66,16 +66,50 @@ const LEVEL: i32 = 1;
 /// far less). zstd's own limit would let a hostile frame claim 128 MiB.
 const WINDOW_LOG_MAX: u32 = 23;
 
+/// What a build wrote: records, idempotency keys, and the bytes before compression (the
+/// size of the state, which the snapshot policy weighs the log against).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Written {
+    pub records: u64,
+    pub keys: u64,
+    pub raw_bytes: u64,
+}
+
 /// [`write_body`], compressed: what a snapshot file holds.
 pub(super) fn write_compressed(
     txn: &ReadTransaction,
     registry: &Registry,
     w: &mut dyn Write,
-) -> Result<(u64, u64), BoxError> {
-    let mut z = zstd::Encoder::new(w, LEVEL)?;
-    let counts = write_body(txn, registry, &mut z)?;
-    z.finish()?;
-    Ok(counts)
+) -> Result<Written, BoxError> {
+    let mut z = Counted {
+        inner: zstd::Encoder::new(w, LEVEL)?,
+        bytes: 0,
+    };
+    let (records, keys) = write_body(txn, registry, &mut z)?;
+    z.inner.finish()?;
+    Ok(Written {
+        records,
+        keys,
+        raw_bytes: z.bytes,
+    })
+}
+
+/// Counts the bytes written through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Fails a read once more than `left` bytes came out of `inner`.

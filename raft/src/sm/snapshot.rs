@@ -311,7 +311,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let meta = meta_of(&txn)?;
             let registry = registry_in(&txn)?;
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
-            let mut counts = (0, 0);
+            let mut counts = format::Written::default();
             let staged = files.stage_with(&file, &mut |w| {
                 counts = format::write_compressed(&txn, &registry, w)?;
                 Ok(())
@@ -325,19 +325,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             publish_built(Target::of(&db, &files), &meta, staged)?;
             tracing::info!(
                 index = meta.last_log_id.map_or(0, |l| l.index),
-                records = counts.0,
-                keys = counts.1,
+                records = counts.records,
+                keys = counts.keys,
+                raw_bytes = counts.raw_bytes,
                 bytes,
                 write_ms = written.as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
             );
-            Ok((meta, data))
+            Ok((meta, data, counts.raw_bytes))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?
         .map_err(|e| StorageIOError::write_snapshot(None, &crate::io_err(e)))?;
         self.snapshots.built.fetch_add(1, Ordering::Relaxed);
+        self.snapshots.state_bytes.store(built.2, Ordering::Relaxed);
         Ok(Snapshot {
             meta: built.0,
             snapshot: Box::new(built.1),

@@ -15,6 +15,9 @@ use crate::identity::Identity;
 pub struct SnapshotCounts {
     pub installed: AtomicU64,
     pub built: AtomicU64,
+    /// The uncompressed bytes of the last snapshot this node built (0 until it builds one):
+    /// what the next build will read and compress, roughly.
+    pub state_bytes: AtomicU64,
 }
 
 /// The state machine handed to openraft.
