@@ -79,8 +79,17 @@ pub struct RaftTuning {
     pub election_timeout_max_ms: u64,
     /// Timeout of each snapshot chunk RPC.
     pub install_snapshot_timeout_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after this many entries since the last one, once the log since it
+    /// also holds `snapshot_log_ratio` times the bytes of the last snapshot built
+    /// (`cluster::snapshots`).
     pub snapshot_logs: u64,
+    /// How much log, against the state's size, pays for a build: a build reads the whole
+    /// state, so with a fixed entry count its cost per write grows with the data. 0 builds
+    /// every `snapshot_logs` entries whatever the sizes.
+    pub snapshot_log_ratio: f64,
+    /// After this long without a new entry, build a snapshot if the log since the last one
+    /// could give disk back: a store whose load stopped does not keep that log. 0: never.
+    pub snapshot_idle_ms: u64,
     /// Entries kept in the log behind a snapshot, for lagging followers.
     pub keep_logs_after_snapshot: u64,
     /// Entries per AppendEntries RPC.
@@ -99,6 +108,8 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2000,
             install_snapshot_timeout_ms: 30_000,
             snapshot_logs: 5000,
+            snapshot_log_ratio: 0.25,
+            snapshot_idle_ms: 10_000,
             keep_logs_after_snapshot: 1000,
             max_payload_entries: 256,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
@@ -712,6 +723,9 @@ impl Config {
                  insecure_peers = true runs without"
                     .into(),
             );
+        }
+        if !(r.snapshot_log_ratio.is_finite() && (0.0..=100.0).contains(&r.snapshot_log_ratio)) {
+            return Err("raft: snapshot_log_ratio must be between 0 and 100".into());
         }
         let decode_limit = cookie_raft::codec::DECODE_LIMIT as u64;
         if r.max_snapshot_bytes == 0 || r.max_snapshot_bytes > decode_limit {

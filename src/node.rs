@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, identity, join, Cluster};
+use crate::cluster::{bootstrap, identity, join, snapshots, Cluster};
 use crate::config::Config;
 use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
@@ -76,7 +76,8 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
         election_timeout_min: r.election_timeout_min_ms,
         election_timeout_max: r.election_timeout_max_ms,
         install_snapshot_timeout: r.install_snapshot_timeout_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_logs),
+        // This node decides when to build (`cluster::snapshots`): by sizes, not entries alone.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
         max_payload_entries: r.max_payload_entries,
         // Snapshot chunks must stay below the Raft routes' body limit.
@@ -154,6 +155,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         identity.clone(),
         PeerHttp::new(tls.peer_client.clone())?,
     );
+    let log_size = log.size();
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -214,6 +216,21 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         "cookie-crud node serving"
     );
 
+    tasks.spawn(
+        "snapshot policy",
+        snapshots::run(
+            raft.clone(),
+            snapshots::Policy {
+                logs: cfg.raft.snapshot_logs,
+                ratio: cfg.raft.snapshot_log_ratio,
+                idle: (cfg.raft.snapshot_idle_ms > 0)
+                    .then(|| Duration::from_millis(cfg.raft.snapshot_idle_ms)),
+                keep: cfg.raft.keep_logs_after_snapshot,
+            },
+            log_size,
+            reader.clone(),
+        ),
+    );
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
     tasks.spawn("join", join::run(cluster.clone(), cfg.clone()));
     tasks.spawn("identity registrar", identity::run(cluster.clone()));

@@ -15,6 +15,7 @@
 //! - [`membership`]: adding, promoting and removing members, on the leader, one at a time;
 //!   [`join`]: a new node asking the cluster to add it; [`handover`]: a leader that stops
 //!   hands leadership over first.
+//! - [`snapshots`]: when this node builds a snapshot, weighing the log against the state.
 
 pub mod bootstrap;
 pub mod discovery;
@@ -26,6 +27,7 @@ pub mod membership;
 pub mod monitor;
 pub mod peer;
 pub mod proto;
+pub mod snapshots;
 
 use std::sync::Arc;
 use std::time::Duration;
