@@ -10,7 +10,8 @@
 #  4. with node 3 stopped, API_SECS (default 60) of creates through the API at 64 clients
 #     (wrk, installed from Debian when missing; skipped with API_SECS=0): the leader builds
 #     snapshots and purges its log meanwhile;
-#  5. node 3 restarted: it is behind the purged log, so it catches up by a snapshot install.
+#  5. node 3 restarted: it is behind the purged log, so it catches up by a snapshot install;
+#  6. IDLE_SECS (default 15) without writes, then the data directories again.
 #
 #   N=1000000 benches/footprint.sh
 set -euo pipefail
@@ -109,6 +110,18 @@ TOTAL=$((RECORD_BYTES + done_2xx * 250))
 for i in 1 2 3; do
   echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
 done
+built() { curl -s "http://127.0.0.1:$(port "$1")/metrics" | awk '/^raft_snapshots_built_total/ {print $2}'; }
+echo "snapshots built since start: node1 $(built 1), node2 $(built 2), node3 $(built 3)"
+# Once the load has stopped: an idle node builds a snapshot that gives its log back
+# (raft.snapshot_idle_ms, 10 s by default).
+IDLE_SECS=${IDLE_SECS:-15}
+if [ "$IDLE_SECS" -gt 0 ]; then
+  sleep "$IDLE_SECS"
+  echo "after ${IDLE_SECS} s without writes (snapshots built: node1 $(built 1), node2 $(built 2), node3 $(built 3)):"
+  for i in 1 2 3; do
+    echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
+  done
+fi
 # Where the bytes are: each file's length and the disk it takes (a file can be sparse).
 for i in 1 2 3; do
   echo "node$i files (MB length / MB on disk):"
