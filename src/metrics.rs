@@ -59,6 +59,9 @@ pub struct Metrics {
     snapshot_installs: IntCounter,
     snapshot_install_failures: IntCounterVec,
     snapshots_built: IntCounter,
+    /// What the snapshot policy weighs (`cluster::snapshots`).
+    snapshot_state_bytes: IntGauge,
+    log_bytes_since_snapshot: IntGauge,
     data_dir_bytes: IntGauge,
     /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
     sm_flushes: IntCounter,
@@ -200,6 +203,8 @@ impl Metrics {
             snapshot_install_failures,
             data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
+            snapshot_state_bytes: int_gauge(&r, "raft_snapshot_state_bytes", "Uncompressed bytes of the last snapshot this node built (0 until it builds one): the state a build reads"),
+            log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
             sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
             sm_unflushed_entries: int_gauge(&r, "raft_sm_unflushed_entries", "Entries applied but not yet written to sm.redb: what a restart applies again from the log"),
@@ -281,6 +286,12 @@ impl Metrics {
     pub fn set_snapshot_counts(&self, installed: u64, built: u64) {
         bump(&self.snapshot_installs, installed);
         bump(&self.snapshots_built, built);
+    }
+
+    /// The sizes the snapshot policy weighs: the last build's state, the log since it.
+    pub fn set_snapshot_sizes(&self, state_bytes: u64, log_bytes: u64) {
+        self.snapshot_state_bytes.set(state_bytes as i64);
+        self.log_bytes_since_snapshot.set(log_bytes as i64);
     }
 
     /// The state machine's flush thread: what it wrote, and how far `sm.redb` is behind

@@ -227,7 +227,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                     .then(|| Duration::from_millis(cfg.raft.snapshot_idle_ms)),
                 keep: cfg.raft.keep_logs_after_snapshot,
             },
-            log_size,
+            log_size.clone(),
             reader.clone(),
         ),
     );
@@ -256,6 +256,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         cfg,
         cluster,
         reader,
+        log_size,
         writer,
         reads,
         monitor,

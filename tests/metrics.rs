@@ -94,6 +94,8 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_membership_changes_total", "counter"),
         ("raft_snapshot_installs_total", "counter"),
         ("raft_snapshots_built_total", "counter"),
+        ("raft_snapshot_state_bytes", "gauge"),
+        ("raft_log_bytes_since_snapshot", "gauge"),
         ("raft_write_batch_commands", "histogram"),
         ("raft_write_batch_seconds", "histogram"),
         ("raft_write_queue_seconds", "histogram"),
@@ -146,6 +148,12 @@ async fn metrics_names_labels_types_and_counts() {
     );
     assert!(r.text.contains(r#"http_request_duration_seconds_bucket{endpoint="/cookies/{cookie}",method="GET",le="0.005"}"#));
     assert_eq!(get(r#"db_operations_total{operation="create"}"#), 3.0);
+    // No snapshot yet: the whole log is after it, and no build has sized the state.
+    assert!(
+        get("raft_log_bytes_since_snapshot") > 0.0,
+        "the writes are in the log since the last snapshot"
+    );
+    assert_eq!(get("raft_snapshot_state_bytes"), 0.0);
     assert_eq!(get(r#"db_operations_total{operation="get"}"#), 3.0);
     assert_eq!(get(r#"db_operations_total{operation="update"}"#), 1.0);
     assert_eq!(get(r#"db_operations_total{operation="delete"}"#), 1.0);

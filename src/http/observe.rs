@@ -202,6 +202,12 @@ async fn refresh(state: &Shared) {
         .unwrap_or(0);
     let rm = raft.metrics().borrow().clone();
     m.set_raft(&rm, state.cluster.me, committed);
+    m.set_snapshot_sizes(
+        snaps.state_bytes.load(Ordering::Relaxed),
+        state
+            .log_size
+            .bytes_after(rm.snapshot.map_or(0, |l| l.index)),
+    );
 
     let now = unix_now();
     for h in state.monitor.snapshot().into_values() {

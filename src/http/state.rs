@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cookie_raft::{SnapshotInbox, StoreReader};
+use cookie_raft::{LogSize, SnapshotInbox, StoreReader};
 
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub cluster: Cluster,
     /// Reads of the applied state through the read cache (never blocks on `apply`).
     pub reader: StoreReader,
+    /// The log's size after an index (`/metrics`: the log since the last snapshot).
+    pub log_size: LogSize,
     /// The write path: group commit here, or forwarding to the leader.
     pub writer: Writer,
     /// The linearizable read barrier, and the read index this node gives as leader.
