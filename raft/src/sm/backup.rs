@@ -38,7 +38,7 @@ use redb::{Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::format::write_body;
+use super::format::{write_body, Counted};
 use super::reader::StoreReader;
 use super::tables::{
     applied_in, order_key, put_meta, registry_in, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS,
@@ -135,16 +135,27 @@ pub enum BackupError {
 
 /// Counts and hashes what is written through it, and passes it on (or nowhere).
 struct Tally<W> {
-    inner: W,
-    bytes: u64,
+    inner: Counted<W>,
     hash: Sha256,
+}
+
+impl<W> Tally<W> {
+    fn new(inner: W) -> Self {
+        Tally {
+            inner: Counted::new(inner),
+            hash: Sha256::new(),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.inner.bytes
+    }
 }
 
 impl<W: Write> Write for Tally<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -167,11 +178,7 @@ impl StoreReader {
         let applied = applied_in(&txn)?;
         let registry = registry_in(&txn)?;
         // First walk: count and hash.
-        let mut tally = Tally {
-            inner: io::sink(),
-            bytes: 0,
-            hash: Sha256::new(),
-        };
+        let mut tally = Tally::new(io::sink());
         let (records, keys) = write_body(&txn, &registry, &mut tally)?;
         let header = BackupHeader {
             format: FORMAT,
@@ -180,7 +187,7 @@ impl StoreReader {
             term: applied.map_or(0, |l| l.leader_id.term),
             records,
             idempotency_keys: keys,
-            body_bytes: tally.bytes,
+            body_bytes: tally.bytes(),
             sha256: to_hex(&tally.hash.finalize()),
             node: origin.node,
             created_ms: origin.created_ms,
@@ -190,13 +197,9 @@ impl StoreReader {
         out.write_all(MAGIC)?;
         out.write_all(&header.line()?)?;
         // Second walk, in the same transaction: the same bytes.
-        let mut sent = Tally {
-            inner: &mut *out,
-            bytes: 0,
-            hash: Sha256::new(),
-        };
+        let mut sent = Tally::new(&mut *out);
         write_body(&txn, &registry, &mut sent)?;
-        if sent.bytes != header.body_bytes {
+        if sent.bytes() != header.body_bytes {
             return Err("the backup's body changed between its two walks".into());
         }
         out.flush()?;

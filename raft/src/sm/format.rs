@@ -81,10 +81,7 @@ pub(super) fn write_compressed(
     registry: &Registry,
     w: &mut dyn Write,
 ) -> Result<Written, BoxError> {
-    let mut z = Counted {
-        inner: zstd::Encoder::new(w, LEVEL)?,
-        bytes: 0,
-    };
+    let mut z = Counted::new(zstd::Encoder::new(w, LEVEL)?);
     let (records, keys) = write_body(txn, registry, &mut z)?;
     z.inner.finish()?;
     Ok(Written {
@@ -94,10 +91,16 @@ pub(super) fn write_compressed(
     })
 }
 
-/// Counts the bytes written through it.
-struct Counted<W> {
-    inner: W,
-    bytes: u64,
+/// Counts the bytes written through it (a snapshot's raw size; a backup's body).
+pub(super) struct Counted<W> {
+    pub inner: W,
+    pub bytes: u64,
+}
+
+impl<W> Counted<W> {
+    pub fn new(inner: W) -> Self {
+        Counted { inner, bytes: 0 }
+    }
 }
 
 impl<W: Write> Write for Counted<W> {
