@@ -44,7 +44,7 @@ pub struct Policy {
 }
 
 /// What the policy weighs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Sizes {
     /// Entries applied since the last snapshot's index.
     pub entries: u64,
@@ -66,6 +66,15 @@ pub enum Due {
 }
 
 impl Policy {
+    /// The fewest entries since the last snapshot with which [`Policy::due`] can say yes:
+    /// below it, the log's size (which needs the log's lock) is not worth asking for.
+    fn least_entries(&self) -> u64 {
+        match self.idle {
+            Some(_) => self.logs.min(self.keep.saturating_add(1)),
+            None => self.logs,
+        }
+    }
+
     pub fn due(&self, s: &Sizes) -> Option<Due> {
         let grown = s.entries >= self.logs
             && (s.state_bytes < RATIO_FROM_STATE_BYTES
@@ -113,7 +122,7 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
         let base = snapshot.unwrap_or(0);
         let entries = applied.saturating_sub(base);
         // The cheap test first: the log's size needs its lock, which appends take.
-        if entries < policy.logs.min(policy.keep + 1) {
+        if entries < policy.least_entries() {
             continue;
         }
         let sizes = Sizes {
@@ -220,5 +229,27 @@ mod tests {
             ..policy()
         };
         assert_eq!(never.due(&idle(3000, 60 * MB, 3600)), None);
+    }
+
+    /// Below `least_entries` no sizes make a build due, so skipping the log's size there
+    /// changes nothing.
+    #[test]
+    fn fewer_entries_than_the_least_are_never_due() {
+        for p in [
+            policy(),
+            Policy {
+                idle: None,
+                ..policy()
+            },
+        ] {
+            let n = p.least_entries() - 1;
+            let any = Sizes {
+                entries: n,
+                log_bytes: u64::MAX,
+                state_bytes: 0,
+                idle_for: Duration::from_secs(3600),
+            };
+            assert_eq!(p.due(&any), None, "{p:?}");
+        }
     }
 }
