@@ -352,6 +352,10 @@ pub struct Config {
     /// parked workers when nodes share a machine (measured in docs/benchmarks.md); slow
     /// work (store scans, fsyncs) runs on the blocking pool, so one thread does not stall.
     pub worker_threads: usize,
+    /// Let the kernel back this process's memory with transparent huge pages. Off by
+    /// default: faulting in and zeroing 2 MiB pages under load set the write tail
+    /// ([`crate::process`]).
+    pub transparent_huge_pages: bool,
     pub cluster: ClusterConfig,
     pub raft: RaftTuning,
     pub batch: BatchTuning,
@@ -507,6 +511,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info,openraft=warn".into(),
             worker_threads: 0,
+            transparent_huge_pages: false,
             cluster: ClusterConfig::default(),
             raft: RaftTuning::default(),
             batch: BatchTuning::default(),

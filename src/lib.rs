@@ -13,7 +13,7 @@
 //!    │       │
 //!   cluster  tls    who leads, members, peer client and wire types, bootstrap, monitor │
 //!    │              rustls configs from the [tls] files
-//!   metrics  config  tasks  clock  certs  leaves: no imports from this crate
+//!   metrics  config  tasks  clock  certs  process   leaves: no imports from this crate
 //!    │
 //!   cookie_raft     the openraft glue (log, state machine, cache, Raft network) in raft/
 //! ```
@@ -30,6 +30,7 @@
 //!   a private CA and node certificates for labs and tests.
 //! - [`tasks`]: the background tasks, owned so that shutdown stops them all.
 //! - [`clock`]: wall-clock time.
+//! - [`process`]: settings of the whole process made at start-up (transparent huge pages).
 
 pub mod certs;
 pub mod clock;
@@ -39,6 +40,7 @@ pub mod ctl;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod process;
 pub mod read;
 pub mod tasks;
 pub mod tls;

@@ -405,6 +405,11 @@ fn run_node(cfg: Config) -> ExitCode {
         eprintln!("cookie-crud: {e}");
         return ExitCode::from(2);
     }
+    // Before the runtime and the stores allocate: every later page fault follows it.
+    match cookie_crud::process::transparent_huge_pages(cfg.transparent_huge_pages) {
+        Ok(off) => tracing::info!(transparent_huge_pages = !off, "process memory"),
+        Err(e) => tracing::warn!("cannot turn transparent huge pages off: {e}"),
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if cfg.worker_threads > 0 {

@@ -226,7 +226,7 @@ fn find_cycle(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Option<Vec<
 /// The layers of `cookie-crud`, lowest first; a module is in the layer of its first path
 /// segment. A layer may import from lower layers and from itself only.
 const LAYERS: &[&[&str]] = &[
-    &["certs", "clock", "config", "metrics", "tasks"],
+    &["certs", "clock", "config", "metrics", "process", "tasks"],
     &["cluster", "tls"],
     &["ctl", "read", "write"],
     &["http"],
