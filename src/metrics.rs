@@ -66,6 +66,7 @@ pub struct Metrics {
     /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
     sm_flushes: IntCounter,
     sm_flush_failures: IntCounter,
+    sm_ids_scans: IntCounter,
     sm_unflushed_entries: IntGauge,
     sm_last_flush_seconds: Gauge,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
@@ -207,6 +208,7 @@ impl Metrics {
             log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
             sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
+            sm_ids_scans: counter(&r, "raft_sm_ids_scans_total", "Scans of sm.redb that built the filter of stored ids (at start, after an install, and when most ids added are of removed records; a growing store grows the filter without one)"),
             sm_unflushed_entries: int_gauge(&r, "raft_sm_unflushed_entries", "Entries applied but not yet written to sm.redb: what a restart applies again from the log"),
             sm_last_flush_seconds: float_gauge(&r, "raft_sm_last_flush_seconds", "How long the last write of applied changes to sm.redb took"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
@@ -299,6 +301,7 @@ impl Metrics {
     pub fn set_flush_stats(&self, s: &cookie_raft::sm::FlushStats, applied: u64) {
         bump(&self.sm_flushes, s.flushes);
         bump(&self.sm_flush_failures, s.failures);
+        bump(&self.sm_ids_scans, s.ids_scans);
         let behind = applied.saturating_sub(s.written.unwrap_or(0));
         self.sm_unflushed_entries.set(behind as i64);
         self.sm_last_flush_seconds.set(s.last_seconds);

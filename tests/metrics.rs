@@ -227,8 +227,12 @@ async fn metrics_names_labels_types_and_counts() {
             assert_eq!(types["raft_sm_flush_failures_total"], "counter");
             assert_eq!(types["raft_sm_unflushed_entries"], "gauge");
             assert_eq!(types["raft_sm_last_flush_seconds"], "gauge");
+            assert_eq!(types["raft_sm_ids_scans_total"], "counter");
             assert_eq!(v["raft_sm_flush_failures_total"], 0.0, "{text}");
-            v["raft_sm_flushes_total"] >= 1.0 && v["raft_sm_unflushed_entries"] == 0.0
+            // The first flush scans the file for the filter of ids.
+            v["raft_sm_flushes_total"] >= 1.0
+                && v["raft_sm_unflushed_entries"] == 0.0
+                && v["raft_sm_ids_scans_total"] >= 1.0
         },
     )
     .await;

@@ -19,12 +19,26 @@
 //!   until the flush thread builds one for the new file, every question goes to redb.
 //!
 //! Extra ids (removed records, a write that failed after its ids were added) only cost a
-//! lookup. They accumulate, so once as many new ids have been added as the filter was sized
-//! for, a fresh one is built from the file, sized for twice its records. The scan takes about
-//! half a second per million records, so it runs on a thread of its own at a lower priority:
-//! on the flush thread it would hold up flushes until `apply` reached the layers' bound.
-//! Memory: ~1.2 bytes per id of capacity at a 1% false-positive rate, so 2.4 MB at a
-//! million records.
+//! lookup.
+//!
+//! **A filter grows without reading the file.** A Bloom filter cannot be resized, and its
+//! false-positive rate climbs once it holds more ids than it was sized for. It used to be
+//! rebuilt then, by scanning every id in the file on every node at once: about half a second
+//! per million records per node, which on the 2-core bench machine halved creates/s for five
+//! seconds each time the store crossed a size (docs/benchmarks.md, "The filter of ids
+//! grows in place"). Now a full filter gets a new, empty one chained after it, sized for
+//! twice as many ids and at half the false-positive rate (a scalable Bloom filter, Almeida
+//! et al. 2007): new ids go into the newest, a question asks each, and the rates of the chain
+//! add up to at most twice [`FALSE_POSITIVES`]. Growing costs nothing but the new filter's
+//! memory, ~1.2-2.4 bytes per id of capacity.
+//!
+//! A scan of the file is still how a filter is first made (at start, and after an install
+//! replaces the file), and how one sheds ids of records since removed: when the newest filter
+//! is full and more than half the ids ever added are no longer in the file, a fresh filter is
+//! built for twice the records instead of growing. A store that only grows never scans
+//! again; one that churns scans once per twice its size in removed ids. The scan runs on a
+//! thread of its own at a lower priority: on the flush thread it would hold up flushes until
+//! `apply` reached the layers' bound.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,28 +51,45 @@ use super::layer::Layer;
 use super::tables::COOKIES;
 use crate::BoxError;
 
-/// The false-positive rate a filter is sized for (at its capacity).
+/// The false-positive rate the first filter of a chain is sized for (at its capacity); each
+/// later one is sized for half the rate of the one before, so the chain's stays under twice
+/// this.
 const FALSE_POSITIVES: f64 = 0.01;
 /// The fewest ids a filter is sized for (80 KB): a small store does not rebuild often. The
 /// crate's tests use a tiny one, so that every test that writes a few dozen records runs
-/// through rebuilds.
+/// through rebuilds and growth.
 const MIN_CAPACITY: usize = if cfg!(test) { 16 } else { 1 << 16 };
 
-/// A Bloom filter over the ids of the database it was built from, plus the ids added since.
-pub(super) struct Ids {
+/// One Bloom filter of a chain.
+struct Filter {
     bloom: AtomicBloomFilter,
     capacity: usize,
-    /// Ids added that the filter did not already hold: when this reaches `capacity`, the
+    /// Ids added that the chain did not already hold: when this reaches `capacity`, the
     /// false-positive rate has reached what the filter was sized for.
     added: AtomicUsize,
+}
+
+impl Filter {
+    fn new(capacity: usize, false_positives: f64) -> Arc<Self> {
+        Arc::new(Filter {
+            bloom: AtomicBloomFilter::with_false_pos(false_positives).expected_items(capacity),
+            capacity,
+            added: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A chain of Bloom filters over the ids of the database the first was built from, plus the
+/// ids added since; new ids go into the last.
+pub(super) struct Ids {
+    /// Oldest first; never empty.
+    filters: Vec<Arc<Filter>>,
 }
 
 impl Ids {
     fn with_capacity(capacity: usize) -> Self {
         Ids {
-            bloom: AtomicBloomFilter::with_false_pos(FALSE_POSITIVES).expected_items(capacity),
-            capacity,
-            added: AtomicUsize::new(0),
+            filters: vec![Filter::new(capacity, FALSE_POSITIVES)],
         }
     }
 
@@ -79,9 +110,18 @@ impl Ids {
         Ok(ids)
     }
 
+    fn newest(&self) -> &Filter {
+        self.filters.last().expect("a chain has a filter")
+    }
+
     fn add(&self, id: &str) {
-        if !self.bloom.insert(id) {
-            self.added.fetch_add(1, Ordering::Relaxed);
+        let (newest, older) = self.filters.split_last().expect("a chain has a filter");
+        // Held already (or a false positive, which keeps answering yes): nothing to add.
+        if older.iter().any(|f| f.bloom.contains(id)) {
+            return;
+        }
+        if !newest.bloom.insert(id) {
+            newest.added.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -93,12 +133,43 @@ impl Ids {
 
     /// `false`: the database this filter covers holds no record `id`. `true`: it may.
     pub(super) fn may_hold(&self, id: &str) -> bool {
-        self.bloom.contains(id)
+        // Newest first: a recent id is the likeliest to be asked about again.
+        self.filters.iter().rev().any(|f| f.bloom.contains(id))
     }
 
-    /// Whether enough ids have been added that a fresh filter is due.
+    /// Whether the newest filter holds as many ids as it was sized for.
     pub(super) fn is_full(&self) -> bool {
-        self.added.load(Ordering::Relaxed) >= self.capacity
+        let newest = self.newest();
+        newest.added.load(Ordering::Relaxed) >= newest.capacity
+    }
+
+    /// The filters in the chain.
+    #[cfg(test)]
+    pub(super) fn chain_len(&self) -> usize {
+        self.filters.len()
+    }
+
+    /// Ids added to the chain, the scan's included.
+    fn added(&self) -> usize {
+        self.filters
+            .iter()
+            .map(|f| f.added.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// What a full chain should become, given that the file now holds `records`: `None`
+    /// when more than half the ids it was given are gone from the file, so that a scan should
+    /// build a fresh one; else the same filters and a new one for twice the newest's ids.
+    pub(super) fn grown(&self, records: u64) -> Option<Ids> {
+        let records = usize::try_from(records).unwrap_or(usize::MAX);
+        if self.added() > records.saturating_mul(2) {
+            return None;
+        }
+        let rate = FALSE_POSITIVES * 0.5f64.powi(i32::try_from(self.filters.len()).ok()?);
+        let capacity = self.newest().capacity.saturating_mul(2);
+        let mut filters = self.filters.clone();
+        filters.push(Filter::new(capacity, rate));
+        Some(Ids { filters })
     }
 }
 
@@ -196,7 +267,7 @@ mod tests {
         let (covered, ids) = rebuild.finish().unwrap();
         assert!(Arc::ptr_eq(&covered, &db));
         assert!(ids.may_hold("later"));
-        assert_eq!(ids.capacity, 10_000);
+        assert_eq!(ids.newest().capacity, 10_000);
         assert!((0..5000).all(|i| ids.may_hold(&format!("stored-{i}"))));
         let strangers = (0..10_000)
             .filter(|i| ids.may_hold(&format!("absent-{i}")))
@@ -210,14 +281,64 @@ mod tests {
         ids.add_layer(&layer);
         assert!(ids.may_hold("new"));
         // Already held: an update adds nothing towards a rebuild.
-        let before = ids.added.load(Ordering::Relaxed);
+        let before = ids.added();
         ids.add("stored-2");
-        assert_eq!(ids.added.load(Ordering::Relaxed), before);
+        assert_eq!(ids.added(), before);
 
         for i in 0..10_000 {
             ids.add(&format!("more-{i}"));
         }
         assert!(ids.is_full());
+    }
+
+    /// How many of 20,000 ids never added the chain says it may hold.
+    fn false_positives(ids: &Ids) -> usize {
+        (0..20_000)
+            .filter(|i| ids.may_hold(&format!("absent-{i}")))
+            .count()
+    }
+
+    #[test]
+    fn a_growing_store_grows_the_chain_and_keeps_its_false_positives_bounded() {
+        let mut ids = Ids::with_capacity(1000);
+        let mut stored = 0u64;
+        let mut grown = 0;
+        while stored < 64_000 {
+            ids.add(&format!("id-{stored}"));
+            stored += 1;
+            if ids.is_full() {
+                ids = ids
+                    .grown(stored)
+                    .expect("a store that only grows never rescans");
+                grown += 1;
+            }
+        }
+        // 1,000 + 2,000 + ... + 32,000 ids of capacity hold ~63,000 (a few more: an id
+        // a filter already seems to hold is not counted).
+        assert!((5..=6).contains(&grown), "{grown}");
+        assert_eq!(ids.filters.len(), grown + 1);
+        assert!((0..stored).all(|i| ids.may_hold(&format!("id-{i}"))));
+        // Each filter at most at its own rate, which halves along the chain: under 2% in
+        // all; seven filters at 1% each would be up to 7%.
+        let fp = false_positives(&ids);
+        assert!(fp < 400, "{fp} false positives in 20,000");
+    }
+
+    #[test]
+    fn a_chain_of_mostly_removed_ids_asks_for_a_fresh_scan() {
+        let ids = Ids::with_capacity(1000);
+        let mut i = 0;
+        while !ids.is_full() {
+            ids.add(&format!("churn-{i}"));
+            i += 1;
+        }
+        assert_eq!(ids.added(), 1000);
+        // 1,000 ids given, all or half of them still stored: grow.
+        assert!(ids.grown(1000).is_some());
+        assert!(ids.grown(500).is_some());
+        // More than half gone: scan the file instead.
+        assert!(ids.grown(499).is_none());
+        assert!(ids.grown(0).is_none());
     }
 
     #[test]

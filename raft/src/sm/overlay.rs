@@ -337,6 +337,8 @@ struct Progress {
     /// Layers written so far, and how long the last one took.
     flushes: u64,
     last: Duration,
+    /// Scans of the file that built a filter of ids.
+    ids_scans: u64,
     stop: bool,
 }
 
@@ -349,6 +351,8 @@ pub struct FlushStats {
     pub failures: u64,
     /// How long the last write took.
     pub last_seconds: f64,
+    /// Scans of `sm.redb` started to build the filter of stored ids (`ids`).
+    pub ids_scans: u64,
 }
 
 /// Writes the layers to the database: a handle for `apply`, builds and backups.
@@ -474,6 +478,7 @@ impl Overlay {
             flushes: p.flushes,
             failures: p.failures,
             last_seconds: p.last.as_secs_f64(),
+            ids_scans: p.ids_scans,
         }
     }
 
@@ -578,13 +583,55 @@ impl Overlay {
             }
             same
         });
-        if current && rebuild.is_none() && ids.as_ref().is_none_or(|ids| ids.is_full()) {
-            match Rebuild::start(db, txn) {
-                Ok(r) => *rebuild = Some(r),
-                Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
+        if current && rebuild.is_none() {
+            let scan = match &ids {
+                None => true,
+                Some(ids) if ids.is_full() => match records_in(&txn) {
+                    // Grown between two commits, like a scanned one is published: every
+                    // id committed so far is in the filters it keeps.
+                    Ok(records) => match ids.grown(records) {
+                        Some(grown) => {
+                            self.publish(&db, Some(ids), grown);
+                            false
+                        }
+                        None => true,
+                    },
+                    Err(e) => {
+                        tracing::warn!("counting the stored records for the filter of ids: {e}");
+                        false
+                    }
+                },
+                Some(_) => false,
+            };
+            if scan {
+                match Rebuild::start(db, txn) {
+                    Ok(r) => {
+                        *rebuild = Some(r);
+                        self.progress().ids_scans += 1;
+                    }
+                    Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
+                }
             }
         }
         Ok(current.then_some(frozen.applied.map(|a| a.index)).flatten())
+    }
+
+    /// Make `ids` the filter of `db`'s ids, unless an install has replaced `db` meanwhile or
+    /// (`replacing`) the filter is no longer that one. Returns whether it did.
+    fn publish(&self, db: &Arc<Database>, replacing: Option<&Arc<Ids>>, ids: Ids) -> bool {
+        let ids = Arc::new(ids);
+        self.db.write(|c| {
+            let same_db = Arc::ptr_eq(&c.db, db);
+            let same_ids = match (replacing, &c.ids) {
+                (Some(old), Some(now)) => Arc::ptr_eq(old, now),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if same_db && same_ids {
+                c.ids = Some(ids);
+            }
+            same_db && same_ids
+        })
     }
 
     /// Publish the filter of ids if its build has finished, unless an install has replaced
@@ -596,14 +643,7 @@ impl Overlay {
         };
         match r.finish() {
             Ok((db, ids)) => {
-                let ids = Arc::new(ids);
-                let published = self.db.write(|c| {
-                    let same = Arc::ptr_eq(&c.db, &db);
-                    if same {
-                        c.ids = Some(ids);
-                    }
-                    same
-                });
+                let published = self.publish(&db, None, ids);
                 tracing::debug!(published, "filter of stored ids built");
             }
             // Until the next flush starts another build, creates ask sm.redb.
@@ -624,6 +664,11 @@ impl Drop for FlushThread {
 
 /// Write `layer` into `db` in one durable transaction, with its `last_applied`: the
 /// database then holds exactly the state up to that entry.
+/// The records `txn` sees (redb keeps the count: no scan).
+fn records_in(txn: &ReadTransaction) -> Result<u64, BoxError> {
+    Ok(txn.open_table(COOKIES)?.len()?)
+}
+
 fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
     let txn = db.begin_write()?;
     {

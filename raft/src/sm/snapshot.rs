@@ -790,9 +790,9 @@ mod tests {
     }
 
     /// A create must find every stored id, wherever it is: in a layer, in `sm.redb` behind
-    /// the filter of ids (`ids`), after the filter is rebuilt for growth (the tests' filters
-    /// hold 16 ids, so 300 records rebuild it several times), after a restart and after an
-    /// install replaced the file. One id the filter missed would be a record overwritten.
+    /// the filter of ids (`ids`), after the filter grows (the tests' filters start at 16 ids,
+    /// so 300 records grow the chain several times), after a restart and after an install
+    /// replaced the file. One id the filter missed would be a record overwritten.
     #[tokio::test]
     async fn a_stored_id_is_never_created_again_through_flushes_installs_and_restarts() {
         use crate::command::{CmdResult, Command};
@@ -834,6 +834,10 @@ mod tests {
         assert!(stored(&apply_all(&mut a, 0, firsts.clone()).await));
         assert!(filter_built(&a).await, "the flushes built a filter");
         assert!(refused(&apply_all(&mut a, 300, firsts.clone()).await));
+        // One scan of the file, at the first flush: growing the store only grew the filter.
+        // (Before filters grew in place, each time one filled it was built again by a scan.)
+        assert_eq!(a.overlay.stats().ids_scans, 1);
+        assert!(a.db.read(|c| c.ids.as_ref().unwrap().chain_len()) > 1);
 
         // Restarted: the first flush builds the filter from the file.
         drop(a);
