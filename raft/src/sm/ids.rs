@@ -40,6 +40,7 @@
 //! thread of its own at a lower priority: on the flush thread it would hold up flushes until
 //! `apply` reached the layers' bound.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -70,9 +71,11 @@ struct Filter {
 }
 
 impl Filter {
-    fn new(capacity: usize, false_positives: f64) -> Arc<Self> {
+    fn new(capacity: usize, false_positives: f64, seed: u128) -> Arc<Self> {
         Arc::new(Filter {
-            bloom: AtomicBloomFilter::with_false_pos(false_positives).expected_items(capacity),
+            bloom: AtomicBloomFilter::with_false_pos(false_positives)
+                .seed(&seed)
+                .expected_items(capacity),
             capacity,
             added: AtomicUsize::new(0),
         })
@@ -84,13 +87,25 @@ impl Filter {
 pub(super) struct Ids {
     /// Oldest first; never empty.
     filters: Vec<Arc<Filter>>,
+    /// The hash seed of every filter in the chain, so an id is hashed once for all of them.
+    /// Random per chain: ids chosen to collide in one node's filter cost a lookup each, and
+    /// only on that node.
+    seed: u128,
 }
 
 impl Ids {
     fn with_capacity(capacity: usize) -> Self {
+        let random = std::collections::hash_map::RandomState::new();
+        let seed = u128::from(random.hash_one(0u8)) << 64 | u128::from(random.hash_one(1u8));
         Ids {
-            filters: vec![Filter::new(capacity, FALSE_POSITIVES)],
+            filters: vec![Filter::new(capacity, FALSE_POSITIVES, seed)],
+            seed,
         }
+    }
+
+    /// `id`'s hash, the same in every filter of the chain.
+    fn hash(&self, id: &str) -> u64 {
+        self.filters[0].bloom.source_hash(id)
     }
 
     /// The ids of every record `txn` sees, in a filter sized for twice as many (at least
@@ -117,10 +132,11 @@ impl Ids {
     fn add(&self, id: &str) {
         let (newest, older) = self.filters.split_last().expect("a chain has a filter");
         // Held already (or a false positive, which keeps answering yes): nothing to add.
-        if older.iter().any(|f| f.bloom.contains(id)) {
+        let hash = self.hash(id);
+        if older.iter().any(|f| f.bloom.contains_hash(hash)) {
             return;
         }
-        if !newest.bloom.insert(id) {
+        if !newest.bloom.insert_hash(hash) {
             newest.added.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -134,7 +150,11 @@ impl Ids {
     /// `false`: the database this filter covers holds no record `id`. `true`: it may.
     pub(super) fn may_hold(&self, id: &str) -> bool {
         // Newest first: a recent id is the likeliest to be asked about again.
-        self.filters.iter().rev().any(|f| f.bloom.contains(id))
+        let hash = self.hash(id);
+        self.filters
+            .iter()
+            .rev()
+            .any(|f| f.bloom.contains_hash(hash))
     }
 
     /// Whether the newest filter holds as many ids as it was sized for.
@@ -168,8 +188,11 @@ impl Ids {
         let rate = FALSE_POSITIVES * 0.5f64.powi(i32::try_from(self.filters.len()).ok()?);
         let capacity = self.newest().capacity.saturating_mul(2);
         let mut filters = self.filters.clone();
-        filters.push(Filter::new(capacity, rate));
-        Some(Ids { filters })
+        filters.push(Filter::new(capacity, rate, self.seed));
+        Some(Ids {
+            filters,
+            seed: self.seed,
+        })
     }
 }
 
