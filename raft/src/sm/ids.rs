@@ -131,8 +131,8 @@ impl Ids {
 
     fn add(&self, id: &str) {
         let (newest, older) = self.filters.split_last().expect("a chain has a filter");
-        // Held already (or a false positive, which keeps answering yes): nothing to add.
         let hash = self.hash(id);
+        // Held already (or a false positive, which keeps answering yes): nothing to add.
         if older.iter().any(|f| f.bloom.contains_hash(hash)) {
             return;
         }

@@ -662,13 +662,13 @@ impl Drop for FlushThread {
     }
 }
 
-/// Write `layer` into `db` in one durable transaction, with its `last_applied`: the
-/// database then holds exactly the state up to that entry.
 /// The records `txn` sees (redb keeps the count: no scan).
 fn records_in(txn: &ReadTransaction) -> Result<u64, BoxError> {
     Ok(txn.open_table(COOKIES)?.len()?)
 }
 
+/// Write `layer` into `db` in one durable transaction, with its `last_applied`: the
+/// database then holds exactly the state up to that entry.
 fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
     let txn = db.begin_write()?;
     {
