@@ -341,10 +341,12 @@ mod tests {
         assert!((5..=6).contains(&grown), "{grown}");
         assert_eq!(ids.filters.len(), grown + 1);
         assert!((0..stored).all(|i| ids.may_hold(&format!("id-{i}"))));
-        // Each filter at most at its own rate, which halves along the chain: under 2% in
-        // all; seven filters at 1% each would be up to 7%.
+        // Each full filter at its own rate, which halves along the chain: 1% + 0.5% + ...,
+        // 1.97% expected in all (~394 of 20,000, give or take 20); seven filters at 1% each
+        // would be up to 7%. The bound sits ten deviations above the expectation: the seeds
+        // are random, so a bound at the expectation would fail one run in two.
         let fp = false_positives(&ids);
-        assert!(fp < 400, "{fp} false positives in 20,000");
+        assert!(fp < 600, "{fp} false positives in 20,000");
     }
 
     #[test]
