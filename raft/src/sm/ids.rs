@@ -344,7 +344,7 @@ mod tests {
         // Each full filter at its own rate, which halves along the chain: 1% + 0.5% + ...,
         // 1.97% expected in all (~394 of 20,000, give or take 20); seven filters at 1% each
         // would be up to 7%. The bound sits ten deviations above the expectation: the seeds
-        // are random, so a bound at the expectation would fail one run in two.
+        // are random, so a bound at the expectation failed about two runs in five.
         let fp = false_positives(&ids);
         assert!(fp < 600, "{fp} false positives in 20,000");
     }
