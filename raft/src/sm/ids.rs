@@ -15,6 +15,8 @@
 //! - the flush thread adds a layer's ids to the published filter *before* it commits the
 //!   layer ([`Ids::add_layer`]), and a reader that sees the commit took the state's lock after
 //!   the flush thread released it, so it sees those bits;
+//! - a full filter grows into a chain that keeps every filter it had ([`Ids::grown`]), made
+//!   and published by the flush thread between two of its commits, like a scanned one;
 //! - an install replaces the database and drops the filter with it (`handle::Current::new`):
 //!   until the flush thread builds one for the new file, every question goes to redb.
 //!
@@ -24,8 +26,8 @@
 //! **A filter grows without reading the file.** A Bloom filter cannot be resized, and its
 //! false-positive rate climbs once it holds more ids than it was sized for. It used to be
 //! rebuilt then, by scanning every id in the file on every node at once: about half a second
-//! per million records per node, which on the 2-core bench machine halved creates/s for five
-//! seconds each time the store crossed a size (docs/benchmarks.md, "The filter of ids
+//! per million records per node, which on the 2-core bench machine cut creates/s by about a
+//! third for six seconds each time the store crossed a size (docs/benchmarks.md, "The filter of ids
 //! grows in place"). Now a full filter gets a new, empty one chained after it, sized for
 //! twice as many ids and at half the false-positive rate (a scalable Bloom filter, Almeida
 //! et al. 2007): new ids go into the newest, a question asks each, and the rates of the chain

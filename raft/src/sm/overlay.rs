@@ -583,37 +583,49 @@ impl Overlay {
             }
             same
         });
-        if current && rebuild.is_none() {
-            let scan = match &ids {
-                None => true,
-                Some(ids) if ids.is_full() => match records_in(&txn) {
-                    // Grown between two commits, like a scanned one is published: every
-                    // id committed so far is in the filters it keeps.
-                    Ok(records) => match ids.grown(records) {
-                        Some(grown) => {
-                            self.publish(&db, Some(ids), grown);
-                            false
-                        }
-                        None => true,
-                    },
-                    Err(e) => {
-                        tracing::warn!("counting the stored records for the filter of ids: {e}");
-                        false
-                    }
-                },
-                Some(_) => false,
-            };
-            if scan {
-                match Rebuild::start(db, txn) {
-                    Ok(r) => {
-                        *rebuild = Some(r);
-                        self.progress().ids_scans += 1;
-                    }
-                    Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
+        if current && rebuild.is_none() && self.ids_need_scan(&db, ids.as_ref(), &txn) {
+            match Rebuild::start(db, txn) {
+                Ok(r) => {
+                    *rebuild = Some(r);
+                    self.progress().ids_scans += 1;
                 }
+                Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
             }
         }
         Ok(current.then_some(frozen.applied.map(|a| a.index)).flatten())
+    }
+
+    /// Whether the filter of `db`'s ids must be built by a scan of the file, just committed
+    /// as `txn`: there is none yet, or a full one holds mostly ids of removed records. A full
+    /// one otherwise grows here, between two commits like a scanned one is published: every
+    /// id committed so far is in the filters it keeps.
+    fn ids_need_scan(
+        &self,
+        db: &Arc<Database>,
+        ids: Option<&Arc<Ids>>,
+        txn: &ReadTransaction,
+    ) -> bool {
+        let Some(ids) = ids else {
+            return true;
+        };
+        if !ids.is_full() {
+            return false;
+        }
+        let records = match records_in(txn) {
+            Ok(records) => records,
+            Err(e) => {
+                // The next flush asks again.
+                tracing::warn!("counting the stored records for the filter of ids: {e}");
+                return false;
+            }
+        };
+        match ids.grown(records) {
+            Some(grown) => {
+                self.publish(db, Some(ids), grown);
+                false
+            }
+            None => true,
+        }
     }
 
     /// Make `ids` the filter of `db`'s ids, unless an install has replaced `db` meanwhile or
