@@ -224,13 +224,19 @@ impl Metrics {
     }
 
     /// Count elections, leader changes and membership changes as they happen (a scrape
-    /// would miss the ones between two scrapes), and keep the member counts. Runs until Raft stops; the caller owns the task.
+    /// would miss the ones between two scrapes), and keep the member counts. Runs until Raft
+    /// stops; the caller owns the task.
+    ///
+    /// It watches openraft's server metrics (vote, role, leader, membership), which change
+    /// only when one of those does: the full metrics are sent on every turn of openraft's
+    /// loop, changed or not, and woke this task (a parked worker with it) thousands of
+    /// times a second under load.
     pub async fn count_elections(self: Arc<Self>, raft: Raft) {
-        let mut rx = raft.metrics();
+        let mut rx = raft.server_metrics();
         let (mut term, mut leader, mut config) = {
             let m = rx.borrow_and_update();
             (
-                m.current_term,
+                m.vote.leader_id().get_term(),
                 m.current_leader,
                 *m.membership_config.log_id(),
             )
@@ -250,9 +256,10 @@ impl Metrics {
                 }
                 config = *m.membership_config.log_id();
             }
-            if m.current_term > term {
-                self.elections.inc_by(m.current_term - term);
-                term = m.current_term;
+            let current_term = m.vote.leader_id().get_term();
+            if current_term > term {
+                self.elections.inc_by(current_term - term);
+                term = current_term;
             }
             if m.current_leader.is_some() && m.current_leader != leader {
                 self.leader_changes.inc();

@@ -122,7 +122,7 @@ impl Cluster {
     pub fn watch_leader(&self, deadline: Instant) -> LeaderWatch {
         LeaderWatch {
             cluster: self.clone(),
-            rx: self.raft.metrics(),
+            rx: self.raft.server_metrics(),
             deadline,
             first: true,
         }
@@ -159,7 +159,9 @@ impl Cluster {
 /// leader [`LeaderWatch::next`] names, and call it again when that did not work.
 pub struct LeaderWatch {
     cluster: Cluster,
-    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, cookie_raft::CookieNode>>,
+    /// The server metrics: they change when the leader, role, vote or membership does, not
+    /// on every turn of openraft's loop as the full metrics do.
+    rx: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, cookie_raft::CookieNode>>,
     deadline: Instant,
     first: bool,
 }

@@ -76,13 +76,15 @@ impl Monitor {
     }
 
     /// Record each leader openraft's metrics name, as they change, until Raft stops. Changes
-    /// that come and go between two looks at the metrics are not seen.
+    /// that come and go between two looks at the metrics are not seen. The server metrics
+    /// change only with the vote, role, leader or membership (see `count_elections`).
     async fn watch_leaders(&self, cluster: &Cluster) {
-        let mut rx = cluster.raft.metrics();
+        let mut rx = cluster.raft.server_metrics();
         loop {
             let seen = {
                 let m = rx.borrow_and_update();
-                m.current_leader.map(|id| (m.current_term, id))
+                m.current_leader
+                    .map(|id| (m.vote.leader_id().get_term(), id))
             };
             if let Some((term, id)) = seen {
                 self.record_leader(LeaderChange {
