@@ -161,7 +161,9 @@ pub struct LeaderWatch {
     cluster: Cluster,
     /// The server metrics: they change when the leader, role, vote or membership does, not
     /// on every turn of openraft's loop as the full metrics do.
-    rx: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, cookie_raft::CookieNode>>,
+    rx: tokio::sync::watch::Receiver<
+        openraft::metrics::RaftServerMetrics<NodeId, cookie_raft::CookieNode>,
+    >,
     deadline: Instant,
     first: bool,
 }
