@@ -91,9 +91,11 @@ pub fn role_name(state: ServerState) -> &'static str {
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
 impl Cluster {
-    /// The current leader as this node sees it.
+    /// The current leader as this node sees it, from openraft's server metrics: the channel
+    /// [`LeaderWatch`] waits on, which openraft updates before the full metrics, so a watch
+    /// woken by a new leader reads that leader here.
     pub fn leader(&self) -> Leader {
-        let m = self.raft.metrics();
+        let m = self.raft.server_metrics();
         let m = m.borrow();
         match m.current_leader {
             Some(l) if l == self.me => {
@@ -114,7 +116,7 @@ impl Cluster {
 
     /// Whether this node leads now.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.me)
+        self.raft.server_metrics().borrow().current_leader == Some(self.me)
             && !self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
