@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::flat_json::Flat;
 use crate::identity::{NodeId, Registry};
 use crate::record::{self, Record};
 use crate::BoxError;
@@ -138,24 +139,10 @@ impl Command {
     /// `last_used` become `now` (Unix seconds, as strings): added after the client's fields,
     /// or overwritten in place where it sent them, so the client's field order is kept.
     pub fn create(body: &[u8], now: u64) -> Result<Command, Invalid> {
-        let mut obj = parse_object(body)?;
-        // The checks run in the contract's order: the first failing one names the error.
-        let id = match obj.get("cookie") {
-            None | Some(Value::Null) => return Err(Invalid::CookieRequired),
-            Some(v) => cookie_field(v)?.to_owned(),
-        };
-        match obj.get("user_id") {
-            None => return Err(Invalid::UserIdRequired),
-            Some(v) if !valid_user_id(v) => return Err(Invalid::UserIdNotPositive),
-            Some(_) => {}
+        match Flat::parse(body) {
+            Some(flat) => create_flat(&flat, now),
+            None => create_value(body, now),
         }
-        let now = Value::String(now.to_string());
-        obj.insert("created".into(), now.clone());
-        obj.insert("last_used".into(), now);
-        Ok(Command::Create {
-            id,
-            object: to_json(obj),
-        })
     }
 
     /// `PUT /cookies/{id}`: the body must be a JSON object; `user_id`, when present, a
@@ -419,6 +406,56 @@ pub(crate) trait Records {
     /// The identity registry ([`crate::identity`]).
     fn registry(&self) -> Result<Registry, BoxError>;
     fn set_registry(&mut self, registry: &Registry) -> Result<(), BoxError>;
+}
+
+/// [`Command::create`] through a `serde_json::Value`: any object. This is the definition
+/// that [`create_flat`] must match byte for byte.
+fn create_value(body: &[u8], now: u64) -> Result<Command, Invalid> {
+    let mut obj = parse_object(body)?;
+    // The checks run in the contract's order: the first failing one names the error.
+    let id = match obj.get("cookie") {
+        None | Some(Value::Null) => return Err(Invalid::CookieRequired),
+        Some(v) => cookie_field(v)?.to_owned(),
+    };
+    match obj.get("user_id") {
+        None => return Err(Invalid::UserIdRequired),
+        Some(v) if !valid_user_id(v) => return Err(Invalid::UserIdNotPositive),
+        Some(_) => {}
+    }
+    let now = Value::String(now.to_string());
+    obj.insert("created".into(), now.clone());
+    obj.insert("last_used".into(), now);
+    Ok(Command::Create {
+        id,
+        object: to_json(obj),
+    })
+}
+
+/// [`Command::create`] for a flat object ([`crate::flat_json`]): the same checks in the same
+/// order, on the values' text, and the same bytes out.
+fn create_flat(flat: &Flat, now: u64) -> Result<Command, Invalid> {
+    let id = match flat.get("cookie") {
+        None | Some("null") => return Err(Invalid::CookieRequired),
+        Some(v) => match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            // A flat string has no escapes: its text between the quotes is its value.
+            Some("") => return Err(Invalid::CookieEmpty),
+            Some(s) if s.len() > MAX_ID_BYTES => return Err(Invalid::IdTooLong),
+            Some(s) => s.to_owned(),
+            None => return Err(Invalid::CookieNotString),
+        },
+    };
+    match flat.get("user_id") {
+        None => return Err(Invalid::UserIdRequired),
+        // A flat number is an integer of at most 18 digits, so it parses; a minus sign fails.
+        Some(v) if !v.parse::<u64>().is_ok_and(|n| n > 0) => {
+            return Err(Invalid::UserIdNotPositive)
+        }
+        Some(_) => {}
+    }
+    Ok(Command::Create {
+        id,
+        object: flat.write_stamped(&["created", "last_used"], now),
+    })
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
@@ -826,6 +863,148 @@ mod tests {
         );
         assert!(!t.exists("c").unwrap());
         assert!(t.exists("b").unwrap());
+    }
+
+    /// JSON text for the property test below: the keys a create looks at and a few others
+    /// (so keys repeat), each sometimes written with an escape; values of every kind, the
+    /// ones the fast path copies and the ones it must leave to the `Value` path; whitespace
+    /// anywhere it may go.
+    mod gen {
+        use proptest::prelude::*;
+
+        fn ws() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["", "", "", " ", "\n\t ", "\r"])
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "\"cookie\"",
+                "\"user_id\"",
+                "\"created\"",
+                "\"last_used\"",
+                "\"a\"",
+                "\"b\"",
+                "\"\"",
+                "\"\\u0063ookie\"",
+                "\"us\\ber_id\"",
+                "\"cr\\\"eated\"",
+                "\"é\"",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                Just("null".to_owned()),
+                Just("-0".to_owned()),
+                Just("0".to_owned()),
+                Just("\"\"".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                (1u64..100).prop_map(|n| n.to_string()),
+                "[0-9]{17,22}",
+                "-[0-9]{17,22}",
+                "-?[1-9][0-9]{0,3}(\\.[0-9]{1,3})?([eE][-+]?[0-9]{1,2})?",
+                // Strings: plain, non-ASCII, escaped, long enough to be an over-long id.
+                "\"[a-z0-9 é€😀]{0,12}\"",
+                "\"([a-z]|\\\\[nt\"/\\\\]|\\\\u00[0-7][0-9a-f]){0,6}\"",
+                "[a-z]{1020,1030}".prop_map(|s| format!("\"{s}\"")),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            scalar().prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3)
+                        .prop_map(|v| format!("[{}]", v.join(","))),
+                    prop::collection::vec((key(), inner), 0..3).prop_map(|v| {
+                        let fields: Vec<String> =
+                            v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                        format!("{{{}}}", fields.join(","))
+                    }),
+                ]
+            })
+        }
+
+        fn field() -> impl Strategy<Value = String> {
+            (ws(), key(), ws(), ws(), value(), ws())
+                .prop_map(|(a, k, b, c, v, d)| format!("{a}{k}{b}:{c}{v}{d}"))
+        }
+
+        /// A field a create accepts: a short string id, or a positive user id.
+        fn good_field() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9é]{1,8}".prop_map(|id| format!("\"cookie\":\"{id}\"")),
+                (1u64..1_000_000).prop_map(|n| format!("\"user_id\":{n}")),
+            ]
+        }
+
+        fn object(fields: Vec<String>) -> String {
+            format!("{{{}}}", fields.join(","))
+        }
+
+        /// A body: mostly an object of fields (half of them with a good id and user id
+        /// somewhere among the others), sometimes not an object or not JSON at all.
+        pub fn body() -> impl Strategy<Value = String> {
+            let any_fields = prop::collection::vec(field(), 0..8).prop_map(object);
+            let likely = (
+                good_field(),
+                good_field(),
+                prop::collection::vec(field(), 0..5),
+            )
+                .prop_flat_map(|(a, b, mut fields)| {
+                    fields.push(a);
+                    fields.push(b);
+                    Just(fields).prop_shuffle()
+                })
+                .prop_map(object);
+            prop_oneof![
+                4 => any_fields,
+                4 => likely,
+                1 => (object_prefix(), "[a-z\\]}{,: ]{0,4}").prop_map(|(a, b)| a + &b),
+                1 => value(),
+            ]
+        }
+
+        fn object_prefix() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["{", "{\"cookie\":\"x\",\"user_id\":1", ""])
+                .prop_map(str::to_owned)
+        }
+    }
+
+    /// The fast path for flat objects gives the same command (the same stored bytes) and
+    /// the same error as the `Value` path on every body; and it is taken often enough here
+    /// for that to mean something.
+    #[test]
+    fn create_on_the_fast_path_is_create_through_a_value() {
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config {
+            cases: 20_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let flat = std::cell::Cell::new(0u32);
+        let stored = std::cell::Cell::new(0u32);
+        runner
+            .run(&gen::body(), |body| {
+                let got = Command::create(body.as_bytes(), 1_749_658_366);
+                let want = create_value(body.as_bytes(), 1_749_658_366);
+                proptest::prop_assert_eq!(&got, &want, "body {}", body);
+                if Flat::parse(body.as_bytes()).is_some() {
+                    flat.set(flat.get() + 1);
+                    stored.set(stored.get() + u32::from(got.is_ok()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(flat.get() > 2_000, "fast path taken {} times", flat.get());
+        assert!(
+            stored.get() > 200,
+            "fast path stored {} times",
+            stored.get()
+        );
     }
 
     #[test]
