@@ -26,7 +26,7 @@ pub struct FinishedRequest<'a> {
     pub method: &'a str,
     /// The route template (`/cookies/{cookie}`), never the raw path.
     pub route: &'a str,
-    pub status: u16,
+    pub status: axum::http::StatusCode,
     pub seconds: f64,
 }
 
@@ -273,7 +273,7 @@ impl Metrics {
     /// Record one finished HTTP request.
     pub fn observe(&self, r: &FinishedRequest<'_>) {
         self.http_requests
-            .with_label_values(&[r.method, r.route, &r.status.to_string()])
+            .with_label_values(&[r.method, r.route, r.status.as_str()])
             .inc();
         self.http_duration
             .with_label_values(&[r.method, r.route])

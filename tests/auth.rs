@@ -66,6 +66,24 @@ async fn each_role_may_do_what_the_contract_says_and_nothing_more() {
     }
     let r = send(c.client.get(format!("{}/cookies", c.url(0)))).await;
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    // A path no route matches is 404 to everyone, token or not: the check runs on routed
+    // requests only. A routed path with a method it lacks is checked like the rest, then
+    // 405 to a token that may read.
+    for token in [None, Some("made-up"), Some("reader-token")] {
+        assert_eq!(
+            call(&c, 0, "GET", "/no-such-route", token).await,
+            (404, json!({"error": "Not Found"})),
+            "{token:?}"
+        );
+    }
+    assert_eq!(
+        call(&c, 0, "PATCH", "/cookies", None).await,
+        (401, unauthorized.clone())
+    );
+    assert_eq!(
+        call(&c, 0, "PATCH", "/cookies", Some("admin-token")).await,
+        (405, json!({"error": "Method Not Allowed"}))
+    );
 
     // read: GETs only.
     assert_eq!(

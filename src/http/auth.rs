@@ -11,10 +11,8 @@
 //! Tokens are compared in constant time, every configured token each time, so the time
 //! taken says nothing about which token (or how much of one) matched.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::Shared;
@@ -50,23 +48,24 @@ fn role_of(cfg: &Config, presented: &[u8]) -> Option<Role> {
     best
 }
 
-/// Check the request's token against its route; a refusal changes nothing.
-pub async fn require_role(State(state): State<Shared>, req: Request, next: Next) -> Response {
+/// Check the request's token against its route, before its handler runs (only for requests
+/// that matched a route: an unknown path is 404 to everyone); a refusal changes nothing.
+pub fn check(state: &Shared, req: &Request) -> Result<(), ApiError> {
     let cfg = &state.cfg;
     if cfg.client_tokens.is_empty() {
-        return next.run(req).await;
+        return Ok(());
     }
     let Some(need) = needed(req.method(), req.uri().path()) else {
-        return next.run(req).await;
+        return Ok(());
     };
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     match presented.and_then(|p| role_of(cfg, p)) {
-        None => ApiError::Unauthorized.into_response(),
-        Some(role) if role < need => ApiError::Forbidden.into_response(),
-        Some(_) => next.run(req).await,
+        None => Err(ApiError::Unauthorized),
+        Some(role) if role < need => Err(ApiError::Forbidden),
+        Some(_) => Ok(()),
     }
 }
 

@@ -11,6 +11,7 @@
 //!   client tokens and roles; [`openapi`]: the API's OpenAPI document; [`status`]: the
 //!   status page at `/`.
 //! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
+//!   [`routes`]: which route a path matches, known to those layers before routing;
 //!   [`server`]: accepting connections, with hyper's limits.
 //!
 //! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
@@ -30,6 +31,7 @@ pub mod peer_gate;
 pub mod peer_rpc;
 pub mod raft_rpc;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -6,9 +6,9 @@
 //! [`PropagateRequestIdLayer`] echoes it; [`TraceLayer`] runs the request in a span with
 //! method, route and id, so every log line a request causes (on the leader too, for a
 //! forwarded write) names it; [`CatchPanicLayer`] answers 500 JSON instead of dropping the
-//! connection. [`track`] records `http_requests_total` and the latency histogram labelled
+//! connection. [`Tracked`] records `http_requests_total` and the latency histogram labelled
 //! by route template (`/cookies/{cookie}`, never the raw path, so the label set stays
-//! bounded).
+//! bounded). `router.rs` stacks them, once around each listener's router.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
@@ -29,6 +28,7 @@ pub use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 pub use tower_http::trace::TraceLayer;
 
 use super::error::ApiError;
+use super::routes::Template;
 use super::state::Shared;
 use crate::clock::unix_now;
 use crate::metrics::FinishedRequest;
@@ -79,7 +79,7 @@ fn usable_request_id(id: &[u8]) -> bool {
 
 /// Drop a client's `X-Request-Id` we will not carry (empty, too long, unsafe characters),
 /// so the node makes its own instead. Runs before [`SetRequestIdLayer`].
-pub async fn drop_unusable_request_id(mut req: Request) -> Request {
+pub fn drop_unusable_request_id(req: &mut Request) {
     let usable = req
         .headers()
         .get(&REQUEST_ID_HEADER)
@@ -87,7 +87,6 @@ pub async fn drop_unusable_request_id(mut req: Request) -> Request {
     if usable == Some(false) {
         req.headers_mut().remove(&REQUEST_ID_HEADER);
     }
-    req
 }
 
 /// The request's id, as a handler argument (empty only if the id layer is missing).
@@ -110,8 +109,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ReqId {
 pub fn request_span(req: &axum::http::Request<Body>) -> tracing::Span {
     let route = req
         .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str());
+        .get::<Template>()
+        .map_or("unmatched", |t| t.0);
     let id = req
         .extensions()
         .get::<RequestId>()
@@ -131,38 +130,52 @@ pub fn panic_reply(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal("Internal server error".into()).into_response()
 }
 
-/// Records every routed request's metrics, and logs its status and latency at debug (an
-/// access log costs too much at these rates to be on by default).
-pub async fn track(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    // Made-up methods are one label value, not one each (issue 13: 300 of them added
-    // ~450 kB to every scrape, forever).
-    let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" | "TRACE"
-        | "CONNECT") => m,
-        _ => "other",
+/// The metrics of one routed request: started as it arrives, recorded with its answer; its
+/// status and latency are logged at debug (an access log costs too much at these rates to
+/// be on by default).
+pub struct Tracked {
+    started: Instant,
+    method: &'static str,
+    route: &'static str,
+}
+
+impl Tracked {
+    pub fn start(req: &Request, route: Template) -> Tracked {
+        // Made-up methods are one label value, not one each (issue 13: 300 of them added
+        // ~450 kB to every scrape, forever).
+        let method = match *req.method() {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            Method::PATCH => "PATCH",
+            Method::TRACE => "TRACE",
+            Method::CONNECT => "CONNECT",
+            _ => "other",
+        };
+        Tracked {
+            started: Instant::now(),
+            method,
+            route: route.0,
+        }
     }
-    .to_owned();
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    tracing::debug!(
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        "request done"
-    );
-    state.metrics.observe(&FinishedRequest {
-        method: &method,
-        route: &endpoint,
-        status,
-        seconds: elapsed.as_secs_f64(),
-    });
-    resp
+
+    pub fn finish(self, state: &Shared, resp: &Response) {
+        let elapsed = self.started.elapsed();
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request done"
+        );
+        state.metrics.observe(&FinishedRequest {
+            method: self.method,
+            route: self.route,
+            status: resp.status(),
+            seconds: elapsed.as_secs_f64(),
+        });
+    }
 }
 
 /// Bring every scrape-time value up to date: what lives in the cache, the store, Raft, the
@@ -277,7 +290,10 @@ mod tests {
                 REQUEST_ID_HEADER,
                 NodeRequestIds::new("node7"),
             ))
-            .layer(axum::middleware::map_request(drop_unusable_request_id))
+            .layer(tower::util::MapRequestLayer::new(|mut req: Request| {
+                drop_unusable_request_id(&mut req);
+                req
+            }))
     }
 
     async fn call_on(app: &Router, path: &str, id: Option<&str>) -> Response {

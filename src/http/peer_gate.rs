@@ -1,15 +1,13 @@
 //! What every inbound node-to-node request passes before it reaches Raft or the write and
 //! read paths: the peer credential on every route of the peer listener
-//! ([`require_peer`]: the cluster secret when one is configured), then, for the RPCs
+//! ([`check`]: the cluster secret when one is configured), then, for the RPCs
 //! ([`admit`]), the `x-raft-target` check (a
 //! misaddressed request is refused rather than obeyed), the identity check (a request for
 //! another incarnation of this node, from an impostor or another cluster, or to an empty
 //! node that the sender does not know, is refused: `cookie_raft::identity`), and a bounded
 //! bincode decode of the body. A refused request changes nothing.
 
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 use cookie_raft::identity::{Claims, Refused};
@@ -45,14 +43,15 @@ fn has_peer_credential(state: &Shared, headers: &HeaderMap) -> bool {
 
 /// Every route of the peer listener: 401 `{"error":"Unauthorized"}` without the peer
 /// credential, before the body is read.
-pub async fn require_peer(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if !has_peer_credential(&state, req.headers()) {
-        return Refusal(StatusCode::UNAUTHORIZED, "Unauthorized".into()).into_response();
+pub fn check(state: &Shared, headers: &HeaderMap) -> Result<(), Refusal> {
+    if has_peer_credential(state, headers) {
+        Ok(())
+    } else {
+        Err(Refusal(StatusCode::UNAUTHORIZED, "Unauthorized".into()))
     }
-    next.run(req).await
 }
 
-/// Check the caller may talk to us (past [`require_peer`]), then decode its body.
+/// Check the caller may talk to us (past [`check`]), then decode its body.
 pub fn admit<T: DeserializeOwned>(
     state: &Shared,
     headers: &HeaderMap,

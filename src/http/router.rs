@@ -1,19 +1,23 @@
 //! The routes of the two listeners, the client API's and the peers', and the layers around them.
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use cookie_raft::identity::{self, INCARNATION_HEADER};
 use std::time::Duration;
+use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::error::ApiError;
 use super::observe::{
     self, CatchPanicLayer, NodeRequestIds, PropagateRequestIdLayer, SetRequestIdLayer, TraceLayer,
-    REQUEST_ID_HEADER,
+    Tracked, REQUEST_ID_HEADER,
 };
+use super::routes::{Routes, Template};
 use super::state::Shared;
 use super::{
     auth, backup, cache, cookies, health, members, openapi, peer_gate, peer_rpc, raft_rpc, status,
@@ -45,39 +49,33 @@ fn with_405(r: MethodRouter<Shared>) -> MethodRouter<Shared> {
 /// health monitor's `/health`, `/cache`'s per-node statistics). Every one needs the peer
 /// credential; nothing of the client API is here.
 pub fn peer_router(state: Shared) -> Router {
-    let rpcs = Router::new()
+    let routes = Routes::default()
         .route(APPEND_PATH, post(raft_rpc::append))
         .route(VOTE_PATH, post(raft_rpc::vote))
         .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
         .route(WRITE_PATH, post(peer_rpc::forwarded_write))
         .route(READ_INDEX_PATH, post(peer_rpc::read_index))
         .route(MEMBERSHIP_PATH, post(peer_rpc::membership))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    let probes = Router::new()
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route(HEALTH_PATH, with_405(get(health::health)))
         .route(CACHE_PATH, with_405(get(cache::local_cache_stats)));
-    let routes = rpcs
-        .merge(probes)
-        .fallback(not_found)
-        // Matched routes only: an unknown path is 404 to everyone.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            peer_gate::require_peer,
-        ))
+    let outer = Outer {
         // Every answer to a peer, refusals included, names this node's incarnation: that is
         // how a leader learns a new member's before the registry has it.
-        .layer(SetResponseHeaderLayer::overriding(
+        incarnation: Some(SetResponseHeaderLayer::overriding(
             HeaderName::from_static(INCARNATION_HEADER),
             HeaderValue::from_str(&identity::hex(state.cluster.identity.own()))
                 .expect("hex digits are a valid header value"),
-        ));
-    observed(routes, state)
+        )),
+        // Raft's RPCs carry snapshot chunks and batches of entries (the probes no body).
+        body_limit: Some(DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+    };
+    observed(routes, state, Gate::PeerCredential, outer)
 }
 
 /// The client listener's routes: the public API only. `/raft/*` is not here (404).
 pub fn client_router(state: Shared) -> Router {
-    let routes = Router::new()
+    let routes = Routes::default()
         .route("/", with_405(get(status::page)))
         .route(
             "/cookies",
@@ -129,33 +127,58 @@ pub fn client_router(state: Shared) -> Router {
             "/admin/backup",
             with_405(get(backup::backup).head(method_not_allowed)),
         )
-        .route("/openapi.json", with_405(get(openapi::document)))
-        .fallback(not_found)
-        // Client tokens are checked inside the metrics (a 401 is counted) and only on
-        // matched routes (an unknown path is 404 to everyone).
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_role,
-        ));
-    observed(routes, state)
+        .route("/openapi.json", with_405(get(openapi::document)));
+    let outer = Outer {
+        incarnation: None,
+        body_limit: None,
+    };
+    observed(routes, state, Gate::ClientToken, outer)
 }
 
-/// The layers both listeners share: the panic catcher, the body timeout, the metrics, the
-/// request id and the span.
-fn observed(routes: Router<Shared>, state: Shared) -> Router {
+/// What a listener checks before a routed request reaches its handler.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// The client's token and its role, when `client_tokens` are configured ([`auth`]).
+    ClientToken,
+    /// The peer credential ([`peer_gate`]).
+    PeerCredential,
+}
+
+/// The listener's own layers, outside all the others.
+struct Outer {
+    incarnation: Option<SetResponseHeaderLayer<HeaderValue>>,
+    body_limit: Option<DefaultBodyLimit>,
+}
+
+/// The layers every listener has, stacked once around its whole router (not around each
+/// route, which axum clones for every request: `routes.rs`), outermost first:
+/// - the route template and the request id: tagged before anything reads them;
+/// - the span, which names both;
+/// - [`front`]: the metrics, then the listener's credential check (so a 401 is counted),
+///   for routed requests only (an unknown path is 404 to everyone, and not counted);
+/// - the body timeout: a body that does not arrive in time ends with an error the handlers
+///   answer 408;
+/// - the panic catcher, innermost: a panic becomes a 500 that the metrics still count.
+fn observed(routes: Routes<Shared>, state: Shared, gate: Gate, outer: Outer) -> Router {
+    let (router, table) = routes.finish(not_found);
     let ids = NodeRequestIds::new(&state.cfg.name());
-    routes
-        // Innermost first: a panic becomes a 500 that the metrics still count.
-        .layer(CatchPanicLayer::custom(observe::panic_reply))
-        // A body that does not arrive in time ends with an error the handlers answer 408.
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
-            state.cfg.http.body_timeout_ms,
-        )))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            observe::track,
-        ))
-        // Outermost last: the id exists before the span that names it.
+    let body_timeout = Duration::from_millis(state.cfg.http.body_timeout_ms);
+    let front_state = Front {
+        state: state.clone(),
+        gate,
+    };
+    let stack = ServiceBuilder::new()
+        .option_layer(outer.incarnation)
+        .option_layer(outer.body_limit)
+        .map_request(move |mut req: Request| {
+            observe::drop_unusable_request_id(&mut req);
+            if let Some(template) = table.template(req.uri().path()) {
+                req.extensions_mut().insert(template);
+            }
+            req
+        })
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, ids))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(observe::request_span)
@@ -165,10 +188,36 @@ fn observed(routes: Router<Shared>, state: Shared) -> Router {
                 .on_eos(())
                 .on_failure(()),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, ids))
-        .layer(axum::middleware::map_request(
-            observe::drop_unusable_request_id,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(front_state, front))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(CatchPanicLayer::custom(observe::panic_reply))
+        .service(router.with_state(state));
+    Router::new().fallback_service(stack)
+}
+
+/// What [`front`] needs.
+#[derive(Clone)]
+struct Front {
+    state: Shared,
+    gate: Gate,
+}
+
+/// A routed request's metrics around its credential check and its handler.
+async fn front(State(front): State<Front>, req: Request, next: Next) -> Response {
+    let Some(&template) = req.extensions().get::<Template>() else {
+        return next.run(req).await;
+    };
+    let tracked = Tracked::start(&req, template);
+    let checked = match front.gate {
+        Gate::ClientToken => auth::check(&front.state, &req).map_err(IntoResponse::into_response),
+        Gate::PeerCredential => {
+            peer_gate::check(&front.state, req.headers()).map_err(IntoResponse::into_response)
+        }
+    };
+    let resp = match checked {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused,
+    };
+    tracked.finish(&front.state, &resp);
+    resp
 }
