@@ -36,7 +36,6 @@ impl<'a> Flat<'a> {
     /// The body's fields, when it is a JSON object that the fast path writes back exactly.
     pub fn parse(body: &'a [u8]) -> Option<Flat<'a>> {
         let Fields(fields) = serde_json::from_slice::<Fields<'a>>(body).ok()?;
-        let fields: Vec<(&str, &str)> = fields.into_iter().map(|(k, v)| (k, v.get())).collect();
         if !fields.iter().all(|(_, v)| is_written_as_is(v)) {
             return None;
         }
@@ -115,9 +114,9 @@ fn is_written_as_is(v: &str) -> bool {
     }
 }
 
-/// A JSON object read as borrowed (key, raw value) pairs, repeats included. A key with an
+/// A JSON object read as borrowed (key, value text) pairs, repeats included. A key with an
 /// escape cannot be borrowed, and fails the parse.
-struct Fields<'a>(Vec<(&'a str, &'a RawValue)>);
+struct Fields<'a>(Vec<(&'a str, &'a str)>);
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -136,11 +135,11 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16).min(MAX_FIELDS));
-        while let Some(entry) = map.next_entry::<&'de str, &'de RawValue>()? {
+        while let Some((key, value)) = map.next_entry::<&'de str, &'de RawValue>()? {
             if fields.len() == MAX_FIELDS {
                 return Err(de::Error::custom("too many fields for the fast path"));
             }
-            fields.push(entry);
+            fields.push((key, value.get()));
         }
         Ok(Fields(fields))
     }

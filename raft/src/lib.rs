@@ -48,7 +48,7 @@ pub mod chunks;
 pub mod codec;
 pub mod command;
 pub mod durable;
-pub mod flat_json;
+pub(crate) mod flat_json;
 pub mod identity;
 pub mod inbox;
 pub mod link;
