@@ -21,7 +21,7 @@ use std::ops::Bound;
 
 use openraft::{Entry, EntryPayload, StorageIOError};
 
-use super::overlay::{Index, IndexKey, Layer, View};
+use super::overlay::{Index, IndexKey, Layer, Room, View};
 use super::state::StateMachine;
 use super::tables::{order_key, Membership};
 use crate::codec;
@@ -177,9 +177,29 @@ fn apply_entries(
     Ok((responses, tables.batch, tables.touched))
 }
 
+/// A batch of at most this many commands is applied on the runtime's thread that asked for
+/// it; a larger one (a follower catching up, a leader at hundreds of clients) on the blocking
+/// pool. Handing every batch to the pool cost a thread wake-up and a switch each way: at 64
+/// clients that was ~9% of the three nodes' CPU (docs/benchmarks.md, "apply without the
+/// blocking pool"). A batch this size is a few hundred microseconds of CPU and reads only
+/// the layers and redb's page cache, which is the runtime's budget for one poll.
+const INLINE_COMMANDS: usize = 256;
+
+/// How many commands `entries` carry (a blank or membership entry counts as one).
+fn commands_in(entries: &[Entry<TypeConfig>]) -> usize {
+    entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(req) => req.cmds.len().max(1),
+            _ => 1,
+        })
+        .sum()
+}
+
 impl StateMachine {
-    /// openraft's `apply`: the transaction on the blocking pool, then the cache and the
-    /// applied index brought up to date.
+    /// openraft's `apply`: the batch applied into the layers (on this thread when it is
+    /// small, [`INLINE_COMMANDS`]), any wait on the flush thread on the blocking pool, then
+    /// the cache and the applied index brought up to date.
     pub(super) async fn apply_batch(
         &mut self,
         entries: Vec<Entry<TypeConfig>>,
@@ -187,25 +207,46 @@ impl StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let inline = commands_in(&entries) <= INLINE_COMMANDS;
         let db = self.db.clone();
         let overlay = self.overlay.clone();
-        let (responses, touched, last) = tokio::task::spawn_blocking(move || {
+        let work = move || {
             let view = db.view()?;
             let (responses, batch, touched) = apply_entries(&view, entries)?;
             // Let go of the layers before adding to them, or the active one would be copied.
             drop(view);
             let last = batch.applied.map_or(0, |l| l.index);
-            overlay.add(batch)?;
-            // A registry change is made durable at once (it is rare): a node that restarts
-            // must still name every member's incarnation, or it could not tell a wiped one.
-            if touched.registry.is_some() {
-                overlay.flush_all()?;
-            }
-            Ok::<_, BoxError>((responses, touched, last))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&e))?
+            let room = overlay.add(batch);
+            Ok::<_, BoxError>((responses, touched, last, room))
+        };
+        let (responses, touched, last, room) = if inline {
+            work()
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?
+        }
         .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+        // The waits, which block, go to the pool. A registry change is made durable at once
+        // (it is rare): a node that restarts must still name every member's incarnation, or
+        // it could not tell a wiped one.
+        let full = room == Room::Full;
+        let registry = touched.registry.is_some();
+        if full || registry {
+            let overlay = self.overlay.clone();
+            tokio::task::spawn_blocking(move || {
+                if full {
+                    overlay.wait_for_room()?;
+                }
+                if registry {
+                    overlay.flush_all()?;
+                }
+                Ok::<_, BoxError>(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?
+            .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+        }
         // Visible to readers: now make the cache forget what changed, before openraft publishes the
         // new last_applied (it does so after we return).
         self.cache

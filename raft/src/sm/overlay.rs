@@ -362,6 +362,15 @@ pub(crate) struct Overlay {
     flush: Arc<(Mutex<Progress>, Condvar)>,
 }
 
+/// Whether the layers can take another batch, after [`Overlay::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(super) enum Room {
+    Left,
+    /// At the memory bound, with a frozen layer still being written.
+    Full,
+}
+
 /// The flush thread: stopped (after a last flush) and joined when dropped.
 pub(crate) struct FlushThread {
     overlay: Overlay,
@@ -416,9 +425,10 @@ impl Overlay {
         self.flush.1.notify_all();
     }
 
-    /// Add a batch's changes to the active layer, where readers see them. Waits while the
-    /// layers are at their memory bound; starts a flush when one is due.
-    pub(super) fn add(&self, batch: Layer) -> Result<(), BoxError> {
+    /// Add a batch's changes to the active layer, where readers see them, and start a flush
+    /// when one is due. Never waits: returns [`Room::Full`] when the layers are at their
+    /// memory bound, and then the caller must [`Overlay::wait_for_room`] before it adds more.
+    pub(super) fn add(&self, batch: Layer) -> Room {
         let (due, full) = self.db.write(|c| {
             Arc::make_mut(&mut c.active).absorb(batch);
             (c.active.due(), c.active.full() && c.frozen.is_some())
@@ -428,9 +438,16 @@ impl Overlay {
             self.wake();
         }
         if full {
-            self.wait_for(|c| c.frozen.is_none())?;
+            Room::Full
+        } else {
+            Room::Left
         }
-        Ok(())
+    }
+
+    /// Wait until the frozen layer is written, which makes room for the next batch. Blocks:
+    /// call it off the async runtime.
+    pub(super) fn wait_for_room(&self) -> Result<(), BoxError> {
+        self.wait_for(|c| c.frozen.is_none())
     }
 
     /// Write everything applied so far to the database, and wait for it: before a snapshot
@@ -765,6 +782,57 @@ mod tests {
         let ids: Vec<&str> = merged.iter().map(|(_, s)| s.as_str()).collect();
         // b: removed by the newest; c: removed by the older layer; d, e: added.
         assert_eq!(ids, ["a", "d", "e", "f"]);
+    }
+
+    /// `apply` adds without blocking and is told when the layers are at their bound; the wait
+    /// for room ends when the frozen layer is written, and not before.
+    #[test]
+    fn add_reports_the_bound_and_the_wait_for_room_ends_with_the_write() {
+        use super::super::layer::{FLUSH_ROWS, HARD_FACTOR};
+        use super::super::tables::create_tables;
+        use openraft::CommittedLeaderId;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        let file = crate::create_db(&path, 1 << 20).unwrap();
+        create_tables(&file).unwrap();
+        let db = Db::new(file, &path, 1 << 20).unwrap();
+        // redb has one writer at a time: while this transaction is open, the flush thread's
+        // write of the frozen layer cannot begin.
+        let held = db.get().begin_write().unwrap();
+        let (overlay, _flusher) = Overlay::start(db.clone(), None).unwrap();
+        let mut index = 0;
+        let mut batch = |rows: usize| {
+            let mut l = Layer::default();
+            for _ in 0..rows {
+                index += 1;
+                l.put_cookie(&format!("id-{index}"), Some(b"{}".to_vec()));
+                l.applied(LogId::new(CommittedLeaderId::new(1, 1), index));
+            }
+            l
+        };
+        // A layer due for a flush: the flush thread freezes it and waits for the writer.
+        assert_eq!(overlay.add(batch(FLUSH_ROWS)), Room::Left);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db.read(|c| c.frozen.is_none()) {
+            assert!(Instant::now() < deadline, "the flush never froze the layer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Up to the bound the active layer takes batches; at it, `add` says so.
+        assert_eq!(overlay.add(batch(FLUSH_ROWS)), Room::Left);
+        assert_eq!(overlay.add(batch(FLUSH_ROWS * HARD_FACTOR)), Room::Full);
+        let waiter = std::thread::spawn({
+            let overlay = overlay.clone();
+            move || overlay.wait_for_room()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !waiter.is_finished(),
+            "room before the frozen layer was written"
+        );
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        assert!(db.read(|c| c.frozen.is_none()));
     }
 
     #[test]
