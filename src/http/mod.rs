@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod body_timeout;
 pub mod cache;
 pub mod cookies;
 pub mod error;

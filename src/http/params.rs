@@ -95,9 +95,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            // The router's body timeout (tower-http) ends a body that comes too slowly.
+            // The router's body timeout ends a body that comes too slowly.
             let timed_out = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<tower_http::timeout::TimeoutError>())
+                .is_some_and(|s| s.is::<super::body_timeout::BodyTimedOut>())
                 || e.to_string().contains("timed out");
             if timed_out {
                 ApiError::BodyTimeout

@@ -10,8 +10,8 @@ use cookie_raft::identity::{self, INCARNATION_HEADER};
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use super::body_timeout::BodyTimeoutLayer;
 use super::error::ApiError;
 use super::observe::{
     self, CatchPanicLayer, NodeRequestIds, PropagateRequestIdLayer, SetRequestIdLayer, TraceLayer,
@@ -189,7 +189,7 @@ fn observed(routes: Routes<Shared>, state: Shared, gate: Gate, outer: Outer) -> 
                 .on_failure(()),
         )
         .layer(axum::middleware::from_fn_with_state(front_state, front))
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(BodyTimeoutLayer::new(body_timeout))
         .layer(CatchPanicLayer::custom(observe::panic_reply))
         .service(router.with_state(state));
     Router::new().fallback_service(stack)

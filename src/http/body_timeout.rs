@@ -1,0 +1,196 @@
+//! A request body that stops coming ends with [`BodyTimedOut`] once `body_timeout_ms` pass
+//! without a frame; the handlers answer that with 408.
+//!
+//! tower-http's `RequestBodyTimeout` does the same, but arms a timer on every poll of the
+//! body, before it looks at the body: a create's body, already read with its head, armed
+//! and dropped a timer in the runtime's wheel twice (once for the data, once for its end).
+//! Here the timer is armed only when the body has nothing ready, which for a small body is
+//! never. Between frames the rule is the same: the time runs from the poll that found
+//! nothing, and a frame resets it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use http_body::{Frame, SizeHint};
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error a body ends with when the next frame does not come in time.
+#[derive(Debug, thiserror::Error)]
+#[error("request body timed out")]
+pub struct BodyTimedOut;
+
+/// Wraps each request's body in a [`TimedBody`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeoutLayer {
+    timeout: Duration,
+}
+
+impl BodyTimeoutLayer {
+    pub fn new(timeout: Duration) -> Self {
+        BodyTimeoutLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for BodyTimeoutLayer {
+    type Service = BodyTimeout<S>;
+
+    fn layer(&self, inner: S) -> BodyTimeout<S> {
+        BodyTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// See [`BodyTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct BodyTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> Service<Request> for BodyTimeout<S>
+where
+    S: Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> S::Future {
+        let timeout = self.timeout;
+        self.inner
+            .call(req.map(|body| Body::new(TimedBody::new(body, timeout))))
+    }
+}
+
+/// A body whose next frame must come within `timeout` of a poll that found none.
+pub struct TimedBody<B> {
+    body: B,
+    timeout: Duration,
+    /// Armed while the body has nothing ready.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> TimedBody<B> {
+    pub fn new(body: B, timeout: Duration) -> Self {
+        TimedBody {
+            body,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for TimedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.sleep = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::mpsc;
+    use http_body_util::{BodyExt, StreamBody};
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A body fed through a channel, and its sender.
+    fn fed() -> (
+        mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>,
+        TimedBody<Body>,
+    ) {
+        let (tx, rx) = mpsc::unbounded();
+        let body = Body::new(StreamBody::new(rx));
+        (tx, TimedBody::new(body, TIMEOUT))
+    }
+
+    fn data(b: &'static [u8]) -> Result<Frame<Bytes>, BoxError> {
+        Ok(Frame::data(Bytes::from_static(b)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_ends_with_the_timeout() {
+        let (tx, mut body) = fed();
+        tx.unbounded_send(data(b"a")).unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        let started = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyTimedOut>(), "{err}");
+        assert_eq!(started.elapsed(), TIMEOUT);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_keeps_coming_is_never_cut() {
+        let (tx, body) = fed();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(TIMEOUT * 3 / 4).await;
+                tx.unbounded_send(data(b"x")).unwrap();
+            }
+        });
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all, "xxxxxxxxxx");
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_already_there_arms_no_timer() {
+        let (tx, mut body) = fed();
+        tx.unbounded_send(data(b"a")).unwrap();
+        tx.unbounded_send(data(b"b")).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            got.push(frame.unwrap().into_data().unwrap());
+            assert!(body.sleep.is_none());
+        }
+        assert_eq!(got, ["a", "b"]);
+        // The stream is over: still no timer.
+        assert!(body.sleep.is_none());
+    }
+}
