@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use cookie_raft::BoxError;
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The error a body ends with when the next frame does not come in time.
 #[derive(Debug, thiserror::Error)]

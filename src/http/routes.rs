@@ -6,10 +6,10 @@
 //! route: axum's `Router::layer` and `route_layer` wrap each method of each route in every
 //! layer, and each layer boundary is a boxed service that axum clones for every request,
 //! an allocation and atomic reference counts per layer before a create's handler ran: 17%
-//! of the leader's CPU at 64 clients (docs/benchmarks.md, issue 16's tenth pass). Now the layers wrap the router once, and [`Template`] tells them
-//! the route: [`Routes::route`] records each template in a table of the same matcher axum
-//! routes with (`matchit`), as it adds the route, so the table and the router cannot
-//! disagree.
+//! of the leader's CPU at 64 clients (docs/benchmarks.md, issue 16's tenth pass). Now the
+//! layers wrap the router once, and [`Template`] tells them the route: [`Routes::route`]
+//! records each template in a table of the same matcher axum routes with (`matchit`), as it
+//! adds the route, so the table and the router cannot disagree.
 
 use std::sync::Arc;
 

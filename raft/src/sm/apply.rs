@@ -196,6 +196,16 @@ fn commands_in(entries: &[Entry<TypeConfig>]) -> usize {
         .sum()
 }
 
+/// `f` on the blocking pool; its failure is a failed write of the state machine.
+async fn on_pool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BoxError> + Send + 'static,
+) -> StResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&e))?
+        .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)).into())
+}
+
 impl StateMachine {
     /// openraft's `apply`: the batch applied into the layers (on this thread when it is
     /// small, [`INLINE_COMMANDS`]), any wait on the flush thread on the blocking pool, then
@@ -220,13 +230,10 @@ impl StateMachine {
             Ok::<_, BoxError>((responses, touched, last, room))
         };
         let (responses, touched, last, room) = if inline {
-            work()
+            work().map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?
         } else {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| StorageIOError::write_state_machine(&e))?
-        }
-        .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+            on_pool(work).await?
+        };
         // The waits, which block, go to the pool. A registry change is made durable at once
         // (it is rare): a node that restarts must still name every member's incarnation, or
         // it could not tell a wiped one.
@@ -234,18 +241,16 @@ impl StateMachine {
         let registry = touched.registry.is_some();
         if full || registry {
             let overlay = self.overlay.clone();
-            tokio::task::spawn_blocking(move || {
+            on_pool(move || {
                 if full {
                     overlay.wait_for_room()?;
                 }
                 if registry {
                     overlay.flush_all()?;
                 }
-                Ok::<_, BoxError>(())
+                Ok(())
             })
-            .await
-            .map_err(|e| StorageIOError::write_state_machine(&e))?
-            .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?;
+            .await?;
         }
         // Visible to readers: now make the cache forget what changed, before openraft publishes the
         // new last_applied (it does so after we return).
