@@ -49,6 +49,17 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// An empty layer whose records' map has room for `rows` without growing: the size the
+    /// layer it follows reached, so at a steady load the active layer is not rehashed a
+    /// dozen times on its way to a flush (each time a new table, every row moved, the old
+    /// one freed: 2.7% of a follower's CPU at 256 clients).
+    pub(super) fn sized_for(rows: usize) -> Layer {
+        Layer {
+            cookies: HashMap::with_capacity(rows.min(FLUSH_ROWS * HARD_FACTOR)),
+            ..Layer::default()
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.applied.is_none()
     }

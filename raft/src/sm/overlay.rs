@@ -566,9 +566,14 @@ impl Overlay {
     /// Freeze the active layer (unless a frozen one waits from a failed try) and write it.
     /// Returns the index now written, `None` when there was nothing to write.
     fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<u64>, BoxError> {
+        // The next active layer, sized like this one, allocated before the lock is taken.
+        let mut next = Some(Arc::new(Layer::sized_for(
+            self.db.read(|c| c.active.cookies.len()),
+        )));
         let (frozen, db, ids) = self.db.write(|c| {
             if c.frozen.is_none() && !c.active.is_empty() {
-                c.frozen = Some(std::mem::take(&mut c.active));
+                let next = next.take().unwrap_or_default();
+                c.frozen = Some(std::mem::replace(&mut c.active, next));
             }
             (c.frozen.clone(), c.db.clone(), c.ids.clone())
         });
@@ -797,10 +802,11 @@ mod tests {
         let file = crate::create_db(&path, 1 << 20).unwrap();
         create_tables(&file).unwrap();
         let db = Db::new(file, &path, 1 << 20).unwrap();
-        // redb has one writer at a time: while this transaction is open, the flush thread's
-        // write of the frozen layer cannot begin.
-        let held = db.get().begin_write().unwrap();
         let (overlay, _flusher) = Overlay::start(db.clone(), None).unwrap();
+        // redb has one writer at a time: while this transaction is open, the flush thread's
+        // write of the frozen layer cannot begin. Declared after the flush thread, so that a
+        // failed assertion drops it first and the thread's join does not wait on it.
+        let held = db.get().begin_write().unwrap();
         let mut index = 0;
         let mut batch = |rows: usize| {
             let mut l = Layer::default();
@@ -818,6 +824,8 @@ mod tests {
             assert!(Instant::now() < deadline, "the flush never froze the layer");
             std::thread::sleep(Duration::from_millis(5));
         }
+        // The next active layer starts with room for as many records as the frozen one.
+        assert!(db.read(|c| c.active.cookies.capacity()) >= FLUSH_ROWS);
         // Up to the bound the active layer takes batches; at it, `add` says so.
         assert_eq!(overlay.add(batch(FLUSH_ROWS)), Room::Left);
         assert_eq!(overlay.add(batch(FLUSH_ROWS * HARD_FACTOR)), Room::Full);
