@@ -196,6 +196,11 @@ fn commands_in(entries: &[Entry<TypeConfig>]) -> usize {
         .sum()
 }
 
+/// A failure of `apply`'s work, as openraft takes it: a failed write of the state machine.
+fn failed_write(e: BoxError) -> openraft::StorageError<crate::types::NodeId> {
+    StorageIOError::write_state_machine(&crate::io_err(e)).into()
+}
+
 /// `f` on the blocking pool; its failure is a failed write of the state machine.
 async fn on_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BoxError> + Send + 'static,
@@ -203,7 +208,7 @@ async fn on_pool<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageIOError::write_state_machine(&e))?
-        .map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)).into())
+        .map_err(failed_write)
 }
 
 impl StateMachine {
@@ -230,7 +235,7 @@ impl StateMachine {
             Ok::<_, BoxError>((responses, touched, last, room))
         };
         let (responses, touched, last, room) = if inline {
-            work().map_err(|e| StorageIOError::write_state_machine(&crate::io_err(e)))?
+            work().map_err(failed_write)?
         } else {
             on_pool(work).await?
         };

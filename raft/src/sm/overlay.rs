@@ -567,12 +567,9 @@ impl Overlay {
     /// Returns the index now written, `None` when there was nothing to write.
     fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<u64>, BoxError> {
         // The next active layer, sized like this one, allocated before the lock is taken.
-        let mut next = Some(Arc::new(Layer::sized_for(
-            self.db.read(|c| c.active.cookies.len()),
-        )));
+        let next = Arc::new(Layer::sized_for(self.db.read(|c| c.active.cookies.len())));
         let (frozen, db, ids) = self.db.write(|c| {
             if c.frozen.is_none() && !c.active.is_empty() {
-                let next = next.take().unwrap_or_default();
                 c.frozen = Some(std::mem::replace(&mut c.active, next));
             }
             (c.frozen.clone(), c.db.clone(), c.ids.clone())
