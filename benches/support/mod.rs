@@ -2,6 +2,8 @@
 //! data directory, started, waited for, killed and restarted.
 #![allow(dead_code)]
 
+pub mod delay;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -138,13 +140,15 @@ impl Nodes {
         } else {
             ""
         };
+        let overrides = peer_delay_overrides(&ports).await;
         let mut configs = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let cfg = dir.path().join(format!("n{i}.toml"));
+            let overrides = &overrides[i];
             std::fs::write(
                 &cfg,
                 format!(
-                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{secret}{extra}",
+                    "node_id = {}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nnodes = [{}]\nlog_level = \"warn\"\n{overrides}{secret}{extra}",
                     i + 1,
                     dir.path().join(format!("d{i}")).display(),
                     members.join(", ")
@@ -210,6 +214,49 @@ impl Nodes {
     }
 }
 
+/// With `BENCH_PEER_DELAY_MS` set, a delaying proxy ([`delay`]) on every link between the
+/// nodes at `ports`, and each node's `peer_overrides` line naming its links; else no lines.
+async fn peer_delay_overrides(ports: &[u16]) -> Vec<String> {
+    let ms: u64 = env_num("BENCH_PEER_DELAY_MS", 0);
+    if ms == 0 {
+        return vec![String::new(); ports.len()];
+    }
+    let mut lines = Vec::new();
+    for a in 0..ports.len() {
+        let mut entries = Vec::new();
+        for (b, &target) in ports.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            // Peers listen `PEER_PORT_OFFSET` above the client port these configs give.
+            let peer = target + cookie_crud::config::PEER_PORT_OFFSET;
+            tokio::spawn(delay::serve(listener, peer, Duration::from_millis(ms)));
+            // An override's `addr` is where this node reaches that peer's listener.
+            entries.push(format!("{{ id = {}, addr = \"127.0.0.1:{port}\" }}", b + 1));
+        }
+        lines.push(format!("peer_overrides = [{}]\n", entries.join(", ")));
+    }
+    lines
+}
+
+/// With `BENCH_PEER_DELAY_MS` set, a delaying proxy in front of each of `ports` (etcd's
+/// peer listeners), and the ports the proxies listen on; else `ports` themselves.
+async fn peer_delay_fronts(ports: &[u16]) -> Vec<u16> {
+    let ms: u64 = env_num("BENCH_PEER_DELAY_MS", 0);
+    if ms == 0 {
+        return ports.to_vec();
+    }
+    let mut fronts = Vec::new();
+    for &target in ports {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        fronts.push(listener.local_addr().unwrap().port());
+        tokio::spawn(delay::serve(listener, target, Duration::from_millis(ms)));
+    }
+    fronts
+}
+
 /// The etcd binary to compare against: `ETCD=path`, or Debian's `etcd-server` where it is
 /// installed; `ETCD=none` (or no binary) skips etcd (A/B runs of cookie-crud alone).
 pub fn etcd_binary() -> Option<String> {
@@ -236,7 +283,10 @@ impl Etcd {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let initial: Vec<String> = peer_ports
+        // Where the others reach each member: its peer port, or with BENCH_PEER_DELAY_MS a
+        // delaying proxy in front of it (both directions of every link pass one).
+        let advertised = peer_delay_fronts(&peer_ports).await;
+        let initial: Vec<String> = advertised
             .iter()
             .enumerate()
             .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
@@ -245,6 +295,7 @@ impl Etcd {
         for i in 0..3 {
             let c = format!("http://127.0.0.1:{}", client_ports[i]);
             let p = format!("http://127.0.0.1:{}", peer_ports[i]);
+            let a = format!("http://127.0.0.1:{}", advertised[i]);
             children.push(Some(
                 Command::new(bin)
                     .args(["--name", &format!("e{i}")])
@@ -257,7 +308,7 @@ impl Etcd {
                         "--listen-peer-urls",
                         &p,
                         "--initial-advertise-peer-urls",
-                        &p,
+                        &a,
                     ])
                     .args(["--initial-cluster", &initial.join(",")])
                     .args([
