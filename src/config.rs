@@ -124,12 +124,16 @@ impl Default for RaftTuning {
 /// 2-core bench machine +3-8% writes/s at 16-32 clients, -2-5% at 64-256:
 /// `src/write/window.rs`, docs/benchmarks.md), so it goes only while fewer than
 /// `pipeline_below` writes are outstanding. `pipeline_below = 0` keeps one in flight.
+/// Where rounds are bound by latency rather than CPU, a second entry in flight pays at any
+/// load: it also goes while at least `pipeline_idle_above` of the CPU this node may use sat
+/// idle over the last half second (`src/write/idle.rs`); 1.0 turns that off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchTuning {
     pub max_commands: usize,
     pub max_inflight: usize,
     pub pipeline_below: usize,
+    pub pipeline_idle_above: f64,
     pub forward_inflight: usize,
 }
 
@@ -139,6 +143,7 @@ impl Default for BatchTuning {
             max_commands: 512,
             max_inflight: 2,
             pipeline_below: 24,
+            pipeline_idle_above: 0.4,
             forward_inflight: 4,
         }
     }
@@ -744,6 +749,9 @@ impl Config {
                 "batch: max_commands, max_inflight and forward_inflight must be at least 1".into(),
             );
         }
+        if !(b.pipeline_idle_above > 0.0 && b.pipeline_idle_above <= 1.0) {
+            return Err("batch: pipeline_idle_above must be above 0 and at most 1".into());
+        }
         let st = &self.storage;
         if st.sm_cache_bytes < 1 << 20 || st.log_cache_bytes < 1 << 20 {
             return Err(
@@ -991,6 +999,13 @@ mod tests {
         assert!(err.0.contains("not listed"), "{err}");
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(err.0.contains("listen"), "{err}");
+        for bad in ["0", "-0.5", "1.5", "nan"] {
+            let err = Config::parse(&format!("[batch]\npipeline_idle_above = {bad}\n"))
+                .unwrap_err();
+            assert!(err.0.contains("pipeline_idle_above"), "{bad}: {err}");
+        }
+        let cfg = Config::parse("[batch]\npipeline_idle_above = 1.0\n").unwrap();
+        assert_eq!(cfg.batch.pipeline_idle_above, 1.0);
         let err = Config::parse("[storage]\nsm_cache_bytes = 4096\n").unwrap_err();
         assert!(err.0.contains("sm_cache_bytes"), "{err}");
         let cfg = Config::parse("[storage]\nlog_cache_bytes = 2097152\n").unwrap();

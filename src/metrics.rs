@@ -76,6 +76,7 @@ pub struct Metrics {
     pub write_queue_seconds: Histogram,
     /// How many batches group commit may keep in flight now (`write/window.rs`).
     pub write_batches_allowed: IntGauge,
+    pub write_cpu_idle: Gauge,
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.
     pub write_dropped: IntCounter,
@@ -217,7 +218,8 @@ impl Metrics {
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             write_queue_seconds: histogram(&r, "raft_write_queue_seconds", "Time a client write waited in group commit's queue before it was taken into a batch (leader only)",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
-            write_batches_allowed: int_gauge(&r, "raft_write_batches_allowed", "Batches group commit may keep in flight now: batch.max_inflight while few writes are outstanding, else 1 (leader only)"),
+            write_batches_allowed: int_gauge(&r, "raft_write_batches_allowed", "Batches group commit may keep in flight now: batch.max_inflight while few writes are outstanding or batch.pipeline_idle_above of the CPU is idle, else 1 (leader only)"),
+            write_cpu_idle: float_gauge(&r, "raft_write_cpu_idle_ratio", "Share of the CPU this node may use that sat idle over the last half second, as group commit last sampled it (leader only)"),
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
             registry: r,
         })

@@ -187,6 +187,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 max_bytes: MAX_BATCH_BYTES,
                 max_inflight: cfg.batch.max_inflight,
                 pipeline_below: cfg.batch.pipeline_below,
+                pipeline_idle_above: cfg.batch.pipeline_idle_above,
             },
             forward_inflight: cfg.batch.forward_inflight,
         },

@@ -24,6 +24,7 @@ use openraft::raft::ClientWriteResponse;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::idle::IdleSampler;
 use super::queue::{Queue, Verdict};
 use super::window::Window;
 use crate::cluster::Cluster;
@@ -59,6 +60,9 @@ pub struct BatchLimits {
     /// More than one batch in flight only while fewer writes than this are outstanding
     /// (waiting for a batch or in one): see [`super::window`].
     pub pipeline_below: usize,
+    /// More than one batch in flight at any load while this share of the node's CPU sits
+    /// idle (1.0: never): see [`super::window`].
+    pub pipeline_idle_above: f64,
 }
 
 type Reply = oneshot::Sender<Result<CmdResult, LocalError>>;
@@ -190,7 +194,9 @@ struct Queued {
 }
 
 async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc<Metrics>) {
-    let mut window = Window::new(limits.max_inflight, limits.pipeline_below);
+    let mut window = Window::new(limits.max_inflight, limits.pipeline_below)
+        .pipeline_when_idle(limits.pipeline_idle_above);
+    let mut idle = IdleSampler::for_this_process();
     let places = queued.places;
     let mut queue = Queue::new(queued.rx);
     metrics.write_batches_allowed.set(window.allowed() as i64);
@@ -246,6 +252,13 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
             continue;
         }
         metrics.write_batch_commands.observe(cmds.len() as f64);
+        if let Some(share) = idle
+            .as_mut()
+            .and_then(|s| s.poll(std::time::Instant::now()))
+        {
+            window.idle(share);
+            metrics.write_cpu_idle.set(share);
+        }
         window.proposed(
             &mut in_window,
             cmds.len(),

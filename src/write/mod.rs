@@ -6,7 +6,8 @@
 //! - [`group_commit`]: many writes per log entry (a *batch*).
 //! - [`forward`]: a follower's writes sent to the leader many per request.
 //! - [`queue`]: the queue both of them take their next group from.
-//! - [`window`]: how many batches group commit keeps in flight, adapting to the load.
+//! - [`window`]: how many batches group commit keeps in flight, adapting to the load and to
+//!   the CPU left idle ([`idle`]).
 //!
 //! # Outcomes
 //! A command's outcome is one of: applied (with its result); certainly not applied (the node
@@ -21,6 +22,7 @@
 
 pub mod forward;
 pub mod group_commit;
+pub mod idle;
 pub mod queue;
 pub mod window;
 

@@ -19,6 +19,18 @@
 //! measured worse than either fixed mode near the threshold (-10% at 64 clients with the
 //! threshold at 48): just after a batch is proposed few writes are waiting, so a tiny
 //! second batch went, and the next large one waited behind it.
+//!
+//! The load stands in for CPU: many writes outstanding mean large batches, where a second
+//! entry's round costs CPU the load needs. That holds where CPU is short, not where rounds
+//! are bound by latency (nodes on separate machines; more cores than the load uses): there
+//! a second batch in flight also saves openraft 0.9 a round trip per batch (it keeps one
+//! AppendEntries in flight per follower, and with nothing else to send it spends one on the
+//! commit index alone). So the window also pipelines at any load while at least
+//! `pipeline_idle_above` of the node's CPU sat idle ([`super::idle`]), and stops once less
+//! than half that does (hysteresis again: pipelining itself uses some of what was idle).
+//! With nodes 1 ms apart (the bench's `BENCH_PEER_DELAY_MS=1`) that gave +18% writes/s at
+//! 64 clients and +10% at 256; on the 2-core bench machine those loads leave 6-18% idle,
+//! below the default 40%, and nothing changes there (docs/benchmarks.md).
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -37,8 +49,12 @@ pub struct Window {
     pipeline_below: usize,
     /// The writes outstanding, averaged over the last batches (about eight).
     load: f64,
-    /// Whether more than one batch may be in flight now.
+    /// Whether more than one batch may be in flight now, by the load.
     pipelining: bool,
+    /// The idle share of CPU at which pipelining goes at any load (1.0 or more: never).
+    idle_above: f64,
+    /// Whether enough CPU sat idle at the last samples to pipeline whatever the load.
+    spare: bool,
 }
 
 impl Window {
@@ -51,6 +67,28 @@ impl Window {
             pipeline_below,
             load: 0.0,
             pipelining: pipeline_below > 0,
+            idle_above: 1.0,
+            spare: false,
+        }
+    }
+
+    /// Also keep more than one batch in flight, at any load, while at least `share` of the
+    /// node's CPU sits idle (see [`Window::idle`]); `share >= 1` never does.
+    pub fn pipeline_when_idle(mut self, share: f64) -> Self {
+        self.idle_above = share;
+        self
+    }
+
+    /// Note the idle share of the node's CPU over the last sample: pipelining by it starts
+    /// at `idle_above` and stops below half that.
+    pub fn idle(&mut self, share: f64) {
+        if self.idle_above >= 1.0 {
+            return;
+        }
+        if !self.spare && share >= self.idle_above {
+            self.spare = true;
+        } else if self.spare && share < self.idle_above / 2.0 {
+            self.spare = false;
         }
     }
 
@@ -70,7 +108,7 @@ impl Window {
 
     /// How many batches may be in flight now.
     pub fn allowed(&self) -> usize {
-        if self.pipelining {
+        if self.pipelining || self.spare {
             self.max
         } else {
             1
@@ -194,5 +232,39 @@ mod tests {
         let mut first = free(&window).await.unwrap();
         window.proposed(&mut first, 1, 0);
         assert!(free(&window).await.is_none());
+    }
+
+    /// Under a heavy load, CPU to spare brings the second batch back, and it stays until
+    /// less than half the threshold is idle.
+    #[tokio::test]
+    async fn idle_cpu_pipelines_at_any_load_with_hysteresis() {
+        let mut window = Window::new(2, 24).pipeline_when_idle(0.4);
+        for _ in 0..50 {
+            let mut s = free(&window).await.unwrap();
+            window.proposed(&mut s, 200, 100);
+        }
+        assert_eq!(window.allowed(), 1, "a heavy load, no CPU signal yet");
+        window.idle(0.3);
+        assert_eq!(window.allowed(), 1, "not enough idle");
+        window.idle(0.45);
+        assert_eq!(window.allowed(), 2, "CPU to spare");
+        let mut first = free(&window).await.unwrap();
+        window.proposed(&mut first, 200, 100);
+        let _second = free(&window).await.expect("a second batch in flight");
+        window.idle(0.25);
+        assert_eq!(
+            window.allowed(),
+            2,
+            "above half the threshold: still pipelining"
+        );
+        window.idle(0.15);
+        assert_eq!(window.allowed(), 1, "CPU short again");
+    }
+
+    #[tokio::test]
+    async fn an_idle_threshold_of_one_never_pipelines_by_cpu() {
+        let mut window = Window::new(2, 0).pipeline_when_idle(1.0);
+        window.idle(1.0);
+        assert_eq!(window.allowed(), 1);
     }
 }

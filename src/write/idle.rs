@@ -1,0 +1,258 @@
+//! How much of the CPU this node may use sat idle lately: the signal [`super::window`]
+//! uses to keep a second batch in flight at any load while there is CPU to spare.
+//!
+//! Why a CPU signal and not only the load: a second batch in flight costs CPU (another
+//! entry's round on every node) and saves latency (a write need not wait for the batch in
+//! flight, and openraft 0.9, which keeps one AppendEntries in flight per follower, need not
+//! spend a round trip on an entry-less AppendEntries that only carries the commit index).
+//! Where CPU is short, as on the 2-core bench machine under 64 or more clients, the CPU
+//! decides; where rounds are bound by latency (nodes on separate machines, or more cores
+//! than the load uses), the latency decides, and the load alone cannot tell them apart.
+//!
+//! The share is measured over the CPUs this process may run on (`Cpus_allowed_list` in
+//! `/proc/self/status`, their lines in `/proc/stat`), so other processes on those CPUs count
+//! as busy; and where a cgroup v2 quota (`cpu.max`) caps the node, also against the quota
+//! (a container on a large, idle host is still short once its quota is spent). The
+//! smaller of the two counts. Where none of these files can be read (not Linux), there is
+//! no signal and the load alone decides.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often a sample is taken: long enough that one batch's burst does not swing it.
+pub const PERIOD: Duration = Duration::from_millis(500);
+
+/// Cumulative CPU time, as the kernel counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counters {
+    /// Over the allowed CPUs: idle (with I/O wait) and all, in clock ticks.
+    idle_ticks: u64,
+    total_ticks: u64,
+    /// The cgroup's CPU time, in microseconds, where it has a quota.
+    cgroup_usec: Option<u64>,
+}
+
+/// Samples the idle share every [`PERIOD`], on the caller's schedule.
+pub struct IdleSampler {
+    allowed: Vec<usize>,
+    /// The cgroup's `cpu.max` and `cpu.stat`, and the CPUs its quota allows.
+    quota: Option<(PathBuf, f64)>,
+    last: Option<(Instant, Counters)>,
+}
+
+impl IdleSampler {
+    /// A sampler for this process, or `None` where the kernel's counters cannot be read.
+    pub fn for_this_process() -> Option<IdleSampler> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .and_then(|l| parse_cpu_list(l.trim()))?;
+        let quota = cgroup_dir().and_then(|dir| {
+            let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
+            Some((dir.join("cpu.stat"), parse_cpu_max(&max)?))
+        });
+        let sampler = IdleSampler {
+            allowed,
+            quota,
+            last: None,
+        };
+        // Fails now rather than on every sample if /proc/stat is not what it should be.
+        sampler.read()?;
+        Some(sampler)
+    }
+
+    /// The idle share of the interval since the last sample, if [`PERIOD`] has passed (the
+    /// first call only starts the interval).
+    pub fn poll(&mut self, now: Instant) -> Option<f64> {
+        if let Some((at, _)) = self.last {
+            if now.duration_since(at) < PERIOD {
+                return None;
+            }
+        }
+        let counters = self.read()?;
+        let previous = self.last.replace((now, counters));
+        let (at, before) = previous?;
+        let quota = self.quota.as_ref().map(|(_, cpus)| *cpus);
+        idle_share(&before, &counters, now.duration_since(at), quota)
+    }
+
+    fn read(&self) -> Option<Counters> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let (idle_ticks, total_ticks) = parse_stat(&stat, &self.allowed)?;
+        let cgroup_usec = match &self.quota {
+            Some((path, _)) => parse_usage(&std::fs::read_to_string(path).ok()?),
+            None => None,
+        };
+        Some(Counters {
+            idle_ticks,
+            total_ticks,
+            cgroup_usec,
+        })
+    }
+}
+
+/// The share idle between two readings `elapsed` apart: of the allowed CPUs, and of the
+/// quota where there is one; the smaller.
+fn idle_share(a: &Counters, b: &Counters, elapsed: Duration, quota: Option<f64>) -> Option<f64> {
+    let total = b.total_ticks.checked_sub(a.total_ticks)?;
+    if total == 0 {
+        return None;
+    }
+    let idle = b.idle_ticks.saturating_sub(a.idle_ticks) as f64 / total as f64;
+    let of_quota = match (quota, a.cgroup_usec, b.cgroup_usec) {
+        (Some(cpus), Some(x), Some(y)) if elapsed > Duration::ZERO => {
+            let used = y.saturating_sub(x) as f64 / 1e6 / elapsed.as_secs_f64();
+            1.0 - used / cpus
+        }
+        _ => 1.0,
+    };
+    Some(idle.min(of_quota).clamp(0.0, 1.0))
+}
+
+/// `0-3,8,10-11` (the kernel's CPU list format) as CPU numbers.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                // A bound on what a malformed line makes us allocate.
+                if b < a || b - a > 1 << 16 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Idle (idle + iowait) and total ticks of the `cpuN` lines of `/proc/stat` for the CPUs
+/// in `allowed`. Fields: user nice system idle iowait irq softirq steal (guest time is
+/// already in user and nice). Steal counts as busy: the host gave that time to another.
+fn parse_stat(stat: &str, allowed: &[usize]) -> Option<(u64, u64)> {
+    let (mut idle, mut total, mut seen) = (0u64, 0u64, 0usize);
+    for line in stat.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(cpu) = fields.next().and_then(|f| f.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(n) = cpu.parse::<usize>() else {
+            continue; // the "cpu" line: all CPUs together
+        };
+        if !allowed.contains(&n) {
+            continue;
+        }
+        let ticks: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+        if ticks.len() < 5 {
+            return None;
+        }
+        idle += ticks[3] + ticks[4];
+        total += ticks.iter().sum::<u64>();
+        seen += 1;
+    }
+    (seen > 0).then_some((idle, total))
+}
+
+/// `cpu.max`: `"<quota> <period>"` in microseconds, or `"max <period>"` for no quota.
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut f = text.split_ascii_whitespace();
+    let quota: f64 = f.next()?.parse().ok()?;
+    let period: f64 = f.next()?.parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// `usage_usec` of a cgroup's `cpu.stat`.
+fn parse_usage(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// This process's cgroup v2 directory (`0::<path>` in `/proc/self/cgroup`).
+fn cgroup_dir() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
+    dir.join("cpu.max").exists().then_some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  900 0 300 1800 100 0 0 0 0 0\n\
+        cpu0 400 0 100 400 100 0 0 0 0 0\n\
+        cpu1 500 0 200 1400 0 0 0 0 0 0\n\
+        intr 12345\nctxt 999\n";
+
+    #[test]
+    fn cpu_lists_are_read_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(parse_cpu_list("1,4-5,9"), Some(vec![1, 4, 5, 9]));
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        for bad in ["", "3-1", "a", "0-", "0-99999999"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_allowed_cpus_count_and_iowait_is_idle() {
+        // cpu0: idle 400 + iowait 100 of 1000; cpu1: 1400 of 2100.
+        assert_eq!(parse_stat(STAT, &[0]), Some((500, 1000)));
+        assert_eq!(parse_stat(STAT, &[1]), Some((1400, 2100)));
+        assert_eq!(parse_stat(STAT, &[0, 1]), Some((1900, 3100)));
+        assert_eq!(parse_stat(STAT, &[7]), None, "no line for an allowed CPU");
+        assert_eq!(parse_stat("cpu0 1 2\n", &[0]), None, "a short line");
+    }
+
+    #[test]
+    fn quotas_and_usage_are_read_from_cgroup_files() {
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2.0));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_usage("usage_usec 1500\nuser_usec 1000\n"), Some(1500));
+        assert_eq!(parse_usage("user_usec 1000\n"), None);
+    }
+
+    #[test]
+    fn the_share_is_the_smaller_of_the_cpus_and_the_quota() {
+        let a = Counters {
+            idle_ticks: 100,
+            total_ticks: 200,
+            cgroup_usec: Some(0),
+        };
+        let b = Counters {
+            idle_ticks: 180,
+            total_ticks: 300,
+            cgroup_usec: Some(400_000),
+        };
+        let second = Duration::from_secs(1);
+        let share = |quota| idle_share(&a, &b, second, quota).unwrap();
+        let close = |x: f64, y: f64| assert!((x - y).abs() < 1e-9, "{x} against {y}");
+        // 80 of 100 ticks idle.
+        close(share(None), 0.8);
+        // The host is idle, but 0.4 s of CPU in 1 s against a quota of half a CPU: short.
+        close(share(Some(0.5)), 0.2);
+        // Against two CPUs of quota the host's CPUs are the tighter bound.
+        close(share(Some(2.0)), 0.8);
+        // Counters that did not move (or went back) give no reading.
+        assert_eq!(idle_share(&b, &b, second, None), None);
+        assert_eq!(idle_share(&b, &a, second, None), None);
+    }
+
+    #[test]
+    fn the_sampler_reads_this_machine_and_waits_a_period_between_samples() {
+        let Some(mut s) = IdleSampler::for_this_process() else {
+            return; // not Linux: no signal, which the window handles
+        };
+        let t0 = Instant::now();
+        assert_eq!(s.poll(t0), None, "the first call starts the interval");
+        assert_eq!(s.poll(t0 + PERIOD / 2), None, "too soon");
+        // Time passes for the kernel's counters too: wait until they have moved.
+        std::thread::sleep(Duration::from_millis(100));
+        let share = s.poll(t0 + PERIOD).expect("a sample after a period");
+        assert!((0.0..=1.0).contains(&share), "{share}");
+    }
+}
