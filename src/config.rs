@@ -1000,8 +1000,8 @@ mod tests {
         let err = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(err.0.contains("listen"), "{err}");
         for bad in ["0", "-0.5", "1.5", "nan"] {
-            let err = Config::parse(&format!("[batch]\npipeline_idle_above = {bad}\n"))
-                .unwrap_err();
+            let err =
+                Config::parse(&format!("[batch]\npipeline_idle_above = {bad}\n")).unwrap_err();
             assert!(err.0.contains("pipeline_idle_above"), "{bad}: {err}");
         }
         let cfg = Config::parse("[batch]\npipeline_idle_above = 1.0\n").unwrap();

@@ -100,6 +100,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_write_batch_seconds", "histogram"),
         ("raft_write_queue_seconds", "histogram"),
         ("raft_write_batches_allowed", "gauge"),
+        ("raft_write_cpu_idle_ratio", "gauge"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -196,6 +197,9 @@ async fn metrics_names_labels_types_and_counts() {
     assert_eq!(v["raft_write_queue_seconds_count"], 5.0, "{}", r.text);
     // Five writes are a light load: the default window allows two batches in flight.
     assert_eq!(v["raft_write_batches_allowed"], 2.0, "{}", r.text);
+    // A share (0 until group commit has taken two samples half a second apart).
+    let idle = v["raft_write_cpu_idle_ratio"];
+    assert!((0.0..=1.0).contains(&idle), "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.

@@ -28,9 +28,9 @@
 //! commit index alone). So the window also pipelines at any load while at least
 //! `pipeline_idle_above` of the node's CPU sat idle ([`super::idle`]), and stops once less
 //! than half that does (hysteresis again: pipelining itself uses some of what was idle).
-//! With nodes 1 ms apart (the bench's `BENCH_PEER_DELAY_MS=1`) that gave +18% writes/s at
-//! 64 clients and +10% at 256; on the 2-core bench machine those loads leave 6-18% idle,
-//! below the default 40%, and nothing changes there (docs/benchmarks.md).
+//! With nodes 1 ms apart (the bench's `BENCH_PEER_DELAY_MS=1`) that gave +15-17% writes/s
+//! at 64 clients and +8-10% at 256; on the 2-core bench machine those loads leave 4-21% of
+//! the CPU idle, below the default 40%, and nothing changes there (docs/benchmarks.md).
 use std::sync::Arc;
 
 use tokio::sync::watch;
