@@ -15,8 +15,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// The delay `BENCH_PEER_DELAY_MS` asks for, if any.
+pub fn configured() -> Option<Duration> {
+    let ms: u64 = super::env_num("BENCH_PEER_DELAY_MS", 0);
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// A proxy to `target` (a loopback port) that holds every chunk `delay`: the port it
+/// listens on.
+pub async fn front(target: u16, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve(listener, target, delay));
+    port
+}
+
 /// Forward every connection to `listener` to `target`, each direction delayed by `delay`.
-pub async fn serve(listener: TcpListener, target: u16, delay: Duration) {
+async fn serve(listener: TcpListener, target: u16, delay: Duration) {
     while let Ok((inbound, _)) = listener.accept().await {
         tokio::spawn(async move {
             let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {

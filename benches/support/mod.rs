@@ -217,10 +217,9 @@ impl Nodes {
 /// With `BENCH_PEER_DELAY_MS` set, a delaying proxy ([`delay`]) on every link between the
 /// nodes at `ports`, and each node's `peer_overrides` line naming its links; else no lines.
 async fn peer_delay_overrides(ports: &[u16]) -> Vec<String> {
-    let ms: u64 = env_num("BENCH_PEER_DELAY_MS", 0);
-    if ms == 0 {
+    let Some(held) = delay::configured() else {
         return vec![String::new(); ports.len()];
-    }
+    };
     let mut lines = Vec::new();
     for a in 0..ports.len() {
         let mut entries = Vec::new();
@@ -228,11 +227,8 @@ async fn peer_delay_overrides(ports: &[u16]) -> Vec<String> {
             if a == b {
                 continue;
             }
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
             // Peers listen `PEER_PORT_OFFSET` above the client port these configs give.
-            let peer = target + cookie_crud::config::PEER_PORT_OFFSET;
-            tokio::spawn(delay::serve(listener, peer, Duration::from_millis(ms)));
+            let port = delay::front(target + cookie_crud::config::PEER_PORT_OFFSET, held).await;
             // An override's `addr` is where this node reaches that peer's listener.
             entries.push(format!("{{ id = {}, addr = \"127.0.0.1:{port}\" }}", b + 1));
         }
@@ -244,15 +240,12 @@ async fn peer_delay_overrides(ports: &[u16]) -> Vec<String> {
 /// With `BENCH_PEER_DELAY_MS` set, a delaying proxy in front of each of `ports` (etcd's
 /// peer listeners), and the ports the proxies listen on; else `ports` themselves.
 async fn peer_delay_fronts(ports: &[u16]) -> Vec<u16> {
-    let ms: u64 = env_num("BENCH_PEER_DELAY_MS", 0);
-    if ms == 0 {
+    let Some(held) = delay::configured() else {
         return ports.to_vec();
-    }
+    };
     let mut fronts = Vec::new();
     for &target in ports {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        fronts.push(listener.local_addr().unwrap().port());
-        tokio::spawn(delay::serve(listener, target, Duration::from_millis(ms)));
+        fronts.push(delay::front(target, held).await);
     }
     fronts
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub const PERIOD: Duration = Duration::from_millis(500);
 
 /// Cumulative CPU time, as the kernel counts it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 struct Counters {
     /// Over the allowed CPUs: idle (with I/O wait) and all, in clock ticks.
     idle_ticks: u64,
@@ -35,7 +35,7 @@ struct Counters {
 /// Samples the idle share every [`PERIOD`], on the caller's schedule.
 pub struct IdleSampler {
     allowed: Vec<usize>,
-    /// The cgroup's `cpu.max` and `cpu.stat`, and the CPUs its quota allows.
+    /// Where the cgroup caps the node: its `cpu.stat` (usage) and the CPUs its quota allows.
     quota: Option<(PathBuf, f64)>,
     last: Option<(Instant, Counters)>,
 }
