@@ -837,7 +837,18 @@ mod tests {
         );
         drop(held);
         waiter.join().unwrap().unwrap();
-        assert!(db.read(|c| c.frozen.is_none()));
+        // The frozen layer (entries up to FLUSH_ROWS) reaches the file's written index. Not
+        // "nothing is frozen now": the flush thread, woken by the adds above, may already have
+        // frozen the next layer. The index only grows, but is published just after the layer
+        // is let go, so it is waited for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while overlay.stats().written < Some(FLUSH_ROWS as u64) {
+            assert!(
+                Instant::now() < deadline,
+                "the frozen layer's index was never written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
