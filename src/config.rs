@@ -94,6 +94,13 @@ pub struct RaftTuning {
     pub keep_logs_after_snapshot: u64,
     /// Entries per AppendEntries RPC.
     pub max_payload_entries: u64,
+    /// How long an AppendEntries that would carry only a new commit index waits for the
+    /// next entries to carry it instead, in microseconds (0: it goes at once). openraft 0.9
+    /// keeps one AppendEntries in flight per follower, so without it the next entries wait
+    /// a whole round trip behind that commit-only one (`vendor/openraft`, patched; nodes
+    /// 1 ms apart: one round trip per write instead of two, docs/benchmarks.md). Followers
+    /// learn the last commit this much later once writes stop.
+    pub commit_linger_us: u64,
     /// The largest snapshot this node accepts from a leader, in bytes: its compressed size is
     /// checked before each chunk is stored, its uncompressed size as it is validated (at
     /// most `cookie_raft::codec::DECODE_LIMIT`).
@@ -112,6 +119,7 @@ impl Default for RaftTuning {
             snapshot_idle_ms: 10_000,
             keep_logs_after_snapshot: 1000,
             max_payload_entries: 256,
+            commit_linger_us: 1000,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
         }
     }
@@ -696,6 +704,9 @@ impl Config {
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms {
             return Err("raft: election_timeout_min_ms must exceed heartbeat_ms > 0".into());
         }
+        if r.commit_linger_us >= r.heartbeat_ms.saturating_mul(1000) {
+            return Err("raft: commit_linger_us must be shorter than heartbeat_ms".into());
+        }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err("raft: election_timeout_max_ms must exceed election_timeout_min_ms".into());
         }
@@ -1006,6 +1017,11 @@ mod tests {
         }
         let cfg = Config::parse("[batch]\npipeline_idle_above = 1.0\n").unwrap();
         assert_eq!(cfg.batch.pipeline_idle_above, 1.0);
+        // The commit linger must end before a heartbeat is due; 0 turns it off.
+        let err = Config::parse("[raft]\ncommit_linger_us = 200000\n").unwrap_err();
+        assert!(err.0.contains("commit_linger_us"), "{err}");
+        let cfg = Config::parse("[raft]\ncommit_linger_us = 0\n").unwrap();
+        assert_eq!(cfg.raft.commit_linger_us, 0);
         let err = Config::parse("[storage]\nsm_cache_bytes = 4096\n").unwrap_err();
         assert!(err.0.contains("sm_cache_bytes"), "{err}");
         let cfg = Config::parse("[storage]\nlog_cache_bytes = 2097152\n").unwrap();

@@ -80,6 +80,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
         max_payload_entries: r.max_payload_entries,
+        commit_linger_us: r.commit_linger_us,
         // Snapshot chunks must stay below the Raft routes' body limit.
         snapshot_max_chunk_size: 8 << 20,
         ..Default::default()

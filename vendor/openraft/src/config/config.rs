@@ -152,6 +152,15 @@ pub struct Config {
     #[clap(long, default_value = "300")]
     pub max_payload_entries: u64,
 
+    /// Patched (cookie-crud): how long, in microseconds, an AppendEntries that would carry
+    /// only a new commit index waits for entries to carry it instead (0: it goes at once,
+    /// as in upstream openraft 0.9).
+    ///
+    /// With one AppendEntries in flight per follower, the next entries otherwise wait behind
+    /// that commit-only round: two round trips per entry instead of one.
+    #[clap(long, default_value = "1000")]
+    pub commit_linger_us: u64,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.

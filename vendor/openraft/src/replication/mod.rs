@@ -142,6 +142,10 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
+    /// Whether `next_action` is a heartbeat made only to carry a new commit index (patched:
+    /// see `linger_for_entries`).
+    commit_only: bool,
+
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
@@ -197,6 +201,7 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
+            commit_only: false,
             entries_hint: Default::default(),
         };
 
@@ -211,6 +216,9 @@ where
     #[tracing::instrument(level="debug", skip(self), fields(session=%self.session_id, target=display(&self.target), cluster=%self.config.cluster_name))]
     async fn main(mut self) -> Result<(), ReplicationClosed> {
         loop {
+            if self.commit_only {
+                self.linger_for_entries().await?;
+            }
             let action = self.next_action.take();
 
             let Some(d) = action else {
@@ -682,6 +690,7 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
+                    self.commit_only = true;
                 }
             }
             Replicate::Heartbeat => {
@@ -689,6 +698,8 @@ where
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
                 }
+                // A heartbeat asked for goes at once.
+                self.commit_only = false;
             }
             Replicate::Data(d) => {
                 // TODO: Currently there is at most 1 in flight data. But in future RaftCore may send next data
@@ -717,8 +728,43 @@ where
                 }
 
                 self.next_action = Some(d);
+                self.commit_only = false;
             }
         }
+    }
+
+    /// Patched (cookie-crud): hold a heartbeat that only carries a new commit index for a
+    /// short while, so that entries the leader appends meanwhile replace it and carry the
+    /// commit index themselves.
+    ///
+    /// With one AppendEntries in flight per follower, the core reports a commit
+    /// (`Replicate::Committed`) before it hands this stream the next entries
+    /// (`Replicate::Data`, after saving the commit and starting the apply). Unpatched, the
+    /// stream wakes on the commit, finds nothing else queued and spends a whole round trip on
+    /// an entry-less AppendEntries while the next entries wait behind it: two rounds per
+    /// entry instead of one. Events that arrive while it lingers are processed as always; a
+    /// heartbeat asked for (`Replicate::Heartbeat`) ends the wait, and the commit-only one
+    /// goes when the linger runs out with nothing to send instead.
+    async fn linger_for_entries(&mut self) -> Result<(), ReplicationClosed> {
+        let linger = Duration::from_micros(self.config.commit_linger_us);
+        let until = C::now() + linger;
+        while self.commit_only && !linger.is_zero() {
+            let now = C::now();
+            if now >= until {
+                break;
+            }
+            let sleep = C::sleep(until - now);
+            let recv = self.rx_event.recv();
+            select! {
+                _ = sleep => break,
+                recv_res = recv => {
+                    let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
+                    self.process_event(event);
+                }
+            }
+        }
+        self.commit_only = false;
+        Ok(())
     }
 
     #[tracing::instrument(level = "info", skip_all)]
@@ -902,3 +948,4 @@ where
         );
     }
 }
+
