@@ -747,17 +747,12 @@ where
     /// goes when the linger runs out with nothing to send instead.
     async fn linger_for_entries(&mut self) -> Result<(), ReplicationClosed> {
         let linger = Duration::from_micros(self.config.commit_linger_us);
-        let until = C::now() + linger;
+        // One timer for the whole wait: events that arrive meanwhile do not extend it.
+        let mut deadline = std::pin::pin!(C::sleep_until(C::now() + linger));
         while self.commit_only && !linger.is_zero() {
-            let now = C::now();
-            if now >= until {
-                break;
-            }
-            let sleep = C::sleep(until - now);
-            let recv = self.rx_event.recv();
             select! {
-                _ = sleep => break,
-                recv_res = recv => {
+                _ = &mut deadline => break,
+                recv_res = self.rx_event.recv() => {
                     let event = recv_res.ok_or(ReplicationClosed::new("RaftCore closed replication"))?;
                     self.process_event(event);
                 }
