@@ -142,6 +142,10 @@ pub struct BatchTuning {
     pub max_inflight: usize,
     pub pipeline_below: usize,
     pub pipeline_idle_above: f64,
+    /// The longest a batch waits, after a batch is answered, for that batch's writers to
+    /// come back so they go together (a quarter of the recent round at most;
+    /// `src/write/regather.rs`); 0 turns it off.
+    pub regather_us: u64,
     pub forward_inflight: usize,
 }
 
@@ -152,6 +156,7 @@ impl Default for BatchTuning {
             max_inflight: 2,
             pipeline_below: 24,
             pipeline_idle_above: 0.4,
+            regather_us: 1000,
             forward_inflight: 4,
         }
     }
@@ -763,6 +768,9 @@ impl Config {
         if !(b.pipeline_idle_above > 0.0 && b.pipeline_idle_above <= 1.0) {
             return Err("batch: pipeline_idle_above must be above 0 and at most 1".into());
         }
+        if b.regather_us > 100_000 {
+            return Err("batch: regather_us must be at most 100000 (100 ms)".into());
+        }
         let st = &self.storage;
         if st.sm_cache_bytes < 1 << 20 || st.log_cache_bytes < 1 << 20 {
             return Err(
@@ -1017,6 +1025,10 @@ mod tests {
         }
         let cfg = Config::parse("[batch]\npipeline_idle_above = 1.0\n").unwrap();
         assert_eq!(cfg.batch.pipeline_idle_above, 1.0);
+        let err = Config::parse("[batch]\nregather_us = 100001\n").unwrap_err();
+        assert!(err.0.contains("regather_us"), "{err}");
+        let cfg = Config::parse("[batch]\nregather_us = 0\n").unwrap();
+        assert_eq!(cfg.batch.regather_us, 0);
         // The commit linger must end before a heartbeat is due; 0 turns it off.
         let err = Config::parse("[raft]\ncommit_linger_us = 200000\n").unwrap_err();
         assert!(err.0.contains("commit_linger_us"), "{err}");

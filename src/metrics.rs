@@ -81,6 +81,9 @@ pub struct Metrics {
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.
     pub write_dropped: IntCounter,
+    /// How long group commit held batches for the writers of the last answered one
+    /// (`write/regather.rs`).
+    pub write_regather_seconds: Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -222,6 +225,8 @@ impl Metrics {
             write_batches_allowed: int_gauge(&r, "raft_write_batches_allowed", "Batches group commit may keep in flight now: batch.max_inflight while few writes are outstanding or batch.pipeline_idle_above of the CPU is idle, else 1 (leader only)"),
             write_cpu_idle: float_gauge(&r, "raft_write_cpu_idle_ratio", "Share of the CPU this node may use that sat idle over the last half second, as group commit last sampled it (leader only)"),
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
+            write_regather_seconds: histogram(&r, "raft_write_regather_seconds", "Time group commit held a batch for the writers the last batch answered to come back (leader only; batch.regather_us)",
+                vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
             registry: r,
         })
     }

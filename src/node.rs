@@ -189,6 +189,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 max_inflight: cfg.batch.max_inflight,
                 pipeline_below: cfg.batch.pipeline_below,
                 pipeline_idle_above: cfg.batch.pipeline_idle_above,
+                regather: std::time::Duration::from_micros(cfg.batch.regather_us),
             },
             forward_inflight: cfg.batch.forward_inflight,
         },

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::idle::IdleSampler;
 use super::queue::{Queue, Verdict};
+use super::regather::Regather;
 use super::window::Window;
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
@@ -63,6 +64,9 @@ pub struct BatchLimits {
     /// More than one batch in flight at any load while this share of the node's CPU sits
     /// idle (1.0: never): see [`super::window`].
     pub pipeline_idle_above: f64,
+    /// The longest a batch waits for the writers of the last answered one to come back
+    /// (zero: never): see [`super::regather`].
+    pub regather: std::time::Duration,
 }
 
 type Reply = oneshot::Sender<Result<CmdResult, LocalError>>;
@@ -199,9 +203,26 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
     let mut idle = IdleSampler::for_this_process();
     let places = queued.places;
     let mut queue = Queue::new(queued.rx);
+    let regather = Regather::new(limits.regather);
     metrics.write_batches_allowed.set(window.allowed() as i64);
     loop {
         let mut in_window = window.slot().await;
+        if !queue.ready().await {
+            return;
+        }
+        // Only while more than one batch may be in flight: that is where rounds are bound
+        // by latency rather than CPU (`window`), and where a split cohort costs a round.
+        // With one in flight the CPU is what is short, and a hold would idle the log.
+        let start = Instant::now();
+        let hold = (window.allowed() > 1)
+            .then(|| regather.hold(start, queue.waiting()))
+            .flatten();
+        if let Some(hold) = hold {
+            queue.fill(hold.want, hold.until).await;
+            metrics
+                .write_regather_seconds
+                .observe(start.elapsed().as_secs_f64());
+        }
         let mut keys: HashSet<String> = HashSet::new();
         let mut bytes = 0;
         // Read once the slot is free (the judge runs then), not before waiting for it.
@@ -269,14 +290,18 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
         match cluster.raft.client_write_ff(Request { cmds }).await {
             Ok(receiver) => {
                 let metrics = metrics.clone();
+                let regather = regather.clone();
                 // Bounded by Raft: the receiver resolves when the entry is applied, truncated
                 // or Raft stops.
                 tokio::spawn(async move {
                     let answer = receiver.await.ok();
+                    let answered = Instant::now();
+                    let round = answered - proposed;
+                    // Before the slot frees: the next batch, formed the moment it does,
+                    // knows whom to wait for.
+                    regather.answered(answered, replies.len(), round);
                     drop(in_window);
-                    metrics
-                        .write_batch_seconds
-                        .observe(proposed.elapsed().as_secs_f64());
+                    metrics.write_batch_seconds.observe(round.as_secs_f64());
                     let outcome = batch_outcome(replies.len(), answer);
                     answer_all(replies, outcome);
                 });

@@ -24,6 +24,7 @@ pub mod forward;
 pub mod group_commit;
 pub mod idle;
 pub mod queue;
+pub mod regather;
 pub mod window;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What to do with the next waiting item.
 pub enum Verdict {
@@ -42,6 +43,33 @@ impl<T> Queue<T> {
         Queue {
             rx,
             carry: VecDeque::new(),
+        }
+    }
+
+    /// Wait for at least one item; `false` when every sender is gone and none is left.
+    pub async fn ready(&mut self) -> bool {
+        if self.carry.is_empty() {
+            match self.rx.recv().await {
+                Some(x) => self.carry.push_back(x),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Items waiting now: set aside from earlier groups, or in the channel.
+    pub fn waiting(&self) -> usize {
+        self.carry.len() + self.rx.len()
+    }
+
+    /// Wait until at least `want` items wait (taken from the channel, in order) or until
+    /// `until`, whichever comes first.
+    pub async fn fill(&mut self, want: usize, until: Instant) {
+        while self.carry.len() < want {
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(x)) => self.carry.push_back(x),
+                Ok(None) | Err(_) => return,
+            }
         }
     }
 
@@ -96,6 +124,36 @@ pub fn gather<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn fill_waits_for_enough_items_or_until_the_deadline() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut q = Queue::new(rx);
+        tx.send(1).await.unwrap();
+        assert!(q.ready().await);
+        assert_eq!(q.waiting(), 1);
+        let sender = tokio::spawn(async move {
+            for i in 2..=3 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                tx.send(i).await.unwrap();
+            }
+            tx
+        });
+        let start = Instant::now();
+        q.fill(3, start + std::time::Duration::from_secs(1)).await;
+        assert_eq!(q.waiting(), 3, "returns once three wait");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        let tx = sender.await.unwrap();
+        let start = Instant::now();
+        q.fill(5, start + std::time::Duration::from_millis(10))
+            .await;
+        assert_eq!(q.waiting(), 3, "nothing more came");
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(10));
+        let g = q.next(10, |_, _| Verdict::Take).await.unwrap();
+        assert_eq!(g.group, [1, 2, 3], "in order");
+        drop(tx);
+        assert!(!q.ready().await, "every sender gone");
+    }
 
     #[tokio::test]
     async fn deferred_items_keep_their_place_ahead_of_newer_ones() {
