@@ -80,8 +80,8 @@ impl<T> Queue<T> {
         max: usize,
         judge: impl FnMut(&T, &[T]) -> Verdict,
     ) -> Option<Gathered<T>> {
-        if self.carry.is_empty() {
-            self.carry.push_back(self.rx.recv().await?);
+        if !self.ready().await {
+            return None;
         }
         Some(gather(&mut self.carry, &mut self.rx, max, judge))
     }
@@ -123,6 +123,8 @@ pub fn gather<T>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -134,21 +136,20 @@ mod tests {
         assert_eq!(q.waiting(), 1);
         let sender = tokio::spawn(async move {
             for i in 2..=3 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 tx.send(i).await.unwrap();
             }
             tx
         });
         let start = Instant::now();
-        q.fill(3, start + std::time::Duration::from_secs(1)).await;
+        q.fill(3, start + Duration::from_secs(1)).await;
         assert_eq!(q.waiting(), 3, "returns once three wait");
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(start.elapsed() < Duration::from_secs(1));
         let tx = sender.await.unwrap();
         let start = Instant::now();
-        q.fill(5, start + std::time::Duration::from_millis(10))
-            .await;
+        q.fill(5, start + Duration::from_millis(10)).await;
         assert_eq!(q.waiting(), 3, "nothing more came");
-        assert_eq!(start.elapsed(), std::time::Duration::from_millis(10));
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
         let g = q.next(10, |_, _| Verdict::Take).await.unwrap();
         assert_eq!(g.group, [1, 2, 3], "in order");
         drop(tx);
