@@ -9,9 +9,15 @@
 //! that began on the old file finish on it (it is unlinked, its space returned when the last
 //! of them lets go); every later read gets the new one. A crash before the rename leaves the
 //! old state and a leftover file that the next start removes.
+//!
+//! A node at rest also replaces the file with a packed copy of itself (`repack`), the same
+//! way. Both take [`Db::exclusive`], as does every writer of the file other than the flush
+//! thread (which is the one that repacks): a copy must not miss a write, and a write must not
+//! land in a file that a copy has replaced.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
@@ -27,6 +33,10 @@ pub(crate) struct Db {
 
 struct Inner {
     current: RwLock<Current>,
+    /// Held to replace the file, and by writers of it other than the flush thread.
+    exclusive: Mutex<()>,
+    /// Threads waiting for `exclusive`: a repack gives way to them.
+    waiting: AtomicUsize,
     /// `sm.redb`.
     path: PathBuf,
     /// The page cache of each database opened here.
@@ -73,6 +83,8 @@ impl Db {
         Ok(Db {
             inner: Arc::new(Inner {
                 current: RwLock::new(Current::new(Arc::new(db))?),
+                exclusive: Mutex::new(()),
+                waiting: AtomicUsize::new(0),
                 path: path.to_owned(),
                 cache_bytes,
             }),
@@ -99,26 +111,102 @@ impl Db {
             .unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Held by a writer of the file other than the flush thread (a snapshot's pointer), from
+    /// before it takes the database to after its commit; and by every replacement.
+    pub(super) fn exclusive(&self) -> MutexGuard<'_, ()> {
+        let lock = &self.inner.exclusive;
+        match lock.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.inner.waiting.fetch_add(1, Ordering::SeqCst);
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+                guard
+            }
+        }
+    }
+
+    /// Whether a thread waits for [`Db::exclusive`]: a repack holding it gives up, so that a
+    /// snapshot's pointer or an install (and whoever waits on them) is not held for the
+    /// seconds of a copy.
+    pub(super) fn exclusive_wanted(&self) -> bool {
+        self.inner.waiting.load(Ordering::SeqCst) > 0
+    }
+
     /// Replace the database with one `fill` writes (the tables already created; its last
     /// commit must be durable): written beside the current file, renamed over it, then
-    /// made current. Only one replacement at a time: the caller serializes them.
+    /// made current.
     pub(super) fn replace<T>(
         &self,
         fill: impl FnOnce(&Database) -> Result<T, BoxError>,
     ) -> Result<T, BoxError> {
-        let next = installing_path(&self.inner.path);
-        crate::durable::remove_if_present(&next)?;
-        let db = crate::create_db(&next, self.inner.cache_bytes)?;
-        super::tables::create_tables(&db)?;
-        let out = fill(&db)?;
-        std::fs::rename(&next, &self.inner.path)?;
-        if let Some(dir) = self.inner.path.parent() {
-            crate::durable::sync_dir(dir)?;
-        }
+        let _exclusive = self.exclusive();
+        let (db, out) = self.write_beside(fill)?;
         // The new state replaces the old one whole: the layers belonged to the old file.
         let next = Current::new(Arc::new(db))?;
         self.write(|c| *c = next);
         Ok(out)
+    }
+
+    /// Replace the database with a copy of itself that `copy` writes from a read transaction
+    /// of it into a new one (the tables already created; its last commit must be durable).
+    /// The same state in another file: the layers above it and the filter of its ids stay.
+    /// Returns `false`, and replaces nothing, when `copy` gives up. Called by the flush
+    /// thread, the only writer that does not take [`Db::exclusive`], between its flushes:
+    /// nothing writes the file while it is copied.
+    pub(super) fn rewrite(
+        &self,
+        copy: impl FnOnce(&ReadTransaction, &Database) -> Result<bool, BoxError>,
+    ) -> Result<bool, BoxError> {
+        let _exclusive = self.exclusive();
+        let old = self.get();
+        let from = old.begin_read()?;
+        let mut copied = false;
+        let written = self.write_beside(|new| {
+            copied = copy(&from, new)?;
+            if copied {
+                Ok(())
+            } else {
+                Err("gave up".into())
+            }
+        });
+        let db = match written {
+            Ok((db, ())) => Arc::new(db),
+            Err(_) if !copied => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let txn = Arc::new(db.begin_read()?);
+        self.write(|c| {
+            c.db = db;
+            c.txn = txn;
+        });
+        Ok(true)
+    }
+
+    /// A new database written by `fill` beside the file and renamed over it. A `fill` that
+    /// fails leaves the file as it was, and no other behind it.
+    fn write_beside<T>(
+        &self,
+        fill: impl FnOnce(&Database) -> Result<T, BoxError>,
+    ) -> Result<(Database, T), BoxError> {
+        let next = installing_path(&self.inner.path);
+        crate::durable::remove_if_present(&next)?;
+        let db = crate::create_db(&next, self.inner.cache_bytes)?;
+        let filled = super::tables::create_tables(&db).and_then(|()| fill(&db));
+        let out = match filled {
+            Ok(out) => out,
+            Err(e) => {
+                drop(db);
+                crate::durable::remove_if_present(&next)?;
+                return Err(e);
+            }
+        };
+        std::fs::rename(&next, &self.inner.path)?;
+        if let Some(dir) = self.inner.path.parent() {
+            crate::durable::sync_dir(dir)?;
+        }
+        Ok((db, out))
     }
 }
 
@@ -129,6 +217,32 @@ mod tests {
     use super::*;
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    /// The holder of the file sees when another thread waits for it (a repack then gives
+    /// way), and stops seeing it once that thread has it.
+    #[test]
+    fn the_holder_sees_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        let db = Db::new(crate::create_db(&path, 1 << 20).unwrap(), &path, 1 << 20).unwrap();
+        let held = db.exclusive();
+        assert!(!db.exclusive_wanted());
+        let waiter = std::thread::spawn({
+            let db = db.clone();
+            move || drop(db.exclusive())
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !db.exclusive_wanted() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter was never seen"
+            );
+            std::thread::yield_now();
+        }
+        drop(held);
+        waiter.join().unwrap();
+        assert!(!db.exclusive_wanted());
+    }
 
     #[test]
     fn a_replacement_takes_the_files_place_and_old_readers_finish_on_the_old_one() {

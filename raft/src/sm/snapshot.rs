@@ -355,7 +355,10 @@ fn publish_built(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<(), BoxE
     let Target { db, files } = to;
     let len = staged.bytes();
     let switch = files.switch();
-    // The database now current: an install may have replaced the one this build read.
+    // Held through the commit: a repack copying the file meanwhile would miss the pointer.
+    let _exclusive = db.exclusive();
+    // The database now current: an install or a repack may have replaced the one this build
+    // read.
     let db = db.get();
     let current = read_meta::<SnapshotPointer>(&db, KEY_SNAPSHOT_FILE)?;
     if current.is_some_and(|c| c.meta.last_log_id > meta.last_log_id) {
