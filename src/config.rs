@@ -173,6 +173,10 @@ pub struct StorageTuning {
     pub sm_cache_bytes: usize,
     /// Bytes of `log.redb` pages cached.
     pub log_cache_bytes: usize,
+    /// After this long without new writes, rewrite `sm.redb` as a packed copy of itself if
+    /// its B-trees' pages are over 1.25 times what they hold (random ids leave them about
+    /// three quarters full). Needs disk for the copy while it runs. 0: never.
+    pub repack_idle_ms: u64,
 }
 
 impl Default for StorageTuning {
@@ -181,6 +185,7 @@ impl Default for StorageTuning {
         StorageTuning {
             sm_cache_bytes: d.state_machine,
             log_cache_bytes: d.log,
+            repack_idle_ms: cookie_raft::sm::RepackPolicy::default().idle.as_millis() as u64,
         }
     }
 }
@@ -191,6 +196,14 @@ impl StorageTuning {
             state_machine: self.sm_cache_bytes,
             log: self.log_cache_bytes,
         }
+    }
+
+    /// When `sm.redb` is rewritten packed (`None`: never).
+    pub fn repack(&self) -> Option<cookie_raft::sm::RepackPolicy> {
+        (self.repack_idle_ms > 0).then(|| cookie_raft::sm::RepackPolicy {
+            idle: std::time::Duration::from_millis(self.repack_idle_ms),
+            ..Default::default()
+        })
     }
 }
 
@@ -1042,6 +1055,13 @@ mod tests {
             cfg.storage.db_cache().state_machine,
             cookie_raft::DbCache::default().state_machine
         );
+        // Repacking at rest: on by default, after 10 s; 0 turns it off.
+        assert_eq!(
+            cfg.storage.repack().map(|p| p.idle),
+            Some(std::time::Duration::from_secs(10))
+        );
+        let cfg = Config::parse("[storage]\nrepack_idle_ms = 0\n").unwrap();
+        assert_eq!(cfg.storage.repack(), None);
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

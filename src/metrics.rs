@@ -67,6 +67,8 @@ pub struct Metrics {
     sm_flushes: IntCounter,
     sm_flush_failures: IntCounter,
     sm_ids_scans: IntCounter,
+    sm_repacks: IntCounter,
+    sm_repacks_abandoned: IntCounter,
     sm_unflushed_entries: IntGauge,
     sm_last_flush_seconds: Gauge,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
@@ -214,6 +216,8 @@ impl Metrics {
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
             sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
             sm_ids_scans: counter(&r, "raft_sm_ids_scans_total", "Scans of sm.redb that built the filter of stored ids (at start, after an install, and when most ids added are of removed records; a growing store grows the filter without one)"),
+            sm_repacks: counter(&r, "raft_sm_repacks_total", "Rewrites of sm.redb as a packed copy of itself once the node was at rest (storage.repack_idle_ms)"),
+            sm_repacks_abandoned: counter(&r, "raft_sm_repacks_abandoned_total", "Packed copies of sm.redb given up because writes resumed (or a snapshot or an install needed the file) during the copy"),
             sm_unflushed_entries: int_gauge(&r, "raft_sm_unflushed_entries", "Entries applied but not yet written to sm.redb: what a restart applies again from the log"),
             sm_last_flush_seconds: float_gauge(&r, "raft_sm_last_flush_seconds", "How long the last write of applied changes to sm.redb took"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
@@ -317,6 +321,8 @@ impl Metrics {
         bump(&self.sm_flushes, s.flushes);
         bump(&self.sm_flush_failures, s.failures);
         bump(&self.sm_ids_scans, s.ids_scans);
+        bump(&self.sm_repacks, s.repacks);
+        bump(&self.sm_repacks_abandoned, s.repacks_abandoned);
         let behind = applied.saturating_sub(s.written.unwrap_or(0));
         self.sm_unflushed_entries.set(behind as i64);
         self.sm_last_flush_seconds.set(s.last_seconds);

@@ -137,6 +137,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         &cfg.data_dir,
         (cache, identity.clone()),
         db_cache.state_machine,
+        cfg.storage.repack(),
     )
     .map_err(NodeError::Storage)?;
     let reader = sm.reader();

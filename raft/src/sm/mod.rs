@@ -44,6 +44,7 @@ mod ids;
 mod layer;
 mod overlay;
 mod reader;
+mod repack;
 mod snapshot;
 mod state;
 mod tables;
@@ -51,6 +52,7 @@ mod tables;
 pub use data::SnapshotFile;
 pub use overlay::FlushStats;
 pub use reader::{CacheStatus, ListScan, StoreReader};
+pub use repack::Policy as RepackPolicy;
 pub use snapshot::{
     validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,
 };
@@ -58,21 +60,25 @@ pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, KEY_APPLIED};
 
 impl StateMachine {
-    /// Open or create `dir/sm.redb` with the default page cache ([`crate::DbCache`]);
-    /// `identity` is given the stored registry now and each change to it later.
+    /// Open or create `dir/sm.redb` with the default page cache ([`crate::DbCache`]) and
+    /// repacking ([`RepackPolicy`]); `identity` is given the stored registry now and each
+    /// change to it later.
     pub fn open(dir: &Path, cache: Arc<Cache>, identity: Arc<Identity>) -> Result<Self, BoxError> {
         Self::open_with(
             dir,
             (cache, identity),
             crate::DbCache::default().state_machine,
+            Some(RepackPolicy::default()),
         )
     }
 
-    /// [`StateMachine::open`] with a page cache of `cache_bytes` for `sm.redb`.
+    /// [`StateMachine::open`] with a page cache of `cache_bytes` for `sm.redb`, and the file
+    /// rewritten packed at rest as `repack` says (`None`: never).
     pub fn open_with(
         dir: &Path,
         (cache, identity): (Arc<Cache>, Arc<Identity>),
         cache_bytes: usize,
+        repack: Option<RepackPolicy>,
     ) -> Result<Self, BoxError> {
         let path = dir.join("sm.redb");
         // What an install interrupted before its rename left (see `handle`).
@@ -87,7 +93,7 @@ impl StateMachine {
             .map(|l| l.index);
         identity.set_registry(tables::read_registry(&db)?);
         let db = Db::new(db, &path, cache_bytes)?;
-        let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied)?;
+        let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied, repack)?;
         Ok(StateMachine {
             db,
             cache,

@@ -49,6 +49,7 @@ use super::handle::{Current, Db};
 use super::ids::{Ids, Rebuild};
 use super::layer::Row;
 pub(super) use super::layer::{IndexKey, Layer};
+use super::repack;
 use super::tables::{
     put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED,
     KEY_MEMBERSHIP, KEY_REGISTRY,
@@ -339,6 +340,9 @@ struct Progress {
     last: Duration,
     /// Scans of the file that built a filter of ids.
     ids_scans: u64,
+    /// Rewrites of the file as a packed copy (`repack`), and copies given up.
+    repacks: u64,
+    repacks_abandoned: u64,
     stop: bool,
 }
 
@@ -353,6 +357,10 @@ pub struct FlushStats {
     pub last_seconds: f64,
     /// Scans of `sm.redb` started to build the filter of stored ids (`ids`).
     pub ids_scans: u64,
+    /// Rewrites of `sm.redb` as a packed copy of itself at rest (`repack`), and copies given
+    /// up because writes resumed.
+    pub repacks: u64,
+    pub repacks_abandoned: u64,
 }
 
 /// Writes the layers to the database: a handle for `apply`, builds and backups.
@@ -360,6 +368,7 @@ pub struct FlushStats {
 pub(crate) struct Overlay {
     db: Db,
     flush: Arc<(Mutex<Progress>, Condvar)>,
+    repack: Option<repack::Policy>,
 }
 
 /// Whether the layers can take another batch, after [`Overlay::add`].
@@ -379,9 +388,14 @@ pub(crate) struct FlushThread {
 
 impl Overlay {
     /// The overlay of `db`, whose file holds the state up to entry `written`, and its thread.
-    pub(super) fn start(db: Db, written: Option<u64>) -> std::io::Result<(Overlay, FlushThread)> {
+    pub(super) fn start(
+        db: Db,
+        written: Option<u64>,
+        repack: Option<repack::Policy>,
+    ) -> std::io::Result<(Overlay, FlushThread)> {
         let overlay = Overlay {
             db,
+            repack,
             flush: Arc::new((
                 Mutex::new(Progress {
                     written,
@@ -496,6 +510,8 @@ impl Overlay {
             failures: p.failures,
             last_seconds: p.last.as_secs_f64(),
             ids_scans: p.ids_scans,
+            repacks: p.repacks,
+            repacks_abandoned: p.repacks_abandoned,
         }
     }
 
@@ -508,6 +524,7 @@ impl Overlay {
     fn run(self) {
         // A filter of ids being built: this thread's alone, and dropped (cancelled) with it.
         let mut rebuild: Option<Rebuild> = None;
+        let mut rest = Rest::new();
         loop {
             let stop = {
                 let mut p = self.progress();
@@ -515,8 +532,14 @@ impl Overlay {
                     && !p.stop
                     && !self.db.read(|c| c.active.old())
                     && !rebuild.as_ref().is_some_and(Rebuild::is_finished)
+                    && !self.repack_due(&rest, &rebuild)
                 {
                     p = self.wait(p);
+                }
+                if !p.wanted && !p.stop && self.repack_due(&rest, &rebuild) {
+                    drop(p);
+                    self.repack_if_worth_it(&mut rest);
+                    continue;
                 }
                 p.wanted = false;
                 p.stop
@@ -532,10 +555,11 @@ impl Overlay {
                 let failed = !matches!(written, Ok(Ok(_)));
                 let mut p = self.progress();
                 match written {
-                    Ok(Ok(Some(index))) => {
+                    Ok(Ok(Some((index, rows)))) => {
                         p.written = p.written.max(Some(index));
                         p.flushes += 1;
                         p.last = started.elapsed();
+                        rest.wrote(rows);
                     }
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
@@ -563,9 +587,70 @@ impl Overlay {
         }
     }
 
+    /// Whether the node is at rest and has written enough since the last look to look at the
+    /// file's packing again (`repack`): no layer to write, no filter of ids being built.
+    fn repack_due(&self, rest: &Rest, rebuild: &Option<Rebuild>) -> bool {
+        rebuild.is_none()
+            && self.repack.is_some_and(|p| rest.due(&p))
+            && self.db.read(|c| c.active.is_empty() && c.frozen.is_none())
+    }
+
+    /// Rewrite the file as a packed copy of itself if its trees are far larger than what they
+    /// hold (`repack`); give up the copy as soon as a flush is wanted.
+    fn repack_if_worth_it(&self, rest: &mut Rest) {
+        let Some(policy) = self.repack else {
+            return;
+        };
+        let looked = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<bool, BoxError> {
+            let Some((pages, held)) = repack::worth_it(&self.db.get(), policy.min_slack)? else {
+                return Ok(true);
+            };
+            let started = Instant::now();
+            tracing::info!(
+                pages_mb = pages >> 20,
+                held_mb = held >> 20,
+                "rewriting sm.redb as a packed copy (the node is at rest)"
+            );
+            // Not while writes want flushing, nor while a snapshot's pointer or an install
+            // waits for the file.
+            let mut keep_going = || {
+                let p = self.progress();
+                !p.wanted && !p.stop && !self.db.exclusive_wanted()
+            };
+            let done = self
+                .db
+                .rewrite(|from, to| repack::copy(from, to, &mut keep_going))?;
+            if done {
+                self.progress().repacks += 1;
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "sm.redb rewritten packed"
+                );
+            } else {
+                self.progress().repacks_abandoned += 1;
+                tracing::info!("rewriting sm.redb given up: writes resumed, or a writer waits");
+            }
+            Ok(done)
+        }));
+        match looked {
+            Ok(Ok(true)) => rest.looked(),
+            Ok(Ok(false)) => rest.abandoned(),
+            // Not again until as many rows again have been written.
+            Ok(Err(e)) => {
+                tracing::warn!("rewriting sm.redb as a packed copy: {e}");
+                rest.looked();
+            }
+            Err(_) => {
+                tracing::error!("rewriting sm.redb as a packed copy panicked");
+                rest.looked();
+            }
+        }
+    }
+
     /// Freeze the active layer (unless a frozen one waits from a failed try) and write it.
-    /// Returns the index now written, `None` when there was nothing to write.
-    fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<u64>, BoxError> {
+    /// Returns the index now written and the rows written, `None` when there was nothing to
+    /// write.
+    fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<(u64, u64)>, BoxError> {
         // The next active layer, sized like this one, allocated before the lock is taken.
         let next = Arc::new(Layer::sized_for(self.db.read(|c| c.active.cookies.len())));
         let (frozen, db, ids) = self.db.write(|c| {
@@ -611,7 +696,9 @@ impl Overlay {
                 Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
             }
         }
-        Ok(current.then_some(frozen.applied.map(|a| a.index)).flatten())
+        Ok(current
+            .then_some(frozen.applied.map(|a| (a.index, frozen.rows() as u64)))
+            .flatten())
     }
 
     /// Whether the filter of `db`'s ids must be built by a scan of the file, just committed
@@ -680,6 +767,43 @@ impl Overlay {
             // Until the next flush starts another build, creates ask sm.redb.
             Err(e) => tracing::warn!("building the filter of stored ids: {e}"),
         }
+    }
+}
+
+/// What the flush thread has written since it last looked at the file's packing.
+struct Rest {
+    rows: u64,
+    /// When it last wrote rows (or gave up a copy).
+    since: Instant,
+}
+
+impl Rest {
+    fn new() -> Self {
+        Rest {
+            rows: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn wrote(&mut self, rows: u64) {
+        self.rows += rows;
+        if rows > 0 {
+            self.since = Instant::now();
+        }
+    }
+
+    fn due(&self, policy: &repack::Policy) -> bool {
+        self.rows >= policy.min_rows && self.since.elapsed() >= policy.idle
+    }
+
+    /// Looked (and rewrote, or found it not worth it): not again before as many rows again.
+    fn looked(&mut self) {
+        self.rows = 0;
+    }
+
+    /// Gave up a copy because writes resumed: again at the next rest.
+    fn abandoned(&mut self) {
+        self.since = Instant::now();
     }
 }
 
@@ -799,7 +923,7 @@ mod tests {
         let file = crate::create_db(&path, 1 << 20).unwrap();
         create_tables(&file).unwrap();
         let db = Db::new(file, &path, 1 << 20).unwrap();
-        let (overlay, _flusher) = Overlay::start(db.clone(), None).unwrap();
+        let (overlay, _flusher) = Overlay::start(db.clone(), None, None).unwrap();
         // redb has one writer at a time: while this transaction is open, the flush thread's
         // write of the frozen layer cannot begin. Declared after the flush thread, so that a
         // failed assertion drops it first and the thread's join does not wait on it.
@@ -849,6 +973,52 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Once at rest, a file whose trees are far larger than what they hold is rewritten as a
+    /// packed copy: every row, seen through the readers' shared transaction too, in fewer
+    /// pages, with the index it was written up to; nothing left beside it.
+    #[test]
+    fn at_rest_the_file_is_rewritten_packed_with_every_row() {
+        use openraft::CommittedLeaderId;
+        use std::os::unix::fs::MetadataExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        let file = repack::filled(&path, 100_000);
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        let db = Db::new(file, &path, 1 << 20).unwrap();
+        let policy = repack::Policy {
+            idle: Duration::from_millis(50),
+            min_rows: 1,
+            min_slack: 1 << 20,
+        };
+        let (overlay, _flusher) = Overlay::start(db.clone(), None, Some(policy)).unwrap();
+        // One row through the layers: the flush thread counts it, and looks once at rest.
+        let mut l = Layer::default();
+        l.put_cookie("written-last", Some(b"{}".to_vec()));
+        l.applied(LogId::new(CommittedLeaderId::new(1, 1), 7));
+        assert_eq!(overlay.add(l), Room::Left);
+        overlay.flush_all().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while overlay.stats().repacks == 0 {
+            assert!(Instant::now() < deadline, "never rewritten");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(repack::worth_it(&db.get(), 1 << 20).unwrap(), None);
+        let (records, applied) = db.read(|c| {
+            let records = c.txn.open_table(COOKIES).unwrap().len().unwrap();
+            (records, super::super::tables::applied_in(&c.txn).unwrap())
+        });
+        assert_eq!(records, 100_001);
+        assert_eq!(applied.map(|a| a.index), Some(7));
+        assert_eq!(overlay.stats().written, Some(7));
+        assert!(!super::super::handle::installing_path(&path).exists());
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(after * 10 < before * 9, "{before} -> {after} blocks");
+        // Looked once: not again until as many rows again are written.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(overlay.stats().repacks, 1);
     }
 
     #[test]
