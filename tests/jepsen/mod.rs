@@ -329,6 +329,12 @@ pub async fn run(cfg: RunConfig) -> Report {
     let mut log = nemesis.log.join("\n");
     log.push('\n');
     std::fs::write(dir.join("nemesis.log"), log).unwrap();
+    // Each node's own log beside it: what a node did under a fault is read there.
+    for node in &cluster.nodes {
+        if let Some(name) = node.log.file_name() {
+            let _ = std::fs::copy(&node.log, dir.join(name));
+        }
+    }
     if !valid {
         std::fs::write(
             dir.join("history.json"),
