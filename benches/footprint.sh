@@ -11,7 +11,9 @@
 #     (wrk, installed from Debian when missing; skipped with API_SECS=0): the leader builds
 #     snapshots and purges its log meanwhile;
 #  5. node 3 restarted: it is behind the purged log, so it catches up by a snapshot install;
-#  6. IDLE_SECS (default 15) without writes, then the data directories again.
+#  6. IDLE_SECS (default 30) without writes, then the data directories again: by then each
+#     node has built a snapshot that gives its log back (raft.snapshot_idle_ms, 10 s) and
+#     rewritten sm.redb packed (storage.repack_idle_ms, 10 s, and the copy's few seconds).
 #
 #   N=1000000 benches/footprint.sh
 set -euo pipefail
@@ -38,6 +40,15 @@ cluster_secret = "footprint-secret"
 log_level = "warn"
 $extra
 TOML
+}
+# Node $1's data directory against $2 bytes of records: the disk it takes (allocated blocks),
+# and its apparent size (an open redb file's length runs ahead of its pages; unwritten, it
+# takes no disk).
+dir_size() {
+  local used apparent
+  used=$(du -sk "$DIR/node$1" | cut -f1)
+  apparent=$(du -sb "$DIR/node$1" | cut -f1)
+  echo "node$1 data directory: $((used / 1024)) MB, $(awk -v u="$used" -v r="$2" 'BEGIN {printf "%.2fx", u * 1024 / r}') the records' $(($2 / 1048576)) MB ($((apparent / 1048576)) MB apparent)"
 }
 hwm() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
@@ -77,7 +88,7 @@ done
 bytes=$(curl -s -m 600 -o /dev/null -w '%{size_download}' "http://127.0.0.1:$(port 1)/cookies")
 echo "unpaged GET /cookies: $((bytes / 1048576)) MB; node1 rss $(rss "${PIDS[0]}") MB, peak $(hwm "${PIDS[0]}") MB"
 for i in 1 2 3; do
-  echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$RECORD_BYTES" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' $((RECORD_BYTES / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
+  dir_size "$i" "$RECORD_BYTES"
 done
 
 API_SECS=${API_SECS:-60}
@@ -108,18 +119,22 @@ echo "node3 restarted, caught up in $((SECONDS - start)) s: rss $(rss "${PIDS[2]
 # A created record: its JSON (the document above, ~230 bytes) and the stored header.
 TOTAL=$((RECORD_BYTES + done_2xx * 250))
 for i in 1 2 3; do
-  echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
+  dir_size "$i" "$TOTAL"
 done
 built() { curl -s "http://127.0.0.1:$(port "$1")/metrics" | awk '/^raft_snapshots_built_total/ {print $2}'; }
+repacked() { curl -s "http://127.0.0.1:$(port "$1")/metrics" | awk '/^raft_sm_repacks_total/ {print $2}'; }
 echo "snapshots built since start: node1 $(built 1), node2 $(built 2), node3 $(built 3)"
 # Once the load has stopped: an idle node builds a snapshot that gives its log back
-# (raft.snapshot_idle_ms, 10 s by default).
-IDLE_SECS=${IDLE_SECS:-15}
+# (raft.snapshot_idle_ms, 10 s by default) and rewrites sm.redb packed (storage.repack_idle_ms).
+IDLE_SECS=${IDLE_SECS:-30}
 if [ "$IDLE_SECS" -gt 0 ]; then
   sleep "$IDLE_SECS"
-  echo "after ${IDLE_SECS} s without writes (snapshots built: node1 $(built 1), node2 $(built 2), node3 $(built 3)):"
+  echo "after ${IDLE_SECS} s without writes (snapshots built: node1 $(built 1), node2 $(built 2), node3 $(built 3); sm.redb rewritten packed: node1 $(repacked 1), node2 $(repacked 2), node3 $(repacked 3)):"
   for i in 1 2 3; do
-    echo "node$i data directory: $(du -sb "$DIR/node$i" | awk -v r="$TOTAL" '{printf "%.0f MB, %.1fx", $1 / 1048576, $1 / r}') the records' ~$((TOTAL / 1048576)) MB ($(du -sm "$DIR/node$i" | cut -f1) MB allocated)"
+    dir_size "$i" "$TOTAL"
+  done
+  for i in 1 2 3; do
+    echo "node$i at rest: rss $(rss "${PIDS[$((i - 1))]}") MB, peak $(hwm "${PIDS[$((i - 1))]}") MB"
   done
 fi
 # Where the bytes are: each file's length and the disk it takes (a file can be sparse).
