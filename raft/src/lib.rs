@@ -18,6 +18,7 @@
 //! sm/apply.rs       applying entries: one transaction per batch, durability, Tables
 //! sm/snapshot.rs    building and installing snapshots, their row format, the legacy move
 //! sm/files.rs       snapshot data in files of their own beside sm.redb
+//! sm/repack.rs      sm.redb rewritten as a packed copy of itself once the node is at rest
 //! sm/reader.rs      StoreReader: get, the streamed list, page, count for the HTTP layer
 //! cache.rs          the per-node TTL read cache, invalidated by apply
 //! chunks.rs         a body written on the blocking pool, streamed through a bounded channel
