@@ -772,6 +772,8 @@ impl Overlay {
 
 /// What the flush thread has written since it last looked at the file's packing.
 struct Rest {
+    /// Rows written since the last look; `u64::MAX` before the first, so that a node
+    /// restarted after a load looks at its first rest.
     rows: u64,
     /// When it last wrote rows (or gave up a copy).
     since: Instant,
@@ -780,13 +782,13 @@ struct Rest {
 impl Rest {
     fn new() -> Self {
         Rest {
-            rows: 0,
+            rows: u64::MAX,
             since: Instant::now(),
         }
     }
 
     fn wrote(&mut self, rows: u64) {
-        self.rows += rows;
+        self.rows = self.rows.saturating_add(rows);
         if rows > 0 {
             self.since = Instant::now();
         }
@@ -1019,6 +1021,33 @@ mod tests {
         // Looked once: not again until as many rows again are written.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(overlay.stats().repacks, 1);
+    }
+
+    /// A node looks at its file at its first rest (it may have been restarted after a
+    /// load), then only once enough rows have been written since, and never during writes.
+    #[test]
+    fn rest_looks_first_at_start_then_after_enough_rows() {
+        let policy = repack::Policy {
+            idle: Duration::ZERO,
+            min_rows: 100,
+            min_slack: 0,
+        };
+        let mut rest = Rest::new();
+        assert!(rest.due(&policy));
+        rest.looked();
+        assert!(!rest.due(&policy));
+        rest.wrote(99);
+        assert!(!rest.due(&policy));
+        rest.wrote(1);
+        assert!(rest.due(&policy));
+        // Not before the idle time since the last rows written, or the last copy given up.
+        let policy = repack::Policy {
+            idle: Duration::from_secs(3600),
+            ..policy
+        };
+        assert!(!rest.due(&policy));
+        rest.abandoned();
+        assert!(!rest.due(&policy));
     }
 
     #[test]

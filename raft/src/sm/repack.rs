@@ -8,10 +8,11 @@
 //! log a leader's data directory was past twice its records. redb packs leaves only when
 //! keys come in order, as when a snapshot is installed into a new file.
 //!
-//! So, once no write has been flushed for [`Policy::idle`] and enough rows have been written
-//! since the last look, the flush thread measures the trees, and if their pages exceed what
-//! they hold by [`SLACK_FACTOR`] (and by [`Policy::min_slack`] bytes) it copies every table in key
-//! order into a new file and renames it over `sm.redb` ([`super::handle::Db::rewrite`]):
+//! So, once no write has been flushed for [`Policy::idle`] (at the first such rest after a
+//! start, then once enough rows have been written since the last look), the flush thread
+//! measures the trees, and if their pages exceed what they hold by [`SLACK_FACTOR`] (and by
+//! [`Policy::min_slack`] bytes) it copies every table in key order into a new file and
+//! renames it over `sm.redb` ([`super::handle::Db::rewrite`]):
 //! the same state, in packed leaves. The copy gives up as soon as writes want flushing
 //! again, or a snapshot's pointer or an install waits for the file, so neither a load that
 //! resumes nor openraft waits on it; the next rest tries again.
