@@ -91,6 +91,11 @@ impl Db {
         })
     }
 
+    /// Where the file is.
+    pub(super) fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
     /// The current database. A caller keeps what it got for the whole of one operation, so
     /// the operation reads one file, whatever replaces it meanwhile. The database alone: what
     /// has been written to it, without the layers above it (`overlay`).

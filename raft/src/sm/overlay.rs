@@ -605,6 +605,14 @@ impl Overlay {
             let Some((pages, held)) = repack::worth_it(&self.db.get(), policy.min_slack)? else {
                 return Ok(true);
             };
+            if !repack::room_for_copy(self.db.path(), held)? {
+                tracing::warn!(
+                    pages_mb = pages >> 20,
+                    held_mb = held >> 20,
+                    "sm.redb not rewritten packed: the disk has less than twice its data free"
+                );
+                return Ok(true);
+            }
             let started = Instant::now();
             tracing::info!(
                 pages_mb = pages >> 20,

@@ -20,8 +20,11 @@
 //! Why only at rest: a packed leaf splits on its next insert, so under load the tree returns
 //! to three quarters full within one pass of writes over it, and the copy would cost a
 //! read and a write of the whole state for nothing. The file written meanwhile needs as much
-//! disk again as the packed state, for the seconds the copy takes.
+//! disk again as the packed state, for the seconds the copy takes: a copy starts only with
+//! twice that free ([`room_for_copy`]), so that it never takes the disk the log needs.
 
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use redb::{
@@ -69,6 +72,24 @@ pub(super) fn worth_it(db: &Database, min_slack: u64) -> Result<Option<(u64, u64
     let held = stats.stored_bytes() + stats.metadata_bytes();
     let worth = pages as f64 > held as f64 * SLACK_FACTOR && pages - held >= min_slack;
     Ok(worth.then_some((pages, held)))
+}
+
+/// Whether the filesystem holding `path` has room for a packed copy of `held` bytes, and as
+/// much again to spare.
+pub(super) fn room_for_copy(path: &Path, held: u64) -> std::io::Result<bool> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct it is.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a statvfs the call fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let free = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+    Ok(free / 2 >= held)
 }
 
 /// Every table `create_tables` makes, by name: a table the copy does not know would be lost.
@@ -250,6 +271,14 @@ mod tests {
             "{pages} -> {after} bytes of pages, {held} held"
         );
         assert_eq!(worth_it(&packed, 1 << 20).unwrap(), None);
+    }
+
+    #[test]
+    fn room_is_the_free_disk_halved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        assert!(room_for_copy(&path, 1).unwrap());
+        assert!(!room_for_copy(&path, u64::MAX / 2).unwrap());
     }
 
     #[test]
