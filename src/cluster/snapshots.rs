@@ -27,7 +27,7 @@ pub const RATIO_FROM_STATE_BYTES: u64 = 16 << 20;
 /// An idle store builds only when the log since its last snapshot is at least this long:
 /// one WAL segment, the unit in which the log is given back (a log within the active
 /// segment keeps its file whatever is purged).
-pub const IDLE_MIN_LOG_BYTES: u64 = 64 << 20;
+pub const IDLE_MIN_LOG_BYTES: u64 = cookie_raft::log::wal::SEGMENT_BYTES;
 /// How often the policy looks.
 const TICK: Duration = Duration::from_millis(200);
 /// A build asked for that has not happened by then (it failed, or openraft dropped the
@@ -220,7 +220,7 @@ mod tests {
             "nothing past the kept entries"
         );
         assert_eq!(
-            p.due(&idle(3000, 60 * MB, 60)),
+            p.due(&idle(3000, IDLE_MIN_LOG_BYTES - 1, 60)),
             None,
             "less than a segment to give back"
         );
