@@ -150,7 +150,9 @@ impl Db {
         let (db, out) = self.write_beside(fill)?;
         // The new state replaces the old one whole: the layers belonged to the old file.
         let next = Current::new(Arc::new(db))?;
-        self.write(|c| *c = next);
+        let old = self.write(|c| std::mem::replace(c, next));
+        // Dropped outside the lock: closing a database (its last handle) writes and syncs.
+        drop(old);
         Ok(out)
     }
 
@@ -182,6 +184,7 @@ impl Db {
             Err(e) => return Err(e),
         };
         let txn = Arc::new(db.begin_read()?);
+        // `old`, still held here, keeps the old database from closing under the lock.
         self.write(|c| {
             c.db = db;
             c.txn = txn;
