@@ -20,15 +20,21 @@ const SLACK_FACTOR: u64 = 2;
 /// ...and more than this much larger than them (a small file is never worth the wait).
 const MIN_SLACK: u64 = 64 << 20;
 
+/// redb's storage stats of `db` (a walk of every page; takes the writer while it runs).
+pub(super) fn stats(db: &Database) -> Result<redb::DatabaseStats, BoxError> {
+    let txn = db.begin_write()?;
+    let stats = txn.stats()?;
+    txn.abort()?;
+    Ok(stats)
+}
+
 /// What compaction would reclaim, if it is worth doing: (file bytes, live bytes).
 fn worth_compacting(db: &Database, path: &Path) -> Result<Option<(u64, u64)>, BoxError> {
     let file = std::fs::metadata(path)?.len();
     if file < MIN_SLACK {
         return Ok(None);
     }
-    let txn = db.begin_write()?;
-    let stats = txn.stats()?;
-    txn.abort()?;
+    let stats = stats(db)?;
     let live = stats.allocated_pages() * stats.page_size() as u64;
     let worth = file > live.saturating_mul(SLACK_FACTOR) && file - live > MIN_SLACK;
     Ok(worth.then_some((file, live)))

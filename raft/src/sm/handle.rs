@@ -147,7 +147,9 @@ impl Db {
         fill: impl FnOnce(&Database) -> Result<T, BoxError>,
     ) -> Result<T, BoxError> {
         let _exclusive = self.exclusive();
-        let (db, out) = self.write_beside(fill)?;
+        let (db, out) = self
+            .write_beside(|db| fill(db).map(Some))?
+            .ok_or("a replacement's fill gave up")?;
         // The new state replaces the old one whole: the layers belonged to the old file.
         let next = Current::new(Arc::new(db))?;
         let old = self.write(|c| std::mem::replace(c, next));
@@ -169,20 +171,11 @@ impl Db {
         let _exclusive = self.exclusive();
         let old = self.get();
         let from = old.begin_read()?;
-        let mut copied = false;
-        let written = self.write_beside(|new| {
-            copied = copy(&from, new)?;
-            if copied {
-                Ok(())
-            } else {
-                Err("gave up".into())
-            }
-        });
-        let db = match written {
-            Ok((db, ())) => Arc::new(db),
-            Err(_) if !copied => return Ok(false),
-            Err(e) => return Err(e),
+        let copied = self.write_beside(|new| Ok(copy(&from, new)?.then_some(())))?;
+        let Some((db, ())) = copied else {
+            return Ok(false);
         };
+        let db = Arc::new(db);
         let txn = Arc::new(db.begin_read()?);
         // `old`, still held here, keeps the old database from closing under the lock.
         self.write(|c| {
@@ -192,29 +185,30 @@ impl Db {
         Ok(true)
     }
 
-    /// A new database written by `fill` beside the file and renamed over it. A `fill` that
-    /// fails leaves the file as it was, and no other behind it.
+    /// A new database written by `fill` beside the file and renamed over it; `None` when
+    /// `fill` gives up (returns `None`). A `fill` that fails or gives up leaves the file as it
+    /// was, and no other behind it.
     fn write_beside<T>(
         &self,
-        fill: impl FnOnce(&Database) -> Result<T, BoxError>,
-    ) -> Result<(Database, T), BoxError> {
+        fill: impl FnOnce(&Database) -> Result<Option<T>, BoxError>,
+    ) -> Result<Option<(Database, T)>, BoxError> {
         let next = installing_path(&self.inner.path);
         crate::durable::remove_if_present(&next)?;
         let db = crate::create_db(&next, self.inner.cache_bytes)?;
         let filled = super::tables::create_tables(&db).and_then(|()| fill(&db));
         let out = match filled {
-            Ok(out) => out,
-            Err(e) => {
+            Ok(Some(out)) => out,
+            failed_or_gave_up => {
                 drop(db);
                 crate::durable::remove_if_present(&next)?;
-                return Err(e);
+                return failed_or_gave_up.map(|_| None);
             }
         };
         std::fs::rename(&next, &self.inner.path)?;
         if let Some(dir) = self.inner.path.parent() {
             crate::durable::sync_dir(dir)?;
         }
-        Ok((db, out))
+        Ok(Some((db, out)))
     }
 }
 

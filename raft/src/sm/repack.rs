@@ -64,9 +64,7 @@ impl Default for Policy {
 /// The trees' pages and the bytes they hold, when a rewrite is worth it (it would give back
 /// `min_slack` bytes or more): (pages, held).
 pub(super) fn worth_it(db: &Database, min_slack: u64) -> Result<Option<(u64, u64)>, BoxError> {
-    let txn = db.begin_write()?;
-    let stats = txn.stats()?;
-    txn.abort()?;
+    let stats = super::compact::stats(db)?;
     let page = stats.page_size() as u64;
     let pages = (stats.leaf_pages() + stats.branch_pages()) * page;
     let held = stats.stored_bytes() + stats.metadata_bytes();
@@ -262,9 +260,7 @@ mod tests {
         );
         drop(to);
         // In far fewer pages, and not worth another copy.
-        let txn = packed.begin_write().unwrap();
-        let stats = txn.stats().unwrap();
-        txn.abort().unwrap();
+        let stats = crate::sm::compact::stats(&packed).unwrap();
         let after = (stats.leaf_pages() + stats.branch_pages()) * stats.page_size() as u64;
         assert!(
             after * 10 < pages * 8,
