@@ -943,4 +943,69 @@ mod tests {
         assert!(sm.overlay.stats().flushes >= flushes + 8);
         assert_eq!(sm.reader().count().unwrap(), 50_000 + 80 * 400);
     }
+
+    /// A snapshot's pointer committed while a repack copies `sm.redb` must land in the file
+    /// that ends up current. The copy reads one transaction begun before it; a pointer
+    /// committed into the old file after that would vanish with the file at the rename, and
+    /// `commit_current` has already removed the snapshot the pointer replaced: the node would
+    /// restart with no snapshot and a purged log. Here the copy is held open until the build
+    /// either waits for the file or has published, so the two always meet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pointer_published_during_a_repack_is_kept() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let before = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let published = Arc::new(AtomicBool::new(false));
+        let (copying, copy_started) = std::sync::mpsc::channel();
+        let repack = std::thread::spawn({
+            let db = sm.db.clone();
+            let published = published.clone();
+            move || {
+                db.rewrite(|from, to| {
+                    copying.send(()).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !db.exclusive_wanted()
+                        && !published.load(Ordering::SeqCst)
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    super::super::repack::copy(from, to, &mut || true)
+                })
+                .unwrap()
+            }
+        });
+        copy_started.recv().unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        published.store(true, Ordering::SeqCst);
+        assert!(repack.join().unwrap(), "the copy was not given up");
+        assert_ne!(built.meta.snapshot_id, before.meta.snapshot_id);
+
+        // Without the lock: the pointer left is the first build's, whose file is gone.
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("the current snapshot's file is there");
+        assert_eq!(current.map(|s| s.meta), Some(built.meta.clone()));
+        drop(sm);
+        let mut sm = open(dir.path());
+        let current = sm.get_current_snapshot().await.unwrap();
+        assert_eq!(current.map(|s| s.meta), Some(built.meta.clone()));
+        assert_eq!(
+            snapshot_files(dir.path()),
+            [SnapshotFiles::name_for(&built.meta.snapshot_id)]
+        );
+    }
 }
