@@ -86,6 +86,14 @@ pub struct Metrics {
     /// How long group commit held batches for the writers of the last answered one
     /// (`write/regather.rs`).
     pub write_regather_seconds: Histogram,
+    /// Each answered Raft RPC this node sent, by peer and RPC (`raft::network::RpcTimer`).
+    peer_rpc_seconds: HistogramVec,
+}
+
+fn histogram_vec(r: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(opts, labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -231,6 +239,9 @@ impl Metrics {
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
             write_regather_seconds: histogram(&r, "raft_write_regather_seconds", "Time group commit held a batch for the writers the last batch answered to come back (leader only; batch.regather_us)",
                 vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
+            peer_rpc_seconds: histogram_vec(&r, HistogramOpts::new("raft_peer_rpc_seconds", "Time from sending a Raft RPC to a peer to its answer, by the peer's node id and the RPC (append, vote, snapshot). openraft keeps one append in flight per follower: the rate of the append sum is the share of time that follower's stream was busy (near 1: writes wait for the round)")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+                &["peer_id", "rpc"]),
             registry: r,
         })
     }
@@ -280,6 +291,18 @@ impl Metrics {
                 leader = m.current_leader;
             }
         }
+    }
+
+    /// A timer for Raft's RPCs (`Network::with_rpc_timer`) that feeds
+    /// `raft_peer_rpc_seconds`.
+    pub fn rpc_timer(self: &Arc<Self>) -> cookie_raft::network::RpcTimer {
+        let metrics = self.clone();
+        Arc::new(move |peer, rpc, took| {
+            metrics
+                .peer_rpc_seconds
+                .with_label_values(&[peer.to_string().as_str(), rpc])
+                .observe(took.as_secs_f64());
+        })
     }
 
     /// Record one finished HTTP request.

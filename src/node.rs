@@ -151,12 +151,14 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
     let tls = Tls::load(&cfg.tls)?;
     let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
+    let metrics = Metrics::new();
     let network = Network::new(
         secret.clone(),
         book.clone(),
         identity.clone(),
         PeerHttp::new(tls.peer_client.clone())?,
-    );
+    )
+    .with_rpc_timer(metrics.rpc_timer());
     let log_size = log.size();
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
@@ -175,7 +177,6 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         changes: Arc::default(),
         stepping_down: Arc::default(),
     };
-    let metrics = Metrics::new();
     tasks.spawn(
         "election counter",
         metrics.clone().count_elections(raft.clone()),

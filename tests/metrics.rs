@@ -200,6 +200,16 @@ async fn metrics_names_labels_types_and_counts() {
     // A share (0 until group commit has taken two samples half a second apart).
     let idle = v["raft_write_cpu_idle_ratio"];
     assert!((0.0..=1.0).contains(&idle), "{}", r.text);
+    // The leader timed its appends to each follower (every entry went to both).
+    let (types, _) = parse(&r.text);
+    assert_eq!(types["raft_peer_rpc_seconds"], "histogram");
+    for peer in (0..3).filter(|&n| n != leader) {
+        let appends = format!(
+            "raft_peer_rpc_seconds_count{{peer_id=\"{}\",rpc=\"append\"}}",
+            peer + 1
+        );
+        assert!(v[&appends] >= 1.0, "{appends}\n{}", r.text);
+    }
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.

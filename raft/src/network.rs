@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -71,6 +71,13 @@ impl AddressBook {
     }
 }
 
+/// Told of every Raft RPC this node sent that the peer answered (whatever the status): the
+/// peer, the RPC by name (`append`, `vote`, `snapshot`) and the time from sending it to its
+/// answer. openraft 0.9 keeps one AppendEntries in flight per follower, so these times
+/// summed over a while, divided by that while, are how much of it the follower's stream
+/// was busy: near 1, writes queue behind the round, whatever CPU the nodes have.
+pub type RpcTimer = Arc<dyn Fn(NodeId, &'static str, Duration) + Send + Sync>;
+
 /// The network factory: the TLS settings for each peer's link (in `client`), the address
 /// book, an optional secret and this node's identity (every request names sender and
 /// target incarnations).
@@ -82,6 +89,7 @@ pub struct Network {
     identity: Arc<Identity>,
     /// Links the dropped `Conn`s left open, for the next ones to the same peers.
     idle: Idle,
+    timer: Option<RpcTimer>,
 }
 
 /// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
@@ -155,7 +163,14 @@ impl Network {
             book,
             identity,
             idle: Idle::default(),
+            timer: None,
         }
+    }
+
+    /// Tell `timer` of every answered RPC (see [`RpcTimer`]).
+    pub fn with_rpc_timer(mut self, timer: RpcTimer) -> Self {
+        self.timer = Some(timer);
+        self
     }
 }
 
@@ -169,6 +184,7 @@ pub struct Conn {
     target: NodeId,
     identity: Arc<Identity>,
     idle: Idle,
+    timer: Option<RpcTimer>,
 }
 
 impl Drop for Conn {
@@ -245,6 +261,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             identity: self.identity.clone(),
             idle: self.idle.clone(),
+            timer: self.timer.clone(),
         }
     }
 }
@@ -321,7 +338,7 @@ fn lasting_refusal(status: reqwest::StatusCode) -> bool {
 impl Conn {
     async fn call<Req, Resp, E>(
         &mut self,
-        path: &str,
+        path: &'static str,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcErr<E>>
@@ -353,10 +370,16 @@ impl Conn {
             body: body.into(),
             limit: MAX_RESPONSE_BYTES,
         };
+        let sent = Instant::now();
         let answer = link.post(&post, timeout).await.map_err(|e| match e {
             LinkError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
             LinkError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
         })?;
+        // Errors name the RPC by its last segment (`append`), as they always have.
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if let Some(timer) = &self.timer {
+            timer(self.target, name, sent.elapsed());
+        }
         let status = answer.status;
         // A member that served a request is not an empty node (those serve only a sender
         // that names them): its incarnation is one the registrar may register. A refusal's
@@ -373,8 +396,6 @@ impl Conn {
         }
         let bytes = answer.body;
         if !status.is_success() {
-            // Errors name the RPC by its last segment (`append`), as they always have.
-            let name = path.rsplit('/').next().unwrap_or(path);
             let msg = format!(
                 "{name} to node {} answered {status}: {}",
                 self.target,
@@ -517,6 +538,7 @@ mod tests {
                 target: 2,
                 identity: Arc::new(Identity::new(1, 1, false)),
                 idle: Idle::default(),
+                timer: None,
             };
             let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
             let err = conn
@@ -628,6 +650,46 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    /// Every answered RPC is timed, under its peer and name; one that found no peer is not
+    /// (it measured no round).
+    #[tokio::test]
+    async fn answered_rpcs_are_timed_by_peer_and_name() {
+        let (addr, _) = vote_granter().await;
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let timer: RpcTimer = Arc::new({
+            let heard = heard.clone();
+            move |peer, rpc, took| heard.lock().unwrap().push((peer, rpc, took))
+        });
+        let mut network = Network::new(
+            None,
+            AddressBook::default(),
+            Arc::new(Identity::new(1, 1, false)),
+            PeerHttp::new(None).unwrap(),
+        )
+        .with_rpc_timer(timer);
+        let started = Instant::now();
+        let node = CookieNode::new("127.0.0.1:1", addr, "node2");
+        let mut conn = network.new_client(2, &node).await;
+        for _ in 0..3 {
+            let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            conn.vote(rpc, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+        let down = CookieNode::new("127.0.0.1:1", "127.0.0.1:1", "node3");
+        let mut conn = network.new_client(3, &down).await;
+        let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        assert!(conn
+            .vote(rpc, RPCOption::new(Duration::from_secs(5)))
+            .await
+            .is_err());
+        let heard = heard.lock().unwrap();
+        assert_eq!(heard.len(), 3);
+        assert!(heard
+            .iter()
+            .all(|(peer, rpc, took)| *peer == 2 && *rpc == "vote" && *took <= started.elapsed()));
     }
 
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
