@@ -20,20 +20,8 @@ WINDOW=${WINDOW:-10}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-cargo bench --bench load --no-run >/dev/null 2>&1
-LOAD_SECS=$((WINDOW + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
-  cargo bench --bench load >"$OUT/load.log" 2>&1 &
-BENCH=$!
-
-leader=""
-for _ in $(seq 120); do
-  leader=$(grep -o "leader http://[0-9.:]*" "$OUT/load.log" | head -1 | cut -d' ' -f2 || true)
-  [ -n "$leader" ] && break
-  sleep 1
-done
-[ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
-
-sleep 4
+# shellcheck source=benches/support/creates.sh
+. benches/support/creates.sh
 curl -fsS "$leader/metrics" >"$OUT/before"
 if [ "${STRACE:-0}" = 1 ]; then
   port=${leader##*:}

@@ -24,19 +24,8 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 
-cargo bench --bench load --no-run >/dev/null 2>&1
-LOAD_SECS=$((WINDOW + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
-  cargo bench --bench load >"$OUT/load.log" 2>&1 &
-BENCH=$!
-
-leader=""
-for _ in $(seq 120); do
-  leader=$(grep -o "leader http://[0-9.:]*" "$OUT/load.log" | head -1 | cut -d' ' -f2 || true)
-  [ -n "$leader" ] && break
-  sleep 1
-done
-[ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
-sleep 4
+# shellcheck source=benches/support/creates.sh
+. benches/support/creates.sh
 
 # The bench's three nodes: the cookie-crud processes below it.
 descendants() { local p; for p in $(pgrep -P "$1"); do echo "$p"; descendants "$p"; done; }

@@ -1,0 +1,17 @@
+# Sourced by benches/tail.sh and benches/tasks.sh: start `cargo bench --bench load` for a
+# creates phase at $CLIENTS clients against cookie-crud alone, lasting $WINDOW seconds plus
+# time on both sides, in the background with its log at $OUT/load.log. Sets BENCH (its
+# pid) and leader (the leader's URL), and returns once the load has run 4 s.
+cargo bench --bench load --no-run >/dev/null 2>&1
+LOAD_SECS=$((WINDOW + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
+  cargo bench --bench load >"$OUT/load.log" 2>&1 &
+BENCH=$!
+
+leader=""
+for _ in $(seq 120); do
+  leader=$(grep -o "leader http://[0-9.:]*" "$OUT/load.log" | head -1 | cut -d' ' -f2 || true)
+  [ -n "$leader" ] && break
+  sleep 1
+done
+[ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
+sleep 4
