@@ -28,7 +28,7 @@ TASKS = [
     ("forwarder", True, "cookie_crud::write::forward"),
     ("Raft RPCs served", False, "cookie_crud::http::raft_rpc"),
     ("peer RPCs served", False, "cookie_crud::http::peer_rpc"),
-    ("client API", False, "cookie_crud::http::server::serve"),
+    ("HTTP serving (both listeners)", False, "cookie_crud::http::server::serve"),
 ]
 # Threads of their own, by name: serial where there is one per node.
 SERIAL_THREADS = {"wal-flush", "state-flush", "snapshot-build", "wal-zeros"}
