@@ -172,7 +172,8 @@ impl Metrics {
         for reason in SNAPSHOT_INSTALL_FAILURES {
             snapshot_install_failures.with_label_values(&[reason]);
         }
-        let http_duration = HistogramVec::new(
+        let http_duration = histogram_vec(
+            &r,
             HistogramOpts::new(
                 "http_request_duration_seconds",
                 "HTTP request latency by route template",
@@ -182,10 +183,7 @@ impl Metrics {
                 10.0,
             ]),
             &["method", "endpoint"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(http_duration.clone()))
-            .expect("unique metric");
+        );
         Arc::new(Metrics {
             http_requests: counter_vec(&r, "http_requests_total", "HTTP requests", &["method", "endpoint", "status"]),
             http_duration,

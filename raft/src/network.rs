@@ -375,7 +375,7 @@ impl Conn {
             LinkError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
             LinkError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
         })?;
-        // Errors name the RPC by its last segment (`append`), as they always have.
+        // The RPC's name, for the timer and for errors: its path's last segment (`append`).
         let name = path.rsplit('/').next().unwrap_or(path);
         if let Some(timer) = &self.timer {
             timer(self.target, name, sent.elapsed());

@@ -450,22 +450,21 @@ mod tests {
         v
     }
 
+    /// Build a snapshot of `sm`'s state now, as openraft asks for one.
+    async fn build(sm: &mut StateMachine) -> Snapshot<TypeConfig> {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_built_snapshot_survives_a_restart_and_only_it_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
-        let first = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let second = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let first = build(&mut sm).await;
+        let second = build(&mut sm).await;
         assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
         // A file left by a crash between writing and committing its pointer.
         std::fs::write(dir.path().join("snapshots/orphan.snap"), b"x").unwrap();
@@ -580,11 +579,7 @@ mod tests {
         let staged = sm.files.stage(&file, &data).unwrap();
 
         // A build of the (older) state runs from start to end meanwhile.
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build(&mut sm).await;
 
         // The install goes on from where it was: its file must still be there.
         replace_state(Target::of(&sm.db, &sm.files), &installed, staged).unwrap();
@@ -614,12 +609,7 @@ mod tests {
         };
         let mut a = open(d1.path());
         let first = a.apply(vec![entry(1, keyed())]).await.unwrap();
-        let snap = a
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = build(&mut a).await;
 
         let mut b = open(d2.path());
         let file = received(&b, &bytes(snap.snapshot).await).await;
@@ -956,12 +946,7 @@ mod tests {
         use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
-        let before = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let before = build(&mut sm).await;
         let published = Arc::new(AtomicBool::new(false));
         let (copying, copy_started) = std::sync::mpsc::channel();
         let repack = std::thread::spawn({
@@ -983,12 +968,7 @@ mod tests {
             }
         });
         copy_started.recv().unwrap();
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let built = build(&mut sm).await;
         published.store(true, Ordering::SeqCst);
         assert!(repack.join().unwrap(), "the copy was not given up");
         assert_ne!(built.meta.snapshot_id, before.meta.snapshot_id);
