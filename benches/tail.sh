@@ -24,10 +24,8 @@ trap 'rm -rf "$OUT"' EXIT
 . benches/support/creates.sh
 curl -fsS "$leader/metrics" >"$OUT/before"
 if [ "${STRACE:-0}" = 1 ]; then
-  port=${leader##*:}
-  pid=$(ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
-  timeout 6 strace -f -T -e trace=fdatasync,fsync -p "$pid" -o "$OUT/strace" 2>/dev/null || true
-  for t in /proc/"$pid"/task/*; do echo "$(basename "$t") $(cat "$t/comm")"; done >"$OUT/threads"
+  timeout 6 strace -f -T -e trace=fdatasync,fsync -p "$leader_pid" -o "$OUT/strace" 2>/dev/null || true
+  for t in /proc/"$leader_pid"/task/*; do echo "$(basename "$t") $(cat "$t/comm")"; done >"$OUT/threads"
   sleep $((WINDOW > 6 ? WINDOW - 6 : 0))
 else
   sleep "$WINDOW"

@@ -2,14 +2,14 @@
 # What serializes a node: docs/benchmarks.md, "What serializes" (issue 16), in one command.
 #
 # Runs `cargo bench --bench load` for creates at CLIENTS (64) against cookie-crud alone and,
-# while it runs, for WINDOW (6) seconds:
-#  1. samples the three nodes with `perf record --call-graph dwarf` and prints each node's
-#     CPU by task (benches/tasks.py): a serial stage (one task or thread) near 1.0 core is
-#     one that more cores cannot help;
-#  2. scrapes the leader's metrics at both ends of the window and prints, per follower, how
-#     much of the window an AppendEntries to it was in flight (`raft_peer_rpc_seconds`) and
-#     the mean round: openraft 0.9 keeps one in flight per follower, so a stream busy near
-#     100% of the time is a stage serial in time, whatever CPU the nodes have.
+# while it runs, two windows of WINDOW (6) seconds one after the other:
+#  1. scrapes the leader's metrics at both ends of the first and prints, per follower, how
+#     much of it an AppendEntries to it was in flight (`raft_peer_rpc_seconds`) and the
+#     mean round: openraft 0.9 keeps one in flight per follower, so a stream busy near 100%
+#     of the time is a stage serial in time, whatever CPU the nodes have;
+#  2. samples the three nodes through the second with `perf record --call-graph dwarf` and
+#     prints each node's CPU by task (benches/tasks.py): a serial stage (one task or
+#     thread) near 1.0 core is one that more cores cannot help.
 # Needs perf (linux-perf) and rights to sample other processes (root, or
 # kernel.perf_event_paranoid <= 1).
 #
@@ -24,6 +24,7 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 
+LOAD_WINDOW=$((2 * WINDOW))
 # shellcheck source=benches/support/creates.sh
 . benches/support/creates.sh
 
@@ -31,13 +32,14 @@ command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf
 descendants() { local p; for p in $(pgrep -P "$1"); do echo "$p"; descendants "$p"; done; }
 nodes=$(for p in $(descendants "$BENCH"); do
   [ "$(cat /proc/"$p"/comm 2>/dev/null)" = cookie-crud ] && echo "$p"; done | paste -sd,)
-port=${leader##*:}
-leader_pid=$(ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 
+# The streams first, then the CPU: perf's start and its writing of call graphs slow the
+# nodes, and the appends' round would measure perf.
 curl -fsS "$leader/metrics" >"$OUT/before"
+sleep "$WINDOW"
+curl -fsS "$leader/metrics" >"$OUT/after"
 perf record -F "$FREQ" --call-graph dwarf,32768 -p "$nodes" -o "$OUT/perf.data" \
   -- sleep "$WINDOW" >/dev/null 2>&1
-curl -fsS "$leader/metrics" >"$OUT/after"
 wait "$BENCH"
 
 grep '^| creates' "$OUT/load.log" || true

@@ -1,9 +1,10 @@
 # Sourced by benches/tail.sh and benches/tasks.sh: start `cargo bench --bench load` for a
-# creates phase at $CLIENTS clients against cookie-crud alone, lasting $WINDOW seconds plus
-# time on both sides, in the background with its log at $OUT/load.log. Sets BENCH (its
-# pid) and leader (the leader's URL), and returns once the load has run 4 s.
+# creates phase at $CLIENTS clients against cookie-crud alone, lasting $WINDOW seconds (or
+# $LOAD_WINDOW, where a caller measures more than one window) plus time on both sides, in the background with its log at $OUT/load.log. Sets BENCH (its
+# pid), leader (the leader's URL) and leader_pid (its process), and returns once the load
+# has run 4 s.
 cargo bench --bench load --no-run >/dev/null 2>&1
-LOAD_SECS=$((WINDOW + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
+LOAD_SECS=$((${LOAD_WINDOW:-$WINDOW} + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
   cargo bench --bench load >"$OUT/load.log" 2>&1 &
 BENCH=$!
 
@@ -14,4 +15,5 @@ for _ in $(seq 120); do
   sleep 1
 done
 [ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
+leader_pid=$(ss -ltnpH "sport = :${leader##*:}" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 sleep 4
