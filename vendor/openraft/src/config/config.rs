@@ -161,6 +161,15 @@ pub struct Config {
     #[clap(long, default_value = "1000")]
     pub commit_linger_us: u64,
 
+    /// Patched (cookie-crud): how many AppendEntries may be in flight to one follower at once
+    /// (1: one at a time, as in upstream openraft 0.9).
+    ///
+    /// With more than one, entries the leader appends while a round is in flight go in a
+    /// round of their own at once instead of waiting for the first one's answer. Answers are
+    /// handled in the order their requests were sent.
+    #[clap(long, default_value = "1")]
+    pub appends_in_flight: u64,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.
@@ -310,6 +319,10 @@ impl Config {
                 election_timeout_min: self.election_timeout_min,
                 heartbeat_interval: self.heartbeat_interval,
             });
+        }
+
+        if self.appends_in_flight == 0 {
+            return Err(ConfigError::AppendsInFlightIsZero);
         }
 
         if self.max_payload_entries == 0 {

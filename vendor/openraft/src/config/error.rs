@@ -11,6 +11,9 @@ pub enum ConfigError {
     #[error("election timeout: min({min}) must be < max({max})")]
     ElectionTimeout { min: u64, max: u64 },
 
+    #[error("appends_in_flight must be > 0")]
+    AppendsInFlightIsZero,
+
     #[error("max_payload_entries must be > 0")]
     MaxPayloadIs0,
 

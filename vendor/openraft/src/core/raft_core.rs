@@ -819,6 +819,13 @@ where
         let membership_log_id = self.engine.state.membership_state.effective().log_id();
         let network = self.network.new_client(target.clone(), target_node).await;
         let snapshot_network = self.network.new_client(target.clone(), target_node).await;
+        // Patched (cookie-crud): a client for each round that may be in flight at once.
+        let mut spare_networks = Vec::new();
+        if self.config.appends_in_flight > 1 {
+            for _ in 0..self.config.appends_in_flight {
+                spare_networks.push(self.network.new_client(target.clone(), target_node).await);
+            }
+        }
 
         let leader = self.engine.leader.as_ref().unwrap();
 
@@ -832,6 +839,7 @@ where
             progress_entry.matching,
             network,
             snapshot_network,
+            spare_networks,
             self.log_store.get_log_reader().await,
             self.sm_handle.new_snapshot_reader(),
             self.tx_notify.clone(),

@@ -25,6 +25,10 @@ pub(crate) struct EngineConfig<NID: NodeId> {
     /// The maximum number of entries per payload allowed to be transmitted during replication
     pub(crate) max_payload_entries: u64,
 
+    /// Patched (cookie-crud): whether a follower's logs in flight may grow while a round is
+    /// in flight (`Config::appends_in_flight` > 1).
+    pub(crate) pipelined: bool,
+
     pub(crate) timer_config: time_state::Config,
 }
 
@@ -36,6 +40,7 @@ impl<NID: NodeId> Default for EngineConfig<NID> {
             max_in_snapshot_log_to_keep: 1000,
             purge_batch_size: 256,
             max_payload_entries: 300,
+            pipelined: false,
             timer_config: time_state::Config::default(),
         }
     }
@@ -50,6 +55,7 @@ impl<NID: NodeId> EngineConfig<NID> {
             max_in_snapshot_log_to_keep: config.max_in_snapshot_log_to_keep,
             purge_batch_size: config.purge_batch_size,
             max_payload_entries: config.max_payload_entries,
+            pipelined: config.appends_in_flight > 1,
             timer_config: time_state::Config {
                 election_timeout,
                 smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),

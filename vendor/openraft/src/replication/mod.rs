@@ -2,11 +2,13 @@
 
 pub(crate) mod callbacks;
 pub(crate) mod hint;
+mod pipeline;
 mod replication_session_id;
 pub(crate) mod request;
 pub(crate) mod request_id;
 pub(crate) mod response;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,6 +151,12 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// Patched (cookie-crud): the clients that carry rounds sent while others are in flight
+    /// (`Config::appends_in_flight` of them when it is above 1, else none), and the state
+    /// of those rounds. See `pipeline`.
+    spare_networks: Vec<N::Network>,
+    pipe: pipeline::Pipeline<C, N::Network>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -169,6 +177,7 @@ where
         matching: Option<LogId<C::NodeId>>,
         network: N::Network,
         snapshot_network: N::Network,
+        spare_networks: Vec<N::Network>,
         log_reader: LS::LogReader,
         snapshot_reader: SnapshotReader<C>,
         tx_raft_core: mpsc::UnboundedSender<Notify<C>>,
@@ -203,6 +212,8 @@ where
             next_action: None,
             commit_only: false,
             entries_hint: Default::default(),
+            spare_networks,
+            pipe: Default::default(),
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -215,6 +226,9 @@ where
 
     #[tracing::instrument(level="debug", skip(self), fields(session=%self.session_id, target=display(&self.target), cluster=%self.config.cluster_name))]
     async fn main(mut self) -> Result<(), ReplicationClosed> {
+        if self.config.appends_in_flight > 1 {
+            return self.main_pipelined().await;
+        }
         loop {
             if self.commit_only {
                 self.linger_for_entries().await?;
@@ -226,105 +240,104 @@ where
                 continue;
             };
 
-            // Backup the log data for retrying.
-            let mut log_data = None;
-
-            tracing::debug!(replication_data = display(&d), "{} send replication RPC", func_name!());
-
-            let request_id = d.request_id();
-
-            let res = match d {
-                Data::Heartbeat => {
-                    let m = &self.matching;
-                    // request_id==None will be ignored by RaftCore.
-                    let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
-
-                    log_data = Some(d.clone());
-                    self.send_log_entries(d).await
-                }
-                Data::Logs(log) => {
-                    log_data = Some(log.clone());
-                    self.send_log_entries(log).await
-                }
-                Data::Snapshot(snap) => self.stream_snapshot(snap).await,
-                Data::SnapshotCallback(resp) => self.handle_snapshot_callback(resp),
-            };
-
-            tracing::debug!(res = debug(&res), "replication action done");
-
-            match res {
-                Ok(next) => {
-                    // reset backoff at once if replication succeeds
-                    self.backoff = None;
-
-                    // If the RPC was successful but not finished, continue.
-                    if let Some(next) = next {
-                        self.next_action = Some(next);
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error=%err, "error replication to target={}", self.target);
-
-                    match err {
-                        ReplicationError::Closed(closed) => {
-                            return Err(closed);
-                        }
-                        ReplicationError::HigherVote(h) => {
-                            let _ = self.tx_raft_core.send(Notify::Network {
-                                response: Response::HigherVote {
-                                    target: self.target,
-                                    higher: h.higher,
-                                    sender_vote: self.session_id.vote_ref().clone(),
-                                },
-                            });
-                            return Ok(());
-                        }
-                        ReplicationError::StorageError(error) => {
-                            tracing::error!(error=%error, "error replication to target={}", self.target);
-
-                            // TODO: report this error
-                            let _ = self.tx_raft_core.send(Notify::Network {
-                                response: Response::StorageError { error },
-                            });
-                            return Ok(());
-                        }
-                        ReplicationError::RPCError(err) => {
-                            tracing::error!(err = display(&err), "RPCError");
-
-                            let retry = match &err {
-                                RPCError::Timeout(_) => false,
-                                RPCError::Unreachable(_unreachable) => {
-                                    // If there is an [`Unreachable`] error, we will backoff for a
-                                    // period of time. Backoff will be reset if there is a
-                                    // successful RPC is sent.
-                                    if self.backoff.is_none() {
-                                        self.backoff = Some(self.network.backoff());
-                                    }
-                                    false
-                                }
-                                RPCError::PayloadTooLarge(too_large) => {
-                                    self.update_hint(too_large);
-
-                                    // PayloadTooLarge is a retryable error: retry at once.
-                                    self.next_action = Some(Data::Logs(log_data.unwrap()));
-                                    true
-                                }
-                                RPCError::Network(_) => false,
-                                RPCError::RemoteError(_) => false,
-                            };
-
-                            if retry {
-                                debug_assert!(self.next_action.is_some(), "next_action must be Some");
-                            } else {
-                                self.send_progress_error(request_id, err);
-                            }
-                        }
-                    };
-                }
-            };
+            if self.run_action(d).await?.is_break() {
+                return Ok(());
+            }
 
             self.drain_events_with_backoff().await?;
         }
+    }
+
+    /// Run one replication action to its end (patched: split out of `main` so that the
+    /// pipelined loop runs snapshots through it too). `Break` ends the replication task.
+    async fn run_action(&mut self, d: Data<C>) -> Result<ControlFlow<()>, ReplicationClosed> {
+        // Backup the log data for retrying.
+        let mut log_data = None;
+
+        tracing::debug!(replication_data = display(&d), "{} send replication RPC", func_name!());
+
+        let request_id = d.request_id();
+
+        let res = match d {
+            Data::Heartbeat => {
+                let m = &self.matching;
+                // request_id==None will be ignored by RaftCore.
+                let d = DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m.clone()));
+
+                log_data = Some(d.clone());
+                self.send_log_entries(d).await
+            }
+            Data::Logs(log) => {
+                log_data = Some(log.clone());
+                self.send_log_entries(log).await
+            }
+            Data::Snapshot(snap) => self.stream_snapshot(snap).await,
+            Data::SnapshotCallback(resp) => self.handle_snapshot_callback(resp),
+        };
+
+        tracing::debug!(res = debug(&res), "replication action done");
+
+        match res {
+            Ok(next) => {
+                // reset backoff at once if replication succeeds
+                self.backoff = None;
+
+                // If the RPC was successful but not finished, continue.
+                if let Some(next) = next {
+                    self.next_action = Some(next);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error=%err, "error replication to target={}", self.target);
+
+                match err {
+                    ReplicationError::Closed(closed) => {
+                        return Err(closed);
+                    }
+                    ReplicationError::HigherVote(h) => {
+                        self.report_higher_vote(h.higher);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    ReplicationError::StorageError(error) => {
+                        self.report_storage_error(error);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    ReplicationError::RPCError(err) => {
+                        tracing::error!(err = display(&err), "RPCError");
+
+                        let retry = match &err {
+                            RPCError::Timeout(_) => false,
+                            RPCError::Unreachable(_unreachable) => {
+                                // If there is an [`Unreachable`] error, we will backoff for a
+                                // period of time. Backoff will be reset if there is a
+                                // successful RPC is sent.
+                                if self.backoff.is_none() {
+                                    self.backoff = Some(self.network.backoff());
+                                }
+                                false
+                            }
+                            RPCError::PayloadTooLarge(too_large) => {
+                                self.update_hint(too_large);
+
+                                // PayloadTooLarge is a retryable error: retry at once.
+                                self.next_action = Some(Data::Logs(log_data.unwrap()));
+                                true
+                            }
+                            RPCError::Network(_) => false,
+                            RPCError::RemoteError(_) => false,
+                        };
+
+                        if retry {
+                            debug_assert!(self.next_action.is_some(), "next_action must be Some");
+                        } else {
+                            self.send_progress_error(request_id, err);
+                        }
+                    }
+                };
+            }
+        };
+
+        Ok(ControlFlow::Continue(()))
     }
 
     async fn drain_events_with_backoff(&mut self) -> Result<(), ReplicationClosed> {
@@ -360,6 +373,97 @@ where
         }
     }
 
+    /// Tell the core that the target has seen a higher vote; the replication task ends.
+    fn report_higher_vote(&mut self, higher: Vote<C::NodeId>) {
+        let _ = self.tx_raft_core.send(Notify::Network {
+            response: Response::HigherVote {
+                target: self.target.clone(),
+                higher,
+                sender_vote: self.session_id.vote_ref().clone(),
+            },
+        });
+    }
+
+    /// Tell the core that the log could not be read; the replication task ends.
+    fn report_storage_error(&mut self, error: StorageError<C::NodeId>) {
+        tracing::error!(error=%error, "error replication to target={}", self.target);
+
+        // TODO: report this error
+        let _ = self.tx_raft_core.send(Notify::Network {
+            response: Response::StorageError { error },
+        });
+    }
+
+    /// The entries of `rng` to send in one AppendEntries (at most `cap` of them), and the
+    /// range they cover (patched: split out of `send_log_entries` for the pipelined rounds).
+    async fn load_logs(
+        &mut self,
+        rng: &LogIdRange<C::NodeId>,
+        cap: u64,
+    ) -> Result<(Vec<C::Entry>, LogIdRange<C::NodeId>), ReplicationError<C::NodeId, C::Node>> {
+
+        // The log index start and end to send.
+        let (start, end) = {
+            let start = rng.prev.next_index();
+            let end = rng.last.next_index();
+
+            // Patched: `cap` bounds a pipelined round (the engine bounds the others).
+            let end = std::cmp::min(end, start.saturating_add(cap));
+            if let Some(hint) = self.entries_hint.get() {
+                let hint_end = start + hint;
+                (start, std::cmp::min(end, hint_end))
+            } else {
+                (start, end)
+            }
+        };
+
+        let loaded = if start == end {
+            // Heartbeat RPC, no logs to send, last log id is the same as prev_log_id
+            let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
+            (vec![], r)
+        } else {
+            // limited_get_log_entries will return logs smaller than the range [start, end).
+            let logs = self.log_reader.limited_get_log_entries(start, end).await?;
+
+            // Handle an empty result gracefully by treating it as a heartbeat.
+            // Returning nothing for a non-empty range violates the API contract, but a
+            // faulty store must not panic replication. Sleep briefly first: `log_id_range`
+            // does not advance when no logs are returned, so retrying at once would spin.
+            if logs.is_empty() {
+                let sleep_duration = Duration::from_millis(10);
+                tracing::warn!(
+                    "limited_get_log_entries({}, {}) returned empty; \
+                     this violates the API contract but is handled gracefully as a heartbeat. \
+                     Sleeping {:?} to avoid a tight loop.",
+                    start,
+                    end,
+                    sleep_duration
+                );
+                C::sleep(sleep_duration).await;
+
+                let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
+                (vec![], r)
+            } else {
+                let first = logs.first().map(|x| x.get_log_id().clone()).unwrap();
+                let last = logs.last().map(|x| x.get_log_id().clone()).unwrap();
+
+                debug_assert!(
+                    logs.len() <= (end - start) as usize,
+                    "expect logs ⊆ [{}..{}) but got {} entries, first: {}, last: {}",
+                    start,
+                    end,
+                    logs.len(),
+                    first,
+                    last
+                );
+
+                let r = LogIdRange::new(rng.prev.clone(), Some(last));
+                (logs, r)
+            }
+        };
+        Ok(loaded)
+    }
+
     /// Send an AppendEntries RPC to the target.
     ///
     /// This request will timeout if no response is received within the
@@ -380,67 +484,7 @@ where
         );
 
         // Series of logs to send, and the last log id to send
-        let (logs, sending_range) = {
-            let rng = log_ids.data();
-
-            // The log index start and end to send.
-            let (start, end) = {
-                let start = rng.prev.next_index();
-                let end = rng.last.next_index();
-
-                if let Some(hint) = self.entries_hint.get() {
-                    let hint_end = start + hint;
-                    (start, std::cmp::min(end, hint_end))
-                } else {
-                    (start, end)
-                }
-            };
-
-            if start == end {
-                // Heartbeat RPC, no logs to send, last log id is the same as prev_log_id
-                let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
-                (vec![], r)
-            } else {
-                // limited_get_log_entries will return logs smaller than the range [start, end).
-                let logs = self.log_reader.limited_get_log_entries(start, end).await?;
-
-                // Handle an empty result gracefully by treating it as a heartbeat.
-                // Returning nothing for a non-empty range violates the API contract, but a
-                // faulty store must not panic replication. Sleep briefly first: `log_id_range`
-                // does not advance when no logs are returned, so retrying at once would spin.
-                if logs.is_empty() {
-                    let sleep_duration = Duration::from_millis(10);
-                    tracing::warn!(
-                        "limited_get_log_entries({}, {}) returned empty; \
-                         this violates the API contract but is handled gracefully as a heartbeat. \
-                         Sleeping {:?} to avoid a tight loop.",
-                        start,
-                        end,
-                        sleep_duration
-                    );
-                    C::sleep(sleep_duration).await;
-
-                    let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
-                    (vec![], r)
-                } else {
-                    let first = logs.first().map(|x| x.get_log_id().clone()).unwrap();
-                    let last = logs.last().map(|x| x.get_log_id().clone()).unwrap();
-
-                    debug_assert!(
-                        logs.len() <= (end - start) as usize,
-                        "expect logs ⊆ [{}..{}) but got {} entries, first: {}, last: {}",
-                        start,
-                        end,
-                        logs.len(),
-                        first,
-                        last
-                    );
-
-                    let r = LogIdRange::new(rng.prev.clone(), Some(last));
-                    (logs, r)
-                }
-            }
-        };
+        let (logs, sending_range) = self.load_logs(log_ids.data(), u64::MAX).await?;
 
         let leader_time = C::now();
 

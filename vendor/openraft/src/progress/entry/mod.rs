@@ -7,6 +7,7 @@ use std::fmt::Formatter;
 use validit::Validate;
 
 use crate::display_ext::DisplayOptionExt;
+use crate::log_id_range::LogIdRange;
 use crate::progress::inflight::Inflight;
 use crate::progress::inflight::InflightError;
 use crate::raft_state::LogStateReader;
@@ -251,6 +252,35 @@ impl<NID: NodeId> ProgressEntry<NID> {
         self.inflight = Inflight::logs(prev, last).with_id(self.curr_inflight_id);
 
         Ok(&self.inflight)
+    }
+
+    /// Patched (cookie-crud): grow the logs in flight to the end of the leader's log, and
+    /// return the part added, for a round of its own sent before the first is answered.
+    ///
+    /// Only when the range in flight starts at `matching`: the follower holds its `prev`, so
+    /// the rounds that follow are expected to be accepted in turn. While the matching log id
+    /// is still being searched for (a probe), nothing is added. The range stays one range,
+    /// so answers that acknowledge part of it (`ack`) advance it as before; a conflict or an
+    /// error ends all of it (`Inflight::None`), and the replication stream drops the answers
+    /// of the rounds that followed.
+    pub(crate) fn extend_inflight(&mut self, log_state: &impl LogStateReader<NID>) -> Option<Inflight<NID>> {
+        let matching = self.matching.clone();
+        let Inflight::Logs { id, log_id_range } = &mut self.inflight else {
+            return None;
+        };
+        if log_id_range.prev != matching {
+            return None;
+        }
+        let last = log_state.last_log_id().cloned();
+        if last.index() <= log_id_range.last.index() {
+            return None;
+        }
+        let added = LogIdRange::new(log_id_range.last.clone(), last.clone());
+        log_id_range.last = last;
+        Some(Inflight::Logs {
+            id: *id,
+            log_id_range: added,
+        })
     }
 
     /// Return the index range(`[start,end]`) of the first log in the next AppendEntries.

@@ -343,3 +343,50 @@ fn test_next_send() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Patched (cookie-crud): the range in flight grows only from a known match, and an
+/// answer for part of it advances it as before.
+#[test]
+fn test_extend_inflight() -> anyhow::Result<()> {
+    let log = LogState::new(1, 1, 20);
+
+    // Nothing in flight, or a snapshot: nothing to grow.
+    {
+        let mut pe = ProgressEntry::new(Some(log_id(5)));
+        assert_eq!(None, pe.extend_inflight(&log));
+        pe.inflight = Inflight::snapshot(Some(log_id(10))).with_id(3);
+        assert_eq!(None, pe.extend_inflight(&log));
+    }
+
+    // A probe (its prev is past the known match): nothing to grow.
+    {
+        let mut pe = ProgressEntry::empty(20);
+        pe.matching = Some(log_id(3));
+        pe.inflight = inflight_logs(5, 10).with_id(7);
+        assert_eq!(None, pe.extend_inflight(&log));
+        assert_eq!(inflight_logs(5, 10).with_id(7), pe.inflight);
+    }
+
+    // From a known match: grows to the log's end, under the same id, and the part added
+    // is returned; answered in turn, the range empties.
+    {
+        let mut pe = ProgressEntry::new(Some(log_id(5)));
+        pe.inflight = inflight_logs(5, 10).with_id(7);
+        assert_eq!(Some(inflight_logs(10, 20).with_id(7)), pe.extend_inflight(&log));
+        assert_eq!(inflight_logs(5, 20).with_id(7), pe.inflight);
+        // The log has not grown since: nothing more.
+        assert_eq!(None, pe.extend_inflight(&log));
+
+        pe.update_matching(7, Some(log_id(10)))?;
+        assert_eq!(inflight_logs(10, 20).with_id(7), pe.inflight);
+        pe.update_matching(7, Some(log_id(20)))?;
+        assert_eq!(Inflight::None, pe.inflight);
+        assert_eq!(Some(log_id(20)), pe.matching);
+    }
+
+    // A later round's conflict at `matching`, once the earlier rounds are answered, means
+    // it reached the follower before them: the follower holds `matching`. The replication
+    // stream sends it again instead of reporting it (`update_conflicting` would take it for
+    // a follower whose log went back).
+    Ok(())
+}

@@ -379,6 +379,12 @@ where C: RaftTypeConfig
                         if send_none == SendNone::True {
                             Self::send_to_target(self.output, id, e);
                         }
+                    } else if self.config.pipelined {
+                        // Patched (cookie-crud): entries appended while a round is in flight
+                        // go in a round of their own at once.
+                        if let Some(added) = prog_entry.extend_inflight(self.state) {
+                            Self::send_to_target(self.output, id, &added);
+                        }
                     }
                 }
             }
