@@ -88,6 +88,10 @@ pub struct Metrics {
     pub write_regather_seconds: Histogram,
     /// Each answered Raft RPC this node sent, by peer and RPC (`raft::network::RpcTimer`).
     peer_rpc_seconds: HistogramVec,
+    /// Appends that reached this node while another was being answered, and those held
+    /// for the one sent ahead of them (`http::append_lane`).
+    pub append_overlapped: IntCounter,
+    append_early: IntCounterVec,
 }
 
 fn histogram_vec(r: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
@@ -237,9 +241,17 @@ impl Metrics {
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
             write_regather_seconds: histogram(&r, "raft_write_regather_seconds", "Time group commit held a batch for the writers the last batch answered to come back (leader only; batch.regather_us)",
                 vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
-            peer_rpc_seconds: histogram_vec(&r, HistogramOpts::new("raft_peer_rpc_seconds", "Time from sending a Raft RPC to a peer to its answer, by the peer's node id and the RPC (append, vote, snapshot). openraft keeps one append in flight per follower: the rate of the append sum is the share of time that follower's stream was busy (near 1: writes wait for the round)")
+            peer_rpc_seconds: histogram_vec(&r, HistogramOpts::new("raft_peer_rpc_seconds", "Time from sending a Raft RPC to a peer to its answer, by the peer's node id and the RPC (append, vote, snapshot). The rate of the append sum is the follower's appends in flight on average: with raft.appends_in_flight = 1, the share of time its stream was busy (near 1: writes wait for the round)")
                 .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
                 &["peer_id", "rpc"]),
+            append_overlapped: counter(&r, "raft_appends_overlapped_total", "AppendEntries that reached this node while another was being answered: a leader with raft.appends_in_flight above 1 at work (follower only)"),
+            append_early: {
+                let c = counter_vec(&r, "raft_appends_early_total", "AppendEntries that reached this node before the one sent ahead of them and were held for it, by outcome: in_order (it came within the hold), gave_up (it did not; openraft refused the early one and the leader sent it again)", &["outcome"]);
+                for outcome in ["in_order", "gave_up"] {
+                    c.with_label_values(&[outcome]);
+                }
+                c
+            },
             registry: r,
         })
     }
@@ -347,6 +359,12 @@ impl Metrics {
         let behind = applied.saturating_sub(s.written.unwrap_or(0));
         self.sm_unflushed_entries.set(behind as i64);
         self.sm_last_flush_seconds.set(s.last_seconds);
+    }
+
+    /// An append that overtook the one sent ahead of it was held: `in_order` when that one
+    /// arrived in time, `gave_up` when it went to openraft without it.
+    pub fn append_early(&self, outcome: &str) {
+        self.append_early.with_label_values(&[outcome]).inc();
     }
 
     /// A snapshot from a leader was refused or its install failed; `reason` is one of

@@ -81,6 +81,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
         max_in_snapshot_log_to_keep: r.keep_logs_after_snapshot,
         max_payload_entries: r.max_payload_entries,
         commit_linger_us: r.commit_linger_us,
+        appends_in_flight: r.appends_in_flight,
         // Snapshot chunks must stay below the Raft routes' body limit.
         snapshot_max_chunk_size: 8 << 20,
         ..Default::default()
@@ -270,6 +271,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         install_quiet,
         snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot, snapshot_files),
         full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
+        append_lane: Default::default(),
     });
     // Stop on a signal, or when this node learns its data was lost.
     let lost = Arc::new(std::sync::OnceLock::new());

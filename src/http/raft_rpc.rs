@@ -7,14 +7,18 @@ use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cookie_raft::{inbox, TypeConfig};
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 
 use super::peer_gate::{admit, reply};
 use super::state::Shared;
 
 pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&state, &headers, &body) {
-        Ok(req) => reply(&state.cluster.raft.append_entries(req).await),
+    match admit::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body) {
+        Ok(req) => {
+            let raft = &state.cluster.raft;
+            let _answering = state.append_lane.arrive(&req, raft, &state.metrics).await;
+            reply(&raft.append_entries(req).await)
+        }
         Err(r) => r.into_response(),
     }
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use cookie_raft::{LogSize, SnapshotInbox, StoreReader};
 
+use super::append_lane::AppendLane;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::Cluster;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Permits for unpaged `GET /cookies` (`http.max_concurrent_full_lists`), shared so
     /// that a streamed reply's body can own its permit until it is sent.
     pub full_lists: Arc<tokio::sync::Semaphore>,
+    /// Inbound appends: held when one overtook the one sent before it, and counted.
+    pub append_lane: AppendLane,
 }
 
 pub type Shared = Arc<AppState>;
