@@ -109,10 +109,17 @@ pub struct RaftTuning {
     /// as openraft 0.9). With more, entries appended while a round is in flight go at once
     /// in a round of their own instead of waiting for its answer (`vendor/openraft`,
     /// patched, `replication/pipeline.rs`); a follower holds a round that arrives ahead of
-    /// the one sent before it for a moment (`http::append_lane`). 2 matches group commit's
-    /// two entries in flight (`batch.max_inflight`); nodes 1 ms apart it made 16 clients'
-    /// creates 27-31% faster (docs/benchmarks.md).
+    /// the one sent before it for a moment (`http::append_lane`). A further round waits
+    /// until the one ahead has been out `pipeline_after_us`, so that it goes where rounds
+    /// are long (nodes apart: 16 clients' creates 17-30% faster with nodes 1 ms apart) and
+    /// rarely where they are short, where the extra rounds would cost more CPU than the wait
+    /// they save (docs/benchmarks.md).
     pub appends_in_flight: u64,
+    /// With `appends_in_flight` above 1: a further AppendEntries goes while another is in
+    /// flight only once that one has been out this long, in microseconds (0: at once).
+    /// Shorter rounds (nodes close, the CPU short) are waited for, and what was appended
+    /// meanwhile shares the next one; longer ones (nodes apart) are not.
+    pub pipeline_after_us: u64,
     /// The largest snapshot this node accepts from a leader, in bytes: its compressed size is
     /// checked before each chunk is stored, its uncompressed size as it is validated (at
     /// most `cookie_raft::codec::DECODE_LIMIT`).
@@ -133,6 +140,7 @@ impl Default for RaftTuning {
             max_payload_entries: 256,
             commit_linger_us: 1000,
             appends_in_flight: 2,
+            pipeline_after_us: 1000,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
         }
     }
@@ -738,6 +746,9 @@ impl Config {
         if r.commit_linger_us >= r.heartbeat_ms.saturating_mul(1000) {
             return Err("raft: commit_linger_us must be shorter than heartbeat_ms".into());
         }
+        if r.pipeline_after_us >= r.heartbeat_ms.saturating_mul(1000) {
+            return Err("raft: pipeline_after_us must be shorter than heartbeat_ms".into());
+        }
         if !(1..=MAX_APPENDS_IN_FLIGHT).contains(&r.appends_in_flight) {
             return Err(format!(
                 "raft: appends_in_flight must be 1 to {MAX_APPENDS_IN_FLIGHT}"
@@ -1067,6 +1078,10 @@ mod tests {
         }
         let cfg = Config::parse("[raft]\nappends_in_flight = 4\n").unwrap();
         assert_eq!(cfg.raft.appends_in_flight, 4);
+        let err = Config::parse("[raft]\npipeline_after_us = 200000\n").unwrap_err();
+        assert!(err.0.contains("pipeline_after_us"), "{err}");
+        let cfg = Config::parse("[raft]\npipeline_after_us = 0\n").unwrap();
+        assert_eq!(cfg.raft.pipeline_after_us, 0);
         let err = Config::parse("[raft]\ncommit_linger_us = 200000\n").unwrap_err();
         assert!(err.0.contains("commit_linger_us"), "{err}");
         let cfg = Config::parse("[raft]\ncommit_linger_us = 0\n").unwrap();

@@ -82,6 +82,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
         max_payload_entries: r.max_payload_entries,
         commit_linger_us: r.commit_linger_us,
         appends_in_flight: r.appends_in_flight,
+        pipeline_after_us: r.pipeline_after_us,
         // Snapshot chunks must stay below the Raft routes' body limit.
         snapshot_max_chunk_size: 8 << 20,
         ..Default::default()

@@ -119,8 +119,10 @@ async fn concurrent_creates(appends_in_flight: u64, want_overlap: bool) -> f64 {
     // Rounds time out after a heartbeat interval, and a round that timed out may still be
     // answered at the follower while the next one arrives: a slow heartbeat keeps that out
     // of the count.
+    // A further round goes at once, not only once the one ahead has been out a while
+    // (`pipeline_after_us`): loopback rounds are short.
     let raft = format!(
-        "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 6000\nappends_in_flight = {appends_in_flight}\n"
+        "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 6000\nappends_in_flight = {appends_in_flight}\npipeline_after_us = 0\n"
     );
     let c = Cluster::start(3, &raft).await;
     let leader = c.wait_leader(Duration::from_secs(30)).await;

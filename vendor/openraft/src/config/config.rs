@@ -170,6 +170,17 @@ pub struct Config {
     #[clap(long, default_value = "1")]
     pub appends_in_flight: u64,
 
+    /// Patched (cookie-crud): with `appends_in_flight` above 1, a further AppendEntries goes
+    /// while another is in flight only once that one has been out this long, in
+    /// microseconds (0: at once).
+    ///
+    /// A further round saves its entries the rest of the wait for the round in flight and
+    /// costs a round of its own on every node. Where rounds are short (nodes close, or the
+    /// CPU short) the entries had little left to wait and the round costs more than it
+    /// saves; where they are long (nodes apart) it pays.
+    #[clap(long, default_value = "0")]
+    pub pipeline_after_us: u64,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.

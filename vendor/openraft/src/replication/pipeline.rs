@@ -5,7 +5,9 @@
 //! fsync) while entries the leader appended meanwhile wait. With
 //! `Config::appends_in_flight` above 1 the engine grows the range in flight as the log grows
 //! (`ProgressEntry::extend_inflight`), and this loop sends the new part in a round of its
-//! own at once, up to that many rounds, each on a client of its own.
+//! own, up to that many rounds, each on a client of its own, once the oldest round in flight
+//! has been out for `Config::pipeline_after_us` (what is appended before that waits for its
+//! answer and goes in the next round, as with one in flight).
 //!
 //! Rounds are answered to the core in the order they were sent, so the core sees what it
 //! saw before: one range, acknowledged from its start. What is new is what a round's answer
@@ -24,6 +26,7 @@
 //!   that range before it saw the failure are dropped when they arrive (`failed_id`); the
 //!   engine starts a new range with a new id.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -75,8 +78,10 @@ pub(crate) struct Pipeline<C: RaftTypeConfig, Net> {
     rounds: FuturesOrdered<BoxFuture<'static, Round<C, Net>>>,
     /// Answers of rounds sent before the last failure carry an older epoch and are dropped.
     epoch: u64,
-    /// Rounds of the current epoch in flight.
-    current: usize,
+    /// When each of the current epoch's log rounds in flight was sent, oldest first.
+    current: VecDeque<InstantOf<C>>,
+    /// A further log round waits until then (`Config::pipeline_after_us`).
+    hold_until: Option<InstantOf<C>>,
     /// The request id of the range being sent, and the last log id of it known here.
     id: Option<RequestId>,
     last: Option<LogId<C::NodeId>>,
@@ -99,7 +104,8 @@ impl<C: RaftTypeConfig, Net> Default for Pipeline<C, Net> {
         Self {
             rounds: FuturesOrdered::new(),
             epoch: 0,
-            current: 0,
+            current: VecDeque::new(),
+            hold_until: None,
             id: None,
             last: None,
             queued: None,
@@ -116,15 +122,12 @@ impl<C: RaftTypeConfig, Net> Pipeline<C, Net> {
     /// Drop the answers of the rounds in flight.
     fn drop_in_flight(&mut self) {
         self.epoch += 1;
-        self.current = 0;
+        self.current.clear();
     }
 
     /// The next time the loop must wake with nothing else to wake it.
     fn wake_at(&self) -> Option<InstantOf<C>> {
-        match (self.backoff_until, self.commit_due) {
-            (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
-            (a, b) => a.or(b),
-        }
+        [self.backoff_until, self.commit_due, self.hold_until].into_iter().flatten().min()
     }
 }
 
@@ -232,8 +235,27 @@ where
                 self.pipe.backoff_until = None;
             }
             let commit_due = self.pipe.commit_due.is_some_and(|t| t <= now);
+            // A further log round goes once the oldest in flight has been out for
+            // `pipeline_after_us`: where rounds are short (CPU-bound, nodes close) what is
+            // appended meanwhile waits for its answer and shares the next round, as with one
+            // in flight; where they are long (nodes apart) it goes while they are out.
+            let after = Duration::from_micros(self.config.pipeline_after_us);
+            self.pipe.hold_until = match (&self.pipe.queued, self.pipe.current.front()) {
+                (Some(_), Some(sent)) => Some(*sent + after).filter(|t| now < *t),
+                _ => None,
+            };
+            let room = self.pipe.hold_until.is_none();
             let next = match self.pipe.queued.take() {
-                Some(logs) => logs,
+                Some(logs) if room => logs,
+                queued @ Some(_) if self.pipe.heartbeat_wanted => {
+                    self.pipe.queued = queued;
+                    let m = self.matching.clone();
+                    DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m))
+                }
+                queued @ Some(_) => {
+                    self.pipe.queued = queued;
+                    return Ok(ControlFlow::Continue(()));
+                }
                 None if self.pipe.heartbeat_wanted || commit_due => {
                     let m = self.matching.clone();
                     DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m))
@@ -276,9 +298,9 @@ where
 
         // A heartbeat carries no entries: it neither waits on nor overtakes anything.
         let heartbeat = request_id == RequestId::HeartBeat;
-        let behind = !heartbeat && self.pipe.current > 0;
+        let behind = !heartbeat && !self.pipe.current.is_empty();
         if !heartbeat {
-            self.pipe.current += 1;
+            self.pipe.current.push_back(C::now());
         }
         let epoch = self.pipe.epoch;
         let payload = AppendEntriesRequest {
@@ -335,7 +357,7 @@ where
             if epoch != self.pipe.epoch {
                 return ControlFlow::Continue(());
             }
-            self.pipe.current -= 1;
+            self.pipe.current.pop_front();
         }
         let sent = sent.into_data();
         tracing::debug!(request_id = display(request_id), sent = display(&sent), answer = debug(&answer), "round answered");
