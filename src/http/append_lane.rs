@@ -3,8 +3,8 @@
 //! reach this node before the one sent ahead of it. Handed to openraft at once it would be
 //! refused (its `prev` is not here yet) and the leader would send it again after the first
 //! one's answer: a round lost. So such an append waits a moment for its predecessor
-//! ([`EARLY_HOLD`]). The lane also counts appends that arrive while another is being
-//! answered: how much of the leader's pipelining reaches this node.
+//! ([`EARLY_HOLD`]). The lane also counts appends with entries that arrive while another
+//! is being answered: how much of the leader's pipelining reaches this node.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -51,28 +51,36 @@ pub struct AppendLane {
     answering: AtomicUsize,
 }
 
-/// An append being answered; dropped with its answer (or its handler).
-pub struct Answering<'a>(&'a AppendLane);
+/// An append with entries being answered; dropped with its answer (or its handler).
+pub struct Answering<'a>(Option<&'a AppendLane>);
 
 impl Drop for Answering<'_> {
     fn drop(&mut self) {
-        self.0.answering.fetch_sub(1, Ordering::Relaxed);
+        if let Some(lane) = self.0 {
+            lane.answering.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl AppendLane {
-    /// Take in an append: count it if another is being answered, and hold it while it
-    /// looks early (see [`early`]). It goes to openraft after this returns.
+    /// Take in an append: count it if it carries entries while another that does is
+    /// being answered (heartbeats go beside a round whatever the setting, so they are not
+    /// counted), and hold it while it looks early (see [`early`]). It goes to openraft
+    /// after this returns.
     pub async fn arrive<'a>(
         &'a self,
         req: &AppendEntriesRequest<TypeConfig>,
         raft: &Raft,
         metrics: &Metrics,
     ) -> Answering<'a> {
-        if self.answering.fetch_add(1, Ordering::Relaxed) > 0 {
-            metrics.append_overlapped.inc();
-        }
-        let answering = Answering(self);
+        let answering = if req.entries.is_empty() {
+            Answering(None)
+        } else {
+            if self.answering.fetch_add(1, Ordering::Relaxed) > 0 {
+                metrics.append_overlapped.inc();
+            }
+            Answering(Some(self))
+        };
         // Read apart: the metrics' guard must not live across the wait.
         let last = raft.metrics().borrow().last_log_index;
         if let Some(prev) = early(req, last) {

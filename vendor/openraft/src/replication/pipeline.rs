@@ -249,16 +249,14 @@ where
                 Some(logs) if room => logs,
                 queued @ Some(_) if self.pipe.heartbeat_wanted => {
                     self.pipe.queued = queued;
-                    let m = self.matching.clone();
-                    DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m))
+                    self.heartbeat_round()
                 }
                 queued @ Some(_) => {
                     self.pipe.queued = queued;
                     return Ok(ControlFlow::Continue(()));
                 }
                 None if self.pipe.heartbeat_wanted || commit_due => {
-                    let m = self.matching.clone();
-                    DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m))
+                    self.heartbeat_round()
                 }
                 None => return Ok(ControlFlow::Continue(())),
             };
@@ -272,6 +270,12 @@ where
                 Err(other) => unreachable!("only reading the log can fail here: {}", other),
             }
         }
+    }
+
+    /// A heartbeat: no entries, `prev` at what the follower is known to hold.
+    fn heartbeat_round(&self) -> DataWithId<LogIdRange<C::NodeId>> {
+        let m = self.matching.clone();
+        DataWithId::new(RequestId::new_heartbeat(), LogIdRange::new(m.clone(), m))
     }
 
     /// Read the entries of the next round and send it.
