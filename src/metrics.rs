@@ -92,6 +92,8 @@ pub struct Metrics {
     /// for the one sent ahead of them (`http::append_lane`).
     pub append_overlapped: IntCounter,
     append_early: IntCounterVec,
+    /// Entries appends carried, by whether this node's log already reached their index.
+    append_entries: IntCounterVec,
 }
 
 fn histogram_vec(r: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
@@ -252,6 +254,13 @@ impl Metrics {
                 }
                 c
             },
+            append_entries: {
+                let c = counter_vec(&r, "raft_append_entries_received_total", "Log entries AppendEntries carried to this node, by log: new (past its last log index when the append arrived), already_held (at an index its log had reached: the leader sent them again, after a lost answer, a probe or a round that failed; a steady rise is bandwidth spent twice) (follower only)", &["log"]);
+                for log in ["new", "already_held"] {
+                    c.with_label_values(&[log]);
+                }
+                c
+            },
             registry: r,
         })
     }
@@ -365,6 +374,15 @@ impl Metrics {
     /// arrived in time, `gave_up` when it went to openraft without it.
     pub fn append_early(&self, outcome: &str) {
         self.append_early.with_label_values(&[outcome]).inc();
+    }
+
+    /// An append carried `new` entries past this node's log and `already_held` ones at
+    /// indexes it had reached.
+    pub fn append_entries(&self, new: u64, already_held: u64) {
+        self.append_entries.with_label_values(&["new"]).inc_by(new);
+        self.append_entries
+            .with_label_values(&["already_held"])
+            .inc_by(already_held);
     }
 
     /// A snapshot from a leader was refused or its install failed; `reason` is one of

@@ -4,7 +4,8 @@
 //! refused (its `prev` is not here yet) and the leader would send it again after the first
 //! one's answer: a round lost. So such an append waits a moment for its predecessor
 //! ([`EARLY_HOLD`]). The lane also counts appends with entries that arrive while another
-//! is being answered: how much of the leader's pipelining reaches this node.
+//! is being answered: how much of the leader's pipelining reaches this node; and the
+//! entries appends carry that this node's log already held (sent twice).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -34,6 +35,13 @@ fn early(req: &AppendEntriesRequest<TypeConfig>, last: Option<u64>) -> Option<u6
     }
     let next = last.map_or(0, |l| l + 1);
     (prev >= next && prev - next < EARLY_WINDOW).then_some(prev)
+}
+
+/// How many of the append's entries lie at indexes this node's log (last index `last`)
+/// has reached: sent again. Entries come in index order.
+fn already_held(req: &AppendEntriesRequest<TypeConfig>, last: Option<u64>) -> u64 {
+    let Some(last) = last else { return 0 };
+    req.entries.partition_point(|e| e.log_id.index <= last) as u64
 }
 
 /// Wait, at most [`EARLY_HOLD`], until this node's log reaches `index` (openraft's metrics
@@ -83,6 +91,8 @@ impl AppendLane {
         };
         // Read apart: the metrics' guard must not live across the wait.
         let last = raft.metrics().borrow().last_log_index;
+        let held = already_held(req, last);
+        metrics.append_entries(req.entries.len() as u64 - held, held);
         if let Some(prev) = early(req, last) {
             let in_order = wait_for_log(raft, prev).await;
             metrics.append_early(if in_order { "in_order" } else { "gave_up" });
@@ -130,5 +140,16 @@ mod tests {
         assert_eq!(early(&append(Some(11 + EARLY_WINDOW), 3), Some(10)), None);
         // A heartbeat never waits.
         assert_eq!(early(&append(Some(11), 0), Some(10)), None);
+    }
+
+    #[test]
+    fn entries_at_indexes_the_log_reached_count_as_already_held() {
+        // Entries 5..=7 against a log at 10: all sent again; at 6: two of them.
+        assert_eq!(already_held(&append(Some(4), 3), Some(10)), 3);
+        assert_eq!(already_held(&append(Some(4), 3), Some(6)), 2);
+        assert_eq!(already_held(&append(Some(10), 3), Some(10)), 0);
+        // An empty log holds none; a heartbeat carries none.
+        assert_eq!(already_held(&append(None, 3), None), 0);
+        assert_eq!(already_held(&append(Some(10), 0), Some(10)), 0);
     }
 }
