@@ -15,10 +15,13 @@ run: build
 
 # Every test: unit tests, openraft's storage suite on the redb store, and black-box tests
 # that start real node processes on 127.0.0.1. Release mode, so the tests and the binary
-# they start share one build. Then a short Schemathesis run of the API against a real
-# 3-node cluster (scripts/fuzz.sh installs Schemathesis from PyPI on first use).
+# they start share one build. Then the vendored openraft's own unit tests with the patch
+# (scripts/openraft-tests.sh, a debug build of its own), and a short Schemathesis run of
+# the API against a real 3-node cluster (scripts/fuzz.sh installs Schemathesis from PyPI
+# on first use).
 test:
 	$(CARGO) test --release --workspace
+	CARGO=$(CARGO) scripts/openraft-tests.sh
 	scripts/fuzz.sh
 
 # The long fuzz run: 500 examples per operation and phase.
