@@ -71,11 +71,14 @@ bench:
 # (default 60). JEPSEN_FAULTS="partition" (or "kill pause", or "member" and mixes such as
 # "kill,partition,member": remove a node and add it back with empty data) picks runs; JEPSEN_SEED fixes
 # the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
-# between the nodes and HTTPS for the clients. Results: results/jepsen-<seed>/.
+# between the nodes and HTTPS for the clients; JEPSEN_ASSERT=1 builds (into target/assert)
+# with openraft's debug assertions on, its own invariant checks that release builds skip. A
+# node that panicked fails the run. Results: results/jepsen-<seed>/.
+JEPSEN_CARGO = $(if $(JEPSEN_ASSERT),CARGO_TARGET_DIR=target/assert $(CARGO) test --release --config 'profile.release.package.openraft.debug-assertions=true',$(CARGO) test --release)
 jepsen:
 	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
 	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \
-	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(CARGO) test --release --test jepsen -- --nocapture 2>&1 \
+	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(JEPSEN_CARGO) --test jepsen -- --nocapture 2>&1 \
 	    | grep -E "^(nemesis|jepsen run|register ops|set:|keyed:|result|  |smallest|results in|test result)"; \
 	done
 

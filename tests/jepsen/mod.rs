@@ -286,6 +286,14 @@ pub async fn run(cfg: RunConfig) -> Report {
     let ok = count(&|o| matches!(o, Outcome::Ok { .. }));
     let fail = count(&|o| matches!(o, Outcome::Fail { .. } | Outcome::ReadFailed));
     let unknown = count(&|o| matches!(o, Outcome::Unknown { .. }));
+    // A node that panicked is a bug whatever the history says: a Raft core that panicked
+    // looks to the clients like a node that is down, which every checker allows.
+    for node in &cluster.nodes {
+        let log = std::fs::read(&node.log).unwrap_or_default();
+        if let Some(line) = first_panic(&String::from_utf8_lossy(&log)) {
+            failures.push((format!("node{} panicked", node.id), line.to_string()));
+        }
+    }
     let valid = failures.is_empty();
     let faults: Vec<String> = cfg
         .faults
@@ -359,4 +367,24 @@ pub async fn run(cfg: RunConfig) -> Report {
         summary,
         dir,
     }
+}
+
+/// The first line of a node's log where a thread panicked (std's panic message), if any.
+fn first_panic(log: &str) -> Option<&str> {
+    log.lines().find(|l| l.contains("panicked at"))
+}
+
+#[test]
+fn a_panic_in_a_node_log_is_found() {
+    let log = "2026-12-03T09:00:06Z  INFO cookie_crud: listening\n\
+               thread 'tokio-runtime-worker' panicked at vendor/openraft/src/progress/entry/mod.rs:166:13:\n\
+               follower log reversion is not allowed\n";
+    assert_eq!(
+        first_panic(log),
+        Some("thread 'tokio-runtime-worker' panicked at vendor/openraft/src/progress/entry/mod.rs:166:13:")
+    );
+    assert_eq!(
+        first_panic("2026-12-03T09:00:06Z  INFO cookie_crud: listening\n"),
+        None
+    );
 }
