@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::net::TcpListener;
+
+// Shared with the tests' proxies.
+#[path = "../../tests/common/held.rs"]
+mod held;
+use held::forward;
 
 /// The delay `BENCH_PEER_DELAY_MS` asks for, if any.
 pub fn configured() -> Option<Duration> {
@@ -33,47 +34,6 @@ pub async fn front(target: u16, delay: Duration) -> u16 {
 /// Forward every connection to `listener` to `target`, each direction delayed by `delay`.
 async fn serve(listener: TcpListener, target: u16, delay: Duration) {
     while let Ok((inbound, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                return;
-            };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
-            let (ir, iw) = inbound.into_split();
-            let (or, ow) = outbound.into_split();
-            tokio::join!(pipe(ir, ow, delay), pipe(or, iw, delay));
-        });
+        tokio::spawn(forward(inbound, target, delay, delay));
     }
-}
-
-/// One direction: chunks read now are written `delay` later, in order.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
-    let writer = async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = to.shutdown().await;
-    };
-    let reader = async move {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx
-                        .send((Instant::now() + delay, buf[..n].to_vec()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    tokio::join!(reader, writer);
 }

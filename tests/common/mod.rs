@@ -5,6 +5,8 @@
 // clippy.toml keeps the server's functions to four arguments; test helpers name every knob.
 #![allow(clippy::too_many_arguments)]
 
+pub mod held;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
