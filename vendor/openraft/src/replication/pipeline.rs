@@ -245,20 +245,14 @@ where
                 _ => None,
             };
             let room = self.pipe.hold_until.is_none();
-            let next = match self.pipe.queued.take() {
-                Some(logs) if room => logs,
-                queued @ Some(_) if self.pipe.heartbeat_wanted => {
-                    self.pipe.queued = queued;
-                    self.heartbeat_round()
-                }
-                queued @ Some(_) => {
-                    self.pipe.queued = queued;
-                    return Ok(ControlFlow::Continue(()));
-                }
-                None if self.pipe.heartbeat_wanted || commit_due => {
-                    self.heartbeat_round()
-                }
-                None => return Ok(ControlFlow::Continue(())),
+            // Logs held back leave the commit index to their round; a heartbeat still goes.
+            let queued = self.pipe.queued.is_some();
+            let next = if queued && room {
+                self.pipe.queued.take().expect("queued")
+            } else if self.pipe.heartbeat_wanted || (!queued && commit_due) {
+                self.heartbeat_round()
+            } else {
+                return Ok(ControlFlow::Continue(()));
             };
             match self.start_round(next).await {
                 Ok(()) => {}
