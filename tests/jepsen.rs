@@ -5,6 +5,8 @@
 mod common;
 #[path = "jepsen/mod.rs"]
 mod jepsen;
+#[path = "common/lossy_fs.rs"]
+mod lossy_fs;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn register_and_set_workloads_under_faults() {

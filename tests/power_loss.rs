@@ -2,7 +2,7 @@
 //!
 //! `kill -9` leaves everything a process wrote in the kernel's page cache, so the other
 //! crash tests cannot tell a store that fsyncs what it acknowledges from one that does not.
-//! Here each node's data directory is a lossy FUSE filesystem (`power_loss/lossy_fs.rs`)
+//! Here each node's data directory is a lossy FUSE filesystem (`common/lossy_fs.rs`)
 //! that keeps written data in memory until the file is fsynced; a power cut is `kill -9`
 //! followed by throwing that memory away. The write path leans on fsyncs being where they
 //! are: the WAL's group fsync before an append counts, the state machine's durable commit
@@ -14,7 +14,7 @@
 //! `COOKIE_CRUD_REQUIRE_FUSE` is set.
 
 mod common;
-#[path = "power_loss/lossy_fs.rs"]
+#[path = "common/lossy_fs.rs"]
 mod lossy_fs;
 
 use std::collections::HashMap;

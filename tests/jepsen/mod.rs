@@ -14,10 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{free_port, make_certs, tls_table, Cluster};
+use crate::lossy_fs;
 use history::{Call, Op, Outcome};
 use nemesis::{Fault, Nemesis};
 use proxy::Mesh;
 use workload::Ctx;
+
+/// Each fsync on a node's lossy filesystem takes at least this long (the power fault): a
+/// cloud volume's time, so that a cut can land inside one.
+const POWER_SYNC_TIME: Duration = Duration::from_millis(2);
 
 /// Node settings for fault runs: quick elections, short request timeouts, and a snapshot
 /// (with log purge) every 50 entries so snapshot installs happen all the time.
@@ -206,6 +211,22 @@ pub async fn run(cfg: RunConfig) -> Report {
     // The proxies carry node-to-node traffic: they forward to the peer listeners.
     let peer_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.peer_port).collect();
     let mesh = Mesh::start(links, &peer_ports).await;
+    // Power cuts need each data directory on a filesystem that can lose unsynced writes.
+    let backing = tempfile::tempdir().unwrap();
+    let mounts: Vec<lossy_fs::Mounted> = if cfg.faults.contains(&Fault::Power) {
+        if let Err(why) = lossy_fs::available() {
+            panic!("the power fault needs FUSE as root: {why}");
+        }
+        (0..n)
+            .map(|i| {
+                let at = backing.path().join(format!("n{}", i + 1));
+                lossy_fs::mount(&at, &cluster.data_dir(i), POWER_SYNC_TIME)
+                    .expect("mount a lossy filesystem")
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for i in 0..n {
         cluster.spawn(i);
     }
@@ -231,7 +252,8 @@ pub async fn run(cfg: RunConfig) -> Report {
             deadline,
         )));
     }
-    let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed);
+    let power = mounts.iter().map(|m| m.power.clone()).collect();
+    let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
     for c in clients {
         c.await.unwrap();
@@ -362,6 +384,11 @@ pub async fn run(cfg: RunConfig) -> Report {
     if !valid {
         summary.push_str(&cluster.logs());
     }
+    // The nodes go before their filesystems.
+    for i in 0..n {
+        cluster.kill(i);
+    }
+    drop(mounts);
     Report {
         valid,
         summary,

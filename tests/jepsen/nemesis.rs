@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::proxy::Mesh;
 use super::rng::Rng;
 use crate::common::Cluster;
+use crate::lossy_fs::Power;
 
 /// The kinds of fault, each selectable alone through `JEPSEN_FAULTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,11 @@ pub enum Fault {
     /// API), kill it and delete its data; when healing, start it with empty data and
     /// `join`, as a voter: it is added back with a new incarnation.
     Member,
+    /// Cut the power of a random node or the leader (a quarter of the time every node):
+    /// freeze it, lose every write it had not fsynced, kill it; restart when healing. The
+    /// data directories are lossy FUSE filesystems (`tests/common/lossy_fs.rs`; root and
+    /// `/dev/fuse` needed).
+    Power,
 }
 
 impl Fault {
@@ -32,11 +38,12 @@ impl Fault {
                 "pause" => out.push(Fault::Pause),
                 "partition" => out.push(Fault::Partition),
                 "member" => out.push(Fault::Member),
+                "power" => out.push(Fault::Power),
                 "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (kill, pause, partition, member, all, none)"
+                        "unknown fault {other:?} (kill, pause, partition, member, power, all, none)"
                     ))
                 }
             }
@@ -64,15 +71,46 @@ pub struct Nemesis {
     pub log: Vec<String>,
     rng: Rng,
     start: Instant,
+    /// The power switches of the nodes' filesystems, when `Power` is among the faults.
+    power: Vec<Power>,
 }
 
 impl Nemesis {
-    pub fn new(faults: Vec<Fault>, seed: u64) -> Self {
+    pub fn new(faults: Vec<Fault>, seed: u64, power: Vec<Power>) -> Self {
         Nemesis {
             faults,
             log: Vec::new(),
             rng: Rng::new(seed ^ 0x004E_454D_4553_4953),
             start: Instant::now(),
+            power,
+        }
+    }
+
+    /// Cut the power of `victims` at one instant: freeze them all first (killing one by
+    /// one would give the others time to finish their fsyncs), lose what they had not
+    /// synced, then kill them. Returns the pages lost.
+    fn power_cut(&mut self, cluster: &mut Cluster, victims: &[usize]) -> u64 {
+        for &i in victims {
+            if let Some(pid) = cluster.nodes[i].pid() {
+                // SAFETY: kill(2) on a child this harness started and has not reaped.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+            }
+        }
+        let mut lost = 0;
+        for &i in victims {
+            let before = self.power[i].counts().pages_lost;
+            lost += self.power[i].cut().pages_lost - before;
+        }
+        for &i in victims {
+            cluster.kill(i);
+        }
+        lost
+    }
+
+    /// Power back on for node `i` before it starts again (a no-op after a plain kill).
+    fn power_on(&self, i: usize) {
+        if let Some(p) = self.power.get(i) {
+            p.restore();
         }
     }
 
@@ -117,6 +155,25 @@ impl Nemesis {
                 let t = self.target(cluster).await;
                 cluster.kill(t);
                 self.note(format!("kill -9 node{}", t + 1));
+                Active::Killed(t)
+            }
+            Fault::Power if self.rng.below(4) == 0 => {
+                let leader = cluster.leader().await.unwrap_or(0);
+                let mut order = vec![leader];
+                order.extend((0..n).filter(|&i| i != leader));
+                let lost = self.power_cut(cluster, &order);
+                self.note(format!(
+                    "power cut on every node ({lost} unsynced pages lost)"
+                ));
+                Active::KilledAll(order)
+            }
+            Fault::Power => {
+                let t = self.target(cluster).await;
+                let lost = self.power_cut(cluster, &[t]);
+                self.note(format!(
+                    "power cut on node{} ({lost} unsynced pages lost)",
+                    t + 1
+                ));
                 Active::Killed(t)
             }
             Fault::Member => {
@@ -187,10 +244,14 @@ impl Nemesis {
     async fn heal(&mut self, cluster: &mut Cluster, mesh: &Mesh, active: Active) {
         match active {
             Active::Killed(t) => {
+                self.power_on(t);
                 cluster.spawn(t);
                 self.note(format!("restart node{}", t + 1));
             }
             Active::KilledAll(order) => {
+                for &i in &order {
+                    self.power_on(i);
+                }
                 cluster.spawn(order[0]);
                 cluster.wait_up(order[0], Duration::from_secs(30)).await;
                 for &i in &order[1..] {

@@ -481,6 +481,20 @@ impl LossyFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Remove a name (a file or a directory): durable at once.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        how: fn(&Path) -> std::io::Result<()>,
+    ) -> Result<(), Errno> {
+        let mut s = self.powered()?;
+        let rel = s.child(parent.0, name)?;
+        how(&s.full(&rel)).map_err(Errno::from)?;
+        s.forget_path(&rel);
+        Ok(())
+    }
+
     /// The state, for an operation that changes what is on disk: none while the power is off.
     fn powered(&self) -> Result<MutexGuard<'_, State>, Errno> {
         let s = self.lock();
@@ -488,6 +502,14 @@ impl LossyFs {
             return Err(Errno::EIO);
         }
         Ok(s)
+    }
+}
+
+/// Answer an operation that returns nothing.
+fn empty(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -582,35 +604,14 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
-            let rel = s.child(parent.0, name)?;
-            std::fs::remove_file(s.full(&rel)).map_err(Errno::from)?;
-            s.forget_path(&rel);
-            Ok(())
-        })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(
+            reply,
+            self.remove(parent, name, |p| std::fs::remove_file(p)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
-            let rel = s.child(parent.0, name)?;
-            std::fs::remove_dir(s.full(&rel)).map_err(Errno::from)?;
-            s.forget_path(&rel);
-            Ok(())
-        })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, self.remove(parent, name, |p| std::fs::remove_dir(p)));
     }
 
     fn rename(
@@ -644,10 +645,7 @@ impl Filesystem for LossyFs {
             s.rename(&from, &to);
             Ok(())
         })();
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, res);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -790,10 +788,7 @@ impl Filesystem for LossyFs {
             Some(n) => n.finish_sync(plan, counts).map_err(Errno::from),
             None => Err(Errno::ENOENT),
         };
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, res);
     }
 
     fn fsyncdir(
