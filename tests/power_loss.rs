@@ -8,7 +8,8 @@
 //! are: the WAL's group fsync before an append counts, the state machine's durable commit
 //! only every so often (its write-behind layer), the committed index without an fsync of its
 //! own, snapshots and installs renamed into place. This test checks that acknowledged writes
-//! survive cuts of the whole cluster, of the leader, and of a follower.
+//! (creates, and updates of a register per writer) survive cuts of the whole cluster, of
+//! the leader, and of a follower.
 //!
 //! It needs root and `/dev/fuse` (CI has both); elsewhere it prints why and passes, unless
 //! `COOKIE_CRUD_REQUIRE_FUSE` is set.
@@ -127,11 +128,13 @@ fn freeze(cluster: &Cluster, i: usize) {
 const SYNC_TIME: Duration = Duration::from_millis(2);
 
 /// What the writers share: a stop flag, the creates acknowledged (id -> the value
-/// written), and a count of requests that failed.
+/// written), each writer's register (the last value acknowledged, the last attempted), and
+/// a count of requests that failed.
 #[derive(Clone, Default)]
 struct Writes {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<HashMap<String, u64>>>,
+    registers: Arc<Mutex<HashMap<String, (u64, u64)>>>,
     failed: Arc<AtomicUsize>,
 }
 
@@ -145,8 +148,9 @@ impl Writes {
     }
 }
 
-/// Creates through every node until told to stop; failures (nodes down) are retried with
-/// new ids after a short pause.
+/// Writes through every node until told to stop, in turn a create of a new record and an
+/// update of the writer's own register (`reg-<w>`, created beforehand); failures (nodes
+/// down) are retried with new ids and values after a short pause.
 fn start_writers(
     cluster: &Cluster,
     writers: usize,
@@ -160,18 +164,29 @@ fn start_writers(
             let shared = shared.clone();
             tokio::spawn(async move {
                 let mut n = 0u64;
+                let register = format!("reg-{w}");
                 while !shared.stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let id = format!("pl-{w}-{n}");
+                    let update = n.is_multiple_of(2);
+                    let id = if update {
+                        let mut regs = shared.registers.lock().unwrap();
+                        regs.entry(register.clone()).or_default().1 = n;
+                        register.clone()
+                    } else {
+                        format!("pl-{w}-{n}")
+                    };
                     let body =
                         json!({"cookie": id, "user_id": w + 1, "v": n, "pad": "x".repeat(150)});
-                    let res = client
-                        .post(format!("{url}/cookies"))
-                        .timeout(Duration::from_secs(5))
-                        .json(&body)
-                        .send()
-                        .await;
+                    let req = if update {
+                        client.put(format!("{url}/cookies/{id}"))
+                    } else {
+                        client.post(format!("{url}/cookies"))
+                    };
+                    let res = req.timeout(Duration::from_secs(5)).json(&body).send().await;
                     match res {
+                        Ok(r) if r.status().is_success() && update => {
+                            shared.registers.lock().unwrap().entry(id).or_default().0 = n;
+                        }
                         Ok(r) if r.status().is_success() => {
                             shared.acked.lock().unwrap().insert(id, n);
                         }
@@ -218,8 +233,18 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
     }
     cluster.wait_ready_all(Duration::from_secs(60)).await;
 
+    const WRITERS: usize = 12;
+    for w in 0..WRITERS {
+        let r = cluster
+            .create(
+                w % 3,
+                json!({"cookie": format!("reg-{w}"), "user_id": w + 1, "v": 0}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
     let writes = Writes::default();
-    let writers = start_writers(&cluster, 12, &writes);
+    let writers = start_writers(&cluster, WRITERS, &writes);
 
     use Cut::*;
     let plan = [All, Leader, All, Follower, All, Leader, All, Follower, All];
@@ -290,6 +315,17 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         &missing[..missing.len().min(10)],
         cluster.logs()
     );
+    // No register went back past a value acknowledged, nor on to one never attempted.
+    let registers = writes.registers.lock().unwrap().clone();
+    for (id, (acked, attempted)) in &registers {
+        let v = on_leader.get(id).copied();
+        assert!(
+            v.is_some_and(|v| *acked <= v && v <= *attempted),
+            "register {id} holds {v:?} after the power cuts: acknowledged up to {acked}, \
+             attempted up to {attempted}\n{}",
+            cluster.logs()
+        );
+    }
     // The replicas converge on the leader's state.
     for i in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -321,9 +357,11 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         "no cut lost an unsynced page: {lost_at_cuts:?}; per node {counts:?}"
     );
     eprintln!(
-        "power cuts: {} acknowledged creates all present ({} requests failed meanwhile); \
-         pages lost per cut {lost_at_cuts:?}; per node {counts:?}",
+        "power cuts: {} acknowledged creates all present, {} registers at or past their last \
+         acknowledged update ({} requests failed meanwhile); pages lost per cut \
+         {lost_at_cuts:?}; per node {counts:?}",
         acked.len(),
+        registers.len(),
         writes.failed()
     );
     for i in 0..3 {
