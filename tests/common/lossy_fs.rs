@@ -17,6 +17,9 @@
 //! Every open is direct I/O (`FOPEN_DIRECT_IO`) and attributes are never cached, so the
 //! kernel holds no copy of file data or sizes that could outlive a cut.
 
+// Included by several test crates (`#[path]`), each using part of it.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::Cluster;
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -80,7 +84,41 @@ struct Inode {
     zero_from: Option<u64>,
 }
 
+/// The pieces of the range `offset..end` in each page it touches: (page, offset within the
+/// page, length, offset within the range).
+fn spans(offset: u64, end: u64) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        (at < end).then(|| {
+            let within = (at % PAGE) as usize;
+            let n = ((PAGE as usize) - within).min((end - at) as usize);
+            let span = (at / PAGE, within, n, (at - offset) as usize);
+            at += n as u64;
+            span
+        })
+    })
+}
+
 impl Inode {
+    fn new(path: PathBuf, file: Option<File>, size: u64) -> Self {
+        Inode {
+            path: Some(path),
+            dir: file.is_none(),
+            file,
+            dirty: BTreeMap::new(),
+            size,
+            zero_from: None,
+        }
+    }
+
+    fn kind(&self) -> FileType {
+        if self.dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        }
+    }
+
     /// Page `p` as the processes see it, synced or not.
     fn page(&self, p: u64) -> std::io::Result<Vec<u8>> {
         if let Some(d) = self.dirty.get(&p) {
@@ -139,8 +177,11 @@ impl Inode {
             counts.pages_synced += 1;
         }
         file.set_len(plan.size)?;
-        let synced: HashMap<u64, u64> = plan.pages.iter().map(|(p, st, _)| (*p, *st)).collect();
-        self.dirty.retain(|p, d| synced.get(p) != Some(&d.stamp));
+        for (p, stamp, _) in &plan.pages {
+            if self.dirty.get(p).is_some_and(|d| d.stamp == *stamp) {
+                self.dirty.remove(p);
+            }
+        }
         if self.zero_from == plan.zero_from {
             self.zero_from = None;
         }
@@ -200,31 +241,22 @@ impl State {
         }
         let full = self.full(&rel);
         let meta = std::fs::symlink_metadata(&full).map_err(Errno::from)?;
-        let (dir, file) = if meta.is_dir() {
-            (true, None)
+        let file = if meta.is_dir() {
+            None
         } else if meta.is_file() {
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&full)
                 .map_err(Errno::from)?;
-            (false, Some(f))
+            Some(f)
         } else {
             return Err(Errno::EOPNOTSUPP);
         };
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(
-            ino,
-            Inode {
-                path: Some(rel.clone()),
-                dir,
-                file,
-                dirty: BTreeMap::new(),
-                size: meta.len(),
-                zero_from: None,
-            },
-        );
+        self.inodes
+            .insert(ino, Inode::new(rel.clone(), file, meta.len()));
         self.by_path.insert(rel, ino);
         Ok(ino)
     }
@@ -249,11 +281,7 @@ impl State {
             mtime: time(meta.mtime(), meta.mtime_nsec()),
             ctime: time(meta.ctime(), meta.ctime_nsec()),
             crtime: SystemTime::UNIX_EPOCH,
-            kind: if node.dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            },
+            kind: node.kind(),
             perm: (meta.mode() & 0o7777) as u16,
             nlink: meta.nlink() as u32,
             uid: meta.uid(),
@@ -297,20 +325,14 @@ impl State {
         let stamp = self.stamp;
         let node = self.file_mut(ino)?;
         let end = offset + data.len() as u64;
-        let mut at = offset;
-        while at < end {
-            let p = at / PAGE;
-            let within = (at % PAGE) as usize;
-            let n = ((PAGE as usize) - within).min((end - at) as usize);
+        for (p, within, n, from) in spans(offset, end) {
             if !node.dirty.contains_key(&p) {
                 let page = node.page(p).map_err(Errno::from)?;
                 node.dirty.insert(p, Dirty { stamp, data: page });
             }
-            let from = (at - offset) as usize;
             let page = node.dirty.get_mut(&p).expect("inserted");
             page.stamp = stamp;
             page.data[within..within + n].copy_from_slice(&data[from..from + n]);
-            at += n as u64;
         }
         node.size = node.size.max(end);
         Ok(())
@@ -323,16 +345,33 @@ impl State {
         }
         let end = (offset + size as u64).min(node.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let mut at = offset;
-        while at < end {
-            let p = at / PAGE;
-            let within = (at % PAGE) as usize;
-            let n = ((PAGE as usize) - within).min((end - at) as usize);
+        for (p, within, n, _) in spans(offset, end) {
             let page = node.page(p).map_err(Errno::from)?;
             out.extend_from_slice(&page[within..within + n]);
-            at += n as u64;
         }
         Ok(out)
+    }
+
+    /// Directory `ino`'s entries, `.` and `..` first, then by name (a stable order, so
+    /// `readdir`'s offsets mean the same thing from one call to the next).
+    fn entries(&mut self, ino: u64) -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
+        let rel = self.path_of(ino)?;
+        let mut names: Vec<_> = std::fs::read_dir(self.full(&rel))
+            .map_err(Errno::from)?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        let mut entries = vec![
+            (ino, FileType::Directory, ".".into()),
+            (ino, FileType::Directory, "..".into()),
+        ];
+        for name in names {
+            let Ok(child) = self.inode_for(rel.join(&name)) else {
+                continue;
+            };
+            entries.push((child, self.inodes[&child].kind(), name));
+        }
+        Ok(entries)
     }
 
     /// The name `rel` is gone (removed or replaced by a rename).
@@ -375,26 +414,32 @@ pub struct Power {
     state: Arc<Mutex<State>>,
 }
 
+/// The state; a panicked holder leaves nothing half-done that matters to a test.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Power {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Cut the power: every write no fsync has reached is lost, and from now on nothing
     /// reaches the disk (every change fails with EIO) until [`Power::restore`]. The
     /// processes using the filesystem should be frozen first (SIGSTOP), so that none acts
-    /// on what happens after the cut, then killed.
-    pub fn cut(&self) -> Counts {
+    /// on what happens after the cut, then killed. Returns the pages this cut lost.
+    pub fn cut(&self) -> u64 {
         let mut s = self.lock();
         let mut counts = s.counts;
         for node in s.inodes.values_mut() {
             node.cut(&mut counts);
         }
         counts.cuts += 1;
+        let lost = counts.pages_lost - s.counts.pages_lost;
         s.counts = counts;
         s.off = true;
         s.epoch += 1;
-        counts
+        lost
     }
 
     /// Power back on, for the processes started after the cut.
@@ -411,6 +456,25 @@ impl Power {
 pub struct Mounted {
     pub power: Power,
     _session: BackgroundSession,
+}
+
+/// Cut the power of nodes `victims` of `cluster` at one instant, `power[i]` being node i's
+/// switch: freeze them all (SIGSTOP: no code of theirs runs after the cut, so nothing they
+/// do later reaches a client; killing one by one would give the others milliseconds to
+/// finish their fsyncs), lose what they had not synced, then kill them. Their power stays
+/// off until [`Power::restore`]. Returns the pages lost.
+pub fn cut_power(cluster: &mut Cluster, power: &[Power], victims: &[usize]) -> u64 {
+    for &i in victims {
+        if let Some(pid) = cluster.nodes[i].pid() {
+            // SAFETY: kill(2) on a child this test started and has not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        }
+    }
+    let lost = victims.iter().map(|&i| power[i].cut()).sum();
+    for &i in victims {
+        cluster.kill(i);
+    }
+    lost
 }
 
 /// Whether this process may mount FUSE filesystems (root and `/dev/fuse`).
@@ -435,21 +499,9 @@ pub fn available() -> Result<(), String> {
 pub fn mount(backing: &Path, mountpoint: &Path, sync_time: Duration) -> std::io::Result<Mounted> {
     std::fs::create_dir_all(backing)?;
     std::fs::create_dir_all(mountpoint)?;
-    let mut inodes = HashMap::new();
-    inodes.insert(
-        ROOT,
-        Inode {
-            path: Some(PathBuf::new()),
-            dir: true,
-            file: None,
-            dirty: BTreeMap::new(),
-            size: 0,
-            zero_from: None,
-        },
-    );
     let state = Arc::new(Mutex::new(State {
         backing: backing.to_path_buf(),
-        inodes,
+        inodes: HashMap::from([(ROOT, Inode::new(PathBuf::new(), None, 0))]),
         by_path: HashMap::from([(PathBuf::new(), ROOT)]),
         next_ino: ROOT + 1,
         counts: Counts::default(),
@@ -478,7 +530,7 @@ pub fn mount(backing: &Path, mountpoint: &Path, sync_time: Duration) -> std::io:
 
 impl LossyFs {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Remove a name (a file or a directory): durable at once.
@@ -555,10 +607,7 @@ impl Filesystem for LossyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
+        let res = self.powered().and_then(|mut s| {
             if let Some(len) = size {
                 s.truncate(ino.0, len)?;
             }
@@ -569,7 +618,7 @@ impl Filesystem for LossyFs {
                     .map_err(Errno::from)?;
             }
             s.attr(ino.0)
-        })();
+        });
         match res {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -585,10 +634,7 @@ impl Filesystem for LossyFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
+        let res = self.powered().and_then(|mut s| {
             let rel = s.child(parent.0, name)?;
             std::fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
@@ -596,7 +642,7 @@ impl Filesystem for LossyFs {
                 .map_err(Errno::from)?;
             let ino = s.inode_for(rel)?;
             s.attr(ino)
-        })();
+        });
         match res {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -624,10 +670,7 @@ impl Filesystem for LossyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
+        let res = self.powered().and_then(|mut s| {
             let from = s.child(parent.0, name)?;
             let to = s.child(newparent.0, newname)?;
             if flags.bits() != 0 {
@@ -644,20 +687,17 @@ impl Filesystem for LossyFs {
             std::fs::rename(s.full(&from), s.full(&to)).map_err(Errno::from)?;
             s.rename(&from, &to);
             Ok(())
-        })();
+        });
         empty(reply, res);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
+        let res = self.powered().and_then(|mut s| {
             if flags.0 & libc::O_TRUNC != 0 {
                 s.truncate(ino.0, 0)?;
             }
             Ok(())
-        })();
+        });
         match res {
             Ok(()) => reply.opened(FileHandle(0), direct()),
             Err(e) => reply.error(e),
@@ -674,10 +714,7 @@ impl Filesystem for LossyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        let res = (|| {
+        let res = self.powered().and_then(|mut s| {
             let rel = s.child(parent.0, name)?;
             let mut opts = OpenOptions::new();
             opts.read(true).write(true).mode(mode & !umask & 0o7777);
@@ -693,7 +730,7 @@ impl Filesystem for LossyFs {
                 s.truncate(ino, 0)?;
             }
             s.attr(ino)
-        })();
+        });
         match res {
             Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(0), direct()),
             Err(e) => reply.error(e),
@@ -761,14 +798,11 @@ impl Filesystem for LossyFs {
         // Two halves, the lock released between them: a cut that comes while the device
         // works loses what this fsync was writing, as a real one would. The device's time
         // is a real fsync of the backing file, at least `sync_time`.
-        let plan = (|| {
-            let s = self.powered()?;
-            match s.inodes.get(&ino.0) {
-                Some(n) if n.file.is_some() => n.plan_sync(s.epoch).map(Some).map_err(Errno::from),
-                Some(_) => Ok(None),
-                None => Err(Errno::ENOENT),
-            }
-        })();
+        let plan = self.powered().and_then(|s| match s.inodes.get(&ino.0) {
+            Some(n) if n.file.is_some() => n.plan_sync(s.epoch).map(Some).map_err(Errno::from),
+            Some(_) => Ok(None),
+            None => Err(Errno::ENOENT),
+        });
         let plan = match plan {
             Ok(Some(plan)) => plan,
             Ok(None) => return reply.ok(),
@@ -816,16 +850,12 @@ impl Filesystem for LossyFs {
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        let Ok(mut s) = self.powered() else {
-            return reply.error(Errno::EIO);
-        };
-        match s.file_mut(ino.0) {
-            Ok(node) => {
-                node.size = node.size.max(offset + length);
-                reply.ok()
-            }
-            Err(e) => reply.error(e),
-        }
+        let res = self.powered().and_then(|mut s| {
+            let node = s.file_mut(ino.0)?;
+            node.size = node.size.max(offset + length);
+            Ok(())
+        });
+        empty(reply, res);
     }
 
     fn readdir(
@@ -836,32 +866,7 @@ impl Filesystem for LossyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut s = self.lock();
-        let res = (|| {
-            let rel = s.path_of(ino.0)?;
-            let mut names: Vec<_> = std::fs::read_dir(s.full(&rel))
-                .map_err(Errno::from)?
-                .filter_map(|e| e.ok().map(|e| e.file_name()))
-                .collect();
-            names.sort();
-            let mut entries = vec![
-                (ino.0, FileType::Directory, ".".into()),
-                (ino.0, FileType::Directory, "..".into()),
-            ];
-            for name in names {
-                let Ok(child) = s.inode_for(rel.join(&name)) else {
-                    continue;
-                };
-                let kind = if s.inodes[&child].dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
-                entries.push((child, kind, name));
-            }
-            Ok(entries)
-        })();
-        match res {
+        match self.lock().entries(ino.0) {
             Ok(entries) => {
                 for (i, (child, kind, name)) in
                     entries.into_iter().enumerate().skip(offset as usize)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::proxy::Mesh;
 use super::rng::Rng;
 use crate::common::Cluster;
-use crate::lossy_fs::Power;
+use crate::lossy_fs::{cut_power, Power};
 
 /// The kinds of fault, each selectable alone through `JEPSEN_FAULTS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,27 +86,6 @@ impl Nemesis {
         }
     }
 
-    /// Cut the power of `victims` at one instant: freeze them all first (killing one by
-    /// one would give the others time to finish their fsyncs), lose what they had not
-    /// synced, then kill them. Returns the pages lost.
-    fn power_cut(&mut self, cluster: &mut Cluster, victims: &[usize]) -> u64 {
-        for &i in victims {
-            if let Some(pid) = cluster.nodes[i].pid() {
-                // SAFETY: kill(2) on a child this harness started and has not reaped.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-            }
-        }
-        let mut lost = 0;
-        for &i in victims {
-            let before = self.power[i].counts().pages_lost;
-            lost += self.power[i].cut().pages_lost - before;
-        }
-        for &i in victims {
-            cluster.kill(i);
-        }
-        lost
-    }
-
     /// Power back on for node `i` before it starts again (a no-op after a plain kill).
     fn power_on(&self, i: usize) {
         if let Some(p) = self.power.get(i) {
@@ -161,7 +140,7 @@ impl Nemesis {
                 let leader = cluster.leader().await.unwrap_or(0);
                 let mut order = vec![leader];
                 order.extend((0..n).filter(|&i| i != leader));
-                let lost = self.power_cut(cluster, &order);
+                let lost = cut_power(cluster, &self.power, &order);
                 self.note(format!(
                     "power cut on every node ({lost} unsynced pages lost)"
                 ));
@@ -169,7 +148,7 @@ impl Nemesis {
             }
             Fault::Power => {
                 let t = self.target(cluster).await;
-                let lost = self.power_cut(cluster, &[t]);
+                let lost = cut_power(cluster, &self.power, &[t]);
                 self.note(format!(
                     "power cut on node{} ({lost} unsynced pages lost)",
                     t + 1
