@@ -484,6 +484,19 @@ impl Cluster {
         }
     }
 
+    /// Each node whose whole log shows a panic, with the first such line: a Raft core that
+    /// panicked looks to clients like a node that is down, which most checks allow.
+    pub fn panics(&self) -> Vec<(u64, String)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let log = std::fs::read(&n.log).unwrap_or_default();
+                let line = first_panic(&String::from_utf8_lossy(&log))?.to_string();
+                Some((n.id, line))
+            })
+            .collect()
+    }
+
     /// Every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -579,6 +592,11 @@ impl Reply {
             .parse()
             .unwrap()
     }
+}
+
+/// The first line of a node's log where a thread panicked (std's panic message), if any.
+pub fn first_panic(log: &str) -> Option<&str> {
+    log.lines().find(|l| l.contains("panicked at"))
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Reply {

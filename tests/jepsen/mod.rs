@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, make_certs, tls_table, Cluster};
+use crate::common::{first_panic, free_port, make_certs, tls_table, Cluster};
 use crate::lossy_fs;
 use history::{Call, Op, Outcome};
 use nemesis::{Fault, Nemesis};
@@ -310,11 +310,8 @@ pub async fn run(cfg: RunConfig) -> Report {
     let unknown = count(&|o| matches!(o, Outcome::Unknown { .. }));
     // A node that panicked is a bug whatever the history says: a Raft core that panicked
     // looks to the clients like a node that is down, which every checker allows.
-    for node in &cluster.nodes {
-        let log = std::fs::read(&node.log).unwrap_or_default();
-        if let Some(line) = first_panic(&String::from_utf8_lossy(&log)) {
-            failures.push((format!("node{} panicked", node.id), line.to_string()));
-        }
+    for (id, line) in cluster.panics() {
+        failures.push((format!("node{id} panicked"), line));
     }
     let valid = failures.is_empty();
     let faults: Vec<String> = cfg
@@ -394,11 +391,6 @@ pub async fn run(cfg: RunConfig) -> Report {
         summary,
         dir,
     }
-}
-
-/// The first line of a node's log where a thread panicked (std's panic message), if any.
-fn first_panic(log: &str) -> Option<&str> {
-    log.lines().find(|l| l.contains("panicked at"))
 }
 
 #[test]
