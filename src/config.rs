@@ -198,6 +198,10 @@ pub struct StorageTuning {
     /// its B-trees' pages are over 1.25 times what they hold (random ids leave them about
     /// three quarters full). Needs disk for the copy while it runs. 0: never.
     pub repack_idle_ms: u64,
+    /// The WAL starts a new segment file once the active one holds this many bytes; a
+    /// purge gives disk back a segment at a time. Smaller segments give disk back sooner
+    /// and roll more often (a roll syncs the old file, the new one and the directory).
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for StorageTuning {
@@ -207,6 +211,7 @@ impl Default for StorageTuning {
             sm_cache_bytes: d.state_machine,
             log_cache_bytes: d.log,
             repack_idle_ms: cookie_raft::sm::RepackPolicy::default().idle.as_millis() as u64,
+            wal_segment_bytes: cookie_raft::log::wal::SEGMENT_BYTES,
         }
     }
 }
@@ -819,6 +824,9 @@ impl Config {
                 "storage: sm_cache_bytes and log_cache_bytes must be at least 1 MiB".into(),
             );
         }
+        if !(64 << 10..=1 << 30).contains(&st.wal_segment_bytes) {
+            return Err("storage: wal_segment_bytes must be from 65536 (64 KiB) to 1 GiB".into());
+        }
         if self.health_check_interval_ms == 0 {
             return Err("health_check_interval_ms must be at least 1".into());
         }
@@ -1101,6 +1109,17 @@ mod tests {
         );
         let cfg = Config::parse("[storage]\nrepack_idle_ms = 0\n").unwrap();
         assert_eq!(cfg.storage.repack(), None);
+        assert_eq!(cfg.storage.wal_segment_bytes, 16 << 20);
+        let cfg = Config::parse("[storage]\nwal_segment_bytes = 262144\n").unwrap();
+        assert_eq!(cfg.storage.wal_segment_bytes, 256 << 10);
+        for bad in ["0", "65535", "2147483648"] {
+            let err =
+                Config::parse(&format!("[storage]\nwal_segment_bytes = {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("wal_segment_bytes"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

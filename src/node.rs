@@ -112,7 +112,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     });
 
     let db_cache = cfg.storage.db_cache();
-    let mut log = LogStore::open_with(&cfg.data_dir, db_cache.log)
+    let mut log = LogStore::open_with(&cfg.data_dir, db_cache.log, cfg.storage.wal_segment_bytes)
         .map_err(|e| NodeError::Storage(e.into()))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)

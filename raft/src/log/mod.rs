@@ -129,11 +129,12 @@ impl LogStore {
     /// Open or create the log in `dir`, moving entries an earlier version kept in
     /// `log.redb` into the WAL; `log.redb` with the default page cache ([`crate::DbCache`]).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        Self::open_with(dir, crate::DbCache::default().log)
+        Self::open_with(dir, crate::DbCache::default().log, wal::SEGMENT_BYTES)
     }
 
-    /// [`LogStore::open`] with a page cache of `cache_bytes` for `log.redb`.
-    pub fn open_with(dir: &Path, cache_bytes: usize) -> std::io::Result<Self> {
+    /// [`LogStore::open`] with a page cache of `cache_bytes` for `log.redb`, and WAL
+    /// segments of `segment_bytes` (see [`Wal::open_with`]).
+    pub fn open_with(dir: &Path, cache_bytes: usize, segment_bytes: u64) -> std::io::Result<Self> {
         let path = dir.join("log.redb");
         let db = crate::durable::created(&path, || {
             crate::create_db(&path, cache_bytes).map_err(other)
@@ -143,7 +144,7 @@ impl LogStore {
         txn.commit().map_err(other)?;
         let incarnation = incarnation(&db).map_err(other)?;
         let purged = read_meta::<LogId<NodeId>>(&db, KEY_PURGED).map_err(other)?;
-        let mut wal = Wal::open(&dir.join("wal"), purged.map(|p| p.index))?;
+        let mut wal = Wal::open_with(&dir.join("wal"), purged.map(|p| p.index), segment_bytes)?;
         migrate_legacy_log(&db, &mut wal).map_err(other)?;
         let voted = read_meta::<Vote<NodeId>>(&db, KEY_VOTE)
             .map_err(other)?

@@ -23,7 +23,7 @@
 //! topped up about once per MiB of records, so one sync in that many carries the journal
 //! commit. etcd preallocates its segments with `fallocate` instead, which on ext4 leaves
 //! unwritten extents whose first write is again a journal commit. The cost on disk is
-//! bounded: a segment is never zeroed past [`SEGMENT_BYTES`], and one that is finished is
+//! bounded: a segment is never zeroed past its size ([`SEGMENT_BYTES`] unless configured), and one that is finished is
 //! cut to its records.
 //!
 //! # Durability and recovery
@@ -44,8 +44,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A new segment is started once the active one is this large. It is also the unit in
-/// which a purge gives disk back: a store at rest keeps the segment holding the entries
+/// A new segment is started once the active one is this large (by default: see
+/// [`Wal::open_with`]). It is also the unit in which a purge gives disk back: a store at rest keeps the segment holding the entries
 /// behind its last snapshot, and the one after it. 64 MiB kept a leader at rest 64-85 MB of
 /// log (docs/benchmarks.md, Footprint); a roll (the old file cut and synced, a new one and
 /// its directory synced) every 16 MiB is a few more syncs per second at the highest loads.
@@ -96,6 +96,8 @@ pub struct Wal {
     first: u64,
     /// Set when every record was purged: the next append starts a new segment at its index.
     fresh_segment: bool,
+    /// A new segment starts once the active one holds this many bytes.
+    segment_bytes: u64,
 }
 
 impl Drop for Wal {
@@ -178,6 +180,12 @@ impl Wal {
     /// Open (or create) the log in `dir`. Records at or below `purged` are not indexed (their
     /// segments are left for [`Wal::purge`] to delete).
     pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
+        Self::open_with(dir, purged, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`], starting a new segment every `segment_bytes` instead of every
+    /// [`SEGMENT_BYTES`]. Segments already there keep their size.
+    pub fn open_with(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Wal> {
         crate::durable::create_dir_all(dir)?;
         let mut firsts = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -198,6 +206,7 @@ impl Wal {
             locs: VecDeque::new(),
             first: purged.map_or(0, |p| p + 1),
             fresh_segment: firsts.is_empty(),
+            segment_bytes,
         };
         let floor = purged.map_or(0, |p| p + 1);
         for (n, &first) in firsts.iter().enumerate() {
@@ -267,7 +276,7 @@ impl Wal {
                 });
             }
             let file = Arc::new(file);
-            let ahead = Ahead::new(file.clone(), valid, file_len, SEGMENT_BYTES);
+            let ahead = Ahead::new(file.clone(), valid, file_len, wal.segment_bytes);
             if !last_segment {
                 ahead.close();
             }
@@ -322,7 +331,9 @@ impl Wal {
         }
         let roll = self.fresh_segment
             || self.locs.is_empty()
-            || self.active().is_none_or(|(_, s)| s.len >= SEGMENT_BYTES);
+            || self
+                .active()
+                .is_none_or(|(_, s)| s.len >= self.segment_bytes);
         if roll {
             self.start_segment(start)?;
         }
@@ -378,7 +389,7 @@ impl Wal {
             .open(&path)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        let ahead = Ahead::new(file.clone(), 0, 0, SEGMENT_BYTES);
+        let ahead = Ahead::new(file.clone(), 0, 0, self.segment_bytes);
         self.zeroer.request(&ahead);
         self.segments.insert(
             first,
