@@ -3,13 +3,14 @@
 //! `kill -9` leaves everything a process wrote in the kernel's page cache, so the other
 //! crash tests cannot tell a store that fsyncs what it acknowledges from one that does not.
 //! Here each node's data directory is a lossy FUSE filesystem (`common/lossy_fs.rs`)
-//! that keeps written data in memory until the file is fsynced; a power cut is `kill -9`
-//! followed by throwing that memory away. The write path leans on fsyncs being where they
-//! are: the WAL's group fsync before an append counts, the state machine's durable commit
-//! only every so often (its write-behind layer), the committed index without an fsync of its
-//! own, snapshots and installs renamed into place. This test checks that acknowledged writes
-//! (creates, and updates of a register per writer) survive cuts of the whole cluster, of
-//! the leader, and of a follower.
+//! that keeps written data in memory until the file is fsynced, and new, renamed or removed
+//! names until their directory is; a power cut is `kill -9` followed by throwing that memory
+//! away. The write path leans on fsyncs being where they are: the WAL's group fsync before
+//! an append counts, the state machine's durable commit only every so often (its
+//! write-behind layer), the committed index without an fsync of its own, snapshots and
+//! installs renamed into place, WAL segments started and purged. This test checks that
+//! acknowledged writes (creates, and updates of a register per writer) survive cuts of the
+//! whole cluster, of the leader, and of a follower.
 //!
 //! It needs root and `/dev/fuse` (CI has both); elsewhere it prints why and passes, unless
 //! `COOKIE_CRUD_REQUIRE_FUSE` is set.
@@ -43,7 +44,20 @@ fn can_mount() -> bool {
     }
 }
 
-/// The filesystem itself: what was synced survives a cut, nothing else does.
+/// Make the entries of directory `dir` durable.
+fn sync_dir(dir: &std::path::Path) {
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
+/// Write `bytes` to a new file `path` and sync its data (not its name).
+fn write_synced(path: &std::path::Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// The filesystem itself: file data survives a cut once the file was synced, names once
+/// their directory was; nothing else does.
 #[test]
 fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     if !can_mount() {
@@ -74,13 +88,29 @@ fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     assert_eq!(std::fs::metadata(at("d")).unwrap().len(), 3);
     // Synced in a directory made on the filesystem.
     std::fs::create_dir(at("dir")).unwrap();
-    let mut e = std::fs::File::create(at("dir/e")).unwrap();
-    e.write_all(b"in a directory").unwrap();
-    e.sync_all().unwrap();
-    drop((a, d, e));
+    write_synced(&at("dir/e"), b"in a directory");
+    drop((a, d));
+    // Every name so far made durable.
+    sync_dir(&at("dir"));
+    sync_dir(mnt.path());
+
+    // Names changed after the directory's last sync, data synced each time.
+    write_synced(&at("new"), b"synced, its name not"); // created
+    std::fs::remove_file(at("a")).unwrap(); // removed
+    write_synced(&at("d.tmp"), b"replacement"); // renamed over a durable file
+    std::fs::rename(at("d.tmp"), at("d")).unwrap();
+    std::fs::rename(at("b"), at("b2")).unwrap(); // moved
+    std::fs::create_dir(at("dir2")).unwrap(); // a directory synced, its own name not
+    write_synced(&at("dir2/f"), b"in a directory without a name");
+    sync_dir(&at("dir2"));
+    assert_eq!(std::fs::read(at("d")).unwrap(), b"replacement");
+    assert!(!at("a").exists() && !at("b").exists());
 
     let lost = m.power.cut();
-    assert!(lost >= 3, "{lost} pages lost, {:?}", m.power.counts());
+    assert!(lost.pages >= 2, "{lost}, {:?}", m.power.counts());
+    // The root's entries undone: new, b2, dir2 and the new d went; a, b and the old d came
+    // back.
+    assert_eq!(lost.names, 7, "{lost}");
     // With the power off nothing changes; back on, what was synced is there.
     assert!(std::fs::write(at("a"), b"while off").is_err());
     m.power.restore();
@@ -88,9 +118,17 @@ fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     assert_eq!(std::fs::read(at("a")).unwrap(), b"synced");
     assert_eq!(std::fs::read(at("b")).unwrap(), b"");
     assert_eq!(std::fs::read(at("c")).unwrap(), b"");
-    assert!(!at("c.tmp").exists());
     assert_eq!(std::fs::read(at("d")).unwrap(), vec![7u8; 10_000]);
     assert_eq!(std::fs::read(at("dir/e")).unwrap(), b"in a directory");
+    for gone in ["c.tmp", "new", "d.tmp", "b2", "dir2"] {
+        assert!(!at(gone).exists(), "{gone} survived the cut");
+    }
+    let mut names: Vec<_> = std::fs::read_dir(mnt.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c", "d", "dir"]);
 
     // Writes at an offset past the end, and reads across pages, after a cut.
     let mut f = std::fs::OpenOptions::new()
@@ -111,9 +149,19 @@ fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     want.extend_from_slice(&[9u8; 5_000]);
     assert_eq!(back, want);
     drop(f);
+
+    // A rename made durable by its directory's sync replaces the old file for good; the
+    // replaced file's backing data is freed once nothing can bring it back.
+    write_synced(&at("d.tmp"), b"replaced for good");
+    std::fs::rename(at("d.tmp"), at("d")).unwrap();
+    std::fs::remove_dir_all(at("dir")).unwrap();
+    sync_dir(mnt.path());
     m.power.cut();
     m.power.restore();
-    assert_eq!(std::fs::read(at("d")).unwrap(), want);
+    assert_eq!(std::fs::read(at("d")).unwrap(), b"replaced for good");
+    assert!(!at("dir").exists() && !at("d.tmp").exists());
+    // What is left in the backing directory: a, b, c, d.
+    assert_eq!(std::fs::read_dir(backing.path()).unwrap().count(), 4);
 }
 
 /// Each fsync takes this long, like a cloud volume's; this machine's disk syncs in a
@@ -207,8 +255,12 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         return;
     }
     // Snapshots every few hundred entries, so cuts also land around snapshot builds, log
-    // purges and installs.
-    let extra = format!("{FAST_RAFT}snapshot_logs = 400\nkeep_logs_after_snapshot = 50\n");
+    // purges and installs; WAL segments of 64 KiB (the least allowed), so around segment
+    // rolls (a new file and a sync of its directory) and purges of whole segments too.
+    let extra = format!(
+        "{FAST_RAFT}snapshot_logs = 400\nkeep_logs_after_snapshot = 50\n\
+         [storage]\nwal_segment_bytes = 65536\n"
+    );
     let backing = TempDir::new().unwrap();
     let mut cluster = Cluster::configure(3, &extra);
     let mounts: Vec<lossy_fs::Mounted> = (0..3)
@@ -334,7 +386,7 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         cluster.logs()
     );
     // The cuts must have thrown writes away, or this test proved nothing.
-    let total_lost: u64 = lost_at_cuts.iter().map(|(_, l)| l).sum();
+    let total_lost: u64 = lost_at_cuts.iter().map(|(_, l)| l.pages).sum();
     let counts: Vec<_> = mounts.iter().map(|m| m.power.counts()).collect();
     assert!(
         total_lost > 0,
@@ -342,7 +394,7 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
     );
     eprintln!(
         "power cuts: {} acknowledged creates all present, {} registers at or past their last \
-         acknowledged update ({} requests failed meanwhile); pages lost per cut \
+         acknowledged update ({} requests failed meanwhile); lost per cut \
          {lost_at_cuts:?}; per node {counts:?}",
         acked.len(),
         registers.len(),

@@ -1,33 +1,40 @@
 //! A FUSE filesystem that forgets what was not fsynced: the page cache a power cut loses.
 //!
 //! `kill -9` keeps every write the kernel has taken, synced or not, so it cannot show a
-//! missing or misplaced fsync. This filesystem keeps the data written to a file in memory,
-//! a 4-KiB page at a time, until `fsync`/`fdatasync` of that file writes it to a backing
-//! directory; [`Power::cut`] throws away whatever no fsync has reached yet (writes,
-//! extensions and truncations alike), as a machine that loses power would. Test nodes run
-//! with their data directory on it, then have their power cut between a `kill -9` and a
-//! restart.
+//! missing or misplaced fsync. This filesystem keeps what a power cut would lose in memory
+//! and throws it away at [`Power::cut`]:
 //!
-//! The model follows lazyfs (the filesystem Jepsen uses for the same purpose): file *data*
-//! is volatile until synced; names are not. Creating, renaming and removing files and
-//! directories reach the backing directory at once, so a missing fsync of a directory is
-//! not caught, but a file renamed into place before its own data was synced is: after a
-//! cut it has the name and not the data.
+//! - **File data**, a 4-KiB page at a time, until `fsync`/`fdatasync` of that file writes it
+//!   to the file's backing file (writes, extensions and truncations alike).
+//! - **Names**: creating, renaming and removing a file or directory changes the namespace
+//!   the processes see, not the durable one. A directory's entries become durable only when
+//!   that directory is fsynced, as POSIX asks. A file created, written and fsynced in a
+//!   directory never synced is gone after a cut; one renamed over another without a sync of
+//!   the directory is the old file again; one removed without it is back, with its synced
+//!   data. Each directory is made durable on its own, so a cross-directory rename synced in
+//!   one directory only leaves the file in both or neither after a cut, a state a journaling
+//!   filesystem would not produce; nothing under test renames across directories.
 //!
-//! Every open is direct I/O (`FOPEN_DIRECT_IO`) and attributes are never cached, so the
-//! kernel holds no copy of file data or sizes that could outlive a cut.
+//! This is stricter than lazyfs (the filesystem Jepsen uses for the same purpose), which
+//! keeps names durable at once, and stricter than ext4, whose journal usually commits a new
+//! name along with the next fsync of anything; it is what a store may rely on everywhere.
+//!
+//! The namespace lives in memory; the backing directory holds one file per regular file,
+//! named by inode number, with what was last synced. Every open is direct I/O
+//! (`FOPEN_DIRECT_IO`) and attributes are never cached, so the kernel holds no copy of file
+//! data, sizes or names that could outlive a cut.
 
 // Included by several test crates (`#[path]`), each using part of it.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CString, OsStr};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::common::Cluster;
 use fuser::{
@@ -47,11 +54,45 @@ const TTL: Duration = Duration::ZERO;
 pub struct Counts {
     pub fsyncs: u64,
     pub pages_synced: u64,
+    /// Directory fsyncs: each made its directory's entries durable.
+    pub dir_syncs: u64,
     pub cuts: u64,
     /// Pages written but never synced when a cut came.
     pub pages_lost: u64,
     /// Files whose size a cut moved back (an extension or a truncation not synced).
     pub sizes_lost: u64,
+    /// Directory entries a cut undid: names created, removed or moved since their
+    /// directory's last sync.
+    pub names_lost: u64,
+}
+
+/// What one cut threw away.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// Pages written and not synced.
+    pub pages: u64,
+    /// Directory entries changed since their directory's last sync (see [`Counts`]).
+    pub names: u64,
+}
+
+impl std::ops::Add for Lost {
+    type Output = Lost;
+    fn add(self, o: Lost) -> Lost {
+        Lost {
+            pages: self.pages + o.pages,
+            names: self.names + o.names,
+        }
+    }
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} unsynced pages and {} names lost",
+            self.pages, self.names
+        )
+    }
 }
 
 /// A page written since the last sync, and a stamp that changes with every write to it.
@@ -69,19 +110,42 @@ struct SyncPlan {
     epoch: u64,
 }
 
-/// One file or directory the kernel knows by its inode number.
-struct Inode {
-    /// Relative to the backing directory; `None` once removed (it may still be open).
-    path: Option<PathBuf>,
-    dir: bool,
-    /// Regular files: the backing file, which holds what was last synced.
-    file: Option<File>,
+/// A regular file's data: the backing file holds what was last synced, `dirty` the rest.
+struct Data {
+    file: File,
     /// Pages written since the last sync, by page number.
     dirty: BTreeMap<u64, Dirty>,
     /// The size the processes see.
     size: u64,
     /// A truncation not synced yet: what the backing file holds from here on reads as zeros.
     zero_from: Option<u64>,
+}
+
+/// A directory's entries: those the processes see, and those its last sync made durable.
+#[derive(Default)]
+struct Dir {
+    entries: BTreeMap<OsString, u64>,
+    durable: BTreeMap<OsString, u64>,
+    /// The directory holding this one now (the root holds itself).
+    parent: u64,
+}
+
+enum Body {
+    File(Data),
+    Dir(Dir),
+}
+
+/// One file or directory, by inode number. Numbers are never reused.
+struct Inode {
+    body: Body,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    mtime: SystemTime,
+    /// Names the processes see it by (a directory: 1 while it has a name).
+    links: u32,
+    /// Open handles (regular files): an unlinked file lives while one is open.
+    open: u32,
 }
 
 /// The pieces of the range `offset..end` in each page it touches: (page, offset within the
@@ -99,26 +163,7 @@ fn spans(offset: u64, end: u64) -> impl Iterator<Item = (u64, usize, usize, usiz
     })
 }
 
-impl Inode {
-    fn new(path: PathBuf, file: Option<File>, size: u64) -> Self {
-        Inode {
-            path: Some(path),
-            dir: file.is_none(),
-            file,
-            dirty: BTreeMap::new(),
-            size,
-            zero_from: None,
-        }
-    }
-
-    fn kind(&self) -> FileType {
-        if self.dir {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        }
-    }
-
+impl Data {
     /// Page `p` as the processes see it, synced or not.
     fn page(&self, p: u64) -> std::io::Result<Vec<u8>> {
         if let Some(d) = self.dirty.get(&p) {
@@ -129,10 +174,9 @@ impl Inode {
         let limit = self.zero_from.unwrap_or(u64::MAX).min(self.size);
         if start < limit {
             let want = (limit - start).min(PAGE) as usize;
-            let file = self.file.as_ref().expect("a regular file");
             let mut got = 0;
             while got < want {
-                let n = file.read_at(&mut buf[got..want], start + got as u64)?;
+                let n = self.file.read_at(&mut buf[got..want], start + got as u64)?;
                 if n == 0 {
                     break;
                 }
@@ -142,11 +186,52 @@ impl Inode {
         Ok(buf)
     }
 
+    /// Set the size the processes see; nothing reaches the backing file before a sync.
+    fn truncate(&mut self, len: u64, stamp: u64) -> std::io::Result<()> {
+        if len < self.size {
+            let keep = len.div_ceil(PAGE);
+            self.dirty.retain(|&p, _| p < keep);
+            if !len.is_multiple_of(PAGE) {
+                let p = len / PAGE;
+                let mut data = self.page(p)?;
+                data[(len % PAGE) as usize..].fill(0);
+                self.dirty.insert(p, Dirty { stamp, data });
+            }
+            self.zero_from = Some(self.zero_from.map_or(len, |z| z.min(len)));
+        }
+        self.size = len;
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], stamp: u64) -> std::io::Result<()> {
+        let end = offset + data.len() as u64;
+        for (p, within, n, from) in spans(offset, end) {
+            if !self.dirty.contains_key(&p) {
+                let page = self.page(p)?;
+                self.dirty.insert(p, Dirty { stamp, data: page });
+            }
+            let page = self.dirty.get_mut(&p).expect("inserted");
+            page.stamp = stamp;
+            page.data[within..within + n].copy_from_slice(&data[from..from + n]);
+        }
+        self.size = self.size.max(end);
+        Ok(())
+    }
+
+    fn read(&self, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+        let end = (offset + size as u64).min(self.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        for (p, within, n, _) in spans(offset, end) {
+            let page = self.page(p)?;
+            out.extend_from_slice(&page[within..within + n]);
+        }
+        Ok(out)
+    }
+
     /// The first half of an fsync: what it will make durable.
     fn plan_sync(&self, epoch: u64) -> std::io::Result<SyncPlan> {
-        let file = self.file.as_ref().expect("a regular file").try_clone()?;
         Ok(SyncPlan {
-            file,
+            file: self.file.try_clone()?,
             pages: self
                 .dirty
                 .iter()
@@ -194,12 +279,47 @@ impl Inode {
         counts.pages_lost += self.dirty.len() as u64;
         self.dirty.clear();
         self.zero_from = None;
-        if let Some(f) = &self.file {
-            let durable = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if durable != self.size {
-                counts.sizes_lost += 1;
-            }
-            self.size = durable;
+        let durable = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if durable != self.size {
+            counts.sizes_lost += 1;
+        }
+        self.size = durable;
+    }
+}
+
+impl Inode {
+    fn kind(&self) -> FileType {
+        match self.body {
+            Body::File(_) => FileType::RegularFile,
+            Body::Dir(_) => FileType::Directory,
+        }
+    }
+
+    fn dir(&self) -> Result<&Dir, Errno> {
+        match &self.body {
+            Body::Dir(d) => Ok(d),
+            Body::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn dir_mut(&mut self) -> Result<&mut Dir, Errno> {
+        match &mut self.body {
+            Body::Dir(d) => Ok(d),
+            Body::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn data(&self) -> Result<&Data, Errno> {
+        match &self.body {
+            Body::File(d) => Ok(d),
+            Body::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    fn data_mut(&mut self) -> Result<&mut Data, Errno> {
+        match &mut self.body {
+            Body::File(d) => Ok(d),
+            Body::Dir(_) => Err(Errno::EISDIR),
         }
     }
 }
@@ -207,7 +327,6 @@ impl Inode {
 struct State {
     backing: PathBuf,
     inodes: HashMap<u64, Inode>,
-    by_path: HashMap<PathBuf, u64>,
     next_ino: u64,
     counts: Counts,
     /// The power is off: nothing more reaches the disk, every change fails with EIO.
@@ -219,186 +338,276 @@ struct State {
 }
 
 impl State {
-    fn full(&self, rel: &Path) -> PathBuf {
-        self.backing.join(rel)
+    fn node(&self, ino: u64) -> Result<&Inode, Errno> {
+        self.inodes.get(&ino).ok_or(Errno::ENOENT)
     }
 
-    fn path_of(&self, ino: u64) -> Result<PathBuf, Errno> {
-        self.inodes
-            .get(&ino)
-            .and_then(|n| n.path.clone())
-            .ok_or(Errno::ENOENT)
+    fn node_mut(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
+        self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
     }
 
-    fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
-        Ok(self.path_of(parent)?.join(name))
+    /// Where regular file `ino` keeps what was synced.
+    fn backing_of(&self, ino: u64) -> PathBuf {
+        self.backing.join(ino.to_string())
     }
 
-    /// The inode of an existing backing path, made known on first sight.
-    fn inode_for(&mut self, rel: PathBuf) -> Result<u64, Errno> {
-        if let Some(&ino) = self.by_path.get(&rel) {
-            return Ok(ino);
+    /// The inode directory `parent` names `name`, as the processes see it.
+    fn child(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        let dir = self.node(parent)?.dir()?;
+        match name.as_bytes() {
+            b"." => Ok(parent),
+            b".." => Ok(dir.parent),
+            _ => dir.entries.get(name).copied().ok_or(Errno::ENOENT),
         }
-        let full = self.full(&rel);
-        let meta = std::fs::symlink_metadata(&full).map_err(Errno::from)?;
-        let file = if meta.is_dir() {
-            None
-        } else if meta.is_file() {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&full)
-                .map_err(Errno::from)?;
-            Some(f)
-        } else {
-            return Err(Errno::EOPNOTSUPP);
-        };
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        self.inodes
-            .insert(ino, Inode::new(rel.clone(), file, meta.len()));
-        self.by_path.insert(rel, ino);
-        Ok(ino)
     }
 
     fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
-        let node = self.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-        let meta = match (&node.file, &node.path) {
-            (Some(f), _) => f.metadata(),
-            (None, Some(p)) => std::fs::symlink_metadata(self.full(p)),
-            (None, None) => return Err(Errno::ENOENT),
-        }
-        .map_err(Errno::from)?;
-        let size = if node.dir { meta.len() } else { node.size };
-        let time = |s: i64, ns: i64| {
-            UNIX_EPOCH + Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32)
+        let node = self.node(ino)?;
+        let (size, nlink) = match &node.body {
+            Body::File(d) => (d.size, node.links),
+            Body::Dir(_) => (PAGE, 2),
         };
         Ok(FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
-            atime: time(meta.atime(), meta.atime_nsec()),
-            mtime: time(meta.mtime(), meta.mtime_nsec()),
-            ctime: time(meta.ctime(), meta.ctime_nsec()),
-            crtime: SystemTime::UNIX_EPOCH,
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.mtime,
+            crtime: node.mtime,
             kind: node.kind(),
-            perm: (meta.mode() & 0o7777) as u16,
-            nlink: meta.nlink() as u32,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            perm: node.perm,
+            nlink,
+            uid: node.uid,
+            gid: node.gid,
             rdev: 0,
             blksize: PAGE as u32,
             flags: 0,
         })
     }
 
-    fn file_mut(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
-        match self.inodes.get_mut(&ino) {
-            Some(n) if n.file.is_some() => Ok(n),
-            Some(_) => Err(Errno::EISDIR),
-            None => Err(Errno::ENOENT),
-        }
+    /// A new inode, not named yet.
+    fn add(&mut self, body: Body, perm: u16, req: &Request) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let inode = Inode {
+            body,
+            perm,
+            uid: req.uid(),
+            gid: req.gid(),
+            mtime: SystemTime::now(),
+            links: 0,
+            open: 0,
+        };
+        self.inodes.insert(ino, inode);
+        ino
     }
 
-    /// Set the size the processes see; nothing reaches the backing file before a sync.
-    fn truncate(&mut self, ino: u64, len: u64) -> Result<(), Errno> {
-        self.stamp += 1;
-        let stamp = self.stamp;
-        let node = self.file_mut(ino)?;
-        if len < node.size {
-            let keep = len.div_ceil(PAGE);
-            node.dirty.retain(|&p, _| p < keep);
-            if !len.is_multiple_of(PAGE) {
-                let p = len / PAGE;
-                let mut data = node.page(p).map_err(Errno::from)?;
-                data[(len % PAGE) as usize..].fill(0);
-                node.dirty.insert(p, Dirty { stamp, data });
-            }
-            node.zero_from = Some(node.zero_from.map_or(len, |z| z.min(len)));
+    /// A new, empty regular file, not named yet.
+    fn add_file(&mut self, perm: u16, req: &Request) -> Result<u64, Errno> {
+        let ino = self.next_ino;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.backing_of(ino))
+            .map_err(Errno::from)?;
+        let data = Data {
+            file,
+            dirty: BTreeMap::new(),
+            size: 0,
+            zero_from: None,
+        };
+        Ok(self.add(Body::File(data), perm, req))
+    }
+
+    /// Name `ino` `name` in directory `parent`, as the processes see it.
+    fn link(&mut self, parent: u64, name: &OsStr, ino: u64) -> Result<(), Errno> {
+        let dir = self.node_mut(parent)?.dir_mut()?;
+        if dir.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
         }
-        node.size = len;
+        dir.entries.insert(name.to_owned(), ino);
+        self.node_mut(parent)?.mtime = SystemTime::now();
+        let node = self.node_mut(ino)?;
+        node.links += 1;
+        if let Body::Dir(d) = &mut node.body {
+            d.parent = parent;
+        }
         Ok(())
     }
 
-    fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        self.stamp += 1;
-        let stamp = self.stamp;
-        let node = self.file_mut(ino)?;
-        let end = offset + data.len() as u64;
-        for (p, within, n, from) in spans(offset, end) {
-            if !node.dirty.contains_key(&p) {
-                let page = node.page(p).map_err(Errno::from)?;
-                node.dirty.insert(p, Dirty { stamp, data: page });
-            }
-            let page = node.dirty.get_mut(&p).expect("inserted");
-            page.stamp = stamp;
-            page.data[within..within + n].copy_from_slice(&data[from..from + n]);
+    /// Remove name `name` from directory `parent`, as the processes see it; returns the
+    /// inode it named. Nothing is freed here (see [`State::sweep`]).
+    fn unlink(&mut self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        let dir = self.node_mut(parent)?.dir_mut()?;
+        let ino = dir.entries.remove(name).ok_or(Errno::ENOENT)?;
+        self.node_mut(parent)?.mtime = SystemTime::now();
+        if let Some(n) = self.inodes.get_mut(&ino) {
+            n.links = n.links.saturating_sub(1);
         }
-        node.size = node.size.max(end);
+        Ok(ino)
+    }
+
+    /// Whether directory `ino` is `ancestor` or lies under it, as the processes see it.
+    fn is_under(&self, mut ino: u64, ancestor: u64) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.inodes.get(&ino).map(|n| n.dir()) {
+                Some(Ok(d)) if ino != ROOT => ino = d.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    fn rename(
+        &mut self,
+        (parent, name): (u64, &OsStr),
+        (newparent, newname): (u64, &OsStr),
+        noreplace: bool,
+    ) -> Result<(), Errno> {
+        let moved = self.child(parent, name)?;
+        let moved_dir = self.node(moved)?.dir().is_ok();
+        self.node(newparent)?.dir()?;
+        if moved_dir && self.is_under(newparent, moved) {
+            return Err(Errno::EINVAL);
+        }
+        if let Ok(old) = self.child(newparent, newname) {
+            if noreplace {
+                return Err(Errno::EEXIST);
+            }
+            if old == moved {
+                return Ok(());
+            }
+            match (moved_dir, self.node(old)?.dir()) {
+                (true, Ok(d)) if !d.entries.is_empty() => return Err(Errno::ENOTEMPTY),
+                (true, Err(_)) => return Err(Errno::ENOTDIR),
+                (false, Ok(_)) => return Err(Errno::EISDIR),
+                _ => {}
+            }
+            self.unlink(newparent, newname)?;
+        }
+        self.unlink(parent, name)?;
+        self.link(newparent, newname, moved)?;
+        self.sweep();
         Ok(())
     }
 
-    fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let node = self.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-        if node.file.is_none() {
-            return Err(Errno::EISDIR);
-        }
-        let end = (offset + size as u64).min(node.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        for (p, within, n, _) in spans(offset, end) {
-            let page = node.page(p).map_err(Errno::from)?;
-            out.extend_from_slice(&page[within..within + n]);
+    /// Directory `ino`'s entries as the processes see them, `.` and `..` first, then by
+    /// name (a stable order, so `readdir`'s offsets mean the same thing from one call to
+    /// the next).
+    fn entries(&self, ino: u64) -> Result<Vec<(u64, FileType, OsString)>, Errno> {
+        let dir = self.node(ino)?.dir()?;
+        let mut out = vec![
+            (ino, FileType::Directory, ".".into()),
+            (dir.parent, FileType::Directory, "..".into()),
+        ];
+        for (name, &child) in &dir.entries {
+            if let Some(n) = self.inodes.get(&child) {
+                out.push((child, n.kind(), name.clone()));
+            }
         }
         Ok(out)
     }
 
-    /// Directory `ino`'s entries, `.` and `..` first, then by name (a stable order, so
-    /// `readdir`'s offsets mean the same thing from one call to the next).
-    fn entries(&mut self, ino: u64) -> Result<Vec<(u64, FileType, std::ffi::OsString)>, Errno> {
-        let rel = self.path_of(ino)?;
-        let mut names: Vec<_> = std::fs::read_dir(self.full(&rel))
-            .map_err(Errno::from)?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .collect();
-        names.sort();
-        let mut entries = vec![
-            (ino, FileType::Directory, ".".into()),
-            (ino, FileType::Directory, "..".into()),
-        ];
-        for name in names {
-            let Ok(child) = self.inode_for(rel.join(&name)) else {
+    /// The inodes reachable from the root through `edges` of each directory (with both
+    /// the names the processes see and the durable ones, everything that may exist after
+    /// a cut).
+    fn reachable(&self, edges: impl Fn(&Dir) -> Vec<u64>) -> HashSet<u64> {
+        let mut seen = HashSet::from([ROOT]);
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            let Some(Ok(dir)) = self.inodes.get(&ino).map(|n| n.dir()) else {
                 continue;
             };
-            entries.push((child, self.inodes[&child].kind(), name));
-        }
-        Ok(entries)
-    }
-
-    /// The name `rel` is gone (removed or replaced by a rename).
-    fn forget_path(&mut self, rel: &Path) {
-        if let Some(ino) = self.by_path.remove(rel) {
-            if let Some(n) = self.inodes.get_mut(&ino) {
-                n.path = None;
+            for child in edges(dir) {
+                if self.inodes.contains_key(&child) && seen.insert(child) {
+                    stack.push(child);
+                }
             }
         }
+        seen
     }
 
-    fn rename(&mut self, from: &Path, to: &Path) {
-        self.forget_path(to);
-        let moved: Vec<(PathBuf, u64)> = self
-            .by_path
+    /// Free every inode that neither has a name, durable or not, nor is open: no cut can
+    /// bring it back and no process can reach it.
+    fn sweep(&mut self) {
+        let live = self.reachable(|d| {
+            d.entries
+                .values()
+                .chain(d.durable.values())
+                .copied()
+                .collect()
+        });
+        self.drop_all_but(&live, true);
+    }
+
+    /// Remove the inodes not in `keep` (with `open_too`, open files are kept as well), and
+    /// their backing files.
+    fn drop_all_but(&mut self, keep: &HashSet<u64>, open_too: bool) {
+        let gone: Vec<u64> = self
+            .inodes
             .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, i)| (p.clone(), *i))
+            .filter(|(ino, n)| !(keep.contains(ino) || open_too && n.open > 0))
+            .map(|(&ino, _)| ino)
             .collect();
-        for (old, ino) in moved {
-            self.by_path.remove(&old);
-            let new = to.join(old.strip_prefix(from).expect("starts with it"));
-            if let Some(n) = self.inodes.get_mut(&ino) {
-                n.path = Some(new.clone());
+        for ino in gone {
+            if let Some(Inode {
+                body: Body::File(_),
+                ..
+            }) = self.inodes.remove(&ino)
+            {
+                let _ = std::fs::remove_file(self.backing_of(ino));
             }
-            self.by_path.insert(new, ino);
         }
+    }
+
+    /// The power cut: every directory goes back to its durable entries, every file to its
+    /// synced data, and whatever is left without a durable name is gone.
+    fn cut(&mut self) -> Lost {
+        let mut counts = self.counts;
+        for node in self.inodes.values_mut() {
+            if let Body::Dir(d) = &mut node.body {
+                let differ = |a: &BTreeMap<OsString, u64>, b: &BTreeMap<OsString, u64>| {
+                    a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).count() as u64
+                };
+                counts.names_lost +=
+                    differ(&d.entries, &d.durable) + differ(&d.durable, &d.entries);
+                d.entries = d.durable.clone();
+            }
+        }
+        let live = self.reachable(|d| d.durable.values().copied().collect());
+        self.drop_all_but(&live, false);
+        // Names and parents as the durable namespace has them.
+        let mut links: HashMap<u64, u32> = HashMap::new();
+        let mut parents: HashMap<u64, u64> = HashMap::new();
+        for (&ino, node) in &self.inodes {
+            if let Body::Dir(d) = &node.body {
+                for &child in d.entries.values() {
+                    *links.entry(child).or_default() += 1;
+                    parents.insert(child, ino);
+                }
+            }
+        }
+        for (ino, node) in self.inodes.iter_mut() {
+            node.links = links.get(ino).copied().unwrap_or(0);
+            match &mut node.body {
+                Body::File(d) => d.cut(&mut counts),
+                Body::Dir(d) => d.parent = parents.get(ino).copied().unwrap_or(ROOT),
+            }
+        }
+        counts.cuts += 1;
+        let lost = Lost {
+            pages: counts.pages_lost - self.counts.pages_lost,
+            names: counts.names_lost - self.counts.names_lost,
+        };
+        self.counts = counts;
+        self.off = true;
+        self.epoch += 1;
+        lost
     }
 }
 
@@ -420,35 +629,22 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Power {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    /// Cut the power: every write no fsync has reached is lost, and from now on nothing
-    /// reaches the disk (every change fails with EIO) until [`Power::restore`]. The
-    /// processes using the filesystem should be frozen first (SIGSTOP), so that none acts
-    /// on what happens after the cut, then killed. Returns the pages this cut lost.
-    pub fn cut(&self) -> u64 {
-        let mut s = self.lock();
-        let mut counts = s.counts;
-        for node in s.inodes.values_mut() {
-            node.cut(&mut counts);
-        }
-        counts.cuts += 1;
-        let lost = counts.pages_lost - s.counts.pages_lost;
-        s.counts = counts;
-        s.off = true;
-        s.epoch += 1;
-        lost
+    /// Cut the power: every write and every change of a name no fsync has reached is lost,
+    /// and from now on nothing reaches the disk (every change fails with EIO) until
+    /// [`Power::restore`]. The processes using the filesystem should be frozen first
+    /// (SIGSTOP), so that none acts on what happens after the cut, then killed. Returns what
+    /// this cut lost.
+    pub fn cut(&self) -> Lost {
+        lock(&self.state).cut()
     }
 
     /// Power back on, for the processes started after the cut.
     pub fn restore(&self) {
-        self.lock().off = false;
+        lock(&self.state).off = false;
     }
 
     pub fn counts(&self) -> Counts {
-        self.lock().counts
+        lock(&self.state).counts
     }
 }
 
@@ -462,15 +658,17 @@ pub struct Mounted {
 /// switch: freeze them all (SIGSTOP: no code of theirs runs after the cut, so nothing they
 /// do later reaches a client; killing one by one would give the others milliseconds to
 /// finish their fsyncs), lose what they had not synced, then kill them. Their power stays
-/// off until [`Power::restore`]. Returns the pages lost.
-pub fn cut_power(cluster: &mut Cluster, power: &[Power], victims: &[usize]) -> u64 {
+/// off until [`Power::restore`]. Returns what the cuts lost.
+pub fn cut_power(cluster: &mut Cluster, power: &[Power], victims: &[usize]) -> Lost {
     for &i in victims {
         if let Some(pid) = cluster.nodes[i].pid() {
             // SAFETY: kill(2) on a child this test started and has not reaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
         }
     }
-    let lost = victims.iter().map(|&i| power[i].cut()).sum();
+    let lost = victims
+        .iter()
+        .fold(Lost::default(), |lost, &i| lost + power[i].cut());
     for &i in victims {
         cluster.kill(i);
     }
@@ -491,18 +689,31 @@ pub fn available() -> Result<(), String> {
         .map_err(|e| format!("cannot open /dev/fuse: {e}"))
 }
 
-/// Mount a lossy filesystem at `mountpoint` (an empty directory), keeping synced data in
-/// `backing`. Every fsync takes at least `sync_time`, the device's own time: the backing
-/// directory may sit on a disk (or a tmpfs) far faster than the ones stores run on, and a
-/// store that answers before its fsync is done is caught only while that fsync is slow
-/// enough for a cut to land in it.
+/// Mount an empty lossy filesystem at `mountpoint` (an empty directory), keeping synced
+/// data in `backing` (made if missing; files in it named like inode numbers are
+/// overwritten). Every fsync, of a file or a directory, takes at least `sync_time`, the
+/// device's own time: the backing directory may sit on a disk (or a tmpfs) far faster than
+/// the ones stores run on, and a store that answers before its fsync is done is caught only
+/// while that fsync is slow enough for a cut to land in it.
 pub fn mount(backing: &Path, mountpoint: &Path, sync_time: Duration) -> std::io::Result<Mounted> {
     std::fs::create_dir_all(backing)?;
     std::fs::create_dir_all(mountpoint)?;
+    let root = Inode {
+        body: Body::Dir(Dir {
+            parent: ROOT,
+            ..Dir::default()
+        }),
+        perm: 0o755,
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        uid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getegid() },
+        mtime: SystemTime::now(),
+        links: 1,
+        open: 0,
+    };
     let state = Arc::new(Mutex::new(State {
         backing: backing.to_path_buf(),
-        inodes: HashMap::from([(ROOT, Inode::new(PathBuf::new(), None, 0))]),
-        by_path: HashMap::from([(PathBuf::new(), ROOT)]),
+        inodes: HashMap::from([(ROOT, root)]),
         next_ino: ROOT + 1,
         counts: Counts::default(),
         off: false,
@@ -533,20 +744,6 @@ impl LossyFs {
         lock(&self.state)
     }
 
-    /// Remove a name (a file or a directory): durable at once.
-    fn remove(
-        &self,
-        parent: INodeNo,
-        name: &OsStr,
-        how: fn(&Path) -> std::io::Result<()>,
-    ) -> Result<(), Errno> {
-        let mut s = self.powered()?;
-        let rel = s.child(parent.0, name)?;
-        how(&s.full(&rel)).map_err(Errno::from)?;
-        s.forget_path(&rel);
-        Ok(())
-    }
-
     /// The state, for an operation that changes what is on disk: none while the power is off.
     fn powered(&self) -> Result<MutexGuard<'_, State>, Errno> {
         let s = self.lock();
@@ -554,6 +751,36 @@ impl LossyFs {
             return Err(Errno::EIO);
         }
         Ok(s)
+    }
+
+    /// Remove name `name` from `parent` if `check` accepts what it names.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        check: fn(&Inode) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let mut s = self.powered()?;
+        check(s.node(s.child(parent.0, name)?)?)?;
+        s.unlink(parent.0, name)?;
+        s.sweep();
+        Ok(())
+    }
+
+    /// Wait out the device's time for a sync that began at `began`, then, if no cut came
+    /// meanwhile, run `finish` on the state.
+    fn finish_sync<T>(
+        &self,
+        began: std::time::Instant,
+        epoch: u64,
+        finish: impl FnOnce(&mut State) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        std::thread::sleep(self.sync_time.saturating_sub(began.elapsed()));
+        let mut s = self.lock();
+        if s.off || s.epoch != epoch {
+            return Err(Errno::EIO);
+        }
+        finish(&mut s)
     }
 }
 
@@ -565,28 +792,38 @@ fn empty(reply: ReplyEmpty, res: Result<(), Errno>) {
     }
 }
 
+/// Answer an operation that returns an entry.
+fn entry(reply: ReplyEntry, res: Result<FileAttr, Errno>) {
+    match res {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answer an operation that returns attributes.
+fn attr(reply: ReplyAttr, res: Result<FileAttr, Errno>) {
+    match res {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn direct() -> FopenFlags {
     FopenFlags::FOPEN_DIRECT_IO
 }
 
+fn perm(mode: u32, umask: u32) -> u16 {
+    (mode & !umask & 0o7777) as u16
+}
+
 impl Filesystem for LossyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut s = self.lock();
-        let res = s
-            .child(parent.0, name)
-            .and_then(|rel| s.inode_for(rel))
-            .and_then(|ino| s.attr(ino));
-        match res {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        let s = self.lock();
+        entry(reply, s.child(parent.0, name).and_then(|ino| s.attr(ino)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.lock().attr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        attr(reply, self.lock().attr(ino.0));
     }
 
     fn setattr(
@@ -594,11 +831,11 @@ impl Filesystem for LossyFs {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -608,26 +845,31 @@ impl Filesystem for LossyFs {
         reply: ReplyAttr,
     ) {
         let res = self.powered().and_then(|mut s| {
+            s.stamp += 1;
+            let stamp = s.stamp;
+            let node = s.node_mut(ino.0)?;
             if let Some(len) = size {
-                s.truncate(ino.0, len)?;
+                node.data_mut()?.truncate(len, stamp).map_err(Errno::from)?;
+                node.mtime = SystemTime::now();
             }
             if let Some(mode) = mode {
-                use std::os::unix::fs::PermissionsExt;
-                let path = s.full(&s.path_of(ino.0)?);
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
-                    .map_err(Errno::from)?;
+                node.perm = perm(mode, 0);
+            }
+            node.uid = uid.unwrap_or(node.uid);
+            node.gid = gid.unwrap_or(node.gid);
+            match mtime {
+                Some(TimeOrNow::SpecificTime(t)) => node.mtime = t,
+                Some(TimeOrNow::Now) => node.mtime = SystemTime::now(),
+                None => {}
             }
             s.attr(ino.0)
         });
-        match res {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        attr(reply, res);
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -635,29 +877,27 @@ impl Filesystem for LossyFs {
         reply: ReplyEntry,
     ) {
         let res = self.powered().and_then(|mut s| {
-            let rel = s.child(parent.0, name)?;
-            std::fs::DirBuilder::new()
-                .mode(mode & !umask & 0o7777)
-                .create(s.full(&rel))
-                .map_err(Errno::from)?;
-            let ino = s.inode_for(rel)?;
+            if s.child(parent.0, name).is_ok() {
+                return Err(Errno::EEXIST);
+            }
+            let ino = s.add(Body::Dir(Dir::default()), perm(mode, umask), req);
+            s.link(parent.0, name, ino)?;
             s.attr(ino)
         });
-        match res {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        entry(reply, res);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.remove(parent, name, |p| std::fs::remove_file(p)),
-        );
+        let res = self.remove(parent, name, |n| n.data().map(|_| ()));
+        empty(reply, res);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.remove(parent, name, |p| std::fs::remove_dir(p)));
+        let res = self.remove(parent, name, |n| match n.dir()?.entries.is_empty() {
+            true => Ok(()),
+            false => Err(Errno::ENOTEMPTY),
+        });
+        empty(reply, res);
     }
 
     fn rename(
@@ -670,32 +910,27 @@ impl Filesystem for LossyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let res = self.powered().and_then(|mut s| {
-            let from = s.child(parent.0, name)?;
-            let to = s.child(newparent.0, newname)?;
-            if flags.bits() != 0 {
-                // RENAME_NOREPLACE is all a careful writer asks for; do it by hand.
-                if flags.bits() != libc::RENAME_NOREPLACE {
-                    return Err(Errno::EINVAL);
-                }
-                if s.full(&to).symlink_metadata().is_ok() {
-                    return Err(Errno::EEXIST);
-                }
-            }
-            // Make sure the moved name is known, so its open handles follow it.
-            s.inode_for(from.clone())?;
-            std::fs::rename(s.full(&from), s.full(&to)).map_err(Errno::from)?;
-            s.rename(&from, &to);
-            Ok(())
-        });
+        // RENAME_NOREPLACE is all a careful writer asks for.
+        let res = match flags.difference(RenameFlags::RENAME_NOREPLACE).is_empty() {
+            false => Err(Errno::EINVAL),
+            true => self.powered().and_then(|mut s| {
+                let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+                s.rename((parent.0, name), (newparent.0, newname), noreplace)
+            }),
+        };
         empty(reply, res);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let res = self.powered().and_then(|mut s| {
+            s.stamp += 1;
+            let stamp = s.stamp;
+            let node = s.node_mut(ino.0)?;
+            let data = node.data_mut()?;
             if flags.0 & libc::O_TRUNC != 0 {
-                s.truncate(ino.0, 0)?;
+                data.truncate(0, stamp).map_err(Errno::from)?;
             }
+            node.open += 1;
             Ok(())
         });
         match res {
@@ -704,9 +939,31 @@ impl Filesystem for LossyFs {
         }
     }
 
-    fn create(
+    fn release(
         &self,
         _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Not `powered`: the handles of processes killed at a cut close after it. A file
+        // the cut took is gone already.
+        let mut s = self.lock();
+        if let Some(node) = s.inodes.get_mut(&ino.0) {
+            node.open = node.open.saturating_sub(1);
+            if node.open == 0 && node.links == 0 {
+                s.sweep();
+            }
+        }
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -715,20 +972,23 @@ impl Filesystem for LossyFs {
         reply: ReplyCreate,
     ) {
         let res = self.powered().and_then(|mut s| {
-            let rel = s.child(parent.0, name)?;
-            let mut opts = OpenOptions::new();
-            opts.read(true).write(true).mode(mode & !umask & 0o7777);
-            if flags & libc::O_EXCL != 0 {
-                opts.create_new(true);
-            } else {
-                opts.create(true);
-            }
-            // The new name is durable at once; the file holds nothing until synced.
-            drop(opts.open(s.full(&rel)).map_err(Errno::from)?);
-            let ino = s.inode_for(rel)?;
+            let ino = match s.child(parent.0, name) {
+                Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
+                Ok(ino) => ino,
+                Err(_) => {
+                    let ino = s.add_file(perm(mode, umask), req)?;
+                    s.link(parent.0, name, ino)?;
+                    ino
+                }
+            };
+            s.stamp += 1;
+            let stamp = s.stamp;
+            let node = s.node_mut(ino)?;
+            let data = node.data_mut()?;
             if flags & libc::O_TRUNC != 0 {
-                s.truncate(ino, 0)?;
+                data.truncate(0, stamp).map_err(Errno::from)?;
             }
+            node.open += 1;
             s.attr(ino)
         });
         match res {
@@ -748,7 +1008,11 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.lock().read(ino.0, offset, size) {
+        let s = self.lock();
+        let res = s
+            .node(ino.0)
+            .and_then(|n| n.data()?.read(offset, size).map_err(Errno::from));
+        match res {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -766,9 +1030,16 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let res = self
-            .powered()
-            .and_then(|mut s| s.write(ino.0, offset, data));
+        let res = self.powered().and_then(|mut s| {
+            s.stamp += 1;
+            let stamp = s.stamp;
+            let node = s.node_mut(ino.0)?;
+            node.data_mut()?
+                .write(offset, data, stamp)
+                .map_err(Errno::from)?;
+            node.mtime = SystemTime::now();
+            Ok(())
+        });
         match res {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -797,44 +1068,51 @@ impl Filesystem for LossyFs {
     ) {
         // Two halves, the lock released between them: a cut that comes while the device
         // works loses what this fsync was writing, as a real one would. The device's time
-        // is a real fsync of the backing file, at least `sync_time`.
-        let plan = self.powered().and_then(|s| match s.inodes.get(&ino.0) {
-            Some(n) if n.file.is_some() => n.plan_sync(s.epoch).map(Some).map_err(Errno::from),
-            Some(_) => Ok(None),
-            None => Err(Errno::ENOENT),
-        });
-        let plan = match plan {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return reply.ok(),
-            Err(e) => return reply.error(e),
-        };
+        // is a real fsync of the backing file, at least `sync_time`. A file's fsync makes
+        // its data durable, not its name.
         let began = std::time::Instant::now();
-        if let Err(e) = plan.file.sync_all() {
-            return reply.error(Errno::from(e));
-        }
-        std::thread::sleep(self.sync_time.saturating_sub(began.elapsed()));
-        let mut s = self.lock();
-        if s.off || s.epoch != plan.epoch {
-            return reply.error(Errno::EIO);
-        }
-        let State { inodes, counts, .. } = &mut *s;
-        let res = match inodes.get_mut(&ino.0) {
-            Some(n) => n.finish_sync(plan, counts).map_err(Errno::from),
-            None => Err(Errno::ENOENT),
-        };
+        let plan = self.powered().and_then(|s| {
+            let data = s.node(ino.0)?.data()?;
+            data.plan_sync(s.epoch).map_err(Errno::from)
+        });
+        let res = plan.and_then(|plan| {
+            plan.file.sync_all().map_err(Errno::from)?;
+            self.finish_sync(began, plan.epoch, |s| {
+                let State { inodes, counts, .. } = s;
+                let node = inodes.get_mut(&ino.0).ok_or(Errno::ENOENT)?;
+                let data = node.data_mut()?;
+                data.finish_sync(plan, counts).map_err(Errno::from)
+            })
+        });
         empty(reply, res);
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Names are durable as soon as they change (see the module's comment).
-        reply.ok();
+        // The directory's entries as they are now become durable once the device's time
+        // has passed, unless a cut comes first. Names that were removed and whose inode
+        // is gone since the sync began (nothing else held it) are left out.
+        let began = std::time::Instant::now();
+        let plan = self
+            .powered()
+            .and_then(|s| Ok((s.node(ino.0)?.dir()?.entries.clone(), s.epoch)));
+        let res = plan.and_then(|(entries, epoch)| {
+            self.finish_sync(began, epoch, |s| {
+                let mut durable = entries;
+                durable.retain(|_, child| s.inodes.contains_key(child));
+                s.node_mut(ino.0)?.dir_mut()?.durable = durable;
+                s.counts.dir_syncs += 1;
+                s.sweep();
+                Ok(())
+            })
+        });
+        empty(reply, res);
     }
 
     fn fallocate(
@@ -851,8 +1129,8 @@ impl Filesystem for LossyFs {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let res = self.powered().and_then(|mut s| {
-            let node = s.file_mut(ino.0)?;
-            node.size = node.size.max(offset + length);
+            let data = s.node_mut(ino.0)?.data_mut()?;
+            data.size = data.size.max(offset + length);
             Ok(())
         });
         empty(reply, res);

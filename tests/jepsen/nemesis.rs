@@ -141,18 +141,13 @@ impl Nemesis {
                 let mut order = vec![leader];
                 order.extend((0..n).filter(|&i| i != leader));
                 let lost = cut_power(cluster, &self.power, &order);
-                self.note(format!(
-                    "power cut on every node ({lost} unsynced pages lost)"
-                ));
+                self.note(format!("power cut on every node ({lost})"));
                 Active::KilledAll(order)
             }
             Fault::Power => {
                 let t = self.target(cluster).await;
                 let lost = cut_power(cluster, &self.power, &[t]);
-                self.note(format!(
-                    "power cut on node{} ({lost} unsynced pages lost)",
-                    t + 1
-                ));
+                self.note(format!("power cut on node{} ({lost})", t + 1));
                 Active::Killed(t)
             }
             Fault::Member => {
