@@ -92,7 +92,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
 
 /// Run the node until a signal stops it.
 pub async fn run(cfg: Config) -> Result<(), NodeError> {
-    cookie_raft::durable::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+    cookie_raft::durable::own_dir(&cfg.data_dir).map_err(|source| NodeError::DataDir {
         path: cfg.data_dir.display().to_string(),
         source,
     })?;

@@ -877,8 +877,10 @@ impl Filesystem for LossyFs {
         reply: ReplyEntry,
     ) {
         let res = self.powered().and_then(|mut s| {
-            if s.child(parent.0, name).is_ok() {
-                return Err(Errno::EEXIST);
+            match s.child(parent.0, name) {
+                Ok(_) => return Err(Errno::EEXIST),
+                Err(e) if e != Errno::ENOENT => return Err(e),
+                Err(_) => {}
             }
             let ino = s.add(Body::Dir(Dir::default()), perm(mode, umask), req);
             s.link(parent.0, name, ino)?;
@@ -975,6 +977,7 @@ impl Filesystem for LossyFs {
             let ino = match s.child(parent.0, name) {
                 Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
                 Ok(ino) => ino,
+                Err(e) if e != Errno::ENOENT => return Err(e),
                 Err(_) => {
                     let ino = s.add_file(perm(mode, umask), req)?;
                     s.link(parent.0, name, ino)?;

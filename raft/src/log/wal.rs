@@ -186,7 +186,9 @@ impl Wal {
     /// [`Wal::open`], starting a new segment every `segment_bytes` instead of every
     /// [`SEGMENT_BYTES`]. Segments already there keep their size.
     pub fn open_with(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Wal> {
-        crate::durable::create_dir_all(dir)?;
+        // Synced even when it exists: the last segment, appended to from here on, may have
+        // been made by a run killed before its name was synced.
+        crate::durable::own_dir(dir)?;
         let mut firsts = Vec::new();
         for e in fs::read_dir(dir)? {
             let name = e?.file_name();

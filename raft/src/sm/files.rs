@@ -87,6 +87,9 @@ impl SnapshotFiles {
                 fs::remove_file(&path)?;
             }
         }
+        // The snapshot this start recovers from may have been published by a run killed
+        // before it synced the directory; and the removals above are made durable with it.
+        crate::durable::sync_dir(&dir)?;
         Ok(SnapshotFiles {
             dir,
             switch: Mutex::new(()),
