@@ -242,26 +242,6 @@ fn start_writers(
         .collect()
 }
 
-/// Each node's data directory on a lossy filesystem of its own, synced data kept under
-/// `backing`; and their power switches.
-fn mount_all(
-    cluster: &Cluster,
-    backing: &TempDir,
-) -> (Vec<lossy_fs::Mounted>, Vec<lossy_fs::Power>) {
-    let mounts: Vec<lossy_fs::Mounted> = (0..cluster.nodes.len())
-        .map(|i| {
-            lossy_fs::mount(
-                &backing.path().join(format!("n{i}")),
-                &cluster.data_dir(i),
-                SYNC_TIME,
-            )
-            .expect("mount a lossy filesystem")
-        })
-        .collect();
-    let power = mounts.iter().map(|m| m.power.clone()).collect();
-    (mounts, power)
-}
-
 /// A first start killed after it made its files and directories and before it synced the
 /// data directory leaves names that a power cut would take. The next start finds them
 /// there and must make them durable too: otherwise the next cut takes the log, votes and
@@ -273,7 +253,7 @@ async fn names_a_crashed_start_left_unsynced_are_made_durable_by_the_next_start(
     }
     let backing = TempDir::new().unwrap();
     let mut cluster = Cluster::configure(3, FAST_RAFT);
-    let (mounts, power) = mount_all(&cluster, &backing);
+    let (mounts, power) = lossy_fs::mount_all(&cluster, backing.path(), SYNC_TIME);
     // What the crashed start left: empty databases (redb initializes an empty file) and
     // directories, named in a data directory never synced since.
     for i in 0..3 {
@@ -347,7 +327,7 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
     );
     let backing = TempDir::new().unwrap();
     let mut cluster = Cluster::configure(3, &extra);
-    let (mounts, power) = mount_all(&cluster, &backing);
+    let (mounts, power) = lossy_fs::mount_all(&cluster, backing.path(), SYNC_TIME);
     for i in 0..3 {
         cluster.spawn(i);
     }
@@ -436,22 +416,13 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         );
     }
     // The replicas converge on the leader's state.
+    let what = format!("the leader's {} records", on_leader.len());
     for i in 0..3 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let local = present(cluster.list(i, "local").await);
-            if local == on_leader {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node{} holds {} records, the leader {}",
-                i + 1,
-                local.len(),
-                on_leader.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        cluster
+            .wait_local_list(i, &what, Duration::from_secs(30), |list| {
+                present(list.to_vec()) == on_leader
+            })
+            .await;
     }
     let panics = cluster.panics();
     assert!(

@@ -228,28 +228,14 @@ async fn entries_received(c: &Cluster, leader: usize, log: &str) -> f64 {
 
 /// Every follower of `leader` holds exactly `created` (sorted), within 30 s.
 async fn followers_hold(c: &Cluster, leader: usize, created: &[String]) {
+    let what = format!("the {} records created", created.len());
     for f in (0..3).filter(|&i| i != leader) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut ids: Vec<String> = c
-                .list(f, "local")
-                .await
-                .iter()
-                .map(|r| r["cookie"].as_str().unwrap().to_string())
-                .collect();
+        c.wait_local_list(f, &what, Duration::from_secs(30), |list| {
+            let mut ids: Vec<&str> = list.iter().map(|r| r["cookie"].as_str().unwrap()).collect();
             ids.sort();
-            if ids == created {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node{} holds {} records, {} were created",
-                f + 1,
-                ids.len(),
-                created.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ids == created
+        })
+        .await;
     }
 }
 

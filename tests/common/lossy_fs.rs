@@ -338,6 +338,12 @@ struct State {
 }
 
 impl State {
+    /// A new stamp for the pages a write or truncation dirties.
+    fn next_stamp(&mut self) -> u64 {
+        self.stamp += 1;
+        self.stamp
+    }
+
     fn node(&self, ino: u64) -> Result<&Inode, Errno> {
         self.inodes.get(&ino).ok_or(Errno::ENOENT)
     }
@@ -675,6 +681,27 @@ pub fn cut_power(cluster: &mut Cluster, power: &[Power], victims: &[usize]) -> L
     lost
 }
 
+/// Each data directory of `cluster` on a lossy filesystem of its own, synced data kept
+/// under `backing`; and their power switches, by node.
+pub fn mount_all(
+    cluster: &Cluster,
+    backing: &Path,
+    sync_time: Duration,
+) -> (Vec<Mounted>, Vec<Power>) {
+    let mounts: Vec<Mounted> = (0..cluster.nodes.len())
+        .map(|i| {
+            mount(
+                &backing.join(format!("n{}", i + 1)),
+                &cluster.data_dir(i),
+                sync_time,
+            )
+            .expect("mount a lossy filesystem")
+        })
+        .collect();
+    let power = mounts.iter().map(|m| m.power.clone()).collect();
+    (mounts, power)
+}
+
 /// Whether this process may mount FUSE filesystems (root and `/dev/fuse`).
 pub fn available() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -845,8 +872,7 @@ impl Filesystem for LossyFs {
         reply: ReplyAttr,
     ) {
         let res = self.powered().and_then(|mut s| {
-            s.stamp += 1;
-            let stamp = s.stamp;
+            let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             if let Some(len) = size {
                 node.data_mut()?.truncate(len, stamp).map_err(Errno::from)?;
@@ -925,8 +951,7 @@ impl Filesystem for LossyFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let res = self.powered().and_then(|mut s| {
-            s.stamp += 1;
-            let stamp = s.stamp;
+            let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             let data = node.data_mut()?;
             if flags.0 & libc::O_TRUNC != 0 {
@@ -984,8 +1009,7 @@ impl Filesystem for LossyFs {
                     ino
                 }
             };
-            s.stamp += 1;
-            let stamp = s.stamp;
+            let stamp = s.next_stamp();
             let node = s.node_mut(ino)?;
             let data = node.data_mut()?;
             if flags & libc::O_TRUNC != 0 {
@@ -1034,8 +1058,7 @@ impl Filesystem for LossyFs {
         reply: ReplyWrite,
     ) {
         let res = self.powered().and_then(|mut s| {
-            s.stamp += 1;
-            let stamp = s.stamp;
+            let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             node.data_mut()?
                 .write(offset, data, stamp)

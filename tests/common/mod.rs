@@ -670,6 +670,31 @@ impl Cluster {
         r.json["cookies"].as_array().unwrap().clone()
     }
 
+    /// Wait until `check` holds for node `i`'s whole list of records, read locally; `what`
+    /// names the state awaited, for the failure.
+    pub async fn wait_local_list(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = self.list(i, "local").await;
+            if check(&list) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{} never held {what}: it holds {} records",
+                i + 1,
+                list.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait until `check` holds for node `i`'s local state.
     pub async fn wait_local(
         &self,

@@ -213,19 +213,13 @@ pub async fn run(cfg: RunConfig) -> Report {
     let mesh = Mesh::start(links, &peer_ports).await;
     // Power cuts need each data directory on a filesystem that can lose unsynced writes.
     let backing = tempfile::tempdir().unwrap();
-    let mounts: Vec<lossy_fs::Mounted> = if cfg.faults.contains(&Fault::Power) {
+    let (mounts, power) = if cfg.faults.contains(&Fault::Power) {
         if let Err(why) = lossy_fs::available() {
             panic!("the power fault needs FUSE as root: {why}");
         }
-        (0..n)
-            .map(|i| {
-                let at = backing.path().join(format!("n{}", i + 1));
-                lossy_fs::mount(&at, &cluster.data_dir(i), POWER_SYNC_TIME)
-                    .expect("mount a lossy filesystem")
-            })
-            .collect()
+        lossy_fs::mount_all(&cluster, backing.path(), POWER_SYNC_TIME)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     for i in 0..n {
         cluster.spawn(i);
@@ -252,7 +246,6 @@ pub async fn run(cfg: RunConfig) -> Report {
             deadline,
         )));
     }
-    let power = mounts.iter().map(|m| m.power.clone()).collect();
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
     for c in clients {
