@@ -21,7 +21,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, identity, join, snapshots, Cluster};
+use crate::cluster::{bootstrap, failstop, identity, join, snapshots, Cluster};
 use crate::config::Config;
 use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
@@ -66,6 +66,13 @@ pub enum NodeError {
     /// and it must be replaced, not rejoin (the message says how).
     #[error("{0}")]
     DataLost(String),
+    /// The Raft log or the state machine could not be written (a full disk, a failing
+    /// device): the node stops so that it is started again once the fault is gone.
+    #[error(
+        "storage failed: {0}. Make room or repair the device, then start the node again: \
+         its log holds every write it acknowledged"
+    )]
+    StorageFailed(String),
 }
 
 fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
@@ -274,13 +281,14 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
         append_lane: Default::default(),
     });
-    // Stop on a signal, or when this node learns its data was lost.
-    let lost = Arc::new(std::sync::OnceLock::new());
+    // Stop on a signal, when this node learns its data was lost, or when its storage fails.
+    let halted = Arc::new(std::sync::OnceLock::new());
     let stopping = CancellationToken::new();
     let handover_bound = Duration::from_millis(3 * state.cfg.raft.election_timeout_max_ms);
-    let _watch = {
-        let (lost, stopping) = (lost.clone(), stopping.clone());
+    let watch = {
+        let (halted, stopping) = (halted.clone(), stopping.clone());
         let cluster = state.cluster.clone();
+        let storage = failstop::storage_failed(raft.clone(), state.reader.write_failed());
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown_signal() => {
@@ -289,7 +297,11 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 }
                 why = identity.lost() => {
                     tracing::error!("stopping: this node must be replaced, not rejoin");
-                    let _ = lost.set(why);
+                    let _ = halted.set(NodeError::DataLost(why));
+                }
+                why = storage => {
+                    tracing::error!("stopping: the storage failed: {why}");
+                    let _ = halted.set(NodeError::StorageFailed(why));
                 }
             }
             stopping.cancel();
@@ -315,6 +327,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             stopping.cancelled_owned(),
         ),
     );
+    // Before Raft is shut down on purpose, which the watch must not take for a failure.
+    drop(watch);
     let stopped = tasks.shutdown(TASKS_STOP_BOUND).await;
     tracing::info!(
         stopped = stopped.stopped,
@@ -323,8 +337,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
     let _ = raft.shutdown().await;
     tracing::info!("node stopped");
-    match lost.get() {
-        Some(why) => Err(NodeError::DataLost(why.clone())),
+    match Arc::into_inner(halted).and_then(std::sync::OnceLock::into_inner) {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

@@ -14,11 +14,12 @@
 //!   cannot come back as the member it was.
 //! - [`membership`]: adding, promoting and removing members, on the leader, one at a time;
 //!   [`join`]: a new node asking the cluster to add it; [`handover`]: a leader that stops
-//!   hands leadership over first.
+//!   hands leadership over first; [`failstop`]: a node whose storage fails stops.
 //! - [`snapshots`]: when this node builds a snapshot, weighing the log against the state.
 
 pub mod bootstrap;
 pub mod discovery;
+pub mod failstop;
 pub mod handover;
 pub mod identity;
 pub mod install_quiet;

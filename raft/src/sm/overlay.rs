@@ -369,6 +369,8 @@ pub(crate) struct Overlay {
     db: Db,
     flush: Arc<(Mutex<Progress>, Condvar)>,
     repack: Option<repack::Policy>,
+    /// The first failed write, for whoever must stop the node on it ([`Overlay::failed`]).
+    failed: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Whether the layers can take another batch, after [`Overlay::add`].
@@ -396,6 +398,7 @@ impl Overlay {
         let overlay = Overlay {
             db,
             repack,
+            failed: Arc::new(tokio::sync::watch::channel(None).0),
             flush: Arc::new((
                 Mutex::new(Progress {
                     written,
@@ -502,6 +505,24 @@ impl Overlay {
         Ok(())
     }
 
+    /// Told the first failed write. redb refuses every write after one that failed on I/O
+    /// until the file is opened again, so the layers can no longer reach the file: the node
+    /// must stop (its log still holds every entry the file lacks), not wait for `apply` to
+    /// fill the memory bound and fail.
+    pub(crate) fn failed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    fn fail(&self, why: String) {
+        self.failed.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why);
+            }
+            first
+        });
+    }
+
     pub(crate) fn stats(&self) -> FlushStats {
         let p = self.progress();
         FlushStats {
@@ -544,6 +565,10 @@ impl Overlay {
                 p.wanted = false;
                 p.stop
             };
+            if stop && self.failed.borrow().is_some() {
+                // The file takes no more writes (see `failed`); the log holds the rest.
+                return;
+            }
             // Everything, when stopping: a clean shutdown leaves nothing to apply again.
             loop {
                 let started = Instant::now();
@@ -564,17 +589,22 @@ impl Overlay {
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => {
                         p.failures += 1;
-                        tracing::error!("writing the state machine's changes to sm.redb: {e}");
+                        let why = format!("writing the state machine's changes to sm.redb: {e}");
+                        tracing::error!("{why}");
+                        self.fail(why);
                     }
                     Err(_) => {
                         p.failures += 1;
-                        tracing::error!("writing the state machine's changes to sm.redb panicked");
+                        let why = "writing the state machine's changes to sm.redb panicked";
+                        tracing::error!("{why}");
+                        self.fail(why.to_owned());
                     }
                 }
                 drop(p);
                 self.wake();
-                if failed {
-                    // Kept frozen, tried again; meanwhile `apply` fills up to the bound.
+                if failed && !stop {
+                    // Kept frozen, tried again until the node stops on the failure
+                    // (`failed`); meanwhile `apply` fills up to the bound.
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 if !stop || failed || self.db.read(|c| c.active.is_empty() && c.frozen.is_none()) {

@@ -115,6 +115,12 @@ impl StoreReader {
         self.overlay.stats()
     }
 
+    /// Holds why, once a write of applied changes to `sm.redb` has failed: from then on the
+    /// node cannot make its state durable and must stop.
+    pub fn write_failed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.overlay.failed()
+    }
+
     /// The index of the last entry this node applied.
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::SeqCst)

@@ -1,0 +1,295 @@
+//! A full disk: the node whose storage fails stops, the rest of the cluster carries on, and
+//! no acknowledged write is lost.
+//!
+//! A node's data directory here is a small tmpfs with a filler file in it, so that its
+//! writes fail with `ENOSPC` after a few hundred records and an operator can make room by
+//! removing the filler. openraft stops a node's Raft core on a storage error, and redb
+//! refuses every write after a failed one until the database is opened again, so a node
+//! cannot go on by itself: it must stop, so that its supervisor (Kubernetes, systemd, the
+//! operator) sees it and starts it again once there is room. A node that stayed up with a
+//! stopped core would answer `/health` as ever and time out every write.
+//!
+//! It needs root to mount tmpfs (CI has it); elsewhere it prints why and passes, unless
+//! `COOKIE_CRUD_REQUIRE_MOUNT` is set.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, FAST_RAFT};
+use serde_json::{json, Value};
+
+/// Small WAL segments, so that a segment's roll is among the writes that fail.
+const SMALL_SEGMENTS: &str = "[storage]\nwal_segment_bytes = 65536\n";
+
+/// A tmpfs of `size` bytes mounted over a directory, with `filler` bytes taken by a file
+/// that [`Tmpfs::make_room`] removes. Unmounted when dropped.
+struct Tmpfs {
+    at: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount it, or say why this machine cannot.
+    fn mount(at: &Path, size: u64, filler: u64) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        let fs = Tmpfs { at: at.to_owned() };
+        // Written, not a hole: tmpfs charges only the pages written.
+        std::fs::write(fs.filler(), vec![0xA5u8; filler as usize]).map_err(|e| e.to_string())?;
+        Ok(fs)
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.at.join("filler")
+    }
+
+    /// What an operator does about a full disk: remove what does not belong there.
+    fn make_room(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// Mount a small disk over node `i`'s data directory (before it first starts), or `None`
+/// where this machine cannot (the test then passes, saying so).
+fn small_disk(cluster: &Cluster, i: usize) -> Option<Tmpfs> {
+    // About 1.2 MiB free: a few hundred of the 1-KiB records below.
+    match Tmpfs::mount(&cluster.data_dir(i), 6 << 20, (6 << 20) - (1200 << 10)) {
+        Ok(fs) => Some(fs),
+        Err(why) if std::env::var_os("COOKIE_CRUD_REQUIRE_MOUNT").is_some() => {
+            panic!("disk-full tests need to mount tmpfs as root: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: disk-full tests need to mount tmpfs as root: {why}");
+            None
+        }
+    }
+}
+
+/// Acknowledged creates, by id.
+type Acked = Arc<Mutex<BTreeSet<String>>>;
+
+/// `writers` clients creating ~1-KiB records through the nodes in `via`, round robin,
+/// until told to stop; each id a 201 acknowledged goes into `acked`.
+fn start_writers(
+    cluster: &Cluster,
+    via: &[usize],
+    prefix: &str,
+    acked: &Acked,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = via.iter().map(|&i| cluster.url(i)).collect();
+    let tasks = (0..4)
+        .map(|w| {
+            let (client, urls) = (cluster.client.clone(), urls.clone());
+            let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.to_owned());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("{prefix}-{w}-{n}");
+                    let url = &urls[n as usize % urls.len()];
+                    n += 1;
+                    let body = json!({"cookie": id, "user_id": 1, "pad": "p".repeat(1000)});
+                    let r = client
+                        .post(format!("{url}/cookies"))
+                        .json(&body)
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        // Refused or unknown outcome: not acknowledged, so not counted.
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    (stop, tasks)
+}
+
+async fn stop_writers(
+    (stop, tasks): (
+        Arc<std::sync::atomic::AtomicBool>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ),
+) {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Wait for node `i` to stop by itself once its disk is full; fail, saying what it
+/// answers, if it keeps running.
+async fn expect_stop_on_full_disk(cluster: &mut Cluster, i: usize, bound: Duration) {
+    let started = Instant::now();
+    let status = cluster.wait_exit(i, bound).await;
+    let Some(status) = status else {
+        let health = cluster.health(i).await;
+        let log = std::fs::read_to_string(&cluster.nodes[i].log).unwrap_or_default();
+        panic!(
+            "node{} kept running {bound:?} after its disk filled (health: {health:?}); \
+             ENOSPC in its log: {}",
+            i + 1,
+            log.contains("No space left on device"),
+        );
+    };
+    assert!(
+        !status.success(),
+        "node{} stopped on a full disk with a success status: {status}",
+        i + 1
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[i].log).unwrap();
+    assert!(
+        log.contains("No space left on device"),
+        "node{} stopped without saying why\n{log}",
+        i + 1
+    );
+    eprintln!(
+        "node{} stopped {:?} into the wait: {status}",
+        i + 1,
+        started.elapsed()
+    );
+}
+
+/// Wait until node `i` holds every id of `acked`, read locally.
+async fn expect_all_present(cluster: &Cluster, i: usize, acked: &BTreeSet<String>) {
+    cluster
+        .wait_local_list(
+            i,
+            "every acknowledged create",
+            Duration::from_secs(30),
+            |list| {
+                let held: BTreeSet<&str> =
+                    list.iter().filter_map(|c| c["cookie"].as_str()).collect();
+                acked.iter().all(|id| held.contains(id.as_str()))
+            },
+        )
+        .await;
+}
+
+/// Poll until `acked` has grown by `more` since `from`, or `bound` passes.
+async fn wait_for_acks(acked: &Acked, from: usize, more: usize, bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    loop {
+        let n = acked.lock().unwrap().len();
+        if n >= from + more || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node of three runs out of disk: it stops, the other two go on acknowledging writes,
+/// and once there is room again it starts, catches up and holds every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
+    let mut cluster = Cluster::configure(3, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
+    let Some(disk) = small_disk(&cluster, 2) else {
+        return;
+    };
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    let acked: Acked = Arc::default();
+    let writers = start_writers(&cluster, &[0, 1], "w", &acked);
+    expect_stop_on_full_disk(&mut cluster, 2, Duration::from_secs(60)).await;
+    // The two left are a quorum: writes go on being acknowledged.
+    let at_stop = acked.lock().unwrap().len();
+    let now = wait_for_acks(&acked, at_stop, 200, Duration::from_secs(30)).await;
+    assert!(
+        now >= at_stop + 200,
+        "the cluster stopped acknowledging writes when one node's disk filled: \
+         {at_stop} then {now}\n{}",
+        cluster.logs()
+    );
+    stop_writers(writers).await;
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} creates acknowledged, {at_stop} before node3 stopped",
+        acked.len()
+    );
+
+    disk.make_room();
+    cluster.spawn(2);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    for i in 0..3 {
+        expect_all_present(&cluster, i, &acked).await;
+    }
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// A single node runs out of disk: it stops; started again on a disk still full it stops
+/// again; with room it starts and holds every write it ever acknowledged, its log's torn
+/// tail cut and its state machine's failed write undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::configure(1, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
+    let Some(disk) = small_disk(&cluster, 0) else {
+        return;
+    };
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    let acked: Acked = Arc::default();
+    let writers = start_writers(&cluster, &[0], "a", &acked);
+    expect_stop_on_full_disk(&mut cluster, 0, Duration::from_secs(60)).await;
+    stop_writers(writers).await;
+    let first = acked.lock().unwrap().len();
+    assert!(first > 0, "nothing was acknowledged before the disk filled");
+
+    // Still full: it starts (the log's torn tail is cut) or refuses to; either way it must
+    // not stay up unable to write.
+    cluster.spawn(0);
+    let writers = start_writers(&cluster, &[0], "b", &acked);
+    expect_stop_on_full_disk(&mut cluster, 0, Duration::from_secs(60)).await;
+    stop_writers(writers).await;
+
+    let acked_all = acked.lock().unwrap().clone();
+    eprintln!(
+        "{first} creates acknowledged before the first stop, {} in all",
+        acked_all.len()
+    );
+    disk.make_room();
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    expect_all_present(&cluster, 0, &acked_all).await;
+    // And it writes again.
+    let r = cluster
+        .create(0, json!({"cookie": "after-room", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let listed: Vec<Value> = cluster.list(0, "linearizable").await;
+    assert!(listed.iter().any(|c| c["cookie"] == "after-room"));
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
