@@ -63,6 +63,8 @@ pub struct Metrics {
     snapshot_state_bytes: IntGauge,
     log_bytes_since_snapshot: IntGauge,
     data_dir_bytes: IntGauge,
+    data_dir_free_bytes: IntGauge,
+    data_dir_capacity_bytes: IntGauge,
     /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
     sm_flushes: IntCounter,
     sm_flush_failures: IntCounter,
@@ -226,11 +228,13 @@ impl Metrics {
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
             snapshot_install_failures,
             data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots"),
+            data_dir_free_bytes: int_gauge(&r, "data_dir_free_bytes", "Bytes free to this node on the filesystem holding its data directory: at 0 its writes fail and the node stops"),
+            data_dir_capacity_bytes: int_gauge(&r, "data_dir_capacity_bytes", "Size of the filesystem holding the data directory"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             snapshot_state_bytes: int_gauge(&r, "raft_snapshot_state_bytes", "Uncompressed bytes of the last snapshot this node built (0 until it builds one): the state a build reads"),
             log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
-            sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (retried; apply stops once its layers are full)"),
+            sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (the node stops on the first: cluster/failstop.rs)"),
             sm_ids_scans: counter(&r, "raft_sm_ids_scans_total", "Scans of sm.redb that built the filter of stored ids (at start, after an install, and when most ids added are of removed records; a growing store grows the filter without one)"),
             sm_repacks: counter(&r, "raft_sm_repacks_total", "Rewrites of sm.redb as a packed copy of itself once the node was at rest (storage.repack_idle_ms)"),
             sm_repacks_abandoned: counter(&r, "raft_sm_repacks_abandoned_total", "Packed copies of sm.redb given up because writes resumed (or a snapshot or an install needed the file) during the copy"),
@@ -393,6 +397,12 @@ impl Metrics {
     /// The size of everything under the data directory.
     pub fn set_data_dir_bytes(&self, bytes: u64) {
         self.data_dir_bytes.set(bytes as i64);
+    }
+
+    /// Free and whole size of the filesystem holding the data directory.
+    pub fn set_data_dir_space(&self, space: cookie_raft::durable::Space) {
+        self.data_dir_free_bytes.set(space.free as i64);
+        self.data_dir_capacity_bytes.set(space.total as i64);
     }
 
     pub fn set_uptime(&self, seconds: f64) {

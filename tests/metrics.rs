@@ -415,6 +415,11 @@ async fn process_build_info_data_dir_and_snapshot_failure_series() {
         .sum();
     assert!(files > 0.0);
     assert!(get("data_dir_bytes") >= files, "{}", r.text);
+    // Its filesystem: what is free, out of a size that holds at least the directory.
+    assert_eq!(types["data_dir_free_bytes"], "gauge");
+    let (free, capacity) = (get("data_dir_free_bytes"), get("data_dir_capacity_bytes"));
+    assert!(capacity >= get("data_dir_bytes"), "{}", r.text);
+    assert!(free > 0.0 && free <= capacity, "{}", r.text);
 
     // Refused snapshots, by reason; every reason is exported from the start.
     assert_eq!(types["raft_snapshot_install_failures_total"], "counter");

@@ -69,6 +69,30 @@ pub fn created<T, E: From<io::Error>>(
     Ok(value)
 }
 
+/// The filesystem holding a directory: bytes free to this process, and its whole size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// [`Space`] of the filesystem that holds `dir` (`statvfs`).
+pub fn space(dir: &Path) -> io::Result<Space> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct it is.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a statvfs the call fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frag = stats.f_frsize as u64;
+    Ok(Space {
+        free: (stats.f_bavail as u64).saturating_mul(frag),
+        total: (stats.f_blocks as u64).saturating_mul(frag),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +110,16 @@ mod tests {
         let file = deep.join("f");
         let n = created(&file, || fs::write(&file, b"x").map(|_| 1)).unwrap();
         assert_eq!((n, fs::read(&file).unwrap()), (1, b"x".to_vec()));
+    }
+
+    #[test]
+    fn space_reports_the_filesystem_and_fails_for_a_missing_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let before = space(d.path()).unwrap();
+        assert!(
+            before.total > 0 && before.free <= before.total,
+            "{before:?}"
+        );
+        assert!(space(&d.path().join("missing")).is_err());
     }
 }

@@ -207,6 +207,9 @@ async fn refresh(state: &Shared) {
         }
     }
     m.set_data_dir_bytes(total);
+    if let Ok(space) = cookie_raft::durable::space(&state.cfg.data_dir) {
+        m.set_data_dir_space(space);
+    }
 
     let raft = &state.cluster.raft;
     let committed = raft

@@ -23,7 +23,6 @@
 //! disk again as the packed state, for the seconds the copy takes: a copy starts only with
 //! twice that free ([`room_for_copy`]), so that it never takes the disk the log needs.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -79,14 +78,7 @@ pub(super) fn room_for_copy(path: &Path, held: u64) -> std::io::Result<bool> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: an all-zero statvfs is a valid value of the plain C struct it is.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a pointer to a statvfs the call fills in.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let free = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+    let free = crate::durable::space(dir)?.free;
     Ok(free / 2 >= held)
 }
 
