@@ -69,7 +69,8 @@ bench:
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
 # (default 60). JEPSEN_FAULTS="partition" (or "kill pause", or "member" and mixes such as
-# "kill,partition,member": remove a node and add it back with empty data) picks runs; JEPSEN_SEED fixes
+# "kill,partition,member": remove a node and add it back with empty data; "power" and "disk",
+# power cuts and full disks on a lossy FUSE filesystem, need root) picks runs; JEPSEN_SEED fixes
 # the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
 # between the nodes and HTTPS for the clients; JEPSEN_ASSERT=1 builds (into target/assert)
 # with openraft's debug assertions on, its own invariant checks that release builds skip. A

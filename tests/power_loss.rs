@@ -189,6 +189,45 @@ impl Writes {
     }
 }
 
+/// The filesystem full: growth fails with ENOSPC, everything else goes on, and statfs says
+/// nothing is free; with room made, growth works again.
+#[test]
+fn the_lossy_filesystem_when_full_refuses_only_growth() {
+    if !can_mount() {
+        return;
+    }
+    let backing = TempDir::new().unwrap();
+    let mnt = TempDir::new().unwrap();
+    let m = lossy_fs::mount(backing.path(), mnt.path(), Duration::ZERO).unwrap();
+    let at = |name: &str| mnt.path().join(name);
+    let enospc = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::ENOSPC);
+
+    let mut a = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(at("a"))
+        .unwrap();
+    a.write_all(b"0123456789").unwrap();
+    assert!(cookie_raft::durable::space(mnt.path()).unwrap().free > 0);
+    m.power.fill();
+    use std::os::unix::fs::FileExt;
+    assert!(enospc(a.write_all_at(b"grow", 8)), "a write past the end");
+    assert!(enospc(a.set_len(4096)), "a longer file");
+    a.write_all_at(b"ab", 2).unwrap(); // bytes the file has
+    a.sync_all().unwrap();
+    a.set_len(5).unwrap(); // shorter is fine
+    std::fs::File::create(at("b")).unwrap(); // an empty file: no room needed
+    std::fs::rename(at("b"), at("c")).unwrap();
+    assert_eq!(cookie_raft::durable::space(mnt.path()).unwrap().free, 0);
+    assert_eq!(std::fs::read(at("a")).unwrap(), b"01ab4");
+
+    m.power.make_room();
+    a.write_all_at(b"56789", 5).unwrap();
+    assert_eq!(std::fs::read(at("a")).unwrap(), b"01ab456789");
+    assert!(cookie_raft::durable::space(mnt.path()).unwrap().free > 0);
+}
+
 /// Writes through every node until told to stop, in turn a create of a new record and an
 /// update of the writer's own register (`reg-<w>`, created beforehand); failures (nodes
 /// down) are retried with new ids and values after a short pause.

@@ -19,6 +19,11 @@
 //! keeps names durable at once, and stricter than ext4, whose journal usually commits a new
 //! name along with the next fsync of anything; it is what a store may rely on everywhere.
 //!
+//! It can also be full ([`Power::fill`]): from then on every change that needs more room (a
+//! write past a file's end, a file made longer, an allocation) fails with `ENOSPC` until
+//! [`Power::make_room`], while writes over bytes a file already has, syncs, creates, renames
+//! and removals go on, as on a real full disk.
+//!
 //! The namespace lives in memory; the backing directory holds one file per regular file,
 //! named by inode number, with what was last synced. Every open is direct I/O
 //! (`FOPEN_DIRECT_IO`) and attributes are never cached, so the kernel holds no copy of file
@@ -331,6 +336,8 @@ struct State {
     counts: Counts,
     /// The power is off: nothing more reaches the disk, every change fails with EIO.
     off: bool,
+    /// The disk is full: every change that needs more room fails with ENOSPC.
+    full: bool,
     /// Counts the cuts: an fsync that began before one does not complete.
     epoch: u64,
     /// Counts writes, to stamp the pages they dirty.
@@ -649,6 +656,17 @@ impl Power {
         lock(&self.state).off = false;
     }
 
+    /// Fill the disk: from now on a change that needs more room fails with ENOSPC (see the
+    /// module's text), until [`Power::make_room`].
+    pub fn fill(&self) {
+        lock(&self.state).full = true;
+    }
+
+    /// Room again, as when an operator deletes what filled the disk.
+    pub fn make_room(&self) {
+        lock(&self.state).full = false;
+    }
+
     pub fn counts(&self) -> Counts {
         lock(&self.state).counts
     }
@@ -744,6 +762,7 @@ pub fn mount(backing: &Path, mountpoint: &Path, sync_time: Duration) -> std::io:
         next_ino: ROOT + 1,
         counts: Counts::default(),
         off: false,
+        full: false,
         epoch: 0,
         stamp: 0,
     }));
@@ -778,6 +797,14 @@ impl LossyFs {
             return Err(Errno::EIO);
         }
         Ok(s)
+    }
+
+    /// Fail with ENOSPC when the disk is full and a file of `size` bytes would grow to `to`.
+    fn room(s: &State, size: u64, to: u64) -> Result<(), Errno> {
+        if s.full && to > size {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
     }
 
     /// Remove name `name` from `parent` if `check` accepts what it names.
@@ -872,6 +899,10 @@ impl Filesystem for LossyFs {
         reply: ReplyAttr,
     ) {
         let res = self.powered().and_then(|mut s| {
+            if let Some(len) = size {
+                let now = s.node(ino.0)?.data()?.size;
+                Self::room(&s, now, len)?;
+            }
             let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             if let Some(len) = size {
@@ -1058,6 +1089,8 @@ impl Filesystem for LossyFs {
         reply: ReplyWrite,
     ) {
         let res = self.powered().and_then(|mut s| {
+            let size = s.node(ino.0)?.data()?.size;
+            Self::room(&s, size, offset + data.len() as u64)?;
             let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             node.data_mut()?
@@ -1155,6 +1188,8 @@ impl Filesystem for LossyFs {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let res = self.powered().and_then(|mut s| {
+            let size = s.node(ino.0)?.data()?.size;
+            Self::room(&s, size, offset + length)?;
             let data = s.node_mut(ino.0)?.data_mut()?;
             data.size = data.size.max(offset + length);
             Ok(())
@@ -1186,7 +1221,10 @@ impl Filesystem for LossyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let backing = self.lock().backing.clone();
+        let (backing, full) = {
+            let s = self.lock();
+            (s.backing.clone(), s.full)
+        };
         let Ok(c_path) = CString::new(backing.as_os_str().as_bytes()) else {
             return reply.error(Errno::EINVAL);
         };
@@ -1196,10 +1234,16 @@ impl Filesystem for LossyFs {
         if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
             return reply.error(Errno::from(std::io::Error::last_os_error()));
         }
+        // Full: nothing free, as the processes should see it.
+        let (bfree, bavail) = if full {
+            (0, 0)
+        } else {
+            (st.f_bfree, st.f_bavail)
+        };
         reply.statfs(
             st.f_blocks,
-            st.f_bfree,
-            st.f_bavail,
+            bfree,
+            bavail,
             st.f_files,
             st.f_ffree,
             st.f_bsize as u32,

@@ -358,22 +358,25 @@ impl Cluster {
     }
 
     /// Wait up to `timeout` for node `i`'s process to exit by itself: its exit status, or
-    /// `None` when it is still running (it is left running).
+    /// `None` when it is still running (it is left running) or was not. It looks at least
+    /// once, so a zero `timeout` asks whether it has exited.
     pub async fn wait_exit(
         &mut self,
         i: usize,
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             let child = self.nodes[i].child.as_mut()?;
             if let Ok(Some(status)) = child.try_wait() {
                 self.nodes[i].child = None;
                 return Some(status);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        None
     }
 
     /// The data directory of node `i`.

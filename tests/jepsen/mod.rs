@@ -52,8 +52,9 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS` (kill,pause,partition,all,none),
-    /// `JEPSEN_NODES` (3 or 5), `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS).
+    /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS`
+    /// (kill,pause,partition,member,power,disk,all,none), `JEPSEN_NODES` (3 or 5),
+    /// `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS).
     pub fn from_env(default_seconds: u64) -> RunConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let seed = env("JEPSEN_SEED")
@@ -99,6 +100,10 @@ pub struct Report {
 async fn heal_all(cluster: &mut Cluster, mesh: &Mesh) {
     mesh.heal();
     for i in 0..cluster.nodes.len() {
+        // A node that stopped by itself (its disk filled just before room was made).
+        if let Some(status) = cluster.wait_exit(i, Duration::ZERO).await {
+            println!("node{} had stopped ({status}): restarting it", i + 1);
+        }
         if cluster.is_running(i) {
             cluster.signal(i, "CONT");
         } else {
@@ -211,11 +216,16 @@ pub async fn run(cfg: RunConfig) -> Report {
     // The proxies carry node-to-node traffic: they forward to the peer listeners.
     let peer_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.peer_port).collect();
     let mesh = Mesh::start(links, &peer_ports).await;
-    // Power cuts need each data directory on a filesystem that can lose unsynced writes.
+    // Power cuts need each data directory on a filesystem that can lose unsynced writes,
+    // and full disks one that can be filled.
     let backing = tempfile::tempdir().unwrap();
-    let (mounts, power) = if cfg.faults.contains(&Fault::Power) {
+    let (mounts, power) = if cfg
+        .faults
+        .iter()
+        .any(|f| matches!(f, Fault::Power | Fault::Disk))
+    {
         if let Err(why) = lossy_fs::available() {
-            panic!("the power fault needs FUSE as root: {why}");
+            panic!("the power and disk faults need FUSE as root: {why}");
         }
         lossy_fs::mount_all(&cluster, backing.path(), POWER_SYNC_TIME)
     } else {

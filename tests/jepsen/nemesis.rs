@@ -27,6 +27,11 @@ pub enum Fault {
     /// data directories are lossy FUSE filesystems (`tests/common/lossy_fs.rs`; root and
     /// `/dev/fuse` needed).
     Power,
+    /// Fill the disk of a random node or the leader (a quarter of the time every node's,
+    /// as when disks of the same size holding the same data fill together) on the lossy
+    /// filesystem ([`Power::fill`]): a node's next write that needs room fails with ENOSPC
+    /// and it stops. When healing, make room and start the stopped nodes again.
+    Disk,
 }
 
 impl Fault {
@@ -39,11 +44,12 @@ impl Fault {
                 "partition" => out.push(Fault::Partition),
                 "member" => out.push(Fault::Member),
                 "power" => out.push(Fault::Power),
+                "disk" => out.push(Fault::Disk),
                 "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (kill, pause, partition, member, power, all, none)"
+                        "unknown fault {other:?} (kill, pause, partition, member, power, disk, all, none)"
                     ))
                 }
             }
@@ -62,6 +68,8 @@ enum Active {
     Partitioned,
     /// Removed from the membership, killed, data deleted: rejoins when healed.
     Removed(usize),
+    /// Their disks filled: room made and the stopped ones restarted when healed.
+    Filled(Vec<usize>),
     /// Nothing was done (the change was refused); nothing to undo.
     Nothing,
 }
@@ -153,6 +161,19 @@ impl Nemesis {
             Fault::Member => {
                 let t = self.target(cluster).await;
                 self.remove(cluster, t).await
+            }
+            Fault::Disk if self.rng.below(4) == 0 => {
+                for p in &self.power {
+                    p.fill();
+                }
+                self.note("fill the disk of every node".into());
+                Active::Filled((0..n).collect())
+            }
+            Fault::Disk => {
+                let t = self.target(cluster).await;
+                self.power[t].fill();
+                self.note(format!("fill the disk of node{}", t + 1));
+                Active::Filled(vec![t])
             }
             Fault::Pause => {
                 let t = self.target(cluster).await;
@@ -246,6 +267,23 @@ impl Nemesis {
                 self.note(format!(
                     "start node{} with empty data, joining as a voter",
                     t + 1
+                ));
+            }
+            Active::Filled(nodes) => {
+                let mut stopped = Vec::new();
+                for &t in &nodes {
+                    self.power[t].make_room();
+                    // It stops on its first write that finds no room; none may have come.
+                    if cluster.wait_exit(t, Duration::ZERO).await.is_some() {
+                        cluster.spawn(t);
+                        stopped.push(format!("node{}", t + 1));
+                    }
+                }
+                let on: Vec<String> = nodes.iter().map(|t| format!("node{}", t + 1)).collect();
+                self.note(format!(
+                    "make room on {}; restart the stopped ones: [{}]",
+                    on.join("+"),
+                    stopped.join(", ")
                 ));
             }
             Active::Nothing => {}
