@@ -126,9 +126,15 @@ async fn restarted_node_catches_up_from_a_snapshot_after_log_purge() {
         200
     );
     // The leader compacts its log (openraft postpones a purge while a replication request
-    // covering it is in flight, so wait for it).
-    c.wait_cluster_info(leader, WAIT, |v| v["purged"].as_u64().unwrap_or(0) > 20)
-        .await;
+    // covering it is in flight, so wait for it), and has built every snapshot these writes
+    // call for (one per 20 entries): a build still to come when the node returns would
+    // purge past the snapshot it is installing and send it a second one (seen in CI, under
+    // load: two installs).
+    c.wait_cluster_info(leader, WAIT, |v| {
+        let at = |k: &str| v[k].as_u64().unwrap_or(0);
+        at("purged") > 20 && at("last_log_index") < at("snapshot") + 20
+    })
+    .await;
 
     c.spawn(away);
     c.wait_local(away, "k99", WAIT, |r| r.status == 200).await;
