@@ -44,6 +44,27 @@ fn can_mount() -> bool {
     }
 }
 
+/// A lossy filesystem of its own for a test of the filesystem itself: its backing
+/// directory, where it is mounted, and the mount (syncs take no time).
+struct Scratch {
+    backing: TempDir,
+    mnt: TempDir,
+    m: lossy_fs::Mounted,
+}
+
+impl Scratch {
+    /// `None` where this machine cannot mount one (see [`can_mount`]).
+    fn mount() -> Option<Scratch> {
+        if !can_mount() {
+            return None;
+        }
+        let backing = TempDir::new().unwrap();
+        let mnt = TempDir::new().unwrap();
+        let m = lossy_fs::mount(backing.path(), mnt.path(), Duration::ZERO).unwrap();
+        Some(Scratch { backing, mnt, m })
+    }
+}
+
 /// Make the entries of directory `dir` durable.
 fn sync_dir(dir: &std::path::Path) {
     std::fs::File::open(dir).unwrap().sync_all().unwrap();
@@ -60,12 +81,9 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) {
 /// their directory was; nothing else does.
 #[test]
 fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
-    if !can_mount() {
+    let Some(Scratch { backing, mnt, m }) = Scratch::mount() else {
         return;
-    }
-    let backing = TempDir::new().unwrap();
-    let mnt = TempDir::new().unwrap();
-    let m = lossy_fs::mount(backing.path(), mnt.path(), Duration::ZERO).unwrap();
+    };
     let at = |name: &str| mnt.path().join(name);
 
     // Synced, then extended without a sync.
@@ -193,12 +211,14 @@ impl Writes {
 /// nothing is free; with room made, growth works again.
 #[test]
 fn the_lossy_filesystem_when_full_refuses_only_growth() {
-    if !can_mount() {
+    let Some(Scratch {
+        backing: _backing,
+        mnt,
+        m,
+    }) = Scratch::mount()
+    else {
         return;
-    }
-    let backing = TempDir::new().unwrap();
-    let mnt = TempDir::new().unwrap();
-    let m = lossy_fs::mount(backing.path(), mnt.path(), Duration::ZERO).unwrap();
+    };
     let at = |name: &str| mnt.path().join(name);
     let enospc = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::ENOSPC);
 
