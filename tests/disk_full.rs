@@ -2,7 +2,7 @@
 //! no acknowledged write is lost.
 //!
 //! A node's data directory here is a small tmpfs with a filler file in it, so that its
-//! writes fail with `ENOSPC` after a few hundred records and an operator can make room by
+//! writes fail with `ENOSPC` after about a thousand records and an operator can make room by
 //! removing the filler. openraft stops a node's Raft core on a storage error, and redb
 //! refuses every write after a failed one until the database is opened again, so a node
 //! cannot go on by itself: it must stop, so that its supervisor (Kubernetes, systemd, the
@@ -75,7 +75,8 @@ impl Drop for Tmpfs {
 /// Mount a small disk over node `i`'s data directory (before it first starts), or `None`
 /// where this machine cannot (the test then passes, saying so).
 fn small_disk(cluster: &Cluster, i: usize) -> Option<Tmpfs> {
-    // About 1.2 MiB free: a few hundred of the 1-KiB records below.
+    // About 1.2 MiB free: 500-1,000 of the 1-KiB records below (the log and the state
+    // machine each hold them).
     match Tmpfs::mount(&cluster.data_dir(i), 6 << 20, (6 << 20) - (1200 << 10)) {
         Ok(fs) => Some(fs),
         Err(why) if std::env::var_os("COOKIE_CRUD_REQUIRE_MOUNT").is_some() => {
@@ -90,6 +91,21 @@ fn small_disk(cluster: &Cluster, i: usize) -> Option<Tmpfs> {
 
 /// Acknowledged creates, by id.
 type Acked = Arc<Mutex<BTreeSet<String>>>;
+
+/// 1,000 characters that do not compress (the store compresses what it writes, and a
+/// disk filled by repeated bytes would take thousands of records).
+fn noise(writer: usize, n: u64) -> String {
+    let mut x = (writer as u64 + 1) << 32 | n;
+    (0..1000)
+        .map(|_| {
+            // xorshift64: cheap, and different for every record.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
 
 /// `writers` clients creating ~1-KiB records through the nodes in `via`, round robin,
 /// until told to stop; each id a 201 acknowledged goes into `acked`.
@@ -114,7 +130,7 @@ fn start_writers(
                     let id = format!("{prefix}-{w}-{n}");
                     let url = &urls[n as usize % urls.len()];
                     n += 1;
-                    let body = json!({"cookie": id, "user_id": 1, "pad": "p".repeat(1000)});
+                    let body = json!({"cookie": id, "user_id": 1, "pad": noise(w, n)});
                     let r = client
                         .post(format!("{url}/cookies"))
                         .json(&body)
