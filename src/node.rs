@@ -75,6 +75,13 @@ pub enum NodeError {
     StorageFailed(String),
 }
 
+impl NodeError {
+    /// A store could not be opened or read at start, while doing `what`.
+    fn storage(what: &str, e: impl std::fmt::Display) -> NodeError {
+        NodeError::Storage(format!("{what}: {e}").into())
+    }
+}
+
 fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
     let r = &cfg.raft;
     let c = openraft::Config {
@@ -120,11 +127,11 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
 
     let db_cache = cfg.storage.db_cache();
     let mut log = LogStore::open_with(&cfg.data_dir, db_cache.log, cfg.storage.wal_segment_bytes)
-        .map_err(|e| NodeError::Storage(e.into()))?;
+        .map_err(|e| NodeError::storage("opening the log (log.redb, wal/)", e))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
         .await
-        .map_err(|e| NodeError::Storage(e.into()))?;
+        .map_err(|e| NodeError::storage("reading the log", e))?;
     if let Some(f) = floor {
         tracing::info!(
             term = f.term,
@@ -148,7 +155,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         db_cache.state_machine,
         cfg.storage.repack(),
     )
-    .map_err(NodeError::Storage)?;
+    .map_err(|e| NodeError::storage("opening the state machine (sm.redb, snapshots/)", e))?;
     let reader = sm.reader();
     let snapshot_files = sm.snapshot_files();
     let book = AddressBook::new(
