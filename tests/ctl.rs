@@ -129,6 +129,9 @@ async fn records_cache_and_exit_codes() {
     std::fs::write(&file, r#"{"cookie":"a b/c?d","user_id":3}"#).unwrap();
     let (code, _, err) = ctl(&eps, &["create", &format!("@{}", file.display())]).await;
     assert_eq!(code, 0, "{err}");
+    // A local read may lag the write on a follower (README, Consistency model): wait until
+    // node 2, the endpoint ctl reaches, has applied it (under load in CI it once had not).
+    c.wait_local(1, "a b/c?d", WAIT, |r| r.status == 200).await;
     let (code, out, _) = ctl(&eps, &["get", "a b/c?d", "--consistency", "local"]).await;
     assert_eq!((code, json(&out)["user_id"].as_i64()), (0, Some(3)));
 
