@@ -345,6 +345,14 @@ struct State {
 }
 
 impl State {
+    /// Fail with ENOSPC when the disk is full and file `ino` would grow to `to` bytes.
+    fn room(&self, ino: u64, to: u64) -> Result<(), Errno> {
+        if self.full && to > self.node(ino)?.data()?.size {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
     /// A new stamp for the pages a write or truncation dirties.
     fn next_stamp(&mut self) -> u64 {
         self.stamp += 1;
@@ -799,14 +807,6 @@ impl LossyFs {
         Ok(s)
     }
 
-    /// Fail with ENOSPC when the disk is full and a file of `size` bytes would grow to `to`.
-    fn room(s: &State, size: u64, to: u64) -> Result<(), Errno> {
-        if s.full && to > size {
-            return Err(Errno::ENOSPC);
-        }
-        Ok(())
-    }
-
     /// Remove name `name` from `parent` if `check` accepts what it names.
     fn remove(
         &self,
@@ -900,8 +900,7 @@ impl Filesystem for LossyFs {
     ) {
         let res = self.powered().and_then(|mut s| {
             if let Some(len) = size {
-                let now = s.node(ino.0)?.data()?.size;
-                Self::room(&s, now, len)?;
+                s.room(ino.0, len)?;
             }
             let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
@@ -1089,8 +1088,7 @@ impl Filesystem for LossyFs {
         reply: ReplyWrite,
     ) {
         let res = self.powered().and_then(|mut s| {
-            let size = s.node(ino.0)?.data()?.size;
-            Self::room(&s, size, offset + data.len() as u64)?;
+            s.room(ino.0, offset + data.len() as u64)?;
             let stamp = s.next_stamp();
             let node = s.node_mut(ino.0)?;
             node.data_mut()?
@@ -1188,8 +1186,7 @@ impl Filesystem for LossyFs {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let res = self.powered().and_then(|mut s| {
-            let size = s.node(ino.0)?.data()?.size;
-            Self::room(&s, size, offset + length)?;
+            s.room(ino.0, offset + length)?;
             let data = s.node_mut(ino.0)?.data_mut()?;
             data.size = data.size.max(offset + length);
             Ok(())
