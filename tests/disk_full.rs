@@ -17,6 +17,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,59 +108,53 @@ fn noise(writer: usize, n: u64) -> String {
         .collect()
 }
 
-/// `writers` clients creating ~1-KiB records through the nodes in `via`, round robin,
-/// until told to stop; each id a 201 acknowledged goes into `acked`.
-fn start_writers(
-    cluster: &Cluster,
-    via: &[usize],
-    prefix: &str,
-    acked: &Acked,
-) -> (
-    Arc<std::sync::atomic::AtomicBool>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let urls: Vec<String> = via.iter().map(|&i| cluster.url(i)).collect();
-    let tasks = (0..4)
-        .map(|w| {
-            let (client, urls) = (cluster.client.clone(), urls.clone());
-            let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.to_owned());
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let id = format!("{prefix}-{w}-{n}");
-                    let url = &urls[n as usize % urls.len()];
-                    n += 1;
-                    let body = json!({"cookie": id, "user_id": 1, "pad": noise(w, n)});
-                    let r = client
-                        .post(format!("{url}/cookies"))
-                        .json(&body)
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 201 => {
-                            acked.lock().unwrap().insert(id);
-                        }
-                        // Refused or unknown outcome: not acknowledged, so not counted.
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            })
-        })
-        .collect();
-    (stop, tasks)
+/// Four clients creating ~1-KiB records through the nodes in `via`, round robin, until
+/// stopped; each id a 201 acknowledged goes into `acked`.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn stop_writers(
-    (stop, tasks): (
-        Arc<std::sync::atomic::AtomicBool>,
-        Vec<tokio::task::JoinHandle<()>>,
-    ),
-) {
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
+impl Writers {
+    fn start(cluster: &Cluster, via: &[usize], prefix: &str, acked: &Acked) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let urls: Vec<String> = via.iter().map(|&i| cluster.url(i)).collect();
+        let tasks = (0..4)
+            .map(|w| {
+                let (client, urls) = (cluster.client.clone(), urls.clone());
+                let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.to_owned());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("{prefix}-{w}-{n}");
+                        let url = &urls[n as usize % urls.len()];
+                        n += 1;
+                        let body = json!({"cookie": id, "user_id": 1, "pad": noise(w, n)});
+                        let r = client
+                            .post(format!("{url}/cookies"))
+                            .json(&body)
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 201 => {
+                                acked.lock().unwrap().insert(id);
+                            }
+                            // Refused or unknown outcome: not acknowledged, so not counted.
+                            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
     }
 }
 
@@ -238,7 +233,7 @@ async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
     cluster.wait_ready_all(Duration::from_secs(30)).await;
 
     let acked: Acked = Arc::default();
-    let writers = start_writers(&cluster, &[0, 1], "w", &acked);
+    let writers = Writers::start(&cluster, &[0, 1], "w", &acked);
     expect_stop_on_full_disk(&mut cluster, 2, Duration::from_secs(60)).await;
     // The two left are a quorum: writes go on being acknowledged.
     let at_stop = acked.lock().unwrap().len();
@@ -249,7 +244,7 @@ async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
          {at_stop} then {now}\n{}",
         cluster.logs()
     );
-    stop_writers(writers).await;
+    writers.stop().await;
     let acked = acked.lock().unwrap().clone();
     eprintln!(
         "{} creates acknowledged, {at_stop} before node3 stopped",
@@ -278,18 +273,18 @@ async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
     cluster.wait_ready_all(Duration::from_secs(30)).await;
 
     let acked: Acked = Arc::default();
-    let writers = start_writers(&cluster, &[0], "a", &acked);
+    let writers = Writers::start(&cluster, &[0], "a", &acked);
     expect_stop_on_full_disk(&mut cluster, 0, Duration::from_secs(60)).await;
-    stop_writers(writers).await;
+    writers.stop().await;
     let first = acked.lock().unwrap().len();
     assert!(first > 0, "nothing was acknowledged before the disk filled");
 
     // Still full: it starts (the log's torn tail is cut) or refuses to; either way it must
     // not stay up unable to write.
     cluster.spawn(0);
-    let writers = start_writers(&cluster, &[0], "b", &acked);
+    let writers = Writers::start(&cluster, &[0], "b", &acked);
     expect_stop_on_full_disk(&mut cluster, 0, Duration::from_secs(60)).await;
-    stop_writers(writers).await;
+    writers.stop().await;
 
     let acked_all = acked.lock().unwrap().clone();
     eprintln!(
