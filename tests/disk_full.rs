@@ -73,12 +73,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Mount a small disk over node `i`'s data directory (before it first starts), or `None`
-/// where this machine cannot (the test then passes, saying so).
-fn small_disk(cluster: &Cluster, i: usize) -> Option<Tmpfs> {
-    // About 1.2 MiB free: 500-1,000 of the 1-KiB records below (the log and the state
-    // machine each hold them).
-    match Tmpfs::mount(&cluster.data_dir(i), 6 << 20, (6 << 20) - (1200 << 10)) {
+/// Room left on a [`small_disk`]: 500-1,000 of the 1-KiB records below (the log and the
+/// state machine each hold them).
+const FREE: u64 = 1200 << 10;
+
+/// Mount a disk of `size` bytes over node `i`'s data directory (before it first starts),
+/// all but [`FREE`] of it taken by a filler, or `None` where this machine cannot (the test
+/// then passes, saying so).
+fn small_disk(cluster: &Cluster, i: usize, size: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(&cluster.data_dir(i), size, size - FREE) {
         Ok(fs) => Some(fs),
         Err(why) if std::env::var_os("COOKIE_CRUD_REQUIRE_MOUNT").is_some() => {
             panic!("disk-full tests need to mount tmpfs as root: {why}")
@@ -224,7 +227,7 @@ async fn wait_for_acks(acked: &Acked, from: usize, more: usize, bound: Duration)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
     let mut cluster = Cluster::configure(3, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
-    let Some(disk) = small_disk(&cluster, 2) else {
+    let Some(disk) = small_disk(&cluster, 2, 6 << 20) else {
         return;
     };
     for i in 0..3 {
@@ -266,7 +269,7 @@ async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
     let mut cluster = Cluster::configure(1, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
-    let Some(disk) = small_disk(&cluster, 0) else {
+    let Some(disk) = small_disk(&cluster, 0, 6 << 20) else {
         return;
     };
     cluster.spawn(0);
@@ -302,5 +305,122 @@ async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
     assert_eq!(r.status, 201, "{}", r.text);
     let listed: Vec<Value> = cluster.list(0, "linearizable").await;
     assert!(listed.iter().any(|c| c["cookie"] == "after-room"));
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// Snapshot chunks node `i` refused for want of room
+/// (`raft_snapshot_install_failures_total{reason="storage"}`), or `None` while it does not
+/// answer.
+async fn storage_refusals(cluster: &Cluster, i: usize) -> Option<u64> {
+    let r = common::try_send(cluster.client.get(format!("{}/metrics", cluster.url(i)))).await?;
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_snapshot_install_failures_total{reason=\"storage\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A follower comes back to a disk without room for the snapshot it must install. Its Raft
+/// core is sound and what it holds is intact, so it does not stop: it refuses the chunk that
+/// does not fit, stays up, and the other two go on. Once there is room it installs the
+/// snapshot without a restart, and holds every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room() {
+    // A snapshot every 500 entries, 50 kept behind it: a node away for 3,000 writes can only
+    // be caught up by a snapshot, of about 2 MB (the records compress to 60%).
+    let extra =
+        format!("{FAST_RAFT}snapshot_logs = 500\nkeep_logs_after_snapshot = 50\n{SMALL_SEGMENTS}");
+    let mut cluster = Cluster::configure(3, &extra);
+    // Room for the snapshot's install once the filler is gone (the state machine holds the
+    // records uncompressed).
+    let Some(disk) = small_disk(&cluster, 2, 24 << 20) else {
+        return;
+    };
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    cluster.kill(2);
+
+    let acked: Acked = Arc::default();
+    let writers = Writers::start(&cluster, &[0, 1], "s", &acked);
+    let n = wait_for_acks(&acked, 0, 3000, Duration::from_secs(120)).await;
+    writers.stop().await;
+    assert!(
+        n >= 3000,
+        "only {n} creates acknowledged\n{}",
+        cluster.logs()
+    );
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    cluster
+        .wait_cluster_info(leader, Duration::from_secs(30), |v| {
+            let at = |k: &str| v[k].as_u64().unwrap_or(0);
+            at("purged") > 1000
+        })
+        .await;
+
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(n @ 1..) = storage_refusals(&cluster, 2).await {
+            break n;
+        }
+        assert!(
+            cluster.wait_exit(2, Duration::ZERO).await.is_none(),
+            "node3 stopped while it received a snapshot it had no room for\n{}",
+            cluster.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "node3 never refused a snapshot chunk for want of room\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The leader retries; each try is refused, and the node stays up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while storage_refusals(&cluster, 2).await.unwrap_or(0) < first + 3 {
+        assert!(
+            cluster.wait_exit(2, Duration::ZERO).await.is_none(),
+            "node3 stopped while it waited for room for a snapshot\n{}",
+            cluster.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the leader stopped sending node3 its snapshot\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While it waits for room: up, answering, and not stopped; the other two acknowledge
+    // writes.
+    let r = cluster
+        .create(leader, json!({"cookie": "while-full", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let health = cluster.health(2).await;
+    assert!(health.is_some(), "node3 stopped answering on a full disk");
+    assert!(cluster.wait_exit(2, Duration::ZERO).await.is_none());
+    let later = storage_refusals(&cluster, 2).await.unwrap_or(0);
+    eprintln!("node3 refused {first} chunks for want of room, then {later}; health {health:?}");
+
+    disk.make_room();
+    let mut acked = acked.lock().unwrap().clone();
+    acked.insert("while-full".to_owned());
+    expect_all_present(&cluster, 2, &acked).await;
+    let incoming: Vec<_> = std::fs::read_dir(cluster.data_dir(2).join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert_eq!(
+        incoming,
+        Vec::<String>::new(),
+        "a received snapshot's file left behind"
+    );
+    // A working member again: a write through it is acknowledged.
+    let r = cluster
+        .create(2, json!({"cookie": "after-room", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }

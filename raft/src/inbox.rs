@@ -15,6 +15,16 @@
 //! gigabyte), and the whole file is [validated](crate::sm::validate_snapshot_file), as a
 //! stream, before `Raft::install_full_snapshot` is given it. A refused snapshot changes
 //! nothing: its file is removed.
+//!
+//! Room on the disk is checked here too. openraft treats a failed install as a storage
+//! failure, which stops the node (`cluster::failstop`), though a follower short of room for
+//! a snapshot has nothing wrong with it but the room. So a snapshot is installed only when
+//! the disk has the room its install takes ([`crate::sm::install_room`], checked once it is
+//! validated); one that does not fit, as it arrives or once it is here, is refused
+//! ([`Refused::Storage`]) and its file removed, which frees the room it took for the rest
+//! of the node. Until the disk has the room it was found to need, that snapshot's chunks
+//! are refused at once, without writing, so a sender that retries (openraft does, forever)
+//! does not send it whole again and again. With room, its next try installs it: no restart.
 
 use std::sync::Arc;
 
@@ -68,12 +78,19 @@ impl Incoming {
     }
 }
 
+/// A snapshot refused for want of room, and the free bytes it was found to need.
+struct Short {
+    id: String,
+    need: u64,
+}
+
 /// Receives snapshot chunks for one node.
 pub struct SnapshotInbox {
     raft: Raft,
     max_bytes: u64,
     files: Arc<SnapshotFiles>,
     current: Mutex<Option<Incoming>>,
+    short: std::sync::Mutex<Option<Short>>,
 }
 
 impl SnapshotInbox {
@@ -84,7 +101,50 @@ impl SnapshotInbox {
             max_bytes,
             files,
             current: Mutex::new(None),
+            short: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Free bytes on the disk the snapshots (and the state) are on, or `None` where that
+    /// cannot be read (then nothing is refused for room: the install finds out).
+    fn free(&self) -> Option<u64> {
+        match crate::durable::space(self.files.dir()) {
+            Ok(space) => Some(space.free),
+            Err(e) => {
+                tracing::warn!("free space of {}: {e}", self.files.dir().display());
+                None
+            }
+        }
+    }
+
+    /// Refuse snapshot `id` without writing while the disk lacks the room it was found
+    /// to need; a different snapshot, or room, clears the memory of it.
+    fn check_room(&self, id: &str) -> Result<(), Refused> {
+        let mut short = self.short.lock().unwrap();
+        let Some(s) = short.as_ref() else {
+            return Ok(());
+        };
+        if s.id == id {
+            if let Some(free) = self.free().filter(|&free| free < s.need) {
+                return Err(Refused::Storage {
+                    id: id.to_owned(),
+                    why: format!(
+                        "it needs {} bytes free on this node's disk, which has {free}",
+                        s.need
+                    ),
+                });
+            }
+        }
+        *short = None;
+        Ok(())
+    }
+
+    /// Remember that snapshot `id` needs `need` bytes free.
+    fn remember_short(&self, id: &str, need: u64) {
+        *self.short.lock().unwrap() = Some(Short {
+            id: id.to_owned(),
+            need,
+        });
     }
 
     /// Take one chunk; on the last, validate and install the snapshot.
@@ -128,6 +188,7 @@ impl SnapshotInbox {
             )));
         }
         if current.is_none() {
+            self.check_room(&id)?;
             *current = Some(Incoming {
                 id: id.clone(),
                 file: self.files.incoming().map_err(storage)?,
@@ -136,32 +197,55 @@ impl SnapshotInbox {
         }
         let incoming = current.as_mut().expect("set above");
         // `offset <= have`: a repeated chunk overwrites what it sent before.
-        incoming
-            .file
-            .truncate_to(req.offset)
-            .await
-            .map_err(storage)?;
-        incoming.file.write_all(&req.data).await.map_err(storage)?;
+        let mut written = incoming.file.truncate_to(req.offset).await;
+        if written.is_ok() {
+            written = incoming.file.write_all(&req.data).await;
+        }
+        if req.done && written.is_ok() {
+            written = incoming.file.flush().await;
+        }
+        if let Err(e) = written {
+            // Most likely a full disk: what arrived is removed, to give its room back.
+            if let Some(incoming) = current.take() {
+                incoming.discard();
+            }
+            self.remember_short(&id, end);
+            return Err(storage(e));
+        }
         incoming.len = end;
         if !req.done {
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         }
-        let Some(mut incoming) = current.take() else {
+        let Some(incoming) = current.take() else {
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         };
         drop(current);
-        incoming.file.flush().await.map_err(storage)?;
         let path = incoming.file.path().to_owned();
         let limit = self.max_bytes;
         let checked =
             tokio::task::spawn_blocking(move || crate::sm::validate_snapshot_file(&path, limit))
                 .await
                 .map_err(|e| Refused::Stopped(e.to_string()))?;
-        if let Err(e) = checked {
+        let room = match checked {
+            Ok(room) => room,
+            Err(e) => {
+                incoming.discard();
+                return Err(Refused::Invalid {
+                    id,
+                    why: e.to_string(),
+                });
+            }
+        };
+        if let Some(free) = self.free().filter(|&free| free < room) {
             incoming.discard();
-            return Err(Refused::Invalid {
+            // Next time it must be received again, then installed.
+            self.remember_short(&id, end.saturating_add(room));
+            return Err(Refused::Storage {
                 id,
-                why: e.to_string(),
+                why: format!(
+                    "installing it takes up to {room} bytes of this node's disk, \
+                     which has {free} free"
+                ),
             });
         }
         let path = incoming.file.path().to_owned();

@@ -326,12 +326,17 @@ pub async fn read_capped(mut resp: reqwest::Response, limit: usize) -> std::io::
 }
 
 /// Answers that say the peer refuses this node, not that a request failed: unauthorized,
-/// misdirected, or an identity mismatch.
+/// misdirected, an identity mismatch, or no room on its disk for a snapshot (which a
+/// retry a few milliseconds later does not find either).
 fn lasting_refusal(status: reqwest::StatusCode) -> bool {
     use reqwest::StatusCode as S;
     matches!(
         status,
-        S::UNAUTHORIZED | S::FORBIDDEN | S::CONFLICT | S::MISDIRECTED_REQUEST
+        S::UNAUTHORIZED
+            | S::FORBIDDEN
+            | S::CONFLICT
+            | S::MISDIRECTED_REQUEST
+            | S::INSUFFICIENT_STORAGE
     )
 }
 
@@ -467,6 +472,7 @@ mod tests {
             S::FORBIDDEN,
             S::CONFLICT,
             S::MISDIRECTED_REQUEST,
+            S::INSUFFICIENT_STORAGE,
         ] {
             assert!(lasting_refusal(s), "{s}");
         }

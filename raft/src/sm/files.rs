@@ -194,6 +194,11 @@ impl SnapshotFiles {
         self.dir.join(format!("{}.tmp", staged.name))
     }
 
+    /// The directory the snapshot files are in (on the data directory's disk).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where published snapshot file `name` is.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -238,9 +238,18 @@ pub(super) fn walk(
 
 /// Check that `r` holds a snapshot (compressed or not) this node can install, of at most
 /// `limit` bytes uncompressed, row by row, exactly as installing reads it, in bounded
-/// memory.
-pub fn validate(r: impl BufRead + Send, limit: u64) -> Result<(), BoxError> {
-    walk(&mut open(r, limit)?, &mut |_| Ok(())).map(|_| ())
+/// memory. Returns the bytes of its rows (ids, keys and values), what installing it writes.
+pub fn validate(r: impl BufRead + Send, limit: u64) -> Result<u64, BoxError> {
+    let mut bytes = 0u64;
+    walk(&mut open(r, limit)?, &mut |row| {
+        let (name, value) = match &row {
+            Row::Record { id, value, .. } => (id, value),
+            Row::Key { key, value, .. } => (key, value),
+        };
+        bytes += (name.len() + value.len()) as u64;
+        Ok(())
+    })?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

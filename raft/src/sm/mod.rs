@@ -54,7 +54,8 @@ pub use overlay::FlushStats;
 pub use reader::{CacheStatus, ListScan, StoreReader};
 pub use repack::Policy as RepackPolicy;
 pub use snapshot::{
-    validate as validate_snapshot, validate_file as validate_snapshot_file, SnapshotBuilder,
+    install_room, validate as validate_snapshot, validate_file as validate_snapshot_file,
+    SnapshotBuilder,
 };
 pub use state::{SnapshotCounts, StateMachine};
 use tables::{read_meta, Membership, Meta, KEY_APPLIED};

@@ -35,15 +35,33 @@ use crate::{BoxError, StResult};
 /// record and idempotency key in it, exactly as installing reads them (see
 /// [`format::validate`], which the snapshot inbox runs on a received file).
 pub fn validate(data: &[u8]) -> Result<(), BoxError> {
-    format::validate(data, codec::DECODE_LIMIT as u64)
+    format::validate(data, codec::DECODE_LIMIT as u64).map(|_| ())
 }
 
 /// [`validate`] for a snapshot in a file, read as a stream, of at most `limit` bytes
-/// uncompressed.
-pub fn validate_file(path: &std::path::Path, limit: u64) -> Result<(), BoxError> {
+/// uncompressed. Returns the disk space installing it takes ([`install_room`]).
+pub fn validate_file(path: &std::path::Path, limit: u64) -> Result<u64, BoxError> {
     let file = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    format::validate(file, limit)
+    format::validate(file, limit).map(install_room)
 }
+
+/// The disk space, at most, that installing a snapshot whose rows hold `row_bytes` takes:
+/// the new `sm.redb` it fills (see `replace_state`), which lives beside the old one until it
+/// is renamed over it. It holds 1.3-1.5 bytes per byte of rows (page headers, leaves part
+/// full, a row in the list index for each record; measured by
+/// `an_install_takes_no_more_room_than_install_room` for records of 40 bytes to 1 KiB):
+/// twice, and the size of an empty database on top, leaves a margin. Its length on disk
+/// runs ahead of that, as a hole.
+pub fn install_room(row_bytes: u64) -> u64 {
+    row_bytes
+        .saturating_mul(INSTALL_ROOM_FACTOR)
+        .saturating_add(INSTALL_ROOM_BASE)
+}
+
+/// [`install_room`]: bytes of `sm.redb` per byte of rows, at most.
+const INSTALL_ROOM_FACTOR: u64 = 2;
+/// [`install_room`]: an empty `sm.redb`'s size, and then some.
+const INSTALL_ROOM_BASE: u64 = 4 << 20;
 
 /// A whole snapshot as earlier versions kept it in `sm_meta`.
 #[derive(Serialize, Deserialize)]
@@ -719,6 +737,46 @@ mod tests {
         let file = received(&b, &rows(&["only"])).await;
         b.install(&meta_at(6000, "2-6000-x"), file).await.unwrap();
         assert_eq!(reader.count().unwrap(), 1);
+    }
+
+    /// [`install_room`] bounds what an install writes, for small records and large ones: a
+    /// node refuses a snapshot it has no room for by this bound, before it starts (the
+    /// snapshot inbox), so one that installs anyway and fills the disk stops the node.
+    #[tokio::test]
+    async fn an_install_takes_no_more_room_than_install_room() {
+        use crate::command::Command;
+        use std::os::unix::fs::MetadataExt;
+        for (records, pad) in [(20_000, 0), (5_000, 200), (18_000, 1_000), (1, 0)] {
+            let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut a = open(d1.path());
+            let payload = "x".repeat(pad);
+            let entries: Vec<_> = (1..=records)
+                .map(|i| {
+                    let json = format!(r#"{{"cookie":"c{i:05}","user_id":{i},"p":"{payload}"}}"#);
+                    entry(i, Command::create(json.as_bytes(), 1000 + i).unwrap())
+                })
+                .collect();
+            a.apply(entries).await.unwrap();
+            let snap = a.snapshot_builder().build_snapshot().await.unwrap();
+            let data = bytes(snap.snapshot).await;
+            let room = format::validate(&data[..], u64::MAX)
+                .map(install_room)
+                .unwrap();
+            let mut b = open(d2.path());
+            let file = received(&b, &data).await;
+            b.install(&snap.meta, file).await.unwrap();
+            // The blocks it holds: redb sets the file's length ahead of its pages (doubling
+            // it as it grows), and the space between is a hole.
+            let taken = std::fs::metadata(d2.path().join("sm.redb"))
+                .unwrap()
+                .blocks()
+                * 512;
+            eprintln!("{records} records of {pad} bytes: sm.redb holds {taken}, room {room}");
+            assert!(
+                taken <= room,
+                "{records} records of {pad} bytes: {taken} > {room}"
+            );
+        }
     }
 
     /// A follower that catches up by snapshot learns every member's incarnation from it, and
