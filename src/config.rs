@@ -202,7 +202,16 @@ pub struct StorageTuning {
     /// purge gives disk back a segment at a time. Smaller segments give disk back sooner
     /// and roll more often (a roll syncs the old file, the new one and the directory).
     pub wal_segment_bytes: u64,
+    /// As leader, refuse creates and updates (507) while the data directory's filesystem has
+    /// less than this many bytes free, plus the last snapshot's size (`write::room`): deletes,
+    /// reads, snapshots and log purges go on, so the cluster stays up and room can be made
+    /// through the API. 0: never refuse (a full disk then stops the node).
+    pub write_reserve_bytes: u64,
 }
+
+/// The default `storage.write_reserve_bytes`: four WAL segments of 16 MiB, the room a
+/// stream of deletes, the state machine's next flushes and a repack's checks need.
+pub const WRITE_RESERVE_BYTES: u64 = 64 << 20;
 
 impl Default for StorageTuning {
     fn default() -> Self {
@@ -212,6 +221,7 @@ impl Default for StorageTuning {
             log_cache_bytes: d.log,
             repack_idle_ms: cookie_raft::sm::RepackPolicy::default().idle.as_millis() as u64,
             wal_segment_bytes: cookie_raft::log::wal::SEGMENT_BYTES,
+            write_reserve_bytes: WRITE_RESERVE_BYTES,
         }
     }
 }
@@ -1110,6 +1120,7 @@ mod tests {
         let cfg = Config::parse("[storage]\nrepack_idle_ms = 0\n").unwrap();
         assert_eq!(cfg.storage.repack(), None);
         assert_eq!(cfg.storage.wal_segment_bytes, 16 << 20);
+        assert_eq!(cfg.storage.write_reserve_bytes, 64 << 20);
         let cfg = Config::parse("[storage]\nwal_segment_bytes = 262144\n").unwrap();
         assert_eq!(cfg.storage.wal_segment_bytes, 256 << 10);
         for bad in ["0", "65535", "2147483648"] {

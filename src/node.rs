@@ -7,6 +7,7 @@
 //! This is the composition root: the only module that knows every layer, and the one
 //! place where the layers are wired to each other.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::read::{ReadIndex, ReadSettings};
 use crate::tasks::Tasks;
 use crate::tls::Tls;
 use crate::write::group_commit::BatchLimits;
+use crate::write::room::Room;
 use crate::write::{WriteSettings, Writer};
 
 /// Largest payload of one group-commit batch (one command may exceed it alone).
@@ -213,7 +215,15 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         },
         metrics.clone(),
         &tasks,
-    );
+    )
+    .with_room(Room::new(
+        cfg.data_dir.clone(),
+        cfg.storage.write_reserve_bytes,
+        {
+            let reader = reader.clone();
+            Arc::new(move || reader.snapshot_counts().state_bytes.load(Ordering::Relaxed))
+        },
+    ));
     let reads = ReadIndex::start(
         cluster.clone(),
         ReadSettings {

@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ use serde_json::{json, Value};
 
 /// Small WAL segments, so that a segment's roll is among the writes that fail.
 const SMALL_SEGMENTS: &str = "[storage]\nwal_segment_bytes = 65536\n";
+
+/// No reserve (after [`SMALL_SEGMENTS`]): the leader takes writes until its disk is full.
+const NO_RESERVE: &str = "write_reserve_bytes = 0\n";
 
 /// A tmpfs of `size` bytes mounted over a directory, with `filler` bytes taken by a file
 /// that [`Tmpfs::make_room`] removes. Unmounted when dropped.
@@ -112,20 +115,23 @@ fn noise(writer: usize, n: u64) -> String {
 }
 
 /// Four clients creating ~1-KiB records through the nodes in `via`, round robin, until
-/// stopped; each id a 201 acknowledged goes into `acked`.
+/// stopped; each id a 201 acknowledged goes into `acked`, and 507 answers are counted.
 struct Writers {
     stop: Arc<AtomicBool>,
+    no_room: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Writers {
     fn start(cluster: &Cluster, via: &[usize], prefix: &str, acked: &Acked) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
+        let no_room = Arc::new(AtomicU64::new(0));
         let urls: Vec<String> = via.iter().map(|&i| cluster.url(i)).collect();
         let tasks = (0..4)
             .map(|w| {
                 let (client, urls) = (cluster.client.clone(), urls.clone());
                 let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.to_owned());
+                let no_room = no_room.clone();
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -143,6 +149,10 @@ impl Writers {
                             Ok(r) if r.status() == 201 => {
                                 acked.lock().unwrap().insert(id);
                             }
+                            Ok(r) if r.status() == 507 => {
+                                no_room.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                             // Refused or unknown outcome: not acknowledged, so not counted.
                             _ => tokio::time::sleep(Duration::from_millis(20)).await,
                         }
@@ -150,7 +160,11 @@ impl Writers {
                 })
             })
             .collect();
-        Writers { stop, tasks }
+        Writers {
+            stop,
+            no_room,
+            tasks,
+        }
     }
 
     async fn stop(self) {
@@ -226,7 +240,7 @@ async fn wait_for_acks(acked: &Acked, from: usize, more: usize, bound: Duration)
 /// and once there is room again it starts, catches up and holds every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
-    let mut cluster = Cluster::configure(3, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
+    let mut cluster = Cluster::configure(3, &format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}"));
     let Some(disk) = small_disk(&cluster, 2, 6 << 20) else {
         return;
     };
@@ -268,7 +282,7 @@ async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
 /// tail cut and its state machine's failed write undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
-    let mut cluster = Cluster::configure(1, &format!("{FAST_RAFT}{SMALL_SEGMENTS}"));
+    let mut cluster = Cluster::configure(1, &format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}"));
     let Some(disk) = small_disk(&cluster, 0, 6 << 20) else {
         return;
     };
@@ -422,5 +436,133 @@ async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room()
         .create(2, json!({"cookie": "after-room", "user_id": 1}))
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// Every node of three on a small disk with a reserve: once the leader's disk is short of
+/// it, creates and updates are refused with 507 (through a follower too) and nothing
+/// stops; reads and deletes go on; with room, creates are taken again, and every
+/// acknowledged create is on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up() {
+    // Refused under 600 KiB free, half the room the disks start with.
+    let extra = format!(
+        "{FAST_RAFT}{SMALL_SEGMENTS}write_reserve_bytes = {}\n",
+        600 << 10
+    );
+    let mut cluster = Cluster::configure(3, &extra);
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        let Some(disk) = small_disk(&cluster, i, 6 << 20) else {
+            return;
+        };
+        disks.push(disk);
+    }
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    let acked: Acked = Arc::default();
+    let writers = Writers::start(&cluster, &[0, 1, 2], "r", &acked);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while writers.no_room.load(Ordering::Relaxed) < 20 {
+        for i in 0..3 {
+            assert!(
+                cluster.wait_exit(i, Duration::ZERO).await.is_none(),
+                "node{} stopped: its disk filled under the reserve\n{}",
+                i + 1,
+                cluster.logs()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no create was refused for room in 60 s\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writers.stop().await;
+    let acked_now = acked.lock().unwrap().clone();
+    assert!(
+        !acked_now.is_empty(),
+        "nothing was acknowledged before the reserve"
+    );
+
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    for i in [leader, follower] {
+        let r = cluster
+            .create(i, json!({"cookie": format!("late-{i}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 507, "a create through node{}: {}", i + 1, r.text);
+        assert!(
+            r.json["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Insufficient storage")),
+            "{}",
+            r.text
+        );
+    }
+    let some = acked_now.iter().next().unwrap().clone();
+    let r = cluster
+        .put(follower, &some, json!({"more": "x".repeat(100)}), None)
+        .await;
+    assert_eq!(r.status, 507, "an update: {}", r.text);
+    // Reads and deletes go on: the cluster is up, and room can be made through the API.
+    assert_eq!(
+        cluster.get(follower, &some, "linearizable").await.status,
+        200
+    );
+    let gone: Vec<String> = acked_now.iter().take(20).cloned().collect();
+    for id in &gone {
+        assert_eq!(
+            cluster.delete(follower, id).await.status,
+            200,
+            "delete {id}"
+        );
+    }
+    for i in 0..3 {
+        assert!(cluster.wait_exit(i, Duration::ZERO).await.is_none());
+        assert_eq!(cluster.get(i, "late-0", "linearizable").await.status, 404);
+    }
+
+    for disk in &disks {
+        disk.make_room();
+    }
+    // Free space is read at most every 100 ms: the first create after room may still be
+    // refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = cluster
+            .create(follower, json!({"cookie": "after-room", "user_id": 1}))
+            .await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 507, "{}", r.text);
+        assert!(
+            Instant::now() < deadline,
+            "still refused with room: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut want = acked.lock().unwrap().clone();
+    for id in &gone {
+        want.remove(id);
+    }
+    want.insert("after-room".to_owned());
+    for i in 0..3 {
+        expect_all_present(&cluster, i, &want).await;
+        let listed: Vec<Value> = cluster.list(i, "local").await;
+        assert!(
+            !listed
+                .iter()
+                .any(|c| gone.contains(&c["cookie"].as_str().unwrap().to_owned())),
+            "node{} still holds a deleted record",
+            i + 1
+        );
+    }
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }

@@ -56,6 +56,10 @@ pub enum ForwardReply {
     /// Not proposed and never will be (the leader's queue is full, or the write's deadline
     /// passed before it was proposed): not applied, and not worth retrying at once.
     NotApplied(String),
+    /// Not proposed: it would add data and the leader's disk is short of its reserve
+    /// (`write::room`). Last, so that the earlier variants keep their encoding; a node of a
+    /// version before it cannot decode it and reports the write's outcome as unknown.
+    NoRoom(String),
 }
 
 /// What the leader answers a read-index request.

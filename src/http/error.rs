@@ -49,6 +49,10 @@ pub enum ApiError {
     /// timed out before it could be proposed. Retry later.
     #[error("Write not applied: {0}; retry later")]
     NotApplied(String),
+    /// A create or an update refused because the leader's disk is short of its reserve;
+    /// nothing was applied (deletes still go through).
+    #[error("Insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// A write whose outcome is unknown: it may or may not have been applied.
     #[error("Write outcome unknown: it may or may not have been applied ({0})")]
     OutcomeUnknown(String),
@@ -81,6 +85,7 @@ impl ApiError {
             | ApiError::Lagging(_)
             | ApiError::NotApplied(_)
             | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +98,7 @@ impl From<WriteError> for ApiError {
             WriteError::NoLeader => ApiError::NoLeader,
             WriteError::Unknown(why) => ApiError::OutcomeUnknown(why),
             WriteError::NotApplied(why) => ApiError::NotApplied(why),
+            WriteError::NoRoom(why) => ApiError::InsufficientStorage(why),
         }
     }
 }

@@ -8,12 +8,14 @@
 //! - [`queue`]: the queue both of them take their next group from.
 //! - [`window`]: how many batches group commit keeps in flight, adapting to the load and to
 //!   the CPU left idle ([`idle`]).
+//! - [`room`]: the leader refuses creates and updates while its disk is short of a reserve.
 //!
 //! # Outcomes
 //! A command's outcome is one of: applied (with its result); certainly not applied (the node
 //! did not lead when its batch was about to be proposed, or a follower's leader answered
 //! "not leader"), which is retried on the leader; certainly not applied and refused
-//! (too many writes waiting, or the deadline passed before it was proposed: 503); or unknown
+//! (too many writes waiting, or the deadline passed before it was proposed: 503; no room on
+//! the leader's disk for what it would add: 507); or unknown
 //! (timeout, shutdown, a lost connection after sending, or openraft's `ForwardToLeader`
 //! for a proposed batch, which is also what a truncated entry answers, and a truncated entry
 //! can still be committed by a later leader), which is reported as such and never as a
@@ -25,6 +27,7 @@ pub mod group_commit;
 pub mod idle;
 pub mod queue;
 pub mod regather;
+pub mod room;
 pub mod window;
 
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 use forward::{Forwarder, LEADER_ANSWER_SLACK};
 use group_commit::{BatchLimits, GroupCommit, LocalError};
+use room::Room;
 
 /// Why a write has no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +59,10 @@ pub enum WriteError {
     /// before it was proposed); the client may retry later.
     #[error("not applied: {0}")]
     NotApplied(String),
+    /// The write was not applied: it would add data and the leader's disk is short of its
+    /// reserve ([`room`]).
+    #[error("no room: {0}")]
+    NoRoom(String),
 }
 
 /// How the write path is tuned (from the config's `write_timeout_ms` and `[batch]`).
@@ -77,6 +85,8 @@ enum Attempt {
     Unknown(String),
     /// Certainly not applied, and retrying now would not help: tell the client.
     Refused(String),
+    /// Certainly not applied: no room on the leader's disk ([`room`]).
+    NoRoom(String),
 }
 
 impl Attempt {
@@ -97,6 +107,7 @@ impl Attempt {
             Ok(ForwardReply::NotLeader) => (Attempt::Retry, Some("not_leader")),
             Ok(ForwardReply::Unknown(e)) => (Attempt::Unknown(e), Some("outcome_unknown")),
             Ok(ForwardReply::NotApplied(e)) => (Attempt::Refused(e), Some("not_applied")),
+            Ok(ForwardReply::NoRoom(e)) => (Attempt::NoRoom(e), Some("no_room")),
             Err(PeerError::NotSent(_)) => (Attempt::Retry, Some("not_sent")),
             Err(PeerError::MaybeSent(e)) => (
                 Attempt::Unknown(format!("forwarding to the leader failed: {e}")),
@@ -114,6 +125,8 @@ pub struct Writer {
     forwarder: Forwarder,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// `None`: no reserve is kept (tests of the write path alone).
+    room: Option<Arc<Room>>,
 }
 
 impl Writer {
@@ -135,7 +148,20 @@ impl Writer {
             cluster,
             timeout: settings.timeout,
             metrics,
+            room: None,
         }
+    }
+
+    /// Refuse, as leader, the writes that grow the store while `room` says the disk is
+    /// short of its reserve.
+    pub fn with_room(mut self, room: Room) -> Self {
+        self.room = Some(Arc::new(room));
+        self
+    }
+
+    /// [`Room::admit`], when a reserve is kept.
+    fn admit(&self, cmd: &Command) -> Result<(), String> {
+        self.room.as_ref().map_or(Ok(()), |room| room.admit(cmd))
     }
 
     /// A write received from a client: run it on the leader, wherever that is.
@@ -144,7 +170,10 @@ impl Writer {
         let mut leaders = self.cluster.watch_leader(deadline);
         while let Some(leader) = leaders.next().await {
             let attempt = match leader {
-                Leader::Me => Attempt::local(self.group_commit.submit(cmd.clone(), deadline).await),
+                Leader::Me => match self.admit(&cmd) {
+                    Ok(()) => Attempt::local(self.group_commit.submit(cmd.clone(), deadline).await),
+                    Err(why) => Attempt::NoRoom(why),
+                },
                 Leader::At(addr) => {
                     self.metrics.forwarded.with_label_values(&["write"]).inc();
                     tracing::debug!(leader = %addr, "forwarding write to the leader");
@@ -170,6 +199,7 @@ impl Writer {
                 Attempt::Done(res) => return Ok(res),
                 Attempt::Unknown(e) => return Err(WriteError::Unknown(e)),
                 Attempt::Refused(e) => return Err(WriteError::NotApplied(e)),
+                Attempt::NoRoom(e) => return Err(WriteError::NoRoom(e)),
                 Attempt::Retry => {}
             }
         }
@@ -190,6 +220,9 @@ impl Writer {
             let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
+                if let Err(why) = self.admit(&w.cmd) {
+                    return ForwardReply::NoRoom(why);
+                }
                 match self.group_commit.submit(w.cmd, deadline).await {
                     Ok(res) => ForwardReply::Applied(res),
                     Err(LocalError::NotLeader) => ForwardReply::NotLeader,

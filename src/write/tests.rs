@@ -26,6 +26,7 @@ forward unknown               => unknown: leadership lost [outcome_unknown]
 forward not-sent              => retry [not_sent]
 forward maybe-sent            => unknown: forwarding to the leader failed: reset [maybe_sent]
 forward not-applied           => refused: too many writes waiting [not_applied]
+forward no-room               => no room: the leader's disk is full [no_room]
 
 # openraft's answer for a batch of two commands, as each command sees it. A truncated
 # entry answers ForwardToLeader, exactly as "refused before proposing" does, and may still
@@ -50,6 +51,7 @@ fn render(a: &Attempt) -> String {
         Attempt::Retry => "retry".into(),
         Attempt::Unknown(e) => format!("unknown: {e}"),
         Attempt::Refused(e) => format!("refused: {e}"),
+        Attempt::NoRoom(e) => format!("no room: {e}"),
     }
 }
 
@@ -86,6 +88,7 @@ async fn run(input: &str) -> String {
                 "not-sent" => Err(PeerError::NotSent("refused".into())),
                 "maybe-sent" => Err(PeerError::MaybeSent("reset".into())),
                 "not-applied" => Ok(ForwardReply::NotApplied("too many writes waiting".into())),
+                "no-room" => Ok(ForwardReply::NoRoom("the leader's disk is full".into())),
                 other => panic!("unknown case {other}"),
             });
             match label {

@@ -95,8 +95,9 @@ fn etag(r: &reqwest::Response) -> Option<u64> {
 }
 
 /// Map a write's HTTP result to an outcome. 503 "No leader available", 503 "Write not
-/// applied" (dropped before it was proposed, or refused by a full queue) and refused
-/// connections are certain failures; timeouts, resets and other 5xx are unknown.
+/// applied" (dropped before it was proposed, or refused by a full queue), 507
+/// "Insufficient storage" and refused connections are certain failures; timeouts, resets
+/// and other 5xx are unknown.
 async fn write_outcome(res: Result<reqwest::Response, reqwest::Error>, value: i64) -> Outcome {
     match res {
         Ok(r) => {
@@ -114,6 +115,8 @@ async fn write_outcome(res: Result<reqwest::Response, reqwest::Error>, value: i6
                 {
                     Outcome::Fail { status }
                 }
+                // Refused before it was proposed: the leader's disk is short of its reserve.
+                507 if body.contains("Insufficient storage") => Outcome::Fail { status },
                 _ => Outcome::Unknown {
                     why: format!("{status} {body}"),
                 },
