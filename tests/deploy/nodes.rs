@@ -157,6 +157,17 @@ async fn probe_paths_answer_and_every_queried_metric_is_exported() {
     for &i in &others {
         expo.add(&http_get(&c, i, metrics).await.1).unwrap();
     }
+    // 507: a node whose write reserve is more than any disk has refuses every create.
+    let short = format!(
+        "{FAST_RAFT}[storage]\nwrite_reserve_bytes = {}\n",
+        1u64 << 60
+    );
+    let full = Cluster::start(1, &short).await;
+    let r = full
+        .create(0, json!({"cookie": "no-room", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 507, "{}", r.text);
+    expo.add(&http_get(&full, 0, metrics).await.1).unwrap();
 
     let configs: Vec<Value> = prometheus_configs().into_iter().map(|(_, v)| v).collect();
     let queries = all_queries();
