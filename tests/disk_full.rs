@@ -333,6 +333,31 @@ async fn storage_refusals(cluster: &Cluster, i: usize) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Wait until node `i` has refused `at_least` snapshot chunks for want of room, failing if
+/// it stops meanwhile or `bound` passes; returns the count.
+async fn wait_refusals(cluster: &mut Cluster, i: usize, at_least: u64, bound: Duration) -> u64 {
+    let deadline = Instant::now() + bound;
+    loop {
+        match storage_refusals(cluster, i).await {
+            Some(n) if n >= at_least => return n,
+            _ => {}
+        }
+        assert!(
+            cluster.wait_exit(i, Duration::ZERO).await.is_none(),
+            "node{} stopped while it had no room for a snapshot\n{}",
+            i + 1,
+            cluster.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "node{} refused fewer than {at_least} snapshot chunks for want of room\n{}",
+            i + 1,
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A follower comes back to a disk without room for the snapshot it must install. Its Raft
 /// core is sound and what it holds is intact, so it does not stop: it refuses the chunk that
 /// does not fit, stays up, and the other two go on. Once there is room it installs the
@@ -373,38 +398,9 @@ async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room()
         .await;
 
     cluster.spawn(2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        if let Some(n @ 1..) = storage_refusals(&cluster, 2).await {
-            break n;
-        }
-        assert!(
-            cluster.wait_exit(2, Duration::ZERO).await.is_none(),
-            "node3 stopped while it received a snapshot it had no room for\n{}",
-            cluster.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "node3 never refused a snapshot chunk for want of room\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first = wait_refusals(&mut cluster, 2, 1, Duration::from_secs(60)).await;
     // The leader retries; each try is refused, and the node stays up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while storage_refusals(&cluster, 2).await.unwrap_or(0) < first + 3 {
-        assert!(
-            cluster.wait_exit(2, Duration::ZERO).await.is_none(),
-            "node3 stopped while it waited for room for a snapshot\n{}",
-            cluster.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the leader stopped sending node3 its snapshot\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_refusals(&mut cluster, 2, first + 3, Duration::from_secs(30)).await;
     // While it waits for room: up, answering, and not stopped; the other two acknowledge
     // writes.
     let r = cluster
