@@ -93,6 +93,18 @@ pub fn space(dir: &Path) -> io::Result<Space> {
     })
 }
 
+/// Free bytes on the filesystem that holds `dir`, or `None` (logged) when they cannot be
+/// read: the callers that ask, to refuse work before the disk fills, then let the disk decide.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    match space(dir) {
+        Ok(space) => Some(space.free),
+        Err(e) => {
+            tracing::warn!("free space of {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

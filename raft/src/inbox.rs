@@ -108,13 +108,7 @@ impl SnapshotInbox {
     /// Free bytes on the disk the snapshots (and the state) are on, or `None` where that
     /// cannot be read (then nothing is refused for room: the install finds out).
     fn free(&self) -> Option<u64> {
-        match crate::durable::space(self.files.dir()) {
-            Ok(space) => Some(space.free),
-            Err(e) => {
-                tracing::warn!("free space of {}: {e}", self.files.dir().display());
-                None
-            }
-        }
+        crate::durable::free_bytes(self.files.dir())
     }
 
     /// Refuse snapshot `id` without writing while the disk lacks the room it was found
