@@ -209,9 +209,9 @@ pub struct StorageTuning {
     pub write_reserve_bytes: u64,
 }
 
-/// The default `storage.write_reserve_bytes`: four WAL segments of 16 MiB, the room a
-/// stream of deletes, the state machine's next flushes and a repack's checks need.
-pub const WRITE_RESERVE_BYTES: u64 = 64 << 20;
+/// The default `storage.write_reserve_bytes`: four WAL segments of 16 MiB, room for a
+/// stream of deletes and the state machine's next flushes while room is made.
+const WRITE_RESERVE_BYTES: u64 = 64 << 20;
 
 impl Default for StorageTuning {
     fn default() -> Self {

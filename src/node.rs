@@ -212,18 +212,14 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 regather: std::time::Duration::from_micros(cfg.batch.regather_us),
             },
             forward_inflight: cfg.batch.forward_inflight,
+            room: Room::new(cfg.data_dir.clone(), cfg.storage.write_reserve_bytes, {
+                let reader = reader.clone();
+                Box::new(move || reader.snapshot_counts().state_bytes.load(Ordering::Relaxed))
+            }),
         },
         metrics.clone(),
         &tasks,
-    )
-    .with_room(Room::new(
-        cfg.data_dir.clone(),
-        cfg.storage.write_reserve_bytes,
-        {
-            let reader = reader.clone();
-            Arc::new(move || reader.snapshot_counts().state_bytes.load(Ordering::Relaxed))
-        },
-    ));
+    );
     let reads = ReadIndex::start(
         cluster.clone(),
         ReadSettings {

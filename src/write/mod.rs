@@ -65,8 +65,8 @@ pub enum WriteError {
     NoRoom(String),
 }
 
-/// How the write path is tuned (from the config's `write_timeout_ms` and `[batch]`).
-#[derive(Debug, Clone, Copy)]
+/// How the write path is tuned (from the config's `write_timeout_ms`, `[batch]` and
+/// `storage.write_reserve_bytes`).
 pub struct WriteSettings {
     /// How long a write may wait for a leader and for its commit.
     pub timeout: Duration,
@@ -74,6 +74,8 @@ pub struct WriteSettings {
     pub batch: BatchLimits,
     /// Forwarding requests to the leader in flight at once.
     pub forward_inflight: usize,
+    /// Whether, as leader, a write that grows the store may be proposed ([`room`]).
+    pub room: Room,
 }
 
 /// What one attempt at a write came to.
@@ -125,8 +127,7 @@ pub struct Writer {
     forwarder: Forwarder,
     timeout: Duration,
     metrics: Arc<Metrics>,
-    /// `None`: no reserve is kept (tests of the write path alone).
-    room: Option<Arc<Room>>,
+    room: Arc<Room>,
 }
 
 impl Writer {
@@ -148,20 +149,8 @@ impl Writer {
             cluster,
             timeout: settings.timeout,
             metrics,
-            room: None,
+            room: Arc::new(settings.room),
         }
-    }
-
-    /// Refuse, as leader, the writes that grow the store while `room` says the disk is
-    /// short of its reserve.
-    pub fn with_room(mut self, room: Room) -> Self {
-        self.room = Some(Arc::new(room));
-        self
-    }
-
-    /// [`Room::admit`], when a reserve is kept.
-    fn admit(&self, cmd: &Command) -> Result<(), String> {
-        self.room.as_ref().map_or(Ok(()), |room| room.admit(cmd))
     }
 
     /// A write received from a client: run it on the leader, wherever that is.
@@ -170,7 +159,7 @@ impl Writer {
         let mut leaders = self.cluster.watch_leader(deadline);
         while let Some(leader) = leaders.next().await {
             let attempt = match leader {
-                Leader::Me => match self.admit(&cmd) {
+                Leader::Me => match self.room.admit(&cmd) {
                     Ok(()) => Attempt::local(self.group_commit.submit(cmd.clone(), deadline).await),
                     Err(why) => Attempt::NoRoom(why),
                 },
@@ -220,7 +209,7 @@ impl Writer {
             let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
-                if let Err(why) = self.admit(&w.cmd) {
+                if let Err(why) = self.room.admit(&w.cmd) {
                     return ForwardReply::NoRoom(why);
                 }
                 match self.group_commit.submit(w.cmd, deadline).await {

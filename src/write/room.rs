@@ -20,7 +20,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cookie_raft::Command;
@@ -36,7 +35,7 @@ pub struct Room {
     reserve: u64,
     /// The uncompressed bytes of the last snapshot this node built (0 before one): the
     /// next build needs about that much, at most.
-    snapshot_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
+    snapshot_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
     epoch: Instant,
     /// When `free` was read, in milliseconds since `epoch` plus one (0: never).
     sampled_ms: AtomicU64,
@@ -47,7 +46,7 @@ impl Room {
     pub fn new(
         dir: PathBuf,
         reserve: u64,
-        snapshot_bytes: Arc<dyn Fn() -> u64 + Send + Sync>,
+        snapshot_bytes: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> Self {
         Room {
             dir,
@@ -67,17 +66,10 @@ impl Room {
         if sampled != 0 && now - sampled.min(now) < SAMPLE_EVERY.as_millis() as u64 {
             return Some(self.free.load(Ordering::Relaxed));
         }
-        match cookie_raft::durable::space(&self.dir) {
-            Ok(space) => {
-                self.free.store(space.free, Ordering::Relaxed);
-                self.sampled_ms.store(now, Ordering::Relaxed);
-                Some(space.free)
-            }
-            Err(e) => {
-                tracing::warn!("free space of {}: {e}", self.dir.display());
-                None
-            }
-        }
+        let free = cookie_raft::durable::free_bytes(&self.dir)?;
+        self.free.store(free, Ordering::Relaxed);
+        self.sampled_ms.store(now, Ordering::Relaxed);
+        Some(free)
     }
 
     /// `Err` with the reason when `cmd` would grow the store and the disk is short of its
@@ -109,7 +101,7 @@ mod tests {
 
     fn room(reserve: u64, snapshot: u64) -> Room {
         let dir = std::env::temp_dir();
-        Room::new(dir, reserve, Arc::new(move || snapshot))
+        Room::new(dir, reserve, Box::new(move || snapshot))
     }
 
     fn create() -> Command {
