@@ -203,7 +203,7 @@ pub struct StorageTuning {
     /// and roll more often (a roll syncs the old file, the new one and the directory).
     pub wal_segment_bytes: u64,
     /// As leader, refuse creates and updates (507) while the data directory's filesystem has
-    /// less than this many bytes free, plus the last snapshot's size (`write::room`): deletes,
+    /// less than this many bytes free beyond what it has yet to write (`write::room`): deletes,
     /// reads, snapshots and log purges go on, so the cluster stays up and room can be made
     /// through the API. 0: never refuse (a full disk then stops the node).
     pub write_reserve_bytes: u64,

@@ -7,7 +7,6 @@
 //! This is the composition root: the only module that knows every layer, and the one
 //! place where the layers are wired to each other.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,7 +213,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             forward_inflight: cfg.batch.forward_inflight,
             room: Room::new(cfg.data_dir.clone(), cfg.storage.write_reserve_bytes, {
                 let reader = reader.clone();
-                Box::new(move || reader.snapshot_counts().state_bytes.load(Ordering::Relaxed))
+                Box::new(move || reader.disk_due())
             }),
         },
         metrics.clone(),

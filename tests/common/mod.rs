@@ -357,6 +357,15 @@ impl Cluster {
         None
     }
 
+    /// Panic, with `why` and the logs, if any of `nodes` has exited by itself.
+    pub async fn assert_running(&mut self, nodes: impl IntoIterator<Item = usize>, why: &str) {
+        for i in nodes {
+            if let Some(status) = self.wait_exit(i, Duration::ZERO).await {
+                panic!("node{} stopped ({status}): {why}\n{}", i + 1, self.logs());
+            }
+        }
+    }
+
     /// Wait up to `timeout` for node `i`'s process to exit by itself: its exit status, or
     /// `None` when it is still running (it is left running) or was not. It looks at least
     /// once, so a zero `timeout` asks whether it has exited.

@@ -109,6 +109,11 @@ impl Layer {
         self.since.get_or_insert_with(Instant::now);
     }
 
+    /// The bytes of the rows it holds, and 64 for each.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub(super) fn rows(&self) -> usize {
         self.cookies.len() + self.keys.len()
     }

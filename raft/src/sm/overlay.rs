@@ -523,6 +523,12 @@ impl Overlay {
         });
     }
 
+    /// Bytes of the rows applied but not yet written to `sm.redb` (the layers').
+    pub(crate) fn unflushed_bytes(&self) -> u64 {
+        self.db
+            .read(|c| c.active.bytes() + c.frozen.as_ref().map_or(0, |f| f.bytes())) as u64
+    }
+
     pub(crate) fn stats(&self) -> FlushStats {
         let p = self.progress();
         FlushStats {

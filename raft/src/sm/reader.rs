@@ -110,6 +110,19 @@ impl StoreReader {
         &self.snapshots
     }
 
+    /// Disk this state machine will take that its filesystem does not show yet: the writes
+    /// of its unflushed layers to `sm.redb` (at most twice their rows' bytes, as for an
+    /// install: redb writes whole pages, copy on write) and its next snapshot build (about
+    /// the size of the last one, written before that one is removed). A node that refuses
+    /// work for room counts these, or the layers' next flush fills the disk it thought had
+    /// room (up to 4 x 16 MiB of them wait in memory).
+    pub fn disk_due(&self) -> u64 {
+        self.overlay
+            .unflushed_bytes()
+            .saturating_mul(super::snapshot::INSTALL_ROOM_FACTOR)
+            .saturating_add(self.snapshots.state_bytes.load(Ordering::Relaxed))
+    }
+
     /// What the thread that writes applied changes to `sm.redb` has done.
     pub fn flush_stats(&self) -> super::overlay::FlushStats {
         self.overlay.stats()
@@ -266,6 +279,28 @@ mod tests {
     fn open(dir: &Path) -> StateMachine {
         let identity = Arc::new(Identity::new(1, 0x11, false));
         StateMachine::open(dir, Arc::new(Cache::new(Default::default())), identity).unwrap()
+    }
+
+    /// `disk_due` counts what is applied but not yet in `sm.redb`, twice over, and the next
+    /// snapshot build; the layers' part goes once they are written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_due_counts_changes_not_yet_written_and_the_next_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let r = sm.reader();
+        assert_eq!(r.disk_due(), 0);
+        // 200 records: under every flush threshold but age (1 s), and this takes less.
+        create(&mut sm, (1, 200, 100)).await;
+        let unflushed = sm.overlay.unflushed_bytes();
+        // Each row is its id (`id-1-00000`), its stored JSON and 64 bytes of overhead.
+        assert!(unflushed >= 200 * (10 + 64), "{unflushed}");
+        assert_eq!(r.disk_due(), 2 * unflushed);
+        r.snapshot_counts()
+            .state_bytes
+            .store(5000, Ordering::Relaxed);
+        assert_eq!(r.disk_due(), 2 * unflushed + 5000);
+        sm.overlay.flush_all().unwrap();
+        assert_eq!(r.disk_due(), 5000);
     }
 
     /// Apply `n` creates of about `pad` bytes each as the entry at `index`.

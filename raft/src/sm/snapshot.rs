@@ -59,7 +59,7 @@ pub fn install_room(row_bytes: u64) -> u64 {
 }
 
 /// [`install_room`]: bytes of `sm.redb` per byte of rows, at most.
-const INSTALL_ROOM_FACTOR: u64 = 2;
+pub(super) const INSTALL_ROOM_FACTOR: u64 = 2;
 /// [`install_room`]: an empty `sm.redb`'s size, and then some.
 const INSTALL_ROOM_BASE: u64 = 4 << 20;
 
