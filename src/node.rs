@@ -198,6 +198,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         "election counter",
         metrics.clone().count_elections(raft.clone()),
     );
+    let monitor = Monitor::default();
     let writer = Writer::start(
         cluster.clone(),
         WriteSettings {
@@ -211,10 +212,18 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 regather: std::time::Duration::from_micros(cfg.batch.regather_us),
             },
             forward_inflight: cfg.batch.forward_inflight,
-            room: Room::new(cfg.data_dir.clone(), cfg.storage.write_reserve_bytes, {
-                let reader = reader.clone();
-                Box::new(move || reader.disk_due())
-            }),
+            room: Room::new(
+                cfg.data_dir.clone(),
+                cfg.storage.write_reserve_bytes,
+                {
+                    let reader = reader.clone();
+                    Box::new(move || reader.disk_due())
+                },
+                {
+                    let monitor = monitor.clone();
+                    Box::new(move || monitor.voters_short_of_room())
+                },
+            ),
         },
         metrics.clone(),
         &tasks,
@@ -260,7 +269,6 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
     tasks.spawn("join", join::run(cluster.clone(), cfg.clone()));
     tasks.spawn("identity registrar", identity::run(cluster.clone()));
-    let monitor = Monitor::default();
     tasks.spawn(
         "health monitor",
         monitor.clone().run(

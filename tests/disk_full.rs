@@ -363,8 +363,12 @@ async fn wait_refusals(cluster: &mut Cluster, i: usize, at_least: u64, bound: Du
 async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room() {
     // A snapshot every 500 entries, 50 kept behind it: a node away for 3,000 writes can only
     // be caught up by a snapshot, of about 2 MB (the records compress to 60%).
-    let extra =
-        format!("{FAST_RAFT}snapshot_logs = 500\nkeep_logs_after_snapshot = 50\n{SMALL_SEGMENTS}");
+    // No reserve: with one, node3 would report its disk short and the leader would refuse
+    // creates until it had room (`a_follower_short_of_its_reserve_...`); here the inbox alone must
+    // keep it up, as it must when its disk runs short between two reports.
+    let extra = format!(
+        "{FAST_RAFT}snapshot_logs = 500\nkeep_logs_after_snapshot = 50\n{SMALL_SEGMENTS}{NO_RESERVE}"
+    );
     let mut cluster = Cluster::configure(3, &extra);
     // Room for the snapshot's install once the filler is gone (the state machine holds the
     // records uncompressed).
@@ -434,6 +438,49 @@ async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room()
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }
 
+/// Let `writers` run until 3 s past their first 507 for room: through several flushes of
+/// the state machine (one a second at this rate), each of which takes disk the free space
+/// did not show before, and the writes let through after each, until the disk sits at its
+/// reserve. Fails if a node stops meanwhile, or nothing is refused in 60 s.
+async fn write_past_refusals(cluster: &mut Cluster, writers: &Writers) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first_refusal = None;
+    while first_refusal.is_none_or(|at: Instant| at.elapsed() < Duration::from_secs(3)) {
+        cluster
+            .assert_running(0..3, "its disk filled under the reserve")
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "no create was refused for room in 60 s\n{}",
+            cluster.logs()
+        );
+        if first_refusal.is_none() && writers.no_room.load(Ordering::Relaxed) > 0 {
+            first_refusal = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Create `id` through node `i`, retrying 507s for up to 10 s: the leader reads its own room
+/// again for every write this near its reserve, but hears of a voter's at its next health
+/// check (`health_check_interval_ms`).
+async fn create_once_there_is_room(cluster: &Cluster, i: usize, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = cluster.create(i, json!({"cookie": id, "user_id": 1})).await;
+        if r.status == 201 {
+            return;
+        }
+        assert_eq!(r.status, 507, "{}", r.text);
+        assert!(
+            Instant::now() < deadline,
+            "still refused with room: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every node of three on a small disk with a reserve: once the leader's disk is short of
 /// it, creates and updates are refused with 507 (through a follower too) and nothing
 /// stops; reads and deletes go on; with room, creates are taken again, and every
@@ -460,25 +507,7 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0, 1, 2], "r", &acked);
-    // Writers go on for 3 s after the first refusal: through several flushes of the state
-    // machine (one a second at this rate), each of which takes disk the free space did not
-    // show before, and the writes let through after each, until the disk sits at the reserve.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut first_refusal = None;
-    while first_refusal.is_none_or(|at: Instant| at.elapsed() < Duration::from_secs(3)) {
-        cluster
-            .assert_running(0..3, "its disk filled under the reserve")
-            .await;
-        assert!(
-            Instant::now() < deadline,
-            "no create was refused for room in 60 s\n{}",
-            cluster.logs()
-        );
-        if first_refusal.is_none() && writers.no_room.load(Ordering::Relaxed) > 0 {
-            first_refusal = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    write_past_refusals(&mut cluster, &writers).await;
     let writers_refused = writers.no_room.load(Ordering::Relaxed);
     writers.stop().await;
     let acked_now = acked.lock().unwrap().clone();
@@ -535,12 +564,7 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
     for disk in &disks {
         disk.make_room();
     }
-    // Near its reserve the leader reads the room again for every write: the first create
-    // after room is made is taken.
-    let r = cluster
-        .create(follower, json!({"cookie": "after-room", "user_id": 1}))
-        .await;
-    assert_eq!(r.status, 201, "a create with room again: {}", r.text);
+    create_once_there_is_room(&cluster, follower, "after-room").await;
     let mut want = acked.lock().unwrap().clone();
     for id in &gone {
         want.remove(id);
@@ -556,6 +580,70 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
             "node{} still holds a deleted record",
             i + 1
         );
+    }
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// A follower on a small disk, the other two with room: the leader refuses creates once
+/// that voter reports its disk short of its reserve (`/health`'s `disk_short`), so it does
+/// not fill and stop; with room there, creates are taken again, and every acknowledged one
+/// is on every node. Without the reports, node3 filled its disk and stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_short_of_its_reserve_stops_what_grows_the_store_before_its_disk_fills() {
+    // Health checks every 100 ms: what node3 takes before the leader hears of it must fit
+    // in the 600 KiB between the reserve and the room it starts with.
+    let extra = format!(
+        "health_check_interval_ms = 100\n{FAST_RAFT}{SMALL_SEGMENTS}write_reserve_bytes = {}\n",
+        600 << 10
+    );
+    let mut cluster = Cluster::configure(3, &extra);
+    let Some(disk) = small_disk(&cluster, 2, 6 << 20) else {
+        return;
+    };
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    let acked: Acked = Arc::default();
+    let writers = Writers::start(&cluster, &[0, 1], "r", &acked);
+    write_past_refusals(&mut cluster, &writers).await;
+    writers.stop().await;
+
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let r = cluster
+        .create(leader, json!({"cookie": "late", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 507, "a create through the leader: {}", r.text);
+    let error = r.json["error"].as_str().unwrap_or_default();
+    // node1 founds the cluster and leads it but for a rare election; node3 leading
+    // refuses by its own room.
+    let why = if leader == 2 {
+        "the leader's disk"
+    } else {
+        "disk short of its reserve on node3"
+    };
+    assert!(
+        error.starts_with("Insufficient storage") && error.contains(why),
+        "{error}"
+    );
+    let health = cluster.health(2).await.expect("node3 answers");
+    assert_eq!(health["disk_short"], true, "{health}");
+    let info = cluster.cluster_info(leader).await;
+    assert!(
+        info["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["disk_short"] == (leader != 2))),
+        "/cluster's peers: {info}"
+    );
+
+    disk.make_room();
+    create_once_there_is_room(&cluster, leader, "after-room").await;
+    cluster.assert_running(0..3, "it had room again").await;
+    let mut want = acked.lock().unwrap().clone();
+    want.insert("after-room".to_owned());
+    for i in 0..3 {
+        expect_all_present(&cluster, i, &want).await;
     }
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }

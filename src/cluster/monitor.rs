@@ -2,12 +2,14 @@
 //! - peer health: a periodic `GET /health` of every other member, remembering whether it
 //!   answered, when it last did, and the role, term and applied index it last reported.
 //!   `/cache` reports it as `cluster_status.node_health`, `/metrics` as
-//!   `raft_peer_reachable`, `/cluster` as `peers`;
+//!   `raft_peer_reachable`, `/cluster` as `peers`. Voters that report their disks short of
+//!   their reserve are remembered for the write path ([`Monitor::voters_short_of_room`]);
 //! - leader changes: the last [`LEADER_HISTORY`] leaders this node learned of, one per
 //!   term, from openraft's metrics. `/cluster` reports them as `leader_changes` (the status
 //!   page shows them).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ pub struct PeerHealth {
     pub role: Option<String>,
     pub term: Option<u64>,
     pub last_applied: Option<u64>,
+    /// Whether it said its disk is short of its reserve (`disk_short`, `write::room`).
+    pub disk_short: bool,
 }
 
 /// How many leader changes [`Monitor::leader_changes`] remembers.
@@ -51,6 +55,10 @@ pub struct LeaderChange {
 pub struct Monitor {
     peers: Arc<Mutex<BTreeMap<NodeId, PeerHealth>>>,
     leaders: Arc<Mutex<VecDeque<LeaderChange>>>,
+    /// Whether a voter's last answer said its disk is short of its reserve, and which
+    /// ([`voters_short_of_room`]): read by every write the leader takes, so a flag first.
+    voters_short: Arc<AtomicBool>,
+    short_why: Arc<Mutex<Option<String>>>,
 }
 
 impl Monitor {
@@ -100,6 +108,18 @@ impl Monitor {
         }
     }
 
+    /// Why, when a voter's last health check said its disk is short of its reserve
+    /// ([`voters_short_of_room`]); up to a health check interval old.
+    pub fn voters_short_of_room(&self) -> Option<String> {
+        if !self.voters_short.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.short_why
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A snapshot of every peer's health.
     pub fn snapshot(&self) -> BTreeMap<NodeId, PeerHealth> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -125,6 +145,7 @@ impl Monitor {
                 role: None,
                 term: None,
                 last_applied: None,
+                disk_short: false,
             });
             entry.name = m.name;
             entry.ok = res.is_ok();
@@ -133,8 +154,17 @@ impl Monitor {
                 entry.role = h["role"].as_str().map(str::to_owned);
                 entry.term = h["term"].as_u64();
                 entry.last_applied = h["last_applied"].as_u64();
+                entry.disk_short = h["disk_short"].as_bool().unwrap_or(false);
             }
         }
+        let voters: Vec<NodeId> = {
+            let m = cluster.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let short = voters_short_of_room(&voters, &map);
+        self.voters_short.store(short.is_some(), Ordering::Relaxed);
+        *self.short_why.lock().unwrap_or_else(|e| e.into_inner()) = short;
     }
 
     /// [`Monitor::check_once`] every `interval`, each check bounded by `timeout`, and the
@@ -152,9 +182,72 @@ impl Monitor {
     }
 }
 
+/// Why, when a voter's last health check said its disk is short of its reserve: then the
+/// leader refuses writes that grow the store (`write::room`). A voter whose disk fills
+/// stops, and the disks of a cluster fill together: letting the first short one fill (and
+/// stop) while a majority still had room measured worse than refusing at once (a second
+/// follower of `tests/disk_full.rs` filled and stopped before the leader heard it was
+/// short too), and etcd, too, refuses puts cluster-wide once one member raises `NOSPACE`.
+/// The price: one small disk stops creates and updates for the whole cluster until it has
+/// room (the alerts say which node). A voter that does not answer is not counted (it takes
+/// no writes); a learner's report does not count (it is not needed for a majority).
+pub fn voters_short_of_room(
+    voters: &[NodeId],
+    peers: &BTreeMap<NodeId, PeerHealth>,
+) -> Option<String> {
+    let short: Vec<&str> = voters
+        .iter()
+        .filter_map(|id| peers.get(id).filter(|h| h.ok && h.disk_short))
+        .map(|h| h.name.as_str())
+        .collect();
+    (!short.is_empty()).then(|| format!("disk short of its reserve on {}", short.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(id: NodeId, ok: bool, disk_short: bool) -> (NodeId, PeerHealth) {
+        let health = PeerHealth {
+            name: format!("node{id}"),
+            ok,
+            last_seen: None,
+            role: None,
+            term: None,
+            last_applied: None,
+            disk_short,
+        };
+        (id, health)
+    }
+
+    #[test]
+    fn writes_stop_for_room_when_a_voter_that_answers_is_short_of_it() {
+        let three = [1, 2, 3];
+        let peers = |p: &[(NodeId, bool, bool)]| -> BTreeMap<NodeId, PeerHealth> {
+            p.iter()
+                .map(|&(id, ok, short)| peer(id, ok, short))
+                .collect()
+        };
+        assert_eq!(
+            voters_short_of_room(&three, &peers(&[(2, true, false), (3, true, false)])),
+            None
+        );
+        assert_eq!(
+            voters_short_of_room(&three, &peers(&[(2, true, false), (3, true, true)])).as_deref(),
+            Some("disk short of its reserve on node3")
+        );
+        assert_eq!(
+            voters_short_of_room(&three, &peers(&[(2, true, true), (3, true, true)])).as_deref(),
+            Some("disk short of its reserve on node2, node3")
+        );
+        // A silent voter's last report is not trusted either way; a learner's does not count.
+        assert_eq!(
+            voters_short_of_room(&three, &peers(&[(2, false, true), (3, true, false)])),
+            None
+        );
+        let with_learner = peers(&[(2, true, false), (3, true, false), (4, true, true)]);
+        assert_eq!(voters_short_of_room(&three, &with_learner), None);
+    }
 
     fn change(term: u64, leader_id: NodeId) -> LeaderChange {
         LeaderChange {

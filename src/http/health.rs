@@ -26,6 +26,9 @@ pub async fn health(State(state): State<Shared>) -> Response {
         "leader": leader.map(|l| state.cluster.node_name(l)),
         "term": term,
         "last_applied": state.reader.applied_index(),
+        // Whether this node's disk is short of its reserve (`write::room`): the leader
+        // refuses creates and updates while a voter says so.
+        "disk_short": state.writer.room().short(),
     }))
     .into_response()
 }
@@ -73,7 +76,7 @@ fn peers(state: &Shared) -> Vec<serde_json::Value> {
             json!({
                 "id": id, "name": h.name, "status": if h.ok { "ok" } else { "error" },
                 "last_seen": h.last_seen, "role": h.role, "term": h.term,
-                "last_applied": h.last_applied,
+                "last_applied": h.last_applied, "disk_short": h.disk_short,
             })
         })
         .collect()

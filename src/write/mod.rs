@@ -153,6 +153,11 @@ impl Writer {
         }
     }
 
+    /// The room on this node's disk, as the reserve sees it.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
     /// A write received from a client: run it on the leader, wherever that is.
     pub async fn write(&self, cmd: Command, request_id: &str) -> Result<CmdResult, WriteError> {
         let deadline = Instant::now() + self.timeout;

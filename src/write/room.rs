@@ -12,9 +12,16 @@
 //! applied, and a refusal, which says "not applied", would then be a lie (api.md, 11). The
 //! reserve leaves room for them; a disk that fills all the same stops the node as before.
 //!
-//! Only the leader decides, before proposing: whether a write is refused must not depend on
-//! a follower's disk, and a follower forwards every write anyway. A follower's own disk is
-//! as full as the leader's, give or take a snapshot, so the leader's reserve shields it too.
+//! Only the leader decides, before proposing, so a write's fate does not hang on which node
+//! received it; a follower forwards every write anyway. But a follower's disk may be
+//! smaller than the leader's, or fuller (a snapshot, a slower flush), and a voter whose disk
+//! fills stops. So every node reports on `/health` whether its own disk is short of its own
+//! reserve (`disk_short`), and the leader refuses as well while a voter's last report said
+//! so ([`voters_short_of_room`](crate::cluster::monitor::voters_short_of_room) says why not
+//! only a majority's), as etcd refuses puts cluster-wide once one member raises `NOSPACE`.
+//! The leader hears within a health check interval (`health_check_interval_ms`, 2 s): the
+//! reserve must hold what a follower takes meanwhile (at 10,000 creates a second of 1 KiB,
+//! about 60 MB).
 //!
 //! What counts is the free space less what this node will write that the filesystem does
 //! not show yet ([`StoreReader::disk_due`](cookie_raft::sm::StoreReader::disk_due)): applied
@@ -45,6 +52,9 @@ pub struct Room {
     /// Bytes the node will write that the filesystem does not show yet (the state
     /// machine's [`disk_due`](cookie_raft::sm::StoreReader::disk_due)).
     due: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Why, when a voter reported its disk short of its reserve
+    /// ([`Monitor::voters_short_of_room`](crate::cluster::monitor::Monitor::voters_short_of_room)).
+    short_voters: Box<dyn Fn() -> Option<String> + Send + Sync>,
     epoch: Instant,
     /// When `room` was read, in milliseconds since `epoch` plus one (0: never).
     sampled_ms: AtomicU64,
@@ -53,11 +63,17 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn new(dir: PathBuf, reserve: u64, due: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        reserve: u64,
+        due: Box<dyn Fn() -> u64 + Send + Sync>,
+        short_voters: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    ) -> Self {
         Room {
             dir,
             reserve,
             due,
+            short_voters,
             epoch: Instant::now(),
             sampled_ms: AtomicU64::new(0),
             room: AtomicU64::new(0),
@@ -83,20 +99,33 @@ impl Room {
         Some(room)
     }
 
-    /// `Err` with the reason when `cmd` would grow the store and the disk is short of its
-    /// reserve.
+    /// Whether this node's own disk is short of its reserve (never with the reserve off).
+    pub fn short(&self) -> bool {
+        self.reserve != 0 && self.room().is_some_and(|room| room < self.reserve)
+    }
+
+    /// `Err` with the reason when `cmd` would grow the store and this node's disk, or a
+    /// voter's, is short of its reserve. The voters' reports count even where this node
+    /// keeps no reserve of its own: theirs is their configuration.
     pub fn admit(&self, cmd: &Command) -> Result<(), String> {
-        if self.reserve == 0 || !grows(cmd) {
+        if !grows(cmd) {
             return Ok(());
         }
-        match self.room() {
-            Some(room) if room < self.reserve => Err(format!(
-                "the leader's disk has {room} bytes free, less what it has yet to write, \
-                 under its reserve of {} (storage.write_reserve_bytes); deletes still go \
-                 through",
-                self.reserve
+        if self.reserve != 0 {
+            if let Some(room) = self.room().filter(|room| *room < self.reserve) {
+                return Err(format!(
+                    "the leader's disk has {room} bytes free, less what it has yet to \
+                     write, under its reserve of {} (storage.write_reserve_bytes); deletes \
+                     still go through",
+                    self.reserve
+                ));
+            }
+        }
+        match (self.short_voters)() {
+            Some(why) => Err(format!(
+                "{why} (storage.write_reserve_bytes); deletes still go through"
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }
@@ -112,7 +141,7 @@ mod tests {
 
     fn room(reserve: u64, due: u64) -> Room {
         let dir = std::env::temp_dir();
-        Room::new(dir, reserve, Box::new(move || due))
+        Room::new(dir, reserve, Box::new(move || due), Box::new(|| None))
     }
 
     fn create() -> Command {
@@ -156,5 +185,29 @@ mod tests {
         // Room enough, or the check off.
         assert_eq!(room(1, 0).admit(&create()), Ok(()));
         assert_eq!(room(0, u64::MAX).admit(&create()), Ok(()));
+        assert!(!room(1, 0).short());
+        assert!(room(free + (1 << 30), 0).short());
+        assert!(!room(0, u64::MAX).short());
+    }
+
+    #[test]
+    fn a_voter_short_of_its_reserve_stops_what_grows_the_store_even_with_room_here() {
+        let voter = Room::new(
+            std::env::temp_dir(),
+            0,
+            Box::new(|| 0),
+            Box::new(|| Some("disk short of its reserve on node3".into())),
+        );
+        let refused = voter.admit(&create()).unwrap_err();
+        assert!(
+            refused.starts_with("disk short of its reserve on node3"),
+            "{refused}"
+        );
+        let delete = Command::Delete {
+            id: "a".into(),
+            if_match: None,
+        };
+        assert_eq!(voter.admit(&delete), Ok(()));
+        assert!(!voter.short(), "its own disk is not short");
     }
 }
