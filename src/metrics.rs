@@ -65,6 +65,7 @@ pub struct Metrics {
     data_dir_bytes: IntGauge,
     data_dir_free_bytes: IntGauge,
     data_dir_capacity_bytes: IntGauge,
+    data_dir_short_of_reserve: IntGauge,
     /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
     sm_flushes: IntCounter,
     sm_flush_failures: IntCounter,
@@ -230,6 +231,7 @@ impl Metrics {
             data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots"),
             data_dir_free_bytes: int_gauge(&r, "data_dir_free_bytes", "Bytes free to this node on the filesystem holding its data directory: at 0 its writes fail and the node stops"),
             data_dir_capacity_bytes: int_gauge(&r, "data_dir_capacity_bytes", "Size of the filesystem holding the data directory"),
+            data_dir_short_of_reserve: int_gauge(&r, "data_dir_short_of_reserve", "1 while this node's disk has less free than storage.write_reserve_bytes beyond what it has yet to write: the leader refuses creates and updates while its own or a voter's is"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             snapshot_state_bytes: int_gauge(&r, "raft_snapshot_state_bytes", "Uncompressed bytes of the last snapshot this node built (0 until it builds one): the state a build reads"),
             log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
@@ -403,6 +405,11 @@ impl Metrics {
     pub fn set_data_dir_space(&self, space: cookie_raft::durable::Space) {
         self.data_dir_free_bytes.set(space.free as i64);
         self.data_dir_capacity_bytes.set(space.total as i64);
+    }
+
+    /// Whether this node's disk is short of its write reserve (`write::room`).
+    pub fn set_short_of_reserve(&self, short: bool) {
+        self.data_dir_short_of_reserve.set(i64::from(short));
     }
 
     pub fn set_uptime(&self, seconds: f64) {

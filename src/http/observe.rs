@@ -210,6 +210,7 @@ async fn refresh(state: &Shared) {
     if let Ok(space) = cookie_raft::durable::space(&state.cfg.data_dir) {
         m.set_data_dir_space(space);
     }
+    m.set_short_of_reserve(state.writer.room().short());
 
     let raft = &state.cluster.raft;
     let committed = raft
