@@ -96,6 +96,25 @@ fn small_disk(cluster: &Cluster, i: usize, size: u64) -> Option<Tmpfs> {
     }
 }
 
+/// Start `n` nodes with `extra` config, those in `small` on a 6-MiB disk with [`FREE`]
+/// left ([`small_disk`]); `None` where this machine cannot mount one.
+async fn start_on_small_disks(
+    n: usize,
+    extra: &str,
+    small: &[usize],
+) -> Option<(Cluster, Vec<Tmpfs>)> {
+    let mut cluster = Cluster::configure(n, extra);
+    let mut disks = Vec::new();
+    for &i in small {
+        disks.push(small_disk(&cluster, i, 6 << 20)?);
+    }
+    for i in 0..n {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    Some((cluster, disks))
+}
+
 /// Acknowledged creates, by id.
 type Acked = Arc<Mutex<BTreeSet<String>>>;
 
@@ -240,14 +259,11 @@ async fn wait_for_acks(acked: &Acked, from: usize, more: usize, bound: Duration)
 /// and once there is room again it starts, catches up and holds every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
-    let mut cluster = Cluster::configure(3, &format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}"));
-    let Some(disk) = small_disk(&cluster, 2, 6 << 20) else {
+    let extra = format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}");
+    let Some((mut cluster, disks)) = start_on_small_disks(3, &extra, &[2]).await else {
         return;
     };
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    let disk = &disks[0];
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0, 1], "w", &acked);
@@ -282,12 +298,11 @@ async fn a_node_whose_disk_fills_stops_while_the_others_go_on() {
 /// tail cut and its state machine's failed write undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
-    let mut cluster = Cluster::configure(1, &format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}"));
-    let Some(disk) = small_disk(&cluster, 0, 6 << 20) else {
+    let extra = format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}");
+    let Some((mut cluster, disks)) = start_on_small_disks(1, &extra, &[0]).await else {
         return;
     };
-    cluster.spawn(0);
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    let disk = &disks[0];
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0], "a", &acked);
@@ -492,18 +507,9 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
         "{FAST_RAFT}{SMALL_SEGMENTS}write_reserve_bytes = {}\n",
         600 << 10
     );
-    let mut cluster = Cluster::configure(3, &extra);
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        let Some(disk) = small_disk(&cluster, i, 6 << 20) else {
-            return;
-        };
-        disks.push(disk);
-    }
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    let Some((mut cluster, disks)) = start_on_small_disks(3, &extra, &[0, 1, 2]).await else {
+        return;
+    };
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0, 1, 2], "r", &acked);
@@ -596,14 +602,10 @@ async fn a_follower_short_of_its_reserve_stops_what_grows_the_store_before_its_d
         "health_check_interval_ms = 100\n{FAST_RAFT}{SMALL_SEGMENTS}write_reserve_bytes = {}\n",
         600 << 10
     );
-    let mut cluster = Cluster::configure(3, &extra);
-    let Some(disk) = small_disk(&cluster, 2, 6 << 20) else {
+    let Some((mut cluster, disks)) = start_on_small_disks(3, &extra, &[2]).await else {
         return;
     };
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    let disk = &disks[0];
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0, 1], "r", &acked);
