@@ -421,3 +421,42 @@ async fn the_page_says_so_when_its_node_cannot_be_reached() {
     assert!(banner.contains("Cannot reach this node"), "{banner}");
     assert_eq!(text_of(&dom, "updated"), "never");
 }
+
+/// A node whose disk is short of its write reserve (here: a reserve larger than any disk)
+/// shows "disk short" in its own row of its own page, and in its row of a peer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_short_of_its_reserve_shows_on_the_page() {
+    let mut c = Cluster::configure_with(3, FAST_RAFT, |i, _| {
+        if i == 2 {
+            format!("[storage]\nwrite_reserve_bytes = {}\n", 1u64 << 60)
+        } else {
+            String::new()
+        }
+    });
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_ready_all(WAIT).await;
+    // Until node1's health monitor has heard node3 say so.
+    c.wait_cluster_info(0, WAIT, |v| {
+        v["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["name"] == "node3" && p["disk_short"] == true)
+        })
+    })
+    .await;
+    for i in [0, 2] {
+        let dom = browse(&format!("{}/", c.url(i)), &["--dump-dom"]).await;
+        let members = rows(element(&dom, "tbody", "member-rows"));
+        for (tag, text) in &members {
+            let name = attr(tag, "data-member").unwrap_or_default();
+            assert_eq!(
+                text.contains("disk short"),
+                name == "node3",
+                "node{}'s page, {name}'s row: {text}",
+                i + 1
+            );
+        }
+        assert_eq!(members.len(), 3, "{dom}");
+    }
+}

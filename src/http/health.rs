@@ -146,6 +146,7 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "purged": m.purged.map(|l| l.index),
         "millis_since_quorum_ack": m.millis_since_quorum_ack,
         "replication": replication,
+        "disk_short": state.writer.room().short(),
         "peers": peers(&state),
         "leader_changes": state.monitor.leader_changes(),
     }))
