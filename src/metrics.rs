@@ -12,6 +12,7 @@
 //! descriptors, threads; Linux only) and `cookie_crud_build_info{version, commit}`, always
 //! 1: the package version and the commit `build.rs` found.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cookie_raft::{CacheStats, NodeId, Raft};
@@ -59,6 +60,7 @@ pub struct Metrics {
     snapshot_installs: IntCounter,
     snapshot_install_failures: IntCounterVec,
     snapshots_built: IntCounter,
+    snapshot_builds_postponed: IntCounter,
     /// What the snapshot policy weighs (`cluster::snapshots`).
     snapshot_state_bytes: IntGauge,
     log_bytes_since_snapshot: IntGauge,
@@ -233,6 +235,7 @@ impl Metrics {
             data_dir_capacity_bytes: int_gauge(&r, "data_dir_capacity_bytes", "Size of the filesystem holding the data directory"),
             data_dir_short_of_reserve: int_gauge(&r, "data_dir_short_of_reserve", "1 while this node's disk has less free than storage.write_reserve_bytes beyond what it has yet to write: the leader refuses creates and updates while its own or a voter's is"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
+            snapshot_builds_postponed: counter(&r, "raft_snapshot_builds_postponed_total", "Snapshot builds put off for want of disk room (the current snapshot kept, the log not purged)"),
             snapshot_state_bytes: int_gauge(&r, "raft_snapshot_state_bytes", "Uncompressed bytes of the last snapshot this node built (0 until it builds one): the state a build reads"),
             log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
@@ -351,9 +354,16 @@ impl Metrics {
     }
 
     /// Snapshots installed from a leader and built by this node so far.
-    pub fn set_snapshot_counts(&self, installed: u64, built: u64) {
-        bump(&self.snapshot_installs, installed);
-        bump(&self.snapshots_built, built);
+    pub fn set_snapshot_counts(&self, counts: &cookie_raft::sm::SnapshotCounts) {
+        bump(
+            &self.snapshot_installs,
+            counts.installed.load(Ordering::Relaxed),
+        );
+        bump(&self.snapshots_built, counts.built.load(Ordering::Relaxed));
+        bump(
+            &self.snapshot_builds_postponed,
+            counts.postponed.load(Ordering::Relaxed),
+        );
     }
 
     /// The sizes the snapshot policy weighs: the last build's state, the log since it.

@@ -68,6 +68,18 @@ impl Tmpfs {
     fn make_room(&self) {
         std::fs::remove_file(self.filler()).unwrap();
     }
+
+    /// Take all but `free` bytes of what is free now, with a second filler that
+    /// [`Tmpfs::give_back`] removes.
+    fn leave(&self, free: u64) {
+        let now = cookie_raft::durable::space(&self.at).unwrap().free;
+        let take = now.saturating_sub(free) as usize;
+        std::fs::write(self.at.join("squeeze"), vec![0x5Au8; take]).unwrap();
+    }
+
+    fn give_back(&self) {
+        std::fs::remove_file(self.at.join("squeeze")).unwrap();
+    }
 }
 
 impl Drop for Tmpfs {
@@ -84,7 +96,12 @@ const FREE: u64 = 1200 << 10;
 /// all but [`FREE`] of it taken by a filler, or `None` where this machine cannot (the test
 /// then passes, saying so).
 fn small_disk(cluster: &Cluster, i: usize, size: u64) -> Option<Tmpfs> {
-    match Tmpfs::mount(&cluster.data_dir(i), size, size - FREE) {
+    disk(cluster, i, size, size - FREE)
+}
+
+/// [`small_disk`] with `filler` bytes taken.
+fn disk(cluster: &Cluster, i: usize, size: u64, filler: u64) -> Option<Tmpfs> {
+    match Tmpfs::mount(&cluster.data_dir(i), size, filler) {
         Ok(fs) => Some(fs),
         Err(why) if std::env::var_os("COOKIE_CRUD_REQUIRE_MOUNT").is_some() => {
             panic!("disk-full tests need to mount tmpfs as root: {why}")
@@ -647,5 +664,104 @@ async fn a_follower_short_of_its_reserve_stops_what_grows_the_store_before_its_d
     for i in 0..3 {
         expect_all_present(&cluster, i, &want).await;
     }
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// A counter or gauge from node `i`'s `/metrics`, or `None` while it does not answer.
+async fn metric(cluster: &Cluster, i: usize, name: &str) -> Option<u64> {
+    let r = common::try_send(cluster.client.get(format!("{}/metrics", cluster.url(i)))).await?;
+    let prefix = format!("{name} ");
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The index of node `i`'s current snapshot (0 before one).
+async fn snapshot_index(cluster: &Cluster, i: usize) -> u64 {
+    cluster.cluster_info(i).await["snapshot"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A node whose disk has no room for its next snapshot keeps the current one and goes on
+/// taking writes (openraft stops a node whose build fails, and a build only gives disk
+/// back later); once there is room, the next build goes through. On the old code the
+/// node stopped: "when Write Snapshot(None): ... No space left on device".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() {
+    let extra = format!(
+        "{FAST_RAFT}snapshot_logs = 200\nkeep_logs_after_snapshot = 50\n{SMALL_SEGMENTS}{NO_RESERVE}"
+    );
+    let mut cluster = Cluster::configure(1, &extra);
+    let Some(disk) = disk(&cluster, 0, 32 << 20, 0) else {
+        return;
+    };
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+
+    // About 1 MB of snapshot: 1,500 records of 1,000 letters.
+    for n in 0..1500u64 {
+        let r = cluster
+            .create(
+                0,
+                json!({"cookie": format!("big-{n}"), "user_id": 1, "noise": noise(0, n)}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let built = cluster
+        .wait_cluster_info(0, Duration::from_secs(30), |v| {
+            v["snapshot"].as_u64().unwrap_or(0) >= 1000
+        })
+        .await["snapshot"]
+        .as_u64()
+        .unwrap();
+
+    // Room for the log and the state machine's next writes, not for another snapshot.
+    disk.leave(400 << 10);
+    for n in 0..300u64 {
+        let r = cluster
+            .create(0, json!({"cookie": format!("small-{n}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "small-{n}: {}\n{}", r.text, cluster.logs());
+    }
+    // The policy asks for a build within its tick (200 ms); it is put off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        cluster
+            .assert_running([0], "it had no room for its next snapshot")
+            .await;
+        let postponed = metric(&cluster, 0, "raft_snapshot_builds_postponed_total").await;
+        if postponed.is_some_and(|n| n >= 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than two builds put off in 10 s\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        snapshot_index(&cluster, 0).await,
+        built,
+        "a snapshot was built without room"
+    );
+
+    // With room, the next build goes through and the log behind it can go.
+    disk.give_back();
+    for n in 0..300u64 {
+        let r = cluster
+            .create(0, json!({"cookie": format!("after-{n}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    cluster
+        .wait_cluster_info(0, Duration::from_secs(30), |v| {
+            v["snapshot"].as_u64().unwrap_or(0) > built + 300
+        })
+        .await;
+    cluster.assert_running([0], "it had room again").await;
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }

@@ -33,6 +33,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// A build asked for that has not happened by then (it failed, or openraft dropped the
 /// request) is asked for again.
 const RETRY: Duration = Duration::from_secs(30);
+/// A build put off for want of disk room (`sm::snapshot`) is asked for again after this:
+/// each try costs a look at the free space, and a disk gets room back in its own time.
+const RETRY_POSTPONED: Duration = Duration::from_secs(1);
 
 /// The policy's settings (`[raft]`).
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +100,15 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_index = None;
     let mut last_change = Instant::now();
-    // The snapshot index when a build was last asked for, and when.
-    let mut asked: Option<(Option<u64>, Instant)> = None;
+    // The snapshot index when a build was last asked for, and when, and how many builds
+    // had been put off by then.
+    let mut asked: Option<(Option<u64>, Instant, u64)> = None;
+    let postponed = || {
+        reader
+            .snapshot_counts()
+            .postponed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     loop {
         tick.tick().await;
         if metrics.has_changed().is_err() {
@@ -116,8 +126,15 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
             last_index = last_log;
             last_change = Instant::now();
         }
-        if asked.is_some_and(|(at, when)| at == snapshot && when.elapsed() < RETRY) {
-            continue; // a build is on its way
+        if asked.is_some_and(|(at, when, put_off)| {
+            let wait = if postponed() > put_off {
+                RETRY_POSTPONED
+            } else {
+                RETRY
+            };
+            at == snapshot && when.elapsed() < wait
+        }) {
+            continue; // a build is on its way, or was put off a moment ago
         }
         let base = snapshot.unwrap_or(0);
         let entries = applied.saturating_sub(base);
@@ -147,7 +164,7 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
         if raft.trigger().snapshot().await.is_err() {
             return;
         }
-        asked = Some((snapshot, Instant::now()));
+        asked = Some((snapshot, Instant::now(), postponed()));
     }
 }
 

@@ -184,10 +184,7 @@ async fn refresh(state: &Shared) {
     let m = &state.metrics;
     m.set_cache(&state.reader.cache().stats());
     let snaps = state.reader.snapshot_counts();
-    m.set_snapshot_counts(
-        snaps.installed.load(Ordering::Relaxed),
-        snaps.built.load(Ordering::Relaxed),
-    );
+    m.set_snapshot_counts(snaps);
     m.set_flush_stats(&state.reader.flush_stats(), state.reader.applied_index());
     m.set_uptime(state.started.elapsed().as_secs_f64());
     // One walk of the data directory gives the total and each store's share.

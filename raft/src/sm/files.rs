@@ -139,9 +139,18 @@ impl SnapshotFiles {
             written: 0,
             since_sync: 0,
         };
-        write(&mut out)?;
-        let file = out.file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let staged = write(&mut out).and_then(|()| {
+            let file = out.file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(())
+        });
+        if let Err(e) = staged {
+            // A part-written file gives its room back (a full disk is the common cause).
+            if let Err(rm) = crate::durable::remove_if_present(&tmp) {
+                tracing::warn!("removing {}: {rm}", tmp.display());
+            }
+            return Err(e);
+        }
         Ok(Staged {
             name: name.to_owned(),
             len: out.written,
@@ -246,6 +255,20 @@ impl SnapshotFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staging_that_fails_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        let name = SnapshotFiles::name_for("1-10-99-0");
+        let failed = files.stage_with(&name, &mut |w| {
+            w.write_all(&[7; 4096])?;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC).into())
+        });
+        assert!(failed.is_err());
+        let left: Vec<_> = std::fs::read_dir(files.dir()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn written_files_read_back_and_leftovers_go() {

@@ -154,24 +154,48 @@ impl StateMachine {
     pub(super) async fn current_snapshot(&self) -> StResult<Option<Snapshot<TypeConfig>>> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let current = tokio::task::spawn_blocking(move || -> Result<_, BoxError> {
-            // Under the switch lock, so the file named is not replaced before it is open
-            // (once open, it stays readable even if a newer snapshot replaces it).
-            let _switch = files.switch();
-            let Some(p) = read_meta::<SnapshotPointer>(&db.get(), KEY_SNAPSHOT_FILE)? else {
-                return Ok(None);
-            };
-            let data = files.open_file(&p.file, p.len)?;
-            Ok(Some((p.meta, data)))
-        })
-        .await
-        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
+        let current = tokio::task::spawn_blocking(move || current_in(Target::of(&db, &files)))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::read_snapshot(None, &crate::io_err(e)))?;
         Ok(current.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(data),
         }))
     }
+}
+
+/// The current snapshot, as its meta and its open file; `None` before the first.
+fn current_in(at: Target<'_>) -> Result<Option<(Meta, SnapshotFile)>, BoxError> {
+    // Under the switch lock, so the file named is not replaced before it is open (once
+    // open, it stays readable even if a newer snapshot replaces it).
+    let _switch = at.files.switch();
+    let Some(p) = read_meta::<SnapshotPointer>(&at.db.get(), KEY_SNAPSHOT_FILE)? else {
+        return Ok(None);
+    };
+    let data = at.files.open_file(&p.file, p.len)?;
+    Ok(Some((p.meta, data)))
+}
+
+/// Whether `e`, or an error it was caused by, is a full disk (or quota). An `io::Error`
+/// that wraps another names, as its `source`, the source of the one it wraps, so that one
+/// is looked into too.
+fn no_room(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                || io.get_ref().is_some_and(|inner| no_room(inner))
+        })
+    })
+}
+
+/// What a build came to.
+enum Built {
+    /// A new snapshot, with the uncompressed bytes of its state.
+    New(Meta, SnapshotFile, u64),
+    /// No room on the disk for a new one: the current one, kept.
+    Kept(Meta, SnapshotFile),
 }
 
 /// Where a snapshot is made current: the state machine's database and its snapshot files.
@@ -325,15 +349,45 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // briefly (see [`super::files`]).
             let started = std::time::Instant::now();
             let read_from = db.get();
+            // A build on a disk without room for it would fail, and openraft stops on a
+            // failed build; but a build only gives disk back later (the log it lets go).
+            // So while the free space is less than the current snapshot's file, or the
+            // write runs out of room, the current snapshot is kept and the node goes on;
+            // the policy asks again a second later (`cluster::snapshots`). Without a current
+            // snapshot there is nothing to keep, and the failure stands.
+            let keep = |why: &dyn std::fmt::Display| -> Result<Built, BoxError> {
+                let Some((meta, data)) = current_in(Target::of(&db, &files))? else {
+                    return Err(format!("building a snapshot: {why}").into());
+                };
+                tracing::warn!(
+                    kept = meta.last_log_id.map_or(0, |l| l.index),
+                    "snapshot build put off: {why}"
+                );
+                Ok(Built::Kept(meta, data))
+            };
+            if let Some(p) = read_meta::<SnapshotPointer>(&read_from, KEY_SNAPSHOT_FILE)? {
+                if let Some(free) = crate::durable::free_bytes(files.dir()) {
+                    if free < p.len {
+                        return keep(&format!(
+                            "{free} bytes free, less than the current snapshot's {}",
+                            p.len
+                        ));
+                    }
+                }
+            }
             let txn = read_from.begin_read()?;
             let meta = meta_of(&txn)?;
             let registry = registry_in(&txn)?;
             let file = SnapshotFiles::name_for(&meta.snapshot_id);
             let mut counts = format::Written::default();
-            let staged = files.stage_with(&file, &mut |w| {
+            let staged = match files.stage_with(&file, &mut |w| {
                 counts = format::write_compressed(&txn, &registry, w)?;
                 Ok(())
-            })?;
+            }) {
+                Ok(staged) => staged,
+                Err(e) if no_room(&*e) => return keep(&e),
+                Err(e) => return Err(e),
+            };
             drop(txn);
             let written = started.elapsed();
             // Opened before it is published: if a newer snapshot replaces it at once, this
@@ -351,16 +405,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 total_ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
             );
-            Ok((meta, data, counts.raw_bytes))
+            Ok(Built::New(meta, data, counts.raw_bytes))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(None, &e))?
         .map_err(|e| StorageIOError::write_snapshot(None, &crate::io_err(e)))?;
-        self.snapshots.built.fetch_add(1, Ordering::Relaxed);
-        self.snapshots.state_bytes.store(built.2, Ordering::Relaxed);
+        let (meta, data) = match built {
+            Built::New(meta, data, state_bytes) => {
+                self.snapshots.built.fetch_add(1, Ordering::Relaxed);
+                self.snapshots
+                    .state_bytes
+                    .store(state_bytes, Ordering::Relaxed);
+                (meta, data)
+            }
+            // openraft takes a snapshot no newer than its own as nothing new, and purges
+            // nothing.
+            Built::Kept(meta, data) => {
+                self.snapshots.postponed.fetch_add(1, Ordering::Relaxed);
+                (meta, data)
+            }
+        };
         Ok(Snapshot {
-            meta: built.0,
-            snapshot: Box::new(built.1),
+            meta,
+            snapshot: Box::new(data),
         })
     }
 }
@@ -405,6 +472,26 @@ fn commit_current(
     txn.commit()?;
     files.remove_others(Some(&pointer.file))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod no_room_tests {
+    use super::no_room;
+    use crate::BoxError;
+
+    #[test]
+    fn a_full_disk_is_told_from_other_failures_however_it_is_wrapped() {
+        let full: BoxError = std::io::Error::from_raw_os_error(libc::ENOSPC).into();
+        assert!(no_room(&*full));
+        let quota: BoxError = std::io::Error::from_raw_os_error(libc::EDQUOT).into();
+        assert!(no_room(&*quota));
+        let wrapped: BoxError = Box::new(std::io::Error::other(full));
+        assert!(no_room(&*wrapped));
+        let eio: BoxError = std::io::Error::from_raw_os_error(libc::EIO).into();
+        assert!(!no_room(&*eio));
+        let other: BoxError = "a corrupt row".into();
+        assert!(!no_room(&*other));
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::identity::Identity;
 pub struct SnapshotCounts {
     pub installed: AtomicU64,
     pub built: AtomicU64,
+    /// Builds put off for want of disk room: the current snapshot was kept instead.
+    pub postponed: AtomicU64,
     /// The uncompressed bytes of the last snapshot this node built (0 until it builds one):
     /// what the next build will read and compress, roughly.
     pub state_bytes: AtomicU64,
