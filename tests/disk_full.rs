@@ -358,11 +358,12 @@ async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
 /// (`raft_snapshot_install_failures_total{reason="storage"}`), or `None` while it does not
 /// answer.
 async fn storage_refusals(cluster: &Cluster, i: usize) -> Option<u64> {
-    let r = common::try_send(cluster.client.get(format!("{}/metrics", cluster.url(i)))).await?;
-    r.text
-        .lines()
-        .find_map(|l| l.strip_prefix("raft_snapshot_install_failures_total{reason=\"storage\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    metric(
+        cluster,
+        i,
+        "raft_snapshot_install_failures_total{reason=\"storage\"}",
+    )
+    .await
 }
 
 /// Wait until node `i` has refused `at_least` snapshot chunks for want of room, failing if
