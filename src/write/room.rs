@@ -1,4 +1,4 @@
-//! Room on the leader's disk for new data (`storage.write_reserve_bytes`).
+//! Room on the disks for new data (`storage.write_reserve_bytes`): the leader's, and the voters'.
 //!
 //! A node whose disk fills stops (`cluster::failstop`): openraft cannot go on after a failed
 //! append. Every node holds the same data, so their disks fill together, and once a majority
