@@ -354,33 +354,28 @@ async fn a_lone_node_stops_on_a_full_disk_and_loses_nothing_acknowledged() {
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }
 
-/// Snapshot chunks node `i` refused for want of room
-/// (`raft_snapshot_install_failures_total{reason="storage"}`), or `None` while it does not
-/// answer.
-async fn storage_refusals(cluster: &Cluster, i: usize) -> Option<u64> {
-    metric(
-        cluster,
-        i,
-        "raft_snapshot_install_failures_total{reason=\"storage\"}",
-    )
-    .await
-}
+/// Snapshot chunks a node refused for want of room.
+const STORAGE_REFUSALS: &str = "raft_snapshot_install_failures_total{reason=\"storage\"}";
 
-/// Wait until node `i` has refused `at_least` snapshot chunks for want of room, failing if
-/// it stops meanwhile or `bound` passes; returns the count.
-async fn wait_refusals(cluster: &mut Cluster, i: usize, at_least: u64, bound: Duration) -> u64 {
-    let deadline = Instant::now() + bound;
+/// Wait until `name` on node `i`'s `/metrics` satisfies `want`, failing if the node stops
+/// meanwhile or 60 s pass; returns the value.
+async fn wait_metric(
+    cluster: &mut Cluster,
+    i: usize,
+    name: &str,
+    want: impl Fn(u64) -> bool,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match storage_refusals(cluster, i).await {
-            Some(n) if n >= at_least => return n,
-            _ => {}
+        if let Some(n) = metric(cluster, i, name).await.filter(|n| want(*n)) {
+            return n;
         }
         cluster
-            .assert_running([i], "it had no room for a snapshot")
+            .assert_running([i], &format!("waiting for {name}"))
             .await;
         assert!(
             Instant::now() < deadline,
-            "node{} refused fewer than {at_least} snapshot chunks for want of room\n{}",
+            "node{}'s {name} never came to what the test waits for in 60 s\n{}",
             i + 1,
             cluster.logs()
         );
@@ -432,9 +427,9 @@ async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room()
         .await;
 
     cluster.spawn(2);
-    let first = wait_refusals(&mut cluster, 2, 1, Duration::from_secs(60)).await;
+    let first = wait_metric(&mut cluster, 2, STORAGE_REFUSALS, |n| n >= 1).await;
     // The leader retries; each try is refused, and the node stays up.
-    wait_refusals(&mut cluster, 2, first + 3, Duration::from_secs(30)).await;
+    wait_metric(&mut cluster, 2, STORAGE_REFUSALS, |n| n >= first + 3).await;
     // While it waits for room: up, answering, and not stopped; the other two acknowledge
     // writes.
     let r = cluster
@@ -446,7 +441,7 @@ async fn a_follower_without_room_for_a_snapshot_installs_it_once_there_is_room()
     cluster
         .assert_running([2], "it had no room for a snapshot")
         .await;
-    let later = storage_refusals(&cluster, 2).await.unwrap_or(0);
+    let later = metric(&cluster, 2, STORAGE_REFUSALS).await.unwrap_or(0);
     eprintln!("node3 refused {first} chunks for want of room, then {later}; health {health:?}");
 
     disk.make_room();
@@ -724,14 +719,7 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
 
     // Every record in sm.redb first: a flush of the layers into a squeezed disk stops the
     // node (redb refuses every write after a failed one), which is not what this tests.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&cluster, 0, "raft_sm_unflushed_entries").await != Some(0) {
-        assert!(
-            Instant::now() < deadline,
-            "the layers were not written in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
     assert_eq!(snapshot_index(&cluster, 0).await, built);
     // Room for the log and the state machine's next writes, not for another snapshot.
     disk.leave(400 << 10);
@@ -741,23 +729,14 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
             .await;
         assert_eq!(r.status, 201, "small-{n}: {}\n{}", r.text, cluster.logs());
     }
-    // The policy asks for a build within its tick (200 ms); it is put off.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        cluster
-            .assert_running([0], "it had no room for its next snapshot")
-            .await;
-        let postponed = metric(&cluster, 0, "raft_snapshot_builds_postponed_total").await;
-        if postponed.is_some_and(|n| n >= 2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than two builds put off in 10 s\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The policy asks for a build within its tick (200 ms); it is put off, twice.
+    wait_metric(
+        &mut cluster,
+        0,
+        "raft_snapshot_builds_postponed_total",
+        |n| n >= 2,
+    )
+    .await;
     assert_eq!(
         snapshot_index(&cluster, 0).await,
         built,
