@@ -72,9 +72,17 @@ impl Tmpfs {
     /// Take all but `free` bytes of what is free now, with a second filler that
     /// [`Tmpfs::give_back`] removes.
     fn leave(&self, free: u64) {
+        use std::io::Write;
         let now = cookie_raft::durable::space(&self.at).unwrap().free;
         let take = now.saturating_sub(free) as usize;
-        std::fs::write(self.at.join("squeeze"), vec![0x5Au8; take]).unwrap();
+        let path = self.at.join("squeeze");
+        let mut file = std::fs::File::create(&path).unwrap();
+        if let Err(e) = file.write_all(&vec![0x5Au8; take]) {
+            // The node wrote meanwhile and the disk filled first: give back `free`.
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            let written = file.metadata().unwrap().len();
+            file.set_len(written.saturating_sub(free)).unwrap();
+        }
     }
 
     fn give_back(&self) {
@@ -757,5 +765,107 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
         })
         .await;
     cluster.assert_running([0], "it had room again").await;
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// Create `n` ~1-KiB records named `{prefix}-{k}` on node `i`, 16 at a time (quickly, so
+/// that they land in one layer of the state machine before its next flush).
+async fn create_many(cluster: &Cluster, i: usize, prefix: &str, n: u64) {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|k| async move {
+            let id = format!("{prefix}-{k}");
+            let r = cluster
+                .create(i, json!({"cookie": id, "user_id": 1, "noise": noise(1, k)}))
+                .await;
+            assert_eq!(r.status, 201, "{id}: {}", r.text);
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// The disk fills between a write's entry reaching the log and the state machine's next
+/// write of its changes to `sm.redb` (at most a second later). That write is put off,
+/// not failed: the node stays up, reads what it applied from memory, and writes it once
+/// there is room. On the old code the node stopped ("writing the state machine's changes
+/// to sm.redb: ... No space left on device"): redb refuses every write after a failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_room() {
+    let extra = format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}");
+    let mut cluster = Cluster::configure(1, &extra);
+    let Some(disk) = disk(&cluster, 0, 32 << 20, 0) else {
+        return;
+    };
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    // The node's registration first: a change of the registry is written to sm.redb before
+    // `apply` goes on (a restarted node must know its members), so one that met the full
+    // disk would hold up every write until there was room.
+    cluster
+        .wait_cluster_info(0, Duration::from_secs(30), |v| {
+            v["members"][0]["incarnation"].is_string()
+        })
+        .await;
+
+    // Records applied but not yet in sm.redb when the disk is squeezed. The layer they are
+    // in is written a second after its first change (100 creates are under every other
+    // threshold), so a round that creates them and squeezes the disk in less than that
+    // squeezes it before the write; a slower one is given back and tried again (a write
+    // that begins before the squeeze and meets it stops the node: `flush_room`).
+    let mut round = 0;
+    loop {
+        round += 1;
+        assert!(
+            round <= 20,
+            "every round was too slow to squeeze the disk in time"
+        );
+        wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
+        let started = Instant::now();
+        create_many(&cluster, 0, &format!("r{round}"), 100).await;
+        disk.leave(64 << 10);
+        if started.elapsed() < Duration::from_millis(800) {
+            break;
+        }
+        disk.give_back();
+    }
+    let unflushed = metric(&cluster, 0, "raft_sm_unflushed_entries").await;
+    assert!(unflushed.is_some_and(|n| n > 0), "{unflushed:?}");
+    eprintln!("round {round}: {unflushed:?} entries unflushed when the disk filled");
+
+    // The write is put off (twice, so it is tried again), and the node stays up.
+    wait_metric(&mut cluster, 0, "raft_sm_flushes_postponed_total", |n| {
+        n >= 2
+    })
+    .await;
+    cluster.assert_running([0], "its disk filled").await;
+    assert_eq!(
+        metric(&cluster, 0, "raft_sm_flush_failures_total").await,
+        Some(0),
+        "a write into the full disk was tried and failed\n{}",
+        cluster.logs()
+    );
+    // What it applied reads as ever, from memory.
+    for k in [0, 50, 99] {
+        let id = format!("r{round}-{k}");
+        let r = cluster.get(0, &id, "linearizable").await;
+        assert_eq!(r.status, 200, "{id}: {}\n{}", r.text, cluster.logs());
+    }
+
+    // With room, the layer is written without a restart, and writes go on.
+    disk.give_back();
+    wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
+    create_many(&cluster, 0, "after", 50).await;
+    cluster.assert_running([0], "it had room again").await;
+
+    // Every record is there after a restart.
+    cluster.stop(0);
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    for k in 0..100 {
+        let id = format!("r{round}-{k}");
+        let r = cluster.get(0, &id, "local").await;
+        assert_eq!(r.status, 200, "{id} after a restart: {}", r.text);
+    }
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }

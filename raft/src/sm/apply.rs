@@ -21,7 +21,7 @@ use std::ops::Bound;
 
 use openraft::{Entry, EntryPayload, StorageIOError};
 
-use super::overlay::{Index, IndexKey, Layer, Room, View};
+use super::overlay::{Index, IndexKey, Layer, Room, Short, View};
 use super::state::StateMachine;
 use super::tables::{order_key, Membership};
 use crate::codec;
@@ -251,7 +251,7 @@ impl StateMachine {
                     overlay.wait_for_room()?;
                 }
                 if registry {
-                    overlay.flush_all()?;
+                    overlay.flush_all(Short::Wait)?;
                 }
                 Ok(())
             })

@@ -38,6 +38,7 @@ mod compact;
 mod data;
 pub mod dump;
 pub mod files;
+mod flush_room;
 mod format;
 mod handle;
 mod ids;

@@ -21,6 +21,9 @@
 //!
 //! Memory is bounded by configuration, not data: a frozen layer that is still being written
 //! when the active one reaches `HARD_FACTOR` (`layer`) times its thresholds makes `apply` wait.
+//! So does one whose write waits for room on the disk (`flush_room`): it is tried again every
+//! `ROOM_RETRY`, readers read it meanwhile, and callers that cannot wait (a snapshot build,
+//! a backup) get a full disk's error from [`Overlay::flush_all`].
 //!
 //! Consistency for readers: the layers, the database and a read transaction on it are behind
 //! one lock (`handle`'s `Current`); a reader takes the layers and the transaction together,
@@ -45,6 +48,7 @@ use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata, Table,
 };
 
+use super::flush_room;
 use super::handle::{Current, Db};
 use super::ids::{Ids, Rebuild};
 use super::layer::Row;
@@ -335,6 +339,10 @@ struct Progress {
     wanted: bool,
     /// Failed writes so far: a waiter gives up when this moves.
     failures: u64,
+    /// Writes put off for want of room on the disk (`flush_room`), and whether the last try
+    /// was: a waiter that cannot wait gives up when the count moves.
+    postponed: u64,
+    short: bool,
     /// Layers written so far, and how long the last one took.
     flushes: u64,
     last: Duration,
@@ -353,6 +361,8 @@ pub struct FlushStats {
     pub written: Option<u64>,
     pub flushes: u64,
     pub failures: u64,
+    /// Writes put off while the disk had no room for them (`flush_room`).
+    pub postponed: u64,
     /// How long the last write took.
     pub last_seconds: f64,
     /// Scans of `sm.redb` started to build the filter of stored ids (`ids`).
@@ -371,6 +381,25 @@ pub(crate) struct Overlay {
     repack: Option<repack::Policy>,
     /// The first failed write, for whoever must stop the node on it ([`Overlay::failed`]).
     failed: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+/// How long a write put off for want of room waits before it is tried again.
+const ROOM_RETRY: Duration = Duration::from_millis(250);
+
+/// What a flush did.
+enum Flushed {
+    /// Wrote a layer: the index now written and the rows written; `None` when there was
+    /// nothing to write (or an install replaced what there was).
+    Wrote(Option<(u64, u64)>),
+    /// Left the frozen layer for want of room on the disk, saying why.
+    PutOff(String),
+}
+
+/// What [`Overlay::flush_all`] does while the disk has no room for the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Short {
+    Fail,
+    Wait,
 }
 
 /// Whether the layers can take another batch, after [`Overlay::add`].
@@ -468,8 +497,10 @@ impl Overlay {
     }
 
     /// Write everything applied so far to the database, and wait for it: before a snapshot
-    /// build or a backup reads the database alone, and after a registry change.
-    pub(crate) fn flush_all(&self) -> Result<(), BoxError> {
+    /// build or a backup reads the database alone, and after a registry change. While the
+    /// disk has no room for the write (`flush_room`), `Short::Fail` returns a full disk's
+    /// error at the first try put off; `Short::Wait` waits for room, as `apply` must.
+    pub(crate) fn flush_all(&self, short: Short) -> Result<(), BoxError> {
         let target = self.db.read(|c| {
             std::iter::once(&*c.active)
                 .chain(c.frozen.as_deref())
@@ -480,10 +511,13 @@ impl Overlay {
             return Ok(());
         };
         let mut p = self.progress();
-        let failures = p.failures;
+        let (failures, postponed) = (p.failures, p.postponed);
         while p.written < Some(target) && !p.stop {
             if p.failures != failures {
                 return Err("writing the state machine's changes to sm.redb failed".into());
+            }
+            if short == Short::Fail && p.postponed != postponed {
+                return Err(flush_room::no_room().into());
             }
             p.wanted = true;
             self.wake();
@@ -508,7 +542,8 @@ impl Overlay {
     /// Told the first failed write. redb refuses every write after one that failed on I/O
     /// until the file is opened again, so the layers can no longer reach the file: the node
     /// must stop (its log still holds every entry the file lacks), not wait for `apply` to
-    /// fill the memory bound and fail.
+    /// fill the memory bound and fail. A write the disk has no room for is not tried
+    /// (`flush_room`), so that only a disk that fills during the write itself comes here.
     pub(crate) fn failed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.failed.subscribe()
     }
@@ -523,10 +558,17 @@ impl Overlay {
         });
     }
 
-    /// Bytes of the rows applied but not yet written to `sm.redb` (the layers').
-    pub(crate) fn unflushed_bytes(&self) -> u64 {
-        self.db
-            .read(|c| c.active.bytes() + c.frozen.as_ref().map_or(0, |f| f.bytes())) as u64
+    /// Bytes the writes of the layers not yet in `sm.redb` may add to the disk
+    /// (`flush_room::needed`).
+    pub(crate) fn unflushed_disk_due(&self) -> u64 {
+        let file_len = flush_room::file_len(self.db.path());
+        self.db.read(|c| {
+            let frozen = c
+                .frozen
+                .as_ref()
+                .map_or(0, |f| flush_room::needed(f, file_len));
+            flush_room::needed(&c.active, file_len).saturating_add(frozen)
+        })
     }
 
     pub(crate) fn stats(&self) -> FlushStats {
@@ -535,6 +577,7 @@ impl Overlay {
             written: p.written,
             flushes: p.flushes,
             failures: p.failures,
+            postponed: p.postponed,
             last_seconds: p.last.as_secs_f64(),
             ids_scans: p.ids_scans,
             repacks: p.repacks,
@@ -583,16 +626,32 @@ impl Overlay {
                     self.publish_ids(&mut rebuild);
                     written
                 }));
-                let failed = !matches!(written, Ok(Ok(_)));
+                let failed = !matches!(written, Ok(Ok(Flushed::Wrote(_))));
+                let put_off = matches!(written, Ok(Ok(Flushed::PutOff(_))));
                 let mut p = self.progress();
+                if !put_off && p.short && !failed {
+                    tracing::info!("the state machine's changes written to sm.redb: room was made");
+                    p.short = false;
+                }
                 match written {
-                    Ok(Ok(Some((index, rows)))) => {
+                    Ok(Ok(Flushed::Wrote(Some((index, rows))))) => {
                         p.written = p.written.max(Some(index));
                         p.flushes += 1;
                         p.last = started.elapsed();
                         rest.wrote(rows);
                     }
-                    Ok(Ok(None)) => {}
+                    Ok(Ok(Flushed::Wrote(None))) => {}
+                    Ok(Ok(Flushed::PutOff(why))) => {
+                        p.postponed += 1;
+                        if !p.short {
+                            // Once a stretch: it is tried again every `ROOM_RETRY`.
+                            tracing::warn!(
+                                "writing the state machine's changes to sm.redb put off until \
+                                 there is room: {why}"
+                            );
+                        }
+                        p.short = true;
+                    }
                     Ok(Err(e)) => {
                         p.failures += 1;
                         let why = format!("writing the state machine's changes to sm.redb: {e}");
@@ -608,7 +667,12 @@ impl Overlay {
                 }
                 drop(p);
                 self.wake();
-                if failed && !stop {
+                if put_off && !stop {
+                    // Kept frozen, tried again soon; meanwhile `apply` fills up to the bound
+                    // and then waits, and readers read the layers.
+                    std::thread::sleep(ROOM_RETRY);
+                    self.progress().wanted = true;
+                } else if failed && !stop {
                     // Kept frozen, tried again until the node stops on the failure
                     // (`failed`); meanwhile `apply` fills up to the bound.
                     std::thread::sleep(Duration::from_millis(500));
@@ -691,10 +755,9 @@ impl Overlay {
         }
     }
 
-    /// Freeze the active layer (unless a frozen one waits from a failed try) and write it.
-    /// Returns the index now written and the rows written, `None` when there was nothing to
-    /// write.
-    fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Option<(u64, u64)>, BoxError> {
+    /// Freeze the active layer (unless a frozen one waits from a failed or put-off try) and
+    /// write it, if the disk has room for it.
+    fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Flushed, BoxError> {
         // The next active layer, sized like this one, allocated before the lock is taken.
         let next = Arc::new(Layer::sized_for(self.db.read(|c| c.active.cookies.len())));
         let (frozen, db, ids) = self.db.write(|c| {
@@ -704,8 +767,12 @@ impl Overlay {
             (c.frozen.clone(), c.db.clone(), c.ids.clone())
         });
         let Some(frozen) = frozen else {
-            return Ok(None);
+            return Ok(Flushed::Wrote(None));
         };
+        let need = flush_room::needed(&frozen, flush_room::file_len(self.db.path()));
+        if let Some(why) = flush_room::short(self.db.path(), need) {
+            return Ok(Flushed::PutOff(why));
+        }
         let started = Instant::now();
         // Before the commit: a reader that sees the records must find their ids (`ids`).
         if let Some(ids) = &ids {
@@ -740,9 +807,11 @@ impl Overlay {
                 Err(e) => tracing::warn!("starting to build the filter of stored ids: {e}"),
             }
         }
-        Ok(current
-            .then_some(frozen.applied.map(|a| (a.index, frozen.rows() as u64)))
-            .flatten())
+        Ok(Flushed::Wrote(
+            current
+                .then_some(frozen.applied.map(|a| (a.index, frozen.rows() as u64)))
+                .flatten(),
+        ))
     }
 
     /// Whether the filter of `db`'s ids must be built by a scan of the file, just committed
@@ -1045,7 +1114,7 @@ mod tests {
         l.put_cookie("written-last", Some(b"{}".to_vec()));
         l.applied(LogId::new(CommittedLeaderId::new(1, 1), 7));
         assert_eq!(overlay.add(l), Room::Left);
-        overlay.flush_all().unwrap();
+        overlay.flush_all(Short::Wait).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while overlay.stats().repacks == 0 {
             assert!(Instant::now() < deadline, "never rewritten");

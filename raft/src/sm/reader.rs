@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redb::Database;
 use tokio::sync::mpsc;
 
-use super::overlay::{decode_record, Index, Merge, View};
+use super::overlay::{decode_record, Index, Merge, Short, View};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::order_key;
 use crate::cache::{Cache, CachedRecord, Ticket};
@@ -97,7 +97,7 @@ impl StoreReader {
     /// The state machine's current database, with everything applied so far written to it,
     /// for a backup's read transaction (`backup.rs`).
     pub(super) fn flushed_db(&self) -> Result<Arc<Database>, BoxError> {
-        self.overlay.flush_all()?;
+        self.overlay.flush_all(Short::Fail)?;
         Ok(self.db.get())
     }
 
@@ -111,15 +111,14 @@ impl StoreReader {
     }
 
     /// Disk this state machine will take that its filesystem does not show yet: the writes
-    /// of its unflushed layers to `sm.redb` (at most twice their rows' bytes, as for an
-    /// install: redb writes whole pages, copy on write) and its next snapshot build (about
-    /// the size of the last one, written before that one is removed). A node that refuses
-    /// work for room counts these, or the layers' next flush fills the disk it thought had
-    /// room (up to 4 x 16 MiB of them wait in memory).
+    /// of its unflushed layers to `sm.redb` (`flush_room::needed`: twice their rows' bytes
+    /// and a page for each row, copy on write) and its next snapshot build (about the size of
+    /// the last one, written before that one is removed). A node that refuses work for room
+    /// counts these, or the layers' next flush fills the disk it thought had room (up to
+    /// 4 x 16 MiB of them wait in memory), or waits for room that never comes.
     pub fn disk_due(&self) -> u64 {
         self.overlay
-            .unflushed_bytes()
-            .saturating_mul(super::snapshot::INSTALL_ROOM_FACTOR)
+            .unflushed_disk_due()
             .saturating_add(self.snapshots.state_bytes.load(Ordering::Relaxed))
     }
 
@@ -212,6 +211,12 @@ impl StoreReader {
     pub fn count(&self) -> Result<u64, BoxError> {
         self.db.count()
     }
+
+    /// Whether the applied state holds the answer to a write under idempotency key `key`
+    /// (retained, not yet expired out).
+    pub fn key_recorded(&self, key: &str) -> Result<bool, BoxError> {
+        Ok(self.db.view()?.key(None, key)?.is_some())
+    }
 }
 
 /// The whole list, read from one redb read transaction: see [`StoreReader::list_scan`].
@@ -281,7 +286,7 @@ mod tests {
         StateMachine::open(dir, Arc::new(Cache::new(Default::default())), identity).unwrap()
     }
 
-    /// `disk_due` counts what is applied but not yet in `sm.redb`, twice over, and the next
+    /// `disk_due` counts what the writes of the changes not yet in `sm.redb` may take, and the next
     /// snapshot build; the layers' part goes once they are written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn disk_due_counts_changes_not_yet_written_and_the_next_snapshot() {
@@ -291,15 +296,15 @@ mod tests {
         assert_eq!(r.disk_due(), 0);
         // 200 records: under every flush threshold but age (1 s), and this takes less.
         create(&mut sm, (1, 200, 100)).await;
-        let unflushed = sm.overlay.unflushed_bytes();
-        // Each row is its id (`id-1-00000`), its stored JSON and 64 bytes of overhead.
-        assert!(unflushed >= 200 * (10 + 64), "{unflushed}");
-        assert_eq!(r.disk_due(), 2 * unflushed);
+        let unflushed = sm.overlay.unflushed_disk_due();
+        // Each row is its id (`id-1-00000`), its stored JSON and 64 bytes of overhead, twice.
+        assert!(unflushed >= 2 * 200 * (10 + 64), "{unflushed}");
+        assert_eq!(r.disk_due(), unflushed);
         r.snapshot_counts()
             .state_bytes
             .store(5000, Ordering::Relaxed);
-        assert_eq!(r.disk_due(), 2 * unflushed + 5000);
-        sm.overlay.flush_all().unwrap();
+        assert_eq!(r.disk_due(), unflushed + 5000);
+        sm.overlay.flush_all(Short::Wait).unwrap();
         assert_eq!(r.disk_due(), 5000);
     }
 

@@ -20,6 +20,7 @@ use super::data::SnapshotFile;
 use super::files::{SnapshotFiles, Staged};
 use super::format::{self, Row};
 use super::handle::Db;
+use super::overlay::Short;
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
     applied_in, order_key, put_meta, read_meta, registry_in, Membership, Meta, BY_CREATED, COOKIES,
@@ -339,16 +340,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let overlay = self.overlay.clone();
         // On a thread of its own at a lower priority (see `background`).
         let built = super::background::run("snapshot-build", move || -> Result<_, BoxError> {
-            // Everything applied so far into `sm.redb` first: the snapshot is then as recent
-            // as openraft asked for, and the log it lets openraft purge is already in the
-            // file (a restart resumes from the file, not from the layers).
-            overlay.flush_all()?;
             // One read transaction: rows, last_applied and membership from the same instant,
             // streamed into the file row by row. No lock is held meanwhile (redb's readers
             // never block its writer); only the pointer to the file takes redb's write lock,
             // briefly (see [`super::files`]).
             let started = std::time::Instant::now();
-            let read_from = db.get();
             // A build on a disk without room for it would fail, and openraft stops on a
             // failed build; but a build only gives disk back later (the log it lets go).
             // So while the free space is less than the current snapshot's file, or the
@@ -365,6 +361,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 );
                 Ok(Built::Kept(meta, data))
             };
+            // Everything applied so far into `sm.redb` first: the snapshot is then as recent
+            // as openraft asked for, and the log it lets openraft purge is already in the
+            // file (a restart resumes from the file, not from the layers). That write too
+            // waits while the disk has no room for it (`flush_room`).
+            match overlay.flush_all(Short::Fail) {
+                Err(e) if no_room(&*e) => return keep(&e),
+                flushed => flushed?,
+            }
+            let read_from = db.get();
             if let Some(p) = read_meta::<SnapshotPointer>(&read_from, KEY_SNAPSHOT_FILE)? {
                 if let Some(free) = crate::durable::free_bytes(files.dir()) {
                     if free < p.len {
@@ -958,7 +963,7 @@ mod tests {
                 for r in sm.apply(entries).await.unwrap() {
                     results.extend(r.results);
                 }
-                sm.overlay.flush_all().unwrap();
+                sm.overlay.flush_all(Short::Wait).unwrap();
             }
             results
         }
@@ -1030,7 +1035,7 @@ mod tests {
         }])
         .await
         .unwrap();
-        sm.overlay.flush_all().unwrap();
+        sm.overlay.flush_all(Short::Wait).unwrap();
         assert!(filter_built(&sm).await, "the flush built a filter");
         let flushes = sm.overlay.stats().flushes;
         let mut index = 1;
@@ -1072,7 +1077,7 @@ mod tests {
             // The flush thread flushes on its own schedule; these make sure some rounds
             // meet ids that have moved from the layers into the file.
             if r % 10 == 5 {
-                sm.overlay.flush_all().unwrap();
+                sm.overlay.flush_all(Short::Wait).unwrap();
             }
         }
         assert!(sm.overlay.stats().flushes >= flushes + 8);
