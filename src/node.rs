@@ -30,7 +30,7 @@ use crate::read::{ReadIndex, ReadSettings};
 use crate::tasks::Tasks;
 use crate::tls::Tls;
 use crate::write::group_commit::BatchLimits;
-use crate::write::room::Room;
+use crate::write::room::{self, Room};
 use crate::write::{WriteSettings, Writer};
 
 /// Largest payload of one group-commit batch (one command may exceed it alone).
@@ -215,13 +215,20 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             room: Room::new(
                 cfg.data_dir.clone(),
                 cfg.storage.write_reserve_bytes,
-                {
-                    let reader = reader.clone();
-                    Box::new(move || reader.disk_due())
-                },
-                {
-                    let monitor = monitor.clone();
-                    Box::new(move || monitor.voters_short_of_room())
+                room::Sources {
+                    due: {
+                        let reader = reader.clone();
+                        Box::new(move || reader.disk_due())
+                    },
+                    short_voters: {
+                        let monitor = monitor.clone();
+                        Box::new(move || monitor.voters_short_of_room())
+                    },
+                    key_recorded: {
+                        let reader = reader.clone();
+                        // Unreadable: not known to be recorded (the answer is then "unknown").
+                        Box::new(move |key| reader.key_recorded(key).unwrap_or(false))
+                    },
                 },
             ),
         },

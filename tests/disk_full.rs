@@ -517,10 +517,24 @@ async fn create_once_there_is_room(cluster: &Cluster, i: usize, id: &str) {
     }
 }
 
+/// Create `id` through node `i` with `Idempotency-Key: key`.
+async fn keyed_create(cluster: &Cluster, i: usize, key: &str, id: &str) -> common::Reply {
+    common::send(
+        cluster
+            .client
+            .post(format!("{}/cookies", cluster.url(i)))
+            .header("idempotency-key", key)
+            .json(&json!({"cookie": id, "user_id": 1})),
+    )
+    .await
+}
+
 /// Every node of three on a small disk with a reserve: once the leader's disk is short of
 /// it, creates and updates are refused with 507 (through a follower too) and nothing
-/// stops; reads and deletes go on; with room, creates are taken again, and every
-/// acknowledged create is on every node.
+/// stops; a keyed create is replayed if its answer is recorded, and answered 504 (outcome
+/// unknown, not proposed) if not; reads and deletes go on; with room, creates and the keyed
+/// retry are taken, and every acknowledged create is on every node. On the old code the
+/// keyed create with a new key was taken past the reserve (201).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up() {
     // Refused under 600 KiB free, half the room the disks start with.
@@ -531,6 +545,8 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
     let Some((mut cluster, disks)) = start_on_small_disks(3, &extra, &[0, 1, 2]).await else {
         return;
     };
+    let early = keyed_create(&cluster, 1, "key-early", "early").await;
+    assert_eq!(early.status, 201, "{}", early.text);
 
     let acked: Acked = Arc::default();
     let writers = Writers::start(&cluster, &[0, 1, 2], "r", &acked);
@@ -568,6 +584,19 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
         .put(follower, &some, json!({"more": "x".repeat(100)}), None)
         .await;
     assert_eq!(r.status, 507, "an update: {}", r.text);
+    // Keyed: a retry whose answer is recorded is answered from it; a key with none may
+    // have an earlier attempt in flight, so "not applied" (507) would be a lie: the
+    // outcome is unknown (504), and the retry with the same key goes through with room.
+    let replayed = keyed_create(&cluster, follower, "key-early", "early").await;
+    assert_eq!(replayed.status, 201, "{}", replayed.text);
+    assert_eq!(replayed.header("idempotency-replayed"), Some("true"));
+    let pending = keyed_create(&cluster, follower, "key-late", "late-keyed").await;
+    assert_eq!(pending.status, 504, "{}", pending.text);
+    assert!(
+        pending.text.contains("retry with the same key"),
+        "{}",
+        pending.text
+    );
     // Reads and deletes go on: the cluster is up, and room can be made through the API.
     assert_eq!(
         cluster.get(follower, &some, "linearizable").await.status,
@@ -592,11 +621,14 @@ async fn a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up
         disk.make_room();
     }
     create_once_there_is_room(&cluster, follower, "after-room").await;
+    let retried = keyed_create(&cluster, follower, "key-late", "late-keyed").await;
+    assert_eq!(retried.status, 201, "{}", retried.text);
+    assert_eq!(retried.header("idempotency-replayed"), None);
     let mut want = acked.lock().unwrap().clone();
     for id in &gone {
         want.remove(id);
     }
-    want.insert("after-room".to_owned());
+    want.extend(["after-room", "early", "late-keyed"].map(str::to_owned));
     for i in 0..3 {
         expect_all_present(&cluster, i, &want).await;
         let listed: Vec<Value> = cluster.list(i, "local").await;

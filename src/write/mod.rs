@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 use forward::{Forwarder, LEADER_ANSWER_SLACK};
 use group_commit::{BatchLimits, GroupCommit, LocalError};
-use room::Room;
+use room::{Refused, Room};
 
 /// Why a write has no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,7 +166,8 @@ impl Writer {
             let attempt = match leader {
                 Leader::Me => match self.room.admit(&cmd) {
                     Ok(()) => Attempt::local(self.group_commit.submit(cmd.clone(), deadline).await),
-                    Err(why) => Attempt::NoRoom(why),
+                    Err(Refused::NoRoom(why)) => Attempt::NoRoom(why),
+                    Err(Refused::KeyPending(why)) => Attempt::Unknown(why),
                 },
                 Leader::At(addr) => {
                     self.metrics.forwarded.with_label_values(&["write"]).inc();
@@ -214,8 +215,10 @@ impl Writer {
             let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
-                if let Err(why) = self.room.admit(&w.cmd) {
-                    return ForwardReply::NoRoom(why);
+                match self.room.admit(&w.cmd) {
+                    Ok(()) => {}
+                    Err(Refused::NoRoom(why)) => return ForwardReply::NoRoom(why),
+                    Err(Refused::KeyPending(why)) => return ForwardReply::Unknown(why),
                 }
                 match self.group_commit.submit(w.cmd, deadline).await {
                     Ok(res) => ForwardReply::Applied(res),

@@ -8,9 +8,14 @@
 //! once its database reaches its quota (`NOSPACE`). Reads, deletes and membership changes go
 //! on, and so do the snapshot builds and log purges that give disk back.
 //!
-//! A write with an `Idempotency-Key` is let through: it may be the retry of one already
-//! applied, and a refusal, which says "not applied", would then be a lie (api.md, 11). The
-//! reserve leaves room for them; a disk that fills all the same stops the node as before.
+//! A write with an `Idempotency-Key` may be the retry of one sent earlier, and a 507, which
+//! says "not applied", would be a lie if that one is applied later (it may still be in a
+//! queue, in the log, or on its way from a follower). So while short, a keyed create or
+//! update whose key the applied state already holds goes through (it is answered from the
+//! record: the store does not grow), and one whose key it does not hold is not proposed and
+//! is answered as a timeout is, outcome unknown (504): true of any earlier attempt, and the
+//! client's retry with the same key goes through once there is room (api.md, 11). Until
+//! 2026-12-04 they were all let through, and a disk that filled all the same stopped the node.
 //!
 //! Only the leader decides, before proposing, so a write's fate does not hang on which node
 //! received it; a follower forwards every write anyway. But a follower's disk may be
@@ -55,6 +60,8 @@ pub struct Room {
     /// Why, when a voter reported its disk short of its reserve
     /// ([`Monitor::voters_short_of_room`](crate::cluster::monitor::Monitor::voters_short_of_room)).
     short_voters: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Whether the applied state holds the answer to a write under an idempotency key.
+    key_recorded: Box<dyn Fn(&str) -> bool + Send + Sync>,
     epoch: Instant,
     /// When `room` was read, in milliseconds since `epoch` plus one (0: never).
     sampled_ms: AtomicU64,
@@ -62,18 +69,39 @@ pub struct Room {
     room: AtomicU64,
 }
 
+/// What [`Room`] asks of the rest of the node.
+pub struct Sources {
+    /// Bytes the node will write that the filesystem does not show yet.
+    pub due: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Why, when a voter reported its disk short of its reserve.
+    pub short_voters: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Whether the applied state holds the answer to a write under this idempotency key.
+    pub key_recorded: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// Why a write is not proposed for want of room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not applied, and it will not be: 507.
+    NoRoom(String),
+    /// This request is not proposed, but one sent earlier with its idempotency key may
+    /// still be applied: outcome unknown, 504.
+    KeyPending(String),
+}
+
 impl Room {
-    pub fn new(
-        dir: PathBuf,
-        reserve: u64,
-        due: Box<dyn Fn() -> u64 + Send + Sync>,
-        short_voters: Box<dyn Fn() -> Option<String> + Send + Sync>,
-    ) -> Self {
+    pub fn new(dir: PathBuf, reserve: u64, sources: Sources) -> Self {
+        let Sources {
+            due,
+            short_voters,
+            key_recorded,
+        } = sources;
         Room {
             dir,
             reserve,
             due,
             short_voters,
+            key_recorded,
             epoch: Instant::now(),
             sampled_ms: AtomicU64::new(0),
             room: AtomicU64::new(0),
@@ -107,30 +135,44 @@ impl Room {
     /// `Err` with the reason when `cmd` would grow the store and this node's disk, or a
     /// voter's, is short of its reserve. The voters' reports count even where this node
     /// keeps no reserve of its own: theirs is their configuration.
-    pub fn admit(&self, cmd: &Command) -> Result<(), String> {
-        if !grows(cmd) {
+    pub fn admit(&self, cmd: &Command) -> Result<(), Refused> {
+        let key = match cmd {
+            Command::Keyed { key, cmd, .. } if grows(cmd) => Some(key),
+            Command::Keyed { .. } => return Ok(()),
+            cmd if grows(cmd) => None,
+            _ => return Ok(()),
+        };
+        let Some(why) = self.short_of_room() else {
             return Ok(());
+        };
+        match key {
+            None => Err(Refused::NoRoom(format!("{why}; deletes still go through"))),
+            // A replay of the recorded answer writes nothing new.
+            Some(key) if (self.key_recorded)(key) => Ok(()),
+            Some(_) => Err(Refused::KeyPending(format!(
+                "insufficient storage: {why}; this request was not proposed, but one sent \
+                 earlier with its Idempotency-Key may still be applied: retry with the same \
+                 key once there is room"
+            ))),
         }
+    }
+
+    /// Why writes that grow the store are refused now, if they are.
+    fn short_of_room(&self) -> Option<String> {
         if self.reserve != 0 {
             if let Some(room) = self.room().filter(|room| *room < self.reserve) {
-                return Err(format!(
+                return Some(format!(
                     "the leader's disk has {room} bytes free, less what it has yet to \
-                     write, under its reserve of {} (storage.write_reserve_bytes); deletes \
-                     still go through",
+                     write, under its reserve of {} (storage.write_reserve_bytes)",
                     self.reserve
                 ));
             }
         }
-        match (self.short_voters)() {
-            Some(why) => Err(format!(
-                "{why} (storage.write_reserve_bytes); deletes still go through"
-            )),
-            None => Ok(()),
-        }
+        (self.short_voters)().map(|why| format!("{why} (storage.write_reserve_bytes)"))
     }
 }
 
-/// Whether `cmd` is refused for room: a create or an update, sent without a key.
+/// Whether `cmd` is refused for room: a create or an update.
 fn grows(cmd: &Command) -> bool {
     matches!(cmd, Command::Create { .. } | Command::Update { .. })
 }
@@ -141,7 +183,25 @@ mod tests {
 
     fn room(reserve: u64, due: u64) -> Room {
         let dir = std::env::temp_dir();
-        Room::new(dir, reserve, Box::new(move || due), Box::new(|| None))
+        Room::new(
+            dir,
+            reserve,
+            Sources {
+                due: Box::new(move || due),
+                short_voters: Box::new(|| None),
+                key_recorded: Box::new(|key| key == "recorded"),
+            },
+        )
+    }
+
+    fn keyed(key: &str, cmd: Command) -> Command {
+        Command::Keyed {
+            key: key.into(),
+            fingerprint: [0; 32],
+            now_ms: 1,
+            expires_ms: 2,
+            cmd: Box::new(cmd),
+        }
     }
 
     fn create() -> Command {
@@ -172,14 +232,15 @@ mod tests {
             if_match: None,
         };
         assert_eq!(short.admit(&delete), Ok(()));
-        let keyed = Command::Keyed {
-            key: "k".into(),
-            fingerprint: [0; 32],
-            now_ms: 1,
-            expires_ms: 2,
-            cmd: Box::new(create()),
-        };
-        assert_eq!(short.admit(&keyed), Ok(()));
+        // Keyed: a delete goes through; a create whose key has an answer recorded is
+        // answered from it; one whose key has none may have an earlier attempt in flight.
+        assert_eq!(short.admit(&keyed("new", delete.clone())), Ok(()));
+        assert_eq!(short.admit(&keyed("recorded", create())), Ok(()));
+        match short.admit(&keyed("new", update.clone())) {
+            Err(Refused::KeyPending(why)) => assert!(why.contains("retry with the same key")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(room(1, 0).admit(&keyed("new", create())), Ok(()));
         // What the node has yet to write counts against the free space.
         assert!(room(1, free + (1 << 30)).admit(&create()).is_err());
         // Room enough, or the check off.
@@ -195,10 +256,15 @@ mod tests {
         let voter = Room::new(
             std::env::temp_dir(),
             0,
-            Box::new(|| 0),
-            Box::new(|| Some("disk short of its reserve on node3".into())),
+            Sources {
+                due: Box::new(|| 0),
+                short_voters: Box::new(|| Some("disk short of its reserve on node3".into())),
+                key_recorded: Box::new(|_| false),
+            },
         );
-        let refused = voter.admit(&create()).unwrap_err();
+        let Err(Refused::NoRoom(refused)) = voter.admit(&create()) else {
+            panic!("a create was not refused for room");
+        };
         assert!(
             refused.starts_with("disk short of its reserve on node3"),
             "{refused}"
