@@ -877,6 +877,15 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
         "a write into the full disk was tried and failed\n{}",
         cluster.logs()
     );
+    // A backup reads sm.redb, which lacks them: it is put off (507), not failed (500).
+    let backup = common::send(
+        cluster
+            .client
+            .get(format!("{}/admin/backup", cluster.url(0))),
+    )
+    .await;
+    assert_eq!(backup.status, 507, "{}", backup.text);
+    assert!(backup.text.contains("backup put off"), "{}", backup.text);
     // What it applied reads as ever, from memory.
     for k in [0, 50, 99] {
         let id = format!("r{round}-{k}");
@@ -887,6 +896,13 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
     // With room, the layer is written without a restart, and writes go on.
     disk.give_back();
     wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
+    let backup = common::send(
+        cluster
+            .client
+            .get(format!("{}/admin/backup", cluster.url(0))),
+    )
+    .await;
+    assert_eq!(backup.status, 200, "{}", backup.text);
     create_many(&cluster, 0, "after", 50).await;
     cluster.assert_running([0], "it had room again").await;
 

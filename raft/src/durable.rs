@@ -105,9 +105,36 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     }
 }
 
+/// Whether `e`, or an error it was caused by, is a full disk (or quota). An `io::Error`
+/// that wraps another names, as its `source`, the source of the one it wraps, so that one
+/// is looked into too.
+pub fn no_room(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                || io.get_ref().is_some_and(|inner| no_room(inner))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_from_other_failures_however_it_is_wrapped() {
+        let full: crate::BoxError = std::io::Error::from_raw_os_error(libc::ENOSPC).into();
+        assert!(no_room(&*full));
+        let quota: crate::BoxError = std::io::Error::from_raw_os_error(libc::EDQUOT).into();
+        assert!(no_room(&*quota));
+        let wrapped: crate::BoxError = Box::new(std::io::Error::other(full));
+        assert!(no_room(&*wrapped));
+        let eio: crate::BoxError = std::io::Error::from_raw_os_error(libc::EIO).into();
+        assert!(!no_room(&*eio));
+        let other: crate::BoxError = "a corrupt row".into();
+        assert!(!no_room(&*other));
+    }
 
     #[test]
     fn creates_nested_directories_and_files() {

@@ -35,6 +35,13 @@ fn header_value(v: impl ToString) -> HeaderValue {
     HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static("?"))
 }
 
+/// Why a backup failed before its first byte.
+struct Failed {
+    /// For want of room on the disk (507), not a fault (500).
+    no_room: bool,
+    why: String,
+}
+
 pub async fn backup(
     State(state): State<Shared>,
     RawQuery(query): RawQuery,
@@ -43,7 +50,7 @@ pub async fn backup(
         state.reads.barrier(state.cfg.read_timeout()).await?;
     }
     let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNKS_BUFFERED);
-    let (header_tx, header_rx) = oneshot::channel::<Result<BackupHeader, String>>();
+    let (header_tx, header_rx) = oneshot::channel::<Result<BackupHeader, Failed>>();
     let reader = state.reader.clone();
     let origin = Origin {
         node: state.cfg.name(),
@@ -73,7 +80,10 @@ pub async fn backup(
                 tracing::warn!("backup failed: {e}");
                 match header_tx.take() {
                     Some(t) => {
-                        let _ = t.send(Err(e.to_string()));
+                        let _ = t.send(Err(Failed {
+                            no_room: cookie_raft::durable::no_room(&*e),
+                            why: e.to_string(),
+                        }));
                     }
                     // Mid-stream: the error ends the body, and the client sees it cut off.
                     None => {
@@ -85,7 +95,16 @@ pub async fn backup(
     });
     let header = match header_rx.await {
         Ok(Ok(h)) => h,
-        Ok(Err(e)) => return Err(ApiError::Internal(format!("backup failed: {e}"))),
+        // The state machine's changes wait for room on the disk to reach sm.redb, which a
+        // backup reads: nothing wrong with the node, try again once there is room.
+        Ok(Err(Failed { no_room: true, why })) => {
+            return Err(ApiError::InsufficientStorage(format!(
+                "backup put off: {why}"
+            )))
+        }
+        Ok(Err(Failed { why, .. })) => {
+            return Err(ApiError::Internal(format!("backup failed: {why}")))
+        }
         Err(_) => return Err(ApiError::Internal("backup failed".to_owned())),
     };
     let length = header

@@ -50,7 +50,7 @@ pub(super) fn short(path: &Path, need: u64) -> Option<String> {
 }
 
 /// The error a caller that cannot wait gets while writes wait for room: a full disk's, so
-/// that a snapshot build keeps the current snapshot rather than fail (`snapshot::no_room`).
+/// that a snapshot build keeps the current snapshot rather than fail (`durable::no_room`).
 pub(super) fn no_room() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::StorageFull,

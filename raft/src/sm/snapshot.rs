@@ -28,6 +28,7 @@ use super::tables::{
     KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
+use crate::durable::no_room;
 use crate::identity::Registry;
 use crate::types::TypeConfig;
 use crate::{BoxError, StResult};
@@ -176,19 +177,6 @@ fn current_in(at: Target<'_>) -> Result<Option<(Meta, SnapshotFile)>, BoxError> 
     };
     let data = at.files.open_file(&p.file, p.len)?;
     Ok(Some((p.meta, data)))
-}
-
-/// Whether `e`, or an error it was caused by, is a full disk (or quota). An `io::Error`
-/// that wraps another names, as its `source`, the source of the one it wraps, so that one
-/// is looked into too.
-fn no_room(e: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(e), |e| e.source()).any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            io.kind() == std::io::ErrorKind::StorageFull
-                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-                || io.get_ref().is_some_and(|inner| no_room(inner))
-        })
-    })
 }
 
 /// What a build came to.
@@ -477,26 +465,6 @@ fn commit_current(
     txn.commit()?;
     files.remove_others(Some(&pointer.file))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod no_room_tests {
-    use super::no_room;
-    use crate::BoxError;
-
-    #[test]
-    fn a_full_disk_is_told_from_other_failures_however_it_is_wrapped() {
-        let full: BoxError = std::io::Error::from_raw_os_error(libc::ENOSPC).into();
-        assert!(no_room(&*full));
-        let quota: BoxError = std::io::Error::from_raw_os_error(libc::EDQUOT).into();
-        assert!(no_room(&*quota));
-        let wrapped: BoxError = Box::new(std::io::Error::other(full));
-        assert!(no_room(&*wrapped));
-        let eio: BoxError = std::io::Error::from_raw_os_error(libc::EIO).into();
-        assert!(!no_room(&*eio));
-        let other: BoxError = "a corrupt row".into();
-        assert!(!no_room(&*other));
-    }
 }
 
 #[cfg(test)]
