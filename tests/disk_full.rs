@@ -817,6 +817,16 @@ async fn create_many(cluster: &Cluster, i: usize, prefix: &str, n: u64) {
         .await;
 }
 
+/// `GET /admin/backup` on node `i`.
+async fn backup(cluster: &Cluster, i: usize) -> common::Reply {
+    common::send(
+        cluster
+            .client
+            .get(format!("{}/admin/backup", cluster.url(i))),
+    )
+    .await
+}
+
 /// The disk fills between a write's entry reaching the log and the state machine's next
 /// write of its changes to `sm.redb` (at most a second later). That write is put off,
 /// not failed: the node stays up, reads what it applied from memory, and writes it once
@@ -878,14 +888,9 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
         cluster.logs()
     );
     // A backup reads sm.redb, which lacks them: it is put off (507), not failed (500).
-    let backup = common::send(
-        cluster
-            .client
-            .get(format!("{}/admin/backup", cluster.url(0))),
-    )
-    .await;
-    assert_eq!(backup.status, 507, "{}", backup.text);
-    assert!(backup.text.contains("backup put off"), "{}", backup.text);
+    let put_off = backup(&cluster, 0).await;
+    assert_eq!(put_off.status, 507, "{}", put_off.text);
+    assert!(put_off.text.contains("backup put off"), "{}", put_off.text);
     // What it applied reads as ever, from memory.
     for k in [0, 50, 99] {
         let id = format!("r{round}-{k}");
@@ -896,13 +901,7 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
     // With room, the layer is written without a restart, and writes go on.
     disk.give_back();
     wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
-    let backup = common::send(
-        cluster
-            .client
-            .get(format!("{}/admin/backup", cluster.url(0))),
-    )
-    .await;
-    assert_eq!(backup.status, 200, "{}", backup.text);
+    assert_eq!(backup(&cluster, 0).await.status, 200);
     create_many(&cluster, 0, "after", 50).await;
     cluster.assert_running([0], "it had room again").await;
 
