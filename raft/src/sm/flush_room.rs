@@ -22,6 +22,9 @@ use super::layer::Layer;
 
 /// redb's page.
 const PAGE: u64 = 4096;
+/// Bytes on disk per byte of rows written: the new page, and the one it replaces, kept
+/// until the commit after (copy on write).
+const ROWS_FACTOR: u64 = 2;
 /// The commit's own pages: headers, the allocator's state, the table of tables.
 const COMMIT: u64 = 64 << 10;
 
@@ -30,7 +33,7 @@ pub(super) fn needed(layer: &Layer, file_len: u64) -> u64 {
     if layer.is_empty() {
         return 0;
     }
-    let rows = layer.bytes() as u64 * super::snapshot::INSTALL_ROOM_FACTOR;
+    let rows = (layer.bytes() as u64).saturating_mul(ROWS_FACTOR);
     let leaves = (layer.rows() as u64).saturating_mul(PAGE).min(file_len);
     rows.saturating_add(leaves).saturating_add(COMMIT)
 }
