@@ -149,7 +149,16 @@ async fn restarted_node_catches_up_from_a_snapshot_after_log_purge() {
         .lines()
         .find_map(|l| l.strip_prefix("raft_snapshot_installs_total "))
         .and_then(|v| v.trim().parse::<u64>().ok());
-    assert_eq!(installs, Some(1), "{}", metrics.text);
+    // One install, or two: openraft's chunked transport retries a node it cannot reach
+    // with the snapshot it opened (5 tries, 500 ms apart), so a node back within that time
+    // may first get a snapshot older than the leader's current one and then the current
+    // one (seen once in CI, under load). More would mean a build still to come (see above).
+    assert!(
+        installs.is_some_and(|n| (1..=2).contains(&n)),
+        "{installs:?} installs\n{}\n{}",
+        metrics.text,
+        c.logs()
+    );
     assert_eq!(c.get(away, "k0", "local").await.status, 404);
     assert_eq!(c.get(away, "k1", "local").await.json["updated"], true);
     assert_eq!(c.list(away, "local").await.len(), 99);
