@@ -33,9 +33,16 @@ pub struct PeerHealth {
     pub role: Option<String>,
     pub term: Option<u64>,
     pub last_applied: Option<u64>,
-    /// Whether it said its disk is short of its reserve (`disk_short`, `write::room`).
+    /// Whether it said its disk is short of its reserve (`disk_short`, `write::room`), and
+    /// whether near it (`disk_near_reserve`): then it is checked every [`CLOSELY`].
     pub disk_short: bool,
+    pub disk_near: bool,
 }
+
+/// How often peers are checked while one says its disk is near its reserve (or short of
+/// it), when `health_check_interval_ms` is longer: the leader must hear that a follower
+/// is short before it takes more than its reserve holds.
+pub const CLOSELY: Duration = Duration::from_millis(100);
 
 /// How many leader changes [`Monitor::leader_changes`] remembers.
 pub const LEADER_HISTORY: usize = 20;
@@ -146,6 +153,7 @@ impl Monitor {
                 term: None,
                 last_applied: None,
                 disk_short: false,
+                disk_near: false,
             });
             entry.name = m.name;
             entry.ok = res.is_ok();
@@ -155,6 +163,7 @@ impl Monitor {
                 entry.term = h["term"].as_u64();
                 entry.last_applied = h["last_applied"].as_u64();
                 entry.disk_short = h["disk_short"].as_bool().unwrap_or(false);
+                entry.disk_near = h["disk_near_reserve"].as_bool().unwrap_or(false);
             }
         }
         let voters: Vec<NodeId> = {
@@ -167,15 +176,35 @@ impl Monitor {
         *self.short_why.lock().unwrap_or_else(|e| e.into_inner()) = short;
     }
 
-    /// [`Monitor::check_once`] every `interval`, each check bounded by `timeout`, and the
-    /// leader changes as they happen; runs until the caller stops it.
+    /// Whether a member that answered said its disk is near its reserve, or short of it,
+    /// or a member has not answered yet (a node starts before its peers do, members join
+    /// after the last check): what it would say is not known.
+    fn watch_closely(&self, cluster: &Cluster) -> bool {
+        let members = cluster.other_members();
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        members.iter().any(|m| {
+            peers
+                .get(&m.id)
+                .is_none_or(|h| h.last_seen.is_none() || (h.ok && (h.disk_near || h.disk_short)))
+        })
+    }
+
+    /// [`Monitor::check_once`] every `interval` ([`CLOSELY`] while a peer's disk is near its
+    /// reserve), each check bounded by `timeout`, and the leader changes as they happen;
+    /// runs until the caller stops it.
     pub async fn run(self, cluster: Cluster, interval: Duration, timeout: Duration) {
         let checks = async {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let began = tokio::time::Instant::now();
                 self.check_once(&cluster, timeout).await;
+                // Asked again every CLOSELY, not once: members appear after a check (the
+                // first one runs before the cluster is formed).
+                loop {
+                    tokio::time::sleep(CLOSELY.min(interval)).await;
+                    if began.elapsed() >= interval || self.watch_closely(&cluster) {
+                        break;
+                    }
+                }
             }
         };
         tokio::join!(checks, self.watch_leaders(&cluster));
@@ -216,6 +245,7 @@ mod tests {
             term: None,
             last_applied: None,
             disk_short,
+            disk_near: disk_short,
         };
         (id, health)
     }

@@ -27,8 +27,10 @@ pub async fn health(State(state): State<Shared>) -> Response {
         "term": term,
         "last_applied": state.reader.applied_index(),
         // Whether this node's disk is short of its reserve (`write::room`): the leader
-        // refuses creates and updates while a voter says so.
+        // refuses creates and updates while a voter says so; and whether it is near it:
+        // the other members then check this node every 100 ms (`cluster::monitor`).
         "disk_short": state.writer.room().short(),
+        "disk_near_reserve": state.writer.room().near(),
     }))
     .into_response()
 }
@@ -77,6 +79,7 @@ fn peers(state: &Shared) -> Vec<serde_json::Value> {
                 "id": id, "name": h.name, "status": if h.ok { "ok" } else { "error" },
                 "last_seen": h.last_seen, "role": h.role, "term": h.term,
                 "last_applied": h.last_applied, "disk_short": h.disk_short,
+                "disk_near_reserve": h.disk_near,
             })
         })
         .collect()
@@ -147,6 +150,7 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "millis_since_quorum_ack": m.millis_since_quorum_ack,
         "replication": replication,
         "disk_short": state.writer.room().short(),
+        "disk_near_reserve": state.writer.room().near(),
         "peers": peers(&state),
         "leader_changes": state.monitor.leader_changes(),
     }))

@@ -49,6 +49,14 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// 100 ms old could let through more than the reserve holds.
 const NEAR: u64 = 16 << 20;
 
+/// Within this much of its reserve a node says so on `/health` (`disk_near_reserve`), and
+/// the other members check its health every 100 ms instead of every
+/// `health_check_interval_ms` (`cluster::monitor`): the reserve then has to hold what a
+/// follower takes in 100 ms before the leader hears it is short, not in 2 s. Wider than
+/// what a node takes in one interval at full speed (about 60 MB in 2 s), so that none
+/// crosses it between two checks.
+const WATCH_CLOSELY: u64 = 256 << 20;
+
 /// Decides whether a write may be proposed, by the room on this node's disk.
 pub struct Room {
     dir: PathBuf,
@@ -130,6 +138,15 @@ impl Room {
     /// Whether this node's own disk is short of its reserve (never with the reserve off).
     pub fn short(&self) -> bool {
         self.reserve != 0 && self.room().is_some_and(|room| room < self.reserve)
+    }
+
+    /// Whether this node's own disk is within [`WATCH_CLOSELY`] of its reserve, or short of
+    /// it (never with the reserve off).
+    pub fn near(&self) -> bool {
+        self.reserve != 0
+            && self
+                .room()
+                .is_some_and(|room| room < self.reserve.saturating_add(WATCH_CLOSELY))
     }
 
     /// `Err` with the reason when `cmd` would grow the store and this node's disk, or a
@@ -249,6 +266,13 @@ mod tests {
         assert!(!room(1, 0).short());
         assert!(room(free + (1 << 30), 0).short());
         assert!(!room(0, u64::MAX).short());
+        // Near: within WATCH_CLOSELY of the reserve, or short of it.
+        assert!(room(free + (1 << 30), 0).near());
+        assert!(room(free.saturating_sub(WATCH_CLOSELY / 2).max(1), 0).near());
+        if free > WATCH_CLOSELY + 1 {
+            assert!(!room(1, 0).near());
+        }
+        assert!(!room(0, u64::MAX).near());
     }
 
     #[test]
