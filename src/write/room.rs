@@ -24,9 +24,9 @@
 //! reserve (`disk_short`), and the leader refuses as well while a voter's last report said
 //! so ([`voters_short_of_room`](crate::cluster::monitor::voters_short_of_room) says why not
 //! only a majority's), as etcd refuses puts cluster-wide once one member raises `NOSPACE`.
-//! The leader hears within a health check interval (`health_check_interval_ms`, 2 s): the
-//! reserve must hold what a follower takes meanwhile (at 10,000 creates a second of 1 KiB,
-//! about 60 MB).
+//! The leader hears within a health check interval (`health_check_interval_ms`, 2 s), or
+//! within 100 ms of a node near its reserve ([`WATCH_CLOSELY`]): the reserve must hold what
+//! a follower takes meanwhile (at 10,000 creates a second of 1 KiB, about 3 MB).
 //!
 //! What counts is the free space less what this node will write that the filesystem does
 //! not show yet ([`StoreReader::disk_due`](cookie_raft::sm::StoreReader::disk_due)): applied
