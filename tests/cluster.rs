@@ -149,10 +149,12 @@ async fn restarted_node_catches_up_from_a_snapshot_after_log_purge() {
         .lines()
         .find_map(|l| l.strip_prefix("raft_snapshot_installs_total "))
         .and_then(|v| v.trim().parse::<u64>().ok());
-    // One install, or two: openraft's chunked transport retries a node it cannot reach
-    // with the snapshot it opened (5 tries, 500 ms apart), so a node back within that time
-    // may first get a snapshot older than the leader's current one and then the current
-    // one (seen once in CI, under load). More would mean a build still to come (see above).
+    // One install, or two: openraft's chunked transport retried a node it could not reach
+    // with the snapshot it had opened (5 tries, 500 ms apart), so a node back within that
+    // time got a snapshot older than the leader's current one, then the current one (seen
+    // once in CI, under load). Patched (vendor/README.md), it starts over with the current
+    // snapshot when the first chunk does not reach the node; one that drops mid-stream
+    // still resumes the one it was sent. More would mean a build still to come (see above).
     assert!(
         installs.is_some_and(|n| (1..=2).contains(&n)),
         "{installs:?} installs\n{}\n{}",

@@ -251,6 +251,14 @@ where C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io:
                             unreachable_backoff = None;
                             continue;
                         }
+                        // Patched: an unreachable target before any chunk of this snapshot
+                        // reached it. Retrying here would keep the snapshot opened when it
+                        // was first needed, and a node back after the leader built a newer
+                        // one would install this older one first, then the newer (two
+                        // installs where one does). Nothing is lost by starting over: the
+                        // replication layer backs off with the same `backoff()` and streams
+                        // the snapshot current then, as for the outer timeout above.
+                        RPCError::Unreachable(e) if offset == 0 => return Err(e.into()),
                         err @ (RPCError::Timeout(_) | RPCError::Network(_) | RPCError::Unreachable(_)) => err,
                     };
 
@@ -1037,6 +1045,44 @@ mod tests {
             2,
             "net.backoff() must be called once per outage — the cached iterator is dropped on success"
         );
+    }
+
+    /// Patched: an unreachable target before the first chunk reached it is not retried with
+    /// the same snapshot: the error goes back at once (the replication layer backs off and
+    /// streams the snapshot current then), and the caller's backoff is not consulted here.
+    #[tokio::test]
+    async fn test_chunked_unreachable_before_the_first_chunk_returns_at_once() {
+        let backoff_calls = Arc::new(Mutex::new(0u64));
+        let mut net = UnreachableNetwork {
+            received_offset: vec![],
+            unreachable_at: vec![0],
+            backoff_calls: backoff_calls.clone(),
+        };
+
+        let mut opt = RPCOption::new(Duration::from_millis(100));
+        opt.snapshot_chunk_size = Some(1);
+        let cancel = futures::future::pending();
+
+        let err = Chunked::send_snapshot(
+            &mut net,
+            Vote::new(1, 0),
+            Snapshot::<UTConfig>::new(
+                SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: "1-1-1-8".to_string(),
+                },
+                Box::new(Cursor::new(vec![1, 2, 3])),
+            ),
+            cancel,
+            opt,
+        )
+        .await
+        .unwrap_err();
+
+        assert!(matches!(err, StreamingError::Unreachable(_)), "{err}");
+        assert_eq!(net.received_offset, vec![0], "sent once, not retried");
+        assert_eq!(*backoff_calls.lock().unwrap(), 0);
     }
 
     struct BurstyNetwork {
