@@ -723,6 +723,19 @@ async fn snapshot_index(cluster: &Cluster, i: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Until node 1's registration is applied. A change of the registry is written to sm.redb
+/// before `apply` goes on (a restarted node must know its members), so one that met a
+/// squeezed disk would hold up every write until there was room: a test that squeezes the
+/// disk must squeeze it after. Without this wait a fast machine registered the node after
+/// the squeeze, and creates timed out (CI, 2026-12-04).
+async fn wait_registered(cluster: &Cluster) {
+    cluster
+        .wait_cluster_info(0, Duration::from_secs(30), |v| {
+            v["members"][0]["incarnation"].is_string()
+        })
+        .await;
+}
+
 /// A node whose disk has no room for its next snapshot keeps the current one and goes on
 /// taking writes (openraft stops a node whose build fails, and a build only gives disk
 /// back later); once there is room, the next build goes through. On the old code the
@@ -738,6 +751,7 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
     };
     cluster.spawn(0);
     cluster.wait_ready_all(Duration::from_secs(30)).await;
+    wait_registered(&cluster).await;
 
     // About 1 MB of snapshot: 1,500 records of 1,000 letters.
     for n in 0..1500u64 {
@@ -764,7 +778,9 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
     // node (redb refuses every write after a failed one), which is not what this tests.
     wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
     assert_eq!(snapshot_index(&cluster, 0).await, built);
-    // Room for the log and the state machine's next writes, not for another snapshot.
+    // Room for the log's next writes, not for another snapshot; the state machine's writes
+    // may be put off meanwhile (`flush_room` bounds them generously), and creates go on
+    // into memory.
     disk.leave(400 << 10);
     for n in 0..300u64 {
         let r = cluster
@@ -844,14 +860,7 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
     };
     cluster.spawn(0);
     cluster.wait_ready_all(Duration::from_secs(30)).await;
-    // The node's registration first: a change of the registry is written to sm.redb before
-    // `apply` goes on (a restarted node must know its members), so one that met the full
-    // disk would hold up every write until there was room.
-    cluster
-        .wait_cluster_info(0, Duration::from_secs(30), |v| {
-            v["members"][0]["incarnation"].is_string()
-        })
-        .await;
+    wait_registered(&cluster).await;
 
     // Records applied but not yet in sm.redb when the disk is squeezed. The layer they are
     // in is written a second after its first change (100 creates are under every other
