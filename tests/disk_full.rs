@@ -723,6 +723,17 @@ async fn snapshot_index(cluster: &Cluster, i: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// One node with `extra` config on a 32-MiB disk of its own, started and registered
+/// ([`wait_registered`]); `None` where this machine cannot mount one.
+async fn one_node_on_a_disk(extra: &str) -> Option<(Cluster, Tmpfs)> {
+    let mut cluster = Cluster::configure(1, extra);
+    let disk = disk(&cluster, 0, 32 << 20, 0)?;
+    cluster.spawn(0);
+    cluster.wait_ready_all(Duration::from_secs(30)).await;
+    wait_registered(&cluster).await;
+    Some((cluster, disk))
+}
+
 /// Until node 1's registration is applied. A change of the registry is written to sm.redb
 /// before `apply` goes on (a restarted node must know its members), so one that met a
 /// squeezed disk would hold up every write until there was room: a test that squeezes the
@@ -745,13 +756,9 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
     let extra = format!(
         "{FAST_RAFT}snapshot_logs = 200\nkeep_logs_after_snapshot = 50\n{SMALL_SEGMENTS}{NO_RESERVE}"
     );
-    let mut cluster = Cluster::configure(1, &extra);
-    let Some(disk) = disk(&cluster, 0, 32 << 20, 0) else {
+    let Some((mut cluster, disk)) = one_node_on_a_disk(&extra).await else {
         return;
     };
-    cluster.spawn(0);
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
-    wait_registered(&cluster).await;
 
     // About 1 MB of snapshot: 1,500 records of 1,000 letters.
     for n in 0..1500u64 {
@@ -854,13 +861,9 @@ async fn backup(cluster: &Cluster, i: usize) -> common::Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_room() {
     let extra = format!("{FAST_RAFT}{SMALL_SEGMENTS}{NO_RESERVE}");
-    let mut cluster = Cluster::configure(1, &extra);
-    let Some(disk) = disk(&cluster, 0, 32 << 20, 0) else {
+    let Some((mut cluster, disk)) = one_node_on_a_disk(&extra).await else {
         return;
     };
-    cluster.spawn(0);
-    cluster.wait_ready_all(Duration::from_secs(30)).await;
-    wait_registered(&cluster).await;
 
     // Records applied but not yet in sm.redb when the disk is squeezed. The layer they are
     // in is written a second after its first change (100 creates are under every other

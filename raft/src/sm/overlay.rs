@@ -1035,20 +1035,25 @@ mod tests {
         assert_eq!(ids, ["a", "d", "e", "f"]);
     }
 
+    /// A new, empty `sm.redb` in `dir`, and an overlay over it with its flush thread.
+    fn empty_overlay(dir: &std::path::Path) -> (Db, Overlay, FlushThread) {
+        let path = dir.join("sm.redb");
+        let file = crate::create_db(&path, 1 << 20).unwrap();
+        super::super::tables::create_tables(&file).unwrap();
+        let db = Db::new(file, &path, 1 << 20).unwrap();
+        let (overlay, flusher) = Overlay::start(db.clone(), None, None).unwrap();
+        (db, overlay, flusher)
+    }
+
     /// `apply` adds without blocking and is told when the layers are at their bound; the wait
     /// for room ends when the frozen layer is written, and not before.
     #[test]
     fn add_reports_the_bound_and_the_wait_for_room_ends_with_the_write() {
         use super::super::layer::{FLUSH_ROWS, HARD_FACTOR};
-        use super::super::tables::create_tables;
         use openraft::CommittedLeaderId;
 
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sm.redb");
-        let file = crate::create_db(&path, 1 << 20).unwrap();
-        create_tables(&file).unwrap();
-        let db = Db::new(file, &path, 1 << 20).unwrap();
-        let (overlay, _flusher) = Overlay::start(db.clone(), None, None).unwrap();
+        let (db, overlay, _flusher) = empty_overlay(dir.path());
         // redb has one writer at a time: while this transaction is open, the flush thread's
         // write of the frozen layer cannot begin. Declared after the flush thread, so that a
         // failed assertion drops it first and the thread's join does not wait on it.
@@ -1107,15 +1112,10 @@ mod tests {
     #[test]
     fn a_finished_filter_of_ids_is_published_without_writing_the_layer() {
         use super::super::layer::FLUSH_INTERVAL;
-        use super::super::tables::create_tables;
         use openraft::CommittedLeaderId;
 
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sm.redb");
-        let file = crate::create_db(&path, 1 << 20).unwrap();
-        create_tables(&file).unwrap();
-        let db = Db::new(file, &path, 1 << 20).unwrap();
-        let (overlay, _flusher) = Overlay::start(db.clone(), None, None).unwrap();
+        let (db, overlay, _flusher) = empty_overlay(dir.path());
         let row = |id: &str, index| {
             let mut l = Layer::default();
             l.put_cookie(id, Some(b"{}".to_vec()));
