@@ -734,11 +734,12 @@ async fn one_node_on_a_disk(extra: &str) -> Option<(Cluster, Tmpfs)> {
     Some((cluster, disk))
 }
 
-/// Until node 1's registration is applied. A change of the registry is written to sm.redb
-/// before `apply` goes on (a restarted node must know its members), so one that met a
-/// squeezed disk would hold up every write until there was room: a test that squeezes the
-/// disk must squeeze it after. Without this wait a fast machine registered the node after
-/// the squeeze, and creates timed out (CI, 2026-12-04).
+/// Until node 1's registration is applied. A change of the registry is written to sm.redb,
+/// with every layer before it, as soon as it is applied (a restarted node must know its
+/// members): a test that squeezes the disk must let that write happen first, or it comes at
+/// a moment the test does not foresee. Without this wait a fast machine registered the node
+/// after the squeeze (CI, 2026-12-04), when the write still held up every create behind it
+/// (see `a_registry_change_that_waits_for_room_does_not_hold_up_writes`).
 async fn wait_registered(cluster: &Cluster) {
     cluster
         .wait_cluster_info(0, Duration::from_secs(30), |v| {
@@ -826,6 +827,32 @@ async fn a_node_without_room_for_its_next_snapshot_keeps_the_last_and_goes_on() 
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
 }
 
+/// Create 100 ~1-KiB records named `r{round}-{k}` on node 1, and squeeze its disk to
+/// `free` bytes before they are written to sm.redb; returns the round that did.
+///
+/// The layer they are in is written a second after its first change (100 creates are under
+/// every other threshold), so a round that creates them and squeezes the disk in less than
+/// that squeezes it before the write; a slower one is given back and tried again (a write
+/// that begins before the squeeze and meets it stops the node: `flush_room`).
+async fn squeeze_before_the_write(cluster: &mut Cluster, disk: &Tmpfs, free: u64) -> u32 {
+    let mut round = 0;
+    loop {
+        round += 1;
+        assert!(
+            round <= 20,
+            "every round was too slow to squeeze the disk in time"
+        );
+        wait_metric(cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
+        let started = Instant::now();
+        create_many(cluster, 0, &format!("r{round}"), 100).await;
+        disk.leave(free);
+        if started.elapsed() < Duration::from_millis(800) {
+            return round;
+        }
+        disk.give_back();
+    }
+}
+
 /// Create `n` ~1-KiB records named `{prefix}-{k}` on node `i`, 16 at a time (quickly, so
 /// that they land in one layer of the state machine before its next flush).
 async fn create_many(cluster: &Cluster, i: usize, prefix: &str, n: u64) {
@@ -865,27 +892,7 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
         return;
     };
 
-    // Records applied but not yet in sm.redb when the disk is squeezed. The layer they are
-    // in is written a second after its first change (100 creates are under every other
-    // threshold), so a round that creates them and squeezes the disk in less than that
-    // squeezes it before the write; a slower one is given back and tried again (a write
-    // that begins before the squeeze and meets it stops the node: `flush_room`).
-    let mut round = 0;
-    loop {
-        round += 1;
-        assert!(
-            round <= 20,
-            "every round was too slow to squeeze the disk in time"
-        );
-        wait_metric(&mut cluster, 0, "raft_sm_unflushed_entries", |n| n == 0).await;
-        let started = Instant::now();
-        create_many(&cluster, 0, &format!("r{round}"), 100).await;
-        disk.leave(64 << 10);
-        if started.elapsed() < Duration::from_millis(800) {
-            break;
-        }
-        disk.give_back();
-    }
+    let round = squeeze_before_the_write(&mut cluster, &disk, 64 << 10).await;
     let unflushed = metric(&cluster, 0, "raft_sm_unflushed_entries").await;
     assert!(unflushed.is_some_and(|n| n > 0), "{unflushed:?}");
     eprintln!("round {round}: {unflushed:?} entries unflushed when the disk filled");
@@ -930,4 +937,69 @@ async fn a_node_whose_disk_fills_before_its_state_machine_is_written_waits_for_r
         assert_eq!(r.status, 200, "{id} after a restart: {}", r.text);
     }
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// A change of the member registry applied while the node's disk has no room to write it
+/// (a member joins while the leader's disk is short) does not hold up the writes behind it:
+/// the node goes on acting on the registry it had until the change is written, as it did
+/// while it waited. On the old code `apply` waited for the write, and every create behind it
+/// timed out (504) until there was room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_change_that_waits_for_room_does_not_hold_up_writes() {
+    // A secret (a one-node cluster needs none), for the member that joins.
+    let extra = format!(
+        "cluster_secret = \"{}\"\n{FAST_RAFT}[storage]\n{NO_RESERVE}",
+        common::TEST_CLUSTER_SECRET
+    );
+    let Some((mut cluster, disk)) = one_node_on_a_disk(&extra).await else {
+        return;
+    };
+    // Room for the log's next entries, not for a write of the layer of 100 records.
+    squeeze_before_the_write(&mut cluster, &disk, 300 << 10).await;
+
+    // Node 2 joins (its disk has room): the leader registers its incarnation.
+    let two = cluster.add_joiner(2, 0, "learner", FAST_RAFT);
+    cluster.spawn(two);
+    cluster
+        .wait_cluster_info(two, Duration::from_secs(30), |v| registered(v, 2))
+        .await;
+    // Behind the registry change, writes go on.
+    for n in 0..20u64 {
+        let r = cluster
+            .create(0, json!({"cookie": format!("behind-{n}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "behind-{n}: {}\n{}", r.text, cluster.logs());
+    }
+    // Node 1 acts on the registry it has written, which lacks node 2.
+    assert!(
+        cluster
+            .log(0)
+            .contains("a change of the member registry waits for room"),
+        "the registry change was written at once: the test squeezed too late\n{}",
+        cluster.logs()
+    );
+    assert!(
+        !registered(&cluster.cluster_info(0).await, 2),
+        "node 1 acts on a registry not yet written\n{}",
+        cluster.logs()
+    );
+
+    // With room, the change is written and in force.
+    disk.give_back();
+    cluster
+        .wait_cluster_info(0, Duration::from_secs(30), |v| registered(v, 2))
+        .await;
+    assert!(cluster
+        .log(0)
+        .contains("the member registry written; now in force"));
+    cluster.assert_running([0, two], "a member joined").await;
+    assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
+}
+
+/// Whether a `/cluster` reply names member `id`'s incarnation.
+fn registered(info: &Value, id: u64) -> bool {
+    info["members"].as_array().is_some_and(|ms| {
+        ms.iter()
+            .any(|m| m["id"].as_u64() == Some(id) && m["incarnation"].is_string())
+    })
 }

@@ -26,7 +26,7 @@
 //! registers what was observed, and from then on the registry decides.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -172,6 +172,8 @@ pub struct Identity {
     /// No vote, no entries: this data has never taken part in Raft.
     pristine: AtomicBool,
     registry: RwLock<Registry>,
+    /// The log index of `registry`, as written to `sm.redb`; changed under its write lock.
+    registry_at: AtomicU64,
     observed: Mutex<BTreeMap<NodeId, u64>>,
     lost: OnceLock<String>,
     lost_notify: Notify,
@@ -184,6 +186,7 @@ impl Identity {
             own,
             pristine: AtomicBool::new(pristine),
             registry: RwLock::default(),
+            registry_at: AtomicU64::new(0),
             observed: Mutex::default(),
             lost: OnceLock::new(),
             lost_notify: Notify::new(),
@@ -218,9 +221,16 @@ impl Identity {
         self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by the state machine after it committed a registry.
-    pub fn set_registry(&self, registry: Registry) {
-        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+    /// Called by the state machine once `registry`, as of log index `at`, is in `sm.redb`
+    /// (at start, after an install, after an apply). One older than the registry held is
+    /// ignored: a registry whose write waited for room on the disk may be written after a
+    /// snapshot installed a newer one.
+    pub fn set_registry(&self, at: u64, registry: Registry) {
+        let mut held = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if at >= self.registry_at.load(Ordering::SeqCst) {
+            self.registry_at.store(at, Ordering::SeqCst);
+            *held = registry;
+        }
     }
 
     /// Remember an incarnation of `id` from a trusted source (see the module docs).
@@ -397,10 +407,13 @@ mod tests {
     #[test]
     fn an_impostor_or_another_cluster_is_refused() {
         let id = Identity::new(3, 0xbb, false);
-        id.set_registry(Registry {
-            cluster: Some(7),
-            members: BTreeMap::from([(1, 0x11), (3, 0xbb)]),
-        });
+        id.set_registry(
+            1,
+            Registry {
+                cluster: Some(7),
+                members: BTreeMap::from([(1, 0x11), (3, 0xbb)]),
+            },
+        );
         let mut c = claims(Some(0xbb));
         c.sender_incarnation = Some(0x12);
         assert!(matches!(
@@ -414,16 +427,37 @@ mod tests {
         assert_eq!(id.admit(&c), Ok(()));
     }
 
+    /// A registry whose write waited for room may be written after an install brought a
+    /// newer one: the older is not put back.
+    #[test]
+    fn a_registry_older_than_the_one_held_is_ignored() {
+        let id = Identity::new(1, 0x11, false);
+        let reg = |incarnation| Registry {
+            cluster: Some(7),
+            members: BTreeMap::from([(2, incarnation)]),
+        };
+        id.set_registry(10, reg(0x21));
+        id.set_registry(5, reg(0x20));
+        assert_eq!(id.expected(2), Some(0x21));
+        id.set_registry(10, reg(0x22));
+        assert_eq!(id.expected(2), Some(0x22));
+        id.set_registry(11, reg(0x23));
+        assert_eq!(id.expected(2), Some(0x23));
+    }
+
     #[test]
     fn senders_name_the_registered_incarnation_before_an_observed_one() {
         let id = Identity::new(1, 0x11, false);
         assert_eq!(id.expected(2), None);
         id.observe(2, 0x22);
         assert_eq!(id.expected(2), Some(0x22));
-        id.set_registry(Registry {
-            cluster: Some(7),
-            members: BTreeMap::from([(2, 0x21)]),
-        });
+        id.set_registry(
+            1,
+            Registry {
+                cluster: Some(7),
+                members: BTreeMap::from([(2, 0x21)]),
+            },
+        );
         assert_eq!(id.expected(2), Some(0x21));
         let h = id.request_headers(2);
         assert!(h.contains(&(TARGET_INCARNATION_HEADER, hex(0x21))));

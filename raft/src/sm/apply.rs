@@ -26,6 +26,7 @@ use super::state::StateMachine;
 use super::tables::{order_key, Membership};
 use crate::codec;
 use crate::command::{KeyRecord, Records};
+use crate::durable::no_room;
 use crate::identity::Registry;
 use crate::record::Record;
 use crate::types::{Response, TypeConfig};
@@ -239,21 +240,26 @@ impl StateMachine {
         } else {
             on_pool(work).await?
         };
-        // The waits, which block, go to the pool. A registry change is made durable at once
-        // (it is rare): a node that restarts must still name every member's incarnation, or
-        // it could not tell a wiped one.
+        // The waits, which block, go to the pool. A registry change is written to sm.redb
+        // before the node acts on it (it is rare): a node that restarts must still name
+        // every member's incarnation, or it could not tell a wiped one.
         let full = room == Room::Full;
         let registry = touched.registry.is_some();
+        let mut written = true;
         if full || registry {
             let overlay = self.overlay.clone();
-            on_pool(move || {
+            written = on_pool(move || {
                 if full {
                     overlay.wait_for_room()?;
                 }
-                if registry {
-                    overlay.flush_all(Short::Wait)?;
+                if !registry {
+                    return Ok(true);
                 }
-                Ok(())
+                match overlay.flush_all(Short::Fail) {
+                    Ok(()) => Ok(true),
+                    Err(e) if no_room(&*e) => Ok(false),
+                    Err(e) => Err(e),
+                }
             })
             .await?;
         }
@@ -262,9 +268,35 @@ impl StateMachine {
         self.cache
             .invalidate(touched.ids.iter().map(String::as_str), touched.list);
         if let Some(registry) = touched.registry {
-            self.identity.set_registry(registry);
+            if written {
+                self.identity.set_registry(last, registry);
+            } else {
+                self.registry_once_written(last, registry);
+            }
         }
         self.applied.store(last, Ordering::SeqCst);
         Ok(responses)
+    }
+
+    /// The disk has no room yet for the write of `registry` (as of `last`) to sm.redb:
+    /// `apply` goes on, and the node keeps acting on the registry it has (as it did while
+    /// `apply` used to wait here, holding up every write behind it) until the write is
+    /// done. A thread of the pool waits for it; on a failed write the node stops anyway.
+    fn registry_once_written(&self, last: u64, registry: Registry) {
+        tracing::warn!(
+            index = last,
+            "a change of the member registry waits for room on the disk to be written; the \
+             node acts on the previous registry until then"
+        );
+        let overlay = self.overlay.clone();
+        let identity = self.identity.clone();
+        tokio::task::spawn_blocking(move || {
+            let done =
+                overlay.flush_all(Short::Wait).is_ok() && overlay.stats().written >= Some(last);
+            if done {
+                identity.set_registry(last, registry);
+                tracing::info!(index = last, "the member registry written; now in force");
+            }
+        });
     }
 }

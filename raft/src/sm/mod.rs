@@ -93,7 +93,7 @@ impl StateMachine {
         let applied = read_meta::<Option<LogId<NodeId>>>(&db, KEY_APPLIED)?
             .flatten()
             .map(|l| l.index);
-        identity.set_registry(tables::read_registry(&db)?);
+        identity.set_registry(applied.unwrap_or(0), tables::read_registry(&db)?);
         let db = Db::new(db, &path, cache_bytes)?;
         let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied, repack)?;
         Ok(StateMachine {

@@ -145,7 +145,7 @@ impl StateMachine {
         .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
         .map_err(write_err)?;
         self.cache.invalidate_all();
-        self.identity.set_registry(registry);
+        self.identity.set_registry(applied, registry);
         self.applied.store(applied, Ordering::SeqCst);
         self.overlay.installed(Some(applied));
         self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
