@@ -742,9 +742,7 @@ async fn one_node_on_a_disk(extra: &str) -> Option<(Cluster, Tmpfs)> {
 /// (see `a_registry_change_that_waits_for_room_does_not_hold_up_writes`).
 async fn wait_registered(cluster: &Cluster) {
     cluster
-        .wait_cluster_info(0, Duration::from_secs(30), |v| {
-            v["members"][0]["incarnation"].is_string()
-        })
+        .wait_cluster_info(0, Duration::from_secs(30), |v| registered(v, 1))
         .await;
 }
 

@@ -517,8 +517,8 @@ impl Cluster {
     /// Every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let text = self.log(i);
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             out.push_str(&format!("--- node{} log (last lines) ---\n", n.id));
             for l in tail.into_iter().rev() {

@@ -245,10 +245,9 @@ impl StateMachine {
         // every member's incarnation, or it could not tell a wiped one.
         let full = room == Room::Full;
         let registry = touched.registry.is_some();
-        let mut written = true;
-        if full || registry {
+        let written = if full || registry {
             let overlay = self.overlay.clone();
-            written = on_pool(move || {
+            on_pool(move || {
                 if full {
                     overlay.wait_for_room()?;
                 }
@@ -261,8 +260,10 @@ impl StateMachine {
                     Err(e) => Err(e),
                 }
             })
-            .await?;
-        }
+            .await?
+        } else {
+            true
+        };
         // Visible to readers: now make the cache forget what changed, before openraft publishes the
         // new last_applied (it does so after we return).
         self.cache

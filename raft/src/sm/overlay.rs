@@ -606,15 +606,17 @@ impl Overlay {
                 {
                     p = self.wait(p);
                 }
-                if !p.wanted && !p.stop && !self.db.read(|c| c.active.old()) {
-                    // Woken for the filter of ids alone: it is published, and the layer is
-                    // left to its own thresholds. Writing it here too made flushes early and
-                    // small, at no point a caller could predict.
-                    if rebuild.as_ref().is_some_and(Rebuild::is_finished) {
-                        drop(p);
-                        self.publish_ids(&mut rebuild);
-                        continue;
-                    }
+                // Woken for the filter of ids alone: it is published, and the layer is left
+                // to its own thresholds. Writing it here too made flushes early and small, at
+                // no point a caller could predict.
+                if !p.wanted
+                    && !p.stop
+                    && rebuild.as_ref().is_some_and(Rebuild::is_finished)
+                    && !self.db.read(|c| c.active.old())
+                {
+                    drop(p);
+                    self.publish_ids(&mut rebuild);
+                    continue;
                 }
                 if !p.wanted && !p.stop && self.repack_due(&rest, &rebuild) {
                     drop(p);
