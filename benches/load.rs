@@ -14,7 +14,9 @@
 //! 256": a creates phase each, then linearizable reads at the largest), `LOAD_ONLY=<substring
 //! of "workload@clients">` (e.g. `creates@64`, `reads`), `ETCD=none` (or a path),
 //! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
-//! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper).
+//! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper),
+//! `BENCH_CPU_QUOTA` (each server process limited to that many cores' CPU time:
+//! [`support::cpu_quota`], `benches/cores.sh`).
 
 // clippy.toml keeps the server's functions to four arguments; a bench's helpers name every knob.
 #![allow(clippy::too_many_arguments)]
@@ -37,7 +39,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use support::{context_switches, cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
+use support::{context_switches, cpu_quota, cpu_seconds, env_num, etcd_binary, Etcd, Nodes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -623,6 +625,9 @@ struct Run {
     gen_cpu: f64,
     /// Context switches of the servers' threads in the phase.
     server_switches: u64,
+    /// With `BENCH_CPU_QUOTA`: the largest share of a server's CPU periods in the phase in
+    /// which it ran out of quota (near 1: held by its CPU, as the quota bench means it to be).
+    throttled: Option<f64>,
 }
 
 impl Run {
@@ -676,6 +681,10 @@ async fn run(
     let me = [std::process::id()];
     let (gen_before, server_before) = (cpu_seconds(&me), cpu_seconds(server_pids));
     let switches_before = context_switches(server_pids);
+    let throttled_before: Vec<_> = server_pids
+        .iter()
+        .map(|&p| cpu_quota::throttled(p))
+        .collect();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
     let rec = Arc::new(Recorder::new(start, secs.max(1) as usize));
@@ -710,6 +719,14 @@ async fn run(
         cpu_seconds(server_pids) - server_before,
     );
     let server_switches = context_switches(server_pids).saturating_sub(switches_before);
+    let throttled = server_pids
+        .iter()
+        .zip(throttled_before)
+        .filter_map(|(&p, before)| {
+            let ((t0, n0), (t1, n1)) = (before?, cpu_quota::throttled(p)?);
+            Some((t1 - t0) as f64 / (n1 - n0).max(1) as f64)
+        })
+        .reduce(f64::max);
     let (all, per_sec) = rec.merge();
     Run {
         sys,
@@ -721,6 +738,7 @@ async fn run(
         server_cpu,
         gen_cpu,
         server_switches,
+        throttled,
     }
 }
 
@@ -821,7 +839,7 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
         };
         let r = run(sys, target, &t, work, clients, cfg.secs, &pids).await;
         eprintln!(
-            "{} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-2xx {}, errors {}, load generator {:.1} µs/req",
+            "{} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-2xx {}, errors {}, load generator {:.1} µs/req{}",
             sys.name(),
             r.label(),
             r.rate(),
@@ -830,7 +848,10 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
             ms(r.all.hist.max()),
             r.all.non2xx,
             r.all.errors,
-            r.gen_us()
+            r.gen_us(),
+            r.throttled
+                .map(|t| format!(", busiest node throttled in {:.0}% of its CPU periods", t * 100.0))
+                .unwrap_or_default()
         );
         runs.push(r);
     }
@@ -845,6 +866,9 @@ fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
         cfg.http.name(),
         cfg.threads
     );
+    if let Some(cores) = cpu_quota::configured() {
+        println!("CPU quota per server process (BENCH_CPU_QUOTA): {cores} cores");
+    }
     println!("| workload | clients | system | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | server CPU µs/req | server switches/req | load gen CPU µs/req |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
@@ -865,6 +889,21 @@ fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
             r.switches_per_req(),
             r.gen_us()
         );
+    }
+    if runs.iter().any(|r| r.throttled.is_some()) {
+        println!("\n| workload | clients | system | CPU periods throttled, busiest node |");
+        println!("|---|---|---|---|");
+        for r in runs {
+            if let Some(t) = r.throttled {
+                println!(
+                    "| {} | {} | {} | {:.0}% |",
+                    r.work.name(),
+                    r.clients,
+                    r.sys.name(),
+                    t * 100.0
+                );
+            }
+        }
     }
     let find = |sys, (w, c): (Work, usize)| {
         runs.iter()

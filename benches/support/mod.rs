@@ -2,6 +2,7 @@
 //! data directory, started, waited for, killed and restarted.
 #![allow(dead_code)]
 
+pub mod cpu_quota;
 pub mod delay;
 
 use std::net::TcpListener;
@@ -64,6 +65,7 @@ impl Procs {
         if let Some(mut c) = self.0[i].take() {
             let _ = c.kill();
             let _ = c.wait();
+            cpu_quota::release(c.id());
         }
     }
 }
@@ -180,28 +182,17 @@ impl Nodes {
         (0..self.ports.len()).map(|i| self.url(i)).collect()
     }
 
-    /// Start node `i`. With `BENCH_LOGS=dir`, its output is appended to `dir/node{i+1}.log`
-    /// (to see why a benchmark saw errors); otherwise it is discarded.
+    /// Start node `i`; its output goes where [`log_to`] says.
     pub fn spawn(&mut self, i: usize) {
-        let (out, err) = match std::env::var("BENCH_LOGS") {
-            Ok(dir) => {
-                std::fs::create_dir_all(&dir).unwrap();
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(format!("{dir}/node{}.log", i + 1))
-                    .unwrap();
-                (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
-            }
-            Err(_) => (Stdio::null(), Stdio::null()),
-        };
-        let child = Command::new(bin())
-            .arg(&self.configs[i])
+        let (out, err) = log_to(&format!("node{}", i + 1));
+        let mut cmd = Command::new(bin());
+        cmd.arg(&self.configs[i])
             .env_remove("RUST_LOG")
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
+            .stderr(err);
+        let group = cpu_quota::confine(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        cpu_quota::spawned(child.id(), group);
         self.procs.0[i] = Some(child);
     }
 
@@ -211,6 +202,23 @@ impl Nodes {
 
     pub async fn wait_ready(&self, i: usize) {
         wait_http(&format!("{}/ready", self.url(i)), |s, _| s == 200).await;
+    }
+}
+
+/// Where a server's output goes: with `BENCH_LOGS=dir`, appended to `dir/<name>.log` (to see
+/// why a benchmark saw errors or a cluster never formed); otherwise discarded.
+fn log_to(name: &str) -> (Stdio, Stdio) {
+    match std::env::var("BENCH_LOGS") {
+        Ok(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(format!("{dir}/{name}.log"))
+                .unwrap();
+            (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+        }
+        Err(_) => (Stdio::null(), Stdio::null()),
     }
 }
 
@@ -284,38 +292,40 @@ impl Etcd {
             .enumerate()
             .map(|(i, p)| format!("e{i}=http://127.0.0.1:{p}"))
             .collect();
-        let mut children = Vec::new();
+        // Killed on a panic too (a member that never becomes healthy), so none outlives the bench.
+        let mut procs = Procs::default();
         for i in 0..3 {
             let c = format!("http://127.0.0.1:{}", client_ports[i]);
             let p = format!("http://127.0.0.1:{}", peer_ports[i]);
             let a = format!("http://127.0.0.1:{}", advertised[i]);
-            children.push(Some(
-                Command::new(bin)
-                    .args(["--name", &format!("e{i}")])
-                    .args([
-                        "--data-dir",
-                        &dir.path().join(format!("e{i}")).display().to_string(),
-                    ])
-                    .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                    .args([
-                        "--listen-peer-urls",
-                        &p,
-                        "--initial-advertise-peer-urls",
-                        &a,
-                    ])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args([
-                        "--initial-cluster-state",
-                        "new",
-                        "--initial-cluster-token",
-                        "bench",
-                    ])
-                    .args(["--logger", "zap", "--log-level", "error"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start etcd"),
-            ));
+            let (out, err) = log_to(&format!("etcd{i}"));
+            let mut cmd = Command::new(bin);
+            cmd.args(["--name", &format!("e{i}")])
+                .args([
+                    "--data-dir",
+                    &dir.path().join(format!("e{i}")).display().to_string(),
+                ])
+                .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &a,
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "bench",
+                ])
+                .args(["--logger", "zap", "--log-level", "error"])
+                .stdout(out)
+                .stderr(err);
+            let group = cpu_quota::confine(&mut cmd);
+            let child = cmd.spawn().expect("start etcd");
+            cpu_quota::spawned(child.id(), group);
+            procs.0.push(Some(child));
         }
         let urls: Vec<String> = client_ports
             .iter()
@@ -327,10 +337,6 @@ impl Etcd {
             })
             .await;
         }
-        Etcd {
-            urls,
-            procs: Procs(children),
-            dir,
-        }
+        Etcd { urls, procs, dir }
     }
 }
