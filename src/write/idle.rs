@@ -11,10 +11,14 @@
 //!
 //! The share is measured over the CPUs this process may run on (`Cpus_allowed_list` in
 //! `/proc/self/status`, their lines in `/proc/stat`), so other processes on those CPUs count
-//! as busy; and where a cgroup v2 quota (`cpu.max`) caps the node, also against the quota
-//! (a container on a large, idle host is still short once its quota is spent). The
-//! smaller of the two counts. Where none of these files can be read (not Linux), there is
-//! no signal and the load alone decides.
+//! as busy; and where a cgroup quota caps the node, also against the quota (a container
+//! on a large, idle host is still short once its quota is spent). The smaller of the two
+//! counts. Both cgroup versions: v2's `cpu.max`, against the group's own `usage_usec`; and
+//! v1's `cpu.cfs_quota_us` over `cpu.cfs_period_us` (hosts that still mount v1, some
+//! Kubernetes nodes among them), against this process's own CPU time, since v1's `cpu`
+//! controller keeps no usage of its own (that is `cpuacct`'s, mounted apart on some hosts)
+//! and in a container the node is the process that spends the quota. Where none of these
+//! files can be read (not Linux), there is no signal and the load alone decides.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,11 +36,20 @@ struct Counters {
     cgroup_usec: Option<u64>,
 }
 
+/// How the CPU spent against a quota is read.
+#[derive(Debug, PartialEq)]
+enum Usage {
+    /// cgroup v2: the group's `cpu.stat`, whatever process in it spent the time.
+    Group(PathBuf),
+    /// cgroup v1: this process's own CPU time, all its threads.
+    Process,
+}
+
 /// Samples the idle share every [`PERIOD`], on the caller's schedule.
 pub struct IdleSampler {
     allowed: Vec<usize>,
-    /// Where the cgroup caps the node: its `cpu.stat` (usage) and the CPUs its quota allows.
-    quota: Option<(PathBuf, f64)>,
+    /// Where a cgroup caps the node: how its use is read, and the CPUs its quota allows.
+    quota: Option<(Usage, f64)>,
     last: Option<(Instant, Counters)>,
 }
 
@@ -48,10 +61,7 @@ impl IdleSampler {
             .lines()
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
             .and_then(|l| parse_cpu_list(l.trim()))?;
-        let quota = cgroup_dir().and_then(|dir| {
-            let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
-            Some((dir.join("cpu.stat"), parse_cpu_max(&max)?))
-        });
+        let quota = quota_v2().or_else(quota_v1);
         let sampler = IdleSampler {
             allowed,
             quota,
@@ -81,7 +91,8 @@ impl IdleSampler {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let (idle_ticks, total_ticks) = parse_stat(&stat, &self.allowed)?;
         let cgroup_usec = match &self.quota {
-            Some((path, _)) => parse_usage(&std::fs::read_to_string(path).ok()?),
+            Some((Usage::Group(path), _)) => parse_usage(&std::fs::read_to_string(path).ok()?),
+            Some((Usage::Process, _)) => process_usec(),
             None => None,
         };
         Some(Counters {
@@ -171,12 +182,74 @@ fn parse_usage(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// This process's cgroup v2 directory (`0::<path>` in `/proc/self/cgroup`).
-fn cgroup_dir() -> Option<PathBuf> {
+/// The quota of this process's cgroup v2 directory (`0::<path>` in `/proc/self/cgroup`).
+fn quota_v2() -> Option<(Usage, f64)> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
-    dir.join("cpu.max").exists().then_some(dir)
+    let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
+    Some((Usage::Group(dir.join("cpu.stat")), parse_cpu_max(&max)?))
+}
+
+/// The quota of this process's cgroup v1 `cpu` group: its path in `/proc/self/cgroup`
+/// under the mount of the `cpu` hierarchy that `/proc/self/mountinfo` names.
+fn quota_v1() -> Option<(Usage, f64)> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let dir = v1_dir(v1_cpu_path(&cgroup)?, &mounts)?;
+    let quota = std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok()?;
+    let period = std::fs::read_to_string(dir.join("cpu.cfs_period_us")).ok()?;
+    Some((Usage::Process, parse_cfs(&quota, &period)?))
+}
+
+/// The path of the v1 group that holds this process for the `cpu` controller: the line
+/// `<id>:<controllers>:<path>` whose controllers (`cpu,cpuacct`, `cpu`) include `cpu`.
+fn v1_cpu_path(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        controllers.split(',').any(|c| c == "cpu").then_some(path)
+    })
+}
+
+/// Where the group at `path` is: under the mount of a v1 hierarchy with the `cpu`
+/// controller (`mountinfo`: fields 4 and 5 are the group mounted and where; after " - ",
+/// the type `cgroup` and its options). A container sees its own group mounted as the root
+/// of the hierarchy, and `path` may then name it from above, or be `/`.
+fn v1_dir(path: &str, mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (before, after) = l.split_once(" - ")?;
+        let mut fs = after.split_ascii_whitespace();
+        let (kind, _source, options) = (fs.next()?, fs.next()?, fs.next()?);
+        if kind != "cgroup" || !options.split(',').any(|o| o == "cpu") {
+            return None;
+        }
+        let f: Vec<&str> = before.split_ascii_whitespace().collect();
+        let (root, mount) = (*f.get(3)?, PathBuf::from(f.get(4)?));
+        let below = match path.strip_prefix(root) {
+            Some(rest) if root == "/" || rest.is_empty() || rest.starts_with('/') => rest,
+            _ => "",
+        };
+        Some(mount.join(below.trim_start_matches('/')))
+    })
+}
+
+/// v1's `cpu.cfs_quota_us` (`-1`: no quota) over `cpu.cfs_period_us`, in CPUs.
+fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
+    let quota: f64 = quota.trim().parse().ok()?;
+    let period: f64 = period.trim().parse().ok()?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// This process's CPU time so far (user and system, every thread), in microseconds.
+fn process_usec() -> Option<u64> {
+    // SAFETY: getrusage writes only the struct it is given, which is ours and zeroed.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
+    }?;
+    let usec = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Some(usec(usage.ru_utime) + usec(usage.ru_stime))
 }
 
 #[cfg(test)]
@@ -214,6 +287,61 @@ mod tests {
         assert_eq!(parse_cpu_max("max 100000\n"), None);
         assert_eq!(parse_usage("usage_usec 1500\nuser_usec 1000\n"), Some(1500));
         assert_eq!(parse_usage("user_usec 1000\n"), None);
+    }
+
+    #[test]
+    fn a_v1_quota_is_found_where_the_cpu_hierarchy_is_mounted() {
+        // A host's view: cpu and cpuacct mounted apart (this machine), or together.
+        let cgroup = "9:name=systemd:/\n4:memory:/m\n2:cpuacct:/\n1:cpu:/pod/a\n0::/\n";
+        assert_eq!(v1_cpu_path(cgroup), Some("/pod/a"));
+        assert_eq!(v1_cpu_path("3:cpu,cpuacct:/k/b\n"), Some("/k/b"));
+        assert_eq!(
+            v1_cpu_path("2:cpuacct:/\n0::/x\n"),
+            None,
+            "no cpu controller"
+        );
+        let host = "30 25 0:27 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu\n\
+                    31 25 0:28 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n";
+        assert_eq!(
+            v1_dir("/pod/a", host),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu/pod/a"))
+        );
+        let together =
+            "30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        assert_eq!(
+            v1_dir("/k/b", together),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/k/b"))
+        );
+        // A container: its own group mounted as the hierarchy's root.
+        let inside =
+            "700 650 0:27 /kubepods/pod1/c1 /sys/fs/cgroup/cpu ro - cgroup cgroup rw,cpu\n";
+        for path in ["/kubepods/pod1/c1", "/"] {
+            assert_eq!(
+                v1_dir(path, inside),
+                Some(PathBuf::from("/sys/fs/cgroup/cpu")),
+                "{path}"
+            );
+        }
+        // Only a cgroup v1 mount with the cpu controller counts.
+        let others = "40 25 0:29 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                      41 25 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n";
+        assert_eq!(v1_dir("/", others), None);
+        assert_eq!(parse_cfs("50000\n", "100000\n"), Some(0.5));
+        assert_eq!(parse_cfs("-1\n", "100000\n"), None, "no quota");
+        assert_eq!(parse_cfs("", "100000"), None);
+    }
+
+    #[test]
+    fn this_process_cpu_time_grows_as_it_works() {
+        let Some(before) = process_usec() else {
+            return; // no getrusage: no v1 quota signal
+        };
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(process_usec().unwrap() > before);
     }
 
     #[test]
