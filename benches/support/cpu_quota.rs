@@ -16,7 +16,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -55,13 +55,22 @@ fn root() -> (PathBuf, bool) {
 /// The group each confined server runs in, by its process id.
 static GROUPS: Mutex<BTreeMap<u32, PathBuf>> = Mutex::new(BTreeMap::new());
 
-/// With a quota configured, a new group with that quota, and `cmd` set to start in it: the
-/// child moves itself before it `exec`s, so the server never runs a moment outside it and
-/// sizes its thread pools (Rust's `available_parallelism` reads the quota) the same way in
-/// every run. Hand the spawned child's id to [`spawned`]. A panic names what the kernel
-/// refused: a bench asked for a quota must not measure without one.
-pub fn confine(cmd: &mut Command) -> Option<PathBuf> {
-    let cores = configured()?;
+/// Start `cmd`; with a quota configured, in a new group with that quota. The child moves
+/// itself before it `exec`s, so the server never runs a moment outside it and sizes its
+/// thread pools (Rust's `available_parallelism` reads the quota) the same way in every run.
+/// A panic names what the kernel refused: a bench asked for a quota must not measure
+/// without one.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let group = configured().map(|cores| confine(cmd, cores));
+    let child = cmd.spawn()?;
+    if let Some(g) = group {
+        GROUPS.lock().expect("not poisoned").insert(child.id(), g);
+    }
+    Ok(child)
+}
+
+/// A new group with a quota of `cores`, and `cmd` set to join it before it `exec`s.
+fn confine(cmd: &mut Command, cores: f64) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let (root, v2) = root();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -103,14 +112,7 @@ pub fn confine(cmd: &mut Command) -> Option<PathBuf> {
             }
         });
     }
-    Some(dir)
-}
-
-/// Remember that the server `pid` runs in `group` (from [`confine`]).
-pub fn spawned(pid: u32, group: Option<PathBuf>) {
-    if let Some(g) = group {
-        GROUPS.lock().expect("not poisoned").insert(pid, g);
-    }
+    dir
 }
 
 /// Remove the group of `pid`, once the process has exited (the kernel refuses a group that

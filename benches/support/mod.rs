@@ -190,10 +190,7 @@ impl Nodes {
             .env_remove("RUST_LOG")
             .stdout(out)
             .stderr(err);
-        let group = cpu_quota::confine(&mut cmd);
-        let child = cmd.spawn().unwrap();
-        cpu_quota::spawned(child.id(), group);
-        self.procs.0[i] = Some(child);
+        self.procs.0[i] = Some(cpu_quota::spawn(&mut cmd).unwrap());
     }
 
     pub fn kill(&mut self, i: usize) {
@@ -322,10 +319,9 @@ impl Etcd {
                 .args(["--logger", "zap", "--log-level", "error"])
                 .stdout(out)
                 .stderr(err);
-            let group = cpu_quota::confine(&mut cmd);
-            let child = cmd.spawn().expect("start etcd");
-            cpu_quota::spawned(child.id(), group);
-            procs.0.push(Some(child));
+            procs
+                .0
+                .push(Some(cpu_quota::spawn(&mut cmd).expect("start etcd")));
         }
         let urls: Vec<String> = client_ports
             .iter()

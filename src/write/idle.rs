@@ -37,7 +37,6 @@ struct Counters {
 }
 
 /// How the CPU spent against a quota is read.
-#[derive(Debug, PartialEq)]
 enum Usage {
     /// cgroup v2: the group's `cpu.stat`, whatever process in it spent the time.
     Group(PathBuf),
@@ -61,7 +60,8 @@ impl IdleSampler {
             .lines()
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
             .and_then(|l| parse_cpu_list(l.trim()))?;
-        let quota = quota_v2().or_else(quota_v1);
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let quota = quota_v2(&cgroup).or_else(|| quota_v1(&cgroup));
         let sampler = IdleSampler {
             allowed,
             quota,
@@ -170,8 +170,14 @@ fn parse_stat(stat: &str, allowed: &[usize]) -> Option<(u64, u64)> {
 /// `cpu.max`: `"<quota> <period>"` in microseconds, or `"max <period>"` for no quota.
 fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut f = text.split_ascii_whitespace();
-    let quota: f64 = f.next()?.parse().ok()?;
-    let period: f64 = f.next()?.parse().ok()?;
+    cpus(f.next()?, f.next()?)
+}
+
+/// A quota over its period, in CPUs; none where the quota is not a positive number (v2's
+/// `max`, v1's `-1`).
+fn cpus(quota: &str, period: &str) -> Option<f64> {
+    let quota: f64 = quota.trim().parse().ok()?;
+    let period: f64 = period.trim().parse().ok()?;
     (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 
@@ -182,24 +188,24 @@ fn parse_usage(text: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The quota of this process's cgroup v2 directory (`0::<path>` in `/proc/self/cgroup`).
-fn quota_v2() -> Option<(Usage, f64)> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+/// The quota of this process's cgroup v2 directory (`0::<path>` in `cgroup`, the text of
+/// `/proc/self/cgroup`).
+fn quota_v2(cgroup: &str) -> Option<(Usage, f64)> {
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
     let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim().trim_start_matches('/'));
     let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
     Some((Usage::Group(dir.join("cpu.stat")), parse_cpu_max(&max)?))
 }
 
-/// The quota of this process's cgroup v1 `cpu` group: its path in `/proc/self/cgroup`
-/// under the mount of the `cpu` hierarchy that `/proc/self/mountinfo` names.
-fn quota_v1() -> Option<(Usage, f64)> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+/// The quota of this process's cgroup v1 `cpu` group: its path in `cgroup` (the text of
+/// `/proc/self/cgroup`) under the mount of the `cpu` hierarchy that `/proc/self/mountinfo`
+/// names.
+fn quota_v1(cgroup: &str) -> Option<(Usage, f64)> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let dir = v1_dir(v1_cpu_path(&cgroup)?, &mounts)?;
+    let dir = v1_dir(v1_cpu_path(cgroup)?, &mounts)?;
     let quota = std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok()?;
     let period = std::fs::read_to_string(dir.join("cpu.cfs_period_us")).ok()?;
-    Some((Usage::Process, parse_cfs(&quota, &period)?))
+    Some((Usage::Process, cpus(&quota, &period)?))
 }
 
 /// The path of the v1 group that holds this process for the `cpu` controller: the line
@@ -232,13 +238,6 @@ fn v1_dir(path: &str, mountinfo: &str) -> Option<PathBuf> {
         };
         Some(mount.join(below.trim_start_matches('/')))
     })
-}
-
-/// v1's `cpu.cfs_quota_us` (`-1`: no quota) over `cpu.cfs_period_us`, in CPUs.
-fn parse_cfs(quota: &str, period: &str) -> Option<f64> {
-    let quota: f64 = quota.trim().parse().ok()?;
-    let period: f64 = period.trim().parse().ok()?;
-    (quota > 0.0 && period > 0.0).then(|| quota / period)
 }
 
 /// This process's CPU time so far (user and system, every thread), in microseconds.
@@ -326,9 +325,9 @@ mod tests {
         let others = "40 25 0:29 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
                       41 25 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n";
         assert_eq!(v1_dir("/", others), None);
-        assert_eq!(parse_cfs("50000\n", "100000\n"), Some(0.5));
-        assert_eq!(parse_cfs("-1\n", "100000\n"), None, "no quota");
-        assert_eq!(parse_cfs("", "100000"), None);
+        assert_eq!(cpus("50000\n", "100000\n"), Some(0.5));
+        assert_eq!(cpus("-1\n", "100000\n"), None, "no quota");
+        assert_eq!(cpus("", "100000"), None);
     }
 
     #[test]
