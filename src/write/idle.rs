@@ -19,6 +19,13 @@
 //! controller keeps no usage of its own (that is `cpuacct`'s, mounted apart on some hosts)
 //! and in a container the node is the process that spends the quota. Where none of these
 //! files can be read (not Linux), there is no signal and the load alone decides.
+//!
+//! A sandboxed kernel may export `/proc/stat` with every counter at zero (gVisor does: GKE
+//! Sandbox, some serverless hosts). Read as such, no CPU would ever look idle and pipelining
+//! would stay off at any load with cores to spare. There the node measures its own CPU time
+//! against the CPUs it may run on (or its quota, if smaller): it cannot see other processes'
+//! use of those CPUs, but it sees whether it is itself short of CPU, which is what the
+//! window asks.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,10 +36,10 @@ pub const PERIOD: Duration = Duration::from_millis(500);
 /// Cumulative CPU time, as the kernel counts it.
 #[derive(Debug, Clone, Copy)]
 struct Counters {
-    /// Over the allowed CPUs: idle (with I/O wait) and all, in clock ticks.
-    idle_ticks: u64,
-    total_ticks: u64,
-    /// The cgroup's CPU time, in microseconds, where it has a quota.
+    /// Over the allowed CPUs: idle (with I/O wait) and all, in clock ticks; none where the
+    /// kernel's counters are not read.
+    host_ticks: Option<(u64, u64)>,
+    /// The CPU time spent against the quota, in microseconds, where there is one.
     cgroup_usec: Option<u64>,
 }
 
@@ -46,8 +53,9 @@ enum Usage {
 
 /// Samples the idle share every [`PERIOD`], on the caller's schedule.
 pub struct IdleSampler {
-    allowed: Vec<usize>,
-    /// Where a cgroup caps the node: how its use is read, and the CPUs its quota allows.
+    /// The CPUs whose `/proc/stat` lines count; none where the kernel's are all zeros.
+    host: Option<Vec<usize>>,
+    /// Where the node is capped: how its use is read, and the CPUs it may use.
     quota: Option<(Usage, f64)>,
     last: Option<(Instant, Counters)>,
 }
@@ -62,12 +70,20 @@ impl IdleSampler {
             .and_then(|l| parse_cpu_list(l.trim()))?;
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let quota = quota_v2(&cgroup).or_else(|| quota_v1(&cgroup));
+        // Fails now rather than on every sample if /proc/stat is not what it should be.
+        let (_, total) = parse_stat(&std::fs::read_to_string("/proc/stat").ok()?, &allowed)?;
+        let (host, quota) = sources(allowed, total, quota);
+        if host.is_none() {
+            tracing::info!(
+                "/proc/stat counts no CPU time: the idle signal is this node's own CPU time \
+                 against the CPUs it may use"
+            );
+        }
         let sampler = IdleSampler {
-            allowed,
+            host,
             quota,
             last: None,
         };
-        // Fails now rather than on every sample if /proc/stat is not what it should be.
         sampler.read()?;
         Some(sampler)
     }
@@ -88,37 +104,70 @@ impl IdleSampler {
     }
 
     fn read(&self) -> Option<Counters> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let (idle_ticks, total_ticks) = parse_stat(&stat, &self.allowed)?;
+        let host_ticks = match &self.host {
+            Some(allowed) => Some(parse_stat(
+                &std::fs::read_to_string("/proc/stat").ok()?,
+                allowed,
+            )?),
+            None => None,
+        };
         let cgroup_usec = match &self.quota {
             Some((Usage::Group(path), _)) => parse_usage(&std::fs::read_to_string(path).ok()?),
             Some((Usage::Process, _)) => process_usec(),
             None => None,
         };
         Some(Counters {
-            idle_ticks,
-            total_ticks,
+            host_ticks,
             cgroup_usec,
         })
     }
 }
 
-/// The share idle between two readings `elapsed` apart: of the allowed CPUs, and of the
-/// quota where there is one; the smaller.
-fn idle_share(a: &Counters, b: &Counters, elapsed: Duration, quota: Option<f64>) -> Option<f64> {
-    let total = b.total_ticks.checked_sub(a.total_ticks)?;
-    if total == 0 {
-        return None;
+/// Which counters tell the idle share, given the CPUs allowed, the total ticks `/proc/stat`
+/// counts for them so far, and the cgroup quota if any. A kernel that counts no time at
+/// all exports no counters: then the node's own CPU time goes against the CPUs allowed
+/// (or the quota, if smaller), read as a v1 quota's is unless a v2 group's usage is there.
+fn sources(
+    allowed: Vec<usize>,
+    total_ticks: u64,
+    quota: Option<(Usage, f64)>,
+) -> (Option<Vec<usize>>, Option<(Usage, f64)>) {
+    if total_ticks > 0 {
+        return (Some(allowed), quota);
     }
-    let idle = b.idle_ticks.saturating_sub(a.idle_ticks) as f64 / total as f64;
+    let n = allowed.len() as f64;
+    let quota = match quota {
+        Some((usage, cpus)) => (usage, cpus.min(n)),
+        None => (Usage::Process, n),
+    };
+    (None, Some(quota))
+}
+
+/// The share idle between two readings `elapsed` apart: of the allowed CPUs, and of the
+/// quota where there is one; the smaller. None where neither moved.
+fn idle_share(a: &Counters, b: &Counters, elapsed: Duration, quota: Option<f64>) -> Option<f64> {
+    let host = match (a.host_ticks, b.host_ticks) {
+        (Some((idle_a, total_a)), Some((idle_b, total_b))) => {
+            let total = total_b.checked_sub(total_a)?;
+            if total == 0 {
+                return None;
+            }
+            Some(idle_b.saturating_sub(idle_a) as f64 / total as f64)
+        }
+        _ => None,
+    };
     let of_quota = match (quota, a.cgroup_usec, b.cgroup_usec) {
         (Some(cpus), Some(x), Some(y)) if elapsed > Duration::ZERO => {
             let used = y.saturating_sub(x) as f64 / 1e6 / elapsed.as_secs_f64();
-            1.0 - used / cpus
+            Some(1.0 - used / cpus)
         }
-        _ => 1.0,
+        _ => None,
     };
-    Some(idle.min(of_quota).clamp(0.0, 1.0))
+    let share = match (host, of_quota) {
+        (None, None) => return None,
+        (h, q) => h.unwrap_or(1.0).min(q.unwrap_or(1.0)),
+    };
+    Some(share.clamp(0.0, 1.0))
 }
 
 /// `0-3,8,10-11` (the kernel's CPU list format) as CPU numbers.
@@ -346,13 +395,11 @@ mod tests {
     #[test]
     fn the_share_is_the_smaller_of_the_cpus_and_the_quota() {
         let a = Counters {
-            idle_ticks: 100,
-            total_ticks: 200,
+            host_ticks: Some((100, 200)),
             cgroup_usec: Some(0),
         };
         let b = Counters {
-            idle_ticks: 180,
-            total_ticks: 300,
+            host_ticks: Some((180, 300)),
             cgroup_usec: Some(400_000),
         };
         let second = Duration::from_secs(1);
@@ -367,6 +414,47 @@ mod tests {
         // Counters that did not move (or went back) give no reading.
         assert_eq!(idle_share(&b, &b, second, None), None);
         assert_eq!(idle_share(&b, &a, second, None), None);
+    }
+
+    #[test]
+    fn a_kernel_that_counts_no_cpu_time_leaves_the_node_its_own() {
+        // A normal kernel: /proc/stat's lines count, the quota stays as read.
+        let (host, quota) = sources(vec![0, 1], 5_000, None);
+        assert_eq!(host, Some(vec![0, 1]));
+        assert!(quota.is_none());
+        // gVisor: every counter zero. The node's own time against its 4 CPUs.
+        let (host, quota) = sources(vec![0, 1, 2, 3], 0, None);
+        assert_eq!(host, None);
+        assert!(matches!(quota, Some((Usage::Process, n)) if n == 4.0));
+        // ...or against a smaller quota, read as the quota is.
+        let group = PathBuf::from("/g/cpu.stat");
+        let (_, quota) = sources(
+            vec![0, 1, 2, 3],
+            0,
+            Some((Usage::Group(group.clone()), 1.5)),
+        );
+        assert!(matches!(quota, Some((Usage::Group(ref p), n)) if *p == group && n == 1.5));
+        let (_, quota) = sources(vec![0, 1], 0, Some((Usage::Process, 8.0)));
+        assert!(matches!(quota, Some((Usage::Process, n)) if n == 2.0));
+
+        // Its share: 1.5 s of CPU in 1 s against 4 CPUs leaves 62.5% idle; 4 s, none.
+        let at = |usec| Counters {
+            host_ticks: None,
+            cgroup_usec: Some(usec),
+        };
+        let second = Duration::from_secs(1);
+        let share = idle_share(&at(0), &at(1_500_000), second, Some(4.0)).unwrap();
+        assert!((share - 0.625).abs() < 1e-9, "{share}");
+        assert_eq!(
+            idle_share(&at(0), &at(4_000_000), second, Some(4.0)),
+            Some(0.0)
+        );
+        // Nothing counted either way: no reading.
+        let none = Counters {
+            host_ticks: None,
+            cgroup_usec: None,
+        };
+        assert_eq!(idle_share(&none, &none, second, None), None);
     }
 
     #[test]
