@@ -178,6 +178,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
         register_process_and_build(&r);
+        cookie_raft::stages::register(&r).expect("unique metric");
         let append_entries = counter_vec(&r, "raft_append_entries_received_total", "Log entries AppendEntries carried to this node, by log: new (past its last log index when the append arrived), already_held (at an index its log had reached: the leader sent them again, after a lost answer, a probe or a round that failed; a steady rise is bandwidth spent twice) (follower only)", &["log"]);
         let snapshot_install_failures = counter_vec(
             &r,

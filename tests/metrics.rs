@@ -101,6 +101,9 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_write_queue_seconds", "histogram"),
         ("raft_write_batches_allowed", "gauge"),
         ("raft_write_cpu_idle_ratio", "gauge"),
+        ("raft_log_append_seconds", "histogram"),
+        ("raft_wal_fsync_seconds", "histogram"),
+        ("raft_apply_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -180,6 +183,10 @@ async fn metrics_names_labels_types_and_counts() {
     // The linearizable list waited until the follower applied the three creates (entries
     // 2-4 after the membership and blank entries); the later writes may still be in flight.
     assert!(get(r#"raft_state{field="applied_index"}"#) >= 4.0);
+    // The follower appended those entries to its WAL, synced it, and applied them.
+    assert!(get("raft_log_append_seconds_count") >= 1.0, "{}", r.text);
+    assert!(get("raft_wal_fsync_seconds_count") >= 1.0, "{}", r.text);
+    assert!(get("raft_apply_seconds_count") >= 1.0, "{}", r.text);
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
     assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);

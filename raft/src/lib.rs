@@ -58,6 +58,7 @@ pub mod member;
 pub mod network;
 pub mod record;
 pub mod sm;
+pub mod stages;
 pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheStats};

@@ -87,6 +87,8 @@ impl LogSize {
 struct Flush {
     file: Option<Arc<File>>,
     done: LogFlushed<TypeConfig>,
+    /// When openraft asked for the append ([`crate::stages::LOG_APPEND`]).
+    started: std::time::Instant,
 }
 
 /// A leader restored in place at startup, and the read index it must not go below.
@@ -115,8 +117,14 @@ fn run_flusher(rx: mpsc::Receiver<Flush>) {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let file = batch.iter().rev().find_map(|f| f.file.clone());
-        let res = file.map_or(Ok(()), |f| f.sync_data());
+        let res = file.map_or(Ok(()), |f| {
+            let synced = std::time::Instant::now();
+            let res = f.sync_data();
+            crate::stages::since(&crate::stages::WAL_FSYNC, synced);
+            res
+        });
         for f in batch {
+            crate::stages::since(&crate::stages::LOG_APPEND, f.started);
             f.done.log_io_completed(match &res {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -389,6 +397,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut records = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
@@ -404,6 +413,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let flush = Flush {
                     file,
                     done: callback,
+                    started,
                 };
                 if let Err(mpsc::SendError(f)) = self.flusher.send(flush) {
                     let err = std::io::Error::other("the WAL flusher is gone");

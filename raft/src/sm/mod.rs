@@ -132,7 +132,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_batch(entries.into_iter().collect()).await
+        let started = std::time::Instant::now();
+        let applied = self.apply_batch(entries.into_iter().collect()).await;
+        crate::stages::since(&crate::stages::APPLY, started);
+        applied
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
