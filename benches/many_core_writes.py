@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Creates on many cores: 3 cookie-crud nodes against 3 etcd nodes, each node pinned to
+M cores (taskset), wrk on the cores left, the same ~200-byte records as
+../shared/bench/many-core.sh. It asks what that script cannot: how each system's creates
+grow from 2 to 4 cores per node, which group-commit setting changes that, and where the
+leader's CPU goes (per thread) while it does.
+
+    PLAN="2:etcd 2:cc 4:etcd 4:cc 4:cc:pipe2"   blocks, run in this order
+    D=10          seconds per phase (16, 64 and 256 clients per block)
+    BIN_DIR=dir   cookie-crud, etcd and wrk (and wrk's libraries, see LIB_DIR)
+    LIB_DIR=dir   libraries for wrk only (libluajit), where the host lacks them
+    LUA_DIR=dir   cc_put.lua and etcd_put.lua (default: ../shared/bench)
+    NOPIN=1       no taskset (a small machine: a dry run)
+    OUT=dir       summary.txt and the raw wrk output
+
+A cookie-crud block's variant adds a `[batch]` table to each node's config (VARIANTS).
+Nodes inherit COOKIE_CRUD_* from the environment (the cluster secret).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+VARIANTS = {
+    "": "",
+    # The CPU gate for a second batch in flight off: what a node did where /proc/stat
+    # counts nothing (gVisor) before the idle signal fell back to the node's own CPU time.
+    "gateoff": "[batch]\npipeline_idle_above = 1.0\n",
+    # A second batch in flight at any load.
+    "pipe2": "[batch]\npipeline_below = 1000000\n",
+    # Four.
+    "pipe4": "[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
+    # No wait for a batch's writers to come back before the next batch goes.
+    "noregather": "[batch]\nregather_us = 0\n",
+    # Four batches and four AppendEntries per follower in flight, at any load.
+    "deep": "[raft]\nappends_in_flight = 4\n[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
+}
+CLIENTS = [16, 64, 256]
+
+D = int(os.environ.get("D", "10"))
+OUT = os.environ.get("OUT", "/tmp/mcw")
+NOPIN = bool(os.environ.get("NOPIN")) or shutil.which("taskset") is None
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.environ.get("LUA_DIR", os.path.join(HERE, "..", "..", "shared", "bench"))
+BIN = os.environ.get("BIN_DIR", "")
+LIB = os.environ.get("LIB_DIR", "")
+TICK = os.sysconf("SC_CLK_TCK")
+os.makedirs(OUT, exist_ok=True)
+SUMMARY = open(os.path.join(OUT, "summary.txt"), "a")
+
+
+def log(*a):
+    line = " ".join(str(x) for x in a)
+    print(line, flush=True)
+    SUMMARY.write(line + "\n")
+    SUMMARY.flush()
+
+
+def exe(name):
+    path = os.path.join(BIN, name) if BIN else shutil.which(name)
+    if not path or not os.path.exists(path):
+        sys.exit(f"{name}: not found (BIN_DIR or PATH)")
+    return path
+
+
+def pinned(cpus, argv):
+    return argv if NOPIN else ["taskset", "-c", cpus] + argv
+
+
+def cpus_of(mode, i):
+    a = (i - 1) * mode
+    return f"{a}-{a + mode - 1}"
+
+
+def wrk_cpus(mode):
+    return f"{3 * mode}-{os.cpu_count() - 1}"
+
+
+def http(url, body=None, timeout=2):
+    data = body.encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read().decode()
+    except Exception as e:  # a node not up yet reads as no answer
+        return f"ERR {e}"
+
+
+def ticks(pid):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def threads(pid):
+    """Each thread's name and CPU ticks so far, by thread id."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            raw = open(f"/proc/{pid}/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        out[tid] = (name, int(f[11]) + int(f[12]))
+    return out
+
+
+def thread_delta(a, b):
+    """CPU ticks between two samples, summed by thread name: (total, name, threads, busiest)."""
+    by = {}
+    for tid, (name, t) in b.items():
+        d = t - a.get(tid, (name, 0))[1]
+        total, n, top = by.get(name, (0, 0, 0))
+        by[name] = (total + d, n + 1, max(top, d))
+    return sorted(((t, k, n, top) for k, (t, n, top) in by.items()), reverse=True)
+
+
+def wrk(mode, name, conns, url, script):
+    t = max(1, min(8, os.cpu_count() - 3 * mode)) if not NOPIN else 2
+    env = dict(os.environ)
+    if LIB:
+        env["LD_LIBRARY_PATH"] = LIB
+    argv = [exe("wrk"), f"-t{t}", f"-c{conns}", f"-d{D}s", "--latency", "-s", script, url]
+    p = subprocess.Popen(pinned(wrk_cpus(mode), argv), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env)
+    time.sleep(D / 2)
+    mid = metric_lines(url) if "cc" in name else {}
+    text = p.communicate()[0]
+    open(os.path.join(OUT, name), "w").write(text)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M))
+    mx = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", text, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    errs = re.search(r"Socket errors:.*", text)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50": lat.get("50", "?"),
+        "p90": lat.get("90", "?"),
+        "p99": lat.get("99", "?"),
+        "max": mx.group(1) if mx else "?",
+        "non2xx": non2xx.group(1) if non2xx else "0",
+        "errors": errs.group(0) if errs else "",
+        "mid": mid,
+    }
+
+
+def metric_lines(url):
+    text = http(url + "/metrics", timeout=5)
+    keep = ("raft_write_batch_commands_sum", "raft_write_batch_commands_count",
+            "raft_write_cpu_idle_ratio", "raft_write_batches_allowed",
+            "raft_appends_overlapped_total", "raft_appends_early_total",
+            "raft_write_batch_seconds_sum", "raft_write_batch_seconds_count",
+            "raft_write_queue_seconds_sum", "raft_write_queue_seconds_count",
+            "raft_peer_rpc_seconds_sum", "raft_peer_rpc_seconds_count",
+            "raft_log_append_seconds_sum", "raft_log_append_seconds_count",
+            "raft_wal_fsync_seconds_sum", "raft_wal_fsync_seconds_count",
+            "raft_apply_seconds_sum", "raft_apply_seconds_count")
+    vals = {}
+    for line in text.splitlines():
+        if line.startswith(keep):
+            k, _, v = line.rpartition(" ")
+            try:
+                vals[k] = float(v)
+            except ValueError:
+                pass
+    return vals
+
+
+def start_etcd(mode, tmp, tag):
+    procs = []
+    cluster = ",".join(f"n{i}=http://127.0.0.1:2{i}380" for i in (1, 2, 3))
+    for i in (1, 2, 3):
+        argv = [exe("etcd"), "--name", f"n{i}", "--data-dir", f"{tmp}/etcd{tag}{i}",
+                "--listen-client-urls", f"http://127.0.0.1:2{i}379",
+                "--advertise-client-urls", f"http://127.0.0.1:2{i}379",
+                "--listen-peer-urls", f"http://127.0.0.1:2{i}380",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:2{i}380",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"mcw{tag}", "--log-level", "error"]
+        logf = open(f"{tmp}/etcd{tag}{i}.log", "w")
+        procs.append(subprocess.Popen(pinned(cpus_of(mode, i), argv), stdout=logf, stderr=logf))
+    leader = None
+    for _ in range(100):
+        for i in (1, 2, 3):
+            st = http(f"http://127.0.0.1:2{i}379/v3/maintenance/status", "{}")
+            try:
+                d = json.loads(st)
+                if d.get("leader") and d["leader"] == d["header"]["member_id"]:
+                    leader = (f"http://127.0.0.1:2{i}379", i)
+            except (ValueError, KeyError):
+                pass
+        if leader:
+            break
+        time.sleep(0.2)
+    if leader:
+        http(leader[0] + "/v3/kv/put", '{"key":"Zm9v","value":"YmFy"}')
+    return procs, leader
+
+
+def start_cc(mode, tmp, tag, variant):
+    procs = []
+    nodes = ", ".join(f'{{ id = {i}, addr = "127.0.0.1:808{i}" }}' for i in (1, 2, 3))
+    for i in (1, 2, 3):
+        conf = f"{tmp}/cc{tag}{i}.toml"
+        open(conf, "w").write(
+            f'node_id = {i}\nlisten = "127.0.0.1:808{i}"\ndata_dir = "{tmp}/cc{tag}{i}"\n'
+            f"nodes = [ {nodes} ]\nlog_level = \"warn\"\n" + VARIANTS[variant])
+        logf = open(f"{tmp}/cc{tag}{i}.log", "w")
+        argv = [exe("cookie-crud"), "--config", conf]
+        procs.append(subprocess.Popen(pinned(cpus_of(mode, i), argv), stdout=logf, stderr=logf))
+    leader = None
+    for _ in range(150):
+        for i in (1, 2, 3):
+            try:
+                if json.loads(http(f"http://127.0.0.1:808{i}/health")).get("role") == "leader":
+                    leader = (f"http://127.0.0.1:808{i}", i)
+            except ValueError:
+                pass
+        if leader:
+            break
+        time.sleep(0.2)
+    if leader:
+        http(leader[0] + "/cookies", '{"cookie":"bench-read-key","user_id":1}')
+        time.sleep(0.5)
+    return procs, leader
+
+
+def stop(procs):
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def block(n, spec, tmp, results):
+    parts = spec.split(":")
+    mode, system, variant = int(parts[0]), parts[1], (parts[2] if len(parts) > 2 else "")
+    tag = f"{n}"
+    label = system + (f"-{variant}" if variant else "")
+    if system == "etcd":
+        procs, leader = start_etcd(mode, tmp, tag)
+        script = os.path.join(LUA, "etcd_put.lua")
+    else:
+        procs, leader = start_cc(mode, tmp, tag, variant)
+        script = os.path.join(LUA, "cc_put.lua")
+    if not leader:
+        log(f"block {n} m{mode} {label}: no leader; the nodes' logs end:")
+        for f in sorted(os.listdir(tmp)):
+            if f.endswith(".log"):
+                log(f, open(os.path.join(tmp, f)).read()[-600:])
+        stop(procs)
+        return
+    try:
+        phases(n, (mode, system, label), procs, leader, script, results)
+    finally:
+        stop(procs)
+
+
+def phases(n, what, procs, leader, script, results):
+    mode, system, label = what
+    leader, lpid = leader[0], procs[leader[1] - 1].pid
+    for c in CLIENTS:
+        cpu0 = sum(ticks(p.pid) for p in procs)
+        m0 = metric_lines(leader) if system == "cc" else {}
+        th0 = threads(lpid) if c == 64 else None
+        t0 = time.time()
+        r = wrk(mode, f"b{n}_m{mode}_{label}_c{c}", c, leader, script)
+        secs = time.time() - t0
+        cpu = (sum(ticks(p.pid) for p in procs) - cpu0) / TICK
+        results.setdefault((mode, label, c), []).append(r["rps"])
+        busy = cpu / secs / (3 * mode)
+        extra = ""
+        if system == "cc":
+            m1 = metric_lines(leader)
+            dc = m1.get("raft_write_batch_commands_count", 0) - m0.get("raft_write_batch_commands_count", 0)
+            ds = m1.get("raft_write_batch_commands_sum", 0) - m0.get("raft_write_batch_commands_sum", 0)
+            means = []
+            stages = {"raft_write_queue_seconds": "queue", "raft_write_batch_seconds": "batch",
+                      "raft_log_append_seconds": "log-append", "raft_wal_fsync_seconds": "fsync",
+                      "raft_apply_seconds": "apply"}
+            for name, short in stages.items():
+                n_ = m1.get(name + "_count", 0) - m0.get(name + "_count", 0)
+                t_ = m1.get(name + "_sum", 0) - m0.get(name + "_sum", 0)
+                means.append(f"{short} {t_ / n_ * 1e3 if n_ else 0:.2f}ms x{n_ / secs:.0f}/s")
+            for k in sorted(m1):
+                if k.startswith("raft_peer_rpc_seconds_sum") and 'append' in k:
+                    kc = k.replace("_sum", "_count")
+                    n_ = m1.get(kc, 0) - m0.get(kc, 0)
+                    t_ = m1[k] - m0.get(k, 0)
+                    peer = re.search(r'(?:peer|node|target)[a-z_]*="(\w+)"', k)
+                    means.append(f"append->{peer.group(1) if peer else k} {t_ / n_ * 1e3 if n_ else 0:.2f}ms"
+                                 f" x{n_ / secs:.0f}/s busy {t_ / secs:.2f}")
+            mid = r["mid"]
+            extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
+                     f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"
+                     f" allowed {mid.get('raft_write_batches_allowed', -1):.0f}")
+        log(f"m{mode} {label:12s} c{c:<4d} {r['rps']:9.0f}/s p50 {r['p50']:>8s} p90 {r['p90']:>8s}"
+            f" p99 {r['p99']:>8s} max {r['max']:>8s} cpu {cpu / secs:5.2f} cores"
+            f" ({busy:4.0%} of {3 * mode}){extra}"
+            + (f" non2xx {r['non2xx']}" if r["non2xx"] != "0" else "")
+            + (f" {r['errors']}" if r["errors"] else ""))
+        if system == "cc":
+            log("   leader means: " + ", ".join(means))
+        if th0 is not None:
+            rows = thread_delta(th0, threads(lpid))[:8]
+            log("   leader threads at c64, cores (busiest one): " + ", ".join(
+                f"{k} x{cnt} {t / TICK / secs:.2f} ({top / TICK / secs:.2f})"
+                for t, k, cnt, top in rows))
+
+
+def main():
+    plan = os.environ.get("PLAN", "2:etcd 2:cc 4:etcd 4:cc").split()
+    for spec in plan:
+        variant = spec.split(":")[2] if spec.count(":") == 2 else ""
+        if variant not in VARIANTS:
+            sys.exit(f"unknown variant {variant!r} in {spec}")
+    log(f"nproc {os.cpu_count()} clk_tck {TICK} D {D}s pinned {not NOPIN} plan {' '.join(plan)}")
+    stat = open("/proc/stat").read().splitlines()[:2]
+    log("/proc/stat: " + " | ".join(stat))
+    t0 = time.time()
+    loop = "import time\nt=time.time()\nwhile time.time()-t<1.0: pass"
+    ps = [subprocess.Popen(pinned("0", [sys.executable, "-c", loop])) for _ in range(2)]
+    used = 0.0
+    for p in ps:
+        _, status, ru = os.wait4(p.pid, 0)
+        used += ru.ru_utime + ru.ru_stime
+    path = os.path.join(tempfile.gettempdir(), "mcw-fsync")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    t1 = time.time()
+    for _ in range(300):
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+    log(f"fsync: 300 appends of 4 KiB, each fsynced: {(time.time() - t1) / 300 * 1e3:.2f} ms each")
+    os.close(fd)
+    os.unlink(path)
+    log(f"affinity: two busy loops pinned to CPU 0 took {time.time() - t0:.2f} s wall, "
+        f"{used:.2f} s CPU ({'enforced' if time.time() - t0 > 1.6 else 'NOT enforced'})")
+    results = {}
+    tmp = tempfile.mkdtemp(prefix="mcw")
+    try:
+        for n, spec in enumerate(plan):
+            block(n, spec, tmp, results)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp, exist_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log("\nmean creates/s (runs)")
+    labels = sorted({(k[1]) for k in results})
+    modes = sorted({k[0] for k in results})
+    for label in labels:
+        for m in modes:
+            row = [results.get((m, label, c)) for c in CLIENTS]
+            if not any(row):
+                continue
+            log(f"  m{m} {label:12s} " + "  ".join(
+                f"c{c} {sum(v) / len(v):8.0f} ({len(v)})" if v else f"c{c} n/a"
+                for c, v in zip(CLIENTS, row)))
+    if len(modes) == 2:
+        lo, hi = modes
+        mean = lambda m, l, c: (lambda v: sum(v) / len(v) if v else None)(results.get((m, l, c)))
+        log(f"\ngrowth m{lo} -> m{hi} cores per node (and cookie-crud's over etcd's)")
+        for label in labels:
+            g = []
+            for c in CLIENTS:
+                a, b = mean(lo, label, c), mean(hi, label, c)
+                e0, e1 = mean(lo, "etcd", c), mean(hi, "etcd", c)
+                if a and b:
+                    s = f"c{c} {b / a:.2f}x"
+                    if e0 and e1 and label != "etcd":
+                        s += f" ({b / a / (e1 / e0):.2f} of etcd's)"
+                    g.append(s)
+            if g:
+                log(f"  {label:12s} " + "  ".join(g))
+        log(f"\nat m{hi}, against etcd (same mode)")
+        for label in labels:
+            if label == "etcd":
+                continue
+            r = []
+            for c in CLIENTS:
+                a, e = mean(hi, label, c), mean(hi, "etcd", c)
+                if a and e:
+                    r.append(f"c{c} {a / e:.2f}x")
+            log(f"  {label:12s} " + "  ".join(r))
+
+
+if __name__ == "__main__":
+    main()
