@@ -166,7 +166,8 @@ def metric_lines(url):
             "raft_peer_rpc_seconds_sum", "raft_peer_rpc_seconds_count",
             "raft_log_append_seconds_sum", "raft_log_append_seconds_count",
             "raft_wal_fsync_seconds_sum", "raft_wal_fsync_seconds_count",
-            "raft_apply_seconds_sum", "raft_apply_seconds_count")
+            "raft_apply_seconds_sum", "raft_apply_seconds_count",
+            "raft_commit_seconds_sum", "raft_commit_seconds_count")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -289,7 +290,7 @@ def phases(n, what, procs, leader, script, results):
             means = []
             stages = {"raft_write_queue_seconds": "queue", "raft_write_batch_seconds": "batch",
                       "raft_log_append_seconds": "log-append", "raft_wal_fsync_seconds": "fsync",
-                      "raft_apply_seconds": "apply"}
+                      "raft_commit_seconds": "commit", "raft_apply_seconds": "apply"}
             for name, short in stages.items():
                 n_ = m1.get(name + "_count", 0) - m0.get(name + "_count", 0)
                 t_ = m1.get(name + "_sum", 0) - m0.get(name + "_sum", 0)

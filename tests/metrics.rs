@@ -104,6 +104,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_log_append_seconds", "histogram"),
         ("raft_wal_fsync_seconds", "histogram"),
         ("raft_apply_seconds", "histogram"),
+        ("raft_commit_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -187,6 +188,7 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get("raft_log_append_seconds_count") >= 1.0, "{}", r.text);
     assert!(get("raft_wal_fsync_seconds_count") >= 1.0, "{}", r.text);
     assert!(get("raft_apply_seconds_count") >= 1.0, "{}", r.text);
+    assert!(get("raft_commit_seconds_count") >= 1.0, "{}", r.text);
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
     assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);

@@ -1,5 +1,6 @@
 //! How long the log and the state machine take at their steps: the disk's and the apply's
-//! parts of every write's round, beside the peer RPCs the node times itself. What an
+//! parts of every write's round, and the wait between (from an append to the apply of what
+//! it carried: the commit), beside the peer RPCs the node times itself. What an
 //! operator of etcd reads in `etcd_disk_wal_fsync_duration_seconds` and
 //! `etcd_disk_backend_commit_duration_seconds`, and what a slow round is taken apart with
 //! (docs/benchmarks.md: on 16 cores a batch's round took two to three times its
@@ -7,10 +8,11 @@
 //!
 //! Process-wide histograms, as the `prometheus` crate's own default registry keeps them, so
 //! that the stores need not be handed a registry through openraft: the node adds them to its
-//! own ([`register`]). Every store in one process records into the same ones (only tests
-//! open more than one).
+//! own ([`register`]). Every store in one process records into the same ones, and the
+//! commit's timer follows one log's indexes (only tests open more than one).
 
-use std::sync::LazyLock;
+use std::collections::VecDeque;
+use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use prometheus::{Histogram, HistogramOpts, Registry};
@@ -53,9 +55,89 @@ pub static APPLY: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// From an append of log entries to the start of their apply.
+pub static COMMIT: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "raft_commit_seconds",
+        "Time from the append of log entries here to the start of their apply. On a leader: \
+         its own append and fsync beside a quorum's (an append RPC and a follower's fsync), \
+         and the commit reaching the state machine. On a follower: also until an append or \
+         heartbeat from the leader carries the commit index",
+    )
+});
+
+/// The most appends waiting for their apply that [`COMMIT`] keeps track of: a node
+/// whose apply lags further than that stops timing the oldest, and nothing grows.
+const PENDING_MAX: usize = 4096;
+
+/// Appends not yet applied, timed into a histogram when their apply begins.
+struct CommitClock {
+    /// The last index of each append and when it began, oldest first.
+    pending: Mutex<VecDeque<(u64, Instant)>>,
+    histogram: Histogram,
+}
+
+impl CommitClock {
+    fn new(histogram: Histogram) -> Self {
+        CommitClock {
+            pending: Mutex::new(VecDeque::new()),
+            histogram,
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn appended(&self, first: u64, last: u64, started: Instant) {
+        let mut q = self.pending();
+        // A follower's log cut back and written again: what was cut will never be applied.
+        while q.back().is_some_and(|&(i, _)| i >= first) {
+            q.pop_back();
+        }
+        if q.len() == PENDING_MAX {
+            q.pop_front();
+        }
+        q.push_back((last, started));
+    }
+
+    /// Appends up to `last` are done with: timed if `applied`, else only dropped.
+    fn reached(&self, last: u64, applied: bool) {
+        let now = Instant::now();
+        let mut q = self.pending();
+        while let Some(&(i, started)) = q.front() {
+            if i > last {
+                break;
+            }
+            q.pop_front();
+            if applied {
+                let waited = now.saturating_duration_since(started);
+                self.histogram.observe(waited.as_secs_f64());
+            }
+        }
+    }
+}
+
+static CLOCK: LazyLock<CommitClock> = LazyLock::new(|| CommitClock::new(COMMIT.clone()));
+
+/// An append of the entries `first..=last` began at `started` ([`COMMIT`]).
+pub fn appended(first: u64, last: u64, started: Instant) {
+    CLOCK.appended(first, last, started);
+}
+
+/// The apply of entries up to `last` begins: every append they came in is committed.
+pub fn applying(last: u64) {
+    CLOCK.reached(last, true);
+}
+
+/// A snapshot up to `last` was installed: appends up to there will not be applied.
+pub fn installed(last: u64) {
+    CLOCK.reached(last, false);
+}
+
 /// Adds the histograms to a node's registry.
 pub fn register(r: &Registry) -> prometheus::Result<()> {
-    for h in [&*LOG_APPEND, &*WAL_FSYNC, &*APPLY] {
+    for h in [&*LOG_APPEND, &*WAL_FSYNC, &*APPLY, &*COMMIT] {
         r.register(Box::new(h.clone()))?;
     }
     Ok(())
@@ -74,18 +156,54 @@ mod tests {
     fn the_histograms_go_into_a_registry_and_count_what_is_recorded() {
         let r = Registry::new();
         register(&r).unwrap();
+        // Other tests in this process apply entries too: at least this one is counted.
         let before = APPLY.get_sample_count();
         since(&APPLY, Instant::now());
-        assert_eq!(APPLY.get_sample_count(), before + 1);
+        assert!(APPLY.get_sample_count() > before);
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_string()).collect();
         for n in [
             "raft_log_append_seconds",
             "raft_wal_fsync_seconds",
             "raft_apply_seconds",
+            "raft_commit_seconds",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
         }
         // A second node's registry in the same process takes them too.
         register(&Registry::new()).unwrap();
+    }
+
+    #[test]
+    fn each_append_is_timed_once_when_the_apply_reaches_it() {
+        // A clock of its own: the process-wide one takes the appends of every other test.
+        let clock = CommitClock::new(histogram("t_commit_seconds", "test"));
+        let count = || clock.histogram.get_sample_count();
+        let t = Instant::now();
+        clock.appended(1, 1, t);
+        clock.appended(2, 4, t);
+        clock.appended(5, 5, t);
+        clock.reached(3, true);
+        assert_eq!(count(), 1, "2..=4 is not all applied yet");
+        clock.reached(4, true);
+        assert_eq!(count(), 2);
+        // A follower's log cut back to 5 and written again: 5 is timed once, from the
+        // second append.
+        clock.appended(5, 6, t);
+        assert_eq!(clock.pending().len(), 1);
+        clock.reached(6, true);
+        assert_eq!(count(), 3);
+        assert!(clock.pending().is_empty());
+        // An apply that lags far: the oldest stop being timed, and the queue stays bounded.
+        for i in 0..(PENDING_MAX as u64 + 10) {
+            clock.appended(100 + i, 100 + i, t);
+        }
+        assert_eq!(clock.pending().len(), PENDING_MAX);
+        // 100..=109 were dropped untimed; 110..=200 are timed now.
+        clock.reached(200, true);
+        assert_eq!(count(), 3 + 91);
+        // A snapshot installed over the rest: dropped, not timed.
+        clock.reached(u64::MAX, false);
+        assert!(clock.pending().is_empty());
+        assert_eq!(count(), 3 + 91);
     }
 }

@@ -403,6 +403,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             records.push((entry.log_id.index, bytes));
         }
+        if let (Some(&(first, _)), Some(&(last, _))) = (records.first(), records.last()) {
+            crate::stages::appended(first, last, started);
+        }
         // A write into the page cache; the fsync happens on the flusher thread.
         let written = {
             let mut wal = self.wal();

@@ -133,7 +133,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let applied = self.apply_batch(entries.into_iter().collect()).await;
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            crate::stages::applying(last.log_id.index);
+        }
+        let applied = self.apply_batch(entries).await;
         crate::stages::since(&crate::stages::APPLY, started);
         applied
     }
@@ -153,7 +157,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotFile>) -> StResult<()> {
-        self.install(meta, *snapshot).await
+        self.install(meta, *snapshot).await?;
+        crate::stages::installed(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
