@@ -179,6 +179,20 @@ def metric_lines(url):
     return vals
 
 
+def wait_leader(is_leader, url, tries=150):
+    """(url of the leader, its node number 1-3) once one of the nodes says it leads, or
+    None after `tries` rounds 0.2 s apart. A node not up yet answers nothing: not leader."""
+    for _ in range(tries):
+        for i in (1, 2, 3):
+            try:
+                if is_leader(i):
+                    return url.format(i), i
+            except (ValueError, KeyError, TypeError):
+                pass
+        time.sleep(0.2)
+    return None
+
+
 def start_etcd(mode, tmp, tag):
     procs = []
     cluster = ",".join(f"n{i}=http://127.0.0.1:2{i}380" for i in (1, 2, 3))
@@ -192,19 +206,11 @@ def start_etcd(mode, tmp, tag):
                 "--initial-cluster-token", f"mcw{tag}", "--log-level", "error"]
         logf = open(f"{tmp}/etcd{tag}{i}.log", "w")
         procs.append(subprocess.Popen(pinned(cpus_of(mode, i), argv), stdout=logf, stderr=logf))
-    leader = None
-    for _ in range(100):
-        for i in (1, 2, 3):
-            st = http(f"http://127.0.0.1:2{i}379/v3/maintenance/status", "{}")
-            try:
-                d = json.loads(st)
-                if d.get("leader") and d["leader"] == d["header"]["member_id"]:
-                    leader = (f"http://127.0.0.1:2{i}379", i)
-            except (ValueError, KeyError):
-                pass
-        if leader:
-            break
-        time.sleep(0.2)
+    def is_leader(i):
+        d = json.loads(http(f"http://127.0.0.1:2{i}379/v3/maintenance/status", "{}"))
+        return bool(d.get("leader")) and d["leader"] == d["header"]["member_id"]
+
+    leader = wait_leader(is_leader, "http://127.0.0.1:2{}379")
     if leader:
         http(leader[0] + "/v3/kv/put", '{"key":"Zm9v","value":"YmFy"}')
     return procs, leader
@@ -221,17 +227,10 @@ def start_cc(mode, tmp, tag, variant):
         logf = open(f"{tmp}/cc{tag}{i}.log", "w")
         argv = [exe("cookie-crud"), "--config", conf]
         procs.append(subprocess.Popen(pinned(cpus_of(mode, i), argv), stdout=logf, stderr=logf))
-    leader = None
-    for _ in range(150):
-        for i in (1, 2, 3):
-            try:
-                if json.loads(http(f"http://127.0.0.1:808{i}/health")).get("role") == "leader":
-                    leader = (f"http://127.0.0.1:808{i}", i)
-            except ValueError:
-                pass
-        if leader:
-            break
-        time.sleep(0.2)
+    def is_leader(i):
+        return json.loads(http(f"http://127.0.0.1:808{i}/health")).get("role") == "leader"
+
+    leader = wait_leader(is_leader, "http://127.0.0.1:808{}")
     if leader:
         http(leader[0] + "/cookies", '{"cookie":"bench-read-key","user_id":1}')
         time.sleep(0.5)
