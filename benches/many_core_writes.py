@@ -167,7 +167,10 @@ def metric_lines(url):
             "raft_log_append_seconds_sum", "raft_log_append_seconds_count",
             "raft_wal_fsync_seconds_sum", "raft_wal_fsync_seconds_count",
             "raft_apply_seconds_sum", "raft_apply_seconds_count",
-            "raft_commit_seconds_sum", "raft_commit_seconds_count")
+            "raft_commit_seconds_sum", "raft_commit_seconds_count",
+            "raft_write_batch_seconds_bucket", "raft_log_append_seconds_bucket",
+            "raft_commit_seconds_bucket", "raft_apply_seconds_bucket",
+            "raft_peer_rpc_seconds_bucket")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -191,6 +194,29 @@ def wait_leader(is_leader, url, tries=150):
                 pass
         time.sleep(0.2)
     return None
+
+
+def p99(m0, m1, name, labels=""):
+    """The 0.99 quantile of histogram `name` (its series with `labels`, e.g. 'rpc="append",')
+    between two scrapes, interpolated in its bucket as Prometheus's histogram_quantile
+    does; None without observations."""
+    buckets = []
+    for k, v in m1.items():
+        le = re.fullmatch(re.escape(name + "_bucket{" + labels) + r'le="([^"]+)"\}', k)
+        if le:
+            buckets.append((float(le.group(1)), v - m0.get(k, 0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = 0.99 * buckets[-1][1]
+    lo, below = 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (rank - below) / (n - below) if n > below else le
+        lo, below = le, n
+    return lo
 
 
 def start_etcd(mode, tmp, tag):
@@ -293,15 +319,20 @@ def phases(n, what, procs, leader, script, results):
             for name, short in stages.items():
                 n_ = m1.get(name + "_count", 0) - m0.get(name + "_count", 0)
                 t_ = m1.get(name + "_sum", 0) - m0.get(name + "_sum", 0)
-                means.append(f"{short} {t_ / n_ * 1e3 if n_ else 0:.2f}ms x{n_ / secs:.0f}/s")
+                q = p99(m0, m1, name) if name + '_bucket{le="+Inf"}' in m1 else None
+                means.append(f"{short} {t_ / n_ * 1e3 if n_ else 0:.2f}ms x{n_ / secs:.0f}/s"
+                             + (f" (p99 {q * 1e3:.1f})" if q is not None else ""))
             for k in sorted(m1):
                 if k.startswith("raft_peer_rpc_seconds_sum") and 'append' in k:
                     kc = k.replace("_sum", "_count")
                     n_ = m1.get(kc, 0) - m0.get(kc, 0)
                     t_ = m1[k] - m0.get(k, 0)
                     peer = re.search(r'(?:peer|node|target)[a-z_]*="(\w+)"', k)
+                    labels = k[k.index("{") + 1 : -1] + ","
+                    q = p99(m0, m1, "raft_peer_rpc_seconds", labels)
                     means.append(f"append->{peer.group(1) if peer else k} {t_ / n_ * 1e3 if n_ else 0:.2f}ms"
-                                 f" x{n_ / secs:.0f}/s busy {t_ / secs:.2f}")
+                                 f" x{n_ / secs:.0f}/s busy {t_ / secs:.2f}"
+                                 + (f" (p99 {q * 1e3:.1f})" if q is not None else ""))
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"
