@@ -91,10 +91,15 @@ def http(url, body=None, timeout=2):
         return f"ERR {e}"
 
 
+def stat_ticks(raw):
+    """utime + stime of a /proc/<pid>/stat (or task stat) line: the fields after the name."""
+    f = raw.rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
 def ticks(pid):
     try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(f[11]) + int(f[12])
+        return stat_ticks(open(f"/proc/{pid}/stat").read())
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -111,9 +116,7 @@ def threads(pid):
             raw = open(f"/proc/{pid}/task/{tid}/stat").read()
         except OSError:
             continue
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        f = raw.rsplit(")", 1)[1].split()
-        out[tid] = (name, int(f[11]) + int(f[12]))
+        out[tid] = (raw[raw.index("(") + 1 : raw.rindex(")")], stat_ticks(raw))
     return out
 
 
@@ -127,7 +130,8 @@ def thread_delta(a, b):
     return sorted(((t, k, n, top) for k, (t, n, top) in by.items()), reverse=True)
 
 
-def wrk(mode, name, conns, url, script):
+def wrk(mode, name, conns, url, script, scrape):
+    """One wrk phase; with `scrape`, the node's metrics at its middle too ("mid")."""
     t = max(1, min(8, os.cpu_count() - 3 * mode)) if not NOPIN else 2
     env = dict(os.environ)
     if LIB:
@@ -136,7 +140,7 @@ def wrk(mode, name, conns, url, script):
     p = subprocess.Popen(pinned(wrk_cpus(mode), argv), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env)
     time.sleep(D / 2)
-    mid = metric_lines(url) if "cc" in name else {}
+    mid = metric_lines(url) if scrape else {}
     text = p.communicate()[0]
     open(os.path.join(OUT, name), "w").write(text)
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
@@ -158,19 +162,9 @@ def wrk(mode, name, conns, url, script):
 
 def metric_lines(url):
     text = http(url + "/metrics", timeout=5)
-    keep = ("raft_write_batch_commands_sum", "raft_write_batch_commands_count",
-            "raft_write_cpu_idle_ratio", "raft_write_batches_allowed",
-            "raft_appends_overlapped_total", "raft_appends_early_total",
-            "raft_write_batch_seconds_sum", "raft_write_batch_seconds_count",
-            "raft_write_queue_seconds_sum", "raft_write_queue_seconds_count",
-            "raft_peer_rpc_seconds_sum", "raft_peer_rpc_seconds_count",
-            "raft_log_append_seconds_sum", "raft_log_append_seconds_count",
-            "raft_wal_fsync_seconds_sum", "raft_wal_fsync_seconds_count",
-            "raft_apply_seconds_sum", "raft_apply_seconds_count",
-            "raft_commit_seconds_sum", "raft_commit_seconds_count",
-            "raft_write_batch_seconds_bucket", "raft_log_append_seconds_bucket",
-            "raft_commit_seconds_bucket", "raft_apply_seconds_bucket",
-            "raft_peer_rpc_seconds_bucket")
+    # The write path's families, whole (sums, counts and buckets).
+    keep = ("raft_write_", "raft_peer_rpc_seconds", "raft_log_append_seconds",
+            "raft_wal_fsync_seconds", "raft_commit_seconds", "raft_apply_seconds")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -217,6 +211,16 @@ def p99(m0, m1, name, labels=""):
             return lo + (le - lo) * (rank - below) / (n - below) if n > below else le
         lo, below = le, n
     return lo
+
+
+def summary(m0, m1, name, labels, secs):
+    """Histogram `name`'s series with `labels` between two scrapes: mean, rate and p99."""
+    sel = "{" + labels + "}" if labels else ""
+    n = m1.get(f"{name}_count{sel}", 0) - m0.get(f"{name}_count{sel}", 0)
+    t = m1.get(f"{name}_sum{sel}", 0) - m0.get(f"{name}_sum{sel}", 0)
+    q = p99(m0, m1, name, labels + "," if labels else "")
+    return (f"{t / n * 1e3 if n else 0:.2f}ms x{n / secs:.0f}/s"
+            + (f" (p99 {q * 1e3:.1f})" if q is not None else ""))
 
 
 def start_etcd(mode, tmp, tag):
@@ -302,7 +306,7 @@ def phases(n, what, procs, leader, script, results):
         m0 = metric_lines(leader) if system == "cc" else {}
         th0 = threads(lpid) if c == 64 else None
         t0 = time.time()
-        r = wrk(mode, f"b{n}_m{mode}_{label}_c{c}", c, leader, script)
+        r = wrk(mode, f"b{n}_m{mode}_{label}_c{c}", c, leader, script, system == "cc")
         secs = time.time() - t0
         cpu = (sum(ticks(p.pid) for p in procs) - cpu0) / TICK
         results.setdefault((mode, label, c), []).append(r["rps"])
@@ -317,22 +321,15 @@ def phases(n, what, procs, leader, script, results):
                       "raft_log_append_seconds": "log-append", "raft_wal_fsync_seconds": "fsync",
                       "raft_commit_seconds": "commit", "raft_apply_seconds": "apply"}
             for name, short in stages.items():
-                n_ = m1.get(name + "_count", 0) - m0.get(name + "_count", 0)
-                t_ = m1.get(name + "_sum", 0) - m0.get(name + "_sum", 0)
-                q = p99(m0, m1, name) if name + '_bucket{le="+Inf"}' in m1 else None
-                means.append(f"{short} {t_ / n_ * 1e3 if n_ else 0:.2f}ms x{n_ / secs:.0f}/s"
-                             + (f" (p99 {q * 1e3:.1f})" if q is not None else ""))
+                means.append(short + " " + summary(m0, m1, name, "", secs))
             for k in sorted(m1):
-                if k.startswith("raft_peer_rpc_seconds_sum") and 'append' in k:
-                    kc = k.replace("_sum", "_count")
-                    n_ = m1.get(kc, 0) - m0.get(kc, 0)
-                    t_ = m1[k] - m0.get(k, 0)
-                    peer = re.search(r'(?:peer|node|target)[a-z_]*="(\w+)"', k)
-                    labels = k[k.index("{") + 1 : -1] + ","
-                    q = p99(m0, m1, "raft_peer_rpc_seconds", labels)
-                    means.append(f"append->{peer.group(1) if peer else k} {t_ / n_ * 1e3 if n_ else 0:.2f}ms"
-                                 f" x{n_ / secs:.0f}/s busy {t_ / secs:.2f}"
-                                 + (f" (p99 {q * 1e3:.1f})" if q is not None else ""))
+                if k.startswith("raft_peer_rpc_seconds_sum{") and 'rpc="append"' in k:
+                    labels = k[k.index("{") + 1 : -1]
+                    peer = re.search(r'peer_id="(\w+)"', labels)
+                    in_flight = (m1[k] - m0.get(k, 0)) / secs
+                    means.append(f"append->{peer.group(1) if peer else labels} "
+                                 + summary(m0, m1, "raft_peer_rpc_seconds", labels, secs)
+                                 + f" busy {in_flight:.2f}")
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"
@@ -365,8 +362,11 @@ def main():
     ps = [subprocess.Popen(pinned("0", [sys.executable, "-c", loop])) for _ in range(2)]
     used = 0.0
     for p in ps:
-        _, status, ru = os.wait4(p.pid, 0)
+        ru = os.wait4(p.pid, 0)[2]
         used += ru.ru_utime + ru.ru_stime
+    wall = time.time() - t0
+    log(f"affinity: two busy loops pinned to CPU 0 took {wall:.2f} s wall, "
+        f"{used:.2f} s CPU ({'enforced' if wall > 1.6 else 'NOT enforced'})")
     path = os.path.join(tempfile.gettempdir(), "mcw-fsync")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     t1 = time.time()
@@ -376,8 +376,6 @@ def main():
     log(f"fsync: 300 appends of 4 KiB, each fsynced: {(time.time() - t1) / 300 * 1e3:.2f} ms each")
     os.close(fd)
     os.unlink(path)
-    log(f"affinity: two busy loops pinned to CPU 0 took {time.time() - t0:.2f} s wall, "
-        f"{used:.2f} s CPU ({'enforced' if time.time() - t0 > 1.6 else 'NOT enforced'})")
     results = {}
     tmp = tempfile.mkdtemp(prefix="mcw")
     try:

@@ -84,6 +84,7 @@ impl IdleSampler {
             quota,
             last: None,
         };
+        // And now, not on every sample, if the quota's usage cannot be read.
         sampler.read()?;
         Some(sampler)
     }
