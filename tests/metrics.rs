@@ -105,6 +105,8 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_wal_fsync_seconds", "histogram"),
         ("raft_apply_seconds", "histogram"),
         ("raft_commit_seconds", "histogram"),
+        ("raft_append_send_delay_seconds", "histogram"),
+        ("raft_apply_delay_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -194,6 +196,9 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get("service_uptime_seconds") > 0.0);
     // Group commit runs on the leader: the follower proposed nothing itself.
     assert_eq!(get("raft_write_batch_commands_count"), 0.0);
+    // Nor did it send appends, or have them answered.
+    assert_eq!(get("raft_append_send_delay_seconds_count"), 0.0);
+    assert_eq!(get("raft_apply_delay_seconds_count"), 0.0);
 
     // On the leader: every forwarded write went into some group-commit entry.
     let r = send(c.client.get(format!("{}/metrics", c.url(leader)))).await;
@@ -219,6 +224,10 @@ async fn metrics_names_labels_types_and_counts() {
         );
         assert!(v[&appends] >= 1.0, "{appends}\n{}", r.text);
     }
+    // ... each from the append of its entries on the leader, and the apply of the writes
+    // from the first follower's answer.
+    assert!(v["raft_append_send_delay_seconds_count"] >= 2.0, "{}", r.text);
+    assert!(v["raft_apply_delay_seconds_count"] >= 1.0, "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
     // health check has run.

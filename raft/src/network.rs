@@ -429,7 +429,14 @@ impl RaftNetwork<TypeConfig> for Conn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         let cut = cap_entries(&mut rpc.entries, MAX_APPEND_BYTES);
+        let carried = rpc.entries.first().zip(rpc.entries.last());
+        if let Some((first, _)) = carried {
+            crate::stages::sending(first.log_id.index);
+        }
         let resp = self.call(APPEND_PATH, &rpc, option.hard_ttl()).await?;
+        if let (AppendEntriesResponse::Success, Some((_, last))) = (&resp, carried) {
+            crate::stages::answered(last.log_id.index);
+        }
         Ok(match (resp, cut) {
             // Only a prefix went: openraft sends the rest next, from there.
             (AppendEntriesResponse::Success, Some(last_sent)) => {

@@ -66,6 +66,28 @@ pub static COMMIT: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// From an append of log entries to the start of an append RPC that carries them.
+pub static SEND_DELAY: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "raft_append_send_delay_seconds",
+        "Time from the leader's append of log entries to the start of the append RPC that \
+         carries them to a follower (one sample per RPC and follower, for its oldest entry): \
+         the replication task's wake-up, its read and encode of the entries, and any wait \
+         behind that follower's earlier RPCs",
+    )
+});
+
+/// From a follower's answer acknowledging entries to the start of their apply.
+pub static APPLY_DELAY: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "raft_apply_delay_seconds",
+        "Time from the first follower's answer acknowledging log entries to the start of \
+         their apply on the leader: openraft's core taking the answer, advancing the commit \
+         index and handing the entries to the state machine (and, when the leader's own \
+         fsync ends later, the rest of that fsync)",
+    )
+});
+
 /// The most appends waiting for their apply that [`COMMIT`] keeps track of: a node
 /// whose apply lags further than that stops timing the oldest, and nothing grows.
 const PENDING_MAX: usize = 4096;
@@ -73,43 +95,54 @@ const PENDING_MAX: usize = 4096;
 /// Appends not yet applied, timed into a histogram when their apply begins.
 struct CommitClock {
     /// The last index of each append and when it began, oldest first.
-    pending: Mutex<VecDeque<(u64, Instant)>>,
+    pending: Mutex<Pending>,
     histogram: Histogram,
+}
+
+#[derive(Default)]
+struct Pending {
+    appends: VecDeque<(u64, Instant)>,
+    /// The last index of the newest append taken off the front (applied, installed over,
+    /// or dropped for room): entries up to it are not timed.
+    floor: u64,
 }
 
 impl CommitClock {
     fn new(histogram: Histogram) -> Self {
         CommitClock {
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
             histogram,
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn appended(&self, first: u64, last: u64, started: Instant) {
-        let mut q = self.pending();
+        let mut p = self.pending();
         // A follower's log cut back and written again: what was cut will never be applied.
-        while q.back().is_some_and(|&(i, _)| i >= first) {
-            q.pop_back();
+        while p.appends.back().is_some_and(|&(i, _)| i >= first) {
+            p.appends.pop_back();
         }
-        if q.len() == PENDING_MAX {
-            q.pop_front();
+        if p.appends.len() == PENDING_MAX {
+            if let Some((i, _)) = p.appends.pop_front() {
+                p.floor = i;
+            }
         }
-        q.push_back((last, started));
+        p.appends.push_back((last, started));
     }
 
     /// Appends up to `last` are done with: timed if `applied`, else only dropped.
     fn reached(&self, last: u64, applied: bool) {
         let now = Instant::now();
-        let mut q = self.pending();
-        while let Some(&(i, started)) = q.front() {
+        let mut p = self.pending();
+        while let Some(&(i, started)) = p.appends.front() {
             if i > last {
                 break;
             }
-            q.pop_front();
+            p.appends.pop_front();
+            p.floor = i;
             if applied {
                 let waited = now.saturating_duration_since(started);
                 self.histogram.observe(waited.as_secs_f64());
@@ -120,6 +153,82 @@ impl CommitClock {
 
 static CLOCK: LazyLock<CommitClock> = LazyLock::new(|| CommitClock::new(COMMIT.clone()));
 
+impl CommitClock {
+    /// When the append that holds `index` began, if it waits for its apply.
+    fn started(&self, index: u64) -> Option<Instant> {
+        let p = self.pending();
+        if index <= p.floor {
+            return None;
+        }
+        // Appends are in index order, each kept by its last index.
+        let at = p.appends.partition_point(|&(i, _)| i < index);
+        p.appends.get(at).map(|&(_, started)| started)
+    }
+}
+
+/// Answers of followers not yet reached by the apply: the last index each acknowledged and
+/// when, increasing (only the first answer for an index is kept).
+struct Answers {
+    q: Mutex<VecDeque<(u64, Instant)>>,
+    histogram: Histogram,
+}
+
+impl Answers {
+    fn new(histogram: Histogram) -> Self {
+        Answers {
+            q: Mutex::new(VecDeque::new()),
+            histogram,
+        }
+    }
+
+    fn q(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn answered(&self, last: u64, at: Instant) {
+        let mut q = self.q();
+        if q.back().is_some_and(|&(i, _)| i >= last) {
+            return;
+        }
+        if q.len() == PENDING_MAX {
+            q.pop_front();
+        }
+        q.push_back((last, at));
+    }
+
+    /// The apply of entries up to `last` begins (timed if `applied`): it waited since the
+    /// first answer that acknowledged `last`.
+    fn reached(&self, last: u64, applied: bool) {
+        let now = Instant::now();
+        let mut q = self.q();
+        while q.front().is_some_and(|&(i, _)| i < last) {
+            q.pop_front();
+        }
+        let Some(&(i, at)) = q.front() else { return };
+        if i == last {
+            q.pop_front();
+        }
+        if applied {
+            let waited = now.saturating_duration_since(at);
+            self.histogram.observe(waited.as_secs_f64());
+        }
+    }
+}
+
+static ANSWERS: LazyLock<Answers> = LazyLock::new(|| Answers::new(APPLY_DELAY.clone()));
+
+/// An append RPC carrying entries from `first` on starts now ([`SEND_DELAY`]).
+pub fn sending(first: u64) {
+    if let Some(started) = CLOCK.started(first) {
+        since(&SEND_DELAY, started);
+    }
+}
+
+/// A follower acknowledged every entry up to `last` ([`APPLY_DELAY`]).
+pub fn answered(last: u64) {
+    ANSWERS.answered(last, Instant::now());
+}
+
 /// An append of the entries `first..=last` began at `started` ([`COMMIT`]).
 pub fn appended(first: u64, last: u64, started: Instant) {
     CLOCK.appended(first, last, started);
@@ -128,16 +237,25 @@ pub fn appended(first: u64, last: u64, started: Instant) {
 /// The apply of entries up to `last` begins: every append they came in is committed.
 pub fn applying(last: u64) {
     CLOCK.reached(last, true);
+    ANSWERS.reached(last, true);
 }
 
 /// A snapshot up to `last` was installed: appends up to there will not be applied.
 pub fn installed(last: u64) {
     CLOCK.reached(last, false);
+    ANSWERS.reached(last, false);
 }
 
 /// Adds the histograms to a node's registry.
 pub fn register(r: &Registry) -> prometheus::Result<()> {
-    for h in [&*LOG_APPEND, &*WAL_FSYNC, &*APPLY, &*COMMIT] {
+    for h in [
+        &*LOG_APPEND,
+        &*WAL_FSYNC,
+        &*APPLY,
+        &*COMMIT,
+        &*SEND_DELAY,
+        &*APPLY_DELAY,
+    ] {
         r.register(Box::new(h.clone()))?;
     }
     Ok(())
@@ -166,6 +284,8 @@ mod tests {
             "raft_wal_fsync_seconds",
             "raft_apply_seconds",
             "raft_commit_seconds",
+            "raft_append_send_delay_seconds",
+            "raft_apply_delay_seconds",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
         }
@@ -189,21 +309,71 @@ mod tests {
         // A follower's log cut back to 5 and written again: 5 is timed once, from the
         // second append.
         clock.appended(5, 6, t);
-        assert_eq!(clock.pending().len(), 1);
+        assert_eq!(clock.pending().appends.len(), 1);
         clock.reached(6, true);
         assert_eq!(count(), 3);
-        assert!(clock.pending().is_empty());
+        assert!(clock.pending().appends.is_empty());
         // An apply that lags far: the oldest stop being timed, and the queue stays bounded.
         for i in 0..(PENDING_MAX as u64 + 10) {
             clock.appended(100 + i, 100 + i, t);
         }
-        assert_eq!(clock.pending().len(), PENDING_MAX);
+        assert_eq!(clock.pending().appends.len(), PENDING_MAX);
         // 100..=109 were dropped untimed; 110..=200 are timed now.
         clock.reached(200, true);
         assert_eq!(count(), 3 + 91);
         // A snapshot installed over the rest: dropped, not timed.
         clock.reached(u64::MAX, false);
-        assert!(clock.pending().is_empty());
+        assert!(clock.pending().appends.is_empty());
         assert_eq!(count(), 3 + 91);
+    }
+
+    #[test]
+    fn a_send_is_timed_from_the_append_that_holds_its_first_entry() {
+        let clock = CommitClock::new(histogram("t_send_seconds", "test"));
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(1);
+        clock.appended(1, 3, t0);
+        clock.appended(4, 6, t1);
+        assert_eq!(clock.started(2), Some(t0));
+        assert_eq!(clock.started(4), Some(t1));
+        assert_eq!(clock.started(7), None, "not appended yet");
+        clock.reached(3, true);
+        // Sent again to a follower that lags: applied already, not timed.
+        assert_eq!(clock.started(2), None);
+        assert_eq!(clock.started(5), Some(t1));
+    }
+
+    #[test]
+    fn an_apply_is_timed_from_the_first_answer_that_acknowledged_it() {
+        let answers = Answers::new(histogram("t_apply_delay_seconds", "test"));
+        let count = || answers.histogram.get_sample_count();
+        let t = Instant::now();
+        answers.answered(3, t);
+        // The other follower's answer for the same entries comes later: not kept.
+        answers.answered(3, t + std::time::Duration::from_secs(1));
+        answers.answered(2, t);
+        answers.answered(6, t);
+        assert_eq!(answers.q().len(), 2);
+        answers.reached(3, true);
+        assert_eq!(count(), 1);
+        // Entries 4..=5 are covered by the answer up to 6, which stays for 6 itself.
+        answers.reached(5, true);
+        assert_eq!(count(), 2);
+        assert_eq!(answers.q().len(), 1);
+        answers.reached(6, true);
+        assert_eq!(count(), 3);
+        assert!(answers.q().is_empty());
+        // No answer for it (a follower's apply, or a one-node cluster): nothing timed.
+        answers.reached(7, true);
+        assert_eq!(count(), 3);
+        // A snapshot installed over answered entries: dropped, not timed.
+        answers.answered(9, t);
+        answers.reached(9, false);
+        assert_eq!(count(), 3);
+        assert!(answers.q().is_empty());
+        for i in 0..(PENDING_MAX as u64 + 5) {
+            answers.answered(100 + i, t);
+        }
+        assert_eq!(answers.q().len(), PENDING_MAX);
     }
 }
