@@ -6,14 +6,16 @@ grow from 2 to 4 cores per node, which group-commit setting changes that, and wh
 leader's CPU goes (per thread) while it does.
 
     PLAN="2:etcd 2:cc 4:etcd 4:cc 4:cc:pipe2"   blocks, run in this order
-    D=10          seconds per phase (16, 64 and 256 clients per block)
+    D=10          seconds per phase
+    CLIENTS="16 64 256"  the phases of a block, by clients
     BIN_DIR=dir   cookie-crud, etcd and wrk (and wrk's libraries, see LIB_DIR)
     LIB_DIR=dir   libraries for wrk only (libluajit), where the host lacks them
     LUA_DIR=dir   cc_put.lua and etcd_put.lua (default: ../shared/bench)
     NOPIN=1       no taskset (a small machine: a dry run)
     OUT=dir       summary.txt and the raw wrk output
+    KEEP_LOGS=1   the nodes' logs into OUT too
 
-A cookie-crud block's variant adds a `[batch]` table to each node's config (VARIANTS).
+A cookie-crud block's variant adds a `[batch]` or `[raft]` table to each node's config (VARIANTS).
 Nodes inherit COOKIE_CRUD_* from the environment (the cluster secret).
 """
 import json
@@ -37,13 +39,16 @@ VARIANTS = {
     "pipe4": "[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
     # No wait for a batch's writers to come back before the next batch goes.
     "noregather": "[batch]\nregather_us = 0\n",
+    # The leader's own fsync before its followers' rounds, as openraft 0.9 orders them.
+    "serial": "[raft]\nparallel_leader_append = false\n",
     # Four batches and four AppendEntries per follower in flight, at any load.
     "deep": "[raft]\nappends_in_flight = 4\n[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
 }
-CLIENTS = [16, 64, 256]
+CLIENTS = [int(c) for c in os.environ.get("CLIENTS", "16 64 256").split()]
 
 D = int(os.environ.get("D", "10"))
 OUT = os.environ.get("OUT", "/tmp/mcw")
+KEEP_LOGS = bool(os.environ.get("KEEP_LOGS"))
 NOPIN = bool(os.environ.get("NOPIN")) or shutil.which("taskset") is None
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = os.environ.get("LUA_DIR", os.path.join(HERE, "..", "..", "shared", "bench"))
@@ -133,6 +138,7 @@ def thread_delta(a, b):
 def wrk(mode, name, conns, url, script, scrape):
     """One wrk phase; with `scrape`, the node's metrics at its middle too ("mid")."""
     t = max(1, min(8, os.cpu_count() - 3 * mode)) if not NOPIN else 2
+    t = min(t, conns)  # wrk needs a connection per thread
     env = dict(os.environ)
     if LIB:
         env["LD_LIBRARY_PATH"] = LIB
@@ -164,7 +170,8 @@ def metric_lines(url):
     text = http(url + "/metrics", timeout=5)
     # The write path's families, whole (sums, counts and buckets).
     keep = ("raft_write_", "raft_peer_rpc_seconds", "raft_log_append_seconds",
-            "raft_wal_fsync_seconds", "raft_commit_seconds", "raft_apply_seconds")
+            "raft_wal_fsync_seconds", "raft_commit_seconds", "raft_apply_seconds",
+            "raft_append_send_delay_seconds", "raft_apply_delay_seconds")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -296,6 +303,10 @@ def block(n, spec, tmp, results):
         phases(n, (mode, system, label), procs, leader, script, results)
     finally:
         stop(procs)
+        if KEEP_LOGS:
+            for f in os.listdir(tmp):
+                if f.endswith(".log"):
+                    shutil.copy(os.path.join(tmp, f), os.path.join(OUT, f"b{n}_{f}"))
 
 
 def phases(n, what, procs, leader, script, results):
@@ -319,7 +330,9 @@ def phases(n, what, procs, leader, script, results):
             means = []
             stages = {"raft_write_queue_seconds": "queue", "raft_write_batch_seconds": "batch",
                       "raft_log_append_seconds": "log-append", "raft_wal_fsync_seconds": "fsync",
-                      "raft_commit_seconds": "commit", "raft_apply_seconds": "apply"}
+                      "raft_commit_seconds": "commit", "raft_apply_seconds": "apply",
+                      "raft_append_send_delay_seconds": "send-delay",
+                      "raft_apply_delay_seconds": "apply-delay"}
             for name, short in stages.items():
                 means.append(short + " " + summary(m0, m1, name, "", secs))
             for k in sorted(m1):

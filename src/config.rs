@@ -120,6 +120,13 @@ pub struct RaftTuning {
     /// Shorter rounds (nodes close, the CPU short) are waited for, and what was appended
     /// meanwhile shares the next one; longer ones (nodes apart) are not.
     pub pipeline_after_us: u64,
+    /// Whether a leader sends the entries it appends to its followers while its own fsync of
+    /// them runs, instead of after it (Raft thesis, 10.2.1; `vendor/openraft`, patched). It
+    /// counts itself in a quorum only once that fsync ends, and a node that led when it
+    /// stopped campaigns for a new term at startup instead of leading its old one again,
+    /// since a power cut may have taken entries of that term from its log that a quorum
+    /// holds. false: openraft 0.9's order, one fsync after the other (docs/benchmarks.md).
+    pub parallel_leader_append: bool,
     /// The largest snapshot this node accepts from a leader, in bytes: its compressed size is
     /// checked before each chunk is stored, its uncompressed size as it is validated (at
     /// most `cookie_raft::codec::DECODE_LIMIT`).
@@ -141,6 +148,7 @@ impl Default for RaftTuning {
             commit_linger_us: 1000,
             appends_in_flight: 2,
             pipeline_after_us: 1000,
+            parallel_leader_append: true,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
         }
     }

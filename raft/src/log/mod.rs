@@ -6,7 +6,9 @@
 //!   requires) and made durable by the flusher thread, which fsyncs once for every append
 //!   waiting and only then calls their callbacks: nothing is acknowledged to openraft, and so
 //!   to a leader or a client, before it is on disk. Returning before the fsync lets the
-//!   leader send the entries to its followers while its own fsync runs.
+//!   leader send the entries to its followers while its own fsync runs (openraft 0.9's core
+//!   waited for the callback all the same until `vendor/openraft` was patched,
+//!   `Config::parallel_leader_append`).
 //! - Truncation, purge and vote are durable before they return: the vote and the purge marker
 //!   in a redb transaction with `Durability::Immediate`, truncation by the WAL's own fsync.
 //!   The purge marker is committed before any segment is deleted.
@@ -94,7 +96,9 @@ struct Flush {
 /// A leader restored in place at startup, and the read index it must not go below.
 ///
 /// openraft 0.9 restarts a node whose stored vote makes it the committed leader as leader of
-/// the same term, without a new entry, and names as read index the larger of its first entry
+/// the same term (where `Config::parallel_leader_append` is off; with it on, the patched
+/// engine has it campaign for a new term instead, and this floor is never reached), without
+/// a new entry, and names as read index the larger of its first entry
 /// of the term and its commit index. That commit index comes from the committed marker, which
 /// may be stale after a crash ([`LogStore`]), so a write acknowledged just before the crash
 /// could be missed. Every acknowledged entry is in this leader's log, though: its last index

@@ -181,6 +181,20 @@ pub struct Config {
     #[clap(long, default_value = "0")]
     pub pipeline_after_us: u64,
 
+    /// Patched (cookie-crud): a leader sends the entries it appends to its followers while
+    /// its own flush of them runs, instead of after it (Raft thesis, 10.2.1), and counts
+    /// itself in a quorum only once that flush reports back. Since a quorum may then hold
+    /// entries its leader lost in a power cut, a node that led when it stopped campaigns for a
+    /// new term at startup instead of leading its old one again (false: both as in upstream
+    /// openraft 0.9).
+    #[clap(long,
+           default_value_t = true,
+           action = clap::ArgAction::Set,
+           num_args = 0..=1,
+           default_missing_value = "true"
+    )]
+    pub parallel_leader_append: bool,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.

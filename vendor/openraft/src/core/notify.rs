@@ -1,4 +1,5 @@
 use crate::core::sm;
+use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::raft::VoteResponse;
 use crate::replication;
 use crate::MessageSummary;
@@ -38,6 +39,12 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from network worker.
     Network { response: replication::Response<C> },
+
+    /// Patched (cookie-crud): a leader's own append of entries is durable (or failed).
+    LocalLogFlushed {
+        log_io_id: LogIOId<C::NodeId>,
+        result: Result<(), std::io::Error>,
+    },
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
@@ -81,6 +88,9 @@ where C: RaftTypeConfig
             }
             Self::Network { response } => {
                 format!("Replication command done: {}", response.summary())
+            }
+            Self::LocalLogFlushed { log_io_id, result } => {
+                format!("Local log flushed: {}: {:?}", log_io_id, result)
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)

@@ -1382,6 +1382,21 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { log_io_id, result } => {
+                if let Err(e) = result {
+                    let io = StorageIOError::write_logs(AnyError::error(e));
+                    return Err(Fatal::StorageError(io.into()));
+                }
+                // Only the leader that appended counts it: after a change of leader, an
+                // entry of the old term may have been cut from this log since.
+                let current: crate::CommittedLeaderId<C::NodeId> = self.engine.state.vote_ref().clone().into();
+                if current == log_io_id.committed_leader_id {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(log_io_id.log_id);
+                    }
+                }
+            }
+
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1644,6 +1659,19 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // Patched (cookie-crud): a leader's own entries go to its followers while its
+                // own flush runs (Raft thesis 10.2.1), instead of after it. The leader counts
+                // its own copy in a quorum only once the flush reports back
+                // (`Notify::LocalLogFlushed`); a quorum of followers may commit the entries
+                // before that. A follower's append still waits here: it answers its leader
+                // only once its copy is on disk. The engine's `startup` pays for this.
+                if self.config.parallel_leader_append && vote.leader_id().voted_for().as_ref() == Some(&self.id) {
+                    let log_io_id = LogIOId::new(vote, Some(last_log_id));
+                    let callback = LogFlushed::to_core(log_io_id, self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

@@ -29,6 +29,10 @@ pub(crate) struct EngineConfig<NID: NodeId> {
     /// in flight (`Config::appends_in_flight` > 1).
     pub(crate) pipelined: bool,
 
+    /// Patched (cookie-crud): a node that led when it stopped campaigns at startup instead of
+    /// leading its old term again (`Config::parallel_leader_append`).
+    pub(crate) restart_as_candidate: bool,
+
     pub(crate) timer_config: time_state::Config,
 }
 
@@ -41,6 +45,7 @@ impl<NID: NodeId> Default for EngineConfig<NID> {
             purge_batch_size: 256,
             max_payload_entries: 300,
             pipelined: false,
+            restart_as_candidate: false,
             timer_config: time_state::Config::default(),
         }
     }
@@ -56,6 +61,7 @@ impl<NID: NodeId> EngineConfig<NID> {
             purge_batch_size: config.purge_batch_size,
             max_payload_entries: config.max_payload_entries,
             pipelined: config.appends_in_flight > 1,
+            restart_as_candidate: config.parallel_leader_append,
             timer_config: time_state::Config {
                 election_timeout,
                 smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),

@@ -154,6 +154,22 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
+        // Patched (cookie-crud): a node that led before it stopped campaigns for a new term
+        // instead of leading its old one again. A leader sends its entries to its followers
+        // while its own flush runs (`RaftCore`, `Notify::LocalLogFlushed`), so after a power
+        // cut its log may lack entries of its term that a quorum holds and has committed.
+        // Leading that term again, it would give its next entries the same log ids as
+        // those, and a follower that holds them would take the two as one. In a new term
+        // its entries are new log ids, and a quorum elects it only if its log holds every
+        // committed entry.
+        if self.config.restart_as_candidate
+            && self.state.is_leader(&self.config.id)
+            && self.state.membership_state.effective().is_voter(&self.config.id)
+        {
+            self.elect();
+            return;
+        }
+
         // Previously it is a leader. restore it as leader at once
         if self.state.is_leader(&self.config.id) {
             self.vote_handler().update_internal_server_state();

@@ -10,6 +10,7 @@ use crate::engine::LogIdList;
 use crate::entry::RaftEntry;
 use crate::progress::entry::ProgressEntry;
 use crate::progress::Inflight;
+use crate::raft::VoteRequest;
 use crate::testing::log_id;
 use crate::utime::UTime;
 use crate::EffectiveMembership;
@@ -118,6 +119,49 @@ fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
         ],
         eng.output.take_commands()
     );
+
+    Ok(())
+}
+
+/// Patched (cookie-crud): with `restart_as_candidate` (a leader's own flush beside its
+/// followers' rounds), a node that led when it stopped campaigns for the next term instead
+/// of leading its old one again: its log may lack entries of that term that a quorum holds.
+#[test]
+fn test_startup_as_leader_restarts_as_candidate() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.config.restart_as_candidate = true;
+    eng.state
+        .membership_state
+        .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
+    eng.state.log_ids = LogIdList::new([log_id(1, 1, 2), log_id(1, 2, 4), log_id(1, 2, 6)]);
+    eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
+
+    eng.startup();
+
+    assert_eq!(ServerState::Candidate, eng.state.server_state);
+    assert!(eng.leader.is_none());
+    assert_eq!(Vote::new(2, 2), *eng.state.vote_ref());
+    assert_eq!(
+        vec![
+            //
+            Command::SaveVote { vote: Vote::new(2, 2) },
+            Command::SendVote {
+                vote_req: VoteRequest::new(Vote::new(2, 2), Some(log_id(1, 2, 6)))
+            },
+        ],
+        eng.output.take_commands()
+    );
+
+    // A leader that is no voter any more does not campaign; it starts as before.
+    let mut eng = self::eng();
+    eng.config.restart_as_candidate = true;
+    eng.state
+        .membership_state
+        .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m34())));
+    eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
+    eng.startup();
+    assert_ne!(ServerState::Candidate, eng.state.server_state);
+    assert_eq!(Vote::new_committed(1, 2), *eng.state.vote_ref());
 
     Ok(())
 }
