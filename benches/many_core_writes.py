@@ -39,6 +39,9 @@ VARIANTS = {
     "pipe4": "[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
     # No wait for a batch's writers to come back before the next batch goes.
     "noregather": "[batch]\nregather_us = 0\n",
+    # A second batch, and its AppendEntries at once rather than after the first has been
+    # out a millisecond: rounds that overlap where cores are not short.
+    "overlap": "[raft]\npipeline_after_us = 0\n[batch]\npipeline_below = 1000000\n",
     # The leader's own fsync before its followers' rounds, as openraft 0.9 orders them.
     "serial": "[raft]\nparallel_leader_append = false\n",
     # Four batches and four AppendEntries per follower in flight, at any load.

@@ -226,7 +226,11 @@ async fn metrics_names_labels_types_and_counts() {
     }
     // ... each from the append of its entries on the leader, and the apply of the writes
     // from the first follower's answer.
-    assert!(v["raft_append_send_delay_seconds_count"] >= 2.0, "{}", r.text);
+    assert!(
+        v["raft_append_send_delay_seconds_count"] >= 2.0,
+        "{}",
+        r.text
+    );
     assert!(v["raft_apply_delay_seconds_count"] >= 1.0, "{}", r.text);
 
     // On the leader: per-peer replication lag, and peer reachability once the periodic
