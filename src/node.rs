@@ -134,26 +134,23 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         .restored_leader_floor(cfg.node_id)
         .await
         .map_err(|e| NodeError::storage("reading the log", e))?;
-    // With the leader's fsync beside its followers' rounds, a node that led campaigns for a
-    // new term at startup (vendor/README.md) and never leads the old one again: no floor.
-    let floor = match floor {
-        Some(f) if cfg.raft.parallel_leader_append => {
+    if let Some(f) = floor {
+        if cfg.raft.parallel_leader_append {
             tracing::info!(
                 term = f.term,
                 "led when it stopped: campaigning for a new term, not resuming this one"
             );
-            None
-        }
-        Some(f) => {
+        } else {
             tracing::info!(
                 term = f.term,
                 index = f.index,
                 "resuming as leader: linearizable reads wait for the last index at startup"
             );
-            Some(f)
         }
-        None => None,
-    };
+    }
+    // With the leader's fsync beside its followers' rounds, a node that led campaigns for a
+    // new term at startup (vendor/README.md) and never leads the old one again: no floor.
+    let floor = floor.filter(|_| !cfg.raft.parallel_leader_append);
     let identity = Arc::new(Identity::new(
         cfg.node_id,
         log.incarnation(),

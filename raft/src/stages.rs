@@ -133,6 +133,17 @@ impl CommitClock {
         p.appends.push_back((last, started));
     }
 
+    /// When the append that holds `index` began, if it waits for its apply.
+    fn started(&self, index: u64) -> Option<Instant> {
+        let p = self.pending();
+        if index <= p.floor {
+            return None;
+        }
+        // Appends are in index order, each kept by its last index.
+        let at = p.appends.partition_point(|&(i, _)| i < index);
+        p.appends.get(at).map(|&(_, started)| started)
+    }
+
     /// Appends up to `last` are done with: timed if `applied`, else only dropped.
     fn reached(&self, last: u64, applied: bool) {
         let now = Instant::now();
@@ -152,19 +163,6 @@ impl CommitClock {
 }
 
 static CLOCK: LazyLock<CommitClock> = LazyLock::new(|| CommitClock::new(COMMIT.clone()));
-
-impl CommitClock {
-    /// When the append that holds `index` began, if it waits for its apply.
-    fn started(&self, index: u64) -> Option<Instant> {
-        let p = self.pending();
-        if index <= p.floor {
-            return None;
-        }
-        // Appends are in index order, each kept by its last index.
-        let at = p.appends.partition_point(|&(i, _)| i < index);
-        p.appends.get(at).map(|&(_, started)| started)
-    }
-}
 
 /// Answers of followers not yet reached by the apply: the last index each acknowledged and
 /// when, increasing (only the first answer for an index is kept).
