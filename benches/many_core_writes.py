@@ -44,6 +44,10 @@ VARIANTS = {
     "overlap": "[raft]\npipeline_after_us = 0\n[batch]\npipeline_below = 1000000\n",
     # The leader's own fsync before its followers' rounds, as openraft 0.9 orders them.
     "serial": "[raft]\nparallel_leader_append = false\n",
+    # A follower waits for each fsync before it takes the next append, as openraft 0.9 does.
+    "syncfollow": "[raft]\nparallel_follower_append = false\n",
+    "overlap-syncfollow": "[raft]\npipeline_after_us = 0\nparallel_follower_append = false\n"
+    "[batch]\npipeline_below = 1000000\n",
     # Four batches and four AppendEntries per follower in flight, at any load.
     "deep": "[raft]\nappends_in_flight = 4\n[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
 }
@@ -314,10 +318,13 @@ def block(n, spec, tmp, results):
 
 def phases(n, what, procs, leader, script, results):
     mode, system, label = what
+    # A follower too, for its appends against its fsyncs (appends in flight to it sharing one).
+    follower = f"http://127.0.0.1:808{leader[1] % 3 + 1}" if system == "cc" else None
     leader, lpid = leader[0], procs[leader[1] - 1].pid
     for c in CLIENTS:
         cpu0 = sum(ticks(p.pid) for p in procs)
         m0 = metric_lines(leader) if system == "cc" else {}
+        f0 = metric_lines(follower) if follower else {}
         th0 = threads(lpid) if c == 64 else None
         t0 = time.time()
         r = wrk(mode, f"b{n}_m{mode}_{label}_c{c}", c, leader, script, system == "cc")
@@ -346,6 +353,11 @@ def phases(n, what, procs, leader, script, results):
                     means.append(f"append->{peer.group(1) if peer else labels} "
                                  + summary(m0, m1, "raft_peer_rpc_seconds", labels, secs)
                                  + f" busy {in_flight:.2f}")
+            f1 = metric_lines(follower)
+            fa = f1.get("raft_log_append_seconds_count", 0) - f0.get("raft_log_append_seconds_count", 0)
+            ff = f1.get("raft_wal_fsync_seconds_count", 0) - f0.get("raft_wal_fsync_seconds_count", 0)
+            means.append(f"follower appends {fa / secs:.0f}/s fsyncs {ff / secs:.0f}/s"
+                         f" ({ff / fa if fa else 0:.2f} per append)")
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"

@@ -127,6 +127,11 @@ pub struct RaftTuning {
     /// since a power cut may have taken entries of that term from its log that a quorum
     /// holds. false: openraft 0.9's order, one fsync after the other (docs/benchmarks.md).
     pub parallel_leader_append: bool,
+    /// Whether a follower takes the next append while its fsync of the last one runs,
+    /// answering its leader for those entries only once that fsync ends (`vendor/openraft`,
+    /// patched), so that appends in flight to it share an fsync. false: openraft 0.9's order,
+    /// the follower waits for each fsync before it takes anything else.
+    pub parallel_follower_append: bool,
     /// The largest snapshot this node accepts from a leader, in bytes: its compressed size is
     /// checked before each chunk is stored, its uncompressed size as it is validated (at
     /// most `cookie_raft::codec::DECODE_LIMIT`).
@@ -149,6 +154,7 @@ impl Default for RaftTuning {
             appends_in_flight: 2,
             pipeline_after_us: 1000,
             parallel_leader_append: true,
+            parallel_follower_append: true,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,
         }
     }

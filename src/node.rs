@@ -99,6 +99,7 @@ fn raft_config(cfg: &Config) -> Result<openraft::Config, NodeError> {
         appends_in_flight: r.appends_in_flight,
         pipeline_after_us: r.pipeline_after_us,
         parallel_leader_append: r.parallel_leader_append,
+        parallel_follower_append: r.parallel_follower_append,
         // Snapshot chunks must stay below the Raft routes' body limit.
         snapshot_max_chunk_size: 8 << 20,
         ..Default::default()

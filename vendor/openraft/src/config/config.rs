@@ -195,6 +195,18 @@ pub struct Config {
     )]
     pub parallel_leader_append: bool,
 
+    /// Patched (cookie-crud): a follower takes the next append while its flush of the last
+    /// one runs, instead of waiting for it, and answers its leader for those entries only once
+    /// the flush reports back; appends in flight then share a flush (false: as in upstream
+    /// openraft 0.9, the follower's core waits for each flush).
+    #[clap(long,
+           default_value_t = true,
+           action = clap::ArgAction::Set,
+           num_args = 0..=1,
+           default_missing_value = "true"
+    )]
+    pub parallel_follower_append: bool,
+
     /// The distance behind in log replication a follower must fall before it is considered lagging
     ///
     /// A follower falls behind this index are replicated with snapshot.

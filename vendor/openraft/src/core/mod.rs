@@ -6,6 +6,7 @@
 
 pub(crate) mod balancer;
 pub(crate) mod command_state;
+mod flush_gate;
 pub(crate) mod notify;
 mod raft_core;
 pub(crate) mod raft_msg;
@@ -14,6 +15,7 @@ mod server_state;
 pub(crate) mod sm;
 mod tick;
 
+pub(crate) use flush_gate::FlushGate;
 pub(crate) use raft_core::ApplyResult;
 pub(crate) use raft_core::ApplyingEntry;
 pub use raft_core::RaftCore;

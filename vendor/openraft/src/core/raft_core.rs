@@ -35,6 +35,7 @@ use crate::core::raft_msg::VoteTx;
 use crate::core::sm;
 use crate::core::sm::handle;
 use crate::core::sm::CommandSeq;
+use crate::core::FlushGate;
 use crate::core::ServerState;
 use crate::display_ext::DisplayInstantExt;
 use crate::display_ext::DisplayOption;
@@ -188,6 +189,10 @@ where
     pub(crate) replications: BTreeMap<C::NodeId, ReplicationHandle<C>>,
 
     pub(crate) leader_data: Option<LeaderData<C>>,
+
+    /// Patched (cookie-crud): appends made without waiting for their flush, and the answers
+    /// to leaders held until those flushes report back ([`FlushGate`]).
+    pub(crate) flush_gate: FlushGate<Respond<C>>,
 
     #[allow(dead_code)]
     pub(crate) tx_api: mpsc::UnboundedSender<RaftMsg<C>>,
@@ -1395,6 +1400,9 @@ where
                         lh.replication_handler().update_local_progress(log_io_id.log_id);
                     }
                 }
+                for send in self.flush_gate.flushed() {
+                    send.send();
+                }
             }
 
             Notify::StateMachine { command_result } => {
@@ -1666,9 +1674,21 @@ where
                 // (`Notify::LocalLogFlushed`); a quorum of followers may commit the entries
                 // before that. A follower's append still waits here: it answers its leader
                 // only once its copy is on disk. The engine's `startup` pays for this.
-                if self.config.parallel_leader_append && vote.leader_id().voted_for().as_ref() == Some(&self.id) {
+                //
+                // With `parallel_follower_append`, a follower's append does not wait either: its
+                // answer to the leader is held until the flush reports back (`FlushGate`), and
+                // meanwhile the core takes the next append, so appends in flight share a flush.
+                let own = vote.leader_id().voted_for().as_ref() == Some(&self.id);
+                let parallel = if own {
+                    self.config.parallel_leader_append
+                } else {
+                    self.config.parallel_follower_append
+                };
+                if parallel {
                     let log_io_id = LogIOId::new(vote, Some(last_log_id));
                     let callback = LogFlushed::to_core(log_io_id, self.tx_notify.clone());
+                    // Counted first: a failing store may report the flush from inside `append`.
+                    self.flush_gate.submitted();
                     self.log_store.append(entries, callback).await?;
                     return Ok(None);
                 }
@@ -1768,7 +1788,14 @@ where
                 })?;
             }
             Command::Respond { resp: send, .. } => {
-                send.send();
+                // An answer to a leader may claim entries whose flush is still running.
+                let send = match send {
+                    Respond::AppendEntries(_) => self.flush_gate.pass(send),
+                    other => Some(other),
+                };
+                if let Some(send) = send {
+                    send.send();
+                }
             }
         }
 
