@@ -11,7 +11,10 @@
 //!   `Config::parallel_leader_append`).
 //! - Truncation, purge and vote are durable before they return: the vote and the purge marker
 //!   in a redb transaction with `Durability::Immediate`, truncation by the WAL's own fsync.
-//!   The purge marker is committed before any segment is deleted.
+//!   The purge marker is committed before any segment is deleted; the deletion itself runs
+//!   on the blocking pool after `purge` returns (openraft's core waits for `purge`, and the
+//!   files took tens of milliseconds to go), and a segment left by a crash is skipped at open
+//!   and removed by the next purge.
 //! - The committed marker is a hint. [`LogStore::save_committed`] keeps it in memory and the
 //!   next redb transaction writes it, so a commit costs no fsync of its own. After a crash the
 //!   marker may be older than the real commit index. That is safe for applying (openraft
@@ -58,6 +61,8 @@ pub struct LogStore {
     flusher: mpsc::Sender<Flush>,
     /// The latest committed marker given, and whether redb has it yet.
     committed: Arc<Mutex<Committed>>,
+    /// A removal of purged segments that failed, for the next purge to report.
+    purge_failed: Arc<Mutex<Option<std::io::Error>>>,
     /// This data's incarnation, and whether it had no vote and no entries at open.
     incarnation: u64,
     pristine: bool,
@@ -171,6 +176,7 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             flusher: tx,
             committed: Arc::default(),
+            purge_failed: Arc::default(),
             incarnation,
             pristine,
         })
@@ -453,12 +459,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The marker first, durably: a crash before the segments go leaves entries that the
         // next open skips; the other order could leave a log whose start is unexplained.
         let started = std::time::Instant::now();
+        if let Some(e) = self
+            .purge_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(StorageIOError::write_logs(&e).into());
+        }
         self.write_meta(KEY_PURGED, &log_id).await?;
-        let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || wal.lock().expect("not poisoned").purge(log_id.index))
-            .await
-            .map_err(|e| StorageIOError::write_logs(&other(e)))?
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let purged = self.wal().purge_entries(log_id.index);
+        // openraft's core waits for this call, and with it every append and every answer:
+        // deleting the segments (a few 16-MiB files) and syncing the directory took 40-80 ms
+        // there, a write stall at each snapshot (docs/benchmarks.md). They go on the blocking
+        // pool instead. A failure is reported by the next purge.
+        let failed = self.purge_failed.clone();
+        tokio::task::spawn_blocking(move || {
+            let removing = std::time::Instant::now();
+            match purged.remove() {
+                Ok(()) => tracing::debug!(
+                    upto = log_id.index,
+                    ms = removing.elapsed().as_millis() as u64,
+                    "purged log segments removed"
+                ),
+                Err(e) => {
+                    tracing::error!(upto = log_id.index, error = %e, "removing purged log segments failed");
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+            }
+        });
         tracing::debug!(
             upto = log_id.index,
             ms = started.elapsed().as_millis() as u64,
@@ -478,6 +507,59 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    /// A purge forgets the entries and makes its marker durable before it returns, and
+    /// leaves the segments' removal to the blocking pool (openraft's core waits for the
+    /// purge); they are gone soon after, and a reopened log starts after the purge.
+    #[tokio::test]
+    async fn a_purge_forgets_at_once_and_its_segments_go_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        {
+            let mut wal = store.wal();
+            for first in [1u64, 11, 21] {
+                if first > 1 {
+                    wal.start_segment(first).unwrap();
+                }
+                let recs: Vec<(u64, Vec<u8>)> = (first..first + 10)
+                    .map(|i| (i, codec::encode(&entry(1, i)).unwrap()))
+                    .collect();
+                wal.append(&recs).unwrap();
+            }
+        }
+        assert_eq!(segments(), 3);
+
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 20))
+            .await
+            .unwrap();
+        assert_eq!(store.wal().bounds(), Some((21, 30)));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while segments() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the purged segments were never removed: {} left",
+                segments()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(store);
+
+        let mut store = LogStore::open(dir.path()).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(30));
+        let got: Vec<u64> = store
+            .entries(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, (21..=30).collect::<Vec<_>>());
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl Wal {
 
     /// Start a new segment whose first record is `first`. The previous segment is cut to
     /// its records and synced first: later syncs only cover the new file.
-    fn start_segment(&mut self, first: u64) -> io::Result<()> {
+    pub(super) fn start_segment(&mut self, first: u64) -> io::Result<()> {
         if let Some((_, s)) = self.active() {
             s.finish()?;
             s.file.sync_data()?;
@@ -489,6 +489,15 @@ impl Wal {
     /// Forget everything up to and including `index`, deleting the segments that hold nothing
     /// newer. The caller records the purge durably first.
     pub fn purge(&mut self, index: u64) -> io::Result<()> {
+        self.purge_entries(index).remove()
+    }
+
+    /// The in-memory half of [`Wal::purge`]: forget the entries, and hand back the segments
+    /// that hold nothing newer, to be deleted with [`Purged::remove`] once this log's lock is
+    /// released. Deleting a few 16-MiB files and syncing the directory takes tens of
+    /// milliseconds, and under the lock every append and every read of the log waited for it
+    /// (a write stall each time a snapshot let the log go, docs/benchmarks.md).
+    pub fn purge_entries(&mut self, index: u64) -> Purged {
         let drop = (index + 1)
             .saturating_sub(self.first)
             .min(self.locs.len() as u64);
@@ -500,7 +509,7 @@ impl Wal {
         // A segment can go once the next one starts at or below the new first index, or,
         // for the last one, once it holds nothing at all.
         let keys: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = false;
+        let mut files = Vec::new();
         for (n, k) in keys.iter().enumerate() {
             let obsolete = match keys.get(n + 1) {
                 Some(next) => *next <= self.first,
@@ -510,11 +519,32 @@ impl Wal {
                 if let Some(s) = self.segments.remove(k) {
                     s.ahead.close();
                 }
-                fs::remove_file(self.dir.join(segment_name(*k)))?;
-                removed = true;
+                files.push(self.dir.join(segment_name(*k)));
             }
         }
-        if removed {
+        Purged {
+            dir: self.dir.clone(),
+            files,
+        }
+    }
+}
+
+/// Segments that a purge left with nothing to hold ([`Wal::purge_entries`]). No name among
+/// them is used again: a new segment is named by its first index, which is past the purge.
+#[must_use = "the segments stay on disk until removed"]
+pub struct Purged {
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl Purged {
+    /// Delete the segments, then sync the directory so that they stay deleted. After a crash
+    /// in between, the next open skips what the durable purge marker covers.
+    pub fn remove(self) -> io::Result<()> {
+        for f in &self.files {
+            fs::remove_file(f)?;
+        }
+        if !self.files.is_empty() {
             sync_dir(&self.dir)?;
         }
         Ok(())
