@@ -1672,17 +1672,19 @@ where
                 // own flush runs (Raft thesis 10.2.1), instead of after it. The leader counts
                 // its own copy in a quorum only once the flush reports back
                 // (`Notify::LocalLogFlushed`); a quorum of followers may commit the entries
-                // before that. A follower's append still waits here: it answers its leader
-                // only once its copy is on disk. The engine's `startup` pays for this.
+                // before that. The engine's `startup` pays for this.
                 //
-                // With `parallel_follower_append`, a follower's append does not wait either: its
-                // answer to the leader is held until the flush reports back (`FlushGate`), and
-                // meanwhile the core takes the next append, so appends in flight share a flush.
+                // With `parallel_follower_append`, a follower's append of a leader's entries
+                // does not wait either: its answer to the leader is held until the flush
+                // reports back (`FlushGate`), and meanwhile the core takes the next append, so
+                // appends in flight share a flush. Appends under a vote no leader holds
+                // (`initialize`'s membership entry) still wait here, so that the vote saved
+                // right after them never reaches the disk before the entry does.
                 let own = vote.leader_id().voted_for().as_ref() == Some(&self.id);
                 let parallel = if own {
                     self.config.parallel_leader_append
                 } else {
-                    self.config.parallel_follower_append
+                    self.config.parallel_follower_append && vote.is_committed()
                 };
                 if parallel {
                     let log_io_id = LogIOId::new(vote, Some(last_log_id));
