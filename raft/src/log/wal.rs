@@ -178,7 +178,7 @@ use crate::durable::sync_dir;
 
 impl Wal {
     /// Open (or create) the log in `dir`. Records at or below `purged` are not indexed (their
-    /// segments are left for [`Wal::purge`] to delete).
+    /// segments are left for the next purge to delete, [`Wal::purge_entries`]).
     pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Wal> {
         Self::open_with(dir, purged, SEGMENT_BYTES)
     }
@@ -487,12 +487,14 @@ impl Wal {
     }
 
     /// Forget everything up to and including `index`, deleting the segments that hold nothing
-    /// newer. The caller records the purge durably first.
+    /// newer. The caller records the purge durably first. (The store itself purges in two
+    /// halves, [`Wal::purge_entries`] under its lock and [`Purged::remove`] outside it.)
+    #[cfg(test)]
     pub fn purge(&mut self, index: u64) -> io::Result<()> {
         self.purge_entries(index).remove()
     }
 
-    /// The in-memory half of [`Wal::purge`]: forget the entries, and hand back the segments
+    /// The in-memory half of a purge: forget the entries, and hand back the segments
     /// that hold nothing newer, to be deleted with [`Purged::remove`] once this log's lock is
     /// released. Deleting a few 16-MiB files and syncing the directory takes tens of
     /// milliseconds, and under the lock every append and every read of the log waited for it

@@ -59,20 +59,12 @@ impl<T> FlushGate<T> {
             "a flush reported that was never submitted"
         );
         self.flushed = (self.flushed + 1).min(self.submitted);
-        let mut out = Vec::new();
-        while let Some((need, _)) = self.held.front() {
-            if *need > self.flushed {
-                break;
-            }
-            if let Some((_, answer)) = self.held.pop_front() {
-                out.push(answer);
-            }
-        }
-        out
+        let free = self.held.iter().take_while(|(need, _)| *need <= self.flushed).count();
+        self.held.drain(..free).map(|(_, answer)| answer).collect()
     }
 
     /// How many answers are held.
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
