@@ -28,12 +28,14 @@ test:
 fuzz: build
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} scripts/fuzz.sh
 
-# Formatting, clippy, and the layering rule: no import cycle between modules and no import
-# up a layer (tests/layers.rs reads every module's imports with syn; docs/architecture.md).
+# Formatting, clippy, the API docs without warnings (no broken or private intra-doc link),
+# and the layering rule: no import cycle between modules and no import up a layer
+# (tests/layers.rs reads every module's imports with syn; docs/architecture.md).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) test --release --test layers
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 # TLS=1: HTTPS for clients and mutual TLS between the nodes (scripts/tls-mode.sh).
 cluster-start: build

@@ -20,7 +20,7 @@
 //!
 //! - [`node`]: start-up and shutdown of one node.
 //! - [`http`]: the HTTP server: the cookie API, health, cluster view, Raft and peer routes.
-//! - [`write`]: the write path: group commit on the leader, forwarding from followers.
+//! - [`mod@write`]: the write path: group commit on the leader, forwarding from followers.
 //! - [`read`]: the linearizable read barrier (ReadIndex) and its shared rounds.
 //! - [`cluster`]: leader lookup, members, the peer client and wire types ([`cluster::proto`]),
 //!   bootstrap and discovery, the health monitor, no elections during snapshot installs.

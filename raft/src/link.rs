@@ -299,7 +299,7 @@ impl Idle {
     }
 
     /// Keep `link` for the next caller to its address, if its connection can be reused;
-    /// links idle for longer than [`IDLE_FOR`], and the oldest beyond [`IDLE_PER_PEER`] per
+    /// links idle for longer than `IDLE_FOR`, and the oldest beyond `IDLE_PER_PEER` per
     /// address, are closed.
     pub fn keep(&self, mut link: Link) {
         if !link.reusable() {

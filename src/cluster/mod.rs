@@ -173,7 +173,7 @@ pub struct LeaderWatch {
 
 impl LeaderWatch {
     /// The leader now on the first call; on later calls, the leader after openraft's
-    /// metrics change (or [`LEADER_POLL`] passes). `None` once the deadline has passed.
+    /// metrics change (or `LEADER_POLL` passes). `None` once the deadline has passed.
     pub async fn next(&mut self) -> Option<Leader> {
         if !self.first {
             let now = Instant::now();

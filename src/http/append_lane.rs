@@ -3,7 +3,7 @@
 //! reach this node before the one sent ahead of it. Handed to openraft at once it would be
 //! refused (its `prev` is not here yet) and the leader would send it again after the first
 //! one's answer: a round lost. So such an append waits a moment for its predecessor
-//! ([`EARLY_HOLD`]). The lane also counts appends with entries that arrive while another
+//! (`EARLY_HOLD`). The lane also counts appends with entries that arrive while another
 //! is being answered: how much of the leader's pipelining reaches this node; and the
 //! entries appends carry that this node's log already held (sent twice).
 
@@ -73,7 +73,7 @@ impl Drop for Answering<'_> {
 impl AppendLane {
     /// Take in an append: count it if it carries entries while another that does is
     /// being answered (heartbeats go beside a round whatever the setting, so they are not
-    /// counted), and hold it while it looks early (see [`early`]). It goes to openraft
+    /// counted), and hold it while it looks early (see `early`). It goes to openraft
     /// after this returns.
     pub async fn arrive<'a>(
         &'a self,

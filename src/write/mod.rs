@@ -20,7 +20,7 @@
 //! for a proposed batch, which is also what a truncated entry answers, and a truncated entry
 //! can still be committed by a later leader), which is reported as such and never as a
 //! failure.
-//! The decisions are pure functions ([`Attempt`]), tested as tables below.
+//! The decisions are pure functions (`Attempt`), tested as tables below.
 
 pub mod forward;
 pub mod group_commit;

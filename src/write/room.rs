@@ -25,7 +25,7 @@
 //! so ([`voters_short_of_room`](crate::cluster::monitor::voters_short_of_room) says why not
 //! only a majority's), as etcd refuses puts cluster-wide once one member raises `NOSPACE`.
 //! The leader hears within a health check interval (`health_check_interval_ms`, 2 s), or
-//! within 100 ms of a node near its reserve ([`WATCH_CLOSELY`]): the reserve must hold what
+//! within 100 ms of a node near its reserve (`WATCH_CLOSELY`): the reserve must hold what
 //! a follower takes meanwhile (at 10,000 creates a second of 1 KiB, about 3 MB).
 //!
 //! What counts is the free space less what this node will write that the filesystem does
@@ -140,7 +140,7 @@ impl Room {
         self.reserve != 0 && self.room().is_some_and(|room| room < self.reserve)
     }
 
-    /// Whether this node's own disk is within [`WATCH_CLOSELY`] of its reserve, or short of
+    /// Whether this node's own disk is within `WATCH_CLOSELY` of its reserve, or short of
     /// it (never with the reserve off).
     pub fn near(&self) -> bool {
         self.reserve != 0

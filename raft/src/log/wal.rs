@@ -15,7 +15,7 @@
 //!
 //! # Zeros ahead of the records
 //! The active segment is kept written with zeros a little past its last record, by a thread
-//! of their own ([`super::ahead`]), so that an append overwrites bytes the file already has.
+//! of their own (the `ahead` module), so that an append overwrites bytes the file already has.
 //! Then the file's size and block map do not change on an append, and `fdatasync` has only
 //! the data to write: on ext4 an append that grows the file also has to commit the
 //! filesystem's journal, which every file on the disk shares, so its sync waits for other

@@ -119,7 +119,7 @@ impl SnapshotFiles {
     }
 
     /// Write a snapshot durably as `name.tmp`: `write` is given the file, buffered and
-    /// flushed to disk every [`CHUNK`] bytes, with no lock held. It is invisible to
+    /// flushed to disk every `CHUNK` bytes, with no lock held. It is invisible to
     /// [`SnapshotFiles::remove_others`] until [`SnapshotFiles::publish`] renames it, which
     /// happens under the switch lock: so a build and an install never remove each other's
     /// file, whichever finishes writing first (issue 12).

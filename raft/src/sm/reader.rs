@@ -235,7 +235,7 @@ impl ListScan {
         self.applied
     }
 
-    /// Send the list body into `tx` in chunks of about [`LIST_CHUNK`] bytes, blocking while
+    /// Send the list body into `tx` in chunks of about `LIST_CHUNK` bytes, blocking while
     /// the channel is full: the same bytes as `page(usize::MAX, None)`. Blocking: run it on
     /// the blocking pool. A body that fits in one chunk is cached whole. When the receiver
     /// is gone (the client disconnected) it stops quietly; any other error is sent as the

@@ -35,7 +35,7 @@ use crate::{BoxError, StResult};
 
 /// Check that `data` is a snapshot this node can install: it decodes, and so does every
 /// record and idempotency key in it, exactly as installing reads them (see
-/// [`format::validate`], which the snapshot inbox runs on a received file).
+/// `format::validate`, which the snapshot inbox runs on a received file).
 pub fn validate(data: &[u8]) -> Result<(), BoxError> {
     format::validate(data, codec::DECODE_LIMIT as u64).map(|_| ())
 }
