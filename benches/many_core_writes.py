@@ -42,6 +42,10 @@ VARIANTS = {
     # A second batch, and its AppendEntries at once rather than after the first has been
     # out a millisecond: rounds that overlap where cores are not short.
     "overlap": "[raft]\npipeline_after_us = 0\n[batch]\npipeline_below = 1000000\n",
+    # No snapshot builds during the phases (the log grows instead).
+    "nosnap": "[raft]\nsnapshot_logs = 1000000000\n",
+    # Only the AppendEntries at once: the batches in flight as by default.
+    "sendnow": "[raft]\npipeline_after_us = 0\n",
     # The leader's own fsync before its followers' rounds, as openraft 0.9 orders them.
     "serial": "[raft]\nparallel_leader_append = false\n",
     # A follower waits for each fsync before it takes the next append, as openraft 0.9 does.
@@ -178,7 +182,8 @@ def metric_lines(url):
     # The write path's families, whole (sums, counts and buckets).
     keep = ("raft_write_", "raft_peer_rpc_seconds", "raft_log_append_seconds",
             "raft_wal_fsync_seconds", "raft_commit_seconds", "raft_apply_seconds",
-            "raft_append_send_delay_seconds", "raft_apply_delay_seconds")
+            "raft_append_send_delay_seconds", "raft_apply_delay_seconds",
+            "raft_append_answer_seconds")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -357,7 +362,9 @@ def phases(n, what, procs, leader, script, results):
             fa = f1.get("raft_log_append_seconds_count", 0) - f0.get("raft_log_append_seconds_count", 0)
             ff = f1.get("raft_wal_fsync_seconds_count", 0) - f0.get("raft_wal_fsync_seconds_count", 0)
             means.append(f"follower appends {fa / secs:.0f}/s fsyncs {ff / secs:.0f}/s"
-                         f" ({ff / fa if fa else 0:.2f} per append)")
+                         f" ({ff / fa if fa else 0:.2f} per append), answered in "
+                         + summary(f0, f1, "raft_append_answer_seconds", "", secs)
+                         + ", its fsync " + summary(f0, f1, "raft_wal_fsync_seconds", "", secs))
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"

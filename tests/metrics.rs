@@ -107,6 +107,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_commit_seconds", "histogram"),
         ("raft_append_send_delay_seconds", "histogram"),
         ("raft_apply_delay_seconds", "histogram"),
+        ("raft_append_answer_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -191,6 +192,8 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get("raft_wal_fsync_seconds_count") >= 1.0, "{}", r.text);
     assert!(get("raft_apply_seconds_count") >= 1.0, "{}", r.text);
     assert!(get("raft_commit_seconds_count") >= 1.0, "{}", r.text);
+    // ... and timed its answers to the appends that carried them.
+    assert!(get("raft_append_answer_seconds_count") >= 1.0, "{}", r.text);
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
     assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);

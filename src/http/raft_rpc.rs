@@ -1,6 +1,8 @@
 //! Inbound Raft RPCs: `/raft/append`, `/raft/vote`, `/raft/snapshot`, handed to openraft
 //! after the [`super::peer_gate`]. Their client is `cookie_raft::network`.
 
+use std::time::Instant;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -13,11 +15,19 @@ use super::peer_gate::{admit, reply};
 use super::state::Shared;
 
 pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = Instant::now();
     match admit::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body) {
         Ok(req) => {
             let raft = &state.cluster.raft;
+            // Heartbeats are not timed: they wait for nothing, and would bury the rounds.
+            let carries_entries = !req.entries.is_empty();
             let _answering = state.append_lane.arrive(&req, raft, &state.metrics).await;
-            reply(&raft.append_entries(req).await)
+            let answer = raft.append_entries(req).await;
+            if carries_entries {
+                let took = arrived.elapsed().as_secs_f64();
+                state.metrics.append_answer_seconds.observe(took);
+            }
+            reply(&answer)
         }
         Err(r) => r.into_response(),
     }
