@@ -183,7 +183,8 @@ def metric_lines(url):
     keep = ("raft_write_", "raft_peer_rpc_seconds", "raft_log_append_seconds",
             "raft_wal_fsync_seconds", "raft_commit_seconds", "raft_apply_seconds",
             "raft_append_send_delay_seconds", "raft_apply_delay_seconds",
-            "raft_append_answer_seconds")
+            "raft_append_answer_seconds", "raft_state_flush_seconds",
+            "raft_apply_flush_wait_seconds", "raft_sm_flushes")
     vals = {}
     for line in text.splitlines():
         if line.startswith(keep):
@@ -347,7 +348,9 @@ def phases(n, what, procs, leader, script, results):
                       "raft_log_append_seconds": "log-append", "raft_wal_fsync_seconds": "fsync",
                       "raft_commit_seconds": "commit", "raft_apply_seconds": "apply",
                       "raft_append_send_delay_seconds": "send-delay",
-                      "raft_apply_delay_seconds": "apply-delay"}
+                      "raft_apply_delay_seconds": "apply-delay",
+                      "raft_state_flush_seconds": "state-flush",
+                      "raft_apply_flush_wait_seconds": "flush-wait"}
             for name, short in stages.items():
                 means.append(short + " " + summary(m0, m1, name, "", secs))
             for k in sorted(m1):
@@ -365,6 +368,9 @@ def phases(n, what, procs, leader, script, results):
                          f" ({ff / fa if fa else 0:.2f} per append), answered in "
                          + summary(f0, f1, "raft_append_answer_seconds", "", secs)
                          + ", its fsync " + summary(f0, f1, "raft_wal_fsync_seconds", "", secs))
+            behind = m1.get("raft_sm_flushes_behind_total", 0) - m0.get("raft_sm_flushes_behind_total", 0)
+            flushes = m1.get("raft_sm_flushes_total", 0) - m0.get("raft_sm_flushes_total", 0)
+            means.append(f"state flushes {flushes:.0f} ({behind:.0f} behind)")
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"

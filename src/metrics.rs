@@ -72,6 +72,7 @@ pub struct Metrics {
     sm_flushes: IntCounter,
     sm_flush_failures: IntCounter,
     sm_flushes_postponed: IntCounter,
+    sm_flushes_behind: IntCounter,
     sm_ids_scans: IntCounter,
     sm_repacks: IntCounter,
     sm_repacks_abandoned: IntCounter,
@@ -244,6 +245,7 @@ impl Metrics {
             log_bytes_since_snapshot: int_gauge(&r, "raft_log_bytes_since_snapshot", "Bytes of log after the last snapshot's index: a build is due once they reach raft.snapshot_log_ratio times raft_snapshot_state_bytes (and raft.snapshot_logs entries)"),
             sm_flushes: counter(&r, "raft_sm_flushes_total", "Layers of applied changes written to sm.redb by the state machine's flush thread"),
             sm_flush_failures: counter(&r, "raft_sm_flush_failures_total", "Failed writes of applied changes to sm.redb (the node stops on the first: cluster/failstop.rs)"),
+            sm_flushes_behind: counter(&r, "raft_sm_flushes_behind_total", "Writes of applied changes to sm.redb made at the normal priority instead of the flush thread's low one, because the thread was behind apply (a layer's worth applied during its last write, or apply waited for it): the node's CPU is short for its write rate"),
             sm_flushes_postponed: counter(&r, "raft_sm_flushes_postponed_total", "Writes of applied changes to sm.redb put off because the disk had no room for them (tried again every 250 ms; apply waits once the layers reach their memory bound)"),
             sm_ids_scans: counter(&r, "raft_sm_ids_scans_total", "Scans of sm.redb that built the filter of stored ids (at start, after an install, and when most ids added are of removed records; a growing store grows the filter without one)"),
             sm_repacks: counter(&r, "raft_sm_repacks_total", "Rewrites of sm.redb as a packed copy of itself once the node was at rest (storage.repack_idle_ms)"),
@@ -385,6 +387,7 @@ impl Metrics {
         bump(&self.sm_flushes, s.flushes);
         bump(&self.sm_flush_failures, s.failures);
         bump(&self.sm_flushes_postponed, s.postponed);
+        bump(&self.sm_flushes_behind, s.prompted);
         bump(&self.sm_ids_scans, s.ids_scans);
         bump(&self.sm_repacks, s.repacks);
         bump(&self.sm_repacks_abandoned, s.repacks_abandoned);

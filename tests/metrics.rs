@@ -108,6 +108,9 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_append_send_delay_seconds", "histogram"),
         ("raft_apply_delay_seconds", "histogram"),
         ("raft_append_answer_seconds", "histogram"),
+        ("raft_state_flush_seconds", "histogram"),
+        ("raft_sm_flushes_behind_total", "counter"),
+        ("raft_apply_flush_wait_seconds", "histogram"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),

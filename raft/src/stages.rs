@@ -88,6 +88,26 @@ pub static APPLY_DELAY: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// One write of the state machine's applied changes into `sm.redb` (`sm::overlay`).
+pub static STATE_FLUSH: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "raft_state_flush_seconds",
+        "Time the state-flush thread took to write one frozen layer of applied changes into \
+         sm.redb in one durable commit (etcd's backend commit): beside the apply, unless the \
+         apply has to wait for it (raft_apply_flush_wait_seconds)",
+    )
+});
+
+/// A wait of the apply for a write of the state machine's changes, its layers being full.
+pub static APPLY_FLUSH_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "raft_apply_flush_wait_seconds",
+        "Time an apply waited for the state-flush thread because the layers of applied \
+         changes not yet in sm.redb were at their memory bound: a stall of every write. \
+         Seen where the flush thread gets too little CPU or disk for the write rate",
+    )
+});
+
 /// The most appends waiting for their apply that [`COMMIT`] keeps track of: a node
 /// whose apply lags further than that stops timing the oldest, and nothing grows.
 const PENDING_MAX: usize = 4096;
@@ -253,6 +273,8 @@ pub fn register(r: &Registry) -> prometheus::Result<()> {
         &*COMMIT,
         &*SEND_DELAY,
         &*APPLY_DELAY,
+        &*STATE_FLUSH,
+        &*APPLY_FLUSH_WAIT,
     ] {
         r.register(Box::new(h.clone()))?;
     }

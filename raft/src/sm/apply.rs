@@ -249,7 +249,9 @@ impl StateMachine {
             let overlay = self.overlay.clone();
             on_pool(move || {
                 if full {
+                    let waited = std::time::Instant::now();
                     overlay.wait_for_room()?;
+                    crate::stages::since(&crate::stages::APPLY_FLUSH_WAIT, waited);
                 }
                 if !registry {
                     return Ok(true);

@@ -123,6 +123,12 @@ impl Layer {
         self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES || self.entries >= FLUSH_ENTRIES
     }
 
+    /// Whether it holds a flush's worth of rows or bytes (what `due` counts, but entries and
+    /// age): filled while the last write ran, it says the flush thread is behind.
+    pub(super) fn big(&self) -> bool {
+        self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES
+    }
+
     /// Whether `apply` must wait for the frozen layer before adding more.
     pub(super) fn full(&self) -> bool {
         self.rows() >= FLUSH_ROWS * HARD_FACTOR || self.bytes >= FLUSH_BYTES * HARD_FACTOR

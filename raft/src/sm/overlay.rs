@@ -21,6 +21,12 @@
 //!
 //! Memory is bounded by configuration, not data: a frozen layer that is still being written
 //! when the active one reaches `HARD_FACTOR` (`layer`) times its thresholds makes `apply` wait.
+//! The thread runs at a low priority (client work first), so on a node whose CPU is saturated
+//! that wait was a priority inversion: every write stalled behind a thread the request
+//! threads left no CPU (on one CPU, writes of a layer took 1.3 s and `apply` waited up to
+//! half a second). While the thread is behind (`apply` filled a layer's worth during its last
+//! write, or waited for it), it hands its writes to a thread at the normal priority
+//! (`background::Prompt`) for `BEHIND_HOLD`.
 //! So does one whose write waits for room on the disk (`flush_room`): it is tried again every
 //! `ROOM_RETRY`, readers read it meanwhile, and callers that cannot wait (a snapshot build,
 //! a backup) get a full disk's error from [`Overlay::flush_all`].
@@ -48,6 +54,7 @@ use redb::{
     Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTableMetadata, Table,
 };
 
+use super::background::Prompt;
 use super::flush_room;
 use super::handle::{Current, Db};
 use super::ids::{Ids, Rebuild};
@@ -346,6 +353,10 @@ struct Progress {
     /// Layers written so far, and how long the last one took.
     flushes: u64,
     last: Duration,
+    /// Until when the flush thread counts as behind `apply` and writes at the normal
+    /// priority (`background::Prompt`), and how many writes it has handed over so.
+    behind_until: Option<Instant>,
+    prompted: u64,
     /// Scans of the file that built a filter of ids.
     ids_scans: u64,
     /// Rewrites of the file as a packed copy (`repack`), and copies given up.
@@ -365,6 +376,8 @@ pub struct FlushStats {
     pub postponed: u64,
     /// How long the last write took.
     pub last_seconds: f64,
+    /// Writes made at the normal priority because the flush thread was behind.
+    pub prompted: u64,
     /// Scans of `sm.redb` started to build the filter of stored ids (`ids`).
     pub ids_scans: u64,
     /// Rewrites of `sm.redb` as a packed copy of itself at rest (`repack`), and copies given
@@ -381,7 +394,14 @@ pub(crate) struct Overlay {
     repack: Option<repack::Policy>,
     /// The first failed write, for whoever must stop the node on it ([`Overlay::failed`]).
     failed: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// Where the flush thread's writes go while it is behind.
+    prompt: Arc<Prompt>,
 }
+
+/// How long the flush thread keeps writing at the normal priority after it was last found
+/// behind: long enough that a saturated node does not go back to a slow write at every other
+/// layer, short enough that a burst does not leave the request threads competing for long.
+const BEHIND_HOLD: Duration = Duration::from_secs(5);
 
 /// How long a write put off for want of room waits before it is tried again.
 const ROOM_RETRY: Duration = Duration::from_millis(250);
@@ -428,6 +448,8 @@ impl Overlay {
             db,
             repack,
             failed: Arc::new(tokio::sync::watch::channel(None).0),
+            // Started here, before the flush thread lowers its own priority.
+            prompt: Arc::new(Prompt::start("state-flush-prompt")?),
             flush: Arc::new((
                 Mutex::new(Progress {
                     written,
@@ -493,6 +515,8 @@ impl Overlay {
     /// Wait until the frozen layer is written, which makes room for the next batch. Blocks:
     /// call it off the async runtime.
     pub(super) fn wait_for_room(&self) -> Result<(), BoxError> {
+        // The write under way is already slow; the ones after it go at the normal priority.
+        self.progress().behind_until = Some(Instant::now() + BEHIND_HOLD);
         self.wait_for(|c| c.frozen.is_none())
     }
 
@@ -579,6 +603,7 @@ impl Overlay {
             failures: p.failures,
             postponed: p.postponed,
             last_seconds: p.last.as_secs_f64(),
+            prompted: p.prompted,
             ids_scans: p.ids_scans,
             repacks: p.repacks,
             repacks_abandoned: p.repacks_abandoned,
@@ -650,6 +675,7 @@ impl Overlay {
                         p.written = p.written.max(Some(index));
                         p.flushes += 1;
                         p.last = started.elapsed();
+                        crate::stages::since(&crate::stages::STATE_FLUSH, started);
                         rest.wrote(rows);
                     }
                     Ok(Ok(Flushed::Wrote(None))) => {}
@@ -793,12 +819,28 @@ impl Overlay {
         if let Some(r) = rebuild {
             r.note(&frozen);
         }
-        write_layer(&db, &frozen)?;
+        let behind = {
+            let mut p = self.progress();
+            let behind = p.behind_until.is_some_and(|t| Instant::now() < t);
+            p.prompted += u64::from(behind);
+            behind
+        };
+        if behind {
+            let (db, frozen) = (db.clone(), frozen.clone());
+            self.prompt.run(move || write_layer(&db, &frozen))?;
+        } else {
+            write_layer(&db, &frozen)?;
+        }
+        // Behind: `apply` filled a layer's worth while this one was written.
+        if self.db.read(|c| c.active.big()) {
+            self.progress().behind_until = Some(Instant::now() + BEHIND_HOLD);
+        }
         // The state readers see next: opened here, once per flush, not by each reader.
         let txn = Arc::new(db.begin_read()?);
         tracing::debug!(
             rows = frozen.rows(),
             ms = started.elapsed().as_millis() as u64,
+            behind,
             "state machine changes written to sm.redb"
         );
         // Dropped only if it is still the one (an install replaces the state whole).
@@ -1050,7 +1092,7 @@ mod tests {
     /// `apply` adds without blocking and is told when the layers are at their bound; the wait
     /// for room ends when the frozen layer is written, and not before.
     #[test]
-    fn add_reports_the_bound_and_the_wait_for_room_ends_with_the_write() {
+    fn add_reports_the_bound_and_the_wait_for_room_ends_with_the_write_and_the_next_goes_prompt() {
         use super::super::layer::{FLUSH_ROWS, HARD_FACTOR};
         use openraft::CommittedLeaderId;
 
@@ -1105,6 +1147,17 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        // That write was behind: `apply` filled more than a layer's worth, and waited, while
+        // it ran. What was applied meanwhile is written at the normal priority.
+        let all = (FLUSH_ROWS * (2 + HARD_FACTOR)) as u64;
+        while overlay.stats().written < Some(all) {
+            assert!(
+                Instant::now() < deadline,
+                "the later layers were never written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(overlay.stats().prompted >= 1, "{:?}", overlay.stats());
     }
 
     /// A filter of ids that finishes building is published by itself: the layer applied
