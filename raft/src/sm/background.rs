@@ -1,4 +1,7 @@
-//! Snapshot builds on a thread of their own, at a lower CPU priority than the node's work.
+//! Background work at a lower CPU priority than the node's requests, and a way back to the
+//! normal one for work that requests end up waiting for ([`Prompt`]).
+//!
+//! Snapshot builds run on a thread of their own, at a lower CPU priority than the node's work.
 //!
 //! A build reads and compresses the whole state (about a second per 400,000 records), and
 //! every node builds at the same log index, so on a small machine the three builds took the

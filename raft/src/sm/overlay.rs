@@ -21,15 +21,16 @@
 //!
 //! Memory is bounded by configuration, not data: a frozen layer that is still being written
 //! when the active one reaches `HARD_FACTOR` (`layer`) times its thresholds makes `apply` wait.
-//! The thread runs at a low priority (client work first), so on a node whose CPU is saturated
-//! that wait was a priority inversion: every write stalled behind a thread the request
-//! threads left no CPU (on one CPU, writes of a layer took 1.3 s and `apply` waited up to
-//! half a second). While the thread is behind (`apply` filled a layer's worth during its last
-//! write, or waited for it), it hands its writes to a thread at the normal priority
-//! (`background::Prompt`) for `BEHIND_HOLD`.
 //! So does one whose write waits for room on the disk (`flush_room`): it is tried again every
 //! `ROOM_RETRY`, readers read it meanwhile, and callers that cannot wait (a snapshot build,
 //! a backup) get a full disk's error from [`Overlay::flush_all`].
+//!
+//! The flush thread runs at a low priority (client work first), so on a node whose CPU is
+//! saturated the wait at the memory bound was a priority inversion: every write stalled
+//! behind a thread the request threads left no CPU (on one CPU, writes of a layer took 1.3 s
+//! and `apply` waited up to half a second). While the thread is behind (`apply` filled a
+//! layer's worth during its last write, or waited for it, within `BEHIND_HOLD`), it hands its
+//! writes to a thread at the normal priority (`background::Prompt`).
 //!
 //! Consistency for readers: the layers, the database and a read transaction on it are behind
 //! one lock (`handle`'s `Current`); a reader takes the layers and the transaction together,
