@@ -108,6 +108,12 @@ pub struct Metrics {
     append_entries_held: IntCounter,
 }
 
+/// Buckets of the Raft RPC timers, sent and answered: from 100 µs (a round on loopback) to
+/// 5 s (a node in trouble).
+const RPC_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
 fn histogram_vec(r: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
     let h = HistogramVec::new(opts, labels).expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
@@ -264,10 +270,10 @@ impl Metrics {
             write_regather_seconds: histogram(&r, "raft_write_regather_seconds", "Time group commit held a batch for the writers the last batch answered to come back (leader only; batch.regather_us)",
                 vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
             peer_rpc_seconds: histogram_vec(&r, HistogramOpts::new("raft_peer_rpc_seconds", "Time from sending a Raft RPC to a peer to its answer, by the peer's node id and the RPC (append, vote, snapshot). The rate of the append sum is the follower's appends in flight on average: with raft.appends_in_flight = 1, the share of time its stream was busy (near 1: writes wait for the round)")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+                .buckets(RPC_BUCKETS.to_vec()),
                 &["peer_id", "rpc"]),
             append_answer_seconds: histogram(&r, "raft_append_answer_seconds", "Time this node took to answer an AppendEntries carrying entries, from its arrival (the body read) to the answer: the decode, the hold of an early one, openraft's append and the wait for the fsync. Against the leader's raft_peer_rpc_seconds it splits a round trip into the follower's part and the network's with both ends' scheduling (follower only)",
-                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+                RPC_BUCKETS.to_vec()),
             append_overlapped: counter(&r, "raft_appends_overlapped_total", "AppendEntries with entries that reached this node while another with entries was being answered: a leader with raft.appends_in_flight above 1 at work (follower only)"),
             append_early: {
                 let c = counter_vec(&r, "raft_appends_early_total", "AppendEntries that reached this node before the one sent ahead of them and were held for it, by outcome: in_order (it came within the hold), gave_up (it did not; openraft refused the early one and the leader sent it again)", &["outcome"]);

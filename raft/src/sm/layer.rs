@@ -120,11 +120,11 @@ impl Layer {
 
     /// Whether it is worth a flush now.
     pub(super) fn due(&self) -> bool {
-        self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES || self.entries >= FLUSH_ENTRIES
+        self.big() || self.entries >= FLUSH_ENTRIES
     }
 
-    /// Whether it holds a flush's worth of rows or bytes (what `due` counts, but entries and
-    /// age): filled while the last write ran, it says the flush thread is behind.
+    /// Whether it holds a flush's worth of rows or bytes (what `due` counts, but entries):
+    /// filled while the last write ran, it says the flush thread is behind.
     pub(super) fn big(&self) -> bool {
         self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES
     }

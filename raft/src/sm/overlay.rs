@@ -517,8 +517,14 @@ impl Overlay {
     /// call it off the async runtime.
     pub(super) fn wait_for_room(&self) -> Result<(), BoxError> {
         // The write under way is already slow; the ones after it go at the normal priority.
-        self.progress().behind_until = Some(Instant::now() + BEHIND_HOLD);
+        self.fell_behind();
         self.wait_for(|c| c.frozen.is_none())
+    }
+
+    /// The flush thread is behind `apply`: its writes for the next `BEHIND_HOLD` go at the
+    /// normal priority (`background::Prompt`).
+    fn fell_behind(&self) {
+        self.progress().behind_until = Some(Instant::now() + BEHIND_HOLD);
     }
 
     /// Write everything applied so far to the database, and wait for it: before a snapshot
@@ -834,7 +840,7 @@ impl Overlay {
         }
         // Behind: `apply` filled a layer's worth while this one was written.
         if self.db.read(|c| c.active.big()) {
-            self.progress().behind_until = Some(Instant::now() + BEHIND_HOLD);
+            self.fell_behind();
         }
         // The state readers see next: opened here, once per flush, not by each reader.
         let txn = Arc::new(db.begin_read()?);
