@@ -29,7 +29,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -51,6 +51,8 @@ const SHARDS: usize = 8;
 /// How long after the end of a phase a request may still be outstanding before its client is
 /// aborted (and counted as an error).
 const GRACE: Duration = Duration::from_secs(10);
+/// The most slow requests kept a phase (`LOAD_SLOW_MS`).
+const SLOW_KEPT: usize = 100_000;
 
 /// The rest of the document the wrk scripts (shared/bench/cc_put.lua, etcd_put.lua) send:
 /// with its id, ~200 bytes of JSON.
@@ -502,8 +504,14 @@ impl Tally {
 /// last second). Non-2xx answers and transport errors are only counted.
 struct Recorder {
     start: Instant,
+    /// `start` on the wall clock, in seconds since the Unix epoch.
+    wall_start: f64,
     secs: usize,
     shards: Vec<Mutex<(Tally, Vec<Tally>)>>,
+    /// `LOAD_SLOW_MS` in µs, and the requests over it: (sent, seconds since the Unix
+    /// epoch; latency, µs).
+    slow_us: Option<u64>,
+    slow: Mutex<Vec<(f64, u64)>>,
 }
 
 enum Outcome {
@@ -513,10 +521,16 @@ enum Outcome {
 }
 
 impl Recorder {
-    fn new(start: Instant, secs: usize) -> Recorder {
+    fn new(start: Instant, secs: usize, slow_us: Option<u64>) -> Recorder {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Recorder {
             start,
+            wall_start: wall.as_secs_f64() - start.elapsed().as_secs_f64(),
             secs,
+            slow_us,
+            slow: Mutex::new(Vec::new()),
             shards: (0..SHARDS)
                 .map(|_| Mutex::new((Tally::new(), (0..secs).map(|_| Tally::new()).collect())))
                 .collect(),
@@ -532,6 +546,13 @@ impl Recorder {
             Outcome::Ok(us) => {
                 all.hist.record(us.max(1)).unwrap();
                 this.hist.record(us.max(1)).unwrap();
+                if self.slow_us.is_some_and(|limit| us > limit) {
+                    let done = self.wall_start + (at - self.start).as_secs_f64();
+                    let mut slow = self.slow.lock().unwrap();
+                    if slow.len() < SLOW_KEPT {
+                        slow.push((done - us as f64 / 1e6, us));
+                    }
+                }
             }
             Outcome::Non2xx => {
                 all.non2xx += 1;
@@ -542,6 +563,13 @@ impl Recorder {
                 this.errors += 1;
             }
         }
+    }
+
+    /// The slow requests, by the time they were sent.
+    fn slow(&self) -> Vec<(f64, u64)> {
+        let mut slow = std::mem::take(&mut *self.slow.lock().unwrap());
+        slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+        slow
     }
 
     /// The phase and each of its seconds, over all shards.
@@ -620,6 +648,8 @@ struct Run {
     secs: f64,
     all: Tally,
     per_sec: Vec<Tally>,
+    /// Requests over `LOAD_SLOW_MS`: (sent, Unix seconds; latency, µs).
+    slow: Vec<(f64, u64)>,
     /// CPU seconds the servers and the load generator (this process) used in the phase.
     server_cpu: f64,
     gen_cpu: f64,
@@ -687,7 +717,11 @@ async fn run(
         .collect();
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
-    let rec = Arc::new(Recorder::new(start, secs.max(1) as usize));
+    let slow_us = std::env::var("LOAD_SLOW_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .map(|ms| (ms * 1000.0) as u64);
+    let rec = Arc::new(Recorder::new(start, secs.max(1) as usize, slow_us));
     let tag = format!("{}{clients}", work.name());
     let tasks: Vec<_> = conns
         .into_iter()
@@ -735,6 +769,7 @@ async fn run(
         secs: secs_run,
         all,
         per_sec,
+        slow: rec.slow(),
         server_cpu,
         gen_cpu,
         server_switches,
@@ -951,7 +986,18 @@ fn write_csv(path: &Path, runs: &[Run]) -> std::io::Result<()> {
             );
         }
     }
-    std::fs::write(path, out)
+    std::fs::write(path, out)?;
+    if runs.iter().any(|r| !r.slow.is_empty()) {
+        let mut out = String::from("system,workload,clients,sent_unix,latency_ms\n");
+        for r in runs {
+            for (sent, us) in &r.slow {
+                let (sys, work) = (r.sys.name(), r.work.name());
+                let _ = writeln!(out, "{sys},{work},{},{sent:.6},{:.3}", r.clients, ms(*us));
+            }
+        }
+        std::fs::write(path.with_extension("slow.csv"), out)?;
+    }
+    Ok(())
 }
 
 /// Per-second p99 (thick) and p50 (thin) over each phase, one panel a phase, both systems in
