@@ -280,6 +280,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 idle: (cfg.raft.snapshot_idle_ms > 0)
                     .then(|| Duration::from_millis(cfg.raft.snapshot_idle_ms)),
                 keep: cfg.raft.keep_logs_after_snapshot,
+                stagger: cookie_raft::Stagger::for_node(cfg.node_id),
             },
             log_size.clone(),
             reader.clone(),

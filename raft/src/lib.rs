@@ -28,6 +28,8 @@
 //! inbox.rs          inbound snapshot chunks: bounded, in order, validated before install
 //! identity.rs       a node's incarnation and the cluster's registry: a node whose data
 //!                   was lost cannot come back as the member it was
+//! stagger.rs        each node's own phase in periodic jobs (flushes, snapshot builds), so
+//!                   that a cluster's nodes do not all run one at once
 //! ```
 //!
 //! Applying a command is where every existence check, merge and version check happens, so
@@ -59,6 +61,7 @@ pub mod network;
 pub mod record;
 pub mod sm;
 pub mod stages;
+pub mod stagger;
 pub mod types;
 
 pub use cache::{Cache, CacheConfig, CacheStats};
@@ -68,6 +71,7 @@ pub use inbox::SnapshotInbox;
 pub use log::{LogSize, LogStore, ReadFloor};
 pub use network::{AddressBook, Network, PeerHttp, RAFT_TARGET_HEADER};
 pub use sm::{CacheStatus, SnapshotCounts, StateMachine, StoreReader};
+pub use stagger::Stagger;
 pub use types::{CookieNode, NodeId, Request, Response, TypeConfig};
 
 /// How many bytes of pages redb may cache for each of a node's databases. redb's own default

@@ -16,10 +16,18 @@
 //!
 //! Builds small states freely: below [`RATIO_FROM_STATE_BYTES`] of state the entry count
 //! alone decides, as before.
+//!
+//! Every node's policy sees the same log, so they all found a build due at the same tick and
+//! built at once: on one host, three builds together (each flushing its layers, then reading
+//! and compressing its state) left request threads waiting for a CPU. A build that is due
+//! now waits for this node's turn: the next boundary of its [`Stagger`] in the log index, a
+//! period being `snapshot_logs` entries (at most one period, or [`TURN_MOST`]). A build
+//! does not wait on a node that is the only voter, nor once writes have stopped
+//! ([`TURN_IDLE`]): nothing else is running then.
 
 use std::time::Duration;
 
-use cookie_raft::{LogSize, Raft, StoreReader};
+use cookie_raft::{LogSize, Raft, Stagger, StoreReader};
 use tokio::time::Instant;
 
 /// Below this many bytes of state a build is cheap, and the entry count alone decides.
@@ -36,6 +44,12 @@ const RETRY: Duration = Duration::from_secs(30);
 /// A build put off for want of disk room (`sm::snapshot`) is asked for again after this:
 /// each try costs a look at the free space, and a disk gets room back in its own time.
 const RETRY_POSTPONED: Duration = Duration::from_secs(1);
+/// The longest a due build waits for this node's turn: writes too slow to reach its
+/// boundary soon do not put a build off for long.
+const TURN_MOST: Duration = Duration::from_secs(10);
+/// A due build waits for its turn only while entries keep coming: once none came for this
+/// long, nothing is left to spread the builds away from.
+const TURN_IDLE: Duration = Duration::from_secs(1);
 
 /// The policy's settings (`[raft]`).
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +58,8 @@ pub struct Policy {
     pub ratio: f64,
     pub idle: Option<Duration>,
     pub keep: u64,
+    /// This node's phase: when, once a build is due, its turn comes.
+    pub stagger: Stagger,
 }
 
 /// What the policy weighs.
@@ -90,6 +106,21 @@ impl Policy {
             && s.log_bytes >= IDLE_MIN_LOG_BYTES;
         idle.then_some(Due::Idle)
     }
+
+    /// Whether this node's turn came: the log index passed one of its boundaries since a
+    /// build became due at index `from`.
+    fn my_turn(&self, from: u64, applied: u64) -> bool {
+        let period = self.logs.max(1) as f64;
+        self.stagger
+            .crossed(from as f64 / period, applied as f64 / period)
+    }
+}
+
+/// A grown build, due since index `from` for the snapshot at `base`, waiting for its turn.
+struct Turn {
+    base: Option<u64>,
+    from: u64,
+    since: Instant,
 }
 
 /// Watch this node's log and ask openraft for a build when the policy says so. Runs until
@@ -103,6 +134,7 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
     // The snapshot index when a build was last asked for, and when, and how many builds
     // had been put off by then.
     let mut asked: Option<(Option<u64>, Instant, u64)> = None;
+    let mut turn: Option<Turn> = None;
     let postponed = || {
         reader
             .snapshot_counts()
@@ -114,12 +146,13 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
         if metrics.has_changed().is_err() {
             return; // Raft has shut down.
         }
-        let (last_log, applied, snapshot) = {
+        let (last_log, applied, snapshot, alone) = {
             let m = metrics.borrow_and_update();
             (
                 m.last_log_index,
                 m.last_applied.map_or(0, |l| l.index),
                 m.snapshot.map(|l| l.index),
+                m.membership_config.membership().voter_ids().count() < 2,
             )
         };
         if last_log != last_index {
@@ -154,6 +187,20 @@ pub async fn run(raft: Raft, policy: Policy, log: LogSize, reader: StoreReader) 
         let Some(why) = policy.due(&sizes) else {
             continue;
         };
+        if why == Due::Grown && !alone && sizes.idle_for < TURN_IDLE {
+            let t = match turn.take() {
+                Some(t) if t.base == snapshot => t,
+                _ => Turn {
+                    base: snapshot,
+                    from: applied.saturating_sub(1),
+                    since: Instant::now(),
+                },
+            };
+            if !policy.my_turn(t.from, applied) && t.since.elapsed() < TURN_MOST {
+                turn = Some(t);
+                continue;
+            }
+        }
         tracing::info!(
             reason = ?why,
             entries = sizes.entries,
@@ -180,6 +227,7 @@ mod tests {
             ratio: 0.5,
             idle: Some(Duration::from_secs(10)),
             keep: 1000,
+            stagger: Stagger::for_node(0),
         }
     }
 
@@ -246,6 +294,29 @@ mod tests {
             ..policy()
         };
         assert_eq!(never.due(&idle(3000, 60 * MB, 3600)), None);
+    }
+
+    /// Three nodes that find a build due at the same index take their turns apart, each
+    /// within one period (`snapshot_logs` entries) of it.
+    #[test]
+    fn nodes_take_turns_apart_within_a_period() {
+        let from = 12_345;
+        let turns: Vec<u64> = (1..=3)
+            .map(|id| {
+                let p = Policy {
+                    stagger: Stagger::for_node(id),
+                    ..policy()
+                };
+                (from + 1..).find(|&i| p.my_turn(from, i)).unwrap()
+            })
+            .collect();
+        let mut sorted = turns.clone();
+        sorted.sort_unstable();
+        assert!(sorted.windows(2).all(|w| w[1] - w[0] >= 1000), "{turns:?}");
+        assert!(turns.iter().all(|&t| t <= from + 5000), "{turns:?}");
+        // Node 0 (no phase) builds at each multiple of the period.
+        assert!(policy().my_turn(14_999, 15_000));
+        assert!(!policy().my_turn(15_000, 19_999));
     }
 
     /// Below `least_entries` no sizes make a build due, so skipping the log's size there

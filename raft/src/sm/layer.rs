@@ -8,13 +8,20 @@ use openraft::LogId;
 
 use super::tables::Membership;
 use crate::identity::Registry;
+use crate::stagger::Stagger;
 use crate::types::NodeId;
 
-/// Rows (records and idempotency keys) in the active layer that start a flush.
+// A flush's worth of work is one period: what the layers take in counts as the fractions of
+// the three thresholds below it makes up (entries / FLUSH_ENTRIES + rows / FLUSH_ROWS + bytes
+// / FLUSH_BYTES), and a node flushes each time that count, since it started, passes a
+// boundary its [`Stagger`] sets at a phase of its own, so that the nodes of a cluster do not
+// all flush at once. A layer is thus due before it reaches any one of them.
+
+/// Rows (records and idempotency keys): at most this many in a flush.
 pub(super) const FLUSH_ROWS: usize = 8192;
-/// Bytes in the active layer that start a flush.
+/// Bytes of rows: at most this many in a flush.
 pub(super) const FLUSH_BYTES: usize = 16 << 20;
-/// Entries applied to the active layer that start a flush, whatever they wrote: bounds what a
+/// Entries applied, whatever they wrote: at most this many in a flush. Bounds what a
 /// restarted node applies again from the log.
 pub(super) const FLUSH_ENTRIES: u64 = 1000;
 /// Age of the oldest change in the active layer that starts a flush.
@@ -44,6 +51,11 @@ pub(crate) struct Layer {
     pub(super) count_delta: i64,
     bytes: usize,
     entries: u64,
+    /// Rows this layer took in, counting a row each time a batch changed it.
+    rows_taken: u64,
+    /// The work, in periods, the layers before this one took in since the node started:
+    /// where this layer's count starts, against the stagger's boundaries.
+    start: f64,
     /// When the first change came in.
     since: Option<Instant>,
 }
@@ -88,8 +100,22 @@ impl Layer {
         self.entries += 1;
     }
 
+    /// Make this (new, empty) layer the one after `before`: its count goes on from there.
+    pub(super) fn follow(&mut self, before: &Layer) {
+        self.start = before.start + before.work();
+    }
+
+    /// The work this layer took in, in periods (flushes' worth).
+    fn work(&self) -> f64 {
+        self.entries as f64 / FLUSH_ENTRIES as f64
+            + self.rows_taken as f64 / FLUSH_ROWS as f64
+            + self.bytes as f64 / FLUSH_BYTES as f64
+    }
+
     /// Add `newer`'s changes on top of these.
     pub(super) fn absorb(&mut self, newer: Layer) {
+        // A batch has taken nothing in yet: its rows are what it takes.
+        self.rows_taken += newer.rows_taken.max(newer.rows() as u64);
         self.cookies.extend(newer.cookies);
         self.by_created.extend(newer.by_created);
         self.keys.extend(newer.keys);
@@ -118,13 +144,14 @@ impl Layer {
         self.cookies.len() + self.keys.len()
     }
 
-    /// Whether it is worth a flush now.
-    pub(super) fn due(&self) -> bool {
-        self.big() || self.entries >= FLUSH_ENTRIES
+    /// Whether it is worth a flush now: the work it took in passed one of this node's
+    /// boundaries (`stagger`).
+    pub(super) fn due(&self, stagger: &Stagger) -> bool {
+        stagger.crossed(self.start, self.start + self.work())
     }
 
-    /// Whether it holds a flush's worth of rows or bytes (what `due` counts, but entries):
-    /// filled while the last write ran, it says the flush thread is behind.
+    /// Whether it holds a flush's worth of rows or bytes: filled while the last write ran, it
+    /// says the flush thread is behind. (A staggered layer is due at this size or before.)
     pub(super) fn big(&self) -> bool {
         self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES
     }
@@ -136,5 +163,104 @@ impl Layer {
 
     pub(super) fn old(&self) -> bool {
         self.since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    /// A batch of `entries` entries ending at `last`, storing `rows` records of 100 bytes.
+    fn batch(last: u64, entries: u64, rows: usize) -> Layer {
+        let mut l = Layer::default();
+        for index in last + 1 - entries..=last {
+            l.applied(LogId::new(CommittedLeaderId::new(1, 1), index));
+        }
+        for r in 0..rows {
+            l.put_cookie(&format!("cookie:{last}-{r}"), Some(vec![b'x'; 100]));
+        }
+        l
+    }
+
+    /// Feed `stagger`'s node batches of 10 entries and 40 rows, freezing the active layer
+    /// whenever it is due, as the flush thread does; the indices at which it froze.
+    fn freezes(stagger: &Stagger, batches: u64) -> Vec<u64> {
+        let mut active = Layer::default();
+        let mut at = Vec::new();
+        for b in 1..=batches {
+            active.absorb(batch(b * 10, 10, 40));
+            if active.due(stagger) {
+                at.push(b * 10);
+                let mut next = Layer::default();
+                next.follow(&active);
+                active = next;
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn entries_rows_and_bytes_add_up_to_a_flush() {
+        let none = Stagger::for_node(0);
+        let mut l = Layer::default();
+        l.absorb(batch(999, 999, 0));
+        assert!(!l.due(&none));
+        l.absorb(batch(1000, 1, 0));
+        assert!(l.due(&none), "1,000 entries");
+
+        // Half a flush's worth of entries, then rows: due at about half of FLUSH_ROWS, a
+        // little before, for the rows' bytes.
+        let mut l = Layer::default();
+        l.absorb(batch(500, 500, 0));
+        let mut rows = 0;
+        while !l.due(&none) {
+            l.absorb(batch(501, 1, 1).without_entries());
+            rows += 1;
+        }
+        assert!(
+            (FLUSH_ROWS * 2 / 5..FLUSH_ROWS / 2).contains(&rows),
+            "{rows}"
+        );
+    }
+
+    #[test]
+    fn a_layer_is_due_before_any_one_threshold() {
+        // Rows alone, in whatever phase.
+        for id in 0..5 {
+            let s = Stagger::for_node(id);
+            let mut l = Layer::default();
+            let mut rows = 0;
+            while !l.due(&s) {
+                l.absorb(batch(1, 1, 64).without_entries());
+                rows += 64;
+            }
+            assert!(rows <= FLUSH_ROWS, "node {id}: {rows} rows");
+        }
+    }
+
+    #[test]
+    fn nodes_fed_the_same_batches_freeze_at_different_entries() {
+        let at: Vec<Vec<u64>> = (1..=3)
+            .map(|id| freezes(&Stagger::for_node(id), 400))
+            .collect();
+        // Every node flushes at the same rate: 10 entries and 40 rows a batch are 0.01 +
+        // 40/8192 of a period, a flush every ~67 batches.
+        for a in &at {
+            assert!((5..=7).contains(&a.len()), "{at:?}");
+        }
+        // And never two at the same entry.
+        let mut all: Vec<u64> = at.concat();
+        all.sort_unstable();
+        assert!(all.windows(2).all(|w| w[1] - w[0] >= 100), "{at:?}");
+    }
+
+    impl Layer {
+        /// The same rows, as if no entry had been applied (a part of a batch).
+        fn without_entries(mut self) -> Layer {
+            self.entries = 0;
+            self
+        }
     }
 }

@@ -95,7 +95,8 @@ impl StateMachine {
             .map(|l| l.index);
         identity.set_registry(applied.unwrap_or(0), tables::read_registry(&db)?);
         let db = Db::new(db, &path, cache_bytes)?;
-        let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied, repack)?;
+        let stagger = crate::Stagger::for_node(identity.me());
+        let (overlay, flusher) = overlay::Overlay::start(db.clone(), applied, repack, stagger)?;
         Ok(StateMachine {
             db,
             cache,

@@ -8,9 +8,11 @@
 //!
 //! Now `apply` writes nothing to redb. A batch's changes go into an in-memory [`Layer`]
 //! (`active`) that readers see above the database. A thread of its own (`state-flush`)
-//! freezes the active layer once it holds `FLUSH_ROWS` rows, `FLUSH_BYTES` bytes,
-//! `FLUSH_ENTRIES` entries or is `FLUSH_INTERVAL` old, and writes it to `sm.redb` in one
-//! durable transaction with its `last_applied`, while `apply` fills a new active layer. So
+//! freezes the active layer once the entries, rows and bytes it took in, each counted
+//! against its threshold (`FLUSH_ENTRIES`, `FLUSH_ROWS`, `FLUSH_BYTES`), add up to this
+//! node's next boundary ([`crate::stagger`]: the nodes of a cluster flush apart), or once it
+//! is `FLUSH_INTERVAL` old, and writes it to `sm.redb` in one durable transaction with its
+//! `last_applied`, while `apply` fills a new active layer. So
 //! the fsync runs beside `apply`, not in front of it, and the B-tree work is done once per
 //! few thousand records instead of once per batch.
 //!
@@ -69,6 +71,7 @@ use super::tables::{
 use crate::codec;
 use crate::identity::Registry;
 use crate::record::Record;
+use crate::stagger::Stagger;
 use crate::types::NodeId;
 use crate::BoxError;
 
@@ -397,6 +400,8 @@ pub(crate) struct Overlay {
     failed: Arc<tokio::sync::watch::Sender<Option<String>>>,
     /// Where the flush thread's writes go while it is behind.
     prompt: Arc<Prompt>,
+    /// Where in each period of the thresholds this node's flushes fall.
+    stagger: Stagger,
 }
 
 /// How long the flush thread keeps writing at the normal priority after it was last found
@@ -439,15 +444,18 @@ pub(crate) struct FlushThread {
 }
 
 impl Overlay {
-    /// The overlay of `db`, whose file holds the state up to entry `written`, and its thread.
+    /// The overlay of `db`, whose file holds the state up to entry `written`, and its thread,
+    /// which flushes at the thresholds' boundaries `stagger` sets.
     pub(super) fn start(
         db: Db,
         written: Option<u64>,
         repack: Option<repack::Policy>,
+        stagger: Stagger,
     ) -> std::io::Result<(Overlay, FlushThread)> {
         let overlay = Overlay {
             db,
             repack,
+            stagger,
             failed: Arc::new(tokio::sync::watch::channel(None).0),
             // Started here, before the flush thread lowers its own priority.
             prompt: Arc::new(Prompt::start("state-flush-prompt")?),
@@ -500,7 +508,10 @@ impl Overlay {
     pub(super) fn add(&self, batch: Layer) -> Room {
         let (due, full) = self.db.write(|c| {
             Arc::make_mut(&mut c.active).absorb(batch);
-            (c.active.due(), c.active.full() && c.frozen.is_some())
+            (
+                c.active.due(&self.stagger),
+                c.active.full() && c.frozen.is_some(),
+            )
         });
         if due {
             self.progress().wanted = true;
@@ -804,10 +815,11 @@ impl Overlay {
     /// write it, if the disk has room for it.
     fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Flushed, BoxError> {
         // The next active layer, sized like this one, allocated before the lock is taken.
-        let next = Arc::new(Layer::sized_for(self.db.read(|c| c.active.cookies.len())));
+        let mut next = Layer::sized_for(self.db.read(|c| c.active.cookies.len()));
         let (frozen, db, ids) = self.db.write(|c| {
             if c.frozen.is_none() && !c.active.is_empty() {
-                c.frozen = Some(std::mem::replace(&mut c.active, next));
+                next.follow(&c.active);
+                c.frozen = Some(std::mem::replace(&mut c.active, Arc::new(next)));
             }
             (c.frozen.clone(), c.db.clone(), c.ids.clone())
         });
@@ -1092,7 +1104,8 @@ mod tests {
         let file = crate::create_db(&path, 1 << 20).unwrap();
         super::super::tables::create_tables(&file).unwrap();
         let db = Db::new(file, &path, 1 << 20).unwrap();
-        let (overlay, flusher) = Overlay::start(db.clone(), None, None).unwrap();
+        let (overlay, flusher) =
+            Overlay::start(db.clone(), None, None, Stagger::for_node(0)).unwrap();
         (db, overlay, flusher)
     }
 
@@ -1227,7 +1240,8 @@ mod tests {
             min_rows: 1,
             min_slack: 1 << 20,
         };
-        let (overlay, _flusher) = Overlay::start(db.clone(), None, Some(policy)).unwrap();
+        let (overlay, _flusher) =
+            Overlay::start(db.clone(), None, Some(policy), Stagger::for_node(0)).unwrap();
         // One row through the layers: the flush thread counts it, and looks once at rest.
         let mut l = Layer::default();
         l.put_cookie("written-last", Some(b"{}".to_vec()));
