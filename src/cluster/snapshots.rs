@@ -21,9 +21,9 @@
 //! built at once: on one host, three builds together (each flushing its layers, then reading
 //! and compressing its state) left request threads waiting for a CPU. A build that is due
 //! now waits for this node's turn: the next boundary of its [`Stagger`] in the log index, a
-//! period being `snapshot_logs` entries (at most one period, or [`TURN_MOST`]). A build
+//! period being `snapshot_logs` entries (at most one period, or `TURN_MOST`). A build
 //! does not wait on a node that is the only voter, nor once writes have stopped
-//! ([`TURN_IDLE`]): nothing else is running then.
+//! (`TURN_IDLE`): nothing else is running then.
 
 use std::time::Duration;
 
