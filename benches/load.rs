@@ -507,11 +507,18 @@ struct Recorder {
     /// `start` on the wall clock, in seconds since the Unix epoch.
     wall_start: f64,
     secs: usize,
-    shards: Vec<Mutex<(Tally, Vec<Tally>)>>,
-    /// `LOAD_SLOW_MS` in µs, and the requests over it: (sent, seconds since the Unix
-    /// epoch; latency, µs).
+    shards: Vec<Mutex<Shard>>,
+    /// `LOAD_SLOW_MS`, in µs.
     slow_us: Option<u64>,
-    slow: Mutex<Vec<(f64, u64)>>,
+}
+
+/// What the clients of one shard recorded.
+struct Shard {
+    all: Tally,
+    per_sec: Vec<Tally>,
+    /// Requests over `LOAD_SLOW_MS`: (sent, seconds since the Unix epoch; latency, µs), kept
+    /// under the lock the request already takes.
+    slow: Vec<(f64, u64)>,
 }
 
 enum Outcome {
@@ -530,9 +537,14 @@ impl Recorder {
             wall_start: wall.as_secs_f64() - start.elapsed().as_secs_f64(),
             secs,
             slow_us,
-            slow: Mutex::new(Vec::new()),
             shards: (0..SHARDS)
-                .map(|_| Mutex::new((Tally::new(), (0..secs).map(|_| Tally::new()).collect())))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        all: Tally::new(),
+                        per_sec: (0..secs).map(|_| Tally::new()).collect(),
+                        slow: Vec::new(),
+                    })
+                })
                 .collect(),
         }
     }
@@ -540,18 +552,15 @@ impl Recorder {
     fn record(&self, client: usize, at: Instant, outcome: Outcome) {
         let sec = ((at - self.start).as_secs() as usize).min(self.secs - 1);
         let mut shard = self.shards[client % SHARDS].lock().unwrap();
-        let (all, per_sec) = &mut *shard;
+        let Shard { all, per_sec, slow } = &mut *shard;
         let this = &mut per_sec[sec];
         match outcome {
             Outcome::Ok(us) => {
                 all.hist.record(us.max(1)).unwrap();
                 this.hist.record(us.max(1)).unwrap();
-                if self.slow_us.is_some_and(|limit| us > limit) {
+                if self.slow_us.is_some_and(|limit| us > limit) && slow.len() < SLOW_KEPT / SHARDS {
                     let done = self.wall_start + (at - self.start).as_secs_f64();
-                    let mut slow = self.slow.lock().unwrap();
-                    if slow.len() < SLOW_KEPT {
-                        slow.push((done - us as f64 / 1e6, us));
-                    }
+                    slow.push((done - us as f64 / 1e6, us));
                 }
             }
             Outcome::Non2xx => {
@@ -567,7 +576,11 @@ impl Recorder {
 
     /// The slow requests, by the time they were sent.
     fn slow(&self) -> Vec<(f64, u64)> {
-        let mut slow = std::mem::take(&mut *self.slow.lock().unwrap());
+        let mut slow: Vec<(f64, u64)> = self
+            .shards
+            .iter()
+            .flat_map(|s| std::mem::take(&mut s.lock().unwrap().slow))
+            .collect();
         slow.sort_by(|a, b| a.0.total_cmp(&b.0));
         slow
     }
@@ -578,8 +591,8 @@ impl Recorder {
         let mut per_sec: Vec<Tally> = (0..self.secs).map(|_| Tally::new()).collect();
         for shard in &self.shards {
             let shard = shard.lock().unwrap();
-            all.add(&shard.0);
-            for (s, o) in per_sec.iter_mut().zip(&shard.1) {
+            all.add(&shard.all);
+            for (s, o) in per_sec.iter_mut().zip(&shard.per_sec) {
                 s.add(o);
             }
         }
