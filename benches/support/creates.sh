@@ -4,7 +4,7 @@
 # pid), leader (the leader's URL) and leader_pid (its process), and returns once the load
 # has run 4 s.
 cargo bench --bench load --no-run >/dev/null 2>&1
-LOAD_SECS=$((${LOAD_WINDOW:-$WINDOW} + 14)) LOAD_ONLY="creates@$CLIENTS" ETCD=none \
+LOAD_SECS=$((${LOAD_WINDOW:-$WINDOW} + 14)) LOAD_CLIENTS="$CLIENTS" LOAD_ONLY="creates@$CLIENTS" ETCD=none \
   cargo bench --bench load >"$OUT/load.log" 2>&1 &
 BENCH=$!
 
@@ -15,5 +15,13 @@ for _ in $(seq 120); do
   sleep 1
 done
 [ -n "$leader" ] || { cat "$OUT/load.log"; echo "no leader found" >&2; exit 1; }
-leader_pid=$(ss -ltnpH "sport = :${leader##*:}" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+# The process that holds the leader's listening socket (not `ss -p`: some sandboxes do not
+# show sockets' processes).
+inode=$(awk -v p=":$(printf '%04X' "${leader##*:}")" '$2 ~ p"$" && $4 == "0A" {print $10}' \
+  /proc/net/tcp | head -1)
+leader_pid=""
+for p in $(pgrep -x cookie-crud); do
+  ls -l "/proc/$p/fd" 2>/dev/null | grep -q "socket:\[$inode\]" && leader_pid=$p
+done
+[ -n "$leader_pid" ] || { echo "no process holds the leader's socket" >&2; exit 1; }
 sleep 4

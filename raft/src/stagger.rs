@@ -12,12 +12,15 @@
 //! followers. On one host it is worse: the three flushes compete for the same CPUs
 //! (docs/benchmarks.md, "Flushes and builds in step").
 //!
-//! So each node counts the work its layers took in since it started, in periods (`sm::layer`:
-//! entries, rows and bytes, each as a fraction of its threshold), and flushes when that count
-//! passes `k - phase` for a whole `k`, its phase its own. The same period on every node, so
-//! the same flush sizes and rates; the nodes' flushes are spread over each period instead of
-//! stacked, and while one node writes, the other two make the quorum. (A node that restarts
-//! counts from zero again: its phase against the others' is then a matter of chance.)
+//! So each node counts the work its layers took in, in periods (`sm::layer`: entries, rows and
+//! bytes, each as a fraction of its threshold), and flushes when that count passes
+//! `k - phase` for a whole `k`, its phase its own. The same period on every node, so the same
+//! flush sizes and rates; the nodes' flushes are spread over each period instead of stacked,
+//! and while one node writes, the other two make the quorum. The count is kept in `sm.redb`
+//! with each flush and goes on across a restart (the entries after the last flush, applied
+//! again, add what they added before) and an install, so a restarted node keeps its place
+//! against the others'. (Only a node restarted after an install and before its next flush
+//! counts from zero again.)
 //!
 //! Snapshot builds were in step the same way (each node's policy looks at the same log every
 //! 200 ms), and a build first flushes the layers, then reads and compresses the whole state:

@@ -151,8 +151,12 @@ impl Db {
             .write_beside(|db| fill(db).map(Some))?
             .ok_or("a replacement's fill gave up")?;
         // The new state replaces the old one whole: the layers belonged to the old file.
-        let next = Current::new(Arc::new(db))?;
-        let old = self.write(|c| std::mem::replace(c, next));
+        // The flushes' count goes on (`layer`: this node's phase against the others').
+        let mut next = Current::new(Arc::new(db))?;
+        let old = self.write(|c| {
+            Arc::make_mut(&mut next.active).follow(&c.active);
+            std::mem::replace(c, next)
+        });
         // Dropped outside the lock: closing a database (its last handle) writes and syncs.
         drop(old);
         Ok(out)

@@ -53,8 +53,9 @@ pub(crate) struct Layer {
     entries: u64,
     /// Rows this layer took in, counting a row each time a batch changed it.
     rows_taken: u64,
-    /// The work, in periods, the layers before this one took in since the node started:
-    /// where this layer's count starts, against the stagger's boundaries.
+    /// The work, in periods, the layers before this one took in (since the node's state
+    /// began: the count is kept in `sm.redb` with each flush, and goes on across restarts and
+    /// installs): where this layer's count starts, against the stagger's boundaries.
     start: f64,
     /// When the first change came in.
     since: Option<Instant>,
@@ -102,7 +103,20 @@ impl Layer {
 
     /// Make this (new, empty) layer the one after `before`: its count goes on from there.
     pub(super) fn follow(&mut self, before: &Layer) {
-        self.start = before.start + before.work();
+        self.start = before.count_after();
+    }
+
+    /// An empty layer whose count starts at `count` (the one kept with the last flush).
+    pub(super) fn counted_from(count: f64) -> Layer {
+        Layer {
+            start: count,
+            ..Layer::default()
+        }
+    }
+
+    /// The count, in periods, once this layer's work is added: what a flush of it keeps.
+    pub(super) fn count_after(&self) -> f64 {
+        self.start + self.work()
     }
 
     /// The work this layer took in, in periods (flushes' worth).

@@ -66,7 +66,7 @@ pub(super) use super::layer::{IndexKey, Layer};
 use super::repack;
 use super::tables::{
     put_meta, Membership, BY_CREATED, COOKIES, IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED,
-    KEY_MEMBERSHIP, KEY_REGISTRY,
+    KEY_FLUSH_COUNT, KEY_MEMBERSHIP, KEY_REGISTRY,
 };
 use crate::codec;
 use crate::identity::Registry;
@@ -451,7 +451,14 @@ impl Overlay {
         written: Option<u64>,
         repack: Option<repack::Policy>,
         stagger: Stagger,
-    ) -> std::io::Result<(Overlay, FlushThread)> {
+    ) -> Result<(Overlay, FlushThread), BoxError> {
+        // The flushes' count goes on from the last flush's (none before it: from zero).
+        let count = super::tables::read_meta::<f64>(&db.get(), KEY_FLUSH_COUNT)?;
+        db.write(|c| {
+            if c.active.is_empty() {
+                c.active = Arc::new(Layer::counted_from(count.unwrap_or(0.0)));
+            }
+        });
         let overlay = Overlay {
             db,
             repack,
@@ -1028,6 +1035,7 @@ fn write_layer(db: &Database, layer: &Layer) -> Result<(), BoxError> {
         put_meta(&txn, KEY_MEMBERSHIP, m)?;
     }
     put_meta(&txn, KEY_APPLIED, &layer.applied)?;
+    put_meta(&txn, KEY_FLUSH_COUNT, &layer.count_after())?;
     txn.commit()?;
     Ok(())
 }
@@ -1178,6 +1186,71 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(overlay.stats().prompted >= 1, "{:?}", overlay.stats());
+    }
+
+    /// A node's flushes' count (its place against the stagger's boundaries) goes on across a
+    /// restart and an install. It used to start from zero at each: a restarted node's phase
+    /// against the other nodes' was then a matter of chance, and could fall on theirs.
+    #[test]
+    fn the_flush_count_goes_on_across_a_restart_and_an_install() {
+        use openraft::CommittedLeaderId;
+
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |from: u64, n: u64| {
+            let mut l = Layer::default();
+            for i in from..from + n {
+                l.put_cookie(&format!("id-{i}"), Some(b"{}".to_vec()));
+                l.applied(LogId::new(CommittedLeaderId::new(1, 1), i));
+            }
+            l
+        };
+        let count = |db: &Db| db.read(|c| c.active.count_after());
+        let written = {
+            let (db, overlay, flusher) = empty_overlay(dir.path());
+            assert_eq!(count(&db), 0.0);
+            let _ = overlay.add(batch(1, 300));
+            let _ = overlay.add(batch(301, 300));
+            let before = count(&db);
+            assert!(
+                before > 0.5,
+                "600 entries are more than half a flush's worth"
+            );
+            overlay.flush_all(Short::Wait).unwrap();
+            // The active layer after the flush starts where the written one ended.
+            assert_eq!(count(&db), before);
+            drop(flusher);
+            drop(overlay);
+            drop(db);
+            before
+        };
+        // Reopened, as a restarted node opens its `sm.redb`.
+        let path = dir.path().join("sm.redb");
+        let file = crate::create_db(&path, 1 << 20).unwrap();
+        let db = Db::new(file, &path, 1 << 20).unwrap();
+        let (overlay, _flusher) =
+            Overlay::start(db.clone(), Some(600), None, Stagger::for_node(0)).unwrap();
+        assert_eq!(
+            count(&db),
+            written,
+            "a restart counts on from the last flush"
+        );
+        let _ = overlay.add(batch(601, 100));
+        let added = count(&db);
+        assert!(added > written);
+        // An install replaces the file and drops the layers; the count stays.
+        db.replace(|new| {
+            let txn = new.begin_write()?;
+            put_meta(
+                &txn,
+                KEY_APPLIED,
+                &Some(LogId::new(CommittedLeaderId::new(1, 1), 900)),
+            )?;
+            txn.commit()?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(db.read(|c| c.active.is_empty()));
+        assert_eq!(count(&db), added, "an install keeps the count");
     }
 
     /// A filter of ids that finishes building is published by itself: the layer applied

@@ -41,6 +41,9 @@ pub(super) fn read_registry(db: &Database) -> Result<Registry, BoxError> {
 
 pub(super) const KEY_APPLIED: &str = "last_applied";
 pub(super) const KEY_MEMBERSHIP: &str = "membership";
+/// The flushes' count (`layer`, an `f64` in periods) as of the last flush: a restarted node
+/// counts on from it, so its flushes stay at its own phase against the other nodes'.
+pub(super) const KEY_FLUSH_COUNT: &str = "flush_count";
 /// The current snapshot: its meta and the file holding its data (`snapshot::SnapshotPointer`).
 pub(super) const KEY_SNAPSHOT_FILE: &str = "snapshot_file";
 /// Where earlier versions kept the whole snapshot, data included; migrated at open.
