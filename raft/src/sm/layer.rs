@@ -103,13 +103,13 @@ impl Layer {
 
     /// Make this (new, empty) layer the one after `before`: its count goes on from there.
     pub(super) fn follow(&mut self, before: &Layer) {
-        self.start = before.count_after();
+        self.start = within_a_period(before.count_after());
     }
 
     /// An empty layer whose count starts at `count` (the one kept with the last flush).
     pub(super) fn counted_from(count: f64) -> Layer {
         Layer {
-            start: count,
+            start: within_a_period(count),
             ..Layer::default()
         }
     }
@@ -180,6 +180,17 @@ impl Layer {
     }
 }
 
+/// Where `count` is within its period. Only that matters against the stagger's boundaries
+/// (a layer's own work is added to it), and it keeps the count's precision however long a
+/// node runs. A count read back that is not a number (a damaged file) starts from zero.
+fn within_a_period(count: f64) -> f64 {
+    if count.is_finite() {
+        count.rem_euclid(1.0)
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::CommittedLeaderId;
@@ -196,6 +207,32 @@ mod tests {
             l.put_cookie(&format!("cookie:{last}-{r}"), Some(vec![b'x'; 100]));
         }
         l
+    }
+
+    /// A count read back is kept as its place within the period: a layer counted from
+    /// `k + x` is due exactly where one counted from `x` is, and a count that is not a number
+    /// starts from zero instead of never crossing a boundary.
+    #[test]
+    fn a_count_read_back_keeps_its_place_in_the_period() {
+        let s = Stagger::for_node(2);
+        let fill_until_due = |mut l: Layer| {
+            let mut batches = 0;
+            while !l.due(&s) {
+                batches += 1;
+                l.absorb(batch(batches * 10, 10, 40));
+                assert!(batches < 1000, "never due");
+            }
+            batches
+        };
+        let at = fill_until_due(Layer::counted_from(0.3));
+        assert_eq!(fill_until_due(Layer::counted_from(1e12 + 0.3)), at);
+        assert_eq!(fill_until_due(Layer::counted_from(-0.7)), at);
+        let from_zero = fill_until_due(Layer::counted_from(0.0));
+        assert_eq!(fill_until_due(Layer::counted_from(f64::NAN)), from_zero);
+        assert_eq!(
+            fill_until_due(Layer::counted_from(f64::INFINITY)),
+            from_zero
+        );
     }
 
     /// Feed `stagger`'s node batches of 10 entries and 40 rows, freezing the active layer
