@@ -52,6 +52,8 @@ VARIANTS = {
     "syncfollow": "[raft]\nparallel_follower_append = false\n",
     "overlap-syncfollow": "[raft]\npipeline_after_us = 0\nparallel_follower_append = false\n"
     "[batch]\npipeline_below = 1000000\n",
+    # One async worker thread per node: fewer hand-offs between threads, no parallel CPU.
+    "w1": "worker_threads = 1\n",
     # Four batches and four AppendEntries per follower in flight, at any load.
     "deep": "[raft]\nappends_in_flight = 4\n[batch]\nmax_inflight = 4\npipeline_below = 1000000\n",
 }
