@@ -18,9 +18,8 @@
 //! flush sizes and rates; the nodes' flushes are spread over each period instead of stacked,
 //! and while one node writes, the other two make the quorum. The count is kept in `sm.redb`
 //! with each flush and goes on across a restart (the entries after the last flush, applied
-//! again, add what they added before) and an install, so a restarted node keeps its place
-//! against the others'. (Only a node restarted after an install and before its next flush
-//! counts from zero again.)
+//! again, add what they added before) and an install (which writes it into the new file),
+//! so a restarted node keeps its place against the others'.
 //!
 //! Snapshot builds were in step the same way (each node's policy looks at the same log every
 //! 200 ms), and a build first flushes the layers, then reads and compresses the whole state:

@@ -24,8 +24,8 @@ use super::overlay::Short;
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::{
     applied_in, order_key, put_meta, read_meta, registry_in, Membership, Meta, BY_CREATED, COOKIES,
-    IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY, KEY_SNAPSHOT_FILE,
-    KEY_SNAPSHOT_LEGACY, META,
+    IDENTITY, KEYS, KEYS_BY_EXPIRY, KEY_APPLIED, KEY_FLUSH_COUNT, KEY_MEMBERSHIP, KEY_REGISTRY,
+    KEY_SNAPSHOT_FILE, KEY_SNAPSHOT_LEGACY, META,
 };
 use crate::codec;
 use crate::durable::no_room;
@@ -223,7 +223,10 @@ fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry
         file,
         len,
     };
-    let registry = db.replace(|new| fill(new, &mut input, &pointer))?;
+    // The flushes' count as it stands (nothing is applied during an install): kept in the
+    // new file too, so a restart before this node's next flush goes on from it.
+    let count = db.read(|c| c.active.count_after());
+    let registry = db.replace(|new| fill(new, &mut input, &pointer, count))?;
     files.remove_others(Some(&pointer.file))?;
     Ok(registry)
 }
@@ -232,11 +235,13 @@ fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry
 /// (records arrive in id order, so they go in as appends; their index entries as they
 /// come), then the registry, `last_applied`, the membership and the snapshot's `pointer` in
 /// the last transaction, the only durable one: until the file is renamed into place nothing
-/// reads it, and a crash leaves it to be removed.
+/// reads it, and a crash leaves it to be removed. This node's flushes' `count` goes in
+/// that transaction too.
 fn fill(
     db: &Database,
     input: &mut dyn std::io::BufRead,
     pointer: &SnapshotPointer,
+    count: f64,
 ) -> Result<Registry, BoxError> {
     let write = |batch: &mut Vec<Row>| -> Result<(), BoxError> {
         let mut txn = db.begin_write()?;
@@ -281,6 +286,7 @@ fn fill(
     put_meta(&txn, KEY_APPLIED, &pointer.meta.last_log_id)?;
     put_meta(&txn, KEY_MEMBERSHIP, &pointer.meta.last_membership)?;
     put_meta(&txn, KEY_SNAPSHOT_FILE, pointer)?;
+    put_meta(&txn, KEY_FLUSH_COUNT, &count)?;
     txn.commit()?;
     Ok(registry)
 }
@@ -753,6 +759,45 @@ mod tests {
         assert_eq!(
             snapshot_files(d2.path()),
             [SnapshotFiles::name_for(&snap.meta.snapshot_id)]
+        );
+    }
+
+    /// A node restarted after an install, before its next flush, goes on with the flushes'
+    /// count it had (its place against the other nodes', `crate::stagger`): the install
+    /// keeps it in memory and writes it into the new file.
+    #[tokio::test]
+    async fn a_restart_after_an_install_keeps_the_flush_count() {
+        use crate::command::Command;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let create = |i: u64| {
+            let json = format!(r#"{{"cookie":"c{i:03}","user_id":{i}}}"#);
+            entry(i, Command::create(json.as_bytes(), 1000 + i).unwrap())
+        };
+        let mut a = open(d1.path());
+        a.apply((1..=300).map(create).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let snap = a.snapshot_builder().build_snapshot().await.unwrap();
+        let data = bytes(snap.snapshot).await;
+        let count = |sm: &StateMachine| sm.db.read(|c| c.active.count_after());
+        let before = {
+            let mut b = open(d2.path());
+            b.apply((1..=100).map(create).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            let before = count(&b);
+            assert!(before > 0.0);
+            let file = received(&b, &data).await;
+            b.install(&snap.meta, file).await.unwrap();
+            assert_eq!(count(&b), before, "the install kept the count");
+            before
+        };
+        let b = open(d2.path());
+        assert_eq!(b.reader().count().unwrap(), 300);
+        assert_eq!(
+            count(&b),
+            before,
+            "the restart went on from the installed file's"
         );
     }
 
