@@ -452,8 +452,13 @@ impl Overlay {
         repack: Option<repack::Policy>,
         stagger: Stagger,
     ) -> Result<(Overlay, FlushThread), BoxError> {
-        // The flushes' count goes on from the last flush's (none before it: from zero).
-        let count = super::tables::read_meta::<f64>(&db.get(), KEY_FLUSH_COUNT)?;
+        // The flushes' count goes on from the last flush's (none before it: from zero). It
+        // only spreads the nodes' flushes: one that cannot be read is no reason not to start.
+        let count = super::tables::read_meta::<f64>(&db.get(), KEY_FLUSH_COUNT)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the flushes' count in sm.redb is unreadable: from zero");
+                None
+            });
         db.write(|c| {
             if c.active.is_empty() {
                 c.active = Arc::new(Layer::counted_from(count.unwrap_or(0.0)));
@@ -1251,6 +1256,26 @@ mod tests {
         .unwrap();
         assert!(db.read(|c| c.active.is_empty()));
         assert_eq!(count(&db), added, "an install keeps the count");
+    }
+
+    /// A flushes' count that cannot be read does not stop the state machine from opening:
+    /// it only spreads the nodes' flushes, so it starts from zero.
+    #[test]
+    fn an_unreadable_flush_count_starts_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sm.redb");
+        let file = crate::create_db(&path, 1 << 20).unwrap();
+        super::super::tables::create_tables(&file).unwrap();
+        let txn = file.begin_write().unwrap();
+        txn.open_table(super::super::tables::META)
+            .unwrap()
+            .insert(KEY_FLUSH_COUNT, &b"xy"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        let db = Db::new(file, &path, 1 << 20).unwrap();
+        let (_overlay, _flusher) =
+            Overlay::start(db.clone(), None, None, Stagger::for_node(0)).unwrap();
+        assert_eq!(db.read(|c| c.active.count_after()), 0.0);
     }
 
     /// A filter of ids that finishes building is published by itself: the layer applied
