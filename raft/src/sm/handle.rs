@@ -62,11 +62,13 @@ pub(super) struct Current {
 }
 
 impl Current {
+    /// The state `db` holds, nothing above it yet: the active layer counts the flushes on from
+    /// the count the file keeps (its last flush's, or the install's that wrote it).
     fn new(db: Arc<Database>) -> Result<Self, BoxError> {
         Ok(Current {
             txn: Arc::new(db.begin_read()?),
+            active: Arc::new(Layer::counted_from(super::tables::flush_count(&db))),
             db,
-            active: Arc::default(),
             frozen: None,
             ids: None,
         })
@@ -151,12 +153,8 @@ impl Db {
             .write_beside(|db| fill(db).map(Some))?
             .ok_or("a replacement's fill gave up")?;
         // The new state replaces the old one whole: the layers belonged to the old file.
-        // The flushes' count goes on (`layer`: this node's phase against the others').
-        let mut next = Current::new(Arc::new(db))?;
-        let old = self.write(|c| {
-            Arc::make_mut(&mut next.active).follow(&c.active);
-            std::mem::replace(c, next)
-        });
+        let next = Current::new(Arc::new(db))?;
+        let old = self.write(|c| std::mem::replace(c, next));
         // Dropped outside the lock: closing a database (its last handle) writes and syncs.
         drop(old);
         Ok(out)

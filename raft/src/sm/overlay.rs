@@ -451,19 +451,7 @@ impl Overlay {
         written: Option<u64>,
         repack: Option<repack::Policy>,
         stagger: Stagger,
-    ) -> Result<(Overlay, FlushThread), BoxError> {
-        // The flushes' count goes on from the last flush's (none before it: from zero). It
-        // only spreads the nodes' flushes: one that cannot be read is no reason not to start.
-        let count = super::tables::read_meta::<f64>(&db.get(), KEY_FLUSH_COUNT)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the flushes' count in sm.redb is unreadable: from zero");
-                None
-            });
-        db.write(|c| {
-            if c.active.is_empty() {
-                c.active = Arc::new(Layer::counted_from(count.unwrap_or(0.0)));
-            }
-        });
+    ) -> std::io::Result<(Overlay, FlushThread)> {
         let overlay = Overlay {
             db,
             repack,
@@ -1242,7 +1230,8 @@ mod tests {
         let _ = overlay.add(batch(601, 100));
         let added = count(&db);
         assert!(added > written);
-        // An install replaces the file and drops the layers; the count stays.
+        // An install replaces the file and drops the layers; it writes the count as it
+        // stands into the new file (`snapshot::fill`), and the count stays.
         db.replace(|new| {
             let txn = new.begin_write()?;
             put_meta(
@@ -1250,6 +1239,7 @@ mod tests {
                 KEY_APPLIED,
                 &Some(LogId::new(CommittedLeaderId::new(1, 1), 900)),
             )?;
+            put_meta(&txn, KEY_FLUSH_COUNT, &added)?;
             txn.commit()?;
             Ok(())
         })

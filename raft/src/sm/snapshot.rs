@@ -223,8 +223,9 @@ fn replace_state(to: Target<'_>, meta: &Meta, staged: Staged) -> Result<Registry
         file,
         len,
     };
-    // The flushes' count as it stands (nothing is applied during an install): kept in the
-    // new file too, so a restart before this node's next flush goes on from it.
+    // The flushes' count as it stands (nothing is applied during an install), kept in the
+    // new file: the state opened on it, now or at a restart before the next flush, counts on
+    // from it.
     let count = db.read(|c| c.active.count_after());
     let registry = db.replace(|new| fill(new, &mut input, &pointer, count))?;
     files.remove_others(Some(&pointer.file))?;

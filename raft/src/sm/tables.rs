@@ -84,6 +84,18 @@ pub(super) fn registry_in(txn: &ReadTransaction) -> Result<Registry, BoxError> {
     }
 }
 
+/// The flushes' count `db` keeps (`layer`): written with each flush and each install, zero in
+/// a file without one. It only spreads the nodes' flushes, so one that cannot be read is no
+/// reason not to open the state: it counts from zero too.
+pub(super) fn flush_count(db: &Database) -> f64 {
+    read_meta::<f64>(db, KEY_FLUSH_COUNT)
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the flushes' count in sm.redb is unreadable: from zero");
+            None
+        })
+        .unwrap_or(0.0)
+}
+
 pub(super) fn read_meta<T: serde::de::DeserializeOwned>(
     db: &Database,
     key: &str,
