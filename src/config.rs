@@ -169,7 +169,7 @@ impl Default for RaftTuning {
 /// `pipeline_below` writes are outstanding. `pipeline_below = 0` keeps one in flight.
 /// Where rounds are bound by latency rather than CPU, a second entry in flight pays at any
 /// load: it also goes while at least `pipeline_idle_above` of the CPU this node may use sat
-/// idle over the last half second (`src/write/idle.rs`); 1.0 turns that off.
+/// idle over the last half second (`raft/src/idle.rs`); 1.0 turns that off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchTuning {

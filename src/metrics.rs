@@ -85,7 +85,7 @@ pub struct Metrics {
     pub write_queue_seconds: Histogram,
     /// How many batches group commit may keep in flight now (`write/window.rs`).
     pub write_batches_allowed: IntGauge,
-    /// The idle share of the node's CPU that group commit last sampled (`write/idle.rs`).
+    /// The idle share of the node's CPU that group commit last sampled (`cookie_raft::idle`).
     pub write_cpu_idle: Gauge,
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.

@@ -53,6 +53,7 @@ pub mod command;
 pub mod durable;
 pub(crate) mod flat_json;
 pub mod identity;
+pub mod idle;
 pub mod inbox;
 pub mod link;
 pub mod log;

@@ -18,13 +18,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use cookie_raft::idle::IdleSampler;
 use cookie_raft::{CmdResult, Command, CookieNode, NodeId, Request, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::idle::IdleSampler;
 use super::queue::{Queue, Verdict};
 use super::regather::Regather;
 use super::window::Window;

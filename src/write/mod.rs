@@ -7,7 +7,7 @@
 //! - [`forward`]: a follower's writes sent to the leader many per request.
 //! - [`queue`]: the queue both of them take their next group from.
 //! - [`window`]: how many batches group commit keeps in flight, adapting to the load and to
-//!   the CPU left idle ([`idle`]).
+//!   the CPU left idle ([`cookie_raft::idle`]).
 //! - [`room`]: the leader refuses creates and updates while its disk is short of a reserve.
 //!
 //! # Outcomes
@@ -24,7 +24,6 @@
 
 pub mod forward;
 pub mod group_commit;
-pub mod idle;
 pub mod queue;
 pub mod regather;
 pub mod room;

@@ -26,7 +26,7 @@
 //! a second batch in flight also saves openraft 0.9 a round trip per batch (it keeps one
 //! AppendEntries in flight per follower, and with nothing else to send it spends one on the
 //! commit index alone). So the window also pipelines at any load while at least
-//! `pipeline_idle_above` of the node's CPU sat idle ([`super::idle`]), and stops once less
+//! `pipeline_idle_above` of the node's CPU sat idle ([`cookie_raft::idle`]), and stops once less
 //! than half that does (hysteresis again: pipelining itself uses some of what was idle).
 //! With nodes 1 ms apart (the bench's `BENCH_PEER_DELAY_MS=1`) that gave +15-17% writes/s
 //! at 64 clients and +8-10% at 256; on the 2-core bench machine those loads leave 4-21% of

@@ -1,5 +1,7 @@
-//! How much of the CPU this node may use sat idle lately: the signal [`super::window`]
-//! uses to keep a second batch in flight at any load while there is CPU to spare.
+//! How much of the CPU this node may use sat idle lately: the signal cookie-crud's group
+//! commit (`src/write/window.rs`) uses to keep a second batch in flight at any load while
+//! there is CPU to spare, and that the state file's repack (`sm::repack`) waits on, so that
+//! it takes only CPU that requests leave.
 //!
 //! Why a CPU signal and not only the load: a second batch in flight costs CPU (another
 //! entry's round on every node) and saves latency (a write need not wait for the batch in
