@@ -776,14 +776,19 @@ impl Overlay {
                 "rewriting sm.redb as a packed copy (the node is at rest)"
             );
             // Not while writes want flushing, nor while a snapshot's pointer or an install
-            // waits for the file.
-            let mut keep_going = || {
+            // waits for the file; and only on CPU that the node's requests leave.
+            let mut pace = repack::Pace::for_this_process();
+            let mut look = || {
                 let p = self.progress();
-                !p.wanted && !p.stop && !self.db.exclusive_wanted()
+                if p.wanted || p.stop || self.db.exclusive_wanted() {
+                    return repack::Look::GiveUp;
+                }
+                drop(p);
+                pace.look(Instant::now())
             };
             let done = self
                 .db
-                .rewrite(|from, to| repack::copy(from, to, &mut keep_going))?;
+                .rewrite(|from, to| repack::copy(from, to, &mut look))?;
             if done {
                 self.progress().repacks += 1;
                 tracing::info!(
@@ -792,7 +797,7 @@ impl Overlay {
                 );
             } else {
                 self.progress().repacks_abandoned += 1;
-                tracing::info!("rewriting sm.redb given up: writes resumed, or a writer waits");
+                tracing::info!("rewriting sm.redb given up: writes resumed, a writer waits, or the CPU stayed busy");
             }
             Ok(done)
         }));

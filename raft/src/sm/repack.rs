@@ -17,6 +17,10 @@
 //! again, or a snapshot's pointer or an install waits for the file, so neither a load that
 //! resumes nor openraft waits on it; the next rest tries again.
 //!
+//! At rest from writes is not at rest from reads: a node may serve reads at full speed
+//! while it copies. So the copy also waits, between rows, while less than a fifth of the
+//! node's CPU sits idle ([`Pace`]), and gives up after a minute of waiting in all.
+//!
 //! Why only at rest: a packed leaf splits on its next insert, so under load the tree returns
 //! to three quarters full within one pass of writes over it, and the copy would cost a
 //! read and a write of the whole state for nothing. The file written meanwhile needs as much
@@ -24,7 +28,7 @@
 //! twice that free ([`room_for_copy`]), so that it never takes the disk the log needs.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value,
@@ -38,6 +42,80 @@ const SLACK_FACTOR: f64 = 1.25;
 /// Rows copied per transaction: bounds the memory of the copy (a transaction's dirty pages
 /// are held until it commits).
 const BATCH: usize = 20_000;
+/// Rows copied between two looks at whether to go on, give up or wait.
+const LOOK_EVERY: usize = 1_000;
+/// How long the copy waits before it looks again while the CPU is busy.
+const PAUSE: Duration = Duration::from_millis(50);
+/// The CPU share that must sit idle for the copy to go on: below it, the node's requests
+/// (or anything else on its CPUs) want the CPU. The copy's own use counts: on 2 CPUs it
+/// keeps half of them busy and goes on; on one it runs every other half-second sample.
+const MIN_IDLE: f64 = 0.2;
+/// The longest the copy waits for idle CPU, all its pauses together, before it gives up
+/// (and tries again at the next rest): it holds the file meanwhile.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What the copy does at a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Look {
+    Go,
+    /// Wait [`PAUSE`] and look again.
+    Wait,
+    GiveUp,
+}
+
+/// Whether the copy may go on, by how much of the CPU sits idle: it waits while the
+/// node's CPUs are busy. At nice 10 alone, the repacks of three nodes on a 2-core host
+/// took a quarter of its CPU from the reads it served, and raised their p99 by half
+/// (docs/benchmarks.md, thirtieth pass); a lower priority still took what the requests
+/// left in the gaps of their I/O, and a thread that only runs on idle CPU (`SCHED_IDLE`)
+/// could be stopped for seconds inside a lock of redb's page cache that flushes and reads
+/// share. So the copy waits between rows instead, holding no lock but the file's.
+pub(super) struct Pace {
+    sampler: Option<crate::idle::IdleSampler>,
+    busy: bool,
+    waited: Duration,
+}
+
+impl Pace {
+    /// A pace for this process; where the CPU's use cannot be read, the copy never waits.
+    pub(super) fn for_this_process() -> Pace {
+        Pace::new(crate::idle::IdleSampler::for_this_process())
+    }
+
+    fn new(mut sampler: Option<crate::idle::IdleSampler>) -> Pace {
+        // The first sample only starts the interval.
+        if let Some(s) = sampler.as_mut() {
+            s.poll(Instant::now());
+        }
+        Pace {
+            sampler,
+            busy: false,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The look, given `share`: when a new sample is in, the CPU's idle share since the
+    /// last one (between samples the last one holds).
+    fn look_with(&mut self, share: Option<f64>) -> Look {
+        if let Some(share) = share {
+            self.busy = share < MIN_IDLE;
+        }
+        if !self.busy {
+            return Look::Go;
+        }
+        if self.waited >= MAX_WAIT {
+            return Look::GiveUp;
+        }
+        self.waited += PAUSE;
+        Look::Wait
+    }
+
+    /// The look at `now`.
+    pub(super) fn look(&mut self, now: Instant) -> Look {
+        let share = self.sampler.as_mut().and_then(|s| s.poll(now));
+        self.look_with(share)
+    }
+}
 
 /// When the flush thread looks (`None` where it is taken: never).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,12 +174,14 @@ fn copied() -> [&'static str; 6] {
 
 /// Copy every table `from` sees into the empty database `to`, in key order, so that redb
 /// appends and packs each leaf. The last commit, of `sm_meta`, is durable (until the file is
-/// renamed into place nothing reads it, and a crash leaves it to be removed). Returns `false`
-/// as soon as `keep_going` does (asked between transactions).
+/// renamed into place nothing reads it, and a crash leaves it to be removed). Every
+/// [`LOOK_EVERY`] rows it asks `look`: it waits [`PAUSE`] and asks again while told to
+/// wait, and returns `false` once told to give up (the transaction under way is dropped,
+/// not committed).
 pub(super) fn copy(
     from: &ReadTransaction,
     to: &Database,
-    keep_going: &mut dyn FnMut() -> bool,
+    look: &mut dyn FnMut() -> Look,
 ) -> Result<bool, BoxError> {
     for t in from.list_tables()? {
         if !copied().contains(&t.name()) {
@@ -110,11 +190,7 @@ pub(super) fn copy(
             );
         }
     }
-    let mut copy = Copy {
-        from,
-        to,
-        keep_going,
-    };
+    let mut copy = Copy { from, to, look };
     Ok(copy.table(COOKIES, false)?
         && copy.table(BY_CREATED, false)?
         && copy.table(KEYS, false)?
@@ -127,12 +203,23 @@ pub(super) fn copy(
 struct Copy<'a> {
     from: &'a ReadTransaction,
     to: &'a Database,
-    keep_going: &'a mut dyn FnMut() -> bool,
+    look: &'a mut dyn FnMut() -> Look,
 }
 
 impl Copy<'_> {
+    /// Ask `look`, waiting while it says wait: whether to go on.
+    fn go_on(&mut self) -> bool {
+        loop {
+            match (self.look)() {
+                Look::Go => return true,
+                Look::GiveUp => return false,
+                Look::Wait => std::thread::sleep(PAUSE),
+            }
+        }
+    }
+
     /// Copy `table` in transactions of [`BATCH`] rows, the last one durable if
-    /// `durable_last`. `false` when `keep_going` said to stop.
+    /// `durable_last`. `false` when `look` said to give up.
     fn table<K: Key + 'static, V: Value + 'static>(
         &mut self,
         table: TableDefinition<K, V>,
@@ -145,13 +232,17 @@ impl Copy<'_> {
             let mut done = false;
             {
                 let mut target = txn.open_table(table)?;
-                for _ in 0..BATCH {
+                for n in 1..=BATCH {
                     let Some(row) = rows.next() else {
                         done = true;
                         break;
                     };
                     let (k, v) = row?;
                     target.insert(k.value(), v.value())?;
+                    if n % LOOK_EVERY == 0 && !self.go_on() {
+                        // Dropped uncommitted: redb aborts it.
+                        return Ok(false);
+                    }
                 }
             }
             if !(done && durable_last) {
@@ -160,9 +251,6 @@ impl Copy<'_> {
             txn.commit()?;
             if done {
                 return Ok(true);
-            }
-            if !(self.keep_going)() {
-                return Ok(false);
             }
         }
     }
@@ -220,7 +308,7 @@ mod tests {
         let packed = crate::create_db(&copy_path, 4 << 20).unwrap();
         create_tables(&packed).unwrap();
         let from = db.begin_read().unwrap();
-        assert!(copy(&from, &packed, &mut || true).unwrap());
+        assert!(copy(&from, &packed, &mut || Look::Go).unwrap());
         // Every row of every table, the same.
         let to = packed.begin_read().unwrap();
         let (a, b) = (
@@ -262,6 +350,51 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_waits_while_told_to_and_then_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = filled(&dir.path().join("a.redb"), 5_000);
+        let to = crate::create_db(&dir.path().join("b.redb"), 4 << 20).unwrap();
+        create_tables(&to).unwrap();
+        let from = db.begin_read().unwrap();
+        let mut looks = 0;
+        let started = Instant::now();
+        assert!(copy(&from, &to, &mut || {
+            looks += 1;
+            if looks <= 3 {
+                Look::Wait
+            } else {
+                Look::Go
+            }
+        })
+        .unwrap());
+        assert!(started.elapsed() >= PAUSE * 3, "{:?}", started.elapsed());
+        let copied = to.begin_read().unwrap();
+        assert_eq!(copied.open_table(COOKIES).unwrap().len().unwrap(), 5_000);
+    }
+
+    #[test]
+    fn the_pace_waits_while_the_cpu_is_busy_and_not_for_ever() {
+        let mut pace = Pace::new(None);
+        // No reading of the CPU: never a wait.
+        assert_eq!(pace.look(Instant::now()), Look::Go);
+        assert_eq!(pace.look_with(Some(0.05)), Look::Wait);
+        // Between samples the last one holds.
+        assert_eq!(pace.look_with(None), Look::Wait);
+        assert_eq!(pace.look_with(Some(0.6)), Look::Go);
+        assert_eq!(pace.look_with(None), Look::Go);
+        // Busy for good: waits until MAX_WAIT in all, then gives up.
+        let mut waits = 2;
+        while pace.look_with(Some(0.0)) == Look::Wait {
+            waits += 1;
+        }
+        assert_eq!(
+            waits as u32,
+            MAX_WAIT.as_millis() as u32 / PAUSE.as_millis() as u32
+        );
+        assert_eq!(pace.look_with(None), Look::GiveUp);
+    }
+
+    #[test]
     fn room_is_the_free_disk_halved() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sm.redb");
@@ -274,14 +407,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = filled(&dir.path().join("a.redb"), 50_000);
         let to = crate::create_db(&dir.path().join("b.redb"), 4 << 20).unwrap();
+        create_tables(&to).unwrap();
         let mut asked = 0;
         let from = db.begin_read().unwrap();
         assert!(!copy(&from, &to, &mut || {
             asked += 1;
-            false
+            Look::GiveUp
         })
         .unwrap());
         assert_eq!(asked, 1);
+        // Asked after a thousand rows, in the first transaction, which is dropped: a copy
+        // that asked only between transactions had committed 20,000 rows by then.
+        let copied = to.begin_read().unwrap();
+        assert_eq!(copied.open_table(COOKIES).unwrap().len().unwrap(), 0);
+        drop(copied);
         drop(from);
         let txn = db.begin_write().unwrap();
         txn.open_table(TableDefinition::<u64, u64>::new("new_table"))
@@ -290,7 +429,7 @@ mod tests {
             .unwrap();
         txn.commit().unwrap();
         let from = db.begin_read().unwrap();
-        let err = copy(&from, &to, &mut || true).unwrap_err();
+        let err = copy(&from, &to, &mut || Look::Go).unwrap_err();
         assert!(err.to_string().contains("new_table"), "{err}");
     }
 }

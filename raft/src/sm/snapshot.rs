@@ -1126,7 +1126,7 @@ mod tests {
                     {
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    super::super::repack::copy(from, to, &mut || true)
+                    super::super::repack::copy(from, to, &mut || super::super::repack::Look::Go)
                 })
                 .unwrap()
             }
