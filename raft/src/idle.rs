@@ -106,6 +106,18 @@ impl IdleSampler {
         idle_share(&before, &counters, now.duration_since(at), quota)
     }
 
+    /// How many CPUs' worth the share is of: the CPUs the process may use, or its quota
+    /// if that is smaller.
+    pub fn cpus(&self) -> f64 {
+        let allowed = self.host.as_ref().map(|h| h.len() as f64);
+        let quota = self.quota.as_ref().map(|(_, cpus)| *cpus);
+        match (allowed, quota) {
+            (Some(a), Some(q)) => a.min(q),
+            (a, q) => a.or(q).unwrap_or(1.0),
+        }
+        .max(f64::MIN_POSITIVE)
+    }
+
     fn read(&self) -> Option<Counters> {
         let host_ticks = match &self.host {
             Some(allowed) => Some(parse_stat(
@@ -306,6 +318,19 @@ fn process_usec() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpus_a_share_is_of_are_the_smaller_of_the_allowed_and_the_quota() {
+        let sampler = |host: Option<usize>, quota: Option<f64>| IdleSampler {
+            host: host.map(|n| (0..n).collect()),
+            quota: quota.map(|q| (Usage::Process, q)),
+            last: None,
+        };
+        assert_eq!(sampler(Some(4), Some(1.5)).cpus(), 1.5);
+        assert_eq!(sampler(Some(2), Some(8.0)).cpus(), 2.0);
+        assert_eq!(sampler(Some(2), None).cpus(), 2.0);
+        assert_eq!(sampler(None, Some(3.0)).cpus(), 3.0);
+    }
 
     const STAT: &str = "cpu  900 0 300 1800 100 0 0 0 0 0\n\
         cpu0 400 0 100 400 100 0 0 0 0 0\n\

@@ -758,6 +758,24 @@ impl Overlay {
             return;
         };
         let looked = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<bool, BoxError> {
+            // Not while writes want flushing, nor while a snapshot's pointer or an install
+            // waits for the file; and only on CPU that the node's requests leave.
+            let mut pace = repack::Pace::for_this_process(&policy);
+            let mut look = || {
+                let p = self.progress();
+                if p.wanted || p.stop || self.db.exclusive_wanted() {
+                    return repack::Look::GiveUp;
+                }
+                drop(p);
+                pace.look(Instant::now())
+            };
+            // The measure below reads every page: work of the same kind as the copy.
+            if !repack::go_on(&mut look) {
+                tracing::debug!(
+                    "sm.redb not measured for a repack: writes resumed or the CPU stayed busy"
+                );
+                return Ok(false);
+            }
             let Some((pages, held)) = repack::worth_it(&self.db.get(), policy.min_slack)? else {
                 return Ok(true);
             };
@@ -775,17 +793,6 @@ impl Overlay {
                 held_mb = held >> 20,
                 "rewriting sm.redb as a packed copy (the node is at rest)"
             );
-            // Not while writes want flushing, nor while a snapshot's pointer or an install
-            // waits for the file; and only on CPU that the node's requests leave.
-            let mut pace = repack::Pace::for_this_process();
-            let mut look = || {
-                let p = self.progress();
-                if p.wanted || p.stop || self.db.exclusive_wanted() {
-                    return repack::Look::GiveUp;
-                }
-                drop(p);
-                pace.look(Instant::now())
-            };
             let done = self
                 .db
                 .rewrite(|from, to| repack::copy(from, to, &mut look))?;
@@ -1332,6 +1339,8 @@ mod tests {
             idle: Duration::from_millis(50),
             min_rows: 1,
             min_slack: 1 << 20,
+            // Other tests keep the CPU busy: the copy would wait for them.
+            wait_for_idle_cpu: false,
         };
         let (overlay, _flusher) =
             Overlay::start(db.clone(), None, Some(policy), Stagger::for_node(0)).unwrap();
@@ -1370,6 +1379,7 @@ mod tests {
             idle: Duration::ZERO,
             min_rows: 100,
             min_slack: 0,
+            wait_for_idle_cpu: true,
         };
         let mut rest = Rest::new();
         assert!(rest.due(&policy));

@@ -18,8 +18,9 @@
 //! resumes nor openraft waits on it; the next rest tries again.
 //!
 //! At rest from writes is not at rest from reads: a node may serve reads at full speed
-//! while it copies. So the copy also waits, between rows, while less than a fifth of the
-//! node's CPU sits idle ([`Pace`]), and gives up after a minute of waiting in all.
+//! while it copies. So the measure and the copy also wait, between rows, while the node's
+//! requests leave less than a fifth of its CPU ([`Pace`]), and give up after a minute of
+//! waiting in all.
 //!
 //! Why only at rest: a packed leaf splits on its next insert, so under load the tree returns
 //! to three quarters full within one pass of writes over it, and the copy would cost a
@@ -46,9 +47,9 @@ const BATCH: usize = 20_000;
 const LOOK_EVERY: usize = 1_000;
 /// How long the copy waits before it looks again while the CPU is busy.
 const PAUSE: Duration = Duration::from_millis(50);
-/// The CPU share that must sit idle for the copy to go on: below it, the node's requests
-/// (or anything else on its CPUs) want the CPU. The copy's own use counts: on 2 CPUs it
-/// keeps half of them busy and goes on; on one it runs every other half-second sample.
+/// The CPU share that the copy must find left to it to go on (what sat idle, and what the
+/// copy itself used): below it, the node's requests (or anything else on its CPUs) want
+/// the CPU.
 const MIN_IDLE: f64 = 0.2;
 /// The longest the copy waits for idle CPU, all its pauses together, before it gives up
 /// (and tries again at the next rest): it holds the file meanwhile.
@@ -63,8 +64,8 @@ pub(super) enum Look {
     GiveUp,
 }
 
-/// Whether the copy may go on, by how much of the CPU sits idle: it waits while the
-/// node's CPUs are busy. At nice 10 alone, the repacks of three nodes on a 2-core host
+/// Whether the copy may go on, by how much of the CPU is left to it (idle, or its own): it
+/// waits while the node's requests keep the CPUs busy. At nice 10 alone, the repacks of three nodes on a 2-core host
 /// took a quarter of its CPU from the reads it served, and raised their p99 by half
 /// (docs/benchmarks.md, thirtieth pass); a lower priority still took what the requests
 /// left in the gaps of their I/O, and a thread that only runs on idle CPU (`SCHED_IDLE`)
@@ -72,14 +73,43 @@ pub(super) enum Look {
 /// share. So the copy waits between rows instead, holding no lock but the file's.
 pub(super) struct Pace {
     sampler: Option<crate::idle::IdleSampler>,
+    /// When the sample under way began, and the copying thread's CPU time then.
+    since: (Instant, Duration),
     busy: bool,
     waited: Duration,
 }
 
+/// The share of `cpus` CPUs left to the copy over `elapsed`: what sat idle (`idle`), and
+/// what the copy itself used (`copied`, its thread's CPU time). Counted as taken, its own
+/// use would stop a copy that has the CPUs to itself: on one CPU, every other sample.
+fn left_to_the_copy(idle: f64, copied: Duration, elapsed: Duration, cpus: f64) -> f64 {
+    let own = copied.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) / cpus;
+    idle + own.min(1.0)
+}
+
+/// The calling thread's CPU time; zero where it cannot be read.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given and reads nothing of ours.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    match (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+        (Ok(secs), Ok(nanos)) if read && nanos < 1_000_000_000 => Duration::new(secs, nanos),
+        _ => Duration::ZERO,
+    }
+}
+
 impl Pace {
-    /// A pace for this process; where the CPU's use cannot be read, the copy never waits.
-    pub(super) fn for_this_process() -> Pace {
-        Pace::new(crate::idle::IdleSampler::for_this_process())
+    /// A pace for this process under `policy`, to be asked on the thread that copies;
+    /// where the CPU's use cannot be read, or the policy says not to, the copy never waits.
+    pub(super) fn for_this_process(policy: &Policy) -> Pace {
+        let sampler = policy
+            .wait_for_idle_cpu
+            .then(crate::idle::IdleSampler::for_this_process)
+            .flatten();
+        Pace::new(sampler)
     }
 
     fn new(mut sampler: Option<crate::idle::IdleSampler>) -> Pace {
@@ -88,17 +118,19 @@ impl Pace {
             s.poll(Instant::now());
         }
         Pace {
+            // Busy until a first sample says otherwise, where there will be one.
+            busy: sampler.is_some(),
             sampler,
-            busy: false,
+            since: (Instant::now(), thread_cpu()),
             waited: Duration::ZERO,
         }
     }
 
-    /// The look, given `share`: when a new sample is in, the CPU's idle share since the
-    /// last one (between samples the last one holds).
-    fn look_with(&mut self, share: Option<f64>) -> Look {
-        if let Some(share) = share {
-            self.busy = share < MIN_IDLE;
+    /// The look, given `left`: when a new sample is in, the CPU's share left to the copy
+    /// since the last one (between samples the last one holds).
+    fn look_with(&mut self, left: Option<f64>) -> Look {
+        if let Some(left) = left {
+            self.busy = left < MIN_IDLE;
         }
         if !self.busy {
             return Look::Go;
@@ -112,8 +144,21 @@ impl Pace {
 
     /// The look at `now`.
     pub(super) fn look(&mut self, now: Instant) -> Look {
-        let share = self.sampler.as_mut().and_then(|s| s.poll(now));
-        self.look_with(share)
+        let Some(sampler) = self.sampler.as_mut() else {
+            return self.look_with(None);
+        };
+        let Some(idle) = sampler.poll(now) else {
+            return self.look_with(None);
+        };
+        let cpu = thread_cpu();
+        let (at, cpu_then) = std::mem::replace(&mut self.since, (now, cpu));
+        let left = left_to_the_copy(
+            idle,
+            cpu.saturating_sub(cpu_then),
+            now.duration_since(at),
+            sampler.cpus(),
+        );
+        self.look_with(Some(left))
     }
 }
 
@@ -126,6 +171,9 @@ pub struct Policy {
     pub min_rows: u64,
     /// Bytes the copy must give back at least (a small file is never worth one).
     pub min_slack: u64,
+    /// Whether the measure and the copy wait while the CPU is busy (the copy's pace); off where a
+    /// test needs the copy done on a machine that other tests keep busy.
+    pub wait_for_idle_cpu: bool,
 }
 
 impl Default for Policy {
@@ -134,6 +182,7 @@ impl Default for Policy {
             idle: Duration::from_secs(10),
             min_rows: 65_536,
             min_slack: 64 << 20,
+            wait_for_idle_cpu: true,
         }
     }
 }
@@ -206,16 +255,20 @@ struct Copy<'a> {
     look: &'a mut dyn FnMut() -> Look,
 }
 
-impl Copy<'_> {
-    /// Ask `look`, waiting while it says wait: whether to go on.
-    fn go_on(&mut self) -> bool {
-        loop {
-            match (self.look)() {
-                Look::Go => return true,
-                Look::GiveUp => return false,
-                Look::Wait => std::thread::sleep(PAUSE),
-            }
+/// Ask `look`, waiting [`PAUSE`] while it says wait: whether to go on.
+pub(super) fn go_on(look: &mut dyn FnMut() -> Look) -> bool {
+    loop {
+        match look() {
+            Look::Go => return true,
+            Look::GiveUp => return false,
+            Look::Wait => std::thread::sleep(PAUSE),
         }
+    }
+}
+
+impl Copy<'_> {
+    fn go_on(&mut self) -> bool {
+        go_on(self.look)
     }
 
     /// Copy `table` in transactions of [`BATCH`] rows, the last one durable if
@@ -392,6 +445,33 @@ mod tests {
             MAX_WAIT.as_millis() as u32 / PAUSE.as_millis() as u32
         );
         assert_eq!(pace.look_with(None), Look::GiveUp);
+    }
+
+    #[test]
+    fn the_copys_own_cpu_is_left_to_it() {
+        let second = Duration::from_secs(1);
+        // Alone on one CPU: nothing idle, all of it the copy's.
+        assert!(left_to_the_copy(0.0, second, second, 1.0) >= MIN_IDLE);
+        // Requests take it all and the copy waited.
+        assert!(left_to_the_copy(0.0, Duration::ZERO, second, 1.0) < MIN_IDLE);
+        // The copy got a tenth of one of two CPUs beside busy requests: 5% is not enough.
+        let tenth = Duration::from_millis(100);
+        assert!(left_to_the_copy(0.0, tenth, second, 2.0) < MIN_IDLE);
+        // Half of two CPUs idle beside a copy on the other.
+        assert_eq!(left_to_the_copy(0.5, second, second, 2.0), 1.0);
+        // A sample of no length reads as no use rather than a division by zero.
+        assert!(left_to_the_copy(0.1, Duration::ZERO, Duration::ZERO, 1.0).is_finite());
+    }
+
+    #[test]
+    fn a_thread_reads_its_own_cpu_time() {
+        let before = thread_cpu();
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(thread_cpu() > before, "{x}");
     }
 
     #[test]
