@@ -50,7 +50,7 @@ const PAUSE: Duration = Duration::from_millis(50);
 /// The CPU share that the copy must find left to it to go on (what sat idle, and what the
 /// copy itself used): below it, the node's requests (or anything else on its CPUs) want
 /// the CPU.
-const MIN_IDLE: f64 = 0.2;
+const MIN_LEFT: f64 = 0.2;
 /// The longest the copy waits for idle CPU, all its pauses together, before it gives up
 /// (and tries again at the next rest): it holds the file meanwhile.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -65,12 +65,13 @@ pub(super) enum Look {
 }
 
 /// Whether the copy may go on, by how much of the CPU is left to it (idle, or its own): it
-/// waits while the node's requests keep the CPUs busy. At nice 10 alone, the repacks of three nodes on a 2-core host
-/// took a quarter of its CPU from the reads it served, and raised their p99 by half
-/// (docs/benchmarks.md, thirtieth pass); a lower priority still took what the requests
-/// left in the gaps of their I/O, and a thread that only runs on idle CPU (`SCHED_IDLE`)
-/// could be stopped for seconds inside a lock of redb's page cache that flushes and reads
-/// share. So the copy waits between rows instead, holding no lock but the file's.
+/// waits while the node's requests keep the CPUs busy. At nice 10 alone, the repacks of
+/// three nodes on a 2-core host took a quarter of its CPU from the reads it served, and
+/// raised their p99 by half (docs/benchmarks.md, thirtieth pass); a lower priority still
+/// took what the requests left in the gaps of their I/O, and a thread that only runs on
+/// idle CPU (`SCHED_IDLE`) could be stopped for seconds inside a lock of redb's page cache
+/// that flushes and reads share. So the copy waits between rows instead, holding no lock
+/// but the file's.
 pub(super) struct Pace {
     sampler: Option<crate::idle::IdleSampler>,
     /// When the sample under way began, and the copying thread's CPU time then.
@@ -130,7 +131,7 @@ impl Pace {
     /// since the last one (between samples the last one holds).
     fn look_with(&mut self, left: Option<f64>) -> Look {
         if let Some(left) = left {
-            self.busy = left < MIN_IDLE;
+            self.busy = left < MIN_LEFT;
         }
         if !self.busy {
             return Look::Go;
@@ -171,8 +172,8 @@ pub struct Policy {
     pub min_rows: u64,
     /// Bytes the copy must give back at least (a small file is never worth one).
     pub min_slack: u64,
-    /// Whether the measure and the copy wait while the CPU is busy (the copy's pace); off where a
-    /// test needs the copy done on a machine that other tests keep busy.
+    /// Whether the measure and the copy wait while the CPU is busy (the copy's pace); off
+    /// where a test needs the copy done on a machine that other tests keep busy.
     pub wait_for_idle_cpu: bool,
 }
 
@@ -267,10 +268,6 @@ pub(super) fn go_on(look: &mut dyn FnMut() -> Look) -> bool {
 }
 
 impl Copy<'_> {
-    fn go_on(&mut self) -> bool {
-        go_on(self.look)
-    }
-
     /// Copy `table` in transactions of [`BATCH`] rows, the last one durable if
     /// `durable_last`. `false` when `look` said to give up.
     fn table<K: Key + 'static, V: Value + 'static>(
@@ -292,7 +289,7 @@ impl Copy<'_> {
                     };
                     let (k, v) = row?;
                     target.insert(k.value(), v.value())?;
-                    if n % LOOK_EVERY == 0 && !self.go_on() {
+                    if n % LOOK_EVERY == 0 && !go_on(self.look) {
                         // Dropped uncommitted: redb aborts it.
                         return Ok(false);
                     }
@@ -350,6 +347,13 @@ mod tests {
     use super::*;
     use crate::sm::tables::create_tables;
 
+    /// An empty database with every table, to copy into.
+    fn target(path: &std::path::Path) -> Database {
+        let to = crate::create_db(path, 4 << 20).unwrap();
+        create_tables(&to).unwrap();
+        to
+    }
+
     #[test]
     fn a_copy_holds_every_row_in_fewer_pages_and_a_packed_file_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,9 +361,7 @@ mod tests {
         let (pages, held) = worth_it(&db, 1 << 20)
             .unwrap()
             .expect("randomly inserted trees are worth it");
-        let copy_path = dir.path().join("b.redb");
-        let packed = crate::create_db(&copy_path, 4 << 20).unwrap();
-        create_tables(&packed).unwrap();
+        let packed = target(&dir.path().join("b.redb"));
         let from = db.begin_read().unwrap();
         assert!(copy(&from, &packed, &mut || Look::Go).unwrap());
         // Every row of every table, the same.
@@ -406,8 +408,7 @@ mod tests {
     fn a_copy_waits_while_told_to_and_then_finishes() {
         let dir = tempfile::tempdir().unwrap();
         let db = filled(&dir.path().join("a.redb"), 5_000);
-        let to = crate::create_db(&dir.path().join("b.redb"), 4 << 20).unwrap();
-        create_tables(&to).unwrap();
+        let to = target(&dir.path().join("b.redb"));
         let from = db.begin_read().unwrap();
         let mut looks = 0;
         let started = Instant::now();
@@ -451,12 +452,12 @@ mod tests {
     fn the_copys_own_cpu_is_left_to_it() {
         let second = Duration::from_secs(1);
         // Alone on one CPU: nothing idle, all of it the copy's.
-        assert!(left_to_the_copy(0.0, second, second, 1.0) >= MIN_IDLE);
+        assert!(left_to_the_copy(0.0, second, second, 1.0) >= MIN_LEFT);
         // Requests take it all and the copy waited.
-        assert!(left_to_the_copy(0.0, Duration::ZERO, second, 1.0) < MIN_IDLE);
+        assert!(left_to_the_copy(0.0, Duration::ZERO, second, 1.0) < MIN_LEFT);
         // The copy got a tenth of one of two CPUs beside busy requests: 5% is not enough.
         let tenth = Duration::from_millis(100);
-        assert!(left_to_the_copy(0.0, tenth, second, 2.0) < MIN_IDLE);
+        assert!(left_to_the_copy(0.0, tenth, second, 2.0) < MIN_LEFT);
         // Half of two CPUs idle beside a copy on the other.
         assert_eq!(left_to_the_copy(0.5, second, second, 2.0), 1.0);
         // A sample of no length reads as no use rather than a division by zero.
@@ -486,8 +487,7 @@ mod tests {
     fn a_copy_gives_up_when_asked_and_refuses_a_table_it_does_not_know() {
         let dir = tempfile::tempdir().unwrap();
         let db = filled(&dir.path().join("a.redb"), 50_000);
-        let to = crate::create_db(&dir.path().join("b.redb"), 4 << 20).unwrap();
-        create_tables(&to).unwrap();
+        let to = target(&dir.path().join("b.redb"));
         let mut asked = 0;
         let from = db.begin_read().unwrap();
         assert!(!copy(&from, &to, &mut || {
