@@ -5,7 +5,10 @@
 //! `user_id`, set `created` and `last_used`, write it compactly. Through a `Value` that was
 //! 5% of a leader's CPU at 64 clients (docs/benchmarks.md, issue 16's tenth pass): a
 //! `String` for every key and every string value, an ordered map, then all of it written
-//! again. Most bodies are flat objects of strings, integers and booleans, and for those the
+//! again. An update pays that twice on every node (the patch and the stored record parsed,
+//! merged and written at apply) and once more on the proposer (the patch checked and
+//! written compactly into the command): it cost a fifth more of the servers' CPU than a
+//! create (docs/benchmarks.md, thirty-first pass). Most bodies are flat objects of strings, integers and booleans, and for those the
 //! compact text of each value is the text the client sent. So [`Flat::parse`] borrows every
 //! key and value from the body and says yes only when copying them gives the very bytes the
 //! `Value` path writes; anything else (an escape, a float, a nested object or array, a
@@ -50,6 +53,31 @@ impl<'a> Flat<'a> {
     /// The text of field `key`'s value (a string keeps its quotes).
     pub fn get(&self, key: &str) -> Option<&'a str> {
         self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// These fields with `patch`'s merged in as `serde_json::Map::insert` merges them: a
+    /// field both have keeps its place here and takes `patch`'s value; `patch`'s other
+    /// fields follow, in its order. (Neither repeats a key, so each is found once.)
+    pub fn merged(&self, patch: &Flat<'a>) -> Flat<'a> {
+        let mut fields: Vec<(&'a str, &'a str)> = self
+            .fields
+            .iter()
+            .map(|&(k, v)| (k, patch.get(k).unwrap_or(v)))
+            .collect();
+        fields.extend(
+            patch
+                .fields
+                .iter()
+                .filter(|(k, _)| self.get(k).is_none())
+                .copied(),
+        );
+        Flat { fields }
+    }
+
+    /// Compact JSON of these fields: the bytes that writing a `serde_json::Map` of them
+    /// gives.
+    pub fn write(&self) -> String {
+        self.write_stamped(&[], 0)
     }
 
     /// Compact JSON of these fields with each of `stamps` set to `now` as a JSON string (how
@@ -214,5 +242,20 @@ mod tests {
         );
         let empty = Flat::parse(b"{}").unwrap();
         assert_eq!(empty.write_stamped(&["x"], 1), r#"{"x":"1"}"#);
+        assert_eq!(flat.write(), r#"{"b":1,"created":5,"a":"x"}"#);
+    }
+
+    #[test]
+    fn a_merge_keeps_the_stored_order_and_appends_what_is_new() {
+        let base = Flat::parse(br#"{"a":1,"b":"x","last_used":"3"}"#).unwrap();
+        let patch = Flat::parse(br#"{"c":true,"b":null,"d":2}"#).unwrap();
+        assert_eq!(
+            base.merged(&patch).write_stamped(&["last_used"], 9),
+            r#"{"a":1,"b":null,"last_used":"9","c":true,"d":2}"#
+        );
+        let empty = Flat::parse(b"{}").unwrap();
+        assert_eq!(empty.merged(&empty).write(), "{}");
+        assert_eq!(empty.merged(&base).write(), base.write());
+        assert_eq!(base.merged(&empty).write(), base.write());
     }
 }

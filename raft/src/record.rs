@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::flat_json::Flat;
+
 const HEADER: usize = 16;
 
 /// A record as read back from the store.
@@ -80,7 +82,23 @@ fn created_key(v: &Value) -> i64 {
 /// Merge `patch` into the stored object `base` as `PUT` does: patch fields overwrite or are
 /// added, nothing is removed, `last_used` becomes `now`. Deterministic: `now` comes from the
 /// log entry.
+///
+/// Every node runs it at apply, so its bytes must not depend on the path taken: when both
+/// are flat objects (`flat_json::Flat`) the fields' text is copied, and the bytes are those
+/// of `merge_value`, the definition (held to it by the property test
+/// `command::tests::merge_on_the_fast_path_is_merge_through_a_value`).
 pub fn merge(base: &[u8], patch: &str, now: u64) -> Result<Vec<u8>, String> {
+    if let (Some(base), Some(patch)) = (Flat::parse(base), Flat::parse(patch.as_bytes())) {
+        return Ok(base
+            .merged(&patch)
+            .write_stamped(&["last_used"], now)
+            .into_bytes());
+    }
+    merge_value(base, patch, now)
+}
+
+/// [`merge`] through `serde_json::Value`s: any objects.
+pub(crate) fn merge_value(base: &[u8], patch: &str, now: u64) -> Result<Vec<u8>, String> {
     let mut obj: Map<String, Value> =
         serde_json::from_slice(base).map_err(|e| format!("stored record is not an object: {e}"))?;
     let patch: Map<String, Value> =
