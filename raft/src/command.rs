@@ -344,9 +344,13 @@ impl Command {
                 if target != id && tables.exists(&target)? {
                     return Ok(CmdResult::AlreadyExists);
                 }
-                tables.remove(&id, &current)?;
                 let rec = Record::new(version, merged);
-                tables.put(&target, &rec)?;
+                if target == id && rec.created == current.created {
+                    tables.replace(&id, &rec)?;
+                } else {
+                    tables.remove(&id, &current)?;
+                    tables.put(&target, &rec)?;
+                }
                 CmdResult::Stored {
                     object: String::from_utf8(rec.json)?,
                     version,
@@ -391,6 +395,10 @@ pub(crate) trait Records {
     fn put(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
     /// Remove `id`, whose stored record is `rec`.
     fn remove(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
+    /// Store `rec` over the record of `id`, which has the same `created` (so the same place
+    /// in the list): an update in place. The list's index entry stands as it is, where a
+    /// remove and a put would delete and insert it again, and a flush would write it again.
+    fn replace(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
     /// What is recorded for idempotency key `key`, expired or not.
     fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError>;
     /// Record `key` (replacing an expired record of it).
@@ -668,6 +676,15 @@ mod tests {
         }
         fn remove(&mut self, id: &str, _: &Record) -> Result<(), BoxError> {
             self.records.remove(id);
+            Ok(())
+        }
+        fn replace(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+            let old = self
+                .records
+                .get_mut(id)
+                .expect("replace of a stored record");
+            assert_eq!(old.created, rec.created, "replace at another place: {id}");
+            *old = rec.clone();
             Ok(())
         }
         fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError> {

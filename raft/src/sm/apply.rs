@@ -42,9 +42,9 @@ struct Touched {
 }
 
 /// The state as commands see it: the batch being built over the state it began on. Every
-/// change goes through [`Tables::put`] or [`Tables::remove`], which keep the `created` index
-/// and the record count in step with the records and note the id for the cache, so no command
-/// can forget any of them.
+/// change goes through [`Tables::put`], [`Tables::remove`] or [`Tables::replace`], which keep
+/// the `created` index and the record count in step with the records and note the id for the
+/// cache, so no command can forget any of them.
 struct Tables<'v> {
     view: &'v View,
     batch: Layer,
@@ -52,8 +52,8 @@ struct Tables<'v> {
 }
 
 impl Tables<'_> {
-    /// Any change to a record changes the list too. An update in place removes and puts the
-    /// same id: note it once.
+    /// Any change to a record changes the list too. An update that renames removes one id and
+    /// puts another: each is noted; an id noted twice in a row is noted once.
     fn touch(&mut self, id: &str) {
         if self.touched.ids.last().map(String::as_str) != Some(id) {
             self.touched.ids.push(id.to_owned());
@@ -90,6 +90,15 @@ impl Records for Tables<'_> {
         self.batch
             .by_created
             .insert((order_key(rec.created), id.to_owned()), false);
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Store `rec` over `id`'s record, which sorts at the same place ([`Records::replace`]):
+    /// the count and the `created` index stay as they are.
+    fn replace(&mut self, id: &str, rec: &Record) -> Result<(), BoxError> {
+        debug_assert!(self.exists(id)?, "replace of no record: {id}");
+        self.batch.put_cookie(id, Some(rec.encode()));
         self.touch(id);
         Ok(())
     }

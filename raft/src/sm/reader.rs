@@ -503,6 +503,72 @@ mod tests {
         assert!(r.get("id-40-00499").unwrap().0.is_some());
     }
 
+    /// An update that keeps `created` stores over the record and leaves its entry in the
+    /// list's index as it is (`Tables::replace`); one that sends another `created` moves it,
+    /// and a rename moves it to the new id. Either way the list holds each record once, in
+    /// order, with what it holds now, and the count stays: from the layers, from `sm.redb`
+    /// once they are written (a first flush wrote the creates, so the index entries that stand
+    /// are the file's), and after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_list_follows_updates_in_place_moves_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let r = sm.reader();
+        let new = |id: &str, created: u64| {
+            Command::create(
+                format!(r#"{{"cookie":"{id}","user_id":1}}"#).as_bytes(),
+                created,
+            )
+            .unwrap()
+        };
+        let upd =
+            |id: &str, body: &str| Command::update(id.into(), body.as_bytes(), 99, None).unwrap();
+        let listed = |r: &StoreReader| -> Vec<(String, i64)> {
+            let page: serde_json::Value = serde_json::from_slice(&whole_page(r)).unwrap();
+            page["cookies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["cookie"].as_str().unwrap().to_owned(),
+                        c["x"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        };
+        let entries = [
+            vec![new("a", 10), new("b", 20), new("c", 30), new("d", 40)],
+            vec![
+                upd("b", r#"{"x":1}"#),
+                upd("a", r#"{"created":"50","x":1}"#),
+            ],
+            vec![upd("b", r#"{"x":2}"#), upd("d", r#"{"cookie":"e","x":3}"#)],
+            vec![upd("c", r#"{"created":"30","x":4}"#)],
+        ];
+        let want = [("a", 1), ("e", 3), ("c", 4), ("b", 2)]
+            .map(|(id, x)| (id.to_owned(), x))
+            .to_vec();
+        for (i, cmds) in entries.into_iter().enumerate() {
+            let entry = Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+                payload: EntryPayload::Normal(Request { cmds }),
+            };
+            sm.apply(vec![entry]).await.unwrap();
+            if i == 0 {
+                sm.overlay.flush_all(Short::Wait).unwrap();
+            }
+        }
+        assert_eq!(listed(&r), want, "from the layers");
+        assert_eq!(r.count().unwrap(), 4);
+        sm.overlay.flush_all(Short::Wait).unwrap();
+        assert_eq!(listed(&r), want, "from sm.redb");
+        drop((sm, r));
+        let r = open(dir.path()).reader();
+        assert_eq!(listed(&r), want, "after a restart");
+        assert_eq!(r.count().unwrap(), 4);
+    }
+
     /// The record count through every kind of change, in one entry and across entries,
     /// from the layers and after a restart from the file: `Tables::put` counts a record
     /// without looking its id up, so this is what says every command puts only where no
