@@ -11,8 +11,9 @@
 //! one for its second; non-2xx answers and transport errors are only counted.
 //!
 //! `cargo bench --bench load`. Knobs: `LOAD_SECS` per phase (30), `LOAD_CLIENTS` ("16 64
-//! 256": a creates phase each, then linearizable reads at the largest), `LOAD_ONLY=<substring
-//! of "workload@clients">` (e.g. `creates@64`, `reads`), `ETCD=none` (or a path),
+//! 256": a creates phase each, then updates and linearizable reads at the largest),
+//! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`),
+//! `ETCD=none` (or a path),
 //! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
 //! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper),
 //! `BENCH_CPU_QUOTA` (each server process limited to that many cores' CPU time:
@@ -45,6 +46,10 @@ use tokio::net::TcpStream;
 
 /// Records preloaded for the read phase (`cookie:read-<i>`).
 const READ_KEYS: usize = 1000;
+/// Records preloaded for the update phase (`cookie:upd-<i>`): many more than clients, so
+/// that two clients seldom update one record at once (a batch holds one write per record;
+/// a hot record is another benchmark).
+const UPDATE_KEYS: usize = 10_000;
 /// Latency shards: a client records into shard `client % SHARDS` under its lock, so the two
 /// worker threads seldom meet on one.
 const SHARDS: usize = 8;
@@ -77,6 +82,10 @@ impl Sys {
 enum Work {
     /// Unique-id creates to the leader: `POST /cookies`, etcd `POST /v3/kv/put`.
     Creates,
+    /// Updates of preloaded records to the leader, the whole document again with another
+    /// value: `PUT /cookies/{id}` (a merge at apply), etcd `POST /v3/kv/put` of an existing
+    /// key.
+    Updates,
     /// Linearizable point reads of preloaded records on a follower: `GET /cookies/{id}`,
     /// etcd `POST /v3/kv/range`.
     Reads,
@@ -86,6 +95,7 @@ impl Work {
     fn name(self) -> &'static str {
         match self {
             Work::Creates => "creates",
+            Work::Updates => "updates",
             Work::Reads => "reads",
         }
     }
@@ -95,13 +105,16 @@ fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// What a system's requests share, made once: paths, the document, the reads' bodies.
+/// What a system's requests share, made once: paths, the document, the reads' and
+/// updates' requests.
 struct Templates {
     sys: Sys,
     /// etcd's value: the document without its id, base64 (as etcd_put.lua sends it).
     doc64: String,
     /// The read phase's requests, one per preloaded record: (path, body).
     reads: Vec<(Uri, Bytes)>,
+    /// The update phase's requests, one per preloaded record.
+    updates: Vec<Req>,
 }
 
 impl Templates {
@@ -122,7 +135,35 @@ impl Templates {
                 }
             })
             .collect();
-        Templates { sys, doc64, reads }
+        // The same document with another value: the merge replaces every field.
+        let rest = DOC_REST.replace('x', "y");
+        let updates = (0..UPDATE_KEYS)
+            .map(|i| {
+                let id = format!("cookie:upd-{i}");
+                match sys {
+                    Sys::Cookie => Req(
+                        Method::PUT,
+                        Uri::try_from(format!("/cookies/{id}")).unwrap(),
+                        Bytes::from(format!(r#"{{"cookie":"{id}",{rest}"#)),
+                    ),
+                    Sys::Etcd => Req(
+                        Method::POST,
+                        Uri::from_static("/v3/kv/put"),
+                        Bytes::from(format!(
+                            r#"{{"key":"{}","value":"{}"}}"#,
+                            b64(id.as_bytes()),
+                            b64(format!("{{{rest}").as_bytes())
+                        )),
+                    ),
+                }
+            })
+            .collect();
+        Templates {
+            sys,
+            doc64,
+            reads,
+            updates,
+        }
     }
 
     /// A create of record `id`: cookie-crud's `POST /cookies` or etcd's put.
@@ -152,6 +193,12 @@ impl Templates {
             Sys::Etcd => Uri::from_static("/v3/kv/put"),
         };
         Req(Method::POST, path, Bytes::from(body))
+    }
+
+    /// An update of preloaded record `i`.
+    fn update(&self, i: usize) -> Req {
+        let Req(method, path, body) = &self.updates[i % UPDATE_KEYS];
+        Req(method.clone(), path.clone(), body.clone())
     }
 
     /// A linearizable read of preloaded record `i`.
@@ -635,6 +682,8 @@ async fn client(
                 let _ = write!(key, "cookie:{tag}-{id}-{n}");
                 t.create(&key)
             }
+            // Client `id` walks the records from its own start, 7,919 (a prime) apart.
+            Work::Updates => t.update(id.wrapping_mul(7919).wrapping_add(n)),
             Work::Reads => t.read(id.wrapping_mul(7919).wrapping_add(n)),
         };
         let sent = Instant::now();
@@ -790,15 +839,16 @@ async fn run(
     }
 }
 
-/// Create the records the read phase reads.
-async fn preload(target: &Arc<Target>, t: &Arc<Templates>) {
+/// Create records `cookie:<prefix>-<i>` for `i` below `n`: what a read or update phase
+/// reads or updates.
+async fn preload(target: &Arc<Target>, t: &Arc<Templates>, prefix: &'static str, n: usize) {
     let tasks: Vec<_> = (0..16)
         .map(|w| {
             let (target, t) = (target.clone(), t.clone());
             tokio::spawn(async move {
                 let mut conn = target.connect().await.expect("connect");
-                for i in (w..READ_KEYS).step_by(16) {
-                    let req = t.create(&format!("cookie:read-{i}"));
+                for i in (w..n).step_by(16) {
+                    let req = t.create(&format!("cookie:{prefix}-{i}"));
                     let status = conn.exchange(&target, req).await.expect("preload");
                     assert!((200..300).contains(&status), "preload: status {status}");
                 }
@@ -877,12 +927,15 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
     );
     let t = Arc::new(Templates::new(sys));
     if phases.iter().any(|(w, _)| *w == Work::Reads) {
-        preload(&leader, &t).await;
+        preload(&leader, &t, "read", READ_KEYS).await;
+    }
+    if phases.iter().any(|(w, _)| *w == Work::Updates) {
+        preload(&leader, &t, "upd", UPDATE_KEYS).await;
     }
     let mut runs = Vec::new();
     for &(work, clients) in phases {
         let target = match work {
-            Work::Creates => &leader,
+            Work::Creates | Work::Updates => &leader,
             Work::Reads => &follower,
         };
         let r = run(sys, target, &t, work, clients, cfg.secs, &pids).await;
@@ -909,7 +962,7 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
 
 fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     println!(
-        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {UPDATE_KEYS} records) to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
         cfg.secs,
         cfg.http.name(),
         cfg.threads
@@ -1150,6 +1203,7 @@ async fn bench(cfg: Cfg) {
         .collect();
     let mut phases: Vec<(Work, usize)> = clients.iter().map(|&c| (Work::Creates, c)).collect();
     if let Some(&most) = clients.iter().max() {
+        phases.push((Work::Updates, most));
         phases.push((Work::Reads, most));
     }
     let only = std::env::var("LOAD_ONLY").ok();
