@@ -13,6 +13,7 @@
 //! `cargo bench --bench load`. Knobs: `LOAD_SECS` per phase (30), `LOAD_CLIENTS` ("16 64
 //! 256": a creates phase each, then updates and linearizable reads at the largest),
 //! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`),
+//! `LOAD_UPDATE_KEYS` (the records the updates spread over, 10,000; 1: one hot record),
 //! `ETCD=none` (or a path),
 //! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
 //! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper),
@@ -46,9 +47,11 @@ use tokio::net::TcpStream;
 
 /// Records preloaded for the read phase (`cookie:read-<i>`).
 const READ_KEYS: usize = 1000;
-/// Records preloaded for the update phase (`cookie:upd-<i>`): many more than clients, so
-/// that two clients seldom update one record at once (a batch holds one write per record;
-/// a hot record is another benchmark).
+/// Records preloaded for the update phase (`cookie:upd-<i>`) unless `LOAD_UPDATE_KEYS`
+/// says otherwise: many more than clients, so that two clients seldom update one record at
+/// once. `LOAD_UPDATE_KEYS=1` makes every client update one record (a counter, a shared
+/// document): no log entry holds two writes to one record, so those go as several entries
+/// a round.
 const UPDATE_KEYS: usize = 10_000;
 /// Latency shards: a client records into shard `client % SHARDS` under its lock, so the two
 /// worker threads seldom meet on one.
@@ -117,6 +120,11 @@ struct Templates {
     updates: Vec<Req>,
 }
 
+/// Records the update phase updates (`LOAD_UPDATE_KEYS`, at least 1).
+fn update_keys() -> usize {
+    env_num("LOAD_UPDATE_KEYS", UPDATE_KEYS).max(1)
+}
+
 impl Templates {
     fn new(sys: Sys) -> Templates {
         let doc64 = b64(format!("{{{DOC_REST}").as_bytes());
@@ -137,7 +145,7 @@ impl Templates {
             .collect();
         // The same document with another value: the merge replaces every field.
         let rest = DOC_REST.replace('x', "y");
-        let updates = (0..UPDATE_KEYS)
+        let updates = (0..update_keys())
             .map(|i| {
                 let id = format!("cookie:upd-{i}");
                 match sys {
@@ -197,7 +205,7 @@ impl Templates {
 
     /// An update of preloaded record `i`.
     fn update(&self, i: usize) -> Req {
-        let Req(method, path, body) = &self.updates[i % UPDATE_KEYS];
+        let Req(method, path, body) = &self.updates[i % self.updates.len()];
         Req(method.clone(), path.clone(), body.clone())
     }
 
@@ -930,7 +938,7 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
         preload(&leader, &t, "read", READ_KEYS).await;
     }
     if phases.iter().any(|(w, _)| *w == Work::Updates) {
-        preload(&leader, &t, "upd", UPDATE_KEYS).await;
+        preload(&leader, &t, "upd", update_keys()).await;
     }
     let mut runs = Vec::new();
     for &(work, clients) in phases {
@@ -962,8 +970,9 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
 
 fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     println!(
-        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {UPDATE_KEYS} records) to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
         cfg.secs,
+        update_keys(),
         cfg.http.name(),
         cfg.threads
     );

@@ -6,8 +6,10 @@
 //! (a *batch*, [`Request`]) and proposes it with `client_write_ff`, keeping at most
 //! `max_inflight` batches in flight. While those are being appended and replicated, new
 //! commands queue up and form the next, larger batch, so batches grow with load by
-//! themselves. Each command still gets its own result. A batch never holds two commands on
-//! the same record, so each write to a record gets its own version (its entry's index).
+//! themselves. Each command still gets its own result. No entry holds two commands on the
+//! same record, so each write to a record gets its own version (its entry's index): a batch
+//! with several writes to one record is proposed as several entries in the same round
+//! ([`super::entries`]).
 //!
 //! A command waits at most until its deadline: one whose client is gone or whose deadline
 //! passed while it waited is dropped when the next batch is formed, never proposed (a
@@ -15,7 +17,6 @@
 //! client's back). At most [`QUEUE`] commands wait, the ones set aside for a later batch
 //! included; beyond that a write is refused at once ([`LocalError::Busy`], 503).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use cookie_raft::idle::IdleSampler;
@@ -25,6 +26,7 @@ use openraft::raft::ClientWriteResponse;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::entries::Entries;
 use super::queue::{Queue, Verdict};
 use super::regather::Regather;
 use super::window::Window;
@@ -223,7 +225,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 .write_regather_seconds
                 .observe(start.elapsed().as_secs_f64());
         }
-        let mut keys: HashSet<String> = HashSet::new();
+        let mut entries = Entries::default();
         let mut bytes = 0;
         // Read once the slot is free (the judge runs then), not before waiting for it.
         let mut now = None;
@@ -232,12 +234,11 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 Verdict::Drop
             } else if bytes >= limits.max_bytes && !taken.is_empty() {
                 Verdict::Stop
-            } else if p.cmd.keys().iter().any(|k| keys.contains(*k)) {
-                Verdict::Defer // a second write to a record waits for the next batch
-            } else {
-                keys.extend(p.cmd.keys().into_iter().map(str::to_owned));
+            } else if entries.place(&p.cmd.keys()).is_some() {
                 bytes += p.cmd.size();
                 Verdict::Take
+            } else {
+                Verdict::Defer // too many writes to one record: the next batch
             }
         });
         let Some(gathered) = next.await else {
@@ -264,15 +265,13 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 .write_queue_seconds
                 .observe((formed - p.queued).as_secs_f64());
         }
-        // Each command's place in the queue is given back here, as it leaves it.
-        let (cmds, replies): (Vec<_>, Vec<_>) =
-            gathered.group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let writes = gathered.group.len();
         if !cluster.is_leader() {
             // Not proposed: safe to offer again to whoever leads now.
+            let replies = gathered.group.into_iter().map(|p| p.reply).collect();
             answer_all(replies, Err(LocalError::NotLeader));
             continue;
         }
-        metrics.write_batch_commands.observe(cmds.len() as f64);
         if let Some(share) = idle
             .as_mut()
             .and_then(|s| s.poll(std::time::Instant::now()))
@@ -280,34 +279,46 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
             window.idle(share);
             metrics.write_cpu_idle.set(share);
         }
-        window.proposed(
-            &mut in_window,
-            cmds.len(),
-            QUEUE - places.available_permits(),
-        );
+        window.proposed(&mut in_window, writes, QUEUE - places.available_permits());
         metrics.write_batches_allowed.set(window.allowed() as i64);
         let proposed = Instant::now();
-        match cluster.raft.client_write_ff(Request { cmds }).await {
-            Ok(receiver) => {
-                let metrics = metrics.clone();
-                let regather = regather.clone();
-                // Bounded by Raft: the receiver resolves when the entry is applied, truncated
-                // or Raft stops.
-                tokio::spawn(async move {
-                    let answer = receiver.await.ok();
-                    let answered = Instant::now();
-                    let round = answered - proposed;
-                    // Before the slot frees: the next batch, formed the moment it does,
-                    // knows whom to wait for.
-                    regather.answered(answered, replies.len(), round);
-                    drop(in_window);
-                    metrics.write_batch_seconds.observe(round.as_secs_f64());
-                    let outcome = batch_outcome(replies.len(), answer);
-                    answer_all(replies, outcome);
-                });
+        // The entries go to openraft back to back, so they share the round: its core
+        // appends and replicates what it has been given together.
+        let mut sent = Vec::new();
+        for entry in entries.split(gathered.group) {
+            // Each command's place in the queue is given back here, as it leaves it.
+            let (cmds, replies): (Vec<_>, Vec<_>) =
+                entry.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            metrics.write_batch_commands.observe(cmds.len() as f64);
+            match cluster.raft.client_write_ff(Request { cmds }).await {
+                Ok(receiver) => sent.push((receiver, replies)),
+                // The message never reached RaftCore: nothing was proposed.
+                Err(_fatal) => answer_all(replies, Err(LocalError::NotLeader)),
             }
-            // The message never reached RaftCore: nothing was proposed.
-            Err(_fatal) => answer_all(replies, Err(LocalError::NotLeader)),
         }
+        if sent.is_empty() {
+            continue;
+        }
+        let metrics = metrics.clone();
+        let regather = regather.clone();
+        // Bounded by Raft: each receiver resolves when its entry is applied, truncated or
+        // Raft stops.
+        tokio::spawn(async move {
+            let mut outcomes = Vec::with_capacity(sent.len());
+            for (receiver, replies) in sent {
+                let answer = receiver.await.ok();
+                outcomes.push((batch_outcome(replies.len(), answer), replies));
+            }
+            let answered = Instant::now();
+            let round = answered - proposed;
+            // Before the slot frees: the next batch, formed the moment it does, knows whom
+            // to wait for.
+            regather.answered(answered, writes, round);
+            drop(in_window);
+            metrics.write_batch_seconds.observe(round.as_secs_f64());
+            for (outcome, replies) in outcomes {
+                answer_all(replies, outcome);
+            }
+        });
     }
 }

@@ -4,6 +4,8 @@
 //!   node leads, so it goes to [`forward`], which sends it to the leader's group commit;
 //!   nobody leads, so it waits for a leader ([`crate::cluster::LeaderWatch`]).
 //! - [`group_commit`]: many writes per log entry (a *batch*).
+//! - [`entries`]: which entry of a batch each write goes into, so that no entry holds a
+//!   record twice and a batch with several writes to one record is still one round.
 //! - [`forward`]: a follower's writes sent to the leader many per request.
 //! - [`queue`]: the queue both of them take their next group from.
 //! - [`window`]: how many batches group commit keeps in flight, adapting to the load and to
@@ -22,6 +24,7 @@
 //! failure.
 //! The decisions are pure functions (`Attempt`), tested as tables below.
 
+pub mod entries;
 pub mod forward;
 pub mod group_commit;
 pub mod queue;
