@@ -260,7 +260,7 @@ impl Metrics {
             sm_last_flush_seconds: float_gauge(&r, "raft_sm_last_flush_seconds", "How long the last write of applied changes to sm.redb took"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
-            write_batch_seconds: histogram(&r, "raft_write_batch_seconds", "Time from proposing a group-commit entry to its being applied (leader only)",
+            write_batch_seconds: histogram(&r, "raft_write_batch_seconds", "Time from proposing a group-commit batch (one entry, or several back to back where writes share a record) to its last entry being applied (leader only)",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             write_queue_seconds: histogram(&r, "raft_write_queue_seconds", "Time a client write waited in group commit's queue before it was taken into a batch (leader only)",
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
