@@ -205,8 +205,7 @@ impl Templates {
 
     /// An update of preloaded record `i`.
     fn update(&self, i: usize) -> Req {
-        let Req(method, path, body) = &self.updates[i % self.updates.len()];
-        Req(method.clone(), path.clone(), body.clone())
+        self.updates[i % self.updates.len()].clone()
     }
 
     /// A linearizable read of preloaded record `i`.
@@ -221,6 +220,7 @@ impl Templates {
 }
 
 /// A request: method, path, JSON body (none when empty).
+#[derive(Clone)]
 struct Req(Method, Uri, Bytes);
 
 impl Req {

@@ -8,13 +8,15 @@
 //! again. An update pays that twice on every node (the patch and the stored record parsed,
 //! merged and written at apply) and once more on the proposer (the patch checked and
 //! written compactly into the command): it cost a fifth more of the servers' CPU than a
-//! create (docs/benchmarks.md, thirty-first pass). Most bodies are flat objects of strings, integers and booleans, and for those the
-//! compact text of each value is the text the client sent. So [`Flat::parse`] borrows every
-//! key and value from the body and says yes only when copying them gives the very bytes the
-//! `Value` path writes; anything else (an escape, a float, a nested object or array, a
-//! repeated key) gets `None`, and the caller takes the `Value` path, which stays the
-//! definition. The property test in `command.rs` holds the two to the same bytes and the same
-//! errors on arbitrary objects.
+//! create (docs/benchmarks.md, thirty-first pass).
+//!
+//! Most bodies are flat objects of strings, integers and booleans, and for those the compact
+//! text of each value is the text the client sent. So [`Flat::parse`] borrows every key and
+//! value from the body and says yes only when copying them gives the very bytes the `Value`
+//! path writes; anything else (an escape, a float, a nested object or array, a repeated key)
+//! gets `None`, and the caller takes the `Value` path, which stays the definition. The
+//! property tests in `command.rs` hold the two to the same bytes and the same errors on
+//! arbitrary objects: a create, an update's patch, and the merge at apply.
 
 use std::fmt;
 
