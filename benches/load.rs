@@ -14,6 +14,9 @@
 //! 256": a creates phase each, then updates and linearizable reads at the largest),
 //! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`),
 //! `LOAD_UPDATE_KEYS` (the records the updates spread over, 10,000; 1: one hot record),
+//! `LOAD_WRITES_TO` (where the creates and updates go: `leader`, the default; `follower`,
+//! every client on one follower, which forwards them; `spread`, client `i` on node `i % 3`,
+//! as clients behind a load balancer are),
 //! `ETCD=none` (or a path),
 //! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
 //! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper),
@@ -118,6 +121,33 @@ struct Templates {
     reads: Vec<(Uri, Bytes)>,
     /// The update phase's requests, one per preloaded record.
     updates: Vec<Req>,
+}
+
+/// Where the writes go (`LOAD_WRITES_TO`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum WritesTo {
+    Leader,
+    Follower,
+    Spread,
+}
+
+impl WritesTo {
+    fn from_env() -> WritesTo {
+        match std::env::var("LOAD_WRITES_TO").as_deref() {
+            Err(_) | Ok("") | Ok("leader") => WritesTo::Leader,
+            Ok("follower") => WritesTo::Follower,
+            Ok("spread") => WritesTo::Spread,
+            Ok(other) => panic!("LOAD_WRITES_TO={other}: leader, follower or spread"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            WritesTo::Leader => "to the leader",
+            WritesTo::Follower => "to a follower (forwarded to the leader)",
+            WritesTo::Spread => "spread over the three nodes (client i on node i % 3)",
+        }
+    }
 }
 
 /// Records the update phase updates (`LOAD_UPDATE_KEYS`, at least 1).
@@ -763,10 +793,11 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// A closed loop of `clients` connections to `target` for `secs` seconds.
+/// A closed loop of `clients` connections for `secs` seconds, client `i` on `targets[i %
+/// targets.len()]`.
 async fn run(
     sys: Sys,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     t: &Arc<Templates>,
     work: Work,
     clients: usize,
@@ -775,8 +806,8 @@ async fn run(
 ) -> Run {
     // Connect first, so that the phase measures requests, not 256 handshakes.
     let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(target.connect().await.ok());
+    for i in 0..clients {
+        conns.push(targets[i % targets.len()].connect().await.ok());
     }
     let me = [std::process::id()];
     let (gen_before, server_before) = (cpu_seconds(&me), cpu_seconds(server_pids));
@@ -800,7 +831,7 @@ async fn run(
             tokio::spawn(client(
                 id,
                 conn,
-                target.clone(),
+                targets[id % targets.len()].clone(),
                 t.clone(),
                 work,
                 tag.clone(),
@@ -868,12 +899,12 @@ async fn preload(target: &Arc<Target>, t: &Arc<Templates>, prefix: &'static str,
     }
 }
 
-/// The leader's URL and a follower's, from each node's own view (a minute at most).
-async fn leader_and_follower(sys: Sys, urls: &[String]) -> (String, String) {
+/// The leader's URL and the followers', from each node's own view (a minute at most).
+async fn leader_and_followers(sys: Sys, urls: &[String]) -> (String, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut leader = None;
-        let mut follower = None;
+        let mut followers = Vec::new();
         for url in urls {
             let target = Target::new(url, Http::Hyper);
             let is_leader = match sys {
@@ -899,12 +930,12 @@ async fn leader_and_follower(sys: Sys, urls: &[String]) -> (String, String) {
             };
             match is_leader {
                 Some(true) => leader = Some(url.clone()),
-                Some(false) => follower = Some(url.clone()),
+                Some(false) => followers.push(url.clone()),
                 None => {}
             }
         }
-        if let (Some(l), Some(f)) = (leader, follower) {
-            return (l, f);
+        if let (Some(l), false) = (leader, followers.is_empty()) {
+            return (l, followers);
         }
         assert!(Instant::now() < deadline, "{}: no leader", sys.name());
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -924,15 +955,28 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
         }
         (Sys::Etcd, None) => unreachable!(),
     };
-    let (leader, follower) = leader_and_follower(sys, &urls).await;
+    let (leader, followers) = leader_and_followers(sys, &urls).await;
     eprintln!(
-        "{}: leader {leader}, reads on follower {follower}",
-        sys.name()
+        "{}: leader {leader}, reads on follower {}, writes {}",
+        sys.name(),
+        followers[0],
+        cfg.writes_to.describe()
     );
-    let (leader, follower) = (
+    let (leader, followers): (_, Vec<_>) = (
         Arc::new(Target::new(&leader, cfg.http)),
-        Arc::new(Target::new(&follower, cfg.http)),
+        followers
+            .iter()
+            .map(|f| Arc::new(Target::new(f, cfg.http)))
+            .collect(),
     );
+    let follower = vec![followers[0].clone()];
+    let writers = match cfg.writes_to {
+        WritesTo::Leader => vec![leader.clone()],
+        WritesTo::Follower => follower.clone(),
+        WritesTo::Spread => std::iter::once(leader.clone())
+            .chain(followers.iter().cloned())
+            .collect(),
+    };
     let t = Arc::new(Templates::new(sys));
     if phases.iter().any(|(w, _)| *w == Work::Reads) {
         preload(&leader, &t, "read", READ_KEYS).await;
@@ -942,11 +986,11 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
     }
     let mut runs = Vec::new();
     for &(work, clients) in phases {
-        let target = match work {
-            Work::Creates | Work::Updates => &leader,
+        let targets = match work {
+            Work::Creates | Work::Updates => &writers,
             Work::Reads => &follower,
         };
-        let r = run(sys, target, &t, work, clients, cfg.secs, &pids).await;
+        let r = run(sys, targets, &t, work, clients, cfg.secs, &pids).await;
         eprintln!(
             "{} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-2xx {}, errors {}, load generator {:.1} µs/req{}",
             sys.name(),
@@ -970,9 +1014,10 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
 
 fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     println!(
-        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) to the leader, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) {}, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
         cfg.secs,
         update_keys(),
+        cfg.writes_to.describe(),
         cfg.http.name(),
         cfg.threads
     );
@@ -1183,6 +1228,7 @@ struct Cfg {
     secs: u64,
     threads: usize,
     http: Http,
+    writes_to: WritesTo,
 }
 
 fn main() {
@@ -1195,6 +1241,7 @@ fn main() {
             Ok("raw") | Err(_) => Http::Raw,
             Ok(other) => panic!("LOAD_HTTP={other}: raw or hyper"),
         },
+        writes_to: WritesTo::from_env(),
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads)
