@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::read::{ReadIndex, ReadSettings};
 use crate::tasks::Tasks;
 use crate::tls::Tls;
+use crate::write::forward::ForwardLimits;
 use crate::write::group_commit::BatchLimits;
 use crate::write::room::{self, Room};
 use crate::write::{WriteSettings, Writer};
@@ -223,7 +224,11 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 pipeline_idle_above: cfg.batch.pipeline_idle_above,
                 regather: std::time::Duration::from_micros(cfg.batch.regather_us),
             },
-            forward_inflight: cfg.batch.forward_inflight,
+            forward: ForwardLimits {
+                max_inflight: cfg.batch.forward_inflight,
+                idle_above: cfg.batch.pipeline_idle_above,
+                regather: std::time::Duration::from_micros(cfg.batch.regather_us),
+            },
             room: Room::new(
                 cfg.data_dir.clone(),
                 cfg.storage.write_reserve_bytes,

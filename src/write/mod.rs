@@ -44,7 +44,7 @@ use crate::cluster::proto::{ForwardReply, ForwardedWrite};
 use crate::cluster::{Cluster, Leader};
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
-use forward::{Forwarder, LEADER_ANSWER_SLACK};
+use forward::{ForwardLimits, Forwarder, LEADER_ANSWER_SLACK};
 use group_commit::{BatchLimits, GroupCommit, LocalError};
 use room::{Refused, Room};
 
@@ -75,7 +75,7 @@ pub struct WriteSettings {
     /// Group commit's batch limits.
     pub batch: BatchLimits,
     /// Forwarding requests to the leader in flight at once.
-    pub forward_inflight: usize,
+    pub forward: ForwardLimits,
     /// Whether, as leader, a write that grows the store may be proposed ([`room`]).
     pub room: Room,
 }
@@ -147,7 +147,7 @@ impl Writer {
                 metrics.clone(),
                 tasks,
             ),
-            forwarder: Forwarder::spawn(cluster.peers.clone(), settings.forward_inflight, tasks),
+            forwarder: Forwarder::spawn(cluster.peers.clone(), settings.forward, tasks),
             cluster,
             timeout: settings.timeout,
             metrics,
