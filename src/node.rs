@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::read::{ReadIndex, ReadSettings};
 use crate::tasks::Tasks;
 use crate::tls::Tls;
-use crate::write::forward::ForwardLimits;
+use crate::write::forward::{ForwardLimits, STALL_MIN};
 use crate::write::group_commit::BatchLimits;
 use crate::write::room::{self, Room};
 use crate::write::{WriteSettings, Writer};
@@ -228,6 +228,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 max_inflight: cfg.batch.forward_inflight,
                 idle_above: cfg.batch.pipeline_idle_above,
                 regather: std::time::Duration::from_micros(cfg.batch.regather_us),
+                stall_floor: STALL_MIN,
             },
             room: Room::new(
                 cfg.data_dir.clone(),

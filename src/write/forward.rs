@@ -21,14 +21,21 @@
 //! CPU is not short, rounds are bound by latency, and a write that waits for the request
 //! ahead of it waits a round for nothing: there the window opens.
 //!
+//! A request the leader does not answer (it stopped, paused, or was cut off, and another
+//! node leads now) would hold the one slot until its timeout, seconds, while writes for the
+//! new leader wait behind it. So a request out for [`STALL_ROUNDS`] recent rounds (between
+//! [`STALL_MIN`] and [`STALL_MAX`]) gives its slot up; it still counts against
+//! `batch.forward_inflight`, which bounds the requests in flight in all.
+//!
 //! Outcomes stay per command: [`ForwardReply::NotLeader`] is still a promise that *that*
 //! command was not proposed. A transport failure is a fact about the whole request: refused
 //! connection means nothing was sent; anything later means every command is unknown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie_raft::idle::IdleSampler;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
@@ -45,6 +52,14 @@ const MAX_PER_REQUEST: usize = 512;
 /// to 1 MiB each would exceed the leader's body limit for `/raft/write`, and a refused
 /// request is "not sent", retried until the write timed out (issue 12).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// A request out for this many recent forwarded rounds no longer holds the window's slot
+/// (see the module docs), within [`STALL_MIN`] (a node's `stall_floor`) and [`STALL_MAX`]:
+/// a leader that answers at all answers well within that, even under load (a p99 of a few
+/// rounds).
+pub const STALL_ROUNDS: u32 = 8;
+pub const STALL_MIN: Duration = Duration::from_millis(50);
+pub const STALL_MAX: Duration = Duration::from_secs(1);
 
 /// Writes waiting to be forwarded, at most; a full queue makes senders wait.
 const QUEUE: usize = 16 * 1024;
@@ -69,7 +84,8 @@ pub struct Forwarder {
 /// How many requests may be in flight to the leader.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardLimits {
-    /// At most this many (`batch.forward_inflight`), and more than one only while ...
+    /// At most this many in all (`batch.forward_inflight`), and more than one that has not
+    /// stalled only while ...
     pub max_inflight: usize,
     /// ... at least this share of the CPU the node may use sat idle
     /// (`batch.pipeline_idle_above`; 1.0: never).
@@ -77,6 +93,9 @@ pub struct ForwardLimits {
     /// The longest the next request waits for the writers of the last answered one
     /// (`batch.regather_us`; zero: never).
     pub regather: Duration,
+    /// A request gives its slot up after [`STALL_ROUNDS`] recent rounds, and never sooner
+    /// than this ([`STALL_MIN`]).
+    pub stall_floor: Duration,
 }
 
 impl Forwarder {
@@ -121,6 +140,8 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
     let mut window = Window::new(limits.max_inflight, 0).pipeline_when_idle(limits.idle_above);
     let mut idle = IdleSampler::for_this_process();
     let regather = Regather::new(limits.regather);
+    // Every request in flight, stalled or not, holds one of these.
+    let all = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
     // One request goes to one address: jobs for another (older or newer) leader wait for
     // the next request. A job nobody waits for any more is not sent at all.
     loop {
@@ -137,6 +158,9 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
         // A slot first: the requests in flight are bounded, and the jobs that arrive while
         // they are make the next one larger.
         let mut slot = window.slot().await;
+        let Ok(permit) = all.clone().acquire_owned().await else {
+            return;
+        };
         if !queue.ready().await {
             return;
         }
@@ -165,20 +189,37 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
         window.proposed(&mut slot, jobs.len(), queue.waiting());
         let (peers, regather) = (peers.clone(), regather.clone());
         // Bounded by the request's timeout (the latest deadline plus the slack).
+        let stall = (regather.round() * STALL_ROUNDS)
+            .min(STALL_MAX)
+            .max(limits.stall_floor);
         tokio::spawn(async move {
             let addr = jobs[0].addr.clone();
             let (writes, sent) = (jobs.len(), Instant::now());
-            send(&peers, &addr, jobs).await;
-            let answered = Instant::now();
-            // Before the slot frees: the next request, formed the moment it does, knows
-            // whom to wait for.
-            regather.answered(answered, writes, answered - sent);
+            let request = send(&peers, &addr, jobs);
+            tokio::pin!(request);
+            let mut slot = Some(slot);
+            let answered = tokio::select! {
+                answered = &mut request => answered,
+                _ = tokio::time::sleep(stall) => {
+                    drop(slot.take());
+                    request.await
+                }
+            };
+            // Only a request the leader answered says how long a round is, and whom to wait
+            // for; before the slot frees, so that the next request, formed the moment it
+            // does, knows.
+            if answered {
+                let at = Instant::now();
+                regather.answered(at, writes, at - sent);
+            }
             drop(slot);
+            drop(permit);
         });
     }
 }
 
-async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) {
+/// Send `jobs` as one request and hand each its answer; whether the leader answered.
+async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) -> bool {
     let latest = jobs
         .iter()
         .map(|j| j.deadline)
@@ -191,6 +232,7 @@ async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) {
             for (r, a) in replies.into_iter().zip(answers) {
                 let _ = r.send(Ok(a));
             }
+            return true;
         }
         Ok(answers) => {
             let e = PeerError::MaybeSent(format!(
@@ -208,6 +250,7 @@ async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) {
             }
         }
     }
+    false
 }
 
 #[cfg(test)]
@@ -301,6 +344,8 @@ mod tests {
             max_inflight: 4,
             idle_above: 1.0,
             regather: Duration::ZERO,
+            // The request out is held on purpose here: it never counts as stalled.
+            stall_floor: Duration::from_secs(60),
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let send = |n| {
@@ -333,6 +378,7 @@ mod tests {
             max_inflight: 4,
             idle_above: 1.0,
             regather: Duration::from_secs(10),
+            stall_floor: Duration::from_secs(60),
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let send = |n| {
@@ -364,5 +410,35 @@ mod tests {
         for a in again {
             a.await.unwrap().expect("answered");
         }
+    }
+
+    /// A leader that stops answering (paused, cut off) while another takes over: the
+    /// request stuck on it gives the window's slot up, and writes for the new leader go
+    /// without waiting for its timeout.
+    #[tokio::test]
+    async fn a_request_the_old_leader_never_answers_does_not_hold_up_the_new_leader() {
+        let (old, new) = (Leader::start().await, Leader::start().await);
+        new.answer.add_permits(1000);
+        let fwd = start(ForwardLimits {
+            max_inflight: 4,
+            idle_above: 1.0,
+            regather: Duration::from_millis(1),
+            stall_floor: STALL_MIN,
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stuck = {
+            let (fwd, addr) = (fwd.clone(), old.addr.clone());
+            tokio::spawn(async move { fwd.forward(addr, write(0), deadline).await })
+        };
+        assert_eq!(old.requests(1).await, vec![1]);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            fwd.forward(new.addr.clone(), write(1), deadline),
+        )
+        .await
+        .expect("sent and answered long before the stuck request's timeout")
+        .expect("answered");
+        assert_eq!(reply, ForwardReply::Applied(CmdResult::Deleted));
+        assert!(!stuck.is_finished(), "the old leader never answered");
     }
 }

@@ -77,6 +77,11 @@ impl Regather {
         last.answered = Some((at, commands));
     }
 
+    /// The recent rounds, averaged (zero before the first answer).
+    pub fn round(&self) -> Duration {
+        Duration::from_secs_f64(self.last().round)
+    }
+
     /// Whether a batch about to form at `now`, with `waiting` commands ready for it, should
     /// wait for more of the last answered cohort first, and until when.
     pub fn hold(&self, now: Instant, waiting: usize) -> Option<Hold> {
