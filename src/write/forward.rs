@@ -188,10 +188,10 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
         }
         window.proposed(&mut slot, jobs.len(), queue.waiting());
         let (peers, regather) = (peers.clone(), regather.clone());
-        // Bounded by the request's timeout (the latest deadline plus the slack).
         let stall = (regather.round() * STALL_ROUNDS)
             .min(STALL_MAX)
             .max(limits.stall_floor);
+        // Bounded by the request's timeout (the latest deadline plus the slack).
         tokio::spawn(async move {
             let addr = jobs[0].addr.clone();
             let (writes, sent) = (jobs.len(), Instant::now());
