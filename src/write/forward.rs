@@ -34,7 +34,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cookie_raft::idle::IdleSampler;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -138,7 +137,6 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
     let mut queue = Queue::new(rx);
     // Never by the load (`pipeline_below` 0): only idle CPU opens the window here.
     let mut window = Window::new(limits.max_inflight, 0).pipeline_when_idle(limits.idle_above);
-    let mut idle = IdleSampler::for_this_process();
     let regather = Regather::new(limits.regather);
     // Every request in flight, stalled or not, holds one of these.
     let all = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
@@ -180,12 +178,7 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
         if jobs.is_empty() {
             continue;
         }
-        if let Some(share) = idle
-            .as_mut()
-            .and_then(|s| s.poll(std::time::Instant::now()))
-        {
-            window.idle(share);
-        }
+        window.sample_idle();
         window.proposed(&mut slot, jobs.len(), queue.waiting());
         let (peers, regather) = (peers.clone(), regather.clone());
         let stall = (regather.round() * STALL_ROUNDS)

@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use cookie_raft::idle::IdleSampler;
 use cookie_raft::{CmdResult, Command, CookieNode, NodeId, Request, TypeConfig};
 use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
@@ -202,7 +201,6 @@ struct Queued {
 async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc<Metrics>) {
     let mut window = Window::new(limits.max_inflight, limits.pipeline_below)
         .pipeline_when_idle(limits.pipeline_idle_above);
-    let mut idle = IdleSampler::for_this_process();
     let places = queued.places;
     let mut queue = Queue::new(queued.rx);
     let regather = Regather::new(limits.regather);
@@ -272,11 +270,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
             answer_all(replies, Err(LocalError::NotLeader));
             continue;
         }
-        if let Some(share) = idle
-            .as_mut()
-            .and_then(|s| s.poll(std::time::Instant::now()))
-        {
-            window.idle(share);
+        if let Some(share) = window.sample_idle() {
             metrics.write_cpu_idle.set(share);
         }
         window.proposed(&mut in_window, writes, QUEUE - places.available_permits());

@@ -33,6 +33,7 @@
 //! the CPU idle, below the default 40%, and nothing changes there (docs/benchmarks.md).
 use std::sync::Arc;
 
+use cookie_raft::idle::IdleSampler;
 use tokio::sync::watch;
 
 /// Batches in flight, and the commands they carry.
@@ -55,6 +56,9 @@ pub struct Window {
     idle_above: f64,
     /// Whether enough CPU sat idle at the last samples to pipeline whatever the load.
     spare: bool,
+    /// Where the idle share comes from ([`Window::sample_idle`]); `None` where the kernel's
+    /// counters cannot be read.
+    sampler: Option<IdleSampler>,
 }
 
 impl Window {
@@ -69,6 +73,7 @@ impl Window {
             pipelining: pipeline_below > 0,
             idle_above: 1.0,
             spare: false,
+            sampler: IdleSampler::for_this_process(),
         }
     }
 
@@ -77,6 +82,14 @@ impl Window {
     pub fn pipeline_when_idle(mut self, share: f64) -> Self {
         self.idle_above = share;
         self
+    }
+
+    /// Sample the node's idle CPU (a new sample at most every half second) and note it
+    /// ([`Window::idle`]): the share, when a new sample was taken.
+    pub fn sample_idle(&mut self) -> Option<f64> {
+        let share = self.sampler.as_mut()?.poll(std::time::Instant::now())?;
+        self.idle(share);
+        Some(share)
     }
 
     /// Note the idle share of the node's CPU over the last sample: pipelining by it starts
