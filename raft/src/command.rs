@@ -292,20 +292,23 @@ impl Command {
             } => {
                 // Bounded work per keyed write keeps the table from growing without end.
                 tables.expire_keys(now_ms, 64)?;
-                if let Some(first) = tables.key(&key)?.filter(|k| k.expires_ms > now_ms) {
-                    return Ok(if first.fingerprint == fingerprint {
-                        CmdResult::Replayed(Box::new(first.result))
-                    } else {
-                        CmdResult::KeyReused
-                    });
-                }
+                let replaces = match tables.key(&key)? {
+                    Some(first) if first.expires_ms > now_ms => {
+                        return Ok(if first.fingerprint == fingerprint {
+                            CmdResult::Replayed(Box::new(first.result))
+                        } else {
+                            CmdResult::KeyReused
+                        });
+                    }
+                    expired => expired.map(|k| k.expires_ms),
+                };
                 let result = cmd.apply(tables, version)?;
                 let record = KeyRecord {
                     fingerprint,
                     expires_ms,
                     result: result.clone(),
                 };
-                tables.put_key(&key, &record)?;
+                tables.put_key(&key, &record, replaces)?;
                 result
             }
             Command::Create { id, object } => {
@@ -401,8 +404,14 @@ pub(crate) trait Records {
     fn replace(&mut self, id: &str, rec: &Record) -> Result<(), BoxError>;
     /// What is recorded for idempotency key `key`, expired or not.
     fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError>;
-    /// Record `key` (replacing an expired record of it).
-    fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError>;
+    /// Record `key`; `replaces`: when the expired record of it that [`Records::key`] found
+    /// expires (its entry in the expiry index goes), so storing does not look it up again.
+    fn put_key(
+        &mut self,
+        key: &str,
+        rec: &KeyRecord,
+        replaces: Option<u64>,
+    ) -> Result<(), BoxError>;
     /// Forget at most `max` keys that expired at or before log time `now_ms`, oldest first.
     fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError>;
     /// The identity registry ([`crate::identity`]).
@@ -690,18 +699,20 @@ mod tests {
         fn key(&self, key: &str) -> Result<Option<KeyRecord>, BoxError> {
             Ok(self.keys.get(key).cloned())
         }
-        fn put_key(&mut self, key: &str, rec: &KeyRecord) -> Result<(), BoxError> {
+        fn put_key(&mut self, key: &str, rec: &KeyRecord, _: Option<u64>) -> Result<(), BoxError> {
             self.keys.insert(key.to_owned(), rec.clone());
             Ok(())
         }
         fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError> {
-            let expired: Vec<String> = self
+            // Oldest first, as the state machine's expiry index sweeps.
+            let mut due: Vec<(u64, String)> = self
                 .keys
                 .iter()
                 .filter(|(_, r)| r.expires_ms <= now_ms)
-                .take(max)
-                .map(|(k, _)| k.clone())
+                .map(|(k, r)| (r.expires_ms, k.clone()))
                 .collect();
+            due.sort();
+            let expired = due.into_iter().take(max).map(|(_, k)| k);
             for k in expired {
                 self.keys.remove(&k);
             }

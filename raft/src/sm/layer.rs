@@ -2,6 +2,7 @@
 //! written (`overlay` explains the layers).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use openraft::LogId;
@@ -43,6 +44,16 @@ pub(crate) struct Layer {
     pub(super) by_created: BTreeMap<IndexKey, bool>,
     pub(super) keys: HashMap<String, Row>,
     pub(super) keys_by_expiry: BTreeMap<IndexKey, bool>,
+    /// Where the next sweep of expired keys starts in the expiry index: no live entry lies
+    /// before it in the state this layer tops (`None`: this layer has no word; an older
+    /// layer's holds, or the index's start). A sweep removes the oldest entries first, so
+    /// it leaves the floor just after the last one it removed; a key stored below the
+    /// floor (a proposer whose clock is behind) lowers it to itself. Without it each
+    /// sweep walked every entry the sweeps before it had removed since the last flush,
+    /// in every layer and again in `sm.redb`: once keys expired, a keyed write cost time
+    /// in proportion to the writes since the flush (docs/benchmarks.md, "idempotency
+    /// keys"). Only where a sweep starts depends on it, never what it removes.
+    pub(super) expiry_floor: Option<Bound<IndexKey>>,
     pub(super) registry: Option<Registry>,
     pub(super) membership: Option<Membership>,
     /// The last entry applied into this layer; `None` while it is empty.
@@ -134,6 +145,9 @@ impl Layer {
         self.by_created.extend(newer.by_created);
         self.keys.extend(newer.keys);
         self.keys_by_expiry.extend(newer.keys_by_expiry);
+        if newer.expiry_floor.is_some() {
+            self.expiry_floor = newer.expiry_floor;
+        }
         if newer.registry.is_some() {
             self.registry = newer.registry;
         }

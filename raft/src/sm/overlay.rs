@@ -245,6 +245,14 @@ impl View {
         super::tables::registry_in(&self.txn)
     }
 
+    /// Where a sweep of the expiry index may start: the newest layer's word
+    /// ([`Layer::expiry_floor`]), or the index's start.
+    pub(super) fn expiry_floor(&self, top: Option<&Layer>) -> Bound<IndexKey> {
+        self.stack(top)
+            .find_map(|l| l.expiry_floor.clone())
+            .unwrap_or(Bound::Unbounded)
+    }
+
     /// The keys of `index` from `start` up to `end`, in order, layers merged over the
     /// database (a key a layer removed is skipped).
     pub(super) fn range<'a>(
@@ -302,6 +310,13 @@ pub(super) fn decode_record(row: Row) -> Result<Option<Record>, BoxError> {
 
 type Source<'a> = Box<dyn Iterator<Item = Result<(IndexKey, bool), BoxError>> + 'a>;
 
+#[cfg(test)]
+thread_local! {
+    /// Keys a [`Merge`] on this thread has stepped over, present or removed: what a test
+    /// counts to see how much of an index a scan walked.
+    pub(super) static MERGE_STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Ordered keys merged from sources in priority order: for a key several hold, the first
 /// source's word counts (present or removed).
 pub(super) struct Merge<'a> {
@@ -325,6 +340,8 @@ impl Iterator for Merge<'_> {
                 }
             }
             let key = least?;
+            #[cfg(test)]
+            MERGE_STEPS.with(|n| n.set(n.get() + 1));
             let mut present = None;
             for s in &mut self.sources {
                 if matches!(s.peek(), Some(Ok((k, _))) if *k == key) {
