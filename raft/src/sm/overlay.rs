@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,11 @@ pub(crate) struct View {
     layers: Vec<Arc<Layer>>,
     cookies: ReadOnlyTable<&'static str, &'static [u8]>,
     by_created: ReadOnlyTable<(u64, &'static str), ()>,
+    /// The idempotency keys' tables, opened on first use (most views read no key) and then
+    /// kept: opening one looks its root up in redb's table of tables, which a keyed write
+    /// did twice over per command.
+    keys: OnceLock<ReadOnlyTable<&'static str, &'static [u8]>>,
+    keys_by_expiry: OnceLock<ReadOnlyTable<(u64, &'static str), ()>>,
     txn: Arc<ReadTransaction>,
     /// Which ids the database may hold, when the flush thread has built the filter.
     ids: Option<Arc<Ids>>,
@@ -137,6 +142,8 @@ impl Db {
             layers,
             cookies: txn.open_table(COOKIES)?,
             by_created: txn.open_table(BY_CREATED)?,
+            keys: OnceLock::new(),
+            keys_by_expiry: OnceLock::new(),
             txn,
             ids,
             _db: db,
@@ -229,9 +236,7 @@ impl View {
     pub(super) fn key(&self, top: Option<&Layer>, key: &str) -> Result<Row, BoxError> {
         match in_layers(self.stack(top), keys, key) {
             Some(row) => Ok(row.clone()),
-            None => Ok(self
-                .txn
-                .open_table(KEYS)?
+            None => Ok(opened(&self.keys, &self.txn, KEYS)?
                 .get(key)?
                 .map(|v| v.value().to_vec())),
         }
@@ -269,9 +274,7 @@ impl View {
             Index::Created => self
                 .by_created
                 .range::<(u64, &str)>((narrow(&start), narrow(&end)))?,
-            Index::Expiry => self
-                .txn
-                .open_table(KEYS_BY_EXPIRY)?
+            Index::Expiry => opened(&self.keys_by_expiry, &self.txn, KEYS_BY_EXPIRY)?
                 .range::<(u64, &str)>((narrow(&start), narrow(&end)))?,
         };
         let mut sources: Vec<Source<'a>> = Vec::new();
@@ -300,6 +303,19 @@ impl View {
             None => Ok(super::tables::applied_in(&self.txn)?.map_or(0, |l| l.index)),
         }
     }
+}
+
+/// `cell`'s table, opened in `txn` the first time.
+fn opened<'c, K: redb::Key + 'static, V: redb::Value + 'static>(
+    cell: &'c OnceLock<ReadOnlyTable<K, V>>,
+    txn: &ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> Result<&'c ReadOnlyTable<K, V>, BoxError> {
+    if let Some(t) = cell.get() {
+        return Ok(t);
+    }
+    let t = txn.open_table(table)?;
+    Ok(cell.get_or_init(|| t))
 }
 
 /// A stored record's bytes, decoded.
