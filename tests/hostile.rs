@@ -103,6 +103,10 @@ async fn a_forged_forwarded_write_is_validated_like_a_client_request() {
             cluster: 1,
             members: vec![(1, 1)],
         },
+        Command::Expire {
+            now_ms: u64::MAX,
+            max: u32::MAX,
+        },
     ];
     for cmd in attacks {
         let body = codec::encode(&vec![forged(cmd.clone())]).unwrap();

@@ -60,7 +60,17 @@ pub enum Command {
         cluster: u64,
         members: Vec<(NodeId, u64)>,
     },
+    /// Forget at most `max` (and at most [`EXPIRE_MAX`]) idempotency keys whose retention
+    /// ended at or before log time `now_ms`, oldest first. Proposed by the leader, never by
+    /// a client, while the state holds keys that are due: a keyed write sweeps a few due keys
+    /// itself, but where keyed writes stop coming, their keys would otherwise stay for good.
+    /// (Last variant, as above.)
+    Expire { now_ms: u64, max: u32 },
 }
+
+/// The most idempotency keys one [`Command::Expire`] forgets: its apply stays a few
+/// milliseconds, whatever a proposer asks.
+pub const EXPIRE_MAX: u32 = 4096;
 
 /// What is kept for one idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +104,8 @@ pub enum CmdResult {
     KeyReused,
     /// A registration was applied (or changed nothing: the registry already had it).
     Registered,
+    /// An expiry was applied: the number of idempotency keys it forgot.
+    Expired(u64),
 }
 
 /// A request body the contract refuses; `to_string()` is the message the client gets.
@@ -183,7 +195,7 @@ impl Command {
                 keys
             }
             Command::Keyed { cmd, .. } => cmd.keys(),
-            Command::Register { .. } => Vec::new(),
+            Command::Register { .. } | Command::Expire { .. } => Vec::new(),
         }
     }
 
@@ -237,11 +249,14 @@ impl Command {
                     return no("keyed: not a valid Idempotency-Key");
                 }
                 match **cmd {
-                    Command::Keyed { .. } | Command::Register { .. } => no("keyed: nested"),
+                    Command::Keyed { .. } | Command::Register { .. } | Command::Expire { .. } => {
+                        no("keyed: nested")
+                    }
                     _ => cmd.check_client_write(),
                 }
             }
             Command::Register { .. } => no("registrations come from the leader only"),
+            Command::Expire { .. } => no("expiries come from the leader only"),
         }
     }
 
@@ -270,6 +285,7 @@ impl Command {
             Command::Delete { id, .. } => id.len(),
             Command::Keyed { key, cmd, .. } => key.len() + 48 + cmd.size(),
             Command::Register { members, .. } => 8 + 16 * members.len(),
+            Command::Expire { .. } => 12,
         }
     }
 
@@ -380,6 +396,9 @@ impl Command {
                 }
                 CmdResult::Registered
             }
+            Command::Expire { now_ms, max } => {
+                CmdResult::Expired(tables.expire_keys(now_ms, max.min(EXPIRE_MAX) as usize)? as u64)
+            }
         })
     }
 }
@@ -412,8 +431,9 @@ pub(crate) trait Records {
         rec: &KeyRecord,
         replaces: Option<u64>,
     ) -> Result<(), BoxError>;
-    /// Forget at most `max` keys that expired at or before log time `now_ms`, oldest first.
-    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError>;
+    /// Forget at most `max` keys that expired at or before log time `now_ms`, oldest first:
+    /// how many it forgot.
+    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<usize, BoxError>;
     /// The identity registry ([`crate::identity`]).
     fn registry(&self) -> Result<Registry, BoxError>;
     fn set_registry(&mut self, registry: &Registry) -> Result<(), BoxError>;
@@ -703,7 +723,7 @@ mod tests {
             self.keys.insert(key.to_owned(), rec.clone());
             Ok(())
         }
-        fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError> {
+        fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<usize, BoxError> {
             // Oldest first, as the state machine's expiry index sweeps.
             let mut due: Vec<(u64, String)> = self
                 .keys
@@ -712,11 +732,11 @@ mod tests {
                 .map(|(k, r)| (r.expires_ms, k.clone()))
                 .collect();
             due.sort();
-            let expired = due.into_iter().take(max).map(|(_, k)| k);
-            for k in expired {
-                self.keys.remove(&k);
+            let expired: Vec<String> = due.into_iter().take(max).map(|(_, k)| k).collect();
+            for k in &expired {
+                self.keys.remove(k);
             }
-            Ok(())
+            Ok(expired.len())
         }
         fn registry(&self) -> Result<Registry, BoxError> {
             Ok(self.registry.clone())
@@ -725,6 +745,54 @@ mod tests {
             self.registry = registry.clone();
             Ok(())
         }
+    }
+
+    /// An expiry forgets the keys due at its log time, oldest first and no more than it
+    /// (and [`EXPIRE_MAX`]) allows, says how many, and is no client write, alone or keyed.
+    #[test]
+    fn an_expiry_forgets_due_keys_oldest_first_within_its_bound_and_is_no_client_write() {
+        let mut t = Mem::default();
+        for (i, expires_ms) in [(1, 30), (2, 10), (3, 20), (4, 50)] {
+            let rec = KeyRecord {
+                fingerprint: [0; 32],
+                expires_ms,
+                result: CmdResult::Deleted,
+            };
+            t.put_key(&format!("k{i}"), &rec, None).unwrap();
+        }
+        let expire = |now_ms, max| Command::Expire { now_ms, max };
+        assert_eq!(
+            expire(30, 2).apply(&mut t, 9).unwrap(),
+            CmdResult::Expired(2)
+        );
+        let left: Vec<&str> = t.keys.keys().map(String::as_str).collect();
+        assert_eq!(left, ["k1", "k4"], "the two oldest go first");
+        assert_eq!(
+            expire(40, u32::MAX).apply(&mut t, 10).unwrap(),
+            CmdResult::Expired(1)
+        );
+        assert_eq!(
+            expire(40, 5).apply(&mut t, 11).unwrap(),
+            CmdResult::Expired(0)
+        );
+        assert!(t.keys.contains_key("k4"));
+
+        for _ in 0..EXPIRE_MAX + 10 {
+            let rec = KeyRecord {
+                fingerprint: [0; 32],
+                expires_ms: 1,
+                result: CmdResult::Deleted,
+            };
+            t.put_key(&format!("many-{}", t.keys.len()), &rec, None)
+                .unwrap();
+        }
+        let forgot = expire(2, u32::MAX).apply(&mut t, 12).unwrap();
+        assert_eq!(forgot, CmdResult::Expired(u64::from(EXPIRE_MAX)));
+
+        assert!(expire(1, 1).check_client_write().is_err());
+        let keyed = Command::keyed("k".into(), [0; 32], (0, 1), expire(1, 1));
+        assert!(keyed.check_client_write().is_err());
+        assert!(expire(1, 1).keys().is_empty());
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn command() -> impl Strategy<Value = Command> {
             proptest::collection::vec(any::<(u64, u64)>(), 0..5)
         )
             .prop_map(|(cluster, members)| Command::Register { cluster, members }),
+        (any::<u64>(), any::<u32>()).prop_map(|(now_ms, max)| Command::Expire { now_ms, max }),
     ];
     leaf.prop_recursive(2, 8, 1, |inner| {
         (

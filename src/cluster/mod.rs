@@ -19,6 +19,7 @@
 
 pub mod bootstrap;
 pub mod discovery;
+pub mod expiry;
 pub mod failstop;
 pub mod handover;
 pub mod identity;

@@ -21,7 +21,7 @@ use std::ops::Bound;
 
 use openraft::{Entry, EntryPayload, StorageIOError};
 
-use super::overlay::{Index, IndexKey, Layer, Room, Short, View};
+use super::overlay::{IndexKey, Layer, Room, Short, View};
 use super::state::StateMachine;
 use super::tables::{order_key, Membership};
 use crate::codec;
@@ -130,31 +130,22 @@ impl Records for Tables<'_> {
         Ok(())
     }
 
-    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<(), BoxError> {
-        let from = self.view.expiry_floor(Some(&self.batch));
-        let until = (now_ms.saturating_add(1), String::new());
-        if let Bound::Included(f) | Bound::Excluded(f) = &from {
-            if *f >= until {
-                // Nothing before the floor is left to expire (a proposer's clock behind the
-                // one that moved it there); an inverted range is also one a B-tree refuses.
-                return Ok(());
-            }
-        }
-        let until = Bound::Excluded(until);
+    fn expire_keys(&mut self, now_ms: u64, max: usize) -> Result<usize, BoxError> {
         let expired: Vec<IndexKey> = self
             .view
-            .range(Some(&self.batch), Index::Expiry, (from, until))?
+            .due_keys(Some(&self.batch), now_ms)?
             .take(max)
             .collect::<Result<_, _>>()?;
         if let Some(last) = expired.last() {
             // Every entry up to `last` is gone now: the next sweep starts after it.
             self.batch.expiry_floor = Some(Bound::Excluded(last.clone()));
         }
+        let count = expired.len();
         for (at, key) in expired {
             self.batch.put_key(&key, None);
             self.batch.keys_by_expiry.insert((at, key), false);
         }
-        Ok(())
+        Ok(count)
     }
 
     fn registry(&self) -> Result<Registry, BoxError> {
@@ -451,7 +442,7 @@ mod tests {
                     index.remove(&(at, k.clone()));
                     keys.remove(&k);
                 }
-                if !keys.get(&key).is_some_and(|at| *at > now) {
+                if keys.get(&key).is_none_or(|at| *at <= now) {
                     if let Some(old) = keys.insert(key.clone(), now + retention) {
                         index.remove(&(old, key.clone()));
                     }

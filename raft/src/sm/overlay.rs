@@ -258,6 +258,27 @@ impl View {
             .unwrap_or(Bound::Unbounded)
     }
 
+    /// The idempotency keys due at log time `now_ms` (their retention ended at or before
+    /// it), oldest first, from where the sweeps have got to.
+    pub(super) fn due_keys<'a>(
+        &'a self,
+        top: Option<&'a Layer>,
+        now_ms: u64,
+    ) -> Result<Merge<'a>, BoxError> {
+        let from = self.expiry_floor(top);
+        let until = (now_ms.saturating_add(1), String::new());
+        if let Bound::Included(f) | Bound::Excluded(f) = &from {
+            if *f >= until {
+                // Nothing before the floor is left to expire (a proposer's clock behind the
+                // one that moved it there); an inverted range is also one a B-tree refuses.
+                return Ok(Merge {
+                    sources: Vec::new(),
+                });
+            }
+        }
+        self.range(top, Index::Expiry, (from, Bound::Excluded(until)))
+    }
+
     /// The keys of `index` from `start` up to `end`, in order, layers merged over the
     /// database (a key a layer removed is skipped).
     pub(super) fn range<'a>(

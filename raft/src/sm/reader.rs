@@ -217,6 +217,14 @@ impl StoreReader {
     pub fn key_recorded(&self, key: &str) -> Result<bool, BoxError> {
         Ok(self.db.view()?.key(None, key)?.is_some())
     }
+
+    /// Whether the applied state holds an idempotency key whose retention ended at or before
+    /// log time `now_ms`: one a [`crate::Command::Expire`] would forget.
+    pub fn keys_due(&self, now_ms: u64) -> Result<bool, BoxError> {
+        let view = self.db.view()?;
+        let mut due = view.due_keys(None, now_ms)?;
+        Ok(due.next().transpose()?.is_some())
+    }
 }
 
 /// The whole list, read from one redb read transaction: see [`StoreReader::list_scan`].
