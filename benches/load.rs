@@ -17,6 +17,11 @@
 //! `LOAD_WRITES_TO` (where the creates and updates go: `leader`, the default; `follower`,
 //! every client on one follower, which forwards them; `spread`, client `i` on node `i % 3`,
 //! as clients behind a load balancer are),
+//! `LOAD_IDEMPOTENCY=1` (cookie-crud's creates and updates each carry an `Idempotency-Key` of
+//! their own, as clients that retry safely send them; etcd has no such key and its requests
+//! stay as they are), `LOAD_KEY_RETENTION_SECS` (the nodes' `idempotency_retention_secs`:
+//! a few seconds makes the keys expire while the phases run, as they do in a store that has
+//! run longer than the retention),
 //! `ETCD=none` (or a path),
 //! `LOAD_PLOT` (the SVG, default `target/load-latency.svg`; the per-second series go beside
 //! it as CSV), `LOAD_THREADS` (the generator's worker threads, 2), `LOAD_HTTP` (raw, hyper),
@@ -121,6 +126,8 @@ struct Templates {
     reads: Vec<(Uri, Bytes)>,
     /// The update phase's requests, one per preloaded record.
     updates: Vec<Req>,
+    /// Creates and updates carry an `Idempotency-Key` each (`LOAD_IDEMPOTENCY`, cookie-crud).
+    keyed: bool,
 }
 
 /// Where the writes go (`LOAD_WRITES_TO`).
@@ -147,6 +154,22 @@ impl WritesTo {
             WritesTo::Follower => "to a follower (forwarded to the leader)",
             WritesTo::Spread => "spread over the three nodes (client i on node i % 3)",
         }
+    }
+}
+
+/// Whether cookie-crud's writes carry idempotency keys (`LOAD_IDEMPOTENCY`).
+fn keyed_writes() -> bool {
+    env_num("LOAD_IDEMPOTENCY", 0) != 0
+}
+
+/// The nodes' configuration beyond the bench's defaults (`LOAD_KEY_RETENTION_SECS`).
+fn node_config() -> String {
+    match std::env::var("LOAD_KEY_RETENTION_SECS") {
+        Ok(secs) if !secs.trim().is_empty() => {
+            let secs: u64 = secs.trim().parse().expect("LOAD_KEY_RETENTION_SECS: seconds");
+            format!("idempotency_retention_secs = {secs}\n")
+        }
+        _ => String::new(),
     }
 }
 
@@ -183,6 +206,7 @@ impl Templates {
                         Method::PUT,
                         Uri::try_from(format!("/cookies/{id}")).unwrap(),
                         Bytes::from(format!(r#"{{"cookie":"{id}",{rest}"#)),
+                        None,
                     ),
                     Sys::Etcd => Req(
                         Method::POST,
@@ -192,6 +216,7 @@ impl Templates {
                             b64(id.as_bytes()),
                             b64(format!("{{{rest}").as_bytes())
                         )),
+                        None,
                     ),
                 }
             })
@@ -201,6 +226,7 @@ impl Templates {
             doc64,
             reads,
             updates,
+            keyed: sys == Sys::Cookie && keyed_writes(),
         }
     }
 
@@ -230,7 +256,7 @@ impl Templates {
             Sys::Cookie => Uri::from_static("/cookies"),
             Sys::Etcd => Uri::from_static("/v3/kv/put"),
         };
-        Req(Method::POST, path, Bytes::from(body))
+        Req(Method::POST, path, Bytes::from(body), None)
     }
 
     /// An update of preloaded record `i`.
@@ -245,23 +271,26 @@ impl Templates {
             Sys::Cookie => Method::GET,
             Sys::Etcd => Method::POST,
         };
-        Req(method, path.clone(), body.clone())
+        Req(method, path.clone(), body.clone(), None)
     }
 }
 
-/// A request: method, path, JSON body (none when empty).
+/// A request: method, path, JSON body (none when empty), `Idempotency-Key` (none when `None`).
 #[derive(Clone)]
-struct Req(Method, Uri, Bytes);
+struct Req(Method, Uri, Bytes, Option<String>);
 
 impl Req {
     fn hyper(self, host: &HeaderValue) -> Request<Full<Bytes>> {
-        let Req(method, uri, body) = self;
+        let Req(method, uri, body, key) = self;
         let json = !body.is_empty();
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         let h = req.headers_mut();
         h.insert(HOST, host.clone());
+        if let Some(k) = key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+            h.insert("idempotency-key", k);
+        }
         if json {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
@@ -270,13 +299,17 @@ impl Req {
 
     /// The request as HTTP/1.1 puts it on the wire, into `out`.
     fn wire(&self, host: &str, out: &mut Vec<u8>) {
-        let Req(method, uri, body) = self;
+        let Req(method, uri, body, key) = self;
         out.clear();
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(host.as_bytes());
+        if let Some(k) = key {
+            out.extend_from_slice(b"\r\nIdempotency-Key: ");
+            out.extend_from_slice(k.as_bytes());
+        }
         if !body.is_empty() {
             let _ = write!(
                 out,
@@ -724,6 +757,12 @@ async fn client(
             Work::Updates => t.update(id.wrapping_mul(7919).wrapping_add(n)),
             Work::Reads => t.read(id.wrapping_mul(7919).wrapping_add(n)),
         };
+        let req = match work {
+            Work::Creates | Work::Updates if t.keyed => {
+                Req(req.0, req.1, req.2, Some(format!("{tag}-{id}-{n}")))
+            }
+            _ => req,
+        };
         let sent = Instant::now();
         let result = c.exchange(&target, req).await;
         now = Instant::now();
@@ -909,7 +948,7 @@ async fn leader_and_followers(sys: Sys, urls: &[String]) -> (String, Vec<String>
             let target = Target::new(url, Http::Hyper);
             let is_leader = match sys {
                 Sys::Cookie => {
-                    let req = Req(Method::GET, Uri::from_static("/health"), Bytes::new());
+                    let req = Req(Method::GET, Uri::from_static("/health"), Bytes::new(), None);
                     once(&target, req).await.and_then(|(_, b)| {
                         let v: serde_json::Value = serde_json::from_str(&b).ok()?;
                         Some(v["role"] == "leader")
@@ -920,6 +959,7 @@ async fn leader_and_followers(sys: Sys, urls: &[String]) -> (String, Vec<String>
                         Method::POST,
                         Uri::from_static("/v3/maintenance/status"),
                         Bytes::from_static(b"{}"),
+                        None,
                     );
                     once(&target, req).await.and_then(|(_, b)| {
                         let v: serde_json::Value = serde_json::from_str(&b).ok()?;
@@ -946,7 +986,7 @@ async fn leader_and_followers(sys: Sys, urls: &[String]) -> (String, Vec<String>
 async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &Cfg) -> Vec<Run> {
     let (urls, pids, running): (Vec<String>, Vec<u32>, Box<dyn std::any::Any>) = match (sys, etcd) {
         (Sys::Cookie, _) => {
-            let nodes = Nodes::start(3, "").await;
+            let nodes = Nodes::start(3, &node_config()).await;
             (nodes.urls(), nodes.procs.pids(), Box::new(nodes))
         }
         (Sys::Etcd, Some(bin)) => {
@@ -1023,6 +1063,12 @@ fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     );
     if let Some(cores) = cpu_quota::configured() {
         println!("CPU quota per server process (BENCH_CPU_QUOTA): {cores} cores");
+    }
+    if keyed_writes() {
+        println!(
+            "cookie-crud's creates and updates each carry an Idempotency-Key of their own (etcd's writes have no equivalent); the nodes' config adds: {:?}",
+            node_config()
+        );
     }
     println!("| workload | clients | system | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | server CPU µs/req | server switches/req | load gen CPU µs/req |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
