@@ -11,9 +11,12 @@
 //! one for its second; non-2xx answers and transport errors are only counted.
 //!
 //! `cargo bench --bench load`. Knobs: `LOAD_SECS` per phase (30), `LOAD_CLIENTS` ("16 64
-//! 256": a creates phase each, then updates and linearizable reads at the largest),
-//! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`),
+//! 256": a creates phase each, then updates, linearizable reads and compare-and-set cycles
+//! at the largest),
+//! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`, `cas`),
 //! `LOAD_UPDATE_KEYS` (the records the updates spread over, 10,000; 1: one hot record),
+//! `LOAD_CAS_KEYS` (the records the compare-and-set cycles spread over, 10,000; 1: every
+//! client increments one counter, and most cycles lose the race: non-2xx counts them),
 //! `LOAD_WRITES_TO` (where the creates and updates go: `leader`, the default; `follower`,
 //! every client on one follower, which forwards them; `spread`, client `i` on node `i % 3`,
 //! as clients behind a load balancer are),
@@ -100,6 +103,14 @@ enum Work {
     /// Linearizable point reads of preloaded records on a follower: `GET /cookies/{id}`,
     /// etcd `POST /v3/kv/range`.
     Reads,
+    /// Read-modify-write cycles (compare-and-set) on preloaded records, where the writes go:
+    /// a linearizable read for the record's version, then a write on condition that the
+    /// version is still that one, again from the read until one applies. cookie-crud:
+    /// `GET /cookies/{id}` (its `ETag`), then `PUT` with `If-Match` (412: lost the race);
+    /// etcd: `POST /v3/kv/range` (its `mod_revision`), then `POST /v3/kv/txn` comparing it.
+    /// A cycle that applied counts as a request (its latency from its read); each lost
+    /// race counts as a non-2xx answer.
+    Cas,
 }
 
 impl Work {
@@ -108,6 +119,7 @@ impl Work {
             Work::Creates => "creates",
             Work::Updates => "updates",
             Work::Reads => "reads",
+            Work::Cas => "cas",
         }
     }
 }
@@ -128,6 +140,19 @@ struct Templates {
     updates: Vec<Req>,
     /// Creates and updates carry an `Idempotency-Key` each (`LOAD_IDEMPOTENCY`, cookie-crud).
     keyed: bool,
+    /// The compare-and-set phase's records, one each (`cookie:cas-<i>`).
+    cas: Vec<Cas>,
+}
+
+/// One record's compare-and-set requests: the read, and the conditional write around the
+/// version the read returns.
+struct Cas {
+    read: Req,
+    /// cookie-crud: the `PUT`'s path and body (the version goes in `If-Match`). etcd: the
+    /// txn's path and its body up to the `mod_revision`, and after it.
+    write: Uri,
+    head: Bytes,
+    tail: String,
 }
 
 /// Where the writes go (`LOAD_WRITES_TO`).
@@ -166,11 +191,21 @@ fn keyed_writes() -> bool {
 fn node_config() -> String {
     match std::env::var("LOAD_KEY_RETENTION_SECS") {
         Ok(secs) if !secs.trim().is_empty() => {
-            let secs: u64 = secs.trim().parse().expect("LOAD_KEY_RETENTION_SECS: seconds");
+            let secs: u64 = secs
+                .trim()
+                .parse()
+                .expect("LOAD_KEY_RETENTION_SECS: seconds");
             format!("idempotency_retention_secs = {secs}\n")
         }
         _ => String::new(),
     }
+}
+
+/// Records the compare-and-set phase works on (`LOAD_CAS_KEYS`, at least 1): as many as
+/// the updates by default, so that clients seldom race; 1: every client on one record (a
+/// counter everyone increments).
+fn cas_keys() -> usize {
+    env_num("LOAD_CAS_KEYS", UPDATE_KEYS).max(1)
 }
 
 /// Records the update phase updates (`LOAD_UPDATE_KEYS`, at least 1).
@@ -221,12 +256,51 @@ impl Templates {
                 }
             })
             .collect();
+        let rest = DOC_REST.replace('x', "z");
+        let cas = (0..cas_keys())
+            .map(|i| {
+                let id = format!("cookie:cas-{i}");
+                match sys {
+                    Sys::Cookie => Cas {
+                        read: Req(
+                            Method::GET,
+                            Uri::try_from(format!("/cookies/{id}")).unwrap(),
+                            Bytes::new(),
+                            None,
+                        ),
+                        write: Uri::try_from(format!("/cookies/{id}")).unwrap(),
+                        head: Bytes::from(format!(r#"{{"cookie":"{id}",{rest}"#)),
+                        tail: String::new(),
+                    },
+                    Sys::Etcd => {
+                        let key = b64(id.as_bytes());
+                        let value = b64(format!("{{{rest}").as_bytes());
+                        Cas {
+                            read: Req(
+                                Method::POST,
+                                Uri::from_static("/v3/kv/range"),
+                                Bytes::from(format!(r#"{{"key":"{key}"}}"#)),
+                                None,
+                            ),
+                            write: Uri::from_static("/v3/kv/txn"),
+                            head: Bytes::from(format!(
+                                r#"{{"compare":[{{"key":"{key}","result":"EQUAL","target":"MOD","mod_revision":""#
+                            )),
+                            tail: format!(
+                                r#""}}],"success":[{{"request_put":{{"key":"{key}","value":"{value}"}}}}]}}"#
+                            ),
+                        }
+                    }
+                }
+            })
+            .collect();
         Templates {
             sys,
             doc64,
             reads,
             updates,
             keyed: sys == Sys::Cookie && keyed_writes(),
+            cas,
         }
     }
 
@@ -275,9 +349,10 @@ impl Templates {
     }
 }
 
-/// A request: method, path, JSON body (none when empty), `Idempotency-Key` (none when `None`).
+/// A request: method, path, JSON body (none when empty), and one more header when given
+/// (`Idempotency-Key`, `If-Match`).
 #[derive(Clone)]
-struct Req(Method, Uri, Bytes, Option<String>);
+struct Req(Method, Uri, Bytes, Option<(&'static str, String)>);
 
 impl Req {
     fn hyper(self, host: &HeaderValue) -> Request<Full<Bytes>> {
@@ -288,8 +363,8 @@ impl Req {
         *req.uri_mut() = uri;
         let h = req.headers_mut();
         h.insert(HOST, host.clone());
-        if let Some(k) = key.and_then(|k| HeaderValue::from_str(&k).ok()) {
-            h.insert("idempotency-key", k);
+        if let Some((name, v)) = key {
+            h.insert(name, HeaderValue::from_str(&v).unwrap());
         }
         if json {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -306,9 +381,8 @@ impl Req {
         out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(host.as_bytes());
-        if let Some(k) = key {
-            out.extend_from_slice(b"\r\nIdempotency-Key: ");
-            out.extend_from_slice(k.as_bytes());
+        if let Some((name, v)) = key {
+            let _ = write!(out, "\r\n{name}: {v}");
         }
         if !body.is_empty() {
             let _ = write!(
@@ -402,6 +476,14 @@ impl Conn {
         match self {
             Conn::Raw(r) => r.closed,
             Conn::Hyper(h) => h.is_closed(),
+        }
+    }
+
+    /// The last response whole, head and body (the raw client only).
+    fn response(&self) -> Option<&[u8]> {
+        match self {
+            Conn::Raw(r) => Some(&r.rbuf),
+            Conn::Hyper(_) => None,
         }
     }
 
@@ -747,6 +829,21 @@ async fn client(
             },
         };
         n += 1;
+        if work == Work::Cas {
+            let sent = Instant::now();
+            let result = cas_once(c, &target, &t, id.wrapping_mul(7919).wrapping_add(n)).await;
+            now = Instant::now();
+            let outcome = match result {
+                Ok(true) => Outcome::Ok((now - sent).as_micros() as u64),
+                Ok(false) => Outcome::Non2xx,
+                Err(_) => {
+                    conn = None;
+                    Outcome::Error
+                }
+            };
+            rec.record(id, now, outcome);
+            continue;
+        }
         let req = match work {
             Work::Creates => {
                 key.clear();
@@ -755,12 +852,15 @@ async fn client(
             }
             // Client `id` walks the records from its own start, 7,919 (a prime) apart.
             Work::Updates => t.update(id.wrapping_mul(7919).wrapping_add(n)),
-            Work::Reads => t.read(id.wrapping_mul(7919).wrapping_add(n)),
+            Work::Reads | Work::Cas => t.read(id.wrapping_mul(7919).wrapping_add(n)),
         };
         let req = match work {
-            Work::Creates | Work::Updates if t.keyed => {
-                Req(req.0, req.1, req.2, Some(format!("{tag}-{id}-{n}")))
-            }
+            Work::Creates | Work::Updates if t.keyed => Req(
+                req.0,
+                req.1,
+                req.2,
+                Some(("Idempotency-Key", format!("{tag}-{id}-{n}"))),
+            ),
             _ => req,
         };
         let sent = Instant::now();
@@ -776,6 +876,76 @@ async fn client(
         };
         rec.record(id, now, outcome);
     }
+}
+
+/// One compare-and-set on record `i`: read its version, then write on condition that it is
+/// still that one. Whether the write applied (`false`: another client's came first, or the
+/// read found no record).
+async fn cas_once(
+    c: &mut Conn,
+    target: &Target,
+    t: &Templates,
+    i: usize,
+) -> Result<bool, BoxError> {
+    let cas = &t.cas[i % t.cas.len()];
+    if c.exchange(target, cas.read.clone()).await? != 200 {
+        return Ok(false);
+    }
+    let read = c.response().ok_or("compare-and-set needs LOAD_HTTP=raw")?;
+    let write = match t.sys {
+        Sys::Cookie => {
+            let etag = header(read, "etag").ok_or("a read without an ETag")?;
+            Req(
+                Method::PUT,
+                cas.write.clone(),
+                cas.head.clone(),
+                Some(("If-Match", etag.to_owned())),
+            )
+        }
+        Sys::Etcd => {
+            let rev = json_string(read, "mod_revision").ok_or("a range without mod_revision")?;
+            let mut body = Vec::with_capacity(cas.head.len() + rev.len() + cas.tail.len());
+            body.extend_from_slice(&cas.head);
+            body.extend_from_slice(rev.as_bytes());
+            body.extend_from_slice(cas.tail.as_bytes());
+            Req(Method::POST, cas.write.clone(), Bytes::from(body), None)
+        }
+    };
+    let status = c.exchange(target, write).await?;
+    Ok(match t.sys {
+        Sys::Cookie => status == 200,
+        // etcd answers a txn whose comparison failed with 200 too, without `succeeded`.
+        Sys::Etcd => {
+            status == 200
+                && c.response()
+                    .is_some_and(|r| r.windows(SUCCEEDED.len()).any(|w| w == SUCCEEDED))
+        }
+    })
+}
+
+/// What etcd's answer to a txn holds when its comparison held.
+const SUCCEEDED: &[u8] = br#""succeeded":true"#;
+
+/// Header `name`'s value in the response `resp` (head and body), if it has one.
+fn header<'r>(resp: &'r [u8], name: &str) -> Option<&'r str> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Response::new(&mut headers);
+    parsed.parse(resp).ok()?;
+    let value = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))?
+        .value;
+    std::str::from_utf8(value).ok()
+}
+
+/// The string value of the first `"field":"..."` in `resp`'s body (etcd's JSON gateway
+/// writes its 64-bit numbers as strings).
+fn json_string<'r>(resp: &'r [u8], field: &str) -> Option<&'r str> {
+    let text = std::str::from_utf8(resp).ok()?;
+    let at = text.find(&format!(r#""{field}":""#))? + field.len() + 4;
+    let end = text[at..].find('"')?;
+    Some(&text[at..at + end])
 }
 
 /// A phase's results.
@@ -1024,10 +1194,13 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
     if phases.iter().any(|(w, _)| *w == Work::Updates) {
         preload(&leader, &t, "upd", update_keys()).await;
     }
+    if phases.iter().any(|(w, _)| *w == Work::Cas) {
+        preload(&leader, &t, "cas", cas_keys()).await;
+    }
     let mut runs = Vec::new();
     for &(work, clients) in phases {
         let targets = match work {
-            Work::Creates | Work::Updates => &writers,
+            Work::Creates | Work::Updates | Work::Cas => &writers,
             Work::Reads => &follower,
         };
         let r = run(sys, targets, &t, work, clients, cfg.secs, &pids).await;
@@ -1054,10 +1227,11 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
 
 fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     println!(
-        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) {}, linearizable reads on a follower, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) {}, linearizable reads on a follower, compare-and-set cycles (read, then a write on condition of the version read; req/s: cycles that applied, non-2xx: races lost) on {} records where the writes go, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
         cfg.secs,
         update_keys(),
         cfg.writes_to.describe(),
+        cas_keys(),
         cfg.http.name(),
         cfg.threads
     );
@@ -1307,6 +1481,7 @@ async fn bench(cfg: Cfg) {
     if let Some(&most) = clients.iter().max() {
         phases.push((Work::Updates, most));
         phases.push((Work::Reads, most));
+        phases.push((Work::Cas, most));
     }
     let only = std::env::var("LOAD_ONLY").ok();
     phases.retain(|(w, c)| {

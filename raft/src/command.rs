@@ -199,6 +199,29 @@ impl Command {
         }
     }
 
+    /// Whether this is a write to one record on condition of a version at or before
+    /// `index` (`If-Match`), with no rename. Such a write cannot apply once another write in
+    /// the same log entry has changed the record: the record's version is then the entry's
+    /// index, which is after `index`, and a record another write removed matches no version.
+    /// So it may share an entry with earlier writes to its record (group commit) without two
+    /// writes that applied ever sharing a version: at most one write to a record applies per
+    /// entry. `index` must be one no new entry can take (the applied index: committed
+    /// entries are never replaced), or a guessed version could be the entry's own.
+    pub fn conditional_on_before(&self, index: u64) -> bool {
+        match self {
+            Command::Update {
+                rename_to: None,
+                if_match: Some(v),
+                ..
+            }
+            | Command::Delete {
+                if_match: Some(v), ..
+            } => *v <= index,
+            Command::Keyed { cmd, .. } => cmd.conditional_on_before(index),
+            _ => false,
+        }
+    }
+
     /// Whether this command is one the API's constructors could have built, with the same
     /// validation: what a leader checks before proposing a write a peer forwarded, so a
     /// peer cannot store what a client could not (registrations come from the leader itself).
@@ -793,6 +816,76 @@ mod tests {
         let keyed = Command::keyed("k".into(), [0; 32], (0, 1), expire(1, 1));
         assert!(keyed.check_client_write().is_err());
         assert!(expire(1, 1).keys().is_empty());
+    }
+
+    /// Writes on condition of a version before an entry, in one entry: at most one of them
+    /// applies, whatever came before them in it, so no two writes that applied share a
+    /// version. (Group commit puts them together on this ground.)
+    #[test]
+    fn in_one_entry_at_most_one_write_on_condition_of_an_earlier_version_applies() {
+        let create = |id: &str| {
+            Command::create(format!(r#"{{"cookie":"{id}","user_id":1}}"#).as_bytes(), 1).unwrap()
+        };
+        let set = |v| Command::Update {
+            id: "c".into(),
+            patch: r#"{"n":1}"#.into(),
+            rename_to: None,
+            now: 2,
+            if_match: Some(v),
+        };
+        let delete = |v| Command::Delete {
+            id: "c".into(),
+            if_match: Some(v),
+        };
+        let first: [fn() -> Option<Command>; 3] = [
+            || None,
+            || Some(Command::delete("c".into(), None)),
+            || {
+                Some(Command::Update {
+                    id: "c".into(),
+                    patch: r#"{"n":0}"#.into(),
+                    rename_to: None,
+                    now: 2,
+                    if_match: None,
+                })
+            },
+        ];
+        for lead in first {
+            for versions in [[5, 5, 5], [3, 5, 5], [5, 3, 5], [4, 5, 3]] {
+                for conditional in [set, delete] {
+                    let mut t = Mem::default();
+                    create("c").apply(&mut t, 5).unwrap();
+                    let entry = 9;
+                    let mut applied = 0;
+                    if let Some(cmd) = lead() {
+                        assert!(!cmd.conditional_on_before(entry - 1));
+                        applied +=
+                            usize::from(cmd.apply(&mut t, entry).unwrap() != CmdResult::NotFound);
+                    }
+                    for v in versions {
+                        let cmd = conditional(v);
+                        assert!(cmd.conditional_on_before(entry - 1));
+                        let r = cmd.apply(&mut t, entry).unwrap();
+                        applied +=
+                            usize::from(matches!(r, CmdResult::Stored { .. } | CmdResult::Deleted));
+                    }
+                    assert!(applied <= 1, "{applied} writes applied in one entry");
+                }
+            }
+        }
+        // A version after the bound, a rename, an unconditional write: none may share.
+        assert!(!set(9).conditional_on_before(8));
+        let rename = Command::Update {
+            id: "c".into(),
+            patch: r#"{"cookie":"d"}"#.into(),
+            rename_to: Some("d".into()),
+            now: 2,
+            if_match: Some(5),
+        };
+        assert!(!rename.conditional_on_before(8));
+        assert!(!Command::delete("c".into(), None).conditional_on_before(8));
+        let keyed = Command::keyed("k".into(), [0; 32], (0, 1), set(5));
+        assert!(keyed.conditional_on_before(8));
     }
 
     #[test]

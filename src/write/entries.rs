@@ -10,6 +10,12 @@
 //! back to back in the same round, and a write goes into the entry after the last one
 //! that writes any of its records: each entry holds a record once, and the writes to a
 //! record keep the order they came in.
+//!
+//! One exception: a write on condition of a version the record had before the group
+//! (`If-Match`, no rename) cannot apply once an earlier write in its entry changed the
+//! record, so it goes into the entry of the last write to its record, after it. Clients that
+//! race to compare-and-set one record used to take an entry each, of which all but the first
+//! could only fail; now a round's race is one entry (docs/benchmarks.md, thirty-third pass).
 
 use std::collections::HashMap;
 
@@ -32,11 +38,17 @@ pub struct Entries {
 impl Entries {
     /// Place a write to `keys` (the records it may touch): the entry it goes into, or
     /// `None` when that would be past [`MAX_ENTRIES`] (it waits for the next group).
-    pub fn place(&mut self, keys: &[&str]) -> Option<usize> {
+    /// `shares`: the write cannot apply once an earlier write in its entry changed its one
+    /// record ([`Command::conditional_on_before`]), so it goes into the last entry that
+    /// writes that record, after those writes, rather than into one of its own.
+    ///
+    /// [`Command::conditional_on_before`]: cookie_raft::Command::conditional_on_before
+    pub fn place(&mut self, keys: &[&str], shares: bool) -> Option<usize> {
+        let after = |e: usize| if shares && keys.len() == 1 { e } else { e + 1 };
         let entry = keys
             .iter()
             .filter_map(|k| self.last.get(*k))
-            .map(|&e| e + 1)
+            .map(|&e| after(e))
             .max()
             .unwrap_or(0);
         if entry >= MAX_ENTRIES {
@@ -68,7 +80,7 @@ mod tests {
 
     fn placed(writes: &[&[&str]]) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
         let mut e = Entries::default();
-        let at: Vec<_> = writes.iter().map(|keys| e.place(keys)).collect();
+        let at: Vec<_> = writes.iter().map(|keys| e.place(keys, false)).collect();
         let taken: Vec<usize> = (0..writes.len()).filter(|&i| at[i].is_some()).collect();
         (at, e.split(taken))
     }
@@ -117,13 +129,48 @@ mod tests {
     fn past_the_last_entry_a_write_waits_for_the_next_group() {
         let mut e = Entries::default();
         for i in 0..MAX_ENTRIES {
-            assert_eq!(e.place(&["hot"]), Some(i));
+            assert_eq!(e.place(&["hot"], false), Some(i));
         }
-        assert_eq!(e.place(&["hot"]), None);
-        assert_eq!(e.place(&["cold"]), Some(0), "other records still go in");
-        let entries = e.split((0..=MAX_ENTRIES).collect());
+        assert_eq!(e.place(&["hot"], false), None);
+        assert_eq!(
+            e.place(&["hot"], true),
+            Some(MAX_ENTRIES - 1),
+            "a conditional one shares"
+        );
+        assert_eq!(
+            e.place(&["cold"], false),
+            Some(0),
+            "other records still go in"
+        );
+        let entries = e.split((0..=MAX_ENTRIES + 1).collect());
         assert_eq!(entries.len(), MAX_ENTRIES);
-        assert_eq!(entries[0], [0, MAX_ENTRIES]);
+        assert_eq!(entries[0], [0, MAX_ENTRIES + 1]);
+        assert_eq!(entries[MAX_ENTRIES - 1], [MAX_ENTRIES - 1, MAX_ENTRIES]);
+    }
+
+    /// Writes on condition of an earlier version of a record (compare-and-set clients
+    /// racing on a counter) go into the entry of the last write to it, in order: one entry
+    /// for the race, where each used to take an entry of its own. An unconditional write
+    /// after them still goes into the next entry, and a conditional one before any write
+    /// to its record goes first.
+    #[test]
+    fn conditional_writes_share_the_entry_of_the_last_write_to_their_record() {
+        let mut e = Entries::default();
+        let writes: [(&[&str], bool); 7] = [
+            (&["hot"], true),
+            (&["hot"], false),
+            (&["hot"], true),
+            (&["hot"], true),
+            (&["cold"], true),
+            (&["hot"], false),
+            (&["hot", "other"], true),
+        ];
+        let at: Vec<_> = writes.iter().map(|(k, s)| e.place(k, *s)).collect();
+        assert_eq!(at, [0, 1, 1, 1, 0, 2, 3].map(Some));
+        assert_eq!(
+            e.split((0..7).collect()),
+            [vec![0, 4], vec![1, 2, 3], vec![5], vec![6]]
+        );
     }
 
     #[test]

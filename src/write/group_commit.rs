@@ -225,6 +225,15 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
         }
         let mut entries = Entries::default();
         let mut bytes = 0;
+        // Every entry of this group comes after the applied index (committed entries are
+        // never replaced), so a write on condition of a version up to it may share an entry
+        // with an earlier write to its record (`Entries::place`).
+        let applied = cluster
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
         // Read once the slot is free (the judge runs then), not before waiting for it.
         let mut now = None;
         let next = queue.next(limits.max_commands, |p, taken| {
@@ -232,7 +241,10 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
                 Verdict::Drop
             } else if bytes >= limits.max_bytes && !taken.is_empty() {
                 Verdict::Stop
-            } else if entries.place(&p.cmd.keys()).is_some() {
+            } else if entries
+                .place(&p.cmd.keys(), p.cmd.conditional_on_before(applied))
+                .is_some()
+            {
                 bytes += p.cmd.size();
                 Verdict::Take
             } else {
