@@ -77,6 +77,7 @@ pub struct Metrics {
     sm_repacks: IntCounter,
     sm_repacks_abandoned: IntCounter,
     sm_unflushed_entries: IntGauge,
+    idempotency_keys: IntGauge,
     sm_last_flush_seconds: Gauge,
     /// Group commit: client writes per log entry, and an entry's time from proposal to
     /// applied on the leader.
@@ -257,6 +258,7 @@ impl Metrics {
             sm_repacks: counter(&r, "raft_sm_repacks_total", "Rewrites of sm.redb as a packed copy of itself once the node was at rest (storage.repack_idle_ms)"),
             sm_repacks_abandoned: counter(&r, "raft_sm_repacks_abandoned_total", "Packed copies of sm.redb given up because writes resumed (or a snapshot or an install needed the file) during the copy"),
             sm_unflushed_entries: int_gauge(&r, "raft_sm_unflushed_entries", "Entries applied but not yet written to sm.redb: what a restart applies again from the log"),
+            idempotency_keys: int_gauge(&r, "idempotency_keys", "Idempotency keys this node's state holds (each with its first answer), until their expiry is applied: a few seconds after idempotency_retention_secs"),
             sm_last_flush_seconds: float_gauge(&r, "raft_sm_last_flush_seconds", "How long the last write of applied changes to sm.redb took"),
             write_batch_commands: histogram(&r, "raft_write_batch_commands", "Client writes per log entry proposed by group commit (leader only)",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
@@ -400,6 +402,12 @@ impl Metrics {
         let behind = applied.saturating_sub(s.written.unwrap_or(0));
         self.sm_unflushed_entries.set(behind as i64);
         self.sm_last_flush_seconds.set(s.last_seconds);
+    }
+
+    /// The idempotency keys the state holds.
+    pub fn set_idempotency_keys(&self, keys: u64) {
+        self.idempotency_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// An append that overtook the one sent ahead of it was held: `in_order` when that one

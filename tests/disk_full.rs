@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FAST_RAFT};
+use common::{metric, Cluster, FAST_RAFT};
 use serde_json::{json, Value};
 
 /// Small WAL segments, so that a segment's roll is among the writes that fail.
@@ -704,16 +704,6 @@ async fn a_follower_short_of_its_reserve_stops_what_grows_the_store_before_its_d
         expect_all_present(&cluster, i, &want).await;
     }
     assert_eq!(cluster.panics(), vec![], "{}", cluster.logs());
-}
-
-/// A counter or gauge from node `i`'s `/metrics`, or `None` while it does not answer.
-async fn metric(cluster: &Cluster, i: usize, name: &str) -> Option<u64> {
-    let r = common::try_send(cluster.client.get(format!("{}/metrics", cluster.url(i)))).await?;
-    let prefix = format!("{name} ");
-    r.text
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The index of node `i`'s current snapshot (0 before one).

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{send, Cluster, Reply, FAST_RAFT};
+use common::{metric, send, Cluster, Reply, FAST_RAFT};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -205,8 +205,10 @@ async fn keys_are_forgotten_when_their_retention_ends_without_more_keyed_writes(
     // Held while retained (the count is read well before the first key's retention ends,
     // unless this machine is too slow to tell).
     let held = keys_held(&c, leader).await;
+    let counted = metric(&c, leader, "idempotency_keys").await;
     if started.elapsed() < Duration::from_secs(2) {
         assert_eq!(held, KEYS);
+        assert_eq!(counted, Some(KEYS), "the idempotency_keys gauge");
     }
     // Plain writes go on meanwhile: they sweep nothing.
     for i in 0..5 {
@@ -223,6 +225,7 @@ async fn keys_are_forgotten_when_their_retention_ends_without_more_keyed_writes(
         loop {
             let held = keys_held(&c, node).await;
             if held == 0 {
+                assert_eq!(metric(&c, node, "idempotency_keys").await, Some(0));
                 break;
             }
             assert!(

@@ -186,6 +186,9 @@ async fn refresh(state: &Shared) {
     let snaps = state.reader.snapshot_counts();
     m.set_snapshot_counts(snaps);
     m.set_flush_stats(&state.reader.flush_stats(), state.reader.applied_index());
+    if let Ok(keys) = state.reader.key_count() {
+        m.set_idempotency_keys(keys);
+    }
     m.set_uptime(state.started.elapsed().as_secs_f64());
     // One walk of the data directory gives the total and each store's share.
     let mut total = 0;

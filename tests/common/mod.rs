@@ -624,6 +624,16 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
     }
 }
 
+/// A counter or gauge from node `i`'s `/metrics`, or `None` while it does not answer.
+pub async fn metric(cluster: &Cluster, i: usize, name: &str) -> Option<u64> {
+    let r = try_send(cluster.client.get(format!("{}/metrics", cluster.url(i)))).await?;
+    let prefix = format!("{name} ");
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Like [`send`], but a connection error is `None` (e.g. a node still starting).
 pub async fn try_send(req: reqwest::RequestBuilder) -> Option<Reply> {
     let resp = req.send().await.ok()?;

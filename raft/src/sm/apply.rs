@@ -116,10 +116,13 @@ impl Records for Tables<'_> {
         rec: &KeyRecord,
         replaces: Option<u64>,
     ) -> Result<(), BoxError> {
-        if let Some(expired) = replaces {
-            self.batch
-                .keys_by_expiry
-                .insert((expired, key.to_owned()), false);
+        match replaces {
+            Some(expired) => {
+                self.batch
+                    .keys_by_expiry
+                    .insert((expired, key.to_owned()), false);
+            }
+            None => self.batch.keys_delta += 1,
         }
         self.batch.put_key(key, Some(codec::encode(rec)?));
         let entry = (rec.expires_ms, key.to_owned());
@@ -141,6 +144,7 @@ impl Records for Tables<'_> {
             self.batch.expiry_floor = Some(Bound::Excluded(last.clone()));
         }
         let count = expired.len();
+        self.batch.keys_delta -= count as i64;
         for (at, key) in expired {
             self.batch.put_key(&key, None);
             self.batch.keys_by_expiry.insert((at, key), false);
@@ -399,6 +403,10 @@ mod tests {
             .filter(|i| view.key(None, &format!("k{i:05}")).unwrap().is_some())
             .collect();
         assert_eq!(left, [WRITES - 1, WRITES]);
+        // The count of keys held follows, in the layers and once they are written.
+        assert_eq!(sm.reader().key_count().unwrap(), 2);
+        sm.overlay.flush_all(Short::Fail).unwrap();
+        assert_eq!(sm.reader().key_count().unwrap(), 2);
     }
 
     /// What a keyed write removes does not depend on where the sweep starts, nor on when
@@ -451,6 +459,11 @@ mod tests {
                 if next(50) == 0 {
                     sm.overlay.flush_all(Short::Fail).unwrap();
                 }
+                assert_eq!(
+                    sm.reader().key_count().unwrap(),
+                    keys.len() as u64,
+                    "seed {seed}, write {i}: keys held"
+                );
                 let view = sm.db.view().unwrap();
                 for k in 0..150 {
                     let k = format!("k{k}");

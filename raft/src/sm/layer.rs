@@ -60,6 +60,8 @@ pub(crate) struct Layer {
     pub(super) applied: Option<LogId<NodeId>>,
     /// Records added minus records removed, against the state below.
     pub(super) count_delta: i64,
+    /// Idempotency keys recorded minus keys forgotten, against the state below.
+    pub(super) keys_delta: i64,
     bytes: usize,
     entries: u64,
     /// Rows this layer took in, counting a row each time a batch changed it.
@@ -158,6 +160,7 @@ impl Layer {
             self.applied = newer.applied;
         }
         self.count_delta += newer.count_delta;
+        self.keys_delta += newer.keys_delta;
         self.bytes += newer.bytes;
         self.entries += newer.entries;
         self.since.get_or_insert_with(Instant::now);

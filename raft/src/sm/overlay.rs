@@ -179,6 +179,16 @@ impl Db {
         Ok(stored.saturating_add_signed(delta))
     }
 
+    /// Number of idempotency keys held, due or not (until a sweep forgets them).
+    pub(super) fn key_count(&self) -> Result<u64, BoxError> {
+        let (delta, txn) = self.read(|c| {
+            let delta = c.active.keys_delta + c.frozen.as_ref().map_or(0, |f| f.keys_delta);
+            (delta, c.txn.clone())
+        });
+        let stored = txn.open_table(KEYS)?.len()?;
+        Ok(stored.saturating_add_signed(delta))
+    }
+
     /// The last entry applied and the membership, layers first.
     pub(super) fn applied_state(
         &self,

@@ -212,6 +212,11 @@ impl StoreReader {
         self.db.count()
     }
 
+    /// Number of idempotency keys the applied state holds (until their expiry is applied).
+    pub fn key_count(&self) -> Result<u64, BoxError> {
+        self.db.key_count()
+    }
+
     /// Whether the applied state holds the answer to a write under idempotency key `key`
     /// (retained, not yet expired out).
     pub fn key_recorded(&self, key: &str) -> Result<bool, BoxError> {
