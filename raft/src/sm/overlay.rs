@@ -171,21 +171,26 @@ impl Db {
 
     /// Number of stored records.
     pub(super) fn count(&self) -> Result<u64, BoxError> {
-        let (delta, txn) = self.read(|c| {
-            let delta = c.active.count_delta + c.frozen.as_ref().map_or(0, |f| f.count_delta);
-            (delta, c.txn.clone())
-        });
-        let stored = txn.open_table(COOKIES)?.len()?;
-        Ok(stored.saturating_add_signed(delta))
+        self.counted(COOKIES, |l| l.count_delta)
     }
 
     /// Number of idempotency keys held, due or not (until a sweep forgets them).
     pub(super) fn key_count(&self) -> Result<u64, BoxError> {
+        self.counted(KEYS, |l| l.keys_delta)
+    }
+
+    /// Rows of `table` in the database, and what the layers added or removed (`delta`), read
+    /// together under the lock.
+    fn counted(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        delta: fn(&Layer) -> i64,
+    ) -> Result<u64, BoxError> {
         let (delta, txn) = self.read(|c| {
-            let delta = c.active.keys_delta + c.frozen.as_ref().map_or(0, |f| f.keys_delta);
+            let delta = delta(&c.active) + c.frozen.as_deref().map_or(0, delta);
             (delta, c.txn.clone())
         });
-        let stored = txn.open_table(KEYS)?.len()?;
+        let stored = txn.open_table(table)?.len()?;
         Ok(stored.saturating_add_signed(delta))
     }
 
