@@ -126,7 +126,7 @@ impl Records for Tables<'_> {
         }
         self.batch.put_key(key, Some(codec::encode(rec)?));
         let entry = (rec.expires_ms, key.to_owned());
-        if below(&entry, &self.view.expiry_floor(Some(&self.batch))) {
+        if below(&entry, self.view.expiry_floor(Some(&self.batch))) {
             self.batch.expiry_floor = Some(Bound::Included(entry.clone()));
         }
         self.batch.keys_by_expiry.insert(entry, true);
@@ -164,7 +164,7 @@ impl Records for Tables<'_> {
 }
 
 /// Whether `entry` lies before `floor` (an index position a sweep starts from).
-fn below(entry: &IndexKey, floor: &Bound<IndexKey>) -> bool {
+fn below(entry: &IndexKey, floor: Bound<&IndexKey>) -> bool {
     match floor {
         Bound::Unbounded => false,
         Bound::Included(f) => entry < f,

@@ -267,10 +267,10 @@ impl View {
 
     /// Where a sweep of the expiry index may start: the newest layer's word
     /// ([`Layer::expiry_floor`]), or the index's start.
-    pub(super) fn expiry_floor(&self, top: Option<&Layer>) -> Bound<IndexKey> {
+    pub(super) fn expiry_floor<'a>(&'a self, top: Option<&'a Layer>) -> Bound<&'a IndexKey> {
         self.stack(top)
-            .find_map(|l| l.expiry_floor.clone())
-            .unwrap_or(Bound::Unbounded)
+            .find_map(|l| l.expiry_floor.as_ref())
+            .map_or(Bound::Unbounded, Bound::as_ref)
     }
 
     /// The idempotency keys due at log time `now_ms` (their retention ended at or before
@@ -282,7 +282,7 @@ impl View {
     ) -> Result<Merge<'a>, BoxError> {
         let from = self.expiry_floor(top);
         let until = (now_ms.saturating_add(1), String::new());
-        if let Bound::Included(f) | Bound::Excluded(f) = &from {
+        if let Bound::Included(f) | Bound::Excluded(f) = from {
             if *f >= until {
                 // Nothing before the floor is left to expire (a proposer's clock behind the
                 // one that moved it there); an inverted range is also one a B-tree refuses.
@@ -291,7 +291,7 @@ impl View {
                 });
             }
         }
-        self.range(top, Index::Expiry, (from, Bound::Excluded(until)))
+        self.range(top, Index::Expiry, (from.cloned(), Bound::Excluded(until)))
     }
 
     /// The keys of `index` from `start` up to `end`, in order, layers merged over the
