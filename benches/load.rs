@@ -11,9 +11,13 @@
 //! one for its second; non-2xx answers and transport errors are only counted.
 //!
 //! `cargo bench --bench load`. Knobs: `LOAD_SECS` per phase (30), `LOAD_CLIENTS` ("16 64
-//! 256": a creates phase each, then updates, linearizable reads and compare-and-set cycles
-//! at the largest),
-//! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`, `cas`),
+//! 256": a creates phase each, then updates, linearizable reads, first pages of the list,
+//! compare-and-set cycles, churn (create, then delete) and a mix of reads and updates at the
+//! largest),
+//! `LOAD_ONLY=<substring of "workload@clients">` (e.g. `creates@64`, `updates`, `reads`,
+//! `lists`, `cas`, `churn`, `mixed`),
+//! `LOAD_LIST_PAGE` (the records a list page asks for, 20), `LOAD_MIXED_EVERY` (one in this
+//! many of the mixed phase's requests is an update, 10; 0: only reads),
 //! `LOAD_UPDATE_KEYS` (the records the updates spread over, 10,000; 1: one hot record),
 //! `LOAD_CAS_KEYS` (the records the compare-and-set cycles spread over, 10,000; 1: every
 //! client increments one counter, and most cycles lose the race: non-2xx counts them),
@@ -64,6 +68,11 @@ const READ_KEYS: usize = 1000;
 /// document): no log entry holds two writes to one record, so those go as several entries
 /// a round.
 const UPDATE_KEYS: usize = 10_000;
+/// One in this many of a mixed phase's requests is an update, unless `LOAD_MIXED_EVERY`
+/// says otherwise (0: none, only reads).
+const MIXED_EVERY: usize = 10;
+/// Records a list phase's page asks for, unless `LOAD_LIST_PAGE` says otherwise.
+const LIST_PAGE: usize = 20;
 /// Latency shards: a client records into shard `client % SHARDS` under its lock, so the two
 /// worker threads seldom meet on one.
 const SHARDS: usize = 8;
@@ -111,6 +120,22 @@ enum Work {
     /// A cycle that applied counts as a request (its latency from its read); each lost
     /// race counts as a non-2xx answer.
     Cas,
+    /// Records that come and go, as sessions do: each client creates a record of its own,
+    /// then deletes it, then creates the next, to the writers. cookie-crud: `POST
+    /// /cookies`, then `DELETE /cookies/{id}`; etcd: a put, then `POST /v3/kv/deleterange`
+    /// of the key. Each request counts, so req/s is writes/s, half of them deletes.
+    Churn,
+    /// The first page of the list, linearizable, on a follower: cookie-crud `GET
+    /// /cookies?limit=20` (the newest 20 records); etcd `POST /v3/kv/range` of the
+    /// records' prefix with `limit` 20 (in key order, its cheapest page: a page in order of
+    /// creation would sort the whole range).
+    Lists,
+    /// Reads and writes at once, as a service's traffic is, from clients spread over the
+    /// three nodes (client `i` on node `i % 3`, as behind a load balancer; a follower
+    /// forwards its writes): of each client's requests, one in ten is an update of a
+    /// preloaded record (as the updates phase's), the rest linearizable point reads (as
+    /// the reads phase's).
+    Mixed,
 }
 
 impl Work {
@@ -120,6 +145,9 @@ impl Work {
             Work::Updates => "updates",
             Work::Reads => "reads",
             Work::Cas => "cas",
+            Work::Churn => "churn",
+            Work::Lists => "lists",
+            Work::Mixed => "mixed",
         }
     }
 }
@@ -142,6 +170,8 @@ struct Templates {
     keyed: bool,
     /// The compare-and-set phase's records, one each (`cookie:cas-<i>`).
     cas: Vec<Cas>,
+    /// One in this many of a mixed phase's requests is an update (`LOAD_MIXED_EVERY`).
+    mixed_every: Option<usize>,
 }
 
 /// One record's compare-and-set requests: the read, and the conditional write around the
@@ -206,6 +236,11 @@ fn node_config() -> String {
 /// counter everyone increments).
 fn cas_keys() -> usize {
     env_num("LOAD_CAS_KEYS", UPDATE_KEYS).max(1)
+}
+
+/// Records a list phase's page asks for (`LOAD_LIST_PAGE`, at least 1).
+fn list_page() -> usize {
+    env_num("LOAD_LIST_PAGE", LIST_PAGE).max(1)
 }
 
 /// Records the update phase updates (`LOAD_UPDATE_KEYS`, at least 1).
@@ -301,6 +336,7 @@ impl Templates {
             updates,
             keyed: sys == Sys::Cookie && keyed_writes(),
             cas,
+            mixed_every: Some(env_num("LOAD_MIXED_EVERY", MIXED_EVERY)).filter(|&e| e > 0),
         }
     }
 
@@ -331,6 +367,53 @@ impl Templates {
             Sys::Etcd => Uri::from_static("/v3/kv/put"),
         };
         Req(Method::POST, path, Bytes::from(body), None)
+    }
+
+    /// A delete of record `id`: cookie-crud's `DELETE /cookies/{id}` or etcd's deleterange.
+    fn delete(&self, id: &str) -> Req {
+        match self.sys {
+            Sys::Cookie => Req(
+                Method::DELETE,
+                Uri::try_from(format!("/cookies/{id}")).unwrap(),
+                Bytes::new(),
+                None,
+            ),
+            Sys::Etcd => Req(
+                Method::POST,
+                Uri::from_static("/v3/kv/deleterange"),
+                Bytes::from(format!(r#"{{"key":"{}"}}"#, b64(id.as_bytes()))),
+                None,
+            ),
+        }
+    }
+
+    /// The first page of the list ([`list_page`] records).
+    fn list(&self) -> Req {
+        let page = list_page();
+        match self.sys {
+            Sys::Cookie => Req(
+                Method::GET,
+                Uri::try_from(format!("/cookies?limit={page}")).unwrap(),
+                Bytes::new(),
+                None,
+            ),
+            Sys::Etcd => Req(
+                Method::POST,
+                Uri::from_static("/v3/kv/range"),
+                Bytes::from(format!(
+                    r#"{{"key":"{}","range_end":"{}","limit":{page}}}"#,
+                    b64(b"cookie:"),
+                    b64(b"cookie;")
+                )),
+                None,
+            ),
+        }
+    }
+
+    /// Whether a mixed phase's client's `n`th request is an update (else a read).
+    fn mixed_update(&self, n: usize) -> bool {
+        self.mixed_every
+            .is_some_and(|every| n.is_multiple_of(every))
     }
 
     /// An update of preloaded record `i`.
@@ -841,8 +924,26 @@ async fn client(
             Work::Reads => Some(t.read(walk)),
             // Two requests, made in `cas_once`.
             Work::Cas => None,
+            // Odd: create a record; even: delete the one just created.
+            Work::Churn => {
+                let deletes = n.is_multiple_of(2);
+                key.clear();
+                let _ = write!(key, "cookie:{tag}-{id}-{}", n - deletes as usize);
+                Some(match deletes {
+                    false => t.create(&key),
+                    true => t.delete(&key),
+                })
+            }
+            Work::Lists => Some(t.list()),
+            Work::Mixed if t.mixed_update(n) => Some(t.update(walk)),
+            Work::Mixed => Some(t.read(walk)),
         };
-        if let Some(r) = req.as_mut().filter(|_| t.keyed && work != Work::Reads) {
+        let writes = match work {
+            Work::Reads | Work::Lists => false,
+            Work::Mixed => t.mixed_update(n),
+            _ => true,
+        };
+        if let Some(r) = req.as_mut().filter(|_| t.keyed && writes) {
             r.3 = Some(("Idempotency-Key", format!("{tag}-{id}-{n}")));
         }
         let sent = Instant::now();
@@ -1169,18 +1270,25 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
             .collect(),
     );
     let follower = vec![followers[0].clone()];
+    let every: Vec<_> = std::iter::once(leader.clone())
+        .chain(followers.iter().cloned())
+        .collect();
     let writers = match cfg.writes_to {
         WritesTo::Leader => vec![leader.clone()],
         WritesTo::Follower => follower.clone(),
-        WritesTo::Spread => std::iter::once(leader.clone())
-            .chain(followers.iter().cloned())
-            .collect(),
+        WritesTo::Spread => every.clone(),
     };
     let t = Arc::new(Templates::new(sys));
-    if phases.iter().any(|(w, _)| *w == Work::Reads) {
+    if phases
+        .iter()
+        .any(|(w, _)| matches!(w, Work::Reads | Work::Lists | Work::Mixed))
+    {
         preload(&leader, &t, "read", READ_KEYS).await;
     }
-    if phases.iter().any(|(w, _)| *w == Work::Updates) {
+    if phases
+        .iter()
+        .any(|(w, _)| matches!(w, Work::Updates | Work::Mixed))
+    {
         preload(&leader, &t, "upd", update_keys()).await;
     }
     if phases.iter().any(|(w, _)| *w == Work::Cas) {
@@ -1189,8 +1297,9 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
     let mut runs = Vec::new();
     for &(work, clients) in phases {
         let targets = match work {
-            Work::Creates | Work::Updates | Work::Cas => &writers,
-            Work::Reads => &follower,
+            Work::Creates | Work::Updates | Work::Cas | Work::Churn => &writers,
+            Work::Reads | Work::Lists => &follower,
+            Work::Mixed => &every,
         };
         let r = run(sys, targets, &t, work, clients, cfg.secs, &pids).await;
         eprintln!(
@@ -1216,10 +1325,11 @@ async fn measure(sys: Sys, etcd: Option<&str>, phases: &[(Work, usize)], cfg: &C
 
 fn print_tables(runs: &[Run], phases: &[(Work, usize)], cfg: &Cfg) {
     println!(
-        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) {}, linearizable reads on a follower, compare-and-set cycles (read, then a write on condition of the version read; req/s: cycles that applied, non-2xx: races lost) on {} records where the writes go, ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
+        "\n{} s per phase, 3 nodes each on 127.0.0.1, creates and updates (of {} records) {}, linearizable reads and first pages of the list ({} records; etcd: in key order) on a follower, compare-and-set cycles (read, then a write on condition of the version read; req/s: cycles that applied, non-2xx: races lost) on {} records and churn (each client creates a record, then deletes it; req/s counts both) where the writes go, mixed (1 update in 10 requests, the rest linearizable reads, client i on node i % 3), ~200-byte records, fsync on; load generator: {}, one keep-alive connection per client, {} worker threads",
         cfg.secs,
         update_keys(),
         cfg.writes_to.describe(),
+        list_page(),
         cas_keys(),
         cfg.http.name(),
         cfg.threads
@@ -1470,7 +1580,10 @@ async fn bench(cfg: Cfg) {
     if let Some(&most) = clients.iter().max() {
         phases.push((Work::Updates, most));
         phases.push((Work::Reads, most));
+        phases.push((Work::Lists, most));
         phases.push((Work::Cas, most));
+        phases.push((Work::Churn, most));
+        phases.push((Work::Mixed, most));
     }
     let only = std::env::var("LOAD_ONLY").ok();
     phases.retain(|(w, c)| {
