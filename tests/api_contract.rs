@@ -479,6 +479,24 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
         }
     }
     assert_eq!(paged, full);
+    // A long page is scanned on the blocking pool, a short one where it was asked for: both
+    // give the same order.
+    let ids = |r: &common::Reply| -> Vec<String> {
+        r.json["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["cookie"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = send(c.client.get(format!(
+        "{}/cookies?limit=10000&after={}",
+        c.url(0),
+        common::encode(&full[3])
+    )))
+    .await;
+    assert_eq!((r.status, ids(&r)), (200, full[4..].to_vec()), "{}", r.text);
+    assert!(r.json.get("next_after").is_none(), "{}", r.text);
 
     let r = send(c.client.get(format!("{}/cookies?limit=0", c.url(0)))).await;
     assert_eq!(r.status, 400);

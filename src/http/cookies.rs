@@ -73,6 +73,12 @@ fn count(state: &Shared, operation: &str) {
         .inc();
 }
 
+/// The largest page served on the async worker that took the request; a larger one goes to
+/// the blocking pool. A page costs about half a microsecond a record on the 2-core bench
+/// machine, so this one holds a worker for some 50 µs, about what a point read that misses
+/// the cache and a batch's apply hold it for.
+const INLINE_PAGE: usize = 100;
+
 /// Run a store scan on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BoxError> + Send + 'static,
@@ -90,12 +96,20 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
     let page = paging(q.as_deref())?;
     read_barrier(&state, level).await?;
     count(&state, "list");
-    // Scans run on the blocking pool: an unpaged list of a million records takes over a
-    // second, and on an async worker it would stall this node's Raft traffic meanwhile (all
-    // of it, where the runtime has a single worker, as in a one-CPU container).
+    // Long scans run on the blocking pool: an unpaged list of a million records takes over
+    // a second, and on an async worker it would stall this node's Raft traffic meanwhile (all
+    // of it, where the runtime has a single worker, as in a one-CPU container). A short page
+    // is served where it is asked for, as a point read is: the hop to the pool and back cost
+    // more than its scan (docs/benchmarks.md, "Reads beside writes, churn and pages").
     let reader = state.reader.clone();
     if let Some((limit, after)) = page {
-        let found = blocking(move || reader.page(limit, after.as_deref())).await?;
+        let found = if limit <= INLINE_PAGE {
+            reader
+                .page(limit, after.as_deref())
+                .map_err(ApiError::internal)?
+        } else {
+            blocking(move || reader.page(limit, after.as_deref())).await?
+        };
         let Some((body, _)) = found else {
             return Err(ApiError::bad_request(
                 "after must be the id of an existing cookie",
