@@ -172,6 +172,8 @@ struct Templates {
     cas: Vec<Cas>,
     /// One in this many of a mixed phase's requests is an update (`LOAD_MIXED_EVERY`).
     mixed_every: Option<usize>,
+    /// The list phase's request: the first page of [`list_page`] records.
+    list: Req,
 }
 
 /// One record's compare-and-set requests: the read, and the conditional write around the
@@ -329,9 +331,29 @@ impl Templates {
                 }
             })
             .collect();
+        let page = list_page();
+        let list = match sys {
+            Sys::Cookie => Req(
+                Method::GET,
+                Uri::try_from(format!("/cookies?limit={page}")).unwrap(),
+                Bytes::new(),
+                None,
+            ),
+            Sys::Etcd => Req(
+                Method::POST,
+                Uri::from_static("/v3/kv/range"),
+                Bytes::from(format!(
+                    r#"{{"key":"{}","range_end":"{}","limit":{page}}}"#,
+                    b64(b"cookie:"),
+                    b64(b"cookie;")
+                )),
+                None,
+            ),
+        };
         Templates {
             sys,
             doc64,
+            list,
             reads,
             updates,
             keyed: sys == Sys::Cookie && keyed_writes(),
@@ -387,27 +409,9 @@ impl Templates {
         }
     }
 
-    /// The first page of the list ([`list_page`] records).
+    /// The first page of the list.
     fn list(&self) -> Req {
-        let page = list_page();
-        match self.sys {
-            Sys::Cookie => Req(
-                Method::GET,
-                Uri::try_from(format!("/cookies?limit={page}")).unwrap(),
-                Bytes::new(),
-                None,
-            ),
-            Sys::Etcd => Req(
-                Method::POST,
-                Uri::from_static("/v3/kv/range"),
-                Bytes::from(format!(
-                    r#"{{"key":"{}","range_end":"{}","limit":{page}}}"#,
-                    b64(b"cookie:"),
-                    b64(b"cookie;")
-                )),
-                None,
-            ),
-        }
+        self.list.clone()
     }
 
     /// Whether a mixed phase's client's `n`th request is an update (else a read).
