@@ -456,6 +456,15 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
         .collect();
     assert_eq!(full.len(), 24);
 
+    // The records' ids in a page's reply, in its order.
+    let ids = |r: &common::Reply| -> Vec<String> {
+        r.json["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["cookie"].as_str().unwrap().to_owned())
+            .collect()
+    };
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -465,12 +474,7 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
         }
         let r = send(c.client.get(url)).await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let page: Vec<String> = r.json["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["cookie"].as_str().unwrap().to_owned())
-            .collect();
+        let page = ids(&r);
         assert!(page.len() <= 5);
         paged.extend(page);
         match r.json["next_after"].as_str() {
@@ -481,14 +485,6 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
     assert_eq!(paged, full);
     // A long page is scanned on the blocking pool, a short one where it was asked for: both
     // give the same order.
-    let ids = |r: &common::Reply| -> Vec<String> {
-        r.json["cookies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["cookie"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let r = send(c.client.get(format!(
         "{}/cookies?limit=10000&after={}",
         c.url(0),
