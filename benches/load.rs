@@ -299,12 +299,7 @@ impl Templates {
                 let id = format!("cookie:cas-{i}");
                 match sys {
                     Sys::Cookie => Cas {
-                        read: Req(
-                            Method::GET,
-                            Uri::try_from(format!("/cookies/{id}")).unwrap(),
-                            Bytes::new(),
-                            None,
-                        ),
+                        read: Req::bodiless(Method::GET, format!("/cookies/{id}")),
                         write: Uri::try_from(format!("/cookies/{id}")).unwrap(),
                         head: Bytes::from(format!(r#"{{"cookie":"{id}",{rest}"#)),
                         tail: String::new(),
@@ -313,12 +308,7 @@ impl Templates {
                         let key = b64(id.as_bytes());
                         let value = b64(format!("{{{rest}").as_bytes());
                         Cas {
-                            read: Req(
-                                Method::POST,
-                                Uri::from_static("/v3/kv/range"),
-                                Bytes::from(format!(r#"{{"key":"{key}"}}"#)),
-                                None,
-                            ),
+                            read: Req::etcd("/v3/kv/range", format!(r#"{{"key":"{key}"}}"#)),
                             write: Uri::from_static("/v3/kv/txn"),
                             head: Bytes::from(format!(
                                 r#"{{"compare":[{{"key":"{key}","result":"EQUAL","target":"MOD","mod_revision":""#
@@ -333,21 +323,14 @@ impl Templates {
             .collect();
         let page = list_page();
         let list = match sys {
-            Sys::Cookie => Req(
-                Method::GET,
-                Uri::try_from(format!("/cookies?limit={page}")).unwrap(),
-                Bytes::new(),
-                None,
-            ),
-            Sys::Etcd => Req(
-                Method::POST,
-                Uri::from_static("/v3/kv/range"),
-                Bytes::from(format!(
+            Sys::Cookie => Req::bodiless(Method::GET, format!("/cookies?limit={page}")),
+            Sys::Etcd => Req::etcd(
+                "/v3/kv/range",
+                format!(
                     r#"{{"key":"{}","range_end":"{}","limit":{page}}}"#,
                     b64(b"cookie:"),
                     b64(b"cookie;")
-                )),
-                None,
+                ),
             ),
         };
         Templates {
@@ -394,17 +377,10 @@ impl Templates {
     /// A delete of record `id`: cookie-crud's `DELETE /cookies/{id}` or etcd's deleterange.
     fn delete(&self, id: &str) -> Req {
         match self.sys {
-            Sys::Cookie => Req(
-                Method::DELETE,
-                Uri::try_from(format!("/cookies/{id}")).unwrap(),
-                Bytes::new(),
-                None,
-            ),
-            Sys::Etcd => Req(
-                Method::POST,
-                Uri::from_static("/v3/kv/deleterange"),
-                Bytes::from(format!(r#"{{"key":"{}"}}"#, b64(id.as_bytes()))),
-                None,
+            Sys::Cookie => Req::bodiless(Method::DELETE, format!("/cookies/{id}")),
+            Sys::Etcd => Req::etcd(
+                "/v3/kv/deleterange",
+                format!(r#"{{"key":"{}"}}"#, b64(id.as_bytes())),
             ),
         }
     }
@@ -442,6 +418,21 @@ impl Templates {
 struct Req(Method, Uri, Bytes, Option<(&'static str, String)>);
 
 impl Req {
+    /// A cookie-crud request to `path` with no body.
+    fn bodiless(method: Method, path: String) -> Req {
+        Req(method, Uri::try_from(path).unwrap(), Bytes::new(), None)
+    }
+
+    /// A `POST` of the JSON `body` to etcd's gateway at `path`.
+    fn etcd(path: &'static str, body: String) -> Req {
+        Req(
+            Method::POST,
+            Uri::from_static(path),
+            Bytes::from(body),
+            None,
+        )
+    }
+
     fn hyper(self, host: &HeaderValue) -> Request<Full<Bytes>> {
         let Req(method, uri, body, key) = self;
         let json = !body.is_empty();
