@@ -82,7 +82,7 @@ jepsen:
 	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
 	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \
 	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(JEPSEN_CARGO) --test jepsen -- --nocapture 2>&1 \
-	    | grep -E "^(nemesis|jepsen run|register ops|set:|keyed:|result|  |smallest|results in|test result)"; \
+	    | grep -E "^(nemesis|jepsen run|register ops|set:|keyed:|walks:|result|  |smallest|results in|test result)"; \
 	done
 
 # The operator files in deploy/ (Prometheus and its alerting rules, Grafana, Dockerfile,

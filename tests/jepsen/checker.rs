@@ -9,6 +9,9 @@
 //! - **Versions** seen by one client on one key never go backwards.
 //! - **Set**: after healing, every acknowledged create is present exactly once, and nothing
 //!   that was never attempted.
+//! - **Walks** of the list, page by page, during the faults: each is in the list's order
+//!   with no record twice, holds every create acknowledged before it began, and nothing of
+//!   the set's that was never attempted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -340,6 +343,87 @@ pub fn keyed_valid(log: &super::workload::KeyedLog, final_ids: &[String]) -> Res
     set_valid(&log.attempted, &log.acked, final_ids)
 }
 
+/// The walk invariant. `acks`: when each create was acknowledged, and its id; `tracked`:
+/// the ids whose creates are all in `attempted` (the set and keyed workloads'). A walk's
+/// pages are reads of their own, each after the walk began: so whatever was acknowledged
+/// before it began is on one of them (records are never deleted or moved in this run:
+/// `created` is kept by a `PUT` that does not send it). Order is the list's: newest
+/// `created` first, ties by id; a record seen twice, or out of place, means a page did not
+/// start where the one before it ended.
+pub fn walks_valid(
+    walks: &[super::workload::Walk],
+    acks: &[(u64, String)],
+    attempted: &BTreeSet<String>,
+    tracked: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let mut acks: Vec<&(u64, String)> = acks.iter().collect();
+    acks.sort();
+    let bad: Vec<String> = walks
+        .iter()
+        .enumerate()
+        .filter_map(|(n, walk)| {
+            walk_valid(walk, &acks, attempted, &tracked)
+                .err()
+                .map(|why| {
+                    format!(
+                        "walk {n} (pages of {}, {} pages, {:.3}-{:.3} s): {why}",
+                        walk.limit,
+                        walk.pages,
+                        walk.start_ns as f64 / 1e9,
+                        walk.end_ns as f64 / 1e9
+                    )
+                })
+        })
+        .collect();
+    match bad.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "{} of {} walks fail; the first: {first}",
+            bad.len(),
+            walks.len()
+        )),
+    }
+}
+
+/// One walk against the invariant of [`walks_valid`]; `acks` sorted by time.
+fn walk_valid(
+    walk: &super::workload::Walk,
+    acks: &[&(u64, String)],
+    attempted: &BTreeSet<String>,
+    tracked: &impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    for pair in walk.rows.windows(2) {
+        let ((a, ca), (b, cb)) = (&pair[0], &pair[1]);
+        if !(ca > cb || (ca == cb && a < b)) {
+            return Err(format!(
+                "{b} (created {cb}) came after {a} (created {ca}), out of the list's order"
+            ));
+        }
+    }
+    if let Some((id, _)) = walk
+        .rows
+        .iter()
+        .find(|(id, _)| tracked(id) && !attempted.contains(id))
+    {
+        return Err(format!("phantom: {id} was never created"));
+    }
+    let seen: HashSet<&str> = walk.rows.iter().map(|(id, _)| id.as_str()).collect();
+    let missing: Vec<&str> = acks
+        .iter()
+        .take_while(|(at, _)| *at < walk.start_ns)
+        .map(|(_, id)| id.as_str())
+        .filter(|id| !seen.contains(id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} creates acknowledged before it began are missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    Ok(())
+}
+
 /// Split a history by key.
 pub fn by_key(ops: &[Op]) -> BTreeMap<String, Vec<Op>> {
     let mut map: BTreeMap<String, Vec<Op>> = BTreeMap::new();
@@ -653,5 +737,41 @@ mod tests {
         // A retry answered 409 (the key was not honoured): caught even if the set looks fine.
         log.violations.push("k-2".into());
         assert!(keyed_valid(&log, &present(&["k-1", "k-2"])).is_err());
+    }
+
+    #[test]
+    fn walks_catch_a_stale_page_a_repeat_a_skip_back_and_a_phantom() {
+        use super::super::workload::Walk;
+        let attempted: BTreeSet<String> = ["s-1", "s-2", "s-3", "s-4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // s-1 and s-2 acknowledged at 10 and 20; s-3 at 40, after the walk began.
+        let acks: Vec<(u64, String)> =
+            vec![(20, "s-2".into()), (10, "s-1".into()), (40, "s-3".into())];
+        let tracked = |id: &str| id.starts_with("s-");
+        let walk = |rows: &[(&str, i64)]| Walk {
+            start_ns: 30,
+            end_ns: 50,
+            limit: 2,
+            pages: 2,
+            rows: rows.iter().map(|(id, c)| (id.to_string(), *c)).collect(),
+        };
+        let check = |rows: &[(&str, i64)]| walks_valid(&[walk(rows)], &acks, &attempted, tracked);
+        // Newest first, ties by id; register records ("r-") are not the set's.
+        assert!(check(&[("s-3", 9), ("r-1", 8), ("s-1", 8), ("s-2", 8)]).is_ok());
+        // Something acknowledged after it began need not be there.
+        assert!(check(&[("s-1", 8), ("s-2", 8)]).is_ok());
+        // An acknowledged create missing (a stale page): caught.
+        let err = check(&[("s-3", 9), ("s-1", 8)]).unwrap_err();
+        assert!(err.contains("missing") && err.contains("s-2"), "{err}");
+        // A record twice (a page that started where the one before it had): caught.
+        assert!(check(&[("s-1", 8), ("s-2", 8), ("s-2", 8)]).is_err());
+        // Out of the order (a page that started too early, or one not sorted): caught.
+        assert!(check(&[("s-1", 8), ("s-2", 8), ("s-3", 9)]).is_err());
+        assert!(check(&[("s-2", 8), ("s-1", 8)]).is_err());
+        // Something of the set's that was never created: caught.
+        let err = check(&[("s-1", 8), ("s-2", 8), ("s-9", 7)]).unwrap_err();
+        assert!(err.contains("phantom"), "{err}");
     }
 }

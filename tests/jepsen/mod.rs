@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub faults: Vec<Fault>,
     pub register_clients: u64,
     pub set_clients: u64,
+    /// Clients walking the list page by page while the faults go on.
+    pub walk_clients: u64,
     pub results: PathBuf,
     /// Mutual TLS between the nodes and HTTPS for the clients (`JEPSEN_TLS=1`), with
     /// certificates made for the run.
@@ -82,6 +84,7 @@ impl RunConfig {
             faults: Fault::parse(&env("JEPSEN_FAULTS").unwrap_or_else(|| "all".into())).unwrap(),
             register_clients: 6,
             set_clients: 2,
+            walk_clients: 1,
             results: env("JEPSEN_RESULTS")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
@@ -256,6 +259,13 @@ pub async fn run(cfg: RunConfig) -> Report {
             deadline,
         )));
     }
+    for w in 0..cfg.walk_clients {
+        clients.push(tokio::spawn(workload::walk_client(
+            ctx.clone(),
+            w,
+            deadline,
+        )));
+    }
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
     for c in clients {
@@ -306,6 +316,20 @@ pub async fn run(cfg: RunConfig) -> Report {
     if let Err(e) = checker::keyed_valid(&keyed, &keyed_ids) {
         failures.push(("keyed retries".into(), e));
     }
+    let walks = ctx.walks.lock().unwrap().clone();
+    let acks = ctx.acks.lock().unwrap().clone();
+    let tracked = {
+        let (s, k) = (
+            format!("s{}-", cfg.seed % 10_000),
+            format!("k{}-", cfg.seed % 10_000),
+        );
+        move |id: &str| id.starts_with(&s) || id.starts_with(&k)
+    };
+    let both: BTreeSet<String> = attempted.union(&keyed.attempted).cloned().collect();
+    if let Err(e) = checker::walks_valid(&walks.done, &acks, &both, tracked) {
+        failures.push(("walks".into(), e));
+    }
+    let pages: u64 = walks.done.iter().map(|w| w.pages).sum();
 
     let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     let ok = count(&|o| matches!(o, Outcome::Ok { .. }));
@@ -327,6 +351,7 @@ pub async fn run(cfg: RunConfig) -> Report {
          register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
          set: {} attempted, {} acknowledged, {} present after healing\n\
          keyed: {} attempted, {} acknowledged ({} retries, {} replays, {} unresolved), {} present\n\
+         walks: {} of the list ({pages} pages), {} given up\n\
          result: {}\n",
         cfg.seed,
         cfg.nodes,
@@ -344,6 +369,8 @@ pub async fn run(cfg: RunConfig) -> Report {
         keyed.replays,
         keyed.unresolved,
         keyed_ids.len(),
+        walks.done.len(),
+        walks.abandoned,
         if valid {
             "VALID".to_string()
         } else {

@@ -1,7 +1,7 @@
 //! The clients: a register workload (read / create / write / compare-and-set on many keys,
-//! each a versioned register) and a set workload (unique creates). Every operation goes to
-//! the history; a client whose operation has an unknown outcome retires and a new process
-//! id takes its place, as in Jepsen.
+//! each a versioned register), a set workload (unique creates) and walks of the list, page
+//! by page. Every register operation goes to the history; a client whose operation has an
+//! unknown outcome retires and a new process id takes its place, as in Jepsen.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -33,6 +33,11 @@ pub struct Ctx {
     /// The keyed-retry workload: what it tried, what was acknowledged, the answers that
     /// show a key not honoured, and how many retries were answered as replays.
     pub keyed: Mutex<KeyedLog>,
+    /// When each acknowledged create of the set and keyed workloads was answered
+    /// ([`History::now`]) and its id: what a walk that began later must find.
+    pub acks: Mutex<Vec<(u64, String)>>,
+    /// The walks of the list.
+    pub walks: Mutex<Walks>,
 }
 
 /// What the keyed-retry clients saw.
@@ -76,7 +81,15 @@ impl Ctx {
             set_attempted: Mutex::new(BTreeSet::new()),
             set_acked: Mutex::new(BTreeSet::new()),
             keyed: Mutex::default(),
+            acks: Mutex::default(),
+            walks: Mutex::default(),
         }
+    }
+
+    /// Note that the create of `id` was acknowledged just now.
+    fn acked(&self, id: &str) {
+        let at = self.history.now();
+        self.acks.lock().unwrap().push((at, id.to_owned()));
     }
 
     fn new_process(&self) -> u64 {
@@ -147,8 +160,12 @@ async fn read_outcome(res: Result<reqwest::Response, reqwest::Error>) -> Outcome
     }
 }
 
+fn sabotage(what: &str) -> bool {
+    std::env::var("JEPSEN_SABOTAGE").is_ok_and(|v| v == what)
+}
+
 fn sabotage_local_reads() -> bool {
-    std::env::var("JEPSEN_SABOTAGE").is_ok_and(|v| v == "local-reads")
+    sabotage("local-reads")
 }
 
 /// One register client, until `deadline`.
@@ -279,6 +296,7 @@ pub async fn set_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
         .await
         {
             Outcome::Ok { .. } => {
+                ctx.acked(&id);
                 ctx.set_acked.lock().unwrap().insert(id);
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -322,6 +340,7 @@ pub async fn keyed_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
                 log.retries += u64::from(attempt > 0);
                 match answer {
                     Some((201, replayed)) => {
+                        ctx.acked(&id);
                         log.replays += u64::from(replayed);
                         log.acked.insert(id.clone());
                         true
@@ -345,4 +364,120 @@ pub async fn keyed_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// One complete walk of the list: `GET /cookies?limit=&after=` from the first page until a
+/// page names no `next_after`, each page read on a node chosen at random.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    /// When the first page was asked for, and when the last one came back.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The page size asked for.
+    pub limit: usize,
+    pub pages: u64,
+    /// The records in the order they came: id and `created`.
+    pub rows: Vec<(String, i64)>,
+}
+
+/// What the walking clients saw.
+#[derive(Debug, Clone, Default)]
+pub struct Walks {
+    pub done: Vec<Walk>,
+    /// Walks given up because a page kept failing: they tell nothing.
+    pub abandoned: u64,
+}
+
+/// The page sizes walks take turns with. A page of up to 100 records is served on the
+/// worker that took the request, a longer one on the blocking pool (`INLINE_PAGE`,
+/// `src/http/cookies.rs`): both paths are walked.
+const WALK_LIMITS: [usize; 4] = [25, 100, 101, 1000];
+
+/// Tries of one page (each on a node chosen at random) before its walk is given up.
+const PAGE_TRIES: u32 = 10;
+
+/// One walking client: walks of the list, one after the other, until `deadline`.
+pub async fn walk_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
+    let mut rng = Rng::new(ctx.seed ^ 0x3A1C ^ worker);
+    let mut turn = worker as usize;
+    while Instant::now() < deadline {
+        let limit = WALK_LIMITS[turn % WALK_LIMITS.len()];
+        turn += 1;
+        let walk = walk(&ctx, &mut rng, limit).await;
+        let mut walks = ctx.walks.lock().unwrap();
+        match walk {
+            Some(w) => walks.done.push(w),
+            None => walks.abandoned += 1,
+        }
+    }
+}
+
+/// Walk the list with pages of `limit`; `None` when a page kept failing.
+async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Option<Walk> {
+    // JEPSEN_SABOTAGE=local-lists reads the pages as local reads: a deliberate bug, to show
+    // the walk check catches a stale page end to end.
+    let level = if sabotage("local-lists") {
+        "local"
+    } else {
+        "linearizable"
+    };
+    let mut walk = Walk {
+        start_ns: ctx.history.now(),
+        limit,
+        ..Walk::default()
+    };
+    let mut after: Option<String> = None;
+    loop {
+        // (The serializer is not `Send`: it is gone before the page is awaited.)
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            q.append_pair("consistency", level);
+            if let Some(a) = &after {
+                q.append_pair("after", a);
+            }
+            q.finish()
+        };
+        let page = page(ctx, rng, &query).await?;
+        walk.pages += 1;
+        let rows = page["cookies"].as_array()?;
+        for row in rows {
+            let id = row["cookie"].as_str()?.to_owned();
+            // `created` comes back as the string of a number of seconds (the original's).
+            let created = match &row["created"] {
+                serde_json::Value::String(s) => s.parse().ok()?,
+                other => other.as_i64()?,
+            };
+            walk.rows.push((id, created));
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    walk.end_ns = ctx.history.now();
+    Some(walk)
+}
+
+/// One page (`query`: its limit, consistency and cursor), from the first node of up to
+/// [`PAGE_TRIES`] chosen at random that answers 200. Each page is a read of its own; any
+/// node may serve it.
+async fn page(ctx: &Ctx, rng: &mut Rng, query: &str) -> Option<serde_json::Value> {
+    for _ in 0..PAGE_TRIES {
+        let url = &ctx.urls[rng.below(ctx.urls.len() as u64) as usize];
+        let res = ctx
+            .client
+            .get(format!("{url}/cookies?{query}"))
+            .send()
+            .await;
+        if let Ok(r) = res {
+            if r.status() == 200 {
+                if let Ok(v) = r.json().await {
+                    return Some(v);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
