@@ -120,6 +120,13 @@ pub struct RaftTuning {
     /// Shorter rounds (nodes close, the CPU short) are waited for, and what was appended
     /// meanwhile shares the next one; longer ones (nodes apart) are not.
     pub pipeline_after_us: u64,
+    /// Whether a further AppendEntries goes at once, without waiting `pipeline_after_us`,
+    /// while this node has CPU to spare (at least `batch.pipeline_idle_above` of it idle, by
+    /// the measure group commit takes; it stops below half that): then an extra round
+    /// costs nothing the load needs and shortens the wait of what it carries. Where the CPU
+    /// is short, as with three nodes and a load generator on two cores, the hold stays
+    /// (docs/benchmarks.md, thirty-fifth pass). false: `pipeline_after_us` at any load.
+    pub send_at_once_when_idle: bool,
     /// Whether a leader sends the entries it appends to its followers while its own fsync of
     /// them runs, instead of after it (Raft thesis, 10.2.1; `vendor/openraft`, patched). It
     /// counts itself in a quorum only once that fsync ends, and a node that led when it
@@ -153,6 +160,7 @@ impl Default for RaftTuning {
             commit_linger_us: 1000,
             appends_in_flight: 2,
             pipeline_after_us: 1000,
+            send_at_once_when_idle: true,
             parallel_leader_append: true,
             parallel_follower_append: true,
             max_snapshot_bytes: cookie_raft::codec::DECODE_LIMIT as u64,

@@ -88,6 +88,7 @@ pub struct Metrics {
     pub write_batches_allowed: IntGauge,
     /// The idle share of the node's CPU that group commit last sampled (`cookie_raft::idle`).
     pub write_cpu_idle: Gauge,
+    pub write_cpu_spare: IntGauge,
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.
     pub write_dropped: IntCounter,
@@ -268,6 +269,7 @@ impl Metrics {
                 vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             write_batches_allowed: int_gauge(&r, "raft_write_batches_allowed", "Batches group commit may keep in flight now: batch.max_inflight while few writes are outstanding or batch.pipeline_idle_above of the CPU is idle, else 1 (leader only)"),
             write_cpu_idle: float_gauge(&r, "raft_write_cpu_idle_ratio", "Share of the CPU this node may use that sat idle over the last half second, as group commit last sampled it (leader only)"),
+            write_cpu_spare: int_gauge(&r, "raft_write_cpu_spare", "1 while this node counts as having CPU to spare (batch.pipeline_idle_above of it idle, until under half that): group commit then keeps batch.max_inflight batches in flight at any load, and with raft.send_at_once_when_idle its replication streams send a further AppendEntries at once (leader only)"),
             write_dropped: counter(&r, "raft_write_dropped_total", "Client writes dropped before they were proposed: the client was gone or its deadline had passed (leader only)"),
             write_regather_seconds: histogram(&r, "raft_write_regather_seconds", "Time group commit held a batch for the writers the last batch answered to come back (leader only; batch.regather_us)",
                 vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cookie_raft::idle::SpareCpu;
 use cookie_raft::{
     AddressBook, BoxError, Cache, CacheConfig, Identity, LogStore, Network, PeerHttp, Raft,
     SnapshotInbox, StateMachine,
@@ -182,6 +183,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let tls = Tls::load(&cfg.tls)?;
     let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
     let metrics = Metrics::new();
+    let spare_cpu = SpareCpu::default();
     let network = Network::new(
         secret.clone(),
         book.clone(),
@@ -189,6 +191,13 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         PeerHttp::new(tls.peer_client.clone())?,
     )
     .with_rpc_timer(metrics.rpc_timer());
+    // The replication streams act on the measure only if asked to; group commit takes it
+    // either way.
+    let network = if cfg.raft.send_at_once_when_idle {
+        network.with_spare_cpu(spare_cpu.clone())
+    } else {
+        network
+    };
     let log_size = log.size();
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
@@ -206,6 +215,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         identity: identity.clone(),
         changes: Arc::default(),
         stepping_down: Arc::default(),
+        spare_cpu,
     };
     tasks.spawn(
         "election counter",

@@ -101,6 +101,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_write_queue_seconds", "histogram"),
         ("raft_write_batches_allowed", "gauge"),
         ("raft_write_cpu_idle_ratio", "gauge"),
+        ("raft_write_cpu_spare", "gauge"),
         ("raft_log_append_seconds", "histogram"),
         ("raft_wal_fsync_seconds", "histogram"),
         ("raft_apply_seconds", "histogram"),
@@ -220,6 +221,9 @@ async fn metrics_names_labels_types_and_counts() {
     // A share (0 until group commit has taken two samples half a second apart).
     let idle = v["raft_write_cpu_idle_ratio"];
     assert!((0.0..=1.0).contains(&idle), "{}", r.text);
+    // 0 or 1: whether that share counted as CPU to spare.
+    let spare = v["raft_write_cpu_spare"];
+    assert!(spare == 0.0 || spare == 1.0, "{}", r.text);
     // The leader timed its appends to each follower (every entry went to both).
     let (types, _) = parse(&r.text);
     assert_eq!(types["raft_peer_rpc_seconds"], "histogram");

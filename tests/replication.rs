@@ -178,6 +178,47 @@ async fn appends_in_flight_overlap_at_the_followers_and_every_write_arrives() {
     );
 }
 
+/// While the leader has CPU to spare, a further append goes at once (`raft.send_at_once_when_idle`),
+/// whatever `pipeline_after_us` says: with a hold of 400 ms, far longer than a loopback
+/// round, followers still take in appends while answering others once the leader counts
+/// its CPU as spare. Without the skip (`send_at_once_when_idle = false`, or a stream that
+/// ignores it) each further round waits for the answer ahead of it, and no burst overlaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cpu_to_spare_a_further_append_goes_at_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Any idle share counts as spare; the hold is far longer than any round here.
+    let config = "[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 6000\nappends_in_flight = 4\npipeline_after_us = 400000\n[batch]\npipeline_idle_above = 0.001\n";
+    let c = Cluster::start(3, config).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    // Group commit measures the CPU as it proposes batches, a sample every half second.
+    let mut created = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::metric(&c, leader, "raft_write_cpu_spare").await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never counted its CPU as spare"
+        );
+        let id = format!("warm-{}", created.len());
+        let r = c.create(leader, json!({"cookie": id, "user_id": 1})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        created.push(id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = overlapped(&c, leader).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while overlapped(&c, leader).await == before {
+        assert!(
+            Instant::now() < deadline,
+            "no follower took in an append while answering another after {n} bursts: the hold was kept"
+        );
+        created.extend(burst(&c, leader, n).await);
+        n += 1;
+    }
+    created.sort();
+    followers_hold(&c, leader, &created).await;
+}
+
 /// Links whose every other connection is slow, so that a round on a slow one is overtaken by
 /// the next round on a fast one.
 mod skew {

@@ -30,10 +30,30 @@
 //! window asks.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often a sample is taken: long enough that one batch's burst does not swing it.
 pub const PERIOD: Duration = Duration::from_millis(500);
+
+/// Whether this node has CPU to spare, as its last measure found it: shared by whoever
+/// measures (cookie-crud's group commit, which pipelines batches at any load while it does)
+/// and whoever acts on it too (the replication streams: a further AppendEntries then goes
+/// at once rather than after `raft.pipeline_after_us`, [`crate::network`]). One measure and
+/// one hysteresis, so both ends change mode together. `false` until measured.
+#[derive(Debug, Clone, Default)]
+pub struct SpareCpu(Arc<AtomicBool>);
+
+impl SpareCpu {
+    pub fn set(&self, spare: bool) {
+        self.0.store(spare, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Cumulative CPU time, as the kernel counts it.
 #[derive(Debug, Clone, Copy)]

@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::capped::Capped;
 use crate::codec;
 use crate::identity::{self, Identity, INCARNATION_HEADER};
+use crate::idle::SpareCpu;
 use crate::link::{Idle, Link, LinkError, Post};
 use crate::types::{CookieNode, NodeId, TypeConfig};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -90,6 +91,8 @@ pub struct Network {
     /// Links the dropped `Conn`s left open, for the next ones to the same peers.
     idle: Idle,
     timer: Option<RpcTimer>,
+    /// While it is set, a further AppendEntries goes at once ([`Conn::send_at_once`]).
+    spare: SpareCpu,
 }
 
 /// An HTTP client for node-to-node traffic: pooled, no proxy, no Nagle, quick to give up
@@ -164,7 +167,14 @@ impl Network {
             identity,
             idle: Idle::default(),
             timer: None,
+            spare: SpareCpu::default(),
         }
+    }
+
+    /// Send a further AppendEntries at once while `spare` is set (see [`SpareCpu`]).
+    pub fn with_spare_cpu(mut self, spare: SpareCpu) -> Self {
+        self.spare = spare;
+        self
     }
 
     /// Tell `timer` of every answered RPC (see [`RpcTimer`]).
@@ -185,6 +195,7 @@ pub struct Conn {
     identity: Arc<Identity>,
     idle: Idle,
     timer: Option<RpcTimer>,
+    spare: SpareCpu,
 }
 
 impl Drop for Conn {
@@ -262,6 +273,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             identity: self.identity.clone(),
             idle: self.idle.clone(),
             timer: self.timer.clone(),
+            spare: self.spare.clone(),
         }
     }
 }
@@ -461,6 +473,14 @@ impl RaftNetwork<TypeConfig> for Conn {
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
     }
+
+    /// While the node has CPU to spare, an append's round costs nothing the load needs, and
+    /// overlapping it with the one in flight shortens the wait of what it carries; while
+    /// CPU is short, what is appended meanwhile waits `raft.pipeline_after_us` for the
+    /// answer and shares the next round (docs/benchmarks.md, thirty-fifth pass).
+    fn send_at_once(&self) -> bool {
+        self.spare.get()
+    }
 }
 
 #[cfg(test)]
@@ -552,6 +572,7 @@ mod tests {
                 identity: Arc::new(Identity::new(1, 1, false)),
                 idle: Idle::default(),
                 timer: None,
+                spare: SpareCpu::default(),
             };
             let rpc = VoteRequest::new(openraft::Vote::new(1, 1), None);
             let err = conn
@@ -613,6 +634,34 @@ mod tests {
         });
         let body = codec::encode(&ok).unwrap();
         crate::link::test_peer::serve(Arc::new(move |_: &str| body.clone()), false).await
+    }
+
+    /// Every client of a factory given the node's measure answers with it as it changes;
+    /// one without it never lets a further append skip `pipeline_after_us`.
+    #[tokio::test]
+    async fn a_further_append_goes_at_once_exactly_while_the_cpu_is_spare() {
+        let spare = SpareCpu::default();
+        let make = || {
+            Network::new(
+                None,
+                AddressBook::default(),
+                Arc::new(Identity::new(1, 1, false)),
+                PeerHttp::new(None).unwrap(),
+            )
+        };
+        let mut told = make().with_spare_cpu(spare.clone());
+        let mut untold = make();
+        let node = CookieNode::new("127.0.0.1:1", "127.0.0.1:2", "node2");
+        let (a, b) = (
+            told.new_client(2, &node).await,
+            told.new_client(3, &node).await,
+        );
+        let other = untold.new_client(2, &node).await;
+        for now in [false, true, false] {
+            spare.set(now);
+            assert_eq!((a.send_at_once(), b.send_at_once()), (now, now));
+            assert!(!other.send_at_once());
+        }
     }
 
     /// openraft makes a new client for every quorum check (each round of linearizable

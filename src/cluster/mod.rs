@@ -54,6 +54,9 @@ pub struct Cluster {
     /// Set by a leader that is handing leadership over before it stops ([`handover`]): it
     /// then answers as a node that does not lead.
     pub stepping_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this node has CPU to spare, as group commit last measured it; this node's
+    /// replication streams read it ([`cookie_raft::idle::SpareCpu`]).
+    pub spare_cpu: cookie_raft::idle::SpareCpu,
 }
 
 /// Who leads, as this node sees it now.

@@ -200,7 +200,8 @@ struct Queued {
 
 async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc<Metrics>) {
     let mut window = Window::new(limits.max_inflight, limits.pipeline_below)
-        .pipeline_when_idle(limits.pipeline_idle_above);
+        .pipeline_when_idle(limits.pipeline_idle_above)
+        .publish_spare(cluster.spare_cpu.clone());
     let places = queued.places;
     let mut queue = Queue::new(queued.rx);
     let regather = Regather::new(limits.regather);
@@ -284,6 +285,7 @@ async fn run(cluster: Cluster, queued: Queued, limits: BatchLimits, metrics: Arc
         }
         if let Some(share) = window.sample_idle() {
             metrics.write_cpu_idle.set(share);
+            metrics.write_cpu_spare.set(i64::from(window.spare()));
         }
         window.proposed(&mut in_window, writes, QUEUE - places.available_permits());
         metrics.write_batches_allowed.set(window.allowed() as i64);

@@ -33,7 +33,7 @@
 //! the CPU idle, below the default 40%, and nothing changes there (docs/benchmarks.md).
 use std::sync::Arc;
 
-use cookie_raft::idle::IdleSampler;
+use cookie_raft::idle::{IdleSampler, SpareCpu};
 use tokio::sync::watch;
 
 /// Batches in flight, and the commands they carry.
@@ -59,6 +59,8 @@ pub struct Window {
     /// Where the idle share comes from ([`Window::sample_idle`]); `None` where the kernel's
     /// counters cannot be read.
     sampler: Option<IdleSampler>,
+    /// Where `spare` is told to the others that act on it (the replication streams).
+    publish: Option<SpareCpu>,
 }
 
 impl Window {
@@ -74,7 +76,15 @@ impl Window {
             idle_above: 1.0,
             spare: false,
             sampler: IdleSampler::for_this_process(),
+            publish: None,
         }
+    }
+
+    /// Tell `to` whether the node has CPU to spare, each time it is measured ([`Window::idle`]).
+    pub fn publish_spare(mut self, to: SpareCpu) -> Self {
+        to.set(self.spare);
+        self.publish = Some(to);
+        self
     }
 
     /// Also keep more than one batch in flight, at any load, while at least `share` of the
@@ -103,6 +113,9 @@ impl Window {
         } else if self.spare && share < self.idle_above / 2.0 {
             self.spare = false;
         }
+        if let Some(to) = &self.publish {
+            to.set(self.spare);
+        }
     }
 
     /// Note that the batch in `slot` was proposed with `commands`, while `waiting` commands
@@ -117,6 +130,11 @@ impl Window {
         } else if !self.pipelining && self.load < below {
             self.pipelining = true;
         }
+    }
+
+    /// Whether the node counts as having CPU to spare now (see [`Window::idle`]).
+    pub fn spare(&self) -> bool {
+        self.spare
     }
 
     /// How many batches may be in flight now.
@@ -272,6 +290,29 @@ mod tests {
         );
         window.idle(0.15);
         assert_eq!(window.allowed(), 1, "CPU short again");
+    }
+
+    /// The replication streams act on the same measure, with the same hysteresis: they send
+    /// a further append at once exactly while the window pipelines by CPU.
+    #[test]
+    fn the_spare_cpu_is_told_with_its_hysteresis() {
+        let spare = SpareCpu::default();
+        spare.set(true);
+        let mut window = Window::new(2, 24)
+            .pipeline_when_idle(0.4)
+            .publish_spare(spare.clone());
+        assert!(!spare.get(), "not measured yet: not spare");
+        for (share, want) in [(0.3, false), (0.45, true), (0.25, true), (0.15, false)] {
+            window.idle(share);
+            assert_eq!(spare.get(), want, "idle {share}");
+        }
+        // Never spare with the CPU signal off, whatever the share.
+        let off = SpareCpu::default();
+        let mut window = Window::new(2, 0)
+            .pipeline_when_idle(1.0)
+            .publish_spare(off.clone());
+        window.idle(1.0);
+        assert!(!off.get());
     }
 
     #[tokio::test]

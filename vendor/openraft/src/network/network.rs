@@ -161,4 +161,15 @@ where C: RaftTypeConfig
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(Duration::from_millis(500)))
     }
+
+    /// Patched (cookie-crud): whether a further AppendEntries may go to the target at once,
+    /// rather than once the oldest in flight has been out `Config::pipeline_after_us`. Asked
+    /// before each further round, so the answer may change as the node's load does (a node
+    /// with CPU to spare overlaps its rounds; one short of CPU lets what was appended
+    /// meanwhile wait and share the next round).
+    ///
+    /// By default it returns `false`: the config decides.
+    fn send_at_once(&self) -> bool {
+        false
+    }
 }

@@ -238,8 +238,14 @@ where
             // A further log round goes once the oldest in flight has been out for
             // `pipeline_after_us`: where rounds are short (CPU-bound, nodes close) what is
             // appended meanwhile waits for its answer and shares the next round, as with one
-            // in flight; where they are long (nodes apart) it goes while they are out.
-            let after = Duration::from_micros(self.config.pipeline_after_us);
+            // in flight; where they are long (nodes apart) it goes while they are out. The
+            // network may let it go at once (`RaftNetwork::send_at_once`: the node has CPU to
+            // spare, so an extra round costs nothing the load needs).
+            let after = if self.network.send_at_once() {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(self.config.pipeline_after_us)
+            };
             self.pipe.hold_until = match (&self.pipe.queued, self.pipe.current.front()) {
                 (Some(_), Some(sent)) => Some(*sent + after).filter(|t| now < *t),
                 _ => None,
