@@ -46,6 +46,11 @@ VARIANTS = {
     "nosnap": "[raft]\nsnapshot_logs = 1000000000\n",
     # Only the AppendEntries at once: the batches in flight as by default.
     "sendnow": "[raft]\npipeline_after_us = 0\n",
+    # The AppendEntries hold at any load, CPU to spare or not (before the thirty-fifth pass).
+    "holdsend": "[raft]\nsend_at_once_when_idle = false\n",
+    # CPU counted as spare at a tenth of it idle: on a small machine, what the default does
+    # where cores are to spare (batches in flight and AppendEntries at once, at any load).
+    "spare10": "[batch]\npipeline_idle_above = 0.1\n",
     # The leader's own fsync before its followers' rounds, as openraft 0.9 orders them.
     "serial": "[raft]\nparallel_leader_append = false\n",
     # A follower waits for each fsync before it takes the next append, as openraft 0.9 does.
@@ -376,7 +381,8 @@ def phases(n, what, procs, leader, script, results):
             mid = r["mid"]
             extra = (f" batches/s {dc / secs:7.0f} per-batch {ds / dc if dc else 0:5.1f}"
                      f" mid-phase idle {mid.get('raft_write_cpu_idle_ratio', -1):.2f}"
-                     f" allowed {mid.get('raft_write_batches_allowed', -1):.0f}")
+                     f" allowed {mid.get('raft_write_batches_allowed', -1):.0f}"
+                     f" spare {mid.get('raft_write_cpu_spare', -1):.0f}")
         log(f"m{mode} {label:12s} c{c:<4d} {r['rps']:9.0f}/s p50 {r['p50']:>8s} p90 {r['p90']:>8s}"
             f" p99 {r['p99']:>8s} max {r['max']:>8s} cpu {cpu / secs:5.2f} cores"
             f" ({busy:4.0%} of {3 * mode}){extra}"
