@@ -88,6 +88,7 @@ pub struct Metrics {
     pub write_batches_allowed: IntGauge,
     /// The idle share of the node's CPU that group commit last sampled (`cookie_raft::idle`).
     pub write_cpu_idle: Gauge,
+    /// 1 while that share counts as CPU to spare (`cookie_raft::idle::SpareCpu`).
     pub write_cpu_spare: IntGauge,
     /// Writes group commit dropped before proposing them: their client was gone or their
     /// deadline had passed while they waited.

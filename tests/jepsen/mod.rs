@@ -329,6 +329,15 @@ pub async fn run(cfg: RunConfig) -> Report {
     if let Err(e) = checker::walks_valid(&walks.done, &acks, &both, tracked) {
         failures.push(("walks".into(), e));
     }
+    if let Some(first) = walks.malformed.first() {
+        failures.push((
+            "walks".into(),
+            format!(
+                "{} pages malformed; the first: {first}",
+                walks.malformed.len()
+            ),
+        ));
+    }
     let pages: u64 = walks.done.iter().map(|w| w.pages).sum();
 
     let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();

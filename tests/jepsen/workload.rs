@@ -386,6 +386,17 @@ pub struct Walks {
     pub done: Vec<Walk>,
     /// Walks given up because a page kept failing: they tell nothing.
     pub abandoned: u64,
+    /// Pages answered 200 that break the contract's shape (no `cookies` array, a record
+    /// without its id or `created`): each a failure of the run.
+    pub malformed: Vec<String>,
+}
+
+/// How a walk ended, when it did not reach its last page.
+enum Unfinished {
+    /// A page kept failing.
+    GaveUp,
+    /// A page answered 200 in a shape the contract does not allow.
+    Malformed(String),
 }
 
 /// The page sizes walks take turns with. A page of up to 100 records is served on the
@@ -406,14 +417,17 @@ pub async fn walk_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
         let walk = walk(&ctx, &mut rng, limit).await;
         let mut walks = ctx.walks.lock().unwrap();
         match walk {
-            Some(w) => walks.done.push(w),
-            None => walks.abandoned += 1,
+            Ok(w) => walks.done.push(w),
+            Err(Unfinished::GaveUp) => walks.abandoned += 1,
+            Err(Unfinished::Malformed(why)) => walks.malformed.push(why),
         }
     }
 }
 
-/// Walk the list with pages of `limit`; `None` when a page kept failing.
-async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Option<Walk> {
+/// Walk the list with pages of `limit`. A walk that meets a record it has already seen ends
+/// there, the repeat included, for the check to report: a cursor that sent the walk back
+/// would otherwise never let it end.
+async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Result<Walk, Unfinished> {
     // JEPSEN_SABOTAGE=local-lists reads the pages as local reads: a deliberate bug, to show
     // the walk check catches a stale page end to end.
     let level = if sabotage("local-lists") {
@@ -427,6 +441,7 @@ async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Option<Walk> {
         ..Walk::default()
     };
     let mut after: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
     loop {
         // (The serializer is not `Send`: it is gone before the page is awaited.)
         let query = {
@@ -438,25 +453,47 @@ async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Option<Walk> {
             }
             q.finish()
         };
-        let page = page(ctx, rng, &query).await?;
+        let page = page(ctx, rng, &query).await.ok_or(Unfinished::GaveUp)?;
         walk.pages += 1;
-        let rows = page["cookies"].as_array()?;
+        let malformed = |what: &str| {
+            let shown: String = page.to_string().chars().take(300).collect();
+            Unfinished::Malformed(format!("{what} in a page: {shown}"))
+        };
+        let rows = page["cookies"]
+            .as_array()
+            .ok_or_else(|| malformed("no cookies array"))?;
         for row in rows {
-            let id = row["cookie"].as_str()?.to_owned();
+            let id = row["cookie"]
+                .as_str()
+                .ok_or_else(|| malformed("a record without its id"))?
+                .to_owned();
             // `created` comes back as the string of a number of seconds (the original's).
             let created = match &row["created"] {
-                serde_json::Value::String(s) => s.parse().ok()?,
-                other => other.as_i64()?,
-            };
+                serde_json::Value::String(s) => s.parse().ok(),
+                other => other.as_i64(),
+            }
+            .ok_or_else(|| malformed("a record without a created time"))?;
+            let again = !seen.insert(id.clone());
             walk.rows.push((id, created));
+            if again {
+                walk.end_ns = ctx.history.now();
+                return Ok(walk);
+            }
         }
-        match page["next_after"].as_str() {
+        // JEPSEN_SABOTAGE=back-cursor goes on from the page's first record instead of the
+        // one it names: a deliberate cursor bug, which the walk check must catch.
+        let next = if sabotage("back-cursor") && rows.len() > 1 {
+            rows[0]["cookie"].as_str()
+        } else {
+            page["next_after"].as_str()
+        };
+        match next {
             Some(next) => after = Some(next.to_owned()),
             None => break,
         }
     }
     walk.end_ns = ctx.history.now();
-    Some(walk)
+    Ok(walk)
 }
 
 /// One page (`query`: its limit, consistency and cursor), from the first node of up to
