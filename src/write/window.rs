@@ -54,13 +54,12 @@ pub struct Window {
     pipelining: bool,
     /// The idle share of CPU at which pipelining goes at any load (1.0 or more: never).
     idle_above: f64,
-    /// Whether enough CPU sat idle at the last samples to pipeline whatever the load.
-    spare: bool,
+    /// Whether enough CPU sat idle at the last samples to pipeline whatever the load; shared
+    /// with whoever else acts on it (the replication streams, [`Window::publish_spare`]).
+    spare: SpareCpu,
     /// Where the idle share comes from ([`Window::sample_idle`]); `None` where the kernel's
     /// counters cannot be read.
     sampler: Option<IdleSampler>,
-    /// Where `spare` is told to the others that act on it (the replication streams).
-    publish: Option<SpareCpu>,
 }
 
 impl Window {
@@ -74,16 +73,15 @@ impl Window {
             load: 0.0,
             pipelining: pipeline_below > 0,
             idle_above: 1.0,
-            spare: false,
+            spare: SpareCpu::default(),
             sampler: IdleSampler::for_this_process(),
-            publish: None,
         }
     }
 
     /// Tell `to` whether the node has CPU to spare, each time it is measured ([`Window::idle`]).
     pub fn publish_spare(mut self, to: SpareCpu) -> Self {
-        to.set(self.spare);
-        self.publish = Some(to);
+        to.set(self.spare.get());
+        self.spare = to;
         self
     }
 
@@ -108,13 +106,11 @@ impl Window {
         if self.idle_above >= 1.0 {
             return;
         }
-        if !self.spare && share >= self.idle_above {
-            self.spare = true;
-        } else if self.spare && share < self.idle_above / 2.0 {
-            self.spare = false;
-        }
-        if let Some(to) = &self.publish {
-            to.set(self.spare);
+        let spare = self.spare.get();
+        if !spare && share >= self.idle_above {
+            self.spare.set(true);
+        } else if spare && share < self.idle_above / 2.0 {
+            self.spare.set(false);
         }
     }
 
@@ -134,12 +130,12 @@ impl Window {
 
     /// Whether the node counts as having CPU to spare now (see [`Window::idle`]).
     pub fn spare(&self) -> bool {
-        self.spare
+        self.spare.get()
     }
 
     /// How many batches may be in flight now.
     pub fn allowed(&self) -> usize {
-        if self.pipelining || self.spare {
+        if self.pipelining || self.spare.get() {
             self.max
         } else {
             1

@@ -299,8 +299,10 @@ pub async fn run(cfg: RunConfig) -> Report {
     }
     let attempted = ctx.set_attempted.lock().unwrap().clone();
     let acked = ctx.set_acked.lock().unwrap().clone();
+    // The ids the set (`s`) and keyed (`k`) workloads make for this run start so.
+    let prefix = |p: &str| format!("{p}{}-", cfg.seed % 10_000);
     let with_prefix = |p: &str| -> Vec<String> {
-        let prefix = format!("{p}{}-", cfg.seed % 10_000);
+        let prefix = prefix(p);
         final_ids
             .iter()
             .filter(|id| id.starts_with(&prefix))
@@ -319,10 +321,7 @@ pub async fn run(cfg: RunConfig) -> Report {
     let walks = ctx.walks.lock().unwrap().clone();
     let acks = ctx.acks.lock().unwrap().clone();
     let tracked = {
-        let (s, k) = (
-            format!("s{}-", cfg.seed % 10_000),
-            format!("k{}-", cfg.seed % 10_000),
-        );
+        let (s, k) = (prefix("s"), prefix("k"));
         move |id: &str| id.starts_with(&s) || id.starts_with(&k)
     };
     let both: BTreeSet<String> = attempted.union(&keyed.attempted).cloned().collect();
