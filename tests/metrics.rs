@@ -112,6 +112,7 @@ async fn metrics_names_labels_types_and_counts() {
         ("raft_state_flush_seconds", "histogram"),
         ("raft_sm_flushes_behind_total", "counter"),
         ("raft_apply_flush_wait_seconds", "histogram"),
+        ("raft_log_reads_total", "counter"),
     ] {
         assert_eq!(
             types.get(name).map(String::as_str),
@@ -198,6 +199,12 @@ async fn metrics_names_labels_types_and_counts() {
     assert!(get("raft_commit_seconds_count") >= 1.0, "{}", r.text);
     // ... and timed its answers to the appends that carried them.
     assert!(get("raft_append_answer_seconds_count") >= 1.0, "{}", r.text);
+    // Its apply read the entries it had just appended from the log's tail, not the WAL.
+    assert!(
+        get(r#"raft_log_reads_total{from="tail"}"#) >= 1.0,
+        "{}",
+        r.text
+    );
     assert!(get(r#"db_file_bytes{file="log"}"#) > 0.0);
     assert!(get(r#"db_file_bytes{file="wal"}"#) > 0.0);
     assert!(get("service_uptime_seconds") > 0.0);

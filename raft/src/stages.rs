@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
-use prometheus::{Histogram, HistogramOpts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 /// From 100 µs (an fsync on a fast SSD) to 5 s (a disk in trouble).
 const BUCKETS: [f64; 14] = [
@@ -264,8 +264,24 @@ pub fn installed(last: u64) {
     ANSWERS.reached(last, false);
 }
 
-/// Adds the histograms to a node's registry.
+/// Reads of log entries (replication, apply), by where they were served from.
+pub static LOG_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "raft_log_reads_total",
+            "Reads of Raft log entries (each follower's replication stream, the apply), by \
+             where they were served from: tail (the newest entries, kept decoded in memory, \
+             storage.log_cache_bytes) or wal (read back from the WAL and decoded: a reader \
+             behind the tail, or a range that starts before it)",
+        ),
+        &["from"],
+    )
+    .expect("a valid counter")
+});
+
+/// Adds the histograms and the read counter to a node's registry.
 pub fn register(r: &Registry) -> prometheus::Result<()> {
+    r.register(Box::new(LOG_READS.clone()))?;
     for h in [
         &*LOG_APPEND,
         &*WAL_FSYNC,

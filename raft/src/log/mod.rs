@@ -37,9 +37,11 @@ use serde::Serialize;
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
 use crate::{BoxError, StResult};
+use tail::Tail;
 use wal::Wal;
 
 mod ahead;
+mod tail;
 pub mod wal;
 
 /// Where earlier versions kept the entries; moved into the WAL at open.
@@ -58,6 +60,9 @@ const KEY_INCARNATION: &str = "incarnation";
 pub struct LogStore {
     meta: Arc<Database>,
     wal: Arc<Mutex<Wal>>,
+    /// The WAL's newest entries, decoded ([`tail`]). Changed only under the WAL's lock, and
+    /// locked after it.
+    tail: Arc<Mutex<Tail>>,
     flusher: mpsc::Sender<Flush>,
     /// The latest committed marker given, and whether redb has it yet.
     committed: Arc<Mutex<Committed>>,
@@ -149,8 +154,10 @@ impl LogStore {
         Self::open_with(dir, crate::DbCache::default().log, wal::SEGMENT_BYTES)
     }
 
-    /// [`LogStore::open`] with a page cache of `cache_bytes` for `log.redb`, and WAL
-    /// segments of `segment_bytes` (see [`Wal::open_with`]).
+    /// [`LogStore::open`] with `cache_bytes` of memory for the log's newest entries, kept
+    /// decoded for replication and the apply (their estimated size), and as the page cache
+    /// of `log.redb` (which holds the vote and the markers: a few pages); WAL segments of
+    /// `segment_bytes` (see [`Wal::open_with`]).
     pub fn open_with(dir: &Path, cache_bytes: usize, segment_bytes: u64) -> std::io::Result<Self> {
         let path = dir.join("log.redb");
         let db = crate::durable::created(&path, || {
@@ -174,6 +181,7 @@ impl LogStore {
         Ok(LogStore {
             meta: Arc::new(db),
             wal: Arc::new(Mutex::new(wal)),
+            tail: Arc::new(Mutex::new(Tail::new(cache_bytes))),
             flusher: tx,
             committed: Arc::default(),
             purge_failed: Arc::default(),
@@ -261,14 +269,37 @@ impl LogStore {
         .map_err(|e| StorageIOError::write(&crate::io_err(e)).into())
     }
 
-    /// The entries `from..to`, decoded.
+    /// The entries `from..to`: those the tail holds from it, the rest read from the WAL and
+    /// decoded.
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry<TypeConfig>>, BoxError> {
-        let payloads = self.wal().read(from, to)?;
-        payloads
+        let (payloads, held) = {
+            let wal = self.wal();
+            let held = lock(&self.tail).get(from, to);
+            let wal_to = held.as_ref().map_or(to, |(start, _)| *start);
+            let payloads = if from < wal_to {
+                wal.read(from, wal_to)?
+            } else {
+                Vec::new()
+            };
+            (payloads, held)
+        };
+        let mut out = payloads
             .iter()
             .map(|p| codec::decode(p).map_err(Into::into))
-            .collect()
+            .collect::<Result<Vec<Entry<TypeConfig>>, BoxError>>()?;
+        match held {
+            Some((_, entries)) => {
+                crate::stages::LOG_READS.with_label_values(&["tail"]).inc();
+                out.extend(entries);
+            }
+            None => crate::stages::LOG_READS.with_label_values(&["wal"]).inc(),
+        }
+        Ok(out)
     }
+}
+
+fn lock(tail: &Mutex<Tail>) -> std::sync::MutexGuard<'_, Tail> {
+    tail.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxError> {
@@ -409,9 +440,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let started = std::time::Instant::now();
         let mut records = Vec::new();
+        let mut decoded = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             records.push((entry.log_id.index, bytes));
+            let cost = tail::cost(&entry, records.last().map_or(0, |r| r.1.len()));
+            decoded.push((entry, cost));
         }
         if let (Some(&(first, _)), Some(&(last, _))) = (records.first(), records.last()) {
             crate::stages::appended(first, last, started);
@@ -419,7 +453,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A write into the page cache; the fsync happens on the flusher thread.
         let written = {
             let mut wal = self.wal();
-            wal.append(&records).map(|()| wal.sync_handle())
+            let written = wal.append(&records).map(|()| wal.sync_handle());
+            let mut tail = lock(&self.tail);
+            match written {
+                Ok(_) => tail.push(decoded),
+                // The WAL may hold part of them: it alone answers from here.
+                Err(_) => tail.clear(),
+            }
+            written
         };
         match written {
             Ok(file) => {
@@ -446,9 +487,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         // Inclusive: removes `log_id.index` and everything after it, durably.
-        let wal = self.wal.clone();
+        let (wal, tail) = (self.wal.clone(), self.tail.clone());
         tokio::task::spawn_blocking(move || {
-            wal.lock().expect("not poisoned").truncate(log_id.index)
+            let mut wal = wal.lock().expect("not poisoned");
+            // Whether or not the WAL's truncation completes, the tail holds nothing from the
+            // index on: a read of those goes to the WAL.
+            lock(&tail).truncate(log_id.index);
+            wal.truncate(log_id.index)
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&other(e)))?
@@ -468,7 +513,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(StorageIOError::write_logs(&e).into());
         }
         self.write_meta(KEY_PURGED, &log_id).await?;
-        let purged = self.wal().purge_entries(log_id.index);
+        let purged = {
+            let mut wal = self.wal();
+            lock(&self.tail).purge(log_id.index);
+            wal.purge_entries(log_id.index)
+        };
         // openraft's core waits for this call, and with it every append and every answer:
         // deleting the segments (a few 16-MiB files) and syncing the directory took 40-80 ms
         // there, a write stall at each snapshot (docs/benchmarks.md). They go on the blocking
@@ -560,6 +609,88 @@ mod tests {
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(30));
         assert_eq!(indexes(&store), (21..=30).collect::<Vec<_>>());
+    }
+
+    fn create(term: u64, index: u64, cmds: usize) -> Entry<TypeConfig> {
+        let cmds = (0..cmds)
+            .map(|c| crate::command::Command::Create {
+                id: format!("r{index}-{c}"),
+                object: format!("{{\"cookie\":\"r{index}-{c}\"}}"),
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(crate::types::Request { cmds }),
+        }
+    }
+
+    /// Every range, as the store serves it (tail and WAL), against the WAL alone.
+    fn check_every_range(store: &LogStore, step: &str) {
+        let Some((first, last)) = store.wal().bounds() else {
+            assert!(store.entries(0, u64::MAX).unwrap().is_empty(), "{step}");
+            return;
+        };
+        for from in first.saturating_sub(1)..=last + 1 {
+            for to in from..=last + 2 {
+                let wal: Vec<Entry<TypeConfig>> = store
+                    .wal()
+                    .read(from, to)
+                    .unwrap()
+                    .iter()
+                    .map(|p| codec::decode(p).unwrap())
+                    .collect();
+                assert_eq!(
+                    store.entries(from, to).unwrap(),
+                    wal,
+                    "{step}: {from}..{to}"
+                );
+            }
+        }
+    }
+
+    /// The tail answers every read as the WAL would, through appends past its cap, a
+    /// truncation and the appends of a new term, a purge, and an install's jump past a gap.
+    #[tokio::test]
+    async fn the_tail_answers_as_the_wal_does() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        // About six entries of three commands each.
+        let cap = 6 * tail::cost(
+            &create(1, 1, 3),
+            codec::encode(&create(1, 1, 3)).unwrap().len(),
+        );
+        let mut store = LogStore::open_with(dir.path(), cap, wal::SEGMENT_BYTES).unwrap();
+        let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+
+        for batch in [1u64..4, 4..5, 5..12] {
+            let entries: Vec<_> = batch.map(|i| create(1, i, 3)).collect();
+            store.blocking_append(entries).await.unwrap();
+        }
+        let held = lock(&store.tail).get(0, u64::MAX).map(|(start, _)| start);
+        assert!(
+            held.is_some_and(|s| s > 1),
+            "the oldest went past the cap: {held:?}"
+        );
+        check_every_range(&store, "appended");
+
+        store.truncate(log_id(1, 9)).await.unwrap();
+        check_every_range(&store, "truncated");
+        let entries: Vec<_> = (9..11).map(|i| create(2, i, 1)).collect();
+        store.blocking_append(entries).await.unwrap();
+        check_every_range(&store, "appended in term 2");
+        assert_eq!(store.entries(9, 10).unwrap()[0].log_id, log_id(2, 9));
+
+        store.purge(log_id(1, 7)).await.unwrap();
+        check_every_range(&store, "purged");
+
+        // An install: everything purged, the log goes on past a gap.
+        store.purge(log_id(2, 20)).await.unwrap();
+        check_every_range(&store, "purged past the end");
+        let entries: Vec<_> = (21..24).map(|i| create(2, i, 2)).collect();
+        store.blocking_append(entries).await.unwrap();
+        check_every_range(&store, "after the gap");
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(2, 23)));
     }
 
     #[test]
