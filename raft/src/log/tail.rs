@@ -18,10 +18,18 @@ use crate::command::Command;
 use crate::types::TypeConfig;
 
 /// What one entry is counted as: its encoded bytes (the strings' contents, about what
-/// the decoded entry allocates) plus the entry's and each command's fixed part.
+/// the decoded entry allocates) plus the entry's and each command's fixed part (twice for
+/// a keyed command, whose write is boxed inside it).
 pub(super) fn cost(entry: &Entry<TypeConfig>, encoded: usize) -> usize {
-    let cmds = match &entry.payload {
-        EntryPayload::Normal(req) => req.cmds.len(),
+    let cmds: usize = match &entry.payload {
+        EntryPayload::Normal(req) => req
+            .cmds
+            .iter()
+            .map(|c| match c {
+                Command::Keyed { .. } => 2,
+                _ => 1,
+            })
+            .sum(),
         _ => 0,
     };
     encoded + std::mem::size_of::<Entry<TypeConfig>>() + cmds * std::mem::size_of::<Command>()
