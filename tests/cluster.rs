@@ -546,6 +546,95 @@ async fn a_write_that_timed_out_in_the_queue_is_never_applied_later() {
     }
 }
 
+/// A leader cut off from its followers keeps in its log the writes it could not commit. Once
+/// the others have elected a leader and written past them, it must give them up: its log
+/// is cut back to what the new leader holds and takes the new leader's entries in their
+/// place, and what it applies is those. The old leader is paused, not restarted, so its log
+/// stays the one in memory throughout: the newest entries that its apply reads come from the
+/// log's tail kept in memory (`raft/src/log/tail.rs`), which the cut must reach as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_uncommitted_writes_give_way_to_the_new_leaders() {
+    let extra = format!("write_timeout_ms = 1500\n{FAST_RAFT}");
+    let mut c = Cluster::start(3, &extra).await;
+    let old = c.wait_leader(WAIT).await;
+    let others = [(old + 1) % 3, (old + 2) % 3];
+    let r = c.create(old, json!({"cookie": "base", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // Alone, the leader proposes these; nothing commits, and the clients hear so.
+    for f in others {
+        c.kill(f);
+    }
+    let lost: Vec<String> = (0..5).map(|i| format!("lost-{i}")).collect();
+    let replies = join_all(
+        lost.iter()
+            .map(|id| c.create(old, json!({"cookie": id, "user_id": 1}))),
+    )
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 504, "{}", r.text);
+    }
+    let info = c.cluster_info(old).await;
+    let (last, committed) = (info["last_log_index"].as_u64(), info["committed"].as_u64());
+    assert!(
+        last > committed,
+        "the uncommitted writes are in the old leader's log: {info}"
+    );
+
+    // The old leader paused (its log stays in memory), the others elect one of their own
+    // and write past the old leader's uncommitted entries.
+    c.signal(old, "STOP");
+    for f in others {
+        c.spawn(f);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let new = loop {
+        let mut found = None;
+        for f in others {
+            if c.health(f).await.is_some_and(|h| h["role"] == "leader") {
+                found = Some(f);
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut held = vec!["base".to_string()];
+    for i in 0..8 {
+        let id = format!("after-{i}");
+        let r = c.create(new, json!({"cookie": id, "user_id": 1})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        held.push(id);
+    }
+    held.sort();
+    let new_last = c.cluster_info(new).await["last_log_index"].as_u64();
+    assert!(
+        new_last >= last,
+        "the new leader's log reaches past the old one's uncommitted entries"
+    );
+
+    // Back, the old leader holds what the new one holds, and none of its lost writes.
+    c.signal(old, "CONT");
+    c.wait_local_list(old, "the new leader's records", WAIT, |list| {
+        let mut ids: Vec<&str> = list.iter().map(|r| r["cookie"].as_str().unwrap()).collect();
+        ids.sort();
+        ids == held
+    })
+    .await;
+    for id in &lost {
+        for i in 0..3 {
+            let r = c.get(i, id, "local").await;
+            assert_eq!(r.status, 404, "node{} applied {id}: {}", i + 1, r.text);
+        }
+    }
+}
+
 /// `/ready` means caught up with the leader's commit index as of a check made now: a
 /// restarted follower that is far behind (it catches up four entries per AppendEntries
 /// here) is not ready until it has applied everything committed before it came back
