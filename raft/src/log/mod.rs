@@ -513,17 +513,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(StorageIOError::write_logs(&e).into());
         }
         self.write_meta(KEY_PURGED, &log_id).await?;
-        let purged = {
+        let (purged, entries) = {
             let mut wal = self.wal();
-            lock(&self.tail).purge(log_id.index);
-            wal.purge_entries(log_id.index)
+            let entries = lock(&self.tail).purge(log_id.index);
+            (wal.purge_entries(log_id.index), entries)
         };
         // openraft's core waits for this call, and with it every append and every answer:
         // deleting the segments (a few 16-MiB files) and syncing the directory took 40-80 ms
         // there, a write stall at each snapshot (docs/benchmarks.md). They go on the blocking
-        // pool instead. A failure is reported by the next purge.
+        // pool instead, and so does freeing the entries the tail held. A failure is reported
+        // by the next purge.
         let failed = self.purge_failed.clone();
         tokio::task::spawn_blocking(move || {
+            drop(entries);
             let removing = std::time::Instant::now();
             match purged.remove() {
                 Ok(()) => tracing::debug!(
