@@ -443,8 +443,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut decoded = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let cost = tail::cost(&entry, bytes.len());
             records.push((entry.log_id.index, bytes));
-            let cost = tail::cost(&entry, records.last().map_or(0, |r| r.1.len()));
             decoded.push((entry, cost));
         }
         if let (Some(&(first, _)), Some(&(last, _))) = (records.first(), records.last()) {

@@ -35,16 +35,6 @@ pub(super) fn cost(entry: &Entry<TypeConfig>, encoded: usize) -> usize {
     encoded + std::mem::size_of::<Entry<TypeConfig>>() + cmds * std::mem::size_of::<Command>()
 }
 
-/// Entries a purge took out of the tail, to be freed off openraft's core.
-pub(super) struct Dropped(#[allow(dead_code)] VecDeque<(Entry<TypeConfig>, usize)>);
-
-impl Dropped {
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// The newest entries, in index order, each with its [`cost`].
 pub(super) struct Tail {
     entries: VecDeque<(Entry<TypeConfig>, usize)>,
@@ -115,7 +105,7 @@ impl Tail {
     /// tens of thousands of strings took 2-5 ms under the WAL's lock, on openraft's core
     /// (which waits for the purge, and with it every write); the caller frees them on the
     /// blocking pool.
-    pub(super) fn purge(&mut self, index: u64) -> Dropped {
+    pub(super) fn purge(&mut self, index: u64) -> VecDeque<(Entry<TypeConfig>, usize)> {
         let n = match self.first() {
             Some(first) if first <= index => usize::try_from(index - first + 1)
                 .map_or(self.entries.len(), |n| n.min(self.entries.len())),
@@ -124,7 +114,7 @@ impl Tail {
         let kept = self.entries.split_off(n);
         let gone = std::mem::replace(&mut self.entries, kept);
         self.bytes -= gone.iter().map(|(_, c)| c).sum::<usize>();
-        Dropped(gone)
+        gone
     }
 
     pub(super) fn clear(&mut self) {
