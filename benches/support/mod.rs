@@ -120,10 +120,13 @@ pub fn context_switches(pids: &[u32]) -> u64 {
 /// The nodes keep the default `worker_threads` (one per core), as users get them; one
 /// thread per node was within noise on the compare bench (docs/benchmarks.md).
 pub struct Nodes {
+    /// Declared before `dir`: the processes are killed before their data is removed (the
+    /// other way round, a node still running found its files gone and stopped with a
+    /// storage error in its log at the end of every run).
+    pub procs: Procs,
     pub dir: tempfile::TempDir,
     pub ports: Vec<u16>,
     configs: Vec<PathBuf>,
-    pub procs: Procs,
 }
 
 impl Nodes {
