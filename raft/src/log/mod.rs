@@ -126,6 +126,38 @@ fn other(e: impl std::fmt::Display) -> std::io::Error {
 /// Group fsync: one `fdatasync` for every append queued meanwhile, then their callbacks, in
 /// order. Appends are written in order and a segment is synced before the next one starts,
 /// so syncing the newest file covers them all.
+/// A log fsync this long is logged at debug level: long enough to show in a write's p99.9
+/// on a local disk, so that a stall in the requests can be matched to it
+/// (`benches/stalls.py`).
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(2);
+/// A log fsync this long is a warning: every write on this node waited that long (etcd
+/// warns of a slow `fdatasync` at a second too).
+const VERY_SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a log fsync that took `took` is logged: not at all, at debug level, or as a warning.
+fn fsync_level(took: std::time::Duration) -> Option<tracing::Level> {
+    if took >= VERY_SLOW_FSYNC {
+        Some(tracing::Level::WARN)
+    } else if took >= SLOW_FSYNC {
+        Some(tracing::Level::DEBUG)
+    } else {
+        None
+    }
+}
+
+fn slow_fsync(took: std::time::Duration, appends: usize) {
+    let ms = took.as_millis() as u64;
+    match fsync_level(took) {
+        Some(tracing::Level::WARN) => tracing::warn!(
+            ms,
+            appends,
+            "the log's fsync was slow: writes on this node waited for the disk"
+        ),
+        Some(_) => tracing::debug!(ms, appends, "slow log fsync"),
+        None => {}
+    }
+}
+
 fn run_flusher(rx: mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -135,6 +167,7 @@ fn run_flusher(rx: mpsc::Receiver<Flush>) {
             let synced = std::time::Instant::now();
             let res = f.sync_data();
             crate::stages::since(&crate::stages::WAL_FSYNC, synced);
+            slow_fsync(synced.elapsed(), batch.len());
             res
         });
         for f in batch {
@@ -557,6 +590,29 @@ mod tests {
     fn indexes(store: &LogStore) -> Vec<u64> {
         let all = store.entries(0, u64::MAX).unwrap();
         all.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn a_slow_fsync_is_logged_by_how_slow() {
+        use std::time::Duration;
+        assert_eq!(fsync_level(Duration::from_micros(150)), None);
+        assert_eq!(fsync_level(Duration::from_micros(1999)), None);
+        assert_eq!(
+            fsync_level(Duration::from_millis(2)),
+            Some(tracing::Level::DEBUG)
+        );
+        assert_eq!(
+            fsync_level(Duration::from_millis(999)),
+            Some(tracing::Level::DEBUG)
+        );
+        assert_eq!(
+            fsync_level(Duration::from_secs(1)),
+            Some(tracing::Level::WARN)
+        );
+        assert_eq!(
+            fsync_level(Duration::from_secs(30)),
+            Some(tracing::Level::WARN)
+        );
     }
 
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
