@@ -123,9 +123,6 @@ fn other(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Group fsync: one `fdatasync` for every append queued meanwhile, then their callbacks, in
-/// order. Appends are written in order and a segment is synced before the next one starts,
-/// so syncing the newest file covers them all.
 /// A log fsync this long is logged at debug level: long enough to show in a write's p99.9
 /// on a local disk, so that a stall in the requests can be matched to it
 /// (`benches/stalls.py`).
@@ -158,6 +155,9 @@ fn slow_fsync(took: std::time::Duration, appends: usize) {
     }
 }
 
+/// Group fsync: one `fdatasync` for every append queued meanwhile, then their callbacks, in
+/// order. Appends are written in order and a segment is synced before the next one starts,
+/// so syncing the newest file covers them all.
 fn run_flusher(rx: mpsc::Receiver<Flush>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
