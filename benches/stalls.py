@@ -15,6 +15,10 @@ from --before-ms before the group began to its end:
       cargo bench --bench load
     python3 benches/stalls.py /tmp/plot.slow.csv /tmp/logs --min-ms 8
 
+Last, a count of the groups by the first of a slow log fsync, a host pause (with
+benches/pauses.py's log in the same directory), a state flush or snapshot, another line or
+nothing logged near them, and how many slow log fsyncs overlapped a state flush.
+
 Log lines are the nodes' text format (`<RFC 3339 time>Z LEVEL target: message`, colours
 and all); lines without a time are skipped.
 """
@@ -63,6 +67,55 @@ def log_lines(directory, width):
     return out
 
 
+# What a group of slow requests is put with: the first of these its log lines show
+# (`pauses` lines come from benches/pauses.py, a real-time thread's late wakes).
+KINDS = [
+    ("slow log fsync", ("slow log fsync", "the log's fsync was slow")),
+    ("host pause", ("pauses: woke",)),
+    ("state flush or snapshot", ("sm.redb", "snapshot", "log purged")),
+]
+MS = re.compile(r"\bms=(\d+)")
+
+
+def kind_of(near):
+    texts = [text for _, _, text in near]
+    for kind, marks in KINDS:
+        if any(m in text for text in texts for m in marks):
+            return kind
+    return "other log line" if texts else "nothing"
+
+
+def spans(lines, marks):
+    """[start, end] of each line with one of `marks` and an `ms=` duration, logged at its end."""
+    out = []
+    for t, node, text in lines:
+        m = MS.search(text)
+        if m and any(k in text for k in marks):
+            out.append((t - int(m.group(1)) / 1000, t))
+    return out
+
+
+def fsyncs_beside_flushes(lines):
+    """How many slow log fsyncs overlapped a state flush on any node, and the share of the
+    time that flushes covered (what chance alone would give)."""
+    fsyncs = spans(lines, KINDS[0][1])
+    flushes = sorted(spans(lines, ("written to sm.redb",)))
+    if not fsyncs or not flushes:
+        return None
+    beside = sum(1 for a, b in fsyncs if any(x <= b and a <= y for x, y in flushes))
+    covered, cur = 0.0, None
+    for a, b in flushes:
+        if cur and a <= cur[1]:
+            cur[1] = max(cur[1], b)
+        else:
+            covered += cur[1] - cur[0] if cur else 0
+            cur = [a, b]
+    covered += cur[1] - cur[0]
+    # The time between the first and the last of them: the load's, not the nodes' start.
+    span = max(b for _, b in fsyncs + flushes) - min(a for a, _ in fsyncs + flushes)
+    return beside, len(fsyncs), covered / span if span > 0 else 0.0
+
+
 def clock(t):
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
@@ -87,16 +140,25 @@ def main():
     if not shown:
         return 0
     lines = log_lines(args.logs, args.width) if args.logs else []
-    quiet = 0
+    kinds = {}
     for start, end, n, ms in shown:
         print(f"\n{clock(start)}: {n} requests over {1000 * (end - start):.1f} ms, "
               f"the slowest {ms:.1f} ms")
         near = [x for x in lines if start - args.before_ms / 1000 <= x[0] <= end]
-        quiet += not near
+        kind = kind_of(near)
+        kinds[kind] = kinds.get(kind, 0) + 1
         for t, node, text in near:
             print(f"  {1000 * (t - start):+7.1f} ms  {node}  {text}")
     if args.logs:
-        print(f"\n{quiet} of {len(shown)} groups with nothing logged near them")
+        order = [k for k, _ in KINDS] + ["other log line", "nothing"]
+        print(f"\n{len(shown)} groups, each put with the first of what was logged near it: "
+              + ", ".join(f"{k} {kinds.get(k, 0)}" for k in order))
+        overlap = fsyncs_beside_flushes(lines)
+        if overlap:
+            beside, total, covered = overlap
+            print(f"{beside} of {total} slow log fsyncs ({100 * beside / total:.0f}%) overlapped "
+                  f"a state flush on some node; flushes covered {100 * covered:.0f}% of the "
+                  f"time from the first of them to the last")
     return 0
 
 
