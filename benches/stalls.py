@@ -69,8 +69,9 @@ def log_lines(directory, width):
 
 # What a group of slow requests is put with: the first of these its log lines show
 # (`pauses` lines come from benches/pauses.py, a real-time thread's late wakes).
+FSYNC_MARKS = ("slow log fsync", "the log's fsync was slow")
 KINDS = [
-    ("slow log fsync", ("slow log fsync", "the log's fsync was slow")),
+    ("slow log fsync", FSYNC_MARKS),
     ("host pause", ("pauses: woke",)),
     ("state flush or snapshot", ("sm.redb", "snapshot", "log purged")),
 ]
@@ -88,7 +89,7 @@ def kind_of(near):
 def spans(lines, marks):
     """[start, end] of each line with one of `marks` and an `ms=` duration, logged at its end."""
     out = []
-    for t, node, text in lines:
+    for t, _, text in lines:
         m = MS.search(text)
         if m and any(k in text for k in marks):
             out.append((t - int(m.group(1)) / 1000, t))
@@ -98,7 +99,7 @@ def spans(lines, marks):
 def fsyncs_beside_flushes(lines):
     """How many slow log fsyncs overlapped a state flush on any node, and the share of the
     time that flushes covered (what chance alone would give)."""
-    fsyncs = spans(lines, KINDS[0][1])
+    fsyncs = spans(lines, FSYNC_MARKS)
     flushes = sorted(spans(lines, ("written to sm.redb",)))
     if not fsyncs or not flushes:
         return None
