@@ -2,7 +2,7 @@
 //! keeps changing them. At every read, the value served must be at least as new as the
 //! applied state the reader observed before it started.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cookie_raft::cache::CachedRecord;
@@ -91,11 +91,15 @@ async fn cache_never_serves_a_value_older_than_the_applied_state() {
     let dir = tempfile::tempdir().unwrap();
     let (mut sm, reader, cache) = setup(dir.path()).await;
     let stop = Arc::new(AtomicBool::new(false));
+    // Checks made so far by all readers: the writer goes on until they have made enough
+    // beside its writes (on a busy machine the readers' threads may start late).
+    let made = Arc::new(AtomicU64::new(0));
 
     let readers: Vec<_> = (0..3u64)
         .map(|t| {
             let reader = reader.clone();
             let stop = stop.clone();
+            let made = made.clone();
             std::thread::spawn(move || {
                 let mut checks = 0u64;
                 let mut i = t;
@@ -110,16 +114,21 @@ async fn cache_never_serves_a_value_older_than_the_applied_state() {
                         panic!("stale read: {e}");
                     }
                     checks += 1;
+                    made.fetch_add(1, Ordering::Relaxed);
                 }
                 checks
             })
         })
         .collect();
 
-    // The writer: entries applied in groups of 1-3, as openraft hands them over.
+    // The writer: entries applied in groups of 1-3, as openraft hands them over; at least
+    // 3,000, and more until the readers have checked beside them (a minute at most).
     let total = 3000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut index = KEYS + 1;
-    while index < KEYS + 1 + total {
+    while index < KEYS + 1 + total
+        || (made.load(Ordering::Relaxed) <= 1000 && std::time::Instant::now() < deadline)
+    {
         let n = 1 + index % 3;
         let batch: Vec<_> = (index..index + n).map(update).collect();
         sm.apply(batch).await.unwrap();
