@@ -230,6 +230,13 @@ pub struct StorageTuning {
     /// its B-trees' pages are over 1.25 times what they hold (random ids leave them about
     /// three quarters full). Needs disk for the copy while it runs. 0: never.
     pub repack_idle_ms: u64,
+    /// Directory of the Raft log's segments (the WAL), which every write waits to fsync:
+    /// a device of its own keeps those fsyncs from queueing behind the state machine's
+    /// flushes, as etcd's `--wal-dir`. Unset: the data directory's `wal/`. The directory
+    /// carries a marker naming its log, and a node refuses to start on a WAL that is not
+    /// its own or is missing (an unmounted volume). Moving the WAL is done with the node
+    /// stopped: its files go from the old place to the new, then the setting changes.
+    pub wal_dir: Option<PathBuf>,
     /// The WAL starts a new segment file once the active one holds this many bytes; a
     /// purge gives disk back a segment at a time. Smaller segments give disk back sooner
     /// and roll more often (a roll syncs the old file, the new one and the directory).
@@ -252,10 +259,46 @@ impl Default for StorageTuning {
             sm_cache_bytes: d.state_machine,
             log_cache_bytes: d.log,
             repack_idle_ms: cookie_raft::sm::RepackPolicy::default().idle.as_millis() as u64,
+            wal_dir: None,
             wal_segment_bytes: cookie_raft::log::wal::SEGMENT_BYTES,
             write_reserve_bytes: WRITE_RESERVE_BYTES,
         }
     }
+}
+
+/// `storage.wal_dir` may be the data directory's `wal/` or a directory outside it; not the
+/// data directory itself, nor another of its subdirectories (the snapshots'), nor a
+/// directory that holds the data directory (a dump copies the WAL's directory). Compared
+/// as written, lexically, since neither need exist yet.
+fn check_wal_dir(data: &Path, wal: &Path) -> Result<(), String> {
+    let fail = |why: &str| {
+        Err(format!(
+            "storage: wal_dir {} {why} data_dir {}",
+            wal.display(),
+            data.display()
+        ))
+    };
+    if wal.as_os_str().is_empty() {
+        return Err("storage: wal_dir must not be empty (leave it unset for data_dir/wal)".into());
+    }
+    let (data, wal) = (lexical(data), lexical(wal));
+    if wal == data {
+        return fail("is");
+    }
+    if wal.starts_with(&data) && wal != data.join("wal") {
+        return fail("is inside (only its wal/ may be named)");
+    }
+    if data.starts_with(&wal) {
+        return fail("holds");
+    }
+    Ok(())
+}
+
+/// `p` without `.` components and trailing slashes, for comparing paths as written.
+fn lexical(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 impl StorageTuning {
@@ -869,6 +912,9 @@ impl Config {
         if !(64 << 10..=1 << 30).contains(&st.wal_segment_bytes) {
             return Err("storage: wal_segment_bytes must be from 65536 (64 KiB) to 1 GiB".into());
         }
+        if let Some(wal) = &st.wal_dir {
+            check_wal_dir(&self.data_dir, wal)?;
+        }
         if self.health_check_interval_ms == 0 {
             return Err("health_check_interval_ms must be at least 1".into());
         }
@@ -876,6 +922,12 @@ impl Config {
             return Err("max_body_bytes must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Where this node's files live: the data directory, and the WAL's
+    /// (`storage.wal_dir`, or the data directory's `wal/`).
+    pub fn dirs(&self) -> cookie_raft::log::Dirs {
+        cookie_raft::log::Dirs::with_wal(&self.data_dir, self.storage.wal_dir.as_deref())
     }
 
     /// `dns` and `kubernetes` discovery find the members themselves: they need a service

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use cookie_crud::config::{Config, LogFormat};
 use cookie_crud::tls::Tls;
+use cookie_raft::log::Dirs;
 use cookie_raft::network::{read_capped, MAX_RESPONSE_BYTES};
 use tracing_subscriber::EnvFilter;
 
@@ -83,6 +84,11 @@ struct DumpArgs {
     /// The node's data directory (default: the config's `data_dir`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The node's WAL directory, where it is apart from the data directory (default: the
+    /// config's `storage.wal_dir` when no `--data-dir` is given, else the data directory's
+    /// `wal/`).
+    #[arg(long, value_name = "DIR")]
+    wal_dir: Option<PathBuf>,
     /// Only the state the node had applied, not the rest of its log.
     #[arg(long)]
     applied_only: bool,
@@ -170,17 +176,20 @@ fn restore(r: &RestoreArgs) -> ExitCode {
 
 /// `cookie-crud dump`.
 fn dump(d: &DumpArgs) -> ExitCode {
-    let dir = match &d.data_dir {
-        Some(dir) => dir.clone(),
+    let dirs = match &d.data_dir {
+        Some(dir) => Dirs::with_wal(dir, d.wal_dir.as_deref()),
         None => match d.config.load() {
-            Ok(c) => c.data_dir,
+            Ok(c) => Dirs::with_wal(
+                &c.data_dir,
+                d.wal_dir.as_deref().or(c.storage.wal_dir.as_deref()),
+            ),
             Err(e) => {
                 eprintln!("cookie-crud dump: {e}");
                 return ExitCode::from(2);
             }
         },
     };
-    match cookie_crud::ctl::backup::dump(&dir, &d.to, d.applied_only) {
+    match cookie_crud::ctl::backup::dump(&dirs, &d.to, d.applied_only) {
         Ok(r) => {
             println!(
                 "wrote {}: {} records at index {} (applied {}, then {} entries of the log)",

@@ -67,6 +67,8 @@ pub struct Metrics {
     data_dir_bytes: IntGauge,
     data_dir_free_bytes: IntGauge,
     data_dir_capacity_bytes: IntGauge,
+    wal_dir_free_bytes: IntGauge,
+    wal_dir_capacity_bytes: IntGauge,
     data_dir_short_of_reserve: IntGauge,
     /// The state machine's write-behind layers (`cookie_raft::sm::overlay`).
     sm_flushes: IntCounter,
@@ -244,10 +246,12 @@ impl Metrics {
             members: gauge_vec(&r, "raft_members", "Members in the membership this node knows, by role: voter, learner", &["role"]),
             snapshot_installs: counter(&r, "raft_snapshot_installs_total", "Snapshots installed from a leader (a follower too far behind for the log)"),
             snapshot_install_failures,
-            data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file under the data directory: the log, the state machine, the WAL and the snapshots"),
+            data_dir_bytes: int_gauge(&r, "data_dir_bytes", "Bytes of every file of the node: the log, the state machine, the snapshots under the data directory, and the WAL wherever storage.wal_dir puts it"),
             data_dir_free_bytes: int_gauge(&r, "data_dir_free_bytes", "Bytes free to this node on the filesystem holding its data directory: at 0 its writes fail and the node stops"),
             data_dir_capacity_bytes: int_gauge(&r, "data_dir_capacity_bytes", "Size of the filesystem holding the data directory"),
-            data_dir_short_of_reserve: int_gauge(&r, "data_dir_short_of_reserve", "1 while this node's disk has less free than storage.write_reserve_bytes beyond what it has yet to write: the leader refuses creates and updates while its own or a voter's is"),
+            wal_dir_free_bytes: int_gauge(&r, "wal_dir_free_bytes", "Bytes free to this node on the filesystem holding its WAL (storage.wal_dir; the data directory's own unless set apart): at 0 its appends fail and the node stops"),
+            wal_dir_capacity_bytes: int_gauge(&r, "wal_dir_capacity_bytes", "Size of the filesystem holding the WAL"),
+            data_dir_short_of_reserve: int_gauge(&r, "data_dir_short_of_reserve", "1 while this node's disk (or the WAL's, where storage.wal_dir sets it apart) has less free than storage.write_reserve_bytes beyond what it has yet to write: the leader refuses creates and updates while its own or a voter's is"),
             snapshots_built: counter(&r, "raft_snapshots_built_total", "Snapshots this node built of its own state (log compaction)"),
             snapshot_builds_postponed: counter(&r, "raft_snapshot_builds_postponed_total", "Snapshot builds put off for want of disk room (the current snapshot kept, the log not purged)"),
             snapshot_state_bytes: int_gauge(&r, "raft_snapshot_state_bytes", "Uncompressed bytes of the last snapshot this node built (0 until it builds one): the state a build reads"),
@@ -434,7 +438,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The size of everything under the data directory.
+    /// The size of the node's files (the data directory's, and the WAL's where apart).
     pub fn set_data_dir_bytes(&self, bytes: u64) {
         self.data_dir_bytes.set(bytes as i64);
     }
@@ -443,6 +447,12 @@ impl Metrics {
     pub fn set_data_dir_space(&self, space: cookie_raft::durable::Space) {
         self.data_dir_free_bytes.set(space.free as i64);
         self.data_dir_capacity_bytes.set(space.total as i64);
+    }
+
+    /// Free and whole size of the filesystem holding the WAL.
+    pub fn set_wal_dir_space(&self, space: cookie_raft::durable::Space) {
+        self.wal_dir_free_bytes.set(space.free as i64);
+        self.wal_dir_capacity_bytes.set(space.total as i64);
     }
 
     /// Whether this node's disk is short of its write reserve (`write::room`).

@@ -131,8 +131,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     });
 
     let db_cache = cfg.storage.db_cache();
-    let mut log = LogStore::open_with(&cfg.data_dir, db_cache.log, cfg.storage.wal_segment_bytes)
-        .map_err(|e| NodeError::storage("opening the log (log.redb, wal/)", e))?;
+    let mut log = LogStore::open_with(&cfg.dirs(), db_cache.log, cfg.storage.wal_segment_bytes)
+        .map_err(|e| NodeError::storage("opening the log (log.redb, the WAL)", e))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
         .await
@@ -241,7 +241,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 stall_floor: STALL_MIN,
             },
             room: Room::new(
-                cfg.data_dir.clone(),
+                cfg.dirs(),
                 cfg.storage.write_reserve_bytes,
                 room::Sources {
                     due: {
@@ -283,6 +283,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         client_tls = tls.client_listener.is_some(),
         peer_mtls = tls.peer_listener.is_some(),
         data_dir = %cfg.data_dir.display(),
+        wal_dir = %cfg.dirs().wal.display(),
         "cookie-crud node serving"
     );
 

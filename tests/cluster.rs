@@ -427,6 +427,7 @@ async fn a_torn_write_at_the_end_of_the_log_is_cut_and_nothing_acknowledged_is_l
         let last = std::fs::read_dir(&wal)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
             .max()
             .expect("a WAL segment");
         let mut torn = Vec::new();

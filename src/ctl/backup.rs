@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use cookie_raft::identity::random_id;
+use cookie_raft::log::Dirs;
 use cookie_raft::network::{read_capped, MAX_RESPONSE_BYTES};
 use cookie_raft::sm::backup::{self, BackupHeader, Origin, RestoreTarget};
 use cookie_raft::sm::dump::{self, DumpReport};
@@ -131,6 +132,19 @@ pub fn restore(cfg: &Config, file: &Path) -> Result<BackupHeader, CtlError> {
         node: CookieNode::new(cfg.advertise(), cfg.advertise_peer(), cfg.name()),
         cluster: random_id().map_err(|e| CtlError::Failed(e.to_string()))?,
     };
+    let dirs = cfg.dirs();
+    // The restored log's WAL is made at the node's first start, where the config puts it; a
+    // WAL already there is another data's, and the node would refuse it then.
+    if dirs.wal_apart() {
+        let in_use = cookie_raft::log::place::in_use(&dirs.wal)
+            .map_err(|e| CtlError::Failed(format!("{}: {e}", dirs.wal.display())))?;
+        if in_use {
+            return Err(CtlError::Usage(format!(
+                "{} (storage.wal_dir) holds a WAL already: a restore needs it empty",
+                dirs.wal.display()
+            )));
+        }
+    }
     let len = std::fs::metadata(file)
         .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?
         .len();
@@ -153,9 +167,10 @@ pub fn restore(cfg: &Config, file: &Path) -> Result<BackupHeader, CtlError> {
     })
 }
 
-/// `cookie-crud dump`: a backup of the stopped node's data directory `dir` into `file`
-/// (written as `FILE.partial`, then renamed), for a cluster that lost its quorum for good.
-pub fn dump(dir: &Path, file: &Path, applied_only: bool) -> Result<DumpReport, CtlError> {
+/// `cookie-crud dump`: a backup of the stopped node's data in `dirs` into `file` (written
+/// as `FILE.partial`, then renamed), for a cluster that lost its quorum for good.
+pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, CtlError> {
+    let dir = &dirs.data;
     if file.exists() {
         return Err(CtlError::Usage(format!(
             "{} exists: a backup never overwrites a file",
@@ -170,7 +185,7 @@ pub fn dump(dir: &Path, file: &Path, applied_only: bool) -> Result<DumpReport, C
         created_ms: crate::clock::unix_now_ms(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let report = match dump::dump(dir, applied_only, origin, &mut out) {
+    let report = match dump::dump(dirs, applied_only, origin, &mut out) {
         Ok(r) => r,
         Err(e) => {
             drop(out);

@@ -206,9 +206,18 @@ async fn refresh(state: &Shared) {
             }
         }
     }
+    let dirs = state.cfg.dirs();
+    if dirs.wal_apart() {
+        let wal = std::fs::metadata(&dirs.wal).map_or(0, |meta| entry_bytes(&dirs.wal, &meta));
+        m.set_file_bytes("wal", wal);
+        total += wal;
+    }
     m.set_data_dir_bytes(total);
     if let Ok(space) = cookie_raft::durable::space(&state.cfg.data_dir) {
         m.set_data_dir_space(space);
+    }
+    if let Ok(space) = cookie_raft::durable::space(&dirs.wal) {
+        m.set_wal_dir_space(space);
     }
     m.set_short_of_reserve(state.writer.room().short());
 

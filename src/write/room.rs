@@ -35,7 +35,7 @@
 //! (`a_leader_short_of_its_reserve_refuses_what_grows_the_store_and_stays_up`, with 1 KiB
 //! records: every node stopped half a second into the load).
 
-use std::path::PathBuf;
+use cookie_raft::log::Dirs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,9 @@ const WATCH_CLOSELY: u64 = 256 << 20;
 
 /// Decides whether a write may be proposed, by the room on this node's disk.
 pub struct Room {
-    dir: PathBuf,
+    /// The data directory, and the WAL's where it is apart (`storage.wal_dir`): both must
+    /// have room.
+    dirs: Dirs,
     /// `storage.write_reserve_bytes`; 0 turns the check off.
     reserve: u64,
     /// Bytes the node will write that the filesystem does not show yet (the state
@@ -98,14 +100,14 @@ pub enum Refused {
 }
 
 impl Room {
-    pub fn new(dir: PathBuf, reserve: u64, sources: Sources) -> Self {
+    pub fn new(dirs: Dirs, reserve: u64, sources: Sources) -> Self {
         let Sources {
             due,
             short_voters,
             key_recorded,
         } = sources;
         Room {
-            dir,
+            dirs,
             reserve,
             due,
             short_voters,
@@ -117,8 +119,9 @@ impl Room {
     }
 
     /// Free bytes on the data directory's filesystem less what the node has yet to write
-    /// there, read at most every [`SAMPLE_EVERY`] while well above the reserve; `None` when
-    /// the free space cannot be read (then nothing is refused: the disk decides).
+    /// there, or on the WAL's filesystem where it is apart and has less, read at most every
+    /// [`SAMPLE_EVERY`] while well above the reserve; `None` when the data directory's free
+    /// space cannot be read (then nothing is refused: the disk decides).
     fn room(&self) -> Option<u64> {
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let sampled = self.sampled_ms.load(Ordering::Relaxed);
@@ -129,7 +132,14 @@ impl Room {
         {
             return Some(last);
         }
-        let room = cookie_raft::durable::free_bytes(&self.dir)?.saturating_sub((self.due)());
+        let mut room = cookie_raft::durable::free_bytes(&self.dirs.data)?.saturating_sub((self.due)());
+        if self.dirs.wal_apart() {
+            // On the data directory's filesystem it has no more than that; on its own device
+            // it may have less, and a WAL that cannot append stops the node as surely.
+            if let Some(wal) = cookie_raft::durable::free_bytes(&self.dirs.wal) {
+                room = room.min(wal);
+            }
+        }
         self.room.store(room, Ordering::Relaxed);
         self.sampled_ms.store(now, Ordering::Relaxed);
         Some(room)
@@ -199,9 +209,8 @@ mod tests {
     use super::*;
 
     fn room(reserve: u64, due: u64) -> Room {
-        let dir = std::env::temp_dir();
         Room::new(
-            dir,
+            Dirs::new(&std::env::temp_dir()),
             reserve,
             Sources {
                 due: Box::new(move || due),
@@ -278,7 +287,7 @@ mod tests {
     #[test]
     fn a_voter_short_of_its_reserve_stops_what_grows_the_store_even_with_room_here() {
         let voter = Room::new(
-            std::env::temp_dir(),
+            Dirs::new(&std::env::temp_dir()),
             0,
             Sources {
                 due: Box::new(|| 0),

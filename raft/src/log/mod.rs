@@ -1,5 +1,5 @@
-//! The Raft log: entries in the write-ahead log ([`wal`], `dir/wal/`), the vote and the
-//! purge and committed markers in `dir/log.redb`.
+//! The Raft log: entries in the write-ahead log ([`wal`], `dir/wal/` or the configured WAL
+//! directory, [`place`]), the vote and the purge and committed markers in `dir/log.redb`.
 //!
 //! # Durability
 //! - An append is written at once (so it is readable when `append` returns, as openraft
@@ -41,8 +41,11 @@ use tail::Tail;
 use wal::Wal;
 
 mod ahead;
+pub mod place;
 mod tail;
 pub mod wal;
+
+pub use place::Dirs;
 
 /// Where earlier versions kept the entries; moved into the WAL at open.
 const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -54,6 +57,9 @@ const KEY_COMMITTED: &str = "committed";
 /// This data's incarnation ([`crate::identity`]): written once, when `log.redb` is created
 /// (or first opened by a version with identities), never changed.
 const KEY_INCARNATION: &str = "incarnation";
+/// Set once the WAL directory holds this log's marker ([`place`]): from then on a WAL
+/// directory without it is a missing WAL, not a new one.
+const KEY_WAL_MARKED: &str = "wal_marked";
 
 /// The Raft log. Cloning shares it (the clone is the log reader).
 #[derive(Clone)]
@@ -186,24 +192,32 @@ impl LogStore {
     /// Open or create the log in `dir`, moving entries an earlier version kept in
     /// `log.redb` into the WAL; `log.redb` with the default page cache ([`crate::DbCache`]).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        Self::open_with(dir, crate::DbCache::default().log, wal::SEGMENT_BYTES)
+        Self::open_with(
+            &Dirs::new(dir),
+            crate::DbCache::default().log,
+            wal::SEGMENT_BYTES,
+        )
     }
 
-    /// [`LogStore::open`] with `cache_bytes` of memory for the log's newest entries, kept
+    /// [`LogStore::open`] of the log in `dirs.data` with its WAL in `dirs.wal` (checked to
+    /// be this log's, [`place`]), `cache_bytes` of memory for the log's newest entries, kept
     /// decoded for replication and the apply (their estimated size), and as the page cache
     /// of `log.redb` (which holds the vote and the markers: a few pages); WAL segments of
     /// `segment_bytes` (see [`Wal::open_with`]).
-    pub fn open_with(dir: &Path, cache_bytes: usize, segment_bytes: u64) -> std::io::Result<Self> {
-        let path = dir.join("log.redb");
-        let db = crate::durable::created(&path, || {
-            crate::create_db(&path, cache_bytes).map_err(other)
-        })?;
-        let txn = db.begin_write().map_err(other)?;
-        txn.open_table(META).map_err(other)?;
-        txn.commit().map_err(other)?;
+    pub fn open_with(dirs: &Dirs, cache_bytes: usize, segment_bytes: u64) -> std::io::Result<Self> {
+        let db = open_meta(&dirs.data, cache_bytes)?;
         let incarnation = incarnation(&db).map_err(other)?;
+        let marked = read_meta::<bool>(&db, KEY_WAL_MARKED)
+            .map_err(other)?
+            .unwrap_or(false);
+        if place::check(dirs, incarnation, marked)? {
+            place::write_marker(&dirs.wal, incarnation)?;
+        }
+        if !marked {
+            write_meta_now(&db, KEY_WAL_MARKED, &true).map_err(other)?;
+        }
         let purged = read_meta::<LogId<NodeId>>(&db, KEY_PURGED).map_err(other)?;
-        let mut wal = Wal::open_with(&dir.join("wal"), purged.map(|p| p.index), segment_bytes)?;
+        let mut wal = Wal::open_with(&dirs.wal, purged.map(|p| p.index), segment_bytes)?;
         migrate_legacy_log(&db, &mut wal).map_err(other)?;
         let voted = read_meta::<Vote<NodeId>>(&db, KEY_VOTE)
             .map_err(other)?
@@ -347,11 +361,39 @@ fn incarnation(db: &Database) -> Result<u64, BoxError> {
         return Ok(v);
     }
     let v = crate::identity::random_id()?;
+    write_meta_now(db, KEY_INCARNATION, &v)?;
+    Ok(v)
+}
+
+/// `log.redb` in `dir`, created (its name made durable) if missing, with its table.
+fn open_meta(dir: &Path, cache_bytes: usize) -> std::io::Result<Database> {
+    let path = dir.join("log.redb");
+    let db = crate::durable::created(&path, || {
+        crate::create_db(&path, cache_bytes).map_err(other)
+    })?;
+    let txn = db.begin_write().map_err(other)?;
+    txn.open_table(META).map_err(other)?;
+    txn.commit().map_err(other)?;
+    Ok(db)
+}
+
+/// Write `value` under `key` in a durable transaction of its own (outside a running store).
+fn write_meta_now<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), BoxError> {
     let txn = db.begin_write()?;
     txn.open_table(META)?
-        .insert(KEY_INCARNATION, codec::encode(&v)?.as_slice())?;
+        .insert(key, codec::encode(value)?.as_slice())?;
     txn.commit()?;
-    Ok(v)
+    Ok(())
+}
+
+/// A new log in `dir` whose entries up to `purged` are gone, as a restored node's is: its
+/// incarnation. It has no WAL yet: the node's first start makes one where its configuration
+/// says ([`place`]), so a restore needs no WAL directory.
+pub fn create_purged(dir: &Path, purged: LogId<NodeId>) -> Result<u64, BoxError> {
+    let db = open_meta(dir, crate::DbCache::default().log)?;
+    let incarnation = incarnation(&db)?;
+    write_meta_now(&db, KEY_PURGED, &purged)?;
+    Ok(incarnation)
 }
 
 /// Entries from the `raft_log` table of earlier versions go into the WAL (durably), then the
@@ -624,7 +666,12 @@ mod tests {
     #[tokio::test]
     async fn a_purge_forgets_at_once_and_its_segments_go_soon_after() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        let segments = || {
+            std::fs::read_dir(dir.path().join("wal"))
+                .unwrap()
+                .filter(|e| wal::is_segment_name(&e.as_ref().unwrap().file_name().to_string_lossy()))
+                .count()
+        };
         let mut store = LogStore::open(dir.path()).unwrap();
         {
             let mut wal = store.wal();
@@ -713,7 +760,7 @@ mod tests {
             &create(1, 1, 3),
             codec::encode(&create(1, 1, 3)).unwrap().len(),
         );
-        let mut store = LogStore::open_with(dir.path(), cap, wal::SEGMENT_BYTES).unwrap();
+        let mut store = LogStore::open_with(&Dirs::new(dir.path()), cap, wal::SEGMENT_BYTES).unwrap();
         let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
 
         for batch in [1u64..4, 4..5, 5..12] {

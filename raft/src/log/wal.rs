@@ -118,6 +118,12 @@ fn segment_name(first: u64) -> String {
     format!("{first:020}{SUFFIX}")
 }
 
+/// Whether a file named `name` is one of the WAL's segments.
+pub(crate) fn is_segment_name(name: &str) -> bool {
+    name.strip_suffix(SUFFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn frame(index: u64, payload: &[u8], out: &mut Vec<u8>) {
     let mut h = crc32fast::Hasher::new();
     h.update(&index.to_le_bytes());

@@ -32,7 +32,6 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, LogId, Membership as Voters};
 use redb::{Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
@@ -47,7 +46,6 @@ use super::tables::{
 use crate::codec;
 use crate::command::KeyRecord;
 use crate::identity::{hex, Registry};
-use crate::log::LogStore;
 use crate::record::Record;
 use crate::types::{CookieNode, NodeId};
 use crate::BoxError;
@@ -444,7 +442,7 @@ pub fn restore(
         CommittedLeaderId::new(1, target.node_id),
         header.index.max(1),
     );
-    let incarnation = start_log(&staging, applied).map_err(failed)?;
+    let incarnation = crate::log::create_purged(&staging, applied).map_err(failed)?;
 
     let registry = Registry {
         cluster: Some(target.cluster),
@@ -478,17 +476,6 @@ pub fn restore(
     Ok(header)
 }
 
-/// A new log in `dir`, purged up to `applied`: its incarnation.
-fn start_log(dir: &Path, applied: LogId<NodeId>) -> Result<u64, BoxError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut log = LogStore::open(dir)?;
-        log.purge(applied).await?;
-        Ok(log.incarnation())
-    })
-}
 
 struct RestoredState {
     applied: LogId<NodeId>,

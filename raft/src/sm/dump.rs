@@ -24,7 +24,7 @@ use super::backup::{BackupHeader, Origin};
 use super::StateMachine;
 use crate::cache::{Cache, CacheConfig};
 use crate::identity::Identity;
-use crate::log::LogStore;
+use crate::log::{place, Dirs, LogStore};
 use crate::BoxError;
 
 /// What a dump did.
@@ -61,14 +61,31 @@ impl Drop for Scratch {
     }
 }
 
-/// Write a backup of the node data in `dir` into `out` (see the module's documentation).
+/// Copy the WAL in `from` (its segments and its marker, nothing else a volume's root may
+/// hold) into `to`.
+fn copy_wal(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let wanted = name == place::MARKER
+            || crate::log::wal::is_segment_name(&name.to_string_lossy());
+        if wanted && entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write a backup of the node data in `dirs` into `out` (see the module's documentation).
 /// Blocking, and not to be called on an async runtime (it runs one of its own).
 pub fn dump(
-    dir: &Path,
+    dirs: &Dirs,
     applied_only: bool,
     origin: Origin,
     out: &mut dyn Write,
 ) -> Result<DumpReport, BoxError> {
+    let dir = dirs.data.as_path();
     for file in ["sm.redb", "log.redb"] {
         if !dir.join(file).is_file() {
             return Err(format!(
@@ -93,6 +110,11 @@ pub fn dump(
     let scratch = Scratch(dir.with_file_name(format!(".{name}.dump-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
     copy_tree(dir, &scratch.0)?;
+    if dirs.wal_apart() {
+        // The copy's log finds its WAL in its own `wal/`, marker and all.
+        let _ = std::fs::remove_dir_all(scratch.0.join("wal"));
+        copy_wal(&dirs.wal, &scratch.0.join("wal"))?;
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

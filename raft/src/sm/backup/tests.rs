@@ -6,6 +6,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
 use super::*;
 use crate::cache::Cache;
+use crate::log::LogStore;
 use crate::command::Command;
 use crate::identity::Identity;
 use crate::sm::StateMachine;

@@ -1,0 +1,252 @@
+//! Where the WAL lives, and the check that the WAL found there is this log's.
+//!
+//! The WAL's segments live in the data directory's `wal/` unless the configuration puts them
+//! elsewhere (`storage.wal_dir`), as etcd's `--wal-dir` does: a device of their own, so that
+//! the log's fsyncs, which every write waits for, do not queue behind the state machine's
+//! flushes. A WAL apart from the rest of the data can go missing on its own: a volume not
+//! mounted shows an empty directory, a changed `storage.wal_dir` names another one. A node
+//! that opened an empty WAL beside a log that had entries would come up having lost them
+//! (acknowledged writes, and the votes Raft's safety counts on), and a node that opened
+//! another node's WAL would serve that node's entries as its own.
+//!
+//! So the WAL directory carries a marker, the file [`MARKER`] holding the incarnation of the
+//! log it belongs to (`log.redb`'s, [`crate::identity`]), and `log.redb` records that its
+//! WAL was marked. At open, a marker naming another incarnation, or none where the log says
+//! it marked one, stops the node with what to check. A log that has marked nothing yet (a
+//! new one, a restored one, or one written before markers existed) claims the directory,
+//! unless its WAL is plainly still in the data directory's `wal/` while the configuration
+//! names another place: then the operator has to move it first.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::wal;
+
+/// The marker's file name in the WAL directory. The WAL reads only its segments' names,
+/// so the file sits beside them.
+pub const MARKER: &str = "incarnation";
+
+/// Where a node's files live: the data directory (`log.redb`, `sm.redb`, snapshots) and the
+/// WAL's directory, the data directory's `wal/` unless configured elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    pub data: PathBuf,
+    pub wal: PathBuf,
+}
+
+impl Dirs {
+    /// The WAL in `data`'s `wal/`.
+    pub fn new(data: &Path) -> Dirs {
+        Dirs::with_wal(data, None)
+    }
+
+    /// The WAL in `wal`, or in `data`'s `wal/` when `None`.
+    pub fn with_wal(data: &Path, wal: Option<&Path>) -> Dirs {
+        Dirs {
+            data: data.to_path_buf(),
+            wal: wal.map_or_else(|| data.join("wal"), Path::to_path_buf),
+        }
+    }
+
+    /// Whether the WAL is somewhere other than the data directory's `wal/`.
+    pub fn wal_apart(&self) -> bool {
+        self.wal != self.data.join("wal")
+    }
+}
+
+/// The incarnation the marker in `wal_dir` names; `None` without a marker (or a directory).
+pub fn read_marker(wal_dir: &Path) -> io::Result<Option<u64>> {
+    let text = match fs::read_to_string(wal_dir.join(MARKER)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    u64::from_str_radix(text.trim(), 16).map(Some).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: not a WAL marker (a log incarnation in hex): {:?}",
+                wal_dir.join(MARKER).display(),
+                text.chars().take(40).collect::<String>()
+            ),
+        )
+    })
+}
+
+/// Write the marker naming `incarnation` into `wal_dir` (created if missing), durably: a
+/// temporary file, synced, renamed over the marker, and the directory synced.
+pub fn write_marker(wal_dir: &Path, incarnation: u64) -> io::Result<()> {
+    crate::durable::own_dir(wal_dir)?;
+    let partial = wal_dir.join(format!("{MARKER}.partial"));
+    let mut file = fs::File::create(&partial)?;
+    writeln!(file, "{incarnation:016x}")?;
+    file.sync_all()?;
+    fs::rename(&partial, wal_dir.join(MARKER))?;
+    crate::durable::sync_dir(wal_dir)
+}
+
+/// Whether `dir` holds a WAL segment (a missing directory holds none).
+pub fn holds_segments(dir: &Path) -> io::Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        if wal::is_segment_name(&e?.file_name().to_string_lossy()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `wal_dir` holds a WAL, marked or not: what a restore must not write beside.
+pub fn in_use(wal_dir: &Path) -> io::Result<bool> {
+    Ok(read_marker(wal_dir)?.is_some() || holds_segments(wal_dir)?)
+}
+
+/// Decide whether the log of incarnation `incarnation`, which has (`marked`) or has not yet
+/// marked a WAL directory, may open the WAL in `dirs.wal`: `Ok(true)` when the directory is
+/// to be claimed (its marker written), `Ok(false)` when it is already this log's, `Err` with
+/// what to check when it is not this log's WAL.
+pub fn check(dirs: &Dirs, incarnation: u64, marked: bool) -> io::Result<bool> {
+    let wal = dirs.wal.display();
+    let data = dirs.data.display();
+    match read_marker(&dirs.wal)? {
+        Some(m) if m == incarnation => Ok(false),
+        Some(m) => Err(misplaced(format!(
+            "the WAL in {wal} belongs to another log (incarnation {m:016x}), not to the one \
+             in {data} ({incarnation:016x}): storage.wal_dir must name this node's own WAL"
+        ))),
+        // The WAL still in the data directory, where storage.wal_dir now names another
+        // place: ours by its marker, or (from before markers) by its segments.
+        None if dirs.wal_apart() && still_inside(dirs, incarnation, marked)? => {
+            Err(misplaced(format!(
+                "the log's WAL is in {data}/wal, but storage.wal_dir names {wal}: with the \
+                 node stopped, move the files of {data}/wal into {wal}, or leave \
+                 storage.wal_dir unset"
+            )))
+        }
+        None if marked => Err(misplaced(format!(
+            "{wal} holds no WAL, but the log in {data} keeps its WAL there: is the WAL's \
+             volume mounted, and is storage.wal_dir what it was when the node last ran? \
+             Starting without it would lose the log's entries"
+        ))),
+        None => Ok(true),
+    }
+}
+
+/// Whether this log's WAL is in the data directory's `wal/`: there with this log's marker,
+/// or, for a log that has marked none, with segments.
+fn still_inside(dirs: &Dirs, incarnation: u64, marked: bool) -> io::Result<bool> {
+    let inside = dirs.data.join("wal");
+    Ok(match read_marker(&inside)? {
+        Some(m) => m == incarnation,
+        None => !marked && holds_segments(&inside)?,
+    })
+}
+
+fn misplaced(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("00000000000000000001.wal"), b"").unwrap();
+    }
+
+    #[test]
+    fn a_new_log_claims_its_wal_directory_and_then_owns_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let apart = tmp.path().join("fast-disk");
+        for dirs in [
+            Dirs::new(&tmp.path().join("a")),
+            Dirs::with_wal(&tmp.path().join("b"), Some(&apart)),
+        ] {
+            assert!(check(&dirs, 7, false).unwrap(), "{dirs:?}");
+            write_marker(&dirs.wal, 7).unwrap();
+            assert_eq!(read_marker(&dirs.wal).unwrap(), Some(7));
+            assert!(!check(&dirs, 7, true).unwrap());
+            // A crash between the marker and log.redb's flag: the marker is already ours.
+            assert!(!check(&dirs, 7, false).unwrap());
+        }
+    }
+
+    #[test]
+    fn another_logs_wal_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = Dirs::with_wal(&tmp.path().join("data"), Some(&tmp.path().join("w")));
+        write_marker(&dirs.wal, 0xabc).unwrap();
+        for marked in [false, true] {
+            let err = check(&dirs, 0xdef, marked).unwrap_err().to_string();
+            assert!(err.contains("belongs to another log"), "{err}");
+            assert!(err.contains("0000000000000abc"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_wal_is_refused_once_the_log_has_marked_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        // An unmounted volume: the directory is there, empty (or it is not there at all).
+        let empty = tmp.path().join("mnt");
+        fs::create_dir_all(&empty).unwrap();
+        for wal in [Some(empty.as_path()), Some(&tmp.path().join("nowhere")), None] {
+            let dirs = Dirs::with_wal(&data, wal);
+            let err = check(&dirs, 5, true).unwrap_err().to_string();
+            assert!(err.contains("holds no WAL"), "{err}");
+            assert!(err.contains("mounted"), "{err}");
+        }
+        // storage.wal_dir set where the WAL is still in the data directory: say where it is.
+        write_marker(&data.join("wal"), 5).unwrap();
+        let err = check(&Dirs::with_wal(&data, Some(&empty)), 5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("is in {}/wal", data.display())), "{err}");
+        assert!(err.contains("move the files"), "{err}");
+    }
+
+    #[test]
+    fn an_unmarked_wal_still_in_the_data_directory_must_be_moved_before_it_is_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        segment(&data.join("wal"));
+        let apart = Dirs::with_wal(&data, Some(&tmp.path().join("w")));
+        let err = check(&apart, 9, false).unwrap_err().to_string();
+        assert!(err.contains("move the files"), "{err}");
+        // Where it is, a log from before markers claims its WAL...
+        assert!(check(&Dirs::new(&data), 9, false).unwrap());
+        // ... and once moved, it is claimed where it went.
+        segment(&apart.wal);
+        fs::remove_dir_all(data.join("wal")).unwrap();
+        assert!(check(&apart, 9, false).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_marker_is_an_error_not_a_missing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(MARKER), "not hex\n").unwrap();
+        let err = read_marker(tmp.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(check(&Dirs::with_wal(tmp.path(), Some(tmp.path())), 1, false).is_err());
+    }
+
+    #[test]
+    fn in_use_sees_a_marker_or_a_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path().join("w");
+        assert!(!in_use(&w).unwrap());
+        fs::create_dir_all(w.join("lost+found")).unwrap();
+        assert!(!in_use(&w).unwrap(), "a fresh filesystem's lost+found is not a WAL");
+        segment(&w);
+        assert!(in_use(&w).unwrap());
+        let m = tmp.path().join("m");
+        write_marker(&m, 3).unwrap();
+        assert!(in_use(&m).unwrap());
+    }
+}
