@@ -12,6 +12,8 @@
 //! durable.rs        new files and directories made durable (their directory synced)
 //! log/mod.rs        the Raft log (LogStore): vote, purge, committed markers in log.redb
 //! log/wal.rs        its entries: segment files, framing, torn-tail recovery, truncate, purge
+//! log/place.rs      where the WAL lives (`storage.wal_dir`) and the marker that ties it to
+//!                   its log: a missing or foreign WAL stops the node
 //! sm/mod.rs         the state machine in sm.redb: open, the openraft impl (delegates)
 //! sm/state.rs       the StateMachine value and its snapshot counters
 //! sm/tables.rs      sm.redb's tables and metadata keys
