@@ -35,7 +35,9 @@ async fn create_all(c: &Cluster, via: &[usize], prefix: &str, n: usize) -> BTree
     let mut made = BTreeSet::new();
     for i in 0..n {
         let id = format!("{prefix}{i}");
-        let r = c.create(via[i % via.len()], json!({"cookie": id, "user_id": 1})).await;
+        let r = c
+            .create(via[i % via.len()], json!({"cookie": id, "user_id": 1}))
+            .await;
         assert_eq!(r.status, 201, "{}", r.text);
         made.insert(id);
     }
@@ -51,7 +53,11 @@ async fn refuses_to_start(c: &mut Cluster, i: usize, what: &str) {
         .unwrap_or_else(|| panic!("node{} started on a WAL it must refuse", i + 1));
     assert!(!status.success(), "{status}");
     let log = c.log(i);
-    assert!(log.contains(what), "node{} log lacks {what:?}:\n{log}", i + 1);
+    assert!(
+        log.contains(what),
+        "node{} log lacks {what:?}:\n{log}",
+        i + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +73,11 @@ async fn a_wal_apart_keeps_the_log_and_a_missing_or_foreign_one_stops_the_node()
     c.wait_ready_all(WAIT).await;
     let mut acked = create_all(&c, &[0, 1, 2], "a", 30).await;
     for i in 0..3 {
-        assert!(segments(&wal_of(i)) > 0, "node{}'s WAL is not where configured", i + 1);
+        assert!(
+            segments(&wal_of(i)) > 0,
+            "node{}'s WAL is not where configured",
+            i + 1
+        );
         assert!(wal_of(i).join("incarnation").is_file(), "no marker");
         assert!(
             !c.data_dir(i).join("wal").exists(),
@@ -136,7 +146,10 @@ async fn moving_the_wal_out_of_the_data_directory() {
     c.spawn(0);
     c.wait_ready_all(WAIT).await;
     assert_eq!(ids(&c.list(0, "linearizable").await), acked);
-    assert!(!inside.exists(), "the node made a WAL in its data directory again");
+    assert!(
+        !inside.exists(),
+        "the node made a WAL in its data directory again"
+    );
     c.stop(0);
 
     // A dump by the config reads the WAL apart (a dump of the data directory alone would
@@ -164,5 +177,9 @@ async fn moving_the_wal_out_of_the_data_directory() {
     ]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("holds a WAL already"), "{err}");
-    assert!(!fresh.exists(), "a refused restore made {}", fresh.display());
+    assert!(
+        !fresh.exists(),
+        "a refused restore made {}",
+        fresh.display()
+    );
 }

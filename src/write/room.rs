@@ -132,7 +132,8 @@ impl Room {
         {
             return Some(last);
         }
-        let mut room = cookie_raft::durable::free_bytes(&self.dirs.data)?.saturating_sub((self.due)());
+        let mut room =
+            cookie_raft::durable::free_bytes(&self.dirs.data)?.saturating_sub((self.due)());
         if self.dirs.wal_apart() {
             // On the data directory's filesystem it has no more than that; on its own device
             // it may have less, and a WAL that cannot append stops the node as surely.

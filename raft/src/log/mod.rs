@@ -669,7 +669,9 @@ mod tests {
         let segments = || {
             std::fs::read_dir(dir.path().join("wal"))
                 .unwrap()
-                .filter(|e| wal::is_segment_name(&e.as_ref().unwrap().file_name().to_string_lossy()))
+                .filter(|e| {
+                    wal::is_segment_name(&e.as_ref().unwrap().file_name().to_string_lossy())
+                })
                 .count()
         };
         let mut store = LogStore::open(dir.path()).unwrap();
@@ -760,7 +762,8 @@ mod tests {
             &create(1, 1, 3),
             codec::encode(&create(1, 1, 3)).unwrap().len(),
         );
-        let mut store = LogStore::open_with(&Dirs::new(dir.path()), cap, wal::SEGMENT_BYTES).unwrap();
+        let mut store =
+            LogStore::open_with(&Dirs::new(dir.path()), cap, wal::SEGMENT_BYTES).unwrap();
         let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
 
         for batch in [1u64..4, 4..5, 5..12] {

@@ -196,7 +196,11 @@ mod tests {
         // An unmounted volume: the directory is there, empty (or it is not there at all).
         let empty = tmp.path().join("mnt");
         fs::create_dir_all(&empty).unwrap();
-        for wal in [Some(empty.as_path()), Some(&tmp.path().join("nowhere")), None] {
+        for wal in [
+            Some(empty.as_path()),
+            Some(&tmp.path().join("nowhere")),
+            None,
+        ] {
             let dirs = Dirs::with_wal(&data, wal);
             let err = check(&dirs, 5, true).unwrap_err().to_string();
             assert!(err.contains("holds no WAL"), "{err}");
@@ -207,7 +211,10 @@ mod tests {
         let err = check(&Dirs::with_wal(&data, Some(&empty)), 5, true)
             .unwrap_err()
             .to_string();
-        assert!(err.contains(&format!("is in {}/wal", data.display())), "{err}");
+        assert!(
+            err.contains(&format!("is in {}/wal", data.display())),
+            "{err}"
+        );
         assert!(err.contains("move the files"), "{err}");
     }
 
@@ -242,7 +249,10 @@ mod tests {
         let w = tmp.path().join("w");
         assert!(!in_use(&w).unwrap());
         fs::create_dir_all(w.join("lost+found")).unwrap();
-        assert!(!in_use(&w).unwrap(), "a fresh filesystem's lost+found is not a WAL");
+        assert!(
+            !in_use(&w).unwrap(),
+            "a fresh filesystem's lost+found is not a WAL"
+        );
         segment(&w);
         assert!(in_use(&w).unwrap());
         let m = tmp.path().join("m");

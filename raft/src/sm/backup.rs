@@ -476,7 +476,6 @@ pub fn restore(
     Ok(header)
 }
 
-
 struct RestoredState {
     applied: LogId<NodeId>,
     membership: Membership,

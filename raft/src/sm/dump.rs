@@ -68,8 +68,8 @@ fn copy_wal(from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let name = entry.file_name();
-        let wanted = name == place::MARKER
-            || crate::log::wal::is_segment_name(&name.to_string_lossy());
+        let wanted =
+            name == place::MARKER || crate::log::wal::is_segment_name(&name.to_string_lossy());
         if wanted && entry.file_type()?.is_file() {
             std::fs::copy(entry.path(), to.join(&name))?;
         }

@@ -6,9 +6,9 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
 use super::*;
 use crate::cache::Cache;
-use crate::log::LogStore;
 use crate::command::Command;
 use crate::identity::Identity;
+use crate::log::LogStore;
 use crate::sm::StateMachine;
 use crate::types::{Request, TypeConfig};
 
