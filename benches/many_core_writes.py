@@ -14,6 +14,8 @@ leader's CPU goes (per thread) while it does.
     NOPIN=1       no taskset (a small machine: a dry run)
     OUT=dir       summary.txt and the raw wrk output
     KEEP_LOGS=1   the nodes' logs into OUT too
+    WAL_ROOT=dir  for the `waldir` variant: each node's WAL in dir/<node> (storage.wal_dir),
+                  e.g. a filesystem on another device
 
 A cookie-crud block's variant adds a `[batch]` or `[raft]` table to each node's config (VARIANTS).
 Nodes inherit COOKIE_CRUD_* from the environment (the cluster secret).
@@ -30,6 +32,8 @@ import urllib.request
 
 VARIANTS = {
     "": "",
+    # The WAL apart from the data directory, under $WAL_ROOT (start_cc writes the table).
+    "waldir": "",
     # The CPU gate for a second batch in flight off: what a node did where /proc/stat
     # counts nothing (gVisor) before the idle signal fell back to the node's own CPU time.
     "gateoff": "[batch]\npipeline_idle_above = 1.0\n",
@@ -278,9 +282,14 @@ def start_cc(mode, tmp, tag, variant):
     nodes = ", ".join(f'{{ id = {i}, addr = "127.0.0.1:808{i}" }}' for i in (1, 2, 3))
     for i in (1, 2, 3):
         conf = f"{tmp}/cc{tag}{i}.toml"
+        extra = VARIANTS[variant]
+        if variant == "waldir":
+            wal = os.path.join(os.environ["WAL_ROOT"], f"cc{tag}{i}")
+            shutil.rmtree(wal, ignore_errors=True)
+            extra = f'[storage]\nwal_dir = "{wal}"\n'
         open(conf, "w").write(
             f'node_id = {i}\nlisten = "127.0.0.1:808{i}"\ndata_dir = "{tmp}/cc{tag}{i}"\n'
-            f"nodes = [ {nodes} ]\nlog_level = \"warn\"\n" + VARIANTS[variant])
+            f"nodes = [ {nodes} ]\nlog_level = \"warn\"\n" + extra)
         logf = open(f"{tmp}/cc{tag}{i}.log", "w")
         argv = [exe("cookie-crud"), "--config", conf]
         procs.append(subprocess.Popen(pinned(cpus_of(mode, i), argv), stdout=logf, stderr=logf))
@@ -403,6 +412,8 @@ def main():
         variant = spec.split(":")[2] if spec.count(":") == 2 else ""
         if variant not in VARIANTS:
             sys.exit(f"unknown variant {variant!r} in {spec}")
+        if variant == "waldir" and not os.environ.get("WAL_ROOT"):
+            sys.exit("the waldir variant needs WAL_ROOT (a directory for the nodes' WALs)")
     log(f"nproc {os.cpu_count()} clk_tck {TICK} D {D}s pinned {not NOPIN} plan {' '.join(plan)}")
     stat = open("/proc/stat").read().splitlines()[:2]
     log("/proc/stat: " + " | ".join(stat))

@@ -117,7 +117,8 @@ pub fn check(dirs: &Dirs, incarnation: u64, marked: bool) -> io::Result<bool> {
         Some(m) if m == incarnation => Ok(false),
         Some(m) => Err(misplaced(format!(
             "the WAL in {wal} belongs to another log (incarnation {m:016x}), not to the one \
-             in {data} ({incarnation:016x}): storage.wal_dir must name this node's own WAL"
+             in {data} ({incarnation:016x}): storage.wal_dir must name this node's own WAL \
+             (where the data directory was emptied on purpose, empty the WAL's too)"
         ))),
         // The WAL still in the data directory, where storage.wal_dir now names another
         // place: ours by its marker, or (from before markers) by its segments.
