@@ -281,6 +281,7 @@ fn check_wal_dir(data: &Path, wal: &Path) -> Result<(), String> {
     if wal.as_os_str().is_empty() {
         return Err("storage: wal_dir must not be empty (leave it unset for data_dir/wal)".into());
     }
+    let lexical = cookie_raft::log::place::lexical;
     let (data, wal) = (lexical(data), lexical(wal));
     if wal == data {
         return fail("is");
@@ -292,13 +293,6 @@ fn check_wal_dir(data: &Path, wal: &Path) -> Result<(), String> {
         return fail("holds");
     }
     Ok(())
-}
-
-/// `p` without `.` components and trailing slashes, for comparing paths as written.
-fn lexical(p: &Path) -> PathBuf {
-    p.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
 }
 
 impl StorageTuning {
@@ -1215,6 +1209,39 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn wal_dir_is_the_data_directorys_wal_or_outside_it() {
+        let dirs = |text: &str| Config::parse(&format!("data_dir = \"/srv/data\"\n{text}"));
+        let d = dirs("").unwrap().dirs();
+        assert_eq!(d.wal, PathBuf::from("/srv/data/wal"));
+        assert!(!d.wal_apart());
+        let d = dirs("[storage]\nwal_dir = \"/mnt/fast/wal\"\n")
+            .unwrap()
+            .dirs();
+        assert_eq!(d.wal, PathBuf::from("/mnt/fast/wal"));
+        assert!(d.wal_apart());
+        assert!(!dirs("[storage]\nwal_dir = \"/srv/data/wal/\"\n")
+            .unwrap()
+            .dirs()
+            .wal_apart());
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("/srv/data", "is data_dir"),
+            ("/srv/data/./", "is data_dir"),
+            ("/srv/data/snapshots", "is inside"),
+            ("/srv", "holds data_dir"),
+        ] {
+            let err = dirs(&format!("[storage]\nwal_dir = \"{bad}\"\n")).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let cfg = Config::from_sources(
+            "data_dir = \"/srv/data\"\n",
+            vars(&[("COOKIE_CRUD_STORAGE__WAL_DIR", "/mnt/wal")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.dirs().wal, PathBuf::from("/mnt/wal"));
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -49,10 +49,19 @@ impl Dirs {
         }
     }
 
-    /// Whether the WAL is somewhere other than the data directory's `wal/`.
+    /// Whether the WAL is somewhere other than the data directory's `wal/`, by the paths
+    /// as written (`./data/wal` is `data/wal`).
     pub fn wal_apart(&self) -> bool {
-        self.wal != self.data.join("wal")
+        lexical(&self.wal) != lexical(&self.data.join("wal"))
     }
+}
+
+/// `p` without its `.` components (a trailing slash is none already), for comparing paths
+/// as written: neither need exist yet, so they cannot be canonicalized.
+pub fn lexical(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// The incarnation the marker in `wal_dir` names; `None` without a marker (or a directory).
@@ -176,6 +185,19 @@ mod tests {
             // A crash between the marker and log.redb's flag: the marker is already ours.
             assert!(!check(&dirs, 7, false).unwrap());
         }
+    }
+
+    #[test]
+    fn the_data_directorys_own_wal_named_explicitly_is_not_apart() {
+        let data = Path::new("./data");
+        for same in ["data/wal", "./data/wal", "data/wal/", "./data/./wal"] {
+            assert!(
+                !Dirs::with_wal(data, Some(Path::new(same))).wal_apart(),
+                "{same}"
+            );
+        }
+        assert!(Dirs::with_wal(data, Some(Path::new("/mnt/wal"))).wal_apart());
+        assert!(Dirs::with_wal(data, Some(Path::new("data/wal2"))).wal_apart());
     }
 
     #[test]
