@@ -74,7 +74,8 @@ bench:
 # "kill,partition,member": remove a node and add it back with empty data; "power" and "disk",
 # power cuts and full disks on a lossy FUSE filesystem, need root) picks runs; JEPSEN_SEED fixes
 # the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
-# between the nodes and HTTPS for the clients; JEPSEN_ASSERT=1 builds (into target/assert)
+# between the nodes and HTTPS for the clients; JEPSEN_WAL_APART=1 puts each node's WAL outside
+# its data directory (storage.wal_dir; not with power or disk); JEPSEN_ASSERT=1 builds (into target/assert)
 # with openraft's debug assertions on, its own invariant checks that release builds skip. A
 # node that panicked fails the run. Results: results/jepsen-<seed>/.
 JEPSEN_CARGO = $(if $(JEPSEN_ASSERT),CARGO_TARGET_DIR=target/assert $(CARGO) test --release --config 'profile.release.package.openraft.debug-assertions=true',$(CARGO) test --release)

@@ -51,12 +51,16 @@ pub struct RunConfig {
     /// Mutual TLS between the nodes and HTTPS for the clients (`JEPSEN_TLS=1`), with
     /// certificates made for the run.
     pub tls: bool,
+    /// Each node's WAL in a directory outside its data directory (`JEPSEN_WAL_APART=1`,
+    /// `storage.wal_dir`): kills and restarts then open a WAL apart.
+    pub wal_apart: bool,
 }
 
 impl RunConfig {
     /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS`
     /// (kill,pause,partition,member,power,disk,all,none), `JEPSEN_NODES` (3 or 5),
-    /// `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS).
+    /// `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS), `JEPSEN_WAL_APART` (1: each
+    /// node's WAL outside its data directory).
     pub fn from_env(default_seconds: u64) -> RunConfig {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let seed = env("JEPSEN_SEED")
@@ -89,6 +93,7 @@ impl RunConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
             tls: env("JEPSEN_TLS").is_some_and(|v| v == "1"),
+            wal_apart: env("JEPSEN_WAL_APART").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -196,6 +201,19 @@ pub async fn run(cfg: RunConfig) -> Report {
         dir
     });
     let certs_dir = certs.as_ref().map(|d| d.path().to_owned());
+    // The power and disk faults mount a lossy filesystem over each data directory; a WAL
+    // apart would be outside it, and its writes beyond their reach.
+    assert!(
+        !(cfg.wal_apart
+            && cfg
+                .faults
+                .iter()
+                .any(|f| matches!(f, Fault::Power | Fault::Disk))),
+        "JEPSEN_WAL_APART=1 runs without the power and disk faults"
+    );
+    let wals = cfg.wal_apart.then(|| tempfile::tempdir().unwrap());
+    let wal_root = wals.as_ref().map(|d| d.path().to_owned());
+    // The same names the nemesis deletes with a node's data (below).
     let mut cluster = Cluster::configure_with(n, NODE_CONFIG, move |i, _| {
         let entries: Vec<String> = (0..n)
             .filter(|&j| j != i)
@@ -210,7 +228,14 @@ pub async fn run(cfg: RunConfig) -> Report {
         let tls = certs_dir
             .as_deref()
             .map_or(String::new(), |d| tls_table(d, i));
-        format!("peer_overrides = [{}]\n{tls}", entries.join(", "))
+        // Dotted, as the TLS keys: this text sits among the top-level keys.
+        let wal = wal_root.as_deref().map_or(String::new(), |root| {
+            format!(
+                "storage.wal_dir = \"{}\"\n",
+                root.join(format!("wal{}", i + 1)).display()
+            )
+        });
+        format!("peer_overrides = [{}]\n{tls}{wal}", entries.join(", "))
     });
     let ca = certs.as_ref().map(|d| d.path().join("ca.pem"));
     if let Some(ca) = &ca {
@@ -267,6 +292,11 @@ pub async fn run(cfg: RunConfig) -> Report {
         )));
     }
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
+    if let Some(root) = &wals {
+        nemesis.wal_dirs = (0..n)
+            .map(|i| root.path().join(format!("wal{}", i + 1)))
+            .collect();
+    }
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
     for c in clients {
         c.await.unwrap();
@@ -363,7 +393,12 @@ pub async fn run(cfg: RunConfig) -> Report {
          result: {}\n",
         cfg.seed,
         cfg.nodes,
-        if cfg.tls { ", mutual TLS" } else { "" },
+        match (cfg.tls, cfg.wal_apart) {
+            (true, true) => ", mutual TLS, WAL apart",
+            (true, false) => ", mutual TLS",
+            (false, true) => ", WAL apart",
+            (false, false) => "",
+        },
         cfg.seconds,
         faults.join(","),
         ops.len(),

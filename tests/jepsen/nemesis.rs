@@ -81,6 +81,9 @@ pub struct Nemesis {
     start: Instant,
     /// The power switches of the nodes' filesystems, when `Power` is among the faults.
     power: Vec<Power>,
+    /// Each node's WAL directory where it is apart from its data directory
+    /// (`JEPSEN_WAL_APART`): a node's data is deleted with its WAL, as an operator must.
+    pub wal_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Nemesis {
@@ -91,6 +94,7 @@ impl Nemesis {
             rng: Rng::new(seed ^ 0x004E_454D_4553_4953),
             start: Instant::now(),
             power,
+            wal_dirs: Vec::new(),
         }
     }
 
@@ -319,6 +323,10 @@ impl Nemesis {
         }
         cluster.kill(t);
         let _ = std::fs::remove_dir_all(cluster.data_dir(t));
+        if let Some(wal) = self.wal_dirs.get(t) {
+            // Left behind, it is another log's WAL to the new data, and the node refuses it.
+            let _ = std::fs::remove_dir_all(wal);
+        }
         let config = std::fs::read_to_string(&cluster.nodes[t].config).unwrap();
         if !config.starts_with("join = ") {
             // Top-level keys go first: the config ends in tables.
