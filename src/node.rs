@@ -131,7 +131,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     });
 
     let db_cache = cfg.storage.db_cache();
-    let mut log = LogStore::open_with(&cfg.dirs(), db_cache.log, cfg.storage.wal_segment_bytes)
+    let dirs = cfg.dirs();
+    let mut log = LogStore::open_with(&dirs, db_cache.log, cfg.storage.wal_segment_bytes)
         .map_err(|e| NodeError::storage("opening the log (log.redb, the WAL)", e))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
@@ -241,7 +242,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 stall_floor: STALL_MIN,
             },
             room: Room::new(
-                cfg.dirs(),
+                dirs.clone(),
                 cfg.storage.write_reserve_bytes,
                 room::Sources {
                     due: {
@@ -283,7 +284,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         client_tls = tls.client_listener.is_some(),
         peer_mtls = tls.peer_listener.is_some(),
         data_dir = %cfg.data_dir.display(),
-        wal_dir = %cfg.dirs().wal.display(),
+        wal_dir = %dirs.wal.display(),
         "cookie-crud node serving"
     );
 

@@ -212,8 +212,13 @@ pub async fn run(cfg: RunConfig) -> Report {
         "JEPSEN_WAL_APART=1 runs without the power and disk faults"
     );
     let wals = cfg.wal_apart.then(|| tempfile::tempdir().unwrap());
-    let wal_root = wals.as_ref().map(|d| d.path().to_owned());
-    // The same names the nemesis deletes with a node's data (below).
+    // Each node's WAL directory: in its config, and deleted by the nemesis with its data.
+    let wal_dirs: Vec<PathBuf> = wals.as_ref().map_or_else(Vec::new, |root| {
+        (0..n)
+            .map(|i| root.path().join(format!("wal{}", i + 1)))
+            .collect()
+    });
+    let wal_of = wal_dirs.clone();
     let mut cluster = Cluster::configure_with(n, NODE_CONFIG, move |i, _| {
         let entries: Vec<String> = (0..n)
             .filter(|&j| j != i)
@@ -229,11 +234,8 @@ pub async fn run(cfg: RunConfig) -> Report {
             .as_deref()
             .map_or(String::new(), |d| tls_table(d, i));
         // Dotted, as the TLS keys: this text sits among the top-level keys.
-        let wal = wal_root.as_deref().map_or(String::new(), |root| {
-            format!(
-                "storage.wal_dir = \"{}\"\n",
-                root.join(format!("wal{}", i + 1)).display()
-            )
+        let wal = wal_of.get(i).map_or(String::new(), |w| {
+            format!("storage.wal_dir = \"{}\"\n", w.display())
         });
         format!("peer_overrides = [{}]\n{tls}{wal}", entries.join(", "))
     });
@@ -292,11 +294,7 @@ pub async fn run(cfg: RunConfig) -> Report {
         )));
     }
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
-    if let Some(root) = &wals {
-        nemesis.wal_dirs = (0..n)
-            .map(|i| root.path().join(format!("wal{}", i + 1)))
-            .collect();
-    }
+    nemesis.wal_dirs = wal_dirs;
     let injected = nemesis.run(&mut cluster, &mesh, deadline).await;
     for c in clients {
         c.await.unwrap();

@@ -33,6 +33,9 @@ pub const MARKER: &str = "incarnation";
 pub struct Dirs {
     pub data: PathBuf,
     pub wal: PathBuf,
+    /// Whether `wal` is somewhere other than `data`'s `wal/`: decided once, here, since the
+    /// write reserve asks on every write near it.
+    apart: bool,
 }
 
 impl Dirs {
@@ -43,16 +46,19 @@ impl Dirs {
 
     /// The WAL in `wal`, or in `data`'s `wal/` when `None`.
     pub fn with_wal(data: &Path, wal: Option<&Path>) -> Dirs {
+        let inside = data.join("wal");
+        let apart = wal.is_some_and(|w| lexical(w) != lexical(&inside));
         Dirs {
             data: data.to_path_buf(),
-            wal: wal.map_or_else(|| data.join("wal"), Path::to_path_buf),
+            wal: wal.map_or(inside, Path::to_path_buf),
+            apart,
         }
     }
 
     /// Whether the WAL is somewhere other than the data directory's `wal/`, by the paths
     /// as written (`./data/wal` is `data/wal`).
     pub fn wal_apart(&self) -> bool {
-        lexical(&self.wal) != lexical(&self.data.join("wal"))
+        self.apart
     }
 }
 
