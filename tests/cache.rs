@@ -75,6 +75,8 @@ async fn cache_endpoint_shape_stats_and_clear() {
     let extra = format!("health_check_interval_ms = 200\n{FAST_RAFT}");
     let mut c = Cluster::start(3, &extra).await;
     c.create(0, json!({"cookie": "s", "user_id": 1})).await;
+    // Node 1 may be a follower, which applies the create after the leader answered it.
+    c.wait_caught_up(0, WAIT).await;
     c.get(0, "s", "local").await; // miss
     c.get(0, "s", "local").await; // hit
     c.get(0, "s", "local").await; // hit

@@ -59,6 +59,9 @@ async fn metrics_names_labels_types_and_counts() {
             201
         );
     }
+    // The creates answered once the leader applied them; the follower may not have yet.
+    c.wait_caught_up(follower, std::time::Duration::from_secs(20))
+        .await;
     c.get(follower, "m0", "local").await;
     c.get(follower, "m0", "local").await;
     assert_eq!(c.get(follower, "nope", "local").await.status, 404);

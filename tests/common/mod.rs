@@ -529,6 +529,18 @@ impl Cluster {
         out
     }
 
+    /// Wait until node `i` has applied every write the leader had applied when this was
+    /// called. A write answers once the leader has applied it, so a follower may not hold it
+    /// yet; after this, a `local` read on node `i` sees every write acknowledged before.
+    /// It reads only `/cluster`, so the caches and request counters stay as they were.
+    pub async fn wait_caught_up(&self, i: usize, timeout: Duration) {
+        let leader = self.wait_leader(timeout).await;
+        let applied = |v: &Value| v["last_applied"].as_u64().unwrap_or(0);
+        let want = applied(&self.cluster_info(leader).await);
+        self.wait_cluster_info(i, timeout, |v| applied(v) >= want)
+            .await;
+    }
+
     /// Wait until node `i`'s `/cluster` view satisfies `check`; returns that view.
     pub async fn wait_cluster_info(
         &self,
