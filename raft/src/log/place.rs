@@ -126,6 +126,7 @@ pub fn in_use(wal_dir: &Path) -> io::Result<bool> {
 /// to be claimed (its marker written), `Ok(false)` when it is already this log's, `Err` with
 /// what to check when it is not this log's WAL.
 pub fn check(dirs: &Dirs, incarnation: u64, marked: bool) -> io::Result<bool> {
+    let apart = resolved_apart(dirs)?;
     let wal = dirs.wal.display();
     let data = dirs.data.display();
     match read_marker(&dirs.wal)? {
@@ -137,19 +138,81 @@ pub fn check(dirs: &Dirs, incarnation: u64, marked: bool) -> io::Result<bool> {
         ))),
         // The WAL still in the data directory, where storage.wal_dir now names another
         // place: ours by its marker, or (from before markers) by its segments.
-        None if dirs.wal_apart() && still_inside(dirs, incarnation, marked)? => {
-            Err(misplaced(format!(
-                "the log's WAL is in {data}/wal, but storage.wal_dir names {wal}: with the \
+        None if apart && still_inside(dirs, incarnation, marked)? => Err(misplaced(format!(
+            "the log's WAL is in {data}/wal, but storage.wal_dir names {wal}: with the \
                  node stopped, move the files of {data}/wal into {wal}, or leave \
                  storage.wal_dir unset"
-            )))
-        }
+        ))),
+        // Left by a `cookie-crud move-wal` cut short between the marker's leaving and its
+        // arrival: the copy is whole elsewhere, and a rerun finishes the move.
+        None if marked && holds_segments(&dirs.wal)? => Err(misplaced(format!(
+            "{wal} holds WAL segments but no marker, though the log in {data} marked its WAL: \
+             a `cookie-crud move-wal` cut short leaves this; run it again to finish the move"
+        ))),
         None if marked => Err(misplaced(format!(
             "{wal} holds no WAL, but the log in {data} keeps its WAL there: is the WAL's \
              volume mounted, and is storage.wal_dir what it was when the node last ran? \
              Starting without it would lose the log's entries"
         ))),
         None => Ok(true),
+    }
+}
+
+/// Whether the WAL is apart from the data directory as the filesystem resolves the two
+/// (symlinks followed), not only as written; an error where, resolved, the WAL directory is
+/// the data directory, lies inside it (other than as its `wal/`) or holds it. The
+/// configuration refuses those by the paths as written, before either need exist; a symlink
+/// gets past that, and would put the segments among the data directory's own files, or the
+/// data directory in the WAL's. A `wal/` that is a link to the WAL directory is the same
+/// place, not apart.
+pub(super) fn resolved_apart(dirs: &Dirs) -> io::Result<bool> {
+    if !dirs.wal_apart() {
+        return Ok(false);
+    }
+    let (data, wal) = (resolve(&dirs.data)?, resolve(&dirs.wal)?);
+    if wal == resolve(&dirs.data.join("wal"))? {
+        return Ok(false);
+    }
+    let how = if wal == data {
+        "is"
+    } else if wal.starts_with(&data) {
+        "is inside"
+    } else if data.starts_with(&wal) {
+        "holds"
+    } else {
+        return Ok(true);
+    };
+    Err(misplaced(format!(
+        "storage.wal_dir {} resolves to {}, which {how} the data directory {} ({}): the WAL \
+         must be on a directory of its own, or in the data directory's wal/",
+        dirs.wal.display(),
+        wal.display(),
+        dirs.data.display(),
+        data.display()
+    )))
+}
+
+/// `p` as the filesystem resolves it: its longest existing ancestor canonicalized (symlinks
+/// followed), with the components below it that do not exist yet as written.
+pub(super) fn resolve(p: &Path) -> io::Result<PathBuf> {
+    let full = std::path::absolute(p)?;
+    let mut missing = Vec::new();
+    let mut at = full.as_path();
+    loop {
+        match fs::canonicalize(at) {
+            Ok(found) => return Ok(missing.iter().rev().fold(found, |acc, c| acc.join(c))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match (at.parent(), at.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        missing.push(name.to_owned());
+                        at = parent;
+                    }
+                    // `..` below a missing directory: compare it as written.
+                    _ => return Ok(lexical(&full)),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -264,12 +327,64 @@ mod tests {
     }
 
     #[test]
+    fn a_wal_dir_that_reaches_into_the_data_directory_through_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        fs::create_dir_all(data.join("snapshots")).unwrap();
+        let link = |name: &str, to: &Path| {
+            let l = tmp.path().join(name);
+            std::os::unix::fs::symlink(to, &l).unwrap();
+            l
+        };
+        let to_data = link("to-data", &data);
+        let to_snaps = link("to-snaps", &data.join("snapshots"));
+        let to_parent = link("to-parent", tmp.path());
+        for (wal, how) in [
+            (to_data.clone(), "which is the data directory"),
+            (to_snaps, "which is inside the data directory"),
+            // Not there yet: the link above it still decides where it would be made.
+            (
+                to_data.join("segments"),
+                "which is inside the data directory",
+            ),
+            (to_parent, "which holds the data directory"),
+        ] {
+            let dirs = Dirs::with_wal(&data, Some(&wal));
+            assert!(dirs.wal_apart(), "apart as written: {wal:?}");
+            let err = check(&dirs, 4, false).unwrap_err().to_string();
+            assert!(err.contains(how), "{wal:?}: {err}");
+            assert!(!wal.join(MARKER).exists(), "nothing claimed");
+        }
+        // A directory of its own, reached through a link, is apart.
+        fs::create_dir_all(tmp.path().join("disk2")).unwrap();
+        let to_disk = link("to-disk2", &tmp.path().join("disk2"));
+        assert!(check(&Dirs::with_wal(&data, Some(&to_disk)), 4, false).unwrap());
+    }
+
+    #[test]
+    fn a_wal_linked_from_the_data_directory_is_where_it_is_named() {
+        // The old way to put a WAL on another disk: data/wal a link to it. Naming that
+        // directory in storage.wal_dir names the same WAL, not one to move.
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let disk = tmp.path().join("disk2");
+        segment(&disk);
+        fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&disk, data.join("wal")).unwrap();
+        assert!(check(&Dirs::with_wal(&data, Some(&disk)), 2, false).unwrap());
+    }
+
+    #[test]
     fn a_damaged_marker_is_an_error_not_a_missing_one() {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join(MARKER), "not hex\n").unwrap();
-        let err = read_marker(tmp.path()).unwrap_err();
+        let w = tmp.path().join("w");
+        fs::create_dir_all(&w).unwrap();
+        fs::write(w.join(MARKER), "not hex\n").unwrap();
+        let err = read_marker(&w).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(check(&Dirs::with_wal(tmp.path(), Some(tmp.path())), 1, false).is_err());
+        let dirs = Dirs::with_wal(&tmp.path().join("d"), Some(&w));
+        let err = check(&dirs, 1, false).unwrap_err().to_string();
+        assert!(err.contains("not a WAL marker"), "{err}");
     }
 
     #[test]
