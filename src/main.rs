@@ -74,13 +74,25 @@ enum Cmd {
     /// applied on top of its state first (committed or not: nothing acknowledged is lost);
     /// the directory itself is never changed.
     Dump(DumpArgs),
+    /// Move a stopped node's WAL into another directory (onto a device of its own, or back
+    /// into the data directory's `wal/`), then say what to set `storage.wal_dir` to. A move
+    /// cut short is finished by running it again; the node refuses to start on a half-moved
+    /// WAL meanwhile.
+    MoveWal(MoveWalArgs),
 }
 
 #[derive(Args)]
-struct DumpArgs {
-    /// The backup file to write.
-    #[arg(long, value_name = "FILE")]
+struct MoveWalArgs {
+    /// The directory to move the WAL into: empty, or missing.
+    #[arg(long, value_name = "DIR")]
     to: PathBuf,
+    #[command(flatten)]
+    node: NodeDirsArgs,
+}
+
+/// A stopped node's directories, for the subcommands that work on them.
+#[derive(Args)]
+struct NodeDirsArgs {
     /// The node's data directory (default: the config's `data_dir`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -89,11 +101,39 @@ struct DumpArgs {
     /// `wal/`).
     #[arg(long, value_name = "DIR")]
     wal_dir: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+impl NodeDirsArgs {
+    /// The directories, or the config's error (said on stderr, as `cmd`'s).
+    fn dirs(&self, cmd: &str) -> Result<Dirs, ExitCode> {
+        match &self.data_dir {
+            Some(dir) => Ok(Dirs::with_wal(dir, self.wal_dir.as_deref())),
+            None => match self.config.load() {
+                Ok(c) => Ok(Dirs::with_wal(
+                    &c.data_dir,
+                    self.wal_dir.as_deref().or(c.storage.wal_dir.as_deref()),
+                )),
+                Err(e) => {
+                    eprintln!("cookie-crud {cmd}: {e}");
+                    Err(ExitCode::from(2))
+                }
+            },
+        }
+    }
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// The backup file to write.
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
     /// Only the state the node had applied, not the rest of its log.
     #[arg(long)]
     applied_only: bool,
     #[command(flatten)]
-    config: ConfigArg,
+    node: NodeDirsArgs,
 }
 
 #[derive(Args)]
@@ -176,18 +216,9 @@ fn restore(r: &RestoreArgs) -> ExitCode {
 
 /// `cookie-crud dump`.
 fn dump(d: &DumpArgs) -> ExitCode {
-    let dirs = match &d.data_dir {
-        Some(dir) => Dirs::with_wal(dir, d.wal_dir.as_deref()),
-        None => match d.config.load() {
-            Ok(c) => Dirs::with_wal(
-                &c.data_dir,
-                d.wal_dir.as_deref().or(c.storage.wal_dir.as_deref()),
-            ),
-            Err(e) => {
-                eprintln!("cookie-crud dump: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let dirs = match d.node.dirs("dump") {
+        Ok(dirs) => dirs,
+        Err(code) => return code,
     };
     match cookie_crud::ctl::backup::dump(&dirs, &d.to, d.applied_only) {
         Ok(r) => {
@@ -204,6 +235,46 @@ fn dump(d: &DumpArgs) -> ExitCode {
         Err(e) => {
             eprintln!("cookie-crud dump: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `cookie-crud move-wal`: exit 2 when it refused (nothing changed), 1 when it failed on
+/// the way (running it again finishes the move).
+fn move_wal(m: &MoveWalArgs) -> ExitCode {
+    let dirs = match m.node.dirs("move-wal") {
+        Ok(dirs) => dirs,
+        Err(code) => return code,
+    };
+    match cookie_raft::log::relocate::move_wal(&dirs, &m.to) {
+        Ok(moved) => {
+            let setting = if Dirs::with_wal(&dirs.data, Some(&moved.to)).wal_apart() {
+                format!(
+                    "set storage.wal_dir = {:?} in the node's config (or \
+                     COOKIE_CRUD_STORAGE__WAL_DIR)",
+                    moved.to.display().to_string()
+                )
+            } else {
+                "leave storage.wal_dir unset in the node's config".to_owned()
+            };
+            println!(
+                "moved the WAL of {} ({} segments, {} bytes) from {} to {}; now {setting}, \
+                 then start the node",
+                dirs.data.display(),
+                moved.segments,
+                moved.bytes,
+                dirs.wal.display(),
+                moved.to.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cookie-crud move-wal: {e}");
+            // Refusals (of the target, of a running node, of a WAL that is not this
+            // log's) come before anything is written.
+            use std::io::ErrorKind::{InvalidData, InvalidInput};
+            let refused = matches!(e.kind(), InvalidInput | InvalidData);
+            ExitCode::from(if refused { 2 } else { 1 })
         }
     }
 }
@@ -463,6 +534,7 @@ fn main() -> ExitCode {
         Some(Cmd::Ctl(c)) => return cookie_crud::ctl::run(c),
         Some(Cmd::Restore(r)) => return restore(&r),
         Some(Cmd::Dump(d)) => return dump(&d),
+        Some(Cmd::MoveWal(m)) => return move_wal(&m),
         Some(Cmd::Certs(c)) => {
             return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
                 Ok(w) => {

@@ -183,3 +183,63 @@ async fn moving_the_wal_out_of_the_data_directory() {
         fresh.display()
     );
 }
+
+/// `cookie-crud move-wal` on a follower of a running cluster: refused while the node runs;
+/// once stopped, its WAL moves out, the node refuses its old setting and starts on the new
+/// one with every record, those written while it was away included; and the WAL moves back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_wal_takes_a_stopped_followers_wal_out_and_back() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let f = (leader + 1) % 3;
+    let mut acked = create_all(&c, &[0, 1, 2], "a", 20).await;
+    let config = c.nodes[f].config.clone();
+    let (cfg, original) = (
+        config.display().to_string(),
+        std::fs::read_to_string(&config).unwrap(),
+    );
+    let inside = c.data_dir(f).join("wal");
+    let apart: PathBuf = c.dir().join("fast-disk").join("wal");
+    let to = apart.display().to_string();
+
+    let (code, out, err) = run_bin(&["move-wal", "--config", &cfg, "--to", &to]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("in use by a running node"), "{err}");
+    assert!(!apart.exists(), "a refused move wrote {}", apart.display());
+
+    c.stop(f);
+    let (code, out, err) = run_bin(&["move-wal", "--config", &cfg, "--to", &to]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("set storage.wal_dir = {to:?}")),
+        "{out}"
+    );
+    assert_eq!(segments(&inside), 0, "the old segments are gone");
+    assert!(segments(&apart) > 0);
+    // Its config still names the old place: it holds no WAL now.
+    refuses_to_start(&mut c, f, "holds no WAL").await;
+    acked.extend(create_all(&c, &[leader], "b", 20).await);
+    // FAST_RAFT ends the file with the [raft] table: [storage] goes after it.
+    std::fs::write(
+        &config,
+        format!("{original}\n[storage]\nwal_dir = {to:?}\n"),
+    )
+    .unwrap();
+    c.spawn(f);
+    c.wait_caught_up(f, WAIT).await;
+    assert_eq!(ids(&c.list(f, "local").await), acked);
+
+    // And back into its data directory.
+    c.stop(f);
+    let back = inside.display().to_string();
+    let (code, out, err) = run_bin(&["move-wal", "--config", &cfg, "--to", &back]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("leave storage.wal_dir unset"), "{out}");
+    assert_eq!(segments(&apart), 0);
+    std::fs::write(&config, &original).unwrap();
+    acked.extend(create_all(&c, &[leader], "c", 20).await);
+    c.spawn(f);
+    c.wait_caught_up(f, WAIT).await;
+    assert_eq!(ids(&c.list(f, "local").await), acked);
+    assert_eq!(c.panics(), vec![], "{}", c.logs());
+}

@@ -42,6 +42,7 @@ use wal::Wal;
 
 mod ahead;
 pub mod place;
+pub mod relocate;
 mod tail;
 pub mod wal;
 
