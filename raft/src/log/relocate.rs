@@ -104,8 +104,18 @@ pub fn move_wal(dirs: &Dirs, to: &Path) -> io::Result<Moved> {
             finish(&dirs.wal, to)?;
             return Ok(done());
         }
-        // Cut short after step 2: the copy is whole; the marker goes in.
+        // Cut short after step 2: the copy was whole before the marker left, and the old
+        // segments are still there to show it (a volume not mounted since would show none).
         (None, None) if marked && copying_in => {
+            if sizes(&dirs.wal)? != sizes(to)? {
+                return Err(refused(format!(
+                    "{} has no marker and the copy in {} does not match its segments: the \
+                     move cannot finish from here (is the volume of {} mounted?)",
+                    dirs.wal.display(),
+                    to.display(),
+                    dirs.wal.display()
+                )));
+            }
             switch(&dirs.wal, to, incarnation)?;
             return Ok(done());
         }
@@ -210,6 +220,16 @@ fn segment_names(dir: &Path) -> io::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Each segment in `dir` with its length.
+fn sizes(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for name in segment_names(dir)? {
+        let len = fs::metadata(dir.join(&name))?.len();
+        out.push((name, len));
+    }
+    Ok(out)
 }
 
 /// The incarnation the note in `dir` names, if there is one.
@@ -343,6 +363,13 @@ mod tests {
                     );
                     if step == 2 {
                         assert!(open(&apart).is_err());
+                        // The old volume not mounted now: the copy cannot be checked, and
+                        // the move will not finish on it.
+                        let held = tmp.path().join("held");
+                        fs::rename(&inside.wal, &held).unwrap();
+                        let err = move_wal(&inside, &disk).unwrap_err().to_string();
+                        assert!(err.contains("mounted"), "{err}");
+                        fs::rename(&held, &inside.wal).unwrap();
                     } else {
                         place::write_marker(&disk, inc).unwrap();
                     }
