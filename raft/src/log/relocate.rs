@@ -43,21 +43,12 @@ pub struct Moved {
 /// documentation). Refuses a node that is running, a WAL that is not this log's, a target
 /// that holds anything of another log's or lies inside the data directory (but for its
 /// `wal/`), and a target without room for the segments.
-pub fn move_wal(dirs: &Dirs, to: &Path) -> io::Result<Moved> {
-    let target = Dirs::with_wal(&dirs.data, Some(to));
-    if place::resolve(&dirs.wal)? == place::resolve(to)? {
-        return Err(refused(format!(
-            "the WAL is in {} already",
-            dirs.wal.display()
-        )));
-    }
-    // Where the target is the data directory itself, inside it or above it.
-    place::resolved_apart(&target)?;
-    let meta = dirs.data.join("log.redb");
+pub fn move_wal(configured: &Dirs, to: &Path) -> io::Result<Moved> {
+    let meta = configured.data.join("log.redb");
     if !meta.is_file() {
         return Err(refused(format!(
             "{} has no log.redb: not a node's data directory",
-            dirs.data.display()
+            configured.data.display()
         )));
     }
     // Held until the move is done: no node starts on these directories meanwhile.
@@ -66,7 +57,7 @@ pub fn move_wal(dirs: &Dirs, to: &Path) -> io::Result<Moved> {
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(refused(format!(
                 "{} is in use by a running node: stop it first",
-                dirs.data.display()
+                configured.data.display()
             )))
         }
         Err(e) => return Err(other(e)),
@@ -75,6 +66,29 @@ pub fn move_wal(dirs: &Dirs, to: &Path) -> io::Result<Moved> {
     let marked = read_meta::<bool>(&db, KEY_WAL_MARKED)
         .map_err(other)?
         .unwrap_or(false);
+    let same =
+        |a: &Path, b: &Path| -> io::Result<bool> { Ok(place::resolve(a)? == place::resolve(b)?) };
+    // A setting changed before the move (as a Kubernetes ConfigMap may be) already names
+    // the target: the WAL is still where it was made, in the data directory's wal/.
+    let from = if configured.wal_apart() && same(&configured.wal, to)? {
+        Dirs::new(&configured.data)
+    } else {
+        configured.clone()
+    };
+    let dirs = &from;
+    if same(&dirs.wal, to)? {
+        return Err(refused(if place::read_marker(to)? == Some(incarnation) {
+            format!("the WAL is in {} already", to.display())
+        } else {
+            format!(
+                "{} is where the WAL goes, and the configuration names it already: name the \
+                 directory the WAL is in now with --wal-dir",
+                to.display()
+            )
+        }));
+    }
+    // Where the target is the data directory itself, inside it or above it.
+    place::resolved_apart(&Dirs::with_wal(&dirs.data, Some(to)))?;
     let (from_marker, to_marker) = (place::read_marker(&dirs.wal)?, place::read_marker(to)?);
     let copying_in = read_note(to)? == Some(incarnation);
 
@@ -381,6 +395,29 @@ mod tests {
             assert_eq!(records(&disk), recs, "step {step}");
             drop(open(&apart).unwrap());
         }
+    }
+
+    #[test]
+    fn a_setting_changed_before_the_move_is_no_obstacle() {
+        // storage.wal_dir set first (a ConfigMap changed, then the node stopped), the WAL
+        // still in data/wal: the move takes it from there, and a rerun finds it done.
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let disk = tmp.path().join("disk2");
+        let recs = log_with_entries(&Dirs::new(&data));
+        let configured = Dirs::with_wal(&data, Some(&disk));
+        let moved = move_wal(&configured, &disk).unwrap();
+        assert!(moved.segments > 1, "{moved:?}");
+        assert_eq!(records(&disk), recs);
+        assert_eq!(move_wal(&configured, &disk).unwrap().segments, 0);
+        drop(open(&configured).unwrap());
+        // Back, with the setting already unset: where the WAL is now must be named.
+        let err = move_wal(&Dirs::new(&data), &data.join("wal"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--wal-dir"), "{err}");
+        move_wal(&configured, &data.join("wal")).unwrap();
+        assert_eq!(records(&data.join("wal")), recs);
     }
 
     #[test]
