@@ -281,18 +281,12 @@ fn check_wal_dir(data: &Path, wal: &Path) -> Result<(), String> {
     if wal.as_os_str().is_empty() {
         return Err("storage: wal_dir must not be empty (leave it unset for data_dir/wal)".into());
     }
-    let lexical = cookie_raft::log::place::lexical;
-    let (data, wal) = (lexical(data), lexical(wal));
-    if wal == data {
-        return fail("is");
+    use cookie_raft::log::place::{lexical, overlap, Overlap};
+    match overlap(&lexical(data), &lexical(wal)) {
+        Some(Overlap::Inside) => fail("is inside (only its wal/ may be named)"),
+        Some(how) => fail(how.words()),
+        None => Ok(()),
     }
-    if wal.starts_with(&data) && wal != data.join("wal") {
-        return fail("is inside (only its wal/ may be named)");
-    }
-    if data.starts_with(&wal) {
-        return fail("holds");
-    }
-    Ok(())
 }
 
 impl StorageTuning {

@@ -70,9 +70,57 @@ pub fn lexical(p: &Path) -> PathBuf {
         .collect()
 }
 
+/// How a WAL directory overlaps a data directory it must stay apart from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// The WAL directory is the data directory.
+    Is,
+    /// It lies inside the data directory, other than as its `wal/`.
+    Inside,
+    /// It holds the data directory.
+    Holds,
+}
+
+impl Overlap {
+    pub fn words(self) -> &'static str {
+        match self {
+            Overlap::Is => "is",
+            Overlap::Inside => "is inside",
+            Overlap::Holds => "holds",
+        }
+    }
+}
+
+/// How `wal` overlaps the data directory `data`, compared component by component as given
+/// (the configuration's check passes them [`lexical`], the start's resolved); `None` where
+/// they are apart or `wal` is `data`'s own `wal/`.
+pub fn overlap(data: &Path, wal: &Path) -> Option<Overlap> {
+    if wal == data {
+        Some(Overlap::Is)
+    } else if wal.starts_with(data) && wal != data.join("wal") {
+        Some(Overlap::Inside)
+    } else if data.starts_with(wal) {
+        Some(Overlap::Holds)
+    } else {
+        None
+    }
+}
+
 /// The incarnation the marker in `wal_dir` names; `None` without a marker (or a directory).
 pub fn read_marker(wal_dir: &Path) -> io::Result<Option<u64>> {
-    let text = match fs::read_to_string(wal_dir.join(MARKER)) {
+    read_named(wal_dir, MARKER)
+}
+
+/// Write the marker naming `incarnation` into `wal_dir` (created if missing), durably.
+pub fn write_marker(wal_dir: &Path, incarnation: u64) -> io::Result<()> {
+    write_named(wal_dir, MARKER, incarnation)
+}
+
+/// The incarnation file `name` in `dir` names (the marker, or a move's note); `None` without
+/// it (or a directory).
+pub(super) fn read_named(dir: &Path, name: &str) -> io::Result<Option<u64>> {
+    let path = dir.join(name);
+    let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -82,38 +130,47 @@ pub fn read_marker(wal_dir: &Path) -> io::Result<Option<u64>> {
             io::ErrorKind::InvalidData,
             format!(
                 "{}: not a WAL marker (a log incarnation in hex): {:?}",
-                wal_dir.join(MARKER).display(),
+                path.display(),
                 text.chars().take(40).collect::<String>()
             ),
         )
     })
 }
 
-/// Write the marker naming `incarnation` into `wal_dir` (created if missing), durably: a
-/// temporary file, synced, renamed over the marker, and the directory synced.
-pub fn write_marker(wal_dir: &Path, incarnation: u64) -> io::Result<()> {
-    crate::durable::own_dir(wal_dir)?;
-    let partial = wal_dir.join(format!("{MARKER}.partial"));
+/// Write file `name` naming `incarnation` into `dir` (created if missing), durably: a
+/// temporary file, synced, renamed over `name`, and the directory synced.
+pub(super) fn write_named(dir: &Path, name: &str, incarnation: u64) -> io::Result<()> {
+    crate::durable::own_dir(dir)?;
+    let partial = dir.join(format!("{name}.partial"));
     let mut file = fs::File::create(&partial)?;
     writeln!(file, "{incarnation:016x}")?;
     file.sync_all()?;
-    fs::rename(&partial, wal_dir.join(MARKER))?;
-    crate::durable::sync_dir(wal_dir)
+    fs::rename(&partial, dir.join(name))?;
+    crate::durable::sync_dir(dir)
+}
+
+/// The WAL segments' file names in `dir`, in order (none when it does not exist).
+pub(crate) fn segment_names(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if wal::is_segment_name(&name) && e.file_type()?.is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Whether `dir` holds a WAL segment (a missing directory holds none).
 pub fn holds_segments(dir: &Path) -> io::Result<bool> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    for e in entries {
-        if wal::is_segment_name(&e?.file_name().to_string_lossy()) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(!segment_names(dir)?.is_empty())
 }
 
 /// Whether `wal_dir` holds a WAL, marked or not: what a restore must not write beside.
@@ -173,20 +230,15 @@ pub(super) fn resolved_apart(dirs: &Dirs) -> io::Result<bool> {
     if wal == resolve(&dirs.data.join("wal"))? {
         return Ok(false);
     }
-    let how = if wal == data {
-        "is"
-    } else if wal.starts_with(&data) {
-        "is inside"
-    } else if data.starts_with(&wal) {
-        "holds"
-    } else {
+    let Some(how) = overlap(&data, &wal) else {
         return Ok(true);
     };
     Err(misplaced(format!(
-        "storage.wal_dir {} resolves to {}, which {how} the data directory {} ({}): the WAL \
+        "storage.wal_dir {} resolves to {}, which {} the data directory {} ({}): the WAL \
          must be on a directory of its own, or in the data directory's wal/",
         dirs.wal.display(),
         wal.display(),
+        how.words(),
         dirs.data.display(),
         data.display()
     )))

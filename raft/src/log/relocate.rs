@@ -21,8 +21,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::place::{self, Dirs, MARKER};
-use super::{other, read_meta, wal, KEY_WAL_MARKED};
+use super::place::{self, segment_names, Dirs, MARKER};
+use super::{other, read_meta, KEY_WAL_MARKED};
 
 /// The note in a directory the WAL is being copied into: the incarnation of the log whose
 /// segments it receives. A directory with it and no marker is an unfinished copy.
@@ -180,8 +180,8 @@ fn copy(from: &Path, to: &Path, incarnation: u64) -> io::Result<(usize, u64)> {
             to.display()
         )));
     }
-    crate::durable::own_dir(to)?;
-    write_durably(&to.join(MOVING_IN), &format!("{incarnation:016x}\n"))?;
+    // Makes the directory, durably, before anything goes in.
+    place::write_named(to, MOVING_IN, incarnation)?;
     // Segments of an earlier try that this WAL no longer has (purged since) would be read
     // as part of the log: remove them.
     for stale in segment_names(to)? {
@@ -217,23 +217,9 @@ fn finish(from: &Path, to: &Path) -> io::Result<()> {
     sync_if_there(from)
 }
 
-/// The WAL segments' file names in `dir` (none when it does not exist).
-fn segment_names(dir: &Path) -> io::Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names = Vec::new();
-    for e in entries {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if wal::is_segment_name(&name) && e.file_type()?.is_file() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
+/// The incarnation the note in `dir` names, if there is one.
+fn read_note(dir: &Path) -> io::Result<Option<u64>> {
+    place::read_named(dir, MOVING_IN)
 }
 
 /// Each segment in `dir` with its length.
@@ -244,21 +230,6 @@ fn sizes(dir: &Path) -> io::Result<Vec<(String, u64)>> {
         out.push((name, len));
     }
     Ok(out)
-}
-
-/// The incarnation the note in `dir` names, if there is one.
-fn read_note(dir: &Path) -> io::Result<Option<u64>> {
-    match fs::read_to_string(dir.join(MOVING_IN)) {
-        Ok(text) => Ok(u64::from_str_radix(text.trim(), 16).ok()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn write_durably(path: &Path, text: &str) -> io::Result<()> {
-    fs::write(path, text)?;
-    fs::File::open(path)?.sync_all()?;
-    crate::durable::sync_parent(path)
 }
 
 fn sync_if_there(dir: &Path) -> io::Result<()> {

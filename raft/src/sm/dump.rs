@@ -65,14 +65,12 @@ impl Drop for Scratch {
 /// hold) into `to`.
 fn copy_wal(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let wanted =
-            name == place::MARKER || crate::log::wal::is_segment_name(&name.to_string_lossy());
-        if wanted && entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), to.join(&name))?;
-        }
+    let mut names = place::segment_names(from)?;
+    if from.join(place::MARKER).is_file() {
+        names.push(place::MARKER.to_owned());
+    }
+    for name in names {
+        std::fs::copy(from.join(&name), to.join(&name))?;
     }
     Ok(())
 }
