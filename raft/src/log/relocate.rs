@@ -120,8 +120,9 @@ pub fn move_wal(configured: &Dirs, to: &Path) -> io::Result<Moved> {
         }
         // Cut short after step 2: the copy was whole before the marker left, and the old
         // segments are still there to show it (a volume not mounted since would show none).
+        // Compared byte for byte: the copy becomes the only WAL in the next step.
         (None, None) if marked && copying_in => {
-            if sizes(&dirs.wal)? != sizes(to)? {
+            if !same_segments(&dirs.wal, to)? {
                 return Err(refused(format!(
                     "{} has no marker and the copy in {} does not match its segments: the \
                      move cannot finish from here (is the volume of {} mounted?)",
@@ -151,6 +152,17 @@ pub fn move_wal(configured: &Dirs, to: &Path) -> io::Result<Moved> {
         )));
     }
     let (segments, bytes) = copy(&dirs.wal, to, incarnation)?;
+    // Read back before the old marker goes: a copy that a faulty device or filesystem
+    // changed must not become the only WAL. The move stops here, the node still starts on
+    // the old directory, and a rerun copies again.
+    if !same_segments(&dirs.wal, to)? {
+        return Err(other(format!(
+            "the copy of the WAL in {} reads back different from {}: nothing was switched; \
+             check the target's device, then run the move again",
+            to.display(),
+            dirs.wal.display()
+        )));
+    }
     switch(&dirs.wal, to, incarnation)?;
     drop(db);
     Ok(Moved {
@@ -222,14 +234,42 @@ fn read_note(dir: &Path) -> io::Result<Option<u64>> {
     place::read_named(dir, MOVING_IN)
 }
 
-/// Each segment in `dir` with its length.
-fn sizes(dir: &Path) -> io::Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for name in segment_names(dir)? {
-        let len = fs::metadata(dir.join(&name))?.len();
-        out.push((name, len));
+/// Whether `a` and `b` hold the same segments, name for name and byte for byte.
+fn same_segments(a: &Path, b: &Path) -> io::Result<bool> {
+    let names = segment_names(a)?;
+    if names != segment_names(b)? {
+        return Ok(false);
     }
-    Ok(out)
+    for name in &names {
+        if !same_bytes(&a.join(name), &b.join(name))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether two files hold the same bytes, read a bounded chunk at a time (a segment is
+/// tens of MiB).
+fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+    use io::Read;
+    const CHUNK: usize = 1 << 20;
+    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
+    let len = fa.metadata()?.len();
+    if len != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        fa.read_exact(&mut ba[..n])?;
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 fn sync_if_there(dir: &Path) -> io::Result<()> {
@@ -355,6 +395,17 @@ mod tests {
                         let err = move_wal(&inside, &disk).unwrap_err().to_string();
                         assert!(err.contains("mounted"), "{err}");
                         fs::rename(&held, &inside.wal).unwrap();
+                        // A copy that reads back different, at the same length (a device
+                        // fault since it was made), is not promoted either.
+                        let last = disk.join(segs.last().unwrap());
+                        let good = fs::read(&last).unwrap();
+                        let mut bad = good.clone();
+                        *bad.last_mut().unwrap() ^= 1;
+                        fs::write(&last, &bad).unwrap();
+                        let err = move_wal(&inside, &disk).unwrap_err().to_string();
+                        assert!(err.contains("does not match"), "{err}");
+                        assert_eq!(state(&disk).0, None);
+                        fs::write(&last, &good).unwrap();
                     } else {
                         place::write_marker(&disk, inc).unwrap();
                     }
@@ -366,6 +417,29 @@ mod tests {
             assert_eq!(records(&disk), recs, "step {step}");
             drop(open(&apart).unwrap());
         }
+    }
+
+    #[test]
+    fn segments_are_compared_by_name_and_by_every_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let name = "00000000000000000001.wal";
+        // Past one read chunk, so a difference in the second one counts.
+        let body: Vec<u8> = (0..(1usize << 20) + 7).map(|i| i as u8).collect();
+        fs::write(a.join(name), &body).unwrap();
+        fs::write(b.join(name), &body).unwrap();
+        assert!(same_segments(&a, &b).unwrap());
+        let mut other = body.clone();
+        other[(1 << 20) + 3] ^= 0x80;
+        fs::write(b.join(name), &other).unwrap();
+        assert!(!same_segments(&a, &b).unwrap());
+        fs::write(b.join(name), &body[..body.len() - 1]).unwrap();
+        assert!(!same_segments(&a, &b).unwrap());
+        fs::write(b.join(name), &body).unwrap();
+        fs::write(b.join("00000000000000000002.wal"), b"").unwrap();
+        assert!(!same_segments(&a, &b).unwrap());
     }
 
     #[test]
