@@ -43,13 +43,13 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
     #[command(flatten)]
-    config: ConfigArg,
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one node (what plain `cookie-crud` does).
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Exit 0 when the node this config describes answers GET /health with 200.
     Healthcheck(ConfigArg),
     /// Remove this node from the cluster's membership (through its own API) and wait until
@@ -288,6 +288,32 @@ struct ConfigArg {
     /// The config file, as a plain argument.
     #[arg(value_name = "CONFIG", conflicts_with = "config")]
     path: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config, cookie_crud::config::ConfigError> {
+        self.load_with(Vec::new())
+    }
+
+    /// Load, with `extra` environment variables over the process's: the flags win over the
+    /// file and the environment, as the environment over the file.
+    fn load_with(
+        &self,
+        extra: Vec<(String, String)>,
+    ) -> Result<Config, cookie_crud::config::ConfigError> {
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        env.extend(extra);
+        Config::from_file_and_env_vars(self.config.as_deref().or(self.path.as_deref()), env)
+    }
+}
+
+/// What running a node takes: the configuration, and the flags that join a running cluster.
+/// Only a running node has them: `--join` given to `dump` or `move-wal` would be a
+/// mistake said nowhere, so clap refuses it there.
+#[derive(Args, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
     /// Join a running cluster through the member whose peer listener is at ADDR (the
     /// config's `join`): this node must have empty data.
     #[arg(long, value_name = "ADDR")]
@@ -298,26 +324,16 @@ struct ConfigArg {
     join_as: Option<String>,
 }
 
-impl ConfigArg {
+impl RunArgs {
     fn load(&self) -> Result<Config, cookie_crud::config::ConfigError> {
-        self.load_with(Vec::new())
-    }
-
-    /// Load, with `extra` environment variables over the process's.
-    fn load_with(
-        &self,
-        extra: Vec<(String, String)>,
-    ) -> Result<Config, cookie_crud::config::ConfigError> {
-        let mut env: Vec<(String, String)> = std::env::vars().collect();
-        env.extend(extra);
-        // The flags win over the file and the environment, as the environment over the file.
+        let mut flags = Vec::new();
         if let Some(j) = &self.join {
-            env.push(("COOKIE_CRUD_JOIN".into(), format!("{j:?}")));
+            flags.push(("COOKIE_CRUD_JOIN".into(), format!("{j:?}")));
         }
         if let Some(r) = &self.join_as {
-            env.push(("COOKIE_CRUD_JOIN_AS".into(), format!("{r:?}")));
+            flags.push(("COOKIE_CRUD_JOIN_AS".into(), format!("{r:?}")));
         }
-        Config::from_file_and_env_vars(self.config.as_deref().or(self.path.as_deref()), env)
+        self.config.load_with(flags)
     }
 }
 
@@ -514,10 +530,18 @@ fn run_node(cfg: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (args, check) = match cli.command {
-        None => (cli.config, false),
-        Some(Cmd::Run(a)) => (a, false),
-        Some(Cmd::Healthcheck(a)) => (a, true),
+    let args = match cli.command {
+        None => cli.run,
+        Some(Cmd::Run(a)) => a,
+        Some(Cmd::Healthcheck(a)) => {
+            return match a.load() {
+                Ok(cfg) => healthcheck(&cfg),
+                Err(e) => {
+                    eprintln!("cookie-crud: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Cmd::Leave(l)) => {
             return match l.config.load() {
                 Ok(cfg) if l.if_elastic && !cfg.is_elastic() => {
@@ -552,16 +576,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    let cfg = match args.load() {
-        Ok(c) => c,
+    match args.load() {
+        Ok(cfg) => run_node(cfg),
         Err(e) => {
             eprintln!("cookie-crud: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    if check {
-        healthcheck(&cfg)
-    } else {
-        run_node(cfg)
     }
 }

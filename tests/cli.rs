@@ -112,6 +112,49 @@ fn help_and_version_answer_and_exit_zero() {
     assert!(stderr(&out).contains("--frobnicate"), "{}", stderr(&out));
 }
 
+/// `--join` belongs to running a node: given to a subcommand that works on a stopped
+/// node's files, or to the health check, it would be ignored without a word, so it is a
+/// usage error there (2) that names it, and nothing runs. A running node still takes it.
+#[test]
+fn join_flags_are_refused_where_they_mean_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let to = dir.path().join("out");
+    let to = to.to_str().unwrap();
+    for args in [
+        vec!["dump", "--data-dir", data, "--to", to],
+        vec!["move-wal", "--data-dir", data, "--to", to],
+        vec!["restore", "--from", to, "--data-dir", data],
+        vec!["healthcheck"],
+        vec!["leave"],
+    ] {
+        let mut with_join = args.clone();
+        with_join.extend(["--join", "127.0.0.1:9"]);
+        let out = run(&with_join, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--join"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!dir.path().join("out").exists() && !dir.path().join("data").exists());
+    // `run` and the plain form still take it: there only the made-up flag after it is
+    // refused.
+    for args in [vec!["run", "--join"], vec!["--join"]] {
+        let mut args = args;
+        args.extend(["127.0.0.1:9", "--join-as", "learner", "--frobnicate"]);
+        let out = run(&args, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--frobnicate") && !err.contains("'--join'"),
+            "{err}"
+        );
+    }
+}
+
 /// SIGTERM stops a node cleanly: every background task ends (none has to be aborted),
 /// Raft shuts down, and the process exits 0, on a leader and on followers that have just
 /// forwarded writes.
