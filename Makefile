@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/cookie-crud
 
-.PHONY: build run test fuzz lint cluster-start cluster-stop cluster-clean cluster-test cluster-add-node cluster-remove-node bench jepsen
+.PHONY: build run test test-stress fuzz lint cluster-start cluster-stop cluster-clean cluster-test cluster-add-node cluster-remove-node bench jepsen
 
 build:
 	$(CARGO) build --release --workspace
@@ -23,6 +23,12 @@ test:
 	$(CARGO) test --release --workspace
 	CARGO=$(CARGO) scripts/openraft-tests.sh
 	scripts/fuzz.sh
+
+# The tests with a busy loop on every core beside them (STRESS_ROUNDS rounds, default 3): a
+# test that assumes a step happens in time, rather than waiting for it, fails here before CI
+# finds it (scripts/stress-tests.sh).
+test-stress:
+	CARGO=$(CARGO) scripts/stress-tests.sh
 
 # The long fuzz run: 500 examples per operation and phase.
 fuzz: build
