@@ -93,6 +93,19 @@ pub fn space(dir: &Path) -> io::Result<Space> {
     })
 }
 
+/// Ask the kernel to drop `file`'s cached pages, once they are synced (clean pages only), so
+/// that the next read comes from the device: a read-back then checks what the disk holds,
+/// not what this process wrote into memory. Advice: the kernel may keep some pages.
+pub fn drop_cached(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only advises about its page cache.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
 /// Free bytes on the filesystem that holds `dir`, or `None` (logged) when they cannot be
 /// read: the callers that ask, to refuse work before the disk fills, then let the disk decide.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
@@ -121,6 +134,26 @@ pub fn no_room(e: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_pages_of_a_file_are_dropped_and_a_pipe_is_refused() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&[7u8; 64 << 10]).unwrap();
+        f.sync_all().unwrap();
+        drop_cached(&f).unwrap();
+        // Still the same bytes, read back (from the device where the pages went).
+        assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 64 << 10]);
+        // Advice about a page cache means nothing for a pipe: said, not ignored.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+        assert_eq!(
+            drop_cached(&pipe).unwrap_err().raw_os_error(),
+            Some(libc::ESPIPE)
+        );
+    }
 
     #[test]
     fn a_full_disk_is_told_from_other_failures_however_it_is_wrapped() {

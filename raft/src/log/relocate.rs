@@ -152,8 +152,9 @@ pub fn move_wal(configured: &Dirs, to: &Path) -> io::Result<Moved> {
         )));
     }
     let (segments, bytes) = copy(&dirs.wal, to, incarnation)?;
-    // Read back before the old marker goes: a copy that a faulty device or filesystem
-    // changed must not become the only WAL. The move stops here, the node still starts on
+    // Read back before the old marker goes (from the device: the copy's cached pages were
+    // dropped): a copy that a faulty device or filesystem changed must not become the only
+    // WAL. The move stops here, the node still starts on
     // the old directory, and a rerun copies again.
     if !same_segments(&dirs.wal, to)? {
         return Err(other(format!(
@@ -204,7 +205,10 @@ fn copy(from: &Path, to: &Path, incarnation: u64) -> io::Result<(usize, u64)> {
     for name in &names {
         let target = to.join(name);
         fs::copy(from.join(name), &target)?;
-        fs::File::open(&target)?.sync_all()?;
+        let copied = fs::File::open(&target)?;
+        copied.sync_all()?;
+        // So that the read-back before the switch reads the device, not these pages.
+        crate::durable::drop_cached(&copied)?;
     }
     crate::durable::sync_dir(to)?;
     Ok((names.len(), need))
