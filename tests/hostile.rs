@@ -235,6 +235,69 @@ async fn connections_that_never_finish_their_headers_are_closed() {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// Connections that send nothing, or only HTTP/2's preface, are closed too. hyper's header
+/// timer starts only once it has read enough to choose HTTP/1, and HTTP/2 has none: before
+/// `http::idle`, all of these were still open 15 s later and held a connection permit each.
+#[tokio::test]
+async fn connections_that_send_nothing_or_only_an_http2_preface_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, SHORT_TIMEOUTS).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    // The client preface, then an empty SETTINGS frame: a complete HTTP/2 start, no stream.
+    let mut full = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    full.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let starts: [(&str, &[u8]); 3] = [
+        ("nothing", b""),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        ("the HTTP/2 preface and settings", &full),
+    ];
+    let mut conns = Vec::new();
+    for (what, start) in starts {
+        for _ in 0..10 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(start).await.unwrap();
+            conns.push((what, s));
+        }
+    }
+    for (what, mut s) in conns {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a connection that sent {what} stayed open");
+    }
+    let r = c
+        .create(0, json!({"cookie": "after-silence", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+/// The limit counts time with no request in flight: a request that waits longer than it (a
+/// write with no quorum, here 2 s against a 0.5-s limit) still gets its answer.
+#[tokio::test]
+async fn a_request_that_takes_longer_than_the_header_timeout_is_answered() {
+    let extra = format!("write_timeout_ms = 2000\n{SHORT_TIMEOUTS}");
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    for i in (0..3).filter(|&i| i != leader) {
+        c.kill(i);
+    }
+    let started = std::time::Instant::now();
+    let r = common::try_send(
+        c.client
+            .post(format!("{}/cookies", c.url(leader)))
+            .json(&json!({"cookie": "no-quorum", "user_id": 1})),
+    )
+    .await
+    .expect("an answer, not a closed connection");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "answered in {:?}: {} {}",
+        started.elapsed(),
+        r.status,
+        r.text
+    );
+    assert!(r.status >= 500, "{} {}", r.status, r.text);
+}
+
 /// A body that stops coming gets 408 and changes nothing.
 #[tokio::test]
 async fn a_body_that_stops_coming_gets_408() {

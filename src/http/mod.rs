@@ -12,7 +12,8 @@
 //!   status page at `/`.
 //! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
 //!   [`routes`]: which route a path matches, known to those layers before routing;
-//!   [`server`]: accepting connections, with hyper's limits.
+//!   [`server`]: accepting connections, with hyper's limits; [`idle`]: closing those with
+//!   no request.
 //!
 //! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
 //! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod cookies;
 pub mod error;
 pub mod health;
+pub mod idle;
 pub mod members;
 pub mod observe;
 pub mod openapi;

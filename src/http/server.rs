@@ -5,6 +5,9 @@
 //! still open after 35 s, issue 13). This loop is `axum::serve` with three additions:
 //! - a header read timeout (hyper's `header_read_timeout`, on a tokio timer): a request
 //!   whose headers are not complete in time gets its connection closed;
+//! - the same limit on a connection with no request in flight, whatever it speaks
+//!   ([`super::idle`]): hyper's timer starts only once it has read enough to choose HTTP/1,
+//!   and HTTP/2 has none;
 //! - a bound on open connections: past it, new ones wait in the listen backlog until one
 //!   closes (a permit per connection);
 //! - graceful shutdown with a bound: no new connections, in-flight requests finish, and
@@ -23,10 +26,12 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::idle::{self, Activity, Tracked};
 
 /// A bound listener, and the TLS it speaks (plain HTTP without).
 pub struct Endpoint {
@@ -87,6 +92,7 @@ pub async fn serve(
             builder: builder.clone(),
             app: app.clone(),
             watcher: graceful.watcher(),
+            idle: limits.header_timeout,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -121,6 +127,8 @@ struct Conn {
     builder: Builder<TokioExecutor>,
     app: Router,
     watcher: hyper_util::server::graceful::Watcher,
+    /// How long the connection may go with no request in flight.
+    idle: Duration,
 }
 
 impl Conn {
@@ -128,13 +136,30 @@ impl Conn {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let activity = Activity::new();
+        let app = self.app;
+        let requests = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let in_flight = requests.begin();
+            let answer = app.clone().oneshot(req);
+            async move {
+                let res = answer.await?;
+                Ok::<_, std::convert::Infallible>(res.map(|body| Tracked::new(body, in_flight)))
+            }
+        });
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::trace!("connection ended: {e}");
+        tokio::select! {
+            ended = self.watcher.watch(conn) => {
+                if let Err(e) = ended {
+                    tracing::trace!("connection ended: {e}");
+                }
+            }
+            () = idle::idle_out(&activity, self.idle) => {
+                tracing::debug!("closing a connection with no request for {:?}", self.idle);
+            }
         }
     }
 }

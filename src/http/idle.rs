@@ -1,0 +1,175 @@
+//! Connections with no request: closed once the header timeout has passed.
+//!
+//! hyper's `header_read_timeout` covers HTTP/1 once hyper has chosen HTTP/1, but not what
+//! comes before: the auto builder first reads bytes enough to tell HTTP/1 from the HTTP/2
+//! preface, with no timer. A connection that sends nothing, or part of the preface, stayed
+//! open forever, and so did an HTTP/2 connection that opened no streams (HTTP/2 has no idle
+//! timer in hyper). Each held one of `max_connections`' permits, so a few thousand silent
+//! sockets, no credential needed, shut every client and peer out (api.md section 10 says
+//! such connections are closed).
+//!
+//! So each connection counts its requests in flight, an answer's body included, and a
+//! watchdog beside it closes it when none has been in flight for the limit: from the
+//! connection's opening (its first request must start in time), then from the end of its
+//! last answer (as hyper already does for an idle HTTP/1 keep-alive). The hot path pays
+//! an atomic add and a clock read per request; the watchdog wakes once per limit, never per
+//! request.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+/// One connection's requests: how many are in flight, and since when none is.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request ended, in microseconds after `opened` (0: none yet).
+    idle_since_us: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_us: AtomicU64::new(0),
+        })
+    }
+
+    /// A request has started: in flight until the guard (kept by its answer's body) drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had no request in flight (`None`: one is in flight).
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.opened + Duration::from_micros(self.idle_since_us.load(Ordering::Acquire));
+        Some(Instant::now().saturating_duration_since(since))
+    }
+}
+
+/// A request in flight on a connection: it ends when this drops.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = u64::try_from(a.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Before the count falls, so a watchdog that reads no request in flight reads this
+        // end with it.
+        a.idle_since_us.fetch_max(now, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves once `activity`'s connection has had no request in flight for `limit`.
+pub async fn idle_out(activity: &Activity, limit: Duration) {
+    loop {
+        let wait = match activity.idle_for() {
+            // Busy: look again a limit later (a request's own timeouts bound it).
+            None => limit,
+            Some(idle) if idle >= limit => return,
+            Some(idle) => limit - idle,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// An answer's body that keeps its request in flight until it is sent (or dropped): a long
+/// answer, such as the unpaged list streamed, is not cut off as idle.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, in_flight: InFlight) -> Self {
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_is_idle_from_its_opening() {
+        let a = Activity::new();
+        let start = Instant::now();
+        idle_out(&a, Duration::from_secs(10)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_holds_it_open_and_its_end_starts_the_clock() {
+        let a = Activity::new();
+        let req = a.begin();
+        let watch = tokio::spawn({
+            let a = a.clone();
+            async move {
+                let start = Instant::now();
+                idle_out(&a, Duration::from_secs(10)).await;
+                start.elapsed()
+            }
+        });
+        // In flight for 25 s, far past the limit: not idle.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!watch.is_finished());
+        drop(req);
+        let took = watch.await.unwrap();
+        // Closed a limit after the request ended, not before (the watchdog looks again
+        // at most a limit after it found the request in flight).
+        assert!(took >= Duration::from_secs(35), "{took:?}");
+        assert!(took <= Duration::from_secs(40), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_keep_coming_keep_it_open() {
+        let a = Activity::new();
+        let watch = tokio::spawn({
+            let a = a.clone();
+            async move { idle_out(&a, Duration::from_secs(10)).await }
+        });
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            drop(a.begin());
+        }
+        assert!(!watch.is_finished(), "closed while requests came every 6 s");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(watch.is_finished());
+    }
+}
