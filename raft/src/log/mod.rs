@@ -20,7 +20,9 @@
 //!   marker may be older than the real commit index. That is safe for applying (openraft
 //!   re-learns the commit index from the leader), and the one reader that needed it exact, a
 //!   leader restored in place at startup, gets its floor from
-//!   [`LogStore::restored_leader_floor`] instead.
+//!   [`LogStore::restored_leader_floor`] instead. It may also be newer than the log: a
+//!   commit index can arrive while the node's own fsync of those entries runs, and a crash
+//!   then takes them; a marker past the log's end is dropped at open.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -504,11 +506,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(latest) = self.committed.lock().expect("not poisoned").latest {
             return Ok(latest);
         }
-        Ok(
-            read_meta::<Option<LogId<NodeId>>>(&self.meta, KEY_COMMITTED)
-                .map_err(|e| StorageIOError::read(&crate::io_err(e)))?
-                .flatten(),
-        )
+        let stored = read_meta::<Option<LogId<NodeId>>>(&self.meta, KEY_COMMITTED)
+            .map_err(|e| StorageIOError::read(&crate::io_err(e)))?
+            .flatten();
+        // The marker may name entries this log no longer holds: a node learns a commit
+        // index while its own fsync of those entries still runs (`parallel_follower_append`,
+        // `parallel_leader_append`), the next redb write makes the marker durable, and a
+        // power cut takes the unsynced tail. openraft re-applies up to the marker at
+        // startup and, finding no entries there, failed every start. Such a marker is
+        // dropped: the state machine's own applied point stands, and the leader's next
+        // append brings the commit index back with the entries.
+        let last = self.wal().bounds().map(|(_, last)| last);
+        let purged: Option<LogId<NodeId>> = read_meta(&self.meta, KEY_PURGED)
+            .map_err(|e| StorageIOError::read(&crate::io_err(e)))?;
+        let held = last.max(purged.map(|p| p.index));
+        match stored {
+            Some(c) if held.is_none_or(|h| c.index > h) => {
+                tracing::warn!(
+                    committed = c.index,
+                    log_ends_at = ?held,
+                    "the committed marker is past the end of the log (its tail was not \
+                     synced before a crash); starting from the applied state instead"
+                );
+                Ok(None)
+            }
+            c => Ok(c),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
@@ -658,6 +681,49 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A committed marker past the end of the log is dropped at open. A node learns a commit
+    /// index while its own fsync of those entries runs, the next redb write (a vote, a
+    /// purge) makes the marker durable, and a power cut takes the unsynced tail: here the
+    /// log ends at 10 and the marker names 20. openraft re-applied up to the marker at
+    /// startup and failed ("Failed to get log entries, expected index: [0, 21)"), at every
+    /// start. Found in review; this test failed so before the fix. A marker within the log
+    /// stands.
+    #[tokio::test]
+    async fn a_committed_marker_past_the_log_is_dropped_at_open() {
+        use openraft::storage::{RaftLogStorageExt, StorageHelper};
+        use openraft::Vote;
+        let reopen = |dir: &Path| {
+            let store = LogStore::open(dir).unwrap();
+            let sm = crate::StateMachine::open(
+                dir,
+                Arc::new(crate::Cache::new(Default::default())),
+                Arc::new(crate::identity::Identity::new(1, 0x11, false)),
+            )
+            .unwrap();
+            (store, sm)
+        };
+        for (marker, kept) in [(20, false), (7, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut store, sm) = reopen(dir.path());
+            drop(sm);
+            let entries: Vec<_> = (0..=10).map(|i| entry(1, i)).collect();
+            store.blocking_append(entries).await.unwrap();
+            let at = LogId::new(CommittedLeaderId::new(1, 1), marker);
+            store.save_committed(Some(at)).await.unwrap();
+            store.save_vote(&Vote::new_committed(2, 2)).await.unwrap();
+            drop(store);
+            let (mut store, mut sm) = reopen(dir.path());
+            StorageHelper::new(&mut store, &mut sm)
+                .get_initial_state()
+                .await
+                .unwrap_or_else(|e| panic!("marker {marker}: the node does not start: {e}"));
+            drop((store, sm));
+            let (mut store, _sm) = reopen(dir.path());
+            let read = store.read_committed().await.unwrap();
+            assert_eq!(read, kept.then_some(at), "marker {marker}");
         }
     }
 
