@@ -114,7 +114,7 @@ fn corrupt(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-fn segment_name(first: u64) -> String {
+pub(super) fn segment_name(first: u64) -> String {
     format!("{first:020}{SUFFIX}")
 }
 
@@ -515,13 +515,17 @@ impl Wal {
             self.fresh_segment = true;
         }
         // A segment can go once the next one starts at or below the new first index, or,
-        // for the last one, once it holds nothing at all.
+        // for the last one, once it holds nothing at all, unless it is named for the new
+        // first index (empty, as a truncation at a segment's start or a power cut after a
+        // roll leaves it): the next append would start a segment of that very name, and the
+        // removal, which runs later on another thread, would unlink the new file with the
+        // acknowledged entries in it. It stays, and the next append starts it afresh.
         let keys: Vec<u64> = self.segments.keys().copied().collect();
         let mut files = Vec::new();
         for (n, k) in keys.iter().enumerate() {
             let obsolete = match keys.get(n + 1) {
                 Some(next) => *next <= self.first,
-                None => self.locs.is_empty(),
+                None => self.locs.is_empty() && *k != self.first,
             };
             if obsolete {
                 if let Some(s) = self.segments.remove(k) {
