@@ -78,6 +78,19 @@ impl Incoming {
     }
 }
 
+/// A received snapshot's file that nothing has claimed yet: removed on drop.
+struct Unclaimed(Option<std::path::PathBuf>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            if let Err(e) = crate::durable::remove_if_present(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 /// A snapshot refused for want of room, and the free bytes it was found to need.
 struct Short {
     id: String,
@@ -141,8 +154,13 @@ impl SnapshotInbox {
         });
     }
 
-    /// Take one chunk; on the last, validate and install the snapshot.
-    pub async fn chunk(&self, req: InstallSnapshotRequest<TypeConfig>) -> ChunkResult {
+    /// Take one chunk; on the last, validate and install the snapshot, calling
+    /// `installing` just before it is handed to Raft.
+    pub async fn chunk(
+        &self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        installing: impl FnOnce(),
+    ) -> ChunkResult {
         let my_vote = self.raft.metrics().borrow().vote;
         // As openraft does: a sender with an older vote is told ours, and stops.
         if req.vote < my_vote {
@@ -214,6 +232,10 @@ impl SnapshotInbox {
             return Ok(Ok(InstallSnapshotResponse { vote: my_vote }));
         };
         drop(current);
+        // Until the file is handed to Raft, a handler dropped half-way (the sender's
+        // timeout, a closed connection) must not leave it behind: before, each such retry
+        // of a large snapshot left a full copy on disk until the next restart.
+        let mut unclaimed = Unclaimed(Some(incoming.file.path().to_owned()));
         let path = incoming.file.path().to_owned();
         let limit = self.max_bytes;
         let checked =
@@ -247,6 +269,9 @@ impl SnapshotInbox {
             meta: req.meta,
             snapshot: Box::new(incoming.file),
         };
+        // Raft renames it into place from here (a removal now could race that rename).
+        unclaimed.0 = None;
+        installing();
         let installed = self.raft.install_full_snapshot(req.vote, snapshot).await;
         // Installing renames the file into place; openraft skips a snapshot that is not
         // newer than what this node has, and then the file is still here, to remove.

@@ -15,6 +15,7 @@
 //! handler is dropped half-way (the leader's connection closed) cannot leave this node
 //! unable to campaign for good (issue 12).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,16 +47,34 @@ pub struct InstallQuiet {
     tasks: Tasks,
 }
 
-/// Elections held off for one install of a snapshot up to `index`; released on drop.
+/// Elections held off for one install of a snapshot up to `index`; released on drop: once
+/// the state machine has reached `index` plus one grace if the install began
+/// ([`Hold::installing`]), at once if it never did (a chunk refused, from an older vote,
+/// out of place, invalid, or with no room for it). Waiting for an index that an install
+/// never brings kept this node from campaigning for the whole install timeout, 30 s, and
+/// for good while a disk-short follower was sent the chunk again and again (found in
+/// review).
 #[must_use = "dropping the hold releases it at once"]
 pub struct Hold {
     quiet: InstallQuiet,
     index: u64,
+    installing: AtomicBool,
+}
+
+impl Hold {
+    /// The snapshot is being handed to Raft: from now on the release waits for it.
+    pub fn installing(&self) {
+        self.installing.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.quiet.release(self.index);
+        if self.installing.load(Ordering::Relaxed) {
+            self.quiet.release(self.index);
+        } else {
+            self.quiet.release_now();
+        }
     }
 }
 
@@ -96,6 +115,17 @@ impl InstallQuiet {
         Hold {
             quiet: self.clone(),
             index,
+            installing: AtomicBool::new(false),
+        }
+    }
+
+    /// A hold whose install never began: let this node campaign again at once unless
+    /// another install still holds.
+    fn release_now(&self) {
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        *holds -= 1;
+        if *holds == 0 {
+            (self.elect)(true);
         }
     }
 
@@ -121,8 +151,6 @@ impl InstallQuiet {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use openraft::{CommittedLeaderId, LogId};
 
     use super::*;
@@ -163,6 +191,7 @@ mod tests {
         let tasks = Tasks::new();
         let (q, campaigns, tx) = quiet(&tasks);
         let hold = q.hold(10);
+        hold.installing();
         assert!(!campaigns.load(Ordering::SeqCst));
         drop(hold); // the handler's future was dropped with it
         apply(&tx, 10);
@@ -176,6 +205,8 @@ mod tests {
         let (q, campaigns, tx) = quiet(&tasks);
         let first = q.hold(5);
         let second = q.hold(9);
+        first.installing();
+        second.installing();
         drop(first);
         apply(&tx, 5);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -183,5 +214,27 @@ mod tests {
         drop(second);
         apply(&tx, 9);
         wait_until(&campaigns, true).await;
+    }
+
+    /// A final chunk that was never installed (refused, or from an older vote) releases its
+    /// hold at once: before, the release waited the whole install limit (5 s here, 30 s by
+    /// default) for an index no install would bring.
+    #[tokio::test]
+    async fn a_hold_whose_install_never_began_lets_the_node_campaign_at_once() {
+        let tasks = Tasks::new();
+        let (q, campaigns, _tx) = quiet(&tasks);
+        let hold = q.hold(10);
+        assert!(!campaigns.load(Ordering::SeqCst));
+        drop(hold);
+        assert!(campaigns.load(Ordering::SeqCst), "still held off");
+        // And an install that began still waits for its index.
+        let hold = q.hold(10);
+        hold.installing();
+        drop(hold);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !campaigns.load(Ordering::SeqCst),
+            "released before the index was applied"
+        );
     }
 }

@@ -46,12 +46,15 @@ pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Byt
         Err(r) => return r.into_response(),
     };
     // The last chunk is when the install happens: no campaigning from here until the
-    // leader has been heard from again (see `cluster::install_quiet`). The hold is released
-    // when it drops: after the answer, or when this handler is dropped half-way.
+    // leader has been heard from again (see `cluster::install_quiet`); the leader sends no
+    // heartbeat while it waits for this answer, validation included. The hold is released
+    // when it drops: after the answer, or when this handler is dropped half-way; at once
+    // if the snapshot never reached Raft.
     let index = req.meta.last_log_id.map_or(0, |l| l.index);
-    let _quiet = req.done.then(|| state.install_quiet.hold(index));
+    let quiet = req.done.then(|| state.install_quiet.hold(index));
+    let installing = || quiet.iter().for_each(|q| q.installing());
     // Chunks go through the inbox, never straight to openraft (see `cookie_raft::inbox`).
-    match state.snapshot_inbox.chunk(req).await {
+    match state.snapshot_inbox.chunk(req, installing).await {
         Ok(answer) => reply(&answer),
         Err(refused) => {
             tracing::warn!("snapshot chunk refused: {refused}");
