@@ -345,6 +345,16 @@ async fn the_membership_api_refuses_bad_changes() {
         (post.clone(), "/cluster/members/9/promote", None, 404),
         (reqwest::Method::DELETE, "/cluster/members/9", None, 404),
         (reqwest::Method::DELETE, "/cluster/members/abc", None, 400),
+        // An id that is not UTF-8, and a body over `max_body_bytes` (1 MiB) but under
+        // axum's own 2 MB: both were answered in plain text (the body, parsed, a 400).
+        (reqwest::Method::DELETE, "/cluster/members/%FF", None, 400),
+        (post.clone(), "/cluster/members/%FF/promote", None, 400),
+        (
+            post.clone(),
+            "/cluster/members",
+            Some(json!({"id": 4, "addr": "x", "pad": "x".repeat(1_500_000)})),
+            413,
+        ),
     ];
     for (method, path, body, status) in cases {
         let r = api(&c, 1, method.clone(), path, body.clone()).await;

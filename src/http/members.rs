@@ -3,7 +3,8 @@
 //! `DELETE /cluster/members/{id}`. Any node takes them; the change is made on the leader
 //! (`crate::cluster::membership`), one at a time, and the reply is the membership after it.
 
-use axum::body::Bytes;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +12,7 @@ use axum::Json;
 use tokio::time::Instant;
 
 use super::error::json_bytes;
+use super::params::read_body;
 use super::state::Shared;
 use crate::cluster::membership::{AddRequest, Change, ChangeError, Members};
 
@@ -54,8 +56,14 @@ pub async fn list(State(state): State<Shared>) -> Json<Members> {
     Json(state.cluster.members())
 }
 
-/// `POST /cluster/members` `{"id", "addr", "peer_addr"?, "name"?, "role"?}`.
-pub async fn add(State(state): State<Shared>, body: Bytes) -> Response {
+/// `POST /cluster/members` `{"id", "addr", "peer_addr"?, "name"?, "role"?}`. The body is
+/// read as `/cookies` reads one (`max_body_bytes`, the body timeout, JSON errors): axum's
+/// own extractor allowed 2 MB whatever the setting and answered its refusals in plain text.
+pub async fn add(State(state): State<Shared>, body: Body) -> Response {
+    let body = match read_body(body, state.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     let req: AddRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return refusal(ChangeError::Invalid(format!("Invalid JSON: {e}"))),
@@ -66,17 +74,34 @@ pub async fn add(State(state): State<Shared>, body: Bytes) -> Response {
     }
 }
 
+/// The `{id}` of a member route; one that is not UTF-8 is refused in JSON, as any other
+/// id that is not a member's (axum's rejection was plain text).
+fn path_member(path: Result<Path<String>, PathRejection>) -> Result<u64, ChangeError> {
+    match path {
+        Ok(Path(id)) => member_id(&id),
+        Err(_) => Err(ChangeError::Invalid(
+            "the path's id is not a member id".into(),
+        )),
+    }
+}
+
 /// `POST /cluster/members/{id}/promote`.
-pub async fn promote(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    match member_id(&id) {
+pub async fn promote(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    match path_member(path) {
         Ok(id) => make(&state, Change::Promote { id }).await,
         Err(e) => refusal(e),
     }
 }
 
 /// `DELETE /cluster/members/{id}`.
-pub async fn remove(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    match member_id(&id) {
+pub async fn remove(
+    State(state): State<Shared>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    match path_member(path) {
         Ok(id) => make(&state, Change::Remove { id }).await,
         Err(e) => refusal(e),
     }
