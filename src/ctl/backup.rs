@@ -117,7 +117,7 @@ pub async fn download(
                 )));
             }
         };
-        std::fs::rename(&partial, file)
+        publish(&partial, file)
             .map_err(|e| CtlError::Failed(format!("{}: {e}", file.display())))?;
         return Ok(header);
     }
@@ -197,6 +197,17 @@ pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, 
         .map_err(|e| failed(e.into_error()))?
         .sync_all()
         .map_err(failed)?;
-    std::fs::rename(&partial, file).map_err(failed)?;
+    publish(&partial, file).map_err(failed)?;
     Ok(report)
+}
+
+/// Rename a synced `partial` to `file`, and sync the directory: a success reported before
+/// the rename is durable could leave, after a power cut, only the partial file or none.
+fn publish(partial: &Path, file: &Path) -> std::io::Result<()> {
+    std::fs::rename(partial, file)?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    cookie_raft::durable::sync_dir(dir)
 }
