@@ -58,10 +58,7 @@ pub fn check(state: &Shared, req: &Request) -> Result<(), ApiError> {
     let Some(need) = needed(req.method(), req.uri().path()) else {
         return Ok(());
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let presented = bearer(req.headers());
     match presented.and_then(|p| role_of(cfg, p)) {
         None => Err(ApiError::Unauthorized),
         Some(role) if role < need => Err(ApiError::Forbidden),
@@ -69,9 +66,34 @@ pub fn check(state: &Shared, req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme's name is
+/// case-insensitive (RFC 7235, section 2.1): `bearer` and `BEARER` clients were refused.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at_checked(SCHEME.len())?;
+    scheme.eq_ignore_ascii_case(SCHEME).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            bearer(&h).map(|t| t.to_vec())
+        };
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k"] {
+            assert_eq!(with(v), Some(b"t0k".to_vec()), "{v}");
+        }
+        for v in ["Basic t0k", "Bearer", "Bearert0k", "Bear t0k"] {
+            assert_eq!(with(v), None, "{v}");
+        }
+        assert_eq!(bearer(&axum::http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn each_route_needs_the_contracts_role() {

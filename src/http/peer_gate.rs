@@ -35,10 +35,7 @@ fn has_peer_credential(state: &Shared, headers: &HeaderMap) -> bool {
     let Some(secret) = &state.cfg.cluster_secret else {
         return true;
     };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|p| secret.matches(p))
+    super::auth::bearer(headers).is_some_and(|p| secret.matches(p))
 }
 
 /// Every route of the peer listener: 401 `{"error":"Unauthorized"}` without the peer
