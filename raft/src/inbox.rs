@@ -235,17 +235,18 @@ impl SnapshotInbox {
         // Until the file is handed to Raft, a handler dropped half-way (the sender's
         // timeout, a closed connection) must not leave it behind: before, each such retry
         // of a large snapshot left a full copy on disk until the next restart.
-        let mut unclaimed = Unclaimed(Some(incoming.file.path().to_owned()));
+        // The same guard removes it on the refusals below.
         let path = incoming.file.path().to_owned();
-        let limit = self.max_bytes;
-        let checked =
-            tokio::task::spawn_blocking(move || crate::sm::validate_snapshot_file(&path, limit))
-                .await
-                .map_err(|e| Refused::Stopped(e.to_string()))?;
+        let mut unclaimed = Unclaimed(Some(path.clone()));
+        let (limit, checking) = (self.max_bytes, path.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::sm::validate_snapshot_file(&checking, limit)
+        })
+        .await
+        .map_err(|e| Refused::Stopped(e.to_string()))?;
         let room = match checked {
             Ok(room) => room,
             Err(e) => {
-                incoming.discard();
                 return Err(Refused::Invalid {
                     id,
                     why: e.to_string(),
@@ -253,7 +254,6 @@ impl SnapshotInbox {
             }
         };
         if let Some(free) = self.free().filter(|&free| free < room) {
-            incoming.discard();
             // Next time it must be received again, then installed.
             self.remember_short(&id, end.saturating_add(room));
             return Err(Refused::Storage {
@@ -264,7 +264,6 @@ impl SnapshotInbox {
                 ),
             });
         }
-        let path = incoming.file.path().to_owned();
         let snapshot = Snapshot {
             meta: req.meta,
             snapshot: Box::new(incoming.file),

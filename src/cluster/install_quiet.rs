@@ -122,11 +122,7 @@ impl InstallQuiet {
     /// A hold whose install never began: let this node campaign again at once unless
     /// another install still holds.
     fn release_now(&self) {
-        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
-        *holds -= 1;
-        if *holds == 0 {
-            (self.elect)(true);
-        }
+        let_go(&self.holds, &self.elect);
     }
 
     /// Wait until the state machine has reached `index` (at most `limit`), then one `grace`
@@ -139,13 +135,18 @@ impl InstallQuiet {
             let reached = rx.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index));
             let _ = tokio::time::timeout(limit, reached).await;
             tokio::time::sleep(grace).await;
-            let mut holds = holds.lock().unwrap_or_else(|e| e.into_inner());
-            *holds -= 1;
-            if *holds == 0 {
-                elect(true);
-            }
+            let_go(&holds, &elect);
         };
         self.tasks.spawn("install-quiet release", release);
+    }
+}
+
+/// One hold ends: campaigning comes back on once none is left.
+fn let_go(holds: &Mutex<usize>, elect: &Elect) {
+    let mut holds = holds.lock().unwrap_or_else(|e| e.into_inner());
+    *holds -= 1;
+    if *holds == 0 {
+        elect(true);
     }
 }
 
