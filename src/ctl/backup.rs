@@ -205,9 +205,5 @@ pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, 
 /// the rename is durable could leave, after a power cut, only the partial file or none.
 fn publish(partial: &Path, file: &Path) -> std::io::Result<()> {
     std::fs::rename(partial, file)?;
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    cookie_raft::durable::sync_dir(dir)
+    cookie_raft::durable::sync_parent(file)
 }

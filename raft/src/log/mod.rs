@@ -516,10 +516,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // startup and, finding no entries there, failed every start. Such a marker is
         // dropped: the state machine's own applied point stands, and the leader's next
         // append brings the commit index back with the entries.
-        let last = self.wal().bounds().map(|(_, last)| last);
-        let purged: Option<LogId<NodeId>> = read_meta(&self.meta, KEY_PURGED)
-            .map_err(|e| StorageIOError::read(&crate::io_err(e)))?;
-        let held = last.max(purged.map(|p| p.index));
+        let held = self.get_log_state().await?.last_log_id.map(|l| l.index);
         match stored {
             Some(c) if held.is_none_or(|h| c.index > h) => {
                 tracing::warn!(
