@@ -499,8 +499,59 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
     let r = send(c.client.get(format!("{}/cookies?after=nobody", c.url(0)))).await;
     assert_eq!(
         (r.status, r.json.clone()),
-        (400, error("after must be the id of an existing cookie"))
+        (
+            400,
+            error("after must be the id of an existing cookie (a page's next_cursor goes on past a deleted one)")
+        )
     );
+    for (query, message) in [
+        (
+            "cursor=nobody",
+            "cursor must be a next_cursor that a page returned",
+        ),
+        (
+            "cursor=",
+            "cursor must be a next_cursor that a page returned",
+        ),
+        ("after=p00&after=p01", "give one of after and cursor, once"),
+    ] {
+        let r = send(c.client.get(format!("{}/cookies?{query}", c.url(0)))).await;
+        assert_eq!((r.status, r.json.clone()), (400, error(message)), "{query}");
+    }
+
+    // By `next_cursor`, a walk goes on past the record its page ended on, after that record
+    // is deleted: every record still there is walked once, in the list's order.
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut deleted = Vec::new();
+    loop {
+        let mut url = format!("{}/cookies?limit=4", c.url(0));
+        if let Some(t) = &cursor {
+            url.push_str(&format!("&cursor={t}"));
+        }
+        let r = send(c.client.get(url)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        walked.extend(ids(&r));
+        let (Some(last), Some(next)) = (
+            r.json["next_after"].as_str(),
+            r.json["next_cursor"].as_str(),
+        ) else {
+            assert!(r.json.get("next_cursor").is_none(), "{}", r.text);
+            break;
+        };
+        assert_eq!(c.delete(0, last).await.status, 200);
+        let r = send(c.client.get(format!(
+            "{}/cookies?limit=4&after={}",
+            c.url(0),
+            common::encode(last)
+        )))
+        .await;
+        assert_eq!(r.status, 400, "by id, the walk stops: {}", r.text);
+        deleted.push(last.to_owned());
+        cursor = Some(next.to_owned());
+    }
+    assert_eq!(walked, full);
+    assert_eq!(deleted.len(), 5);
 }
 
 /// A full `GET /cookies` is a scan of the whole store; it must not hold the node's async

@@ -160,6 +160,9 @@ async fn records_cache_and_exit_codes() {
     let after = page["next_after"].as_str().unwrap().to_owned();
     let (_, out, _) = ctl(&eps, &["list", "--limit", "2", "--after", &after]).await;
     assert_eq!(json(&out)["cookies"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, out, _) = ctl(&eps, &["list", "--limit", "2", "--cursor", &cursor]).await;
+    assert_eq!(json(&out)["cookies"].as_array().unwrap().len(), 1);
 
     let (code, _, _) = ctl(&eps, &["delete", "a"]).await;
     assert_eq!(code, 0);

@@ -71,8 +71,12 @@ enum CtlCmd {
         #[arg(long)]
         limit: Option<usize>,
         /// Continue after this record id (the previous page's `next_after`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cursor")]
         after: Option<String>,
+        /// Continue from the previous page's `next_cursor`, which goes on past its last
+        /// record even after that record is deleted.
+        #[arg(long)]
+        cursor: Option<String>,
         #[arg(long, default_value = "linearizable")]
         consistency: String,
     },
@@ -222,6 +226,7 @@ async fn run_cmd(client: &Client, cmd: CtlCmd) -> Result<(), CtlError> {
         CtlCmd::List {
             limit,
             after,
+            cursor,
             consistency,
         } => {
             let mut path = format!("/cookies?consistency={}", enc(&consistency));
@@ -230,6 +235,9 @@ async fn run_cmd(client: &Client, cmd: CtlCmd) -> Result<(), CtlError> {
             }
             if let Some(a) = after {
                 path.push_str(&format!("&after={}", enc(&a)));
+            }
+            if let Some(c) = cursor {
+                path.push_str(&format!("&cursor={}", enc(&c)));
             }
             print_body(&client.ok(Call::get(&path)).await?);
         }

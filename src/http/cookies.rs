@@ -89,8 +89,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-/// `GET /cookies` (all of them, as the original), or one page with `?limit=&after=`:
-/// `{"cookies":[...],"next_after":"<id>"}`, `next_after` present while more may follow.
+/// `GET /cookies` (all of them, as the original), or one page with `?limit=&after=` or
+/// `&cursor=`: `{"cookies":[...],"next_after":"<id>","next_cursor":"<token>"}`, the last two
+/// present while more may follow.
 pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResult {
     let level = consistency(q.as_deref())?;
     let page = paging(q.as_deref())?;
@@ -102,17 +103,17 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
     // is served where it is asked for, as a point read is: the hop to the pool and back cost
     // more than its scan (docs/benchmarks.md, "Reads beside writes, churn and pages").
     let reader = state.reader.clone();
-    if let Some((limit, after)) = page {
+    if let Some((limit, from)) = page {
         let found = if limit <= INLINE_PAGE {
             reader
-                .page(limit, after.as_deref())
+                .page(limit, from.start())
                 .map_err(ApiError::internal)?
         } else {
-            blocking(move || reader.page(limit, after.as_deref())).await?
+            blocking(move || reader.page(limit, from.start())).await?
         };
         let Some((body, _)) = found else {
             return Err(ApiError::bad_request(
-                "after must be the id of an existing cookie",
+                "after must be the id of an existing cookie (a page's next_cursor goes on past a deleted one)",
             ));
         };
         return Ok(read_reply(

@@ -1,11 +1,13 @@
 //! What the API reads from a request besides its JSON body: the path id, `?consistency=`,
-//! `?limit=&after=`, `If-Match`, the content type, and the body itself within its limit.
+//! `?limit=&after=` or `&cursor=`, `If-Match`, the content type, and the body itself within its limit.
 //! Each refusal is the contract's 400 (or 413) with its message.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap};
+
+use cookie_raft::sm::{Cursor, PageStart};
 
 use super::error::ApiError;
 
@@ -122,12 +124,32 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 /// Largest page `?limit=` accepts.
 pub const MAX_PAGE: usize = 10_000;
 
-/// `?limit=N&after=<id>`: `None` when neither is given (the original, unpaged list).
-pub fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, ApiError> {
+/// Where a page starts: `?after=<id>`, `?cursor=<token>` (a page's `next_cursor`), or at
+/// the list's first record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageFrom {
+    First,
+    After(String),
+    Cursor(Cursor),
+}
+
+impl PageFrom {
+    pub fn start(&self) -> PageStart<'_> {
+        match self {
+            PageFrom::First => PageStart::First,
+            PageFrom::After(id) => PageStart::After(id),
+            PageFrom::Cursor(c) => PageStart::At(c),
+        }
+    }
+}
+
+/// `?limit=N&after=<id>` or `?limit=N&cursor=<token>`: `None` when none is given (the
+/// original, unpaged list).
+pub fn paging(query: Option<&str>) -> Result<Option<(usize, PageFrom)>, ApiError> {
     let mut limit = None;
-    let mut after = None;
+    let mut from = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
+        let start = match k.as_ref() {
             "limit" => {
                 let n = v
                     .parse::<usize>()
@@ -136,15 +158,26 @@ pub fn paging(query: Option<&str>) -> Result<Option<(usize, Option<String>)>, Ap
                 limit = Some(n.ok_or_else(|| {
                     ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_PAGE}"))
                 })?);
+                continue;
             }
-            "after" => after = Some(v.into_owned()),
-            _ => {}
+            "after" => PageFrom::After(v.into_owned()),
+            "cursor" => PageFrom::Cursor(Cursor::decode(&v).ok_or_else(|| {
+                ApiError::bad_request("cursor must be a next_cursor that a page returned")
+            })?),
+            _ => continue,
+        };
+        // Two starts could only be told apart by guessing which the client meant.
+        if from.replace(start).is_some() {
+            return Err(ApiError::bad_request("give one of after and cursor, once"));
         }
     }
-    if limit.is_none() && after.is_none() {
+    if limit.is_none() && from.is_none() {
         return Ok(None);
     }
-    Ok(Some((limit.unwrap_or(100), after)))
+    Ok(Some((
+        limit.unwrap_or(100),
+        from.unwrap_or(PageFrom::First),
+    )))
 }
 
 #[cfg(test)]
@@ -170,12 +203,28 @@ mod tests {
     fn paging_parameters() {
         assert_eq!(paging(None).unwrap(), None);
         assert_eq!(paging(Some("consistency=local")).unwrap(), None);
-        assert_eq!(paging(Some("limit=5")).unwrap(), Some((5, None)));
+        assert_eq!(paging(Some("limit=5")).unwrap(), Some((5, PageFrom::First)));
         assert_eq!(
             paging(Some("after=a%20b")).unwrap(),
-            Some((100, Some("a b".into())))
+            Some((100, PageFrom::After("a b".into())))
         );
-        for bad in ["limit=0", "limit=-1", "limit=x", "limit=10001"] {
+        let token = "AX_________3aWQtMS0wMDAzNQ";
+        let Some((7, PageFrom::Cursor(c))) =
+            paging(Some(&format!("limit=7&cursor={token}"))).unwrap()
+        else {
+            panic!("a cursor")
+        };
+        assert_eq!(c.encode(), token);
+        for bad in [
+            "limit=0",
+            "limit=-1",
+            "limit=x",
+            "limit=10001",
+            "cursor=",
+            "cursor=x",
+            "after=a&cursor=AX_________3aWQtMS0wMDAzNQ",
+            "after=a&after=b",
+        ] {
             assert!(paging(Some(bad)).is_err(), "{bad}");
         }
     }

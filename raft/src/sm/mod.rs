@@ -35,6 +35,7 @@ mod apply;
 mod background;
 pub mod backup;
 mod compact;
+mod cursor;
 mod data;
 pub mod dump;
 pub mod files;
@@ -50,9 +51,10 @@ mod snapshot;
 mod state;
 mod tables;
 
+pub use cursor::Cursor;
 pub use data::SnapshotFile;
 pub use overlay::FlushStats;
-pub use reader::{CacheStatus, ListScan, StoreReader};
+pub use reader::{CacheStatus, ListScan, PageStart, StoreReader};
 pub use repack::Policy as RepackPolicy;
 pub use snapshot::{
     install_room, validate as validate_snapshot, validate_file as validate_snapshot_file,

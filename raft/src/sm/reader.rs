@@ -16,6 +16,7 @@ use bytes::Bytes;
 use redb::Database;
 use tokio::sync::mpsc;
 
+use super::cursor::Cursor;
 use super::overlay::{decode_record, Index, Merge, Short, View};
 use super::state::{SnapshotCounts, StateMachine};
 use super::tables::order_key;
@@ -78,17 +79,17 @@ impl StateMachine {
 pub const PAGE_BYTES: usize = 4 << 20;
 
 /// The records `order` names, comma-separated, until `limit` of them or `budget` bytes
-/// (checked before each record after the first); the last one's id if more may follow.
+/// (checked before each record after the first); the last one's place if more may follow.
 fn write_rows(
     view: &View,
     order: Merge<'_>,
     (limit, budget): (usize, usize),
     out: &mut impl Write,
-) -> Result<Option<String>, BoxError> {
+) -> Result<Option<Cursor>, BoxError> {
     let mut last = None;
     let mut written = 0;
     for (count, key) in order.enumerate() {
-        let (_, id) = key?;
+        let (order, id) = key?;
         if count == limit || (count > 0 && written >= budget) {
             return Ok(last);
         }
@@ -98,9 +99,20 @@ fn write_rows(
         }
         out.write_all(&rec.json)?;
         written += rec.json.len() + 1;
-        last = Some(id);
+        last = Some(Cursor { order, id });
     }
     Ok(None)
+}
+
+/// Where a page of the list starts.
+#[derive(Debug, Clone, Copy)]
+pub enum PageStart<'a> {
+    /// At the list's first record.
+    First,
+    /// After the record of this id, which must exist (`?after=`).
+    After(&'a str),
+    /// After a place a page named, whatever became of its record since (`?cursor=`).
+    At(&'a Cursor),
 }
 
 impl StoreReader {
@@ -189,21 +201,23 @@ impl StoreReader {
     }
 
     /// One page of the list order (newest `created` first, ties by id): at most `limit`
-    /// records after the record `after`. Returns the body and, when more may follow, the id
-    /// to continue after; `None` when `after` names no record. Costs a range scan of the
-    /// index, not a sort of the whole store.
+    /// records from `start`. Returns the body and, when more may follow, the place to go on
+    /// from, which the body names too (`next_after`, its record's id, and `next_cursor`, its
+    /// token); `None` when `start` is after a record that does not exist. Costs a range
+    /// scan of the index, not a sort of the whole store.
     pub fn page(
         &self,
         limit: usize,
-        after: Option<&str>,
-    ) -> Result<Option<(Bytes, Option<String>)>, BoxError> {
+        start: PageStart<'_>,
+    ) -> Result<Option<(Bytes, Option<Cursor>)>, BoxError> {
         let view = self.db.view()?;
-        let start = match after {
-            None => Bound::Unbounded,
-            Some(a) => match view.get(None, a)? {
+        let start = match start {
+            PageStart::First => Bound::Unbounded,
+            PageStart::After(a) => match view.get(None, a)? {
                 Some(rec) => Bound::Excluded((order_key(rec.created), a.to_owned())),
                 None => return Ok(None),
             },
+            PageStart::At(c) => Bound::Excluded((c.order, c.id.clone())),
         };
         let order = view.range(None, Index::Created, (start, Bound::Unbounded))?;
         let mut body = LIST_OPEN.to_vec();
@@ -211,7 +225,11 @@ impl StoreReader {
         body.extend_from_slice(b"]");
         if let Some(n) = &next {
             body.extend_from_slice(b",\"next_after\":");
-            body.extend_from_slice(serde_json::to_string(n)?.as_bytes());
+            body.extend_from_slice(serde_json::to_string(n.id())?.as_bytes());
+            // The token is base64url: nothing in it needs escaping in a JSON string.
+            body.extend_from_slice(b",\"next_cursor\":\"");
+            body.extend_from_slice(n.encode().as_bytes());
+            body.push(b'"');
         }
         body.push(b'}');
         Ok(Some((Bytes::from(body), next)))
@@ -343,6 +361,10 @@ mod tests {
                 Command::create(body.as_bytes(), (i / 4) as u64).unwrap()
             })
             .collect();
+        apply(sm, index, cmds).await;
+    }
+
+    async fn apply(sm: &mut StateMachine, index: u64, cmds: Vec<Command>) {
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Request { cmds }),
@@ -391,7 +413,8 @@ mod tests {
         create(&mut sm, (1, 12, 700_000)).await;
         let (mut walked, mut after, mut pages) = (Vec::new(), None::<String>, 0);
         loop {
-            let (body, next) = r.page(10_000, after.as_deref()).unwrap().unwrap();
+            let start = after.as_deref().map_or(PageStart::First, PageStart::After);
+            let (body, next) = r.page(10_000, start).unwrap().unwrap();
             assert!(
                 body.len() < PAGE_BYTES + 700_100,
                 "a page of {} bytes",
@@ -403,22 +426,69 @@ mod tests {
             pages += 1;
             assert_eq!(
                 page.get("next_after").and_then(|v| v.as_str()),
-                next.as_deref()
+                next.as_ref().map(Cursor::id)
             );
             match next {
-                Some(n) => after = Some(n),
+                Some(n) => after = Some(n.id().to_owned()),
                 None => break,
             }
         }
         assert!(pages >= 2, "{pages} pages");
-        let all: serde_json::Value = serde_json::from_slice(&whole_page(&r)).unwrap();
-        let order: Vec<String> = all["cookies"]
+        assert_eq!(walked, listed_ids(&whole_page(&r)));
+    }
+
+    fn listed_ids(body: &[u8]) -> Vec<String> {
+        let all: serde_json::Value = serde_json::from_slice(body).unwrap();
+        all["cookies"]
             .as_array()
             .unwrap()
             .iter()
             .map(|c| c["cookie"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(walked, order);
+            .collect()
+    }
+
+    /// A walk by `next_cursor` goes on past a record that was deleted, or moved by an update
+    /// of its `created`, after its page named it: it holds every record that stayed where it
+    /// was, in order, once. `after=` that record's id stops the walk or sends it back.
+    #[tokio::test]
+    async fn a_cursor_walk_goes_on_past_a_deleted_or_moved_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let r = sm.reader();
+        create(&mut sm, (1, 40, 10)).await;
+        let before = listed_ids(&whole_page(&r));
+        let (mut walked, mut cursor, mut index) = (Vec::new(), None::<Cursor>, 1);
+        let mut gone = Vec::new();
+        loop {
+            let start = cursor.as_ref().map_or(PageStart::First, PageStart::At);
+            let (body, next) = r.page(7, start).unwrap().unwrap();
+            let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            walked.extend(listed_ids(&body));
+            let Some(next) = next else {
+                assert!(page.get("next_cursor").is_none(), "{page}");
+                break;
+            };
+            let token = page["next_cursor"].as_str().unwrap();
+            assert_eq!(Cursor::decode(token).as_ref(), Some(&next));
+            // Each page's last record goes: deleted, or moved to the list's front, which the
+            // walk has passed.
+            index += 1;
+            let cmd = if index % 2 == 0 {
+                Command::delete(next.id().to_owned(), None)
+            } else {
+                Command::update(next.id().to_owned(), br#"{"created":"100"}"#, 9, None).unwrap()
+            };
+            apply(&mut sm, index, vec![cmd]).await;
+            // By id, a walk stops at a deleted record, and goes back over a moved one's page.
+            match r.page(7, PageStart::After(next.id())).unwrap() {
+                None => assert_eq!(index % 2, 0),
+                Some((body, _)) => assert!(walked.contains(&listed_ids(&body)[0])),
+            }
+            gone.push(next.id().to_owned());
+            cursor = Some(next);
+        }
+        assert_eq!(walked, before, "every record once, in order");
+        assert!(gone.len() >= 5, "{gone:?}");
     }
 
     #[tokio::test]

@@ -753,7 +753,13 @@ mod tests {
         let mut b = open(d2.path());
         let file = received(&b, &data).await;
         b.install(&snap.meta, file).await.unwrap();
-        let page = |sm: &StateMachine| sm.reader().page(usize::MAX, None).unwrap().unwrap().0;
+        let page = |sm: &StateMachine| {
+            sm.reader()
+                .page(usize::MAX, crate::sm::PageStart::First)
+                .unwrap()
+                .unwrap()
+                .0
+        };
         assert_eq!(page(&a), page(&b));
         assert_eq!(b.reader().count().unwrap(), 300);
         // No received file is left beside the installed one.

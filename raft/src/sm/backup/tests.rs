@@ -163,8 +163,12 @@ async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster
     }
     // Newest first, as before.
     assert_eq!(
-        reader.page(usize::MAX, None).unwrap(),
-        sm.reader().page(usize::MAX, None).unwrap()
+        reader
+            .page(usize::MAX, crate::sm::PageStart::First)
+            .unwrap(),
+        sm.reader()
+            .page(usize::MAX, crate::sm::PageStart::First)
+            .unwrap()
     );
     let (applied, membership) = back.applied_state().await.unwrap();
     let applied = applied.unwrap();
