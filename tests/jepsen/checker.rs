@@ -346,8 +346,9 @@ pub fn keyed_valid(log: &super::workload::KeyedLog, final_ids: &[String]) -> Res
 /// The walk invariant. `acks`: when each create was acknowledged, and its id; `tracked`:
 /// the ids whose creates are all in `attempted` (the set and keyed workloads'). A walk's
 /// pages are reads of their own, each after the walk began: so whatever was acknowledged
-/// before it began is on one of them (records are never deleted or moved in this run:
-/// `created` is kept by a `PUT` that does not send it). Order is the list's: newest
+/// before it began is on one of them (their records are never deleted or moved in this run:
+/// `created` is kept by a `PUT` that does not send it; the records the walks delete are
+/// the drain client's, which are not tracked). Order is the list's: newest
 /// `created` first, ties by id; a record seen twice, or out of place, means a page did not
 /// start where the one before it ended.
 pub fn walks_valid(
@@ -756,6 +757,7 @@ mod tests {
             limit: 2,
             pages: 2,
             rows: rows.iter().map(|(id, c)| (id.to_string(), *c)).collect(),
+            from_deleted: 0,
         };
         let check = |rows: &[(&str, i64)]| walks_valid(&[walk(rows)], &acks, &attempted, tracked);
         // Newest first, ties by id; register records ("r-") are not the set's.

@@ -292,6 +292,11 @@ pub async fn run(cfg: RunConfig) -> Report {
             w,
             deadline,
         )));
+        clients.push(tokio::spawn(workload::drain_client(
+            ctx.clone(),
+            w,
+            deadline,
+        )));
     }
     let mut nemesis = Nemesis::new(cfg.faults.clone(), cfg.seed, power);
     nemesis.wal_dirs = wal_dirs;
@@ -365,7 +370,14 @@ pub async fn run(cfg: RunConfig) -> Report {
             ),
         ));
     }
+    if let Some(first) = walks.refused.first() {
+        failures.push((
+            "walks".into(),
+            format!("{} pages refused; the first: {first}", walks.refused.len()),
+        ));
+    }
     let pages: u64 = walks.done.iter().map(|w| w.pages).sum();
+    let from_deleted: u64 = walks.done.iter().map(|w| w.from_deleted).sum();
 
     let count = |f: &dyn Fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     let ok = count(&|o| matches!(o, Outcome::Ok { .. }));
@@ -387,7 +399,7 @@ pub async fn run(cfg: RunConfig) -> Report {
          register ops: {} (ok {ok}, fail {fail}, unknown {unknown}) on {} keys\n\
          set: {} attempted, {} acknowledged, {} present after healing\n\
          keyed: {} attempted, {} acknowledged ({} retries, {} replays, {} unresolved), {} present\n\
-         walks: {} of the list ({pages} pages), {} given up\n\
+         walks: {} of the list ({pages} pages, {from_deleted} from a deleted record's place), {} given up\n\
          result: {}\n",
         cfg.seed,
         cfg.nodes,

@@ -1,6 +1,6 @@
 //! The clients: a register workload (read / create / write / compare-and-set on many keys,
 //! each a versioned register), a set workload (unique creates) and walks of the list, page
-//! by page. Every register operation goes to the history; a client whose operation has an
+//! by page, that delete the records a drain client creates for them as they pass. Every register operation goes to the history; a client whose operation has an
 //! unknown outcome retires and a new process id takes its place, as in Jepsen.
 
 use std::collections::BTreeSet;
@@ -28,6 +28,7 @@ pub struct Ctx {
     ops: AtomicU64,
     values: AtomicI64,
     set_next: AtomicU64,
+    drain_next: AtomicU64,
     pub set_attempted: Mutex<BTreeSet<String>>,
     pub set_acked: Mutex<BTreeSet<String>>,
     /// The keyed-retry workload: what it tried, what was acknowledged, the answers that
@@ -78,6 +79,7 @@ impl Ctx {
             ops: AtomicU64::new(0),
             values: AtomicI64::new(1),
             set_next: AtomicU64::new(0),
+            drain_next: AtomicU64::new(0),
             set_attempted: Mutex::new(BTreeSet::new()),
             set_acked: Mutex::new(BTreeSet::new()),
             keyed: Mutex::default(),
@@ -378,6 +380,9 @@ pub struct Walk {
     pub pages: u64,
     /// The records in the order they came: id and `created`.
     pub rows: Vec<(String, i64)>,
+    /// Pages asked for from the place of a record the walk had deleted (answered 200)
+    /// after the page before named it.
+    pub from_deleted: u64,
 }
 
 /// What the walking clients saw.
@@ -389,6 +394,9 @@ pub struct Walks {
     /// Pages answered 200 that break the contract's shape (no `cookies` array, a record
     /// without its id or `created`): each a failure of the run.
     pub malformed: Vec<String>,
+    /// Pages refused with 400, which a walk by the pages' own cursors never earns: each a
+    /// failure of the run.
+    pub refused: Vec<String>,
 }
 
 /// How a walk ended, when it did not reach its last page.
@@ -397,6 +405,8 @@ enum Unfinished {
     GaveUp,
     /// A page answered 200 in a shape the contract does not allow.
     Malformed(String),
+    /// A page was answered 400.
+    Refused(String),
 }
 
 /// The page sizes walks take turns with. A page of up to 100 records is served on the
@@ -420,8 +430,48 @@ pub async fn walk_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
             Ok(w) => walks.done.push(w),
             Err(Unfinished::GaveUp) => walks.abandoned += 1,
             Err(Unfinished::Malformed(why)) => walks.malformed.push(why),
+            Err(Unfinished::Refused(why)) => walks.refused.push(why),
         }
     }
+}
+
+/// Records for the walks to delete: one client creates `d<seed>-<n>` one after the other
+/// until `deadline`, and each walk deletes those its pages hold as it goes, as a client
+/// draining a queue would. A page that ends on one asks for the next from the place of a
+/// deleted record. (They are no set's: the walk check neither expects nor forbids them.)
+pub async fn drain_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
+    let mut rng = Rng::new(ctx.seed ^ 0xD7A1 ^ worker);
+    while Instant::now() < deadline {
+        let n = ctx.drain_next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{n}", drain_prefix(ctx.seed));
+        let url = &ctx.urls[rng.below(ctx.urls.len() as u64) as usize];
+        let body = json!({"cookie": id, "user_id": 1});
+        // Its outcome does not matter: the walks delete whatever they find.
+        let res = ctx
+            .client
+            .post(format!("{url}/cookies"))
+            .json(&body)
+            .send()
+            .await;
+        if !res.is_ok_and(|r| r.status() == 201) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn drain_prefix(seed: u64) -> String {
+    format!("d{}-", seed % 10_000)
+}
+
+/// Delete `id` on node `node`: whether it was acknowledged.
+async fn delete(ctx: &Ctx, node: u64, id: &str) -> bool {
+    let url = &ctx.urls[node as usize];
+    let res = ctx
+        .client
+        .delete(format!("{url}/cookies/{id}"))
+        .send()
+        .await;
+    res.is_ok_and(|r| r.status() == 200)
 }
 
 /// Walk the list with pages of `limit`. A walk that meets a record it has already seen ends
@@ -440,20 +490,22 @@ async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Result<Walk, Unfinished
         limit,
         ..Walk::default()
     };
-    let mut after: Option<String> = None;
+    // Where the next page starts: `("cursor", token)` or `("after", id)`.
+    let mut from: Option<(&str, String)> = None;
     let mut seen = std::collections::HashSet::new();
+    let drain = drain_prefix(ctx.seed);
     loop {
         // (The serializer is not `Send`: it is gone before the page is awaited.)
         let query = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("limit", &limit.to_string());
             q.append_pair("consistency", level);
-            if let Some(a) = &after {
-                q.append_pair("after", a);
+            if let Some((k, v)) = &from {
+                q.append_pair(k, v);
             }
             q.finish()
         };
-        let page = page(ctx, rng, &query).await.ok_or(Unfinished::GaveUp)?;
+        let page = page(ctx, rng, &query).await?;
         walk.pages += 1;
         let malformed = |what: &str| {
             let shown: String = page.to_string().chars().take(300).collect();
@@ -482,15 +534,35 @@ async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Result<Walk, Unfinished
         }
         // JEPSEN_SABOTAGE=back-cursor goes on from the page's first record instead of the
         // one it names: a deliberate cursor bug, which the walk check must catch.
+        // JEPSEN_SABOTAGE=after-cursor goes on after the id the page names (`next_after`),
+        // as walks did before `next_cursor`: once that record is deleted, the page is
+        // refused.
         let next = if sabotage("back-cursor") && rows.len() > 1 {
-            rows[0]["cookie"].as_str()
+            rows[0]["cookie"].as_str().map(|id| ("after", id))
+        } else if sabotage("after-cursor") {
+            page["next_after"].as_str().map(|id| ("after", id))
         } else {
-            page["next_after"].as_str()
+            page["next_cursor"].as_str().map(|token| ("cursor", token))
         };
-        match next {
-            Some(next) => after = Some(next.to_owned()),
-            None => break,
-        }
+        let Some((k, v)) = next else { break };
+        from = Some((k, v.to_owned()));
+        // The drain records this page held go, all at once, before the next page is asked
+        // for.
+        let doomed: Vec<(&str, u64)> = rows
+            .iter()
+            .filter_map(|row| row["cookie"].as_str())
+            .filter(|id| id.starts_with(&drain))
+            .map(|id| (id, rng.below(ctx.urls.len() as u64)))
+            .collect();
+        let deleted =
+            futures::future::join_all(doomed.iter().map(|&(id, node)| delete(ctx, node, id))).await;
+        let last = rows.last().and_then(|row| row["cookie"].as_str());
+        walk.from_deleted += u64::from(
+            doomed
+                .iter()
+                .zip(deleted)
+                .any(|(&(id, _), ok)| ok && Some(id) == last),
+        );
     }
     walk.end_ns = ctx.history.now();
     Ok(walk)
@@ -498,8 +570,8 @@ async fn walk(ctx: &Ctx, rng: &mut Rng, limit: usize) -> Result<Walk, Unfinished
 
 /// One page (`query`: its limit, consistency and cursor), from the first node of up to
 /// [`PAGE_TRIES`] chosen at random that answers 200. Each page is a read of its own; any
-/// node may serve it.
-async fn page(ctx: &Ctx, rng: &mut Rng, query: &str) -> Option<serde_json::Value> {
+/// node may serve it. A 400 ends the walk at once: every node would refuse the same query.
+async fn page(ctx: &Ctx, rng: &mut Rng, query: &str) -> Result<serde_json::Value, Unfinished> {
     for _ in 0..PAGE_TRIES {
         let url = &ctx.urls[rng.below(ctx.urls.len() as u64) as usize];
         let res = ctx
@@ -508,13 +580,21 @@ async fn page(ctx: &Ctx, rng: &mut Rng, query: &str) -> Option<serde_json::Value
             .send()
             .await;
         if let Ok(r) = res {
-            if r.status() == 200 {
-                if let Ok(v) = r.json().await {
-                    return Some(v);
+            match r.status().as_u16() {
+                200 => {
+                    if let Ok(v) = r.json().await {
+                        return Ok(v);
+                    }
                 }
+                400 => {
+                    let body = r.text().await.unwrap_or_default();
+                    let query: String = query.chars().take(200).collect();
+                    return Err(Unfinished::Refused(format!("?{query}: 400 {body}")));
+                }
+                _ => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
+    Err(Unfinished::GaveUp)
 }
