@@ -26,8 +26,9 @@ use serde_json::value::RawValue;
 /// More fields than this and the quadratic check for repeated keys is not worth it: the
 /// `Value` path decides.
 const MAX_FIELDS: usize = 64;
-/// Integers of at most this many digits are `i64`/`u64` in `serde_json`, written back as
-/// sent; longer ones may become floats (written differently).
+/// Integers of at most this many digits are written back as sent by the `Value` path, and
+/// fit a `u64` for `user_id`'s check. (With `serde_json`'s `arbitrary_precision` longer
+/// ones are kept as sent too, but rarely sent: they take the `Value` path.)
 const MAX_DIGITS: usize = 18;
 
 /// The fields of a flat object, in the body's order: each key (no escapes, so its text is
