@@ -129,6 +129,10 @@ pub enum Invalid {
     /// A record id (the `cookie` field) over [`MAX_ID_BYTES`].
     #[error("Cookie ID too long")]
     IdTooLong,
+    /// An object key that serde_json reads as its own marker, anywhere in the body
+    /// (`crate::reserved_keys`): it would be stored as something else than was sent.
+    #[error("Invalid JSON: {0} is a reserved field name")]
+    ReservedKey(&'static str),
 }
 
 /// The longest record id, in bytes of UTF-8 (api.md section 10). Longer ids would make paths
@@ -549,10 +553,19 @@ fn flat_user_id(v: &str) -> bool {
     v.parse::<u64>().is_ok_and(|n| n > 0)
 }
 
+/// The body as an object, refused when it holds a key serde_json would read as its own
+/// marker: one turns an object into a number, the other makes the text fail to parse as a
+/// `Value` though it is JSON.
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
+    let reserved = || crate::reserved_keys::find(body).map(Invalid::ReservedKey);
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(Invalid::Json),
+        Ok(Value::Object(map)) => reserved().map_or(Ok(map), Err),
+        // (An object of one marker key reads as a number.)
+        Ok(_) => Err(reserved().unwrap_or(Invalid::Json)),
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => {
+            Err(reserved().unwrap_or(Invalid::Json))
+        }
+        Err(_) => Err(Invalid::Json),
     }
 }
 

@@ -45,6 +45,13 @@ impl<'a> Flat<'a> {
         if !fields.iter().all(|(_, v)| is_written_as_is(v)) {
             return None;
         }
+        // A key serde_json reads as its own marker: the `Value` path refuses the body.
+        if fields
+            .iter()
+            .any(|(k, _)| k.starts_with('$') && crate::reserved_keys::RESERVED.contains(k))
+        {
+            return None;
+        }
         // A repeated key keeps its first place and its last value in a `Value` map.
         let repeated = fields
             .iter()

@@ -62,6 +62,7 @@ pub mod log;
 pub mod member;
 pub mod network;
 pub mod record;
+pub(crate) mod reserved_keys;
 pub mod sm;
 pub mod stages;
 pub mod stagger;

@@ -256,3 +256,25 @@ async fn a_non_empty_data_directory_is_refused_and_left_alone() {
     restore_off_runtime(&file, &empty, 1).unwrap();
     assert!(empty.join("sm.redb").exists());
 }
+
+/// A record is checked as JSON that names itself, whatever its keys: one stored with a key
+/// serde_json reads as its own marker (before writes refused them) made every backup fail.
+#[test]
+fn a_record_check_reads_keys_as_keys() {
+    let check = |json: &str| check_record("a", &Record::new(7, json.as_bytes().to_vec()).encode());
+    for json in [
+        r#"{"$serde_json::private::Number":"5","cookie":"a","user_id":1}"#,
+        r#"{"cookie":"a","x":{"$serde_json::private::RawValue":"1"}}"#,
+        r#"{"cookie":"\u0061","note":"escaped id"}"#,
+    ] {
+        assert_eq!(check(json), Ok(()), "{json}");
+    }
+    for json in [
+        r#"{"cookie":"b"}"#,
+        r#"{"user_id":1}"#,
+        r#"{"cookie":"a""#,
+        r#"["a"]"#,
+    ] {
+        assert!(check(json).is_err(), "{json}");
+    }
+}
