@@ -80,6 +80,14 @@ pub struct WriteSettings {
     pub room: Room,
 }
 
+/// What a write sent with an `Idempotency-Key` is told, after why, when this request was
+/// refused before it was proposed (too many writes waiting, its deadline passed, no room):
+/// a request sent earlier with its key may still be applied, and a write is never reported
+/// as failed when it may have applied (api.md section 6). So the outcome is unknown (504),
+/// and the client retries with the same key, as after any 504.
+pub(crate) const KEY_MAY_BE_PENDING: &str = "this request was not proposed, but one sent \
+     earlier with its Idempotency-Key may still be applied: retry with the same key";
+
 /// What one attempt at a write came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Attempt {
@@ -94,6 +102,17 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// This attempt, for a write sent with an idempotency key when `keyed`: a refusal is an
+    /// unknown outcome ([`KEY_MAY_BE_PENDING`]).
+    fn keyed(self, keyed: bool) -> Self {
+        match self {
+            Attempt::Refused(why) if keyed => {
+                Attempt::Unknown(format!("{why}; {KEY_MAY_BE_PENDING}"))
+            }
+            other => other,
+        }
+    }
+
     /// A write offered to this node's group commit.
     fn local(outcome: Result<CmdResult, LocalError>) -> Self {
         match outcome {
@@ -163,6 +182,7 @@ impl Writer {
     /// A write received from a client: run it on the leader, wherever that is.
     pub async fn write(&self, cmd: Command, request_id: &str) -> Result<CmdResult, WriteError> {
         let deadline = Instant::now() + self.timeout;
+        let keyed = matches!(cmd, Command::Keyed { .. });
         let mut leaders = self.cluster.watch_leader(deadline);
         while let Some(leader) = leaders.next().await {
             let attempt = match leader {
@@ -192,7 +212,7 @@ impl Writer {
                 }
                 Leader::Unknown => Attempt::Retry,
             };
-            match attempt {
+            match attempt.keyed(keyed) {
                 Attempt::Done(res) => return Ok(res),
                 Attempt::Unknown(e) => return Err(WriteError::Unknown(e)),
                 Attempt::Refused(e) => return Err(WriteError::NotApplied(e)),
@@ -222,10 +242,14 @@ impl Writer {
                     Err(Refused::NoRoom(why)) => return ForwardReply::NoRoom(why),
                     Err(Refused::KeyPending(why)) => return ForwardReply::Unknown(why),
                 }
+                let keyed = matches!(w.cmd, Command::Keyed { .. });
                 match self.group_commit.submit(w.cmd, deadline).await {
                     Ok(res) => ForwardReply::Applied(res),
                     Err(LocalError::NotLeader) => ForwardReply::NotLeader,
                     Err(LocalError::Unknown(e)) => ForwardReply::Unknown(e),
+                    Err(e @ (LocalError::Busy | LocalError::Expired)) if keyed => {
+                        ForwardReply::Unknown(format!("{e}; {KEY_MAY_BE_PENDING}"))
+                    }
                     Err(e @ (LocalError::Busy | LocalError::Expired)) => {
                         ForwardReply::NotApplied(e.to_string())
                     }

@@ -178,9 +178,8 @@ impl Room {
             // A replay of the recorded answer writes nothing new.
             Some(key) if (self.key_recorded)(key) => Ok(()),
             Some(_) => Err(Refused::KeyPending(format!(
-                "insufficient storage: {why}; this request was not proposed, but one sent \
-                 earlier with its Idempotency-Key may still be applied: retry with the same \
-                 key once there is room"
+                "insufficient storage: {why}; {} once there is room",
+                super::KEY_MAY_BE_PENDING
             ))),
         }
     }

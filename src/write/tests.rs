@@ -19,6 +19,15 @@ local unknown                 => unknown: timed out waiting for commit
 local busy                    => refused: too many writes waiting
 local expired                 => refused: timed out before it was proposed
 
+# The same refusals for a write sent with an Idempotency-Key: a request sent earlier with
+# its key may still be applied, so the outcome is unknown (api.md section 6), never "not
+# applied".
+keyed busy                    => unknown: too many writes waiting; this request was not proposed, but one sent earlier with its Idempotency-Key may still be applied: retry with the same key
+keyed expired                 => unknown: timed out before it was proposed; this request was not proposed, but one sent earlier with its Idempotency-Key may still be applied: retry with the same key
+keyed not-applied             => unknown: too many writes waiting; this request was not proposed, but one sent earlier with its Idempotency-Key may still be applied: retry with the same key
+keyed unknown                 => unknown: timed out waiting for commit
+keyed no-room                 => no room: the leader's disk is full
+
 # A command forwarded to the leader; [label] is what forward_errors_total counts.
 forward applied               => done
 forward not-leader            => retry [not_leader]
@@ -80,6 +89,24 @@ async fn run(input: &str) -> String {
             "expired" => Err(LocalError::Expired),
             other => panic!("unknown case {other}"),
         })),
+        ("keyed", c) => render(
+            &match c {
+                "busy" => Attempt::local(Err(LocalError::Busy)),
+                "expired" => Attempt::local(Err(LocalError::Expired)),
+                "not-applied" => {
+                    Attempt::forwarded(Ok(ForwardReply::NotApplied(
+                        "too many writes waiting".into(),
+                    )))
+                    .0
+                }
+                "unknown" => Attempt::local(Err(LocalError::Unknown(
+                    "timed out waiting for commit".into(),
+                ))),
+                "no-room" => Attempt::NoRoom("the leader's disk is full".into()),
+                other => panic!("unknown case {other}"),
+            }
+            .keyed(true),
+        ),
         ("forward", c) => {
             let (attempt, label) = Attempt::forwarded(match c {
                 "applied" => Ok(ForwardReply::Applied(CmdResult::Deleted)),
