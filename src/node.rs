@@ -22,7 +22,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, expiry, failstop, identity, join, snapshots, Cluster};
+use crate::cluster::{bootstrap, expiry, failstop, identity, join, joint, snapshots, Cluster};
 use crate::config::Config;
 use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
@@ -307,6 +307,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
     tasks.spawn("join", join::run(cluster.clone(), cfg.clone()));
     tasks.spawn("identity registrar", identity::run(cluster.clone()));
+    tasks.spawn("joint membership finisher", joint::run(cluster.clone()));
     tasks.spawn(
         "idempotency key expiry",
         expiry::run(cluster.clone(), reader.clone()),

@@ -32,8 +32,9 @@ use crate::config::{derived_peer_addr, is_host_port};
 /// How long a new learner may take to catch up before the add answers `Unfinished` (it
 /// stays a learner and goes on catching up; promote it later).
 pub const CATCH_UP: Duration = Duration::from_secs(60);
-/// How long one `change_membership` may take to commit.
-const COMMIT: Duration = Duration::from_secs(10);
+/// How long one `change_membership` may take to commit before the request is answered
+/// `Unfinished` (the change goes on: [`Cluster::commit`]).
+pub(super) const COMMIT: Duration = Duration::from_secs(10);
 /// How long the leader waits for the node to add to answer who it is.
 const PROBE: Duration = Duration::from_secs(2);
 
@@ -190,15 +191,31 @@ impl Cluster {
 
     /// Commit a membership change (joint consensus, both steps) and answer the membership
     /// it made. `retain = false`: a removed voter leaves the membership altogether.
-    async fn commit(
+    ///
+    /// openraft proposes the second step (the new voters alone) in the same call, once the
+    /// first (old and new voters, each majority needed) commits. The call runs apart, so
+    /// that neither the timeout here nor a client that goes away drops it between the two:
+    /// that left the cluster in the joint configuration, which could not lose a node it
+    /// could lose before (found in review: a removal that timed out while a voter was
+    /// paused committed its first step later, and stayed there). A leader that loses
+    /// leadership between the steps ends the call; its successor finishes the change
+    /// ([`super::joint`]).
+    pub(super) async fn commit(
         &self,
         change: ChangeMembers<NodeId, CookieNode>,
     ) -> Result<Members, ChangeError> {
-        let resp = tokio::time::timeout(COMMIT, self.raft.change_membership(change, false))
+        let raft = self.raft.clone();
+        let call = tokio::spawn(async move { raft.change_membership(change, false).await });
+        let resp = tokio::time::timeout(COMMIT, call)
             .await
             .map_err(|_| {
-                ChangeError::Unfinished("the membership change did not commit in time".into())
+                ChangeError::Unfinished(
+                    "the membership change did not commit in time; it goes on, and completes \
+                     once a quorum of the old and of the new voters answers"
+                        .into(),
+                )
             })?
+            .map_err(|e| ChangeError::Unfinished(e.to_string()))?
             .map_err(openraft_error)?;
         Ok(resp
             .membership

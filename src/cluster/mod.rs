@@ -25,6 +25,7 @@ pub mod handover;
 pub mod identity;
 pub mod install_quiet;
 pub mod join;
+pub mod joint;
 pub mod membership;
 pub mod monitor;
 pub mod peer;

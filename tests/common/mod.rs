@@ -335,6 +335,16 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP node `i`: it holds its sockets and answers nothing until [`Cluster::resume`].
+    pub fn pause(&self, i: usize) {
+        signal(&self.nodes[i], "-STOP");
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) {
+        signal(&self.nodes[i], "-CONT");
+    }
+
     /// SIGTERM node `i` and wait for it to exit.
     pub fn stop(&mut self, i: usize) {
         let _ = self.stop_status(i);
@@ -583,6 +593,12 @@ impl Cluster {
             .await
             .unwrap()
     }
+}
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.child.as_ref().expect("a running node").id();
+    let status = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill {sig} {pid}");
 }
 
 fn unsafe_sigterm(pid: u32) {
