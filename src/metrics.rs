@@ -499,15 +499,21 @@ impl Metrics {
         }
     }
 
-    /// One peer's last health check: whether it answered, and seconds since it last did.
-    pub fn set_peer_health(&self, name: &str, ok: bool, age: Option<u64>) {
-        self.peer_reachable
-            .with_label_values(&[name])
-            .set(i64::from(ok));
-        if let Some(age) = age {
-            self.peer_last_seen_age
-                .with_label_values(&[name])
-                .set(age as i64);
+    /// Each member's last health check: its name, whether it answered, and seconds since
+    /// it last did. Only the members given keep a series: a removed node's stayed, frozen,
+    /// and its unreachable alert fired for good (found in review).
+    pub fn set_peer_health(&self, peers: impl IntoIterator<Item = (String, bool, Option<u64>)>) {
+        self.peer_reachable.reset();
+        self.peer_last_seen_age.reset();
+        for (name, ok, age) in peers {
+            self.peer_reachable
+                .with_label_values(&[&name])
+                .set(i64::from(ok));
+            if let Some(age) = age {
+                self.peer_last_seen_age
+                    .with_label_values(&[&name])
+                    .set(age as i64);
+            }
         }
     }
 
@@ -532,4 +538,28 @@ impl Metrics {
 /// Raise a counter to `v` (a counter kept elsewhere, mirrored here).
 fn bump(c: &IntCounter, v: u64) {
     c.inc_by(v.saturating_sub(c.get()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member that left the membership leaves the peer gauges at the next scrape.
+    #[test]
+    fn a_removed_peer_has_no_health_series() {
+        let m = Metrics::new();
+        let text = |m: &Metrics| String::from_utf8(m.encode().unwrap()).unwrap();
+        m.set_peer_health([
+            ("node2".to_owned(), true, Some(1)),
+            ("node5".to_owned(), false, Some(7)),
+        ]);
+        assert!(text(&m).contains(r#"raft_peer_reachable{peer="node5"} 0"#));
+        m.set_peer_health([("node2".to_owned(), true, Some(0))]);
+        let after = text(&m);
+        assert!(!after.contains("node5"), "{after}");
+        assert!(
+            after.contains(r#"raft_peer_reachable{peer="node2"} 1"#),
+            "{after}"
+        );
+    }
 }

@@ -236,9 +236,13 @@ async fn refresh(state: &Shared) {
     );
 
     let now = unix_now();
-    for h in state.monitor.snapshot().into_values() {
-        m.set_peer_health(&h.name, h.ok, h.last_seen.map(|s| now.saturating_sub(s)));
-    }
+    m.set_peer_health(
+        state
+            .monitor
+            .snapshot()
+            .into_values()
+            .map(|h| (h.name, h.ok, h.last_seen.map(|s| now.saturating_sub(s)))),
+    );
     let last = rm.last_log_index.unwrap_or(0);
     let lags = rm
         .replication
