@@ -46,7 +46,7 @@ pub async fn download(
             file.display()
         )));
     }
-    let partial = file.with_extension("partial");
+    let partial = partial_path(file);
     let mut last = String::from("no endpoint");
     for endpoint in &client.target.endpoints {
         let url = format!("{endpoint}/admin/backup?consistency={consistency}");
@@ -76,8 +76,7 @@ pub async fn download(
             return Err(err);
         }
         let progress = bar(resp.content_length(), "backup");
-        let mut out = std::fs::File::create(&partial)
-            .map_err(|e| CtlError::Failed(format!("{}: {e}", partial.display())))?;
+        let mut out = create_partial(&partial)?;
         let mut received = 0u64;
         loop {
             match resp.chunk().await {
@@ -177,9 +176,9 @@ pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, 
             file.display()
         )));
     }
-    let partial = file.with_extension("partial");
+    let partial = partial_path(file);
     let failed = |e: std::io::Error| CtlError::Failed(format!("{}: {e}", partial.display()));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(failed)?);
+    let mut out = std::io::BufWriter::new(create_partial(&partial)?);
     let origin = Origin {
         node: format!("dump of {}", dir.display()),
         created_ms: crate::clock::unix_now_ms(),
@@ -201,9 +200,48 @@ pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, 
     Ok(report)
 }
 
+/// `FILE.partial`: the file's whole name with `.partial` after it. (`with_extension`
+/// replaced the extension, so `nightly.tar` wrote over a `nightly.partial` of someone
+/// else's, and renamed it away: found in review.)
+fn partial_path(file: &Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".partial");
+    name.into()
+}
+
+/// Create `partial`, which must not exist: one left by a run that did not finish is
+/// the user's to look at and remove, never overwritten.
+fn create_partial(partial: &Path) -> Result<std::fs::File, CtlError> {
+    std::fs::File::create_new(partial).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CtlError::Usage(format!(
+            "{} exists (left by a backup that did not finish?): remove it first",
+            partial.display()
+        )),
+        _ => CtlError::Failed(format!("{}: {e}", partial.display())),
+    })
+}
+
 /// Rename a synced `partial` to `file`, and sync the directory: a success reported before
 /// the rename is durable could leave, after a power cut, only the partial file or none.
 fn publish(partial: &Path, file: &Path) -> std::io::Result<()> {
     std::fs::rename(partial, file)?;
     cookie_raft::durable::sync_parent(file)
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::*;
+
+    #[test]
+    fn the_partial_file_is_the_whole_name_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nightly.tar");
+        let partial = partial_path(&file);
+        assert_eq!(partial, dir.path().join("nightly.tar.partial"));
+        std::fs::write(dir.path().join("nightly.partial"), "someone else's").unwrap();
+        drop(create_partial(&partial).unwrap());
+        assert!(matches!(create_partial(&partial), Err(CtlError::Usage(_))));
+        let theirs = std::fs::read_to_string(dir.path().join("nightly.partial")).unwrap();
+        assert_eq!(theirs, "someone else's");
+    }
 }
