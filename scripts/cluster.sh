@@ -127,17 +127,26 @@ case "${1:-}" in
     ;;
   remove-node)
     # Out of the membership first (through any node that answers), then stopped.
+    # A node whose removal was refused or did not finish keeps running: stopping a voter
+    # that is still a member takes a vote from the quorum.
     i=${2:?usage: $0 remove-node N}
+    removed=0 last="no node answered"
     for j in 1 2 3 4 5 6 7 8 9; do
       [ "$j" = "$i" ] && continue
       if out=$(curl -s -m 30 -X DELETE -w '\n%{http_code}' "$(scheme)://127.0.0.1:$(port "$j")/cluster/members/$i" 2>/dev/null); then
         code=${out##*$'\n'}
         if [ "$code" = 200 ] || [ "$code" = 404 ]; then
           echo "node$i removed from the membership: ${out%$'\n'*}"
+          removed=1
           break
         fi
+        [ "$code" = 000 ] || last="node$j answered $code ${out%$'\n'*}"
       fi
     done
+    if [ "$removed" != 1 ]; then
+      echo "node$i was not removed ($last); it keeps running" >&2
+      exit 1
+    fi
     if alive "$i"; then kill -TERM "$(cat "$RUN/node$i.pid")"; fi
     for _ in $(seq 1 100); do alive "$i" || break; sleep 0.1; done
     rm -f "$RUN/node$i.pid"
