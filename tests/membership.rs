@@ -341,6 +341,47 @@ async fn a_membership_change_that_times_out_is_finished_once_a_quorum_answers() 
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// A voter is promoted only once it holds the log (api.md section 9: "caught up, then
+/// promoted"): a node that cannot install the snapshot it needs stays a learner. It was
+/// promoted within milliseconds (openraft counts a learner that holds nothing as within its
+/// lag threshold of a short log), and a cluster of four then could not lose one node
+/// (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_cannot_catch_up_stays_a_learner() {
+    let extra = format!("{FAST_RAFT}snapshot_logs = 20\nkeep_logs_after_snapshot = 5\n");
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    for i in 0..60 {
+        let r = c
+            .create(leader, json!({"cookie": format!("k{i}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // The log the node would need is purged: only a snapshot can bring it, and it takes
+    // none over 100 bytes.
+    c.wait_cluster_info(leader, WAIT, |v| v["purged"].as_u64().unwrap_or(0) > 20)
+        .await;
+    let four = c.add_joiner(
+        4,
+        leader,
+        "voter",
+        &format!("{FAST_RAFT}max_snapshot_bytes = 100\n"),
+    );
+    c.spawn(four);
+    let (mut learner, until) = (false, tokio::time::Instant::now() + Duration::from_secs(5));
+    while tokio::time::Instant::now() < until || !learner {
+        assert!(
+            tokio::time::Instant::now() < until + WAIT,
+            "never a learner"
+        );
+        if let Some((voters, learners)) = c.membership(leader).await {
+            assert_eq!(voters, [1, 2, 3], "node 4 was promoted before it caught up");
+            learner |= learners == [4];
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_membership_api_refuses_bad_changes() {
     let c = Cluster::start(3, FAST_RAFT).await;
