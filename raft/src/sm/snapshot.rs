@@ -755,7 +755,7 @@ mod tests {
         b.install(&snap.meta, file).await.unwrap();
         let page = |sm: &StateMachine| {
             sm.reader()
-                .page(usize::MAX, crate::sm::PageStart::First)
+                .page(usize::MAX, crate::sm::reader::PageStart::First)
                 .unwrap()
                 .unwrap()
                 .0

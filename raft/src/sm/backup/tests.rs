@@ -164,10 +164,10 @@ async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster
     // Newest first, as before.
     assert_eq!(
         reader
-            .page(usize::MAX, crate::sm::PageStart::First)
+            .page(usize::MAX, crate::sm::reader::PageStart::First)
             .unwrap(),
         sm.reader()
-            .page(usize::MAX, crate::sm::PageStart::First)
+            .page(usize::MAX, crate::sm::reader::PageStart::First)
             .unwrap()
     );
     let (applied, membership) = back.applied_state().await.unwrap();
