@@ -298,6 +298,38 @@ async fn connections_that_send_nothing_or_only_an_http2_preface_are_closed() {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// An HTTP/2 connection may have at most 32 streams open at once (the server's SETTINGS say
+/// so): each stream may hold a request body while it is read, and at hyper's default of
+/// 200 one connection held 200 MiB of them (found in review).
+#[tokio::test]
+async fn http2_connections_are_offered_few_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, SHORT_TIMEOUTS).await;
+    let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", c.nodes[0].port))
+        .await
+        .unwrap();
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    s.write_all(&start).await.unwrap();
+    // The server's first frame is its SETTINGS: 9 bytes of header (length, type 4), then
+    // 6 bytes per setting (id, value); SETTINGS_MAX_CONCURRENT_STREAMS is id 3.
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[3], 4, "a SETTINGS frame first: {head:?}");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    assert!(len <= 6 * 16, "{len}");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    let streams = body
+        .chunks_exact(6)
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == 3)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(streams, Some(32));
+}
+
 /// The limit counts time with no request in flight: a request that waits longer than it (a
 /// write with no quorum, here 2 s against a 0.5-s limit) still gets its answer.
 #[tokio::test]

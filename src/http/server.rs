@@ -50,6 +50,9 @@ pub struct ConnLimits {
     pub drain: Duration,
 }
 
+/// Streams an HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 32;
+
 /// Serve `app` on `endpoint` until `shutdown` resolves, then drain.
 pub async fn serve(
     endpoint: Endpoint,
@@ -63,7 +66,14 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // Each stream of a connection may hold a request body of up to `max_body_bytes` while
+    // it is read: at hyper's default of 200 streams, one HTTP/2 connection held 200 MiB
+    // where an HTTP/1 one holds 1 MiB (found in review). 32 is what a multiplexing client
+    // needs; a node-wide budget for bodies being read is still to come.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
