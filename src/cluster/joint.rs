@@ -2,7 +2,7 @@
 //!
 //! A change goes through joint consensus: openraft commits the joint configuration (the old
 //! and the new voters, a majority of each needed for every commit), then the new voters
-//! alone, both in one `change_membership` call ([`Cluster::commit`]). A leader that loses
+//! alone, both in one `change_membership` call (`Cluster::commit`). A leader that loses
 //! leadership between the two steps ends that call, and nothing in openraft makes its
 //! successor go on: the cluster stays joint, and a node it could lose before the change it
 //! can no longer lose (found in review). So the leader looks for a committed joint
