@@ -140,23 +140,20 @@ async fn numbers_come_back_as_they_were_sent() {
             );
         }
     };
-    let r = send(
-        c.client
-            .post(format!("{u}/cookies"))
-            .header("content-type", "application/json")
-            .body(body),
-    )
-    .await;
+    // A body sent as its text, not through a serde_json value of the test's own.
+    let raw = |method: &str, path: &str, body: String| {
+        send(
+            c.client
+                .request(method.parse().unwrap(), format!("{u}{path}"))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    let r = raw("POST", "/cookies", body).await;
     assert_eq!(r.status, 201, "{}", r.text);
     sent_text(&r.text);
     let patch = r#"{"note":"merged","more":340282366920938463463374607431768211456}"#;
-    let r = send(
-        c.client
-            .put(format!("{u}/cookies/n"))
-            .header("content-type", "application/json")
-            .body(patch),
-    )
-    .await;
+    let r = raw("PUT", "/cookies/n", patch.into()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     sent_text(&r.text);
     for text in [
@@ -194,13 +191,7 @@ async fn numbers_come_back_as_they_were_sent() {
             r#"{"\u0024serde_json::private::Number":"5"}"#,
         ),
     ] {
-        let r = send(
-            c.client
-                .request(method.parse().unwrap(), format!("{u}{path}"))
-                .header("content-type", "application/json")
-                .body(body),
-        )
-        .await;
+        let r = raw(method, path, body.into()).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
         assert!(
             r.json["error"]
