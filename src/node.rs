@@ -329,6 +329,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     );
     let cfg_max_snapshot = cfg.raft.max_snapshot_bytes;
     let cfg_full_lists = cfg.http.max_concurrent_full_lists;
+    let body_room = crate::http::params::BodyRoom::new(cfg.max_body_bytes);
     let state = Arc::new(AppState {
         cfg,
         cluster,
@@ -343,6 +344,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot, snapshot_files),
         full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
         append_lane: Default::default(),
+        body_room,
     });
     // Stop on a signal, when this node learns its data was lost, or when its storage fails.
     let halted = Arc::new(std::sync::OnceLock::new());

@@ -330,6 +330,70 @@ async fn http2_connections_are_offered_few_streams() {
     assert_eq!(streams, Some(32));
 }
 
+/// Request bodies held while they are read take at most 64 x `max_body_bytes` of a node's
+/// memory, whatever the connections: once that is spent, a write whose body needs more is
+/// refused with 503, and writes go through again once the bodies held are gone. Before,
+/// bodies that came slowly or never ended held as much as connections allowed (8 HTTP/2
+/// connections took a node to 1.6 GB, in review).
+#[tokio::test]
+async fn bodies_being_read_share_a_bounded_budget() {
+    use tokio::io::AsyncWriteExt;
+    const MAX_BODY: usize = 16 << 10;
+    let c = Cluster::start(1, &format!("max_body_bytes = {MAX_BODY}\n")).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    // 64 writes whose bodies stop 4 bytes short: the budget less 256 bytes is held.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /cookies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {MAX_BODY}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; MAX_BODY - 4]).await.unwrap();
+        held.push(s);
+    }
+    let write = |id: &str| {
+        let body = json!({"cookie": id, "user_id": 1, "pad": "x".repeat(1000)});
+        c.create(0, body)
+    };
+    // The node reads what was sent as it comes: wait until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = write("refused").await;
+        if r.status != 201 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        assert_eq!(c.delete(0, "refused").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (
+            503,
+            Some("Too many concurrent requests: request bodies being read; retry later")
+        ),
+        "{}",
+        r.text
+    );
+    assert_eq!(c.get(0, "refused", "linearizable").await.status, 404);
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = write("later").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {}",
+            r.status,
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The limit counts time with no request in flight: a request that waits longer than it (a
 /// write with no quorum, here 2 s against a 0.5-s limit) still gets its answer.
 #[tokio::test]

@@ -201,7 +201,7 @@ pub async fn create(
 ) -> ApiResult {
     require_json_content_type(&headers)?;
     let key = idempotency_key(&headers)?;
-    let bytes = read_body(body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, state.cfg.max_body_bytes, &state.body_room).await?;
     let cmd = Command::create(&bytes, unix_now())?;
     let print = Fingerprint {
         method: "POST",
@@ -234,7 +234,7 @@ pub async fn update(
     let id = path_id(path)?;
     let expected = if_match(&headers)?;
     let key = idempotency_key(&headers)?;
-    let bytes = read_body(body, state.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, state.cfg.max_body_bytes, &state.body_room).await?;
     let print = Fingerprint {
         method: "PUT",
         id: &id,

@@ -60,7 +60,7 @@ pub async fn list(State(state): State<Shared>) -> Json<Members> {
 /// read as `/cookies` reads one (`max_body_bytes`, the body timeout, JSON errors): axum's
 /// own extractor allowed 2 MB whatever the setting and answered its refusals in plain text.
 pub async fn add(State(state): State<Shared>, body: Body) -> Response {
-    let body = match read_body(body, state.cfg.max_body_bytes).await {
+    let body = match read_body(body, state.cfg.max_body_bytes, &state.body_room).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };

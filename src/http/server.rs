@@ -69,7 +69,7 @@ pub async fn serve(
     // Each stream of a connection may hold a request body of up to `max_body_bytes` while
     // it is read: at hyper's default of 200 streams, one HTTP/2 connection held 200 MiB
     // where an HTTP/1 one holds 1 MiB (found in review). 32 is what a multiplexing client
-    // needs; a node-wide budget for bodies being read is still to come.
+    // needs; all bodies being read share one budget besides (`params::BodyRoom`).
     builder
         .http2()
         .timer(TokioTimer::new())

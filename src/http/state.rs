@@ -44,6 +44,8 @@ pub struct AppState {
     pub full_lists: Arc<tokio::sync::Semaphore>,
     /// Inbound appends: held when one overtook the one sent before it, and counted.
     pub append_lane: AppendLane,
+    /// The bytes of request bodies held while they are read ([`super::params::BodyRoom`]).
+    pub body_room: super::params::BodyRoom,
 }
 
 pub type Shared = Arc<AppState>;
