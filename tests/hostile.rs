@@ -446,6 +446,44 @@ async fn a_body_that_stops_coming_gets_408() {
     );
 }
 
+/// A body dripped a byte at a time, each well within the body timeout of the last, gets 408
+/// once the whole body's time is up (before, each byte reset the timer: this drip would have
+/// held the connection 16 s and ended in 400).
+#[tokio::test]
+async fn a_dripped_body_gets_408_once_its_time_is_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, SHORT_TIMEOUTS).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let head = "POST /cookies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"cookie\":\"drip\",";
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let drip = tokio::spawn(async move {
+        // A space every 200 ms (the timeout is 500 ms): 83 of them would take 16 s.
+        for _ in 0..83 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+        .await
+        .expect("an answer before 5 s, while the drip goes on")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(started.elapsed() >= Duration::from_millis(450), "{reply}");
+    drip.abort();
+    assert_eq!(
+        c.list(0, "linearizable").await,
+        Vec::<serde_json::Value>::new()
+    );
+}
+
 /// Made-up HTTP methods count as one label value (before: one each, forever, in every
 /// scrape).
 #[tokio::test]

@@ -1,12 +1,16 @@
-//! A request body that stops coming ends with [`BodyTimedOut`] once `body_timeout_ms` pass
-//! without a frame; the handlers answer that with 408.
+//! A request body must arrive whole within `body_timeout_ms`, or it ends with
+//! [`BodyTimedOut`]; the handlers answer that with 408.
 //!
-//! tower-http's `RequestBodyTimeout` does the same, but arms a timer on every poll of the
-//! body, before it looks at the body: a create's body, already read with its head, armed
-//! and dropped a timer in the runtime's wheel twice (once for the data, once for its end).
-//! Here the timer is armed only when the body has nothing ready, which for a small body is
-//! never. Between frames the rule is the same: the time runs from the poll that found
-//! nothing, and a frame resets it.
+//! The time is the whole body's, not the time between two frames: a body dripped one byte
+//! at a time, each within the timeout of the last, held its connection (and its share of
+//! the node's body budget) for as long as the client liked (found in review). It is
+//! counted from the first poll that finds nothing ready, and no frame resets it.
+//!
+//! tower-http's `RequestBodyTimeout` arms a timer on every poll of the body, before it
+//! looks at the body, and a frame resets it: a create's body, already read with its head,
+//! armed and dropped a timer in the runtime's wheel twice (once for the data, once for its
+//! end), and a drip was never cut. Here the timer is armed only when the body has nothing
+//! ready, which for a small body is never.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,11 +78,12 @@ where
     }
 }
 
-/// A body whose next frame must come within `timeout` of a poll that found none.
+/// A body that must end within `timeout` of the first poll that found nothing ready.
 pub struct TimedBody<B> {
     body: B,
     timeout: Duration,
-    /// Armed while the body has nothing ready.
+    /// Armed by the first poll that finds nothing ready; kept, not reset, until the body
+    /// ends.
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -106,7 +111,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.sleep = None;
+            if frame.is_none() {
+                this.sleep = None; // the body is over: its timer leaves the wheel now
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let timeout = this.timeout;
@@ -163,17 +170,47 @@ mod tests {
         drop(tx);
     }
 
+    /// A body whose frames come in time, and which ends within the timeout, is read whole.
     #[tokio::test(start_paused = true)]
-    async fn a_body_that_keeps_coming_is_never_cut() {
+    async fn a_body_that_ends_in_time_is_read_whole() {
         let (tx, body) = fed();
         let feeder = tokio::spawn(async move {
             for _ in 0..10 {
-                tokio::time::sleep(TIMEOUT * 3 / 4).await;
+                tokio::time::sleep(TIMEOUT / 11).await;
                 tx.unbounded_send(data(b"x")).unwrap();
             }
         });
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(all, "xxxxxxxxxx");
+        feeder.await.unwrap();
+    }
+
+    /// A body dripped a frame at a time, each well within the timeout of the last, is cut
+    /// once the whole timeout has passed (before, each frame reset the timer and the drip
+    /// was never cut).
+    #[tokio::test(start_paused = true)]
+    async fn a_dripped_body_is_cut_once_its_time_is_up() {
+        let (tx, mut body) = fed();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(TIMEOUT * 2 / 7).await;
+                if tx.unbounded_send(data(b"x")).is_err() {
+                    return; // the body was dropped
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let mut got = 0;
+        let err = loop {
+            match body.frame().await.expect("cut before the drip ends") {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.is::<BodyTimedOut>(), "{err}");
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert_eq!(got, 3, "frames at 2/7, 4/7 and 6/7 of the timeout");
+        drop(body);
         feeder.await.unwrap();
     }
 
