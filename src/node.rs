@@ -330,6 +330,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let cfg_max_snapshot = cfg.raft.max_snapshot_bytes;
     let cfg_full_lists = cfg.http.max_concurrent_full_lists;
     let body_room = crate::http::params::BodyRoom::new(cfg.max_body_bytes);
+    let page_room = crate::http::page_room::PageRoom::new(cfg.max_body_bytes);
     let state = Arc::new(AppState {
         cfg,
         cluster,
@@ -345,6 +346,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
         append_lane: Default::default(),
         body_room,
+        page_room,
     });
     // Stop on a signal, when this node learns its data was lost, or when its storage fails.
     let halted = Arc::new(std::sync::OnceLock::new());

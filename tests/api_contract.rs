@@ -439,11 +439,22 @@ async fn methods_limits_and_odd_input() {
         (r.status, r.json.clone()),
         (413, error("Payload too large"))
     );
-    let r = send(client.put(format!("{u}/cookies/big")).body(big)).await;
+    let r = send(client.put(format!("{u}/cookies/big")).body(big.clone())).await;
     assert_eq!(
         (r.status, r.json.clone()),
         (413, error("Payload too large"))
     );
+    // A DELETE's body is not read, but over the limit it is refused all the same, and the
+    // record stays (it was deleted, 200).
+    let r = c.create(0, json!({"cookie": "kept", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = send(client.delete(format!("{u}/cookies/kept")).body(big)).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (413, error("Payload too large"))
+    );
+    assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
+    assert_eq!(c.delete(0, "kept").await.status, 200);
 
     // Bad consistency level.
     let r = send(client.get(format!("{u}/cookies?consistency=eventual"))).await;
@@ -614,7 +625,17 @@ async fn paged_list_walks_the_same_order_as_the_full_list() {
             "cursor=",
             "cursor must be a next_cursor that a page returned",
         ),
-        ("after=p00&after=p01", "give one of after and cursor, once"),
+        ("after=p00&after=p01", "after is given twice"),
+        (
+            "after=p00&cursor=AX_________3aWQtMS0wMDAzNQ",
+            "give one of after and cursor, once",
+        ),
+        ("limit=1&limit=2", "limit is given twice"),
+        ("after=%FF", "after is not UTF-8 once percent-decoded"),
+        (
+            "consistency=local&consistency=linearizable",
+            "consistency is given twice",
+        ),
     ] {
         let r = send(c.client.get(format!("{}/cookies?{query}", c.url(0)))).await;
         assert_eq!((r.status, r.json.clone()), (400, error(message)), "{query}");

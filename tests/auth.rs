@@ -84,6 +84,18 @@ async fn each_role_may_do_what_the_contract_says_and_nothing_more() {
         call(&c, 0, "PATCH", "/cookies", Some("admin-token")).await,
         (405, json!({"error": "Method Not Allowed"}))
     );
+    // A safe method no route serves is 405 to a reader too, not 403 (it was 403).
+    for (method, path) in [
+        ("HEAD", "/cookies"),
+        ("OPTIONS", "/cookies/a"),
+        ("HEAD", "/cache"),
+    ] {
+        assert_eq!(
+            call(&c, 0, method, path, Some("reader-token")).await.0,
+            405,
+            "{method} {path}"
+        );
+    }
 
     // read: GETs only.
     assert_eq!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{send, Cluster, FAST_RAFT};
 use cookie_crud::cluster::proto::{ForwardedWrite, SNAPSHOT_PATH, WRITE_PATH};
+use cookie_raft::identity::{INCARNATION_HEADER, TARGET_INCARNATION_HEADER};
 use cookie_raft::{codec, Command, TypeConfig, RAFT_TARGET_HEADER};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::storage::SnapshotMeta;
@@ -394,6 +395,65 @@ async fn bodies_being_read_share_a_bounded_budget() {
     }
 }
 
+/// List pages held for clients that do not read them share a bounded budget: once it is
+/// spent, a page waits up to the read timeout, then 503; point reads go on, and pages come
+/// back once the unread ones are gone. (Before, each such connection held its page, some
+/// 5 MB here, with no bound: 400 of them took a node to 2 GB in review.)
+#[tokio::test]
+async fn list_pages_held_for_clients_that_do_not_read_share_a_bounded_budget() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(1, "read_timeout_ms = 1000\n").await;
+    // Five records of about 1 MB: a page of them is about 5 MB.
+    for i in 0..5 {
+        let body = json!({"cookie": format!("big{i}"), "user_id": 1, "pad": "x".repeat(1_000_000)});
+        let r = c.create(0, body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let page = || send(c.client.get(format!("{}/cookies?limit=100", c.url(0))));
+    assert_eq!(page().await.status, 200);
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let mut unread = Vec::new();
+    for _ in 0..2 * cookie_crud::http::page_room::PAGES_IN_FLIGHT {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /cookies?limit=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        unread.push(s);
+    }
+    // The node builds their pages as the requests come: wait until the budget is spent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = page().await;
+        if r.status != 200 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (
+            503,
+            Some("Too many concurrent requests: list pages being sent; retry later")
+        ),
+        "{}",
+        &r.text[..r.text.len().min(200)]
+    );
+    assert_eq!(c.get(0, "big0", "linearizable").await.status, 200);
+    drop(unread);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = page().await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} {}",
+            r.status,
+            r.text
+        );
+    }
+}
+
 /// The limit counts time with no request in flight: a request that waits longer than it (a
 /// write with no quorum, here 2 s against a 0.5-s limit) still gets its answer.
 #[tokio::test]
@@ -557,6 +617,60 @@ async fn a_forged_append_without_credentials_is_refused() {
     assert_eq!(c.cluster_info(0).await["term"].as_u64(), Some(term));
     still_serving(&c, 0, "after-forged-append").await;
     assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
+}
+
+/// A single node with client tokens and no cluster secret (the config allows it: it needs
+/// no peers) refuses every peer RPC. Before, its peer port took a forged delete from anyone
+/// (200, and the record was gone) and showed `/cluster`, while the client port asked for a
+/// token.
+#[tokio::test]
+async fn a_single_node_with_tokens_and_no_secret_refuses_its_peer_port() {
+    let tokens = "client_tokens = [{ token = \"adm\", role = \"admin\" }]\n";
+    let c = Cluster::start(1, tokens).await;
+    let r = send(
+        c.client
+            .post(format!("{}/cookies", c.url(0)))
+            .bearer_auth("adm")
+            .json(&json!({"cookie": "kept", "user_id": 1})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let peer = c.nodes[0].peer_url();
+    for path in ["/cluster", "/health"] {
+        let r = send(c.client.get(format!("{peer}{path}"))).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.text);
+    }
+    // Every peer answer names the node's incarnation, which is all a forged RPC needs.
+    let probe = c.client.get(format!("{peer}/health")).send().await.unwrap();
+    let incarnation = probe.headers()[INCARNATION_HEADER].clone();
+    let delete = vec![ForwardedWrite {
+        cmd: Command::Delete {
+            id: "kept".into(),
+            if_match: None,
+        },
+        request_id: "attacker".into(),
+        timeout_ms: 1000,
+    }];
+    let r = send(
+        c.client
+            .post(format!("{peer}{WRITE_PATH}"))
+            .header(RAFT_TARGET_HEADER, c.nodes[0].id.to_string())
+            .header(TARGET_INCARNATION_HEADER, incarnation)
+            .body(codec::encode(&delete).unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = send(
+        c.client
+            .get(format!("{}/cookies/kept", c.url(0)))
+            .bearer_auth("adm"),
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "the forged delete changed the store: {}",
+        r.text
+    );
 }
 
 /// Everything on the peer listener needs the peer credential, the probes included (a

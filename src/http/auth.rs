@@ -1,7 +1,8 @@
 //! Client authentication and roles (api.md section 12), when `client_tokens` is configured.
 //!
 //! Every client request then carries `Authorization: Bearer <token>`; the token's role must
-//! cover the request: `read` any GET, `write` also POST, PUT and DELETE on `/cookies`,
+//! cover the request: `read` any GET (and HEAD or OPTIONS, which change nothing: the
+//! router answers them 405), `write` also POST, PUT and DELETE on `/cookies`,
 //! `admin` also `DELETE /cache`, `/cluster` and `/admin/*`. Missing or unknown token: 401
 //! `{"error":"Unauthorized"}`; a role without the right: 403 `{"error":"Forbidden"}`.
 //! `/health` and `/ready` stay open for probes, and `/` (the status page, which holds no
@@ -27,10 +28,17 @@ fn needed(method: &Method, path: &str) -> Option<Role> {
     if path == "/" || path == "/health" || path == "/ready" {
         return None;
     }
-    let admin = under("/cluster") || under("/admin") || (under("/cache") && method != Method::GET);
+    // Safe methods (RFC 9110, section 9.2.1) change nothing: reading is enough to be told
+    // which of them a route serves (a HEAD or OPTIONS that none does is 405 to a read
+    // token too, not 403).
+    let changes = !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let admin = under("/cluster") || under("/admin") || (under("/cache") && changes);
     Some(if admin {
         Role::Admin
-    } else if under("/cookies") && method != Method::GET {
+    } else if under("/cookies") && changes {
         Role::Write
     } else {
         Role::Read
@@ -109,6 +117,12 @@ mod tests {
             (Method::PUT, "/cookies/a", Some(Role::Write)),
             (Method::DELETE, "/cookies/a", Some(Role::Write)),
             (Method::DELETE, "/cache", Some(Role::Admin)),
+            // Methods no route serves: safe ones are 405 to a reader, not 403.
+            (Method::HEAD, "/cookies", Some(Role::Read)),
+            (Method::OPTIONS, "/cookies/a", Some(Role::Read)),
+            (Method::HEAD, "/cache", Some(Role::Read)),
+            (Method::PATCH, "/cookies/a", Some(Role::Write)),
+            (Method::HEAD, "/cluster", Some(Role::Admin)),
             (Method::GET, "/cluster", Some(Role::Admin)),
             (Method::POST, "/cluster/members", Some(Role::Admin)),
             (Method::GET, "/admin/backup", Some(Role::Admin)),

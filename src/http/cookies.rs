@@ -104,6 +104,8 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
     // more than its scan (docs/benchmarks.md, "Reads beside writes, churn and pages").
     let reader = state.reader.clone();
     if let Some((limit, from)) = page {
+        // Room for the page before it is built, kept until it is sent (`page_room`).
+        let room = state.page_room.take(state.cfg.read_timeout()).await?;
         let found = if limit <= INLINE_PAGE {
             reader
                 .page(limit, from.start())
@@ -118,7 +120,7 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
         };
         return Ok(read_reply(
             StatusCode::OK,
-            body,
+            super::page_room::hold(body, room),
             CacheStatus::Miss,
             state.reader.applied_index(),
         ));
@@ -260,9 +262,15 @@ pub async fn delete(
     State(state): State<Shared>,
     ReqId(rid): ReqId,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    req: axum::extract::Request,
 ) -> ApiResult {
     let id = path_id(path)?;
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    // Its body means nothing, but is held to the limit all the same (api.md section 10): a
+    // DELETE with a body of 1 MiB and more was applied. Read (and over the limit drained,
+    // as a create's) so that the connection can carry the next request.
+    read_body(body, state.cfg.max_body_bytes, &state.body_room).await?;
     let expected = if_match(&headers)?;
     let key = idempotency_key(&headers)?;
     let print = Fingerprint {

@@ -4,7 +4,8 @@
 //! router.
 //!
 //! - [`cookies`], [`cache`], [`health`], [`members`]: the public API's handlers; [`params`] what they
-//!   read from a request; [`error`] the one mapping of errors to HTTP.
+//!   read from a request; [`page_room`] the memory list pages may hold; [`error`] the one
+//!   mapping of errors to HTTP.
 //! - [`raft_rpc`]: Raft's own RPCs; [`peer_rpc`]: forwarded writes and read-index
 //!   requests; [`peer_gate`]: what both check first.
 //! - [`observe`]: request ids, spans, metrics, the panic catcher, `/metrics`; [`auth`]:
@@ -30,6 +31,7 @@ pub mod idle;
 pub mod members;
 pub mod observe;
 pub mod openapi;
+pub mod page_room;
 pub mod params;
 pub mod peer_gate;
 pub mod peer_rpc;

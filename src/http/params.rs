@@ -2,6 +2,8 @@
 //! `?limit=&after=` or `&cursor=`, `If-Match`, the content type, and the body itself within its limit.
 //! Each refusal is the contract's 400 (or 413) with its message.
 
+use std::borrow::Cow;
+
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
@@ -18,20 +20,61 @@ pub enum Consistency {
     Local,
 }
 
-pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let mut level = Consistency::Linearizable;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == "consistency" {
-            level = match v.as_ref() {
-                "linearizable" => Consistency::Linearizable,
-                "local" => Consistency::Local,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "consistency must be linearizable or local",
-                    ))
-                }
-            };
+/// A query's parameters whose names are among `known`, each decoded as a form field (`+` a
+/// space, `%XX` a byte); the others are passed over unread. A known one given twice, or
+/// whose value is not UTF-8 once decoded, is refused: `form_urlencoded` read `limit=1&limit=2`
+/// as its last value and `after=%FF` as the id "\u{FFFD}" (found in review).
+fn known_params<'q>(
+    query: Option<&'q str>,
+    known: &[&'static str],
+) -> Result<Vec<(&'static str, Cow<'q, str>)>, ApiError> {
+    let mut found: Vec<(&'static str, Cow<'q, str>)> = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Ok(key) = form_field(raw_key) else {
+            continue; // not UTF-8: no name we know
+        };
+        let Some(&name) = known.iter().find(|&&k| k == key) else {
+            continue;
+        };
+        if found.iter().any(|(k, _)| *k == name) {
+            return Err(ApiError::bad_request(format!("{name} is given twice")));
         }
+        let value = form_field(raw_value).map_err(|_| {
+            ApiError::bad_request(format!("{name} is not UTF-8 once percent-decoded"))
+        })?;
+        found.push((name, value));
+    }
+    Ok(found)
+}
+
+/// One field of a form-encoded query, decoded strictly.
+fn form_field(raw: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
+    use percent_encoding::percent_decode_str;
+    if raw.contains('+') {
+        let spaced = raw.replace('+', " ");
+        return Ok(Cow::Owned(
+            percent_decode_str(&spaced).decode_utf8()?.into_owned(),
+        ));
+    }
+    percent_decode_str(raw).decode_utf8()
+}
+
+pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
+    let Some(query) = query.filter(|q| q.contains("consistency")) else {
+        return Ok(Consistency::Linearizable); // the usual read: no query to parse
+    };
+    let mut level = Consistency::Linearizable;
+    for (_, v) in known_params(Some(query), &["consistency"])? {
+        level = match v.as_ref() {
+            "linearizable" => Consistency::Linearizable,
+            "local" => Consistency::Local,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "consistency must be linearizable or local",
+                ))
+            }
+        };
     }
     Ok(level)
 }
@@ -183,8 +226,8 @@ impl PageFrom {
 pub fn paging(query: Option<&str>) -> Result<Option<(usize, PageFrom)>, ApiError> {
     let mut limit = None;
     let mut from = None;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let start = match k.as_ref() {
+    for (k, v) in known_params(query, &["limit", "after", "cursor"])? {
+        let start = match k {
             "limit" => {
                 let n = v
                     .parse::<usize>()
@@ -232,6 +275,17 @@ mod tests {
             Consistency::Linearizable
         );
         assert!(consistency(Some("consistency=eventual")).is_err());
+        assert!(consistency(Some("consistency=local&consistency=linearizable")).is_err());
+        assert!(consistency(Some("consistency=%FF")).is_err());
+        // Other parameters are not read: `after=%FF` is paging's to refuse.
+        assert_eq!(
+            consistency(Some("after=%FF&consistency=loc%61l")).unwrap(),
+            Consistency::Local
+        );
+        assert_eq!(
+            consistency(Some("x=consistency")).unwrap(),
+            Consistency::Linearizable
+        );
     }
 
     #[test]
@@ -242,6 +296,10 @@ mod tests {
         assert_eq!(
             paging(Some("after=a%20b")).unwrap(),
             Some((100, PageFrom::After("a b".into())))
+        );
+        assert_eq!(
+            paging(Some("after=a+b%2B%C3%A9&x=%FF")).unwrap(),
+            Some((100, PageFrom::After("a b+é".into())))
         );
         let token = "AX_________3aWQtMS0wMDAzNQ";
         let Some((7, PageFrom::Cursor(c))) =
@@ -259,6 +317,9 @@ mod tests {
             "cursor=x",
             "after=a&cursor=AX_________3aWQtMS0wMDAzNQ",
             "after=a&after=b",
+            "limit=1&limit=2",
+            "after=%FF",
+            "after=a%FFb",
         ] {
             assert!(paging(Some(bad)).is_err(), "{bad}");
         }

@@ -30,10 +30,19 @@ impl IntoResponse for Refusal {
 }
 
 /// Whether the request shows the peer credential: the cluster secret as a bearer token,
-/// when one is configured (a single node, or a lab with `insecure_peers`, has none).
+/// when one is configured. Without one, the peer listener is open only where it gives no
+/// more than the client listener does, or where its TLS already checked the caller:
+/// - mutual TLS between peers: the handshake checked the caller's certificate;
+/// - no client tokens: the client API is open to anyone already;
+/// - `insecure_peers`: an operator's explicit choice, for a lab.
+///
+/// A single node with client tokens and neither, which the config allows (it needs no
+/// peers), refuses every peer RPC: it used to take forged writes and deletes on its peer
+/// port from anyone, and show its `/cluster` there, tokens or not (found in review).
 fn has_peer_credential(state: &Shared, headers: &HeaderMap) -> bool {
-    let Some(secret) = &state.cfg.cluster_secret else {
-        return true;
+    let cfg = &state.cfg;
+    let Some(secret) = &cfg.cluster_secret else {
+        return cfg.tls.mutual_peers() || cfg.client_tokens.is_empty() || cfg.insecure_peers;
     };
     super::auth::bearer(headers).is_some_and(|p| secret.matches(p))
 }

@@ -50,12 +50,12 @@ fn with_405(r: MethodRouter<Shared>) -> MethodRouter<Shared> {
 /// credential; nothing of the client API is here.
 pub fn peer_router(state: Shared) -> Router {
     let routes = Routes::default()
-        .route(APPEND_PATH, post(raft_rpc::append))
-        .route(VOTE_PATH, post(raft_rpc::vote))
-        .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
-        .route(WRITE_PATH, post(peer_rpc::forwarded_write))
-        .route(READ_INDEX_PATH, post(peer_rpc::read_index))
-        .route(MEMBERSHIP_PATH, post(peer_rpc::membership))
+        .route(APPEND_PATH, with_405(post(raft_rpc::append)))
+        .route(VOTE_PATH, with_405(post(raft_rpc::vote)))
+        .route(SNAPSHOT_PATH, with_405(post(raft_rpc::snapshot)))
+        .route(WRITE_PATH, with_405(post(peer_rpc::forwarded_write)))
+        .route(READ_INDEX_PATH, with_405(post(peer_rpc::read_index)))
+        .route(MEMBERSHIP_PATH, with_405(post(peer_rpc::membership)))
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route(HEALTH_PATH, with_405(get(health::health)))
         .route(CACHE_PATH, with_405(get(cache::local_cache_stats)));

@@ -46,6 +46,8 @@ pub struct AppState {
     pub append_lane: AppendLane,
     /// The bytes of request bodies held while they are read ([`super::params::BodyRoom`]).
     pub body_room: super::params::BodyRoom,
+    /// The bytes of list pages held while they are sent ([`super::page_room`]).
+    pub page_room: super::page_room::PageRoom,
 }
 
 pub type Shared = Arc<AppState>;

@@ -54,7 +54,7 @@ mod tables;
 pub use cursor::Cursor;
 pub use data::SnapshotFile;
 pub use overlay::FlushStats;
-pub use reader::{CacheStatus, ListScan, PageStart, StoreReader};
+pub use reader::{CacheStatus, ListScan, PageStart, StoreReader, PAGE_BYTES};
 pub use repack::Policy as RepackPolicy;
 pub use snapshot::{
     install_room, validate as validate_snapshot, validate_file as validate_snapshot_file,
