@@ -52,6 +52,11 @@ pub enum NodeError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "data_dir {path} holds a restore that did not finish (its .restoring is there): run \
+         the restore again, which clears it, or empty the directory"
+    )]
+    InterruptedRestore { path: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -69,6 +74,14 @@ pub enum NodeError {
     /// and it must be replaced, not rejoin (the message says how).
     #[error("{0}")]
     DataLost(String),
+    /// The data directory, or the WAL's, was removed or replaced while the node ran: what
+    /// it wrote since is in files no name reaches.
+    #[error(
+        "storage lost: {0}. This node's data is gone: what it wrote since then is not on \
+         the disk. Start it again: a member of a cluster is then refused and must be \
+         replaced (README, Membership); a lone node starts empty unless its data is restored"
+    )]
+    DirsReplaced(String),
     /// The Raft log or the state machine could not be written (a full disk, a failing
     /// device): the node stops so that it is started again once the fault is gone.
     #[error(
@@ -115,6 +128,13 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         path: cfg.data_dir.display().to_string(),
         source,
     })?;
+    // Only some of a restore's files may be there; started on them, the node would make up
+    // the rest (an empty log, say) and serve a state that never was.
+    if cookie_raft::sm::backup::interrupted_restore(&cfg.data_dir) {
+        return Err(NodeError::InterruptedRestore {
+            path: cfg.data_dir.display().to_string(),
+        });
+    }
     let tasks = Tasks::new();
 
     let cache = Arc::new(Cache::new(CacheConfig {
@@ -134,6 +154,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let dirs = cfg.dirs();
     let mut log = LogStore::open_with(&dirs, db_cache.log, cfg.storage.wal_segment_bytes)
         .map_err(|e| NodeError::storage("opening the log (log.redb, the WAL)", e))?;
+    // What the node's files are in, from now on (`failstop::OwnDirs`).
+    let own_dirs = failstop::OwnDirs::record([dirs.data.clone(), dirs.wal.clone()])
+        .map_err(|e| NodeError::storage("looking at data_dir", e))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
         .await
@@ -356,6 +379,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         let (halted, stopping) = (halted.clone(), stopping.clone());
         let cluster = state.cluster.clone();
         let storage = failstop::storage_failed(raft.clone(), state.reader.write_failed());
+        let own_dirs = own_dirs.replaced();
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown_signal() => {
@@ -369,6 +393,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 why = storage => {
                     tracing::error!("stopping: the storage failed: {why}");
                     let _ = halted.set(NodeError::StorageFailed(why));
+                }
+                why = own_dirs => {
+                    tracing::error!("stopping: {why}");
+                    let _ = halted.set(NodeError::DirsReplaced(why));
                 }
             }
             stopping.cancel();

@@ -273,7 +273,19 @@ async fn a_cluster_that_lost_its_quorum_for_good_comes_back_from_one_nodes_data(
         std::fs::remove_dir_all(c.data_dir(i)).unwrap();
     }
     let before = std::fs::read(c.data_dir(survivor).join("sm.redb")).unwrap();
-    let (code, out, err) = cli(&["dump", "--data-dir", &dir, "--to", &file]);
+    let entries = |dir: &std::path::Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let (names, beside) = (entries(&c.data_dir(survivor)), entries(c.dir()));
+    // Run in the directory itself, as `--data-dir .`: its copy used to be made inside it,
+    // copying itself until the path was too long.
+    let (code, out, err) = common::run_bin_in(
+        &c.data_dir(survivor),
+        &["dump", "--data-dir", ".", "--to", &file],
+    );
     assert_eq!(code, 0, "{out}{err}");
     println!("{}", out.trim());
     assert_eq!(
@@ -281,6 +293,14 @@ async fn a_cluster_that_lost_its_quorum_for_good_comes_back_from_one_nodes_data(
         before,
         "a dump leaves the data directory as it was"
     );
+    assert_eq!(
+        entries(&c.data_dir(survivor)),
+        names,
+        "files left in the data"
+    );
+    let mut after = beside.clone();
+    after.insert("survivor.backup".into());
+    assert_eq!(entries(c.dir()), after, "files left beside the data");
 
     let mut fresh = Cluster::from_configs(vec![restored_spec(1)]);
     let config = fresh.nodes[0].config.display().to_string();

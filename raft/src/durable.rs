@@ -106,6 +106,30 @@ pub fn drop_cached(file: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
+/// Which directory a path named when it was looked at: its device and inode. A directory
+/// removed, or replaced by another of the same name, no longer has the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The [`DirId`] of the directory `dir` names now.
+pub fn dir_id(dir: &Path) -> io::Result<DirId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir)?;
+    if !m.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    Ok(DirId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
 /// Free bytes on the filesystem that holds `dir`, or `None` (logged) when they cannot be
 /// read: the callers that ask, to refuse work before the disk fills, then let the disk decide.
 pub fn free_bytes(dir: &Path) -> Option<u64> {

@@ -10,9 +10,16 @@
 //! writes are applied again from the log, which holds every acknowledged entry. The rest of
 //! the cluster carries on without it meanwhile, as without any stopped node.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cookie_raft::durable::{dir_id, DirId};
 use cookie_raft::Raft;
 use openraft::error::Fatal;
 use tokio::sync::watch;
+
+/// How often [`dirs_replaced`] looks at the node's directories.
+const DIRS_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Wait until the Raft core has stopped on an error, or a write of the state machine's
 /// changes has failed; return why. Never returns while both are healthy. A core stopped on
@@ -48,5 +55,89 @@ pub async fn storage_failed(raft: Raft, mut sm_failed: watch::Receiver<Option<St
     tokio::select! {
         why = core => why,
         why = state => why,
+    }
+}
+
+/// The directories a node's files are in (`data_dir`, and the WAL's where it is apart), as
+/// they were when it opened its files.
+pub struct OwnDirs(Vec<(PathBuf, DirId)>);
+
+impl OwnDirs {
+    /// Record what each of `dirs` names now.
+    pub fn record(dirs: impl IntoIterator<Item = PathBuf>) -> std::io::Result<OwnDirs> {
+        let mut seen = Vec::new();
+        for dir in dirs {
+            let id = dir_id(&dir)?;
+            seen.push((dir, id));
+        }
+        Ok(OwnDirs(seen))
+    }
+
+    /// Why one of the directories is no longer the one recorded, if it is not.
+    fn look(&self) -> Option<String> {
+        self.0.iter().find_map(|(dir, was)| match dir_id(dir) {
+            Ok(id) if id == *was => None,
+            Ok(_) => Some(format!(
+                "{} was replaced by another directory",
+                dir.display()
+            )),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Some(format!("{} was removed: {e}", dir.display()))
+            }
+            Err(e) => {
+                // (Permissions changed, say: the files the node holds open still work.)
+                tracing::warn!("looking at {}: {e}", dir.display());
+                None
+            }
+        })
+    }
+
+    /// Wait until one of the directories was removed or replaced while the node ran; return
+    /// why. Never returns while they stay. The node's files are open: it would go on writing
+    /// into files no name reaches any more, and their fsyncs succeed, so everything it
+    /// acknowledged from then on is gone at its next start (found in review: after `rm -rf`
+    /// of a one-node cluster's data directory, 3,000 writes were acknowledged, then lost).
+    pub async fn replaced(self) -> String {
+        let mut every = tokio::time::interval(DIRS_LOOK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Some(why) = self.look() {
+                return why;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_or_replaced_directory_is_seen() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, wal) = (root.path().join("data"), root.path().join("wal"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&wal).unwrap();
+        let dirs = OwnDirs::record([data.clone(), wal.clone()]).unwrap();
+        assert_eq!(dirs.look(), None);
+        // Replaced by another of the same name.
+        std::fs::rename(&wal, root.path().join("old-wal")).unwrap();
+        std::fs::create_dir(&wal).unwrap();
+        let why = dirs.look().unwrap();
+        assert!(why.contains("replaced"), "{why}");
+        // Removed.
+        let dirs = OwnDirs::record([data.clone()]).unwrap();
+        std::fs::remove_dir_all(&data).unwrap();
+        let why = dirs.look().unwrap();
+        assert!(why.contains("removed"), "{why}");
+        // A file where it was.
+        std::fs::write(&data, b"x").unwrap();
+        assert!(dirs.look().unwrap().contains("removed"));
     }
 }

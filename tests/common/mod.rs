@@ -8,7 +8,7 @@
 pub mod held;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -821,7 +821,13 @@ pub fn tls_table(dir: &std::path::Path, i: usize) -> String {
 /// Run the binary with `args` (a subcommand such as `ctl`, `restore`, `dump`), without the
 /// caller's `COOKIE_CRUD_ENDPOINTS` and `COOKIE_CRUD_TOKEN`: (exit code, stdout, stderr).
 pub fn run_bin<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    run_bin_in(Path::new("."), args)
+}
+
+/// [`run_bin`] in the working directory `cwd`.
+pub fn run_bin_in<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> (i32, String, String) {
     let out = Command::new(BIN)
+        .current_dir(cwd)
         .args(args)
         .env_remove("COOKIE_CRUD_ENDPOINTS")
         .env_remove("COOKIE_CRUD_TOKEN")

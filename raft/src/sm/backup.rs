@@ -21,8 +21,13 @@
 //!
 //! # Restore
 //! [`restore`] checks a whole file first (magic, format, every row decodes, counts, checksum,
-//! nothing after the body), then writes a new data directory beside the target and renames it
-//! into place, so a failed or interrupted restore leaves no half-restored directory behind.
+//! nothing after the body), then writes the new data in [`RESTORING`] inside the target and
+//! moves it up only once it is whole and synced. A node refuses to start on a directory that
+//! still holds [`RESTORING`], and a restore run again clears what the interrupted one wrote,
+//! so a failed or interrupted restore is never taken for a node's data. (It used to write
+//! beside the target and rename it into place: a target that is a mount point, as a
+//! Kubernetes volume is, can be neither removed nor replaced, and its parent is another
+//! filesystem; such a restore failed and left its copy beside the volume.)
 //! The new directory is a one-member cluster with a new cluster id and a new incarnation;
 //! its log starts after the backup's index, so every record keeps its version and no later
 //! write can give a record a version it had before.
@@ -30,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use openraft::{CommittedLeaderId, LogId, Membership as Voters};
 use redb::{Durability, ReadableDatabase};
@@ -416,12 +421,41 @@ fn is_empty_dir(dir: &Path) -> io::Result<bool> {
     }
 }
 
-/// Where a restore is written before it is renamed into place.
-fn staging_dir(dir: &Path) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
-    dir.with_file_name(format!(".{name}.restoring"))
+/// The directory, inside the data directory, that a restore writes in before it moves what it
+/// wrote up into the data directory. While it is there, the data directory is an unfinished
+/// restore: see [`interrupted_restore`].
+pub const RESTORING: &str = ".restoring";
+
+/// Whether `dir` holds a restore that did not finish: a node must not start on it (its files
+/// may be only some of the restored ones), and [`restore`] run again clears it.
+pub fn interrupted_restore(dir: &Path) -> bool {
+    dir.join(RESTORING).exists()
+}
+
+/// Remove everything in `dir`, which an interrupted restore wrote: a restore starts only on
+/// an empty directory, and a node never starts on one that holds [`RESTORING`].
+fn clear_interrupted(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    crate::durable::sync_dir(dir)
+}
+
+/// Move every entry of `staging` up into `dir`, its parent (renames within one
+/// filesystem), then remove `staging`, syncing `dir` after each step.
+fn move_up(staging: &Path, dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(staging)? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), dir.join(entry.file_name()))?;
+    }
+    crate::durable::sync_dir(dir)?;
+    std::fs::remove_dir(staging)?;
+    crate::durable::sync_dir(dir)
 }
 
 /// Restore the backup at `file` into `dir`, a data directory that must be empty or absent:
@@ -438,18 +472,19 @@ pub fn restore(
         path: dir.display().to_string(),
         err,
     };
-    if !is_empty_dir(dir).map_err(|e| failed(e.into()))? {
+    let interrupted = interrupted_restore(dir);
+    if !interrupted && !is_empty_dir(dir).map_err(|e| failed(e.into()))? {
         return Err(RestoreError::NotEmpty {
             path: dir.display().to_string(),
         });
     }
     let header = verify(file, progress)?;
-    let staging = staging_dir(dir);
-    if staging.exists() {
-        // What an interrupted restore left: ours, and never a node's data.
-        std::fs::remove_dir_all(&staging).map_err(|e| failed(e.into()))?;
+    if interrupted {
+        // Everything in it is what the interrupted restore wrote, and never a node's data.
+        clear_interrupted(dir).map_err(|e| failed(e.into()))?;
     }
-    std::fs::create_dir_all(&staging).map_err(|e| failed(e.into()))?;
+    let staging = dir.join(RESTORING);
+    crate::durable::create_dir_all(&staging).map_err(|e| failed(e.into()))?;
 
     // The restored state sits after the backup's last entry, in term 1 of the new cluster;
     // the log starts empty, purged up to there.
@@ -481,13 +516,7 @@ pub fn restore(
     })?;
 
     crate::durable::sync_dir(&staging).map_err(|e| failed(e.into()))?;
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|e| failed(e.into()))?;
-    }
-    std::fs::rename(&staging, dir).map_err(|e| failed(e.into()))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::durable::sync_dir(parent).map_err(|e| failed(e.into()))?;
-    }
+    move_up(&staging, dir).map_err(|e| failed(e.into()))?;
     Ok(header)
 }
 

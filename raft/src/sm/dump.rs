@@ -83,7 +83,22 @@ pub fn dump(
     origin: Origin,
     out: &mut dyn Write,
 ) -> Result<DumpReport, BoxError> {
-    let dir = dirs.data.as_path();
+    // The copy is made beside the directory: named from its canonical path, so that a
+    // relative name (`--data-dir .`, whose name is empty) does not put the copy inside the
+    // directory it copies, where it copied itself until the disk was full (found in review).
+    let canonical =
+        std::fs::canonicalize(&dirs.data).map_err(|e| format!("{}: {e}", dirs.data.display()))?;
+    let dir = canonical.as_path();
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{}: not a node's data directory", dir.display()).into());
+    };
+    if super::backup::interrupted_restore(dir) {
+        return Err(format!(
+            "{} holds a restore that did not finish: not a node's data",
+            dir.display()
+        )
+        .into());
+    }
     for file in ["sm.redb", "log.redb"] {
         if !dir.join(file).is_file() {
             return Err(format!(
@@ -102,10 +117,11 @@ pub fn dump(
         )
         .into());
     }
-    let name = dir
-        .file_name()
-        .map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
-    let scratch = Scratch(dir.with_file_name(format!(".{name}.dump-{}", std::process::id())));
+    let scratch = Scratch(parent.join(format!(
+        ".{}.dump-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )));
     let _ = std::fs::remove_dir_all(&scratch.0);
     copy_tree(dir, &scratch.0)?;
     if dirs.wal_apart() {

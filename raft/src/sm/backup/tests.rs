@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -182,7 +182,7 @@ async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster
     let log = LogStore::open(&data).unwrap();
     assert!(!log.was_pristine());
     assert_eq!(registry.members[&5], log.incarnation());
-    assert!(!staging_dir(&data).exists());
+    assert!(!data.join(RESTORING).exists());
 }
 
 #[tokio::test]
@@ -235,7 +235,7 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
     let data = out.path().join("data");
     let file = write(out.path(), &flipped);
     assert!(restore_off_runtime(&file, &data, 1).is_err());
-    assert!(!data.exists() && !staging_dir(&data).exists());
+    assert!(!data.exists());
 }
 
 #[tokio::test]
@@ -255,6 +255,56 @@ async fn a_non_empty_data_directory_is_refused_and_left_alone() {
     std::fs::create_dir(&empty).unwrap();
     restore_off_runtime(&file, &empty, 1).unwrap();
     assert!(empty.join("sm.redb").exists());
+}
+
+/// A restore writes inside its target, never beside it, and leaves the target directory
+/// itself in place: a Kubernetes volume's mount point can be neither removed nor replaced,
+/// and its parent is another filesystem. (Before, the restore wrote `.data.restoring`
+/// beside the target, then removed the target and renamed its copy into place: into a
+/// mount point it failed with EBUSY and left the copy beside the volume.)
+#[tokio::test]
+async fn a_restore_writes_inside_its_target_and_keeps_the_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 3).await;
+    let (_, bytes) = backup_bytes(&sm);
+    let file = src.path().join("cookies.backup");
+    std::fs::write(&file, &bytes).unwrap();
+    let data = out.path().join("volume");
+    std::fs::create_dir(&data).unwrap();
+    let inode = std::fs::metadata(&data).unwrap().ino();
+    restore_off_runtime(&file, &data, 1).unwrap();
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().ino(),
+        inode,
+        "the target directory was replaced"
+    );
+    let beside: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["volume"], "written beside the target");
+    assert!(data.join("sm.redb").exists() && !interrupted_restore(&data));
+}
+
+/// A restore that stopped half-way leaves [`RESTORING`] in the directory: it is known as
+/// an unfinished restore, and a restore run again clears it and finishes.
+#[tokio::test]
+async fn an_interrupted_restore_is_known_and_cleared_by_the_next() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 3).await;
+    let (_, bytes) = backup_bytes(&sm);
+    let file = write(src.path(), &bytes);
+    let data = out.path().join("data");
+    // As a restore killed while it moved its files up leaves it: some moved, some not.
+    std::fs::create_dir_all(data.join(RESTORING)).unwrap();
+    std::fs::write(data.join(RESTORING).join("sm.redb"), b"half").unwrap();
+    std::fs::write(data.join("log.redb"), b"half").unwrap();
+    assert!(interrupted_restore(&data));
+    restore_off_runtime(&file, &data, 1).unwrap();
+    assert!(!interrupted_restore(&data));
+    let log = LogStore::open(&data).unwrap();
+    assert!(!log.was_pristine());
 }
 
 /// A record is checked as JSON that names itself, whatever its keys: one stored with a key
