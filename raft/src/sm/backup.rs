@@ -322,7 +322,7 @@ fn walk_body(
     for _ in 0..count(&mut body, header.records, "records")? {
         let (id, value): (String, serde_bytes::ByteBuf) = take(&mut body, "a record")?;
         let value = value.into_vec();
-        check_record(&id, &value).map_err(BackupError::Corrupt)?;
+        check_record(&id, &value, header.index).map_err(BackupError::Corrupt)?;
         each(Row::Record(id, value)).map_err(|e| BackupError::Io(io::Error::other(e)))?;
     }
     for _ in 0..count(&mut body, header.idempotency_keys, "idempotency keys")? {
@@ -356,12 +356,17 @@ fn walk_body(
     Ok(registry)
 }
 
-/// A record as `apply` stores it: a record header, then a JSON object whose `cookie` is the id.
+/// A record as `apply` stores it: a record header, then a JSON object whose `cookie` is the
+/// id, and a version (the index of the entry that wrote it) no later than `index`, the
+/// backup's. The checksum covers the body, not the header: a header whose index was edited
+/// down would restore a log that starts before versions the records hold, and later writes
+/// would give records versions they had before (an `If-Match` would then match the wrong
+/// state); no backup is taken past its own index, so such a file is refused (found in review).
 /// Read as the object's syntax and its `cookie` alone, not as a `serde_json::Value`: that
 /// would read a key serde_json reserves as its own marker (`crate::reserved_keys`), and a
 /// record stored with one before writes refused them would fail every backup's check. It
 /// costs less too.
-fn check_record(id: &str, value: &[u8]) -> Result<(), String> {
+fn check_record(id: &str, value: &[u8], index: u64) -> Result<(), String> {
     /// The object's `cookie`, borrowed where it has no escapes; every other field is only
     /// checked to be JSON.
     #[derive(serde::Deserialize)]
@@ -370,6 +375,12 @@ fn check_record(id: &str, value: &[u8]) -> Result<(), String> {
         cookie: Option<std::borrow::Cow<'a, str>>,
     }
     let rec = Record::decode(value).ok_or_else(|| format!("record {id:?} does not decode"))?;
+    if rec.version > index {
+        return Err(format!(
+            "record {id:?} has version {}, past the backup's index {index} (was the header edited?)",
+            rec.version
+        ));
+    }
     // (A struct would read an array too: a record is stored as a compact object.)
     if rec.json.first() != Some(&b'{') {
         return Err(format!("record {id:?} is not a JSON object"));

@@ -231,6 +231,25 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
     );
     assert!(err.to_string().contains("newer"));
 
+    // The checksum is the body's: a header whose index was edited down is caught by the
+    // records' versions, which no backup holds past its own index.
+    let index = format!(
+        "\"index\":{},",
+        serde_json::from_str::<BackupHeader>(header_line)
+            .unwrap()
+            .index
+    );
+    assert!(header_line.contains(&index), "{header_line}");
+    let edited = header_line.replacen(&index, "\"index\":3,", 1);
+    let mut earlier = MAGIC.to_vec();
+    earlier.extend_from_slice(edited.as_bytes());
+    earlier.extend_from_slice(&good[start..]);
+    let err = check(&earlier);
+    assert!(
+        matches!(&err, BackupError::Corrupt(m) if m.contains("past the backup's index 3")),
+        "{err}"
+    );
+
     // A refused file leaves no data directory, staged or final.
     let data = out.path().join("data");
     let file = write(out.path(), &flipped);
@@ -311,7 +330,8 @@ async fn an_interrupted_restore_is_known_and_cleared_by_the_next() {
 /// serde_json reads as its own marker (before writes refused them) made every backup fail.
 #[test]
 fn a_record_check_reads_keys_as_keys() {
-    let check = |json: &str| check_record("a", &Record::new(7, json.as_bytes().to_vec()).encode());
+    let check =
+        |json: &str| check_record("a", &Record::new(7, json.as_bytes().to_vec()).encode(), 7);
     for json in [
         r#"{"$serde_json::private::Number":"5","cookie":"a","user_id":1}"#,
         r#"{"cookie":"a","x":{"$serde_json::private::RawValue":"1"}}"#,
