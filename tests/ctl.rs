@@ -247,3 +247,62 @@ async fn members_list_add_promote_remove() {
     assert!(code == 2 || code == 3, "{code}: {err}");
     c.wait_membership(1, &[1, 2, 3], &[], WAIT).await;
 }
+
+/// A node that takes connections and never answers (stopped), named first, does not hold a
+/// command that may be sent again: each endpoint gets a share of `--timeout`, and `backup`
+/// goes on to the next after `--timeout` without an answer. (Before, the read took the
+/// whole `--timeout` on the stopped node and failed, and `backup` waited for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_named_first_does_not_hold_a_command() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let r = c
+        .create(leader, serde_json::json!({"cookie": "here", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let stopped = (leader + 1) % 3;
+    c.pause(stopped);
+    let endpoints = format!("{},{}", c.url(stopped), c.url(leader));
+    let started = std::time::Instant::now();
+    let (code, out, err) = ctl(&endpoints, &["--timeout", "6", "get", "here"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"here\""), "{out}");
+    eprintln!("get answered in {:?}", started.elapsed());
+
+    let file = c.dir().join("from-the-second.backup");
+    let file = file.display().to_string();
+    let run = {
+        let endpoints = endpoints.clone();
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            run_bin(&[
+                "ctl",
+                "--endpoints",
+                &endpoints,
+                "--timeout",
+                "3",
+                "backup",
+                &file,
+            ])
+        })
+    };
+    let (code, out, err) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("backup held by the stopped node")
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(std::path::Path::new(&file).is_file());
+    c.resume(stopped);
+}
+
+/// `status` with a token that may not read `/cluster` says so, exit 5, and does not call
+/// the members unreachable (it said "no member is reachable", exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_a_read_token_is_unauthorized() {
+    let tokens = "client_tokens = [{ token = \"r\", role = \"read\" }]\n";
+    let c = Cluster::start(1, tokens).await;
+    let (code, out, err) = ctl(&c.url(0), &["--token", "r", "status"]).await;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("admin token"), "{err}");
+    assert!(out.contains("refused"), "{out}");
+}

@@ -50,10 +50,20 @@ pub async fn download(
     let mut last = String::from("no endpoint");
     for endpoint in &client.target.endpoints {
         let url = format!("{endpoint}/admin/backup?consistency={consistency}");
-        let mut resp = match client.request(reqwest::Method::GET, &url).send().await {
-            Ok(r) => r,
-            Err(e) => {
+        // A node that accepts the connection and never answers (stopped, say) is given
+        // `--timeout` to start its answer, and as long between two chunks of it; then the
+        // next endpoint is asked. (Both waits had no bound: a stopped node held `backup`
+        // for ever.)
+        let stall = client.target.timeout;
+        let sent = client.request(reqwest::Method::GET, &url).send();
+        let mut resp = match tokio::time::timeout(stall, sent).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 last = format!("{endpoint}: {}", describe(&e));
+                continue;
+            }
+            Err(_) => {
+                last = format!("{endpoint}: no answer within {stall:?}");
                 continue;
             }
         };
@@ -78,24 +88,28 @@ pub async fn download(
         let progress = bar(resp.content_length(), "backup");
         let mut out = create_partial(&partial)?;
         let mut received = 0u64;
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
+        let stopped = loop {
+            let why = match tokio::time::timeout(stall, resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
                     out.write_all(&chunk)
                         .map_err(|e| CtlError::Failed(format!("{}: {e}", partial.display())))?;
                     received += chunk.len() as u64;
                     progress.set_position(received);
+                    continue;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    progress.abandon();
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(CtlError::Failed(format!(
-                        "{endpoint}: the backup stopped after {received} bytes: {}",
-                        describe(&e)
-                    )));
-                }
-            }
+                Ok(Ok(None)) => break None,
+                Ok(Err(e)) => describe(&e),
+                Err(_) => format!("nothing for {stall:?}"),
+            };
+            break Some(why);
+        };
+        if let Some(why) = stopped {
+            // Another node may serve it whole: its own consistent copy, from the start.
+            progress.abandon();
+            drop(out);
+            let _ = std::fs::remove_file(&partial);
+            last = format!("{endpoint}: the backup stopped after {received} bytes: {why}");
+            continue;
         }
         progress.finish_and_clear();
         out.sync_all()

@@ -169,11 +169,21 @@ impl Client {
         }
     }
 
-    /// The request on one endpoint, once.
+    /// The request on one endpoint, once, within the whole `--timeout`.
     pub async fn once(&self, endpoint: &str, call: &Call<'_>) -> Result<Answer, reqwest::Error> {
+        self.once_within(endpoint, call, self.target.timeout).await
+    }
+
+    /// The request on one endpoint, once, within `limit`.
+    async fn once_within(
+        &self,
+        endpoint: &str,
+        call: &Call<'_>,
+        limit: Duration,
+    ) -> Result<Answer, reqwest::Error> {
         let mut req = self
             .request(call.method.clone(), &format!("{endpoint}{}", call.path))
-            .timeout(self.target.timeout);
+            .timeout(limit);
         if let Some(b) = &call.body {
             req = req
                 .header("content-type", "application/json")
@@ -197,12 +207,25 @@ impl Client {
     /// The request on the endpoints in turn until one answers with something other than
     /// 503, or the deadline passes. Any answer (2xx or not) is returned; only an
     /// unreachable cluster is an error.
+    ///
+    /// A request that may be sent again (a read, or a write with its idempotency key) gets a
+    /// share of `--timeout` on each endpoint ([`attempt_limit`]): one node that accepts the
+    /// connection and never answers (stopped, say) took the whole of it, and the others
+    /// were never asked. A membership change, which carries no key, keeps the whole.
     pub async fn send(&self, call: Call<'_>) -> Result<Answer, CtlError> {
         let deadline = tokio::time::Instant::now() + self.target.timeout;
+        let shared =
+            call.method == Method::GET || call.headers.iter().any(|(k, _)| *k == "idempotency-key");
         for round in 0u32.. {
             for endpoint in &self.target.endpoints {
                 let expired = || tokio::time::Instant::now() >= deadline;
-                match self.once(endpoint, &call).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let limit = if shared {
+                    attempt_limit(self.target.timeout, self.target.endpoints.len(), left)
+                } else {
+                    left.max(Duration::from_millis(1))
+                };
+                match self.once_within(endpoint, &call, limit).await {
                     // No leader yet, or a node shutting down: another node, or later.
                     Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE && !expired() => {}
                     Ok(a) => return Ok(a),
@@ -230,6 +253,20 @@ impl Client {
             Err(CtlError::from_answer(&a))
         }
     }
+}
+
+/// The shortest time one attempt of a request that may be sent again is given (below it, a
+/// slow but healthy answer would be cut off).
+const MIN_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// How long one attempt on one of `endpoints` may take, `left` of `timeout` in all: an
+/// equal share of `timeout`, at least [`MIN_ATTEMPT`], and never past the deadline.
+fn attempt_limit(timeout: Duration, endpoints: usize, left: Duration) -> Duration {
+    let share = timeout / u32::try_from(endpoints.max(1)).unwrap_or(u32::MAX);
+    share
+        .max(MIN_ATTEMPT)
+        .min(left)
+        .max(Duration::from_millis(1))
 }
 
 /// reqwest's error with its causes (its own message alone says little: "error sending request").
@@ -266,4 +303,23 @@ pub fn json_arg(arg: &str) -> Result<Vec<u8>, CtlError> {
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| CtlError::Usage(format!("not JSON: {e}")))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_attempt_gets_a_share_of_the_timeout() {
+        let s = Duration::from_secs;
+        // One endpoint: the whole of it.
+        assert_eq!(attempt_limit(s(10), 1, s(10)), s(10));
+        // Three: a third each, then what is left.
+        assert_eq!(attempt_limit(s(9), 3, s(9)), s(3));
+        assert_eq!(attempt_limit(s(9), 3, s(1)), s(1));
+        // Never under MIN_ATTEMPT while there is time, never past the deadline.
+        assert_eq!(attempt_limit(s(10), 10, s(10)), MIN_ATTEMPT);
+        assert_eq!(attempt_limit(s(1), 1, s(1)), s(1));
+        assert!(attempt_limit(s(10), 3, Duration::ZERO) > Duration::ZERO);
+    }
 }

@@ -188,6 +188,13 @@ async fn run_cmd(client: &Client, cmd: CtlCmd) -> Result<(), CtlError> {
                 print!("{}", status::table(&rows));
             }
             if rows.iter().all(|r| !r.reachable) {
+                if rows.iter().any(|r| r.role == "refused") {
+                    return Err(CtlError::Unauthorized(
+                        "every member that answered refused this token: `status` reads \
+                         /cluster, which needs an admin token (--token, COOKIE_CRUD_TOKEN)"
+                            .into(),
+                    ));
+                }
                 return Err(CtlError::Failed("no member is reachable".into()));
             }
         }

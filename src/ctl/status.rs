@@ -72,18 +72,26 @@ pub async fn rows(client: &Client) -> Vec<Row> {
     let mut lag: BTreeMap<u64, u64> = BTreeMap::new();
     let mut leader_id = None;
     for (endpoint, answer) in answers {
-        let v = match answer.map_err(|e| describe(&e)).and_then(|a| {
-            if a.status.is_success() {
-                a.json().map_err(|e| e.to_string())
-            } else {
-                Err(CtlError::from_answer(&a).to_string())
-            }
-        }) {
+        // A node that answers 401 or 403 is up, but will not tell this token (`/cluster`
+        // needs the admin role): "refused", not "unreachable".
+        let v = match answer
+            .map_err(|e| ("unreachable", describe(&e)))
+            .and_then(|a| {
+                if a.status.is_success() {
+                    a.json().map_err(|e| ("unreachable", e.to_string()))
+                } else {
+                    let role = match CtlError::from_answer(&a) {
+                        CtlError::Unauthorized(_) => "refused",
+                        _ => "unreachable",
+                    };
+                    Err((role, CtlError::from_answer(&a).to_string()))
+                }
+            }) {
             Ok(v) => v,
-            Err(e) => {
+            Err((role, e)) => {
                 down.push(Row {
                     endpoint,
-                    role: "unreachable".into(),
+                    role: role.into(),
                     error: Some(e),
                     ..Row::default()
                 });
