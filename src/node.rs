@@ -155,8 +155,13 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let mut log = LogStore::open_with(&dirs, db_cache.log, cfg.storage.wal_segment_bytes)
         .map_err(|e| NodeError::storage("opening the log (log.redb, the WAL)", e))?;
     // What the node's files are in, from now on (`failstop::OwnDirs`).
-    let own_dirs = failstop::OwnDirs::record([dirs.data.clone(), dirs.wal.clone()])
-        .map_err(|e| NodeError::storage("looking at data_dir", e))?;
+    let own_dirs = failstop::OwnDirs::record([
+        dirs.data.clone(),
+        dirs.wal.clone(),
+        dirs.data.join("log.redb"),
+        dirs.wal.join(cookie_raft::log::place::MARKER),
+    ])
+    .map_err(|e| NodeError::storage("looking at data_dir", e))?;
     let floor = log
         .restored_leader_floor(cfg.node_id)
         .await
@@ -405,6 +410,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let limits = ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.http.header_timeout_ms),
         max_connections: state.cfg.http.max_connections,
+        send_timeout: Duration::from_millis(state.cfg.http.body_timeout_ms),
         drain: HTTP_DRAIN_BOUND,
     };
     // Both listeners stop together; in-flight requests on each finish.

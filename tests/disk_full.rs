@@ -1090,3 +1090,37 @@ async fn a_node_whose_data_directory_is_removed_stops() {
     assert!(log.contains("was removed"), "{log}");
     assert!(log.contains("storage lost"), "{log}");
 }
+
+/// The same where the data directory stays (a mount point: `rm -rf` empties it but cannot
+/// remove it) and the WAL is apart: the node stops once `log.redb` is gone. (The first
+/// version of the check looked at the directories only, and missed this: found in review.)
+#[tokio::test]
+async fn a_node_whose_data_directory_is_emptied_stops() {
+    let wal = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{FAST_RAFT}[storage]\nwal_dir = \"{}\"\n",
+        wal.path().join("wal").display()
+    );
+    let mut cluster = Cluster::start(1, &extra).await;
+    let r = cluster
+        .create(0, json!({"cookie": "before", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for entry in std::fs::read_dir(cluster.data_dir(0)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap();
+        } else {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let Some(status) = cluster.wait_exit(0, Duration::from_secs(10)).await else {
+        panic!(
+            "the node kept running with its data directory emptied\n{}",
+            cluster.log(0)
+        );
+    };
+    assert!(!status.success(), "{status}");
+    let log = cluster.log(0);
+    assert!(log.contains("log.redb was removed"), "{log}");
+}

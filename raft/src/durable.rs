@@ -106,25 +106,19 @@ pub fn drop_cached(file: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
-/// Which directory a path named when it was looked at: its device and inode. A directory
+/// Which file or directory a path named when it was looked at: its device and inode. One
 /// removed, or replaced by another of the same name, no longer has the one recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DirId {
+pub struct FileId {
     dev: u64,
     ino: u64,
 }
 
-/// The [`DirId`] of the directory `dir` names now.
-pub fn dir_id(dir: &Path) -> io::Result<DirId> {
+/// The [`FileId`] of what `path` names now.
+pub fn file_id(path: &Path) -> io::Result<FileId> {
     use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(dir)?;
-    if !m.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    Ok(DirId {
+    let m = fs::metadata(path)?;
+    Ok(FileId {
         dev: m.dev(),
         ino: m.ino(),
     })

@@ -13,12 +13,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cookie_raft::durable::{dir_id, DirId};
+use cookie_raft::durable::{file_id, FileId};
 use cookie_raft::Raft;
 use openraft::error::Fatal;
 use tokio::sync::watch;
 
-/// How often [`dirs_replaced`] looks at the node's directories.
+/// How often [`OwnDirs::replaced`] looks at the node's directories.
 const DIRS_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Wait until the Raft core has stopped on an error, or a write of the state machine's
@@ -58,24 +58,29 @@ pub async fn storage_failed(raft: Raft, mut sm_failed: watch::Receiver<Option<St
     }
 }
 
-/// The directories a node's files are in (`data_dir`, and the WAL's where it is apart), as
-/// they were when it opened its files.
-pub struct OwnDirs(Vec<(PathBuf, DirId)>);
+/// The directories a node's files are in (`data_dir`, and the WAL's where it is apart), and
+/// the files in them that are never replaced while it runs (`log.redb`, the WAL's marker),
+/// as they were when it opened its files. The files matter where a directory is a mount
+/// point: `rm -rf` empties it but cannot remove it, so the directory stays the same one.
+pub struct OwnDirs(Vec<(PathBuf, FileId)>);
 
 impl OwnDirs {
-    /// Record what each of `dirs` names now.
-    pub fn record(dirs: impl IntoIterator<Item = PathBuf>) -> std::io::Result<OwnDirs> {
+    /// Record what each of `paths` that is there names now.
+    pub fn record(paths: impl IntoIterator<Item = PathBuf>) -> std::io::Result<OwnDirs> {
         let mut seen = Vec::new();
-        for dir in dirs {
-            let id = dir_id(&dir)?;
-            seen.push((dir, id));
+        for path in paths {
+            match file_id(&path) {
+                Ok(id) => seen.push((path, id)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(OwnDirs(seen))
     }
 
     /// Why one of the directories is no longer the one recorded, if it is not.
     fn look(&self) -> Option<String> {
-        self.0.iter().find_map(|(dir, was)| match dir_id(dir) {
+        self.0.iter().find_map(|(dir, was)| match file_id(dir) {
             Ok(id) if id == *was => None,
             Ok(_) => Some(format!(
                 "{} was replaced by another directory",
@@ -136,8 +141,14 @@ mod tests {
         std::fs::remove_dir_all(&data).unwrap();
         let why = dirs.look().unwrap();
         assert!(why.contains("removed"), "{why}");
-        // A file where it was.
-        std::fs::write(&data, b"x").unwrap();
-        assert!(dirs.look().unwrap().contains("removed"));
+        // A file inside a directory that stays (a mount point emptied by `rm -rf`); what
+        // is not there at the start is not looked at.
+        let meta = wal.join("log.redb");
+        std::fs::write(&meta, b"x").unwrap();
+        let dirs = OwnDirs::record([wal.clone(), meta.clone(), wal.join("none")]).unwrap();
+        assert_eq!(dirs.look(), None);
+        std::fs::remove_file(&meta).unwrap();
+        let why = dirs.look().unwrap();
+        assert!(why.contains("log.redb was removed"), "{why}");
     }
 }

@@ -6,6 +6,11 @@
 //! the node's body budget) for as long as the client liked (found in review). It is
 //! counted from the first poll that finds nothing ready, and no frame resets it.
 //!
+//! The peer listener keeps the time between frames ([`BodyTimeoutLayer::between_frames`]):
+//! its bodies are Raft's, snapshot chunks of 8 MiB and batches of entries, from peers that
+//! hold the cluster secret, and a whole-body limit cut every chunk on a link too slow to
+//! carry one within it, so a lagging follower never caught up (found in review).
+//!
 //! tower-http's `RequestBodyTimeout` arms a timer on every poll of the body, before it
 //! looks at the body, and a frame resets it: a create's body, already read with its head,
 //! armed and dropped a timer in the runtime's wheel twice (once for the data, once for its
@@ -33,11 +38,33 @@ pub struct BodyTimedOut;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeoutLayer {
     timeout: Duration,
+    rule: Rule,
+}
+
+/// What the timeout times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// The whole body, from the first poll that found nothing ready.
+    Whole,
+    /// The wait for each frame: a frame resets it.
+    BetweenFrames,
 }
 
 impl BodyTimeoutLayer {
-    pub fn new(timeout: Duration) -> Self {
-        BodyTimeoutLayer { timeout }
+    /// The whole body must arrive within `timeout` (the client listener).
+    pub fn whole(timeout: Duration) -> Self {
+        BodyTimeoutLayer {
+            timeout,
+            rule: Rule::Whole,
+        }
+    }
+
+    /// Each frame must arrive within `timeout` of the last (the peer listener).
+    pub fn between_frames(timeout: Duration) -> Self {
+        BodyTimeoutLayer {
+            timeout,
+            rule: Rule::BetweenFrames,
+        }
     }
 }
 
@@ -47,7 +74,7 @@ impl<S> Layer<S> for BodyTimeoutLayer {
     fn layer(&self, inner: S) -> BodyTimeout<S> {
         BodyTimeout {
             inner,
-            timeout: self.timeout,
+            layer: *self,
         }
     }
 }
@@ -56,7 +83,7 @@ impl<S> Layer<S> for BodyTimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct BodyTimeout<S> {
     inner: S,
-    timeout: Duration,
+    layer: BodyTimeoutLayer,
 }
 
 impl<S> Service<Request> for BodyTimeout<S>
@@ -72,26 +99,35 @@ where
     }
 
     fn call(&mut self, req: Request) -> S::Future {
-        let timeout = self.timeout;
-        self.inner
-            .call(req.map(|body| Body::new(TimedBody::new(body, timeout))))
+        let layer = self.layer;
+        self.inner.call(req.map(|body| {
+            Body::new(TimedBody {
+                body,
+                timeout: layer.timeout,
+                rule: layer.rule,
+                sleep: None,
+            })
+        }))
     }
 }
 
-/// A body that must end within `timeout` of the first poll that found nothing ready.
+/// A body that must end within `timeout` of the first poll that found nothing ready (or,
+/// between frames, whose next frame must come within `timeout` of such a poll).
 pub struct TimedBody<B> {
     body: B,
     timeout: Duration,
-    /// Armed by the first poll that finds nothing ready; kept, not reset, until the body
-    /// ends.
+    rule: Rule,
+    /// Armed by a poll that finds nothing ready; for the whole body, kept until it ends.
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> TimedBody<B> {
+    /// The whole body must arrive within `timeout`.
     pub fn new(body: B, timeout: Duration) -> Self {
         TimedBody {
             body,
             timeout,
+            rule: Rule::Whole,
             sleep: None,
         }
     }
@@ -111,8 +147,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            if frame.is_none() {
-                this.sleep = None; // the body is over: its timer leaves the wheel now
+            if frame.is_none() || this.rule == Rule::BetweenFrames {
+                this.sleep = None; // over, or a frame came: its timer leaves the wheel now
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
@@ -211,6 +247,28 @@ mod tests {
         assert_eq!(started.elapsed(), TIMEOUT);
         assert_eq!(got, 3, "frames at 2/7, 4/7 and 6/7 of the timeout");
         drop(body);
+        feeder.await.unwrap();
+    }
+
+    /// On the peer listener a frame resets the time: a steady stream of chunks, however
+    /// long in all, is read whole.
+    #[tokio::test(start_paused = true)]
+    async fn between_frames_a_body_that_keeps_coming_is_never_cut() {
+        let (tx, rx) = mpsc::unbounded();
+        let body = TimedBody {
+            body: Body::new(StreamBody::new(rx)),
+            timeout: TIMEOUT,
+            rule: Rule::BetweenFrames,
+            sleep: None,
+        };
+        let feeder = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(TIMEOUT * 3 / 4).await;
+                tx.unbounded_send(data(b"x")).unwrap();
+            }
+        });
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all, "xxxxxxxxxx");
         feeder.await.unwrap();
     }
 

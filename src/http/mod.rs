@@ -14,7 +14,7 @@
 //! - [`state`]: what every handler shares; [`router`]: the routes and the layers around them;
 //!   [`routes`]: which route a path matches, known to those layers before routing;
 //!   [`server`]: accepting connections, with hyper's limits; [`idle`]: closing those with
-//!   no request.
+//!   no request; [`stall`]: closing those whose client stops reading.
 //!
 //! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
 //! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
@@ -39,6 +39,7 @@ pub mod raft_rpc;
 pub mod router;
 pub mod routes;
 pub mod server;
+pub mod stall;
 pub mod state;
 pub mod status;
 

@@ -61,8 +61,10 @@ fn form_field(raw: &str) -> Result<Cow<'_, str>, std::str::Utf8Error> {
 }
 
 pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let Some(query) = query.filter(|q| q.contains("consistency")) else {
-        return Ok(Consistency::Linearizable); // the usual read: no query to parse
+    // The usual read has no query, or none that could name it (a name may be
+    // percent-encoded: `%63onsistency`).
+    let Some(query) = query.filter(|q| q.contains("consistency") || q.contains('%')) else {
+        return Ok(Consistency::Linearizable);
     };
     let mut level = Consistency::Linearizable;
     for (_, v) in known_params(Some(query), &["consistency"])? {
@@ -286,6 +288,12 @@ mod tests {
             consistency(Some("x=consistency")).unwrap(),
             Consistency::Linearizable
         );
+        // A name may be percent-encoded, like any other.
+        assert_eq!(
+            consistency(Some("%63onsistency=local")).unwrap(),
+            Consistency::Local
+        );
+        assert!(consistency(Some("%63onsistency=bogus")).is_err());
     }
 
     #[test]

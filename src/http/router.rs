@@ -156,8 +156,8 @@ struct Outer {
 /// - the span, which names both;
 /// - [`front`]: the metrics, then the listener's credential check (so a 401 is counted),
 ///   for routed requests only (an unknown path is 404 to everyone, and not counted);
-/// - the body timeout: a body that does not arrive in time ends with an error the handlers
-///   answer 408;
+/// - the body timeout: a body that does not arrive in time (a client's whole body, a peer's
+///   next frame) ends with an error the handlers answer 408;
 /// - the panic catcher, innermost: a panic becomes a 500 that the metrics still count.
 fn observed(routes: Routes<Shared>, state: Shared, gate: Gate, outer: Outer) -> Router {
     let (router, table) = routes.finish(not_found);
@@ -189,7 +189,10 @@ fn observed(routes: Routes<Shared>, state: Shared, gate: Gate, outer: Outer) -> 
                 .on_failure(()),
         )
         .layer(axum::middleware::from_fn_with_state(front_state, front))
-        .layer(BodyTimeoutLayer::new(body_timeout))
+        .layer(match gate {
+            Gate::ClientToken => BodyTimeoutLayer::whole(body_timeout),
+            Gate::PeerCredential => BodyTimeoutLayer::between_frames(body_timeout),
+        })
         .layer(CatchPanicLayer::custom(observe::panic_reply))
         .service(router.with_state(state));
     Router::new().fallback_service(stack)

@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::idle::{self, Activity, Tracked};
+use super::stall::{self, Stall, Watched};
 
 /// A bound listener, and the TLS it speaks (plain HTTP without).
 pub struct Endpoint {
@@ -46,6 +47,9 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Open connections at most.
     pub max_connections: usize,
+    /// How long a write may wait for the client to read before the connection is closed
+    /// ([`super::stall`]).
+    pub send_timeout: Duration,
     /// How long shutdown waits for open connections.
     pub drain: Duration,
 }
@@ -103,6 +107,7 @@ pub async fn serve(
             app: app.clone(),
             watcher: graceful.watcher(),
             idle: limits.header_timeout,
+            send_timeout: limits.send_timeout,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -139,6 +144,8 @@ struct Conn {
     watcher: hyper_util::server::graceful::Watcher,
     /// How long the connection may go with no request in flight.
     idle: Duration,
+    /// How long a write may wait for the client.
+    send_timeout: Duration,
 }
 
 impl Conn {
@@ -157,9 +164,13 @@ impl Conn {
                 Ok::<_, std::convert::Infallible>(res.map(|body| Tracked::new(body, in_flight)))
             }
         });
+        let stall = Stall::new();
         let conn = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(Watched::new(stream, stall.clone())),
+                service,
+            )
             .into_owned();
         tokio::select! {
             ended = self.watcher.watch(conn) => {
@@ -169,6 +180,12 @@ impl Conn {
             }
             () = idle::idle_out(&activity, self.idle) => {
                 tracing::debug!("closing a connection with no request for {:?}", self.idle);
+            }
+            () = stall::stalled_out(&stall, self.send_timeout) => {
+                tracing::debug!(
+                    "closing a connection whose client read nothing for {:?}",
+                    self.send_timeout
+                );
             }
         }
     }

@@ -424,9 +424,23 @@ pub enum RestoreError {
     Write { path: String, err: BoxError },
 }
 
-fn is_empty_dir(dir: &Path) -> io::Result<bool> {
+/// What a fresh filesystem holds at its root (ext4's), which is no data: a volume mounted as
+/// the data directory holds it.
+const LOST_FOUND: &str = "lost+found";
+
+/// Whether `dir` holds nothing but the names in `besides` (and a fresh filesystem's
+/// `lost+found`); a directory that is not there holds nothing.
+fn holds_only(dir: &Path, besides: &[&str]) -> io::Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
+        Ok(entries) => {
+            for entry in entries {
+                let name = entry?.file_name();
+                if name != LOST_FOUND && !besides.iter().any(|b| name == *b) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(e),
     }
@@ -443,11 +457,15 @@ pub fn interrupted_restore(dir: &Path) -> bool {
     dir.join(RESTORING).exists()
 }
 
-/// Remove everything in `dir`, which an interrupted restore wrote: a restore starts only on
-/// an empty directory, and a node never starts on one that holds [`RESTORING`].
+/// Remove everything in `dir` (but `lost+found`), which an interrupted restore wrote: a
+/// restore starts only on an empty directory, and a node never starts on one that holds
+/// [`RESTORING`].
 fn clear_interrupted(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
+        if entry.file_name() == LOST_FOUND {
+            continue;
+        }
         if entry.file_type()?.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
         } else {
@@ -458,15 +476,42 @@ fn clear_interrupted(dir: &Path) -> io::Result<()> {
 }
 
 /// Move every entry of `staging` up into `dir`, its parent (renames within one
-/// filesystem), then remove `staging`, syncing `dir` after each step.
+/// filesystem), never over a file already there, then remove `staging`, syncing `dir` after
+/// each step.
 fn move_up(staging: &Path, dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(staging)? {
         let entry = entry?;
-        std::fs::rename(entry.path(), dir.join(entry.file_name()))?;
+        rename_no_replace(&entry.path(), &dir.join(entry.file_name()))?;
     }
     crate::durable::sync_dir(dir)?;
     std::fs::remove_dir(staging)?;
     crate::durable::sync_dir(dir)
+}
+
+/// `rename(2)` that fails, rather than replace `to`, when `to` exists (`renameat2`'s
+/// `RENAME_NOREPLACE`).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("moving {} to {}: {e}", from.display(), to.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// Restore the backup at `file` into `dir`, a data directory that must be empty or absent:
@@ -483,19 +528,41 @@ pub fn restore(
         path: dir.display().to_string(),
         err,
     };
+    let not_empty = || RestoreError::NotEmpty {
+        path: dir.display().to_string(),
+    };
     let interrupted = interrupted_restore(dir);
-    if !interrupted && !is_empty_dir(dir).map_err(|e| failed(e.into()))? {
-        return Err(RestoreError::NotEmpty {
-            path: dir.display().to_string(),
-        });
+    if !interrupted && !holds_only(dir, &[]).map_err(|e| failed(e.into()))? {
+        return Err(not_empty());
     }
-    let header = verify(file, progress)?;
+    let existed = dir.exists();
     if interrupted {
         // Everything in it is what the interrupted restore wrote, and never a node's data.
         clear_interrupted(dir).map_err(|e| failed(e.into()))?;
     }
+    // Claim the directory before the long check of the file: from now on a node refuses
+    // to start on it. (Claimed after the check, a node started meanwhile found it empty,
+    // served writes, and then had its files replaced: found in review.) One that started
+    // between the look above and the claim has written its files: look again.
     let staging = dir.join(RESTORING);
     crate::durable::create_dir_all(&staging).map_err(|e| failed(e.into()))?;
+    let unclaim = || {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !existed {
+            let _ = std::fs::remove_dir(dir);
+        }
+    };
+    if !holds_only(dir, &[RESTORING]).map_err(|e| failed(e.into()))? {
+        unclaim();
+        return Err(not_empty());
+    }
+    let header = match verify(file, progress) {
+        Ok(h) => h,
+        Err(e) => {
+            unclaim();
+            return Err(e.into());
+        }
+    };
 
     // The restored state sits after the backup's last entry, in term 1 of the new cluster;
     // the log starts empty, purged up to there.

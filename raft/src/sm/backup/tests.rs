@@ -306,6 +306,35 @@ async fn a_restore_writes_inside_its_target_and_keeps_the_directory() {
     assert!(data.join("sm.redb").exists() && !interrupted_restore(&data));
 }
 
+/// A fresh ext4 volume holds `lost+found`: it is no data, and stays.
+#[tokio::test]
+async fn a_fresh_volumes_lost_and_found_is_no_data() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 3).await;
+    let (_, bytes) = backup_bytes(&sm);
+    let file = write(src.path(), &bytes);
+    let data = out.path().join("volume");
+    std::fs::create_dir_all(data.join(LOST_FOUND)).unwrap();
+    restore_off_runtime(&file, &data, 1).unwrap();
+    assert!(data.join(LOST_FOUND).is_dir() && data.join("sm.redb").is_file());
+}
+
+/// The files a restore moves up never replace one already there (a node's, started on the
+/// directory meanwhile).
+#[test]
+fn moving_up_never_replaces_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("new"), dir.path().join("sm.redb"));
+    std::fs::write(&from, b"restored").unwrap();
+    std::fs::write(&to, b"a node's").unwrap();
+    let err = rename_no_replace(&from, &to).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(std::fs::read(&to).unwrap(), b"a node's");
+    std::fs::remove_file(&to).unwrap();
+    rename_no_replace(&from, &to).unwrap();
+    assert_eq!(std::fs::read(&to).unwrap(), b"restored");
+}
+
 /// A restore that stopped half-way leaves [`RESTORING`] in the directory: it is known as
 /// an unfinished restore, and a restore run again clears it and finishes.
 #[tokio::test]
