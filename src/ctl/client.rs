@@ -209,7 +209,7 @@ impl Client {
     /// unreachable cluster is an error.
     ///
     /// A request that may be sent again (a read, or a write with its idempotency key) gets a
-    /// share of `--timeout` on each endpoint ([`attempt_limit`]): one node that accepts the
+    /// share of `--timeout` on each endpoint (`attempt_limit`): one node that accepts the
     /// connection and never answers (stopped, say) took the whole of it, and the others
     /// were never asked. A membership change, which carries no key, keeps the whole.
     pub async fn send(&self, call: Call<'_>) -> Result<Answer, CtlError> {
