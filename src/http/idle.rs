@@ -73,15 +73,21 @@ impl Drop for InFlight {
     }
 }
 
+/// How long until `activity`'s connection will have had no request in flight for `limit`,
+/// if none starts meanwhile; `None` once it has. Busy: a limit (a request's own timeouts
+/// bound it), after which it looks again.
+pub fn idle_wait(activity: &Activity, limit: Duration) -> Option<Duration> {
+    match activity.idle_for() {
+        None => Some(limit),
+        Some(idle) if idle >= limit => None,
+        Some(idle) => Some(limit - idle),
+    }
+}
+
 /// Resolves once `activity`'s connection has had no request in flight for `limit`.
-pub async fn idle_out(activity: &Activity, limit: Duration) {
-    loop {
-        let wait = match activity.idle_for() {
-            // Busy: look again a limit later (a request's own timeouts bound it).
-            None => limit,
-            Some(idle) if idle >= limit => return,
-            Some(idle) => limit - idle,
-        };
+#[cfg(test)]
+async fn idle_out(activity: &Activity, limit: Duration) {
+    while let Some(wait) = idle_wait(activity, limit) {
         tokio::time::sleep(wait).await;
     }
 }

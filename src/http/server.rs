@@ -137,6 +137,21 @@ pub async fn serve(
     }
 }
 
+/// Resolves, saying why, once a connection has had no request in flight for `idle`
+/// ([`idle`]) or a write has waited `send` for its client ([`stall`]). One timer for both:
+/// the connection's task polls it at each of its wakes.
+async fn watchdog(activity: &Activity, idle: Duration, stall: &Stall, send: Duration) -> String {
+    loop {
+        let Some(idle_wait) = idle::idle_wait(activity, idle) else {
+            return format!("no request for {idle:?}");
+        };
+        let Some(stall_wait) = stall::stall_wait(stall, send) else {
+            return format!("its client read nothing for {send:?}");
+        };
+        tokio::time::sleep(idle_wait.min(stall_wait)).await;
+    }
+}
+
 /// What one connection's task needs to serve it.
 struct Conn {
     builder: Builder<TokioExecutor>,
@@ -178,14 +193,8 @@ impl Conn {
                     tracing::trace!("connection ended: {e}");
                 }
             }
-            () = idle::idle_out(&activity, self.idle) => {
-                tracing::debug!("closing a connection with no request for {:?}", self.idle);
-            }
-            () = stall::stalled_out(&stall, self.send_timeout) => {
-                tracing::debug!(
-                    "closing a connection whose client read nothing for {:?}",
-                    self.send_timeout
-                );
+            why = watchdog(&activity, self.idle, &stall, self.send_timeout) => {
+                tracing::debug!("closing a connection: {why}");
             }
         }
     }

@@ -12,7 +12,8 @@
 //! Each connection's stream is wrapped in [`Watched`], which notes when a write first found
 //! the socket full and forgets it when a write goes through; a watchdog beside the
 //! connection closes it once that has lasted the limit. The hot path pays an atomic store per
-//! write; the watchdog wakes once per limit.
+//! write; the connection's one watchdog (`server.rs`, with [`super::idle`]'s) wakes once
+//! per limit.
 
 use std::io;
 use std::pin::Pin;
@@ -63,14 +64,21 @@ impl Stall {
     }
 }
 
+/// How long until `stall`'s connection will have had a write wait for its client for
+/// `limit`, if it keeps waiting; `None` once it has. Writes flowing: a limit, after which
+/// it looks again.
+pub fn stall_wait(stall: &Stall, limit: Duration) -> Option<Duration> {
+    match stall.blocked_for() {
+        None => Some(limit),
+        Some(waited) if waited >= limit => None,
+        Some(waited) => Some(limit - waited),
+    }
+}
+
 /// Resolves once `stall`'s connection has had a write wait for its client for `limit`.
-pub async fn stalled_out(stall: &Stall, limit: Duration) {
-    loop {
-        let wait = match stall.blocked_for() {
-            None => limit,
-            Some(waited) if waited >= limit => return,
-            Some(waited) => limit - waited,
-        };
+#[cfg(test)]
+async fn stalled_out(stall: &Stall, limit: Duration) {
+    while let Some(wait) = stall_wait(stall, limit) {
         tokio::time::sleep(wait).await;
     }
 }
