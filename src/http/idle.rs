@@ -77,10 +77,15 @@ impl Drop for InFlight {
 /// if none starts meanwhile; `None` once it has. Busy: a limit (a request's own timeouts
 /// bound it), after which it looks again.
 pub fn idle_wait(activity: &Activity, limit: Duration) -> Option<Duration> {
-    match activity.idle_for() {
+    time_left(activity.idle_for(), limit)
+}
+
+/// What is left of `limit` after `elapsed` (`None` once it is spent); while the clock does
+/// not run (`elapsed` is `None`), the whole of it.
+pub fn time_left(elapsed: Option<Duration>, limit: Duration) -> Option<Duration> {
+    match elapsed {
         None => Some(limit),
-        Some(idle) if idle >= limit => None,
-        Some(idle) => Some(limit - idle),
+        Some(e) => limit.checked_sub(e).filter(|left| !left.is_zero()),
     }
 }
 

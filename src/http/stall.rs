@@ -68,11 +68,7 @@ impl Stall {
 /// `limit`, if it keeps waiting; `None` once it has. Writes flowing: a limit, after which
 /// it looks again.
 pub fn stall_wait(stall: &Stall, limit: Duration) -> Option<Duration> {
-    match stall.blocked_for() {
-        None => Some(limit),
-        Some(waited) if waited >= limit => None,
-        Some(waited) => Some(limit - waited),
-    }
+    super::idle::time_left(stall.blocked_for(), limit)
 }
 
 /// Resolves once `stall`'s connection has had a write wait for its client for `limit`.
