@@ -78,14 +78,11 @@ impl OwnDirs {
         Ok(OwnDirs(seen))
     }
 
-    /// Why one of the directories is no longer the one recorded, if it is not.
+    /// Why one of the paths no longer names what was recorded, if one does not.
     fn look(&self) -> Option<String> {
         self.0.iter().find_map(|(dir, was)| match file_id(dir) {
             Ok(id) if id == *was => None,
-            Ok(_) => Some(format!(
-                "{} was replaced by another directory",
-                dir.display()
-            )),
+            Ok(_) => Some(format!("{} was replaced by another", dir.display())),
             Err(e)
                 if matches!(
                     e.kind(),

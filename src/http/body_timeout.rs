@@ -100,14 +100,8 @@ where
 
     fn call(&mut self, req: Request) -> S::Future {
         let layer = self.layer;
-        self.inner.call(req.map(|body| {
-            Body::new(TimedBody {
-                body,
-                timeout: layer.timeout,
-                rule: layer.rule,
-                sleep: None,
-            })
-        }))
+        self.inner
+            .call(req.map(|body| Body::new(TimedBody::new(body, layer))))
     }
 }
 
@@ -122,12 +116,12 @@ pub struct TimedBody<B> {
 }
 
 impl<B> TimedBody<B> {
-    /// The whole body must arrive within `timeout`.
-    pub fn new(body: B, timeout: Duration) -> Self {
+    /// `body`, timed as `layer` says.
+    fn new(body: B, layer: BodyTimeoutLayer) -> Self {
         TimedBody {
             body,
-            timeout,
-            rule: Rule::Whole,
+            timeout: layer.timeout,
+            rule: layer.rule,
             sleep: None,
         }
     }
@@ -179,14 +173,25 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// A body fed through a channel, and its sender.
+    /// A body fed through a channel, and its sender: the whole body timed (the client
+    /// listener's rule).
     fn fed() -> (
+        mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>,
+        TimedBody<Body>,
+    ) {
+        fed_as(BodyTimeoutLayer::whole(TIMEOUT))
+    }
+
+    /// [`fed`], timed as `layer` says.
+    fn fed_as(
+        layer: BodyTimeoutLayer,
+    ) -> (
         mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>,
         TimedBody<Body>,
     ) {
         let (tx, rx) = mpsc::unbounded();
         let body = Body::new(StreamBody::new(rx));
-        (tx, TimedBody::new(body, TIMEOUT))
+        (tx, TimedBody::new(body, layer))
     }
 
     fn data(b: &'static [u8]) -> Result<Frame<Bytes>, BoxError> {
@@ -254,13 +259,7 @@ mod tests {
     /// long in all, is read whole.
     #[tokio::test(start_paused = true)]
     async fn between_frames_a_body_that_keeps_coming_is_never_cut() {
-        let (tx, rx) = mpsc::unbounded();
-        let body = TimedBody {
-            body: Body::new(StreamBody::new(rx)),
-            timeout: TIMEOUT,
-            rule: Rule::BetweenFrames,
-            sleep: None,
-        };
+        let (tx, body) = fed_as(BodyTimeoutLayer::between_frames(TIMEOUT));
         let feeder = tokio::spawn(async move {
             for _ in 0..10 {
                 tokio::time::sleep(TIMEOUT * 3 / 4).await;
