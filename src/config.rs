@@ -1037,6 +1037,12 @@ impl Config {
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms)
     }
+
+    /// How long a request body may take to arrive, and an answer may wait for its client to
+    /// take more of it.
+    pub fn http_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.body_timeout_ms)
+    }
 }
 
 #[cfg(test)]

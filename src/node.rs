@@ -410,7 +410,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let limits = ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.http.header_timeout_ms),
         max_connections: state.cfg.http.max_connections,
-        send_timeout: Duration::from_millis(state.cfg.http.body_timeout_ms),
+        send_timeout: state.cfg.http_body_timeout(),
         drain: HTTP_DRAIN_BOUND,
     };
     // Both listeners stop together; in-flight requests on each finish.

@@ -461,6 +461,87 @@ async fn list_pages_held_for_clients_that_do_not_read_share_a_bounded_budget() {
     drop(unread);
 }
 
+/// Over HTTP/2 a client can read its socket and still take nothing of its answers: it keeps
+/// each stream's flow-control window at 0. Pages asked for that way held the page room for
+/// as long as the connections stayed open, and every other client's page got 503 (found in
+/// review; the connection-level stall watch sees no write waiting). An answer its client
+/// takes nothing of for `body_timeout_ms` is now dropped with what it holds.
+#[tokio::test]
+async fn pages_held_by_http2_streams_with_no_window_are_given_back() {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let c = Cluster::start(
+        1,
+        "read_timeout_ms = 1000\n[http]\nbody_timeout_ms = 3000\n",
+    )
+    .await;
+    for i in 0..5 {
+        let body = json!({"cookie": format!("big{i}"), "user_id": 1, "pad": "x".repeat(1_000_000)});
+        let r = c.create(0, body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let page = || send(c.client.get(format!("{}/cookies?limit=100", c.url(0))));
+    assert_eq!(page().await.status, 200);
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let uri = format!("http://{addr}/cookies?limit=100");
+    // Two connections of 32 streams each, every stream's window 0; the connections' own
+    // tasks keep reading their sockets for the whole test.
+    let (mut conns, mut held) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let io = TokioIo::new(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+            .await
+            .unwrap();
+        conns.push((tokio::spawn(conn), sender.clone()));
+        for _ in 0..32 {
+            let req = hyper::Request::get(&uri)
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            sender.ready().await.unwrap();
+            let answer = sender.send_request(req);
+            held.push(tokio::spawn(async move {
+                // The head comes (HEADERS are not flow-controlled); the body is never read.
+                let resp = answer.await.unwrap();
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                drop(resp);
+            }));
+        }
+    }
+    // The room is spent...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        let r = page().await;
+        if r.status != 200 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_eq!(r.status, 503, "{}", &r.text[..r.text.len().min(200)]);
+    // ...and comes back while those connections stay open and read their sockets.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = page().await;
+        if r.status == 200 {
+            // Given back by the node, not by the end of the connections (which the node
+            // closes once they are idle, after the pages were dropped).
+            assert!(
+                !conns.iter().any(|(t, _)| t.is_finished()),
+                "a connection ended"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pages still refused while HTTP/2 streams with no window hold theirs: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    held.iter().for_each(|t| t.abort());
+    conns.iter().for_each(|(t, _)| t.abort());
+}
+
 /// The limit counts time with no request in flight: a request that waits longer than it (a
 /// write with no quorum, here 2 s against a 0.5-s limit) still gets its answer.
 #[tokio::test]

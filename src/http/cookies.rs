@@ -120,7 +120,7 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
         };
         return Ok(read_reply(
             StatusCode::OK,
-            super::page_room::hold(body, room),
+            super::page_room::hold(body, room, state.cfg.http_body_timeout()),
             CacheStatus::Miss,
             state.reader.applied_index(),
         ));
@@ -141,7 +141,7 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
     .map_err(ApiError::internal)?;
     let scan = blocking(move || reader.list_scan()).await?;
     let applied = scan.applied_index();
-    let body = stream_list(scan, permit);
+    let body = super::answer_stall::watch(stream_list(scan, permit), state.cfg.http_body_timeout());
     Ok(read_reply(StatusCode::OK, body, CacheStatus::Miss, applied))
 }
 

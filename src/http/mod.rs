@@ -19,6 +19,7 @@
 //! Handlers hold no logic of the store: writes go to [`crate::write`], linearizable reads
 //! wait on [`crate::read`], and everything is read from `cookie_raft::StoreReader`.
 
+pub mod answer_stall;
 pub mod append_lane;
 pub mod auth;
 pub mod backup;

@@ -59,13 +59,16 @@ impl PageRoom {
 /// `page`'s body, holding of `permit` only the page's own size (a page larger than the
 /// largest, of records stored under a larger `max_body_bytes`, keeps the largest's) until its
 /// last slice is taken. Its exact size is known, so the reply still has a `Content-Length`.
-pub fn hold(page: Bytes, mut permit: OwnedSemaphorePermit) -> Body {
+/// A client that takes nothing of it for `stall` loses it, and the room goes back
+/// ([`super::answer_stall`]).
+pub fn hold(page: Bytes, mut permit: OwnedSemaphorePermit, stall: Duration) -> Body {
     let spare = permit.num_permits().saturating_sub(page.len());
     drop(permit.split(spare));
-    Body::new(HeldPage {
+    let page = HeldPage {
         rest: page,
         permit: Some(permit),
-    })
+    };
+    super::answer_stall::watch(page, stall)
 }
 
 /// See [`hold`].
@@ -116,7 +119,7 @@ mod tests {
         let permit = room.take(Duration::from_secs(1)).await.unwrap();
         assert_eq!(room.room.available_permits(), all - room.largest as usize);
         let page = Bytes::from(vec![b'x'; 200_000]);
-        let mut body = hold(page.clone(), permit);
+        let mut body = hold(page.clone(), permit, Duration::from_secs(30));
         assert_eq!(room.room.available_permits(), all - 200_000);
         assert_eq!(http_body::Body::size_hint(&body).exact(), Some(200_000));
         let mut got = Vec::new();
