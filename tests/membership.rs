@@ -244,6 +244,76 @@ async fn a_node_whose_data_was_deleted_is_replaced_under_its_id() {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// The README's replacement, at the old node's address, while a member removed earlier is
+/// still running: that node campaigns with its old view of the cluster, in which node 3 is
+/// the lost incarnation. Its vote requests told the replacement that its data was lost, and
+/// the replacement stopped, every time (found in review). The replacement, which the
+/// registry knows, now refuses them and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_still_running_cannot_stop_a_replacement() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let four = c.add_joiner(4, 0, "voter", FAST_RAFT);
+    c.spawn(four);
+    c.wait_membership(four, &[1, 2, 3, 4], &[], WAIT).await;
+    // Node 4 knows every member's incarnation, node 3's included.
+    c.wait_cluster_info(four, WAIT, |v| {
+        v["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4 && m.iter().all(|n| n["incarnation"].is_string()))
+    })
+    .await;
+    // Node 4 is cut off while it is removed, so it keeps the membership it had and, back,
+    // campaigns in it.
+    c.pause(four);
+    let r = api(&c, 0, reqwest::Method::DELETE, "/cluster/members/4", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+    // Node 3's disk dies; it is removed, and started again at its address with empty data.
+    c.kill(2);
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    let r = api(&c, 0, reqwest::Method::DELETE, "/cluster/members/3", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let fresh = c.add_joiner(3, 0, "voter", FAST_RAFT);
+    let (port, peer_port) = (c.nodes[2].port, c.nodes[2].peer_port);
+    let config = &c.nodes[fresh].config;
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace(
+            &format!(":{}\"", c.nodes[fresh].port),
+            &format!(":{port}\""),
+        )
+        .replace(
+            &format!(":{}\"", c.nodes[fresh].peer_port),
+            &format!(":{peer_port}\""),
+        );
+    std::fs::write(config, text).unwrap();
+    (c.nodes[fresh].port, c.nodes[fresh].peer_port) = (port, peer_port);
+    c.spawn(fresh);
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+    c.resume(four);
+    // The removed node asks the replacement for its vote, naming the old incarnation.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !["names node 3 as incarnation", "data was lost"]
+        .iter()
+        .any(|m| c.log(fresh).contains(m))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 4 never asked node 3: {:?}",
+            c.health(four).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.assert_running([fresh], "a stale vote request stopped the replacement")
+        .await;
+    // It is a full member: with node 1 down, nodes 2 and 3 still commit writes.
+    c.kill(0);
+    let r = c.create(1, json!({"cookie": "after", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    c.assert_running([fresh], "a stale vote request stopped the replacement")
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_serves_reads_and_never_votes() {
     let mut c = Cluster::start(3, FAST_RAFT).await;

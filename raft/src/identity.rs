@@ -146,6 +146,19 @@ pub enum Refused {
         known: String,
         own: String,
     },
+    /// The request is for another incarnation of this node, from a sender whose view of the
+    /// cluster is out of date: a former member, or one the registry does not hold, while the
+    /// registry names this incarnation or does not come from that sender's cluster.
+    #[error(
+        "the sender names node {me} as incarnation {named}, but this node is {own} and the \
+         cluster's registry, as this node has it, does not support the sender's view: \
+         refused, and this node carries on"
+    )]
+    Stale {
+        me: NodeId,
+        named: String,
+        own: String,
+    },
     /// This node has no Raft state and the sender did not name its incarnation.
     #[error(
         "node {me} has no data yet and acts only for a sender that names its incarnation ({own})"
@@ -283,26 +296,16 @@ impl Identity {
     }
 
     /// Decide on an inbound request. A request meant for another incarnation of this node
-    /// also marks this node lost ([`Identity::lost`]).
+    /// also marks this node lost ([`Identity::lost`]), when its sender can be believed.
+    ///
+    /// The sender's own claims are checked first: a sender from another cluster, or one
+    /// that is not the incarnation of its id that the registry holds, is refused and stops
+    /// nothing. And once this node has the registry, only a sender in it can tell it that
+    /// its data was lost, and only if the registry does not name this very incarnation: a
+    /// removed member still running, with its old view of the cluster, named the old
+    /// incarnation of a member's replacement and stopped it, every time the README's
+    /// procedure was followed (found in review).
     pub fn admit(&self, claims: &Claims) -> Result<(), Refused> {
-        match claims.target_incarnation {
-            Some(t) if t != self.own => {
-                let refused = Refused::Superseded {
-                    me: self.me,
-                    known: hex(t),
-                    own: hex(self.own),
-                };
-                self.lose(refused.to_string());
-                return Err(refused);
-            }
-            None if self.is_pristine() => {
-                return Err(Refused::Unnamed {
-                    me: self.me,
-                    own: hex(self.own),
-                })
-            }
-            _ => {}
-        }
         let registry = self.read();
         if let (Some(theirs), Some(ours)) = (claims.cluster, registry.cluster) {
             if theirs != ours {
@@ -322,6 +325,36 @@ impl Identity {
                     });
                 }
             }
+        }
+        match claims.target_incarnation {
+            Some(t) if t != self.own => {
+                let registered_sender = claims
+                    .sender
+                    .is_some_and(|s| registry.members.contains_key(&s));
+                let believed = registry.members.get(&self.me) != Some(&self.own)
+                    && (registry.members.is_empty() || registered_sender);
+                if !believed {
+                    return Err(Refused::Stale {
+                        me: self.me,
+                        named: hex(t),
+                        own: hex(self.own),
+                    });
+                }
+                let refused = Refused::Superseded {
+                    me: self.me,
+                    known: hex(t),
+                    own: hex(self.own),
+                };
+                self.lose(refused.to_string());
+                return Err(refused);
+            }
+            None if self.is_pristine() => {
+                return Err(Refused::Unnamed {
+                    me: self.me,
+                    own: hex(self.own),
+                })
+            }
+            _ => {}
         }
         if claims.target_incarnation.is_some() {
             self.settle();
@@ -385,6 +418,48 @@ mod tests {
             .expect("lost resolves");
         assert!(why.contains("data was lost"), "{why}");
         assert!(why.contains("00000000000000aa") && why.contains("00000000000000bb"));
+    }
+
+    /// A removed member still running names the old incarnation of its id's replacement:
+    /// the replacement, which the registry knows, refuses it and carries on. So it does for
+    /// a sender the registry does not hold, and for another cluster's.
+    #[tokio::test]
+    async fn a_stale_sender_cannot_stop_a_registered_member() {
+        let id = Identity::new(3, 0xbb, false);
+        id.set_registry(
+            1,
+            Registry {
+                cluster: Some(7),
+                members: BTreeMap::from([(1, 0x11), (3, 0xbb)]),
+            },
+        );
+        // The registry names this incarnation: even a registered member's claim is stale.
+        let mut c = claims(Some(0xaa));
+        assert!(matches!(id.admit(&c), Err(Refused::Stale { me: 3, .. })));
+        // A removed member (no longer in the registry).
+        c.sender = Some(4);
+        c.sender_incarnation = Some(0x44);
+        assert!(matches!(id.admit(&c), Err(Refused::Stale { .. })));
+        c.cluster = Some(8);
+        assert!(matches!(id.admit(&c), Err(Refused::OtherCluster { .. })));
+        // Before this node's own registration is applied, an unregistered sender is stale
+        // too; a registered one is believed.
+        let id = Identity::new(3, 0xbb, false);
+        id.set_registry(
+            1,
+            Registry {
+                cluster: Some(7),
+                members: BTreeMap::from([(1, 0x11)]),
+            },
+        );
+        c.cluster = Some(7);
+        assert!(matches!(id.admit(&c), Err(Refused::Stale { .. })));
+        let gone = tokio::time::timeout(std::time::Duration::from_millis(50), id.lost()).await;
+        assert!(gone.is_err(), "marked lost by a stale sender");
+        assert!(matches!(
+            id.admit(&claims(Some(0xaa))),
+            Err(Refused::Superseded { .. })
+        ));
     }
 
     #[test]

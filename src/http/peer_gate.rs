@@ -7,6 +7,9 @@
 //! node that the sender does not know, is refused: `cookie_raft::identity`), and a bounded
 //! bincode decode of the body. A refused request changes nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
@@ -16,6 +19,25 @@ use serde::Serialize;
 
 use super::state::Shared;
 use crate::cluster::proto::RAFT_TARGET_HEADER;
+
+/// When a request from a sender with a stale view was last logged.
+static STALE_LOGGED: Throttle = Throttle(AtomicU64::new(0));
+
+/// At most one log line per period, for a refusal that repeats at every election.
+struct Throttle(AtomicU64);
+
+impl Throttle {
+    /// Whether nothing was let through in the last `period` (and now this is).
+    fn first_in(&self, period: Duration) -> bool {
+        let now = crate::clock::unix_now_ms();
+        let last = self.0.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= period.as_millis() as u64
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 /// Why an inbound RPC was refused: its status and reason, answered as the API's JSON error
 /// (`{"error":"Unauthorized"}` without the peer credential, api.md section 9).
@@ -76,6 +98,15 @@ pub fn admit<T: DeserializeOwned>(
     if let Err(refused) = state.cluster.identity.admit(&claims) {
         if matches!(refused, Refused::Superseded { .. }) {
             tracing::error!("{refused}");
+        } else if matches!(refused, Refused::Stale { .. }) {
+            // A former member still running asks again at every election: say so, but not
+            // every second.
+            if STALE_LOGGED.first_in(Duration::from_secs(30)) {
+                tracing::warn!(
+                    sender = ?claims.sender,
+                    "{refused} (a former member still running? stop it)"
+                );
+            }
         } else {
             tracing::debug!(?claims, "peer request refused: {refused}");
         }
