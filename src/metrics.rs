@@ -479,10 +479,11 @@ impl Metrics {
         committed: u64,
     ) {
         let idx = |l: Option<LogId<NodeId>>| l.map_or(0, |l| l.index) as i64;
+        let leader = cookie_raft::types::acting_leader(me, m.state, m.current_leader);
         for (field, value) in [
             ("term", m.current_term as i64),
-            ("is_leader", i64::from(m.current_leader == Some(me))),
-            ("leader_id", m.current_leader.map_or(0, |l| l as i64)),
+            ("is_leader", i64::from(leader == Some(me))),
+            ("leader_id", leader.map_or(0, |l| l as i64)),
             ("last_log_index", m.last_log_index.unwrap_or(0) as i64),
             ("committed_index", committed as i64),
             ("applied_index", idx(m.last_applied)),

@@ -32,3 +32,35 @@ openraft::declare_raft_types!(
         Node = CookieNode,
         SnapshotData = crate::sm::SnapshotFile,
 );
+
+/// The leader a node's metrics name, unless they name the node itself while it does not
+/// lead. openraft names the holder of the last committed vote: a leader removed from the
+/// membership drops to learner and keeps naming itself, for good (across restarts too).
+/// Taken for the leader, it proposed writes that openraft refused (answered 504, "outcome
+/// unknown", where nothing had been proposed) and reported itself leader in `/health`,
+/// `/cluster` and the metrics beside the real one (found in review).
+pub fn acting_leader(
+    me: NodeId,
+    state: openraft::ServerState,
+    current_leader: Option<NodeId>,
+) -> Option<NodeId> {
+    match current_leader {
+        Some(l) if l == me && state != openraft::ServerState::Leader => None,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::ServerState;
+
+    #[test]
+    fn a_node_that_names_itself_leads_only_in_the_leader_state() {
+        assert_eq!(acting_leader(1, ServerState::Leader, Some(1)), Some(1));
+        assert_eq!(acting_leader(1, ServerState::Learner, Some(1)), None);
+        assert_eq!(acting_leader(1, ServerState::Follower, Some(1)), None);
+        assert_eq!(acting_leader(1, ServerState::Follower, Some(2)), Some(2));
+        assert_eq!(acting_leader(1, ServerState::Candidate, None), None);
+    }
+}

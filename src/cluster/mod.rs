@@ -103,7 +103,7 @@ impl Cluster {
     pub fn leader(&self) -> Leader {
         let m = self.raft.server_metrics();
         let m = m.borrow();
-        match m.current_leader {
+        match cookie_raft::types::acting_leader(self.me, m.state, m.current_leader) {
             Some(l) if l == self.me => {
                 if self.stepping_down.load(std::sync::atomic::Ordering::SeqCst) {
                     Leader::Unknown
@@ -122,7 +122,9 @@ impl Cluster {
 
     /// Whether this node leads now.
     pub fn is_leader(&self) -> bool {
-        self.raft.server_metrics().borrow().current_leader == Some(self.me)
+        let m = self.raft.server_metrics();
+        let m = m.borrow();
+        cookie_raft::types::acting_leader(self.me, m.state, m.current_leader) == Some(self.me)
             && !self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -189,7 +191,16 @@ impl LeaderWatch {
             let _ = tokio::time::timeout(pause, self.rx.changed()).await;
         }
         self.first = false;
-        self.rx.borrow_and_update();
-        Some(self.cluster.leader())
+        let removed = {
+            let m = self.rx.borrow_and_update();
+            let membership = m.membership_config.membership();
+            membership.nodes().next().is_some() && membership.get_node(&self.cluster.me).is_none()
+        };
+        match self.cluster.leader() {
+            // Removed from the membership: no leader will ever tell this node about itself,
+            // so waiting out the deadline would only delay the same answer.
+            Leader::Unknown if removed => None,
+            leader => Some(leader),
+        }
     }
 }

@@ -11,13 +11,15 @@ use tokio::time::Instant;
 
 use super::state::Shared;
 use crate::cluster::role_name as role;
+use cookie_raft::types::acting_leader;
 
 /// `GET /health`: 200 while the process serves.
 pub async fn health(State(state): State<Shared>) -> Response {
     let (role, leader, term) = {
         let m = state.cluster.raft.metrics();
         let m = m.borrow();
-        (role(m.state), m.current_leader, m.current_term)
+        let leader = acting_leader(state.cluster.me, m.state, m.current_leader);
+        (role(m.state), leader, m.current_term)
     };
     Json(json!({
         "status": "ok",
@@ -44,7 +46,11 @@ const READY_CHECK: Duration = Duration::from_millis(1000);
 /// up after a partition, is not ready until it has caught up, whatever its own (possibly
 /// stale) commit index says.
 pub async fn ready(State(state): State<Shared>) -> Response {
-    let leader = state.cluster.raft.metrics().borrow().current_leader;
+    let leader = {
+        let m = state.cluster.raft.metrics();
+        let m = m.borrow();
+        acting_leader(state.cluster.me, m.state, m.current_leader)
+    };
     let confirmed = state
         .reads
         .read_index(Instant::now() + READY_CHECK)
@@ -96,6 +102,7 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         .ok()
         .flatten();
     let m = raft.metrics().borrow().clone();
+    let leader = acting_leader(state.cluster.me, m.state, m.current_leader);
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let learners: Vec<u64> = membership.learner_ids().collect();
@@ -136,8 +143,8 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "cluster_id": registry.cluster.map(hex),
         "incarnation": hex(identity.own()),
         "role": role(m.state),
-        "leader": m.current_leader,
-        "leader_name": m.current_leader.map(|l| state.cluster.node_name(l)),
+        "leader": leader,
+        "leader_name": leader.map(|l| state.cluster.node_name(l)),
         "term": m.current_term,
         "members": members,
         "voters": voters,
