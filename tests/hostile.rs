@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{send, Cluster, FAST_RAFT};
 use cookie_crud::cluster::proto::{ForwardedWrite, SNAPSHOT_PATH, WRITE_PATH};
-use cookie_raft::identity::{INCARNATION_HEADER, TARGET_INCARNATION_HEADER};
+use cookie_raft::identity::{INCARNATION_HEADER, SENDER_HEADER, TARGET_INCARNATION_HEADER};
 use cookie_raft::{codec, Command, TypeConfig, RAFT_TARGET_HEADER};
 use openraft::raft::InstallSnapshotRequest;
 use openraft::storage::SnapshotMeta;
@@ -22,12 +22,14 @@ fn with_secret() -> String {
     format!("cluster_secret = \"{SECRET}\"\n{FAST_RAFT}")
 }
 
-/// A bincode POST to node `i`'s peer route, with the cluster secret (a peer's credentials).
+/// A bincode POST to node `i`'s peer route, with the cluster secret (a peer's credentials),
+/// as node 2.
 fn peer_request(c: &Cluster, i: usize, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     c.client
         .post(format!("{}{path}", c.nodes[i].peer_url()))
         .bearer_auth(SECRET)
         .header(RAFT_TARGET_HEADER, c.nodes[i].id.to_string())
+        .header(SENDER_HEADER, "2")
         .header("content-type", "application/octet-stream")
         .body(body)
 }
@@ -221,7 +223,7 @@ async fn a_final_chunk_never_installed_does_not_hold_elections_off() {
     for i in (0..3).filter(|&i| i != leader) {
         let mut chunk = snapshot_chunk(0, "stale", 0, vec![1, 2, 3], true);
         // Older than anything: answered with the node's vote, and not installed.
-        chunk.vote = Vote::new_committed(0, 9);
+        chunk.vote = Vote::new_committed(0, 2);
         let r = peer_post(&c, i, SNAPSHOT_PATH, codec::encode(&chunk).unwrap()).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
@@ -705,6 +707,53 @@ async fn a_forged_append_without_credentials_is_refused() {
     assert_eq!(c.cluster_info(0).await["term"].as_u64(), Some(term));
     still_serving(&c, 0, "after-forged-append").await;
     assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
+}
+
+/// With a peer's credentials, an append whose vote has a term near `u64::MAX`: before,
+/// every node took it, panicked at its next election (`term + 1`) and stayed without a
+/// leader across restarts (found in review). A vote that is not the sender's is refused too.
+/// Both are 400 now, and the cluster goes on as it was.
+#[tokio::test]
+async fn an_append_with_a_term_near_the_maximum_or_not_the_senders_is_refused() {
+    use openraft::raft::AppendEntriesRequest;
+    let c = Cluster::start(3, &with_secret()).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let victim = (leader + 1) % 3;
+    let term = c.cluster_info(victim).await["term"].as_u64().unwrap();
+    let append = |term: u64, node: u64| AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, node),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let r = peer_post(
+        &c,
+        victim,
+        "/raft/append",
+        codec::encode(&append(u64::MAX, 2)).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.json["error"].as_str().unwrap().contains("out of range"),
+        "{}",
+        r.text
+    );
+    let r = peer_post(
+        &c,
+        victim,
+        "/raft/append",
+        codec::encode(&append(term + 1, 999)).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(c.cluster_info(victim).await["term"].as_u64(), Some(term));
+    // Elections still work: the leader dies, another is elected, and writes go on.
+    let mut c = c;
+    c.kill(leader);
+    let new = c.wait_leader(Duration::from_secs(30)).await;
+    still_serving(&c, new, "after-huge-term").await;
+    assert!(c.panics().is_empty(), "{:?}", c.panics());
 }
 
 /// A single node with client tokens and no cluster secret (the config allows it: it needs

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
-use cookie_raft::identity::{Claims, Refused};
+use cookie_raft::identity::{Claims, Refused, SENDER_HEADER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -113,6 +113,40 @@ pub fn admit<T: DeserializeOwned>(
         return Err(Refusal(StatusCode::CONFLICT, refused.to_string()));
     }
     codec::decode(body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+}
+
+/// The highest term a Raft RPC may carry. Real terms grow by one an election; a vote with
+/// a term near `u64::MAX` (one request from a peer with the secret, or a broken one) was
+/// taken by openraft, persisted, and made every node panic at its next election
+/// (`term + 1`), for good, restarts included (found in review).
+pub const MAX_TERM: u64 = 1 << 62;
+
+/// Check the vote an RPC carries: its term within [`MAX_TERM`], and its node the sender
+/// (the candidate of a vote request, the leader of an append or a snapshot), so that a
+/// peer speaks only for itself.
+pub fn check_vote(
+    headers: &HeaderMap,
+    vote: &openraft::Vote<cookie_raft::NodeId>,
+) -> Result<(), Refusal> {
+    let term = vote.leader_id().get_term();
+    if term > MAX_TERM {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("term {term} is out of range (at most {MAX_TERM})"),
+        ));
+    }
+    let sender = headers
+        .get(SENDER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let node = vote.leader_id().voted_for();
+    if sender.is_none() || sender != node {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("the vote is node {node:?}'s, the sender says it is {sender:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A bincode reply.

@@ -8,15 +8,17 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use cookie_raft::{inbox, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
+use cookie_raft::{inbox, NodeId, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
-use super::peer_gate::{admit, reply};
+use super::peer_gate::{admit, check_vote, reply};
 use super::state::Shared;
 
 pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
-    match admit::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body) {
+    let admitted = admit::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body)
+        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    match admitted {
         Ok(req) => {
             let raft = &state.cluster.raft;
             // Heartbeats are not timed: they wait for nothing, and would bury the rounds.
@@ -34,14 +36,18 @@ pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes
 }
 
 pub async fn vote(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&state, &headers, &body) {
+    let admitted = admit::<VoteRequest<NodeId>>(&state, &headers, &body)
+        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    match admitted {
         Ok(req) => reply(&state.cluster.raft.vote(req).await),
         Err(r) => r.into_response(),
     }
 }
 
 pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: InstallSnapshotRequest<TypeConfig> = match admit(&state, &headers, &body) {
+    let admitted = admit::<InstallSnapshotRequest<TypeConfig>>(&state, &headers, &body)
+        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    let req = match admitted {
         Ok(req) => req,
         Err(r) => return r.into_response(),
     };
