@@ -385,6 +385,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         let cluster = state.cluster.clone();
         let storage = failstop::storage_failed(raft.clone(), state.reader.write_failed());
         let own_dirs = own_dirs.replaced();
+        let core_ended = failstop::core_ended(raft.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
                 () = shutdown_signal() => {
@@ -402,6 +403,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 why = own_dirs => {
                     tracing::error!("stopping: {why}");
                     let _ = halted.set(NodeError::DirsReplaced(why));
+                }
+                why = core_ended => {
+                    tracing::error!("stopping: {why}");
+                    let _ = halted.set(NodeError::Raft(why));
                 }
             }
             stopping.cancel();

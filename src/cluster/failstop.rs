@@ -21,6 +21,26 @@ use tokio::sync::watch;
 /// How often [`OwnDirs::replaced`] looks at the node's directories.
 const DIRS_LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// Wait until the Raft core's task has ended while this runs: it panicked (openraft's
+/// `unwrap`s on a state it cannot handle). Its metrics channel then closes without an error
+/// said first. The node went on answering `/health` 200, a follower for ever, and timed out
+/// every write (found in review). Like [`storage_failed`], drop this before shutting Raft
+/// down on purpose.
+pub async fn core_ended(raft: Raft) -> String {
+    core_ended_on(raft.metrics()).await
+}
+
+type Metrics = openraft::RaftMetrics<cookie_raft::NodeId, cookie_raft::CookieNode>;
+
+async fn core_ended_on(mut metrics: watch::Receiver<Metrics>) -> String {
+    while metrics.changed().await.is_ok() {}
+    if metrics.borrow().running_state.is_err() {
+        // It said why: `storage_failed` tells that.
+        std::future::pending::<()>().await;
+    }
+    "the Raft core's task ended without a reason (a panic: see the log above)".to_owned()
+}
+
 /// Wait until the Raft core has stopped on an error, or a write of the state machine's
 /// changes has failed; return why. Never returns while both are healthy. A core stopped on
 /// purpose (`Raft::shutdown`) is not a failure; drop this before shutting Raft down.
@@ -119,6 +139,28 @@ impl OwnDirs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_core_gone_without_a_word_is_a_failure_and_one_that_said_why_is_not_this_ones() {
+        let (tx, rx) = watch::channel(Metrics::new_initial(1));
+        let ended = tokio::spawn(core_ended_on(rx));
+        tokio::task::yield_now().await;
+        assert!(!ended.is_finished());
+        drop(tx);
+        let why = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("seen")
+            .unwrap();
+        assert!(why.contains("without a reason"), "{why}");
+
+        let (tx, rx) = watch::channel(Metrics::new_initial(1));
+        tx.send_modify(|m| {
+            m.running_state = Err(Fatal::Panicked);
+        });
+        drop(tx);
+        let left = tokio::time::timeout(Duration::from_millis(100), core_ended_on(rx)).await;
+        assert!(left.is_err(), "storage_failed tells an error the core said");
+    }
 
     #[test]
     fn a_removed_or_replaced_directory_is_seen() {
