@@ -284,7 +284,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                     key_recorded: {
                         let reader = reader.clone();
                         // Unreadable: not known to be recorded (the answer is then "unknown").
-                        Box::new(move |key| reader.key_recorded(key).unwrap_or(false))
+                        Box::new(move |key| {
+                            let now = crate::clock::unix_now_ms();
+                            reader.key_recorded(key, now).unwrap_or(false)
+                        })
                     },
                 },
             ),

@@ -89,26 +89,43 @@ pub fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiE
     }
 }
 
-/// Parse `If-Match: "<index>"` (quotes optional, a weak `W/` prefix tolerated).
+/// Parse `If-Match: "<index>"` (the quotes may be left out). Anything else is 400: a weak
+/// `W/` tag (If-Match compares strongly, so it could never match), a sign, leading zeros,
+/// unbalanced quotes, a list, or the header given twice. Each of those was read as some
+/// version before, and two lines were decided by whichever came first (found in review).
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = headers.get(header::IF_MATCH) else {
+    let mut all = headers.get_all(header::IF_MATCH).iter();
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
+    let bad = || ApiError::bad_request("If-Match must be one version like \"42\"");
+    if all.next().is_some() {
+        return Err(bad());
+    }
     let s = raw.to_str().unwrap_or("").trim();
-    let s = s.strip_prefix("W/").unwrap_or(s);
-    let s = s.trim_matches('"');
-    s.parse::<u64>()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request("If-Match must be a version like \"42\""))
+    let digits = match s.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"').ok_or_else(bad)?,
+        None => s,
+    };
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return Err(bad());
+    }
+    digits.parse::<u64>().map(Some).map_err(|_| bad())
 }
 
 /// `Idempotency-Key: <1-128 visible ASCII characters>` (api.md section 11), if given.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
     let key = raw.as_bytes();
-    if !cookie_raft::command::valid_idempotency_key(key) {
+    // Two lines are one key with a comma and a space in it, which is not a valid key: the
+    // second line was ignored, so the request was bound to a key it did not send alone.
+    if all.next().is_some() || !cookie_raft::command::valid_idempotency_key(key) {
         return Err(ApiError::bad_request(
             "Idempotency-Key must be 1 to 128 visible ASCII characters",
         ));
@@ -354,6 +371,10 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
         assert!(idempotency_key(&h).is_err());
+        // Two lines, each a valid key.
+        h.insert("idempotency-key", HeaderValue::from_static("d1"));
+        h.append("idempotency-key", HeaderValue::from_static("d2"));
+        assert!(idempotency_key(&h).is_err());
     }
 
     #[test]
@@ -362,9 +383,30 @@ mod tests {
         assert_eq!(if_match(&h).unwrap(), None);
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"12\""));
         assert_eq!(if_match(&h).unwrap(), Some(12));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"7\""));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("7"));
         assert_eq!(if_match(&h).unwrap(), Some(7));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"0\""));
+        assert_eq!(if_match(&h).unwrap(), Some(0));
+        for bad in [
+            "*",
+            "W/\"7\"",
+            "\"+7\"",
+            "+7",
+            "\"07\"",
+            "\"7",
+            "7\"",
+            "\"\"7\"\"",
+            "\"\"",
+            "",
+            "\"7\", \"8\"",
+            "\"99999999999999999999\"",
+        ] {
+            h.insert(header::IF_MATCH, HeaderValue::from_static(bad));
+            assert!(if_match(&h).is_err(), "{bad:?} was taken");
+        }
+        // Given twice, whatever the order.
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"7\""));
+        h.append(header::IF_MATCH, HeaderValue::from_static("\"7\""));
         assert!(if_match(&h).is_err());
     }
 }

@@ -409,6 +409,19 @@ mod tests {
         assert_eq!(sm.reader().key_count().unwrap(), 2);
     }
 
+    /// A key is recorded, for the leader's room check, only while it is retained: one past
+    /// its retention but not yet swept out would be applied as a new write.
+    #[tokio::test]
+    async fn a_key_past_its_retention_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        apply_one(&mut sm, 1, keyed("k", 1_000, 500)).await;
+        let reader = sm.reader();
+        assert!(reader.key_recorded("k", 1_200).unwrap());
+        assert!(!reader.key_recorded("k", 1_500).unwrap());
+        assert!(!reader.key_recorded("other", 1_200).unwrap());
+    }
+
     /// What a keyed write removes does not depend on where the sweep starts, nor on when
     /// the layers were written: the state matches a model that sweeps the whole index each
     /// time, through keys used again, a proposer's clock that goes back (a key stored below

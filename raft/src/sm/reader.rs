@@ -246,9 +246,15 @@ impl StoreReader {
     }
 
     /// Whether the applied state holds the answer to a write under idempotency key `key`
-    /// (retained, not yet expired out).
-    pub fn key_recorded(&self, key: &str) -> Result<bool, BoxError> {
-        Ok(self.db.view()?.key(None, key)?.is_some())
+    /// that is still retained at log time `now_ms`. A key past its retention but not yet
+    /// swept out is not: a write under it is applied as new (found in review: a disk short of
+    /// its reserve let such creates through as "replays").
+    pub fn key_recorded(&self, key: &str, now_ms: u64) -> Result<bool, BoxError> {
+        let Some(row) = self.db.view()?.key(None, key)? else {
+            return Ok(false);
+        };
+        let rec: crate::command::KeyRecord = crate::codec::decode(&row)?;
+        Ok(rec.expires_ms > now_ms)
     }
 
     /// Whether the applied state holds an idempotency key whose retention ended at or before
