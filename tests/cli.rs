@@ -83,6 +83,36 @@ async fn healthcheck_exits_zero_only_while_the_node_is_up() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // In a Kubernetes pod beside the Service cookie-crud (service links), from a shell that
+    // exports ctl's and the scripts' variables: none of them is node configuration.
+    let out = run(
+        &["healthcheck", "--config", &config],
+        &[
+            ("COOKIE_CRUD_SERVICE_HOST", "10.96.12.34"),
+            ("COOKIE_CRUD_SERVICE_PORT", "8080"),
+            ("COOKIE_CRUD_PORT", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP_ADDR", "10.96.12.34"),
+            ("COOKIE_CRUD_ENDPOINTS", "127.0.0.1:1"),
+            ("COOKIE_CRUD_TOKEN", "t"),
+            ("COOKIE_CRUD_CACERT", "/nowhere/ca.pem"),
+            ("COOKIE_CRUD_BIN", "target/release/cookie-crud"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A variable that is a mistake is named as a variable, not blamed on the file.
+    let out = run(
+        &["healthcheck", "--config", &config],
+        &[("COOKIE_CRUD_CACHE_TLL", "5")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("environment variable COOKIE_CRUD_CACHE_TLL")
+            && !stderr(&out).contains(&config),
+        "{}",
+        stderr(&out)
+    );
+
     cluster.stop(0);
     let out = run(&["healthcheck", "--config", &config], &[]);
     assert!(!out.status.success(), "healthy after the node stopped");
