@@ -406,6 +406,12 @@ fn broken_kubernetes_manifests_are_rejected() {
                 )
             },
         ),
+        ("service links on", "enableServiceLinks", |o| {
+            remove(
+                find_mut(o, "StatefulSet", ""),
+                "/spec/template/spec/enableServiceLinks",
+            )
+        }),
         ("no zone spread", "topology.kubernetes.io/zone", |o| {
             remove(
                 find_mut(o, "StatefulSet", ""),
