@@ -685,6 +685,12 @@ fn broken_dockerfile_and_dashboard_are_rejected() {
         ("benches not copied", "benches", |d| {
             *d = d.replace("COPY benches ./benches\n", "")
         }),
+        ("no patched openraft", "vendor/openraft", |d| {
+            *d = d.replace("COPY vendor ./vendor\n", "")
+        }),
+        ("no OpenAPI document", "docs/openapi.yaml", |d| {
+            *d = d.replace("COPY docs/openapi.yaml ./docs/openapi.yaml\n", "")
+        }),
         ("an old Rust", "rust-version", |d| {
             *d = d.replace("rust:1.95-bookworm", "rust:1.80-bookworm")
         }),
