@@ -245,6 +245,17 @@ async fn members_list_add_promote_remove() {
     let (code, out, err) = ctl(&eps, &["--timeout", "30", "members", "remove", "4"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["voters"], serde_json::json!([1, 2, 3]), "{out}");
+    // The removed node, still running and asked first, keeps the membership it knew; status
+    // goes by the leader's and says it is no member (before, it was a voter by its own word).
+    let both = format!("{},{eps}", c.url(i));
+    let (code, out, err) = ctl(&both, &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    let row4 = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("4"))
+        .unwrap_or_else(|| panic!("no row for node 4:\n{out}"));
+    assert!(row4.contains("not a member"), "{out}");
+    assert_eq!(out.matches("not a member").count(), 1, "{out}");
     // Promoting a node that is not a member is refused.
     let (code, _, err) = ctl(&eps, &["members", "promote", "9"]).await;
     assert!(code == 2 || code == 3, "{code}: {err}");
