@@ -49,10 +49,35 @@ pub const PEER_PORT_OFFSET: u16 = 1000;
 /// is a connection of its own, and past a few the rounds only queue at the follower's disk.
 pub const MAX_APPENDS_IN_FLIGHT: u64 = 8;
 
-/// Whether `addr` is `host:port` with a non-empty host and a port above 0.
+/// Whether `addr` is `host:port` with a port above 0 and a host that is an IP address
+/// (`[...]` around IPv6) or a DNS name ([`is_dns_name`]): the address goes into the
+/// membership, where every node dials it, and into URLs, where `/`, `?` or `#` would make it
+/// another URL.
 pub fn is_host_port(addr: &str) -> bool {
-    addr.rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters, digits and
+/// hyphens, none starting or ending with a hyphen, 253 characters at most.
+pub fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `host:port` with the port raised by [`PEER_PORT_OFFSET`] (port 0, "any port", stays 0).
@@ -1658,6 +1683,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.0.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_host_port_has_an_ip_or_a_dns_name() {
+        for good in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "node-1.cookie-crud.default.svc.cluster.local:9080",
+            "h:1",
+        ] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in [
+            "no such host/?#:1",
+            "h:0",
+            ":1",
+            "h",
+            "h:x",
+            "-h:1",
+            "a..b:1",
+            "under_score:1",
+            "::1:8080",
+            "[nope]:1",
+            "http://h:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 
     #[test]

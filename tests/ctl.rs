@@ -306,6 +306,37 @@ async fn a_membership_change_is_answered_once_with_the_servers_reason() {
         "took {took:?}: sent again until the timeout"
     );
     c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+
+    // Another member's address, or a host that is no host name, is refused (400: exit 2),
+    // naming it, before anything is asked of the new node.
+    let taken = host_port(&c.url(1));
+    let (code, out, err) = ctl(
+        &c.url(0),
+        &[
+            "members",
+            "add",
+            "--id",
+            "4",
+            "--addr",
+            &taken,
+            "--peer-addr",
+            &peer,
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("400") && err.contains(&format!("addr {taken} is already node 2's")),
+        "{err}"
+    );
+    let (code, out, err) = ctl(
+        &c.url(0),
+        &["members", "add", "--id", "4", "--addr", "no such host/?#:1"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("is not host:port"), "{err}");
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
 }
 
 /// A node that takes connections and never answers (stopped), named first, does not hold a
