@@ -220,3 +220,34 @@ async fn sigterm_stops_every_background_task_and_exits_zero() {
         assert!(log.contains("node stopped"), "{log}");
     }
 }
+
+/// A log the node cannot open stops it with the path in the message, and the text logs,
+/// written to a file (not a terminal), carry no colour codes.
+#[test]
+fn an_unopenable_log_is_named_and_logs_to_a_file_have_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where log.redb should be: refused even to root (the tests may run as it),
+    // as an unwritable directory is to anyone else.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("log.redb")).unwrap();
+    let out = run(
+        &[],
+        &[
+            ("COOKIE_CRUD_LISTEN", "127.0.0.1:0"),
+            ("COOKIE_CRUD_DATA_DIR", data.to_str().unwrap()),
+            ("COOKIE_CRUD_LOG_FORMAT", "text"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(data.join("log.redb").to_str().unwrap()),
+        "{err}"
+    );
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.is_empty(), "no logs");
+    assert!(
+        !logs.contains('\u{1b}') && !err.contains('\u{1b}'),
+        "colour codes in logs: {logs:?}"
+    );
+}
