@@ -49,10 +49,35 @@ pub const PEER_PORT_OFFSET: u16 = 1000;
 /// is a connection of its own, and past a few the rounds only queue at the follower's disk.
 pub const MAX_APPENDS_IN_FLIGHT: u64 = 8;
 
-/// Whether `addr` is `host:port` with a non-empty host and a port above 0.
+/// Whether `addr` is `host:port` with a port above 0 and a host that is an IP address
+/// (`[...]` around IPv6) or a DNS name ([`is_dns_name`]): the address goes into the
+/// membership, where every node dials it, and into URLs, where `/`, `?` or `#` would make it
+/// another URL.
 pub fn is_host_port(addr: &str) -> bool {
-    addr.rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_name(host),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters, digits and
+/// hyphens, none starting or ending with a hyphen, 253 characters at most.
+pub fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// `host:port` with the port raised by [`PEER_PORT_OFFSET`] (port 0, "any port", stays 0).
@@ -406,6 +431,208 @@ impl Env {
     }
 }
 
+/// The prefix of the environment variables that configure a node.
+const ENV_PREFIX: &str = "COOKIE_CRUD_";
+
+/// `COOKIE_CRUD_*` variables (named without the prefix) that are someone else's: the
+/// logger's, `cookie-crud ctl`'s (`--endpoints`, `--token`, `--cacert`), the scripts'
+/// (`scripts/cluster.sh`, `scripts/fuzz.sh`) and the tests'. A shell that exports them for
+/// ctl or the scripts must not stop a node started from it.
+const NOT_NODE_CONFIG: &[&str] = &[
+    "LOG_FORMAT",
+    "ENDPOINTS",
+    "TOKEN",
+    "CACERT",
+    "BIN",
+    "REQUIRE_FUSE",
+    "REQUIRE_MOUNT",
+];
+
+/// Whether `COOKIE_CRUD_{key}=value` is not node configuration: one of [`NOT_NODE_CONFIG`],
+/// or a variable Kubernetes injects for a Service whose name starts with `cookie-crud`
+/// (the Service `cookie-crud` gives every pod in its namespace `COOKIE_CRUD_SERVICE_HOST`,
+/// `COOKIE_CRUD_PORT=tcp://10.96.0.1:8080`, `COOKIE_CRUD_PORT_8080_TCP_ADDR` and more),
+/// which would otherwise be read as unknown keys or a bad `port` and stop every pod.
+pub fn not_node_config(key: &str, value: &str) -> bool {
+    NOT_NODE_CONFIG.contains(&key) || is_service_link(key, value)
+}
+
+/// Kubernetes' service-link variables, less the prefix: `[NAME_]SERVICE_HOST`,
+/// `[NAME_]SERVICE_PORT[_PORTNAME]`, `[NAME_]PORT=tcp://ip:port` and
+/// `[NAME_]PORT_<port>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`. A key with `__` nests into a
+/// config table, which no service name can produce, so it is always configuration; and a
+/// `PORT` that is no URL is the config key `port`.
+fn is_service_link(key: &str, value: &str) -> bool {
+    if key.contains("__") {
+        return false;
+    }
+    let words: Vec<&str> = key.split('_').collect();
+    let url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|s| value.starts_with(s));
+    words.iter().enumerate().any(|(i, w)| {
+        let rest = &words[i + 1..];
+        match *w {
+            "SERVICE" => rest == ["HOST"] || rest.first() == Some(&"PORT"),
+            "PORT" if rest.is_empty() => url,
+            "PORT" => {
+                rest.len() >= 2
+                    && !rest[0].is_empty()
+                    && rest[0].bytes().all(|b| b.is_ascii_digit())
+                    && ["TCP", "UDP", "SCTP"].contains(&rest[1])
+                    && (rest.len() == 2
+                        || (rest.len() == 3 && ["PROTO", "PORT", "ADDR"].contains(&rest[2])))
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Where a configuration error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    File,
+    Env,
+}
+
+/// One `COOKIE_CRUD_*` variable as a config value at a key path.
+struct EnvSetting {
+    name: String,
+    path: Vec<String>,
+    value: toml::Value,
+}
+
+impl EnvSetting {
+    fn new(name: String, key: &str, raw: String) -> Self {
+        let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+        // A secret is taken as it is: read as TOML, `12345678901234` would be a number
+        // (refused as no string), `"x"` would lose its quotes and `true` its meaning.
+        let value = if path == ["cluster_secret"] {
+            toml::Value::String(raw)
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
+        EnvSetting { name, path, value }
+    }
+
+    /// Whether the value may hold a credential, which no error may show.
+    fn is_secret(&self) -> bool {
+        self.path
+            .iter()
+            .any(|p| p.contains("secret") || p.contains("token"))
+    }
+
+    fn apply(&self, doc: &mut toml::Table) -> Result<(), String> {
+        let mut table = doc;
+        for part in &self.path[..self.path.len() - 1] {
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                format!("environment variable {}: {part} is not a table", self.name)
+            })?;
+        }
+        table.insert(self.path[self.path.len() - 1].clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// A deserialization error's text on one line ("invalid type: ... in `port`").
+fn de_message(e: &toml::de::Error) -> String {
+    e.to_string().trim().replace('\n', " ")
+}
+
+/// Which source `err` (from the file with every variable applied) comes from: the file if
+/// it fails alone, else the first variable that makes it fail, named.
+fn blame(file: &toml::Table, settings: &[EnvSetting], err: toml::de::Error) -> (Origin, String) {
+    if let Err(e) = file.clone().try_into::<Config>() {
+        return (Origin::File, de_message(&e));
+    }
+    let mut doc = file.clone();
+    for s in settings {
+        if s.apply(&mut doc).is_err() {
+            break;
+        }
+        if let Err(e) = doc.clone().try_into::<Config>() {
+            return (
+                Origin::Env,
+                format!("environment variable {}: {}", s.name, de_message(&e)),
+            );
+        }
+    }
+    (Origin::File, de_message(&err))
+}
+
+/// The credentials in `doc` and the secret variables, to keep out of error messages.
+fn secrets_in(doc: &toml::Table, settings: &[EnvSetting]) -> Vec<String> {
+    fn strings(v: &toml::Value, secret: bool, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) if secret && !s.is_empty() => out.push(s.clone()),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, secret, out)),
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| {
+                strings(v, secret || k == "cluster_secret" || k == "token", out)
+            }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    strings(&toml::Value::Table(doc.clone()), false, &mut out);
+    for s in settings.iter().filter(|s| s.is_secret()) {
+        // A value that was no TOML (a broken token list) is kept whole, and may be quoted.
+        strings(
+            &s.value,
+            matches!(s.value, toml::Value::String(_)),
+            &mut out,
+        );
+    }
+    // Longest first, so a secret holding a shorter one is hidden whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// `msg` with every secret replaced by `***`, where it stands as a word of its own: a short
+/// secret (a lab's `"s"`) is not blotted out of the words around it.
+fn redact(msg: &str, secrets: &[String]) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    secrets.iter().fold(msg.to_string(), |m, secret| {
+        let mut out = String::with_capacity(m.len());
+        let mut rest = m.as_str();
+        while let Some(i) = rest.find(secret.as_str()) {
+            let end = i + secret.len();
+            let alone = !word(rest[..i].chars().next_back()) && !word(rest[end..].chars().next());
+            out.push_str(&rest[..i]);
+            out.push_str(if alone { "***" } else { &rest[i..end] });
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    })
+}
+
+/// A TOML syntax error in `text`: toml's own message, which quotes the line at fault,
+/// unless that line sets a credential (`cluster_secret`, a client `token`), whose value is
+/// then not shown.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = &text[line_start..line_end];
+    if !(line.contains("secret") || line.contains("token")) {
+        return e.to_string();
+    }
+    let line_num = text[..line_start].matches('\n').count() + 1;
+    format!(
+        "TOML parse error at line {line_num}: {} (the line is not shown: it sets a credential)",
+        e.message().trim()
+    )
+}
+
 /// A configuration the node refuses, with the key and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -538,9 +765,40 @@ pub enum JoinAs {
 
 /// A credential from the config: compared in constant time, never printed (`Debug` shows
 /// `Secret(***)`, so a logged `Config` does not leak it).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// Any string; anything else is refused without the value serde would quote
+/// ("invalid type: integer 12345678901234"), since the value is the credential.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const NOT_A_STRING: &str =
+            "a credential must be a string (quote it); the value is not shown";
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+        }
+        d.deserialize_string(Visitor)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -674,49 +932,59 @@ impl Config {
                 .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
             None => String::new(),
         };
-        Self::from_sources(&text, env).map_err(|e| match path {
-            Some(p) => ConfigError(format!("config {}: {e}", p.display())),
-            None => e,
+        // An error a variable caused names the variable, not the file it never came from.
+        Self::from_sources_blamed(&text, env).map_err(|(origin, e)| match (origin, path) {
+            (Origin::File, Some(p)) => ConfigError(format!("config {}: {e}", p.display())),
+            _ => ConfigError(e),
         })
     }
 
     /// TOML `text`, then overrides from `env`: `COOKIE_CRUD_CACHE_TTL=60` sets `cache_ttl`,
     /// `COOKIE_CRUD_RAFT__HEARTBEAT_MS=100` sets `raft.heartbeat_ms` (a double underscore
     /// nests). A value is read as TOML (`60`, `true`, `[{ id = 1, addr = "h:1" }]`), or as a
-    /// plain string when it is not valid TOML. Unknown keys are refused by name, as in files.
+    /// plain string when it is not valid TOML; `COOKIE_CRUD_CLUSTER_SECRET` is always a plain
+    /// string (a secret of digits is still a secret). Unknown keys are refused by name, as
+    /// in files, naming the variable; the `COOKIE_CRUD_*` variables that are not node
+    /// configuration ([`not_node_config`]) are passed over.
     pub fn from_sources(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        const PREFIX: &str = "COOKIE_CRUD_";
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        Self::from_sources_blamed(text, env).map_err(|(_, e)| ConfigError(e))
+    }
+
+    /// [`Config::from_sources`], its error saying whether the file or a variable caused it.
+    fn from_sources_blamed(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, (Origin, String)> {
+        let file_doc: toml::Table =
+            toml::from_str(text).map_err(|e| (Origin::File, toml_error(text, &e)))?;
+        let mut doc = file_doc.clone();
         let mut others = Env::default();
+        let mut settings = Vec::new();
         for (name, raw) in env {
-            let Some(key) = name.strip_prefix(PREFIX) else {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 others.vars.insert(name, raw);
                 continue;
             };
-            if key == "LOG_FORMAT" {
-                continue; // read by the logger before the config exists
+            if not_node_config(key, &raw) {
+                continue;
             }
-            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
-            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(raw.clone()));
-            let mut table = &mut doc;
-            for part in &path[..path.len() - 1] {
-                let entry = table
-                    .entry(part.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                table = entry
-                    .as_table_mut()
-                    .ok_or_else(|| format!("{name}: {part} is not a table"))?;
-            }
-            table.insert(path[path.len() - 1].clone(), value);
+            let setting = EnvSetting::new(name.clone(), key, raw);
+            setting.apply(&mut doc).map_err(|e| (Origin::Env, e))?;
+            settings.push(setting);
         }
-        let mut cfg: Config = doc.try_into().map_err(|e: toml::de::Error| e.to_string())?;
-        cfg.finish_with(&others)?;
+        let secrets = secrets_in(&doc, &settings);
+        let mut cfg: Config = match doc.try_into() {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let (origin, msg) = blame(&file_doc, &settings, e);
+                return Err((origin, redact(&msg, &secrets)));
+            }
+        };
+        cfg.finish_with(&others)
+            .map_err(|e| (Origin::File, redact(&e.0, &secrets)))?;
         Ok(cfg)
     }
 
@@ -841,6 +1109,19 @@ impl Config {
             .any(|t| t.token.expose().is_empty())
         {
             return Err("client_tokens: a token cannot be empty".into());
+        }
+        // An empty secret would be sent and checked like any other, and every peer would
+        // be refused: the nodes would answer each other 401 forever.
+        if self
+            .cluster_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().trim().is_empty())
+        {
+            return Err(
+                "cluster_secret cannot be empty (or only blanks): give every node \
+                        the same non-empty value, or remove the key"
+                    .into(),
+            );
         }
         self.tls.check()?;
         // Peer authentication is on by default: without a credential, anyone who reaches a
@@ -1249,6 +1530,186 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Kubernetes gives every pod variables for each Service of its namespace, named after
+    /// the Service: for `cookie-crud` they start with COOKIE_CRUD_ and are no config.
+    #[test]
+    fn kubernetes_service_links_are_not_config() {
+        let links = [
+            ("COOKIE_CRUD_SERVICE_HOST", "10.96.12.34"),
+            ("COOKIE_CRUD_SERVICE_PORT", "8080"),
+            ("COOKIE_CRUD_SERVICE_PORT_HTTP", "8080"),
+            ("COOKIE_CRUD_PORT", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP_PROTO", "tcp"),
+            ("COOKIE_CRUD_PORT_8080_TCP_PORT", "8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP_ADDR", "10.96.12.34"),
+            ("COOKIE_CRUD_PEERS_SERVICE_HOST", "10.96.12.35"),
+            ("COOKIE_CRUD_PEERS_PORT", "udp://10.96.12.35:9080"),
+            ("COOKIE_CRUD_PEERS_PORT_9080_UDP_ADDR", "10.96.12.35"),
+        ];
+        let cfg = Config::from_sources("", vars(&links)).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8080");
+        // `port` itself is still a key, and a bad one is still refused.
+        let cfg = Config::from_sources("", vars(&[("COOKIE_CRUD_PORT", "9000")])).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:9000");
+        let err =
+            Config::from_sources("", vars(&[("COOKIE_CRUD_PORT", "http://x:1")])).unwrap_err();
+        assert!(err.0.contains("COOKIE_CRUD_PORT"), "{err}");
+        // Nested keys are never service links, nor are names that only look alike.
+        for (name, value) in [
+            ("COOKIE_CRUD_CLUSTER__PEER_PORT", "tcp://10.0.0.1:9080"),
+            ("COOKIE_CRUD_PORT_8080", "1"),
+            ("COOKIE_CRUD_PORT_X_TCP", "1"),
+            ("COOKIE_CRUD_SERVICE", "x"),
+        ] {
+            assert!(
+                Config::from_sources("", vars(&[(name, value)])).is_err(),
+                "{name}={value} was taken"
+            );
+        }
+    }
+
+    /// ctl's and the scripts' variables do not stop a node; a variable that is a bad
+    /// key or value is named, and not blamed on the file.
+    #[test]
+    fn other_programs_variables_are_passed_over_and_bad_ones_named() {
+        let others = [
+            ("COOKIE_CRUD_ENDPOINTS", "a:8080,b:8080"),
+            ("COOKIE_CRUD_TOKEN", "t"),
+            ("COOKIE_CRUD_CACERT", "/etc/ca.pem"),
+            ("COOKIE_CRUD_BIN", "target/release/cookie-crud"),
+            ("COOKIE_CRUD_REQUIRE_FUSE", "1"),
+            ("COOKIE_CRUD_REQUIRE_MOUNT", "1"),
+            ("COOKIE_CRUD_LOG_FORMAT", "json"),
+        ];
+        assert!(Config::from_sources("", vars(&others)).is_ok());
+        let dir = std::env::temp_dir().join(format!("cfg-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("n1.toml");
+        std::fs::write(&file, "cache_ttl = 5\n").unwrap();
+        let err = Config::from_file_and_env_vars(
+            Some(&file),
+            vars(&[
+                ("COOKIE_CRUD_CACHE_TTL", "6"),
+                ("COOKIE_CRUD_CACHE_TLL", "5"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("environment variable COOKIE_CRUD_CACHE_TLL: ")
+                && err.0.contains("cache_tll")
+                && !err.0.contains("n1.toml"),
+            "{err}"
+        );
+        let err = Config::from_file_and_env_vars(
+            Some(&file),
+            vars(&[("COOKIE_CRUD_RAFT__HEARTBEAT_MS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("COOKIE_CRUD_RAFT__HEARTBEAT_MS") && err.0.contains("heartbeat_ms"),
+            "{err}"
+        );
+        // The file's own faults still name the file.
+        std::fs::write(&file, "cache_tll = 5\n").unwrap();
+        let err = Config::from_file_and_env_vars(Some(&file), vars(&others)).unwrap_err();
+        assert!(
+            err.0.contains("n1.toml") && err.0.contains("cache_tll"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An empty secret is refused like an empty token; a secret of digits is a secret; no
+    /// error shows a credential.
+    #[test]
+    fn secrets_are_not_empty_and_never_shown() {
+        let cluster = "nodes = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }]\n";
+        for blank in ["", "  "] {
+            let err =
+                Config::parse(&format!("{cluster}cluster_secret = \"{blank}\"\n")).unwrap_err();
+            assert!(err.0.contains("cluster_secret cannot be empty"), "{err}");
+            let err = Config::from_sources(cluster, vars(&[("COOKIE_CRUD_CLUSTER_SECRET", blank)]))
+                .unwrap_err();
+            assert!(err.0.contains("cluster_secret cannot be empty"), "{err}");
+        }
+        let cfg = Config::from_sources(
+            cluster,
+            vars(&[("COOKIE_CRUD_CLUSTER_SECRET", "12345678901234")]),
+        )
+        .unwrap();
+        assert!(cfg.cluster_secret.unwrap().matches(b"12345678901234"));
+        let cfg = Config::from_sources(cluster, vars(&[("COOKIE_CRUD_CLUSTER_SECRET", "\"q\"")]))
+            .unwrap();
+        assert!(cfg.cluster_secret.unwrap().matches(b"\"q\""));
+        // In a file a number is refused, without showing it.
+        let err =
+            Config::parse(&format!("{cluster}cluster_secret = 12345678901234\n")).unwrap_err();
+        assert!(
+            err.0.contains("cluster_secret") && !err.0.contains("12345678901234"),
+            "{err}"
+        );
+        let err = Config::parse("client_tokens = [{ token = 987654321, role = \"read\" }]\n")
+            .unwrap_err();
+        assert!(!err.0.contains("987654321"), "{err}");
+        // A syntax error on a credential's line does not quote the line.
+        for text in [
+            "cluster_secret = \"hunter2\n",
+            "cluster_secret = hunter2\n",
+            "client_tokens = [{ token = \"hunter2\", role = \"read\" }, ]]\n",
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(
+                !err.0.contains("hunter2") && err.0.contains("line 1"),
+                "{text}: {err}"
+            );
+        }
+        // Nor does a bad value elsewhere in a variable holding tokens.
+        let err = Config::from_sources(
+            "",
+            vars(&[("COOKIE_CRUD_CLIENT_TOKENS", "hunter2-not-a-list")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains("COOKIE_CRUD_CLIENT_TOKENS") && !err.0.contains("hunter2"),
+            "{err}"
+        );
+        let err = Config::from_sources(
+            "cluster_secret = \"hunter2\"\nlisten = \"hunter2\"\n",
+            vars(&[]),
+        )
+        .unwrap_err();
+        assert!(!err.0.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_host_port_has_an_ip_or_a_dns_name() {
+        for good in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "node-1.cookie-crud.default.svc.cluster.local:9080",
+            "h:1",
+        ] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in [
+            "no such host/?#:1",
+            "h:0",
+            ":1",
+            "h",
+            "h:x",
+            "-h:1",
+            "a..b:1",
+            "under_score:1",
+            "::1:8080",
+            "[nope]:1",
+            "http://h:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 
     #[test]

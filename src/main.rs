@@ -411,7 +411,21 @@ fn leave(cfg: &Config) -> ExitCode {
                 }
                 other => {
                     if tokio::time::Instant::now() > deadline {
-                        eprintln!("cookie-crud leave: gave up: {other:?}");
+                        let why = match other {
+                            Ok((s, body)) => {
+                                // The node's reason, not its JSON.
+                                let reason = serde_json::from_str::<serde_json::Value>(&body)
+                                    .ok()
+                                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                                    .unwrap_or_else(|| body.trim().to_owned());
+                                format!("{url} still answers {s}: {reason}")
+                            }
+                            Err(e) => format!("{url}: {e}"),
+                        };
+                        eprintln!(
+                            "cookie-crud leave: gave up after 25 s, node {} is still a member: {why}",
+                            cfg.node_id
+                        );
                         return ExitCode::FAILURE;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -488,7 +502,11 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
         }
         None => cfg.log_format,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: in a file or a log collector the escape codes
+    // are noise in every line. (The logs go to standard output, fmt's default.)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),

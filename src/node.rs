@@ -152,8 +152,16 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
 
     let db_cache = cfg.storage.db_cache();
     let dirs = cfg.dirs();
-    let mut log = LogStore::open_with(&dirs, db_cache.log, cfg.storage.wal_segment_bytes)
-        .map_err(|e| NodeError::storage("opening the log (log.redb, the WAL)", e))?;
+    let mut log =
+        LogStore::open_with(&dirs, db_cache.log, cfg.storage.wal_segment_bytes).map_err(|e| {
+            // Name the files: "Permission denied" alone does not say which directory.
+            let what = format!(
+                "opening the log ({} and the WAL in {})",
+                dirs.data.join("log.redb").display(),
+                dirs.wal.display()
+            );
+            NodeError::storage(&what, e)
+        })?;
     // What the node's files are in, from now on (`failstop::OwnDirs`).
     let own_dirs = failstop::OwnDirs::record([
         dirs.data.clone(),
@@ -199,7 +207,14 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         db_cache.state_machine,
         cfg.storage.repack(),
     )
-    .map_err(|e| NodeError::storage("opening the state machine (sm.redb, snapshots/)", e))?;
+    .map_err(|e| {
+        let what = format!(
+            "opening the state machine ({}, {})",
+            cfg.data_dir.join("sm.redb").display(),
+            cfg.data_dir.join("snapshots").display()
+        );
+        NodeError::storage(&what, e)
+    })?;
     let reader = sm.reader();
     let snapshot_files = sm.snapshot_files();
     let book = AddressBook::new(

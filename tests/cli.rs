@@ -83,6 +83,36 @@ async fn healthcheck_exits_zero_only_while_the_node_is_up() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // In a Kubernetes pod beside the Service cookie-crud (service links), from a shell that
+    // exports ctl's and the scripts' variables: none of them is node configuration.
+    let out = run(
+        &["healthcheck", "--config", &config],
+        &[
+            ("COOKIE_CRUD_SERVICE_HOST", "10.96.12.34"),
+            ("COOKIE_CRUD_SERVICE_PORT", "8080"),
+            ("COOKIE_CRUD_PORT", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP", "tcp://10.96.12.34:8080"),
+            ("COOKIE_CRUD_PORT_8080_TCP_ADDR", "10.96.12.34"),
+            ("COOKIE_CRUD_ENDPOINTS", "127.0.0.1:1"),
+            ("COOKIE_CRUD_TOKEN", "t"),
+            ("COOKIE_CRUD_CACERT", "/nowhere/ca.pem"),
+            ("COOKIE_CRUD_BIN", "target/release/cookie-crud"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A variable that is a mistake is named as a variable, not blamed on the file.
+    let out = run(
+        &["healthcheck", "--config", &config],
+        &[("COOKIE_CRUD_CACHE_TLL", "5")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("environment variable COOKIE_CRUD_CACHE_TLL")
+            && !stderr(&out).contains(&config),
+        "{}",
+        stderr(&out)
+    );
+
     cluster.stop(0);
     let out = run(&["healthcheck", "--config", &config], &[]);
     assert!(!out.status.success(), "healthy after the node stopped");
@@ -189,4 +219,35 @@ async fn sigterm_stops_every_background_task_and_exits_zero() {
         assert!(v["fields"]["stopped"].as_u64() >= Some(7), "{line}");
         assert!(log.contains("node stopped"), "{log}");
     }
+}
+
+/// A log the node cannot open stops it with the path in the message, and the text logs,
+/// written to a file (not a terminal), carry no colour codes.
+#[test]
+fn an_unopenable_log_is_named_and_logs_to_a_file_have_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where log.redb should be: refused even to root (the tests may run as it),
+    // as an unwritable directory is to anyone else.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("log.redb")).unwrap();
+    let out = run(
+        &[],
+        &[
+            ("COOKIE_CRUD_LISTEN", "127.0.0.1:0"),
+            ("COOKIE_CRUD_DATA_DIR", data.to_str().unwrap()),
+            ("COOKIE_CRUD_LOG_FORMAT", "text"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(data.join("log.redb").to_str().unwrap()),
+        "{err}"
+    );
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.is_empty(), "no logs");
+    assert!(
+        !logs.contains('\u{1b}') && !err.contains('\u{1b}'),
+        "colour codes in logs: {logs:?}"
+    );
 }

@@ -210,6 +210,9 @@ async fn members_list_add_promote_remove() {
         .collect();
     std::fs::write(&c.nodes[i].config, format!("{nodes}\n{cfg}")).unwrap();
     c.spawn(i);
+    // Up before it is added: a change the leader answers (503 "does not answer at its peer
+    // address" included) is not sent again.
+    c.wait_up(i, WAIT).await;
     let (addr, peer) = (
         host_port(&c.url(i)),
         format!("127.0.0.1:{}", c.nodes[i].peer_port),
@@ -242,10 +245,98 @@ async fn members_list_add_promote_remove() {
     let (code, out, err) = ctl(&eps, &["--timeout", "30", "members", "remove", "4"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["voters"], serde_json::json!([1, 2, 3]), "{out}");
+    // The removed node, still running and asked first, keeps the membership it knew; status
+    // goes by the leader's and says it is no member (before, it was a voter by its own word).
+    let both = format!("{},{eps}", c.url(i));
+    let (code, out, err) = ctl(&both, &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    let row4 = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("4"))
+        .unwrap_or_else(|| panic!("no row for node 4:\n{out}"));
+    assert!(row4.contains("not a member"), "{out}");
+    assert_eq!(out.matches("not a member").count(), 1, "{out}");
     // Promoting a node that is not a member is refused.
     let (code, _, err) = ctl(&eps, &["members", "promote", "9"]).await;
     assert!(code == 2 || code == 3, "{code}: {err}");
     c.wait_membership(1, &[1, 2, 3], &[], WAIT).await;
+}
+
+/// A membership change a node answered is not sent again, and its answer is what ctl
+/// says: a new member that does not answer at its peer address is a 503 the server gives at
+/// once. (Before, ctl sent the change again and again for the whole --timeout, and ended
+/// with its own "operation timed out", the server's reason lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_is_answered_once_with_the_servers_reason() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    c.wait_leader(WAIT).await;
+    // Nothing listens on these (a port bound, then let go).
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let (addr, peer) = (free(), free());
+    let started = std::time::Instant::now();
+    let (code, out, err) = ctl(
+        &c.url(0),
+        &[
+            "--timeout",
+            "20",
+            "members",
+            "add",
+            "--id",
+            "4",
+            "--addr",
+            &addr,
+            "--peer-addr",
+            &peer,
+            "--role",
+            "voter",
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("503") && err.contains(&format!("does not answer at its peer address {peer}")),
+        "{err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?}: sent again until the timeout"
+    );
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+
+    // Another member's address, or a host that is no host name, is refused (400: exit 2),
+    // naming it, before anything is asked of the new node.
+    let taken = host_port(&c.url(1));
+    let (code, out, err) = ctl(
+        &c.url(0),
+        &[
+            "members",
+            "add",
+            "--id",
+            "4",
+            "--addr",
+            &taken,
+            "--peer-addr",
+            &peer,
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("400") && err.contains(&format!("addr {taken} is already node 2's")),
+        "{err}"
+    );
+    let (code, out, err) = ctl(
+        &c.url(0),
+        &["members", "add", "--id", "4", "--addr", "no such host/?#:1"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("is not host:port"), "{err}");
+    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
 }
 
 /// A node that takes connections and never answers (stopped), named first, does not hold a

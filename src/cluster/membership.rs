@@ -114,6 +114,9 @@ impl Cluster {
                 Ok(now)
             };
         }
+        if let Some(clash) = address_clash(&now, id, &node) {
+            return Err(clash);
+        }
         self.ask_who(id, &node).await?;
         // openraft's own wait counts a learner that holds nothing as at index 0, so within
         // its lag threshold of a short log: `promote` waits for more.
@@ -306,6 +309,25 @@ fn foreign(info: &PeerInfo, ours: Option<u64>) -> Option<ChangeError> {
     )))
 }
 
+/// Why node `id` at `node`'s addresses may not join `members`, if it may not: another
+/// member already has one of them (as its client or its peer address). Two members at one
+/// address would be one process answering for two ids; the probe of who it is would catch
+/// a different id, but not an address given for the wrong listener.
+fn address_clash(members: &Members, id: NodeId, node: &CookieNode) -> Option<ChangeError> {
+    let mine = [("addr", &node.addr), ("peer_addr", &node.peer_addr)];
+    for m in members.members.iter().filter(|m| m.id != id) {
+        for (field, a) in mine {
+            if *a == m.addr || *a == m.peer_addr {
+                return Some(ChangeError::Invalid(format!(
+                    "{field} {a} is already node {}'s address (client {}, peer {})",
+                    m.id, m.addr, m.peer_addr
+                )));
+            }
+        }
+    }
+    None
+}
+
 impl AddRequest {
     /// The change it asks for, or why it is not one.
     pub fn change(self) -> Result<Change, ChangeError> {
@@ -373,6 +395,8 @@ mod tests {
         for bad in [
             serde_json::json!({"id": 0, "addr": "h:1"}),
             serde_json::json!({"id": 4, "addr": "nowhere"}),
+            serde_json::json!({"id": 4, "addr": "no such host/?#:1"}),
+            serde_json::json!({"id": 4, "addr": "h:1", "peer_addr": "a b:2"}),
             serde_json::json!({"id": 4, "addr": "h:1", "peer_addr": "h:1"}),
             serde_json::json!({"id": 4, "addr": "h:1", "role": "boss"}),
         ] {
@@ -381,6 +405,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_new_member_may_not_take_another_members_address() {
+        let view = |id: NodeId, addr: &str, peer: &str| MemberView {
+            id,
+            name: format!("node{id}"),
+            addr: addr.into(),
+            peer_addr: peer.into(),
+            voter: true,
+        };
+        let members = Members {
+            members: vec![view(1, "h:8081", "h:9081"), view(2, "h:8082", "h:9082")],
+            voters: vec![1, 2],
+            learners: vec![],
+        };
+        for (addr, peer, named) in [
+            ("h:8081", "h:9084", "addr h:8081 is already node 1's"),
+            ("h:8084", "h:9082", "peer_addr h:9082 is already node 2's"),
+            ("h:9081", "h:9084", "addr h:9081 is already node 1's"),
+        ] {
+            match address_clash(&members, 4, &CookieNode::new(addr, peer, "node4")) {
+                Some(ChangeError::Invalid(e)) => assert!(e.contains(named), "{e}"),
+                other => panic!("{addr} {peer}: {other:?}"),
+            }
+        }
+        assert!(address_clash(&members, 4, &CookieNode::new("h:8084", "h:9084", "n")).is_none());
+        // The same id again, at its own addresses: a retry, not a clash.
+        assert!(address_clash(&members, 2, &CookieNode::new("h:8082", "h:9082", "n")).is_none());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! leader yet, or shutting down), sends it to the next, round and round until the deadline.
 //! Retrying a write is safe because every write carries an `Idempotency-Key` (the caller's,
 //! or a random one made once per command): a retry of a write that was applied is answered
-//! as a replay, never applied twice (api.md section 11).
+//! as a replay, never applied twice (api.md section 11). A membership change carries no key:
+//! once a node has answered it, whatever the answer, it is not sent again
+//! ([`Call::answered_once`]). Giving up, the command reports the last answer a node gave
+//! (its status and error), not a later timeout that says less.
 
 use std::path::Path;
 use std::time::Duration;
@@ -109,6 +112,9 @@ pub struct Call<'a> {
     pub path: &'a str,
     pub body: Option<Vec<u8>>,
     pub headers: Vec<(&'static str, String)>,
+    /// The first answer is final, 503 included: the request is sent to another endpoint
+    /// only when none answered it.
+    pub once: bool,
 }
 
 impl<'a> Call<'a> {
@@ -118,6 +124,7 @@ impl<'a> Call<'a> {
             path,
             body: None,
             headers: Vec::new(),
+            once: false,
         }
     }
 
@@ -135,6 +142,13 @@ impl<'a> Call<'a> {
 
     pub fn header(mut self, name: &'static str, value: String) -> Self {
         self.headers.push((name, value));
+        self
+    }
+
+    /// Not sent again once a node has answered (a membership change: it has no idempotency
+    /// key, and a 503 such as "node 4 does not answer at its peer address" is the answer).
+    pub fn answered_once(mut self) -> Self {
+        self.once = true;
         self
     }
 }
@@ -205,8 +219,9 @@ impl Client {
     }
 
     /// The request on the endpoints in turn until one answers with something other than
-    /// 503, or the deadline passes. Any answer (2xx or not) is returned; only an
-    /// unreachable cluster is an error.
+    /// 503 (any answer, for a call [`Call::answered_once`]), or the deadline passes. Any
+    /// answer (2xx or not) is returned; at the deadline, the last 503 a node gave, if any:
+    /// only a cluster none of whose nodes answered is an error.
     ///
     /// A request that may be sent again (a read, or a write with its idempotency key) gets a
     /// share of `--timeout` on each endpoint (`attempt_limit`): one node that accepts the
@@ -216,6 +231,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.target.timeout;
         let shared =
             call.method == Method::GET || call.headers.iter().any(|(k, _)| *k == "idempotency-key");
+        let mut last_answer: Option<Answer> = None;
         for round in 0u32.. {
             for endpoint in &self.target.endpoints {
                 let expired = || tokio::time::Instant::now() >= deadline;
@@ -227,8 +243,18 @@ impl Client {
                 };
                 match self.once_within(endpoint, &call, limit).await {
                     // No leader yet, or a node shutting down: another node, or later.
-                    Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE && !expired() => {}
+                    Ok(a)
+                        if a.status == StatusCode::SERVICE_UNAVAILABLE
+                            && !call.once
+                            && !expired() =>
+                    {
+                        last_answer = Some(a);
+                    }
                     Ok(a) => return Ok(a),
+                    // What a node said is worth more than a timeout on the last try.
+                    Err(_) if expired() && last_answer.is_some() => {
+                        return Ok(last_answer.take().expect("checked"));
+                    }
                     Err(e) if expired() => {
                         return Err(CtlError::Failed(format!(
                             "gave up: {endpoint}: {}",

@@ -212,16 +212,21 @@ async fn run_cmd(client: &Client, cmd: CtlCmd) -> Result<(), CtlError> {
                         body["peer_addr"] = p.into();
                     }
                     let call = Call::new(Method::POST, "/cluster/members")
-                        .json(body.to_string().into_bytes());
+                        .json(body.to_string().into_bytes())
+                        .answered_once();
                     client.ok(call).await?
                 }
                 MembersCmd::Promote { id } => {
                     let path = format!("/cluster/members/{id}/promote");
-                    client.ok(Call::new(Method::POST, &path)).await?
+                    client
+                        .ok(Call::new(Method::POST, &path).answered_once())
+                        .await?
                 }
                 MembersCmd::Remove { id } => {
                     let path = format!("/cluster/members/{id}");
-                    client.ok(Call::new(Method::DELETE, &path)).await?
+                    client
+                        .ok(Call::new(Method::DELETE, &path).answered_once())
+                        .await?
                 }
             };
             print_body(&a);

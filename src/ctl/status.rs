@@ -1,8 +1,10 @@
 //! `cookie-crud ctl status`: every member, as it sees itself, in one table.
 //!
-//! Each endpoint given, and every member the first answering one names (so one endpoint is
-//! enough), is asked `GET /cluster` concurrently. The lag of a member is the leader's: how
-//! far behind the leader's last log index its matched index is.
+//! Each endpoint given, and every member any of them names (so one endpoint is enough), is
+//! asked `GET /cluster` concurrently. The lag of a member is the leader's: how far behind
+//! the leader's last log index its matched index is. Who is a member, and who a voter, is
+//! the leader's word too ([`membership_view`]): a removed node keeps the membership it last
+//! knew, itself in it, and its own word would show it as a voter still.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,9 @@ pub struct Row {
     pub committed: Option<u64>,
     pub applied: Option<u64>,
     pub lag: Option<u64>,
+    /// Whether the membership (the leader's, see [`membership_view`]) holds the node; None
+    /// when no node answered with one.
+    pub member: Option<bool>,
     pub reachable: bool,
     pub error: Option<String>,
 }
@@ -37,15 +42,15 @@ fn s(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// The endpoints to ask: the ones given, then the members the first answer names.
+/// The endpoints to ask: the ones given, then every member any of them names (the first to
+/// answer may be a removed node, which knows none added since).
 async fn endpoints(client: &Client) -> Vec<String> {
     let mut out: Vec<String> = client.target.endpoints.clone();
     let tls = out.iter().any(|e| e.starts_with("https://"));
-    for e in client.target.endpoints.clone() {
-        let Ok(a) = client.once(&e, &Call::get("/cluster")).await else {
-            continue;
-        };
-        let Ok(v) = a.json() else { continue };
+    let given = client.target.endpoints.clone();
+    let call = Call::get("/cluster");
+    let answers = join_all(given.iter().map(|e| client.once(e, &call))).await;
+    for v in answers.into_iter().flatten().filter_map(|a| a.json().ok()) {
         for m in v["members"].as_array().into_iter().flatten() {
             if let Some(addr) = m["addr"].as_str() {
                 let url = normalize(addr, tls);
@@ -54,9 +59,27 @@ async fn endpoints(client: &Client) -> Vec<String> {
                 }
             }
         }
-        break;
     }
     out
+}
+
+/// The membership to judge every row by, as `(members, voters)`: the leader's (of the
+/// highest term, should an old one not know yet), or without a leader the answer of the
+/// highest term and commit index, which holds the newest committed membership any node
+/// answering knows.
+pub fn membership_view(answers: &[Value]) -> Option<(Vec<u64>, Vec<u64>)> {
+    let ids = |v: &Value, k: &str| -> Vec<u64> {
+        v[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_u64().or_else(|| u(x, "id")))
+            .collect()
+    };
+    answers
+        .iter()
+        .filter(|v| v["members"].is_array())
+        .max_by_key(|v| (v["role"] == "leader", u(v, "term"), u(v, "committed")))
+        .map(|v| (ids(v, "members"), ids(v, "voters")))
 }
 
 /// Ask every member; rows in member id order, unreachable ones last.
@@ -71,6 +94,7 @@ pub async fn rows(client: &Client) -> Vec<Row> {
     let mut down = Vec::new();
     let mut lag: BTreeMap<u64, u64> = BTreeMap::new();
     let mut leader_id = None;
+    let mut views = Vec::new();
     for (endpoint, answer) in answers {
         // A node that answers 401 or 403 is up, but will not tell this token (`/cluster`
         // needs the admin role): "refused", not "unreachable".
@@ -111,6 +135,7 @@ pub async fn rows(client: &Client) -> Vec<Row> {
         let voter = v["voters"]
             .as_array()
             .map(|vs| vs.iter().any(|x| x.as_u64() == Some(id)));
+        views.push(v.clone());
         seen.entry(id).or_insert(Row {
             endpoint,
             id: Some(id),
@@ -123,15 +148,21 @@ pub async fn rows(client: &Client) -> Vec<Row> {
             committed: u(&v, "committed"),
             applied: u(&v, "last_applied"),
             lag: None,
+            member: None,
             reachable: true,
             error: None,
         });
     }
+    let view = membership_view(&views);
     let mut out: Vec<Row> = seen
         .into_values()
         .map(|mut r| {
             if leader_id.is_some() {
                 r.lag = r.id.and_then(|id| lag.get(&id).copied());
+            }
+            if let (Some((members, voters)), Some(id)) = (&view, r.id) {
+                r.member = Some(members.contains(&id));
+                r.voter = Some(voters.contains(&id));
             }
             r
         })
@@ -172,8 +203,10 @@ pub fn table(rows: &[Row]) -> String {
                     r.name.clone()
                 },
                 r.role.clone(),
-                r.voter
-                    .map_or("-".into(), |v| if v { "yes" } else { "no" }.into()),
+                match (r.member, r.voter) {
+                    (Some(false), _) => "not a member".into(),
+                    (_, v) => v.map_or("-".into(), |v| if v { "yes" } else { "no" }.into()),
+                },
                 cell(r.term),
                 r.leader.clone().unwrap_or_else(|| "-".into()),
                 cell(r.last_log),
@@ -235,6 +268,7 @@ mod tests {
             committed: Some(120),
             applied: Some(120),
             lag: Some(0),
+            member: Some(true),
             reachable: true,
             error: None,
         };
@@ -243,5 +277,40 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].find("ROLE"), lines[1].find("leader"));
         assert_eq!(lines[0].find("LAG"), lines[1].rfind("0  "));
+    }
+
+    /// A removed node keeps the membership it last knew, itself a voter in it: the
+    /// leader's membership decides, whichever node answered first.
+    #[test]
+    fn the_leaders_membership_decides_who_is_a_member() {
+        let answer = |id: u64, role: &str, term: u64, committed: u64, voters: &[u64]| {
+            let members: Vec<Value> = voters
+                .iter()
+                .map(|v| serde_json::json!({"id": v}))
+                .collect();
+            serde_json::json!({
+                "node_id": id, "role": role, "term": term, "committed": committed,
+                "members": members, "voters": voters,
+            })
+        };
+        let removed = answer(3, "follower", 2, 40, &[1, 2, 3]);
+        let leader = answer(1, "leader", 3, 50, &[1, 2]);
+        let follower = answer(2, "follower", 3, 50, &[1, 2]);
+        let view = membership_view(&[removed.clone(), leader, follower.clone()]);
+        assert_eq!(view, Some((vec![1, 2], vec![1, 2])));
+        // No leader: the highest term and commit index.
+        let view = membership_view(&[removed.clone(), follower]);
+        assert_eq!(view, Some((vec![1, 2], vec![1, 2])));
+        let mut row = Row {
+            id: Some(3),
+            role: "follower".into(),
+            voter: Some(false),
+            member: Some(false),
+            reachable: true,
+            ..Row::default()
+        };
+        assert!(table(&[row.clone()]).contains("not a member"));
+        row.member = Some(true);
+        assert!(!table(&[row]).contains("not a member"));
     }
 }

@@ -406,6 +406,12 @@ fn broken_kubernetes_manifests_are_rejected() {
                 )
             },
         ),
+        ("service links on", "enableServiceLinks", |o| {
+            remove(
+                find_mut(o, "StatefulSet", ""),
+                "/spec/template/spec/enableServiceLinks",
+            )
+        }),
         ("no zone spread", "topology.kubernetes.io/zone", |o| {
             remove(
                 find_mut(o, "StatefulSet", ""),
@@ -678,6 +684,12 @@ fn broken_dockerfile_and_dashboard_are_rejected() {
         ),
         ("benches not copied", "benches", |d| {
             *d = d.replace("COPY benches ./benches\n", "")
+        }),
+        ("no patched openraft", "vendor/openraft", |d| {
+            *d = d.replace("COPY vendor ./vendor\n", "")
+        }),
+        ("no OpenAPI document", "docs/openapi.yaml", |d| {
+            *d = d.replace("COPY docs/openapi.yaml ./docs/openapi.yaml\n", "")
         }),
         ("an old Rust", "rust-version", |d| {
             *d = d.replace("rust:1.95-bookworm", "rust:1.80-bookworm")

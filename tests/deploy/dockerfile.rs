@@ -267,6 +267,29 @@ pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
             format!("Dockerfile does not copy {n}, which the manifest needs")
         });
     }
+    // Path dependencies and patches (`[patch.crates-io] openraft = { path = "vendor/..." }`):
+    // cargo reads them to resolve the workspace at all.
+    for dep in path_dependencies(&manifest) {
+        p.check(covered(&dep), || {
+            format!("Dockerfile does not copy {dep}, a path dependency or [patch] of Cargo.toml")
+        });
+    }
+    // Files the code compiles in (`include_str!("../../docs/openapi.yaml")`).
+    let mut sources = vec!["src".to_string()];
+    for m in manifest["workspace"]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str())
+        .filter(|m| *m != ".")
+    {
+        sources.push(format!("{m}/src"));
+    }
+    for file in included_files(repo, &sources) {
+        p.check(covered(&file), || {
+            format!("Dockerfile does not copy {file}, which the sources include (include_str!/include_bytes!)")
+        });
+    }
     let build = builder.all("RUN").join(" ");
     p.check(
         build.contains("cargo build") && build.contains("--release") && build.contains("--locked"),
@@ -327,6 +350,93 @@ pub(crate) fn check_dockerfile(text: &str, ignore: &str, repo: &Path) -> Check {
         });
     }
     p.finish("deploy/Dockerfile")
+}
+
+/// Every `path` of a dependency table of `manifest`: `[dependencies]`, `[dev-dependencies]`,
+/// `[build-dependencies]`, `[workspace.dependencies]`, target-specific ones and `[patch.*]`.
+fn path_dependencies(manifest: &toml::Table) -> Vec<String> {
+    fn deps_in(table: Option<&toml::Value>, out: &mut Vec<String>) {
+        for dep in table.and_then(|t| t.as_table()).into_iter().flatten() {
+            if let Some(path) = dep.1.get("path").and_then(|p| p.as_str()) {
+                out.push(path.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        deps_in(manifest.get(kind), &mut out);
+        deps_in(
+            manifest.get("workspace").and_then(|w| w.get(kind)),
+            &mut out,
+        );
+        for target in manifest
+            .get("target")
+            .and_then(|t| t.as_table())
+            .into_iter()
+            .flatten()
+        {
+            deps_in(target.1.get(kind), &mut out);
+        }
+    }
+    for registry in manifest
+        .get("patch")
+        .and_then(|p| p.as_table())
+        .into_iter()
+        .flatten()
+    {
+        deps_in(Some(registry.1), &mut out);
+    }
+    out
+}
+
+/// The repository-relative paths that `include_str!`/`include_bytes!` with a literal path
+/// name in the `.rs` files under `dirs` and in `build.rs`. Code after `#[cfg(test)]` is
+/// not read: tests are not built in the image (and this crate keeps its test modules last).
+fn included_files(repo: &Path, dirs: &[String]) -> Vec<String> {
+    fn rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rs_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        rs_files(&repo.join(d), &mut files);
+    }
+    files.push(repo.join("build.rs"));
+    let mut out = Vec::new();
+    for file in files.iter().filter(|f| f.is_file()) {
+        let text = read(file);
+        let built = text.split("#[cfg(test)]").next().unwrap_or("");
+        for mac in ["include_str!(\"", "include_bytes!(\""] {
+            for (at, _) in built.match_indices(mac) {
+                let rest = &built[at + mac.len()..];
+                let Some(end) = rest.find('"') else { continue };
+                let target = file.parent().unwrap().join(&rest[..end]);
+                // Lexically, so that a missing file is still named.
+                let mut parts: Vec<String> = Vec::new();
+                for c in target.strip_prefix(repo).unwrap_or(&target).components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            parts.pop();
+                        }
+                        std::path::Component::Normal(n) => {
+                            parts.push(n.to_string_lossy().into_owned())
+                        }
+                        _ => {}
+                    }
+                }
+                out.push(parts.join("/"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The image exposes its two listeners, the client port (`COOKIE_CRUD_LISTEN`) and the peer

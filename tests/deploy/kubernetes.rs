@@ -119,6 +119,20 @@ pub(crate) fn check_kubernetes(objects: &[Value]) -> Check {
     check_probes(&mut p, c, &pod);
     check_resources(&mut p, c);
     check_spread(&mut p, &spec["template"]["spec"], &pod_labels);
+    // Service links (on by default) put COOKIE_CRUD_SERVICE_HOST, COOKIE_CRUD_PORT=tcp://...
+    // and the like, named after the Service cookie-crud, into every pod's environment,
+    // where the node reads its configuration.
+    p.check(
+        spec["template"]["spec"]["enableServiceLinks"] == false,
+        || {
+            format!(
+                "the pod spec's enableServiceLinks is {}, not false: the Service cookie-crud \
+                 would put COOKIE_CRUD_PORT=tcp://... and other non-config COOKIE_CRUD_* \
+                 variables into every pod",
+                spec["template"]["spec"]["enableServiceLinks"]
+            )
+        },
+    );
 
     // The peers' DNS names: <pod>.<serviceName>.<namespace>.svc...:<peer port> from the
     // headless service, which must publish pods before they are ready.
