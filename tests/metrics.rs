@@ -381,6 +381,7 @@ async fn process_build_info_data_dir_and_snapshot_failure_series() {
             .post(format!("{}{SNAPSHOT_PATH}", c.nodes[0].peer_url()))
             .bearer_auth(SECRET)
             .header(RAFT_TARGET_HEADER, c.nodes[0].id.to_string())
+            .header(cookie_raft::identity::SENDER_HEADER, "2")
             .header("content-type", "application/octet-stream")
             .body(codec::encode(&garbage).unwrap()),
     )
