@@ -430,9 +430,27 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             stopping.cancel();
         }))
     };
+    let max_connections = match crate::process::raise_open_files() {
+        Ok(files) => {
+            let fits = crate::process::connections_within(state.cfg.http.max_connections, files);
+            if fits < state.cfg.http.max_connections {
+                tracing::warn!(
+                    open_files = files,
+                    max_connections = fits,
+                    "the open-files limit is too low for http.max_connections on both \
+                     listeners; each takes fewer (raise the limit: ulimit -n, LimitNOFILE)"
+                );
+            }
+            fits
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the open-files limit: {e}");
+            state.cfg.http.max_connections
+        }
+    };
     let limits = ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.http.header_timeout_ms),
-        max_connections: state.cfg.http.max_connections,
+        max_connections,
         send_timeout: state.cfg.http_body_timeout(),
         drain: HTTP_DRAIN_BOUND,
     };

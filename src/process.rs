@@ -52,3 +52,64 @@ mod tests {
         assert!(super::transparent_huge_pages(true).unwrap());
     }
 }
+
+/// **Open files.** Each connection is a file descriptor, and each listener takes up to
+/// `http.max_connections` (4,096 by default) of them; a container's soft limit is often
+/// 1,024. Past the limit, `accept` fails on either listener, so a flood of connections to
+/// the peer port kept clients out of the client port (found in review). The soft limit is
+/// raised to the hard one, as Go's runtime does, and the connections each listener may hold
+/// are then fitted to what is left after [`FILES_KEPT`] for the stores, snapshots and
+/// outbound connections.
+pub const FILES_KEPT: u64 = 256;
+
+/// Raise this process's soft limit on open files to its hard limit; the soft limit now.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        Ok(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(u64::MAX)
+    }
+}
+
+/// The connections each of the two listeners may hold under an open-files limit of
+/// `limit`: `wanted`, or less where both listeners full would pass the limit.
+pub fn connections_within(wanted: usize, limit: u64) -> usize {
+    let room = limit.saturating_sub(FILES_KEPT) / 2;
+    wanted
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+#[cfg(test)]
+mod files_tests {
+    use super::*;
+
+    #[test]
+    fn connections_fit_the_open_files_limit() {
+        assert_eq!(connections_within(4096, 1 << 20), 4096);
+        assert_eq!(connections_within(4096, 1024), (1024 - 256) / 2);
+        assert_eq!(connections_within(4096, 100), 1);
+        assert!(raise_open_files().unwrap() > 0);
+    }
+}
