@@ -84,6 +84,8 @@ pub fn raise_open_files() -> std::io::Result<u64> {
                 lim.rlim_cur = lim.rlim_max;
             }
         }
+        // `rlim_t` is `u64` on Linux, not on every Unix.
+        #[allow(clippy::unnecessary_cast)]
         Ok(lim.rlim_cur as u64)
     }
     #[cfg(not(unix))]
