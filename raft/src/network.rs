@@ -314,6 +314,18 @@ fn cap_entries(entries: &mut Vec<Entry<TypeConfig>>, budget: usize) -> Option<Lo
 
 type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
 
+/// An answer's vote with a term past [`crate::types::MAX_TERM`] is not taken: openraft
+/// would adopt it as it adopts a request's (see there). Refused as a peer that does not
+/// answer sensibly.
+fn term_in_range<E: std::error::Error>(vote: &openraft::Vote<NodeId>) -> Result<(), RpcErr<E>> {
+    let term = vote.leader_id().get_term();
+    if term > crate::types::MAX_TERM {
+        let why = std::io::Error::other(format!("a peer answered with term {term}, out of range"));
+        return Err(RPCError::Unreachable(Unreachable::new(&why)));
+    }
+    Ok(())
+}
+
 /// The most bytes read of a Raft RPC's answer (and of the peer listener's other small
 /// answers). They are a bincode `Result` of a few dozen bytes, or a short JSON error:
 /// anything longer is not a cookie-crud peer answering (a stale address now served by
@@ -446,6 +458,9 @@ impl RaftNetwork<TypeConfig> for Conn {
             crate::stages::sending(first.log_id.index);
         }
         let resp = self.call(APPEND_PATH, &rpc, option.hard_ttl()).await?;
+        if let AppendEntriesResponse::HigherVote(v) = &resp {
+            term_in_range(v)?;
+        }
         if let (AppendEntriesResponse::Success, Some((_, last))) = (&resp, carried) {
             crate::stages::answered(last.log_id.index);
         }
@@ -463,7 +478,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
+        let resp: InstallSnapshotResponse<NodeId> =
+            self.call(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await?;
+        term_in_range(&resp.vote)?;
+        Ok(resp)
     }
 
     async fn vote(
@@ -471,7 +489,9 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(VOTE_PATH, &rpc, option.hard_ttl()).await
+        let resp: VoteResponse<NodeId> = self.call(VOTE_PATH, &rpc, option.hard_ttl()).await?;
+        term_in_range(&resp.vote)?;
+        Ok(resp)
     }
 
     /// While the node has CPU to spare, an append's round costs nothing the load needs, and
@@ -488,6 +508,14 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
+
+    #[test]
+    fn an_answer_with_a_term_past_the_bound_is_not_taken() {
+        let ok = openraft::Vote::new_committed(crate::types::MAX_TERM, 2);
+        assert!(term_in_range::<openraft::error::Infallible>(&ok).is_ok());
+        let huge = openraft::Vote::new_committed(u64::MAX, 2);
+        assert!(term_in_range::<openraft::error::Infallible>(&huge).is_err());
+    }
     use crate::command::Command;
     use crate::types::Request;
 

@@ -33,6 +33,12 @@ openraft::declare_raft_types!(
         SnapshotData = crate::sm::SnapshotFile,
 );
 
+/// The highest term a Raft message may carry, asked or answered. Real terms grow by one an
+/// election; a vote with a term near `u64::MAX` (from a peer with the secret, or a broken
+/// one) was taken by openraft, persisted, and made every node panic at its next election
+/// (`term + 1`), for good, restarts included (found in review).
+pub const MAX_TERM: u64 = 1 << 62;
+
 /// The leader a node's metrics name, unless they name the node itself while it does not
 /// lead. openraft names the holder of the last committed vote: a leader removed from the
 /// membership drops to learner and keeps naming itself, for good (across restarts too).

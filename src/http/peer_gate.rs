@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 use cookie_raft::identity::{Claims, Refused, SENDER_HEADER};
+use cookie_raft::types::MAX_TERM;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -115,13 +116,7 @@ pub fn admit<T: DeserializeOwned>(
     codec::decode(body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
 }
 
-/// The highest term a Raft RPC may carry. Real terms grow by one an election; a vote with
-/// a term near `u64::MAX` (one request from a peer with the secret, or a broken one) was
-/// taken by openraft, persisted, and made every node panic at its next election
-/// (`term + 1`), for good, restarts included (found in review).
-pub const MAX_TERM: u64 = 1 << 62;
-
-/// Check the vote an RPC carries: its term within [`MAX_TERM`], and its node the sender
+/// Check the vote an RPC carries: its term within `cookie_raft::types::MAX_TERM`, and its node the sender
 /// (the candidate of a vote request, the leader of an append or a snapshot), so that a
 /// peer speaks only for itself.
 pub fn check_vote(
