@@ -33,6 +33,7 @@ where
 {
     let shared = Arc::new(Mutex::new(State {
         body: Some(Body::new(body)),
+        rest: Bytes::new(),
         // Handed to the connection: over HTTP/2 with no window, not even its first frame is
         // asked for.
         waiting_since: Some(Instant::now()),
@@ -42,9 +43,14 @@ where
     Body::new(Watched { shared })
 }
 
+/// The most handed to the connection at once (HTTP/2's default frame size).
+const SLICE: usize = 16 << 10;
+
 struct State {
-    /// `None` once sent whole or cut.
+    /// `None` once its last frame was taken from it, or it was cut.
     body: Option<Body>,
+    /// What is left of the frame being handed over, slice by slice.
+    rest: Bytes,
     /// Since when the connection has not asked for the next frame (from the answer's start,
     /// then from each frame handed over).
     waiting_since: Option<Instant>,
@@ -64,12 +70,13 @@ async fn cut_when_stalled(shared: Weak<Mutex<State>>, limit: Duration) {
                 return; // sent or abandoned: the body is gone already
             };
             let mut state = lock(&shared);
-            if state.body.is_none() {
+            if state.done() {
                 return;
             }
             match state.waiting_since {
                 Some(since) if since.elapsed() >= limit => {
                     state.body = None;
+                    state.rest = Bytes::new();
                     state.cut = true;
                     tracing::debug!("dropped an answer its client took nothing of for {limit:?}");
                     return;
@@ -103,32 +110,85 @@ impl http_body::Body for Watched {
             );
             return Poll::Ready(Some(Err(axum::Error::new(why))));
         }
+        if !state.rest.is_empty() {
+            let slice = state.next_slice();
+            return Poll::Ready(Some(Ok(Frame::data(slice))));
+        }
         let Some(body) = state.body.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(&mut *body).poll_frame(cx);
-        match &polled {
-            Poll::Pending => state.waiting_since = None,
-            Poll::Ready(Some(Ok(_))) if !body.is_end_stream() => {
-                state.waiting_since = Some(Instant::now());
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => {
+                state.waiting_since = None;
+                Poll::Pending
             }
-            // Its end, an error, or its last frame: nothing more to hold.
-            Poll::Ready(_) => state.body = None,
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    state.rest = data;
+                    let slice = state.next_slice();
+                    Poll::Ready(Some(Ok(Frame::data(slice))))
+                }
+                Err(other) => {
+                    state.handed_over();
+                    Poll::Ready(Some(Ok(other)))
+                }
+            },
+            // Its end, or an error.
+            end => {
+                state.body = None;
+                end
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
         let state = lock(&self.shared);
-        !state.cut && state.body.as_ref().is_none_or(|b| b.is_end_stream())
+        !state.cut && state.rest.is_empty() && state.body.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         let state = lock(&self.shared);
-        match &state.body {
+        let rest = state.rest.len() as u64;
+        let mut hint = match &state.body {
             Some(body) => body.size_hint(),
             None => SizeHint::with_exact(0),
+        };
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
         }
+        hint.set_lower(hint.lower() + rest);
+        hint
+    }
+}
+
+impl State {
+    /// The next slice of the frame being handed over. Slices are small so that each ask for
+    /// the next stands for little of the client's window: a client that reads slowly but
+    /// keeps reading is asked often enough (over HTTP/2 hyper asks for the next frame only
+    /// once the last is sent, which with 256-KiB frames took a 16-KB/s reader longer than
+    /// the limit, found in review).
+    fn next_slice(&mut self) -> Bytes {
+        let slice = self.rest.split_to(SLICE.min(self.rest.len()));
+        self.handed_over();
+        slice
+    }
+
+    /// A frame was handed over: from now on the connection is waited for, unless that was
+    /// the last, which lets go of the body and what it holds (a page's room).
+    fn handed_over(&mut self) {
+        if self.rest.is_empty()
+            && self
+                .body
+                .as_ref()
+                .is_some_and(http_body::Body::is_end_stream)
+        {
+            self.body = None;
+        }
+        self.waiting_since = (self.body.is_some() || !self.rest.is_empty()).then(Instant::now);
+    }
+
+    fn done(&self) -> bool {
+        self.body.is_none() && self.rest.is_empty()
     }
 }
 
@@ -160,6 +220,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("took nothing"), "{err}");
+    }
+
+    /// A large frame goes in small slices, each asked for in time by a reader that takes a
+    /// slice at a time: never cut, and every byte arrives, with the size known up front.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_gets_it_all() {
+        let page = Bytes::from(vec![b'p'; 100 << 10]);
+        let mut body = watch(Body::from(page.clone()), Duration::from_secs(2));
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(100 << 10));
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() <= SLICE);
+            got.extend_from_slice(&data);
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        assert_eq!(got, page);
     }
 
     #[tokio::test(start_paused = true)]
