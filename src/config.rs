@@ -64,9 +64,12 @@ pub fn is_host_port(addr: &str) -> bool {
     host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
-/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters, digits and
-/// hyphens, none starting or ending with a hyphen, 253 characters at most.
+/// Whether `host` is a DNS name: dot-separated labels of 1 to 63 letters, digits,
+/// hyphens and underscores (Docker Compose names containers `project_service_1`), none
+/// starting or ending with a hyphen, 253 characters at most, with a final dot allowed (a
+/// fully qualified name). An IPv6 zone (`%eth0`) is not: URLs have no place for it.
 pub fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -76,7 +79,7 @@ pub fn is_dns_name(host: &str) -> bool {
                 && !label.ends_with('-')
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -1692,6 +1695,8 @@ mod tests {
             "[::1]:8080",
             "node-1.cookie-crud.default.svc.cluster.local:9080",
             "h:1",
+            "proj_svc_1:8080",
+            "host.example.com.:8080",
         ] {
             assert!(is_host_port(good), "{good}");
         }
@@ -1703,7 +1708,9 @@ mod tests {
             "h:x",
             "-h:1",
             "a..b:1",
-            "under_score:1",
+            "h..:1",
+            ".:1",
+            "[fe80::1%eth0]:1",
             "::1:8080",
             "[nope]:1",
             "http://h:1",
