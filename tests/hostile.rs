@@ -397,6 +397,24 @@ async fn bodies_being_read_share_a_bounded_budget() {
     }
 }
 
+/// One node holding five records of about 1 MB (a page of them is about 5 MB), whose
+/// pages wait 1 s for room and whose answers wait `body_timeout_ms` for their client.
+async fn large_pages(body_timeout_ms: u64) -> Cluster {
+    let c = Cluster::start(
+        1,
+        &format!("read_timeout_ms = 1000\n[http]\nbody_timeout_ms = {body_timeout_ms}\n"),
+    )
+    .await;
+    for i in 0..5 {
+        let body = json!({"cookie": format!("big{i}"), "user_id": 1, "pad": "x".repeat(1_000_000)});
+        let r = c.create(0, body).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = send(c.client.get(format!("{}/cookies?limit=100", c.url(0)))).await;
+    assert_eq!(r.status, 200);
+    c
+}
+
 /// List pages held for clients that do not read them share a bounded budget: once it is
 /// spent, a page waits up to the read timeout, then 503; point reads go on. Connections
 /// whose client reads nothing for `body_timeout_ms` are closed, which gives their pages'
@@ -406,19 +424,8 @@ async fn bodies_being_read_share_a_bounded_budget() {
 #[tokio::test]
 async fn list_pages_held_for_clients_that_do_not_read_share_a_bounded_budget() {
     use tokio::io::AsyncWriteExt;
-    let c = Cluster::start(
-        1,
-        "read_timeout_ms = 1000\n[http]\nbody_timeout_ms = 10000\n",
-    )
-    .await;
-    // Five records of about 1 MB: a page of them is about 5 MB.
-    for i in 0..5 {
-        let body = json!({"cookie": format!("big{i}"), "user_id": 1, "pad": "x".repeat(1_000_000)});
-        let r = c.create(0, body).await;
-        assert_eq!(r.status, 201, "{}", r.text);
-    }
+    let c = large_pages(10_000).await;
     let page = || send(c.client.get(format!("{}/cookies?limit=100", c.url(0))));
-    assert_eq!(page().await.status, 200);
     let addr = format!("127.0.0.1:{}", c.nodes[0].port);
     let mut unread = Vec::new();
     for _ in 0..2 * cookie_crud::http::page_room::PAGES_IN_FLIGHT {
@@ -472,18 +479,8 @@ async fn list_pages_held_for_clients_that_do_not_read_share_a_bounded_budget() {
 async fn pages_held_by_http2_streams_with_no_window_are_given_back() {
     use hyper::client::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let c = Cluster::start(
-        1,
-        "read_timeout_ms = 1000\n[http]\nbody_timeout_ms = 3000\n",
-    )
-    .await;
-    for i in 0..5 {
-        let body = json!({"cookie": format!("big{i}"), "user_id": 1, "pad": "x".repeat(1_000_000)});
-        let r = c.create(0, body).await;
-        assert_eq!(r.status, 201, "{}", r.text);
-    }
+    let c = large_pages(3_000).await;
     let page = || send(c.client.get(format!("{}/cookies?limit=100", c.url(0))));
-    assert_eq!(page().await.status, 200);
     let addr = format!("127.0.0.1:{}", c.nodes[0].port);
     let uri = format!("http://{addr}/cookies?limit=100");
     // Two connections of 32 streams each, every stream's window 0; the connections' own
