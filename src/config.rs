@@ -451,7 +451,7 @@ const NOT_NODE_CONFIG: &[&str] = &[
     "REQUIRE_MOUNT",
 ];
 
-/// Whether `COOKIE_CRUD_{key}=value` is not node configuration: one of [`NOT_NODE_CONFIG`],
+/// Whether `COOKIE_CRUD_{key}=value` is not node configuration: one of `NOT_NODE_CONFIG`,
 /// or a variable Kubernetes injects for a Service whose name starts with `cookie-crud`
 /// (the Service `cookie-crud` gives every pod in its namespace `COOKIE_CRUD_SERVICE_HOST`,
 /// `COOKIE_CRUD_PORT=tcp://10.96.0.1:8080`, `COOKIE_CRUD_PORT_8080_TCP_ADDR` and more),
