@@ -27,14 +27,21 @@ const DIRS_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// every write (found in review). Like [`storage_failed`], drop this before shutting Raft
 /// down on purpose.
 pub async fn core_ended(raft: Raft) -> String {
-    core_ended_on(raft.metrics()).await
+    core_ended_on(raft.server_metrics(), raft.metrics()).await
 }
 
 type Metrics = openraft::RaftMetrics<cookie_raft::NodeId, cookie_raft::CookieNode>;
 
-async fn core_ended_on(mut metrics: watch::Receiver<Metrics>) -> String {
-    while metrics.changed().await.is_ok() {}
-    if metrics.borrow().running_state.is_err() {
+/// Waits on the server metrics, which change only with the vote, role, leader or
+/// membership: the full metrics are sent at every turn of openraft's loop and would wake
+/// this task thousands of times a second under load (see `metrics::count_elections`). Both
+/// close together, with the core.
+async fn core_ended_on<S>(
+    mut server: watch::Receiver<S>,
+    full: watch::Receiver<Metrics>,
+) -> String {
+    while server.changed().await.is_ok() {}
+    if full.borrow().running_state.is_err() {
         // It said why: `storage_failed` tells that.
         std::future::pending::<()>().await;
     }
@@ -142,23 +149,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_core_gone_without_a_word_is_a_failure_and_one_that_said_why_is_not_this_ones() {
+        let (server_tx, server) = watch::channel(());
         let (tx, rx) = watch::channel(Metrics::new_initial(1));
-        let ended = tokio::spawn(core_ended_on(rx));
+        let ended = tokio::spawn(core_ended_on(server, rx));
         tokio::task::yield_now().await;
         assert!(!ended.is_finished());
-        drop(tx);
+        drop((server_tx, tx));
         let why = tokio::time::timeout(Duration::from_secs(5), ended)
             .await
             .expect("seen")
             .unwrap();
         assert!(why.contains("without a reason"), "{why}");
 
+        let (server_tx, server) = watch::channel(());
         let (tx, rx) = watch::channel(Metrics::new_initial(1));
         tx.send_modify(|m| {
             m.running_state = Err(Fatal::Panicked);
         });
-        drop(tx);
-        let left = tokio::time::timeout(Duration::from_millis(100), core_ended_on(rx)).await;
+        drop((server_tx, tx));
+        let left =
+            tokio::time::timeout(Duration::from_millis(100), core_ended_on(server, rx)).await;
         assert!(left.is_err(), "storage_failed tells an error the core said");
     }
 
