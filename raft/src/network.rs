@@ -318,12 +318,10 @@ type RpcErr<E> = RPCError<NodeId, CookieNode, RaftError<NodeId, E>>;
 /// would adopt it as it adopts a request's (see there). Refused as a peer that does not
 /// answer sensibly.
 fn term_in_range<E: std::error::Error>(vote: &openraft::Vote<NodeId>) -> Result<(), RpcErr<E>> {
-    let term = vote.leader_id().get_term();
-    if term > crate::types::MAX_TERM {
-        let why = std::io::Error::other(format!("a peer answered with term {term}, out of range"));
-        return Err(RPCError::Unreachable(Unreachable::new(&why)));
-    }
-    Ok(())
+    crate::types::term_in_range(vote).map_err(|e| {
+        let why = std::io::Error::other(format!("a peer answered with {e}"));
+        RPCError::Unreachable(Unreachable::new(&why))
+    })
 }
 
 /// The most bytes read of a Raft RPC's answer (and of the peer listener's other small

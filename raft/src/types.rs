@@ -39,6 +39,28 @@ openraft::declare_raft_types!(
 /// (`term + 1`), for good, restarts included (found in review).
 pub const MAX_TERM: u64 = 1 << 62;
 
+/// A vote whose term is past [`MAX_TERM`], with that term, for the peer listener (a request)
+/// and the network client (an answer) alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermOutOfRange(pub u64);
+
+impl std::fmt::Display for TermOutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "term {} is out of range (at most {MAX_TERM})", self.0)
+    }
+}
+
+impl std::error::Error for TermOutOfRange {}
+
+/// Whether a vote's term is within [`MAX_TERM`].
+pub fn term_in_range(vote: &openraft::Vote<NodeId>) -> Result<(), TermOutOfRange> {
+    let term = vote.leader_id().get_term();
+    if term > MAX_TERM {
+        return Err(TermOutOfRange(term));
+    }
+    Ok(())
+}
+
 /// The leader a node's metrics name, unless they name the node itself while it does not
 /// lead. openraft names the holder of the last committed vote: a leader removed from the
 /// membership drops to learner and keeps naming itself, for good (across restarts too).

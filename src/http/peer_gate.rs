@@ -13,8 +13,11 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
-use cookie_raft::identity::{Claims, Refused, SENDER_HEADER};
-use cookie_raft::types::MAX_TERM;
+use cookie_raft::identity::{Claims, Refused};
+use cookie_raft::types::term_in_range;
+use cookie_raft::{NodeId, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Vote;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -86,6 +89,62 @@ pub fn admit<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, Refusal> {
+    admit_with_claims(state, headers, body).map(|(req, _)| req)
+}
+
+/// [`admit`], for a Raft RPC: also check the vote it carries, its term within
+/// `cookie_raft::types::MAX_TERM`, and its node the sender (the candidate of a vote
+/// request, the leader of an append or a snapshot), so that a peer speaks only for itself.
+pub fn admit_voted<T: DeserializeOwned + Voted>(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Refusal> {
+    let (req, claims) = admit_with_claims::<T>(state, headers, body)?;
+    let vote = req.vote();
+    term_in_range(vote).map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let node = vote.leader_id().voted_for();
+    if claims.sender.is_none() || claims.sender != node {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the vote is node {node:?}'s, the sender says it is {:?}",
+                claims.sender
+            ),
+        ));
+    }
+    Ok(req)
+}
+
+/// A Raft RPC's request, by the vote it carries.
+pub trait Voted {
+    fn vote(&self) -> &Vote<NodeId>;
+}
+
+impl Voted for AppendEntriesRequest<TypeConfig> {
+    fn vote(&self) -> &Vote<NodeId> {
+        &self.vote
+    }
+}
+
+impl Voted for VoteRequest<NodeId> {
+    fn vote(&self) -> &Vote<NodeId> {
+        &self.vote
+    }
+}
+
+impl Voted for InstallSnapshotRequest<TypeConfig> {
+    fn vote(&self) -> &Vote<NodeId> {
+        &self.vote
+    }
+}
+
+/// [`admit`], with the claims the request's headers made.
+fn admit_with_claims<T: DeserializeOwned>(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, Claims), Refusal> {
     if let Some(target) = headers.get(RAFT_TARGET_HEADER) {
         let target = target.to_str().unwrap_or("").parse::<u64>().ok();
         if target != Some(state.cluster.me) {
@@ -113,35 +172,9 @@ pub fn admit<T: DeserializeOwned>(
         }
         return Err(Refusal(StatusCode::CONFLICT, refused.to_string()));
     }
-    codec::decode(body).map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
-}
-
-/// Check the vote an RPC carries: its term within `cookie_raft::types::MAX_TERM`, and its node the sender
-/// (the candidate of a vote request, the leader of an append or a snapshot), so that a
-/// peer speaks only for itself.
-pub fn check_vote(
-    headers: &HeaderMap,
-    vote: &openraft::Vote<cookie_raft::NodeId>,
-) -> Result<(), Refusal> {
-    let term = vote.leader_id().get_term();
-    if term > MAX_TERM {
-        return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            format!("term {term} is out of range (at most {MAX_TERM})"),
-        ));
-    }
-    let sender = headers
-        .get(SENDER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let node = vote.leader_id().voted_for();
-    if sender.is_none() || sender != node {
-        return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            format!("the vote is node {node:?}'s, the sender says it is {sender:?}"),
-        ));
-    }
-    Ok(())
+    let req = codec::decode(body)
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("bad body: {e}")))?;
+    Ok((req, claims))
 }
 
 /// A bincode reply.

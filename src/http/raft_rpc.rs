@@ -11,13 +11,12 @@ use axum::response::{IntoResponse, Response};
 use cookie_raft::{inbox, NodeId, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
-use super::peer_gate::{admit, check_vote, reply};
+use super::peer_gate::{admit_voted, reply};
 use super::state::Shared;
 
 pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
-    let admitted = admit::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body)
-        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    let admitted = admit_voted::<AppendEntriesRequest<TypeConfig>>(&state, &headers, &body);
     match admitted {
         Ok(req) => {
             let raft = &state.cluster.raft;
@@ -36,8 +35,7 @@ pub async fn append(State(state): State<Shared>, headers: HeaderMap, body: Bytes
 }
 
 pub async fn vote(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let admitted = admit::<VoteRequest<NodeId>>(&state, &headers, &body)
-        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    let admitted = admit_voted::<VoteRequest<NodeId>>(&state, &headers, &body);
     match admitted {
         Ok(req) => reply(&state.cluster.raft.vote(req).await),
         Err(r) => r.into_response(),
@@ -45,8 +43,7 @@ pub async fn vote(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
 }
 
 pub async fn snapshot(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let admitted = admit::<InstallSnapshotRequest<TypeConfig>>(&state, &headers, &body)
-        .and_then(|req| check_vote(&headers, &req.vote).map(|()| req));
+    let admitted = admit_voted::<InstallSnapshotRequest<TypeConfig>>(&state, &headers, &body);
     let req = match admitted {
         Ok(req) => req,
         Err(r) => return r.into_response(),
