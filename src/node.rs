@@ -196,6 +196,9 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         log.incarnation(),
         log.was_pristine(),
     ));
+    if cfg.join.is_some() {
+        identity.await_registry();
+    }
     tracing::info!(
         incarnation = %cookie_raft::identity::hex(identity.own()),
         empty = identity.is_pristine(),

@@ -60,6 +60,33 @@ async fn a_node_whose_data_was_lost_is_refused_and_stops_saying_how_to_replace_i
     assert_eq!(registered(&c.cluster_info(leader).await, 3), node3);
 }
 
+/// The same for a node that joins at every start (an elastic Kubernetes pod): with no data it
+/// believes no claim that its data was lost until its join target has shown it the
+/// registry, and then the registry names the lost incarnation, so it stops all the same.
+#[tokio::test]
+async fn a_wiped_node_that_joins_stops_once_its_join_target_shows_the_registry() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let four = c.add_joiner(4, 0, "voter", FAST_RAFT);
+    c.spawn(four);
+    c.wait_membership(0, &[1, 2, 3, 4], &[], T).await;
+    let view = c
+        .wait_cluster_info(0, T, |v| registered(v, 4).is_string())
+        .await;
+    let known = registered(&view, 4);
+
+    c.kill(four);
+    std::fs::remove_dir_all(c.data_dir(four)).unwrap();
+    c.spawn(four);
+    let status = c.wait_exit(four, T).await;
+    let log = std::fs::read_to_string(&c.nodes[four].log).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the wiped node kept running\n{log}"));
+    assert!(!status.success(), "exit status {status}");
+    assert!(log.contains("the cluster's registry, from"), "{log}");
+    assert!(log.contains("node 4's data was lost"), "{log}");
+    let known = known.as_str().unwrap();
+    assert!(log.contains(&format!("incarnation {known}")), "{log}");
+}
+
 /// The hazard itself. The leader and one follower acknowledge X while the other follower is
 /// down; the follower that has X loses its data; the leader dies. The lagging follower and
 /// the wiped one are a majority: if the wiped one voted as the member it was, the lagging one

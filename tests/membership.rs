@@ -294,7 +294,10 @@ async fn a_removed_member_still_running_cannot_stop_a_replacement() {
     std::fs::remove_dir_all(c.data_dir(2)).unwrap();
     let r = api(&c, 0, reqwest::Method::DELETE, "/cluster/members/3", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let fresh = c.add_joiner(3, 0, "voter", FAST_RAFT);
+    c.wait_membership(0, &[1, 2], &[], WAIT).await;
+    // It joins through node 2, which does not answer for now: the replacement has no
+    // registry yet, from its join target or from Raft.
+    let fresh = c.add_joiner(3, 1, "voter", FAST_RAFT);
     let (port, peer_port) = (c.nodes[2].port, c.nodes[2].peer_port);
     let config = &c.nodes[fresh].config;
     let text = std::fs::read_to_string(config)
@@ -309,24 +312,35 @@ async fn a_removed_member_still_running_cannot_stop_a_replacement() {
         );
     std::fs::write(config, text).unwrap();
     (c.nodes[fresh].port, c.nodes[fresh].peer_port) = (port, peer_port);
-    c.spawn(fresh);
-    c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+    c.pause(1);
     c.resume(four);
-    // The removed node asks the replacement for its vote, naming the old incarnation.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !["names node 3 as incarnation", "data was lost"]
-        .iter()
-        .any(|m| c.log(fresh).contains(m))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 4 never asked node 3: {:?}",
-            c.health(four).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    c.spawn(fresh);
+    // The removed node asks the replacement for its vote, naming the old incarnation:
+    // before the replacement has the registry, then after.
+    for (when, heard) in [
+        ("before", "not yet had the cluster's registry"),
+        ("after", "does not support the sender's view"),
+    ] {
+        if when == "after" {
+            c.resume(1);
+            c.wait_membership(0, &[1, 2, 3], &[], WAIT).await;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !c.log(fresh).contains(heard) {
+            assert!(
+                !c.log(fresh).contains("data was lost"),
+                "the replacement took a stale claim {when} it had the registry"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node 4 never asked node 3 {when} it had the registry: {:?}",
+                c.health(four).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.assert_running([fresh], "a stale vote request stopped the replacement")
+            .await;
     }
-    c.assert_running([fresh], "a stale vote request stopped the replacement")
-        .await;
     // It is a full member: with node 1 down, nodes 2 and 3 still commit writes.
     c.kill(0);
     let r = c.create(1, json!({"cookie": "after", "user_id": 1})).await;

@@ -159,6 +159,19 @@ pub enum Refused {
         named: String,
         own: String,
     },
+    /// The request is for another incarnation of this node, while this node, new and
+    /// joining, has not yet had the cluster's registry from its join target: it cannot yet
+    /// tell a node whose data was lost from a sender whose view is stale.
+    #[error(
+        "the sender names node {me} as incarnation {named}, but this node is {own} and has \
+         not yet had the cluster's registry from its join target: refused, and this node \
+         carries on"
+    )]
+    Unverified {
+        me: NodeId,
+        named: String,
+        own: String,
+    },
     /// This node has no Raft state and the sender did not name its incarnation.
     #[error(
         "node {me} has no data yet and acts only for a sender that names its incarnation ({own})"
@@ -188,6 +201,9 @@ pub struct Identity {
     /// The log index of `registry`, as written to `sm.redb`; changed under its write lock.
     registry_at: AtomicU64,
     observed: Mutex<BTreeMap<NodeId, u64>>,
+    /// New and joining: no claim that this data was lost is believed until the registry
+    /// comes, from the join target ([`Identity::vouch`]) or from Raft.
+    awaiting_registry: AtomicBool,
     lost: OnceLock<String>,
     lost_notify: Notify,
 }
@@ -201,6 +217,7 @@ impl Identity {
             registry: RwLock::default(),
             registry_at: AtomicU64::new(0),
             observed: Mutex::default(),
+            awaiting_registry: AtomicBool::new(false),
             lost: OnceLock::new(),
             lost_notify: Notify::new(),
         }
@@ -243,7 +260,37 @@ impl Identity {
         if at >= self.registry_at.load(Ordering::SeqCst) {
             self.registry_at.store(at, Ordering::SeqCst);
             *held = registry;
+            if at > 0 {
+                self.awaiting_registry.store(false, Ordering::SeqCst);
+            }
         }
+    }
+
+    /// This node is new (no Raft state) and joins through a member: until that member's
+    /// registry comes ([`Identity::vouch`]), or the cluster's own through Raft, a request
+    /// for another incarnation of this node is refused ([`Refused::Unverified`]) and stops
+    /// nothing. A member removed while it was cut off still names the old incarnation of
+    /// its id's replacement; with no registry to check it against, the replacement took it
+    /// for the cluster's word and stopped as lost, for as long as its catch-up lasted
+    /// (found in review).
+    pub fn await_registry(&self) {
+        if self.is_pristine() && self.registry_at.load(Ordering::SeqCst) == 0 {
+            self.awaiting_registry.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn awaits_registry(&self) -> bool {
+        self.awaiting_registry.load(Ordering::SeqCst)
+    }
+
+    /// The cluster's registry as the join target holds it, for a node that has applied none
+    /// yet: it decides who may say this data was lost until Raft brings the registry.
+    pub fn vouch(&self, registry: Registry) {
+        let mut held = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if self.registry_at.load(Ordering::SeqCst) == 0 {
+            *held = registry;
+        }
+        self.awaiting_registry.store(false, Ordering::SeqCst);
     }
 
     /// Remember an incarnation of `id` from a trusted source (see the module docs).
@@ -328,6 +375,13 @@ impl Identity {
         }
         match claims.target_incarnation {
             Some(t) if t != self.own => {
+                if self.awaits_registry() {
+                    return Err(Refused::Unverified {
+                        me: self.me,
+                        named: hex(t),
+                        own: hex(self.own),
+                    });
+                }
                 let registered_sender = claims
                     .sender
                     .is_some_and(|s| registry.members.contains_key(&s));
@@ -460,6 +514,55 @@ mod tests {
             id.admit(&claims(Some(0xaa))),
             Err(Refused::Superseded { .. })
         ));
+    }
+
+    /// A new node joining believes no claim that its data was lost before it has the
+    /// cluster's registry; with the join target's, a removed member is stale and a
+    /// registered one is believed.
+    #[tokio::test]
+    async fn a_joining_node_believes_no_loss_before_it_has_the_registry() {
+        let id = Identity::new(3, 0xbb, true);
+        id.await_registry();
+        let mut stale = claims(Some(0xaa));
+        stale.sender = Some(4);
+        stale.sender_incarnation = Some(0x44);
+        assert!(matches!(
+            id.admit(&stale),
+            Err(Refused::Unverified { me: 3, .. })
+        ));
+        assert!(matches!(
+            id.admit(&claims(Some(0xaa))),
+            Err(Refused::Unverified { .. })
+        ));
+        let gone = tokio::time::timeout(std::time::Duration::from_millis(50), id.lost()).await;
+        assert!(gone.is_err(), "marked lost before the registry came");
+        // Requests meant for this incarnation are served meanwhile.
+        assert_eq!(id.admit(&claims(Some(0xbb))), Ok(()));
+        id.vouch(Registry {
+            cluster: Some(7),
+            members: BTreeMap::from([(1, 0x11), (2, 0x22)]),
+        });
+        assert!(!id.awaits_registry());
+        assert!(matches!(id.admit(&stale), Err(Refused::Stale { .. })));
+        assert!(matches!(
+            id.admit(&claims(Some(0xaa))),
+            Err(Refused::Superseded { .. })
+        ));
+        // One applied through Raft is not replaced by a join target's.
+        let id = Identity::new(3, 0xbb, true);
+        id.await_registry();
+        let applied = Registry {
+            cluster: Some(7),
+            members: BTreeMap::from([(1, 0x11), (3, 0xbb)]),
+        };
+        id.set_registry(5, applied.clone());
+        assert!(!id.awaits_registry());
+        id.vouch(Registry::default());
+        assert_eq!(id.registry(), applied);
+        // Nor does a node with Raft state wait for one.
+        let id = Identity::new(3, 0xbb, false);
+        id.await_registry();
+        assert!(!id.awaits_registry());
     }
 
     #[test]

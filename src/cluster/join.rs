@@ -8,17 +8,25 @@
 //! may be stale (it may have been removed while it was down, or have left before
 //! stopping, as an elastic Kubernetes pod does). For a member with the same addresses the
 //! leader answers at once and changes nothing.
+//!
+//! A node with no data first asks the target for the cluster's registry of identities
+//! (`GET /cluster` on its peer listener): until it has one, it believes no claim that its
+//! data was lost (`cookie_raft::identity::Identity::await_registry`).
 
 use std::time::Duration;
 
+use cookie_raft::identity::{parse_hex, Registry};
 use cookie_raft::CookieNode;
 
 use super::membership::{Change, ChangeError, CATCH_UP};
+use super::proto::CLUSTER_PATH;
 use super::Cluster;
 use crate::config::{Config, JoinAs};
 
 /// Pause between two requests that did not add this node.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the join target may take to show its registry.
+const ASK_REGISTRY: Duration = Duration::from_secs(2);
 
 pub async fn run(cluster: Cluster, cfg: Config) {
     let Some(target) = cfg.join.clone() else {
@@ -31,7 +39,19 @@ pub async fn run(cluster: Cluster, cfg: Config) {
         voter,
     };
     let mut round = 0u64;
+    let mut joined = false;
     loop {
+        if cluster.identity.awaits_registry() {
+            ask_registry(&cluster, &target, round).await;
+        }
+        if joined {
+            if !cluster.identity.awaits_registry() {
+                return;
+            }
+            round += 1;
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
         match cluster
             .peers
             .forward_change(&target, &change, CATCH_UP + Duration::from_secs(10))
@@ -39,7 +59,8 @@ pub async fn run(cluster: Cluster, cfg: Config) {
         {
             Ok(m) => {
                 tracing::info!(voters = ?m.voters, learners = ?m.learners, "joined the cluster through {target}");
-                return;
+                joined = true;
+                continue;
             }
             // An operator must act (the id is taken by another node, or the request is
             // wrong): say so now and then, and keep asking.
@@ -56,5 +77,81 @@ pub async fn run(cluster: Cluster, cfg: Config) {
         }
         round += 1;
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Ask the join target for the cluster's registry, and hold it until Raft brings one. A
+/// target that has none yet (no cluster id) is asked again next round.
+async fn ask_registry(cluster: &Cluster, target: &str, round: u64) {
+    match cluster
+        .peers
+        .get_json(target, CLUSTER_PATH, ASK_REGISTRY)
+        .await
+    {
+        Ok(v) => match registry_of(&v) {
+            Some(registry) => {
+                tracing::info!(
+                    members = registry.members.len(),
+                    "the cluster's registry, from {target}"
+                );
+                cluster.identity.vouch(registry);
+            }
+            None if round.is_multiple_of(10) => {
+                tracing::info!("{target} has no cluster registry yet; asking again")
+            }
+            None => {}
+        },
+        Err(e) if round.is_multiple_of(10) => {
+            tracing::info!("asking {target} for the cluster's registry: {e}; asking again")
+        }
+        Err(_) => {}
+    }
+}
+
+/// The registry a member's `/cluster` shows: its cluster id and the incarnation of each
+/// member it has registered. None without a cluster id.
+fn registry_of(v: &serde_json::Value) -> Option<Registry> {
+    let cluster = v["cluster_id"].as_str().and_then(parse_hex)?;
+    let members = v["members"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| {
+            let id = m["id"].as_u64()?;
+            Some((id, m["incarnation"].as_str().and_then(parse_hex)?))
+        })
+        .collect();
+    Some(Registry {
+        cluster: Some(cluster),
+        members,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_registry_is_read_from_a_members_cluster_view() {
+        let v = json!({
+            "cluster_id": "0000000000000007",
+            "members": [
+                {"id": 1, "incarnation": "0000000000000011"},
+                {"id": 2, "incarnation": null},
+                {"id": 4, "incarnation": "00000000000000ff"},
+            ],
+        });
+        let r = registry_of(&v).unwrap();
+        assert_eq!(r.cluster, Some(7));
+        assert_eq!(
+            r.members.into_iter().collect::<Vec<_>>(),
+            [(1, 0x11), (4, 0xff)]
+        );
+        // A member of no cluster yet shows no registry.
+        assert_eq!(
+            registry_of(&json!({"cluster_id": null, "members": []})),
+            None
+        );
+        assert_eq!(registry_of(&json!({"cluster_id": "zz"})), None);
     }
 }

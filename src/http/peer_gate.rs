@@ -26,6 +26,8 @@ use crate::cluster::proto::RAFT_TARGET_HEADER;
 
 /// When a request from a sender with a stale view was last logged.
 static STALE_LOGGED: Throttle = Throttle(AtomicU64::new(0));
+/// When a request this node could not check yet was last logged.
+static UNVERIFIED_LOGGED: Throttle = Throttle(AtomicU64::new(0));
 
 /// At most one log line per period, for a refusal that repeats at every election.
 struct Throttle(AtomicU64);
@@ -158,6 +160,10 @@ fn admit_with_claims<T: DeserializeOwned>(
     if let Err(refused) = state.cluster.identity.admit(&claims) {
         if matches!(refused, Refused::Superseded { .. }) {
             tracing::error!("{refused}");
+        } else if matches!(refused, Refused::Unverified { .. }) {
+            if UNVERIFIED_LOGGED.first_in(Duration::from_secs(30)) {
+                tracing::warn!(sender = ?claims.sender, "{refused}");
+            }
         } else if matches!(refused, Refused::Stale { .. }) {
             // A former member still running asks again at every election: say so, but not
             // every second.
