@@ -432,12 +432,17 @@ async fn a_membership_change_that_times_out_is_finished_once_a_quorum_answers() 
         None,
     )
     .await;
-    c.resume(paused);
-    assert_eq!(r.status, 504, "{}", r.text);
     let mut left: Vec<u64> = [leader, paused].iter().map(|&i| c.nodes[i].id).collect();
     left.sort();
+    // Meanwhile `/cluster` shows the joint configuration the change waits in.
+    let info = c.cluster_info(leader).await;
+    c.resume(paused);
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert_eq!(info["joint"], json!([[1, 2, 3], left]), "{info}");
     for i in [leader, paused] {
         c.wait_membership(i, &left, &[], WAIT).await;
+        let info = c.cluster_info(i).await;
+        assert_eq!(info["joint"], serde_json::Value::Null, "{info}");
     }
     // And it takes writes with the two.
     let r = c

@@ -149,6 +149,9 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "members": members,
         "voters": voters,
         "learners": learners,
+        // Mid-change (joint consensus): the old and the new voters, a majority of each
+        // needed to commit; null otherwise, when `voters` is the one configuration.
+        "joint": joint_configs(membership),
         "last_log_index": m.last_log_index,
         "committed": committed,
         "last_applied": m.last_applied.map(|l| l.index),
@@ -162,4 +165,14 @@ pub async fn cluster(State(state): State<Shared>) -> Response {
         "leader_changes": state.monitor.leader_changes(),
     }))
     .into_response()
+}
+
+/// The configurations of a joint membership (old voters, then new), or null for one.
+fn joint_configs(
+    membership: &openraft::Membership<u64, cookie_raft::CookieNode>,
+) -> serde_json::Value {
+    match membership.get_joint_config().as_slice() {
+        [_] | [] => serde_json::Value::Null,
+        configs => json!(configs),
+    }
 }
