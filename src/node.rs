@@ -1,6 +1,6 @@
 //! One node's life: open the stores, start Raft and every background task, serve HTTP (the
 //! client listener and the peer listener),
-//! found the cluster if this node is the one to, and on SIGTERM/SIGINT stop in order: a
+//! found the cluster if this node is the one to, and on SIGTERM/SIGINT/SIGHUP stop in order: a
 //! leader hands leadership over (`cluster::handover`), then the HTTP servers stop
 //! (in-flight requests finish), then the background tasks, then Raft.
 //!
@@ -501,19 +501,30 @@ async fn bind(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Endp
     })
 }
 
+/// SIGTERM, SIGINT or SIGHUP: each stops the node in order (a leader hands over first).
+/// SIGHUP's default action killed the node outright when the terminal that started it
+/// closed; there is nothing to reload on it.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-        }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    let watch = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .map_err(|e| tracing::warn!("cannot watch {name} ({e}); stopping without it"))
+            .ok()
+    };
+    let mut term = watch(SignalKind::terminate(), "SIGTERM");
+    let mut hup = watch(SignalKind::hangup(), "SIGHUP");
+    let name = tokio::select! {
+        Some(_) = recv(&mut term) => "SIGTERM",
+        Some(_) = recv(&mut hup) => "SIGHUP",
+        Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(signal = name, "signal received, stopping");
+}
+
+/// The next delivery of a signal being watched; never, for one that is not.
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
-    tracing::info!("signal received, stopping");
 }

@@ -187,7 +187,8 @@ fn join_flags_are_refused_where_they_mean_nothing() {
 
 /// SIGTERM stops a node cleanly: every background task ends (none has to be aborted),
 /// Raft shuts down, and the process exits 0, on a leader and on followers that have just
-/// forwarded writes.
+/// forwarded writes. So does SIGHUP (the terminal that started it closed), which killed
+/// the node outright before, skipping the leader's handover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_background_task_and_exits_zero() {
     let mut c = Cluster::start(3, &format!("log_format = \"json\"\n{FAST_RAFT}")).await;
@@ -200,8 +201,13 @@ async fn sigterm_stops_every_background_task_and_exits_zero() {
     }
     // Followers first, the leader last, so each stop happens in a working cluster.
     let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
-    for i in order {
-        let status = c.stop_status(i);
+    for (n, i) in order.into_iter().enumerate() {
+        let status = if n == 0 {
+            c.signal(i, "HUP");
+            c.wait_exit(i, Duration::from_secs(10)).await
+        } else {
+            c.stop_status(i)
+        };
         let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
         assert!(
             status.is_some_and(|s| s.success()),
