@@ -504,7 +504,11 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     };
     // Colour only for a person at a terminal: in a file or a log collector the escape codes
     // are noise in every line. (The logs go to standard output, fmt's default.)
+    // A log line that cannot be written (the reader of standard output went away) is
+    // dropped: tracing's report of it went to the same broken pipe and panicked the task
+    // that logged, the signal handler among them, so SIGTERM was ignored (found in review).
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match format {

@@ -325,6 +325,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
 
     let client_listener = bind(&cfg.listen, tls.client_listener.clone()).await?;
     let peer_listener = bind(cfg.peer_listen(), tls.peer_listener.clone()).await?;
+    let signals = Signals::watch();
     tracing::info!(
         node = %cfg.name(),
         id = cfg.node_id,
@@ -409,7 +410,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         let core_ended = failstop::core_ended(raft.clone());
         AbortOnDropHandle::new(tokio::spawn(async move {
             tokio::select! {
-                () = shutdown_signal() => {
+                () = signals.received() => {
                     // A leader hands over while its listeners still serve (handover.rs).
                     cluster.step_down(handover_bound).await;
                 }
@@ -503,22 +504,38 @@ async fn bind(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Endp
 
 /// SIGTERM, SIGINT or SIGHUP: each stops the node in order (a leader hands over first).
 /// SIGHUP's default action killed the node outright when the terminal that started it
-/// closed; there is nothing to reload on it.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let watch = |kind: SignalKind, name: &str| {
-        signal(kind)
-            .map_err(|e| tracing::warn!("cannot watch {name} ({e}); stopping without it"))
-            .ok()
-    };
-    let mut term = watch(SignalKind::terminate(), "SIGTERM");
-    let mut hup = watch(SignalKind::hangup(), "SIGHUP");
-    let name = tokio::select! {
-        Some(_) = recv(&mut term) => "SIGTERM",
-        Some(_) = recv(&mut hup) => "SIGHUP",
-        Ok(()) = tokio::signal::ctrl_c() => "SIGINT",
-    };
-    tracing::info!(signal = name, "signal received, stopping");
+/// closed; there is nothing to reload on it. Watched from [`Signals::watch`] on, before
+/// the node says it serves: a signal that came before the watch began killed it outright.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn watch() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|e| tracing::warn!("cannot watch {name} ({e}); stopping without it"))
+                .ok()
+        };
+        Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            hup: watch(SignalKind::hangup(), "SIGHUP"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Until one of them comes.
+    async fn received(mut self) {
+        let name = tokio::select! {
+            Some(_) = recv(&mut self.term) => "SIGTERM",
+            Some(_) = recv(&mut self.hup) => "SIGHUP",
+            Some(_) = recv(&mut self.int) => "SIGINT",
+        };
+        tracing::info!(signal = name, "signal received, stopping");
+    }
 }
 
 /// The next delivery of a signal being watched; never, for one that is not.

@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::BufRead;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, BIN, FAST_RAFT};
+use common::{free_port, Cluster, BIN, FAST_RAFT};
 use serde_json::json;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -255,5 +256,55 @@ fn an_unopenable_log_is_named_and_logs_to_a_file_have_no_colour() {
     assert!(
         !logs.contains('\u{1b}') && !err.contains('\u{1b}'),
         "colour codes in logs: {logs:?}"
+    );
+}
+
+/// A node whose log reader went away (a log shipper that crashed, a closed pipe) still stops
+/// on SIGTERM. tracing reported its own failed write to the same broken pipe, and that
+/// report panicked the task that logged, the signal handler first: the node ignored SIGTERM
+/// (found in review).
+#[test]
+fn a_node_whose_log_reader_went_away_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .env("COOKIE_CRUD_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "COOKIE_CRUD_PEER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("COOKIE_CRUD_DATA_DIR", dir.path().join("data"))
+        .env("COOKIE_CRUD_LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it serves (its signal handler is in place), the reader goes away.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("serving"))),
+        "the node never said it serves"
+    );
+    drop(lines);
+    drop(child.stderr.take());
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(kill.is_ok_and(|s| s.success()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM did not stop the node cleanly: {status:?}"
     );
 }
