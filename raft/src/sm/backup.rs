@@ -49,7 +49,7 @@ use super::tables::{
     KEYS_BY_EXPIRY, KEY_APPLIED, KEY_MEMBERSHIP, KEY_REGISTRY,
 };
 use crate::codec;
-use crate::command::KeyRecord;
+use crate::command::{valid_idempotency_key, KeyRecord, MAX_ID_BYTES};
 use crate::identity::{hex, Registry};
 use crate::record::Record;
 use crate::types::{CookieNode, NodeId};
@@ -319,14 +319,29 @@ fn walk_body(
         hash: Sha256::new(),
         progress,
     };
+    let mut last = Ascending::default();
     for _ in 0..count(&mut body, header.records, "records")? {
         let (id, value): (String, serde_bytes::ByteBuf) = take(&mut body, "a record")?;
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(BackupError::Corrupt(format!(
+                "a record id of {} bytes (1 to {MAX_ID_BYTES})",
+                id.len()
+            )));
+        }
+        last.next(&id, "record")?;
         let value = value.into_vec();
         check_record(&id, &value, header.index).map_err(BackupError::Corrupt)?;
         each(Row::Record(id, value)).map_err(|e| BackupError::Io(io::Error::other(e)))?;
     }
+    let mut last = Ascending::default();
     for _ in 0..count(&mut body, header.idempotency_keys, "idempotency keys")? {
         let (key, value): (String, serde_bytes::ByteBuf) = take(&mut body, "an idempotency key")?;
+        if !valid_idempotency_key(key.as_bytes()) {
+            return Err(BackupError::Corrupt(format!(
+                "idempotency key {key:?} is not one a client could have sent"
+            )));
+        }
+        last.next(&key, "idempotency key")?;
         let value = value.into_vec();
         let rec: KeyRecord = codec::decode(&value)
             .map_err(|e| BackupError::Corrupt(format!("idempotency key {key:?}: {e}")))?;
@@ -354,6 +369,29 @@ fn walk_body(
         ));
     }
     Ok(registry)
+}
+
+/// Rows come in strictly ascending order of their ids, as a backup writes them (the order
+/// of the table it walks). A file with an id twice was restored as it came: the table kept
+/// the last row, the list index one entry for each, and the restored node listed the
+/// record twice, then failed every list once it was deleted, while nodes that joined it
+/// built their index again from a snapshot and listed it once (found in review).
+#[derive(Default)]
+struct Ascending(Option<String>);
+
+impl Ascending {
+    fn next(&mut self, id: &str, what: &str) -> Result<(), BackupError> {
+        if let Some(last) = &self.0 {
+            if id <= last.as_str() {
+                return Err(BackupError::Corrupt(format!(
+                    "{what} {id:?} comes after {last:?}: rows must be in ascending order, \
+                     each once"
+                )));
+            }
+        }
+        self.0 = Some(id.to_owned());
+        Ok(())
+    }
 }
 
 /// A record as `apply` stores it: a record header, then a JSON object whose `cookie` is the
