@@ -1193,6 +1193,14 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());
         }
+        let most = cookie_raft::command::MAX_RECORD_BYTES;
+        if self.max_body_bytes > most {
+            return Err(format!(
+                "max_body_bytes is {}, over the largest record ({most} bytes, 16 MiB): a \
+                 body that large could never be stored",
+                self.max_body_bytes
+            ));
+        }
         Ok(())
     }
 

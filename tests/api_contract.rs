@@ -473,6 +473,29 @@ async fn methods_limits_and_odd_input() {
     assert_eq!(c.get(0, "kept", "linearizable").await.status, 200);
     assert_eq!(c.delete(0, "kept").await.status, 200);
 
+    // A record grows by PUT (each merges its fields in), never past 16 MiB: the PUT that
+    // would take it over is 413 and changes nothing.
+    let r = c.create(0, json!({"cookie": "grows", "user_id": 1})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let field = "y".repeat(1000 << 10);
+    let mut refused = None;
+    for n in 0..20 {
+        let body = format!(r#"{{"cookie":"grows","f{n}":"{field}"}}"#);
+        let r = send(client.put(format!("{u}/cookies/grows")).body(body)).await;
+        if r.status == 413 {
+            assert_eq!(r.json, error("Payload too large"));
+            refused = Some(n);
+            break;
+        }
+        assert_eq!(r.status, 200, "PUT {n}");
+    }
+    // 16 fields of 1,000 KiB fit in 16 MiB, a 17th does not.
+    assert_eq!(refused, Some(16));
+    let r = c.get(0, "grows", "linearizable").await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["f15"].is_string() && r.json["f16"].is_null());
+    assert_eq!(c.delete(0, "grows").await.status, 200);
+
     // Bad consistency level.
     let r = send(client.get(format!("{u}/cookies?consistency=eventual"))).await;
     assert_eq!(r.status, 400);

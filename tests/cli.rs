@@ -43,6 +43,14 @@ fn a_bad_key_or_value_stops_the_node_naming_it() {
     let out = run(&[], &[("COOKIE_CRUD_PORT", "eighty")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("port"), "{}", stderr(&out));
+    // A body limit over the largest record: no such body could be stored.
+    let out = run(&[], &[("COOKIE_CRUD_MAX_BODY_BYTES", "33554432")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over the largest record"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Peer authentication is on by default: a cluster member without a secret does not start,

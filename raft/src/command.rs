@@ -106,6 +106,9 @@ pub enum CmdResult {
     Registered,
     /// An expiry was applied: the number of idempotency keys it forgot.
     Expired(u64),
+    /// The record would be over [`MAX_RECORD_BYTES`]: nothing was applied. (Last, so that
+    /// the variants before it keep their encoding.)
+    TooLarge,
 }
 
 /// A request body the contract refuses; `to_string()` is the message the client gets.
@@ -138,6 +141,14 @@ pub enum Invalid {
 /// The longest record id, in bytes of UTF-8 (api.md section 10). Longer ids would make paths
 /// that HTTP servers refuse (414): a record nobody could read, update or delete.
 pub const MAX_ID_BYTES: usize = 1024;
+
+/// The largest record, in bytes of its JSON. A `PUT` merges its fields into the record, so
+/// without a bound a record grew past any body limit, a few MiB at a time: past the 64 MiB
+/// a snapshot row may hold (no node could install a snapshot, or join, again), and its
+/// answers, one copy each, filled a forwarded batch's answer and the idempotency table
+/// (found in review). Fixed here, not in the config: every replica must refuse the same
+/// writes. `max_body_bytes` is at most this.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// `Idempotency-Key: <1-128 visible ASCII characters>` (api.md section 11).
 pub fn valid_idempotency_key(key: &[u8]) -> bool {
@@ -358,6 +369,9 @@ impl Command {
                 if tables.exists(&id)? {
                     return Ok(CmdResult::AlreadyExists);
                 }
+                if object.len() > MAX_RECORD_BYTES {
+                    return Ok(CmdResult::TooLarge);
+                }
                 let rec = Record::new(version, object.into_bytes());
                 tables.put(&id, &rec)?;
                 CmdResult::Stored {
@@ -386,6 +400,9 @@ impl Command {
                     Ok(m) => m,
                     Err(e) => return Ok(CmdResult::Invalid(e)),
                 };
+                if merged.len() > MAX_RECORD_BYTES {
+                    return Ok(CmdResult::TooLarge);
+                }
                 let target = rename_to.unwrap_or_else(|| id.clone());
                 if target != id && tables.exists(&target)? {
                     return Ok(CmdResult::AlreadyExists);
@@ -829,6 +846,46 @@ mod tests {
         let keyed = Command::keyed("k".into(), [0; 32], (0, 1), expire(1, 1));
         assert!(keyed.check_client_write().is_err());
         assert!(expire(1, 1).keys().is_empty());
+    }
+
+    /// A record is never stored over [`MAX_RECORD_BYTES`]: a `PUT` that would grow it past
+    /// that is refused and changes nothing, as is a create that large.
+    #[test]
+    fn a_write_that_would_make_a_record_too_large_changes_nothing() {
+        let mut t = Mem::default();
+        let body = |id: &str, field: &str, n: usize| {
+            format!(
+                r#"{{"cookie":"{id}","user_id":1,"{field}":"{}"}}"#,
+                "x".repeat(n)
+            )
+        };
+        let half = MAX_RECORD_BYTES / 2;
+        let create = Command::create(body("big", "a", half).as_bytes(), 1).unwrap();
+        assert!(matches!(
+            create.apply(&mut t, 1).unwrap(),
+            CmdResult::Stored { .. }
+        ));
+        let update = |field: &str, n: usize| {
+            Command::update("big".into(), body("big", field, n).as_bytes(), 2, None).unwrap()
+        };
+        // Another field of half the limit takes it over: refused.
+        let before = t.get("big").unwrap().unwrap();
+        assert_eq!(
+            update("b", half).apply(&mut t, 2).unwrap(),
+            CmdResult::TooLarge
+        );
+        assert_eq!(t.get("big").unwrap().unwrap(), before);
+        // Replacing the field keeps it at its size: fine.
+        assert!(matches!(
+            update("a", half - 10).apply(&mut t, 3).unwrap(),
+            CmdResult::Stored { version: 3, .. }
+        ));
+        let huge = Command::Create {
+            id: "huge".into(),
+            object: body("huge", "a", MAX_RECORD_BYTES),
+        };
+        assert_eq!(huge.apply(&mut t, 4).unwrap(), CmdResult::TooLarge);
+        assert!(t.get("huge").unwrap().is_none());
     }
 
     /// Writes on condition of a version before an entry, in one entry: at most one of them

@@ -218,6 +218,7 @@ pub async fn create(
             Ok(stored_reply(StatusCode::CREATED, object, version))
         }
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
+        CmdResult::TooLarge => Err(ApiError::PayloadTooLarge),
         other => Err(unexpected(other)),
     })
     .await
@@ -250,6 +251,7 @@ pub async fn update(
         CmdResult::Stored { object, version } => Ok(stored_reply(StatusCode::OK, object, version)),
         CmdResult::NotFound => Err(ApiError::NotFound),
         CmdResult::AlreadyExists => Err(ApiError::Conflict),
+        CmdResult::TooLarge => Err(ApiError::PayloadTooLarge),
         CmdResult::PreconditionFailed => Err(ApiError::PreconditionFailed),
         CmdResult::Invalid(msg) => Err(ApiError::BadRequest(msg)),
         other => Err(unexpected(other)),
