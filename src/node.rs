@@ -394,6 +394,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         install_quiet,
         snapshot_inbox: SnapshotInbox::new(raft.clone(), cfg_max_snapshot, snapshot_files),
         full_lists: Arc::new(tokio::sync::Semaphore::new(cfg_full_lists.max(1))),
+        backups: Arc::new(tokio::sync::Semaphore::new(http::backup::CONCURRENT)),
         append_lane: Default::default(),
         body_room,
         page_room,

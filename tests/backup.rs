@@ -318,3 +318,69 @@ async fn a_cluster_that_lost_its_quorum_for_good_comes_back_from_one_nodes_data(
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(ids.len(), acked.len(), "no record that was never written");
 }
+
+/// Backups are written two at a time: a third is answered 503 at once, and a client that
+/// went away gives its place back. With no bound, a few hundred requests that read nothing
+/// each held a thread, a read transaction and their chunks: writes stalled for the read
+/// timeout and the node grew by a gigabyte (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_written_two_at_a_time_and_a_client_that_left_gives_its_place_back() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(1, FAST_RAFT).await;
+    let pad = "z".repeat(1000 << 10);
+    for i in 0..40 {
+        let r = c
+            .create(
+                0,
+                json!({"cookie": format!("b{i}"), "user_id": 1, "pad": pad}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // Two clients ask and read nothing: 40 MB is more than the sockets and chunks hold.
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /admin/backup?consistency=local HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    let url = format!("{}/admin/backup?consistency=local", c.url(0));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = c.client.get(&url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        if status == 503 {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                v,
+                json!({"error": "Too many concurrent requests: backups being written; retry later"})
+            );
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a third backup was never refused while two were being written"
+        );
+    }
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = c.client.get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            let len = r.content_length();
+            assert_eq!(Some(r.bytes().await.unwrap().len() as u64), len);
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clients that left kept their places"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -31,6 +31,13 @@ use crate::clock::unix_now_ms;
 const CHUNK: usize = 256 << 10;
 const CHUNKS_BUFFERED: usize = 4;
 
+/// Backups written at once; one more is answered 503 at once. Each holds a thread of the
+/// blocking pool, a read transaction and its chunks until it is written: with no bound, a
+/// few hundred requests that read nothing stalled every write for the read timeout and
+/// grew the node by a gigabyte (found in review). A backup is an operator's act: two let
+/// one be retried while another runs.
+pub const CONCURRENT: usize = 2;
+
 fn header_value(v: impl ToString) -> HeaderValue {
     HeaderValue::from_str(&v.to_string()).unwrap_or_else(|_| HeaderValue::from_static("?"))
 }
@@ -46,6 +53,11 @@ pub async fn backup(
     State(state): State<Shared>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let permit = state
+        .backups
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy("backups being written"))?;
     if consistency(query.as_deref())? == Consistency::Linearizable {
         state.reads.barrier(state.cfg.read_timeout()).await?;
     }
@@ -58,6 +70,8 @@ pub async fn backup(
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     tokio::task::spawn_blocking(move || {
+        // Until the backup is written, or its client went away (a send fails).
+        let _permit = permit;
         let mut header_tx = Some(header_tx);
         let mut sink = ChannelWriter::new(tx.clone(), CHUNK);
         let result = reader.backup(
@@ -110,7 +124,12 @@ pub async fn backup(
     let length = header
         .file_len()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    // A client that takes nothing (HTTP/2 with no window, where no socket write waits) is
+    // let go after the body timeout, and with it the backup's thread and permit.
+    let body = super::answer_stall::watch(
+        Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))),
+        state.cfg.http_body_timeout(),
+    );
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(

@@ -42,6 +42,9 @@ pub struct AppState {
     /// Permits for unpaged `GET /cookies` (`http.max_concurrent_full_lists`), shared so
     /// that a streamed reply's body can own its permit until it is sent.
     pub full_lists: Arc<tokio::sync::Semaphore>,
+    /// Permits for `GET /admin/backup` ([`super::backup::CONCURRENT`]), each held until
+    /// its backup is written or given up.
+    pub backups: Arc<tokio::sync::Semaphore>,
     /// Inbound appends: held when one overtook the one sent before it, and counted.
     pub append_lane: AppendLane,
     /// The bytes of request bodies held while they are read ([`super::params::BodyRoom`]).
