@@ -1787,7 +1787,10 @@ mod tests {
         // A syntax error inside a multi-line secret is on a line that does not name it.
         let text = "cluster_secret = \"\"\"\nhunter2 \\q\n\"\"\"\n";
         let err = Config::parse(text).unwrap_err();
-        assert!(!err.0.contains("hunter2") && err.0.contains("line 2"), "{err}");
+        assert!(
+            !err.0.contains("hunter2") && err.0.contains("line 2"),
+            "{err}"
+        );
         let text = "cluster_secret = \"\"\"\nhunter2\n\"\"\"\nlisten = [\n";
         let err = Config::parse(text).unwrap_err();
         assert!(

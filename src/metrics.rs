@@ -29,6 +29,10 @@ pub struct FinishedRequest<'a> {
     pub route: &'a str,
     pub status: axum::http::StatusCode,
     pub seconds: f64,
+    /// Came to the peer listener: counted apart (`peer_http_*`), so that node-to-node
+    /// traffic (an idle follower's ~4.5 requests a second) does not dilute the client
+    /// API's error ratios, nor a peer's `/cache` its latency (found in review).
+    pub peer: bool,
 }
 
 /// Every metric of one node.
@@ -36,6 +40,8 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    peer_http_requests: IntCounterVec,
+    peer_http_duration: HistogramVec,
     pub db_operations: IntCounterVec,
     pub forwarded: IntCounterVec,
     pub forward_errors: IntCounterVec,
@@ -203,21 +209,32 @@ impl Metrics {
         for reason in SNAPSHOT_INSTALL_FAILURES {
             snapshot_install_failures.with_label_values(&[reason]);
         }
+        let http_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let http_duration = histogram_vec(
             &r,
             HistogramOpts::new(
                 "http_request_duration_seconds",
-                "HTTP request latency by route template",
+                "Client API request latency by route template",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
+            .buckets(http_buckets.clone()),
+            &["method", "endpoint"],
+        );
+        let peer_http_duration = histogram_vec(
+            &r,
+            HistogramOpts::new(
+                "peer_http_request_duration_seconds",
+                "Peer listener request latency by route template",
+            )
+            .buckets(http_buckets),
             &["method", "endpoint"],
         );
         Arc::new(Metrics {
-            http_requests: counter_vec(&r, "http_requests_total", "HTTP requests", &["method", "endpoint", "status"]),
+            http_requests: counter_vec(&r, "http_requests_total", "Client API requests (499: the client went away before the answer)", &["method", "endpoint", "status"]),
             http_duration,
+            peer_http_requests: counter_vec(&r, "peer_http_requests_total", "Peer listener requests (499: the peer went away before the answer)", &["method", "endpoint", "status"]),
+            peer_http_duration,
             db_operations: counter_vec(&r, "db_operations_total", "Store operations", &["operation"]),
             forwarded: counter_vec(&r, "forwarded_requests_total", "Requests sent to the leader", &["kind"]),
             forward_errors: counter_vec(&r, "forward_errors_total", "Failed requests to the leader", &["kind"]),
@@ -358,10 +375,15 @@ impl Metrics {
 
     /// Record one finished HTTP request.
     pub fn observe(&self, r: &FinishedRequest<'_>) {
-        self.http_requests
+        let (requests, duration) = if r.peer {
+            (&self.peer_http_requests, &self.peer_http_duration)
+        } else {
+            (&self.http_requests, &self.http_duration)
+        };
+        requests
             .with_label_values(&[r.method, r.route, r.status.as_str()])
             .inc();
-        self.http_duration
+        duration
             .with_label_values(&[r.method, r.route])
             .observe(r.seconds);
     }

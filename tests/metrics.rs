@@ -158,6 +158,18 @@ async fn metrics_names_labels_types_and_counts() {
         !r.text.contains("/cookies/m0"),
         "raw paths must not become labels"
     );
+    // Node-to-node traffic is counted apart from the client API's: the leader's appends
+    // reached this follower's peer listener.
+    assert!(
+        get(r#"peer_http_requests_total{endpoint="/raft/append",method="POST",status="200"}"#)
+            >= 1.0
+    );
+    assert!(
+        !v.keys()
+            .any(|k| k.starts_with("http_requests_total{") && k.contains("/raft/")),
+        "peer routes in the client API's metrics\n{}",
+        r.text
+    );
     assert_eq!(
         get(r#"http_request_duration_seconds_count{endpoint="/cookies",method="POST"}"#),
         3.0
@@ -476,4 +488,34 @@ async fn process_build_info_data_dir_and_snapshot_failure_series() {
         );
     }
     assert_eq!(get("raft_snapshot_installs_total"), 0.0);
+}
+
+/// A request whose client gives up before the answer is counted, as 499: it went uncounted,
+/// so clients that time out sooner than the node hid an outage from the error-ratio alerts
+/// (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_client_gave_up_on_is_counted_as_499() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(std::time::Duration::from_secs(20)).await;
+    let alone = (leader + 1) % 3;
+    for i in (0..3).filter(|&i| i != alone) {
+        c.kill(i);
+    }
+    // With no quorum a linearizable read waits for the read timeout; the client does not.
+    let url = format!("{}/cookies/x?consistency=linearizable", c.url(alone));
+    let r = c
+        .client
+        .get(&url)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(r.is_err_and(|e| e.is_timeout()));
+    let series = r#"http_requests_total{endpoint="/cookies/{cookie}",method="GET",status="499"}"#;
+    poll_metrics(
+        &c,
+        alone,
+        "the abandoned request was never counted",
+        |_, v, _| v.get(series) == Some(&1.0),
+    )
+    .await;
 }

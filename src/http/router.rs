@@ -210,7 +210,8 @@ async fn front(State(front): State<Front>, req: Request, next: Next) -> Response
     let Some(&template) = req.extensions().get::<Template>() else {
         return next.run(req).await;
     };
-    let tracked = Tracked::start(&req, template);
+    let peer = matches!(front.gate, Gate::PeerCredential);
+    let tracked = Tracked::start(&req, template, peer, &front.state);
     let checked = match front.gate {
         Gate::ClientToken => auth::check(&front.state, &req).map_err(IntoResponse::into_response),
         Gate::PeerCredential => {
@@ -221,6 +222,6 @@ async fn front(State(front): State<Front>, req: Request, next: Next) -> Response
         Ok(()) => next.run(req).await,
         Err(refused) => refused,
     };
-    tracked.finish(&front.state, &resp);
+    tracked.finish(&resp);
     resp
 }
