@@ -237,8 +237,24 @@ fn create_partial(partial: &Path) -> Result<std::fs::File, CtlError> {
 
 /// Rename a synced `partial` to `file`, and sync the directory: a success reported before
 /// the rename is durable could leave, after a power cut, only the partial file or none.
+/// Never over a file: one made at `file` while the backup was written (checked absent
+/// before) was replaced by a plain rename (found in review); it stays, and so does the
+/// backup, as `partial`.
 fn publish(partial: &Path, file: &Path) -> std::io::Result<()> {
-    std::fs::rename(partial, file)?;
+    cookie_raft::durable::rename_no_replace(partial, file).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "a file appeared there while the backup was written: it is kept, and \
+                     the backup is in {}",
+                    partial.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     cookie_raft::durable::sync_parent(file)
 }
 
@@ -257,5 +273,22 @@ mod partial_tests {
         assert!(matches!(create_partial(&partial), Err(CtlError::Usage(_))));
         let theirs = std::fs::read_to_string(dir.path().join("nightly.partial")).unwrap();
         assert_eq!(theirs, "someone else's");
+    }
+
+    /// A file made at the backup's name while it was written is kept, and so is the backup.
+    #[test]
+    fn publishing_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.backup");
+        let partial = partial_path(&file);
+        std::fs::write(&partial, "the backup").unwrap();
+        std::fs::write(&file, "theirs").unwrap();
+        let err = publish(&partial, &file).unwrap_err();
+        assert!(err.to_string().contains("it is kept"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "theirs");
+        assert_eq!(std::fs::read_to_string(&partial).unwrap(), "the backup");
+        std::fs::remove_file(&file).unwrap();
+        publish(&partial, &file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "the backup");
     }
 }

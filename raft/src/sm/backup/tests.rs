@@ -327,11 +327,11 @@ fn moving_up_never_replaces_a_file() {
     let (from, to) = (dir.path().join("new"), dir.path().join("sm.redb"));
     std::fs::write(&from, b"restored").unwrap();
     std::fs::write(&to, b"a node's").unwrap();
-    let err = rename_no_replace(&from, &to).unwrap_err();
+    let err = crate::durable::rename_no_replace(&from, &to).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
     assert_eq!(std::fs::read(&to).unwrap(), b"a node's");
     std::fs::remove_file(&to).unwrap();
-    rename_no_replace(&from, &to).unwrap();
+    crate::durable::rename_no_replace(&from, &to).unwrap();
     assert_eq!(std::fs::read(&to).unwrap(), b"restored");
 }
 
