@@ -44,7 +44,7 @@ async fn scrape(c: &Cluster, node: usize, series: &str, label: &str) -> Vec<f64>
 
 /// `POST /raft/append` requests `follower` has answered, and `leader`'s last log index.
 async fn appends_and_last_index(c: &Cluster, follower: usize, leader: usize) -> (f64, f64) {
-    let appends = scrape(c, follower, "http_requests_total{", "\"/raft/append\"").await;
+    let appends = scrape(c, follower, "peer_http_requests_total{", "\"/raft/append\"").await;
     let last = scrape(c, leader, "raft_state{", "\"last_log_index\"").await;
     let last = *last.first().expect("the leader reports its last log index");
     (appends.iter().sum(), last)
