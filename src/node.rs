@@ -505,7 +505,8 @@ async fn bind(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Endp
 
 /// SIGTERM, SIGINT or SIGHUP: each stops the node in order (a leader hands over first).
 /// SIGHUP's default action killed the node outright when the terminal that started it
-/// closed; there is nothing to reload on it. Watched from [`Signals::watch`] on, before
+/// closed; there is nothing to reload on it. Started with SIGHUP ignored (`nohup`), the
+/// node keeps ignoring it. Watched from [`Signals::watch`] on, before
 /// the node says it serves: a signal that came before the watch began killed it outright.
 struct Signals {
     term: Option<tokio::signal::unix::Signal>,
@@ -523,7 +524,12 @@ impl Signals {
         };
         Signals {
             term: watch(SignalKind::terminate(), "SIGTERM"),
-            hup: watch(SignalKind::hangup(), "SIGHUP"),
+            hup: if crate::process::hangup_ignored() {
+                tracing::info!("SIGHUP is ignored (nohup): a hangup does not stop this node");
+                None
+            } else {
+                watch(SignalKind::hangup(), "SIGHUP")
+            },
             int: watch(SignalKind::interrupt(), "SIGINT"),
         }
     }

@@ -94,6 +94,19 @@ pub fn raise_open_files() -> std::io::Result<u64> {
     }
 }
 
+/// Whether this process was started with SIGHUP ignored (`nohup`, as `make cluster-start`
+/// runs the nodes): then a hangup must go on being ignored. Installing a handler replaces
+/// the ignoring, and a node under `nohup` stopped at its terminal's hangup (found in
+/// review).
+pub fn hangup_ignored() -> bool {
+    // SAFETY: a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// The connections each of the two listeners may hold under an open-files limit of
 /// `limit`: `wanted`, or less where both listeners full would pass the limit.
 pub fn connections_within(wanted: usize, limit: u64) -> usize {

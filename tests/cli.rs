@@ -316,3 +316,50 @@ fn a_node_whose_log_reader_went_away_still_stops_on_sigterm() {
         "SIGTERM did not stop the node cleanly: {status:?}"
     );
 }
+
+/// Started under `nohup` (as `make cluster-start` starts the nodes), a node goes on
+/// ignoring SIGHUP: watching it replaced the ignoring, and a hangup stopped it (found in
+/// review).
+#[test]
+fn a_node_under_nohup_goes_on_ignoring_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("nohup")
+        .arg(BIN)
+        .env("COOKIE_CRUD_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "COOKIE_CRUD_PEER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("COOKIE_CRUD_DATA_DIR", dir.path().join("data"))
+        .env("COOKIE_CRUD_LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ignored = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        ignored |= line.contains("SIGHUP is ignored");
+        if line.contains("serving") {
+            break;
+        }
+    }
+    assert!(ignored, "the node did not see that SIGHUP is ignored");
+    // It is: the signal changes nothing, and SIGTERM still stops it cleanly.
+    for sig in ["-HUP", "-TERM"] {
+        let kill = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status();
+        assert!(kill.is_ok_and(|s| s.success()));
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("signal=\"SIGTERM\"")),
+        "{rest:?}"
+    );
+    assert!(!rest.iter().any(|l| l.contains("SIGHUP\"")), "{rest:?}");
+}
