@@ -167,6 +167,21 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     };
     if rc != 0 {
         let e = io::Error::last_os_error();
+        // Filesystems without the flag (FUSE servers without rename2, NFS) refuse the call
+        // itself: a hard link fails the same way when `to` exists, then `from` goes.
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        ) {
+            return fs::hard_link(from, to)
+                .and_then(|()| fs::remove_file(from))
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("moving {} to {}: {e}", from.display(), to.display()),
+                    )
+                });
+        }
         return Err(io::Error::new(
             e.kind(),
             format!("moving {} to {}: {e}", from.display(), to.display()),
