@@ -25,7 +25,12 @@
 //! node leads now) would hold the one slot until its timeout, seconds, while writes for the
 //! new leader wait behind it. So a request out for [`STALL_ROUNDS`] recent rounds (between
 //! [`STALL_MIN`] and [`STALL_MAX`]) gives its slot up; it still counts against
-//! `batch.forward_inflight`, which bounds the requests in flight in all.
+//! `batch.forward_inflight`, which bounds the requests in flight in all, until writes are
+//! aimed at another leader: then it gives that up too. And a request goes to the leader
+//! the newest write was aimed at, whichever leader the writes it carries were aimed at when
+//! they queued. A paused leader used to keep all of `forward_inflight` with requests that
+//! gave their slots up, and writes queued for it went on being sent to it: writes through
+//! followers waited about `write_timeout` past the election (found in review).
 //!
 //! Outcomes stay per command: [`ForwardReply::NotLeader`] is still a promise that *that*
 //! command was not proposed. A transport failure is a fact about the whole request: refused
@@ -34,7 +39,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::queue::{Queue, Verdict};
@@ -67,8 +72,9 @@ const QUEUE: usize = 16 * 1024;
 /// leader's answer (even "unknown") arrives before the follower gives up on it.
 pub const LEADER_ANSWER_SLACK: Duration = Duration::from_millis(500);
 
+/// A write waiting to be forwarded. It carries no address: it goes to the leader the
+/// newest write was aimed at (see the module docs).
 struct Job {
-    addr: String,
     write: ForwardedWrite,
     deadline: Instant,
     reply: oneshot::Sender<Result<ForwardReply, PeerError>>,
@@ -78,6 +84,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Forwarder {
     tx: mpsc::Sender<Job>,
+    /// The leader address the newest write was aimed at.
+    aim: Arc<watch::Sender<String>>,
 }
 
 /// How many requests may be in flight to the leader.
@@ -101,8 +109,12 @@ impl Forwarder {
     /// Start the task in `tasks`.
     pub fn spawn(peers: PeerClient, limits: ForwardLimits, tasks: &Tasks) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tasks.spawn("write forwarding", run(peers, rx, limits));
-        Forwarder { tx }
+        let (aim, aimed) = watch::channel(String::new());
+        tasks.spawn("write forwarding", run(peers, rx, aimed, limits));
+        Forwarder {
+            tx,
+            aim: Arc::new(aim),
+        }
     }
 
     /// Send `write` to the leader at `addr`; the answer arrives by `deadline` or the outcome
@@ -114,8 +126,14 @@ impl Forwarder {
         deadline: Instant,
     ) -> Result<ForwardReply, PeerError> {
         let (reply, rx) = oneshot::channel();
+        self.aim.send_if_modified(|aim| {
+            let changed = *aim != addr;
+            if changed {
+                *aim = addr;
+            }
+            changed
+        });
         let job = Job {
-            addr,
             write,
             deadline,
             reply,
@@ -133,22 +151,27 @@ impl Forwarder {
     }
 }
 
-async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) {
+async fn run(
+    peers: PeerClient,
+    rx: mpsc::Receiver<Job>,
+    aimed: watch::Receiver<String>,
+    limits: ForwardLimits,
+) {
     let mut queue = Queue::new(rx);
     // Never by the load (`pipeline_below` 0): only idle CPU opens the window here.
     let mut window = Window::new(limits.max_inflight, 0).pipeline_when_idle(limits.idle_above);
     let regather = Regather::new(limits.regather);
-    // Every request in flight, stalled or not, holds one of these.
+    // Every request in flight holds one of these, stalled or not, until writes are aimed
+    // at another leader. A job nobody waits for any more is not sent at all.
     let all = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
-    // One request goes to one address: jobs for another (older or newer) leader wait for
-    // the next request. A job nobody waits for any more is not sent at all.
     loop {
         let mut bytes = 0;
-        let judge = |j: &Job, taken: &[Job]| match taken.first() {
-            _ if j.reply.is_closed() || j.deadline <= Instant::now() => Verdict::Drop,
-            Some(first) if first.addr != j.addr => Verdict::Defer,
-            Some(_) if bytes + j.write.cmd.size() > MAX_REQUEST_BYTES => Verdict::Stop,
-            _ => {
+        let judge = |j: &Job, taken: &[Job]| {
+            if j.reply.is_closed() || j.deadline <= Instant::now() {
+                Verdict::Drop
+            } else if !taken.is_empty() && bytes + j.write.cmd.size() > MAX_REQUEST_BYTES {
+                Verdict::Stop
+            } else {
                 bytes += j.write.cmd.size();
                 Verdict::Take
             }
@@ -181,21 +204,28 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
         window.sample_idle();
         window.proposed(&mut slot, jobs.len(), queue.waiting());
         let (peers, regather) = (peers.clone(), regather.clone());
+        let mut aimed = aimed.clone();
+        let addr = aimed.borrow_and_update().clone();
         let stall = (regather.round() * STALL_ROUNDS)
             .min(STALL_MAX)
             .max(limits.stall_floor);
         // Bounded by the request's timeout (the latest deadline plus the slack).
         tokio::spawn(async move {
-            let addr = jobs[0].addr.clone();
             let (writes, sent) = (jobs.len(), Instant::now());
             let request = send(&peers, &addr, jobs);
             tokio::pin!(request);
-            let mut slot = Some(slot);
+            let (mut slot, mut permit) = (Some(slot), Some(permit));
             let answered = tokio::select! {
                 answered = &mut request => answered,
                 _ = tokio::time::sleep(stall) => {
                     drop(slot.take());
-                    request.await
+                    tokio::select! {
+                        answered = &mut request => answered,
+                        () = aimed_elsewhere(&mut aimed, &addr) => {
+                            drop(permit.take());
+                            request.await
+                        }
+                    }
                 }
             };
             // Only a request the leader answered says how long a round is, and whom to wait
@@ -208,6 +238,19 @@ async fn run(peers: PeerClient, rx: mpsc::Receiver<Job>, limits: ForwardLimits) 
             drop(slot);
             drop(permit);
         });
+    }
+}
+
+/// Resolves once writes are aimed at a leader other than `addr`; never, if the forwarder
+/// is gone.
+async fn aimed_elsewhere(aimed: &mut watch::Receiver<String>, addr: &str) {
+    loop {
+        if *aimed.borrow_and_update() != addr {
+            return;
+        }
+        if aimed.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -311,8 +354,12 @@ mod tests {
             PeerHttp::new(None).unwrap(),
         );
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(peers, rx, limits));
-        Forwarder { tx }
+        let (aim, aimed) = watch::channel(String::new());
+        tokio::spawn(run(peers, rx, aimed, limits));
+        Forwarder {
+            tx,
+            aim: Arc::new(aim),
+        }
     }
 
     fn write(n: usize) -> ForwardedWrite {
@@ -433,5 +480,52 @@ mod tests {
         .expect("answered");
         assert_eq!(reply, ForwardReply::Applied(CmdResult::Deleted));
         assert!(!stuck.is_finished(), "the old leader never answered");
+    }
+
+    /// Requests stuck on a leader that stopped answering keep none of `forward_inflight`
+    /// once writes are aimed at another, and a write still queued for the old leader goes
+    /// to the new one: before, both waited for the stuck requests' timeout (found in
+    /// review).
+    #[tokio::test]
+    async fn writes_aimed_at_a_new_leader_do_not_wait_for_requests_stuck_on_the_old() {
+        let (old, new) = (Leader::start().await, Leader::start().await);
+        new.answer.add_permits(1000);
+        let fwd = start(ForwardLimits {
+            max_inflight: 2,
+            idle_above: 1.0,
+            regather: Duration::from_millis(1),
+            stall_floor: STALL_MIN,
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let send = |n: usize, to: &Leader| {
+            let (fwd, addr) = (fwd.clone(), to.addr.clone());
+            tokio::spawn(async move { fwd.forward(addr, write(n), deadline).await })
+        };
+        // Two requests out to the old leader, each stalled: every permit is held.
+        let first = send(0, &old);
+        assert_eq!(old.requests(1).await, vec![1]);
+        let stuck = [first, send(1, &old)];
+        assert_eq!(old.requests(2).await, vec![1, 1]);
+        // One more write for the old leader queues; then writes are aimed at the new one.
+        let queued = send(2, &old);
+        wait_for(|| fwd.tx.max_capacity() - fwd.tx.capacity() == 1).await;
+        let fresh = send(3, &new);
+        for answer in [queued, fresh] {
+            let reply = tokio::time::timeout(Duration::from_secs(5), answer)
+                .await
+                .expect("answered long before the stuck requests' timeout")
+                .unwrap()
+                .expect("answered");
+            assert_eq!(reply, ForwardReply::Applied(CmdResult::Deleted));
+        }
+        assert_eq!(
+            old.requests(2).await,
+            vec![1, 1],
+            "nothing more went to the old leader"
+        );
+        assert!(
+            stuck.iter().all(|s| !s.is_finished()),
+            "the old leader never answered"
+        );
     }
 }
