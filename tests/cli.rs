@@ -267,6 +267,18 @@ fn an_unopenable_log_is_named_and_logs_to_a_file_have_no_colour() {
     );
 }
 
+/// `cmd` set up to run a lone node with its data under `dir`, its logs as text on a pipe.
+fn lone_node<'a>(cmd: &'a mut Command, dir: &std::path::Path) -> &'a mut Command {
+    cmd.env("COOKIE_CRUD_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "COOKIE_CRUD_PEER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("COOKIE_CRUD_DATA_DIR", dir.join("data"))
+        .env("COOKIE_CRUD_LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+}
+
 /// A node whose log reader went away (a log shipper that crashed, a closed pipe) still stops
 /// on SIGTERM. tracing reported its own failed write to the same broken pipe, and that
 /// report panicked the task that logged, the signal handler first: the node ignored SIGTERM
@@ -274,15 +286,7 @@ fn an_unopenable_log_is_named_and_logs_to_a_file_have_no_colour() {
 #[test]
 fn a_node_whose_log_reader_went_away_still_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .env("COOKIE_CRUD_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env(
-            "COOKIE_CRUD_PEER_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("COOKIE_CRUD_DATA_DIR", dir.path().join("data"))
-        .env("COOKIE_CRUD_LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
+    let mut child = lone_node(&mut Command::new(BIN), dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -323,16 +327,7 @@ fn a_node_whose_log_reader_went_away_still_stops_on_sigterm() {
 #[test]
 fn a_node_under_nohup_goes_on_ignoring_sighup() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("nohup")
-        .arg(BIN)
-        .env("COOKIE_CRUD_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env(
-            "COOKIE_CRUD_PEER_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("COOKIE_CRUD_DATA_DIR", dir.path().join("data"))
-        .env("COOKIE_CRUD_LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
+    let mut child = lone_node(Command::new("nohup").arg(BIN), dir.path())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
