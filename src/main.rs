@@ -172,6 +172,14 @@ struct CertsArgs {
     /// repeat it for each name peers and clients use.
     #[arg(long = "host", value_name = "NAME", required = true)]
     hosts: Vec<String>,
+    /// Sign with the CA of an earlier run (the directory holding its `ca.pem` and
+    /// `ca.key`) instead of making a new one: certificates for a node added later, or
+    /// renewed ones, that the cluster's members trust. `--out` gets a copy of `ca.pem`.
+    #[arg(long, value_name = "DIR")]
+    ca: Option<PathBuf>,
+    /// How many days the node certificates are valid (default: until the year 4096).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    days: Option<u32>,
 }
 
 /// `cookie-crud restore`: the config the restored node will run with, the flags over it.
@@ -582,7 +590,11 @@ fn main() -> ExitCode {
         Some(Cmd::Dump(d)) => return dump(&d),
         Some(Cmd::MoveWal(m)) => return move_wal(&m),
         Some(Cmd::Certs(c)) => {
-            return match cookie_crud::certs::generate(&c.out, c.nodes, &c.hosts) {
+            let signing = cookie_crud::certs::Signing {
+                ca: c.ca,
+                days: c.days,
+            };
+            return match cookie_crud::certs::generate_with(&c.out, (c.nodes, &c.hosts), &signing) {
                 Ok(w) => {
                     println!(
                         "wrote {} and {} node certificates",

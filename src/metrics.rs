@@ -117,6 +117,11 @@ pub struct Metrics {
     /// append.
     append_entries_new: IntCounter,
     append_entries_held: IntCounter,
+    /// The certificates served (`tls::watch`): when each expires, whether its files on disk
+    /// were refused, and each reload.
+    tls_expiry: IntGaugeVec,
+    tls_files_refused: IntGaugeVec,
+    tls_reloads: IntCounterVec,
 }
 
 /// Buckets of the Raft RPC timers, sent and answered: from 100 µs (a round on loopback) to
@@ -231,6 +236,9 @@ impl Metrics {
             &["method", "endpoint"],
         );
         Arc::new(Metrics {
+            tls_expiry: gauge_vec(&r, "tls_certificate_expiry_timestamp_seconds", "When the certificate this node serves expires (its notAfter, Unix seconds), by certificate: client (the client listener's) or peer (the peer listener's and outgoing peer calls')", &["certificate"]),
+            tls_files_refused: gauge_vec(&r, "tls_certificate_files_refused", "1 while the certificate files on disk changed and were refused (the log says why): the certificate loaded before is still served", &["certificate"]),
+            tls_reloads: counter_vec(&r, "tls_certificate_reloads_total", "Certificate files that changed on disk and were loaded or refused, by certificate and result", &["certificate", "result"]),
             http_requests: counter_vec(&r, "http_requests_total", "Client API requests (499: the client went away before the answer)", &["method", "endpoint", "status"]),
             http_duration,
             peer_http_requests: counter_vec(&r, "peer_http_requests_total", "Peer listener requests (499: the peer went away before the answer)", &["method", "endpoint", "status"]),
@@ -450,6 +458,21 @@ impl Metrics {
     pub fn append_entries(&self, new: u64, already_held: u64) {
         self.append_entries_new.inc_by(new);
         self.append_entries_held.inc_by(already_held);
+    }
+
+    /// The certificate `label` serves expires at `not_after` (Unix seconds); `refused` while
+    /// newer files on disk were refused.
+    pub fn set_certificate(&self, label: &str, not_after: i64, refused: bool) {
+        self.tls_expiry.with_label_values(&[label]).set(not_after);
+        self.tls_files_refused
+            .with_label_values(&[label])
+            .set(i64::from(refused));
+    }
+
+    /// The files of certificate `label` changed and were loaded (`true`) or refused.
+    pub fn certificate_reloaded(&self, label: &str, loaded: bool) {
+        let result = if loaded { "loaded" } else { "refused" };
+        self.tls_reloads.with_label_values(&[label, result]).inc();
     }
 
     /// A snapshot from a leader was refused or its install failed; `reason` is one of

@@ -227,9 +227,18 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
             .collect(),
         cfg.nodes.iter().map(|m| (m.id, m.peer_addr())).collect(),
     );
-    let tls = Tls::load(&cfg.tls)?;
+    let tls = Tls::load(&cfg.tls, cfg.advertise_peer())?;
+    for w in &tls.warnings {
+        tracing::warn!("tls: {w}");
+    }
     let secret = cfg.cluster_secret.as_ref().map(|s| s.expose().to_owned());
     let metrics = Metrics::new();
+    if !tls.files.is_empty() {
+        tasks.spawn(
+            "certificate reload",
+            crate::tls::watch(tls.files.clone(), metrics.clone()),
+        );
+    }
     let spare_cpu = SpareCpu::default();
     let network = Network::new(
         secret.clone(),

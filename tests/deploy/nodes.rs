@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{Cluster, BIN, FAST_RAFT};
+use crate::common::{make_certs, tls_table, Cluster, BIN, FAST_RAFT};
 use crate::compose::compose_nodes;
 use crate::dockerfile::image_env;
 use crate::files::{deploy_dir, k8s_objects, load_yaml_one, objects_of, Check};
@@ -168,6 +168,15 @@ async fn probe_paths_answer_and_every_queried_metric_is_exported() {
         .await;
     assert_eq!(r.status, 507, "{}", r.text);
     expo.add(&http_get(&full, 0, metrics).await.1).unwrap();
+    // The certificate series: a node with TLS on both listeners.
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path(), 1);
+    let dir = certs.path().to_owned();
+    let mut tls = Cluster::configure_with(1, FAST_RAFT, move |i, _| tls_table(&dir, i));
+    tls.use_https(&certs.path().join("ca.pem"));
+    tls.spawn(0);
+    tls.wait_up(0, Duration::from_secs(20)).await;
+    expo.add(&http_get(&tls, 0, metrics).await.1).unwrap();
 
     let configs: Vec<Value> = prometheus_configs().into_iter().map(|(_, v)| v).collect();
     let queries = all_queries();

@@ -9,8 +9,11 @@
 //!   secret. Server names are checked: each certificate must name the address peers dial
 //!   (`peer_addr`'s host, an IP or DNS subject alternative name).
 //!
-//! Files are read once, at start; a missing or unreadable file stops the node with its
-//! path and the reason.
+//! Files are read and checked at start: a missing or unreadable file, a key that does not
+//! match its certificate, a certificate past its dates or a peer certificate `peer_ca` does
+//! not accept stops the node with the path and the reason. Certificates and keys renewed in
+//! place are then reloaded while the node runs (`files.rs`, [`watch`]); `peer_ca` is read
+//! once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,11 +21,20 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsConfig;
+
+mod dates;
+mod files;
+mod watch;
+
+pub use dates::Dates;
+use files::PeerTrust;
+pub use files::{KeyFiles, Refresh};
+pub use watch::watch;
 
 /// Why TLS could not be set up, with the file it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,9 +46,33 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+/// The file at `path`, whole (a certificate or key file is a few KiB; anything past
+/// [`MAX_PEM_BYTES`] is refused rather than read).
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError(format!(
+            "{}: over {MAX_PEM_BYTES} bytes: not a certificate or key file",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The most a PEM file of certificates or a key may hold: a CA bundle of a few hundred
+/// certificates fits.
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// The certificates in `pem`, read from `path`.
+fn certs_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
     if read.is_empty() {
         return Err(TlsError(format!(
@@ -47,8 +83,13 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(read)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs_in(path, &read(path)?)
+}
+
+/// The private key in `pem`, read from `path`.
+fn key_in(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError(format!("{}: {e}", path.display())))
 }
 
 fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
@@ -76,45 +117,79 @@ pub struct Tls {
     pub peer_listener: Option<Arc<ServerConfig>>,
     /// What outgoing peer calls use (mutual TLS), when configured.
     pub peer_client: Option<Arc<ClientConfig>>,
+    /// The certificates above, as files to reload when renewed ([`watch`]).
+    pub files: Vec<Arc<KeyFiles>>,
+    /// What was found at load that does not stop the node, for its log.
+    pub warnings: Vec<String>,
+}
+
+/// The host in a `host:port` address, without an IPv6 address's brackets.
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// The name peers check this node's certificate against when they dial `addr`; none for
+/// an unspecified address (`0.0.0.0`, a listen address standing in for the real one).
+fn dialed_name(addr: &str) -> Option<ServerName<'static>> {
+    let name = ServerName::try_from(host_of(addr).to_owned()).ok()?;
+    match &name {
+        ServerName::IpAddress(ip) if std::net::IpAddr::from(*ip).is_unspecified() => None,
+        _ => Some(name),
+    }
 }
 
 impl Tls {
-    pub fn load(cfg: &TlsConfig) -> Result<Tls, TlsError> {
+    /// Reads and checks every configured file. `peer_addr` is the address peers dial this
+    /// node by, whose host its peer certificate should name.
+    pub fn load(cfg: &TlsConfig, peer_addr: &str) -> Result<Tls, TlsError> {
         let mut tls = Tls::default();
         if let (Some(cert), Some(k)) = (&cfg.cert, &cfg.key) {
+            let (files, warning) = KeyFiles::open("client", (cert, k), None, provider())?;
             let server = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError(e.to_string()))?
                 .with_no_client_auth()
-                .with_single_cert(certs(cert)?, key(k)?)
-                .map_err(|e| TlsError(format!("{} and {}: {e}", cert.display(), k.display())))?;
+                .with_cert_resolver(files.clone());
             tls.client_listener = Some(with_alpn(server));
+            tls.files.push(files);
+            tls.warnings.extend(warning);
         }
         if let (Some(ca), Some(cert), Some(k)) = (&cfg.peer_ca, &cfg.peer_cert, &cfg.peer_key) {
             let roots = roots(ca)?;
-            let (chain, private) = (certs(cert)?, key(k)?);
-            let pair_err =
-                |e: rustls::Error| TlsError(format!("{} and {}: {e}", cert.display(), k.display()));
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            let ca_err = |e: rustls::server::VerifierBuilderError| {
+                TlsError(format!("{}: {e}", ca.display()))
+            };
+            let client_verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                    .build()
+                    .map_err(ca_err)?;
+            let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
-                .map_err(|e| TlsError(format!("{}: {e}", ca.display())))?;
+                .map_err(ca_err)?;
+            let trust = PeerTrust {
+                ca: ca.clone(),
+                client: client_verifier.clone(),
+                server: server_verifier.clone(),
+                name: dialed_name(peer_addr),
+            };
+            let (files, warning) = KeyFiles::open("peer", (cert, k), Some(trust), provider())?;
             let server = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError(e.to_string()))?
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(chain.clone(), private.clone_key())
-                .map_err(pair_err)?;
+                .with_client_cert_verifier(client_verifier)
+                .with_cert_resolver(files.clone());
             tls.peer_listener = Some(with_alpn(server));
-            let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| TlsError(format!("{}: {e}", ca.display())))?;
             let client = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError(e.to_string()))?
                 .with_webpki_verifier(server_verifier)
-                .with_client_auth_cert(chain, private)
-                .map_err(pair_err)?;
+                .with_client_cert_resolver(files.clone());
             tls.peer_client = Some(Arc::new(client));
+            tls.files.push(files);
+            tls.warnings.extend(warning);
         }
         Ok(tls)
     }
@@ -212,18 +287,23 @@ mod tests {
     use super::*;
     use crate::certs::generate;
 
+    const PEER: &str = "127.0.0.1:9081";
+
     #[test]
     fn generated_files_load_as_both_listeners_and_the_peer_client() {
         let dir = tempfile::tempdir().unwrap();
         let w = generate(dir.path(), 2, &["127.0.0.1".into(), "localhost".into()]).unwrap();
         let (cert, key) = &w.nodes[1];
-        let tls = Tls::load(&TlsConfig {
-            cert: Some(cert.clone()),
-            key: Some(key.clone()),
-            peer_ca: Some(w.ca.clone()),
-            peer_cert: Some(cert.clone()),
-            peer_key: Some(key.clone()),
-        })
+        let tls = Tls::load(
+            &TlsConfig {
+                cert: Some(cert.clone()),
+                key: Some(key.clone()),
+                peer_ca: Some(w.ca.clone()),
+                peer_cert: Some(cert.clone()),
+                peer_key: Some(key.clone()),
+            },
+            PEER,
+        )
         .unwrap();
         assert!(tls.client_listener.is_some() && tls.peer_listener.is_some());
         assert!(tls.peer_client.is_some());
@@ -238,13 +318,13 @@ mod tests {
             key: Some(w.nodes[1].1.clone()),
             ..TlsConfig::default()
         };
-        assert!(Tls::load(&other).is_err());
+        assert!(Tls::load(&other, PEER).is_err());
         let missing = TlsConfig {
             cert: Some(dir.path().join("nope.pem")),
             key: Some(key.clone()),
             ..TlsConfig::default()
         };
-        let e = Tls::load(&missing).err().unwrap().to_string();
+        let e = Tls::load(&missing, PEER).err().unwrap().to_string();
         assert!(e.contains("nope.pem"), "{e}");
     }
 }
