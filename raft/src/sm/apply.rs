@@ -245,17 +245,66 @@ async fn on_pool<T: Send + 'static>(
         .map_err(failed_write)
 }
 
+/// The most commands, and payload bytes, `apply` adds to the layers before it looks at
+/// their memory bound again: a flush's worth of rows or bytes. openraft hands `apply` every
+/// entry committed since the last call, which for a follower catching up, or entries of
+/// large records, was hundreds of MiB added in one step past the bound (640 MiB seen in
+/// review against its 64 MiB).
+pub(super) const SLICE_ROWS: usize = super::layer::FLUSH_ROWS;
+pub(super) const SLICE_BYTES: usize = super::layer::FLUSH_BYTES;
+
+/// The payload bytes of an entry's commands (`Command::size`).
+fn bytes_in(entry: &Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(req) => req.cmds.iter().map(crate::command::Command::size).sum(),
+        _ => 0,
+    }
+}
+
+/// `entries` cut, in order, into runs of at most [`SLICE_ROWS`] commands and [`SLICE_BYTES`]
+/// bytes each (an entry larger than that alone). One run in the common case: no copy.
+fn slices(entries: Vec<Entry<TypeConfig>>) -> Vec<Vec<Entry<TypeConfig>>> {
+    let mut out: Vec<Vec<Entry<TypeConfig>>> = Vec::new();
+    let mut current = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    for e in entries {
+        let (r, b) = (commands_in(std::slice::from_ref(&e)), bytes_in(&e));
+        if !current.is_empty() && (rows + r > SLICE_ROWS || bytes + b > SLICE_BYTES) {
+            out.push(std::mem::take(&mut current));
+            (rows, bytes) = (0, 0);
+        }
+        rows += r;
+        bytes += b;
+        current.push(e);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 impl StateMachine {
-    /// openraft's `apply`: the batch applied into the layers (on this thread when it is
-    /// small, [`INLINE_COMMANDS`]), any wait on the flush thread on the blocking pool, then
-    /// the cache and the applied index brought up to date.
+    /// openraft's `apply`: the entries applied a slice at a time ([`slices`]), each as
+    /// [`StateMachine::apply_slice`] says.
     pub(super) async fn apply_batch(
         &mut self,
         entries: Vec<Entry<TypeConfig>>,
     ) -> StResult<Vec<Response>> {
-        if entries.is_empty() {
+        let mut slices = slices(entries).into_iter();
+        let Some(first) = slices.next() else {
             return Ok(Vec::new());
+        };
+        let mut responses = self.apply_slice(first).await?;
+        for slice in slices {
+            responses.extend(self.apply_slice(slice).await?);
         }
+        Ok(responses)
+    }
+
+    /// Entries applied into the layers (on this thread when they are few,
+    /// [`INLINE_COMMANDS`]), any wait on the flush thread on the blocking pool, then the
+    /// cache and the applied index brought up to date.
+    async fn apply_slice(&mut self, entries: Vec<Entry<TypeConfig>>) -> StResult<Vec<Response>> {
         let inline = commands_in(&entries) <= INLINE_COMMANDS;
         let db = self.db.clone();
         let overlay = self.overlay.clone();
@@ -407,6 +456,74 @@ mod tests {
         assert_eq!(sm.reader().key_count().unwrap(), 2);
         sm.overlay.flush_all(Short::Fail).unwrap();
         assert_eq!(sm.reader().key_count().unwrap(), 2);
+    }
+
+    /// openraft hands `apply` every entry committed since its last call: a follower that
+    /// catches up gets thousands at once. They go into the layers a slice at a time, each
+    /// slice checked against the memory bound, so the layers never hold them all; applied
+    /// in one step they held every row (160,000 here) before the bound was looked at.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_run_of_entries_goes_into_the_layers_a_slice_at_a_time() {
+        use crate::sm::layer::{FLUSH_ROWS, HARD_FACTOR};
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        const PER_ENTRY: u64 = 256;
+        const ENTRIES: u64 = 625;
+        let entries: Vec<_> = (1..=ENTRIES)
+            .map(|index| {
+                let cmds = (0..PER_ENTRY)
+                    .map(|i| {
+                        let id = format!("r{index:04}-{i:03}");
+                        let body = format!(r#"{{"cookie":"{id}","user_id":1}}"#);
+                        Command::create(body.as_bytes(), 1).unwrap()
+                    })
+                    .collect();
+                Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(Request { cmds }),
+                }
+            })
+            .collect();
+        let responses = sm.apply(entries).await.unwrap();
+        assert_eq!(responses.len() as u64, ENTRIES);
+        let bound = 2 * (FLUSH_ROWS * HARD_FACTOR + SLICE_ROWS);
+        let peak = sm.overlay.stats().peak_rows;
+        assert!(
+            peak <= bound,
+            "the layers held {peak} rows at once, over the bound's {bound}"
+        );
+        assert_eq!(sm.reader().count().unwrap(), ENTRIES * PER_ENTRY);
+        assert_eq!(sm.applied.load(Ordering::SeqCst), ENTRIES);
+    }
+
+    /// Slices keep the entries' order, never split an entry, and take one larger than a
+    /// slice alone.
+    #[test]
+    fn slices_keep_order_and_whole_entries() {
+        let entry = |index: u64, cmds: usize, bytes: usize| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                cmds: (0..cmds)
+                    .map(|_| Command::Delete {
+                        id: "x".repeat(bytes / cmds),
+                        if_match: None,
+                    })
+                    .collect(),
+            }),
+        };
+        let entries = vec![
+            entry(1, 5000, 5000),
+            entry(2, 5000, 5000),
+            entry(3, 1, SLICE_BYTES + 1),
+            entry(4, 10, 10),
+            entry(5, 10, 10),
+        ];
+        let cut: Vec<Vec<u64>> = slices(entries)
+            .iter()
+            .map(|s| s.iter().map(|e| e.log_id.index).collect())
+            .collect();
+        assert_eq!(cut, [vec![1], vec![2], vec![3], vec![4, 5]]);
+        assert!(slices(Vec::new()).is_empty());
     }
 
     /// A key is recorded, for the leader's room check, only while it is retained: one past

@@ -187,7 +187,7 @@ impl Layer {
         self.rows() >= FLUSH_ROWS || self.bytes >= FLUSH_BYTES
     }
 
-    /// Whether `apply` must wait for the frozen layer before adding more.
+    /// Whether `apply` must wait for the flush thread before adding more.
     pub(super) fn full(&self) -> bool {
         self.rows() >= FLUSH_ROWS * HARD_FACTOR || self.bytes >= FLUSH_BYTES * HARD_FACTOR
     }

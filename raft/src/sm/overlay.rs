@@ -21,8 +21,11 @@
 //! entries after it again. Snapshots are built from `sm.redb` after a flush, so the log is
 //! purged only up to what the file holds.
 //!
-//! Memory is bounded by configuration, not data: a frozen layer that is still being written
-//! when the active one reaches `HARD_FACTOR` (`layer`) times its thresholds makes `apply` wait.
+//! Memory is bounded by configuration, not data: an active layer at `HARD_FACTOR` (`layer`)
+//! times its thresholds makes `apply` wait until the flush thread has frozen it, which it
+//! does once the frozen layer before it is written; `apply` adds a long run of entries a
+//! slice at a time (`apply::SLICE_ROWS`, `apply::SLICE_BYTES`), so the layers hold at most
+//! about twice that bound and a slice.
 //! So does one whose write waits for room on the disk (`flush_room`): it is tried again every
 //! `ROOM_RETRY`, readers read it meanwhile, and callers that cannot wait (a snapshot build,
 //! a backup) get a full disk's error from [`Overlay::flush_all`].
@@ -48,6 +51,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -457,6 +461,10 @@ pub struct FlushStats {
     /// up because writes resumed.
     pub repacks: u64,
     pub repacks_abandoned: u64,
+    /// The most rows and bytes the layers held at once since the node started: what the
+    /// memory bound let them reach.
+    pub peak_rows: usize,
+    pub peak_bytes: usize,
 }
 
 /// Writes the layers to the database: a handle for `apply`, builds and backups.
@@ -471,6 +479,8 @@ pub(crate) struct Overlay {
     prompt: Arc<Prompt>,
     /// Where in each period of the thresholds this node's flushes fall.
     stagger: Stagger,
+    /// The most rows and bytes the layers (active and frozen) held at once.
+    peak: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 /// How long the flush thread keeps writing at the normal priority after it was last found
@@ -528,6 +538,7 @@ impl Overlay {
             failed: Arc::new(tokio::sync::watch::channel(None).0),
             // Started here, before the flush thread lowers its own priority.
             prompt: Arc::new(Prompt::start("state-flush-prompt")?),
+            peak: Arc::default(),
             flush: Arc::new((
                 Mutex::new(Progress {
                     written,
@@ -575,13 +586,19 @@ impl Overlay {
     /// when one is due. Never waits: returns [`Room::Full`] when the layers are at their
     /// memory bound, and then the caller must [`Overlay::wait_for_room`] before it adds more.
     pub(super) fn add(&self, batch: Layer) -> Room {
-        let (due, full) = self.db.write(|c| {
+        let (due, full, held) = self.db.write(|c| {
             Arc::make_mut(&mut c.active).absorb(batch);
-            (
-                c.active.due(&self.stagger),
-                c.active.full() && c.frozen.is_some(),
-            )
+            let frozen = c.frozen.as_deref();
+            let held = (
+                c.active.rows() + frozen.map_or(0, Layer::rows),
+                c.active.bytes() + frozen.map_or(0, Layer::bytes),
+            );
+            // Full whether or not a frozen layer is being written: a flush thread that has
+            // not yet frozen this one (it runs at a low priority) must not let it grow.
+            (c.active.due(&self.stagger), c.active.full(), held)
         });
+        self.peak.0.fetch_max(held.0, Ordering::Relaxed);
+        self.peak.1.fetch_max(held.1, Ordering::Relaxed);
         if due {
             self.progress().wanted = true;
             self.wake();
@@ -593,12 +610,15 @@ impl Overlay {
         }
     }
 
-    /// Wait until the frozen layer is written, which makes room for the next batch. Blocks:
-    /// call it off the async runtime.
+    /// Wait until the flush thread has frozen the full active layer (once the frozen one
+    /// before it is written), which makes room for the next batch. Blocks: call it off the
+    /// async runtime.
     pub(super) fn wait_for_room(&self) -> Result<(), BoxError> {
         // The write under way is already slow; the ones after it go at the normal priority.
         self.fell_behind();
-        self.wait_for(|c| c.frozen.is_none())
+        self.progress().wanted = true;
+        self.wake();
+        self.wait_for(|c| !c.active.full())
     }
 
     /// The flush thread is behind `apply`: its writes for the next `BEHIND_HOLD` go at the
@@ -630,8 +650,19 @@ impl Overlay {
             if short == Short::Fail && p.postponed != postponed {
                 return Err(flush_room::no_room().into());
             }
-            p.wanted = true;
-            self.wake();
+            // Asked again only while the layer being written does not hold the target: asked
+            // again at every wake-up (a freeze wakes waiters), the thread wrote the active
+            // layer too, early, once the frozen one was done.
+            let covered = self.db.read(|c| {
+                c.frozen
+                    .as_ref()
+                    .and_then(|f| f.applied)
+                    .is_some_and(|a| a.index >= target)
+            });
+            if !covered {
+                p.wanted = true;
+                self.wake();
+            }
             p = self.wait(p);
         }
         Ok(())
@@ -694,6 +725,8 @@ impl Overlay {
             ids_scans: p.ids_scans,
             repacks: p.repacks,
             repacks_abandoned: p.repacks_abandoned,
+            peak_rows: self.peak.0.load(Ordering::Relaxed),
+            peak_bytes: self.peak.1.load(Ordering::Relaxed),
         }
     }
 
@@ -897,13 +930,18 @@ impl Overlay {
     fn flush_once(&self, rebuild: &mut Option<Rebuild>) -> Result<Flushed, BoxError> {
         // The next active layer, sized like this one, allocated before the lock is taken.
         let mut next = Layer::sized_for(self.db.read(|c| c.active.cookies.len()));
-        let (frozen, db, ids) = self.db.write(|c| {
-            if c.frozen.is_none() && !c.active.is_empty() {
+        let (frozen, db, ids, froze) = self.db.write(|c| {
+            let froze = c.frozen.is_none() && !c.active.is_empty();
+            if froze {
                 next.follow(&c.active);
                 c.frozen = Some(std::mem::replace(&mut c.active, Arc::new(next)));
             }
-            (c.frozen.clone(), c.db.clone(), c.ids.clone())
+            (c.frozen.clone(), c.db.clone(), c.ids.clone(), froze)
         });
+        if froze {
+            // An `apply` waiting at the bound may go on into the new active layer.
+            self.wake();
+        }
         let Some(frozen) = frozen else {
             return Ok(Flushed::Wrote(None));
         };
