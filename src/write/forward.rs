@@ -138,8 +138,19 @@ impl Forwarder {
             deadline,
             reply,
         };
-        if self.tx.send(job).await.is_err() {
-            return Err(PeerError::NotSent("the node is shutting down".into()));
+        // A queue full for as long as the client waits: nothing was sent, and it never will
+        // be. (Waiting on without a deadline held the client past its write timeout.)
+        let queued_by = deadline
+            .checked_sub(LEADER_ANSWER_SLACK)
+            .unwrap_or(deadline);
+        match tokio::time::timeout_at(queued_by, self.tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(PeerError::NotSent("the node is shutting down".into())),
+            Err(_) => {
+                return Ok(ForwardReply::NotApplied(
+                    "too many writes waiting to be forwarded to the leader".into(),
+                ))
+            }
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
@@ -261,8 +272,23 @@ async fn send(peers: &PeerClient, addr: &str, jobs: Vec<Job>) -> bool {
         .map(|j| j.deadline)
         .max()
         .unwrap_or_else(Instant::now);
-    let timeout = latest.saturating_duration_since(Instant::now()) + LEADER_ANSWER_SLACK;
-    let (writes, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let now = Instant::now();
+    let timeout = latest.saturating_duration_since(now) + LEADER_ANSWER_SLACK;
+    let (writes, replies): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|mut j| {
+            // The time the write has left, counted now: it waited in this queue since it was
+            // made, and the leader counts from when the request reaches it. Counted from the
+            // making, the leader went on with it after this node had answered its client
+            // "unknown".
+            let left = j
+                .deadline
+                .saturating_duration_since(now + LEADER_ANSWER_SLACK);
+            let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            j.write.timeout_ms = j.write.timeout_ms.min(left);
+            (j.write, j.reply)
+        })
+        .unzip();
     match peers.forward_writes(addr, &writes, timeout).await {
         Ok(answers) if answers.len() == replies.len() => {
             for (r, a) in replies.into_iter().zip(answers) {
@@ -306,17 +332,23 @@ mod tests {
     struct Leader {
         addr: String,
         sizes: Arc<Mutex<Vec<usize>>>,
+        /// The `timeout_ms` of every write received, in order.
+        timeouts: Arc<Mutex<Vec<u64>>>,
         answer: Arc<Semaphore>,
     }
 
     impl Leader {
         async fn start() -> Leader {
             let sizes = Arc::new(Mutex::new(Vec::new()));
+            let timeouts = Arc::new(Mutex::new(Vec::new()));
             let answer = Arc::new(Semaphore::new(0));
-            let (s, a) = (sizes.clone(), answer.clone());
+            let (s, t, a) = (sizes.clone(), timeouts.clone(), answer.clone());
             let handler = move |body: Bytes| async move {
                 let writes: Vec<ForwardedWrite> = codec::decode(&body).expect("a write list");
                 s.lock().unwrap().push(writes.len());
+                t.lock()
+                    .unwrap()
+                    .extend(writes.iter().map(|w| w.timeout_ms));
                 a.acquire().await.expect("open").forget();
                 let replies = vec![ForwardReply::Applied(CmdResult::Deleted); writes.len()];
                 codec::encode(&replies).expect("encodes")
@@ -328,6 +360,7 @@ mod tests {
             Leader {
                 addr,
                 sizes,
+                timeouts,
                 answer,
             }
         }
@@ -347,13 +380,18 @@ mod tests {
     }
 
     fn start(limits: ForwardLimits) -> Forwarder {
+        start_queueing(limits, QUEUE)
+    }
+
+    /// [`start`] with a queue of `queue` writes.
+    fn start_queueing(limits: ForwardLimits, queue: usize) -> Forwarder {
         let peers = PeerClient::new(
             None,
             AddressBook::default(),
             Arc::new(Identity::new(2, 1, false)),
             PeerHttp::new(None).unwrap(),
         );
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(queue);
         let (aim, aimed) = watch::channel(String::new());
         tokio::spawn(run(peers, rx, aimed, limits));
         Forwarder {
@@ -371,6 +409,80 @@ mod tests {
             request_id: format!("req-{n}"),
             timeout_ms: 30_000,
         }
+    }
+
+    /// One request at a time, held by the stand-in leader until the test lets it go.
+    const ONE_AT_A_TIME: ForwardLimits = ForwardLimits {
+        max_inflight: 1,
+        idle_above: 1.0,
+        regather: Duration::ZERO,
+        stall_floor: Duration::from_secs(60),
+    };
+
+    /// A write tells the leader the time it has left when it is sent, not when it was
+    /// queued: the leader counts from the request's arrival, and went on with a write that
+    /// had waited here for seconds after this node had answered its client.
+    #[tokio::test]
+    async fn a_write_that_waited_in_the_queue_tells_the_leader_the_time_it_has_left() {
+        let leader = Leader::start().await;
+        let fwd = start(ONE_AT_A_TIME);
+        let far = Instant::now() + Duration::from_secs(30);
+        let out = {
+            let (fwd, addr) = (fwd.clone(), leader.addr.clone());
+            tokio::spawn(async move { fwd.forward(addr, write(0), far).await })
+        };
+        assert_eq!(leader.requests(1).await, vec![1]);
+        // Ten seconds for the client, as `Writer::write` makes it: the leader's part, then
+        // the slack this node waits beyond it.
+        let deadline = Instant::now() + Duration::from_secs(10) + LEADER_ANSWER_SLACK;
+        let mut queued = write(1);
+        queued.timeout_ms = 10_000;
+        let waiting = {
+            let (fwd, addr) = (fwd.clone(), leader.addr.clone());
+            tokio::spawn(async move { fwd.forward(addr, queued, deadline).await })
+        };
+        wait_for(|| fwd.tx.max_capacity() - fwd.tx.capacity() == 1).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        leader.answer.add_permits(2);
+        assert_eq!(leader.requests(2).await, vec![1, 1]);
+        let sent = leader.timeouts.lock().unwrap()[1];
+        assert!(
+            sent <= 8_500,
+            "a write queued for 1.5 s of its 10 told the leader it had {sent} ms"
+        );
+        out.await.unwrap().expect("answered");
+        waiting.await.unwrap().expect("answered");
+    }
+
+    /// A queue that stays full for as long as the client waits: the write is not sent,
+    /// and says so by then. It used to wait for room with no deadline at all.
+    #[tokio::test]
+    async fn a_write_the_full_queue_never_takes_is_not_applied_by_its_deadline() {
+        let leader = Leader::start().await;
+        let fwd = start_queueing(ONE_AT_A_TIME, 1);
+        let far = Instant::now() + Duration::from_secs(30);
+        let send = |n, deadline| {
+            let (fwd, addr) = (fwd.clone(), leader.addr.clone());
+            tokio::spawn(async move { fwd.forward(addr, write(n), deadline).await })
+        };
+        let out = send(0, far);
+        assert_eq!(leader.requests(1).await, vec![1]);
+        let queued = send(1, far);
+        wait_for(|| fwd.tx.capacity() == 0).await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1) + LEADER_ANSWER_SLACK;
+        let reply = tokio::time::timeout(Duration::from_secs(10), send(2, deadline))
+            .await
+            .expect("a write that found the queue full waited past its deadline")
+            .unwrap();
+        assert!(
+            matches!(&reply, Ok(ForwardReply::NotApplied(why)) if why.contains("too many writes")),
+            "{reply:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        leader.answer.add_permits(2);
+        out.await.unwrap().expect("answered");
+        queued.await.unwrap().expect("answered");
     }
 
     /// Writes that arrive while a request is out wait for it and go together in the next:
