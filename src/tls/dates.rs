@@ -32,7 +32,22 @@ pub fn now() -> i64 {
     i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
+/// How far ahead of this machine's clock a certificate's start may be and still be served:
+/// an issuer sets it to the moment of issue, and a node whose clock is a little behind the
+/// issuer's would refuse a fresh certificate that its peers, with their clocks, accept.
+pub const SKEW: i64 = 300;
+
 impl Dates {
+    /// The time to check the certificate's chain at: now, or its start when that lies within
+    /// [`SKEW`] ahead (then it is checked as its peers, with clocks that far ahead, will).
+    pub fn checked_at(&self, now: i64) -> i64 {
+        if now < self.not_before && self.not_before - now <= SKEW {
+            self.not_before
+        } else {
+            now
+        }
+    }
+
     /// The dates of `cert`, the first certificate of the file `path`.
     pub fn of(path: &Path, cert: &CertificateDer<'_>) -> Result<Dates, TlsError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
@@ -48,7 +63,7 @@ impl Dates {
     /// is not: every peer and client that checks dates would refuse it at the handshake,
     /// which they report as a connection that failed, far from the file at fault.
     pub fn check(&self, path: &Path, now: i64) -> Result<(), TlsError> {
-        if now < self.not_before {
+        if now < self.not_before.saturating_sub(SKEW) {
             return Err(TlsError(format!(
                 "{}: not valid before {} (this machine's clock says {}): it was issued for \
                  later, or this clock is behind the issuer's",
@@ -92,7 +107,17 @@ mod tests {
             e.contains("node.pem: expired at 2030-06-01T00:00:00Z"),
             "{e}"
         );
-        let e = d.check(path, d.not_before - 1).unwrap_err().to_string();
+        // A start a little ahead of this clock is an issuer's clock ahead of ours.
+        assert!(d.check(path, d.not_before - SKEW).is_ok());
+        assert_eq!(d.checked_at(d.not_before - SKEW), d.not_before);
+        assert_eq!(
+            d.checked_at(d.not_before - SKEW - 1),
+            d.not_before - SKEW - 1
+        );
+        let e = d
+            .check(path, d.not_before - SKEW - 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid before 2020-01-01T00:00:00Z"), "{e}");
         let junk = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
         let e = Dates::of(path, &junk).unwrap_err().to_string();

@@ -46,9 +46,9 @@ impl PeerTrust {
         &self,
         path: &Path,
         chain: &[CertificateDer<'static>],
+        at: UnixTime,
     ) -> Result<Option<String>, TlsError> {
         let (leaf, rest) = (&chain[0], &chain[1..]);
-        let now = UnixTime::now();
         let refused = |e: rustls::Error| {
             TlsError(format!(
                 "{}: not accepted by peer_ca {}: {e}",
@@ -57,13 +57,20 @@ impl PeerTrust {
             ))
         };
         self.client
-            .verify_client_cert(leaf, rest, now)
+            .verify_client_cert(leaf, rest, at)
             .map_err(refused)?;
-        let Some(name) = &self.name else {
+        // Without a name peers dial (an unspecified address), the rest of the server check
+        // still runs, against a name no certificate carries, whose mismatch is not counted.
+        let placeholder = ServerName::try_from("peer-name-unknown.invalid").ok();
+        let Some(name) = self.name.as_ref().or(placeholder.as_ref()) else {
             return Ok(None);
         };
-        match self.server.verify_server_cert(leaf, rest, name, &[], now) {
+        match self.server.verify_server_cert(leaf, rest, name, &[], at) {
             Ok(_) => Ok(None),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if self.name.is_none() => Ok(None),
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -93,7 +100,7 @@ struct Served {
 /// What [`KeyFiles::refresh`] found.
 #[derive(Debug)]
 pub enum Refresh {
-    /// The files have not changed since the last look.
+    /// Nothing new: the files have not changed since the last look, or were refused again.
     Unchanged,
     /// The files changed and were loaded: the certificate now served and any warning.
     Loaded(Dates, Option<String>),
@@ -117,13 +124,16 @@ impl Source {
 
     /// Loads what `contents` holds (read once, so the certificate and key checked are the
     /// ones served).
-    fn load(&self, contents: &Contents) -> Result<(Served, Option<String>), TlsError> {
+    fn load(&self, contents: &Contents, now: i64) -> Result<(Served, Option<String>), TlsError> {
         let (cert_pem, key_pem) = (contents.0.clone()?, contents.1.clone()?);
         let chain = certs_in(&self.cert, &cert_pem)?;
         let dates = Dates::of(&self.cert, &chain[0])?;
-        dates.check(&self.cert, dates::now())?;
+        dates.check(&self.cert, now)?;
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(dates.checked_at(now)).unwrap_or(0),
+        ));
         let warning = match &self.trust {
-            Some(t) => t.check(&self.cert, &chain)?,
+            Some(t) => t.check(&self.cert, &chain, at)?,
             None => None,
         };
         let key = CertifiedKey::from_der(chain, key_in(&self.key, &key_pem)?, &self.provider)
@@ -143,15 +153,26 @@ impl Source {
 }
 
 /// One certificate chain and key, by path, served from memory and reloaded when the files
-/// change.
-#[derive(Debug)]
+/// change. Its `Debug` (rustls asks for one) names the files and never shows what they hold:
+/// the key's bytes are in `seen`.
 pub struct KeyFiles {
     /// Which certificate this is, in logs and metrics: `client` or `peer`.
     pub label: &'static str,
     source: Source,
     served: RwLock<Arc<Served>>,
-    /// The files as they were when last loaded or refused.
-    seen: Mutex<Contents>,
+    /// The files as they were when last loaded or refused, and whether they were refused.
+    seen: Mutex<(Contents, bool)>,
+}
+
+impl std::fmt::Debug for KeyFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFiles")
+            .field("label", &self.label)
+            .field("cert", &self.source.cert)
+            .field("key", &self.source.key)
+            .field("dates", &self.dates())
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyFiles {
@@ -169,12 +190,12 @@ impl KeyFiles {
             provider,
         };
         let seen = source.read();
-        let (served, warning) = source.load(&seen)?;
+        let (served, warning) = source.load(&seen, dates::now())?;
         let files = KeyFiles {
             label,
             source,
             served: RwLock::new(Arc::new(served)),
-            seen: Mutex::new(seen),
+            seen: Mutex::new((seen, false)),
         };
         Ok((Arc::new(files), warning))
     }
@@ -191,23 +212,35 @@ impl KeyFiles {
         self.served().dates
     }
 
-    /// Loads the files if they changed since the last look (blocking file reads: call it
-    /// off the runtime's workers).
+    /// Loads the files if they changed since the last look, or were refused then (blocking
+    /// file reads: call it off the runtime's workers). Files refused once are tried at every
+    /// look: what refused them may have been the clock (a start ahead of it), which moves.
     pub fn refresh(&self) -> Refresh {
+        self.refresh_at(dates::now())
+    }
+
+    /// [`KeyFiles::refresh`] with the clock at `clock` (Unix seconds).
+    fn refresh_at(&self, clock: i64) -> Refresh {
         let now = self.source.read();
-        {
+        let again = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
+            if seen.0 == now && !seen.1 {
                 return Refresh::Unchanged;
             }
-            seen.clone_from(&now);
-        }
-        match self.source.load(&now) {
+            let again = seen.0 == now;
+            seen.0.clone_from(&now);
+            again
+        };
+        let loaded = self.source.load(&now, clock);
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).1 = loaded.is_err();
+        match loaded {
             Ok((served, warning)) => {
                 let dates = served.dates;
                 *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
                 Refresh::Loaded(dates, warning)
             }
+            // Refused again, as at the last look: said then.
+            Err(_) if again => Refresh::Unchanged,
             Err(e) => Refresh::Refused(e),
         }
     }
@@ -263,15 +296,27 @@ mod tests {
     /// A leaf for `host`, valid for both ends, written as `{name}.pem`/`{name}.key`
     /// through a rename (as a renewal would); `expired` puts its end in the past.
     fn leaf(dir: &Path, name: &str, ca: &Ca, (host, expired): (&str, bool)) -> (PathBuf, PathBuf) {
+        leaf_with(dir, (name, host), ca, |p| {
+            if expired {
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+        })
+    }
+
+    /// [`leaf`], with its parameters changed by `edit` before it is signed.
+    fn leaf_with(
+        dir: &Path,
+        (name, host): (&str, &str),
+        ca: &Ca,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec![host.to_owned()]).unwrap();
         p.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        if expired {
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
+        edit(&mut p);
         let cert = p.signed_by(&key, &ca.issuer).unwrap();
         let paths = (
             dir.join(format!("{name}.pem")),
@@ -286,6 +331,14 @@ mod tests {
     }
 
     fn trust(dir: &Path, ca: &Ca, name: &str) -> PeerTrust {
+        PeerTrust {
+            name: Some(ServerName::try_from(name.to_owned()).unwrap()),
+            ..nameless_trust(dir, ca)
+        }
+    }
+
+    /// Trust in `ca` for a node whose peers' name for it is unknown (`0.0.0.0`).
+    fn nameless_trust(dir: &Path, ca: &Ca) -> PeerTrust {
         let path = dir.join("ca.pem");
         std::fs::write(&path, &ca.pem).unwrap();
         let roots = super::super::roots(&path).unwrap();
@@ -297,7 +350,7 @@ mod tests {
             server: WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .unwrap(),
-            name: Some(ServerName::try_from(name.to_owned()).unwrap()),
+            name: None,
         }
     }
 
@@ -359,6 +412,76 @@ mod tests {
         };
         assert!(e.to_string().contains("not accepted by peer_ca"), "{e}");
         assert_eq!(served_cert(&files), first_cert(&next_cert));
+    }
+
+    /// Files refused for their start date are tried again at every look, and served once the
+    /// clock reaches it: a refusal used to be final for those bytes (found in review). A
+    /// start within `SKEW` ahead of the clock is served at once.
+    #[test]
+    fn files_refused_for_a_start_ahead_of_the_clock_are_served_once_it_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = ca();
+        let (cert, key) = leaf(d, "node", &ca, ("localhost", false));
+        let t = trust(d, &ca, "localhost");
+        let (files, _) = KeyFiles::open("peer", (&cert, &key), Some(t), provider()).unwrap();
+        let now = dates::now();
+        let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(3_600);
+        leaf_with(d, ("node", "localhost"), &ca, |p| p.not_before = later);
+        let Refresh::Refused(e) = files.refresh_at(now) else {
+            panic!("a certificate valid from an hour on was loaded");
+        };
+        assert!(e.to_string().contains("not valid before"), "{e}");
+        // Refused again, and not said again.
+        assert!(matches!(files.refresh_at(now + 60), Refresh::Unchanged));
+        assert!(matches!(files.refresh_at(now + 3_600), Refresh::Loaded(..)));
+        assert_eq!(served_cert(&files), first_cert(&cert));
+        // Five minutes ahead: an issuer's clock ahead of this one; served.
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(dates::SKEW - 10);
+        leaf_with(d, ("node", "localhost"), &ca, |p| p.not_before = soon);
+        assert!(matches!(files.refresh_at(now), Refresh::Loaded(..)));
+    }
+
+    /// A peer certificate that cannot serve (client authentication alone) is refused even
+    /// where peers' name for the node is unknown: the rest of the server check still runs.
+    #[test]
+    fn a_peer_certificate_that_cannot_serve_is_refused_without_a_name_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = ca();
+        let (cert, key) = leaf_with(d, ("client-only", "localhost"), &ca, |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        for t in [trust(d, &ca, "localhost"), nameless_trust(d, &ca)] {
+            let e = KeyFiles::open("peer", (&cert, &key), Some(t), provider())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not accepted by peer_ca"), "{e}");
+        }
+        // Without a name, a certificate for any host is taken.
+        let (cert, key) = leaf(d, "elsewhere", &ca, ("db.example", false));
+        let (_, warning) = KeyFiles::open(
+            "peer",
+            (&cert, &key),
+            Some(nameless_trust(d, &ca)),
+            provider(),
+        )
+        .unwrap();
+        assert_eq!(warning, None);
+    }
+
+    /// rustls may print a resolver: the private key it holds must not be in it.
+    #[test]
+    fn the_debug_form_names_the_files_and_shows_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = leaf(dir.path(), "node", &ca(), ("localhost", false));
+        let (files, _) = KeyFiles::open("client", (&cert, &key), None, provider()).unwrap();
+        let shown = format!("{files:?}");
+        assert!(shown.contains("node.key"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE") && !shown.contains("45, 45"),
+            "{shown}"
+        );
     }
 
     #[test]
