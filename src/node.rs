@@ -318,6 +318,15 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                     },
                 },
             ),
+            record_sizes: {
+                let reader = reader.clone();
+                // Unreadable: each taken at the largest a record may be.
+                Arc::new(move |ids: &[&str]| {
+                    reader
+                        .record_sizes(ids)
+                        .unwrap_or_else(|_| vec![cookie_raft::command::MAX_RECORD_BYTES; ids.len()])
+                })
+            },
         },
         metrics.clone(),
         &tasks,

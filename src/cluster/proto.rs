@@ -60,6 +60,9 @@ pub enum ForwardReply {
     /// (`write::room`). Last, so that the earlier variants keep their encoding; a node of a
     /// version before it cannot decode it and reports the write's outcome as unknown.
     NoRoom(String),
+    /// Not proposed: with it, the answers to its request would have been more than one reply
+    /// carries (`write::answers`). Send it again at once. Last, as `NoRoom`.
+    Later(String),
 }
 
 /// What the leader answers a read-index request.

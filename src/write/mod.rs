@@ -24,6 +24,7 @@
 //! failure.
 //! The decisions are pure functions (`Attempt`), tested as tables below.
 
+pub mod answers;
 pub mod entries;
 pub mod forward;
 pub mod group_commit;
@@ -78,7 +79,12 @@ pub struct WriteSettings {
     pub forward: ForwardLimits,
     /// Whether, as leader, a write that grows the store may be proposed ([`room`]).
     pub room: Room,
+    /// The stored size of records, by id, as this node's state holds them ([`answers`]).
+    pub record_sizes: RecordSizes,
 }
+
+/// The stored size of each record named (0 for one not stored).
+pub type RecordSizes = Arc<dyn Fn(&[&str]) -> Vec<usize> + Send + Sync>;
 
 /// What a write sent with an `Idempotency-Key` is told, after why, when this request was
 /// refused before it was proposed (too many writes waiting, its deadline passed, no room):
@@ -131,6 +137,7 @@ impl Attempt {
             Ok(ForwardReply::Unknown(e)) => (Attempt::Unknown(e), Some("outcome_unknown")),
             Ok(ForwardReply::NotApplied(e)) => (Attempt::Refused(e), Some("not_applied")),
             Ok(ForwardReply::NoRoom(e)) => (Attempt::NoRoom(e), Some("no_room")),
+            Ok(ForwardReply::Later(_)) => (Attempt::Retry, Some("answer_budget")),
             Err(PeerError::NotSent(_)) => (Attempt::Retry, Some("not_sent")),
             Err(PeerError::MaybeSent(e)) => (
                 Attempt::Unknown(format!("forwarding to the leader failed: {e}")),
@@ -149,6 +156,7 @@ pub struct Writer {
     timeout: Duration,
     metrics: Arc<Metrics>,
     room: Arc<Room>,
+    record_sizes: RecordSizes,
 }
 
 impl Writer {
@@ -171,6 +179,7 @@ impl Writer {
             timeout: settings.timeout,
             metrics,
             room: Arc::new(settings.room),
+            record_sizes: settings.record_sizes,
         }
     }
 
@@ -231,12 +240,21 @@ impl Writer {
             return writes.iter().map(|_| ForwardReply::NotLeader).collect();
         }
         let received = Instant::now();
-        let each = writes.into_iter().map(|w| {
+        let now = {
+            let cmds: Vec<&Command> = writes.iter().map(|w| &w.cmd).collect();
+            answers::admitted(&cmds, &*self.record_sizes)
+        };
+        let each = writes.into_iter().enumerate().map(|(n, w)| {
             let span = tracing::info_span!("forwarded", request_id = %w.request_id);
             // The client's deadline, as the follower carried it; never beyond our own.
             let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
+                if n >= now {
+                    return ForwardReply::Later(format!(
+                        "the answers to the {now} writes before it fill one reply; send it again"
+                    ));
+                }
                 match self.room.admit(&w.cmd) {
                     Ok(()) => {}
                     Err(Refused::NoRoom(why)) => return ForwardReply::NoRoom(why),

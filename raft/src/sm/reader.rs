@@ -177,6 +177,12 @@ impl StoreReader {
         Ok((Some(cached), CacheStatus::Miss))
     }
 
+    /// The stored size of each of `ids`' records in the applied state (0 for one not
+    /// stored), read without copying them or touching the cache.
+    pub fn record_sizes(&self, ids: &[&str]) -> Result<Vec<usize>, BoxError> {
+        self.db.record_sizes(ids)
+    }
+
     /// The whole `GET /cookies` reply body, when the cache holds it (a small list).
     pub fn cached_list(&self) -> Option<Bytes> {
         self.cache.get_list()
