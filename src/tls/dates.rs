@@ -39,7 +39,7 @@ pub const SKEW: i64 = 300;
 
 impl Dates {
     /// The time to check the certificate's chain at: now, or its start when that lies within
-    /// [`SKEW`] ahead (then it is checked as its peers, with clocks that far ahead, will).
+    /// `SKEW` ahead (then it is checked as its peers, with clocks that far ahead, will).
     pub fn checked_at(&self, now: i64) -> i64 {
         if now < self.not_before && self.not_before - now <= SKEW {
             self.not_before

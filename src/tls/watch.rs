@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 /// the look is a `stat` of each file.
 pub const EVERY: Duration = Duration::from_secs(10);
 
-/// Looks at `files` every [`EVERY`] for as long as the node runs, loading those that
+/// Looks at `files` every `EVERY` (10 s) for as long as the node runs, loading those that
 /// changed. Sets `tls_certificate_expiry_timestamp_seconds` and
 /// `tls_certificate_files_refused` at once (before the node serves), then as they change.
 pub fn watch(
