@@ -33,7 +33,7 @@ use crate::tls::Tls;
 use crate::write::forward::{ForwardLimits, STALL_MIN};
 use crate::write::group_commit::BatchLimits;
 use crate::write::room::{self, Room};
-use crate::write::{WriteSettings, Writer};
+use crate::write::{Lookups, WriteSettings, Writer};
 
 /// Largest payload of one group-commit batch (one command may exceed it alone).
 const MAX_BATCH_BYTES: usize = 2 << 20;
@@ -318,14 +318,24 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                     },
                 },
             ),
-            record_sizes: {
-                let reader = reader.clone();
-                // Unreadable: each taken at the largest a record may be.
-                Arc::new(move |ids: &[&str]| {
-                    reader
-                        .record_sizes(ids)
-                        .unwrap_or_else(|_| vec![cookie_raft::command::MAX_RECORD_BYTES; ids.len()])
-                })
+            lookups: Lookups {
+                record_sizes: {
+                    let reader = reader.clone();
+                    // Unreadable: each taken at the largest a record may be.
+                    Box::new(move |ids: &[&str]| {
+                        reader.record_sizes(ids).unwrap_or_else(|_| {
+                            vec![cookie_raft::command::MAX_RECORD_BYTES; ids.len()]
+                        })
+                    })
+                },
+                key_recorded: {
+                    let reader = reader.clone();
+                    // Unreadable: taken as recorded, its answer at the largest.
+                    Box::new(move |key| {
+                        let now = crate::clock::unix_now_ms();
+                        reader.key_recorded(key, now).unwrap_or(true)
+                    })
+                },
             },
         },
         metrics.clone(),

@@ -157,3 +157,25 @@ impl Members {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarded write's answer travels between nodes of different versions during an
+    /// upgrade: each variant keeps its tag (its place), and new ones go last.
+    #[test]
+    fn forward_replies_keep_their_tags() {
+        let tag = |r: &ForwardReply| cookie_raft::codec::encode(r).unwrap()[0];
+        let replies = [
+            ForwardReply::Applied(cookie_raft::CmdResult::Deleted),
+            ForwardReply::NotLeader,
+            ForwardReply::Unknown(String::new()),
+            ForwardReply::NotApplied(String::new()),
+            ForwardReply::NoRoom(String::new()),
+            ForwardReply::Later(String::new()),
+        ];
+        let tags: Vec<u8> = replies.iter().map(tag).collect();
+        assert_eq!(tags, [0, 1, 2, 3, 4, 5]);
+    }
+}

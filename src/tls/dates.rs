@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rustls::pki_types::CertificateDer;
 
-use super::TlsError;
+use super::pem::TlsError;
 
 /// When a certificate starts and stops being valid, in seconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
 use super::dates::{self, Dates};
-use super::{certs_in, key_in, read, TlsError};
+use super::pem::{certs_in, key_in, read, TlsError};
 
 /// What a peer certificate must satisfy besides its dates: `peer_ca` must accept it as a
 /// client's (the peer listener's check) and as a server's (the outgoing calls' check).
@@ -341,7 +341,7 @@ mod tests {
     fn nameless_trust(dir: &Path, ca: &Ca) -> PeerTrust {
         let path = dir.join("ca.pem");
         std::fs::write(&path, &ca.pem).unwrap();
-        let roots = super::super::roots(&path).unwrap();
+        let roots = super::super::pem::roots(&path).unwrap();
         PeerTrust {
             ca: path,
             client: WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
@@ -360,7 +360,7 @@ mod tests {
     }
 
     fn first_cert(path: &Path) -> Vec<u8> {
-        super::super::certs(path).unwrap()[0].as_ref().to_vec()
+        super::super::pem::certs(path).unwrap()[0].as_ref().to_vec()
     }
 
     #[test]

@@ -20,86 +20,27 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::TlsConfig;
 
 mod dates;
 mod files;
+mod pem;
 mod watch;
 
 pub use dates::Dates;
 use files::PeerTrust;
 pub use files::{KeyFiles, Refresh};
+pub use pem::TlsError;
+use pem::{certs, roots};
 pub use watch::watch;
-
-/// Why TLS could not be set up, with the file it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tls: {0}")]
-pub struct TlsError(String);
 
 fn provider() -> Arc<CryptoProvider> {
     cookie_raft::network::install_crypto_provider();
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The file at `path`, whole (a certificate or key file is a few KiB; anything past
-/// [`MAX_PEM_BYTES`] is refused rather than read).
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(TlsError(format!(
-            "{}: over {MAX_PEM_BYTES} bytes: not a certificate or key file",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// The most a PEM file of certificates or a key may hold: a CA bundle of a few hundred
-/// certificates fits.
-const MAX_PEM_BYTES: u64 = 4 << 20;
-
-/// The certificates in `pem`, read from `path`.
-fn certs_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-    if read.is_empty() {
-        return Err(TlsError(format!(
-            "{}: no PEM certificate in it",
-            path.display()
-        )));
-    }
-    Ok(read)
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    certs_in(path, &read(path)?)
-}
-
-/// The private key in `pem`, read from `path`.
-fn key_in(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError(format!("{}: {e}", path.display())))
-}
-
-fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut store = RootCertStore::empty();
-    for c in certs(path)? {
-        store
-            .add(c)
-            .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
-    }
-    Ok(Arc::new(store))
 }
 
 /// Both listeners speak HTTP/2 and HTTP/1.1 (hyper's auto builder follows ALPN's choice).

@@ -79,12 +79,19 @@ pub struct WriteSettings {
     pub forward: ForwardLimits,
     /// Whether, as leader, a write that grows the store may be proposed ([`room`]).
     pub room: Room,
-    /// The stored size of records, by id, as this node's state holds them ([`answers`]).
-    pub record_sizes: RecordSizes,
+    /// What this node's state says of records and keys, for the answer budget ([`answers`]).
+    pub lookups: Lookups,
 }
 
 /// The stored size of each record named (0 for one not stored).
-pub type RecordSizes = Arc<dyn Fn(&[&str]) -> Vec<usize> + Send + Sync>;
+pub type RecordSizes = Box<dyn Fn(&[&str]) -> Vec<usize> + Send + Sync>;
+
+/// What the answer budget ([`answers`]) reads of this node's state.
+pub struct Lookups {
+    pub record_sizes: RecordSizes,
+    /// Whether an idempotency key is recorded now.
+    pub key_recorded: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
 
 /// What a write sent with an `Idempotency-Key` is told, after why, when this request was
 /// refused before it was proposed (too many writes waiting, its deadline passed, no room):
@@ -100,6 +107,9 @@ enum Attempt {
     Done(CmdResult),
     /// Certainly not applied: try the leader again (it may have changed).
     Retry,
+    /// Certainly not applied: the leader asks for it again at once (its answer budget,
+    /// [`answers`]); why, for a client whose deadline passes meanwhile.
+    Again(String),
     Unknown(String),
     /// Certainly not applied, and retrying now would not help: tell the client.
     Refused(String),
@@ -137,7 +147,7 @@ impl Attempt {
             Ok(ForwardReply::Unknown(e)) => (Attempt::Unknown(e), Some("outcome_unknown")),
             Ok(ForwardReply::NotApplied(e)) => (Attempt::Refused(e), Some("not_applied")),
             Ok(ForwardReply::NoRoom(e)) => (Attempt::NoRoom(e), Some("no_room")),
-            Ok(ForwardReply::Later(_)) => (Attempt::Retry, Some("answer_budget")),
+            Ok(ForwardReply::Later(why)) => (Attempt::Again(why), Some("answer_budget")),
             Err(PeerError::NotSent(_)) => (Attempt::Retry, Some("not_sent")),
             Err(PeerError::MaybeSent(e)) => (
                 Attempt::Unknown(format!("forwarding to the leader failed: {e}")),
@@ -156,7 +166,7 @@ pub struct Writer {
     timeout: Duration,
     metrics: Arc<Metrics>,
     room: Arc<Room>,
-    record_sizes: RecordSizes,
+    lookups: Arc<Lookups>,
 }
 
 impl Writer {
@@ -179,7 +189,7 @@ impl Writer {
             timeout: settings.timeout,
             metrics,
             room: Arc::new(settings.room),
-            record_sizes: settings.record_sizes,
+            lookups: Arc::new(settings.lookups),
         }
     }
 
@@ -193,8 +203,25 @@ impl Writer {
         let deadline = Instant::now() + self.timeout;
         let keyed = matches!(cmd, Command::Keyed { .. });
         let mut leaders = self.cluster.watch_leader(deadline);
-        while let Some(leader) = leaders.next().await {
-            let attempt = match leader {
+        // The leader that asked for the write again at once, and why.
+        let mut again: Option<(Leader, String)> = None;
+        loop {
+            let leader = match again.take() {
+                Some((leader, _)) if Instant::now() < deadline => leader,
+                // Never proposed: held back each time until the client's deadline.
+                Some((_, why)) => {
+                    let why = format!("held back by the leader until the deadline: {why}");
+                    return Err(match Attempt::Refused(why.clone()).keyed(keyed) {
+                        Attempt::Unknown(e) => WriteError::Unknown(e),
+                        _ => WriteError::NotApplied(why),
+                    });
+                }
+                None => match leaders.next().await {
+                    Some(leader) => leader,
+                    None => return Err(WriteError::NoLeader),
+                },
+            };
+            let attempt = match leader.clone() {
                 Leader::Me => match self.room.admit(&cmd) {
                     Ok(()) => Attempt::local(self.group_commit.submit(cmd.clone(), deadline).await),
                     Err(Refused::NoRoom(why)) => Attempt::NoRoom(why),
@@ -226,10 +253,10 @@ impl Writer {
                 Attempt::Unknown(e) => return Err(WriteError::Unknown(e)),
                 Attempt::Refused(e) => return Err(WriteError::NotApplied(e)),
                 Attempt::NoRoom(e) => return Err(WriteError::NoRoom(e)),
+                Attempt::Again(why) => again = Some((leader, why)),
                 Attempt::Retry => {}
             }
         }
-        Err(WriteError::NoLeader)
     }
 
     /// Writes forwarded by another node: propose them here, all at once so they share log
@@ -240,9 +267,14 @@ impl Writer {
             return writes.iter().map(|_| ForwardReply::NotLeader).collect();
         }
         let received = Instant::now();
-        let now = {
+        // The writes past the first `admitted` would take the answers past one reply.
+        let admitted = {
             let cmds: Vec<&Command> = writes.iter().map(|w| &w.cmd).collect();
-            answers::admitted(&cmds, &*self.record_sizes)
+            let stored = answers::Stored {
+                sizes: &*self.lookups.record_sizes,
+                replayed: &*self.lookups.key_recorded,
+            };
+            answers::admitted(&cmds, &stored)
         };
         let each = writes.into_iter().enumerate().map(|(n, w)| {
             let span = tracing::info_span!("forwarded", request_id = %w.request_id);
@@ -250,9 +282,10 @@ impl Writer {
             let deadline = received + self.timeout.min(Duration::from_millis(w.timeout_ms));
             async move {
                 tracing::debug!("write forwarded by a follower");
-                if n >= now {
+                if n >= admitted {
                     return ForwardReply::Later(format!(
-                        "the answers to the {now} writes before it fill one reply; send it again"
+                        "the answers to the {admitted} writes before it fill one reply; send it \
+                         again"
                     ));
                 }
                 match self.room.admit(&w.cmd) {

@@ -36,6 +36,8 @@ forward not-sent              => retry [not_sent]
 forward maybe-sent            => unknown: forwarding to the leader failed: reset [maybe_sent]
 forward not-applied           => refused: too many writes waiting [not_applied]
 forward no-room               => no room: the leader's disk is full [no_room]
+# Held back by the leader's answer budget (write/answers.rs): not proposed, sent again.
+forward later                 => again: the answers fill one reply [answer_budget]
 
 # openraft's answer for a batch of two commands, as each command sees it. A truncated
 # entry answers ForwardToLeader, exactly as "refused before proposing" does, and may still
@@ -58,6 +60,7 @@ fn render(a: &Attempt) -> String {
     match a {
         Attempt::Done(_) => "done".into(),
         Attempt::Retry => "retry".into(),
+        Attempt::Again(e) => format!("again: {e}"),
         Attempt::Unknown(e) => format!("unknown: {e}"),
         Attempt::Refused(e) => format!("refused: {e}"),
         Attempt::NoRoom(e) => format!("no room: {e}"),
@@ -116,6 +119,7 @@ async fn run(input: &str) -> String {
                 "maybe-sent" => Err(PeerError::MaybeSent("reset".into())),
                 "not-applied" => Ok(ForwardReply::NotApplied("too many writes waiting".into())),
                 "no-room" => Ok(ForwardReply::NoRoom("the leader's disk is full".into())),
+                "later" => Ok(ForwardReply::Later("the answers fill one reply".into())),
                 other => panic!("unknown case {other}"),
             });
             match label {

@@ -262,8 +262,17 @@ fn bytes_in(entry: &Entry<TypeConfig>) -> usize {
 }
 
 /// `entries` cut, in order, into runs of at most [`SLICE_ROWS`] commands and [`SLICE_BYTES`]
-/// bytes each (an entry larger than that alone). One run in the common case: no copy.
+/// bytes each (an entry larger than that alone). The common case, entries that fit one
+/// run, is handed back as it came.
 fn slices(entries: Vec<Entry<TypeConfig>>) -> Vec<Vec<Entry<TypeConfig>>> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    if commands_in(&entries) <= SLICE_ROWS
+        && entries.iter().map(bytes_in).sum::<usize>() <= SLICE_BYTES
+    {
+        return vec![entries];
+    }
     let mut out: Vec<Vec<Entry<TypeConfig>>> = Vec::new();
     let mut current = Vec::new();
     let (mut rows, mut bytes) = (0, 0);
