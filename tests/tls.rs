@@ -165,17 +165,13 @@ async fn served_leaf(client: &reqwest::Client, url: &str) -> Vec<u8> {
 
 /// The DER of the first certificate in a PEM file.
 fn leaf_in(path: &Path) -> Vec<u8> {
-    let pem = std::fs::read_to_string(path).unwrap();
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
+    use rustls::pki_types::pem::PemObject;
+    let first = rustls::pki_types::CertificateDer::pem_file_iter(path)
         .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    first.as_ref().to_vec()
 }
 
 /// Replace `to` by `from`'s bytes at once (a rename), as a renewal would.

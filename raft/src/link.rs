@@ -92,6 +92,20 @@ pub struct Link {
     open: Option<Open>,
 }
 
+/// The name a peer that dials `addr` (`host:port`) checks the server's certificate
+/// against: the host, without an IPv6 address's brackets. A node checks its own peer
+/// certificate against the name of its own address with this too.
+pub fn server_name(
+    addr: &str,
+) -> Result<rustls::pki_types::ServerName<'static>, rustls::pki_types::InvalidDnsNameError> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+}
+
 impl Link {
     /// A link to `addr` (`host:port`), over TLS with `tls` (the server's certificate must
     /// name the host, as it must for reqwest). Nothing connects until the first request.
@@ -101,13 +115,7 @@ impl Link {
         let tls = match tls {
             None => None,
             Some(config) => {
-                let name = addr
-                    .rsplit_once(':')
-                    .map_or(addr, |(h, _)| h)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(name.to_owned())
-                    .map_err(|e| bad(e.to_string()))?;
+                let name = server_name(addr).map_err(|e| bad(e.to_string()))?;
                 let mut config = (*config).clone();
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
                 Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))

@@ -125,8 +125,9 @@ impl Source {
     /// Loads what `contents` holds (read once, so the certificate and key checked are the
     /// ones served).
     fn load(&self, contents: &Contents, now: i64) -> Result<(Served, Option<String>), TlsError> {
-        let (cert_pem, key_pem) = (contents.0.clone()?, contents.1.clone()?);
-        let chain = certs_in(&self.cert, &cert_pem)?;
+        let cert_pem = contents.0.as_ref().map_err(Clone::clone)?;
+        let key_pem = contents.1.as_ref().map_err(Clone::clone)?;
+        let chain = certs_in(&self.cert, cert_pem)?;
         let dates = Dates::of(&self.cert, &chain[0])?;
         dates.check(&self.cert, now)?;
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
@@ -136,7 +137,7 @@ impl Source {
             Some(t) => t.check(&self.cert, &chain, at)?,
             None => None,
         };
-        let key = CertifiedKey::from_der(chain, key_in(&self.key, &key_pem)?, &self.provider)
+        let key = CertifiedKey::from_der(chain, key_in(&self.key, key_pem)?, &self.provider)
             .map_err(|e| {
                 TlsError(format!(
                     "{} and {}: {e}",

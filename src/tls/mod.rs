@@ -64,18 +64,10 @@ pub struct Tls {
     pub warnings: Vec<String>,
 }
 
-/// The host in a `host:port` address, without an IPv6 address's brackets.
-fn host_of(addr: &str) -> &str {
-    addr.rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-}
-
 /// The name peers check this node's certificate against when they dial `addr`; none for
 /// an unspecified address (`0.0.0.0`, a listen address standing in for the real one).
 fn dialed_name(addr: &str) -> Option<ServerName<'static>> {
-    let name = ServerName::try_from(host_of(addr).to_owned()).ok()?;
+    let name = cookie_raft::link::server_name(addr).ok()?;
     match &name {
         ServerName::IpAddress(ip) if std::net::IpAddr::from(*ip).is_unspecified() => None,
         _ => Some(name),
