@@ -55,20 +55,6 @@ pub fn own_dir(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Run `create` (which creates the file `path` when it is missing), then, if it was
-/// missing, sync its directory.
-pub fn created<T, E: From<io::Error>>(
-    path: &Path,
-    create: impl FnOnce() -> Result<T, E>,
-) -> Result<T, E> {
-    let existed = path.exists();
-    let value = create()?;
-    if !existed {
-        sync_parent(path)?;
-    }
-    Ok(value)
-}
-
 /// The filesystem holding a directory: bytes free to this process, and its whole size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Space {
@@ -229,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn creates_nested_directories_and_files() {
+    fn creates_nested_directories() {
         let d = tempfile::tempdir().unwrap();
         let deep = d.path().join("a/b/c");
         create_dir_all(&deep).unwrap();
@@ -238,9 +224,35 @@ mod tests {
         own_dir(&deep).unwrap(); // and synced
         own_dir(&d.path().join("a/own")).unwrap(); // or made
         assert!(d.path().join("a/own").is_dir());
-        let file = deep.join("f");
-        let n = created(&file, || fs::write(&file, b"x").map(|_| 1)).unwrap();
-        assert_eq!((n, fs::read(&file).unwrap()), (1, b"x".to_vec()));
+    }
+
+    /// A database is created whole or not at all under its name: what a killed creation
+    /// left (`<name>.new`) goes, and an existing database is opened as it is.
+    #[test]
+    fn a_database_is_created_whole_under_its_name() {
+        use redb::{ReadableDatabase, TableDefinition};
+        const T: TableDefinition<&str, u64> = TableDefinition::new("t");
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sm.redb");
+        let fresh = d.path().join("sm.redb.new");
+        // A creation killed before its magic number was written: zeros where it belongs.
+        fs::write(&fresh, vec![0u8; 4096]).unwrap();
+        let db = crate::open_or_create_db(&path, 1 << 20).unwrap();
+        assert!(!fresh.exists());
+        assert_eq!(&fs::read(&path).unwrap()[..4], b"redb");
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert("k", 7).unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let db = crate::open_or_create_db(&path, 1 << 20).unwrap();
+        let txn = db.begin_read().unwrap();
+        let got = txn
+            .open_table(T)
+            .unwrap()
+            .get("k")
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(got, Some(7));
     }
 
     #[test]

@@ -97,6 +97,32 @@ impl Default for DbCache {
     }
 }
 
+/// Open the redb database at `path`, or create it whole when it is missing: a new one is
+/// made as `<path>.new`, synced, renamed into place and its directory synced. redb writes a
+/// new file's magic number last, so a node killed while it created `sm.redb` or `log.redb`
+/// in place left a file that every later start refused ("Not a redb database"): the node
+/// could not start again until someone removed it by hand. A `.new` file is only ever a
+/// creation that did not finish, and is removed.
+pub(crate) fn open_or_create_db(
+    path: &std::path::Path,
+    cache_bytes: usize,
+) -> Result<redb::Database, redb::DatabaseError> {
+    let io = |e: std::io::Error| redb::DatabaseError::Storage(redb::StorageError::Io(e));
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    let fresh = std::path::PathBuf::from(name);
+    durable::remove_if_present(&fresh).map_err(io)?;
+    if !path.exists() {
+        drop(create_db(&fresh, cache_bytes)?);
+        std::fs::File::open(&fresh)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&fresh, path).map_err(io)?;
+        durable::sync_parent(path).map_err(io)?;
+    }
+    create_db(path, cache_bytes)
+}
+
 /// Open or create the redb database at `path` with a page cache of `cache_bytes`.
 pub(crate) fn create_db(
     path: &std::path::Path,

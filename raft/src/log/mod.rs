@@ -250,6 +250,13 @@ impl LogStore {
         }
     }
 
+    /// The incarnation of the data in `dir`, read from its `log.redb` without opening the
+    /// WAL: `dump --applied-only` reads a state machine beside a damaged log.
+    pub fn stored_incarnation(dir: &Path) -> std::io::Result<u64> {
+        let db = open_meta(dir, crate::DbCache::default().log)?;
+        incarnation(&db).map_err(other)
+    }
+
     /// This data's incarnation.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
@@ -371,9 +378,7 @@ fn incarnation(db: &Database) -> Result<u64, BoxError> {
 /// `log.redb` in `dir`, created (its name made durable) if missing, with its table.
 fn open_meta(dir: &Path, cache_bytes: usize) -> std::io::Result<Database> {
     let path = dir.join("log.redb");
-    let db = crate::durable::created(&path, || {
-        crate::create_db(&path, cache_bytes).map_err(other)
-    })?;
+    let db = crate::open_or_create_db(&path, cache_bytes).map_err(other)?;
     let txn = db.begin_write().map_err(other)?;
     txn.open_table(META).map_err(other)?;
     txn.commit().map_err(other)?;

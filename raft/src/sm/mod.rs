@@ -87,7 +87,7 @@ impl StateMachine {
         let path = dir.join("sm.redb");
         // What an install interrupted before its rename left (see `handle`).
         crate::durable::remove_if_present(&handle::installing_path(&path))?;
-        let mut db = crate::durable::created(&path, || crate::create_db(&path, cache_bytes))?;
+        let mut db = crate::open_or_create_db(&path, cache_bytes)?;
         compact::if_bloated(&mut db, &path)?;
         tables::create_tables(&db)?;
         let files = Arc::new(SnapshotFiles::open(dir)?);
