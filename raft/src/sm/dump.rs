@@ -134,21 +134,31 @@ pub fn dump(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut log = LogStore::open(&scratch.0)?;
+        // With `applied_only` the log is not read, so a damaged WAL (which stops a node from
+        // starting) does not stop the state machine's copy from being made.
+        let (mut log, incarnation) = if applied_only {
+            (None, LogStore::stored_incarnation(&scratch.0)?)
+        } else {
+            let log = LogStore::open(&scratch.0)?;
+            let incarnation = log.incarnation();
+            (Some(log), incarnation)
+        };
         let cache = Arc::new(Cache::new(CacheConfig {
             enabled: false,
             ..Default::default()
         }));
-        let identity = Arc::new(Identity::new(0, log.incarnation(), false));
+        let identity = Arc::new(Identity::new(0, incarnation, false));
         let mut sm = StateMachine::open(&scratch.0, cache, identity)?;
         let (applied, _) = sm.applied_state().await?;
         let from = applied.map_or(0, |l| l.index + 1);
-        let last = log.get_log_state().await?.last_log_id.map(|l| l.index);
         let mut replayed = 0;
-        if let Some(last) = last.filter(|&l| !applied_only && l >= from) {
-            let entries = log.try_get_log_entries(from..=last).await?;
-            replayed = entries.len() as u64;
-            sm.apply(entries).await?;
+        if let Some(log) = log.as_mut() {
+            let last = log.get_log_state().await?.last_log_id.map(|l| l.index);
+            if let Some(last) = last.filter(|&l| l >= from) {
+                let entries = log.try_get_log_entries(from..=last).await?;
+                replayed = entries.len() as u64;
+                sm.apply(entries).await?;
+            }
         }
         let header = sm.reader().backup(origin, &mut |_| {}, out)?;
         Ok(DumpReport {
