@@ -113,21 +113,23 @@ pub async fn list(State(state): State<Shared>, RawQuery(q): RawQuery) -> ApiResu
         } else {
             blocking(move || reader.page(limit, from.start())).await?
         };
-        let Some((body, _)) = found else {
+        let Some(found) = found else {
             return Err(ApiError::bad_request(
                 "after must be the id of an existing cookie (a page's next_cursor goes on past a deleted one)",
             ));
         };
         return Ok(read_reply(
             StatusCode::OK,
-            super::page_room::hold(body, room, state.cfg.http_body_timeout()),
+            super::page_room::hold(found.body, room, state.cfg.http_body_timeout()),
             CacheStatus::Miss,
-            state.reader.applied_index(),
+            found.applied,
         ));
     }
     // A small list is cached whole (it fits in one chunk): a hit costs no permit.
+    // The index first: the state read after it holds every write up to it at least, so the
+    // header never names a write the reply lacks (the same below for one record).
+    let applied = state.reader.applied_index();
     if let Some(body) = state.reader.cached_list() {
-        let applied = state.reader.applied_index();
         return Ok(read_reply(StatusCode::OK, body, CacheStatus::Hit, applied));
     }
     // Every record in one reply: a few at a time, each holding a scan, a read transaction and
@@ -168,8 +170,8 @@ pub async fn get_one(
     let level = consistency(q.as_deref())?;
     read_barrier(&state, level).await?;
     count(&state, "get");
-    let (found, cache) = state.reader.get(&id).map_err(ApiError::internal)?;
     let applied = state.reader.applied_index();
+    let (found, cache) = state.reader.get(&id).map_err(ApiError::internal)?;
     match found {
         Some(rec) => {
             let mut resp = read_reply(StatusCode::OK, rec.json, cache, applied);

@@ -104,6 +104,19 @@ fn write_rows(
     Ok(None)
 }
 
+/// One page of the list ([`StoreReader::page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The reply's body.
+    pub body: Bytes,
+    /// When more may follow, the place to go on from, which the body names too
+    /// (`next_after`, its record's id, and `next_cursor`, its token).
+    pub next: Option<Cursor>,
+    /// The applied index of the state the page was read from: the reply's
+    /// `X-Raft-Applied-Index`, which must not name a write the page may lack.
+    pub applied: u64,
+}
+
 /// Where a page of the list starts.
 #[derive(Debug, Clone, Copy)]
 pub enum PageStart<'a> {
@@ -207,16 +220,12 @@ impl StoreReader {
     }
 
     /// One page of the list order (newest `created` first, ties by id): at most `limit`
-    /// records from `start`. Returns the body and, when more may follow, the place to go on
-    /// from, which the body names too (`next_after`, its record's id, and `next_cursor`, its
-    /// token); `None` when `start` is after a record that does not exist. Costs a range
-    /// scan of the index, not a sort of the whole store.
-    pub fn page(
-        &self,
-        limit: usize,
-        start: PageStart<'_>,
-    ) -> Result<Option<(Bytes, Option<Cursor>)>, BoxError> {
+    /// records from `start`, read from one state ([`Page`]); `None` when `start` is after a
+    /// record that does not exist. Costs a range scan of the index, not a sort of the whole
+    /// store.
+    pub fn page(&self, limit: usize, start: PageStart<'_>) -> Result<Option<Page>, BoxError> {
         let view = self.db.view()?;
+        let applied = view.applied_index()?;
         let start = match start {
             PageStart::First => Bound::Unbounded,
             PageStart::After(a) => match view.get(None, a)? {
@@ -238,7 +247,11 @@ impl StoreReader {
             body.push(b'"');
         }
         body.push(b'}');
-        Ok(Some((Bytes::from(body), next)))
+        Ok(Some(Page {
+            body: Bytes::from(body),
+            next,
+            applied,
+        }))
     }
 
     /// Number of stored records.
@@ -426,7 +439,7 @@ mod tests {
         let (mut walked, mut after, mut pages) = (Vec::new(), None::<String>, 0);
         loop {
             let start = after.as_deref().map_or(PageStart::First, PageStart::After);
-            let (body, next) = r.page(10_000, start).unwrap().unwrap();
+            let Page { body, next, .. } = r.page(10_000, start).unwrap().unwrap();
             assert!(
                 body.len() < PAGE_BYTES + 700_100,
                 "a page of {} bytes",
@@ -473,7 +486,7 @@ mod tests {
         let mut gone = Vec::new();
         loop {
             let start = cursor.as_ref().map_or(PageStart::First, PageStart::At);
-            let (body, next) = r.page(7, start).unwrap().unwrap();
+            let Page { body, next, .. } = r.page(7, start).unwrap().unwrap();
             let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
             walked.extend(listed_ids(&body));
             let Some(next) = next else {
@@ -494,7 +507,7 @@ mod tests {
             // By id, a walk stops at a deleted record, and goes back over a moved one's page.
             match r.page(7, PageStart::After(next.id())).unwrap() {
                 None => assert_eq!(index % 2, 0),
-                Some((body, _)) => assert!(walked.contains(&listed_ids(&body)[0])),
+                Some(page) => assert!(walked.contains(&listed_ids(&page.body)[0])),
             }
             gone.push(next.id().to_owned());
             cursor = Some(next);

@@ -758,7 +758,7 @@ mod tests {
                 .page(usize::MAX, crate::sm::reader::PageStart::First)
                 .unwrap()
                 .unwrap()
-                .0
+                .body
         };
         assert_eq!(page(&a), page(&b));
         assert_eq!(b.reader().count().unwrap(), 300);

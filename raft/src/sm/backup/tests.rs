@@ -165,10 +165,12 @@ async fn a_restore_holds_exactly_the_backups_records_in_a_new_one_member_cluster
     assert_eq!(
         reader
             .page(usize::MAX, crate::sm::reader::PageStart::First)
-            .unwrap(),
+            .unwrap()
+            .map(|p| (p.body, p.next)),
         sm.reader()
             .page(usize::MAX, crate::sm::reader::PageStart::First)
             .unwrap()
+            .map(|p| (p.body, p.next))
     );
     let (applied, membership) = back.applied_state().await.unwrap();
     let applied = applied.unwrap();
