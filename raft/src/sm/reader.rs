@@ -220,7 +220,7 @@ impl StoreReader {
     }
 
     /// One page of the list order (newest `created` first, ties by id): at most `limit`
-    /// records from `start`, read from one state ([`Page`]); `None` when `start` is after a
+    /// records from `start`, read from one state (a `Page`); `None` when `start` is after a
     /// record that does not exist. Costs a range scan of the index, not a sort of the whole
     /// store.
     pub fn page(&self, limit: usize, start: PageStart<'_>) -> Result<Option<Page>, BoxError> {
