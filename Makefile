@@ -74,6 +74,7 @@ bench:
 	$(CARGO) bench --bench cache
 	$(CARGO) bench --bench cache_memory
 	BENCH_SECS=$${BENCH_SECS:-5} $(CARGO) bench --bench http_cache
+	python3 benches/handover.py --bin target/release/cookie-crud --rounds 3
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
 # (default 60). JEPSEN_FAULTS="partition" (or "kill pause", or "member" and mixes such as

@@ -150,3 +150,57 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         acked.len()
     );
 }
+
+/// Leases longer than any wait below: without a transfer, a stopping leader's followers
+/// refuse every candidate until its lease (`election_timeout_max_ms`, 30 s) has run out,
+/// and then wait an election timeout (20-30 s) of their own before they campaign.
+const LONG_LEASE: &str =
+    "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 20000\nelection_timeout_max_ms = 30000\n";
+
+/// A leader stopped with SIGTERM hands leadership to a caught-up voter at once (the Raft
+/// thesis' transfer, `cluster::handover`): it releases its voters from its lease and asks
+/// one to campaign. Five voters, so the candidate needs a vote beyond the old leader's: the
+/// release must reach the others too. Before the transfer, the leader waited out the lease
+/// (50 s or more here) and the cluster had no leader meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_leader_hands_over_without_waiting_out_its_lease() {
+    let mut c = Cluster::start(5, LONG_LEASE).await;
+    let leader = c.wait_leader(WAIT).await;
+    for n in 0..20 {
+        let r = c
+            .create(
+                n % 5,
+                json!({"cookie": format!("before-{n}"), "user_id": 1}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    c.signal(leader, "TERM");
+    // Far less than the lease: only a transfer lets another node lead by then.
+    let status = c
+        .wait_exit(leader, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader did not hand over within 20 s\n{}",
+                c.log(leader)
+            )
+        });
+    assert!(status.success(), "node{} exited with {status}", leader + 1);
+    let log = c.log(leader);
+    assert!(log.contains("leadership handed over"), "{log}");
+    assert!(log.contains("handing leadership to node"), "{log}");
+    let new = c.wait_leader(Duration::from_secs(5)).await;
+    assert_ne!(new, leader);
+    for n in 0..5 {
+        if n == leader {
+            continue;
+        }
+        let r = c
+            .create(n, json!({"cookie": format!("after-{n}"), "user_id": 1}))
+            .await;
+        assert_eq!(r.status, 201, "node{}: {}", n + 1, r.text);
+    }
+    let present = c.list(new, "linearizable").await.len();
+    assert_eq!(present, 24, "every acknowledged write is there");
+}

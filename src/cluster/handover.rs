@@ -1,29 +1,51 @@
 //! A leader that is asked to stop (SIGTERM: a rolling restart, a pod rescheduled) hands
-//! leadership over before it closes its listeners, so the cluster's leaderless window is
-//! one lease, not a lease plus a failed election, and no request meets a closed port on
-//! the way.
+//! leadership over before it closes its listeners, so that no request meets a closed port
+//! on the way and the cluster is without a leader for about one election round.
 //!
-//! openraft 0.9 has no leadership transfer, and its followers refuse to vote while the
+//! openraft 0.9 has no leadership transfer, and its voters refuse to vote while the
 //! leader's lease (`election_timeout_max`) runs: every AppendEntries, heartbeat or not,
-//! renews it. So the leader makes itself quiet:
-//! 1. it stops proposing: [`Cluster::leader`] and [`Cluster::is_leader`] answer as if it
-//!    did not lead, so new writes and read-index requests here (and those forwarded to it)
-//!    wait for the next leader and go there; entries already proposed still replicate;
-//! 2. it turns off its heartbeats and its own elections (openraft's runtime config);
-//! 3. the followers' leases run out, one of them campaigns, and wins (this node's log is
-//!    no longer than theirs once its last entries are replicated);
+//! renews it. The transfer is the Raft thesis' (section 3.10), built on a patch that lets a
+//! leader release its voters from its lease (`Trigger::release_lease`, `vendor/README.md`):
+//! 1. the leader stops proposing: [`Cluster::leader`] and [`Cluster::is_leader`] answer as
+//!    if it did not lead, so new writes and read-index requests here (and those forwarded
+//!    to it) wait for the next leader and go there; entries already proposed still
+//!    replicate. It turns off its heartbeats and its own elections;
+//! 2. it waits (at most [`CATCH_UP`]) for a voter whose log holds all of its own;
+//! 3. it releases itself and every other voter from its lease ([`Handover`], on the peer
+//!    listener), then asks that voter to campaign at once: it wins with the votes of the
+//!    leader and of the others, since its log is as long as any of theirs;
 //! 4. once another leader is known (or a bound passes), the node stops as usual: its HTTP
 //!    servers drain, then Raft shuts down.
+//!
+//! Any step that fails leaves the fallback: with heartbeats off, the voters' leases run
+//! out and one of them campaigns, one lease and an election timeout later.
+//!
+//! A release is tied to the leader's vote: a voter whose vote has moved on (a newer leader,
+//! a vote it gave since) ignores it, and it lapses when the voter's vote changes. It never
+//! loosens the log check, so no voter grants a candidate with a shorter log. The lease
+//! keeps a partitioned or restarted node from unseating a working leader; the leader
+//! itself waiving it cannot do that. Linearizable reads do not rely on it: a read is
+//! confirmed by a quorum round (`read::rounds`).
 //!
 //! Requests that arrive here meanwhile are served: they wait for the new leader and are
 //! forwarded to it, within their own timeout.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use cookie_raft::NodeId;
+use openraft::{LogId, Vote};
 use tokio::time::Instant;
 
+use super::proto::{Handover, HandoverReply};
 use super::Cluster;
+
+/// How long a stopping leader waits for a voter to hold all of its log before it gives the
+/// transfer up (and leaves the leases to run out).
+pub const CATCH_UP: Duration = Duration::from_secs(2);
+/// How long each voter has to answer a [`Handover`].
+const ASK: Duration = Duration::from_millis(500);
 
 impl Cluster {
     /// Hand leadership over if this node leads a cluster of more than one voter; `true`
@@ -39,6 +61,7 @@ impl Cluster {
         config.heartbeat(false);
         config.elect(false);
         let deadline = Instant::now() + bound;
+        self.transfer(deadline).await;
         let mut rx = self.raft.metrics();
         loop {
             let leader = rx.borrow_and_update().current_leader;
@@ -53,5 +76,172 @@ impl Cluster {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), rx.changed()).await;
         }
+    }
+
+    /// Steps 2 and 3 of the module's list; on any failure the leases run out instead.
+    async fn transfer(&self, deadline: Instant) {
+        let Some((target, vote)) = self
+            .caught_up_voter(deadline.min(Instant::now() + CATCH_UP))
+            .await
+        else {
+            tracing::warn!(
+                "no voter holds all of this leader's log; the next leader is elected once \
+                 the lease runs out"
+            );
+            return;
+        };
+        if let Err(e) = self.raft.trigger().release_lease(vote).await {
+            tracing::warn!("cannot release this leader's own lease: {e}");
+            return;
+        }
+        let voters = self.members().voters;
+        let others = self
+            .other_members()
+            .into_iter()
+            .filter(|m| m.id != target && voters.contains(&m.id));
+        let release = Handover {
+            vote,
+            campaign: false,
+        };
+        // Released first: the candidate's vote requests must find them released.
+        let asked = others.map(|m| {
+            let release = &release;
+            async move {
+                let answer = self.peers.handover(&m.addr, release, ASK).await;
+                (m.id, answer)
+            }
+        });
+        for (id, answer) in futures::future::join_all(asked).await {
+            match answer {
+                Ok(HandoverReply::Done) => {}
+                Ok(HandoverReply::Refused(why)) => tracing::info!(node = id, "not released: {why}"),
+                Err(e) => tracing::info!(node = id, "not released: {e}"),
+            }
+        }
+        let Some(addr) = self
+            .other_members()
+            .into_iter()
+            .find(|m| m.id == target)
+            .map(|m| m.addr)
+        else {
+            return;
+        };
+        let campaign = Handover {
+            vote,
+            campaign: true,
+        };
+        match self.peers.handover(&addr, &campaign, ASK).await {
+            Ok(HandoverReply::Done) => {
+                tracing::info!(node = target, "handing leadership to node {target}")
+            }
+            Ok(HandoverReply::Refused(why)) => {
+                tracing::warn!(node = target, "node {target} does not campaign: {why}")
+            }
+            Err(e) => tracing::warn!(node = target, "node {target} does not campaign: {e}"),
+        }
+    }
+
+    /// Wait until a voter holds every entry this leader has, at most until `deadline`: that
+    /// voter, and this leader's vote. `None` when none does in time or this node no longer
+    /// leads with a committed vote.
+    async fn caught_up_voter(&self, deadline: Instant) -> Option<(NodeId, Vote<NodeId>)> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if !m.vote.is_committed() || m.vote.leader_id().voted_for() != Some(self.me) {
+                    return None;
+                }
+                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                let matched = m.replication.as_ref()?;
+                if let Some(target) = best_target(&voters, self.me, matched, m.last_log_index) {
+                    return Some((target, m.vote));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), rx.changed()).await;
+        }
+    }
+
+    /// A voter told by its leader that the leader hands over ([`Handover`]): release the
+    /// lease, and campaign when asked, if that leader's vote is this node's own vote.
+    pub async fn handed_over(&self, msg: &Handover) -> HandoverReply {
+        let (vote, voter) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.me);
+            (m.vote, voter)
+        };
+        if !msg.vote.is_committed() || vote != msg.vote {
+            return HandoverReply::Refused(format!(
+                "this node's vote is {vote}, not the sender's leadership {}",
+                msg.vote
+            ));
+        }
+        if !voter {
+            return HandoverReply::Refused("this node is not a voter".into());
+        }
+        if let Err(e) = self.raft.trigger().release_lease(msg.vote).await {
+            return HandoverReply::Refused(e.to_string());
+        }
+        if msg.campaign {
+            tracing::info!(
+                leader = msg.vote.leader_id().voted_for(),
+                "the leader hands leadership over to this node: campaigning"
+            );
+            if let Err(e) = self.raft.trigger().elect().await {
+                return HandoverReply::Refused(e.to_string());
+            }
+        }
+        HandoverReply::Done
+    }
+}
+
+/// Of `voters` other than `me`, one whose matched log reaches `last` (this leader's last
+/// index): the lowest id, so that repeated looks pick the same one. `None` while none does.
+fn best_target(
+    voters: &[NodeId],
+    me: NodeId,
+    matched: &BTreeMap<NodeId, Option<LogId<NodeId>>>,
+    last: Option<u64>,
+) -> Option<NodeId> {
+    let last = last?;
+    voters.iter().copied().filter(|id| *id != me).find(|id| {
+        matched
+            .get(id)
+            .copied()
+            .flatten()
+            .is_some_and(|l| l.index >= last)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn at(index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(3, 1), index))
+    }
+
+    /// Only a voter that holds all of the leader's log is asked to campaign: a learner, a
+    /// voter behind, or one whose match is unknown is never chosen.
+    #[test]
+    fn the_target_holds_all_of_the_leaders_log() {
+        let matched = BTreeMap::from([(2, at(9)), (3, at(10)), (4, None), (5, at(12))]);
+        assert_eq!(best_target(&[1, 2, 3, 4], 1, &matched, Some(10)), Some(3));
+        assert_eq!(best_target(&[1, 2, 4], 1, &matched, Some(10)), None);
+        // Node 5 is caught up but not a voter (a learner).
+        assert_eq!(best_target(&[1, 2], 1, &matched, Some(12)), None);
+        assert_eq!(best_target(&[1, 3, 5], 1, &matched, Some(10)), Some(3));
+        assert_eq!(best_target(&[1, 2, 3], 1, &matched, None), None);
+        assert_eq!(best_target(&[1], 1, &matched, Some(1)), None);
     }
 }

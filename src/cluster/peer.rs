@@ -11,8 +11,8 @@ use cookie_raft::network::{read_capped, MAX_PEER_BODY_BYTES, MAX_RESPONSE_BYTES}
 use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
 use super::proto::{
-    Change, ChangeError, ForwardReply, ForwardedWrite, Members, ReadIndexReply, MEMBERSHIP_PATH,
-    READ_INDEX_PATH, WRITE_PATH,
+    Change, ChangeError, ForwardReply, ForwardedWrite, Handover, HandoverReply, Members,
+    ReadIndexReply, HANDOVER_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, WRITE_PATH,
 };
 
 /// Why a peer request got no answer. For a forwarded write the difference matters:
@@ -128,6 +128,34 @@ impl PeerClient {
             .map_err(|e| maybe(e.to_string()))?;
         if !status.is_success() {
             return Err(maybe(format!("read-index answered {status}")));
+        }
+        codec::decode(&bytes).map_err(|e| maybe(e.to_string()))
+    }
+
+    /// Tell the voter at `addr` that this leader hands leadership over ([`Handover`]).
+    pub async fn handover(
+        &self,
+        addr: &str,
+        msg: &Handover,
+        timeout: Duration,
+    ) -> Result<HandoverReply, PeerError> {
+        let maybe = |e: String| PeerError::MaybeSent(e);
+        let body = codec::encode(msg).map_err(|e| PeerError::NotSent(e.to_string()))?;
+        let resp = self
+            .post(addr, HANDOVER_PATH, timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| maybe(e.to_string()))?;
+        let status = resp.status();
+        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| maybe(e.to_string()))?;
+        if !status.is_success() {
+            return Err(maybe(format!(
+                "handover answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
         }
         codec::decode(&bytes).map_err(|e| maybe(e.to_string()))
     }

@@ -26,6 +26,9 @@ pub const READ_INDEX_PATH: &str = "/raft/read-index";
 /// A membership change for the leader to make (a forwarded admin request, or a new node
 /// asking to join): `membership::Change` in, `Result<Members, ChangeError>` out.
 pub const MEMBERSHIP_PATH: &str = "/raft/membership";
+/// A leader that is stopping hands leadership over (`handover`): [`Handover`] in,
+/// [`HandoverReply`] out.
+pub const HANDOVER_PATH: &str = "/raft/handover";
 /// The JSON documents peers probe on each other's peer listener, at the paths the client
 /// API uses for the same documents: who a node is and whether it is initialized
 /// (bootstrap), whether it is alive (health monitor), its cache statistics (`/cache`).
@@ -72,6 +75,26 @@ pub enum ReadIndexReply {
     /// index to be applied.
     Index(u64),
     NotLeader,
+}
+
+/// From a leader that is stopping, to each other voter: its lease is released (the voter may
+/// vote within it), and the one named `campaign` is asked to stand for election at once.
+/// The leader is named by its vote (committed, its term and id; the peer gate checks that
+/// the sender is that node): a voter acts only while that is its own vote, so a message from
+/// an old leader, or one delayed past the next election, changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub vote: openraft::Vote<NodeId>,
+    pub campaign: bool,
+}
+
+/// What a voter answers a [`Handover`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoverReply {
+    /// The lease is released (and, when asked, the election started).
+    Done,
+    /// This voter's vote is not the sender's leadership, or it is not a voter: nothing done.
+    Refused(String),
 }
 
 /// One membership change, as the API and the forwarding between nodes carry it.

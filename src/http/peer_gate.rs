@@ -135,6 +135,12 @@ impl Voted for VoteRequest<NodeId> {
     }
 }
 
+impl Voted for crate::cluster::proto::Handover {
+    fn vote(&self) -> &Vote<NodeId> {
+        &self.vote
+    }
+}
+
 impl Voted for InstallSnapshotRequest<TypeConfig> {
     fn vote(&self) -> &Vote<NodeId> {
         &self.vote

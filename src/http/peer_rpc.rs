@@ -1,6 +1,7 @@
 //! Inbound node-to-node application requests, after the [`super::peer_gate`]: writes a
 //! follower forwards to the leader (`/raft/write`), read-index requests
-//! (`/raft/read-index`) and membership changes (`/raft/membership`). Their client is [`crate::cluster::peer`]; their messages are in
+//! (`/raft/read-index`), membership changes (`/raft/membership`) and a stopping leader's
+//! handover (`/raft/handover`). Their client is [`crate::cluster::peer`]; their messages are in
 //! [`crate::cluster::proto`].
 
 use axum::body::Bytes;
@@ -9,10 +10,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 
-use super::peer_gate::{admit, reply};
+use super::peer_gate::{admit, admit_voted, reply};
 use super::state::Shared;
 use crate::cluster::membership::Change;
-use crate::cluster::proto::ForwardedWrite;
+use crate::cluster::proto::{ForwardedWrite, Handover};
 use tokio::time::Instant;
 
 /// Writes forwarded by a follower; proposed here only if this node leads.
@@ -50,6 +51,15 @@ pub async fn membership(State(state): State<Shared>, headers: HeaderMap, body: B
             let deadline = Instant::now() + state.cfg.write_timeout();
             reply(&state.cluster.change_membership(change, deadline).await)
         }
+        Err(r) => r.into_response(),
+    }
+}
+
+/// A stopping leader hands leadership over (`cluster::handover`): the peer gate checks that
+/// the vote it names is its sender's, as for a Raft RPC.
+pub async fn handover(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit_voted::<Handover>(&state, &headers, &body) {
+        Ok(msg) => reply(&state.cluster.handed_over(&msg).await),
         Err(r) => r.into_response(),
     }
 }

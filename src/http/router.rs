@@ -23,8 +23,8 @@ use super::{
     auth, backup, cache, cookies, health, members, openapi, peer_gate, peer_rpc, raft_rpc, status,
 };
 use crate::cluster::proto::{
-    APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HEALTH_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH,
-    SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
+    APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HANDOVER_PATH, HEALTH_PATH, MEMBERSHIP_PATH,
+    READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
@@ -56,6 +56,7 @@ pub fn peer_router(state: Shared) -> Router {
         .route(WRITE_PATH, with_405(post(peer_rpc::forwarded_write)))
         .route(READ_INDEX_PATH, with_405(post(peer_rpc::read_index)))
         .route(MEMBERSHIP_PATH, with_405(post(peer_rpc::membership)))
+        .route(HANDOVER_PATH, with_405(post(peer_rpc::handover)))
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route(HEALTH_PATH, with_405(get(health::health)))
         .route(CACHE_PATH, with_405(get(cache::local_cache_stats)));

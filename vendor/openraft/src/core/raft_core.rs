@@ -1242,6 +1242,9 @@ where
                     ExternalCommand::PurgeLog { upto } => {
                         self.engine.trigger_purge_log(upto);
                     }
+                    ExternalCommand::ReleaseLease { vote } => {
+                        self.engine.release_lease(vote);
+                    }
                 }
             }
         };

@@ -90,6 +90,11 @@ where C: RaftTypeConfig
     /// without losing leadership status.
     pub(crate) candidate: CandidateState<C>,
 
+    /// Patched (cookie-crud): the vote whose leader released this node from its lease
+    /// ([`crate::raft::trigger::Trigger::release_lease`]). While this node's vote is this one,
+    /// a vote request is not refused for the lease.
+    pub(crate) lease_released: Option<Vote<C::NodeId>>,
+
     /// Output entry for the runtime.
     pub(crate) output: EngineOutput<C>,
 }
@@ -107,6 +112,7 @@ where C: RaftTypeConfig
             seen_greater_log: false,
             leader: None,
             candidate: None,
+            lease_released: None,
             output: EngineOutput::new(4096),
         }
     }
@@ -294,6 +300,21 @@ where C: RaftTypeConfig
         None
     }
 
+    /// Patched (cookie-crud): the leader of `vote` released this node from its lease; kept only
+    /// while this node's vote is `vote`.
+    pub(crate) fn release_lease(&mut self, vote: Vote<C::NodeId>) {
+        if self.state.vote_ref() == &vote && vote.is_committed() {
+            tracing::info!(vote = display(&vote), "leader lease released");
+            self.lease_released = Some(vote);
+        } else {
+            tracing::info!(
+                vote = display(&vote),
+                my_vote = display(self.state.vote_ref()),
+                "leader lease not released: not this node's vote"
+            );
+        }
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
         let now = C::now();
@@ -318,7 +339,10 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        // Patched (cookie-crud): unless the leader of this vote released this node from its
+        // lease (a leadership transfer): then the candidate is judged by its log alone.
+        let released = self.lease_released.as_ref() == Some(vote);
+        if vote.is_committed() && !released {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

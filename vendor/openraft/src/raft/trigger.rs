@@ -4,6 +4,7 @@ use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::Fatal;
 use crate::raft::RaftInner;
 use crate::RaftTypeConfig;
+use crate::Vote;
 
 /// Trigger is an interface to trigger an action to RaftCore by external caller.
 ///
@@ -78,5 +79,19 @@ where C: RaftTypeConfig
     /// [`max_in_snapshot_log_to_keep`]: `crate::Config::max_in_snapshot_log_to_keep`
     pub async fn purge_log(&self, upto: u64) -> Result<(), Fatal<C::NodeId>> {
         self.raft_inner.send_external_command(ExternalCommand::PurgeLog { upto }, "purge_log").await
+    }
+
+    /// Patched (cookie-crud): release this node from the lease of the leader of `vote`.
+    ///
+    /// A node whose vote is `vote` (a committed vote: the leader itself, or a follower of it)
+    /// then grants a vote request without waiting for that leader's lease to run out, as long
+    /// as its vote stays `vote`. A leader that hands leadership over calls it on itself and
+    /// asks its followers to; the candidate it chose can then win at once instead of after a
+    /// lease. It never loosens the log check: a candidate whose log is behind is still refused.
+    ///
+    /// Ignored when this node's vote is not `vote`. Returns at once; error only when RaftCore
+    /// has a [`Fatal`] error.
+    pub async fn release_lease(&self, vote: Vote<C::NodeId>) -> Result<(), Fatal<C::NodeId>> {
+        self.raft_inner.send_external_command(ExternalCommand::ReleaseLease { vote }, "release_lease").await
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use crate::core::raft_msg::ResultSender;
 use crate::RaftTypeConfig;
 use crate::Snapshot;
+use crate::Vote;
 
 /// Application-triggered Raft actions for testing and administration.
 ///
@@ -31,6 +32,11 @@ pub(crate) enum ExternalCommand<C: RaftTypeConfig> {
     ///
     /// [`max_in_snapshot_log_to_keep`]: `crate::Config::max_in_snapshot_log_to_keep`
     PurgeLog { upto: u64 },
+
+    /// Patched (cookie-crud): the leader of `vote` releases this node from its lease, so that
+    /// a candidate it hands leadership to can be voted for at once (a leadership transfer).
+    /// Ignored unless this node's vote is `vote`; it lapses when the vote changes.
+    ReleaseLease { vote: Vote<C::NodeId> },
 }
 
 impl<C> fmt::Debug for ExternalCommand<C>
@@ -60,6 +66,9 @@ where C: RaftTypeConfig
             }
             ExternalCommand::PurgeLog { upto } => {
                 write!(f, "PurgeLog[..={}]", upto)
+            }
+            ExternalCommand::ReleaseLease { vote } => {
+                write!(f, "ReleaseLease[{}]", vote)
             }
         }
     }

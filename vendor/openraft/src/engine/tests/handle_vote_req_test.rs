@@ -61,6 +61,50 @@ fn test_handle_vote_req_rejected_by_leader_lease() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Patched (cookie-crud): a node whose leader released it from its lease grants a candidate
+/// with a log as long as its own within the lease; a release for another vote changes nothing,
+/// a candidate whose log is behind is still refused, and the release lapses with the vote.
+#[test]
+fn test_handle_vote_req_granted_in_a_released_lease() -> anyhow::Result<()> {
+    // A release for a vote this node does not hold is ignored: the lease still refuses.
+    let mut eng = eng();
+    eng.state.vote.update(TokioInstant::now(), Vote::new_committed(2, 1));
+    eng.release_lease(Vote::new_committed(1, 1));
+    eng.release_lease(Vote::new(2, 1));
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(3, 2),
+        last_log_id: None,
+    });
+    assert!(!resp.vote_granted);
+
+    // Released for this vote: a candidate whose log is behind is still refused...
+    eng.state.log_ids = LogIdList::new(vec![log_id(2, 1, 3)]);
+    eng.release_lease(Vote::new_committed(2, 1));
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(3, 2),
+        last_log_id: Some(log_id(1, 1, 3)),
+    });
+    assert!(!resp.vote_granted);
+    assert_eq!(Vote::new_committed(2, 1), *eng.state.vote_ref());
+
+    // ...and one whose log is as long is granted within the lease.
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(3, 2),
+        last_log_id: Some(log_id(2, 1, 3)),
+    });
+    assert!(resp.vote_granted);
+    assert_eq!(Vote::new(3, 2), *eng.state.vote_ref());
+
+    // The release went with the vote: the next leader's lease holds again.
+    eng.state.vote.update(TokioInstant::now(), Vote::new_committed(3, 2));
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(4, 0),
+        last_log_id: Some(log_id(2, 1, 3)),
+    });
+    assert!(!resp.vote_granted);
+    Ok(())
+}
+
 #[test]
 fn test_handle_vote_req_reject_smaller_vote() -> anyhow::Result<()> {
     let mut eng = eng();
