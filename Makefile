@@ -77,7 +77,8 @@ bench:
 	python3 benches/handover.py --bin target/release/cookie-crud --rounds 3
 
 # The Jepsen-style fault suite: each fault alone, then all mixed, JEPSEN_TIME seconds each
-# (default 60). JEPSEN_FAULTS="partition" (or "kill pause", or "member" and mixes such as
+# (default 60). JEPSEN_FAULTS="partition" (or "kill pause", "stop": SIGTERM, a leader's handover
+# and a restart, or "member" and mixes such as
 # "kill,partition,member": remove a node and add it back with empty data; "power" and "disk",
 # power cuts and full disks on a lossy FUSE filesystem, need root) picks runs; JEPSEN_SEED fixes
 # the seed; JEPSEN_NODES=5 runs a five-node cluster; JEPSEN_TLS=1 runs it with mutual TLS
@@ -87,7 +88,7 @@ bench:
 # node that panicked fails the run. Results: results/jepsen-<seed>/.
 JEPSEN_CARGO = $(if $(JEPSEN_ASSERT),CARGO_TARGET_DIR=target/assert $(CARGO) test --release --config 'profile.release.package.openraft.debug-assertions=true',$(CARGO) test --release)
 jepsen:
-	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause partition all}; do \
+	@set -eo pipefail; for f in $${JEPSEN_FAULTS:-kill pause stop partition all}; do \
 	  echo "== jepsen: faults=$$f time=$${JEPSEN_TIME:-60}s"; \
 	  JEPSEN_FAULTS=$$f JEPSEN_TIME=$${JEPSEN_TIME:-60} $(JEPSEN_CARGO) --test jepsen -- --nocapture 2>&1 \
 	    | grep -E "^(nemesis|jepsen run|register ops|set:|keyed:|walks:|result|  |smallest|results in|test result)"; \

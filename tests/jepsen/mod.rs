@@ -58,7 +58,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// `JEPSEN_TIME` (seconds), `JEPSEN_SEED`, `JEPSEN_FAULTS`
-    /// (kill,pause,partition,member,power,disk,all,none), `JEPSEN_NODES` (3 or 5),
+    /// (kill,pause,stop,partition,member,power,disk,all,none), `JEPSEN_NODES` (3 or 5),
     /// `JEPSEN_RESULTS` (directory), `JEPSEN_TLS` (1: TLS), `JEPSEN_WAL_APART` (1: each
     /// node's WAL outside its data directory).
     pub fn from_env(default_seconds: u64) -> RunConfig {

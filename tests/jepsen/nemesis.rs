@@ -15,6 +15,10 @@ pub enum Fault {
     Kill,
     /// `SIGSTOP` a random node or the leader; `SIGCONT` when healing.
     Pause,
+    /// `SIGTERM` a random node or the leader, as a rolling restart does: a leader hands
+    /// leadership to a caught-up voter before it stops (`cluster::handover`), releasing its
+    /// voters from its lease. Restarted when healing, once it has stopped.
+    Stop,
     /// Partitions on the node-to-node links: majority/minority, isolate the leader, a
     /// bridge, or one-way.
     Partition,
@@ -41,15 +45,16 @@ impl Fault {
             match f {
                 "kill" => out.push(Fault::Kill),
                 "pause" => out.push(Fault::Pause),
+                "stop" => out.push(Fault::Stop),
                 "partition" => out.push(Fault::Partition),
                 "member" => out.push(Fault::Member),
                 "power" => out.push(Fault::Power),
                 "disk" => out.push(Fault::Disk),
-                "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
+                "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition, Fault::Stop]),
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} (kill, pause, partition, member, power, disk, all, none)"
+                        "unknown fault {other:?} (kill, pause, stop, partition, member, power, disk, all, none)"
                     ))
                 }
             }
@@ -65,6 +70,8 @@ enum Active {
     /// Every node killed; restarted in this order (the old leader first).
     KilledAll(Vec<usize>),
     Paused(usize),
+    /// Sent SIGTERM: restarted once it has stopped.
+    Stopped(usize),
     Partitioned,
     /// Removed from the membership, killed, data deleted: rejoins when healed.
     Removed(usize),
@@ -179,6 +186,17 @@ impl Nemesis {
                 self.note(format!("fill the disk of node{}", t + 1));
                 Active::Filled(vec![t])
             }
+            Fault::Stop => {
+                let t = self.target(cluster).await;
+                let leader = cluster.leader().await == Some(t);
+                cluster.signal(t, "TERM");
+                self.note(format!(
+                    "SIGTERM node{}{}",
+                    t + 1,
+                    if leader { " (the leader)" } else { "" }
+                ));
+                Active::Stopped(t)
+            }
             Fault::Pause => {
                 let t = self.target(cluster).await;
                 cluster.signal(t, "STOP");
@@ -261,6 +279,17 @@ impl Nemesis {
             Active::Paused(t) => {
                 cluster.signal(t, "CONT");
                 self.note(format!("SIGCONT node{}", t + 1));
+            }
+            Active::Stopped(t) => {
+                // A node stops within its handover bound (three election timeouts) and its
+                // drain; one that does not is a fault of the node, not of the schedule.
+                let status = cluster
+                    .wait_exit(t, Duration::from_secs(60))
+                    .await
+                    .unwrap_or_else(|| panic!("node{} did not stop on SIGTERM", t + 1));
+                assert!(status.success(), "node{} exited with {status}", t + 1);
+                cluster.spawn(t);
+                self.note(format!("restart node{} (it stopped cleanly)", t + 1));
             }
             Active::Partitioned => {
                 mesh.heal();
