@@ -204,3 +204,41 @@ async fn a_stopping_leader_hands_over_without_waiting_out_its_lease() {
     let present = c.list(new, "linearizable").await.len();
     assert_eq!(present, 24, "every acknowledged write is there");
 }
+
+/// A voter that looked caught up but is gone (killed just before the leader is stopped) is
+/// not the one left to campaign: the leader asks the voters that answered its release first,
+/// and the next one when a campaign request fails. Before, it asked the lowest id alone and,
+/// when that one was down, fell back to waiting out its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_leader_passes_over_a_voter_that_is_gone() {
+    let mut c = Cluster::start(3, LONG_LEASE).await;
+    let leader = c.wait_leader(WAIT).await;
+    let r = c
+        .create(leader, json!({"cookie": "before", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // The lowest id of the followers: the first the leader would pick.
+    let gone = (0..3).find(|&i| i != leader).unwrap();
+    let other = (0..3).find(|&i| i != leader && i != gone).unwrap();
+    c.kill(gone);
+    c.signal(leader, "TERM");
+    let status = c
+        .wait_exit(leader, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader did not hand over within 20 s\n{}",
+                c.log(leader)
+            )
+        });
+    assert!(status.success(), "node{} exited with {status}", leader + 1);
+    let log = c.log(leader);
+    assert!(
+        log.contains(&format!("handing leadership to node {}", other + 1)),
+        "{log}"
+    );
+    c.spawn(gone);
+    c.wait_ready_all(WAIT).await;
+    let r = c.get(other, "before", "linearizable").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

@@ -10,10 +10,12 @@
 //!    if it did not lead, so new writes and read-index requests here (and those forwarded
 //!    to it) wait for the next leader and go there; entries already proposed still
 //!    replicate. It turns off its heartbeats and its own elections;
-//! 2. it waits (at most [`CATCH_UP`]) for a voter whose log holds all of its own;
+//! 2. it waits (at most [`CATCH_UP`]) for voters whose logs hold all of its own;
 //! 3. it releases itself and every other voter from its lease ([`Handover`], on the peer
-//!    listener), then asks that voter to campaign at once: it wins with the votes of the
-//!    leader and of the others, since its log is as long as any of theirs;
+//!    listener), and once enough have answered for a majority, asks one of the caught-up
+//!    voters to campaign at once (those that answered first; the next when one cannot): it
+//!    wins with the votes of the leader and of the others, since its log is as long as any
+//!    of theirs;
 //! 4. once another leader is known (or a bound passes), the node stops as usual: its HTTP
 //!    servers drain, then Raft shuts down.
 //!
@@ -35,6 +37,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cookie_raft::NodeId;
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::{LogId, Vote};
 use tokio::time::Instant;
 
@@ -80,8 +83,8 @@ impl Cluster {
 
     /// Steps 2 and 3 of the module's list; on any failure the leases run out instead.
     async fn transfer(&self, deadline: Instant) {
-        let Some((target, vote)) = self
-            .caught_up_voter(deadline.min(Instant::now() + CATCH_UP))
+        let Some((targets, vote)) = self
+            .caught_up_voters(deadline.min(Instant::now() + CATCH_UP))
             .await
         else {
             tracing::warn!(
@@ -95,56 +98,71 @@ impl Cluster {
             return;
         }
         let voters = self.members().voters;
-        let others = self
+        let others: Vec<_> = self
             .other_members()
             .into_iter()
-            .filter(|m| m.id != target && voters.contains(&m.id));
+            .filter(|m| voters.contains(&m.id))
+            .collect();
+        // Every other voter is released, each by a task of its own. A candidate needs a
+        // majority: its own vote, this leader's, and enough released voters; so the campaign
+        // is asked for once that many have answered, not after a voter that does not answer
+        // (paused, cut off) has held everyone for `ASK`.
         let release = Handover {
             vote,
             campaign: false,
         };
-        // Released first: the candidate's vote requests must find them released.
-        let asked = others.map(|m| {
-            let release = &release;
-            async move {
-                let answer = self.peers.handover(&m.addr, release, ASK).await;
-                (m.id, answer)
-            }
-        });
-        for (id, answer) in futures::future::join_all(asked).await {
-            match answer {
-                Ok(HandoverReply::Done) => {}
-                Ok(HandoverReply::Refused(why)) => tracing::info!(node = id, "not released: {why}"),
-                Err(e) => tracing::info!(node = id, "not released: {e}"),
+        let mut answers: FuturesUnordered<_> = others
+            .iter()
+            .map(|m| {
+                let (peers, addr, id, release) =
+                    (self.peers.clone(), m.addr.clone(), m.id, release.clone());
+                tokio::spawn(async move { (id, peers.handover(&addr, &release, ASK).await) })
+            })
+            .collect();
+        let needed = (voters.len() / 2 + 1).saturating_sub(1);
+        let mut released = Vec::new();
+        while released.len() < needed {
+            match answers.next().await {
+                Some(Ok((id, Ok(HandoverReply::Done)))) => released.push(id),
+                Some(Ok((id, Ok(HandoverReply::Refused(why))))) => {
+                    tracing::info!(node = id, "not released: {why}")
+                }
+                Some(Ok((id, Err(e)))) => tracing::info!(node = id, "not released: {e}"),
+                Some(Err(e)) => tracing::warn!("a release did not finish: {e}"),
+                None => break,
             }
         }
-        let Some(addr) = self
-            .other_members()
-            .into_iter()
-            .find(|m| m.id == target)
-            .map(|m| m.addr)
-        else {
-            return;
-        };
+        // The rest finish on their own, within `ASK`.
+        drop(answers);
         let campaign = Handover {
             vote,
             campaign: true,
         };
-        match self.peers.handover(&addr, &campaign, ASK).await {
-            Ok(HandoverReply::Done) => {
-                tracing::info!(node = target, "handing leadership to node {target}")
+        // Those that answered first: a voter that did not may be down, though its log
+        // looked caught up a moment ago.
+        let (answered, silent): (Vec<NodeId>, Vec<NodeId>) =
+            targets.into_iter().partition(|id| released.contains(id));
+        for target in answered.into_iter().chain(silent) {
+            let Some(member) = others.iter().find(|m| m.id == target) else {
+                continue;
+            };
+            match self.peers.handover(&member.addr, &campaign, ASK).await {
+                Ok(HandoverReply::Done) => {
+                    tracing::info!(node = target, "handing leadership to node {target}");
+                    return;
+                }
+                Ok(HandoverReply::Refused(why)) => {
+                    tracing::warn!(node = target, "node {target} does not campaign: {why}")
+                }
+                Err(e) => tracing::warn!(node = target, "node {target} does not campaign: {e}"),
             }
-            Ok(HandoverReply::Refused(why)) => {
-                tracing::warn!(node = target, "node {target} does not campaign: {why}")
-            }
-            Err(e) => tracing::warn!(node = target, "node {target} does not campaign: {e}"),
         }
     }
 
-    /// Wait until a voter holds every entry this leader has, at most until `deadline`: that
-    /// voter, and this leader's vote. `None` when none does in time or this node no longer
+    /// Wait until voters hold every entry this leader has, at most until `deadline`: those
+    /// voters, and this leader's vote. `None` when none does in time or this node no longer
     /// leads with a committed vote.
-    async fn caught_up_voter(&self, deadline: Instant) -> Option<(NodeId, Vote<NodeId>)> {
+    async fn caught_up_voters(&self, deadline: Instant) -> Option<(Vec<NodeId>, Vote<NodeId>)> {
         let mut rx = self.raft.metrics();
         loop {
             {
@@ -154,8 +172,9 @@ impl Cluster {
                 }
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 let matched = m.replication.as_ref()?;
-                if let Some(target) = best_target(&voters, self.me, matched, m.last_log_index) {
-                    return Some((target, m.vote));
+                let targets = caught_up(&voters, self.me, matched, m.last_log_index);
+                if !targets.is_empty() {
+                    return Some((targets, m.vote));
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -204,22 +223,31 @@ impl Cluster {
     }
 }
 
-/// Of `voters` other than `me`, one whose matched log reaches `last` (this leader's last
-/// index): the lowest id, so that repeated looks pick the same one. `None` while none does.
-fn best_target(
+/// Of `voters` other than `me`, those whose matched log reaches `last` (this leader's last
+/// index), by id. Empty while none does.
+fn caught_up(
     voters: &[NodeId],
     me: NodeId,
     matched: &BTreeMap<NodeId, Option<LogId<NodeId>>>,
     last: Option<u64>,
-) -> Option<NodeId> {
-    let last = last?;
-    voters.iter().copied().filter(|id| *id != me).find(|id| {
-        matched
-            .get(id)
-            .copied()
-            .flatten()
-            .is_some_and(|l| l.index >= last)
-    })
+) -> Vec<NodeId> {
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    let mut out: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|id| *id != me)
+        .filter(|id| {
+            matched
+                .get(id)
+                .copied()
+                .flatten()
+                .is_some_and(|l| l.index >= last)
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 #[cfg(test)]
@@ -231,17 +259,17 @@ mod tests {
         Some(LogId::new(CommittedLeaderId::new(3, 1), index))
     }
 
-    /// Only a voter that holds all of the leader's log is asked to campaign: a learner, a
-    /// voter behind, or one whose match is unknown is never chosen.
+    /// Only voters that hold all of the leader's log are asked to campaign: a learner, a
+    /// voter behind, or one whose match is unknown never is.
     #[test]
-    fn the_target_holds_all_of_the_leaders_log() {
+    fn the_targets_hold_all_of_the_leaders_log() {
         let matched = BTreeMap::from([(2, at(9)), (3, at(10)), (4, None), (5, at(12))]);
-        assert_eq!(best_target(&[1, 2, 3, 4], 1, &matched, Some(10)), Some(3));
-        assert_eq!(best_target(&[1, 2, 4], 1, &matched, Some(10)), None);
+        assert_eq!(caught_up(&[1, 2, 3, 4, 5], 1, &matched, Some(10)), [3, 5]);
+        assert_eq!(caught_up(&[1, 2, 3, 4], 1, &matched, Some(10)), [3]);
+        assert!(caught_up(&[1, 2, 4], 1, &matched, Some(10)).is_empty());
         // Node 5 is caught up but not a voter (a learner).
-        assert_eq!(best_target(&[1, 2], 1, &matched, Some(12)), None);
-        assert_eq!(best_target(&[1, 3, 5], 1, &matched, Some(10)), Some(3));
-        assert_eq!(best_target(&[1, 2, 3], 1, &matched, None), None);
-        assert_eq!(best_target(&[1], 1, &matched, Some(1)), None);
+        assert!(caught_up(&[1, 2], 1, &matched, Some(12)).is_empty());
+        assert!(caught_up(&[1, 2, 3], 1, &matched, None).is_empty());
+        assert!(caught_up(&[1], 1, &matched, Some(1)).is_empty());
     }
 }
