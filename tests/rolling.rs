@@ -157,6 +157,23 @@ async fn a_rolling_restart_under_load_fails_no_request() {
 const LONG_LEASE: &str =
     "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 20000\nelection_timeout_max_ms = 30000\n";
 
+/// SIGTERM the leader `leader` of a cluster with [`LONG_LEASE`]; it must exit cleanly within
+/// 20 s, far less than the lease: only a transfer lets another node lead by then. Its log.
+async fn stop_by_handover(c: &mut Cluster, leader: usize) -> String {
+    c.signal(leader, "TERM");
+    let status = c
+        .wait_exit(leader, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader did not hand over within 20 s\n{}",
+                c.log(leader)
+            )
+        });
+    assert!(status.success(), "node{} exited with {status}", leader + 1);
+    c.log(leader)
+}
+
 /// A leader stopped with SIGTERM hands leadership to a caught-up voter at once (the Raft
 /// thesis' transfer, `cluster::handover`): it releases its voters from its lease and asks
 /// one to campaign. Five voters, so the candidate needs a vote beyond the old leader's: the
@@ -175,19 +192,7 @@ async fn a_stopping_leader_hands_over_without_waiting_out_its_lease() {
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
     }
-    c.signal(leader, "TERM");
-    // Far less than the lease: only a transfer lets another node lead by then.
-    let status = c
-        .wait_exit(leader, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the leader did not hand over within 20 s\n{}",
-                c.log(leader)
-            )
-        });
-    assert!(status.success(), "node{} exited with {status}", leader + 1);
-    let log = c.log(leader);
+    let log = stop_by_handover(&mut c, leader).await;
     assert!(log.contains("leadership handed over"), "{log}");
     assert!(log.contains("handing leadership to node"), "{log}");
     let new = c.wait_leader(Duration::from_secs(5)).await;
@@ -221,18 +226,7 @@ async fn a_stopping_leader_passes_over_a_voter_that_is_gone() {
     let gone = (0..3).find(|&i| i != leader).unwrap();
     let other = (0..3).find(|&i| i != leader && i != gone).unwrap();
     c.kill(gone);
-    c.signal(leader, "TERM");
-    let status = c
-        .wait_exit(leader, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "the leader did not hand over within 20 s\n{}",
-                c.log(leader)
-            )
-        });
-    assert!(status.success(), "node{} exited with {status}", leader + 1);
-    let log = c.log(leader);
+    let log = stop_by_handover(&mut c, leader).await;
     assert!(
         log.contains(&format!("handing leadership to node {}", other + 1)),
         "{log}"

@@ -116,20 +116,7 @@ impl PeerClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<ReadIndexReply, PeerError> {
-        let maybe = |e: String| PeerError::MaybeSent(e);
-        let resp = self
-            .post(addr, READ_INDEX_PATH, timeout)
-            .send()
-            .await
-            .map_err(|e| maybe(e.to_string()))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| maybe(e.to_string()))?;
-        if !status.is_success() {
-            return Err(maybe(format!("read-index answered {status}")));
-        }
-        codec::decode(&bytes).map_err(|e| maybe(e.to_string()))
+        self.call(addr, (READ_INDEX_PATH, None), timeout).await
     }
 
     /// Tell the voter at `addr` that this leader hands leadership over ([`Handover`]).
@@ -139,21 +126,31 @@ impl PeerClient {
         msg: &Handover,
         timeout: Duration,
     ) -> Result<HandoverReply, PeerError> {
-        let maybe = |e: String| PeerError::MaybeSent(e);
         let body = codec::encode(msg).map_err(|e| PeerError::NotSent(e.to_string()))?;
-        let resp = self
-            .post(addr, HANDOVER_PATH, timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| maybe(e.to_string()))?;
+        self.call(addr, (HANDOVER_PATH, Some(body)), timeout).await
+    }
+
+    /// POST `body` (bincode, or none) to `path` at `addr` and decode the answer, read up to
+    /// [`MAX_RESPONSE_BYTES`]. Any failure may have come after the peer acted on it.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        (path, body): (&str, Option<Vec<u8>>),
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let maybe = |e: String| PeerError::MaybeSent(e);
+        let mut req = self.post(addr, path, timeout);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req.send().await.map_err(|e| maybe(e.to_string()))?;
         let status = resp.status();
         let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| maybe(e.to_string()))?;
         if !status.is_success() {
             return Err(maybe(format!(
-                "handover answered {status}: {}",
+                "{path} answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
             )));
         }
