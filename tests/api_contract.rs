@@ -438,6 +438,14 @@ async fn methods_limits_and_odd_input() {
         if method != "HEAD" {
             assert_eq!(r.json, error("Method Not Allowed"), "{method} {path}");
         }
+        // `Allow` names what the route serves, and HEAD only where it is served.
+        let allow = r.header("allow").unwrap_or_default().replace(' ', "");
+        let expected = match path {
+            "/cookies" => "GET,POST",
+            "/cookies/x" => "GET,POST,PUT,DELETE",
+            _ => "GET,HEAD",
+        };
+        assert_eq!(allow, expected, "{method} {path}");
     }
 
     // 413 over the body limit, on POST and PUT, and the store is unchanged.

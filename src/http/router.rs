@@ -38,10 +38,24 @@ async fn not_found() -> ApiError {
     ApiError::RouteNotFound
 }
 
-/// Unlisted methods answer 405 JSON. HEAD is listed explicitly because axum would otherwise
-/// answer it with the GET handler, and the original API refuses it.
+/// Unlisted methods answer 405 JSON.
 fn with_405(r: MethodRouter<Shared>) -> MethodRouter<Shared> {
     r.fallback(method_not_allowed)
+}
+
+/// [`with_405`] for a route the original API refuses HEAD on, which axum would otherwise
+/// answer with the GET handler. `allow` names the methods the route takes: axum's own
+/// `Allow` would list HEAD with every GET, and a 405's `Allow` must list only what is
+/// served (RFC 9110, 15.5.6).
+fn refusing_head(r: MethodRouter<Shared>, allow: &'static str) -> MethodRouter<Shared> {
+    let refuse = move || async move {
+        (
+            [(axum::http::header::ALLOW, allow)],
+            ApiError::MethodNotAllowed,
+        )
+            .into_response()
+    };
+    r.head(refuse).fallback(refuse)
 }
 
 /// The peer listener's routes (api.md section 9): Raft's RPCs, forwarded writes and
@@ -80,28 +94,23 @@ pub fn client_router(state: Shared) -> Router {
         .route("/", with_405(get(status::page)))
         .route(
             "/cookies",
-            with_405(
-                get(cookies::list)
-                    .post(cookies::create)
-                    .head(method_not_allowed),
-            ),
+            refusing_head(get(cookies::list).post(cookies::create), "GET, POST"),
         )
         .route(
             "/cookies/{cookie}",
-            with_405(
+            refusing_head(
                 get(cookies::get_one)
                     .post(cookies::create_with_path)
                     .put(cookies::update)
-                    .delete(cookies::delete)
-                    .head(method_not_allowed),
+                    .delete(cookies::delete),
+                "GET, POST, PUT, DELETE",
             ),
         )
         .route(
             CACHE_PATH,
-            with_405(
-                get(cache::get_cache)
-                    .delete(cache::clear_cache)
-                    .head(method_not_allowed),
+            refusing_head(
+                get(cache::get_cache).delete(cache::clear_cache),
+                "GET, DELETE",
             ),
         )
         .route("/metrics", with_405(get(observe::scrape)))
@@ -110,11 +119,7 @@ pub fn client_router(state: Shared) -> Router {
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route(
             "/cluster/members",
-            with_405(
-                get(members::list)
-                    .post(members::add)
-                    .head(method_not_allowed),
-            ),
+            refusing_head(get(members::list).post(members::add), "GET, POST"),
         )
         .route(
             "/cluster/members/{id}",
@@ -124,10 +129,7 @@ pub fn client_router(state: Shared) -> Router {
             "/cluster/members/{id}/promote",
             with_405(post(members::promote)),
         )
-        .route(
-            "/admin/backup",
-            with_405(get(backup::backup).head(method_not_allowed)),
-        )
+        .route("/admin/backup", refusing_head(get(backup::backup), "GET"))
         .route("/openapi.json", with_405(get(openapi::document)));
     let outer = Outer {
         incarnation: None,
