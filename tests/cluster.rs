@@ -704,6 +704,8 @@ async fn the_applied_index_header_names_no_write_the_reply_lacks() {
         .create(leader, json!({"cookie": "z", "user_id": 1, "x": 0}))
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    // The follower has applied z before its local reads begin.
+    assert_eq!(c.get(follower, "z", "linearizable").await.status, 200);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // One writer, one write at a time: the versions record z goes through, in order.
     let writer = {

@@ -188,6 +188,16 @@ impl Nemesis {
             }
             Fault::Stop => {
                 let t = self.target(cluster).await;
+                // A node a full disk stopped (still draining when its heal looked) has
+                // exited by now: start it again rather than signal a process that is gone.
+                if !cluster.is_running(t) || cluster.wait_exit(t, Duration::ZERO).await.is_some() {
+                    cluster.spawn(t);
+                    self.note(format!("node{} had stopped; restart it", t + 1));
+                    return Some(Active::Nothing);
+                }
+                // A heal restarts a node without waiting for it, and until it serves it has
+                // not yet taken over SIGTERM (whose default action would kill it).
+                cluster.wait_up(t, Duration::from_secs(30)).await;
                 let leader = cluster.leader().await == Some(t);
                 cluster.signal(t, "TERM");
                 self.note(format!(
