@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, FAST_RAFT};
+use lossy_fs::Writeback;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -124,7 +125,7 @@ fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     assert_eq!(std::fs::read(at("d")).unwrap(), b"replacement");
     assert!(!at("a").exists() && !at("b").exists());
 
-    let lost = m.power.cut();
+    let lost = m.power.cut(Writeback::None);
     assert!(lost.pages >= 2, "{lost}, {:?}", m.power.counts());
     // The root's entries undone: new, b2, dir2 and the new d went; a, b and the old d came
     // back.
@@ -174,7 +175,7 @@ fn the_lossy_filesystem_loses_exactly_what_was_not_synced() {
     std::fs::rename(at("d.tmp"), at("d")).unwrap();
     std::fs::remove_dir_all(at("dir")).unwrap();
     sync_dir(mnt.path());
-    m.power.cut();
+    m.power.cut(Writeback::None);
     m.power.restore();
     assert_eq!(std::fs::read(at("d")).unwrap(), b"replaced for good");
     assert!(!at("dir").exists() && !at("d.tmp").exists());
@@ -205,6 +206,64 @@ impl Writes {
     fn failed(&self) -> usize {
         self.failed.load(Ordering::Relaxed)
     }
+}
+
+/// Writeback at a cut: the unsynced pages it keeps reach the disk, the others do not, and a
+/// page kept past the durable end leaves zeros before it.
+#[test]
+fn the_lossy_filesystem_writes_back_what_a_cut_keeps() {
+    let Some(Scratch {
+        backing: _backing,
+        mnt,
+        m,
+    }) = Scratch::mount()
+    else {
+        return;
+    };
+    let at = |name: &str| mnt.path().join(name);
+    const PAGE: usize = 4096;
+    // One synced page of 1s, then three unsynced pages of 2s over and after it.
+    let mut a = std::fs::File::create(at("a")).unwrap();
+    a.write_all(&[1u8; PAGE]).unwrap();
+    a.sync_all().unwrap();
+    drop(a);
+    sync_dir(mnt.path());
+    {
+        use std::os::unix::fs::FileExt;
+        let a = std::fs::OpenOptions::new().write(true).open(at("a")).unwrap();
+        a.write_all_at(&[2u8; 3 * PAGE], 0).unwrap();
+    }
+    let lost = m.power.cut(Writeback::AllButFirst);
+    assert_eq!((lost.pages, lost.written_back), (3, 2), "{lost}");
+    m.power.restore();
+    let back = std::fs::read(at("a")).unwrap();
+    assert_eq!(back.len(), 3 * PAGE);
+    assert_eq!(&back[..PAGE], &[1u8; PAGE][..], "the first page was not written back");
+    assert!(back[PAGE..].iter().all(|&b| b == 2), "the later pages were");
+
+    // Only the last page kept: a hole of zeros between the durable end and it.
+    let b = std::fs::File::create(at("b")).unwrap();
+    b.sync_all().unwrap();
+    drop(b);
+    sync_dir(mnt.path());
+    std::fs::write(at("b"), [3u8; 2 * PAGE + 10]).unwrap();
+    // A seed whose choice for b's three pages (the only unsynced ones) keeps the last alone.
+    let seed = (1..)
+        .find(|&seed| {
+            let mut state = seed;
+            let keeps: Vec<bool> = (0..3)
+                .map(|p| Writeback::Random(seed).keeps(p, 0, &mut state))
+                .collect();
+            keeps == [false, false, true]
+        })
+        .unwrap();
+    let lost = m.power.cut(Writeback::Random(seed));
+    assert_eq!((lost.pages, lost.written_back), (3, 1), "{lost}");
+    m.power.restore();
+    let back = std::fs::read(at("b")).unwrap();
+    assert_eq!(back.len(), 2 * PAGE + 10);
+    assert!(back[..2 * PAGE].iter().all(|&b| b == 0));
+    assert!(back[2 * PAGE..].iter().all(|&b| b == 3));
 }
 
 /// The filesystem full: growth fails with ENOSPC, everything else goes on, and statfs says
@@ -265,6 +324,9 @@ fn start_writers(
             tokio::spawn(async move {
                 let mut n = 0u64;
                 let register = format!("reg-{w}");
+                // Some records span pages, so an append's unsynced pages are several and a
+                // cut that writes some of them back can keep a later one without the first.
+                let pad = if w % 2 == 0 { 6000 } else { 150 };
                 while !shared.stop.load(Ordering::Relaxed) {
                     n += 1;
                     let update = n.is_multiple_of(2);
@@ -275,8 +337,7 @@ fn start_writers(
                     } else {
                         format!("pl-{w}-{n}")
                     };
-                    let body =
-                        json!({"cookie": id, "user_id": w + 1, "v": n, "pad": "x".repeat(150)});
+                    let body = json!({"cookie": id, "user_id": w + 1, "v": n, "pad": "x".repeat(pad)});
                     let req = if update {
                         client.put(format!("{url}/cookies/{id}"))
                     } else {
@@ -337,7 +398,7 @@ async fn names_a_crashed_start_left_unsynced_are_made_durable_by_the_next_start(
         assert_eq!(r.status, 201, "{}", r.text);
         acked.push(id);
     }
-    let lost = lossy_fs::cut_power(&mut cluster, &power, &[0, 1, 2]);
+    let lost = lossy_fs::cut_power(&mut cluster, &power, (&[0, 1, 2], Writeback::None));
     for (i, p) in power.iter().enumerate() {
         p.restore();
         cluster.spawn(i);
@@ -405,10 +466,23 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
     let writes = Writes::default();
     let writers = start_writers(&cluster, WRITERS, &writes);
 
+    // Each cut also chooses which unsynced pages reached the disk before it: none, all but
+    // each file's first (an append's later pages without its first), or a random half.
     use Cut::*;
-    let plan = [All, Leader, All, Follower, All, Leader, All, Follower, All];
+    use Writeback::{AllButFirst, Random};
+    let plan = [
+        (All, Writeback::None),
+        (Leader, AllButFirst),
+        (All, AllButFirst),
+        (Follower, Random(1)),
+        (All, Random(2)),
+        (Leader, Writeback::None),
+        (All, AllButFirst),
+        (Follower, AllButFirst),
+        (All, Random(3)),
+    ];
     let mut lost_at_cuts = Vec::new();
-    for (round, cut) in plan.iter().enumerate() {
+    for (round, (cut, writeback)) in plan.iter().enumerate() {
         // Cut while writes flow: wait for a few hundred more acknowledgements.
         let before = writes.acked();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -428,7 +502,7 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
             Cut::Leader => vec![leader],
             Cut::Follower => vec![(leader + 1) % 3],
         };
-        let lost = lossy_fs::cut_power(&mut cluster, &power, &victims);
+        let lost = lossy_fs::cut_power(&mut cluster, &power, (&victims, *writeback));
         lost_at_cuts.push((*cut, lost));
         for &i in &victims {
             power[i].restore();
@@ -496,10 +570,20 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster_the_leader_
         total_lost > 0,
         "no cut lost an unsynced page: {lost_at_cuts:?}; per node {counts:?}"
     );
+    // Starts that found a torn write with later records kept (see `Writeback`).
+    let torn_with_later: usize = (0..3)
+        .map(|i| {
+            cluster
+                .log(i)
+                .matches("and the unsynced records written after it")
+                .count()
+        })
+        .sum();
     eprintln!(
         "power cuts: {} acknowledged creates all present, {} registers at or past their last \
-         acknowledged update ({} requests failed meanwhile); lost per cut \
-         {lost_at_cuts:?}; per node {counts:?}",
+         acknowledged update ({} requests failed meanwhile); {torn_with_later} starts cut a \
+         torn write that later records had outlived; lost per cut {lost_at_cuts:?}; per node \
+         {counts:?}",
         acked.len(),
         registers.len(),
         writes.failed()

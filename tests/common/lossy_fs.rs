@@ -5,7 +5,10 @@
 //! and throws it away at [`Power::cut`]:
 //!
 //! - **File data**, a 4-KiB page at a time, until `fsync`/`fdatasync` of that file writes it
-//!   to the file's backing file (writes, extensions and truncations alike).
+//!   to the file's backing file (writes, extensions and truncations alike). A cut may first
+//!   write some of those pages back ([`Writeback`]), in any order, as the kernel's
+//!   writeback and a disk's volatile cache do: unsynced data is not lost whole or kept whole,
+//!   and a later page can survive an earlier one.
 //! - **Names**: creating, renaming and removing a file or directory changes the namespace
 //!   the processes see, not the durable one. A directory's entries become durable only when
 //!   that directory is fsynced, as POSIX asks. A file created, written and fsynced in a
@@ -64,6 +67,8 @@ pub struct Counts {
     pub cuts: u64,
     /// Pages written but never synced when a cut came.
     pub pages_lost: u64,
+    /// Pages written and never synced that a cut wrote back anyway ([`Writeback`]).
+    pub pages_written_back: u64,
     /// Files whose size a cut moved back (an extension or a truncation not synced).
     pub sizes_lost: u64,
     /// Directory entries a cut undid: names created, removed or moved since their
@@ -76,8 +81,43 @@ pub struct Counts {
 pub struct Lost {
     /// Pages written and not synced.
     pub pages: u64,
+    /// Pages written and not synced that reached the disk all the same ([`Writeback`]).
+    pub written_back: u64,
     /// Directory entries changed since their directory's last sync (see [`Counts`]).
     pub names: u64,
+}
+
+/// Which unsynced pages reach the disk at a cut, before the rest is lost. Nothing orders
+/// writes between two fsyncs: the kernel writes dirty pages back when it likes, and a disk
+/// with a volatile cache persists what it holds in any order. A store must start again
+/// from any of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writeback {
+    /// None of them: the cut loses every unsynced page.
+    None,
+    /// All of a file's unsynced pages but its lowest: the later pages of an append survive
+    /// its first, the order that looks most like damage.
+    AllButFirst,
+    /// Each page or not, as a generator seeded with this chooses.
+    Random(u64),
+}
+
+impl Writeback {
+    /// A choice per page: `first` is the lowest unsynced page of its file, `state` the
+    /// random generator's (splitmix64).
+    pub fn keeps(self, page: u64, first: u64, state: &mut u64) -> bool {
+        match self {
+            Writeback::None => false,
+            Writeback::AllButFirst => page != first,
+            Writeback::Random(_) => {
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) & 1 == 1
+            }
+        }
+    }
 }
 
 impl std::ops::Add for Lost {
@@ -85,6 +125,7 @@ impl std::ops::Add for Lost {
     fn add(self, o: Lost) -> Lost {
         Lost {
             pages: self.pages + o.pages,
+            written_back: self.written_back + o.written_back,
             names: self.names + o.names,
         }
     }
@@ -94,8 +135,8 @@ impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} unsynced pages and {} names lost",
-            self.pages, self.names
+            "{} unsynced pages ({} of them written back first) and {} names lost",
+            self.pages, self.written_back, self.names
         )
     }
 }
@@ -279,10 +320,38 @@ impl Data {
         Ok(())
     }
 
-    /// Forget what was not synced.
-    fn cut(&mut self, counts: &mut Counts) {
+    /// Forget what was not synced, but for the pages `writeback` keeps: those reach the
+    /// backing file first, each with the size it implies (a page past the durable end
+    /// leaves a hole of zeros before it, as a file extended by writeback does).
+    fn cut(&mut self, counts: &mut Counts, writeback: Writeback, state: &mut u64) {
         counts.pages_lost += self.dirty.len() as u64;
-        self.dirty.clear();
+        let dirty = std::mem::take(&mut self.dirty);
+        let first = dirty.keys().next().copied().unwrap_or(0);
+        let kept: Vec<(u64, Vec<u8>)> = dirty
+            .into_iter()
+            .filter(|(p, _)| writeback.keeps(*p, first, state))
+            .map(|(p, d)| (p, d.data))
+            .collect();
+        counts.pages_written_back += kept.len() as u64;
+        // A page written after a truncation that was not synced reached the disk only
+        // after the truncation did (a journal commits them in order).
+        if let Some(z) = self.zero_from {
+            if kept.iter().any(|(p, _)| (p + 1) * PAGE > z) {
+                let len = self.file.metadata().expect("the backing file").len();
+                if len > z {
+                    self.file.set_len(z).expect("truncate the backing file");
+                }
+            }
+        }
+        for (p, data) in kept {
+            let start = p * PAGE;
+            if start < self.size {
+                let n = (self.size - start).min(PAGE) as usize;
+                self.file
+                    .write_all_at(&data[..n], start)
+                    .expect("write a page back");
+            }
+        }
         self.zero_from = None;
         let durable = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         if durable != self.size {
@@ -587,8 +656,13 @@ impl State {
     }
 
     /// The power cut: every directory goes back to its durable entries, every file to its
-    /// synced data, and whatever is left without a durable name is gone.
-    fn cut(&mut self) -> Lost {
+    /// synced data and the unsynced pages `writeback` keeps, and whatever is left without a
+    /// durable name is gone.
+    fn cut(&mut self, writeback: Writeback) -> Lost {
+        let mut state = match writeback {
+            Writeback::Random(seed) => seed,
+            _ => 0,
+        };
         let mut counts = self.counts;
         for node in self.inodes.values_mut() {
             if let Body::Dir(d) = &mut node.body {
@@ -616,13 +690,14 @@ impl State {
         for (ino, node) in self.inodes.iter_mut() {
             node.links = links.get(ino).copied().unwrap_or(0);
             match &mut node.body {
-                Body::File(d) => d.cut(&mut counts),
+                Body::File(d) => d.cut(&mut counts, writeback, &mut state),
                 Body::Dir(d) => d.parent = parents.get(ino).copied().unwrap_or(ROOT),
             }
         }
         counts.cuts += 1;
         let lost = Lost {
             pages: counts.pages_lost - self.counts.pages_lost,
+            written_back: counts.pages_written_back - self.counts.pages_written_back,
             names: counts.names_lost - self.counts.names_lost,
         };
         self.counts = counts;
@@ -651,12 +726,12 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl Power {
     /// Cut the power: every write and every change of a name no fsync has reached is lost,
-    /// and from now on nothing reaches the disk (every change fails with EIO) until
-    /// [`Power::restore`]. The processes using the filesystem should be frozen first
-    /// (SIGSTOP), so that none acts on what happens after the cut, then killed. Returns what
-    /// this cut lost.
-    pub fn cut(&self) -> Lost {
-        lock(&self.state).cut()
+    /// but for the pages `writeback` lets reach the disk first, and from now on nothing
+    /// reaches the disk (every change fails with EIO) until [`Power::restore`]. The
+    /// processes using the filesystem should be frozen first (SIGSTOP), so that none acts on
+    /// what happens after the cut, then killed. Returns what this cut lost.
+    pub fn cut(&self, writeback: Writeback) -> Lost {
+        lock(&self.state).cut(writeback)
     }
 
     /// Power back on, for the processes started after the cut.
@@ -689,18 +764,27 @@ pub struct Mounted {
 /// Cut the power of nodes `victims` of `cluster` at one instant, `power[i]` being node i's
 /// switch: freeze them all (SIGSTOP: no code of theirs runs after the cut, so nothing they
 /// do later reaches a client; killing one by one would give the others milliseconds to
-/// finish their fsyncs), lose what they had not synced, then kill them. Their power stays
-/// off until [`Power::restore`]. Returns what the cuts lost.
-pub fn cut_power(cluster: &mut Cluster, power: &[Power], victims: &[usize]) -> Lost {
+/// finish their fsyncs), lose what they had not synced (but for what `writeback` keeps; a
+/// random choice is seeded anew for each node), then kill them. Their power stays off until
+/// [`Power::restore`]. Returns what the cuts lost.
+pub fn cut_power(
+    cluster: &mut Cluster,
+    power: &[Power],
+    (victims, writeback): (&[usize], Writeback),
+) -> Lost {
     for &i in victims {
         if let Some(pid) = cluster.nodes[i].pid() {
             // SAFETY: kill(2) on a child this test started and has not reaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
         }
     }
-    let lost = victims
-        .iter()
-        .fold(Lost::default(), |lost, &i| lost + power[i].cut());
+    let lost = victims.iter().fold(Lost::default(), |lost, &i| {
+        let writeback = match writeback {
+            Writeback::Random(seed) => Writeback::Random(seed ^ (i as u64 + 1)),
+            w => w,
+        };
+        lost + power[i].cut(writeback)
+    });
     for &i in victims {
         cluster.kill(i);
     }

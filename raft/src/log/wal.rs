@@ -30,9 +30,10 @@
 //! [`Wal::append`] writes; the caller makes it durable with [`Wal::sync_handle`] (see
 //! [`crate::log`], which fsyncs on another thread and acknowledges afterwards). A crash can leave
 //! the end of the last segment torn: recovery cuts the log at the first record that is short or
-//! fails its CRC, provided it is in the last segment and no valid record follows it, since that
-//! write was never acknowledged. Damage anywhere else, or followed by valid records, is corruption
-//! of acknowledged entries and fails the open (naming the file and offset) instead of silently
+//! fails its CRC, provided it is in the last segment and either no valid record follows it or a
+//! sector of it reads as zeros (a power cut can keep a later unsynced page and lose an earlier
+//! one: [`torn_before`]), since that write was never acknowledged. Any other damage is
+//! corruption of acknowledged entries and fails the open (naming the file and offset) instead of silently
 //! dropping entries this node has acknowledged: Raft's safety counts on them. Such a node is wiped
 //! and rejoins by snapshot. Truncation is fsynced before it returns: otherwise a crash could bring
 //! back the old suffix behind newer, shorter records.
@@ -158,6 +159,36 @@ fn scan(bytes: &[u8]) -> (Vec<(u64, u64, u32)>, u64) {
     (out, at as u64)
 }
 
+/// The smallest unit a disk writes whole: a torn write loses whole sectors.
+const SECTOR: usize = 512;
+
+/// Whether the damage from `from` up to the valid record at `next_valid` is a write that
+/// did not reach the disk in full: some sector it spans, before the one `next_valid` starts
+/// in, reads as zeros where the damaged records are.
+///
+/// Between two fsyncs nothing orders writes: the kernel's writeback and a disk's volatile
+/// cache persist the pages of unsynced appends in any order, so a power cut can keep a
+/// later record and lose part of an earlier one. What the lost sectors read as is what they
+/// held before the append: zeros, since appends only ever write over the zeros ahead of the
+/// records, or past the end of the file (a hole), and a truncation is synced before anything
+/// is written over it. An fsync covers every write before it, so the later records were
+/// never synced either, and cutting them drops nothing acknowledged. Damage to synced
+/// records (a bad disk, a stray write) leaves no such sector: it stays an error. The
+/// sector holding the start of `next_valid` is left out, since the valid record proves it
+/// reached the disk. etcd's WAL makes the same call on a zeroed sector (`isTornEntry`).
+fn torn_before(bytes: &[u8], from: usize, next_valid: usize) -> bool {
+    let last = next_valid - next_valid % SECTOR;
+    let mut at = from;
+    while at < last {
+        let end = (at - at % SECTOR + SECTOR).min(last);
+        if zeros(&bytes[at..end]) {
+            return true;
+        }
+        at = end;
+    }
+    false
+}
+
 /// The offset of a valid record after `from` whose index is plausibly a later entry
 /// (`next` or somewhat above), if any: proof that the damage at `from` is not a torn tail.
 fn record_after(bytes: &[u8], from: usize, next: u64) -> Option<usize> {
@@ -233,18 +264,29 @@ impl Wal {
                         path.display()
                     )));
                 }
-                // A torn write leaves nothing valid behind it. A damaged record with valid
-                // records after it is damage to acknowledged entries: cutting there would
-                // silently drop them, and Raft counts on this node having them.
+                // A damaged record with valid records after it is damage to acknowledged
+                // entries, unless it is a write only partly on disk (`torn_before`):
+                // cutting there would silently drop them, and Raft counts on this node
+                // having them.
                 let next = records.last().map_or(first, |r| r.0 + 1);
-                if let Some(at) = record_after(&bytes, valid as usize, next) {
-                    return Err(corrupt(format!(
-                        "{}: damaged record at byte {valid}, followed by a valid record at byte {at}",
-                        path.display()
-                    )));
+                let after = record_after(&bytes, valid as usize, next);
+                if let Some(at) = after {
+                    if !torn_before(&bytes, valid as usize, at) {
+                        return Err(corrupt(format!(
+                            "{}: damaged record at byte {valid}, followed by a valid record at byte {at}",
+                            path.display()
+                        )));
+                    }
                 }
-                // A torn final write: it was never acknowledged.
-                tracing::warn!(segment = %path.display(), at = valid, dropped = bytes.len() as u64 - valid, "cutting a torn write at the end of the log");
+                // A torn write and whatever follows it: never synced, never acknowledged.
+                tracing::warn!(
+                    segment = %path.display(),
+                    at = valid,
+                    dropped = bytes.len() as u64 - valid,
+                    later_record_at = ?after,
+                    "cutting a torn write at the end of the log{}",
+                    if after.is_some() { ", and the unsynced records written after it" } else { "" }
+                );
                 file.set_len(valid)?;
                 file.sync_all()?;
                 file_len = valid;
@@ -841,6 +883,81 @@ mod tests {
         );
         // The file is left as it was, for whoever investigates.
         assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    /// Records 1-6 of 700 bytes each (so most start and end inside a sector), written in
+    /// one segment; the path and where each starts.
+    fn sector_spanning_records(dir: &Path) -> (PathBuf, Vec<u64>) {
+        let mut w = Wal::open(dir, None).unwrap();
+        let records: Vec<(u64, Vec<u8>)> = (1..=6).map(|i| (i, vec![b'a' + i as u8; 700])).collect();
+        w.append(&records).unwrap();
+        let starts = w.locs.iter().map(|l| l.offset).collect();
+        (dir.join(segment_name(1)), starts)
+    }
+
+    /// Zero `len` bytes of `path` at `at`.
+    fn zero(path: &Path, at: u64, len: usize) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&vec![0; len], at).unwrap();
+    }
+
+    /// A power cut that kept later unsynced records and lost a sector of an earlier one: the
+    /// log is cut at the first damaged record, the later ones with it (no fsync had covered
+    /// them: it would have covered the earlier one too).
+    #[test]
+    fn a_lost_sector_before_later_records_is_a_torn_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, starts) = sector_spanning_records(d.path());
+        // Records 3-6 were written after the last sync, and the disk lost the sector
+        // holding the middle of record 3 (the sectors of 4-6 reached it).
+        let sector = (starts[2] as usize / SECTOR + 1) * SECTOR;
+        assert!(sector + SECTOR <= starts[3] as usize, "the sector is inside record 3");
+        zero(&path, sector as u64, SECTOR);
+        let mut w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), Some((1, 2)));
+        assert_eq!(file_len(&path), starts[2], "cut at the torn record");
+        w.append(&recs(3, 4)).unwrap();
+        drop(w);
+        assert_eq!(Wal::open(d.path(), None).unwrap().bounds(), Some((1, 4)));
+    }
+
+    /// The sector lost was the one holding the start of the damaged record: what it reads
+    /// is its old content, the end of the record before (synced) and zeros.
+    #[test]
+    fn a_lost_first_sector_of_a_record_is_a_torn_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, starts) = sector_spanning_records(d.path());
+        let start = starts[2] as usize;
+        assert!(start % SECTOR != 0);
+        let sector_end = (start / SECTOR + 1) * SECTOR;
+        zero(&path, start as u64, sector_end - start);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.bounds(), Some((1, 2)));
+    }
+
+    /// A record damaged without a zeroed sector (a flipped byte, as a bad disk makes) with
+    /// valid records after it is not taken for a torn write, nor is a sector of zeros in
+    /// the sector where the next valid record starts (that sector reached the disk).
+    #[test]
+    fn damage_without_a_lost_sector_is_not_a_torn_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, starts) = sector_spanning_records(d.path());
+        let bytes = fs::read(&path).unwrap();
+        // Record 3's last 100 bytes zeroed, in the sector where record 4 starts.
+        let four = starts[3] as usize;
+        assert!(four % SECTOR >= 100, "record 4 starts past 100 bytes into its sector");
+        zero(&path, four as u64 - 100, 100);
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert!(err.to_string().contains("followed by a valid record"), "{err}");
+        assert!(!torn_before(&fs::read(&path).unwrap(), starts[2] as usize, four));
+        // A flipped byte in every sector of record 3.
+        let mut flipped = bytes.clone();
+        for at in (starts[2] as usize + HEADER..four).step_by(SECTOR / 2) {
+            flipped[at] ^= 0x10;
+        }
+        fs::write(&path, &flipped).unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert!(err.to_string().contains("followed by a valid record"), "{err}");
     }
 
     #[test]
