@@ -487,19 +487,30 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         send_timeout: state.cfg.http_body_timeout(),
         drain: HTTP_DRAIN_BOUND,
     };
-    // Both listeners stop together; in-flight requests on each finish.
-    tokio::join!(
+    // The client listener stops first and its in-flight requests finish; the peer listener
+    // stops only then. A linearizable read that came in while this leader handed over has
+    // its read index from the new leader, in the new term, and waits for this node to apply
+    // it: the new leader's appends must still reach it through the peer listener, or the read
+    // waits out its timeout and fails.
+    let peers_stopping = CancellationToken::new();
+    let client_router = http::client_router(state.clone());
+    let client = async {
         http::server::serve(
             client_listener,
-            http::client_router(state.clone()),
+            client_router,
             limits,
-            stopping.clone().cancelled_owned(),
-        ),
+            stopping.cancelled_owned(),
+        )
+        .await;
+        peers_stopping.cancel();
+    };
+    tokio::join!(
+        client,
         http::server::serve(
             peer_listener,
             http::peer_router(state),
             limits,
-            stopping.cancelled_owned(),
+            peers_stopping.clone().cancelled_owned(),
         ),
     );
     // Before Raft is shut down on purpose, which the watch must not take for a failure.

@@ -230,7 +230,10 @@ fn the_lossy_filesystem_writes_back_what_a_cut_keeps() {
     sync_dir(mnt.path());
     {
         use std::os::unix::fs::FileExt;
-        let a = std::fs::OpenOptions::new().write(true).open(at("a")).unwrap();
+        let a = std::fs::OpenOptions::new()
+            .write(true)
+            .open(at("a"))
+            .unwrap();
         a.write_all_at(&[2u8; 3 * PAGE], 0).unwrap();
     }
     let lost = m.power.cut(Writeback::AllButFirst);
@@ -238,7 +241,11 @@ fn the_lossy_filesystem_writes_back_what_a_cut_keeps() {
     m.power.restore();
     let back = std::fs::read(at("a")).unwrap();
     assert_eq!(back.len(), 3 * PAGE);
-    assert_eq!(&back[..PAGE], &[1u8; PAGE][..], "the first page was not written back");
+    assert_eq!(
+        &back[..PAGE],
+        &[1u8; PAGE][..],
+        "the first page was not written back"
+    );
     assert!(back[PAGE..].iter().all(|&b| b == 2), "the later pages were");
 
     // Only the last page kept: a hole of zeros between the durable end and it.
@@ -337,7 +344,8 @@ fn start_writers(
                     } else {
                         format!("pl-{w}-{n}")
                     };
-                    let body = json!({"cookie": id, "user_id": w + 1, "v": n, "pad": "x".repeat(pad)});
+                    let body =
+                        json!({"cookie": id, "user_id": w + 1, "v": n, "pad": "x".repeat(pad)});
                     let req = if update {
                         client.put(format!("{url}/cookies/{id}"))
                     } else {

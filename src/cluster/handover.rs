@@ -63,7 +63,8 @@ impl Cluster {
         let config = self.raft.runtime_config();
         config.heartbeat(false);
         config.elect(false);
-        let deadline = Instant::now() + bound;
+        let started = Instant::now();
+        let deadline = started + bound;
         self.transfer(deadline).await;
         let mut rx = self.raft.metrics();
         loop {
@@ -74,15 +75,20 @@ impl Cluster {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                tracing::warn!("no other leader after {bound:?}; stopping anyway");
+                tracing::warn!(
+                    "no other leader after {:?} (the bound); stopping anyway",
+                    started.elapsed()
+                );
                 return false;
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), rx.changed()).await;
         }
     }
 
-    /// Steps 2 and 3 of the module's list; on any failure the leases run out instead.
+    /// Steps 2 and 3 of the module's list; on any failure the leases run out instead. Every
+    /// wait ends by `deadline`.
     async fn transfer(&self, deadline: Instant) {
+        let ask = || ASK.min(deadline.saturating_duration_since(Instant::now()));
         let Some((targets, vote)) = self
             .caught_up_voters(deadline.min(Instant::now() + CATCH_UP))
             .await
@@ -116,13 +122,17 @@ impl Cluster {
             .map(|m| {
                 let (peers, addr, id, release) =
                     (self.peers.clone(), m.addr.clone(), m.id, release.clone());
-                tokio::spawn(async move { (id, peers.handover(&addr, &release, ASK).await) })
+                let ask = ask();
+                tokio::spawn(async move { (id, peers.handover(&addr, &release, ask).await) })
             })
             .collect();
         let needed = (voters.len() / 2 + 1).saturating_sub(1);
         let mut released = Vec::new();
         while released.len() < needed {
-            match answers.next().await {
+            let Ok(answer) = tokio::time::timeout_at(deadline, answers.next()).await else {
+                break;
+            };
+            match answer {
                 Some(Ok((id, Ok(HandoverReply::Done)))) => released.push(id),
                 Some(Ok((id, Ok(HandoverReply::Refused(why))))) => {
                     tracing::info!(node = id, "not released: {why}")
@@ -146,7 +156,12 @@ impl Cluster {
             let Some(member) = others.iter().find(|m| m.id == target) else {
                 continue;
             };
-            match self.peers.handover(&member.addr, &campaign, ASK).await {
+            let ask = ask();
+            if ask.is_zero() {
+                tracing::warn!("no voter campaigned within the bound");
+                return;
+            }
+            match self.peers.handover(&member.addr, &campaign, ask).await {
                 Ok(HandoverReply::Done) => {
                     tracing::info!(node = target, "handing leadership to node {target}");
                     return;

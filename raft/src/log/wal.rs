@@ -32,7 +32,7 @@
 //! the end of the last segment torn: recovery cuts the log at the first record that is short or
 //! fails its CRC, provided it is in the last segment and either no valid record follows it or a
 //! sector of it reads as zeros (a power cut can keep a later unsynced page and lose an earlier
-//! one: [`torn_before`]), since that write was never acknowledged. Any other damage is
+//! one: `torn_before`), since that write was never acknowledged. Any other damage is
 //! corruption of acknowledged entries and fails the open (naming the file and offset) instead of silently
 //! dropping entries this node has acknowledged: Raft's safety counts on them. Such a node is wiped
 //! and rejoins by snapshot. Truncation is fsynced before it returns: otherwise a crash could bring
@@ -889,7 +889,8 @@ mod tests {
     /// one segment; the path and where each starts.
     fn sector_spanning_records(dir: &Path) -> (PathBuf, Vec<u64>) {
         let mut w = Wal::open(dir, None).unwrap();
-        let records: Vec<(u64, Vec<u8>)> = (1..=6).map(|i| (i, vec![b'a' + i as u8; 700])).collect();
+        let records: Vec<(u64, Vec<u8>)> =
+            (1..=6).map(|i| (i, vec![b'a' + i as u8; 700])).collect();
         w.append(&records).unwrap();
         let starts = w.locs.iter().map(|l| l.offset).collect();
         (dir.join(segment_name(1)), starts)
@@ -911,7 +912,10 @@ mod tests {
         // Records 3-6 were written after the last sync, and the disk lost the sector
         // holding the middle of record 3 (the sectors of 4-6 reached it).
         let sector = (starts[2] as usize / SECTOR + 1) * SECTOR;
-        assert!(sector + SECTOR <= starts[3] as usize, "the sector is inside record 3");
+        assert!(
+            sector + SECTOR <= starts[3] as usize,
+            "the sector is inside record 3"
+        );
         zero(&path, sector as u64, SECTOR);
         let mut w = Wal::open(d.path(), None).unwrap();
         assert_eq!(w.bounds(), Some((1, 2)));
@@ -945,11 +949,21 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         // Record 3's last 100 bytes zeroed, in the sector where record 4 starts.
         let four = starts[3] as usize;
-        assert!(four % SECTOR >= 100, "record 4 starts past 100 bytes into its sector");
+        assert!(
+            four % SECTOR >= 100,
+            "record 4 starts past 100 bytes into its sector"
+        );
         zero(&path, four as u64 - 100, 100);
         let err = Wal::open(d.path(), None).err().expect("must refuse");
-        assert!(err.to_string().contains("followed by a valid record"), "{err}");
-        assert!(!torn_before(&fs::read(&path).unwrap(), starts[2] as usize, four));
+        assert!(
+            err.to_string().contains("followed by a valid record"),
+            "{err}"
+        );
+        assert!(!torn_before(
+            &fs::read(&path).unwrap(),
+            starts[2] as usize,
+            four
+        ));
         // A flipped byte in every sector of record 3.
         let mut flipped = bytes.clone();
         for at in (starts[2] as usize + HEADER..four).step_by(SECTOR / 2) {
@@ -957,7 +971,10 @@ mod tests {
         }
         fs::write(&path, &flipped).unwrap();
         let err = Wal::open(d.path(), None).err().expect("must refuse");
-        assert!(err.to_string().contains("followed by a valid record"), "{err}");
+        assert!(
+            err.to_string().contains("followed by a valid record"),
+            "{err}"
+        );
     }
 
     #[test]
