@@ -932,7 +932,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (path, starts) = sector_spanning_records(d.path());
         let start = starts[2] as usize;
-        assert!(start % SECTOR != 0);
+        assert!(!start.is_multiple_of(SECTOR));
         let sector_end = (start / SECTOR + 1) * SECTOR;
         zero(&path, start as u64, sector_end - start);
         let w = Wal::open(d.path(), None).unwrap();
