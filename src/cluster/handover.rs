@@ -16,8 +16,10 @@
 //!    voters to campaign at once (those that answered first; the next when one cannot): it
 //!    wins with the votes of the leader and of the others, since its log is as long as any
 //!    of theirs;
-//! 4. once another leader is known (or a bound passes), the node stops as usual: its HTTP
-//!    servers drain, then Raft shuts down.
+//! 4. once another leader is known (or a bound passes, which every wait above ends by), the
+//!    node stops as usual: its client listener drains, then its peer listener (a read that
+//!    came in meanwhile takes its read index from the new leader and waits for this node to
+//!    apply it, which needs the new leader's appends), then Raft shuts down.
 //!
 //! Any step that fails leaves the fallback: with heartbeats off, the voters' leases run
 //! out and one of them campaigns, one lease and an election timeout later.
