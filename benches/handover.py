@@ -8,7 +8,9 @@ writes are flowing, and reports:
 
 - the handover: from the signal to the old leader's exit (it exits once another node leads);
 - the gap: the longest time between two acknowledged writes around the signal;
-- the slowest write, first try to acknowledgement.
+- the slowest write, first try to acknowledgement;
+- the slowest read: READERS clients read one record (linearizable) from the old leader, a
+  closed port sending them to the next node and a 503 retried, as for the writes.
 
     python3 benches/handover.py --bin target/release/cookie-crud --rounds 5
 
@@ -67,6 +69,32 @@ def leader(base):
     return None
 
 
+def read(url, timeout=10.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def reader(first, base, stop, slowest, retried):
+    node = first
+    while not stop.is_set():
+        began = time.monotonic()
+        while True:
+            try:
+                status = read(f"http://127.0.0.1:{base + node}/cookies/probe")
+            except OSError:
+                node = node % 3 + 1
+                time.sleep(0.01)
+                continue
+            if status == 200:
+                slowest[0] = max(slowest[0], time.monotonic() - began)
+                break
+            retried[0] += 1
+            time.sleep(0.05)
+
+
 def writer(k, base, stop, acks, slowest, failures):
     n = 0
     while not stop.is_set():
@@ -94,7 +122,7 @@ def writer(k, base, stop, acks, slowest, failures):
             break
 
 
-def one_round(binary, base, writers):
+def one_round(binary, base, writers, readers):
     d = tempfile.mkdtemp(prefix="handover-")
     procs = {}
     try:
@@ -108,13 +136,22 @@ def one_round(binary, base, writers):
                 raise SystemExit("no leader in 30 s")
             time.sleep(0.1)
         stop, acks, slowest, failures = threading.Event(), [], [0.0], []
+        first = leader(base)
+        if post(f"http://127.0.0.1:{base + first}/cookies", {"cookie": "probe", "user_id": 1},
+                "probe") != 201:
+            raise SystemExit("cannot create the record the readers read")
+        slowest_read, read_retries = [0.0], [0]
         threads = [threading.Thread(target=writer, args=(k, base, stop, acks, slowest, failures))
                    for k in range(writers)]
+        threads += [threading.Thread(target=reader,
+                                     args=(first, base, stop, slowest_read, read_retries))
+                    for _ in range(readers)]
         for t in threads:
             t.start()
         time.sleep(2)
         old = leader(base)
-        slowest[0] = 0.0
+        slowest[0] = slowest_read[0] = 0.0
+        read_retries[0] = 0
         signalled = time.monotonic()
         procs[old].send_signal(signal.SIGTERM)
         procs[old].wait(timeout=60)
@@ -127,7 +164,8 @@ def one_round(binary, base, writers):
         gap = max((b - a for a, b in zip(around, around[1:])), default=0.0)
         with open(os.path.join(d, f"node{old}.log")) as f:
             transferred = "handing leadership to node" in f.read()
-        return exited - signalled, gap, slowest[0], len(failures), transferred
+        return (exited - signalled, gap, slowest[0], slowest_read[0], len(failures),
+                read_retries[0], transferred)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -141,17 +179,19 @@ def main():
     ap.add_argument("--bin", default="target/release/cookie-crud")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--base-port", type=int, default=18900)
     args = ap.parse_args()
     results = []
     for r in range(args.rounds):
-        handover, gap, slowest, failed, transferred = one_round(args.bin, args.base_port,
-                                                                args.writers)
-        results.append((handover, gap, slowest))
+        (handover, gap, slowest, slowest_read, failed, read_503s,
+         transferred) = one_round(args.bin, args.base_port, args.writers, args.readers)
+        results.append((handover, gap, slowest, slowest_read))
         print(f"round {r + 1}: handover {handover * 1000:.0f} ms, gap {gap * 1000:.0f} ms, "
-              f"slowest write {slowest * 1000:.0f} ms, {failed} failed"
+              f"slowest write {slowest * 1000:.0f} ms, {failed} failed, slowest read "
+              f"{slowest_read * 1000:.0f} ms, {read_503s} reads retried"
               f"{', transferred' if transferred else ''}", flush=True)
-    for name, k in (("handover", 0), ("gap", 1), ("slowest write", 2)):
+    for name, k in (("handover", 0), ("gap", 1), ("slowest write", 2), ("slowest read", 3)):
         values = [r[k] * 1000 for r in results]
         print(f"{name}: median {statistics.median(values):.0f} ms, "
               f"max {max(values):.0f} ms over {len(values)} rounds")

@@ -582,7 +582,15 @@ fn secrets_in(doc: &toml::Table, settings: &[EnvSetting]) -> Vec<String> {
     }
     fn strings(v: &toml::Value, secret: bool, out: &mut Vec<String>) {
         match v {
-            toml::Value::String(s) if secret && !s.is_empty() => out.push(s.clone()),
+            toml::Value::String(s) if secret && !s.is_empty() => {
+                out.push(s.clone());
+                // As an error message quotes it (`invalid type: string "[{ token = \"t\" ..."`):
+                // a broken token list with double quotes was printed whole (found in review).
+                let quoted = s.escape_debug().to_string();
+                if quoted != *s {
+                    out.push(quoted);
+                }
+            }
             toml::Value::Array(a) => a.iter().for_each(|v| strings(v, secret, out)),
             toml::Value::Table(t) => t
                 .iter()
@@ -1768,6 +1776,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.0.contains("hunter2"), "{err}");
+        // A broken list in a variable, with double quotes, which the message escapes.
+        for broken in [
+            "[{ token = \"hunter2tok\", role = \"read\" ]",
+            "[{ token = \"hunter2tok\", role = \"read\" }",
+        ] {
+            let err = Config::from_sources("", vars(&[("COOKIE_CRUD_CLIENT_TOKENS", broken)]))
+                .unwrap_err();
+            assert!(!err.0.contains("hunter2"), "{broken}: {err}");
+        }
         // Tokens as a list of strings, where tables belong: in a file or a variable.
         let err = Config::parse("client_tokens = [\"hunter2-token\"]\n").unwrap_err();
         assert!(!err.0.contains("hunter2"), "{err}");

@@ -559,3 +559,109 @@ async fn the_membership_api_refuses_bad_changes() {
     let r = api(&one, 0, reqwest::Method::GET, "/cluster/members", None).await;
     assert_eq!(r.json["voters"], json!([1]), "{}", r.text);
 }
+
+/// A membership change names the new node's peer address, so whoever may ask for one (the
+/// `admin` role, or anyone when client tokens are off) chooses where the leader's first
+/// call goes. That call carried the cluster secret as its bearer token: a listener of the
+/// asker's own read it, and with it every peer route (found in review). Now the leader
+/// asks the address to prove that it holds the secret (`cluster::prove`) and sends nothing
+/// that carries the secret before it has; a listener that cannot is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_never_sends_the_cluster_secret_to_the_address_it_names() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(3, FAST_RAFT).await;
+    // The asker's listener: it records every request and answers each as node 9 would,
+    // with a proof it cannot compute.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap().to_string();
+    let heard = Arc::new(Mutex::new(String::new()));
+    let recorder = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let heard = heard.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf));
+                    let Ok(Ok(n)) = read.await else { return };
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let body = json!({
+                        "node_id": 9, "node": "node9", "initialized": false,
+                        "incarnation": "00000000000000aa", "cluster_id": null,
+                        "proof": "00".repeat(32),
+                    })
+                    .to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        })
+    };
+    let r = api(
+        &c,
+        1,
+        reqwest::Method::POST,
+        "/cluster/members",
+        Some(json!({"id": 9, "addr": "127.0.0.1:1", "peer_addr": at, "role": "learner"})),
+    )
+    .await;
+    recorder.abort();
+    let heard = heard.lock().unwrap().clone();
+    assert!(
+        !heard.contains(common::TEST_CLUSTER_SECRET),
+        "the cluster secret went to the address the change named:\n{heard}"
+    );
+    assert!(
+        heard.contains("GET /raft/prove?nonce="),
+        "the leader asked the address nothing (the test proves nothing):\n{heard}"
+    );
+    assert!(r.status >= 400, "{}: {}", r.status, r.text);
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("prove"),
+        "{}",
+        r.text
+    );
+    for i in 0..3 {
+        c.wait_membership(i, &[1, 2, 3], &[], WAIT).await;
+    }
+}
+
+/// The challenge's route answers without the peer credential, and only to a nonce; its
+/// answer names the node and never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_challenge_answers_anyone_and_gives_no_secret_away() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let peer = c.nodes[0].peer_url();
+    let get = |q: &str| c.client.get(format!("{peer}/raft/prove{q}"));
+    let r = send(get(&format!("?nonce={}", "ab".repeat(16)))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["node_id"], json!(1), "{}", r.text);
+    assert_eq!(
+        r.json["proof"].as_str().map(str::len),
+        Some(64),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains(common::TEST_CLUSTER_SECRET));
+    for q in ["", "?nonce=", "?nonce=xyz", "?other=1"] {
+        let r = send(get(q)).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+        assert!(r.json["error"].is_string(), "{q}: {}", r.text);
+    }
+    // Every other peer route still wants the credential.
+    let r = send(c.client.get(format!("{peer}/cluster"))).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+}

@@ -24,7 +24,6 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::discovery::PeerInfo;
-use super::proto::CLUSTER_PATH;
 pub use super::proto::{Change, ChangeError, MemberView, Members};
 use super::{Cluster, Leader};
 use crate::config::{derived_peer_addr, is_host_port};
@@ -139,11 +138,13 @@ impl Cluster {
         Ok(self.members())
     }
 
-    /// Ask the node to add who it is, on its peer listener.
+    /// Ask the node to add who it is, on its peer listener, and for proof that it holds the
+    /// cluster secret (`super::prove`): the address comes from the request, and whoever
+    /// names it must not get the secret by naming their own.
     async fn ask_who(&self, id: NodeId, node: &CookieNode) -> Result<(), ChangeError> {
         let reply = self
             .peers
-            .get_json(&self.peers.addr(id, node), CLUSTER_PATH, PROBE)
+            .prove(&self.peers.addr(id, node), PROBE)
             .await
             .map_err(|e| {
                 ChangeError::Unreachable(format!(

@@ -30,6 +30,7 @@ pub mod membership;
 pub mod monitor;
 pub mod peer;
 pub mod proto;
+pub mod prove;
 pub mod snapshots;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use cookie_raft::{AddressBook, CookieNode, Identity, NodeId, PeerHttp};
 
 use super::proto::{
     Change, ChangeError, ForwardReply, ForwardedWrite, Handover, HandoverReply, Members,
-    ReadIndexReply, HANDOVER_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, WRITE_PATH,
+    ReadIndexReply, CLUSTER_PATH, HANDOVER_PATH, MEMBERSHIP_PATH, READ_INDEX_PATH, WRITE_PATH,
 };
 
 /// Why a peer request got no answer. For a forwarded write the difference matters:
@@ -200,14 +200,48 @@ impl PeerClient {
         path: &str,
         timeout: Duration,
     ) -> Result<serde_json::Value, PeerError> {
+        // The peer listener's probes need the peer credential like its RPCs.
+        self.get_json_as(addr, (path, self.secret.as_deref()), timeout)
+            .await
+    }
+
+    /// Who the node at `addr` is, proven: the identity it states, when it holds the cluster
+    /// secret (`super::prove`); nothing carrying the secret goes there. `None` for the
+    /// secret when this node has none (then there is none to give away either: `/cluster`
+    /// is asked as before).
+    pub async fn prove(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, PeerError> {
+        let Some(secret) = &self.secret else {
+            return self.get_json(addr, CLUSTER_PATH, timeout).await;
+        };
+        let nonce = super::prove::nonce();
+        let path = format!("{}?nonce={nonce}", super::prove::PROVE_PATH);
+        let answer = self.get_json_as(addr, (&path, None), timeout).await?;
+        if !super::prove::verify(secret, &nonce, &answer) {
+            return Err(PeerError::MaybeSent(
+                "its answer does not prove that it holds the cluster secret".into(),
+            ));
+        }
+        Ok(answer)
+    }
+
+    /// GET a JSON document with `bearer` as the credential, if any.
+    async fn get_json_as(
+        &self,
+        addr: &str,
+        (path, bearer): (&str, Option<&str>),
+        timeout: Duration,
+    ) -> Result<serde_json::Value, PeerError> {
         let maybe = |e: String| PeerError::MaybeSent(e);
         let mut req = self
             .client
             .client()
             .get(self.client.url(addr, path))
             .timeout(timeout);
-        // The peer listener's probes need the peer credential like its RPCs.
-        if let Some(secret) = &self.secret {
+        if let Some(secret) = bearer {
             req = req.bearer_auth(secret);
         }
         let resp = req.send().await.map_err(|e| maybe(e.to_string()))?;

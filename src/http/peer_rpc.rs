@@ -1,11 +1,12 @@
 //! Inbound node-to-node application requests, after the [`super::peer_gate`]: writes a
 //! follower forwards to the leader (`/raft/write`), read-index requests
-//! (`/raft/read-index`), membership changes (`/raft/membership`) and a stopping leader's
-//! handover (`/raft/handover`). Their client is [`crate::cluster::peer`]; their messages are in
+//! (`/raft/read-index`), membership changes (`/raft/membership`), a stopping leader's
+//! handover (`/raft/handover`), and the identity challenge of a node being added
+//! (`/raft/prove`, the one route without the peer credential: `cluster::prove`). Their client is [`crate::cluster::peer`]; their messages are in
 //! [`crate::cluster::proto`].
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
@@ -62,4 +63,32 @@ pub async fn handover(State(state): State<Shared>, headers: HeaderMap, body: Byt
         Ok(msg) => reply(&state.cluster.handed_over(&msg).await),
         Err(r) => r.into_response(),
     }
+}
+
+/// The identity challenge (`cluster::prove`): who this node is, with a MAC of the caller's
+/// nonce keyed by the cluster secret. Served without the peer credential, since the caller
+/// is a leader that will not send the secret before the answer checks out.
+pub async fn prove(State(state): State<Shared>, RawQuery(query): RawQuery) -> Response {
+    use crate::cluster::prove;
+    let Some(secret) = &state.cfg.cluster_secret else {
+        return super::error::json_bytes(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "this node has no cluster secret to prove"}).to_string(),
+        );
+    };
+    let nonce = query.as_deref().and_then(|q| q.strip_prefix("nonce="));
+    let Some(nonce) = nonce.filter(|n| prove::valid_nonce(n)) else {
+        return super::error::json_bytes(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "expected ?nonce= and 32-128 hex digits"}).to_string(),
+        );
+    };
+    let identity = &state.cluster.identity;
+    let who = serde_json::json!({
+        "node_id": state.cluster.me,
+        "initialized": state.cluster.raft.is_initialized().await.unwrap_or(false),
+        "cluster_id": identity.registry().cluster.map(cookie_raft::identity::hex),
+        "incarnation": cookie_raft::identity::hex(identity.own()),
+    });
+    axum::Json(prove::answer(secret.expose(), nonce, who)).into_response()
 }

@@ -26,6 +26,7 @@ use crate::cluster::proto::{
     APPEND_PATH, CACHE_PATH, CLUSTER_PATH, HANDOVER_PATH, HEALTH_PATH, MEMBERSHIP_PATH,
     READ_INDEX_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
+use crate::cluster::prove::PROVE_PATH;
 
 /// Raft RPC bodies carry snapshot chunks and batches of entries: far above the API limit.
 const RAFT_BODY_LIMIT: usize = cookie_raft::network::MAX_PEER_BODY_BYTES;
@@ -71,6 +72,7 @@ pub fn peer_router(state: Shared) -> Router {
         .route(READ_INDEX_PATH, with_405(post(peer_rpc::read_index)))
         .route(MEMBERSHIP_PATH, with_405(post(peer_rpc::membership)))
         .route(HANDOVER_PATH, with_405(post(peer_rpc::handover)))
+        .route(PROVE_PATH, with_405(get(peer_rpc::prove)))
         .route(CLUSTER_PATH, with_405(get(health::cluster)))
         .route(HEALTH_PATH, with_405(get(health::health)))
         .route(CACHE_PATH, with_405(get(cache::local_cache_stats)));
@@ -217,6 +219,8 @@ async fn front(State(front): State<Front>, req: Request, next: Next) -> Response
     let tracked = Tracked::start(&req, template, peer, &front.state);
     let checked = match front.gate {
         Gate::ClientToken => auth::check(&front.state, &req).map_err(IntoResponse::into_response),
+        // The identity challenge proves the secret without it (`cluster::prove`).
+        Gate::PeerCredential if template.0 == PROVE_PATH => Ok(()),
         Gate::PeerCredential => {
             peer_gate::check(&front.state, req.headers()).map_err(IntoResponse::into_response)
         }
