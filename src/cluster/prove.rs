@@ -12,7 +12,7 @@
 //! What the answer gives an anonymous caller: a node's id, incarnation and cluster id (its
 //! incarnation is on every peer answer already, refusals included) and a MAC that names them,
 //! for a nonce of the caller's choosing. The MAC is of this message alone
-//! ([`message`], with its own prefix), so it is good for nothing but this proof.
+//! (`message`, with its own prefix), so it is good for nothing but this proof.
 //!
 //! What it does not stop: a relay. An address that passes the probe on to a node that holds
 //! the secret and is not a member, whose id the change names, passes. The leader's appends
