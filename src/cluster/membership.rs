@@ -140,42 +140,31 @@ impl Cluster {
 
     /// Ask the node to add who it is, on its peer listener, and for proof that it holds the
     /// cluster secret (`super::prove`): the address comes from the request, and whoever
-    /// names it must not get the secret by naming their own. Both addresses are asked when
-    /// this node reaches the new one through an override of its own: the members without
-    /// one send their calls, the secret with them, to the address the change records.
+    /// names it must not get the secret by naming their own.
     async fn ask_who(&self, id: NodeId, node: &CookieNode) -> Result<(), ChangeError> {
-        let mut addrs = vec![self.peers.addr(id, node)];
-        let recorded = node.peer_addr().unwrap_or(&node.addr).to_owned();
-        if !addrs.contains(&recorded) {
-            addrs.push(recorded);
-        }
-        let mut seen = None;
-        for addr in &addrs {
-            let reply = self.peers.prove(addr, PROBE).await.map_err(|e| {
+        let reply = self
+            .peers
+            .prove(&self.peers.addr(id, node), PROBE)
+            .await
+            .map_err(|e| {
                 ChangeError::Unreachable(format!(
-                    "node {id} does not answer at its peer address {addr}: {e}"
+                    "node {id} does not answer at its peer address {}: {e}",
+                    node.peer_addr
                 ))
             })?;
-            let info = PeerInfo::from_cluster_json(&reply)
-                .ok_or_else(|| ChangeError::Unreachable(format!("{addr} gave no node id")))?;
-            if info.id != id {
-                return Err(ChangeError::Invalid(format!(
-                    "{addr} answers as node {}, not {id}",
-                    info.id
-                )));
-            }
-            if let Some(refused) = foreign(&info, self.identity.registry().cluster) {
-                return Err(refused);
-            }
-            if seen.is_some_and(|s| s != info.incarnation) {
-                return Err(ChangeError::Invalid(format!(
-                    "{} and {addr} answer as two different nodes {id}",
-                    addrs[0]
-                )));
-            }
-            seen = Some(info.incarnation);
+        let info = PeerInfo::from_cluster_json(&reply).ok_or_else(|| {
+            ChangeError::Unreachable(format!("{} gave no node id", node.peer_addr))
+        })?;
+        if info.id != id {
+            return Err(ChangeError::Invalid(format!(
+                "{} answers as node {}, not {id}",
+                node.peer_addr, info.id
+            )));
         }
-        if let Some(incarnation) = seen.flatten() {
+        if let Some(refused) = foreign(&info, self.identity.registry().cluster) {
+            return Err(refused);
+        }
+        if let Some(incarnation) = info.incarnation {
             self.identity.observe(id, incarnation);
         }
         Ok(())
