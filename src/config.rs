@@ -1275,6 +1275,11 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());
         }
+        // 0 kept no key at all: every retry after a 504 applied again, with no word of it
+        // (found in review).
+        if self.idempotency_retention_secs == 0 {
+            return Err("idempotency_retention_secs must be at least 1".into());
+        }
         let most = cookie_raft::command::MAX_RECORD_BYTES;
         if self.max_body_bytes > most {
             return Err(format!(
@@ -1718,6 +1723,15 @@ mod tests {
 
     /// An empty secret is refused like an empty token; a secret of digits is a secret; no
     /// error shows a credential.
+    /// A retention of 0 would keep no key: retries would apply again, silently.
+    #[test]
+    fn idempotency_keys_are_kept_at_least_a_second() {
+        let err = Config::parse("idempotency_retention_secs = 0\n").unwrap_err();
+        assert!(err.0.contains("idempotency_retention_secs"), "{err}");
+        let cfg = Config::parse("idempotency_retention_secs = 1\n").unwrap();
+        assert_eq!(cfg.idempotency_retention_secs, 1);
+    }
+
     #[test]
     fn secrets_are_not_empty_and_never_shown() {
         let cluster = "nodes = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }]\n";
