@@ -212,14 +212,10 @@ impl Writes {
 /// page kept past the durable end leaves zeros before it.
 #[test]
 fn the_lossy_filesystem_writes_back_what_a_cut_keeps() {
-    let Some(Scratch {
-        backing: _backing,
-        mnt,
-        m,
-    }) = Scratch::mount()
-    else {
+    let Some(scratch) = Scratch::mount() else {
         return;
     };
+    let (mnt, m) = (&scratch.mnt, &scratch.m);
     let at = |name: &str| mnt.path().join(name);
     const PAGE: usize = 4096;
     // One synced page of 1s, then three unsynced pages of 2s over and after it.
@@ -277,14 +273,10 @@ fn the_lossy_filesystem_writes_back_what_a_cut_keeps() {
 /// nothing is free; with room made, growth works again.
 #[test]
 fn the_lossy_filesystem_when_full_refuses_only_growth() {
-    let Some(Scratch {
-        backing: _backing,
-        mnt,
-        m,
-    }) = Scratch::mount()
-    else {
+    let Some(scratch) = Scratch::mount() else {
         return;
     };
+    let (mnt, m) = (&scratch.mnt, &scratch.m);
     let at = |name: &str| mnt.path().join(name);
     let enospc = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::ENOSPC);
 

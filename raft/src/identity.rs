@@ -50,6 +50,11 @@ pub fn hex(v: u64) -> String {
     format!("{v:016x}")
 }
 
+/// Bytes (a digest, a MAC, a nonce) as lowercase hex digits, two a byte.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }

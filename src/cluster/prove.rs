@@ -20,6 +20,7 @@
 //! attacker; per-request MACs in place of the bearer secret on every peer call would close
 //! it (docs/security.md).
 
+use cookie_raft::identity::hex_bytes;
 use ring::hmac;
 use serde_json::{json, Value};
 
@@ -35,7 +36,7 @@ pub fn nonce() -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the system's random source");
-    hex_of(&bytes)
+    hex_bytes(&bytes)
 }
 
 /// Whether `nonce` is one this node answers: hex digits, of a sane length.
@@ -59,7 +60,7 @@ fn message(nonce: &str, answer: &Value) -> Option<String> {
 pub fn answer(secret: &str, nonce: &str, mut identity: Value) -> Value {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     let proof = message(nonce, &identity)
-        .map(|m| hex_of(hmac::sign(&key, m.as_bytes()).as_ref()))
+        .map(|m| hex_bytes(hmac::sign(&key, m.as_bytes()).as_ref()))
         .unwrap_or_default();
     identity["proof"] = json!(proof);
     identity
@@ -75,10 +76,6 @@ pub fn verify(secret: &str, nonce: &str, answer: &Value) -> bool {
         return false;
     };
     hmac::verify(&key, message.as_bytes(), &proof).is_ok()
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_hex_bytes(s: &str) -> Option<Vec<u8>> {

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cookie_raft::codec;
 
-use super::peer_gate::{admit, admit_voted, reply};
+use super::peer_gate::{admit, admit_voted, reply, Refusal};
 use super::state::Shared;
 use crate::cluster::membership::Change;
 use crate::cluster::proto::{ForwardedWrite, Handover};
@@ -70,17 +70,18 @@ pub async fn handover(State(state): State<Shared>, headers: HeaderMap, body: Byt
 /// is a leader that will not send the secret before the answer checks out.
 pub async fn prove(State(state): State<Shared>, RawQuery(query): RawQuery) -> Response {
     use crate::cluster::prove;
+    let refuse = |status, why: &str| Refusal(status, why.into()).into_response();
     let Some(secret) = &state.cfg.cluster_secret else {
-        return super::error::json_bytes(
+        return refuse(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "this node has no cluster secret to prove"}).to_string(),
+            "this node has no cluster secret to prove",
         );
     };
     let nonce = query.as_deref().and_then(|q| q.strip_prefix("nonce="));
     let Some(nonce) = nonce.filter(|n| prove::valid_nonce(n)) else {
-        return super::error::json_bytes(
+        return refuse(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "expected ?nonce= and 32-128 hex digits"}).to_string(),
+            "expected ?nonce= and 32-128 hex digits",
         );
     };
     let identity = &state.cluster.identity;

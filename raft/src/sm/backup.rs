@@ -191,7 +191,7 @@ impl StoreReader {
             records,
             idempotency_keys: keys,
             body_bytes: tally.bytes(),
-            sha256: to_hex(&tally.hash.finalize()),
+            sha256: crate::identity::hex_bytes(&tally.hash.finalize()),
             node: origin.node,
             created_ms: origin.created_ms,
             version: origin.version,
@@ -208,10 +208,6 @@ impl StoreReader {
         out.flush()?;
         Ok(header)
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -355,7 +351,7 @@ fn walk_body(
             header.body_bytes - body.read
         )));
     }
-    let sum = to_hex(&body.hash.finalize());
+    let sum = crate::identity::hex_bytes(&body.hash.finalize());
     if sum != header.sha256 {
         return Err(BackupError::Corrupt(format!(
             "its SHA-256 is {sum}, the header says {}",

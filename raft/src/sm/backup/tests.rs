@@ -398,7 +398,7 @@ fn forged(good: &[u8], edit: impl FnOnce(&mut Vec<(String, serde_bytes::ByteBuf)
     out.extend_from_slice(body);
     header.records = rows.len() as u64;
     header.body_bytes = out.len() as u64;
-    header.sha256 = to_hex(&Sha256::digest(&out));
+    header.sha256 = crate::identity::hex_bytes(&Sha256::digest(&out));
     let mut file = MAGIC.to_vec();
     file.extend(header.line().unwrap());
     file.extend(out);
