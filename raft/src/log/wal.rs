@@ -8,10 +8,22 @@
 //! segment does with no bookkeeping beyond an in-memory index of where each record starts.
 //!
 //! # Layout
-//! `dir/<first index, 20 digits>.wal`, each a sequence of records
-//! `[payload length u32 LE][crc32 u32 LE][index u64 LE][payload]`, the CRC covering the index
-//! and the payload. Indices are contiguous within a segment and across segments, except that
-//! a segment may start after a gap when everything before it was purged.
+//! `dir/<first index, 20 digits>.wal`, each a segment header
+//! `[magic C0 0C 1E FF][format version u32 LE = 2][key u64 LE]` followed by records
+//! `[payload length u32 LE][crc32 u32 LE][index u64 LE][masked payload]`, the CRC covering
+//! the index and the payload as stored. Indices are contiguous within a segment and across
+//! segments, except that a segment may start after a gap when everything before it was
+//! purged.
+//!
+//! A payload is stored XORed with a keystream drawn from the segment's random key and the
+//! record's index ([`mask`]), so that no record's bytes hold a sector of zeros, whatever the
+//! client sent (a cookie id of NUL characters is stored as it is): recovery takes a zeroed
+//! sector for a write that never reached the disk (`torn_before`), and an unmasked record
+//! could hold one of its own. Segments of format 1, written before the header existed, are
+//! records from byte 0 with their payloads as they are; they are still read, and the first
+//! append after an open starts a segment of the current format. A binary that knows only
+//! format 1 refuses a log of format 2 (the header reads as a damaged record followed by
+//! valid ones) instead of misreading it.
 //!
 //! # Zeros ahead of the records
 //! The active segment is kept written with zeros a little past its last record, by a thread
@@ -54,6 +66,87 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 const HEADER: usize = 16;
 const SUFFIX: &str = ".wal";
 
+/// The first bytes of a segment of format 2 or later. As a format-1 record header they
+/// claim a payload of about 4.3 GB, which no record is: the two formats cannot be confused.
+const MAGIC: [u8; 4] = [0xC0, 0x0C, 0x1E, 0xFF];
+/// The format this build writes.
+const FORMAT: u32 = 2;
+/// The segment header's size: magic, format, key.
+const SEGMENT_HEADER: usize = 16;
+
+/// How a segment's records are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Format 1: records from byte 0, payloads as they are.
+    Plain,
+    /// Format 2: a header, then payloads masked with this key.
+    Masked(u64),
+}
+
+impl Format {
+    /// The format of a segment whose bytes start with `bytes`. A file too short for a
+    /// header, or without the magic, is of format 1 (a segment of format 2 whose header
+    /// never reached the disk holds no synced record: the header is written, in the same
+    /// sector as the first record, before any append).
+    fn of(path: &Path, bytes: &[u8]) -> io::Result<Format> {
+        if bytes.len() < SEGMENT_HEADER || bytes[..4] != MAGIC {
+            return Ok(Format::Plain);
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != FORMAT {
+            return Err(corrupt(format!(
+                "{}: a log segment of format {version}, which this version of cookie-crud \
+                 cannot read (it reads formats 1 and {FORMAT})",
+                path.display()
+            )));
+        }
+        Ok(Format::Masked(u64::from_le_bytes(
+            bytes[8..16].try_into().expect("8 bytes"),
+        )))
+    }
+
+    /// Where the records start.
+    fn records_start(self) -> u64 {
+        match self {
+            Format::Plain => 0,
+            Format::Masked(_) => SEGMENT_HEADER as u64,
+        }
+    }
+
+    /// XOR the payload of record `index` with its keystream (format 2), both ways.
+    fn apply(self, index: u64, payload: &mut [u8]) {
+        if let Format::Masked(key) = self {
+            mask(key, index, payload);
+        }
+    }
+}
+
+/// XOR `buf` with the keystream of record `index` under `key` (SplitMix64, seeded by both).
+/// Not for secrecy: a stream the client cannot steer, so that a payload of zeros is not
+/// stored as zeros. A zero word in it has a chance of 2^-64, a zero sector none to speak of.
+fn mask(key: u64, index: u64, buf: &mut [u8]) {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut state = key ^ index.wrapping_mul(GAMMA);
+    let mut next = || {
+        state = state.wrapping_add(GAMMA);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut words = buf.chunks_exact_mut(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes((&*w).try_into().expect("8 bytes")) ^ next();
+        w.copy_from_slice(&v.to_le_bytes());
+    }
+    let rest = words.into_remainder();
+    if !rest.is_empty() {
+        for (b, m) in rest.iter_mut().zip(next().to_le_bytes()) {
+            *b ^= m;
+        }
+    }
+}
+
 /// Where one record lives.
 #[derive(Debug, Clone, Copy)]
 struct Loc {
@@ -66,6 +159,7 @@ struct Loc {
 
 struct Segment {
     file: Arc<File>,
+    format: Format,
     /// Where its records end.
     len: u64,
     /// The zeros after its records.
@@ -125,21 +219,24 @@ pub(crate) fn is_segment_name(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn frame(index: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&index.to_le_bytes());
-    h.update(payload);
+/// Append record `index` to `out` as a segment of `format` stores it.
+fn frame(format: Format, index: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // the CRC, below
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(payload);
+    format.apply(index, &mut out[at + HEADER..]);
+    let crc = crc32fast::hash(&out[at + 8..]);
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The records of one segment's bytes: `(index, offset, payload length)` of each whole,
-/// valid record, and the offset where the valid prefix ends.
-fn scan(bytes: &[u8]) -> (Vec<(u64, u64, u32)>, u64) {
+/// The records of one segment's bytes, from `start` (where its records start): `(index,
+/// offset, payload length)` of each whole, valid record, and the offset where the valid
+/// prefix ends.
+fn scan(bytes: &[u8], start: usize) -> (Vec<(u64, u64, u32)>, u64) {
     let mut out = Vec::new();
-    let mut at = 0usize;
+    let mut at = start.min(bytes.len());
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
@@ -177,14 +274,12 @@ const SECTOR: usize = 512;
 /// sector holding the start of `next_valid` is left out, since the valid record proves it
 /// reached the disk. etcd's WAL makes the same call on a zeroed sector (`isTornEntry`).
 ///
-/// What it cannot tell apart: a record whose own bytes hold a whole zero sector (a cookie
-/// id of 512 or more NUL characters, which the API allows: ids are stored as they are) and
-/// that a bad disk then damaged elsewhere is taken for a torn write, and the log is cut
-/// there, dropping that record and the ones after it in the segment, though they were
-/// synced. Before this rule every damage with valid records after it refused to start,
-/// power cuts included (found in review). Closing it needs a framing in which no record's
-/// bytes can hold a zero sector (a payload masked on disk), with a format version so that
-/// an older binary refuses such a log instead of misreading it.
+/// The rule needs records that never hold a zero sector of their own, or a record that
+/// held one (a cookie id of 512 or more NUL characters, which the API allows) and that a
+/// bad disk then damaged elsewhere would be taken for a torn write, and cut with the
+/// synced records after it (found in review). Payloads are stored masked for that
+/// ([`mask`]). Segments of format 1, written unmasked by older versions, keep that blind
+/// spot until a snapshot lets them go.
 fn torn_before(bytes: &[u8], from: usize, next_valid: usize) -> bool {
     let last = next_valid - next_valid % SECTOR;
     let mut at = from;
@@ -262,7 +357,8 @@ impl Wal {
             let path = dir.join(segment_name(first));
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let bytes = fs::read(&path)?;
-            let (records, valid) = scan(&bytes);
+            let format = Format::of(&path, &bytes)?;
+            let (records, valid) = scan(&bytes, format.records_start() as usize);
             // Zeros after the records are the space the last segment had ready for more.
             let zero_tail = last_segment && zeros(&bytes[valid as usize..]);
             let mut file_len = bytes.len() as u64;
@@ -343,6 +439,7 @@ impl Wal {
                 first,
                 Segment {
                     file,
+                    format,
                     len: valid,
                     ahead,
                 },
@@ -367,12 +464,14 @@ impl Wal {
         let Some(start) = self.locs.get((at - self.first) as usize) else {
             return 0;
         };
-        // The segments are whole from `start`'s on; the first one counts from the record.
+        // The segments are whole from `start`'s on (less their headers); the first one
+        // counts from the record.
+        let first = &self.segments[&start.segment];
         self.segments
             .range(start.segment..)
-            .map(|(_, seg)| seg.len)
+            .map(|(_, seg)| seg.len - seg.format.records_start())
             .sum::<u64>()
-            .saturating_sub(start.offset)
+            .saturating_sub(start.offset - first.format.records_start())
     }
 
     /// Write records `(index, payload)`, which must continue the log (or start it anew after
@@ -388,11 +487,13 @@ impl Wal {
                 expected - 1
             )));
         }
+        // A segment of format 1 (an older version's, or one whose header a crash lost) is
+        // not appended to: the records go to a new segment of the current format.
         let roll = self.fresh_segment
             || self.locs.is_empty()
             || self
                 .active()
-                .is_none_or(|(_, s)| s.len >= self.segment_bytes);
+                .is_none_or(|(_, s)| s.len >= self.segment_bytes || s.format == Format::Plain);
         if roll {
             self.start_segment(start)?;
         }
@@ -415,7 +516,7 @@ impl Wal {
                 offset: seg.len + buf.len() as u64,
                 len: payload.len() as u32,
             });
-            frame(*index, payload, &mut buf);
+            frame(seg.format, *index, payload, &mut buf);
         }
         let end = seg.len + buf.len() as u64;
         let zeros_due = seg.ahead.claim(end);
@@ -446,15 +547,27 @@ impl Wal {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        // The header is made durable by the first sync of the records after it: a segment
+        // whose header did not reach the disk holds no synced record either.
+        let mut key = [0u8; 8];
+        getrandom::fill(&mut key).map_err(io::Error::other)?;
+        let format = Format::Masked(u64::from_le_bytes(key));
+        let mut header = Vec::with_capacity(SEGMENT_HEADER);
+        header.extend_from_slice(&MAGIC);
+        header.extend_from_slice(&FORMAT.to_le_bytes());
+        header.extend_from_slice(&key);
+        file.write_all_at(&header, 0)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        let ahead = Ahead::new(file.clone(), 0, 0, self.segment_bytes);
+        let start = format.records_start();
+        let ahead = Ahead::new(file.clone(), start, start, self.segment_bytes);
         self.zeroer.request(&ahead);
         self.segments.insert(
             first,
             Segment {
                 file,
-                len: 0,
+                format,
+                len: start,
                 ahead,
             },
         );
@@ -478,6 +591,7 @@ impl Wal {
             let mut buf = vec![0u8; loc.len as usize];
             seg.file
                 .read_exact_at(&mut buf, loc.offset + HEADER as u64)?;
+            seg.format.apply(index, &mut buf);
             out.push(buf);
         }
         Ok(out)
@@ -696,7 +810,7 @@ mod tests {
             from in 0usize..300,
             next in proptest::prelude::any::<u64>(),
         ) {
-            let (found, end) = scan(&bytes);
+            let (found, end) = scan(&bytes, from);
             proptest::prop_assert!(end as usize <= bytes.len());
             for (_, at, len) in found {
                 proptest::prop_assert!(at as usize + HEADER + len as usize <= bytes.len());
@@ -706,7 +820,8 @@ mod tests {
             }
         }
 
-        /// Framed records followed by any garbage scan back as those records, in order.
+        /// Framed records followed by any garbage scan back as those records, in order,
+        /// in either format.
         #[test]
         fn framed_records_scan_back_whatever_follows(
             recs in proptest::collection::vec(
@@ -714,19 +829,23 @@ mod tests {
                 0..8,
             ),
             garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            key in proptest::option::of(proptest::prelude::any::<u64>()),
         ) {
+            let format = key.map_or(Format::Plain, Format::Masked);
             let mut bytes = Vec::new();
             for (index, payload) in &recs {
-                frame(*index, payload, &mut bytes);
+                frame(format, *index, payload, &mut bytes);
             }
             let framed = bytes.len();
             bytes.extend_from_slice(&garbage);
-            let (found, end) = scan(&bytes);
+            let (found, end) = scan(&bytes, 0);
             proptest::prop_assert!(found.len() >= recs.len() && end as usize >= framed);
             for ((index, payload), (got, at, len)) in recs.iter().zip(&found) {
                 proptest::prop_assert_eq!(*index, *got);
                 let start = *at as usize + HEADER;
-                proptest::prop_assert_eq!(&bytes[start..start + *len as usize], payload.as_slice());
+                let mut stored = bytes[start..start + *len as usize].to_vec();
+                format.apply(*got, &mut stored);
+                proptest::prop_assert_eq!(&stored, payload);
             }
         }
     }
@@ -984,6 +1103,133 @@ mod tests {
             err.to_string().contains("followed by a valid record"),
             "{err}"
         );
+    }
+
+    /// A payload of zeros (a cookie id of NUL characters) is not stored as zeros: no
+    /// sector of the record reads as a lost one, and it reads back as it was written.
+    #[test]
+    fn a_payload_of_zeros_holds_no_zero_sector_on_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&[(1, vec![0; 4096]), (2, b"after".to_vec())])
+            .unwrap();
+        let first = w.locs[0];
+        let bytes = fs::read(d.path().join(segment_name(1))).unwrap();
+        let record = &bytes[first.offset as usize..first.offset as usize + HEADER + 4096];
+        for sector in record.chunks(SECTOR) {
+            assert!(!zeros(sector), "a sector of the record is all zeros");
+        }
+        assert_eq!(w.read(1, 2).unwrap(), [vec![0; 4096]]);
+        drop(w);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(w.read(1, 3).unwrap(), [vec![0; 4096], b"after".to_vec()]);
+    }
+
+    /// Review of the torn-write rule: a synced record of NUL characters that a bad disk
+    /// then damaged (one flipped byte) was taken for a torn write, since its own bytes held
+    /// a zero sector, and the log was cut there, the synced records after it with it. It is
+    /// damage to acknowledged entries, and the open refuses.
+    #[test]
+    fn a_damaged_record_of_zeros_is_not_taken_for_a_torn_write() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        w.append(&recs(1, 2)).unwrap();
+        w.append(&[(3, vec![0; 2048])]).unwrap();
+        w.append(&recs(4, 6)).unwrap();
+        let third = w.locs[2];
+        drop(w);
+        let path = d.path().join(segment_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[third.offset as usize + HEADER + 1000] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert!(
+            err.to_string().contains("followed by a valid record"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "the file is left as it was"
+        );
+    }
+
+    /// A segment of format 1, as older versions wrote it (records from byte 0, payloads as
+    /// they are), is read, and the next append starts a segment of the current format.
+    #[test]
+    fn a_segment_of_format_one_is_read_and_appends_go_to_a_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        for (index, payload) in recs(1, 3) {
+            frame(Format::Plain, index, &payload, &mut old);
+        }
+        fs::write(d.path().join(segment_name(1)), &old).unwrap();
+        let mut w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(all(&w), ["entry 1", "entry 2", "entry 3"]);
+        w.append(&recs(4, 5)).unwrap();
+        assert!(matches!(w.segments[&4].format, Format::Masked(_)));
+        drop(w);
+        assert_eq!(fs::read(d.path().join(segment_name(1))).unwrap(), old);
+        let w = Wal::open(d.path(), None).unwrap();
+        assert_eq!(
+            all(&w),
+            ["entry 1", "entry 2", "entry 3", "entry 4", "entry 5"]
+        );
+        // Truncated back into the old segment, the log goes on in a new one of that name.
+        let mut w = w;
+        w.truncate(3).unwrap();
+        w.append(&recs(3, 3)).unwrap();
+        drop(w);
+        assert_eq!(
+            all(&Wal::open(d.path(), None).unwrap()),
+            ["entry 1", "entry 2", "entry 3"]
+        );
+    }
+
+    /// A segment of a format this build does not know is refused, not misread.
+    #[test]
+    fn a_segment_of_a_later_format_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        drop(two_segments(d.path()));
+        let path = d.path().join(segment_name(4));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+        fs::write(&path, bytes).unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert!(err.to_string().contains("of format 3"), "{err}");
+    }
+
+    /// A crash right after a segment was created can leave its header unwritten (zeros,
+    /// or nothing), records never synced behind it or not: it opens as an empty segment,
+    /// and the log goes on.
+    #[test]
+    fn a_segment_whose_header_never_reached_the_disk_holds_nothing() {
+        for keep in [0usize, 8, 4096] {
+            let d = tempfile::tempdir().unwrap();
+            let mut w = Wal::open(d.path(), None).unwrap();
+            w.append(&recs(1, 3)).unwrap();
+            w.start_segment(4).unwrap();
+            w.append(&[(4, vec![7; 1500]), (5, vec![8; 1500])]).unwrap();
+            drop(w);
+            let path = d.path().join(segment_name(4));
+            if keep == 4096 {
+                // The first sector (the header, record 4's start) lost; the rest kept.
+                zero(&path, 0, SECTOR);
+            } else {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                f.set_len(keep as u64).unwrap();
+                f.write_all_at(&vec![0; keep], 0).unwrap();
+            }
+            let mut w = Wal::open(d.path(), None).unwrap();
+            assert_eq!(w.bounds(), Some((1, 3)), "keep {keep}");
+            w.append(&recs(4, 4)).unwrap();
+            drop(w);
+            assert_eq!(
+                all(&Wal::open(d.path(), None).unwrap()),
+                ["entry 1", "entry 2", "entry 3", "entry 4"],
+                "keep {keep}"
+            );
+        }
     }
 
     #[test]
