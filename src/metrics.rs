@@ -333,7 +333,12 @@ impl Metrics {
     pub async fn count_elections(self: Arc<Self>, raft: Raft) {
         let mut rx = raft.server_metrics();
         let (mut term, mut leader, mut config) = {
+            // A restarted node has its membership, vote and leader from its storage before
+            // this subscribes, and may see no change for a long time: the member counts
+            // are set from what is there now (they were missing until the next change,
+            // found in review).
             let m = rx.borrow_and_update();
+            self.count_members(m.membership_config.membership());
             (
                 m.vote.leader_id().get_term(),
                 m.current_leader,
@@ -342,13 +347,7 @@ impl Metrics {
         };
         while rx.changed().await.is_ok() {
             let m = rx.borrow_and_update();
-            let membership = m.membership_config.membership();
-            self.members
-                .with_label_values(&["voter"])
-                .set(membership.voter_ids().count() as i64);
-            self.members
-                .with_label_values(&["learner"])
-                .set(membership.learner_ids().count() as i64);
+            self.count_members(m.membership_config.membership());
             if m.membership_config.log_id() != &config {
                 if config.is_some() {
                     self.membership_changes.inc();
@@ -367,6 +366,19 @@ impl Metrics {
                 leader = m.current_leader;
             }
         }
+    }
+
+    /// The voters and learners of `membership`, as gauges.
+    fn count_members(
+        &self,
+        membership: &openraft::Membership<cookie_raft::NodeId, cookie_raft::CookieNode>,
+    ) {
+        self.members
+            .with_label_values(&["voter"])
+            .set(membership.voter_ids().count() as i64);
+        self.members
+            .with_label_values(&["learner"])
+            .set(membership.learner_ids().count() as i64);
     }
 
     /// A timer for Raft's RPCs (`Network::with_rpc_timer`) that feeds

@@ -786,3 +786,25 @@ enum Shown {
     Version(u64),
     Write(usize),
 }
+
+/// `/ready` answers within its own check (1 s), inside a readiness probe's timeout (the
+/// StatefulSet's 3 s), when the leader hangs: a follower's read-index round to a frozen
+/// leader waited out the read timeout (5 s), and the kubelet gave up first and counted the
+/// probe as failed, and the node a request its client abandoned (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_by_its_check_while_the_leader_hangs() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    c.wait_ready_all(WAIT).await;
+    let follower = (leader + 1) % 3;
+    c.pause(leader);
+    let started = std::time::Instant::now();
+    let r = send(c.client.get(format!("{}/ready", c.url(follower)))).await;
+    let took = started.elapsed();
+    c.resume(leader);
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(
+        took < Duration::from_secs(3),
+        "/ready answered after {took:?}"
+    );
+}

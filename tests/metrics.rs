@@ -519,3 +519,27 @@ async fn a_request_the_client_gave_up_on_is_counted_as_499() {
     )
     .await;
 }
+
+/// A restarted node reports its members at once: it has its membership from its storage
+/// before the task that keeps the gauges subscribes, and nothing changes after, so
+/// `raft_members` was missing until the next election or membership change (found in
+/// review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_reports_its_members() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(std::time::Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    c.stop(follower);
+    c.spawn(follower);
+    c.wait_ready_all(std::time::Duration::from_secs(20)).await;
+    poll_metrics(
+        &c,
+        follower,
+        "no member counts after a restart",
+        |_, v, _| {
+            v.get(r#"raft_members{role="voter"}"#) == Some(&3.0)
+                && v.get(r#"raft_members{role="learner"}"#) == Some(&0.0)
+        },
+    )
+    .await;
+}

@@ -207,14 +207,22 @@ impl ReadIndex {
     pub async fn read_index(&self, deadline: Instant) -> Result<u64, ReadError> {
         let mut leaders = self.cluster.watch_leader(deadline);
         while let Some(leader) = leaders.next().await {
-            let reply = match leader {
-                Leader::Me => self.as_leader().await,
-                Leader::At(_) => self
-                    .follower_rounds
-                    .join()
-                    .await
-                    .unwrap_or(ReadIndexReply::NotLeader),
-                Leader::Unknown => ReadIndexReply::NotLeader,
+            let round = async {
+                match leader {
+                    Leader::Me => self.as_leader().await,
+                    Leader::At(_) => self
+                        .follower_rounds
+                        .join()
+                        .await
+                        .unwrap_or(ReadIndexReply::NotLeader),
+                    Leader::Unknown => ReadIndexReply::NotLeader,
+                }
+            };
+            // A round ends by the read timeout, whoever joined it: a caller with a closer
+            // deadline (`/ready`'s 1 s check) answers by that, not 5 s later when a frozen
+            // leader never answers (found in review; a readiness probe gave up first).
+            let Ok(reply) = tokio::time::timeout_at(deadline, round).await else {
+                break;
             };
             if let ReadIndexReply::Index(index) = reply {
                 return Ok(index);
