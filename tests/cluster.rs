@@ -808,3 +808,69 @@ async fn ready_answers_by_its_check_while_the_leader_hangs() {
         "/ready answered after {took:?}"
     );
 }
+
+/// A follower killed while it installs a snapshot keeps a log that goes on from its state
+/// machine: the log's purge waits for the install to be durable. Purged first (openraft 0.9
+/// purges as it starts the install), the kill left the log purged past the applied state,
+/// and the node claimed entries it could not apply: once elected, or matched by a new
+/// leader, it stopped with a fatal storage error (found in review). `dump`, which refuses a
+/// log purged past the applied state, is the witness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_install_keeps_a_log_that_goes_on_from_its_state() {
+    let extra = format!(
+        "{FAST_RAFT}snapshot_logs = 20\nkeep_logs_after_snapshot = 0\nsnapshot_log_ratio = 0\n"
+    );
+    let mut c = Cluster::start(3, &extra).await;
+    let leader = c.wait_leader(WAIT).await;
+    let away = (leader + 1) % 3;
+    c.kill(away);
+    // A state of ~30 MB, so that the install takes a while.
+    let big = "x".repeat(400_000);
+    for i in 0..80 {
+        let r = c
+            .create(
+                leader,
+                json!({"cookie": format!("big{i}"), "user_id": 1, "data": big}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    c.wait_cluster_info(leader, WAIT, |v| {
+        let at = |k: &str| v[k].as_u64().unwrap_or(0);
+        at("purged") > 60
+    })
+    .await;
+
+    let installing = c.data_dir(away).join("sm.redb.installing");
+    c.spawn(away);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !installing.exists() {
+        assert!(std::time::Instant::now() < deadline, "no install began");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let seen = std::time::Instant::now();
+    // Past the purge that went with the install's start, short of the install's end.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.kill(away);
+    eprintln!("killed {:?} into the install", seen.elapsed());
+    assert!(
+        installing.exists(),
+        "the install was over before the kill: nothing to test"
+    );
+
+    let file = c.dir().join("away.backup");
+    let dir = c.data_dir(away);
+    let (code, out, err) = common::run_bin(&[
+        "dump",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // And it comes back, installs, and serves what was written.
+    c.spawn(away);
+    c.wait_local(away, "big79", WAIT, |r| r.status == 200).await;
+    assert_eq!(c.get(away, "big0", "local").await.status, 200);
+}

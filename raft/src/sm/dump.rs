@@ -153,7 +153,25 @@ pub fn dump(
         let from = applied.map_or(0, |l| l.index + 1);
         let mut replayed = 0;
         if let Some(log) = log.as_mut() {
-            let last = log.get_log_state().await?.last_log_id.map(|l| l.index);
+            let state = log.get_log_state().await?;
+            // The log must go on from where the state machine stopped. A node killed while
+            // it installed a snapshot, by a version that purged the log before the install
+            // was durable, holds a log purged past its applied state: the entries between
+            // are in neither, and the log read skips them (found in review: the dump then
+            // claimed the log's last index and lacked acknowledged writes).
+            if let Some(purged) = state.last_purged_log_id.filter(|p| p.index >= from) {
+                return Err(format!(
+                    "the log was purged up to index {} but the state machine has applied only up \
+                     to {}: the entries between are in neither, so a dump would lack them (a \
+                     snapshot install cut short); `--applied-only` takes the applied state alone, \
+                     as of index {}, and says so",
+                    purged.index,
+                    from.saturating_sub(1),
+                    from.saturating_sub(1)
+                )
+                .into());
+            }
+            let last = state.last_log_id.map(|l| l.index);
             if let Some(last) = last.filter(|&l| l >= from) {
                 let entries = log.try_get_log_entries(from..=last).await?;
                 replayed = entries.len() as u64;
@@ -167,4 +185,55 @@ pub fn dump(
             replayed,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::NodeId;
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn origin() -> Origin {
+        Origin {
+            node: "test".into(),
+            created_ms: 0,
+            version: "0".into(),
+        }
+    }
+
+    /// A log purged past the applied state (a snapshot install cut short by a version that
+    /// purged first) has a gap no dump can fill: it is refused, not dumped without the
+    /// entries in the gap under the log's last index.
+    #[tokio::test]
+    async fn a_log_purged_past_the_applied_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        std::fs::create_dir(&data).unwrap();
+        {
+            let mut log = LogStore::open(&data).unwrap();
+            let upto: LogId<NodeId> = LogId::new(CommittedLeaderId::new(3, 1), 40);
+            log.purge(upto).await.unwrap();
+            let cache = Arc::new(Cache::new(CacheConfig::default()));
+            let identity = Arc::new(Identity::new(0, log.incarnation(), false));
+            drop(StateMachine::open(&data, cache, identity).unwrap());
+        }
+        let dirs = Dirs::new(&data);
+        let err = tokio::task::spawn_blocking(move || {
+            let Err(e) = dump(&dirs, false, origin(), &mut Vec::new()) else {
+                panic!("must refuse");
+            };
+            e
+        })
+        .await
+        .unwrap();
+        assert!(err.to_string().contains("purged up to index 40"), "{err}");
+        // The applied state alone is still there to take, for what it holds.
+        let dirs = Dirs::new(&data);
+        let report =
+            tokio::task::spawn_blocking(move || dump(&dirs, true, origin(), &mut Vec::new()))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(report.applied, 0);
+    }
 }

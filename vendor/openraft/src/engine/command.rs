@@ -91,8 +91,16 @@ where C: RaftTypeConfig
     /// Send vote to all other members
     SendVote { vote_req: VoteRequest<C::NodeId> },
 
-    /// Purge log from the beginning to `upto`, inclusive.
-    PurgeLog { upto: LogId<C::NodeId> },
+    /// Purge log from the beginning to `upto`, inclusive, once `when` holds.
+    ///
+    /// (cookie-crud patch) The purge that follows a snapshot install waits for the install:
+    /// purged at once, a crash before the install was durable left a log purged past a
+    /// state machine that had not reached it, which the node claimed (and was elected or
+    /// matched on) but could not apply.
+    PurgeLog {
+        upto: LogId<C::NodeId>,
+        when: Option<Condition<C::NodeId>>,
+    },
 
     /// Delete logs that conflict with the leader from a follower/learner since log id `since`,
     /// inclusive.
@@ -138,7 +146,7 @@ where
             (Command::RebuildReplicationStreams { targets },   Command::RebuildReplicationStreams { targets: b }, )                            => targets == b,
             (Command::SaveVote { vote },                       Command::SaveVote { vote: b })                                                  => vote == b,
             (Command::SendVote { vote_req },                   Command::SendVote { vote_req: b }, )                                            => vote_req == b,
-            (Command::PurgeLog { upto },                       Command::PurgeLog { upto: b })                                                  => upto == b,
+            (Command::PurgeLog { upto, when },                 Command::PurgeLog { upto: b, when: b_when })                                    => upto == b && when == b_when,
             (Command::DeleteConflictLog { since },             Command::DeleteConflictLog { since: b }, )                                      => since == b,
             (Command::Respond { when, resp: send },            Command::Respond { when: b_when, resp: b })                                     => send == b && when == b_when,
             (Command::StateMachine { command },                Command::StateMachine { command: b })                                           => command == b,
@@ -190,7 +198,7 @@ where C: RaftTypeConfig
             Command::RebuildReplicationStreams { .. } => None,
             Command::SaveVote { .. }                  => None,
             Command::SendVote { .. }                  => None,
-            Command::PurgeLog { .. }                  => None,
+            Command::PurgeLog { when, .. }            => when.as_ref(),
             Command::DeleteConflictLog { .. }         => None,
             Command::Respond { when, .. }             => when.as_ref(),
             // TODO(1): 

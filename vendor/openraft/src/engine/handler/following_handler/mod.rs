@@ -320,13 +320,15 @@ where C: RaftTypeConfig
 
         self.output.push_command(Command::from(sm::Command::install_full_snapshot(snapshot)));
         let last_sm_seq = self.output.last_sm_seq();
-
-        self.state.purge_upto = Some(snap_last_log_id);
-        self.log_handler().purge_log();
-
-        Some(Condition::StateMachineCommand {
+        let installed = Condition::StateMachineCommand {
             command_seq: last_sm_seq,
-        })
+        };
+
+        // (cookie-crud patch) The storage's purge waits for the install, like the response.
+        self.state.purge_upto = Some(snap_last_log_id);
+        self.log_handler().purge_log_when(Some(installed.clone()));
+
+        Some(installed)
     }
 
     /// Find the last 2 membership entries in a list of entries.
