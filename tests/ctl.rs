@@ -397,3 +397,23 @@ async fn status_with_a_read_token_is_unauthorized() {
     assert!(err.contains("admin token"), "{err}");
     assert!(out.contains("refused"), "{out}");
 }
+
+/// A token that an HTTP header cannot carry is the caller's mistake: exit 2 at once, the
+/// token not shown. It failed every request as a builder error, taken for an unreachable
+/// node, retried until `--timeout` and exit 1 (found in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_no_header_can_carry_is_a_usage_error() {
+    let started = std::time::Instant::now();
+    let (code, out, err) = ctl(
+        "127.0.0.1:1",
+        &["--timeout", "20", "--token", "secrettok\n ", "get", "x"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("header"), "{err}");
+    assert!(
+        !err.contains("secrettok") && !out.contains("secrettok"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "it retried");
+}

@@ -158,6 +158,18 @@ impl Client {
         if target.endpoints.is_empty() {
             return Err(CtlError::Usage("no endpoints given".into()));
         }
+        // A token that cannot go in a header failed every request as a builder error,
+        // which was taken for an unreachable node and retried until `--timeout` (found in
+        // review). It is the caller's mistake: said at once, never printed.
+        if let Some(t) = &target.token {
+            if reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
+                return Err(CtlError::Usage(
+                    "the token holds characters an HTTP header cannot carry (a newline or \
+                     other control character?)"
+                        .into(),
+                ));
+            }
+        }
         cookie_raft::network::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .no_proxy()

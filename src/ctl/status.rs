@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use futures::future::join_all;
 use serde_json::Value;
 
-use super::client::{describe, normalize, Call, Client, CtlError};
+use super::client::{describe, normalize, Answer, Call, Client, CtlError};
 
 /// One row of the table.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -42,25 +42,32 @@ fn s(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// The endpoints to ask: the ones given, then every member any of them names (the first to
-/// answer may be a removed node, which knows none added since).
-async fn endpoints(client: &Client) -> Vec<String> {
-    let mut out: Vec<String> = client.target.endpoints.clone();
-    let tls = out.iter().any(|e| e.starts_with("https://"));
+/// Every endpoint's answer to `GET /cluster`: the ones given, then every member any of them
+/// names (the first to answer may be a removed node, which knows none added since). The
+/// given ones are asked once: asked again with the members, a node that never answered
+/// cost `--timeout` twice (found in review).
+async fn answers(client: &Client) -> Vec<(String, Result<Answer, reqwest::Error>)> {
     let given = client.target.endpoints.clone();
+    let tls = given.iter().any(|e| e.starts_with("https://"));
     let call = Call::get("/cluster");
-    let answers = join_all(given.iter().map(|e| client.once(e, &call))).await;
-    for v in answers.into_iter().flatten().filter_map(|a| a.json().ok()) {
+    let first = join_all(given.iter().map(|e| client.once(e, &call))).await;
+    let mut more: Vec<String> = Vec::new();
+    for v in first.iter().flatten().filter_map(|a| a.json().ok()) {
         for m in v["members"].as_array().into_iter().flatten() {
             if let Some(addr) = m["addr"].as_str() {
                 let url = normalize(addr, tls);
-                if !out.contains(&url) {
-                    out.push(url);
+                if !given.contains(&url) && !more.contains(&url) {
+                    more.push(url);
                 }
             }
         }
     }
-    out
+    let rest = join_all(more.iter().map(|e| client.once(e, &call))).await;
+    given
+        .into_iter()
+        .zip(first)
+        .chain(more.into_iter().zip(rest))
+        .collect()
 }
 
 /// The membership to judge every row by, as `(members, voters)`: the leader's (of the
@@ -84,12 +91,7 @@ pub fn membership_view(answers: &[Value]) -> Option<(Vec<u64>, Vec<u64>)> {
 
 /// Ask every member; rows in member id order, unreachable ones last.
 pub async fn rows(client: &Client) -> Vec<Row> {
-    let targets = endpoints(client).await;
-    let answers = join_all(targets.iter().map(|e| async move {
-        let r = client.once(e, &Call::get("/cluster")).await;
-        (e.clone(), r)
-    }))
-    .await;
+    let answers = answers(client).await;
     let mut seen: BTreeMap<u64, Row> = BTreeMap::new();
     let mut down = Vec::new();
     let mut lag: BTreeMap<u64, u64> = BTreeMap::new();

@@ -224,6 +224,11 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
     }
     let mut line = Vec::new();
     r.take(MAX_HEADER).read_until(b'\n', &mut line)?;
+    if line == b"\n" {
+        return Err(BackupError::BadHeader(
+            "the header line is empty".to_owned(),
+        ));
+    }
     if line.last() != Some(&b'\n') {
         return Err(BackupError::BadHeader(
             "no end of line within 64 KiB".to_owned(),
@@ -244,11 +249,30 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
                     .to_owned(),
             })
         }
+        Some(0) => {
+            return Err(BackupError::BadHeader(
+                "format 0 was never written".to_owned(),
+            ))
+        }
         Some(_) => {}
         None => return Err(BackupError::BadHeader("it names no format".to_owned())),
     }
-    serde_json::from_value(probe).map_err(|e| BackupError::BadHeader(e.to_string()))
+    let header: BackupHeader =
+        serde_json::from_value(probe).map_err(|e| BackupError::BadHeader(e.to_string()))?;
+    // The restored log starts after the index: one at the end of the range left no room
+    // for a next entry, and the restored node took no write and then could not start
+    // (found in review; the checksum covers the body, not the header).
+    if header.index > MAX_INDEX {
+        return Err(BackupError::BadHeader(format!(
+            "index {} is past any log's ({MAX_INDEX} at most): was the header edited?",
+            header.index
+        )));
+    }
+    Ok(header)
 }
+
+/// The largest index a backup may name: the restored log must have room after it.
+const MAX_INDEX: u64 = i64::MAX as u64;
 
 /// One row of a backup's body, as restore writes it.
 enum Row {

@@ -252,6 +252,36 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
         "{err}"
     );
 
+    // A header whose index leaves the restored log no room, or that names format 0, or
+    // that is empty, is refused (an index of u64::MAX restored a node that took no write
+    // and then could not start: found in review).
+    for (from, to, says) in [
+        (
+            index.as_str(),
+            "\"index\":18446744073709551615,",
+            "past any log's",
+        ),
+        ("\"format\":1", "\"format\":0", "format 0"),
+    ] {
+        let edited = header_line.replacen(from, to, 1);
+        assert_ne!(edited, header_line);
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(edited.as_bytes());
+        bytes.extend_from_slice(&good[start..]);
+        let err = check(&bytes);
+        assert!(
+            matches!(&err, BackupError::BadHeader(m) if m.contains(says)),
+            "{err}"
+        );
+    }
+    let mut empty = MAGIC.to_vec();
+    empty.extend_from_slice(b"\n");
+    let err = check(&empty);
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("empty")),
+        "{err}"
+    );
+
     // A refused file leaves no data directory, staged or final.
     let data = out.path().join("data");
     let file = write(out.path(), &flipped);
