@@ -480,6 +480,8 @@ pub enum RestoreError {
     Backup(#[from] BackupError),
     #[error("writing {path}: {err}")]
     Write { path: String, err: BoxError },
+    #[error("another restore is writing {path}: wait for it, or stop it and run this again")]
+    InProgress { path: String },
 }
 
 /// What a fresh filesystem holds at its root (ext4's), which is no data: a volume mounted as
@@ -563,11 +565,25 @@ pub fn restore(
     let not_empty = || RestoreError::NotEmpty {
         path: dir.display().to_string(),
     };
+    let existed = dir.exists();
+    // One restore at a time in a directory, held until this returns: a second one took the
+    // first's `.restoring` for an interrupted restore, cleared it, and the first reported
+    // success for data the second had written (found in review).
+    crate::durable::create_dir_all(dir).map_err(|e| failed(e.into()))?;
+    let lock = std::fs::File::open(dir).map_err(|e| failed(e.into()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(RestoreError::InProgress {
+                path: dir.display().to_string(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e.into())),
+    }
     let interrupted = interrupted_restore(dir);
     if !interrupted && !holds_only(dir, &[]).map_err(|e| failed(e.into()))? {
         return Err(not_empty());
     }
-    let existed = dir.exists();
     if interrupted {
         // Everything in it is what the interrupted restore wrote, and never a node's data.
         clear_interrupted(dir).map_err(|e| failed(e.into()))?;

@@ -381,6 +381,19 @@ async fn an_interrupted_restore_is_known_and_cleared_by_the_next() {
     std::fs::write(data.join(RESTORING).join("sm.redb"), b"half").unwrap();
     std::fs::write(data.join("log.redb"), b"half").unwrap();
     assert!(interrupted_restore(&data));
+    // While another restore holds the directory, its `.restoring` is its work in progress,
+    // not an interrupted restore's leftovers: refused, and left as it is (it was cleared,
+    // and the first restore reported success for the second's data: found in review).
+    {
+        let other = std::fs::File::open(&data).unwrap();
+        other.lock().unwrap();
+        let err = restore_off_runtime(&file, &data, 1).unwrap_err();
+        assert!(matches!(err, RestoreError::InProgress { .. }), "{err}");
+        assert_eq!(
+            std::fs::read(data.join(RESTORING).join("sm.redb")).unwrap(),
+            b"half"
+        );
+    }
     restore_off_runtime(&file, &data, 1).unwrap();
     assert!(!interrupted_restore(&data));
     let log = LogStore::open(&data).unwrap();
