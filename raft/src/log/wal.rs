@@ -16,7 +16,7 @@
 //! purged.
 //!
 //! A payload is stored XORed with a keystream drawn from the segment's random key and the
-//! record's index ([`mask`]), so that no record's bytes hold a sector of zeros, whatever the
+//! record's index (`mask`), so that no record's bytes hold a sector of zeros, whatever the
 //! client sent (a cookie id of NUL characters is stored as it is): recovery takes a zeroed
 //! sector for a write that never reached the disk (`torn_before`), and an unmasked record
 //! could hold one of its own. Segments of format 1, written before the header existed, are
