@@ -132,6 +132,10 @@ struct DumpArgs {
     /// Only the state the node had applied, not the rest of its log.
     #[arg(long)]
     applied_only: bool,
+    /// Where the working copy of the data goes while it is replayed (removed at the end;
+    /// default: beside the backup file).
+    #[arg(long, value_name = "DIR")]
+    scratch_dir: Option<PathBuf>,
     #[command(flatten)]
     node: NodeDirsArgs,
 }
@@ -228,7 +232,7 @@ fn dump(d: &DumpArgs) -> ExitCode {
         Ok(dirs) => dirs,
         Err(code) => return code,
     };
-    match cookie_crud::ctl::backup::dump(&dirs, &d.to, d.applied_only) {
+    match cookie_crud::ctl::backup::dump(&dirs, &d.to, d.scratch_dir.as_deref(), d.applied_only) {
         Ok(r) => {
             println!(
                 "wrote {}: {} records at index {} (applied {}, then {} entries of the log)",

@@ -182,7 +182,13 @@ pub fn restore(cfg: &Config, file: &Path) -> Result<BackupHeader, CtlError> {
 
 /// `cookie-crud dump`: a backup of the stopped node's data in `dirs` into `file` (written
 /// as `FILE.partial`, then renamed), for a cluster that lost its quorum for good.
-pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, CtlError> {
+/// The working copy goes in `scratch`, or else beside `file`.
+pub fn dump(
+    dirs: &Dirs,
+    file: &Path,
+    scratch: Option<&Path>,
+    applied_only: bool,
+) -> Result<DumpReport, CtlError> {
     let dir = &dirs.data;
     if file.exists() {
         return Err(CtlError::Usage(format!(
@@ -198,7 +204,16 @@ pub fn dump(dirs: &Dirs, file: &Path, applied_only: bool) -> Result<DumpReport, 
         created_ms: crate::clock::unix_now_ms(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let report = match dump::dump(dirs, applied_only, origin, &mut out) {
+    let beside = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let from = dump::DumpFrom {
+        dirs,
+        scratch: scratch.unwrap_or(beside),
+        applied_only,
+    };
+    let report = match dump::dump(&from, origin, &mut out) {
         Ok(r) => r,
         Err(e) => {
             drop(out);

@@ -75,22 +75,44 @@ fn copy_wal(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Write a backup of the node data in `dirs` into `out` (see the module's documentation).
-/// Blocking, and not to be called on an async runtime (it runs one of its own).
+/// What to dump, and where to work.
+pub struct DumpFrom<'a> {
+    /// The node's data (and WAL).
+    pub dirs: &'a Dirs,
+    /// Where the working copy goes (in a directory of its own, removed at the end): a
+    /// directory the user may write, outside the data directory. A data directory that is
+    /// a volume's mount point under a read-only root has no writable parent (the
+    /// StatefulSet's), where a copy beside it failed (found in review).
+    pub scratch: &'a Path,
+    /// Only the state the node had applied, not the rest of its log.
+    pub applied_only: bool,
+}
+
+/// Write a backup of the node data in `from.dirs` into `out` (see the module's
+/// documentation). Blocking, and not to be called on an async runtime (it runs one of its
+/// own).
 pub fn dump(
-    dirs: &Dirs,
-    applied_only: bool,
+    from: &DumpFrom<'_>,
     origin: Origin,
     out: &mut dyn Write,
 ) -> Result<DumpReport, BoxError> {
-    // The copy is made beside the directory: named from its canonical path, so that a
-    // relative name (`--data-dir .`, whose name is empty) does not put the copy inside the
-    // directory it copies, where it copied itself until the disk was full (found in review).
+    let (dirs, applied_only) = (from.dirs, from.applied_only);
+    // Paths compared canonical, so that a relative name (`--data-dir .`, whose name is
+    // empty) does not put the copy inside the directory it copies, where it copied itself
+    // until the disk was full (found in review).
     let canonical =
         std::fs::canonicalize(&dirs.data).map_err(|e| format!("{}: {e}", dirs.data.display()))?;
     let dir = canonical.as_path();
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+    let (Some(beside), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(format!("{}: not a node's data directory", dir.display()).into());
+    };
+    let scratch_dir = std::fs::canonicalize(from.scratch)
+        .map_err(|e| format!("{}: {e}", from.scratch.display()))?;
+    // Inside the data directory the copy would copy itself: beside it instead.
+    let parent = if scratch_dir.starts_with(dir) {
+        beside
+    } else {
+        scratch_dir.as_path()
     };
     if super::backup::interrupted_restore(dir) {
         return Err(format!(
@@ -123,11 +145,21 @@ pub fn dump(
         std::process::id()
     )));
     let _ = std::fs::remove_dir_all(&scratch.0);
-    copy_tree(dir, &scratch.0)?;
-    if dirs.wal_apart() {
-        // The copy's log finds its WAL in its own `wal/`, marker and all.
+    let copying = |from: &Path, e: std::io::Error| {
+        format!("copying {} to {}: {e}", from.display(), scratch.0.display())
+    };
+    copy_tree(dir, &scratch.0).map_err(|e| copying(dir, e))?;
+    // The copy's log finds its WAL in its own `wal/`, marker and all: the WAL apart, or
+    // reached through a link named `wal` (which the copy of the tree skips, as it skips
+    // every link, and a node runs on: found in review).
+    let wal = if dirs.wal_apart() {
+        Some(dirs.wal.clone())
+    } else {
+        Some(dir.join("wal")).filter(|w| w.is_symlink())
+    };
+    if let Some(wal) = wal {
         let _ = std::fs::remove_dir_all(scratch.0.join("wal"));
-        copy_wal(&dirs.wal, &scratch.0.join("wal"))?;
+        copy_wal(&wal, &scratch.0.join("wal")).map_err(|e| copying(&wal, e))?;
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -218,8 +250,14 @@ mod tests {
             drop(StateMachine::open(&data, cache, identity).unwrap());
         }
         let dirs = Dirs::new(&data);
+        let scratch = dir.path().to_owned();
         let err = tokio::task::spawn_blocking(move || {
-            let Err(e) = dump(&dirs, false, origin(), &mut Vec::new()) else {
+            let from = DumpFrom {
+                dirs: &dirs,
+                scratch: &scratch,
+                applied_only: false,
+            };
+            let Err(e) = dump(&from, origin(), &mut Vec::new()) else {
                 panic!("must refuse");
             };
             e
@@ -229,11 +267,18 @@ mod tests {
         assert!(err.to_string().contains("purged up to index 40"), "{err}");
         // The applied state alone is still there to take, for what it holds.
         let dirs = Dirs::new(&data);
-        let report =
-            tokio::task::spawn_blocking(move || dump(&dirs, true, origin(), &mut Vec::new()))
-                .await
-                .unwrap()
-                .unwrap();
+        let scratch = dir.path().to_owned();
+        let report = tokio::task::spawn_blocking(move || {
+            let from = DumpFrom {
+                dirs: &dirs,
+                scratch: &scratch,
+                applied_only: true,
+            };
+            dump(&from, origin(), &mut Vec::new())
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(report.applied, 0);
     }
 }
