@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! `dir/<first index, 20 digits>.wal`, each a segment header
-//! `[magic C0 0C 1E FF][format version u32 LE = 2][key u64 LE]` followed by records
+//! `[magic C0 0C 1E FF][format version u32 LE = 2][key u64 LE][crc32 of those 16 bytes]
+//! [4 zero bytes]` followed by records
 //! `[payload length u32 LE][crc32 u32 LE][index u64 LE][masked payload]`, the CRC covering
 //! the index and the payload as stored. Indices are contiguous within a segment and across
 //! segments, except that a segment may start after a gap when everything before it was
@@ -71,8 +72,8 @@ const SUFFIX: &str = ".wal";
 const MAGIC: [u8; 4] = [0xC0, 0x0C, 0x1E, 0xFF];
 /// The format this build writes.
 const FORMAT: u32 = 2;
-/// The segment header's size: magic, format, key.
-const SEGMENT_HEADER: usize = 16;
+/// The segment header's size: magic, format, key, the CRC of those, 4 bytes kept zero.
+const SEGMENT_HEADER: usize = 24;
 
 /// How a segment's records are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,16 @@ impl Format {
             return Err(corrupt(format!(
                 "{}: a log segment of format {version}, which this version of cookie-crud \
                  cannot read (it reads formats 1 and {FORMAT})",
+                path.display()
+            )));
+        }
+        // The records' CRCs cover them as stored, masked: a damaged key would pass them all
+        // and unmask every payload to garbage, which failed later as an undecodable entry
+        // naming no file (found in review). The header's own CRC refuses it here.
+        let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+        if crc != crc32fast::hash(&bytes[..16]) {
+            return Err(corrupt(format!(
+                "{}: damaged segment header (its checksum fails)",
                 path.display()
             )));
         }
@@ -556,6 +567,10 @@ impl Wal {
         header.extend_from_slice(&MAGIC);
         header.extend_from_slice(&FORMAT.to_le_bytes());
         header.extend_from_slice(&key);
+        let crc = crc32fast::hash(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        header.extend_from_slice(&[0; 4]);
+        debug_assert_eq!(header.len(), SEGMENT_HEADER);
         file.write_all_at(&header, 0)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
@@ -1184,6 +1199,23 @@ mod tests {
             all(&Wal::open(d.path(), None).unwrap()),
             ["entry 1", "entry 2", "entry 3"]
         );
+    }
+
+    /// A damaged segment header (one bit of its key) is refused, naming the file: the
+    /// records' CRCs, over the masked bytes, would all pass, and every payload would
+    /// unmask to garbage.
+    #[test]
+    fn a_damaged_segment_header_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        drop(two_segments(d.path()));
+        let path = d.path().join(segment_name(4));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8] ^= 0x01;
+        fs::write(&path, bytes).unwrap();
+        let err = Wal::open(d.path(), None).err().expect("must refuse");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("damaged segment header"), "{err}");
+        assert!(err.to_string().contains(&segment_name(4)), "{err}");
     }
 
     /// A segment of a format this build does not know is refused, not misread.
