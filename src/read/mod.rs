@@ -117,6 +117,8 @@ pub struct ReadIndex {
     leader_rounds: Rounds<ReadIndexReply>,
     /// Rounds of read-index RPCs to the leader, when this node follows.
     follower_rounds: Rounds<ReadIndexReply>,
+    /// What bounds a round ([`ReadSettings::round_timeout`]).
+    round_timeout: Duration,
 }
 
 impl ReadIndex {
@@ -170,6 +172,7 @@ impl ReadIndex {
             cluster,
             leader_rounds,
             follower_rounds,
+            round_timeout,
         }
     }
 
@@ -220,9 +223,17 @@ impl ReadIndex {
             };
             // A round ends by the read timeout, whoever joined it: a caller with a closer
             // deadline (`/ready`'s 1 s check) answers by that, not 5 s later when a frozen
-            // leader never answers (found in review; a readiness probe gave up first).
-            let Ok(reply) = tokio::time::timeout_at(deadline, round).await else {
-                break;
+            // leader never answers (found in review; a readiness probe gave up first). A
+            // read that has about a round's time left (its deadline is the read timeout,
+            // as the round's is) arms no timer of its own on its way.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply = if left < self.round_timeout.mul_f64(0.9) {
+                match tokio::time::timeout_at(deadline, round).await {
+                    Ok(reply) => reply,
+                    Err(_) => break,
+                }
+            } else {
+                round.await
             };
             if let ReadIndexReply::Index(index) = reply {
                 return Ok(index);
