@@ -1721,8 +1721,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// An empty secret is refused like an empty token; a secret of digits is a secret; no
-    /// error shows a credential.
     /// A retention of 0 would keep no key: retries would apply again, silently.
     #[test]
     fn idempotency_keys_are_kept_at_least_a_second() {
@@ -1732,6 +1730,8 @@ mod tests {
         assert_eq!(cfg.idempotency_retention_secs, 1);
     }
 
+    /// An empty secret is refused like an empty token; a secret of digits is a secret; no
+    /// error shows a credential.
     #[test]
     fn secrets_are_not_empty_and_never_shown() {
         let cluster = "nodes = [{ id = 1, addr = \"a:1\" }, { id = 2, addr = \"b:1\" }]\n";

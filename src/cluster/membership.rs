@@ -142,23 +142,20 @@ impl Cluster {
     /// cluster secret (`super::prove`): the address comes from the request, and whoever
     /// names it must not get the secret by naming their own.
     async fn ask_who(&self, id: NodeId, node: &CookieNode) -> Result<(), ChangeError> {
-        let reply = self
-            .peers
-            .prove(&self.peers.addr(id, node), PROBE)
-            .await
-            .map_err(|e| {
-                ChangeError::Unreachable(format!(
-                    "node {id} does not answer at its peer address {}: {e}",
-                    node.peer_addr
-                ))
-            })?;
-        let info = PeerInfo::from_cluster_json(&reply).ok_or_else(|| {
-            ChangeError::Unreachable(format!("{} gave no node id", node.peer_addr))
+        // The address asked, named in every refusal: the recorded one may be empty (the
+        // client address is used) or overridden.
+        let addr = self.peers.addr(id, node);
+        let reply = self.peers.prove(&addr, PROBE).await.map_err(|e| {
+            ChangeError::Unreachable(format!(
+                "node {id} does not answer at its peer address {addr}: {e}"
+            ))
         })?;
+        let info = PeerInfo::from_cluster_json(&reply)
+            .ok_or_else(|| ChangeError::Unreachable(format!("{addr} gave no node id")))?;
         if info.id != id {
             return Err(ChangeError::Invalid(format!(
-                "{} answers as node {}, not {id}",
-                node.peer_addr, info.id
+                "{addr} answers as node {}, not {id}",
+                info.id
             )));
         }
         if let Some(refused) = foreign(&info, self.identity.registry().cluster) {
