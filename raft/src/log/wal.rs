@@ -116,6 +116,19 @@ impl Format {
         )))
     }
 
+    /// A new segment's header, and its format: a fresh random key.
+    fn new_header() -> io::Result<([u8; SEGMENT_HEADER], Format)> {
+        let mut key = [0u8; 8];
+        getrandom::fill(&mut key).map_err(io::Error::other)?;
+        let mut header = [0u8; SEGMENT_HEADER];
+        header[..4].copy_from_slice(&MAGIC);
+        header[4..8].copy_from_slice(&FORMAT.to_le_bytes());
+        header[8..16].copy_from_slice(&key);
+        let crc = crc32fast::hash(&header[..16]);
+        header[16..20].copy_from_slice(&crc.to_le_bytes());
+        Ok((header, Format::Masked(u64::from_le_bytes(key))))
+    }
+
     /// Where the records start.
     fn records_start(self) -> u64 {
         match self {
@@ -560,17 +573,7 @@ impl Wal {
             .open(&path)?;
         // The header is made durable by the first sync of the records after it: a segment
         // whose header did not reach the disk holds no synced record either.
-        let mut key = [0u8; 8];
-        getrandom::fill(&mut key).map_err(io::Error::other)?;
-        let format = Format::Masked(u64::from_le_bytes(key));
-        let mut header = Vec::with_capacity(SEGMENT_HEADER);
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT.to_le_bytes());
-        header.extend_from_slice(&key);
-        let crc = crc32fast::hash(&header);
-        header.extend_from_slice(&crc.to_le_bytes());
-        header.extend_from_slice(&[0; 4]);
-        debug_assert_eq!(header.len(), SEGMENT_HEADER);
+        let (header, format) = Format::new_header()?;
         file.write_all_at(&header, 0)?;
         sync_dir(&self.dir)?;
         let file = Arc::new(file);

@@ -192,14 +192,13 @@ pub fn dump(
             // are in neither, and the log read skips them (found in review: the dump then
             // claimed the log's last index and lacked acknowledged writes).
             if let Some(purged) = state.last_purged_log_id.filter(|p| p.index >= from) {
+                let applied = applied.map_or(0, |l| l.index);
                 return Err(format!(
                     "the log was purged up to index {} but the state machine has applied only up \
-                     to {}: the entries between are in neither, so a dump would lack them (a \
-                     snapshot install cut short); `--applied-only` takes the applied state alone, \
-                     as of index {}, and says so",
+                     to {applied}: the entries between are in neither, so a dump would lack them \
+                     (a snapshot install cut short); `--applied-only` takes the applied state \
+                     alone, as of index {applied}, and says so",
                     purged.index,
-                    from.saturating_sub(1),
-                    from.saturating_sub(1)
                 )
                 .into());
             }
@@ -249,36 +248,24 @@ mod tests {
             let identity = Arc::new(Identity::new(0, log.incarnation(), false));
             drop(StateMachine::open(&data, cache, identity).unwrap());
         }
-        let dirs = Dirs::new(&data);
-        let scratch = dir.path().to_owned();
-        let err = tokio::task::spawn_blocking(move || {
-            let from = DumpFrom {
-                dirs: &dirs,
-                scratch: &scratch,
-                applied_only: false,
-            };
-            let Err(e) = dump(&from, origin(), &mut Vec::new()) else {
-                panic!("must refuse");
-            };
-            e
-        })
-        .await
-        .unwrap();
+        // Off the runtime, as `dump` runs one of its own.
+        let dump_of = |applied_only: bool| {
+            let (data, scratch) = (data.clone(), dir.path().to_owned());
+            tokio::task::spawn_blocking(move || {
+                let from = DumpFrom {
+                    dirs: &Dirs::new(&data),
+                    scratch: &scratch,
+                    applied_only,
+                };
+                dump(&from, origin(), &mut Vec::new())
+            })
+        };
+        let Err(err) = dump_of(false).await.unwrap() else {
+            panic!("must refuse");
+        };
         assert!(err.to_string().contains("purged up to index 40"), "{err}");
         // The applied state alone is still there to take, for what it holds.
-        let dirs = Dirs::new(&data);
-        let scratch = dir.path().to_owned();
-        let report = tokio::task::spawn_blocking(move || {
-            let from = DumpFrom {
-                dirs: &dirs,
-                scratch: &scratch,
-                applied_only: true,
-            };
-            dump(&from, origin(), &mut Vec::new())
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let report = dump_of(true).await.unwrap().unwrap();
         assert_eq!(report.applied, 0);
     }
 }
