@@ -234,7 +234,7 @@ async fn corrupt_truncated_foreign_and_newer_backups_and_used_directories_are_re
         &data,
         "not a cookie-crud backup",
     );
-    let text = String::from_utf8_lossy(&bytes).replacen("\"format\":1", "\"format\":9", 1);
+    let text = String::from_utf8_lossy(&bytes).replacen("\"format\":2", "\"format\":9", 1);
     refused(&write("newer", text.as_bytes()), &data, "newer");
     assert!(!data.exists(), "a refused restore made no directory");
 

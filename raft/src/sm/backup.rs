@@ -4,7 +4,7 @@
 //! # Format
 //! ```text
 //! COOKIE-CRUD-BACKUP\n          the magic line
-//! {"format":1,...}\n            the header (BackupHeader, one JSON line: readable with head -2)
+//! {"format":2,...}\n            the header (BackupHeader, one JSON line: readable with head -2)
 //! body                          body_bytes bytes: the snapshot format (SnapshotRows, bincode)
 //! ```
 //! The body is byte for byte what a snapshot of the same state holds, uncompressed (every record, every
@@ -12,6 +12,11 @@
 //! rows that encoding the whole `SnapshotRows` would give, so a backup of any size is written
 //! and read in bounded memory. The header names where the state is in the log (index, term),
 //! the cluster, the counts, and the body's SHA-256.
+//!
+//! From format 2 the header carries a SHA-256 of its own line too (`header_sha256`, see
+//! [`BackupHeader::seal`]): the body's checksum said nothing of the header, so a header whose
+//! index was damaged or edited within range restored a log that started at the wrong place.
+//! Format 1 files, which have no such field, are still read.
 //!
 //! # Consistency
 //! A backup is one redb read transaction: it sees the state as of one applied index, and
@@ -57,8 +62,10 @@ use crate::BoxError;
 
 /// The first line of every backup.
 pub const MAGIC: &[u8] = b"COOKIE-CRUD-BACKUP\n";
-/// The newest backup format this version writes and reads.
-pub const FORMAT: u32 = 1;
+/// The newest backup format this version writes and reads (1 and 2 are read).
+pub const FORMAT: u32 = 2;
+/// The field of a format-2 header that holds the line's own checksum; it is written last.
+const HEADER_SUM_KEY: &[u8] = b"\"header_sha256\":\"";
 /// A header longer than this is not one of ours.
 const MAX_HEADER: u64 = 64 << 10;
 /// The largest single row a backup may hold (a record or an idempotency key).
@@ -89,6 +96,10 @@ pub struct BackupHeader {
     pub created_ms: u64,
     #[serde(default)]
     pub version: String,
+    /// From format 2: the SHA-256 (hex) of the header line as written with this field's
+    /// value empty. Set by [`BackupHeader::seal`], checked by [`read_header`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_sha256: Option<String>,
 }
 
 impl BackupHeader {
@@ -103,6 +114,52 @@ impl BackupHeader {
     pub fn file_len(&self) -> Result<u64, serde_json::Error> {
         Ok((MAGIC.len() + self.line()?.len()) as u64 + self.body_bytes)
     }
+
+    /// Set `header_sha256`: the SHA-256 of the line as written with that field empty. The
+    /// check works on the bytes as they are in the file (the field's value blanked out), not
+    /// on the header parsed and written again, so a field a later version adds is covered
+    /// and needs no knowledge of it here.
+    pub fn seal(&mut self) -> Result<(), serde_json::Error> {
+        self.header_sha256 = Some(String::new());
+        let sum = Sha256::digest(self.line()?);
+        self.header_sha256 = Some(crate::identity::hex_bytes(&sum));
+        Ok(())
+    }
+}
+
+/// Check a format-2 header line (its newline included) against the checksum it holds:
+/// hash it with the checksum's value blanked out.
+fn check_seal(line: &[u8]) -> Result<(), BackupError> {
+    let bad = |why: &str| Err(BackupError::BadHeader(why.to_owned()));
+    // A key can appear only once in a line that serde_json wrote: inside a string its
+    // quotes would be escaped. A line where it appears twice was not written by a backup.
+    let at: Vec<usize> = line
+        .windows(HEADER_SUM_KEY.len())
+        .enumerate()
+        .filter(|(_, w)| *w == HEADER_SUM_KEY)
+        .map(|(i, _)| i + HEADER_SUM_KEY.len())
+        .collect();
+    let start = match at.as_slice() {
+        [] => return bad("format 2 and later carry header_sha256, this one does not"),
+        [one] => *one,
+        _ => return bad("it names header_sha256 twice"),
+    };
+    let Some(len) = line[start..].iter().position(|&b| b == b'"') else {
+        return bad("header_sha256 is not a string");
+    };
+    let found = &line[start..start + len];
+    let mut blanked = Vec::with_capacity(line.len());
+    blanked.extend_from_slice(&line[..start]);
+    blanked.extend_from_slice(&line[start + len..]);
+    let sum = crate::identity::hex_bytes(&Sha256::digest(&blanked));
+    if found != sum.as_bytes() {
+        return Err(BackupError::BadHeader(format!(
+            "its own checksum fails (header_sha256 is {}, the line hashes to {sum}): was the \
+             header damaged or edited?",
+            String::from_utf8_lossy(found)
+        )));
+    }
+    Ok(())
 }
 
 /// Who is writing a backup, for its header.
@@ -183,7 +240,7 @@ impl StoreReader {
         // First walk: count and hash.
         let mut tally = Tally::new(io::sink());
         let (records, keys) = write_body(&txn, &registry, &mut tally)?;
-        let header = BackupHeader {
+        let mut header = BackupHeader {
             format: FORMAT,
             cluster_id: registry.cluster.map(hex),
             index: applied.map_or(0, |l| l.index),
@@ -195,7 +252,9 @@ impl StoreReader {
             node: origin.node,
             created_ms: origin.created_ms,
             version: origin.version,
+            header_sha256: None,
         };
+        header.seal()?;
         on_header(&header);
         out.write_all(MAGIC)?;
         out.write_all(&header.line()?)?;
@@ -254,7 +313,8 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
                 "format 0 was never written".to_owned(),
             ))
         }
-        Some(_) => {}
+        Some(1) => {}
+        Some(_) => check_seal(&line)?,
         None => return Err(BackupError::BadHeader("it names no format".to_owned())),
     }
     let header: BackupHeader =

@@ -222,31 +222,51 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
     assert!(matches!(check(b""), BackupError::NotABackup));
 
     let header_line = std::str::from_utf8(&good[MAGIC.len()..start]).unwrap();
-    let newer = header_line.replacen("\"format\":1", "\"format\":2", 1);
+    let newer = header_line.replacen("\"format\":2", "\"format\":3", 1);
     let mut future = MAGIC.to_vec();
     future.extend_from_slice(newer.as_bytes());
     future.extend_from_slice(&good[start..]);
     let err = check(&future);
     assert!(
-        matches!(err, BackupError::NewerFormat { found: 2, .. }),
+        matches!(err, BackupError::NewerFormat { found: 3, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("newer"));
 
-    // The checksum is the body's: a header whose index was edited down is caught by the
-    // records' versions, which no backup holds past its own index.
-    let index = format!(
-        "\"index\":{},",
-        serde_json::from_str::<BackupHeader>(header_line)
-            .unwrap()
-            .index
-    );
+    // The header has a checksum of its own: an index damaged or edited, up or down, is
+    // refused before anything else is read (format 1 checked only the body, so an index
+    // edited up within range restored a log that started later than the backup's state).
+    let parsed: BackupHeader = serde_json::from_str(header_line).unwrap();
+    let index = format!("\"index\":{},", parsed.index);
     assert!(header_line.contains(&index), "{header_line}");
-    let edited = header_line.replacen(&index, "\"index\":3,", 1);
-    let mut earlier = MAGIC.to_vec();
-    earlier.extend_from_slice(edited.as_bytes());
-    earlier.extend_from_slice(&good[start..]);
-    let err = check(&earlier);
+    for to in [3, parsed.index + 1000] {
+        let edited = header_line.replacen(&index, &format!("\"index\":{to},"), 1);
+        let err = check(&with_header(edited.as_bytes(), &good[start..]));
+        assert!(
+            matches!(&err, BackupError::BadHeader(m) if m.contains("own checksum fails")),
+            "{err}"
+        );
+    }
+    let twice = header_line.replacen(
+        "{",
+        &format!("{{\"header_sha256\":\"{}\",", "0".repeat(64)),
+        1,
+    );
+    let err = check(&with_header(twice.as_bytes(), &good[start..]));
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("twice")),
+        "{err}"
+    );
+    // Anyone can seal a header again (SHA-256 is an integrity check, not a signature): an
+    // index edited down is still caught by the records' versions, which no backup holds
+    // past its own index.
+    let resealed = |edit: &dyn Fn(&mut BackupHeader)| {
+        let mut h = parsed.clone();
+        edit(&mut h);
+        h.seal().unwrap();
+        with_header(&h.line().unwrap(), &good[start..])
+    };
+    let err = check(&resealed(&|h| h.index = 3));
     assert!(
         matches!(&err, BackupError::Corrupt(m) if m.contains("past the backup's index 3")),
         "{err}"
@@ -255,25 +275,17 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
     // A header whose index leaves the restored log no room, or that names format 0, or
     // that is empty, is refused (an index of u64::MAX restored a node that took no write
     // and then could not start: found in review).
-    for (from, to, says) in [
-        (
-            index.as_str(),
-            "\"index\":18446744073709551615,",
-            "past any log's",
-        ),
-        ("\"format\":1", "\"format\":0", "format 0"),
-    ] {
-        let edited = header_line.replacen(from, to, 1);
-        assert_ne!(edited, header_line);
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(edited.as_bytes());
-        bytes.extend_from_slice(&good[start..]);
-        let err = check(&bytes);
-        assert!(
-            matches!(&err, BackupError::BadHeader(m) if m.contains(says)),
-            "{err}"
-        );
-    }
+    let err = check(&resealed(&|h| h.index = u64::MAX));
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("past any log's")),
+        "{err}"
+    );
+    let zero = header_line.replacen("\"format\":2", "\"format\":0", 1);
+    let err = check(&with_header(zero.as_bytes(), &good[start..]));
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("format 0")),
+        "{err}"
+    );
     let mut empty = MAGIC.to_vec();
     empty.extend_from_slice(b"\n");
     let err = check(&empty);
@@ -423,6 +435,43 @@ fn a_record_check_reads_keys_as_keys() {
     }
 }
 
+/// A format-1 backup, as the versions before the header's own checksum wrote it (the same
+/// header without `header_sha256`), is still read and restored whole.
+#[tokio::test]
+async fn a_backup_of_format_one_is_still_restored() {
+    let (src, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sm = filled(src.path(), 5).await;
+    let (header, good) = backup_bytes(&sm);
+    assert_eq!(header.format, 2);
+    assert!(header.header_sha256.is_some());
+    let mut old = header.clone();
+    old.format = 1;
+    old.header_sha256 = None;
+    let line = old.line().unwrap();
+    assert!(!String::from_utf8_lossy(&line).contains("header_sha256"));
+    let file = write(out.path(), &with_header(&line, &good[body_start(&good)..]));
+    let data = out.path().join("data");
+    let restored = restore_off_runtime(&file, &data, 1).unwrap();
+    assert_eq!(restored, old);
+    let back = open(&data, 1);
+    assert_eq!(back.reader().count().unwrap(), sm.reader().count().unwrap());
+    for i in 0..5 {
+        let id = format!("id-{i:04}");
+        assert_eq!(
+            back.reader().get(&id).unwrap().0,
+            sm.reader().get(&id).unwrap().0
+        );
+    }
+}
+
+/// A backup of `header` (its line, newline included) and `body`.
+fn with_header(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 /// A backup forged from `good` with its record rows changed by `edit`, its counts and
 /// checksum made to match: what anyone can make, as SHA-256 is only an integrity check.
 fn forged(good: &[u8], edit: impl FnOnce(&mut Vec<(String, serde_bytes::ByteBuf)>)) -> Vec<u8> {
@@ -442,6 +491,7 @@ fn forged(good: &[u8], edit: impl FnOnce(&mut Vec<(String, serde_bytes::ByteBuf)
     header.records = rows.len() as u64;
     header.body_bytes = out.len() as u64;
     header.sha256 = crate::identity::hex_bytes(&Sha256::digest(&out));
+    header.seal().unwrap();
     let mut file = MAGIC.to_vec();
     file.extend(header.line().unwrap());
     file.extend(out);
