@@ -3,7 +3,7 @@
 //! Unknown keys are rejected (`deny_unknown_fields`) so a typo stops the node at start with a
 //! message naming the key, instead of silently running with a default.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +48,10 @@ pub const PEER_PORT_OFFSET: u16 = 1000;
 /// The most AppendEntries `[raft] appends_in_flight` lets go to one follower at once: each
 /// is a connection of its own, and past a few the rounds only queue at the follower's disk.
 pub const MAX_APPENDS_IN_FLIGHT: u64 = 8;
+
+/// The most initial members discovery may name (`cluster.expected_nodes`): far more voters
+/// than a Raft cluster should have, and a bound on the list built from it.
+pub const MAX_EXPECTED_NODES: usize = 100;
 
 /// Whether `addr` is `host:port` with a port above 0 and a host that is an IP address
 /// (`[...]` around IPv6) or a DNS name ([`is_dns_name`]): the address goes into the
@@ -569,6 +573,39 @@ fn blame(file: &toml::Table, settings: &[EnvSetting], err: toml::de::Error) -> (
     (Origin::File, de_message(&err))
 }
 
+/// Which source made the whole config's check fail with `msg`: the file, when it fails so
+/// alone; else the first variable after which it does, named. Every check error was put on
+/// the file, which may not even hold the key (found in review: an empty
+/// `COOKIE_CRUD_CLUSTER_SECRET` was reported as the file's `cluster_secret`).
+fn blame_check(
+    file: &toml::Table,
+    settings: &[EnvSetting],
+    others: &Env,
+    msg: String,
+) -> (Origin, String) {
+    let fails_so = |doc: &toml::Table| {
+        doc.clone()
+            .try_into::<Config>()
+            .is_ok_and(|mut cfg| cfg.finish_with(others).is_err_and(|e| e.0 == msg))
+    };
+    if fails_so(file) {
+        return (Origin::File, msg);
+    }
+    let mut doc = file.clone();
+    for s in settings {
+        if s.apply(&mut doc).is_err() {
+            break;
+        }
+        if fails_so(&doc) {
+            return (
+                Origin::Env,
+                format!("environment variable {}: {msg}", s.name),
+            );
+        }
+    }
+    (Origin::File, msg)
+}
+
 /// The credentials in `doc` and the secret variables, to keep out of error messages.
 ///
 /// A string is a credential under a key that names one (`cluster_secret`, `client_tokens`,
@@ -1045,8 +1082,10 @@ impl Config {
                 return Err((origin, redact(&msg, &secrets)));
             }
         };
-        cfg.finish_with(&others)
-            .map_err(|e| (Origin::File, redact(&e.0, &secrets)))?;
+        if let Err(e) = cfg.finish_with(&others) {
+            let (origin, msg) = blame_check(&file_doc, &settings, &others, e.0);
+            return Err((origin, redact(&msg, &secrets)));
+        }
         Ok(cfg)
     }
 
@@ -1109,6 +1148,10 @@ impl Config {
             });
         }
         let mut ids = BTreeSet::new();
+        // Every address a member is dialed at, and whose it is: two members at one address
+        // would each answer as the other (found in review: a node so configured started and
+        // logged "answers as node 1 but is configured as node 2" forever).
+        let mut addrs: BTreeMap<String, u64> = BTreeMap::new();
         for m in &mut self.nodes {
             if !ids.insert(m.id) {
                 return Err(format!("nodes: node id {} appears twice", m.id));
@@ -1119,11 +1162,26 @@ impl Config {
                     .map_err(|e| format!("nodes: address of node {}: {e}", m.id))?,
             };
             for a in [&m.addr, &peer] {
-                if a.parse::<SocketAddr>().is_err() && !a.contains(':') {
+                // (Port 0, "any free port", is a single test node's own listener.)
+                let any_port = a.parse::<SocketAddr>().is_ok_and(|s| s.port() == 0);
+                if !is_host_port(a) && !any_port {
                     return Err(format!(
-                        "nodes: address {a:?} of node {} is not host:port",
+                        "nodes: address {a:?} of node {} is not host:port (an IP address \
+                         or a DNS name, and a port from 1 to 65535)",
                         m.id
                     ));
+                }
+                if any_port {
+                    continue;
+                }
+                if let Some(other) = addrs.insert(a.clone(), m.id) {
+                    if other != m.id {
+                        return Err(format!(
+                            "nodes: address {a} is given to node {other} and to node {}; \
+                             every member needs addresses of its own",
+                            m.id
+                        ));
+                    }
                 }
             }
             // (Port 0, "any free port", is a single test node's: two listeners, two ports.)
@@ -1272,6 +1330,23 @@ impl Config {
         if self.health_check_interval_ms == 0 {
             return Err("health_check_interval_ms must be at least 1".into());
         }
+        // 0 for any of these made a node that started and then failed every request of
+        // that kind (found in review: every write 503, or requests dropped unanswered).
+        for (key, v) in [
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            (
+                "raft.install_snapshot_timeout_ms",
+                r.install_snapshot_timeout_ms,
+            ),
+            ("raft.max_payload_entries", r.max_payload_entries),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());
         }
@@ -1308,8 +1383,10 @@ impl Config {
                 ))
             }
         }
-        if self.cluster.expected_nodes == 0 {
-            return Err("cluster.expected_nodes must be at least 1".into());
+        if !(1..=MAX_EXPECTED_NODES).contains(&self.cluster.expected_nodes) {
+            return Err(format!(
+                "cluster.expected_nodes must be from 1 to {MAX_EXPECTED_NODES}"
+            ));
         }
         if !self.nodes.is_empty() {
             return Err(format!(
@@ -1590,6 +1667,59 @@ mod tests {
         }
     }
 
+    /// Found in review: each of these started a node that then misbehaved (two members
+    /// answering as each other, a URL dialed with a path in it, every write 503, requests
+    /// dropped unanswered, a panic building the member list).
+    #[test]
+    fn members_need_addresses_of_their_own_and_waits_a_length() {
+        let members = |a: &str, b: &str| {
+            Config::parse(&format!(
+                "node_id = 1\ninsecure_peers = true\nnodes = [\
+                 {{ id = 1, addr = \"{a}\" }}, {{ id = 2, addr = \"{b}\" }}]\n"
+            ))
+        };
+        let err = members("127.0.0.1:7001", "127.0.0.1:7001").unwrap_err();
+        assert!(err.0.contains("given to node 1 and to node 2"), "{err}");
+        // A client address that is another member's (derived) peer address.
+        let err = members("127.0.0.1:7001", "127.0.0.1:8001").unwrap_err();
+        assert!(err.0.contains("given to node 1 and to node 2"), "{err}");
+        for bad in ["bad host:7001", "x/y:1", "127.0.0.1:0x"] {
+            let err = members("127.0.0.1:7001", bad).unwrap_err();
+            assert!(err.0.contains("is not host:port"), "{bad}: {err}");
+        }
+        members("127.0.0.1:7001", "node-2.local:7001").unwrap();
+        for key in [
+            "write_timeout_ms",
+            "read_timeout_ms",
+            "http.header_timeout_ms",
+            "http.body_timeout_ms",
+            "raft.install_snapshot_timeout_ms",
+            "raft.max_payload_entries",
+        ] {
+            let text = match key.split_once('.') {
+                Some((table, k)) => format!("[{table}]\n{k} = 0\n"),
+                None => format!("{key} = 0\n"),
+            };
+            let err = Config::parse(&text).unwrap_err();
+            assert!(
+                err.0.contains(&format!("{key} must be at least 1")),
+                "{err}"
+            );
+        }
+        let env = vars(&[
+            ("COOKIE_CRUD_CLUSTER__DISCOVERY", "kubernetes"),
+            ("COOKIE_CRUD_CLUSTER__SERVICE", "svc"),
+            ("COOKIE_CRUD_CLUSTER__EXPECTED_NODES", "9223372036854775807"),
+            ("COOKIE_CRUD_CLUSTER__INSTANCE_ID", "cookie-crud-0"),
+            ("COOKIE_CRUD_CLUSTER_SECRET", "s"),
+        ]);
+        let err = Config::from_sources("", env).unwrap_err();
+        assert!(
+            err.0.contains("expected_nodes must be from 1 to 100"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn wal_dir_is_the_data_directorys_wal_or_outside_it() {
         let dirs = |text: &str| Config::parse(&format!("data_dir = \"/srv/data\"\n{text}"));
@@ -1709,6 +1839,38 @@ mod tests {
         .unwrap_err();
         assert!(
             err.0.contains("COOKIE_CRUD_RAFT__HEARTBEAT_MS") && err.0.contains("heartbeat_ms"),
+            "{err}"
+        );
+        // So do values a check refuses (not the parse): each was put on the file, which
+        // may not even hold the key (found in review).
+        for (var, value, says) in [
+            ("COOKIE_CRUD_RAFT__HEARTBEAT_MS", "0", "heartbeat_ms"),
+            (
+                "COOKIE_CRUD_CLUSTER_SECRET",
+                " ",
+                "cluster_secret cannot be empty",
+            ),
+            (
+                "COOKIE_CRUD_CLIENT_TOKENS",
+                "[{ token = \"\", role = \"read\" }]",
+                "a token cannot be empty",
+            ),
+        ] {
+            let err =
+                Config::from_file_and_env_vars(Some(&file), vars(&[(var, value)])).unwrap_err();
+            assert!(
+                err.0.starts_with(&format!("environment variable {var}: "))
+                    && err.0.contains(says)
+                    && !err.0.contains("n1.toml"),
+                "{err}"
+            );
+        }
+        std::fs::write(&file, "write_timeout_ms = 0\n").unwrap();
+        let err =
+            Config::from_file_and_env_vars(Some(&file), vars(&[("COOKIE_CRUD_CACHE_TTL", "6")]))
+                .unwrap_err();
+        assert!(
+            err.0.contains("n1.toml") && err.0.contains("write_timeout_ms"),
             "{err}"
         );
         // The file's own faults still name the file.
