@@ -22,7 +22,9 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cluster::install_quiet::InstallQuiet;
 use crate::cluster::monitor::Monitor;
 use crate::cluster::peer::PeerClient;
-use crate::cluster::{bootstrap, expiry, failstop, identity, join, joint, snapshots, Cluster};
+use crate::cluster::{
+    bootstrap, expiry, failstop, identity, join, joint, own_place, snapshots, Cluster,
+};
 use crate::config::Config;
 use crate::http::server::{ConnLimits, Endpoint};
 use crate::http::{self, AppState};
@@ -89,6 +91,36 @@ pub enum NodeError {
          its log holds every write it acknowledged"
     )]
     StorageFailed(String),
+    /// The data directory and the config describe different members (`own_place`).
+    #[error("{0}")]
+    Misplaced(String),
+}
+
+/// The membership's entry for this node against the configured addresses
+/// ([`own_place::check_addresses`]), as the Raft core loaded it (the log's last membership).
+async fn check_addresses(raft: &Raft, cfg: &Config) -> Result<(), NodeError> {
+    let me = cfg.node_id;
+    let (stored, members) = raft
+        .with_raft_state(move |st| {
+            let m = st.membership_state.effective().membership();
+            (m.get_node(&me).cloned(), m.nodes().count())
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let configured = own_place::Configured {
+        id: me,
+        addr: cfg.advertise(),
+        peer_addr: cfg.advertise_peer(),
+        names_addresses: cfg.cluster.discovery != crate::config::Discovery::Dns,
+    };
+    match own_place::check_addresses(&configured, stored.as_ref(), members) {
+        Ok(None) => Ok(()),
+        Ok(Some(warning)) => {
+            tracing::warn!("{warning}");
+            Ok(())
+        }
+        Err(why) => Err(NodeError::Misplaced(why)),
+    }
 }
 
 impl NodeError {
@@ -218,6 +250,8 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         );
         NodeError::storage(&what, e)
     })?;
+    own_place::check_registry(cfg.node_id, identity.own(), &identity.registry())
+        .map_err(NodeError::Misplaced)?;
     let reader = sm.reader();
     let snapshot_files = sm.snapshot_files();
     let book = AddressBook::new(
@@ -258,6 +292,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
     let raft = Raft::new(cfg.node_id, Arc::new(raft_config(&cfg)?), network, log, sm)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if let Err(e) = check_addresses(&raft, &cfg).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
 
     let cluster = Cluster {
         raft: raft.clone(),
@@ -383,7 +421,16 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         ),
     );
     tasks.spawn("bootstrap", bootstrap::run(cluster.clone(), cfg.clone()));
-    tasks.spawn("join", join::run(cluster.clone(), cfg.clone()));
+    // A node told to join a cluster its data does not belong to stops (`join`).
+    let (join_refused_tx, join_refused) = tokio::sync::oneshot::channel::<String>();
+    tasks.spawn("join", {
+        let joining = join::run(cluster.clone(), cfg.clone());
+        async move {
+            if let Some(why) = joining.await {
+                let _ = join_refused_tx.send(why);
+            }
+        }
+    });
     tasks.spawn("identity registrar", identity::run(cluster.clone()));
     tasks.spawn("joint membership finisher", joint::run(cluster.clone()));
     tasks.spawn(
@@ -458,6 +505,10 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
                 why = core_ended => {
                     tracing::error!("stopping: {why}");
                     let _ = halted.set(NodeError::Raft(why));
+                }
+                Ok(why) = join_refused => {
+                    tracing::error!("stopping: {why}");
+                    let _ = halted.set(NodeError::Misplaced(why));
                 }
             }
             stopping.cancel();

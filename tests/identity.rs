@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, FAST_RAFT};
+use common::{free_port, Cluster, Spec, FAST_RAFT, TEST_CLUSTER_SECRET};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -133,4 +133,134 @@ async fn a_wiped_node_cannot_complete_a_quorum_that_lacks_acknowledged_writes() 
         r.text,
         c.logs()
     );
+}
+
+/// Node `i`'s config with `from` replaced by `to` everywhere (its own addresses appear in
+/// its `peer_listen` and in its entry of `nodes`).
+fn edit_config(c: &Cluster, i: usize, from: &str, to: &str) {
+    let path = &c.nodes[i].config;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+/// A data directory and a config that describe different members are refused at start,
+/// saying why (found in review): a member restarted at another peer address took every
+/// write of the cluster down (it won elections the others could not answer it in, and
+/// writes forwarded to it went to its old address), and a node started on another node's
+/// data (below) ran as a learner that no one replicated to, answering every write 503.
+#[tokio::test]
+async fn a_member_restarted_at_other_addresses_is_refused() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    assert_eq!(
+        c.create(0, json!({"cookie": "a", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+
+    // Node 3 at a new peer port, on its old data.
+    c.stop(2);
+    let old = format!("127.0.0.1:{}", c.nodes[2].peer_port);
+    let new = format!("127.0.0.1:{}", free_port());
+    for i in 0..3 {
+        edit_config(&c, i, &old, &new);
+    }
+    c.spawn(2);
+    let status = c
+        .wait_exit(2, T)
+        .await
+        .expect("node 3 must refuse to start");
+    assert!(!status.success());
+    let log = c.log(2);
+    assert!(
+        log.contains("a member's addresses cannot change in place") && log.contains(&old),
+        "{log}"
+    );
+    // The others go on, and node 3 at its old address again is a member as before.
+    assert_eq!(
+        c.create(0, json!({"cookie": "b", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    for i in 0..3 {
+        edit_config(&c, i, &new, &old);
+    }
+    c.spawn(2);
+    c.wait_up(2, T).await;
+    c.wait_caught_up(2, T).await;
+}
+
+#[tokio::test]
+async fn a_node_started_on_another_nodes_data_is_refused() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    assert_eq!(
+        c.create(0, json!({"cookie": "a", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    c.wait_caught_up(2, T).await;
+    // Node 2 started on node 3's data.
+    c.stop(1);
+    c.stop(2);
+    let node2 = c.data_dir(1).display().to_string();
+    let node3 = c.data_dir(2).display().to_string();
+    edit_config(&c, 1, &format!("\"{node2}\""), &format!("\"{node3}\""));
+    c.spawn(1);
+    let status = c
+        .wait_exit(1, T)
+        .await
+        .expect("node 2 must refuse node 3's data");
+    assert!(!status.success());
+    let log = c.log(1);
+    assert!(log.contains("holds node 3's data"), "{log}");
+    assert!(log.contains("node_id is 2"), "{log}");
+}
+
+/// A node whose data belongs to one cluster, told to join another, stops and says why
+/// (found in review): it went on leading its own old cluster, taking writes the cluster it
+/// was told to join never saw, while the join target refused it at every try.
+#[tokio::test]
+async fn a_node_of_another_cluster_told_to_join_stops() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    let (port, peer_port) = (free_port(), free_port());
+    let toml = format!(
+        "node_id = 4\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{peer_port}\"\n\
+         data_dir = \"{{data_dir}}\"\ncluster_secret = \"{TEST_CLUSTER_SECRET}\"\n{FAST_RAFT}"
+    );
+    let mut other = Cluster::from_configs(vec![Spec {
+        id: 4,
+        host: "127.0.0.1".into(),
+        port,
+        peer_port,
+        toml,
+    }]);
+    other.spawn(0);
+    other.wait_ready_all(T).await;
+    assert_eq!(
+        other
+            .create(0, json!({"cookie": "x", "user_id": 1}))
+            .await
+            .status,
+        201
+    );
+    other
+        .wait_cluster_info(0, T, |v| v["cluster_id"].is_string())
+        .await;
+    other.stop(0);
+    let path = &other.nodes[0].config;
+    let text = std::fs::read_to_string(path).unwrap();
+    let join = format!("join = \"127.0.0.1:{}\"\n", c.nodes[0].peer_port);
+    std::fs::write(path, join + &text).unwrap();
+    other.spawn(0);
+    let status = other.wait_exit(0, T).await.expect("it must stop");
+    assert!(!status.success());
+    let log = other.log(0);
+    assert!(log.contains("this node's data belongs to cluster"), "{log}");
+    assert_eq!(c.membership(0).await, Some((vec![1, 2, 3], vec![])));
 }

@@ -12,10 +12,15 @@
 //! A node with no data first asks the target for the cluster's registry of identities
 //! (`GET /cluster` on its peer listener): until it has one, it believes no claim that its
 //! data was lost (`cookie_raft::identity::Identity::await_registry`).
+//!
+//! A node whose data belongs to a cluster compares that cluster's id with the target's
+//! before it asks, and stops if they differ: such a node used to go on leading its own old
+//! cluster, taking writes the cluster it was told to join never saw, while the target
+//! refused each request to add it (found in review).
 
 use std::time::Duration;
 
-use cookie_raft::identity::{parse_hex, Registry};
+use cookie_raft::identity::{hex, parse_hex, Registry};
 use cookie_raft::CookieNode;
 
 use super::membership::{Change, ChangeError, CATCH_UP};
@@ -28,10 +33,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How long the join target may take to show its registry.
 const ASK_REGISTRY: Duration = Duration::from_secs(2);
 
-pub async fn run(cluster: Cluster, cfg: Config) {
-    let Some(target) = cfg.join.clone() else {
-        return;
-    };
+/// Ask until this node is a member. Returns why when it must not join at all (its data
+/// belongs to another cluster): the node then stops.
+pub async fn run(cluster: Cluster, cfg: Config) -> Option<String> {
+    let target = cfg.join.clone()?;
     let voter = cfg.join_as == JoinAs::Voter;
     let change = Change::Add {
         id: cfg.node_id,
@@ -40,13 +45,21 @@ pub async fn run(cluster: Cluster, cfg: Config) {
     };
     let mut round = 0u64;
     let mut joined = false;
+    let mut same_cluster = cluster.identity.registry().cluster.is_none();
     loop {
         if cluster.identity.awaits_registry() {
             ask_registry(&cluster, &target, round).await;
         }
+        if !same_cluster {
+            match compare_clusters(&cluster, &target).await {
+                Ok(true) => same_cluster = true,
+                Ok(false) => {}
+                Err(why) => return Some(why),
+            }
+        }
         if joined {
             if !cluster.identity.awaits_registry() {
-                return;
+                return None;
             }
             round += 1;
             tokio::time::sleep(RETRY).await;
@@ -77,6 +90,33 @@ pub async fn run(cluster: Cluster, cfg: Config) {
         }
         round += 1;
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Whether the join target is in the cluster this node's data belongs to: `Ok(false)` while
+/// that cannot be told (no answer, or no cluster id there yet), an error when it is another.
+async fn compare_clusters(cluster: &Cluster, target: &str) -> Result<bool, String> {
+    let Some(own) = cluster.identity.registry().cluster else {
+        return Ok(true);
+    };
+    let Ok(v) = cluster
+        .peers
+        .get_json(target, CLUSTER_PATH, ASK_REGISTRY)
+        .await
+    else {
+        return Ok(false);
+    };
+    match registry_of(&v).and_then(|r| r.cluster) {
+        None => Ok(false),
+        Some(theirs) if theirs == own => Ok(true),
+        Some(theirs) => Err(format!(
+            "join: this node's data belongs to cluster {}, and {target} is in cluster {}: a \
+             node joins with empty data. Empty its data directory to join {target}, or start \
+             it without --join (and no join in its config) to run as a member of its own \
+             cluster",
+            hex(own),
+            hex(theirs)
+        )),
     }
 }
 

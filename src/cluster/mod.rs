@@ -14,7 +14,8 @@
 //!   cannot come back as the member it was.
 //! - [`membership`]: adding, promoting and removing members, on the leader, one at a time;
 //!   [`join`]: a new node asking the cluster to add it; [`handover`]: a leader that stops
-//!   hands leadership over first; [`failstop`]: a node whose storage fails stops.
+//!   hands leadership over first; [`failstop`]: a node whose storage fails stops;
+//!   [`own_place`]: a node whose data and config describe different members does not start.
 //! - [`snapshots`]: when this node builds a snapshot, weighing the log against the state.
 
 pub mod bootstrap;
@@ -28,6 +29,7 @@ pub mod join;
 pub mod joint;
 pub mod membership;
 pub mod monitor;
+pub mod own_place;
 pub mod peer;
 pub mod proto;
 pub mod prove;
