@@ -109,6 +109,9 @@ pub struct Cache {
     evicting: AtomicBool,
     /// Bytes of the cached records ([`cost`]); the list's are its body's length.
     record_bytes: AtomicU64,
+    /// The cached list body's length, 0 without one (a body is never empty: `[]` at
+    /// least); set under the list's lock, read by the caps without it.
+    list_bytes: AtomicU64,
 }
 
 impl Cache {
@@ -123,6 +126,7 @@ impl Cache {
             counters: Counters::default(),
             evicting: AtomicBool::new(false),
             record_bytes: AtomicU64::new(0),
+            list_bytes: AtomicU64::new(0),
         }
     }
 
@@ -150,13 +154,14 @@ impl Cache {
 
     /// Bytes held: cached records and the list body.
     pub fn bytes(&self) -> u64 {
-        let list = self
-            .list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map_or(0, |s| s.value.len() as u64);
-        self.record_bytes.load(Ordering::Relaxed) + list
+        self.record_bytes.load(Ordering::Relaxed) + self.list_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Put `slot` in the list's place (under its lock), keeping its byte count.
+    fn set_list(&self, held: &mut Option<Slot<Bytes>>, slot: Option<Slot<Bytes>>) {
+        let len = slot.as_ref().map_or(0, |s| s.value.len() as u64);
+        *held = slot;
+        self.list_bytes.store(len, Ordering::Relaxed);
     }
 
     /// Look up one record. An expired entry counts as a miss and an eviction.
@@ -201,7 +206,7 @@ impl Cache {
                 Some(slot.value.clone())
             }
             Some(_) => {
-                *list = None;
+                self.set_list(&mut list, None);
                 self.count(&self.counters.evictions, 1);
                 self.count(&self.counters.misses, 1);
                 None
@@ -268,15 +273,21 @@ impl Cache {
         if body.len() > self.cfg.max_bytes {
             return false; // the whole store in one reply: too big to keep
         }
-        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        if self.list_epoch.load(Ordering::SeqCst) != ticket.0 {
-            return false;
+        {
+            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            if self.list_epoch.load(Ordering::SeqCst) != ticket.0 {
+                return false;
+            }
+            let slot = Slot {
+                value: body,
+                inserted: Instant::now(),
+            };
+            self.set_list(&mut list, Some(slot));
         }
-        *list = Some(Slot {
-            value: body,
-            inserted: Instant::now(),
-        });
         self.count(&self.counters.puts, 1);
+        // The list counts in both caps, as an entry and by its bytes: records make room
+        // for it (it was left out, and a node held up to twice `max_bytes`: found in review).
+        self.enforce_cap();
         true
     }
 
@@ -293,7 +304,8 @@ impl Cache {
         if list {
             self.list_epoch.fetch_add(1, Ordering::SeqCst);
             let mut slot = self.list.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.take().is_some() {
+            if slot.is_some() {
+                self.set_list(&mut slot, None);
                 self.count(&self.counters.deletes, 1);
             }
         }
@@ -314,17 +326,13 @@ impl Cache {
             self.forget(k, s);
             false
         });
-        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        self.set_list(&mut list, None);
     }
 
     /// Number of entries (records plus the list).
     pub fn len(&self) -> usize {
-        let list = self
-            .list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        self.records.len() + usize::from(list)
+        self.records.len() + usize::from(self.list_bytes.load(Ordering::Relaxed) > 0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -344,20 +352,22 @@ impl Cache {
         });
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
         if list.as_ref().is_some_and(|s| self.expired(s.inserted)) {
-            *list = None;
+            self.set_list(&mut list, None);
             removed += 1;
         }
         self.count(&self.counters.evictions, removed as u64);
         removed
     }
 
-    /// Keep memory bounded: past `max_entries` or `max_bytes`, drop expired entries, then
-    /// the oldest until the cache is at 90% of both caps (so the sort is paid once per many
-    /// inserts).
+    /// Keep memory bounded: past `max_entries` or `max_bytes` (the list counted in both),
+    /// drop expired entries, then the oldest records until the cache is at 90% of both caps
+    /// (so the sort is paid once per many inserts). The list itself is only ever replaced
+    /// or invalidated, and is never larger than `max_bytes` alone.
     fn enforce_cap(&self) {
         let over = |share: usize| {
-            self.records.len() > self.cfg.max_entries * share / 10
-                || self.record_bytes.load(Ordering::Relaxed)
+            let list = self.list_bytes.load(Ordering::Relaxed);
+            self.records.len() + usize::from(list > 0) > self.cfg.max_entries * share / 10
+                || self.record_bytes.load(Ordering::Relaxed) + list
                     > (self.cfg.max_bytes * share / 10) as u64
         };
         if !over(10) {
@@ -445,6 +455,48 @@ mod tests {
             max_entries: max,
             max_bytes: 1 << 30,
         })
+    }
+
+    /// The list counts in both caps: records make room for it (found in review: a node
+    /// with `cache_max_bytes = 2000` held 3,848 bytes, and one with `cache_max_entries = 2`
+    /// three entries).
+    #[test]
+    fn the_list_counts_in_both_caps() {
+        let c = Cache::new(CacheConfig {
+            max_bytes: 2_000,
+            ..CacheConfig::default()
+        });
+        let rec = |v: u64| CachedRecord {
+            json: Bytes::from(vec![b'x'; 382]),
+            version: v,
+        };
+        for i in 0..5u64 {
+            let id = format!("c{i}"); // 2 + 382 = 384 bytes each
+            assert!(c.fill(&id, c.ticket(&id), rec(i)));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(c.bytes(), 1_920);
+        assert!(c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 1_928])));
+        assert!(c.bytes() <= 2_000, "{} bytes", c.bytes());
+        assert!(c.get_list().is_some(), "the list stays, records made room");
+        assert_eq!(c.get("c0"), None, "the oldest record went first");
+        // A list as large as the cap alone is kept; one larger is not.
+        assert!(!c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 2_001])));
+        assert!(c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 2_000])));
+        assert_eq!((c.bytes(), c.len()), (2_000, 1));
+        c.clear();
+        assert_eq!((c.bytes(), c.len()), (0, 0));
+
+        let c = cache(60, 2);
+        for id in ["a", "b"] {
+            assert!(c.fill(id, c.ticket(id), rec(1)));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(c.fill_list(c.list_ticket(), Bytes::from_static(b"[]")));
+        assert!(c.len() <= 2, "{} entries", c.len());
+        assert_eq!(c.get("a"), None);
+        c.invalidate([], true);
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]
