@@ -135,15 +135,35 @@ pub fn generate_with(
         return Err("name at least one host (--host) the certificates are for".into());
     }
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let (ca_pem, issuer) = match &signing.ca {
-        Some(dir) => existing_ca(dir)?,
-        None => new_ca(out)?,
-    };
     let ca_path = out.join("ca.pem");
     let same_file = signing
         .ca
         .as_ref()
         .is_some_and(|dir| same_path(&dir.join("ca.pem"), &ca_path));
+    // Every file this writes is looked for first: one found after others were written
+    // left them behind (found in review: a new ca.key beside another CA's ca.pem, which
+    // no later run could use).
+    let mut targets = Vec::new();
+    if signing.ca.is_none() {
+        targets.push(out.join("ca.key"));
+    }
+    if !same_file {
+        targets.push(ca_path.clone());
+    }
+    for i in 1..=nodes {
+        targets.push(out.join(format!("node{i}.pem")));
+        targets.push(out.join(format!("node{i}.key")));
+    }
+    if let Some(there) = targets.iter().find(|p| p.symlink_metadata().is_ok()) {
+        return Err(format!(
+            "{}: already exists (nothing was written; existing files are never overwritten)",
+            there.display()
+        ));
+    }
+    let (ca_pem, issuer) = match &signing.ca {
+        Some(dir) => existing_ca(dir)?,
+        None => new_ca(out)?,
+    };
     if !same_file {
         write_public(&ca_path, &ca_pem)?;
     }

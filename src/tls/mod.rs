@@ -245,6 +245,17 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // Never overwritten.
         assert!(generate(dir.path(), 1, &["localhost".into()]).is_err());
+        // And a run refused for one existing file writes none of the others (it wrote a new
+        // ca.key beside the ca.pem it found: found in review).
+        let partial = tempfile::tempdir().unwrap();
+        std::fs::copy(&w.ca, partial.path().join("ca.pem")).unwrap();
+        let e = generate(partial.path(), 1, &["localhost".into()]).unwrap_err();
+        assert!(e.contains("ca.pem: already exists"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(partial.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["ca.pem"]);
         // A key that does not match the certificate is refused at load, naming the files.
         let other = TlsConfig {
             cert: Some(w.nodes[0].0.clone()),
