@@ -343,7 +343,8 @@ pub async fn run(cfg: RunConfig) -> Report {
             .collect()
     };
     let set_ids = with_prefix("s");
-    if let Err(e) = checker::set_valid(&attempted, &acked, &set_ids) {
+    let failed = ctx.set_failed.lock().unwrap().clone();
+    if let Err(e) = checker::set_valid(&attempted, &acked, &failed, &set_ids) {
         failures.push(("set".into(), e));
     }
     let keyed = ctx.keyed.lock().unwrap().clone();
