@@ -360,9 +360,11 @@ impl Cache {
     }
 
     /// Keep memory bounded: past `max_entries` or `max_bytes` (the list counted in both),
-    /// drop expired entries, then the oldest records until the cache is at 90% of both caps
-    /// (so the sort is paid once per many inserts). The list itself is only ever replaced
-    /// or invalidated, and is never larger than `max_bytes` alone.
+    /// drop expired entries, then the oldest entries, the list among them by its age, until
+    /// the cache is at 90% of both caps (so the sort is paid once per many inserts), or only
+    /// the newest is left and it is within them. With the list kept out of the eviction, a
+    /// list near `max_bytes` made every record filled after it go at once, the newest first
+    /// (found in review).
     fn enforce_cap(&self) {
         let over = |share: usize| {
             let list = self.list_bytes.load(Ordering::Relaxed);
@@ -378,19 +380,39 @@ impl Cache {
         }
         self.remove_expired();
         if over(9) {
-            let mut ages: Vec<(Instant, String)> = self
+            // `None` is the list.
+            let mut ages: Vec<(Instant, Option<String>)> = self
                 .records
                 .iter()
-                .map(|r| (r.value().inserted, r.key().clone()))
+                .map(|r| (r.value().inserted, Some(r.key().clone())))
                 .collect();
+            if let Some(list) = self.list.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                ages.push((list.inserted, None));
+            }
             ages.sort_unstable();
-            for (inserted, id) in ages {
-                if !over(9) {
+            let newest = ages.len().saturating_sub(1);
+            for (i, (inserted, entry)) in ages.into_iter().enumerate() {
+                // The newest entry (most often the one just filled) goes only if it alone is
+                // past a cap: a list between 90% and 100% of `max_bytes` was kept, then
+                // dropped by the pass its own fill began.
+                if !over(9) || (i == newest && !over(10)) {
                     break;
                 }
-                if let Some((k, s)) = self.records.remove_if(&id, |_, s| s.inserted == inserted) {
-                    self.forget(&k, &s);
-                    self.count(&self.counters.evictions, 1);
+                match entry {
+                    Some(id) => {
+                        let gone = self.records.remove_if(&id, |_, s| s.inserted == inserted);
+                        if let Some((k, s)) = gone {
+                            self.forget(&k, &s);
+                            self.count(&self.counters.evictions, 1);
+                        }
+                    }
+                    None => {
+                        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+                        if list.as_ref().is_some_and(|l| l.inserted == inserted) {
+                            self.set_list(&mut list, None);
+                            self.count(&self.counters.evictions, 1);
+                        }
+                    }
                 }
             }
         }
@@ -478,8 +500,18 @@ mod tests {
         assert_eq!(c.bytes(), 1_920);
         assert!(c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 1_928])));
         assert!(c.bytes() <= 2_000, "{} bytes", c.bytes());
-        assert!(c.get_list().is_some(), "the list stays, records made room");
+        assert!(
+            c.get_list().is_some(),
+            "the list stays, older records made room"
+        );
         assert_eq!(c.get("c0"), None, "the oldest record went first");
+        // Then a record filled goes in and the list, now the oldest, makes room for it
+        // (with the list left out, every record filled after it went at once).
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(c.fill("c9", c.ticket("c9"), rec(9)));
+        assert!(c.get("c9").is_some(), "the newest entry stays");
+        assert!(c.get_list().is_none(), "the list was the oldest");
+        assert!(c.bytes() <= 2_000, "{} bytes", c.bytes());
         // A list as large as the cap alone is kept; one larger is not.
         assert!(!c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 2_001])));
         assert!(c.fill_list(c.list_ticket(), Bytes::from(vec![b'['; 2_000])));
