@@ -264,3 +264,28 @@ async fn a_node_of_another_cluster_told_to_join_stops() {
     assert!(log.contains("this node's data belongs to cluster"), "{log}");
     assert_eq!(c.membership(0).await, Some((vec![1, 2, 3], vec![])));
 }
+
+/// A fresh node that claims the id of a running member is refused by the cluster, and says
+/// so as an error until an operator acts (found in review: the refusal was taken for an
+/// unreachable member and logged at info level, for ever, while `/health` said ok).
+#[tokio::test]
+async fn a_fresh_node_claiming_a_members_id_says_why_it_cannot_join() {
+    let mut c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    let twin = c.add_joiner(2, 0, "learner", FAST_RAFT);
+    // A data directory of its own (the harness names it after the id, as node 2's).
+    let data = c.data_dir(1).display().to_string();
+    edit_config(&c, twin, &format!("\"{data}\""), &format!("\"{data}-twin\""));
+    c.spawn(twin);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let log = c.log(twin);
+        if log.contains("ERROR") && log.contains("cannot join through") {
+            assert!(log.contains("refused this node"), "{log}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.membership(0).await, Some((vec![1, 2, 3], vec![])));
+}

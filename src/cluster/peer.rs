@@ -183,6 +183,16 @@ impl PeerClient {
         let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| ChangeError::Unfinished(e.to_string()))?;
+        if status == reqwest::StatusCode::CONFLICT {
+            // The peer gate refused this node as it is (another incarnation of its id, or
+            // another cluster): an operator must act, as for any conflict. It was taken for
+            // an unreachable member, and a joining node said so at info level for ever
+            // (found in review).
+            return Err(ChangeError::Conflict(format!(
+                "{addr} refused this node: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
         if !status.is_success() {
             return Err(ChangeError::Unreachable(format!(
                 "{addr} answered {status}: {}",
