@@ -52,8 +52,8 @@ pub struct KeyedLog {
     pub acked: BTreeSet<String>,
     /// Ids whose keyed create was answered 409 (only its own client ever creates an id, so
     /// 409 means an earlier attempt applied and the retry was not answered from its key),
-    /// 422 (the same request called different), or any other 4xx: a valid create with a
-    /// fresh id earns none, and one that applied must be answered from its key (found in
+    /// 422 (the same request called different), or any other 4xx but 408: a valid create
+    /// with a fresh id earns none, and one that applied must be answered from its key (found in
     /// review: a 400 was retried as if nothing had been said, and an id whose create
     /// applied could end the run answered by nothing but such refusals).
     pub violations: Vec<String>,
@@ -366,7 +366,9 @@ pub async fn keyed_client(ctx: Arc<Ctx>, worker: u64, deadline: Instant) {
                         log.acked.insert(id.clone());
                         true
                     }
-                    Some((status @ 400..=499, _)) => {
+                    // (408: the body came too slowly, as a pause of the node can make it:
+                    // certainly not applied, retried like a 503.)
+                    Some((status @ 400..=499, _)) if status != 408 => {
                         log.violations.push(format!("{id} ({status})"));
                         true
                     }
