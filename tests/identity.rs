@@ -144,6 +144,27 @@ fn edit_config(c: &Cluster, i: usize, from: &str, to: &str) {
     std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
+/// Three nodes, every one registered, and one record written.
+async fn registered_with_a_record() -> Cluster {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    wait_registered(&c, 0).await;
+    let created = c.create(0, json!({"cookie": "a", "user_id": 1})).await;
+    assert_eq!(created.status, 201);
+    c
+}
+
+/// Wait for node `i` to stop by itself, with a failure status; its log.
+async fn refused(c: &mut Cluster, i: usize) -> String {
+    let status = c.wait_exit(i, T).await;
+    let log = c.log(i);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "node{} must refuse: {log}",
+        i + 1
+    );
+    log
+}
+
 /// A data directory and a config that describe different members are refused at start,
 /// saying why (found in review): a member restarted at another peer address took every
 /// write of the cluster down (it won elections the others could not answer it in, and
@@ -151,14 +172,7 @@ fn edit_config(c: &Cluster, i: usize, from: &str, to: &str) {
 /// data (below) ran as a learner that no one replicated to, answering every write 503.
 #[tokio::test]
 async fn a_member_restarted_at_other_addresses_is_refused() {
-    let mut c = Cluster::start(3, FAST_RAFT).await;
-    wait_registered(&c, 0).await;
-    assert_eq!(
-        c.create(0, json!({"cookie": "a", "user_id": 1}))
-            .await
-            .status,
-        201
-    );
+    let mut c = registered_with_a_record().await;
 
     // Node 3 at a new peer port, on its old data.
     c.stop(2);
@@ -168,12 +182,7 @@ async fn a_member_restarted_at_other_addresses_is_refused() {
         edit_config(&c, i, &old, &new);
     }
     c.spawn(2);
-    let status = c
-        .wait_exit(2, T)
-        .await
-        .expect("node 3 must refuse to start");
-    assert!(!status.success());
-    let log = c.log(2);
+    let log = refused(&mut c, 2).await;
     assert!(
         log.contains("a member's addresses cannot change in place") && log.contains(&old),
         "{log}"
@@ -195,14 +204,7 @@ async fn a_member_restarted_at_other_addresses_is_refused() {
 
 #[tokio::test]
 async fn a_node_started_on_another_nodes_data_is_refused() {
-    let mut c = Cluster::start(3, FAST_RAFT).await;
-    wait_registered(&c, 0).await;
-    assert_eq!(
-        c.create(0, json!({"cookie": "a", "user_id": 1}))
-            .await
-            .status,
-        201
-    );
+    let mut c = registered_with_a_record().await;
     c.wait_caught_up(2, T).await;
     // Node 2 started on node 3's data.
     c.stop(1);
@@ -211,12 +213,7 @@ async fn a_node_started_on_another_nodes_data_is_refused() {
     let node3 = c.data_dir(2).display().to_string();
     edit_config(&c, 1, &format!("\"{node2}\""), &format!("\"{node3}\""));
     c.spawn(1);
-    let status = c
-        .wait_exit(1, T)
-        .await
-        .expect("node 2 must refuse node 3's data");
-    assert!(!status.success());
-    let log = c.log(1);
+    let log = refused(&mut c, 1).await;
     assert!(log.contains("holds node 3's data"), "{log}");
     assert!(log.contains("node_id is 2"), "{log}");
 }
@@ -258,9 +255,7 @@ async fn a_node_of_another_cluster_told_to_join_stops() {
     let join = format!("join = \"127.0.0.1:{}\"\n", c.nodes[0].peer_port);
     std::fs::write(path, join + &text).unwrap();
     other.spawn(0);
-    let status = other.wait_exit(0, T).await.expect("it must stop");
-    assert!(!status.success());
-    let log = other.log(0);
+    let log = refused(&mut other, 0).await;
     assert!(log.contains("this node's data belongs to cluster"), "{log}");
     assert_eq!(c.membership(0).await, Some((vec![1, 2, 3], vec![])));
 }
@@ -275,7 +270,12 @@ async fn a_fresh_node_claiming_a_members_id_says_why_it_cannot_join() {
     let twin = c.add_joiner(2, 0, "learner", FAST_RAFT);
     // A data directory of its own (the harness names it after the id, as node 2's).
     let data = c.data_dir(1).display().to_string();
-    edit_config(&c, twin, &format!("\"{data}\""), &format!("\"{data}-twin\""));
+    edit_config(
+        &c,
+        twin,
+        &format!("\"{data}\""),
+        &format!("\"{data}-twin\""),
+    );
     c.spawn(twin);
     let deadline = std::time::Instant::now() + T;
     loop {
