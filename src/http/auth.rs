@@ -76,9 +76,15 @@ pub fn check(state: &Shared, req: &Request) -> Result<(), ApiError> {
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme's name is
 /// case-insensitive (RFC 7235, section 2.1): `bearer` and `BEARER` clients were refused.
+/// A request with two such headers carries none that counts: the first alone was read, so
+/// a valid token followed by another passed whatever the other said (found in review).
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer ";
-    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let v = all.next()?.as_bytes();
+    if all.next().is_some() {
+        return None;
+    }
     let (scheme, token) = v.split_at_checked(SCHEME.len())?;
     scheme.eq_ignore_ascii_case(SCHEME).then_some(token)
 }
@@ -101,6 +107,10 @@ mod tests {
             assert_eq!(with(v), None, "{v}");
         }
         assert_eq!(bearer(&axum::http::HeaderMap::new()), None);
+        let mut two = axum::http::HeaderMap::new();
+        two.append(header::AUTHORIZATION, "Bearer t0k".parse().unwrap());
+        two.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert_eq!(bearer(&two), None);
     }
 
     #[test]
