@@ -301,6 +301,50 @@ async fn connections_that_send_nothing_or_only_an_http2_preface_are_closed() {
     assert_eq!(r.status, 201, "{}", r.text);
 }
 
+/// An HTTP/2 client whose flow-control window is 0 takes no answer: hyper sends the headers
+/// and nothing after. Such connections were never closed and each held a connection permit:
+/// two of them shut a node with `max_connections = 2` to everyone for as long as they stayed,
+/// and on the peer port they kept the nodes from electing a leader (found in review). Now the
+/// connection is closed once no answer begun has been asked for data for the body timeout.
+#[tokio::test]
+async fn http2_clients_that_take_no_answer_are_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1, &format!("{SHORT_TIMEOUTS}max_connections = 2\n")).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].port);
+    // The preface; SETTINGS with SETTINGS_INITIAL_WINDOW_SIZE (4) = 0; then on stream 1 a
+    // HEADERS frame (END_STREAM | END_HEADERS) for GET /health in HPACK: :method GET (82),
+    // :scheme http (86), :path literal with the static name 4 (44), :authority x (41).
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    let mut block = vec![0x82, 0x86, 0x44, 7];
+    block.extend_from_slice(b"/health");
+    block.extend_from_slice(&[0x41, 1, b'x']);
+    start.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    start.extend_from_slice(&block);
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&start).await.unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for s in &mut conns {
+        // The server's SETTINGS acknowledged, as a client must.
+        s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap();
+    }
+    for mut s in conns {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a connection that took no answer stayed open");
+        // It was answered (a HEADERS frame on stream 1), and the answer was never taken.
+        assert!(buf.windows(5).any(|w| w == [1, 4, 0, 0, 0]), "{buf:?}");
+    }
+    let r = c
+        .create(0, json!({"cookie": "after-window-0", "user_id": 1}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
 /// An HTTP/2 connection may have at most 32 streams open at once (the server's SETTINGS say
 /// so): each stream may hold a request body while it is read, and at hyper's default of
 /// 200 one connection held 200 MiB of them (found in review).

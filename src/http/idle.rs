@@ -14,6 +14,15 @@
 //! last answer (as hyper already does for an idle HTTP/1 keep-alive). The hot path pays
 //! an atomic add and a clock read per request; the watchdog wakes once per limit, never per
 //! request.
+//!
+//! An answer whose body is never taken holds its request in flight for ever: an HTTP/2
+//! client that sets its flow-control window to 0 lets hyper send the headers and nothing
+//! after, and no byte is written for [`super::stall`] to see wait. Such connections held
+//! permits on both listeners indefinitely, no credential needed; on the peer port they kept
+//! the nodes from electing a leader for as long as they stayed (found in review). So the
+//! connection also counts the answers it has begun to send and when one of their bodies was
+//! last asked for data; with an answer begun and none asked for within the send timeout,
+//! the watchdog closes it ([`answer_wait`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +40,11 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// When the last request ended, in microseconds after `opened` (0: none yet).
     idle_since_us: AtomicU64,
+    /// Answers whose bodies are being sent ([`Tracked`] alive).
+    answering: AtomicUsize,
+    /// When an answer's body was last asked for data (or one began), in microseconds after
+    /// `opened`.
+    taken_us: AtomicU64,
 }
 
 impl Activity {
@@ -39,7 +53,23 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_us: AtomicU64::new(0),
+            answering: AtomicUsize::new(0),
+            taken_us: AtomicU64::new(0),
         })
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// How long no answer begun on the connection has been asked for data (`None`: no
+    /// answer is being sent).
+    fn untaken_for(&self) -> Option<Duration> {
+        if self.answering.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let since = self.opened + Duration::from_micros(self.taken_us.load(Ordering::Acquire));
+        Some(Instant::now().saturating_duration_since(since))
     }
 
     /// A request has started: in flight until the guard (kept by its answer's body) drops.
@@ -65,7 +95,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let now = u64::try_from(a.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let now = a.now_us();
         // Before the count falls, so a watchdog that reads no request in flight reads this
         // end with it.
         a.idle_since_us.fetch_max(now, Ordering::AcqRel);
@@ -78,6 +108,13 @@ impl Drop for InFlight {
 /// bound it), after which it looks again.
 pub fn idle_wait(activity: &Activity, limit: Duration) -> Option<Duration> {
     time_left(activity.idle_for(), limit)
+}
+
+/// How long until `activity`'s connection will have had an answer begun and none of its
+/// answers' bodies asked for data for `limit`; `None` once it has. Nothing being sent: a
+/// limit, after which it looks again.
+pub fn answer_wait(activity: &Activity, limit: Duration) -> Option<Duration> {
+    time_left(activity.untaken_for(), limit)
 }
 
 /// What is left of `limit` after `elapsed` (`None` once it is spent); while the clock does
@@ -98,18 +135,28 @@ async fn idle_out(activity: &Activity, limit: Duration) {
 }
 
 /// An answer's body that keeps its request in flight until it is sent (or dropped): a long
-/// answer, such as the unpaged list streamed, is not cut off as idle.
+/// answer, such as the unpaged list streamed, is not cut off as idle. It also notes each
+/// time the connection asks it for data ([`answer_wait`]).
 pub struct Tracked<B> {
     body: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl<B> Tracked<B> {
     pub fn new(body: B, in_flight: InFlight) -> Self {
-        Tracked {
-            body,
-            _in_flight: in_flight,
-        }
+        let a = &in_flight.0;
+        // The clock first: a watchdog that sees the answer counted sees its start too.
+        a.taken_us.fetch_max(a.now_us(), Ordering::AcqRel);
+        a.answering.fetch_add(1, Ordering::AcqRel);
+        Tracked { body, in_flight }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        let a = &self.in_flight.0;
+        a.taken_us.fetch_max(a.now_us(), Ordering::AcqRel);
+        a.answering.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -121,6 +168,8 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let a = &self.in_flight.0;
+        a.taken_us.fetch_max(a.now_us(), Ordering::Relaxed);
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -166,6 +215,31 @@ mod tests {
         // at most a limit after it found the request in flight).
         assert!(took >= Duration::from_secs(35), "{took:?}");
         assert!(took <= Duration::from_secs(40), "{took:?}");
+    }
+
+    /// An answer begun whose body is never asked for data (an HTTP/2 client with a window
+    /// of 0) runs out the limit; one asked now and then does not.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_never_taken_runs_out_the_limit() {
+        let limit = Duration::from_secs(10);
+        let a = Activity::new();
+        // A request whose handler has not answered yet is not waiting on its client.
+        let waiting = a.begin();
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(answer_wait(&a, limit), Some(limit));
+        let mut body = Tracked::new(http_body_util::Full::new(bytes::Bytes::from("x")), waiting);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(answer_wait(&a, limit), Some(Duration::from_secs(4)));
+        // Asked for data: the clock starts again.
+        let waker = futures::task::noop_waker();
+        let _ = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(answer_wait(&a, limit), Some(Duration::from_secs(4)));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(answer_wait(&a, limit), None);
+        // Sent (dropped): nothing waits on the client any more.
+        drop(body);
+        assert_eq!(answer_wait(&a, limit), Some(limit));
     }
 
     #[tokio::test(start_paused = true)]

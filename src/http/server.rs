@@ -138,8 +138,9 @@ pub async fn serve(
 }
 
 /// Resolves, saying why, once a connection has had no request in flight for `idle`
-/// ([`idle`]) or a write has waited `send` for its client ([`stall`]). One timer for both:
-/// the connection's task polls it at each of its wakes.
+/// ([`idle`]), a write has waited `send` for its client ([`stall`]), or an answer begun has
+/// not been asked for data for `send` ([`idle::answer_wait`]). One timer for all: the
+/// connection's task polls it at each of its wakes.
 async fn watchdog(activity: &Activity, idle: Duration, stall: &Stall, send: Duration) -> String {
     loop {
         let Some(idle_wait) = idle::idle_wait(activity, idle) else {
@@ -148,7 +149,10 @@ async fn watchdog(activity: &Activity, idle: Duration, stall: &Stall, send: Dura
         let Some(stall_wait) = stall::stall_wait(stall, send) else {
             return format!("its client read nothing for {send:?}");
         };
-        tokio::time::sleep(idle_wait.min(stall_wait)).await;
+        let Some(answer_wait) = idle::answer_wait(activity, send) else {
+            return format!("its client took no answer for {send:?}");
+        };
+        tokio::time::sleep(idle_wait.min(stall_wait).min(answer_wait)).await;
     }
 }
 
