@@ -665,3 +665,43 @@ async fn the_identity_challenge_answers_anyone_and_gives_no_secret_away() {
     let r = send(c.client.get(format!("{peer}/cluster"))).await;
     assert_eq!(r.status, 401, "{}", r.text);
 }
+
+/// `leave` on a node that is not a member (it never joined: its join target is down) ends at
+/// once, successfully: such a node knows no leader and answers the removal 503, and leave
+/// asked again for 25 s, then failed saying the node was still a member (found in review;
+/// a StatefulSet's preStop hook held the pod most of its grace period).
+#[tokio::test]
+async fn leave_on_a_node_that_is_not_a_member_ends_at_once() {
+    let mut c = Cluster::start(1, FAST_RAFT).await;
+    let dead_end = format!("127.0.0.1:{}", common::free_port());
+    let joiner = c.add_joiner(7, 0, "voter", FAST_RAFT);
+    let path = c.nodes[joiner].config.clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let join = format!("join = \"127.0.0.1:{}\"", c.nodes[0].peer_port);
+    assert!(text.contains(&join), "{text}");
+    std::fs::write(
+        &path,
+        text.replace(&join, &format!("join = \"{dead_end}\"")),
+    )
+    .unwrap();
+    c.spawn(joiner);
+    c.wait_up(joiner, Duration::from_secs(30)).await;
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(common::BIN)
+        .args(["leave", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("node 7 is not a member"), "{said}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
