@@ -289,9 +289,13 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
         ));
     }
     if line.last() != Some(&b'\n') {
-        return Err(BackupError::BadHeader(
-            "no end of line within 64 KiB".to_owned(),
-        ));
+        // A line cut short by the end of the file is a truncated file, not a long line.
+        let why = if (line.len() as u64) < MAX_HEADER {
+            "the file ends inside it: was the file cut short?"
+        } else {
+            "no end of line within 64 KiB"
+        };
+        return Err(BackupError::BadHeader(why.to_owned()));
     }
     // The format first: a newer file's header may not parse as this version's.
     let probe: serde_json::Value =
@@ -311,6 +315,15 @@ pub fn read_header(r: &mut impl BufRead) -> Result<BackupHeader, BackupError> {
         Some(0) => {
             return Err(BackupError::BadHeader(
                 "format 0 was never written".to_owned(),
+            ))
+        }
+        // Format 1 had no seal: one that carries a seal is a later file whose format was
+        // damaged, and taking it as format 1 would skip the seal's check (found in review:
+        // "format":2 edited to 1 with a changed index restored).
+        Some(1) if probe.get("header_sha256").is_some() => {
+            return Err(BackupError::BadHeader(
+                "format 1 carries no header_sha256; this one does: was the header edited?"
+                    .to_owned(),
             ))
         }
         Some(1) => {}

@@ -286,6 +286,24 @@ async fn corrupt_truncated_foreign_and_newer_files_are_refused() {
         matches!(&err, BackupError::BadHeader(m) if m.contains("format 0")),
         "{err}"
     );
+    // A sealed header whose format reads 1 is not taken for format 1, which had no seal
+    // (found in review: "format":2 edited to 1, with the index changed, restored).
+    let one = header_line
+        .replacen("\"format\":2", "\"format\":1", 1)
+        .replacen(&index, "\"index\":999,", 1);
+    let err = check(&with_header(one.as_bytes(), &good[start..]));
+    assert!(
+        matches!(&err, BackupError::BadHeader(m) if m.contains("format 1 carries no header_sha256")),
+        "{err}"
+    );
+    // A file cut off inside its header says so (it was "no end of line within 64 KiB").
+    for cut in [MAGIC.len() + 1, start - 1] {
+        let err = check(&good[..cut]);
+        assert!(
+            matches!(&err, BackupError::BadHeader(m) if m.contains("cut short")),
+            "cut at {cut}: {err}"
+        );
+    }
     let mut empty = MAGIC.to_vec();
     empty.extend_from_slice(b"\n");
     let err = check(&empty);
