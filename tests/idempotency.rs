@@ -238,3 +238,44 @@ async fn keys_are_forgotten_when_their_retention_ends_without_more_keyed_writes(
     // The records they wrote stay.
     assert_eq!(c.get(leader, "job-0", "linearizable").await.status, 200);
 }
+
+/// A keyed write that finds no leader is an unknown outcome (504), never "nothing written"
+/// (503): one sent earlier with its key may still commit once a leader is back (found in
+/// review: a retry was answered 503 after a 504, and the first attempt applied later).
+/// Without a key nothing of it can be pending, and 503 stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_that_finds_no_leader_has_an_unknown_outcome() {
+    let mut c = Cluster::start(3, &format!("write_timeout_ms = 2000\n{FAST_RAFT}")).await;
+    let leader = c.wait_leader(WAIT).await;
+    let alone = (leader + 1) % 3;
+    // One voter of three left: no leader can be elected.
+    c.kill(leader);
+    c.kill((leader + 2) % 3);
+    let body = json!({"cookie": "lonely", "user_id": 1});
+    let r = keyed(
+        &c,
+        alone,
+        "POST",
+        "/cookies",
+        "no-leader-1",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", r.text);
+    let why = r.json["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("No leader available") && why.contains("retry with the same key"),
+        "{}",
+        r.text
+    );
+    let r = send(
+        c.client
+            .post(format!("{}/cookies", c.url(alone)))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json),
+        (503, json!({"error": "No leader available"}))
+    );
+}

@@ -218,6 +218,15 @@ impl Writer {
                 }
                 None => match leaders.next().await {
                     Some(leader) => leader,
+                    // No leader, for a write sent with a key: one sent earlier with it may
+                    // still commit once a leader is back, so this is no "nothing written"
+                    // (found in review: a retry answered 503 after a 504, and the first
+                    // attempt applied later).
+                    None if keyed => {
+                        return Err(WriteError::Unknown(format!(
+                            "No leader available; {KEY_MAY_BE_PENDING}"
+                        )))
+                    }
                     None => return Err(WriteError::NoLeader),
                 },
             };
