@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""How long writes wait when the leader is stopped on purpose (SIGTERM: a rolling restart).
+"""How long writes wait when the leader is stopped on purpose (SIGTERM: a rolling restart),
+or, with --remove, removed from the membership while it runs (DELETE /cluster/members/{id}
+sent to another node).
 
 Each round starts a 3-node cluster with the default Raft timings, runs WRITERS clients that
 create records one at a time (each retried on a 503 or a closed port at the next node, with
@@ -12,7 +14,10 @@ writes are flowing, and reports:
 - the slowest read: READERS clients read one record (linearizable) from the old leader, a
   closed port sending them to the next node and a 503 retried, as for the writes.
 
-    python3 benches/handover.py --bin target/release/cookie-crud --rounds 5
+    python3 benches/handover.py --bin target/release/cookie-crud --rounds 5 [--remove]
+
+With --remove, "handover" is the DELETE's answer time, and the readers read from a node
+that stays (a removed node is no longer sent the log, so its reads wait out their timeout).
 
 Run it on two builds to compare them (the same machine, one after the other).
 """
@@ -122,7 +127,17 @@ def writer(k, base, stop, acks, slowest, failures):
             break
 
 
-def one_round(binary, base, writers, readers):
+def remove_member(base, via, node):
+    req = urllib.request.Request(f"http://127.0.0.1:{base + via}/cluster/members/{node}",
+                                 method="DELETE")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def one_round(binary, base, writers, readers, remove):
     d = tempfile.mkdtemp(prefix="handover-")
     procs = {}
     try:
@@ -143,8 +158,9 @@ def one_round(binary, base, writers, readers):
         slowest_read, read_retries = [0.0], [0]
         threads = [threading.Thread(target=writer, args=(k, base, stop, acks, slowest, failures))
                    for k in range(writers)]
+        read_at = first % 3 + 1 if remove else first
         threads += [threading.Thread(target=reader,
-                                     args=(first, base, stop, slowest_read, read_retries))
+                                     args=(read_at, base, stop, slowest_read, read_retries))
                     for _ in range(readers)]
         for t in threads:
             t.start()
@@ -153,8 +169,13 @@ def one_round(binary, base, writers, readers):
         slowest[0] = slowest_read[0] = 0.0
         read_retries[0] = 0
         signalled = time.monotonic()
-        procs[old].send_signal(signal.SIGTERM)
-        procs[old].wait(timeout=60)
+        if remove:
+            status = remove_member(base, read_at if read_at != old else old % 3 + 1, old)
+            if status != 200:
+                raise SystemExit(f"removing node {old} answered {status}")
+        else:
+            procs[old].send_signal(signal.SIGTERM)
+            procs[old].wait(timeout=60)
         exited = time.monotonic()
         time.sleep(3)
         stop.set()
@@ -181,11 +202,14 @@ def main():
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--readers", type=int, default=2)
     ap.add_argument("--base-port", type=int, default=18900)
+    ap.add_argument("--remove", action="store_true",
+                    help="remove the leader from the membership instead of stopping it")
     args = ap.parse_args()
     results = []
     for r in range(args.rounds):
         (handover, gap, slowest, slowest_read, failed, read_503s,
-         transferred) = one_round(args.bin, args.base_port, args.writers, args.readers)
+         transferred) = one_round(args.bin, args.base_port, args.writers, args.readers,
+                                  args.remove)
         results.append((handover, gap, slowest, slowest_read))
         print(f"round {r + 1}: handover {handover * 1000:.0f} ms, gap {gap * 1000:.0f} ms, "
               f"slowest write {slowest * 1000:.0f} ms, {failed} failed, slowest read "

@@ -154,7 +154,9 @@ async fn grow_to_five_under_writes_then_shrink_to_three_removing_the_leader() {
     c.wait_membership(other, &remaining, &[], WAIT).await;
     // The removed leader, still running, no longer names itself leader (openraft's metrics
     // go on naming it, from its last committed vote), and a write sent to it is not taken
-    // for proposed: 503, where it answered 504 "outcome unknown" (found in review).
+    // for proposed: it answered 504 "outcome unknown" (found in review). It handed
+    // leadership over before its removal, so it was removed as a follower: it forwards the
+    // write to the leader it last heard (201), or, once it knows it is out, answers 503.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let h = c.health(leader).await.unwrap_or_default();
@@ -172,7 +174,14 @@ async fn grow_to_five_under_writes_then_shrink_to_three_removing_the_leader() {
     let r = c
         .create(leader, json!({"cookie": "to-removed", "user_id": 1}))
         .await;
-    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(
+        r.status == 201 || r.status == 503,
+        "{}: {}",
+        r.status,
+        r.text
+    );
+    let stored = c.get(other, "to-removed", "linearizable").await.status;
+    assert_eq!(stored, if r.status == 201 { 200 } else { 404 });
     let second = *remaining.last().unwrap();
     let r = change(
         &c,
@@ -702,6 +711,67 @@ async fn leave_on_a_node_that_is_not_a_member_ends_at_once() {
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "{:?}",
+        start.elapsed()
+    );
+}
+
+/// `leave` on a node removed while it heard nothing ends at once, successfully. The leader
+/// sends a removed voter nothing after the entry that removes it, so a node paused through
+/// its removal goes on naming itself a member, and campaigns, knowing no leader; the removal
+/// it is asked for now goes through the members it names, whose leader answers that it is
+/// no member. (It asked its own node for 25 s, then said the node was still a member: found
+/// in review, with `leave` run twice.)
+#[tokio::test]
+async fn leave_on_a_node_removed_unawares_ends_at_once() {
+    let c = Cluster::start(3, FAST_RAFT).await;
+    let leader = c.wait_leader(WAIT).await;
+    let gone = (leader + 1) % 3;
+    let gone_id = c.nodes[gone].id;
+    c.pause(gone);
+    let r = change(
+        &c,
+        leader,
+        reqwest::Method::DELETE,
+        &format!("/cluster/members/{gone_id}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    c.resume(gone);
+    // Unaware: it still names itself, and has lost its leader (it campaigns).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = c.health(gone).await.unwrap_or_default();
+        if h["role"] == "candidate" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let members = send(c.client.get(format!("{}/cluster/members", c.url(gone)))).await;
+    assert!(
+        members.json["voters"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(gone_id)),
+        "{}",
+        members.text
+    );
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(common::BIN)
+        .args(["leave", "--config"])
+        .arg(&c.nodes[gone].config)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("left the membership"), "{said}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}: {said}",
         start.elapsed()
     );
 }

@@ -87,6 +87,23 @@ impl Cluster {
         }
     }
 
+    /// Hand leadership over as [`Cluster::step_down`] does, for a leader that goes on
+    /// running: one asked to remove itself. `true` when another node leads at the end; the
+    /// removal is then made there, as a follower's. Either way this node's heartbeats and
+    /// elections are turned back on: it is still a voter until the removal commits.
+    ///
+    /// Removing itself directly, the leader led until the membership without it committed
+    /// and then stopped sending heartbeats, and the others waited out its lease and an
+    /// election timeout: writes stalled 3.35-3.7 s (found in review).
+    pub async fn step_aside(&self, bound: Duration) -> bool {
+        let handed = self.step_down(bound).await;
+        self.stepping_down.store(false, Ordering::SeqCst);
+        let config = self.raft.runtime_config();
+        config.heartbeat(true);
+        config.elect(true);
+        handed
+    }
+
     /// Steps 2 and 3 of the module's list; on any failure the leases run out instead. Every
     /// wait ends by `deadline`.
     async fn transfer(&self, deadline: Instant) {

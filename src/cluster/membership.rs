@@ -10,8 +10,10 @@
 //! A removed member leaves the identity registry, so a node with fresh data can take its
 //! id again (replacing a node whose disk died).
 //!
-//! A leader that removes itself keeps leading until the membership without it commits, then
-//! steps down (openraft); the remaining voters elect a new leader within an election timeout.
+//! A leader asked to remove itself hands leadership over first (`handover`), and the new
+//! leader removes it as any follower. When no voter can take over in time, it removes itself:
+//! it leads until the membership without it commits, then steps down (openraft), and the
+//! others elect a leader once its lease and an election timeout have passed.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,6 +36,8 @@ pub const CATCH_UP: Duration = Duration::from_secs(60);
 /// How long one `change_membership` may take to commit before the request is answered
 /// `Unfinished` (the change goes on: [`Cluster::commit`]).
 pub(super) const COMMIT: Duration = Duration::from_secs(10);
+/// How long a leader asked to remove itself tries to hand leadership over first.
+const STEP_ASIDE: Duration = Duration::from_secs(3);
 /// How long the leader waits for the node to add to answer who it is.
 const PROBE: Duration = Duration::from_secs(2);
 /// How many entries behind the leader's log a learner may be when it is promoted: about a
@@ -50,7 +54,57 @@ impl Cluster {
 
     /// Make `change` on the leader, wherever it is: here, or forwarded. Waits for a leader
     /// until `deadline`.
+    ///
+    /// A node asked to remove itself may be out already without knowing it: the leader sends
+    /// a removed voter nothing after the entry that removes it, so it can stay in the joint
+    /// membership, campaigning and hearing no leader (found in review: `leave` run again on
+    /// such a node waited 25 s and said it was still a member). When it has known no leader
+    /// for two election timeouts, the members it names are asked to forward the change to
+    /// theirs: the leader answers that it is no member, or removes it.
     pub async fn change_membership(
+        &self,
+        change: Change,
+        deadline: Instant,
+    ) -> Result<Members, ChangeError> {
+        if !matches!(change, Change::Remove { id } if id == self.me) {
+            return self.change_through_leader(change, deadline).await;
+        }
+        let alone_for = Duration::from_millis(self.raft.config().election_timeout_max * 2);
+        let first = deadline.min(Instant::now() + alone_for);
+        match self.change_through_leader(change.clone(), first).await {
+            Err(ChangeError::NoLeader) => self.change_through_members(&change, deadline).await,
+            other => other,
+        }
+    }
+
+    /// Ask each other member this node names, in turn, to make `change` (the peer route a
+    /// joining node uses: a member forwards it to its leader), until one answers for the
+    /// leader or `deadline` passes.
+    async fn change_through_members(
+        &self,
+        change: &Change,
+        deadline: Instant,
+    ) -> Result<Members, ChangeError> {
+        let mut last = ChangeError::NoLeader;
+        for member in self.other_members() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.peers.forward_change(&member.addr, change, left).await {
+                Err(
+                    e @ (ChangeError::NotLeader
+                    | ChangeError::NoLeader
+                    | ChangeError::Unreachable(_)),
+                ) => last = e,
+                answered => return answered,
+            }
+        }
+        Err(last)
+    }
+
+    /// [`Cluster::change_membership`] through the leader this node knows.
+    async fn change_through_leader(
         &self,
         change: Change,
         deadline: Instant,
@@ -91,6 +145,9 @@ impl Cluster {
         };
         match &result {
             Ok(m) => tracing::info!(voters = ?m.voters, learners = ?m.learners, "membership now"),
+            Err(ChangeError::NotLeader) => {
+                tracing::info!("leadership handed over: the new leader makes the change")
+            }
             Err(e) => tracing::warn!("membership change not made: {e}"),
         }
         result
@@ -221,6 +278,12 @@ impl Cluster {
                 return Err(ChangeError::Invalid(format!(
                     "node {id} is the only voter; add another before removing it"
                 )));
+            }
+            // The leader removing itself hands leadership over first; the caller then
+            // takes the change to the new leader ([`Cluster::change_membership`] goes on
+            // after `NotLeader`). When no one takes over in time, it is made here.
+            if id == self.me && self.step_aside(STEP_ASIDE).await {
+                return Err(ChangeError::NotLeader);
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
