@@ -564,10 +564,9 @@ fn flat_cookie(v: &str) -> Result<&str, Invalid> {
     }
 }
 
-/// A flat value's text as [`valid_user_id`] takes the value: a flat number is an integer
-/// of at most 18 digits, so it parses; a minus sign, a string or a literal fails.
+/// A flat value's text as [`valid_user_id`] takes the value: the same rule on the same text.
 fn flat_user_id(v: &str) -> bool {
-    v.parse::<u64>().is_ok_and(|n| n > 0)
+    positive_integer_text(v)
 }
 
 /// The body as an object, refused when it holds a key serde_json would read as its own
@@ -586,9 +585,18 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Invalid> {
     }
 }
 
-/// A positive integer: `1001` is, `1001.0`, `"1001"`, `0` and `-1` are not.
+/// A positive integer: `1001` is, `1001.0`, `1e3`, `"1001"`, `0` and `-1` are not. Of any
+/// size, as the original (Erlang's integers are unbounded) took it: numbers keep the
+/// client's text (`arbitrary_precision`), so a user id past `u64` is stored as sent.
 fn valid_user_id(v: &Value) -> bool {
-    v.as_u64().is_some_and(|n| n > 0)
+    v.as_number()
+        .is_some_and(|n| positive_integer_text(n.as_str()))
+}
+
+/// Whether a JSON number's text is an integer above zero: digits only (no sign, fraction or
+/// exponent), not all zeros (JSON allows no leading zero, so that is `0`).
+fn positive_integer_text(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.bytes().any(|b| b != b'0')
 }
 
 /// The `cookie` field as a non-empty string of at most [`MAX_ID_BYTES`].
@@ -654,9 +662,36 @@ mod tests {
                 r#"{"cookie":"a","user_id":"1001"}"#,
                 "User ID must be a positive integer",
             ),
+            (
+                r#"{"cookie":"a","user_id":1e3}"#,
+                "User ID must be a positive integer",
+            ),
+            (
+                r#"{"cookie":"a","user_id":-18446744073709551616}"#,
+                "User ID must be a positive integer",
+            ),
         ];
         for (body, message) in cases {
             assert_eq!(create(body).unwrap_err().to_string(), message, "{body}");
+        }
+    }
+
+    /// A user id is an integer of any size, as the original took it, and is stored as the
+    /// client wrote it: past `u64` (and past the flat path's 18 digits) too.
+    #[test]
+    fn a_user_id_of_any_size_is_taken_and_kept_as_sent() {
+        for n in [
+            "18446744073709551615",
+            "18446744073709551616",
+            "9".repeat(60).as_str(),
+        ] {
+            let body = format!(r#"{{"cookie":"a","user_id":{n}}}"#);
+            let Ok(Command::Create { object, .. }) = create(&body) else {
+                panic!("{body} must be taken")
+            };
+            assert!(object.contains(&format!(r#""user_id":{n},"#)), "{object}");
+            let cmd = update("a", &format!(r#"{{"user_id":{n}}}"#)).unwrap();
+            cmd.check_client_write().unwrap();
         }
     }
 
