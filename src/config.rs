@@ -53,6 +53,9 @@ pub const MAX_APPENDS_IN_FLIGHT: u64 = 8;
 /// than a Raft cluster should have, and a bound on the list built from it.
 pub const MAX_EXPECTED_NODES: usize = 100;
 
+/// The most async worker threads a node may be given: far above any machine's cores.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// Whether `addr` is `host:port` with a port above 0 and a host that is an IP address
 /// (`[...]` around IPv6) or a DNS name ([`is_dns_name`]): the address goes into the
 /// membership, where every node dials it, and into URLs, where `/`, `?` or `#` would make it
@@ -804,7 +807,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Async worker threads; 0 means one per CPU core. Fewer threads mean fewer wake-ups of
+    /// Async worker threads; 0 means one per CPU core, at most [`MAX_WORKER_THREADS`]. Fewer threads mean fewer wake-ups of
     /// parked workers when nodes share a machine (measured in docs/benchmarks.md); slow
     /// work (store scans, fsyncs) runs on the blocking pool, so one thread does not stall.
     pub worker_threads: usize,
@@ -1350,6 +1353,13 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max_body_bytes must be at least 1".into());
         }
+        // A typo of a few zeros was taken as asked: that many runtime threads, each with a
+        // stack of its own, started before the node served anything.
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "worker_threads must be at most {MAX_WORKER_THREADS} (0: one per CPU core)"
+            ));
+        }
         // 0 kept no key at all: every retry after a 504 applied again, with no word of it
         // (found in review).
         if self.idempotency_retention_secs == 0 {
@@ -1890,6 +1900,21 @@ mod tests {
         assert!(err.0.contains("idempotency_retention_secs"), "{err}");
         let cfg = Config::parse("idempotency_retention_secs = 1\n").unwrap();
         assert_eq!(cfg.idempotency_retention_secs, 1);
+    }
+
+    /// A worker count past any machine's cores is a typo, refused before the runtime makes
+    /// that many threads; 0 (one per core) and a real count are taken.
+    #[test]
+    fn worker_threads_are_bounded() {
+        let err = Config::parse("worker_threads = 1000000\n").unwrap_err();
+        assert!(
+            err.0.contains("worker_threads must be at most 1024"),
+            "{err}"
+        );
+        for n in [0, 1, MAX_WORKER_THREADS] {
+            let cfg = Config::parse(&format!("worker_threads = {n}\n")).unwrap();
+            assert_eq!(cfg.worker_threads, n);
+        }
     }
 
     /// An empty secret is refused like an empty token; a secret of digits is a secret; no

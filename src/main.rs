@@ -541,9 +541,14 @@ fn own_client(cfg: &Config) -> Option<(reqwest::Client, String)> {
 /// Logs: `RUST_LOG` or the config's `log_level`; text, or JSON lines when the config's
 /// `log_format` (or `COOKIE_CRUD_LOG_FORMAT`) says `json`.
 fn init_logging(cfg: &Config) -> Result<(), String> {
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(f) => f,
-        Err(_) => EnvFilter::try_new(&cfg.log_level)
+    // A RUST_LOG that does not parse is refused, as a bad log_level is: it was dropped for
+    // the config's level without a word, so the logs an operator asked for never came.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            EnvFilter::try_new(&env).map_err(|e| format!("RUST_LOG {env:?}: {e}"))?
+        }
+        Err(std::env::VarError::NotUnicode(_)) => return Err("RUST_LOG is not UTF-8".into()),
+        _ => EnvFilter::try_new(&cfg.log_level)
             .map_err(|e| format!("log_level {:?}: {e}", cfg.log_level))?,
     };
     let format = match std::env::var("COOKIE_CRUD_LOG_FORMAT").ok().as_deref() {

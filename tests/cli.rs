@@ -43,6 +43,24 @@ fn a_bad_key_or_value_stops_the_node_naming_it() {
     let out = run(&[], &[("COOKIE_CRUD_PORT", "eighty")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("port"), "{}", stderr(&out));
+    // A worker count no machine has (a typo), and a log filter that does not parse: it
+    // was dropped for the config's level without a word.
+    let out = run(&[], &[("COOKIE_CRUD_WORKER_THREADS", "1000000")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("worker_threads"), "{}", stderr(&out));
+    // (Data the node cannot open, so that a node that took the filter stops too.)
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("log.redb")).unwrap();
+    let mut cmd = Command::new(BIN);
+    let out = cmd
+        .env("RUST_LOG", "info,openraft=loud")
+        .env("COOKIE_CRUD_LISTEN", "127.0.0.1:0")
+        .env("COOKIE_CRUD_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
     // A body limit over the largest record: no such body could be stored.
     let out = run(&[], &[("COOKIE_CRUD_MAX_BODY_BYTES", "33554432")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
