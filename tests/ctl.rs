@@ -270,11 +270,9 @@ async fn members_list_add_promote_remove() {
 async fn a_membership_change_is_answered_once_with_the_servers_reason() {
     let c = Cluster::start(3, FAST_RAFT).await;
     c.wait_leader(WAIT).await;
-    // Nothing listens on these (a port bound, then let go).
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
+    // Nothing listens on these: ports below the ephemeral range, which neither another
+    // test's listener bound to port 0 nor an outgoing connection is given.
+    let free = || format!("127.0.0.1:{}", common::free_port());
     let (addr, peer) = (free(), free());
     let started = std::time::Instant::now();
     let (code, out, err) = ctl(

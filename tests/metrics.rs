@@ -44,9 +44,15 @@ async fn poll_metrics(
     }
 }
 
+/// Raft timings for a test whose exact counts need one leader throughout: its follower's
+/// writes are forwarded only while it stays a follower. With [`FAST_RAFT`]'s 600 ms, a
+/// leader starved on a busy machine could lose its place mid-script.
+const STEADY_RAFT: &str =
+    "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 3000\nelection_timeout_max_ms = 4000\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_names_labels_types_and_counts() {
-    let c = Cluster::start(3, FAST_RAFT).await;
+    let c = Cluster::start(3, STEADY_RAFT).await;
     let leader = c.wait_leader(std::time::Duration::from_secs(20)).await;
     let follower = (leader + 1) % 3;
     // A scripted mix on the follower: 3 creates, 2 reads of one record (miss, hit), one

@@ -400,7 +400,9 @@ impl Inode {
 
 struct State {
     backing: PathBuf,
-    inodes: HashMap<u64, Inode>,
+    /// Ordered, so that a cut walks the files in the same order in every run and a seed
+    /// repeats the same losses (a `HashMap`'s order changes from process to process).
+    inodes: BTreeMap<u64, Inode>,
     next_ino: u64,
     counts: Counts,
     /// The power is off: nothing more reaches the disk, every change fails with EIO.
@@ -850,7 +852,7 @@ pub fn mount(backing: &Path, mountpoint: &Path, sync_time: Duration) -> std::io:
     };
     let state = Arc::new(Mutex::new(State {
         backing: backing.to_path_buf(),
-        inodes: HashMap::from([(ROOT, root)]),
+        inodes: BTreeMap::from([(ROOT, root)]),
         next_ino: ROOT + 1,
         counts: Counts::default(),
         off: false,

@@ -1441,10 +1441,15 @@ mod tests {
         }
         // Long enough for a write begun with the publication to be counted.
         std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            added.elapsed() < FLUSH_INTERVAL,
-            "the filter of one row took a second to build: nothing learned"
-        );
+        if added.elapsed() >= FLUSH_INTERVAL {
+            // A machine too busy to build a filter of one row in a second (the threads run
+            // at nice 10): the layer was due by its age, and a write cannot tell either way.
+            eprintln!(
+                "the filter took {:?} to publish: nothing to tell",
+                added.elapsed()
+            );
+            return;
+        }
         assert_eq!(
             overlay.stats().written,
             Some(1),
