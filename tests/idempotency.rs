@@ -130,6 +130,20 @@ async fn a_retried_write_is_applied_once_and_answered_as_the_first_time() {
     assert_eq!((again.status, again.text.clone()), (412, first.text));
     assert_eq!(again.header("idempotency-replayed"), Some("true"));
 
+    // A DELETE's body is part of the request the key is bound to (api.md section 11),
+    // though it changes nothing: the key with another body is 422 (it was replayed).
+    let del = |body: &'static str| {
+        c.client
+            .delete(format!("{}/cookies/gone-1", c.url(follower)))
+            .header("idempotency-key", "del-2")
+            .body(body)
+    };
+    let first = send(del("a")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = send(del("a")).await;
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    let other = send(del("b")).await;
+    assert_eq!(other.status, 422, "{}", other.text);
     // Bad keys: 400 with the message, nothing written.
     for bad in [String::from("has space"), "k".repeat(129)] {
         let r = keyed(

@@ -274,13 +274,16 @@ pub async fn delete(
     // Its body means nothing, but is held to the limit all the same (api.md section 10): a
     // DELETE with a body of 1 MiB and more was applied. Read (and over the limit drained,
     // as a create's) so that the connection can carry the next request.
-    read_body(body, state.cfg.max_body_bytes, &state.body_room).await?;
+    let body = read_body(body, state.cfg.max_body_bytes, &state.body_room).await?;
     let expected = if_match(&headers)?;
     let key = idempotency_key(&headers)?;
+    // The body too, as api.md section 11 lists it: a key reused with another body is
+    // another request (422), even where the body changes nothing (found in review: it was
+    // replayed). An empty body prints as before.
     let print = Fingerprint {
         method: "DELETE",
         id: &id,
-        body: &[],
+        body: &body,
         if_match: expected,
     };
     let cmd = under_key(&state, key, print, Command::delete(id.clone(), expected));
