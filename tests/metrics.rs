@@ -182,6 +182,14 @@ async fn metrics_names_labels_types_and_counts() {
     );
     assert!(r.text.contains(r#"http_request_duration_seconds_bucket{endpoint="/cookies/{cookie}",method="GET",le="0.005"}"#));
     assert_eq!(get(r#"db_operations_total{operation="create"}"#), 3.0);
+    // The writes' 507 series exist before any refusal, so that an alert's increase() sees
+    // the first ones.
+    for series in [
+        r#"http_requests_total{endpoint="/cookies",method="POST",status="507"}"#,
+        r#"http_requests_total{endpoint="/cookies/{cookie}",method="PUT",status="507"}"#,
+    ] {
+        assert_eq!(get(series), 0.0, "{series}");
+    }
     // No snapshot yet: the whole log is after it, and no build has sized the state.
     assert!(
         get("raft_log_bytes_since_snapshot") > 0.0,
