@@ -1155,7 +1155,16 @@ impl Config {
         // would each answer as the other (found in review: a node so configured started and
         // logged "answers as node 1 but is configured as node 2" forever).
         let mut addrs: BTreeMap<String, u64> = BTreeMap::new();
+        // Id 0 is what the metrics and the membership API take for "no node": a node 0
+        // that led read as leaderless (`raft_state{field="leader_id"}` 0, and the
+        // NodeWithoutLeader alert fired on a healthy cluster: found in review).
+        if self.node_id == 0 {
+            return Err("node_id must be at least 1".into());
+        }
         for m in &mut self.nodes {
+            if m.id == 0 {
+                return Err("nodes: node ids start at 1".into());
+            }
             if !ids.insert(m.id) {
                 return Err(format!("nodes: node id {} appears twice", m.id));
             }
@@ -1900,6 +1909,19 @@ mod tests {
         assert!(err.0.contains("idempotency_retention_secs"), "{err}");
         let cfg = Config::parse("idempotency_retention_secs = 1\n").unwrap();
         assert_eq!(cfg.idempotency_retention_secs, 1);
+    }
+
+    /// Node ids start at 1: 0 reads as "no leader" in the metrics and is refused by the
+    /// membership API.
+    #[test]
+    fn node_ids_start_at_one() {
+        let err = Config::parse("node_id = 0\n").unwrap_err();
+        assert!(err.0.contains("node_id must be at least 1"), "{err}");
+        let err = Config::parse(
+            "node_id = 1\nnodes = [{ id = 0, addr = \"a:1\" }, { id = 1, addr = \"b:1\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("node ids start at 1"), "{err}");
     }
 
     /// A worker count past any machine's cores is a typo, refused before the runtime makes
