@@ -310,6 +310,7 @@ pub async fn run(cfg: Config) -> Result<(), NodeError> {
         changes: Arc::default(),
         stepping_down: Arc::default(),
         spare_cpu,
+        removed_in: Arc::default(),
     };
     tasks.spawn(
         "election counter",

@@ -71,10 +71,22 @@ impl Cluster {
         }
         let alone_for = Duration::from_millis(self.raft.config().election_timeout_max * 2);
         let first = deadline.min(Instant::now() + alone_for);
-        match self.change_through_leader(change.clone(), first).await {
+        let result = match self.change_through_leader(change.clone(), first).await {
             Err(ChangeError::NoLeader) => self.change_through_members(&change, deadline).await,
             other => other,
+        };
+        // The leader's answer says this node is out, which its own membership may never
+        // say (a leader that handed over is then removed as a follower): from now on it
+        // answers writes and reads 503 at once, where it waited out each request's timeout
+        // for a leader (found in review of the handover).
+        if matches!(&result, Ok(m) if !m.members.iter().any(|v| v.id == self.me))
+            || matches!(result, Err(ChangeError::NotMember))
+        {
+            let held = *self.raft.metrics().borrow().membership_config.log_id();
+            *self.removed_in.lock().expect("not poisoned") = Some(held);
+            tracing::info!("this node is no longer a member; it answers 503 until re-added");
         }
+        result
     }
 
     /// Ask each other member this node names, in turn, to make `change` (the peer route a

@@ -61,6 +61,12 @@ pub struct Cluster {
     /// Whether this node has CPU to spare, as group commit last measured it; this node's
     /// replication streams read it ([`cookie_raft::idle::SpareCpu`]).
     pub spare_cpu: cookie_raft::idle::SpareCpu,
+    /// Set when the leader answered this node's own removal ([`membership`]): the log id of
+    /// the membership this node held then. A removed voter is sent nothing after the entry
+    /// that removes it, so its own membership may go on naming it; while that membership is
+    /// the one it held when told, it knows it is out (a later one, as a re-add brings, ends
+    /// this).
+    pub removed_in: Arc<std::sync::Mutex<Option<Option<openraft::LogId<NodeId>>>>>,
 }
 
 /// Who leads, as this node sees it now.
@@ -121,6 +127,30 @@ impl Cluster {
                 .map_or(Leader::Unknown, |n| Leader::At(self.peers.addr(l, n))),
             None => Leader::Unknown,
         }
+    }
+
+    /// Whether the leader told this node it is out ([`Cluster::removed_in`]), and no
+    /// membership since names it again. The membership it held when told may still name it
+    /// (the entry that removes it never came), and so may a later joint one on the way out,
+    /// in its first half only; a re-add names it as a learner or in the last half.
+    pub fn told_removed(
+        &self,
+        held: &openraft::StoredMembership<NodeId, cookie_raft::CookieNode>,
+    ) -> bool {
+        let Some(at) = *self.removed_in.lock().expect("not poisoned") else {
+            return false;
+        };
+        let now = *held.log_id();
+        if now <= at {
+            return true;
+        }
+        let m = held.membership();
+        let voter_after = m
+            .get_joint_config()
+            .last()
+            .is_some_and(|c| c.contains(&self.me));
+        let learner = m.learner_ids().any(|id| id == self.me);
+        !(voter_after || learner)
     }
 
     /// Whether this node leads now.
@@ -194,12 +224,20 @@ impl LeaderWatch {
             let _ = tokio::time::timeout(pause, self.rx.changed()).await;
         }
         self.first = false;
-        let removed = {
+        let (told, removed) = {
             let m = self.rx.borrow_and_update();
             let membership = m.membership_config.membership();
-            membership.nodes().next().is_some() && membership.get_node(&self.cluster.me).is_none()
+            (
+                self.cluster.told_removed(&m.membership_config),
+                membership.nodes().next().is_some()
+                    && membership.get_node(&self.cluster.me).is_none(),
+            )
         };
         match self.cluster.leader() {
+            // Told by the leader it is out: it serves the cluster no more, whatever leader
+            // it last heard of (it forwarded writes to it, and waited out each request's
+            // timeout once it campaigned).
+            _ if told => None,
             // Removed from the membership: no leader will ever tell this node about itself,
             // so waiting out the deadline would only delay the same answer.
             Leader::Unknown if removed => None,
