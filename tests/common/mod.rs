@@ -336,8 +336,21 @@ impl Cluster {
     }
 
     /// SIGSTOP node `i`: it holds its sockets and answers nothing until [`Cluster::resume`].
+    /// Returns once every thread of it is stopped: `kill` returns when the signal is sent,
+    /// and a thread running on another CPU goes on until it is interrupted (a test that
+    /// sent a request right after the signal was once answered by the "paused" leader).
     pub fn pause(&self, i: usize) {
         signal(&self.nodes[i], "-STOP");
+        let pid = self.nodes[i].child.as_ref().expect("a running node").id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not stop",
+                self.nodes[i].id
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT node `i`.
@@ -599,6 +612,20 @@ fn signal(node: &Node, sig: &str) {
     let pid = node.child.as_ref().expect("a running node").id();
     let status = Command::new("kill").arg(sig).arg(pid.to_string()).status();
     assert!(status.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
 
 fn unsafe_sigterm(pid: u32) {
