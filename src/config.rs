@@ -807,9 +807,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info,openraft=warn`; `RUST_LOG` overrides it.
     pub log_level: String,
-    /// Async worker threads; 0 means one per CPU core, at most [`MAX_WORKER_THREADS`]. Fewer threads mean fewer wake-ups of
-    /// parked workers when nodes share a machine (measured in docs/benchmarks.md); slow
-    /// work (store scans, fsyncs) runs on the blocking pool, so one thread does not stall.
+    /// Async worker threads; 0 means one per CPU core; at most [`MAX_WORKER_THREADS`].
+    /// Fewer threads mean fewer wake-ups of parked workers when nodes share a machine
+    /// (measured in docs/benchmarks.md); slow work (store scans, fsyncs) runs on the
+    /// blocking pool, so one thread does not stall.
     pub worker_threads: usize,
     /// Let the kernel back this process's memory with transparent huge pages. Off by
     /// default: faulting in and zeroing 2 MiB pages under load set the write tail

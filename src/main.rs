@@ -398,11 +398,7 @@ fn leave(cfg: &Config) -> ExitCode {
     rt.block_on(async {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(25);
         loop {
-            let mut req = client.delete(&url);
-            if let Some(t) = &token {
-                req = req.bearer_auth(t);
-            }
-            let answer = match req.send().await {
+            let answer = match with_token(client.delete(&url), &token).send().await {
                 Ok(r) => {
                     let status = r.status();
                     // A membership answer is a short JSON object: read no more than a bound.
@@ -467,10 +463,7 @@ async fn names_itself(
     id: u64,
     token: &Option<String>,
 ) -> bool {
-    let mut req = client.get(format!("{base}/cluster/members"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
+    let req = with_token(client.get(format!("{base}/cluster/members")), token);
     let Ok(r) = req.send().await else {
         return true;
     };
@@ -486,6 +479,14 @@ async fn names_itself(
     match v["members"].as_array() {
         Some(members) => members.iter().any(|m| m["id"].as_u64() == Some(id)),
         None => true,
+    }
+}
+
+/// `req` with the admin token, when the config has one.
+fn with_token(req: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
     }
 }
 

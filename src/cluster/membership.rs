@@ -82,8 +82,9 @@ impl Cluster {
         if matches!(&result, Ok(m) if !m.members.iter().any(|v| v.id == self.me))
             || matches!(result, Err(ChangeError::NotMember))
         {
-            let held = *self.raft.metrics().borrow().membership_config.log_id();
-            *self.removed_in.lock().expect("not poisoned") = Some(held);
+            let held = super::membership_position(&self.raft.metrics().borrow().membership_config);
+            self.removed_in
+                .store(held, std::sync::atomic::Ordering::Release);
             tracing::info!("this node is no longer a member; it answers 503 until re-added");
         }
         result

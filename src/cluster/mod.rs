@@ -61,12 +61,22 @@ pub struct Cluster {
     /// Whether this node has CPU to spare, as group commit last measured it; this node's
     /// replication streams read it ([`cookie_raft::idle::SpareCpu`]).
     pub spare_cpu: cookie_raft::idle::SpareCpu,
-    /// Set when the leader answered this node's own removal ([`membership`]): the log id of
-    /// the membership this node held then. A removed voter is sent nothing after the entry
-    /// that removes it, so its own membership may go on naming it; while that membership is
-    /// the one it held when told, it knows it is out (a later one, as a re-add brings, ends
-    /// this).
-    pub removed_in: Arc<std::sync::Mutex<Option<Option<openraft::LogId<NodeId>>>>>,
+    /// Set when the leader answered this node's own removal ([`membership`]): the position
+    /// of the membership this node held then ([`membership_position`]; 0: never told). A
+    /// removed voter is sent nothing after the entry that removes it, so its own membership
+    /// may go on naming it; while that membership is the one it held when told, it knows it
+    /// is out (a later one, as a re-add brings, ends this). An atomic: every write and read
+    /// looks at it on its way to the leader.
+    pub removed_in: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where a membership stands in this node's log, for [`Cluster::removed_in`]: its entry's
+/// index plus 2 (1 for the membership before any entry), so that 0 is left for "never".
+/// Memberships follow one another up the log, so a later one stands higher.
+pub fn membership_position(
+    held: &openraft::StoredMembership<NodeId, cookie_raft::CookieNode>,
+) -> u64 {
+    held.log_id().map_or(1, |l| l.index.saturating_add(2))
 }
 
 /// Who leads, as this node sees it now.
@@ -137,11 +147,11 @@ impl Cluster {
         &self,
         held: &openraft::StoredMembership<NodeId, cookie_raft::CookieNode>,
     ) -> bool {
-        let Some(at) = *self.removed_in.lock().expect("not poisoned") else {
+        let at = self.removed_in.load(std::sync::atomic::Ordering::Acquire);
+        if at == 0 {
             return false;
-        };
-        let now = *held.log_id();
-        if now <= at {
+        }
+        if membership_position(held) <= at {
             return true;
         }
         let m = held.membership();

@@ -62,6 +62,11 @@ impl Activity {
         u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
+    /// Note that an answer's body was asked for data (or began, or ended) now.
+    fn taken_now(&self, order: Ordering) {
+        self.taken_us.fetch_max(self.now_us(), order);
+    }
+
     /// How long no answer begun on the connection has been asked for data (`None`: no
     /// answer is being sent).
     fn untaken_for(&self) -> Option<Duration> {
@@ -146,7 +151,7 @@ impl<B> Tracked<B> {
     pub fn new(body: B, in_flight: InFlight) -> Self {
         let a = &in_flight.0;
         // The clock first: a watchdog that sees the answer counted sees its start too.
-        a.taken_us.fetch_max(a.now_us(), Ordering::AcqRel);
+        a.taken_now(Ordering::AcqRel);
         a.answering.fetch_add(1, Ordering::AcqRel);
         Tracked { body, in_flight }
     }
@@ -155,7 +160,7 @@ impl<B> Tracked<B> {
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
         let a = &self.in_flight.0;
-        a.taken_us.fetch_max(a.now_us(), Ordering::AcqRel);
+        a.taken_now(Ordering::AcqRel);
         a.answering.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -168,8 +173,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let a = &self.in_flight.0;
-        a.taken_us.fetch_max(a.now_us(), Ordering::Relaxed);
+        self.in_flight.0.taken_now(Ordering::Relaxed);
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
